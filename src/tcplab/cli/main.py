@@ -1,0 +1,96 @@
+"""``tcplab``: the entry point. Parses the command line, runs one command, and
+maps every error to an exit status and a one-line hint (httpie's habit).
+
+Exit status: 0 ok; 1 error; 2 usage; 3 connection failed; 4 missing
+privilege; 5 address in use; 6 echo verification failed; 7 a limit in the
+way; 8 not supported here; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from tcplab import __version__
+from tcplab.errors import EXIT_INTERRUPTED, TcplabError
+
+#: command name -> module in tcplab.cli; each has ``add_parser`` and ``run``.
+COMMANDS = {
+    "server": "server",
+    "client": "client",
+    "experiment": "experiment",
+}
+
+EPILOG = """\
+commands in the order of the lab:
+  tcplab server                 an echo server (four models, leak mode)
+  tcplab client hello           send a message, print its echo
+  tcplab experiment all         run every experiment and summarise what it showed
+
+exit status: 0 ok, 1 error, 2 usage, 3 connection failed, 4 privilege missing,
+5 address in use, 6 echo mismatch, 7 limit reached, 8 not supported, 130 Ctrl-C.
+Add --debug before the command to see a traceback on errors.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcplab",
+        description="tcplab makes the Linux TCP stack visible: real sockets, real kernel "
+        "numbers, the classic failures (TIME_WAIT port exhaustion, fd leaks, C10k) "
+        "reproduced and measured.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tcplab {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback when something fails"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"tcplab.cli.{module_name}")
+        module.add_parser(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tcplab.cli.output import note, setup_streams
+
+    setup_streams()
+    if not sys.platform.startswith("linux"):
+        note(f"tcplab: tcplab needs Linux (this is {sys.platform}): it reads the Linux "
+             "kernel's socket tables and /proc")
+        return 8
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    debug = bool(args.debug)
+    try:
+        return int(args.func(args) or 0)
+    except TcplabError as exc:
+        if debug:
+            traceback.print_exc()
+        note(f"tcplab: {exc.message}")
+        if exc.hint:
+            note(f"hint: {exc.hint}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        note("tcplab: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error of ours.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # a bug: say so in one line unless --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            note(f"tcplab: internal error: {type(exc).__name__}: {exc}")
+            note("hint: run again with --debug for the traceback, and report it")
+        return 1

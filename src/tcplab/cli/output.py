@@ -1,0 +1,58 @@
+"""The only place that writes to stdout and stderr.
+
+With ``--json``, stdout carries JSON only (one object, or one per line for
+streams), each with ``"schema": 1``; notes, progress and warnings go to
+stderr. Lines are flushed as they are written, also into a pipe or a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+SCHEMA = 1
+
+
+def setup_streams() -> None:
+    """Line-buffer stdout and stderr even when they are not terminals, so a
+    log redirected to a file shows each line as it happens."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(line_buffering=True)
+            except (ValueError, OSError):
+                pass
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return obj
+
+
+def emit_json(obj: Any, **extra: Any) -> None:
+    """One JSON object on one stdout line: ``{"schema": 1, ...}``."""
+    body = {"schema": SCHEMA, **extra, **to_jsonable(obj)}
+    sys.stdout.write(json.dumps(body, separators=(", ", ": ")) + "\n")
+    sys.stdout.flush()
+
+
+def out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def note(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,154 @@
+"""``tcplab server``: the echo server of Experiment 1, and the subject of 2 to 4."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tcplab.cli import common
+from tcplab.cli.output import emit_json, human_bytes, note, out
+
+DESCRIPTION = """\
+An echo server: every byte a client sends comes back, byte for byte.
+
+Four models serve the same protocol, to compare how they scale:
+  uvloop   asyncio protocol on libuv's event loop (default: least CPU per echo)
+  asyncio  the same protocol on the stdlib event loop (epoll underneath)
+  epoll    a hand-written select.epoll loop: what Go's netpoll does, spelled out
+  threads  one OS thread per connection with blocking sockets (what C10k defeats)
+
+Leak mode (--leak, or LEAK=true in the environment as in the original lab)
+never calls close() on an accepted socket. After a client closes, the server's
+socket sits in CLOSE_WAIT and keeps its fd, until accept() fails with
+EMFILE "Too many open files". The server then logs one line per backoff step
+(5 ms doubling to 1 s, as Go's net/http does), stays idle, and accepts again
+as soon as fds are free.
+
+The fd limit: the server keeps the soft limit it was started with ('ulimit -n'),
+or the one --fd-limit sets. Note that Go, since 1.19, raises its own soft limit
+to the hard limit at start, so 'ulimit -Sn 128' does not reproduce the leak in
+the Go original; it does in tcplab.
+"""
+
+EXAMPLES = """\
+examples:
+  tcplab server                            127.0.0.1:8080, uvloop model
+  tcplab server --port 0 --model threads   a free port, thread per connection
+  LEAK=true tcplab server --fd-limit 128   leak fds until EMFILE, quickly
+  tcplab server --stats 1                  a status line every second
+  tcplab server --close-first              the server closes first: TIME_WAIT lands here
+
+The first line says where it listens, the model, the pid, leak on/off and the fd
+limit. Stop it with Ctrl-C (or SIGTERM): it closes its connections (unless
+leaking), prints totals and exits 0.
+"""
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        parents=[common.parent()],
+        help="run an echo server (models: uvloop, asyncio, epoll, threads; leak mode)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from tcplab.traffic.server import DEFAULT_MODEL, MODELS
+
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=common.port, default=8080, help="port (default 8080; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--model", choices=MODELS, default=DEFAULT_MODEL, help=f"server model (default {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--leak",
+        action="store_true",
+        help="never close() accepted sockets (also LEAK=true): CLOSE_WAIT, then EMFILE",
+    )
+    p.add_argument(
+        "--backlog",
+        type=common.positive_int,
+        help="listen() backlog (default: net.core.somaxconn, as Go; the kernel caps it there)",
+    )
+    p.add_argument(
+        "--stats", type=common.seconds, metavar="SECONDS",
+        help="print a status line every SECONDS: connections, bytes, accept errors, fds",
+    )
+    p.add_argument(
+        "--fd-limit", metavar="N|max",
+        help="set the soft fd limit ('ulimit -Sn') to N, or 'max' for the hard limit",
+    )
+    p.add_argument(
+        "--close-first", action="store_true",
+        help="close each connection right after its first echo, so TIME_WAIT lands on the server",
+    )
+    p.add_argument(
+        "--keepalive", type=common.seconds, metavar="SECONDS",
+        help="SO_KEEPALIVE on accepted sockets, idle and interval SECONDS (Go's default is 15)",
+    )
+    common.add_json(p, "the listening line, status lines and totals (one object per line)")
+    p.set_defaults(func=run)
+
+
+class _Printer:
+    """Hooks for the server: text lines, or one JSON object per line."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def listening(self, info: Any) -> None:
+        if self.as_json:
+            emit_json(info, event="listening")
+            return
+        keep = f", keepalive {info.keepalive:g} s" if info.keepalive else ""
+        first = ", closes first" if info.close_first else ""
+        out(
+            f"listening on {_where(info.host, info.port)} (model {info.model}, pid {info.pid}, "
+            f"leak {'on' if info.leak else 'off'}, fd limit {info.fd_soft} soft / "
+            f"{info.fd_hard} hard, backlog {info.backlog}{first}{keep})"
+        )
+
+    def log(self, line: str) -> None:
+        note(line)
+
+    def stats(self, s: Any) -> None:
+        if self.as_json:
+            emit_json(s, event="stats")
+            return
+        out(
+            f"open {s.open}  accepted {s.accepted}  closed {s.closed}  "
+            f"echoed {human_bytes(s.bytes_echoed)}  accept errors {s.accept_errors}  "
+            f"fds {s.fds_in_use}/{s.fd_limit}"
+        )
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tcplab.traffic import server
+
+    config = server.ServerConfig(
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        leak=args.leak or common.env_flag("LEAK"),
+        backlog=args.backlog,
+        stats_interval=args.stats,
+        close_first=args.close_first,
+        keepalive=args.keepalive,
+    )
+    printer = _Printer(args.json)
+    totals = server.run(config, printer, fd_limit=args.fd_limit)
+    if args.json:
+        emit_json(totals, event="totals", open=totals.open)
+    else:
+        leaked = f", leaked {totals.leaked} (never closed)" if config.leak else ""
+        out(
+            f"stopped: accepted {totals.accepted}, closed {totals.closed}{leaked}, "
+            f"echoed {human_bytes(totals.bytes_echoed)}, accept errors {totals.accept_errors}"
+        )
+    return 0

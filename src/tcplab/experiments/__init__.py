@@ -1,0 +1,1 @@
+"""Scenarios: each experiment returns a Result record and prints nothing."""

@@ -1,0 +1,142 @@
+"""Child processes an experiment (or a test) starts, always reaped.
+
+``ServerProcess`` runs ``python -m tcplab server --json`` in a child, waits for
+its listening line, collects its stdout (JSON events) and stderr (log lines,
+each with the time it arrived) in background threads, and on exit stops it
+with SIGTERM, then SIGKILL if it does not go. Only the pid we started is ever
+signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import IO, Any
+
+from tcplab.errors import TcplabError
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        start_timeout: float = 20.0,
+        preexec_fn: Any = None,
+    ) -> None:
+        self.args = ["--port", "0", *args]
+        self.env = env
+        self.start_timeout = start_timeout
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+        self.events: list[dict[str, Any]] = []
+        self.log: list[tuple[float, str]] = []  # (monotonic time, stderr line)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.info["port"])
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+    def start(self) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tcplab", "server", "--json", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=self.preexec_fn,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        first = _read_line(self.proc.stdout, self.start_timeout)
+        if not first:
+            self.proc.wait(timeout=5)
+            err = self.proc.stderr.read().decode(errors="replace").strip()
+            raise TcplabError(f"the server did not start: {err or 'no output'}")
+        self.info = json.loads(first)
+        self._threads = [
+            threading.Thread(target=self._collect_stdout, daemon=True),
+            threading.Thread(target=self._collect_stderr, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _collect_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                self.events.append(json.loads(raw))
+            except ValueError:
+                continue
+
+    def _collect_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self.log.append((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """SIGTERM, wait, and return the server's totals (None if it had none)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for t in self._threads:
+            t.join(timeout=5)
+        totals = [e for e in self.events if e.get("event") == "totals"]
+        return totals[-1] if totals else None
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for t in self._threads:
+            t.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _read_line(stream: IO[bytes], timeout: float) -> bytes:
+    """One line from a pipe, or b"" if none comes within ``timeout``."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return b""
+    return stream.readline()

@@ -1,0 +1,74 @@
+"""Experiment 1: an echo server and a client, every byte verified.
+
+A server runs in a child process on a free loopback port; the client makes
+small round trips (latency), large ones (throughput), and streams a payload
+with a half-close; then the server is stopped and its own totals must equal
+what the client sent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+
+from tcplab.experiments.children import ServerProcess
+from tcplab.experiments.result import Event, Result
+from tcplab.traffic import client
+from tcplab.traffic.target import resolve
+
+
+def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
+    small = 200 if quick else 2000
+    large = 5 if quick else 20
+    started = time.monotonic()
+    timeline: list[Event] = []
+
+    def mark(what: str) -> None:
+        timeline.append(Event(round(time.monotonic() - started, 3), what))
+        progress(f"  {what}")
+
+    with ServerProcess() as server:
+        mark(f"server listening on 127.0.0.1:{server.port} (model {server.info['model']}, "
+             f"pid {server.pid})")
+        dest = resolve("127.0.0.1", server.port)
+        rt_small = client.round_trips(dest, small, 64, timeout=10)
+        mark(f"{small} echoes of 64 B: p50 {rt_small.rtt_p50_us:.0f} us, "
+             f"p99 {rt_small.rtt_p99_us:.0f} us")
+        rt_large = client.round_trips(dest, large, 1 << 20, timeout=30)
+        mark(f"{large} echoes of 1 MiB: {rt_large.mib_per_s:.0f} MiB/s")
+        blob = os.urandom(4 << 20)
+        echoed = bytearray()
+        sock = client.connect(dest, 10)
+        with sock:
+            sent, received = client.stream(sock, io.BytesIO(blob).read, echoed.extend)
+        stream_ok = echoed == blob
+        mark(f"streamed {sent} B then half-closed: {received} B came back, "
+             f"{'identical' if stream_ok else 'DIFFERENT'}")
+        totals = server.stop() or {}
+    client_bytes = small * 64 + large * (1 << 20) + len(blob)
+    server_bytes = int(totals.get("bytes_echoed", -1))
+    mark(f"server stopped: echoed {server_bytes} B over {totals.get('accepted')} connections")
+    ok = stream_ok and server_bytes == client_bytes
+    fact = (
+        f"{small} small echoes at p50 {rt_small.rtt_p50_us:.0f} us, "
+        f"1 MiB echoes at {rt_large.mib_per_s:.0f} MiB/s; server echoed exactly the "
+        f"{client_bytes:,} bytes sent" if ok else
+        f"byte counts disagree: client sent {client_bytes}, server echoed {server_bytes}"
+    )
+    return Result(
+        experiment="echo",
+        ok=ok,
+        fact=fact,
+        settings={"model": server.info["model"], "small_count": small, "large_count": large},
+        facts={
+            "small": rt_small,
+            "large": rt_large,
+            "stream_bytes": sent,
+            "stream_identical": stream_ok,
+            "server_totals": totals,
+            "client_bytes": client_bytes,
+        },
+        timeline=timeline,
+    )

@@ -1,0 +1,23 @@
+"""The record every experiment returns: facts, a timeline, and the one fact it showed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    t: float  # seconds since the experiment started
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    experiment: str
+    ok: bool  # the experiment showed what it set out to show
+    fact: str  # that fact in one sentence, with the measured figure
+    settings: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    timeline: list[Event] = field(default_factory=list)
+    skipped: str | None = None  # why it could not run here, and what to do

@@ -1,0 +1,1 @@
+"""Reads the live kernel: sockets, processes, limits."""

@@ -1,0 +1,1 @@
+"""Turns Results into terminal output."""

@@ -1,0 +1,1 @@
+"""Makes traffic: echo servers (one module per model), the client."""

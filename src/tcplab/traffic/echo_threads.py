@@ -1,0 +1,141 @@
+"""The ``threads`` model: one OS thread per connection, blocking sockets.
+
+The model C10k defeats: each connection costs a kernel thread with its own
+stack, and the scheduler wakes threads instead of one loop draining ready
+sockets. It is also the easiest to read: recv, sendall, repeat.
+
+Backpressure comes for free: ``sendall`` blocks while the peer is not
+reading, so the thread stops calling ``recv`` and the kernel's buffers, not
+ours, fill up.
+
+The accept loop runs in the main thread over ``poll`` (listener, a signal
+pipe, and a pipe that connection threads poke when they free an fd during a
+backoff), so EMFILE backoff and Ctrl-C work as in the other models.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+
+from tcplab.traffic.accept import Acceptor, ServerStats
+from tcplab.traffic.server import (
+    READ_SIZE,
+    Hooks,
+    ServerConfig,
+    Ticker,
+    snapshot,
+    stop_on_signals,
+    tune_accepted,
+)
+
+#: Each connection thread's stack. glibc's default is 8 MiB of address space
+#: (RLIMIT_STACK); an echo loop needs a few KiB, and 10,000 threads with 8 MiB
+#: each would reserve 80 GB of address space.
+THREAD_STACK = 256 * 1024
+
+
+def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> ServerStats:
+    stats = ServerStats()
+    lock = threading.Lock()
+    acceptor = Acceptor(listener, stats, hooks.log)
+    conns: set[socket.socket] = set()
+    leaked: list[socket.socket] = []
+    freed_r, freed_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    ticker = Ticker(config.stats_interval)
+
+    def handle(sock: socket.socket) -> None:
+        try:
+            while True:
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    break  # the peer's FIN: everything it sent is echoed
+                sock.sendall(data)
+                with lock:
+                    stats.bytes_echoed += len(data)
+                if config.close_first:
+                    break
+        except OSError:
+            pass  # reset by peer, or shut down by our own stop
+        with lock:
+            conns.discard(sock)
+            if config.leak:
+                leaked.append(sock)  # never closed: CLOSE_WAIT until we exit
+                stats.leaked += 1
+                return
+            stats.closed += 1
+        sock.close()
+        if acceptor.paused:
+            try:
+                os.write(freed_w, b"x")  # wake the acceptor: an fd is free
+            except BlockingIOError:
+                pass
+
+    threading.stack_size(THREAD_STACK)
+    poller = select.poll()
+    lfd = listener.fileno()
+    retry_at: float | None = None
+    with stop_on_signals() as stop:
+        poller.register(lfd, select.POLLIN)
+        poller.register(stop.fd, select.POLLIN)
+        poller.register(freed_r, select.POLLIN)
+        try:
+            while not stop.requested:
+                now = time.monotonic()
+                timeouts = [t for t in (ticker.timeout(now),) if t is not None]
+                if retry_at is not None:
+                    timeouts.append(max(0.0, retry_at - now))
+                timeout_ms = None if not timeouts else int(min(timeouts) * 1000) + 1
+                for fd, _mask in poller.poll(timeout_ms):
+                    if fd == lfd:
+                        socks, delay = acceptor.accept_ready()
+                        for sock in socks:
+                            sock.setblocking(True)
+                            tune_accepted(sock, config)
+                            with lock:
+                                conns.add(sock)
+                            threading.Thread(target=handle, args=(sock,), daemon=True).start()
+                        if delay is not None:
+                            poller.unregister(lfd)
+                            retry_at = time.monotonic() + delay
+                    elif fd == freed_r:
+                        while True:
+                            try:
+                                if not os.read(freed_r, 512):
+                                    break
+                            except BlockingIOError:
+                                break
+                        if retry_at is not None:
+                            retry_at = time.monotonic()
+                    else:
+                        stop.drain()
+                now = time.monotonic()
+                if retry_at is not None and now >= retry_at:
+                    retry_at = None
+                    acceptor.paused = False
+                    poller.register(lfd, select.POLLIN)
+                if ticker.fire(now):
+                    with lock:
+                        line = snapshot(stats)
+                    hooks.stats(line)
+        finally:
+            if not config.leak:
+                with lock:
+                    live = list(conns)
+                for sock in live:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)  # wakes the thread's recv/sendall
+                    except OSError:
+                        pass
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    with lock:
+                        if not conns:
+                            break
+                    time.sleep(0.01)
+            os.close(freed_r)
+            os.close(freed_w)
+    return stats

@@ -1,0 +1,313 @@
+"""What every echo server model shares: configuration, the listener, socket
+options, the fd limit, signals, statistics, and the dispatch to a model.
+
+A model is a module with ``serve(listener, config, hooks) -> ServerStats``. It
+owns its loop, calls ``hooks`` for everything the user should see, and returns
+the totals when SIGINT or SIGTERM asks it to stop.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import resource
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from tcplab.errors import AddressInUse, PrivilegeError, ResourceLimit, UsageError, describe_oserror
+from tcplab.observe.process import FdLimit, fds_in_use, listeners_on_port, own_fd_limit
+from tcplab.traffic.accept import ServerStats
+
+#: The models, fastest first. ``uvloop`` is the default: it served an echo for
+#: the least server CPU here (6.8 us against 8.3 us for stdlib asyncio; see
+#: bench/ once the multiplexing benchmark lands) and passes the conformance suite.
+MODELS = ("uvloop", "asyncio", "epoll", "threads")
+DEFAULT_MODEL = "uvloop"
+
+#: Bytes read per recv(); also the most a connection holds in user space
+#: before the model stops reading from it (the high-water mark), so a client
+#: that sends and never reads cannot grow the server without bound.
+READ_SIZE = 64 * 1024
+HIGH_WATER = 64 * 1024
+
+#: Go's net.ListenConfig default keep-alive probes: count 9 (Go 1.23+).
+KEEPALIVE_COUNT = 9
+
+
+def default_backlog() -> int:
+    """``net.core.somaxconn``, as Go uses: the kernel caps any larger backlog to it."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model: str = DEFAULT_MODEL
+    leak: bool = False
+    backlog: int | None = None
+    stats_interval: float | None = None
+    close_first: bool = False
+    keepalive: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """The server's first words: where, how, and under which fd limit."""
+
+    host: str
+    port: int
+    model: str
+    pid: int
+    leak: bool
+    backlog: int
+    fd_soft: int
+    fd_hard: int
+    close_first: bool
+    keepalive: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsLine:
+    open: int
+    accepted: int
+    closed: int
+    bytes_echoed: int
+    accept_errors: int
+    fds_in_use: int
+    fd_limit: int
+
+
+class Hooks(Protocol):
+    def listening(self, info: Listening) -> None: ...
+    def log(self, line: str) -> None: ...
+    def stats(self, line: StatsLine) -> None: ...
+
+
+def snapshot(stats: ServerStats) -> StatsLine:
+    return StatsLine(
+        open=stats.open,
+        accepted=stats.accepted,
+        closed=stats.closed,
+        bytes_echoed=stats.bytes_echoed,
+        accept_errors=stats.accept_errors,
+        fds_in_use=fds_in_use(),
+        fd_limit=own_fd_limit().soft,
+    )
+
+
+def apply_fd_limit(spec: str | None) -> FdLimit:
+    """Set the soft RLIMIT_NOFILE from ``--fd-limit``: a number, or ``max`` for the hard limit.
+
+    Without the flag the server keeps the limit it was started with, as the
+    original lab's notes assume (``ulimit -n``). Go, since 1.19, raises its own
+    soft limit to the hard one at start (os package, ``rlimit.go``), so
+    ``ulimit -Sn 128`` does not reproduce the leak there; tcplab does not.
+    """
+    current = own_fd_limit()
+    if spec is None:
+        return current
+    if spec == "max":
+        target = current.hard
+    else:
+        try:
+            target = int(spec)
+        except ValueError:
+            raise UsageError(
+                f"--fd-limit takes a number or 'max', not {spec!r}",
+                hint="e.g. --fd-limit 128, or --fd-limit max for the hard limit",
+            ) from None
+    if target > current.hard:
+        raise ResourceLimit(
+            f"cannot set the soft fd limit to {target}: the hard limit is {current.hard}",
+            hint="raise the hard limit first (as root: 'ulimit -Hn N' or 'prlimit --nofile'), "
+            "or use --fd-limit max",
+        )
+    minimum = fds_in_use() + 4
+    if target < minimum:
+        raise UsageError(
+            f"--fd-limit {target} is too low: the server already has {minimum - 4} fds open "
+            "and needs a few more for its listener and poller",
+            hint=f"use at least {minimum}",
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, current.hard))
+    return own_fd_limit()
+
+
+def open_listener(host: str, port: int, backlog: int) -> socket.socket:
+    """socket(), SO_REUSEADDR, bind(), listen(); OS errors become TcplabErrors."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"invalid host {host!r}: {exc.strerror}",
+            hint="use an address such as 127.0.0.1, ::1 or 0.0.0.0, or a name in /etc/hosts",
+        ) from None
+    family, _type, _proto, _canon, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Like every server (and Go): a restarted server can bind while its old
+    # connections still sit in TIME_WAIT. It does not let two servers listen.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    where = f"[{addr[0]}]:{port}" if family == socket.AF_INET6 else f"{addr[0]}:{port}"
+    try:
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(exc, where, port) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_error(exc: OSError, where: str, port: int) -> Exception:
+    if exc.errno == errno.EADDRINUSE:
+        holders = listeners_on_port(port)
+        named = [h for h in holders if h.pid is not None]
+        if named:
+            who = "; ".join(f"pid {h.pid} ({h.command or '?'})" for h in named)
+            return AddressInUse(
+                f"{where} is already in use, held by {who}",
+                hint=f"stop that process, or pick another port (--port 0 picks a free one)",
+            )
+        why = (
+            "the holder could not be named: without root, other users' processes are hidden"
+            if os.geteuid() != 0
+            else "no process holds a listening socket on it; another socket is bound there"
+        )
+        return AddressInUse(
+            f"{where} is already in use ({why})",
+            hint=f"find it with 'ss -tanp sport = :{port}' as root, or use --port 0",
+        )
+    if exc.errno == errno.EACCES:
+        return PrivilegeError(
+            f"binding {where} needs privilege: ports below "
+            f"{_unprivileged_port_start()} are reserved for root",
+            hint="use a port >= 1024, run as root, or grant CAP_NET_BIND_SERVICE",
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return UsageError(
+            f"cannot listen on {where}: {describe_oserror(exc)} (no interface has that address)",
+            hint="use 127.0.0.1, ::1, 0.0.0.0 or an address shown by 'ip addr'",
+        )
+    return UsageError(f"cannot listen on {where}: {describe_oserror(exc)}")
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024
+
+
+def tune_accepted(sock: socket.socket, config: ServerConfig) -> None:
+    """Per-connection options every model applies, as Go's net package does:
+    TCP_NODELAY, and keep-alive probes when ``--keepalive`` asks (idle and
+    interval both S seconds, 9 probes: Go's defaults with S = 15)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if config.keepalive:
+        secs = max(1, int(config.keepalive))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set ``requested`` and make ``fd`` readable, so a poller wakes.
+
+    The C-level handler writes to the wakeup fd (signal.set_wakeup_fd) even
+    while the main thread sits in epoll_wait or poll; the Python-level handler
+    only sets the flag.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopSignal]:
+    stop = StopSignal()
+    old_int = signal.signal(signal.SIGINT, stop._handler)
+    old_term = signal.signal(signal.SIGTERM, stop._handler)
+    old_wake = signal.set_wakeup_fd(stop._w, warn_on_full_buffer=False)
+    try:
+        yield stop
+    finally:
+        signal.set_wakeup_fd(old_wake)
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        os.close(stop.fd)
+        os.close(stop._w)
+
+
+class Ticker:
+    """Fires every ``interval`` seconds; ``timeout`` tells a poller how long it may sleep."""
+
+    __slots__ = ("_due", "interval")
+
+    def __init__(self, interval: float | None, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self._due = clock() + interval if interval else None
+
+    def timeout(self, now: float) -> float | None:
+        return None if self._due is None else max(0.0, self._due - now)
+
+    def fire(self, now: float) -> bool:
+        if self._due is None or now < self._due or self.interval is None:
+            return False
+        self._due = now + self.interval
+        return True
+
+
+def run(config: ServerConfig, hooks: Hooks, fd_limit: str | None = None) -> ServerStats:
+    """Apply the fd limit, open the listener, announce it, serve until a signal."""
+    if config.model not in MODELS:
+        raise UsageError(
+            f"unknown model {config.model!r}", hint=f"choose one of: {', '.join(MODELS)}"
+        )
+    limit = apply_fd_limit(fd_limit)
+    backlog = config.backlog if config.backlog is not None else default_backlog()
+    listener = open_listener(config.host, config.port, backlog)
+    module = importlib.import_module(f"tcplab.traffic.echo_{config.model}")
+    try:
+        host, port = listener.getsockname()[:2]
+        hooks.listening(
+            Listening(
+                host=host,
+                port=port,
+                model=config.model,
+                pid=os.getpid(),
+                leak=config.leak,
+                backlog=backlog,
+                fd_soft=limit.soft,
+                fd_hard=limit.hard,
+                close_first=config.close_first,
+                keepalive=config.keepalive,
+            )
+        )
+        stats: ServerStats = module.serve(listener, config, hooks)
+        return stats
+    finally:
+        listener.close()
