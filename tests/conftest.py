@@ -22,7 +22,9 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """Start ``tcplab server --json --port 0 ARGS`` in a child; always reaped."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, preexec_fn: Any = None) -> ServerProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, preexec_fn: Any = None
+    ) -> ServerProcess:
         server = ServerProcess(args, env=env, preexec_fn=preexec_fn)
         started.append(server)
         server.start()

@@ -60,7 +60,8 @@ def add_parser(sub: Any, name: str) -> None:
         "--port", type=common.port, default=8080, help="port (default 8080; 0 picks a free one)"
     )
     p.add_argument(
-        "--model", choices=MODELS, default=DEFAULT_MODEL, help=f"server model (default {DEFAULT_MODEL})"
+        "--model", choices=MODELS, default=DEFAULT_MODEL,
+        help=f"server model (default {DEFAULT_MODEL})",
     )
     p.add_argument(
         "--leak",

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
 from tcplab.errors import ConnectFailed, VerifyFailed, describe_oserror
 from tcplab.traffic.target import Target
 

@@ -177,7 +177,7 @@ def _bind_error(exc: OSError, where: str, port: int) -> Exception:
             who = "; ".join(f"pid {h.pid} ({h.command or '?'})" for h in named)
             return AddressInUse(
                 f"{where} is already in use, held by {who}",
-                hint=f"stop that process, or pick another port (--port 0 picks a free one)",
+                hint="stop that process, or pick another port (--port 0 picks a free one)",
             )
         why = (
             "the holder could not be named: without root, other users' processes are hidden"

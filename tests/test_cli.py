@@ -1,0 +1,206 @@
+"""The command line as a user meets it: exit codes, messages, --json, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import run_tcplab
+
+pytestmark = pytest.mark.loopback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_version_and_help_teach() -> None:
+    r = run_tcplab("--version")
+    assert r.returncode == 0 and r.stdout.decode().startswith("tcplab ")
+    r = run_tcplab("--help")
+    assert r.returncode == 0
+    for command in ("server", "client", "experiment"):
+        assert command in r.stdout.decode()
+    help_text = run_tcplab("server", "--help").stdout.decode()
+    assert "Go, since 1.19" in help_text and "examples:" in help_text
+    assert "LEAK=true" in help_text
+    assert "examples:" in run_tcplab("client", "--help").stdout.decode()
+
+
+def test_python_m_and_console_script_agree() -> None:
+    script = shutil.which("tcplab", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the tcplab console script is not installed next to this python")
+    out = subprocess.run([script, "--version"], capture_output=True, check=True).stdout
+    assert out == run_tcplab("--version").stdout
+
+
+def test_port_in_use_names_the_holder() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_tcplab("server", "--port", str(port))
+    err = r.stderr.decode()
+    assert r.returncode == 5
+    assert f"127.0.0.1:{port} is already in use" in err
+    if os.geteuid() == 0:
+        assert f"pid {os.getpid()}" in err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_tcplab("server", "--port", str(port), "--debug")
+    assert r.returncode == 5 and "Traceback" in r.stderr.decode()
+
+
+def test_privileged_port_says_which_privilege() -> None:
+    if os.geteuid() == 0:
+        # Root on the host may bind port 80; inside an unprivileged user
+        # namespace it is root in name only and gets EACCES for real.
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            pytest.skip("unshare(1) is not installed")
+        cmd = [unshare, "-Ur", sys.executable, "-m", "tcplab", "server", "--port", "80"]
+    else:
+        cmd = [sys.executable, "-m", "tcplab", "server", "--port", "80"]
+    r = subprocess.run(cmd, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    if b"unshare failed" in r.stderr:
+        pytest.skip(f"user namespaces unavailable: {r.stderr.decode().strip()}")
+    err = r.stderr.decode()
+    assert r.returncode == 4, err
+    assert "needs privilege" in err and "CAP_NET_BIND_SERVICE" in err
+
+
+def test_invalid_host_and_bad_limits_are_clear() -> None:
+    r = run_tcplab("server", "--host", "no-such-host.invalid", "--port", "0")
+    assert r.returncode == 2 and b"invalid host 'no-such-host.invalid'" in r.stderr
+    r = run_tcplab("server", "--host", "192.0.2.77", "--port", "0")
+    assert r.returncode == 2 and b"no interface has that address" in r.stderr
+    r = run_tcplab("server", "--port", "0", "--fd-limit", "99999999")
+    assert r.returncode == 7 and b"hard limit" in r.stderr
+    r = run_tcplab("server", "--port", "0", "--fd-limit", "lots")
+    assert r.returncode == 2 and b"'max'" in r.stderr
+    r = run_tcplab("server", "--port", "70000")
+    assert r.returncode == 2 and b"not a port" in r.stderr
+
+
+def test_client_refused_says_nothing_listens() -> None:
+    port = free_port()
+    r = run_tcplab("client", "--port", str(port), "hi")
+    assert r.returncode == 3
+    assert f"connection refused: nothing listens on 127.0.0.1:{port}".encode() in r.stderr
+    assert b"Traceback" not in r.stderr
+
+
+def test_client_refuses_remote_targets() -> None:
+    r = run_tcplab("client", "--host", "192.0.2.1", "hi")
+    assert r.returncode == 2 and b"--allow-remote" in r.stderr
+
+
+def test_client_messages_and_json(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    port = str(server.port)
+    r = run_tcplab("client", "--port", port, "hello", "wörld")
+    assert r.returncode == 0
+    assert r.stdout.decode().splitlines() == ["hello", "wörld"]
+    r = run_tcplab("client", "--port", port, "--json", "one", "two")
+    objs = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert [o["echo"] for o in objs] == ["one", "two"]
+    assert all(o["schema"] == 1 for o in objs)
+
+
+def test_client_streams_stdin_byte_exact(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    blob = os.urandom(3 << 20) + bytes(range(256))
+    r = run_tcplab("client", "--port", str(server.port), input=blob)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == blob
+
+
+def test_client_without_stdin(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    r = subprocess.run(
+        [sys.executable, "-m", "tcplab", "client", "--port", str(server.port)],
+        capture_output=True, timeout=60, preexec_fn=lambda: os.close(0),
+    )
+    assert r.returncode == 0, r.stderr
+    assert b"nothing to send" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_client_count_json_is_one_object(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    r = run_tcplab("client", "--port", str(server.port), "--count", "200", "--size", "512",
+                   "--json")
+    assert r.returncode == 0
+    report = json.loads(r.stdout)  # the whole of stdout is one object
+    assert report["schema"] == 1
+    assert report["count"] == 200 and report["verified_bytes"] == 200 * 512
+    assert 0 < report["rtt_min_us"] <= report["rtt_p50_us"] <= report["rtt_p99_us"] \
+        <= report["rtt_max_us"]
+
+
+def test_server_first_line_json_stats_and_sigint_totals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tcplab", "server", "--port", "0", "--stats", "0.2"],
+            stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
+        try:
+            # The first line reaches the file while the server still runs:
+            # lines are flushed even when stdout is not a terminal.
+            deadline = time.monotonic() + 20
+            while b"\n" not in log.read_bytes():
+                assert time.monotonic() < deadline, "no listening line"
+                time.sleep(0.05)
+            first = log.read_text().splitlines()[0]
+            assert first.startswith("listening on 127.0.0.1:")
+            assert f"pid {proc.pid}" in first and "leak off" in first and "fd limit" in first
+            port = int(first.split(":")[1].split()[0])
+            assert run_tcplab("client", "--port", str(port), "abc").returncode == 0
+            while "accepted 1" not in log.read_text():
+                assert time.monotonic() < deadline, "no stats line"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert "stopped: accepted 1, closed 1" in text
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_server_json_lines(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--stats", "0.2")
+    assert server.info["schema"] == 1 and server.info["event"] == "listening"
+    assert server.info["model"] == "uvloop" and server.info["pid"] == server.pid
+    time.sleep(0.5)
+    totals = server.stop()
+    assert totals is not None and totals["schema"] == 1
+    assert any(e.get("event") == "stats" for e in server.events)
+
+
+def test_experiment_all_runs_the_echo_demo() -> None:
+    r = run_tcplab("experiment", "all", "--quick", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    results = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    echo = next(x for x in results if x["experiment"] == "echo")
+    assert echo["ok"] is True and echo["facts"]["stream_identical"] is True
+    assert echo["facts"]["server_totals"]["bytes_echoed"] == echo["facts"]["client_bytes"]
