@@ -204,3 +204,68 @@ def test_experiment_all_runs_the_echo_demo() -> None:
     echo = next(x for x in results if x["experiment"] == "echo")
     assert echo["ok"] is True and echo["facts"]["stream_identical"] is True
     assert echo["facts"]["server_totals"]["bytes_echoed"] == echo["facts"]["client_bytes"]
+
+
+def test_client_timeout_when_nothing_echoes() -> None:
+    # A listener that never accepts: the kernel completes the handshake, but
+    # no echo ever comes.
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        r = run_tcplab("client", "--port", str(mute.getsockname()[1]), "--timeout", "0.5", "hi")
+    assert r.returncode == 3
+    assert b"timed out after 0.5 s waiting for the echo (0 of 2 bytes back)" in r.stderr
+
+
+def test_ipv6_loopback(start_server) -> None:  # type: ignore[no-untyped-def]
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        server = start_server("--host", "::1")
+    except Exception as exc:  # e.g. IPv6 disabled in this namespace
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    assert server.info["host"] == "::1"
+    r = run_tcplab("client", "--host", "::1", "--port", str(server.port), "six")
+    assert r.returncode == 0 and r.stdout == b"six\n"
+
+
+def test_keepalive_timer_on_accepted_sockets(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--keepalive", "7")
+    with socket.create_connection(("127.0.0.1", server.port)) as c:
+        c.sendall(b"k")
+        assert c.recv(1) == b"k"
+        out = subprocess.run(
+            ["ss", "-Htano", "state", "established", f"( sport = :{server.port} )"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    assert "timer:(keepalive," in out, out
+
+
+def test_interactive_prompt_on_a_terminal(start_server) -> None:  # type: ignore[no-untyped-def]
+    import pty
+
+    server = start_server()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin is a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "tcplab", "client",
+                                  "--port", str(server.port)])
+    seen = b""
+    try:
+        os.write(fd, b"over the pty\n")
+        deadline = time.monotonic() + 20
+        while b"over the pty    (" not in seen.replace(b"\r", b""):
+            assert time.monotonic() < deadline, seen
+            seen += os.read(fd, 4096)
+        os.write(fd, b"\x04")  # Ctrl-D ends the session
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert b"> " in seen and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_not_linux_says_so(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tcplab.cli import main
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert main.main(["--version"]) == 8
+    assert "tcplab needs Linux" in capsys.readouterr().err
