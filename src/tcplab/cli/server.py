@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         close_first=args.close_first,
         keepalive=args.keepalive,
     )
+    if config.leak and config.close_first:
+        note("tcplab: --close-first has no effect in leak mode: a leaking server never closes")
     printer = _Printer(args.json)
     totals = server.run(config, printer, fd_limit=args.fd_limit)
     if args.json:

@@ -132,18 +132,30 @@ class _Server:
         self.hooks.stats(snapshot(self.stats))
         self.loop.call_later(interval, self.tick, interval)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float = 1.0) -> None:
+        """Stop accepting; close every connection unless leaking.
+
+        ``transport.close()`` waits for the write buffer to drain, which never
+        happens for a peer that does not read: after ``grace`` seconds the
+        stragglers are aborted (RST) so the totals add up and we exit.
+        """
         self.stopping = True
         if self.retry is not None:
             self.retry.cancel()
         else:
             self.loop.remove_reader(self.listener.fileno())
-        if not self.leak:
-            for proto in list(self.conns):
-                if proto.transport is not None:
-                    proto.transport.close()
-        # Let the transports flush and report connection_lost.
-        for _ in range(3):
+        if self.leak:
+            return
+        for proto in list(self.conns):
+            if proto.transport is not None:
+                proto.transport.close()
+        deadline = self.loop.time() + grace
+        while self.conns and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for proto in list(self.conns):
+            if proto.transport is not None:
+                proto.transport.abort()
+        for _ in range(3):  # let connection_lost run
             await asyncio.sleep(0)
 
 

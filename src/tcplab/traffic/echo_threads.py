@@ -56,7 +56,7 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
                 sock.sendall(data)
                 with lock:
                     stats.bytes_echoed += len(data)
-                if config.close_first:
+                if config.close_first and not config.leak:
                     break
         except OSError:
             pass  # reset by peer, or shut down by our own stop
