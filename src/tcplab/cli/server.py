@@ -12,7 +12,8 @@ DESCRIPTION = """\
 An echo server: every byte a client sends comes back, byte for byte.
 
 Four models serve the same protocol, to compare how they scale:
-  uvloop   asyncio protocol on libuv's event loop (default: least CPU per echo)
+  uvloop   asyncio protocol on libuv's event loop (default; least CPU per echo,
+           with epoll: see bench/cpu_per_echo.py)
   asyncio  the same protocol on the stdlib event loop (epoll underneath)
   epoll    a hand-written select.epoll loop: what Go's netpoll does, spelled out
   threads  one OS thread per connection with blocking sockets (what C10k defeats)

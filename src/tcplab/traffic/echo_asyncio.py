@@ -1,9 +1,16 @@
 """The ``asyncio`` model: the stdlib event loop (EpollSelector on Linux), protocol-based.
 
-Protocols, not streams: a protocol's ``data_received`` writes the bytes
-straight back through the transport, with no coroutine switch per read. That
-is what puts it near the Go reference in server CPU per echo (stdlib protocol
-8.3 us against 11.5 us for asyncio streams, measured here).
+Protocols, not streams: the protocol writes the bytes straight back through
+the transport, with no coroutine switch per read.
+
+A ``BufferedProtocol``, not a plain ``Protocol``: with a plain protocol,
+CPython 3.11's selector transport calls ``sock.recv(256 * 1024)`` for every
+read; 256 KiB is above glibc's mmap threshold (128 KiB), so each read maps,
+faults, shrinks and unmaps a fresh region (strace: recvfrom, mmap, mremap,
+munmap, sendto per echo). That made the stdlib model cost about 6x uvloop's
+server CPU per echo in bench/cpu_per_echo.py. With ``get_buffer`` the
+transport ``recv_into``s one 64 KiB buffer that every connection shares (the
+loop is single-threaded and each read is written back before the next).
 
 The accept loop is our own (see ``accept.py``): the listener is watched with
 ``loop.add_reader`` and every accepted socket is handed to
@@ -26,14 +33,22 @@ from collections.abc import Callable
 from typing import cast
 
 from tcplab.traffic.accept import Acceptor, ServerStats
-from tcplab.traffic.server import HIGH_WATER, Hooks, ServerConfig, snapshot, tune_accepted
+from tcplab.traffic.server import (
+    HIGH_WATER,
+    READ_SIZE,
+    Hooks,
+    ServerConfig,
+    snapshot,
+    tune_accepted,
+)
 
 
-class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("server", "transport")
+class EchoProtocol(asyncio.BufferedProtocol):
+    __slots__ = ("buffer", "server", "transport")
 
     def __init__(self, server: _Server) -> None:
         self.server = server
+        self.buffer = server.buffer
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -43,12 +58,17 @@ class EchoProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.server.conns.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         transport = self.transport
         assert transport is not None
-        transport.write(data)
+        # bytes(): the transport may keep what it cannot send yet, and the
+        # shared buffer is overwritten by the next read.
+        transport.write(bytes(self.buffer[:nbytes]))
         server = self.server
-        server.stats.bytes_echoed += len(data)
+        server.stats.bytes_echoed += nbytes
         if server.close_first and not server.leak:
             transport.close()
 
@@ -87,6 +107,7 @@ class _Server:
         self.leak = config.leak
         self.close_first = config.close_first
         self.stats = ServerStats()
+        self.buffer = memoryview(bytearray(READ_SIZE))
         self.conns: set[EchoProtocol] = set()
         self.acceptor = Acceptor(listener, self.stats, hooks.log)
         self.retry: asyncio.TimerHandle | None = None

@@ -24,9 +24,11 @@ from tcplab.errors import AddressInUse, PrivilegeError, ResourceLimit, UsageErro
 from tcplab.observe.process import FdLimit, fds_in_use, listeners_on_port, own_fd_limit
 from tcplab.traffic.accept import ServerStats
 
-#: The models, fastest first. ``uvloop`` is the default: it served an echo for
-#: the least server CPU here (6.8 us against 8.3 us for stdlib asyncio; see
-#: bench/ once the multiplexing benchmark lands) and passes the conformance suite.
+#: The models. ``uvloop`` is the default: it passes the conformance suite and
+#: ties for the least server CPU per echo (bench/cpu_per_echo.py, 100
+#: connections, 64 B ping-pong, medians: uvloop 3.5 us, epoll 3.3 us, stdlib
+#: asyncio 4.2 us, threads about 20 us), until the multiplexing benchmark of
+#: issue 6 says otherwise.
 MODELS = ("uvloop", "asyncio", "epoll", "threads")
 DEFAULT_MODEL = "uvloop"
 
