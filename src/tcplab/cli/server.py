@@ -12,8 +12,7 @@ DESCRIPTION = """\
 An echo server: every byte a client sends comes back, byte for byte.
 
 Four models serve the same protocol, to compare how they scale:
-  uvloop   asyncio protocol on libuv's event loop (default; least CPU per echo,
-           with epoll: see bench/cpu_per_echo.py)
+  uvloop   asyncio protocol on libuv's event loop (the default)
   asyncio  the same protocol on the stdlib event loop (epoll underneath)
   epoll    a hand-written select.epoll loop: what Go's netpoll does, spelled out
   threads  one OS thread per connection with blocking sockets (what C10k defeats)
@@ -24,6 +23,10 @@ socket sits in CLOSE_WAIT and keeps its fd, until accept() fails with
 EMFILE "Too many open files". The server then logs one line per backoff step
 (5 ms doubling to 1 s, as Go's net/http does), stays idle, and accepts again
 as soon as fds are free.
+
+Server CPU per echo (bench/cpu_per_echo.py, 100 connections, 64 B): uvloop
+3.6 us, epoll 3.4 us, asyncio 4.2 us, threads 27.8 us; about 2.9 us of each
+is the kernel's own read() and write().
 
 The fd limit: the server keeps the soft limit it was started with ('ulimit -n'),
 or the one --fd-limit sets. Note that Go, since 1.19, raises its own soft limit

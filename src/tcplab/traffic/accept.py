@@ -28,6 +28,12 @@ from dataclasses import dataclass
 from tcplab.errors import describe_oserror
 from tcplab.observe.process import fds_in_use, own_fd_limit
 
+
+def poll_timeout(*timeouts: float | None) -> float | None:
+    """The shortest of the timeouts that are set (None: sleep until an event)."""
+    due = [t for t in timeouts if t is not None]
+    return min(due) if due else None
+
 #: errnos after which accept() should be retried later: the process or the
 #: system ran out of something that a closing connection may give back.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -123,7 +129,10 @@ class Acceptor:
     one line per reported error.
     """
 
-    __slots__ = ("_backoff", "_batch", "_limiter", "_log", "listener", "paused", "stats")
+    __slots__ = (
+        "_backoff", "_batch", "_clock", "_limiter", "_log",
+        "listener", "paused", "retry_at", "stats",
+    )
 
     def __init__(
         self,
@@ -131,14 +140,34 @@ class Acceptor:
         stats: ServerStats,
         log: Callable[[str], None],
         batch: int = 64,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listener = listener
+        self._clock = clock
         self.stats = stats
         self._log = log
         self._batch = batch
         self._backoff = Backoff()
         self._limiter = LogLimiter()
         self.paused = False
+        self.retry_at: float | None = None  # when a paused model should retry
+
+    def timeout(self, now: float) -> float | None:
+        """How long a poller may sleep before the listener must be watched again."""
+        return None if self.retry_at is None else max(0.0, self.retry_at - now)
+
+    def resume_due(self, now: float) -> bool:
+        """True once the backoff is over; the model then watches the listener again."""
+        if self.retry_at is None or now < self.retry_at:
+            return False
+        self.retry_at = None
+        self.paused = False
+        return True
+
+    def fd_freed(self) -> None:
+        """A connection closed and gave an fd back: end the backoff now."""
+        if self.retry_at is not None:
+            self.retry_at = self._clock()
 
     def accept_ready(self) -> tuple[list[socket.socket], float | None]:
         accepted: list[socket.socket] = []
@@ -158,6 +187,7 @@ class Acceptor:
                         self._log(accept_error_line(exc, delay, self._limiter.held))
                         self._limiter.held = 0
                     self.paused = True
+                    self.retry_at = self._clock() + delay
                     self.stats.accepted += len(accepted)
                     return accepted, delay
                 raise

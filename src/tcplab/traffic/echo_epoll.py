@@ -23,7 +23,7 @@ import select
 import socket
 import time
 
-from tcplab.traffic.accept import Acceptor, ServerStats
+from tcplab.traffic.accept import Acceptor, ServerStats, poll_timeout
 from tcplab.traffic.server import (
     HIGH_WATER,
     READ_SIZE,
@@ -56,11 +56,9 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
     leaked: list[socket.socket] = []  # leak mode: referenced forever, never closed
     lfd = listener.fileno()
     ticker = Ticker(config.stats_interval)
-    retry_at: float | None = None
 
     def finish(fd: int, conn: Conn) -> None:
         """The connection is done: unregister it, and close it unless leaking."""
-        nonlocal retry_at
         ep.unregister(fd)
         del conns[fd]
         if config.leak:
@@ -69,8 +67,7 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
             return
         conn.sock.close()
         stats.closed += 1
-        if retry_at is not None:
-            retry_at = time.monotonic()  # an fd came back: retry accept() now
+        acceptor.fd_freed()
 
     def on_readable(fd: int, conn: Conn) -> None:
         try:
@@ -128,10 +125,8 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
         try:
             while not stop.requested:
                 now = time.monotonic()
-                timeouts = [t for t in (ticker.timeout(now),) if t is not None]
-                if retry_at is not None:
-                    timeouts.append(max(0.0, retry_at - now))
-                events = ep.poll(min(timeouts) if timeouts else -1)
+                timeout = poll_timeout(ticker.timeout(now), acceptor.timeout(now))
+                events = ep.poll(-1 if timeout is None else timeout)
                 for fd, mask in events:
                     if fd == lfd:
                         socks, delay = acceptor.accept_ready()
@@ -142,7 +137,6 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
                             ep.register(sock, IN)
                         if delay is not None:
                             ep.unregister(lfd)  # else level-triggered epoll spins
-                            retry_at = time.monotonic() + delay
                     elif fd == stop.fd:
                         stop.drain()
                     else:
@@ -154,9 +148,7 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
                         elif mask & (IN | select.EPOLLHUP | select.EPOLLERR):
                             on_readable(fd, conn)
                 now = time.monotonic()
-                if retry_at is not None and now >= retry_at:
-                    retry_at = None
-                    acceptor.paused = False
+                if acceptor.resume_due(now):
                     ep.register(lfd, IN)
                 if ticker.fire(now):
                     hooks.stats(snapshot(stats))

@@ -21,12 +21,13 @@ import socket
 import threading
 import time
 
-from tcplab.traffic.accept import Acceptor, ServerStats
+from tcplab.traffic.accept import Acceptor, ServerStats, poll_timeout
 from tcplab.traffic.server import (
     READ_SIZE,
     Hooks,
     ServerConfig,
     Ticker,
+    drain,
     snapshot,
     stop_on_signals,
     tune_accepted,
@@ -69,6 +70,7 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
             stats.closed += 1
         sock.close()
         if acceptor.paused:
+            acceptor.fd_freed()
             try:
                 os.write(freed_w, b"x")  # wake the acceptor: an fd is free
             except BlockingIOError:
@@ -77,7 +79,6 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
     threading.stack_size(THREAD_STACK)
     poller = select.poll()
     lfd = listener.fileno()
-    retry_at: float | None = None
     with stop_on_signals() as stop:
         poller.register(lfd, select.POLLIN)
         poller.register(stop.fd, select.POLLIN)
@@ -85,10 +86,8 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
         try:
             while not stop.requested:
                 now = time.monotonic()
-                timeouts = [t for t in (ticker.timeout(now),) if t is not None]
-                if retry_at is not None:
-                    timeouts.append(max(0.0, retry_at - now))
-                timeout_ms = None if not timeouts else int(min(timeouts) * 1000) + 1
+                timeout = poll_timeout(ticker.timeout(now), acceptor.timeout(now))
+                timeout_ms = None if timeout is None else int(timeout * 1000) + 1
                 for fd, _mask in poller.poll(timeout_ms):
                     if fd == lfd:
                         socks, delay = acceptor.accept_ready()
@@ -100,22 +99,12 @@ def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> Server
                             threading.Thread(target=handle, args=(sock,), daemon=True).start()
                         if delay is not None:
                             poller.unregister(lfd)
-                            retry_at = time.monotonic() + delay
                     elif fd == freed_r:
-                        while True:
-                            try:
-                                if not os.read(freed_r, 512):
-                                    break
-                            except BlockingIOError:
-                                break
-                        if retry_at is not None:
-                            retry_at = time.monotonic()
+                        drain(freed_r)
                     else:
                         stop.drain()
                 now = time.monotonic()
-                if retry_at is not None and now >= retry_at:
-                    retry_at = None
-                    acceptor.paused = False
+                if acceptor.resume_due(now):
                     poller.register(lfd, select.POLLIN)
                 if ticker.fire(now):
                     with lock:

@@ -23,12 +23,14 @@ from typing import Protocol
 from tcplab.errors import AddressInUse, PrivilegeError, ResourceLimit, UsageError, describe_oserror
 from tcplab.observe.process import FdLimit, fds_in_use, listeners_on_port, own_fd_limit
 from tcplab.traffic.accept import ServerStats
+from tcplab.traffic.target import lookup
 
-#: The models. ``uvloop`` is the default: it passes the conformance suite and
-#: ties for the least server CPU per echo (bench/cpu_per_echo.py, 100
-#: connections, 64 B ping-pong, medians: uvloop 3.5 us, epoll 3.3 us, stdlib
-#: asyncio 4.2 us, threads about 20 us), until the multiplexing benchmark of
-#: issue 6 says otherwise.
+#: The models. ``uvloop`` is the default, as issue 2 set it, until the
+#: multiplexing benchmark (issue 6: 1 to 10,000 connections, 64 B to 64 KiB)
+#: says otherwise. bench/cpu_per_echo.py (100 connections, 64 B ping-pong,
+#: median of 5 interleaved rounds) measured server CPU per echo: uvloop 3.6 us,
+#: epoll 3.4 us (0.94x uvloop), stdlib asyncio 4.2 us, threads 27.8 us; the
+#: kernel's own share (stime) was 2.8 to 2.9 us for the three event loops.
 MODELS = ("uvloop", "asyncio", "epoll", "threads")
 DEFAULT_MODEL = "uvloop"
 
@@ -148,14 +150,7 @@ def apply_fd_limit(spec: str | None) -> FdLimit:
 
 def open_listener(host: str, port: int, backlog: int) -> socket.socket:
     """socket(), SO_REUSEADDR, bind(), listen(); OS errors become TcplabErrors."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise UsageError(
-            f"invalid host {host!r}: {exc.strerror}",
-            hint="use an address such as 127.0.0.1, ::1 or 0.0.0.0, or a name in /etc/hosts",
-        ) from None
-    family, _type, _proto, _canon, addr = infos[0]
+    family, addr = lookup(host, port, passive=True)
     sock = socket.socket(family, socket.SOCK_STREAM)
     # Like every server (and Go): a restarted server can bind while its old
     # connections still sit in TIME_WAIT. It does not let two servers listen.
@@ -241,11 +236,16 @@ class StopSignal:
         self.requested = True
 
     def drain(self) -> None:
-        try:
-            while os.read(self.fd, 512):
-                pass
-        except BlockingIOError:
+        drain(self.fd)
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking wake-up pipe empty."""
+    try:
+        while os.read(fd, 512):
             pass
+    except BlockingIOError:
+        pass
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from tcplab.errors import UsageError
 
@@ -27,15 +28,25 @@ class Target:
         return f"[{addr}]:{self.port}" if self.family == socket.AF_INET6 else f"{addr}:{self.port}"
 
 
-def resolve(host: str, port: int, allow_remote: bool = False) -> Target:
+def lookup(host: str, port: int, passive: bool = False) -> tuple[int, tuple[Any, ...]]:
+    """(family, sockaddr) of the first address ``host`` resolves to; a clear
+    error for a name that does not resolve. ``passive``: for bind(), as a server."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE if passive else 0
+        )
     except socket.gaierror as exc:
         raise UsageError(
             f"invalid host {host!r}: {exc.strerror}",
-            hint="use an address such as 127.0.0.1 or ::1, or a name in /etc/hosts",
+            hint="use an address such as 127.0.0.1, ::1 or 0.0.0.0, or a name in /etc/hosts",
         ) from None
     family, _type, _proto, _canon, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def resolve(host: str, port: int, allow_remote: bool = False) -> Target:
+    """Where to send traffic; refuses anything but loopback without ``allow_remote``."""
+    family, sockaddr = lookup(host, port)
     addr = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
     if not allow_remote and not addr.is_loopback:
         raise UsageError(
@@ -43,4 +54,4 @@ def resolve(host: str, port: int, allow_remote: bool = False) -> Target:
             "(127.0.0.0/8, ::1) unless told otherwise",
             hint="pass --allow-remote if you own that host and mean it",
         )
-    return Target(host, port, family, sockaddr)  # type: ignore[arg-type]
+    return Target(host, port, family, sockaddr)
