@@ -63,3 +63,23 @@ def seconds(text: str) -> float:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in TRUTHY
+
+
+def add_netns(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--netns", metavar="NAME|PATH|PID",
+        help="look inside another network namespace: a name from 'ip netns', a path "
+        "such as /proc/PID/ns/net, or a pid (needs root)",
+    )
+
+
+def add_interval(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument(
+        "--interval", type=seconds, default=default, metavar="SECONDS",
+        help=f"seconds between samples with --watch (default {default:g})",
+    )
+    p.add_argument(
+        "--samples", type=positive_int, metavar="N",
+        help="with --watch, stop after N samples (for scripts)",
+    )

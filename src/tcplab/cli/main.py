@@ -21,6 +21,10 @@ COMMANDS = {
     "server": "server",
     "client": "client",
     "experiment": "experiment",
+    "states": "states",
+    "sockets": "sockets",
+    "fds": "fds",
+    "limits": "limits",
 }
 
 EPILOG = """\
@@ -28,6 +32,10 @@ commands in the order of the lab:
   tcplab server                 an echo server (four models, leak mode)
   tcplab client hello           send a message, print its echo
   tcplab experiment all         run every experiment and summarise what it showed
+  tcplab states --port 8080     sockets per TCP state (netstat | grep | wc -l)
+  tcplab sockets --port 8080    one row per socket, timers and owners (ss -tanpo)
+  tcplab fds PID                fds in use against the limit, and what they are
+  tcplab limits                 the kernel knobs behind the experiments
 
 exit status: 0 ok, 1 error, 2 usage, 3 connection failed, 4 privilege missing,
 5 address in use, 6 echo mismatch, 7 limit reached, 8 not supported, 130 Ctrl-C.

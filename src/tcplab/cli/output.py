@@ -28,8 +28,13 @@ def setup_streams() -> None:
 
 
 def to_jsonable(obj: Any) -> Any:
+    """Records (frozen dataclasses) become dicts, also inside lists and dicts."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
     return obj
 
 

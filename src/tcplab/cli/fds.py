@@ -1,0 +1,122 @@
+"""``tcplab fds``: file descriptors in use against the limit, per process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from tcplab.cli import common
+from tcplab.cli.output import emit_json, human_bytes, note, out
+
+DESCRIPTION = """\
+Per process: fds in use, its soft and hard limit (the process's own, from
+/proc/PID/limits, not your shell's 'ulimit -n'), the percentage used, its
+TCP sockets by state, its other fds by kind (files, pipes, epoll, eventfd...),
+threads and RSS. A process at 80% or more of its limit gets a warning, with
+CLOSE_WAIT named as the cause when that is where its fds went.
+
+Choose processes by pid, by --name (command name), or by --port (whoever
+holds a socket on that port). Without any, the processes using the largest
+share of their limit are shown.
+"""
+
+EXAMPLES = """\
+examples:
+  tcplab fds 4242                    one process
+  tcplab fds --port 8080 --watch     the lab's server, live: fds climbing to the limit
+  tcplab fds --name python3 --json
+"""
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(
+        name, parents=[common.parent()],
+        help="fds in use against the limit per process, and what they are (lsof, ulimit -n)",
+        description=DESCRIPTION, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pid", nargs="*", type=common.positive_int, metavar="PID")
+    p.add_argument("--name", help="processes whose command name is NAME")
+    p.add_argument("--port", type=common.port, default=0,
+                   help="processes holding a TCP socket with this local or remote port")
+    p.add_argument("--top", type=common.positive_int, default=10, metavar="N",
+                   help="without a selection, show the N fullest processes (default 10)")
+    common.add_interval(p, 1.0)
+    common.add_netns(p)
+    common.add_json(p, "the reports (one object per sample with --watch)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tcplab.observe.sockets import SocketTable
+
+    with SocketTable(netns=args.netns) as table:
+        samples = 0
+        try:
+            while True:
+                reports = _sample(table, args)
+                samples += 1
+                if args.json:
+                    emit_json({"processes": reports, "t": round(time.time(), 3)})
+                else:
+                    if args.watch and samples > 1:
+                        out("")
+                    _print(reports)
+                if not args.watch or (args.samples and samples >= args.samples):
+                    return 0
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _sample(table: Any, args: argparse.Namespace) -> list[Any]:
+    from tcplab.errors import UsageError
+    from tcplab.observe.fds import fd_report
+    from tcplab.observe.owners import OwnerMap, all_pids, read_comm
+
+    socks = table.sockets()
+    state_of = {s.inode: s.state for s in socks if s.inode}
+    if args.pid:
+        pids = list(args.pid)
+    elif args.port:
+        on_port = [s.inode for s in socks if args.port in (s.sport, s.dport) and s.inode]
+        pids = sorted({o.pid for o in OwnerMap().lookup(on_port).values()})
+        if not pids:
+            note(f"no process holds a TCP socket on port {args.port}"
+                 + ("" if os.geteuid() == 0 else " that you may see (run as root for all)"))
+    elif args.name:
+        pids = [p for p in all_pids() if read_comm(p) == args.name]
+        if not pids:
+            raise UsageError(f"no process named {args.name!r}")
+    else:
+        pids = all_pids()
+    reports = []
+    for pid in pids:
+        try:
+            reports.append(fd_report(pid, state_of))
+        except FileNotFoundError:
+            if args.pid:
+                raise UsageError(f"no process {pid}") from None
+        except PermissionError:
+            continue
+    if not (args.pid or args.port or args.name):
+        reports = [r for r in reports if r.fds]  # kernel threads have none
+        reports.sort(key=lambda r: (r.percent, r.fds), reverse=True)
+        reports = reports[: args.top]
+    return reports
+
+
+def _print(reports: list[Any]) -> None:
+    for r in reports:
+        soft = "unlimited" if r.soft < 0 else f"{r.soft:,}"
+        hard = "unlimited" if r.hard < 0 else f"{r.hard:,}"
+        out(f"pid {r.pid} ({r.command}): {r.fds:,} fds of {soft} ({r.percent:.1f}%), "
+            f"hard limit {hard}, {r.threads} threads, RSS {human_bytes(r.rss_bytes)}")
+        if r.tcp:
+            out("  tcp:   " + ", ".join(f"{state} {n:,}" for state, n in r.tcp.items()))
+        if r.other:
+            out("  other: " + ", ".join(f"{kind} {n:,}" for kind, n in r.other.items()))
+        if r.warning:
+            note(f"  warning: pid {r.pid} ({r.command}): {r.warning}")

@@ -1,0 +1,76 @@
+"""``/proc/net/tcp`` and ``/proc/net/tcp6``: the text fallback when netlink is unavailable.
+
+Each line (``tcp4_seq_show`` in ``net/ipv4/tcp_ipv4.c``)::
+
+    sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when retrnsmt   uid  timeout inode
+    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  0  0 12345
+
+Addresses are the raw ``__be32`` words printed as host-order hex, so on a
+little-endian machine 127.0.0.1 reads ``0100007F``; ports are plain hex.
+``tm->when`` is in clock ticks (USER_HZ). There is no socket cookie here, and
+for a listener no backlog: those fields come out 0. The records are the same
+:class:`~tcplab.kernel.sock_diag.TcpSocket` the netlink reader produces.
+"""
+
+from __future__ import annotations
+
+import sys
+from socket import AF_INET, AF_INET6, inet_ntop
+from typing import Literal
+
+from tcplab.kernel.sock_diag import DecodeError, TcpSocket
+
+Order = Literal["little", "big"]
+
+
+def _addr(text: str, family: int, byteorder: Order) -> tuple[str, int]:
+    host, _, port = text.partition(":")
+    words = [int(host[i : i + 8], 16).to_bytes(4, byteorder) for i in range(0, len(host), 8)]
+    return inet_ntop(family, b"".join(words)), int(port, 16)
+
+
+def parse_line(
+    line: str, family: int, byteorder: Order = sys.byteorder, ticks_per_s: int = 100
+) -> TcpSocket:
+    """One data line of /proc/net/tcp (AF_INET) or /proc/net/tcp6 (AF_INET6)."""
+    f = line.split()
+    try:
+        src, sport = _addr(f[1], family, byteorder)
+        dst, dport = _addr(f[2], family, byteorder)
+        tx, _, rx = f[4].partition(":")
+        timer, _, when = f[5].partition(":")
+        return TcpSocket(
+            family=int(family), state=int(f[3], 16), src=src, sport=sport, dst=dst, dport=dport,
+            timer=int(timer, 16), expires_ms=int(when, 16) * 1000 // ticks_per_s,
+            retrans=int(f[6], 16), rqueue=int(rx, 16), wqueue=int(tx, 16), uid=int(f[7]),
+            inode=int(f[9]), cookie=0,
+        )
+    except (IndexError, ValueError, OSError) as exc:
+        raise DecodeError(f"bad /proc/net/tcp line {line.strip()!r}: {exc}") from None
+
+
+def count_lines(text: str, counts: list[int], port: int = 0) -> None:
+    """Add each socket's state to ``counts``; with ``port``, only sockets with
+    that local or remote port. Builds no records."""
+    lines = text.splitlines()
+    want = f"{port:04X}" if port else ""
+    for line in lines[1:]:
+        f = line.split(None, 4)
+        if len(f) < 4:
+            continue
+        if want and f[1].rpartition(":")[2] != want and f[2].rpartition(":")[2] != want:
+            continue
+        try:
+            counts[int(f[3], 16)] += 1
+        except (ValueError, IndexError):
+            raise DecodeError(f"bad /proc/net/tcp line {line.strip()!r}") from None
+
+
+def parse(
+    text: str, family: int, byteorder: Order = sys.byteorder, ticks_per_s: int = 100
+) -> list[TcpSocket]:
+    return [parse_line(line, family, byteorder, ticks_per_s)
+            for line in text.splitlines()[1:] if line.strip()]
+
+
+__all__ = ["AF_INET", "AF_INET6", "count_lines", "parse", "parse_line"]

@@ -1,0 +1,83 @@
+"""The knobs behind the experiments: fd limits and TCP sysctls, with what they mean."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+from tcplab.observe.netns import entered
+
+PROC_SYS = "/proc/sys"
+
+
+@dataclass(frozen=True, slots=True)
+class Knob:
+    name: str
+    value: str
+    meaning: str
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        with open(f"{PROC_SYS}/{name.replace('.', '/')}") as f:
+            return " ".join(f.read().split())
+    except OSError:
+        return None
+
+
+TW_REUSE = {
+    "0": "off: a TIME_WAIT port is never reused for a new connect(); the port bomb "
+         "fails after the port range is used up",
+    "1": "on: connect() may reuse a TIME_WAIT port after tcp_tw_reuse_delay (needs timestamps)",
+    "2": "loopback only (the default): connect() to 127.0.0.1 reuses TIME_WAIT ports after "
+         "tcp_tw_reuse_delay, which is why the classic port bomb does not fail on a modern kernel",
+}
+
+
+def read_knobs(netns: str | None = None) -> list[Knob]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    knobs = [
+        Knob("ulimit -n (soft)", str(soft),
+             "fds this shell's processes may open; accept() fails with EMFILE beyond it"),
+        Knob("ulimit -Hn (hard)", str(hard),
+             "the most a process may raise its own soft limit to (Go raises to it since 1.19)"),
+    ]
+    fs_names = ("fs.nr_open", "fs.file-nr")
+    with entered(netns):
+        values = {name: _sysctl(name) for name in (
+            *fs_names, "net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse",
+            "net.ipv4.tcp_tw_reuse_delay", "net.ipv4.tcp_fin_timeout",
+            "net.ipv4.tcp_max_tw_buckets", "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog",
+        )}
+    if values["fs.nr_open"]:
+        knobs.append(Knob("fs.nr_open", values["fs.nr_open"],
+                          "the ceiling for any process's hard fd limit"))
+    if values["fs.file-nr"]:
+        used, _free, most = ([*values["fs.file-nr"].split(), "?", "?", "?"])[:3]
+        knobs.append(Knob("fs.file-nr", values["fs.file-nr"],
+                          f"open files system-wide: {used} of {most}; beyond it, ENFILE"))
+    port_range = values["net.ipv4.ip_local_port_range"]
+    if port_range:
+        low, high = (int(x) for x in port_range.split())
+        knobs.append(Knob("net.ipv4.ip_local_port_range", port_range,
+                          f"{high - low + 1:,} ephemeral ports per destination (address, port); "
+                          "connect() fails with EADDRNOTAVAIL when all are taken"))
+    reuse = values["net.ipv4.tcp_tw_reuse"]
+    if reuse is not None:
+        knobs.append(Knob("net.ipv4.tcp_tw_reuse", reuse, TW_REUSE.get(reuse, "")))
+    if values["net.ipv4.tcp_tw_reuse_delay"] is not None:
+        knobs.append(Knob("net.ipv4.tcp_tw_reuse_delay", values["net.ipv4.tcp_tw_reuse_delay"],
+                          "ms a TIME_WAIT socket must age before tcp_tw_reuse may take its port"))
+    rest = {
+        "net.ipv4.tcp_fin_timeout": "seconds an orphaned FIN_WAIT2 socket lives (its process "
+        "closed it); TIME_WAIT is fixed at 60 s (TCP_TIMEWAIT_LEN) and ignores this",
+        "net.ipv4.tcp_max_tw_buckets": "TIME_WAIT sockets the namespace may hold; beyond it, "
+        "new ones are destroyed at once (and 'TCP: time wait bucket table overflow' is logged)",
+        "net.core.somaxconn": "the cap on any listen() backlog: connections the kernel has "
+        "completed but the server has not accept()ed yet",
+        "net.ipv4.tcp_max_syn_backlog": "half-open connections (SYN_RECV) a listener may hold",
+    }
+    for name, meaning in rest.items():
+        if values[name] is not None:
+            knobs.append(Knob(name, values[name] or "", meaning))
+    return knobs

@@ -1,0 +1,81 @@
+"""Look inside another network namespace: ``--netns NAME|PATH|PID``.
+
+setns(2) moves only the calling thread; a socket made while inside stays bound
+to that namespace after we return, and ``/proc/thread-self/net`` follows the
+thread. So we enter, open what we need, and leave at once. Python 3.11 has no
+``os.setns`` (3.12 does), hence libc through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tcplab.errors import PrivilegeError, UsageError
+
+CLONE_NEWNET = 0x40000000
+
+
+def ns_path(spec: str) -> str:
+    """NAME (from ``ip netns add``), a PID, or a path to a namespace file."""
+    if spec.isdigit():
+        return f"/proc/{spec}/ns/net"
+    if "/" in spec:
+        return spec
+    return f"/run/netns/{spec}"
+
+
+def _setns(fd: int) -> None:
+    setns = getattr(os, "setns", None)
+    if setns is not None:  # Python >= 3.12
+        setns(fd, CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+@contextmanager
+def entered(spec: str | None) -> Iterator[None]:
+    """Run the body inside the network namespace ``spec`` (None: stay here)."""
+    if spec is None:
+        yield
+        return
+    path = ns_path(spec)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(
+            f"no network namespace {spec!r} ({path} does not exist)",
+            hint="give a name from 'ip netns list', a pid, or a path such as /proc/PID/ns/net",
+        ) from None
+    except PermissionError:
+        raise PrivilegeError(
+            f"cannot open {path}: permission denied",
+            hint="looking into another namespace needs root (CAP_SYS_ADMIN)",
+        ) from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _setns(target)
+        except OSError as exc:
+            if exc.errno == errno.EPERM:
+                raise PrivilegeError(
+                    f"entering the network namespace {spec!r} needs CAP_SYS_ADMIN",
+                    hint="run as root (sudo tcplab ...)",
+                ) from None
+            if exc.errno == errno.EINVAL:
+                raise UsageError(f"{path} is not a network namespace") from None
+            raise
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
