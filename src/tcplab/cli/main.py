@@ -17,14 +17,17 @@ from tcplab import __version__
 from tcplab.errors import EXIT_INTERRUPTED, TcplabError
 
 #: command name -> module in tcplab.cli; each has ``add_parser`` and ``run``.
+#: Only the module of the command being run is imported (``tcplab states``
+#: must start about as fast as ss; see bench/states_vs_ss.py), so the
+#: one-line help of the others lives here.
 COMMANDS = {
-    "server": "server",
-    "client": "client",
-    "experiment": "experiment",
-    "states": "states",
-    "sockets": "sockets",
-    "fds": "fds",
-    "limits": "limits",
+    "server": "run an echo server (models: uvloop, asyncio, epoll, threads; leak mode)",
+    "client": "send messages to an echo server and print the echoes, or measure round trips",
+    "experiment": "run the lab's experiments (echo; 'all' runs every one)",
+    "states": "count TCP sockets per state (netstat | grep | wc -l, done right)",
+    "sockets": "list TCP sockets with timers and owning processes (ss -tanpo)",
+    "fds": "fds in use against the limit per process, and what they are (lsof, ulimit -n)",
+    "limits": "show the fd limits and TCP sysctls behind the experiments",
 }
 
 EPILOG = """\
@@ -43,7 +46,10 @@ Add --debug before the command to see a traceback on errors.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; fully built only for the command named in ``argv``."""
+    args = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in args if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="tcplab",
         description="tcplab makes the Linux TCP stack visible: real sockets, real kernel "
@@ -57,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback when something fails"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"tcplab.cli.{module_name}")
-        module.add_parser(sub, name)
+    for name, summary in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(f"tcplab.cli.{name}").add_parser(sub, name)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         note(f"tcplab: tcplab needs Linux (this is {sys.platform}): it reads the Linux "
              "kernel's socket tables and /proc")
         return 8
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -57,7 +57,7 @@ def add_parser(sub: Any, name: str) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from tcplab.traffic.server import DEFAULT_MODEL, MODELS
+    from tcplab.traffic.models import DEFAULT_MODEL, MODELS
 
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(

@@ -8,8 +8,6 @@ thread. So we enter, open what we need, and leave at once. Python 3.11 has no
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Iterator
@@ -34,6 +32,9 @@ def _setns(fd: int) -> None:
     if setns is not None:  # Python >= 3.12
         setns(fd, CLONE_NEWNET)
         return
+    import ctypes  # only here: importing ctypes.util costs more than a whole sample
+    import ctypes.util
+
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
         code = ctypes.get_errno()

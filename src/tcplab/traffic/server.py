@@ -23,16 +23,8 @@ from typing import Protocol
 from tcplab.errors import AddressInUse, PrivilegeError, ResourceLimit, UsageError, describe_oserror
 from tcplab.observe.process import FdLimit, fds_in_use, listeners_on_port, own_fd_limit
 from tcplab.traffic.accept import ServerStats
+from tcplab.traffic.models import DEFAULT_MODEL, MODELS
 from tcplab.traffic.target import lookup
-
-#: The models. ``uvloop`` is the default, as issue 2 set it, until the
-#: multiplexing benchmark (issue 6: 1 to 10,000 connections, 64 B to 64 KiB)
-#: says otherwise. bench/cpu_per_echo.py (100 connections, 64 B ping-pong,
-#: median of 5 interleaved rounds) measured server CPU per echo: uvloop 3.6 us,
-#: epoll 3.4 us (0.94x uvloop), stdlib asyncio 4.2 us, threads 27.8 us; the
-#: kernel's own share (stime) was 2.8 to 2.9 us for the three event loops.
-MODELS = ("uvloop", "asyncio", "epoll", "threads")
-DEFAULT_MODEL = "uvloop"
 
 #: Bytes read per recv(); also the most a connection holds in user space
 #: before the model stops reading from it (the high-water mark), so a client
