@@ -2,8 +2,7 @@
 
 setns(2) moves only the calling thread; a socket made while inside stays bound
 to that namespace after we return, and ``/proc/thread-self/net`` follows the
-thread. So we enter, open what we need, and leave at once. Python 3.11 has no
-``os.setns`` (3.12 does), hence libc through ctypes.
+thread. So we enter, open what we need, and leave at once.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tcplab.errors import PrivilegeError, UsageError
-
-CLONE_NEWNET = 0x40000000
+from tcplab.observe.nsutil import CLONE_NEWNET, setns
 
 
 def ns_path(spec: str) -> str:
@@ -28,17 +26,7 @@ def ns_path(spec: str) -> str:
 
 
 def _setns(fd: int) -> None:
-    setns = getattr(os, "setns", None)
-    if setns is not None:  # Python >= 3.12
-        setns(fd, CLONE_NEWNET)
-        return
-    import ctypes  # only here: importing ctypes.util costs more than a whole sample
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+    setns(fd, CLONE_NEWNET)
 
 
 @contextmanager

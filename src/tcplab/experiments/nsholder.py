@@ -1,0 +1,90 @@
+"""The process that owns a sandbox's namespaces: ``python -m tcplab.experiments.nsholder``.
+
+Started by :class:`tcplab.experiments.sandbox.Sandbox` as a fresh, single-
+threaded interpreter, because ``unshare(CLONE_NEWUSER)`` fails with EINVAL in a
+process that already runs threads. It:
+
+1. unshares a network namespace (as root), or a user and a network namespace
+   (as anyone else: we become root inside, mapped to our own uid outside);
+2. brings ``lo`` up and writes the requested sysctls, inside only;
+3. prints ``ready`` and waits until its stdin closes (the parent went away or
+   is done), then exits. The namespace disappears with its last process.
+
+It also asks the kernel to kill it if its parent dies (PR_SET_PDEATHSIG), so a
+SIGKILLed experiment leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, unshare
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+def link_up(name: str = "lo") -> None:
+    """``ip link set lo up`` with one ioctl pair (struct ifreq: name, flags)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+
+
+def write_sysctl(name: str, value: str) -> None:
+    with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
+        f.write(value)
+
+
+def enter_new_namespaces(user: bool) -> None:
+    if user:
+        uid, gid = os.getuid(), os.getgid()
+        unshare(CLONE_NEWUSER | CLONE_NEWNET)
+        # user_namespaces(7): an unprivileged process must deny setgroups
+        # before it may write a gid_map.
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"0 {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"0 {gid} 1")
+    else:
+        unshare(CLONE_NEWNET)
+
+
+def main() -> int:
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() == 1:
+        return 1  # the parent is already gone
+    spec = json.loads(sys.argv[1])
+    stage = "unshare"
+    try:
+        enter_new_namespaces(bool(spec["user"]))
+        stage = "lo up"
+        link_up("lo")
+        for name, value in spec.get("sysctls", {}).items():
+            stage = f"sysctl {name}"
+            write_sysctl(name, str(value))
+    except OSError as exc:
+        print(json.dumps({"error": stage, "errno": exc.errno, "message": str(exc)}), flush=True)
+        return 1
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes stdin
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

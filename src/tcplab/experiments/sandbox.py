@@ -1,0 +1,157 @@
+"""A private network namespace for each experiment, and every child inside it.
+
+``Sandbox`` starts a holder process (``nsholder.py``) that creates the
+namespace: as root a new network namespace, as anyone else a user namespace
+with a network namespace inside (unprivileged, where the kernel allows it).
+Children are started inside with :meth:`Sandbox.popen`: after fork, before
+exec, they setns(2) into the holder's user (if any) and network namespaces.
+Everything of the experiment runs in children (server, load, state sampler),
+so the unprivileged case needs nothing the parent cannot do.
+
+On exit, normal or not (exception, Ctrl-C), every child we started is sent
+SIGTERM, then SIGKILL, by its pid, and reaped; the holder's stdin is closed and
+it exits; the namespace goes with its last process. Children and the holder
+also carry PR_SET_PDEATHSIG, so a SIGKILLed parent leaves nothing either.
+The host's own sysctls are never written: the holder writes them inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from tcplab.errors import NotSupported
+from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, setns
+
+#: What an experiment needs to know about how a namespace could (not) be made.
+HOWTO = (
+    "run as root (sudo), or allow unprivileged user namespaces "
+    "(sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)"
+)
+
+
+class Sandbox:
+    def __init__(self, sysctls: dict[str, str | int] | None = None,
+                 user: bool | None = None) -> None:
+        self.sysctls = {k: str(v) for k, v in (sysctls or {}).items()}
+        self.user = os.geteuid() != 0 if user is None else user
+        self.holder: subprocess.Popen[bytes] | None = None
+        self.children: list[subprocess.Popen[Any]] = []
+        self._ns_fds: list[tuple[int, int]] = []
+
+    @property
+    def kind(self) -> str:
+        return "user+net namespace (unprivileged)" if self.user else "net namespace (root)"
+
+    @property
+    def netns_path(self) -> str:
+        assert self.holder is not None
+        return f"/proc/{self.holder.pid}/ns/net"
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self) -> None:
+        spec = json.dumps({"user": self.user, "sysctls": self.sysctls})
+        self.holder = subprocess.Popen(
+            [sys.executable, "-m", "tcplab.experiments.nsholder", spec],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert self.holder.stdout is not None
+        line = self.holder.stdout.readline()
+        try:
+            answer = json.loads(line) if line else {}
+        except ValueError:
+            answer = {}
+        if not answer.get("ready"):
+            err = self.holder.stderr.read().decode(errors="replace") if self.holder.stderr else ""
+            self.close()
+            raise _explain(self.user, answer, err)
+        pid = self.holder.pid
+        if self.user:
+            self._ns_fds.append((os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC),
+                                 CLONE_NEWUSER))
+        self._ns_fds.append((os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC),
+                             CLONE_NEWNET))
+
+    def _enter(self) -> None:
+        """Runs in the child between fork and exec."""
+        die_with_parent(signal.SIGKILL)
+        for fd, nstype in self._ns_fds:
+            setns(fd, nstype)
+
+    def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``args`` inside the namespace; it is killed and reaped on close()."""
+        if self.holder is None:
+            raise RuntimeError("sandbox not started")
+        proc: subprocess.Popen[Any] = subprocess.Popen(
+            list(args), preexec_fn=self._enter, **kwargs
+        )
+        self.children.append(proc)
+        return proc
+
+    def run(self, args: Sequence[str], timeout: float = 60, **kwargs: Any
+            ) -> subprocess.CompletedProcess[Any]:
+        proc = self.popen(args, **kwargs)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def tcplab(self, *args: str) -> list[str]:
+        """The command line that runs ``tcplab ARGS`` with this Python."""
+        return [sys.executable, "-m", "tcplab", *args]
+
+    def close(self, grace: float = 3.0) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.children:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.children.clear()
+        for fd, _ in self._ns_fds:
+            os.close(fd)
+        self._ns_fds.clear()
+        if self.holder is not None:
+            for stream in (self.holder.stdin, self.holder.stdout, self.holder.stderr):
+                if stream is not None:
+                    stream.close()
+            try:
+                self.holder.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.holder.kill()
+                self.holder.wait()
+            self.holder = None
+
+
+def _explain(user: bool, answer: dict[str, Any], stderr: str) -> NotSupported:
+    stage = answer.get("error", "start")
+    message = answer.get("message") or stderr.strip().splitlines()[-1:] or ["no output"]
+    if isinstance(message, list):
+        message = message[0]
+    tried = ("unshare(CLONE_NEWUSER | CLONE_NEWNET) as an ordinary user" if user
+             else "unshare(CLONE_NEWNET) as root")
+    return NotSupported(
+        f"cannot make a private network namespace: {tried} failed at {stage}: {message}",
+        hint=HOWTO,
+    )

@@ -1,0 +1,50 @@
+"""unshare(2), setns(2) and prctl(2) for Python 3.11 (os.unshare/os.setns are 3.12+)."""
+
+from __future__ import annotations
+
+import os
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+PR_SET_PDEATHSIG = 1
+
+_libc = None
+
+
+def _lib():  # type: ignore[no-untyped-def]
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _libc
+
+
+def _check(result: int) -> None:
+    if result != 0:
+        import ctypes
+
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def unshare(flags: int) -> None:
+    fn = getattr(os, "unshare", None)
+    if fn is not None:
+        fn(flags)
+        return
+    _check(_lib().unshare(flags))
+
+
+def setns(fd: int, nstype: int) -> None:
+    fn = getattr(os, "setns", None)
+    if fn is not None:
+        fn(fd, nstype)
+        return
+    _check(_lib().setns(fd, nstype))
+
+
+def die_with_parent(signum: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): the kernel sends ``signum`` when our parent exits."""
+    _check(_lib().prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0))
