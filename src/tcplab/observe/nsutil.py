@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 PR_SET_PDEATHSIG = 1
 
-_libc = None
+_libc: Any = None
 
 
-def _lib():  # type: ignore[no-untyped-def]
+def _lib() -> Any:
     global _libc
     if _libc is None:
         import ctypes
