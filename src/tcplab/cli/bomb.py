@@ -62,6 +62,9 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--mode", choices=MODES, default="fresh", help="default fresh")
     p.add_argument("--pool-size", type=common.positive_int, default=8, metavar="K",
                    help="connections in pool mode (default 8)")
+    p.add_argument("--wait-close", action="store_true",
+                   help="after the echo, wait for the server to close first (EOF), so "
+                   "TIME_WAIT lands on the server's side")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a target outside loopback (only hosts you own)")
     common.add_json(p, "the result as one object")
@@ -74,10 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
     target = resolve(args.host, args.port, allow_remote=args.allow_remote)
     tty = sys.stderr.isatty()
-    printed_first = False
 
     def progress(p: Any) -> None:
-        nonlocal printed_first
         tw = "?" if p.time_wait is None else f"{p.time_wait:,}"
         line = (f"{p.t:6.1f} s  attempted {p.attempted:,}  ok {p.ok:,}  failed {p.failed:,}  "
                 f"{p.conns_per_s:,.0f} conn/s  TIME_WAIT {tw}")
@@ -90,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
     note(f"bombing {target.where} in {args.mode} mode: up to {args.count:,} connections "
          f"or {args.duration:g} s" + (" (Ctrl-C stops early)" if tty else ""))
     result = bomb.run(target, mode=args.mode, count=args.count, duration=args.duration,
-                      workers=args.workers, pool_size=args.pool_size, progress=progress)
+                      workers=args.workers, pool_size=args.pool_size, progress=progress,
+                      wait_close=args.wait_close)
     if tty:
         sys.stderr.write("\n")
-    _ = printed_first
     if args.json:
         from dataclasses import asdict
 

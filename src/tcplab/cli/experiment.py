@@ -12,9 +12,13 @@ DESCRIPTION = """\
 Runs the lab's experiments for real and reports, for each, the fact it
 demonstrated with the figure measured on this machine.
 
-  echo   Experiment 1: an echo server and a client; round trips measured,
-         every byte verified, and the server's own totals checked against them
-  all    every experiment above, in turn, with a summary
+  echo       Experiment 1: an echo server and a client; round trips measured,
+             every byte verified, and the server's own totals checked against them
+  port-bomb  Experiment 2: short-lived connections until connect() fails with
+             EADDRNOTAVAIL, in a private network namespace per variant (fresh,
+             pool, default-reuse, linger0, server-closes, two-destinations);
+             the host's sysctls are never touched
+  all        every experiment above, in turn, with a summary
 """
 
 
@@ -26,8 +30,16 @@ def add_parser(sub: Any, name: str) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["all", "echo"], help="which experiment")
+    p.add_argument("name", choices=["all", "echo", "port-bomb"], help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
+    g = p.add_argument_group("port-bomb")
+    g.add_argument("--ports", type=common.int_range(10, 28232), default=1000, metavar="N",
+                   help="ephemeral ports in the narrowed range (default 1,000)")
+    g.add_argument("--server-cmd", metavar="CMD",
+                   help="run against your own server: CMD is started in the namespace, "
+                   "{port} in it is replaced by the port (e.g. 'go run ./cmd/server')")
+    g.add_argument("--variant", action="append", metavar="NAME",
+                   help="run only this variant (repeatable)")
     common.add_json(p, "each experiment's result (one object per line)")
     p.set_defaults(func=run)
 
@@ -37,17 +49,30 @@ def _quiet(_line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcplab.experiments import echo
+    from tcplab.errors import UsageError
+    from tcplab.experiments import echo, port_bomb
     from tcplab.report.terminal import result_lines, summary_lines
 
-    runners = {"echo": echo.run}
+    variants = tuple(args.variant or port_bomb.VARIANTS)
+    unknown = [v for v in variants if v not in port_bomb.VARIANTS]
+    if unknown:
+        raise UsageError(f"unknown variant {unknown[0]!r}",
+                         hint=f"choose from: {', '.join(port_bomb.VARIANTS)}")
+    bomb_settings = port_bomb.Settings(ports=args.ports, count=args.ports * 3,
+                                       server_cmd=args.server_cmd, variants=variants)
+
+    def run_bomb(quick: bool, progress: Any) -> Any:
+        return port_bomb.run(bomb_settings, quick=quick, progress=progress)
+
+    runners = {"echo": echo.run, "port-bomb": run_bomb}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     for name in names:
         note(f"running experiment {name} ...")
-        # The text report repeats every step, so live steps go to stderr only
-        # when stdout carries JSON.
-        result = runners[name](quick=args.quick, progress=note if args.json else _quiet)
+        # The echo report repeats every step, so its live steps go to stderr
+        # only when stdout carries JSON.
+        result = runners[name](quick=args.quick,
+                               progress=note if args.json or name != "echo" else _quiet)
         results.append(result)
         if args.json:
             emit_json(result)

@@ -31,8 +31,10 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         start_timeout: float = 20.0,
         preexec_fn: Any = None,
+        popen: Any = None,
     ) -> None:
         self.args = ["--port", "0", *args]
+        self.popen = popen or subprocess.Popen  # Sandbox.popen starts it inside a namespace
         self.env = env
         self.start_timeout = start_timeout
         self.preexec_fn = preexec_fn
@@ -66,13 +68,14 @@ class ServerProcess:
     def start(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.proc = subprocess.Popen(
+        extra = {"preexec_fn": self.preexec_fn} if self.preexec_fn is not None else {}
+        self.proc = self.popen(
             [sys.executable, "-m", "tcplab", "server", "--json", *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
-            preexec_fn=self.preexec_fn,
+            **extra,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         first = _read_line(self.proc.stdout, self.start_timeout)

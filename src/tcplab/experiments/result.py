@@ -20,4 +20,5 @@ class Result:
     settings: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     timeline: list[Event] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)  # sub-runs, e.g. port-bomb's
     skipped: str | None = None  # why it could not run here, and what to do

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -38,7 +38,7 @@ HOWTO = (
 
 
 class Sandbox:
-    def __init__(self, sysctls: dict[str, str | int] | None = None,
+    def __init__(self, sysctls: Mapping[str, str | int] | None = None,
                  user: bool | None = None) -> None:
         self.sysctls = {k: str(v) for k, v in (sysctls or {}).items()}
         self.user = os.geteuid() != 0 if user is None else user

@@ -86,6 +86,7 @@ class BombResult:
     stopped_by: str  # "count", "duration" or "interrupt"
     workers: int
     pool_size: int | None = None
+    established_before_close: int | None = None  # pool mode: ESTABLISHED to the port, both ends
     timeline: list[Progress] = field(default_factory=list)
 
 
@@ -117,6 +118,11 @@ class _TimeWaitCounter:
         if self.table is None:
             return None
         return self.table.count(self.port, self.mask)[6]
+
+    def established(self) -> int | None:
+        if self.table is None:
+            return None
+        return self.table.count(self.port)[1]
 
     def close(self) -> None:
         if self.table is not None:
@@ -151,7 +157,14 @@ def run(
     pool_size: int = 8,
     progress: Callable[[Progress], None] | None = None,
     interval: float = 0.5,
+    wait_close: bool = False,
 ) -> BombResult:
+    """Run the bomb until ``count`` attempts or ``duration`` seconds.
+
+    ``wait_close``: after the echo, wait for the server to close first (read
+    until EOF), as a client of a server that closes does; TIME_WAIT then lands
+    on the server's side.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     ep = select.epoll()
@@ -164,6 +177,7 @@ def run(
     first: list[FirstError] = []
     started = time.monotonic()
     deadline = started + duration
+    pool_established: int | None = None
     bind_addr = ("::1" if target.family == socket.AF_INET6 else "127.0.0.1", 0)
     concurrency = pool_size if mode == "pool" else workers
     stopped_by = "count"
@@ -239,12 +253,16 @@ def run(
         return True
 
     def finish(conn: _Conn) -> None:
+        nonlocal pool_established
         sock = conn.sock
         state.ok += 1
-        if mode == "pool" and budget_left():
-            state.attempted += 1
-            send_request(conn, register=False)
-            return
+        if mode == "pool":
+            if budget_left():
+                state.attempted += 1
+                send_request(conn, register=False)
+                return
+            if pool_established is None:  # the pool, seen just before it closes
+                pool_established = tw.established()
         ep.unregister(sock.fileno())
         del conns[sock.fileno()]
         if mode == "linger0":
@@ -283,10 +301,13 @@ def run(
                     fail(exc.errno or 0, sock)
                     continue
                 if not data:
-                    fail(EOF_ERRNO, sock)
+                    if wait_close and conn.got >= len(PAYLOAD):
+                        finish(conn)  # the server closed first, as asked
+                    else:
+                        fail(EOF_ERRNO, sock)
                     continue
                 conn.got += len(data)
-                if conn.got >= len(PAYLOAD):
+                if conn.got >= len(PAYLOAD) and not wait_close:
                     finish(conn)
             now = time.monotonic()
             if now >= deadline and conns:
@@ -321,5 +342,6 @@ def run(
         first_error=first[0] if first else None,
         conns_per_s=round(state.ok / elapsed, 1) if elapsed > 0 else 0.0,
         time_wait_peak=state.tw_peak, elapsed_s=round(elapsed, 3), stopped_by=stopped_by,
-        workers=workers, pool_size=pool_size if mode == "pool" else None, timeline=timeline,
+        workers=workers, pool_size=pool_size if mode == "pool" else None,
+        established_before_close=pool_established, timeline=timeline,
     )
