@@ -49,8 +49,9 @@ def _quiet(_line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcplab.errors import UsageError
+    from tcplab.errors import NotSupported, UsageError
     from tcplab.experiments import echo, port_bomb
+    from tcplab.experiments.result import Result
     from tcplab.report.terminal import result_lines, summary_lines
 
     variants = tuple(args.variant or port_bomb.VARIANTS)
@@ -71,8 +72,14 @@ def run(args: argparse.Namespace) -> int:
         note(f"running experiment {name} ...")
         # The echo report repeats every step, so its live steps go to stderr
         # only when stdout carries JSON.
-        result = runners[name](quick=args.quick,
-                               progress=note if args.json or name != "echo" else _quiet)
+        try:
+            result = runners[name](quick=args.quick,
+                                   progress=note if args.json or name != "echo" else _quiet)
+        except NotSupported as exc:
+            if args.name != "all":
+                raise
+            result = Result(experiment=name, ok=False, fact="",
+                            skipped=f"{exc.message} (fix: {exc.hint})")
         results.append(result)
         if args.json:
             emit_json(result)

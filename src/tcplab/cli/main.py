@@ -29,6 +29,7 @@ COMMANDS = {
     "sockets": "list TCP sockets with timers and owning processes (ss -tanpo)",
     "fds": "fds in use against the limit per process, and what they are (lsof, ulimit -n)",
     "limits": "show the fd limits and TCP sysctls behind the experiments",
+    "check": "say what works on this machine and how to fix what does not",
 }
 
 EPILOG = """\
@@ -41,6 +42,7 @@ commands in the order of the lab:
   tcplab sockets --port 8080    one row per socket, timers and owners (ss -tanpo)
   tcplab fds PID                fds in use against the limit, and what they are
   tcplab limits                 the kernel knobs behind the experiments
+  tcplab check                  what works on this machine, and the fix for what does not
 
 exit status: 0 ok, 1 error, 2 usage, 3 connection failed, 4 privilege missing,
 5 address in use, 6 echo mismatch, 7 limit reached, 8 not supported, 130 Ctrl-C.

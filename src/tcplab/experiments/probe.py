@@ -1,0 +1,109 @@
+"""What works on this machine, and the fix for what does not.
+
+``tcplab check`` prints these; experiments call the same probes and skip with
+their reason instead of failing halfway.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import socket
+from dataclasses import dataclass
+
+from tcplab.errors import TcplabError
+
+TRACEFS = "/sys/kernel/tracing"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    needed_by: str = ""
+
+
+def kernel() -> Check:
+    return Check("Linux kernel", platform.system() == "Linux", platform.release(),
+                 None if platform.system() == "Linux" else "tcplab needs Linux", "everything")
+
+
+def sock_diag() -> Check:
+    from tcplab.observe.sockets import SocketTable
+
+    try:
+        with SocketTable() as table:
+            table.count()
+            source = table.source
+    except OSError as exc:
+        return Check("NETLINK_SOCK_DIAG", False, f"reading the socket table failed: {exc}",
+                     "load the inet_diag and tcp_diag modules (modprobe tcp_diag)", "states")
+    if source != "netlink":
+        return Check("NETLINK_SOCK_DIAG", False, "unavailable: falling back to /proc/net/tcp",
+                     "load the inet_diag and tcp_diag modules (modprobe tcp_diag)",
+                     "states, sockets, fds (slower fallback works)")
+    return Check("NETLINK_SOCK_DIAG", True, "socket table readable over netlink", None,
+                 "states, sockets, fds, experiments")
+
+
+def namespaces() -> Check:
+    """Can we make a private network namespace and set its sysctls?"""
+    from tcplab.experiments.sandbox import HOWTO, Sandbox
+
+    sysctls = {"net.ipv4.ip_local_port_range": "40000 40999", "net.ipv4.tcp_tw_reuse": "0",
+               "net.ipv4.tcp_fin_timeout": "5", "net.core.somaxconn": "128"}
+    try:
+        with Sandbox(sysctls) as sb:
+            kind = sb.kind
+    except TcplabError as exc:
+        return Check("private network namespace", False, exc.message, exc.hint or HOWTO,
+                     "experiments")
+    except OSError as exc:
+        return Check("private network namespace", False, str(exc), HOWTO, "experiments")
+    return Check("private network namespace", True,
+                 f"{kind}, with its own ip_local_port_range, tcp_tw_reuse, tcp_fin_timeout, "
+                 "somaxconn", None, "experiments")
+
+
+def tracefs() -> Check:
+    event = f"{TRACEFS}/events/sock/inet_sock_set_state"
+    if os.geteuid() != 0:
+        return Check("tracefs", False, "needs root", "run as root (sudo) for tcplab trace; "
+                     "'tcplab trace --poll' works without it", "trace")
+    if not os.path.isdir(f"{TRACEFS}/events"):
+        return Check("tracefs", False, f"{TRACEFS} is not mounted",
+                     f"mount -t tracefs nodev {TRACEFS} (tcplab trace mounts it privately)",
+                     "trace")
+    if not os.path.isdir(event):
+        return Check("tracefs", False, "no sock:inet_sock_set_state tracepoint",
+                     "a kernel >= 4.16 with tracepoints enabled", "trace")
+    return Check("tracefs", True, f"{TRACEFS} with sock:inet_sock_set_state", None, "trace")
+
+
+def raw_packets() -> Check:
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    except PermissionError:
+        return Check("CAP_NET_RAW", False, "AF_PACKET sockets need CAP_NET_RAW",
+                     "run as root, or: sudo setcap cap_net_raw+ep $(readlink -f $(which python3))",
+                     "capture")
+    except OSError as exc:
+        return Check("CAP_NET_RAW", False, f"AF_PACKET unavailable: {exc}", None, "capture")
+    return Check("CAP_NET_RAW", True, "AF_PACKET sockets can be opened", None, "capture")
+
+
+def fd_limits() -> Check:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fits = hard - 100 if hard > 0 else 0
+    ok = hard >= 2048
+    return Check("fd limits", ok,
+                 f"soft {soft}, hard {hard}: one process can hold about {fits:,} sockets",
+                 None if ok else "raise the hard limit (ulimit -Hn, as root) to at least 2048",
+                 "fd-leak, multiplex")
+
+
+def all_checks() -> list[Check]:
+    return [kernel(), sock_diag(), namespaces(), tracefs(), raw_packets(), fd_limits()]
