@@ -1,6 +1,7 @@
 """``tcplab states --port P --json`` against ss, netstat and psutil, on 20,000+ sockets.
 
-Run it as root (or as a user allowed to make user namespaces); about 30 s::
+Run it as root (or as a user allowed to make user namespaces); about 10 s,
+20 s more with ``--fresh-venv``::
 
     .venv/bin/python bench/states_vs_ss.py
     .venv/bin/python bench/states_vs_ss.py --fresh-venv          # a regular install
@@ -23,10 +24,10 @@ in that private network namespace, which disappears with its last process:
   sockets have port P and about 23,600 exist in all; fewer than
   ``--min-sockets`` (20,000) with port P aborts the run. All on 127.0.0.1.
 
-TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN), so every measurement must be over
-55 s after the first TIME_WAIT socket was made, or the run is refused; the
-counts are checked before and after the measurements to show that the table
-did not change in between.
+TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN), so every measurement must start
+within 55 s of the first TIME_WAIT socket (the defaults need about 6 s), or
+the run stops with an error; the counts are checked before and after the
+measurements to show that the table did not change in between.
 
 What is measured, in the namespace (children inherit it):
 
@@ -37,15 +38,21 @@ What is measured, in the namespace (children inherit it):
   starting at the next tool in the list:
 
   - ``tcplab states --port P --json``, the console script of the install in
-    ``--venv`` (default: this checkout's .venv, an editable install whose
-    import hook costs start-up time; ``--fresh-venv`` makes a regular install
-    of this checkout in a temporary venv, before entering the namespace, and
-    removes it afterwards);
+    ``--venv`` (default: this checkout's .venv, an editable install: its
+    modules come from the source tree, through an import hook or a path
+    entry, and with PYTHONDONTWRITEBYTECODE set they are compiled on every
+    run; ``--fresh-venv`` makes a regular install of a copy of this checkout
+    in a temporary venv, before entering the namespace, and removes it
+    afterwards; the output says which kind was measured);
   - ``sh -c "ss -Htan '( sport = :P or dport = :P )' | wc -l"``;
   - ``sh -c "netstat -an | grep ':P ' | wc -l"`` (a text match, not exact in
     general: it is here for its time);
   - ``python -c "...psutil.net_connections(kind='tcp')..."`` filtered to
-    port P, with the venv's python;
+    port P, with the venv's python (psutil also walks every /proc/PID/fd of
+    the host: the namespace has its own sockets, not its own processes);
+  - two reference rows that read tcplab's time as start-up + imports +
+    work: the venv's ``python -c pass``, and ``python -c "import
+    tcplab.cli.main, tcplab.cli.states, tcplab.observe.sockets"``;
 
 * in one process of the venv's python: ``SocketTable().count(P)``, one table
   reused for ``--samples`` (20) samples as ``--watch`` reuses it (the sample
@@ -55,11 +62,15 @@ What is measured, in the namespace (children inherit it):
 
 Ratios (``x ss``) are medians of per-round ratios, tool / ss of the same
 round (a noisy neighbour slows both alike). Goals: tcplab/ss wall time at
-most 1.5, psutil/tcplab at least 8, the in-process sample under 25 ms.
+most 1.5, psutil/tcplab at least 8 (both also shown for CPU time), the
+in-process sample under 25 ms; and, for information, psutil in-process
+against the sample.
 Counts: tcplab's per-state counts must equal ss's exactly (``ss -Htan`` with
 the same filter, state column, taken before and after tcplab's so that the
 table is known to be still); for P, for the other port and for all sockets.
-Every timed tcplab and ss run must also report the same total.
+Every timed tcplab and ss run must also report the same total. Exit status:
+0, also when a speed goal fails (this is a measurement, not a test); 1 when
+the counts differ or the run could not be made; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -100,11 +111,17 @@ SS_STATES = {
 }
 STABLE_STATES = {"ESTABLISHED", "TIME_WAIT", "LISTEN"}
 TOOLS = ("tcplab", "ss", "netstat", "psutil")
+#: Reference rows, to read tcplab's time as start-up + imports + work: the venv's
+#: python doing nothing, and importing what ``tcplab states`` imports.
+REFERENCES = ("python", "imports")
+STATES_IMPORTS = "import tcplab.cli.main, tcplab.cli.states, tcplab.observe.sockets"
 LABELS = {
     "tcplab": "tcplab states --port {P} --json",
     "ss": "ss -Htan '(sport|dport {P})' | wc -l",
     "netstat": "netstat -an | grep ':{P} ' | wc -l",
     "psutil": "python: psutil.net_connections",
+    "python": "(ref) python -c pass",
+    "imports": "(ref) python -c 'import tcplab.cli...'",
 }
 PSUTIL_CODE = """\
 import json, sys
@@ -132,7 +149,7 @@ def _hint_sockets(args: argparse.Namespace) -> str:
 
 
 def planned_sockets(args: argparse.Namespace) -> int:
-    return args.time_wait + 2 * args.established + 1
+    return int(args.time_wait + 2 * args.established + 1)
 
 
 # --- the holder: builds the sockets and holds the ESTABLISHED ones ---------------------
@@ -239,8 +256,13 @@ def inproc_main(args: argparse.Namespace) -> int:
     out["first_sample_ms"] = _ms(pc() - t)  # SocketTable() and one count
     out["source"] = table.source
     try:
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         out["sample_ms"], out["sample_cpu_ms"], counts = timed(
             lambda: table.count(port), args.samples)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        # user and sys per sample, as means (getrusage splits CPU time by ticks)
+        out["sample_user_ms"] = _ms(r1.ru_utime - r0.ru_utime) / args.samples
+        out["sample_sys_ms"] = _ms(r1.ru_stime - r0.ru_stime) / args.samples
         out["state_counts_ms"], out["state_counts_cpu_ms"], named = timed(
             lambda: table.state_counts(port), args.samples)
         out["count_all_ms"], out["count_all_cpu_ms"], _ = timed(
@@ -377,9 +399,11 @@ class Holder:
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        finally:
+            pass
+        finally:  # also on a second Ctrl-C while waiting
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
 
@@ -392,18 +416,22 @@ def _commands(args: argparse.Namespace) -> dict[str, list[str]]:
         "ss": ["sh", "-c", f"ss -Htan '( sport = :{p} or dport = :{p} )' | wc -l"],
         "netstat": ["sh", "-c", f"netstat -an | grep ':{p} ' | wc -l"],
         "psutil": [str(venv / "bin" / "python"), "-c", PSUTIL_CODE, str(p)],
+        "python": [str(venv / "bin" / "python"), "-c", "pass"],
+        "imports": [str(venv / "bin" / "python"), "-c", STATES_IMPORTS],
     }
 
 
-def _count(tool: str, stdout: str) -> int:
+def _count(tool: str, stdout: str) -> int | None:
+    if tool in REFERENCES:
+        return None
     if tool == "tcplab":
         return int(json.loads(stdout)["total"])
     if tool == "psutil":
-        return sum(json.loads(stdout).values())
+        return sum(int(n) for n in json.loads(stdout).values())
     return int(stdout.strip())
 
 
-def run_tool(tool: str, cmd: list[str]) -> tuple[float, float, int]:
+def run_tool(tool: str, cmd: list[str]) -> tuple[float, float, int | None]:
     """Wall ms, CPU ms (the child and what it waited for) and the count it printed."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -433,8 +461,10 @@ def _paired(a: list[float], b: list[float]) -> float | None:
 
 def inner_main(args: argparse.Namespace) -> int:
     """In the private namespace: build, check, measure, report."""
-    progress = (lambda *a: None) if args.quiet else (
-        lambda msg: print(msg, file=sys.stderr, flush=True))
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
     sysctls = setup_namespace(args.host_netns)
     progress(f"  namespace net:[{_netns_inode()}]: lo up, "
              + ", ".join(f"{k} = {v}" for k, v in sysctls.items()))
@@ -467,20 +497,21 @@ def inner_main(args: argparse.Namespace) -> int:
                      f"{c['total']:,} sockets {c['ss']}")
         cmds = _commands(args)
         progress(f"  warm-up ({_budget(t_tw, 'the warm-up'):.0f} s since the first TIME_WAIT)")
-        for tool in TOOLS:
+        timed = TOOLS + REFERENCES
+        for tool in timed:
             run_tool(tool, cmds[tool])
-        runs: dict[str, dict[str, list[float]]] = {
-            t: {"wall_ms": [], "cpu_ms": [], "count": []} for t in TOOLS}
+        runs: dict[str, dict[str, list[Any]]] = {
+            t: {"wall_ms": [], "cpu_ms": [], "count": []} for t in timed}
         for i in range(args.runs):
             _budget(t_tw, f"run {i + 1} of {args.runs}")
-            order = TOOLS[i % len(TOOLS):] + TOOLS[: i % len(TOOLS)]
+            order = timed[i % len(timed):] + timed[: i % len(timed)]
             line = []
             for tool in order:
                 wall, cpu, n = run_tool(tool, cmds[tool])
                 runs[tool]["wall_ms"].append(wall)
                 runs[tool]["cpu_ms"].append(cpu)
                 runs[tool]["count"].append(n)
-                line.append(f"{tool} {wall:6.1f}/{cpu:6.1f}")
+                line.append(f"{tool} {wall:5.1f}/{cpu:5.1f}")
             progress(f"  run {i + 1}/{args.runs} wall/cpu ms: " + "  ".join(line))
         _budget(t_tw, "the in-process timings")
         progress("  in-process timings")
@@ -492,7 +523,7 @@ def inner_main(args: argparse.Namespace) -> int:
         if r.returncode:
             raise BenchError(f"in-process timings: exit {r.returncode}: {r.stderr.strip()}")
         inproc: dict[str, Any] = json.loads(r.stdout)
-        used = _budget(t_tw, "the final count")
+        used = time.monotonic() - t_tw
         final = ss_states(args.port)
         stable = final == counts["port"]["ss"]
         progress(f"  done {used:.0f} s after the first TIME_WAIT; table unchanged: {stable}")
@@ -507,11 +538,11 @@ def inner_main(args: argparse.Namespace) -> int:
 
 
 def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str, Any],
-              counts: dict[str, Any], runs: dict[str, dict[str, list[float]]],
+              counts: dict[str, Any], runs: dict[str, dict[str, list[Any]]],
               inproc: dict[str, Any], stable: bool, used: float) -> dict[str, Any]:
     expected = counts["port"]["total"]
     tools = []
-    for tool in TOOLS:
+    for tool in TOOLS + REFERENCES:
         r = runs[tool]
         tools.append({
             "tool": tool,
@@ -520,8 +551,9 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
             "cpu_ms": statistics.median(r["cpu_ms"]),
             "ratio_vs_ss_wall": _paired(r["wall_ms"], runs["ss"]["wall_ms"]),
             "ratio_vs_ss_cpu": _paired(r["cpu_ms"], runs["ss"]["cpu_ms"]),
-            "counts": sorted(set(r["count"])),
-            "count_exact": all(n == expected for n in r["count"]),
+            "counts": None if tool in REFERENCES else sorted(set(r["count"])),
+            "count_exact": None if tool in REFERENCES else all(n == expected
+                                                                for n in r["count"]),
             "runs_wall_ms": r["wall_ms"],
             "runs_cpu_ms": r["cpu_ms"],
         })
@@ -531,6 +563,8 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
         "sample_ms": sample,
         "sample_cpu_ms": statistics.median(inproc["sample_cpu_ms"]),
         "sample_range_ms": [min(inproc["sample_ms"]), max(inproc["sample_ms"])],
+        "sample_user_ms_mean": inproc["sample_user_ms"],
+        "sample_sys_ms_mean": inproc["sample_sys_ms"],
         "first_sample_ms": inproc["first_sample_ms"],
         "state_counts_ms": statistics.median(inproc["state_counts_ms"]),
         "count_all_ports_ms": statistics.median(inproc["count_all_ms"]),
@@ -548,6 +582,7 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
     tl_ss_cpu = by["tcplab"]["ratio_vs_ss_cpu"]
     ps_tl_wall = _paired(runs["psutil"]["wall_ms"], runs["tcplab"]["wall_ms"])
     ps_tl_cpu = _paired(runs["psutil"]["cpu_ms"], runs["tcplab"]["cpu_ms"])
+    ps_sample = in_process["psutil_ms"] / sample if sample > 0 else None
     goals = [
         {"goal": "tcplab/ss wall <= 1.5", "value": tl_ss_wall,
          "pass": tl_ss_wall is not None and tl_ss_wall <= 1.5},
@@ -558,6 +593,8 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
         {"goal": "psutil/tcplab cpu >= 8", "value": ps_tl_cpu,
          "pass": ps_tl_cpu is not None and ps_tl_cpu >= 8},
         {"goal": "sample < 25 ms", "value": sample, "pass": sample < 25},
+        {"goal": "(in-process) psutil/sample >= 8", "value": ps_sample,
+         "pass": ps_sample is not None and ps_sample >= 8},
         {"goal": "tcplab counts == ss counts", "value": None,
          "pass": all(c["match"] for c in counts.values())
          and by["tcplab"]["count_exact"] and by["ss"]["count_exact"]},
@@ -573,6 +610,7 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
                       "holder_fds": built["fds"], "holder_fd_limit": built["fd_limit"],
                       "seconds_since_first_time_wait": used, "table_unchanged": stable},
         "install": {"venv": args.venv, "fresh_venv": args.fresh, "editable": editable,
+                    "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
                     "tcplab_file": inproc["tcplab_file"], "version": inproc["version"],
                     "python": inproc["python"], "psutil": inproc["psutil_version"]},
         "counts": counts,
@@ -598,18 +636,21 @@ def print_table(res: dict[str, Any]) -> None:
           f"({_states(counts['port']['ss'])}); port {s['other_port']}: "
           f"{counts['other_port']['total']:,} ({_states(counts['other_port']['ss'])}); "
           f"{counts['all']['total']:,} TCP sockets in all")
-    kind = {True: "EDITABLE install (its import hook adds start-up time; --fresh-venv "
-                  "measures a regular install)",
+    kind = {True: "EDITABLE install (imported from the source tree; --fresh-venv measures "
+                  "a regular install)",
             False: "regular (non-editable) install", None: "not installed as a distribution"}
     print(f"  tcplab {inst['version']} from {inst['venv']}"
           f"{' (fresh, temporary)' if inst['fresh_venv'] else ''}: {kind[inst['editable']]}")
+    if inst["PYTHONDONTWRITEBYTECODE"] and inst["editable"] is not False:
+        print("  PYTHONDONTWRITEBYTECODE is set: modules imported from the source tree are "
+              "compiled on every run (pip compiled the regular install's at install time)")
     print()
     print(f"{'tool':<36} {'wall ms':>8} {'cpu ms':>7} {'x ss wall':>9} {'x ss cpu':>8}  count")
     for t in res["tools"]:
-        note = "" if t["count_exact"] else "  (differs from ss)"
+        note = "" if t["count_exact"] is not False else "  (differs from ss)"
         if t["tool"] == "netstat":
             note += "  (grep: not exact in general)"
-        n = "/".join(f"{c:,}" for c in t["counts"])
+        n = "-" if t["counts"] is None else "/".join(f"{c:,}" for c in t["counts"])
         print(f"{t['label']:<36} {t['wall_ms']:>8.1f} {t['cpu_ms']:>7.1f} "
               f"{_fmt(t['ratio_vs_ss_wall'], '.2f'):>9} {_fmt(t['ratio_vs_ss_cpu'], '.2f'):>8}"
               f"  {n}{note}")
@@ -619,11 +660,13 @@ def print_table(res: dict[str, Any]) -> None:
           f"source {ip['source']}):")
     lo, hi = ip["sample_range_ms"]
     print(f"  SocketTable.count(P)          {ip['sample_ms']:7.2f} ms  (cpu "
-          f"{ip['sample_cpu_ms']:.2f} ms, range {lo:.2f}..{hi:.2f}; first, with "
+          f"{ip['sample_cpu_ms']:.2f} ms: user {ip['sample_user_ms_mean']:.1f}, sys "
+          f"{ip['sample_sys_ms_mean']:.1f}; range {lo:.2f}..{hi:.2f}; the first, with "
           f"SocketTable(): {ip['first_sample_ms']:.2f} ms)")
     print(f"  SocketTable.state_counts(P)   {ip['state_counts_ms']:7.2f} ms")
     print(f"  SocketTable.count() all ports {ip['count_all_ports_ms']:7.2f} ms")
-    print(f"  import tcplab.observe.sockets {ip['import_ms']:7.2f} ms")
+    print(f"  import tcplab.observe.sockets {ip['import_ms']:7.2f} ms  (socket, json, argparse "
+          "already imported: see the (ref) rows for the whole cost)")
     print(f"  psutil.net_connections('tcp') {ip['psutil_ms']:7.1f} ms  (cpu "
           f"{ip['psutil_cpu_ms']:.1f} ms; counts "
           f"{'equal' if ip['psutil_counts_match_ss'] else 'DIFFER from'} ss's)")
@@ -644,7 +687,7 @@ def print_table(res: dict[str, Any]) -> None:
     print()
     print("goals:")
     for g in res["goals"]:
-        print(f"  {g['goal']:<28} {_fmt(g['value'], '.2f'):>7}  "
+        print(f"  {g['goal']:<32} {_fmt(g['value'], '.2f'):>7}  "
               f"{'pass' if g['pass'] else 'FAIL'}")
 
 

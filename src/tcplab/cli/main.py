@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 
 from tcplab import __version__
 from tcplab.errors import EXIT_INTERRUPTED, TcplabError
@@ -70,7 +69,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, summary in COMMANDS.items():
         if name == chosen:
             importlib.import_module(f"tcplab.cli.{name}").add_parser(sub, name)
-        else:
+        elif chosen not in COMMANDS:
+            # Only top-level help and errors list the other commands.
             sub.add_parser(name, help=summary)
     return parser
 
@@ -93,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TcplabError as exc:
         if debug:
-            traceback.print_exc()
+            __import__("traceback").print_exc()
         note(f"tcplab: {exc.message}")
         if exc.hint:
             note(f"hint: {exc.hint}")
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:
-            traceback.print_exc()
+            __import__("traceback").print_exc()
         note("tcplab: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # a bug: say so in one line unless --debug
         if debug:
-            traceback.print_exc()
+            __import__("traceback").print_exc()
         else:
             note(f"tcplab: internal error: {type(exc).__name__}: {exc}")
             note("hint: run again with --debug for the traceback, and report it")

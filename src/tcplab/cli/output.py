@@ -7,10 +7,12 @@ stderr. Lines are flushed as they are written, also into a pipe or a file.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA = 1
 
@@ -28,9 +30,14 @@ def setup_streams() -> None:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Records (frozen dataclasses) become dicts, also inside lists and dicts."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    """Records (frozen dataclasses, or anything with ``asdict()``) become dicts,
+    also inside lists and dicts. dataclasses is imported only when one comes."""
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+        import dataclasses
+
         return dataclasses.asdict(obj)
+    if hasattr(obj, "asdict"):
+        return obj.asdict()
     if isinstance(obj, dict):
         return {k: to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

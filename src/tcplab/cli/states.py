@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, note, out

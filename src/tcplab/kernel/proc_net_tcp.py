@@ -9,7 +9,7 @@ Addresses are the raw ``__be32`` words printed as host-order hex, so on a
 little-endian machine 127.0.0.1 reads ``0100007F``; ports are plain hex.
 ``tm->when`` is in clock ticks (USER_HZ). There is no socket cookie here, and
 for a listener no backlog: those fields come out 0. The records are the same
-:class:`~tcplab.kernel.sock_diag.TcpSocket` the netlink reader produces.
+:class:`~tcplab.kernel.records.TcpSocket` the netlink reader produces.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Literal
 
-from tcplab.kernel.sock_diag import DecodeError, TcpSocket
+from tcplab.kernel.records import TcpSocket
+from tcplab.kernel.sock_diag import DecodeError
 
 Order = Literal["little", "big"]
 

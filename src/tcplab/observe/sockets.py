@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tcplab.kernel import proc_net_tcp, sock_diag, tcp_states
-from tcplab.kernel.sock_diag import TcpSocket
+from tcplab.kernel import sock_diag, tcp_states
 from tcplab.observe.netns import entered
+
+if TYPE_CHECKING:
+    from tcplab.kernel.records import TcpSocket
 
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 #: Netlink dump datagrams are at most 32 KiB (netlink_recvmsg caps
@@ -22,10 +24,28 @@ RECV_BUF = 64 * 1024
 N_STATES = tcp_states.NEW_SYN_RECV + 1
 
 
-@dataclass(frozen=True, slots=True)
 class StateCounts:
-    states: dict[str, int]  # every netstat state name, zero included
-    total: int
+    """Counts per state (every netstat name, zero included) and their total.
+
+    A plain class rather than a dataclass: ``tcplab states`` must not pay for
+    importing dataclasses. ``asdict`` gives the JSON body.
+    """
+
+    __slots__ = ("states", "total")
+
+    def __init__(self, states: dict[str, int], total: int) -> None:
+        self.states = states
+        self.total = total
+
+    def asdict(self) -> dict[str, object]:
+        return {"states": self.states, "total": self.total}
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, StateCounts) and other.states == self.states
+                and other.total == self.total)
+
+    def __repr__(self) -> str:
+        return f"StateCounts({self.states!r}, total={self.total})"
 
 
 class SocketTable:
@@ -70,11 +90,11 @@ class SocketTable:
 
     # -- netlink ---------------------------------------------------------------
 
-    def _dump(self, family: int, states: int, sport: int, dport: int,
+    def _dump(self, family: int, states: int, port: int,
               handle: Callable[[bytearray, int], bool]) -> None:
         assert self.sock is not None
         self._seq += 1
-        self.sock.send(sock_diag.build_request(family, states, sport, dport, self._seq))
+        self.sock.send(sock_diag.build_request(family, states, port, self._seq))
         buf = self._buf
         recv_into = self.sock.recv_into
         while True:
@@ -85,15 +105,11 @@ class SocketTable:
                 return
 
     def _each_dump(self, port: int, states: int,
-                   handle: Callable[[bytearray, int, int], bool]) -> None:
-        """One dump per family, two when a port is given (sport, then dport)."""
+                   handle: Callable[[bytearray, int], bool]) -> None:
+        """One dump per address family, filtered by the kernel."""
         for family in FAMILIES:
             try:
-                if port:
-                    self._dump(family, states, port, 0, lambda b, n: handle(b, n, 0))
-                    self._dump(family, states, 0, port, lambda b, n: handle(b, n, port))
-                else:
-                    self._dump(family, states, 0, 0, lambda b, n: handle(b, n, 0))
+                self._dump(family, states, port, handle)
             except sock_diag.NetlinkError as exc:
                 if family == socket.AF_INET6 and exc.errno in (2, 97):  # no IPv6 here
                     continue
@@ -105,13 +121,14 @@ class SocketTable:
         """Counts per kernel state number (index); no record is built."""
         counts = [0] * N_STATES
         if self.sock is None:
+            from tcplab.kernel import proc_net_tcp
+
             for name in ("tcp", "tcp6"):
                 text = self._read_proc(name)
                 if text is not None:
                     proc_net_tcp.count_lines(text, counts, port)
             return _only(counts, states)
-        self._each_dump(port, states,
-                        lambda b, n, skip: sock_diag.count_states(b, counts, n, skip))
+        self._each_dump(port, states, lambda b, n: sock_diag.count_states(b, counts, n))
         return counts
 
     def state_counts(self, port: int = 0) -> StateCounts:
@@ -121,8 +138,12 @@ class SocketTable:
 
     def sockets(self, port: int = 0, states: int = tcp_states.ALL_STATES_MASK
                 ) -> list[TcpSocket]:
+        from tcplab.kernel import records
+
         out: list[TcpSocket] = []
         if self.sock is None:
+            from tcplab.kernel import proc_net_tcp
+
             ticks = os.sysconf("SC_CLK_TCK")
             for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
                 text = self._read_proc(name)
@@ -132,8 +153,7 @@ class SocketTable:
                     if states >> s.state & 1 and (not port or port in (s.sport, s.dport)):
                         out.append(s)
             return out
-        self._each_dump(port, states,
-                        lambda b, n, skip: sock_diag.decode_sockets(b, out, n, skip))
+        self._each_dump(port, states, lambda b, n: records.decode_sockets(b, out, n))
         return out
 
     def _read_proc(self, name: str) -> str | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tcplab.kernel import tcp_states
-from tcplab.kernel.sock_diag import TIMERS, TcpSocket
+from tcplab.kernel.records import TcpSocket
+from tcplab.kernel.sock_diag import TIMERS
 
 BARS = "▁▂▃▄▅▆▇█"
 
