@@ -26,8 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tcplab.kernel import proc_net_tcp, procfs, sock_diag, tcp_states
-from tcplab.kernel import records
+from tcplab.kernel import proc_net_tcp, procfs, records, sock_diag, tcp_states
 from tcplab.kernel.records import TcpSocket
 from tcplab.kernel.sock_diag import DecodeError, NetlinkError
 
