@@ -122,8 +122,8 @@ def _table(states: dict[str, int], total: int, previous: dict[str, int] | None, 
     from tcplab.report.observe import sparkline
 
     scope = f"port {args.port}" if args.port else "all ports"
-    t = Table(title=f"TCP states, {scope} (every {args.interval:g} s, Ctrl-C to stop)",
-              title_justify="left")
+    t = Table(title=f"TCP states, {scope}, every {args.interval:g} s", title_justify="left",
+              caption="Ctrl-C stops", caption_justify="left")
     t.add_column("state")
     t.add_column("now", justify="right")
     t.add_column("change", justify="right")
