@@ -76,7 +76,8 @@ class Variant:
 
 
 def _plan(s: Settings) -> list[Variant]:
-    narrow = {"net.ipv4.ip_local_port_range": f"{PORT_LOW} {PORT_LOW + s.ports - 1}",
+    low = min(PORT_LOW, 65536 - s.ports)  # the range must end at 65535 at most
+    narrow = {"net.ipv4.ip_local_port_range": f"{low} {low + s.ports - 1}",
               "net.ipv4.tcp_tw_reuse": "0"}
     n = str(s.count)
     plans = {

@@ -145,10 +145,15 @@ class Sandbox:
 
 
 def _explain(user: bool, answer: dict[str, Any], stderr: str) -> NotSupported:
-    stage = answer.get("error", "start")
-    message = answer.get("message") or stderr.strip().splitlines()[-1:] or ["no output"]
-    if isinstance(message, list):
-        message = message[0]
+    stage = str(answer.get("error", "start"))
+    lines = stderr.strip().splitlines()
+    message = answer.get("message") or (lines[-1] if lines else "no output")
+    if stage.startswith("sysctl "):
+        name = stage.split(" ", 1)[1]
+        return NotSupported(
+            f"the private network namespace refused {name}: {message}",
+            hint="this kernel does not accept that value (or that sysctl) in a namespace",
+        )
     tried = ("unshare(CLONE_NEWUSER | CLONE_NEWNET) as an ordinary user" if user
              else "unshare(CLONE_NEWNET) as root")
     return NotSupported(

@@ -29,6 +29,9 @@ def variant_lines(result: Result) -> list[str]:
     """The port-bomb table: one row per variant, then what each showed."""
     if not result.variants:
         return []
+    lines = []
+    if "server" in result.settings:
+        lines.append(f"  against {result.settings['server']}")
     head = ("variant", "ok", "failed", "first error", "TIME_WAIT peak", "ok/s", "shown")
     rows = [head]
     for v in result.variants:
@@ -41,8 +44,8 @@ def variant_lines(result: Result) -> list[str]:
                      f"{v['time_wait_peak']:,}", f"{v['conns_per_s']:,.0f}",
                      "yes" if v["shown"] else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
     lines.append("")
     for v in result.variants:
         if v.get("lesson"):

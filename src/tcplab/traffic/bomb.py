@@ -226,18 +226,19 @@ def run(
             fail(code, sock)
             return
         conn = _Conn(sock)
-        conns[sock.fileno()] = conn
         # On loopback the handshake often completes inside connect(): try
         # the request now and skip one epoll round trip when it did.
         send_request(conn, register=True)
 
     def send_request(conn: _Conn, register: bool) -> bool:
+        """Send the request; ``register``: the socket is new, not yet in epoll."""
         sock = conn.sock
         try:
             sock.send(PAYLOAD)
         except BlockingIOError:
             if register:
                 ep.register(sock.fileno(), OUT)
+                conns[sock.fileno()] = conn
             else:
                 ep.modify(sock.fileno(), OUT)
             return False
@@ -248,6 +249,7 @@ def run(
         conn.got = 0
         if register:
             ep.register(sock.fileno(), IN)
+            conns[sock.fileno()] = conn
         else:
             ep.modify(sock.fileno(), IN)
         return True
