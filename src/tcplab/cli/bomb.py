@@ -88,11 +88,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             note(line)
 
+    def first_error(e: Any) -> None:
+        if tty:
+            sys.stderr.write("\n")
+        note(first_error_line(e) + "; counting failures until the bound")
+
     note(f"bombing {target.where} in {args.mode} mode: up to {args.count:,} connections "
          f"or {args.duration:g} s" + (" (Ctrl-C stops early)" if tty else ""))
     result = bomb.run(target, mode=args.mode, count=args.count, duration=args.duration,
                       workers=args.workers, pool_size=args.pool_size, progress=progress,
-                      wait_close=args.wait_close)
+                      wait_close=args.wait_close, on_first_error=first_error)
     if tty:
         sys.stderr.write("\n")
     if args.json:
@@ -115,15 +120,17 @@ def result_lines(r: Any) -> list[str]:
     ]
     e = r.first_error
     if e is not None:
-        tw = "unknown" if e.time_wait is None else f"{e.time_wait:,}"
-        rng = "unknown" if e.port_range is None else f"{e.port_range:,}"
-        lines.append(
-            f"first error at {e.at_s:.3f} s after {e.after_ok:,} ok: [Errno {e.errno}] "
-            f"{e.name}: {e.message}; TIME_WAIT then {tw}, port range {rng} ports"
-        )
+        lines.append(first_error_line(e))
         lines.append("errors: " + ", ".join(f"{n} {c:,}" for n, c in r.errors.items()))
     else:
         lines.append("no errors")
     if r.time_wait_peak is not None:
         lines.append(f"TIME_WAIT peak: {r.time_wait_peak:,} sockets to port {r.port}")
     return lines
+
+
+def first_error_line(e: Any) -> str:
+    tw = "unknown" if e.time_wait is None else f"{e.time_wait:,}"
+    rng = "unknown" if e.port_range is None else f"{e.port_range:,}"
+    return (f"first error at {e.at_s:.3f} s after {e.after_ok:,} ok: [Errno {e.errno}] "
+            f"{e.name}: {e.message}; TIME_WAIT then {tw}, port range {rng} ports")

@@ -158,6 +158,7 @@ def run(
     progress: Callable[[Progress], None] | None = None,
     interval: float = 0.5,
     wait_close: bool = False,
+    on_first_error: Callable[[FirstError], None] | None = None,
 ) -> BombResult:
     """Run the bomb until ``count`` attempts or ``duration`` seconds.
 
@@ -206,6 +207,8 @@ def run(
                 at_s=round(time.monotonic() - started, 3), after_ok=state.ok,
                 time_wait=sample_tw(), port_range=ports,
             ))
+            if on_first_error is not None:
+                on_first_error(first[0])
 
     def start_one() -> None:
         """Open one connection and send the request at once if it connected."""
