@@ -1,15 +1,15 @@
-"""A 100 ms socket-state sampler running inside a sandbox.
+"""The parent's side of the 100 ms sampler that runs inside a sandbox.
 
-It is ``tcplab states --port P --watch --json --interval 0.1`` started as a
-child in the namespace (which also works unprivileged, where the parent could
-not setns into the namespace itself); a thread collects its JSON lines into
-a timeline of ``[t, {state: count}]``.
+The sampler itself (``tcplab.observe.sampler``) is a child in the namespace,
+which also works unprivileged, where the parent could not setns into the
+namespace; a thread here collects its JSON lines.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -18,14 +18,16 @@ from tcplab.experiments.sandbox import Sandbox
 
 
 class StateSampler:
-    def __init__(self, sandbox: Sandbox, port: int, interval: float = 0.1) -> None:
-        self.proc = sandbox.popen(
-            sandbox.tcplab("states", "--port", str(port), "--watch", "--json",
-                           "--interval", str(interval)),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        )
+    def __init__(self, sandbox: Sandbox, port: int, interval: float = 0.1,
+                 pid: int | None = None) -> None:
+        args = [sys.executable, "-m", "tcplab.observe.sampler", "--port", str(port),
+                "--interval", str(interval)]
+        if pid is not None:
+            args += ["--pid", str(pid)]
+        self.proc = sandbox.popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.DEVNULL)
         self.started = time.monotonic()
-        self.samples: list[tuple[float, dict[str, int]]] = []
+        self.rows: list[dict[str, Any]] = []
         self._first = threading.Event()
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
@@ -35,18 +37,31 @@ class StateSampler:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
-                obj = json.loads(line)
+                row = json.loads(line)
             except ValueError:
                 continue
-            t = round(time.monotonic() - self.started, 3)
-            self.samples.append((t, {k: v for k, v in obj["states"].items() if v}))
+            row["t"] = round(time.monotonic() - self.started, 3)
+            self.rows.append(row)
             self._first.set()
 
-    def latest(self) -> dict[str, int]:
-        return self.samples[-1][1] if self.samples else {}
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def latest(self) -> dict[str, Any]:
+        return self.rows[-1] if self.rows else {}
+
+    def state(self, row: dict[str, Any], state: str) -> int:
+        return int(row["states"].get(state, 0))
 
     def peak(self, state: str) -> int:
-        return max((s.get(state, 0) for _, s in self.samples), default=0)
+        return max((self.state(r, state) for r in self.rows), default=0)
+
+    def peak_of(self, key: str) -> int:
+        return max((r[key] or 0 for r in self.rows), default=0)
+
+    def timeline(self) -> list[list[Any]]:
+        """``[[t, {state: count}], ...]`` as the experiments' JSON has it."""
+        return [[r["t"], r["states"]] for r in self.rows]
 
     def stop(self) -> list[list[Any]]:
         if self.proc.poll() is None:
@@ -57,4 +72,4 @@ class StateSampler:
                 self.proc.kill()
                 self.proc.wait()
         self._thread.join(timeout=5)
-        return [[t, s] for t, s in self.samples]
+        return self.timeline()

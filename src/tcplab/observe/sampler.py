@@ -1,0 +1,70 @@
+"""A sampler that runs *inside* an experiment's namespace: ``python -m tcplab.observe.sampler``.
+
+Every ``--interval`` seconds it prints one JSON line: the state counts of
+sockets with the port, the listener's accept queue (LISTEN Recv-Q) and
+backlog, and the server's fds and fd limit. The server is ``--pid``, or
+whoever holds the listening socket (found once by its inode), so it works
+for a foreign server too. It stops when its stdout closes or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from tcplab.kernel import tcp_states
+from tcplab.kernel.procfs import parse_limits
+from tcplab.observe.owners import OwnerMap
+from tcplab.observe.process import fds_in_use
+from tcplab.observe.sockets import SocketTable
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tcplab.observe.sampler")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pid", type=int)
+    p.add_argument("--interval", type=float, default=0.1)
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    listen_mask = tcp_states.mask([tcp_states.LISTEN])
+    pid = args.pid
+    limit: int | None = None
+    started = time.monotonic()
+    with SocketTable() as table:
+        while True:
+            now = time.monotonic()
+            counts = table.state_counts(args.port)
+            listeners = [s for s in table.sockets(args.port, listen_mask)
+                         if s.sport == args.port]
+            if pid is None and listeners:
+                owners = OwnerMap().lookup(s.inode for s in listeners)
+                pid = next((o.pid for o in owners.values()), None)
+            fds = None
+            if pid is not None:
+                try:
+                    fds = fds_in_use(pid)
+                    if limit is None:
+                        with open(f"/proc/{pid}/limits") as f:
+                            limit = parse_limits(f.read()).soft
+                except OSError:
+                    fds = None
+            line = {
+                "t": round(now - started, 3),
+                "states": {k: v for k, v in counts.states.items() if v},
+                "listen_queue": sum(s.rqueue for s in listeners),
+                "backlog": max((s.wqueue for s in listeners), default=0),
+                "server_pid": pid, "server_fds": fds, "fd_limit": limit,
+            }
+            try:
+                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                return 0
+            time.sleep(max(0.0, args.interval - (time.monotonic() - now)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
