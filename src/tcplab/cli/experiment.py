@@ -18,6 +18,9 @@ demonstrated with the figure measured on this machine.
              EADDRNOTAVAIL, in a private network namespace per variant (fresh,
              pool, default-reuse, linger0, server-closes, two-destinations);
              the host's sysctls are never touched
+  fd-leak    Experiment 3: a leak-mode server with a 256-fd limit flooded by
+             clients: fds to the limit, EMFILE, the accept queue, CLOSE_WAIT on
+             the server, FIN_WAIT2 on the clients expiring; then the fix
   all        every experiment above, in turn, with a summary
 """
 
@@ -30,14 +33,21 @@ def add_parser(sub: Any, name: str) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["all", "echo", "port-bomb"], help="which experiment")
+    p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak"],
+                   help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     g = p.add_argument_group("port-bomb")
     g.add_argument("--ports", type=common.int_range(10, 28232), default=1000, metavar="N",
                    help="ephemeral ports in the narrowed range (default 1,000)")
     g.add_argument("--server-cmd", metavar="CMD",
-                   help="run against your own server: CMD is started in the namespace, "
-                   "{port} in it is replaced by the port (e.g. 'go run ./cmd/server')")
+                   help="run against your own server (port-bomb, fd-leak): CMD is started in "
+                   "the namespace, {port} in it is replaced by the port; fd-leak sets LEAK=true "
+                   "and a soft fd limit for it")
+    g = p.add_argument_group("fd-leak")
+    g.add_argument("--keepalive", action="store_true",
+                   help="repeat the leak with SO_KEEPALIVE: CLOSE_WAIT goes, the fds stay")
+    g.add_argument("--fd-limit", type=common.int_range(32, 4096), default=256, metavar="N",
+                   help="the leaking server's soft fd limit (default 256)")
     g.add_argument("--variant", action="append", metavar="NAME",
                    help="run only this variant (repeatable)")
     common.add_json(p, "each experiment's result (one object per line)")
@@ -50,7 +60,7 @@ def _quiet(_line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.errors import NotSupported, UsageError
-    from tcplab.experiments import echo, port_bomb
+    from tcplab.experiments import echo, fd_leak, port_bomb
     from tcplab.experiments.result import Result
     from tcplab.report.terminal import result_lines, summary_lines
 
@@ -65,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
     def run_bomb(quick: bool, progress: Any) -> Any:
         return port_bomb.run(bomb_settings, quick=quick, progress=progress)
 
-    runners = {"echo": echo.run, "port-bomb": run_bomb}
+    leak_settings = fd_leak.Settings(fd_limit=args.fd_limit, keepalive=args.keepalive,
+                                     server_cmd=args.server_cmd,
+                                     clients=max(450, args.fd_limit * 2))
+
+    def run_leak(quick: bool, progress: Any) -> Any:
+        return fd_leak.run(leak_settings, quick=quick, progress=progress)
+
+    runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     for name in names:

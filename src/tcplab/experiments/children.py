@@ -143,3 +143,67 @@ def _read_line(stream: IO[bytes], timeout: float) -> bytes:
         if not sel.select(timeout):
             return b""
     return stream.readline()
+
+
+_WAIT_FOR_PORT = """
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit(1)
+"""
+
+
+class ForeignServer:
+    """The user's own server (``--server-cmd``), started inside a sandbox.
+
+    ``{port}`` in the command is replaced; ``env`` adds variables (LEAK=true);
+    ``fd_limit`` lowers its soft fd limit as ``ulimit -Sn`` would (Go raises
+    its own back to the hard limit at start: that is part of the lesson). Its
+    stderr and stdout lines are collected like ServerProcess's log.
+    """
+
+    def __init__(self, sandbox: Any, command: str, port: int,
+                 env: dict[str, str] | None = None, fd_limit: int | None = None) -> None:
+        import shlex
+
+        self.sandbox = sandbox
+        self.command = command
+        self.port = port
+        self.log: list[tuple[float, str]] = []
+        self.proc = sandbox.popen(
+            shlex.split(command.replace("{port}", str(port))),
+            fd_limit=fd_limit, env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+        ready = sandbox.run([sys.executable, "-c", _WAIT_FOR_PORT, str(port), "20"])
+        if ready.returncode != 0:
+            raise TcplabError(f"the server command did not listen on port {port}: {command}")
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.log.append((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))
+
+    def alive(self) -> bool:
+        return bool(self.proc.poll() is None)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._thread.join(timeout=5)

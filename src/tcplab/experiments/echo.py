@@ -70,5 +70,5 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
             "server_totals": totals,
             "client_bytes": client_bytes,
         },
-        timeline=timeline,
+        events=timeline,
     )

@@ -24,16 +24,14 @@ Facts this rests on, measured on this kernel (Linux 6.x):
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcplab.experiments.children import ServerProcess
+from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.result import Result
 from tcplab.experiments.sampler import StateSampler
 from tcplab.experiments.sandbox import Sandbox
@@ -43,17 +41,6 @@ PORT_LOW = 40000
 
 VARIANTS = ("fresh", "pool", "default-reuse", "linger0", "server-closes", "two-destinations")
 
-_WAIT_FOR_PORT = """
-import socket, sys, time
-deadline = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.05)
-sys.exit(1)
-"""
 
 
 @dataclass
@@ -150,12 +137,7 @@ def _run_variant(plan: Variant, s: Settings, progress: Callable[[str], None]) ->
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
         server = None
         if s.server_cmd:
-            cmd = shlex.split(s.server_cmd.replace("{port}", str(PORT)))
-            sb.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-            ready = sb.run([sys.executable, "-c", _WAIT_FOR_PORT, str(PORT), "15"])
-            if ready.returncode != 0:
-                raise RuntimeError(f"the server command did not listen on port {PORT}")
+            ForeignServer(sb, s.server_cmd, PORT)
         else:
             server = ServerProcess(["--port", str(PORT), *plan.server_args], popen=sb.popen)
             server.start()

@@ -19,6 +19,7 @@ class Result:
     fact: str  # that fact in one sentence, with the measured figure
     settings: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
-    timeline: list[Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # what happened, in words
+    timeline: list[list[Any]] = field(default_factory=list)  # samples: [t, {...}]
     variants: list[dict[str, Any]] = field(default_factory=list)  # sub-runs, e.g. port-bomb's
     skipped: str | None = None  # why it could not run here, and what to do

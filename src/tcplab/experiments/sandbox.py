@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -86,18 +87,23 @@ class Sandbox:
         self._ns_fds.append((os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC),
                              CLONE_NEWNET))
 
-    def _enter(self) -> None:
+    def _enter(self, fd_limit: int | None = None) -> None:
         """Runs in the child between fork and exec."""
         die_with_parent(signal.SIGKILL)
         for fd, nstype in self._ns_fds:
             setns(fd, nstype)
+        if fd_limit is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(fd_limit, hard), hard))
 
-    def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``args`` inside the namespace; it is killed and reaped on close()."""
+    def popen(self, args: Sequence[str], fd_limit: int | None = None,
+              **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``args`` inside the namespace; it is killed and reaped on close().
+        ``fd_limit`` sets its soft RLIMIT_NOFILE, as ``ulimit -Sn`` would."""
         if self.holder is None:
             raise RuntimeError("sandbox not started")
         proc: subprocess.Popen[Any] = subprocess.Popen(
-            list(args), preexec_fn=self._enter, **kwargs
+            list(args), preexec_fn=lambda: self._enter(fd_limit), **kwargs
         )
         self.children.append(proc)
         return proc

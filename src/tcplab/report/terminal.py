@@ -10,7 +10,7 @@ from tcplab.experiments.result import Result
 def result_lines(result: Result) -> list[str]:
     status = "skipped" if result.skipped else ("shown" if result.ok else "NOT SHOWN")
     lines = [f"experiment {result.experiment}: {status}"]
-    for event in result.timeline:
+    for event in result.events:
         lines.append(f"  {event.t:7.3f} s  {event.what}")
     lines.extend(variant_lines(result))
     lines.append(f"  => {result.skipped or result.fact}")
@@ -27,7 +27,9 @@ def summary_lines(results: Sequence[Result]) -> list[str]:
 
 def variant_lines(result: Result) -> list[str]:
     """The port-bomb table: one row per variant, then what each showed."""
-    if not result.variants:
+    if result.experiment == "fd-leak":
+        return fd_leak_lines(result)
+    if not result.variants or result.experiment != "port-bomb":
         return []
     lines = []
     if "server" in result.settings:
@@ -50,4 +52,33 @@ def variant_lines(result: Result) -> list[str]:
     for v in result.variants:
         if v.get("lesson"):
             lines.append(f"  {v['name']}: {v['lesson']}.")
+    return lines
+
+
+def fd_leak_lines(result: Result) -> list[str]:
+    f = result.facts
+    if not f:
+        return []
+    c = f["clients"]
+    lines = [
+        f"  against {result.settings.get('server')}, fd limit {f['fd_limit']}, "
+        f"backlog {f['backlog']}, tcp_fin_timeout {result.settings.get('tcp_fin_timeout')} s",
+        f"  server fds peak           {f['server_fds_peak']} of {f['fd_limit']}",
+        f"  accept() error            {f['emfile_log_line'] or 'none seen'}",
+        f"  accept queue peak         {f['accept_queue_peak']} (LISTEN Recv-Q; backlog "
+        f"{f['backlog']} + 1)",
+        f"  clients                   {c['echoed']} echoed, {c['no_echo']} connected but no echo, "
+        f"{c['connect_timeouts']} stuck in SYN_SENT",
+        f"  server CLOSE_WAIT         peak {f['server_close_wait_peak']}, "
+        f"{f['server_close_wait_after_timeout']} after the clients' FIN_WAIT2 expired",
+        f"  client FIN_WAIT2          peak {f['client_fin_wait2_peak']}, "
+        f"{f['client_fin_wait2_after_timeout']} after tcp_fin_timeout",
+        f"  the fix (server closes)   CLOSE_WAIT peak {f['fixed_close_wait_peak']}",
+    ]
+    if "keepalive_close_wait_after" in f:
+        lines.append(f"  with SO_KEEPALIVE         CLOSE_WAIT {f['keepalive_close_wait_after']} "
+                     f"after the peers left (the never-accepted ones), fds still "
+                     f"{f['keepalive_fds_after']}: the leak is in fds, not TCP states")
+    lines.append("  CLOSE_WAIT is the local bug (this process never called close()); FIN_WAIT2 "
+                 "points at the peer (it never closed its side)")
     return lines

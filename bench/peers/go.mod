@@ -1,0 +1,3 @@
+module tcplab/bench/peers
+
+go 1.16
