@@ -28,6 +28,7 @@ COMMANDS = {
     "sockets": "list TCP sockets with timers and owning processes (ss -tanpo)",
     "fds": "fds in use against the limit per process, and what they are (lsof, ulimit -n)",
     "limits": "show the fd limits and TCP sysctls behind the experiments",
+    "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "check": "say what works on this machine and how to fix what does not",
 }
 
@@ -41,6 +42,7 @@ commands in the order of the lab:
   tcplab sockets --port 8080    one row per socket, timers and owners (ss -tanpo)
   tcplab fds PID                fds in use against the limit, and what they are
   tcplab limits                 the kernel knobs behind the experiments
+  tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab check                  what works on this machine, and the fix for what does not
 
 exit status: 0 ok, 1 error, 2 usage, 3 connection failed, 4 privilege missing,
@@ -84,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
              "kernel's socket tables and /proc")
         return 8
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # doctor follows the monitoring-plugin convention: usage errors are
+        # "unknown" (3), not argparse's 2, which would read as "critical".
+        chosen = next((a for a in (sys.argv[1:] if argv is None else argv)
+                       if not a.startswith("-")), None)
+        if chosen == "doctor" and exc.code == 2:
+            return 3
+        raise
     if args.command is None:
         parser.print_help()
         return 2

@@ -58,3 +58,19 @@ def status_field(text: str, field: str) -> str | None:
         if line.startswith(prefix):
             return line[len(prefix):].strip()
     return None
+
+
+def parse_netstat(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/netstat (and /proc/net/snmp): pairs of lines, names then values.
+
+    ``{"TcpExt": {"ListenOverflows": 195, ...}, "IpExt": {...}}``.
+    """
+    out: dict[str, dict[str, int]] = {}
+    lines = text.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        prefix, _, keys = names.partition(":")
+        vprefix, _, vals = values.partition(":")
+        if prefix != vprefix:
+            raise ValueError(f"mismatched netstat lines {prefix!r} / {vprefix!r}")
+        out[prefix] = {k: int(v) for k, v in zip(keys.split(), vals.split(), strict=True)}
+    return out

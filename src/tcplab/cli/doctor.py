@@ -1,0 +1,77 @@
+"""``tcplab doctor``: diagnose the live machine's TCP sockets and fd limits."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tcplab.cli import common
+from tcplab.cli.output import emit_json, note, out
+
+DESCRIPTION = """\
+Looks at the live machine (or --netns) and says what is wrong, with the
+evidence and the fix:
+
+  close_wait_leak  a process holding --close-wait-threshold (100) or more sockets
+                   in CLOSE_WAIT: its peers closed, it never called close()
+  fd_exhaustion    a process at 80% or more of its own fd limit
+  port_exhaustion  sockets toward one destination near the ephemeral port range
+  listen_overflow  a listener whose accept queue is full, or ListenOverflows /
+                   ListenDrops rising in /proc/net/netstat
+  orphans          many orphaned FIN_WAIT2 sockets: the peers never close
+
+Works on any process, as lsof does. Without root, other users' processes
+cannot be read, and a note says so.
+
+exit status (the monitoring-plugin convention): 0 healthy, 1 warning,
+2 critical, 3 unknown (a usage or privilege error).
+"""
+
+UNKNOWN = 3
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, parents=[common.parent()],
+                       help="diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--close-wait-threshold", type=common.positive_int, default=100, metavar="N",
+                   help="CLOSE_WAIT sockets in one process that count as a leak (default 100)")
+    p.add_argument("--fd-percent", type=float, default=80.0, metavar="P",
+                   help="fd use, in percent of the limit, that counts as exhaustion (default 80)")
+    p.add_argument("--interval", type=float, default=0.5, metavar="S",
+                   help="seconds between two reads of ListenOverflows/ListenDrops "
+                   "(default 0.5; 0 skips that check)")
+    common.add_netns(p)
+    common.add_json(p, "the findings")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tcplab.errors import TcplabError
+    from tcplab.observe.doctor import Thresholds, diagnose
+
+    t = Thresholds(close_wait=args.close_wait_threshold, fd_percent=args.fd_percent,
+                   interval=max(0.0, args.interval))
+    try:
+        d = diagnose(args.netns, t)
+    except TcplabError as exc:
+        note(f"tcplab: {exc.message}")
+        if exc.hint:
+            note(f"hint: {exc.hint}")
+        return UNKNOWN
+    if d.hidden_processes:
+        note(f"note: {d.hidden_processes} processes of other users could not be read "
+             "(run as root to check them too)")
+    status = ["healthy", "warning", "critical"][d.status]
+    if args.json:
+        emit_json({"status": status, "findings": d.findings, "sockets": d.sockets,
+                   "processes": d.processes})
+        return d.status
+    if not d.findings:
+        out(f"healthy: no problem found in {d.sockets} TCP sockets and {d.processes} processes")
+        return 0
+    for f in d.findings:
+        out(f"{f.severity.upper()} {f.kind}: {f.evidence}")
+        out(f"  fix: {f.hint}")
+    return d.status

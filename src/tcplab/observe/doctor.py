@@ -1,0 +1,236 @@
+"""``tcplab doctor``: what is wrong with this machine's TCP sockets, in words.
+
+Each check turns live observations (the socket table, /proc/PID/fd and
+limits, /proc/net/netstat, the port range) into findings with evidence and a
+fix. It works on any process, not only tcplab's: owners come from
+/proc/PID/fd, as lsof finds them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from tcplab.kernel import tcp_states
+from tcplab.kernel.procfs import parse_limits, parse_netstat
+from tcplab.kernel.records import TcpSocket
+from tcplab.observe.netns import entered
+from tcplab.observe.owners import Owner, OwnerMap, all_pids, read_comm
+from tcplab.observe.process import fds_in_use
+from tcplab.observe.sockets import SocketTable
+
+SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str  # close_wait_leak, fd_exhaustion, port_exhaustion, listen_overflow, orphans
+    severity: str  # warning or critical
+    pid: int | None
+    command: str | None
+    count: int
+    evidence: str
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    findings: list[Finding]
+    sockets: int
+    processes: int
+    hidden_processes: int  # whose fds we could not read (not root)
+
+    @property
+    def status(self) -> int:
+        """0 healthy, 1 warning, 2 critical: the monitoring-plugin convention."""
+        return max((SEVERITY[f.severity] for f in self.findings), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    close_wait: int = 100
+    fd_percent: float = 80.0
+    port_percent: float = 80.0
+    orphans: int = 100
+    interval: float = 0.5  # between the two reads of ListenOverflows/ListenDrops
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def port_range(procfs: str = "/proc") -> tuple[int, int]:
+    text = _read(f"{procfs}/sys/net/ipv4/ip_local_port_range") or "32768 60999"
+    low, high = (int(x) for x in text.split())
+    return low, high
+
+
+def listen_counters(procfs: str = "/proc") -> dict[str, int]:
+    text = _read(f"{procfs}/net/netstat")
+    if not text:
+        return {}
+    ext = parse_netstat(text).get("TcpExt", {})
+    return {k: ext.get(k, 0) for k in ("ListenOverflows", "ListenDrops")}
+
+
+def diagnose(netns: str | None = None, t: Thresholds | None = None) -> Diagnosis:
+    t = t or Thresholds()
+    with entered(netns):
+        # /proc/net and /proc/sys/net follow the namespace we are in now.
+        before = listen_counters()
+        low, high = port_range()
+    with SocketTable(netns=netns) as table:
+        socks = table.sockets()
+    owners = OwnerMap()
+    found = owners.lookup(s.inode for s in socks if s.state == tcp_states.CLOSE_WAIT)
+    findings: list[Finding] = []
+    findings += _close_wait(socks, found, t)
+    pids = all_pids()
+    findings += _fd_exhaustion(pids, t)
+    findings += _port_exhaustion(socks, low, high, t)
+    findings += _listeners(socks)
+    if t.interval > 0 and before:
+        time.sleep(t.interval)
+        with entered(netns):
+            after = listen_counters()
+        findings += _listen_drops(before, after, t.interval)
+    findings += _orphans(socks, t)
+    findings.sort(key=lambda f: (-SEVERITY[f.severity], f.kind))
+    return Diagnosis(findings, len(socks), len(pids), len(owners.hidden))
+
+
+def _close_wait(socks: list[TcpSocket], found: dict[int, Owner], t: Thresholds
+                ) -> list[Finding]:
+    per_pid: Counter[int] = Counter()
+    ports: dict[int, Counter[int]] = defaultdict(Counter)
+    commands: dict[int, str] = {}
+    for s in socks:
+        if s.state != tcp_states.CLOSE_WAIT:
+            continue
+        owner = found.get(s.inode)
+        if owner is None:
+            continue
+        pid = owner.pid
+        commands[pid] = owner.command
+        per_pid[pid] += 1
+        ports[pid][s.sport] += 1
+    out = []
+    for pid, n in per_pid.most_common():
+        if n < t.close_wait:
+            continue
+        top = ", ".join(f"{port} ({c})" for port, c in ports[pid].most_common(3))
+        out.append(Finding(
+            "close_wait_leak", "critical" if n >= 10 * t.close_wait else "warning", pid,
+            commands[pid], n,
+            f"pid {pid} ({commands[pid]}) holds {n} sockets in CLOSE_WAIT on local port {top}: "
+            "its peers closed, it never called close()",
+            "a connection is not closed on some path (error handling, a pool that loses "
+            "connections); each one also holds an fd until the process exits",
+        ))
+    return out
+
+
+def _fd_exhaustion(pids: list[int], t: Thresholds) -> list[Finding]:
+    out = []
+    for pid in pids:
+        text = _read(f"/proc/{pid}/limits")
+        if text is None:
+            continue
+        try:
+            limit = parse_limits(text).soft
+            used = fds_in_use(pid)
+        except (OSError, ValueError):
+            continue
+        if limit <= 0 or used == 0:
+            continue
+        percent = 100.0 * used / limit
+        if percent < t.fd_percent:
+            continue
+        command = read_comm(pid)
+        out.append(Finding(
+            "fd_exhaustion", "critical" if percent >= 95 else "warning", pid, command, used,
+            f"pid {pid} ({command}) has {used} of {limit} fds open ({percent:.0f}%): accept() "
+            "and open() fail with EMFILE at the limit",
+            f"find what it holds ('tcplab fds {pid}'); raise its limit (ulimit -n, systemd "
+            "LimitNOFILE=) only once the leak is ruled out",
+        ))
+    return out
+
+
+def _port_exhaustion(socks: list[TcpSocket], low: int, high: int, t: Thresholds
+                     ) -> list[Finding]:
+    size = high - low + 1
+    per_dest: Counter[tuple[str, int]] = Counter()
+    tw: Counter[tuple[str, int]] = Counter()
+    for s in socks:
+        if s.state == tcp_states.LISTEN or not low <= s.sport <= high:
+            continue
+        per_dest[(s.dst, s.dport)] += 1
+        if s.state == tcp_states.TIME_WAIT:
+            tw[(s.dst, s.dport)] += 1
+    out = []
+    for (dst, dport), n in per_dest.most_common():
+        percent = 100.0 * n / size
+        if percent < t.port_percent:
+            break
+        where = f"[{dst}]:{dport}" if ":" in dst else f"{dst}:{dport}"
+        out.append(Finding(
+            "port_exhaustion", "critical" if percent >= 95 else "warning", None, None, n,
+            f"{n} sockets ({tw[(dst, dport)]} in TIME_WAIT) use ephemeral ports toward {where}, "
+            f"{percent:.0f}% of the {size}-port range {low}-{high}: connect() fails with "
+            "EADDRNOTAVAIL when it is full",
+            "reuse connections (a pool, HTTP keep-alive) instead of one per request; add "
+            "destination addresses or ports; widen ip_local_port_range",
+        ))
+    return out
+
+
+def _listeners(socks: list[TcpSocket]) -> list[Finding]:
+    out = []
+    for s in socks:
+        # The queue is full when its length exceeds the backlog (sk_acceptq_is_full).
+        if s.state == tcp_states.LISTEN and s.wqueue and s.rqueue > s.wqueue:
+            where = f"[{s.src}]:{s.sport}" if ":" in s.src else f"{s.src}:{s.sport}"
+            out.append(Finding(
+                "listen_overflow", "critical", None, None, s.rqueue,
+                f"the listener on {where} has {s.rqueue} connections waiting in a queue of "
+                f"{s.wqueue}: it is not calling accept() (stalled, or out of fds); new SYNs "
+                "are dropped and clients hang in SYN_SENT",
+                "find the process ('tcplab sockets --port "
+                f"{s.sport} --all-procs') and why it stopped accepting (EMFILE in its log?)",
+            ))
+    return out
+
+
+def _listen_drops(before: dict[str, int], after: dict[str, int], interval: float
+                  ) -> list[Finding]:
+    grew = {k: after.get(k, 0) - v for k, v in before.items() if after.get(k, 0) > v}
+    if not grew:
+        return []
+    what = ", ".join(f"{k} +{v}" for k, v in grew.items())
+    return [Finding(
+        "listen_overflow", "warning", None, None, max(grew.values()),
+        f"{what} in {interval:g} s (/proc/net/netstat): some listener's accept queue "
+        "overflowed and SYNs or connections were dropped",
+        "find the listener with a full queue ('tcplab sockets --state listen'), raise its "
+        "backlog and net.core.somaxconn, or make it accept() faster",
+    )]
+
+
+def _orphans(socks: list[TcpSocket], t: Thresholds) -> list[Finding]:
+    n = sum(1 for s in socks if s.state == tcp_states.FIN_WAIT2 and s.inode == 0)
+    if n < t.orphans:
+        return []
+    return [Finding(
+        "orphans", "warning", None, None, n,
+        f"{n} orphaned FIN_WAIT2 sockets: this side closed, the peers never closed theirs",
+        "the peers have a CLOSE_WAIT leak (run 'tcplab doctor' there); net.ipv4.tcp_fin_timeout "
+        "decides how long the kernel keeps these",
+    )]
+
+
