@@ -1,0 +1,68 @@
+"""``tcplab exporter``: serve the same facts to Prometheus."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from tcplab.cli import common
+from tcplab.cli.output import note, out
+
+DESCRIPTION = """\
+Serves TCP socket counts by state and by service port (ephemeral ports folded
+into one label value, so the series stay bounded), per-process fds, limits and
+CLOSE_WAIT counts, and the doctor's findings in the Prometheus text format at
+http://LISTEN/metrics. Everything is read from the kernel at scrape time.
+
+  scrape_configs:
+    - job_name: tcplab
+      static_configs: [{targets: ["HOST:9309"]}]
+"""
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    return host.strip("[]") or "127.0.0.1", common.port(port)
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, parents=[common.parent()],
+                       help="serve socket, fd and doctor metrics to Prometheus",
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--listen", type=listen_address, default=("127.0.0.1", 9309),
+                   metavar="HOST:PORT", help="where to serve /metrics (default 127.0.0.1:9309)")
+    common.add_netns(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import errno
+
+    from prometheus_client import start_http_server
+    from prometheus_client.core import REGISTRY
+
+    from tcplab.errors import AddressInUse, UsageError
+    from tcplab.observe.exporter import TcplabCollector
+
+    REGISTRY.register(TcplabCollector(args.netns))
+    host, port = args.listen
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"{host}:{port} is already in use",
+                               hint="pick another --listen port") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {exc}") from None
+    bound = server.server_address[1]
+    out(f"serving metrics on http://{host}:{bound}/metrics (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        note("stopped")
+        server.shutdown()
+        return 0
