@@ -108,7 +108,7 @@ SYSCTLS = {
 #: connect() tries ports of one parity first: about half the range without reuse.
 EVEN_PORTS = (65535 - 1024 + 1) // 2
 GOAL = 1.0
-HOWTO_GO = ("install Go to run the Go columns: apt-get install golang-go (Debian/Ubuntu), "
+HOWTO_GO = ("to run them, install Go: apt-get install golang-go (Debian/Ubuntu), "
             "or https://go.dev/dl/, or pass --go /path/to/go")
 
 
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if go is None:
             go_info = {"skipped": f"go is not on PATH; {HOWTO_GO}"}
-            print(f"note: go is not on PATH: the Go rows are skipped. {HOWTO_GO}",
+            print(f"note: go is not on PATH: the Go rows are skipped; {HOWTO_GO}",
                   file=sys.stderr)
         else:
             go_info = build_churn(go, tmp)

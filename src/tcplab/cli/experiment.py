@@ -21,6 +21,8 @@ demonstrated with the figure measured on this machine.
   fd-leak    Experiment 3: a leak-mode server with a 256-fd limit flooded by
              clients: fds to the limit, EMFILE, the accept queue, CLOSE_WAIT on
              the server, FIN_WAIT2 on the clients expiring; then the fix
+  half-close one connection closed slowly: FIN_WAIT2 on the client and CLOSE_WAIT
+             on the server until the server closes, then TIME_WAIT's countdown
   all        every experiment above, in turn, with a summary
 """
 
@@ -33,7 +35,7 @@ def add_parser(sub: Any, name: str) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak"],
+    p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     g = p.add_argument_group("port-bomb")
@@ -60,7 +62,7 @@ def _quiet(_line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.errors import NotSupported, UsageError
-    from tcplab.experiments import echo, fd_leak, port_bomb
+    from tcplab.experiments import echo, fd_leak, half_close, port_bomb
     from tcplab.experiments.result import Result
     from tcplab.report.terminal import result_lines, summary_lines
 
@@ -82,16 +84,18 @@ def run(args: argparse.Namespace) -> int:
     def run_leak(quick: bool, progress: Any) -> Any:
         return fd_leak.run(leak_settings, quick=quick, progress=progress)
 
-    runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak}
+    runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
+               "half-close": half_close.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     for name in names:
         note(f"running experiment {name} ...")
-        # The echo report repeats every step, so its live steps go to stderr
-        # only when stdout carries JSON.
+        # Reports that repeat every step get their live steps on stderr only
+        # when stdout carries JSON.
         try:
             result = runners[name](quick=args.quick,
-                                   progress=note if args.json or name != "echo" else _quiet)
+                                   progress=note if args.json or name == "port-bomb"
+                                   else _quiet)
         except NotSupported as exc:
             if args.name != "all":
                 raise

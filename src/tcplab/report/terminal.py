@@ -29,6 +29,8 @@ def variant_lines(result: Result) -> list[str]:
     """The port-bomb table: one row per variant, then what each showed."""
     if result.experiment == "fd-leak":
         return fd_leak_lines(result)
+    if result.experiment == "half-close":
+        return half_close_lines(result)
     if not result.variants or result.experiment != "port-bomb":
         return []
     lines = []
@@ -81,4 +83,22 @@ def fd_leak_lines(result: Result) -> list[str]:
                      f"{f['keepalive_fds_after']}: the leak is in fds, not TCP states")
     lines.append("  CLOSE_WAIT is the local bug (this process never called close()); FIN_WAIT2 "
                  "points at the peer (it never closed its side)")
+    return lines
+
+
+def half_close_lines(result: Result) -> list[str]:
+    steps = result.facts.get("steps", [])
+    bugs = result.facts.get("bugs", {})
+    rows = [("step", "client", "server")]
+    for i, st in enumerate(steps, 1):
+        c = st["client"] or {"state": "(closed)", "timer": ""}
+        v = st["server"] or {"state": "(closed)", "timer": ""}
+        rows.append((str(i), f"{c['state']} {c['timer']}".strip(),
+                     f"{v['state']} {v['timer']}".strip()))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    lines.append("")
+    for state, why in bugs.items():
+        lines.append(f"  {state:<11} {why}")
     return lines

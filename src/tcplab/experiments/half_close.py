@@ -1,0 +1,119 @@
+"""The half-closed trap, one connection at a time: ``tcplab experiment half-close``.
+
+A choreography (``python -m tcplab.experiments.half_close``) runs inside a
+sandbox: it makes one connection, then steps through the close slowly,
+reading both sockets' states and timers from sock_diag after each step:
+
+1. connected: ESTABLISHED on both sides;
+2. the client shuts down its write side: FIN. The client sits in FIN_WAIT2
+   (waiting for the peer's FIN), the server in CLOSE_WAIT (waiting for its
+   own application to close). A half-closed socket the client still holds has
+   no timer: tcp_fin_timeout applies only once the client close()s it;
+3. the server can still send: half-close is one direction;
+4. the server closes: its FIN makes the client's socket TIME_WAIT, with the
+   60 s countdown; the server passes LAST_ACK until the client's ACK, which on
+   loopback arrives within microseconds, too fast to sample here (``tcplab
+   trace`` shows the transition).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tcplab.experiments.result import Event, Result
+from tcplab.experiments.sandbox import Sandbox
+
+BUGS = {
+    "CLOSE_WAIT": "stuck here = the local application's bug: it never calls close()",
+    "FIN_WAIT2": "stuck here = the peer's bug: it never closes its side",
+    "LAST_ACK": "waiting for the peer's ACK of our FIN",
+    "TIME_WAIT": "normal: the side that closed first waits 2 x MSL (60 s on Linux)",
+}
+
+
+def _states(client: socket.socket, server: socket.socket | None, client_port: int,
+            port: int) -> dict[str, Any]:
+    from tcplab.kernel import tcp_states
+    from tcplab.observe.sockets import SocketTable
+
+    with SocketTable() as table:
+        socks = table.sockets(port)
+    out: dict[str, Any] = {"client": None, "server": None}
+    for s in socks:
+        if s.state == tcp_states.LISTEN:
+            continue
+        side = "client" if s.sport == client_port else "server"
+        timer = {0: "", 1: "retransmit", 2: "keepalive", 3: "time-wait", 4: "probe"}[s.timer]
+        out[side] = {"state": tcp_states.name(s.state),
+                     "timer": f"{timer} {s.expires_ms / 1000:.1f}s" if timer else "",
+                     "owner": "kernel" if s.inode == 0 else "process"}
+    return out
+
+
+def choreography(pause: float) -> list[dict[str, Any]]:
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", 8080))
+    ls.listen()
+    client = socket.create_connection(("127.0.0.1", 8080))
+    server, _ = ls.accept()
+    cport = client.getsockname()[1]
+    steps: list[dict[str, Any]] = []
+
+    def step(what: str) -> None:
+        time.sleep(pause)
+        steps.append({"t": round(time.monotonic() - t0, 3), "step": what,
+                      **_states(client, server, cport, 8080)})
+
+    t0 = time.monotonic()
+    step("connected")
+    client.shutdown(socket.SHUT_WR)
+    step("the client calls shutdown(SHUT_WR): its FIN goes out, the server ACKs it")
+    server.sendall(b"still here")
+    got = client.recv(100)
+    step(f"the server still sends, the client reads {got!r}: half-close is one direction")
+    server.close()
+    step("the server calls close(): its FIN goes out, the client ACKs it")
+    time.sleep(1.0)
+    step("a second later: the TIME_WAIT countdown runs")
+    client.close()
+    ls.close()
+    return steps
+
+
+def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
+    pause = 0.3 if quick else 1.0
+    with Sandbox({}) as sb:
+        r = sb.run([sys.executable, "-m", "tcplab.experiments.half_close", str(pause)],
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"the half-close choreography failed: {r.stderr.decode()}")
+    steps: list[dict[str, Any]] = json.loads(r.stdout)
+    events = []
+    for s in steps:
+        c = s["client"] or {"state": "gone", "timer": ""}
+        v = s["server"] or {"state": "gone", "timer": ""}
+        line = (f"{s['step']}: client {c['state']} {c['timer']}".rstrip()
+                + f", server {v['state']} {v['timer']}".rstrip())
+        events.append(Event(s["t"], line))
+        progress(f"  {line}")
+    st = [((s["client"] or {}).get("state"), (s["server"] or {}).get("state")) for s in steps]
+    tw = [s["client"]["timer"] for s in steps[-2:] if s["client"]]
+    ok = (st[0] == ("ESTABLISHED", "ESTABLISHED") and st[1] == ("FIN_WAIT2", "CLOSE_WAIT")
+          and st[3][0] == "TIME_WAIT" and st[3][1] in (None, "LAST_ACK")
+          and len(tw) == 2 and tw[0] != tw[1])
+    fact = ("after shutdown(SHUT_WR) the client sat in FIN_WAIT2 and the server in CLOSE_WAIT "
+            f"until the server closed; then the client held TIME_WAIT ({tw[-1] if tw else '?'} "
+            "left)")
+    return Result(experiment="half-close", ok=ok, fact=fact, settings={"pause_s": pause},
+                  facts={"steps": steps, "bugs": BUGS}, events=events)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(json.dumps(choreography(float(sys.argv[1]))) + "\n")
