@@ -1,6 +1,6 @@
 """``tcplab bomb`` against a Go goroutine churn client, side by side: connections per second.
 
-Run it as root (or as a user allowed to make user namespaces); about 30 s with
+Run it as root (or as a user allowed to make user namespaces); about 15 s with
 the defaults::
 
     .venv/bin/python bench/bomb_vs_go.py
@@ -201,7 +201,7 @@ def _command(client: Client, count: int, duration: float, churn: str | None,
             "-duration", f"{duration:g}s"]
 
 
-def _wait(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, Any]:
+def _wait(proc: subprocess.Popen[Any], timeout: float, name: str) -> tuple[int, Any]:
     """Reap ``proc`` with wait4(): (exit code, its rusage). Kills it after ``timeout``."""
     fd = os.pidfd_open(proc.pid)
     try:
@@ -211,7 +211,7 @@ def _wait(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, Any]:
             proc.kill()
             os.wait4(proc.pid, 0)
             proc.returncode = -9
-            raise BenchError(f"{proc.args[0]} did not finish in {timeout:.0f} s: killed")
+            raise BenchError(f"{name} did not finish in {timeout:.0f} s: killed")
     finally:
         os.close(fd)
     _pid, status, usage = os.wait4(proc.pid, 0)
@@ -225,7 +225,7 @@ def _client_once(sb: Sandbox, cmd: list[str], timeout: float, out_dir: Path
     with open(out_dir / "stdout", "w+b") as out, open(out_dir / "stderr", "w+b") as err:
         t0 = time.perf_counter()
         proc = sb.popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        code, usage = _wait(proc, timeout)
+        code, usage = _wait(proc, timeout, " ".join(cmd[:4]))
         wall = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
@@ -386,10 +386,12 @@ def print_table(res: dict[str, Any]) -> None:
               f"{r['server_us_per_conn']:>9.1f} {r['total_us_per_conn']:>8.1f} "
               f"{r['startup_cpu_ms']:>8.1f}  {lo:,.0f}..{hi:,.0f}")
     print()
-    print("columns: conns/s = ok / elapsed as the client measures it; x go = paired ratio to "
-          f"Go at {res['results'][0]['workers']} goroutines; client us = the client's CPU "
-          "(user + sys) per connection, net of its start-up run (start ms: that run's CPU); "
-          "server us = the server's CPU per connection; total = client + server, on 2 cores")
+    x_go = ("" if go.get("skipped") else "; x go = median of per-round ratios to Go at "
+            f"{s['workers']} goroutines")
+    print(f"columns: conns/s = ok / elapsed as the client measures it{x_go}; client us = the "
+          "client's CPU (user + sys) per connection, net of its start-up run (start ms: that "
+          "run's CPU); server us = the server's CPU per connection; total = client + server, "
+          f"on {res['cpus']} cores; user/sys split sampled at ticks (approximate)")
     print("diagnostics (medians): server CPU in % of one core; the client's context switches "
           "per connection; whole-process client CPU per connection; failures; server totals")
     for r in res["results"]:
