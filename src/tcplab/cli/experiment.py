@@ -23,6 +23,8 @@ demonstrated with the figure measured on this machine.
              the server, FIN_WAIT2 on the clients expiring; then the fix
   half-close one connection closed slowly: FIN_WAIT2 on the client and CLOSE_WAIT
              on the server until the server closes, then TIME_WAIT's countdown
+  multiplex  Experiment 4, C10k: each server model against 100, 1,000 and 10,000
+             concurrent connections: threads, RSS and CPU per echo, p99
   all        every experiment above, in turn, with a summary
 """
 
@@ -35,7 +37,8 @@ def add_parser(sub: Any, name: str) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close"],
+    p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
+                                    "multiplex"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     g = p.add_argument_group("port-bomb")
@@ -45,6 +48,10 @@ def add_parser(sub: Any, name: str) -> None:
                    help="run against your own server (port-bomb, fd-leak): CMD is started in "
                    "the namespace, {port} in it is replaced by the port; fd-leak sets LEAK=true "
                    "and a soft fd limit for it")
+    g = p.add_argument_group("multiplex")
+    g.add_argument("--connections", type=common.int_range(1, 19_000), action="append",
+                   metavar="N", help="the ladder of concurrent connections (repeatable; "
+                   "default 100, 1000, 10000)")
     g = p.add_argument_group("fd-leak")
     g.add_argument("--keepalive", action="store_true",
                    help="repeat the leak with SO_KEEPALIVE: CLOSE_WAIT goes, the fds stay")
@@ -62,7 +69,7 @@ def _quiet(_line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.errors import NotSupported, UsageError
-    from tcplab.experiments import echo, fd_leak, half_close, port_bomb
+    from tcplab.experiments import echo, fd_leak, half_close, multiplex, port_bomb
     from tcplab.experiments.result import Result
     from tcplab.report.terminal import result_lines, summary_lines
 
@@ -84,8 +91,14 @@ def run(args: argparse.Namespace) -> int:
     def run_leak(quick: bool, progress: Any) -> Any:
         return fd_leak.run(leak_settings, quick=quick, progress=progress)
 
+    mux_settings = multiplex.Settings(
+        ladder=tuple(args.connections) if args.connections else (100, 1000, 10_000))
+
+    def run_multiplex(quick: bool, progress: Any) -> Any:
+        return multiplex.run(mux_settings, quick=quick, progress=progress)
+
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
-               "half-close": half_close.run}
+               "half-close": half_close.run, "multiplex": run_multiplex}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     for name in names:
@@ -94,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         # when stdout carries JSON.
         try:
             result = runners[name](quick=args.quick,
-                                   progress=note if args.json or name == "port-bomb"
+                                   progress=note if args.json or name in ("port-bomb", "multiplex")
                                    else _quiet)
         except NotSupported as exc:
             if args.name != "all":

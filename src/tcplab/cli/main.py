@@ -24,6 +24,7 @@ COMMANDS = {
     "client": "send messages to an echo server and print the echoes, or measure round trips",
     "experiment": "run the lab's experiments (echo; 'all' runs every one)",
     "bomb": "the port bomb: short-lived connections until the ports run out",
+    "multiplex": "C10k: many concurrent connections, and what the server needed",
     "states": "count TCP sockets per state (netstat | grep | wc -l, done right)",
     "sockets": "list TCP sockets with timers and owning processes (ss -tanpo)",
     "fds": "fds in use against the limit per process, and what they are (lsof, ulimit -n)",
@@ -38,6 +39,7 @@ commands in the order of the lab:
   tcplab server                 an echo server (four models, leak mode)
   tcplab client hello           send a message, print its echo
   tcplab bomb --port 8080       the port bomb: connect() until EADDRNOTAVAIL
+  tcplab multiplex --connections 10000   C10k: one thread, one epoll, 10,000 sockets
   tcplab experiment all         run every experiment and summarise what it showed
   tcplab states --port 8080     sockets per TCP state (netstat | grep | wc -l)
   tcplab sockets --port 8080    one row per socket, timers and owners (ss -tanpo)

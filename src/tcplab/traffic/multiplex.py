@@ -1,0 +1,274 @@
+"""Many concurrent connections from one client process: the C10k load.
+
+One epoll loop opens ``connections`` sockets (ramped, so the server's accept
+queue is not overrun), holds them all open, runs ``messages`` round trips of
+``size`` bytes on every one of them at once, verifying every echoed byte,
+measures the server while everything is open, then closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import select
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tcplab.errors import errno_name
+from tcplab.observe.server_facts import ServerFacts, cpu_seconds, server_facts
+from tcplab.traffic.client import percentile
+from tcplab.traffic.target import Target
+
+#: fds the client keeps for itself beyond one per connection.
+SPARE_FDS = 64
+
+EXPLAIN = {
+    "EMFILE": "the client ran out of fds: raise 'ulimit -n' (the hard limit, as root)",
+    "ETIMEDOUT": "connect timed out: the server's accept queue was full (raise its backlog "
+                 "and net.core.somaxconn, or ramp more slowly)",
+    "ECONNREFUSED": "nothing listens there",
+    "ECONNRESET": "the server reset connections (out of fds? see its log)",
+    "EADDRNOTAVAIL": "out of ephemeral ports toward this destination",
+    "EOF": "the server closed connections before echoing everything",
+    "MISMATCH": "an echo differed from what was sent",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MultiplexResult:
+    host: str
+    port: int
+    connections: int  # asked for
+    connected: int  # open at once, at the peak
+    messages: int
+    size: int
+    echoes: int  # verified round trips
+    verified_bytes: int
+    failures: dict[str, int]
+    notes: list[str]
+    connect_s: float
+    exchange_s: float
+    rtt_p50_us: float
+    rtt_p99_us: float
+    rtt_max_us: float
+    echoes_per_s: float
+    server: ServerFacts | None = None
+    server_rss_per_conn: float | None = None  # bytes
+    server_cpu_us_per_echo: float | None = None
+    explanations: dict[str, str] = field(default_factory=dict)
+
+
+def fit_fd_limit(connections: int) -> tuple[int, str | None]:
+    """Raise our soft fd limit for ``connections``; returns (connections that fit, note)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = connections + SPARE_FDS
+    if need <= soft:
+        return connections, None
+    target = min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if need <= hard:
+        return connections, f"raised this client's soft fd limit from {soft} to {target}"
+    fit = max(0, hard - SPARE_FDS)
+    return fit, (f"only {fit:,} connections fit: this client's hard fd limit is {hard:,} "
+                 f"(one fd per connection, {SPARE_FDS} kept spare); as root, raise it with "
+                 "'ulimit -Hn'")
+
+
+class _Conn:
+    __slots__ = ("expect", "got", "index", "msg", "sent", "sock", "t0")
+
+    def __init__(self, sock: socket.socket, index: int) -> None:
+        self.sock = sock
+        self.index = index
+        self.msg = 0
+        self.sent = 0
+        self.got = 0
+        self.expect = b""
+        self.t0 = 0.0
+
+
+def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 64,
+        ramp: float | None = None, server_pid: int | None = None,
+        connect_timeout: float = 10.0, timeout: float = 60.0,
+        progress: Callable[[str], None] | None = None) -> MultiplexResult:
+    notes: list[str] = []
+    n, note = fit_fd_limit(connections)
+    if note:
+        notes.append(note)
+    ramp = ramp if ramp is not None else max(0.2, n / 5000)
+    base = os.urandom(max(size, 1))[:size]
+    failures: Counter[str] = Counter()
+    ep = select.epoll(max(16, n))
+    conns: dict[int, _Conn] = {}
+    rss0 = server_facts(server_pid).rss_bytes if server_pid else None
+
+    def fail(c: _Conn | None, name: str) -> None:
+        failures[name] += 1
+        if c is not None:
+            fd = c.sock.fileno()
+            if fd in conns:
+                ep.unregister(fd)
+                del conns[fd]
+            c.sock.close()
+
+    # 1. connect, ramped
+    started = time.monotonic()
+    pending: dict[int, tuple[_Conn, float]] = {}
+    connected = 0
+    opened = 0
+    reported = 0
+    batch = max(1, int(n / max(1, ramp / 0.01)))
+    next_batch = started
+    while opened < n or pending:
+        now = time.monotonic()
+        if opened < n and now >= next_batch:
+            for _ in range(min(batch, n - opened)):
+                try:
+                    s = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                except OSError as exc:
+                    failures[errno_name(exc.errno)] += 1
+                    opened += 1
+                    continue
+                code = s.connect_ex(target.sockaddr)
+                opened += 1
+                if code not in (0, errno.EINPROGRESS):
+                    failures[errno_name(code)] += 1
+                    s.close()
+                    continue
+                c = _Conn(s, opened - 1)
+                pending[s.fileno()] = (c, now + connect_timeout)
+                ep.register(s.fileno(), select.EPOLLOUT)
+            next_batch = now + 0.01
+        for fd, _mask in ep.poll(0.01):
+            item = pending.pop(fd, None)
+            if item is None:
+                continue
+            c = item[0]
+            code = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                ep.unregister(fd)
+                c.sock.close()
+                failures[errno_name(code)] += 1
+                continue
+            ep.modify(fd, 0)
+            conns[fd] = c
+            connected += 1
+        now = time.monotonic()
+        for fd, (c, deadline) in list(pending.items()):
+            if now >= deadline:
+                del pending[fd]
+                ep.unregister(fd)
+                c.sock.close()
+                failures["ETIMEDOUT"] += 1
+        if progress and connected - reported >= max(1, n // 10):
+            reported = connected
+            progress(f"connecting: {connected:,} of {n:,} open")
+    connect_s = time.monotonic() - started
+    if progress:
+        progress(f"{connected:,} connections open in {connect_s:.2f} s")
+
+    # 2. every connection runs its round trips at once
+    cpu0 = cpu_seconds(server_pid) if server_pid else None
+    rtts: list[float] = []
+    echoes = 0
+    t_start = time.monotonic()
+    deadline = t_start + timeout
+
+    def payload(c: _Conn) -> bytes:
+        k = (c.index * messages + c.msg) % max(1, size)
+        return base[k:] + base[:k]
+
+    def start_message(c: _Conn) -> None:
+        c.expect = payload(c)
+        c.sent = c.got = 0
+        c.t0 = time.perf_counter()
+        push(c)
+
+    def push(c: _Conn) -> None:
+        try:
+            c.sent += c.sock.send(c.expect[c.sent:])
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            fail(c, errno_name(exc.errno))
+            return
+        mask = select.EPOLLIN | (select.EPOLLOUT if c.sent < len(c.expect) else 0)
+        ep.modify(c.sock.fileno(), mask)
+
+    for c in list(conns.values()):
+        start_message(c)
+    active = len(conns)
+    reported = 0
+    facts = None
+    while active and time.monotonic() < deadline:
+        for fd, mask in ep.poll(0.5):
+            found = conns.get(fd)
+            if found is None:
+                continue
+            c = found
+            if mask & select.EPOLLOUT and c.sent < len(c.expect):
+                push(c)
+            if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                continue
+            try:
+                data = c.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                fail(c, errno_name(exc.errno))
+                active -= 1
+                continue
+            if not data:
+                fail(c, "EOF")
+                active -= 1
+                continue
+            if data != c.expect[c.got:c.got + len(data)]:
+                fail(c, "MISMATCH")
+                active -= 1
+                continue
+            c.got += len(data)
+            if c.got < len(c.expect):
+                continue
+            rtts.append((time.perf_counter() - c.t0) * 1e6)
+            echoes += 1
+            c.msg += 1
+            if c.msg < messages:
+                start_message(c)
+            else:
+                ep.modify(fd, 0)  # done, but held open until every connection is done
+                active -= 1
+        if progress and echoes - reported >= max(1, (n * messages) // 10):
+            reported = echoes
+            progress(f"echoes: {echoes:,} of {n * messages:,} verified")
+    exchange_s = time.monotonic() - t_start
+    cpu1 = cpu_seconds(server_pid) if server_pid else None
+    if active:
+        failures["timeout"] += active
+    # 3. the server with every connection still open
+    if server_pid:
+        facts = server_facts(server_pid)
+    for c in conns.values():
+        c.sock.close()
+    ep.close()
+    rtts.sort()
+    per_conn = None
+    if facts is not None and rss0 is not None and connected:
+        per_conn = round((facts.rss_bytes - rss0) / connected, 1)
+    cpu_per = None
+    if cpu0 is not None and cpu1 is not None and echoes:
+        cpu_per = round((cpu1 - cpu0) / echoes * 1e6, 2)
+    return MultiplexResult(
+        host=target.host, port=target.port, connections=connections, connected=connected,
+        messages=messages, size=size, echoes=echoes, verified_bytes=echoes * size,
+        failures=dict(failures), notes=notes, connect_s=round(connect_s, 3),
+        exchange_s=round(exchange_s, 3),
+        rtt_p50_us=round(percentile(rtts, 50), 1), rtt_p99_us=round(percentile(rtts, 99), 1),
+        rtt_max_us=round(rtts[-1], 1) if rtts else 0.0,
+        echoes_per_s=round(echoes / exchange_s, 1) if exchange_s > 0 else 0.0,
+        server=facts, server_rss_per_conn=per_conn, server_cpu_us_per_echo=cpu_per,
+        explanations={k: EXPLAIN[k] for k in failures if k in EXPLAIN},
+    )
