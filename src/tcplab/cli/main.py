@@ -29,6 +29,7 @@ COMMANDS = {
     "sockets": "list TCP sockets with timers and owning processes (ss -tanpo)",
     "fds": "fds in use against the limit per process, and what they are (lsof, ulimit -n)",
     "limits": "show the fd limits and TCP sysctls behind the experiments",
+    "trace": "live TCP state transitions from tracefs (or --poll)",
     "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "exporter": "serve socket, fd and doctor metrics to Prometheus",
     "check": "say what works on this machine and how to fix what does not",
@@ -45,6 +46,7 @@ commands in the order of the lab:
   tcplab sockets --port 8080    one row per socket, timers and owners (ss -tanpo)
   tcplab fds PID                fds in use against the limit, and what they are
   tcplab limits                 the kernel knobs behind the experiments
+  tcplab trace --port 8080      live state transitions from the kernel's tracepoint
   tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab exporter               the same facts for Prometheus (127.0.0.1:9309/metrics)
   tcplab check                  what works on this machine, and the fix for what does not

@@ -49,3 +49,22 @@ def setns(fd: int, nstype: int) -> None:
 def die_with_parent(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends ``signum`` when our parent exits."""
     _check(_lib().prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0))
+
+
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+CLONE_NEWNS = 0x00020000
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0) -> None:
+    lib = _lib()
+    _check(lib.mount(source.encode(), target.encode(),
+                     fstype.encode() if fstype else None, flags, None))
+
+
+def private_tracefs(target: str = "/sys/kernel/tracing") -> None:
+    """Mount tracefs at ``target`` in a new, private mount namespace of this process,
+    so the host's mounts do not change (``unshare -m`` plus ``mount --make-rprivate /``)."""
+    unshare(CLONE_NEWNS)
+    mount("none", "/", None, MS_REC | MS_PRIVATE)
+    mount("nodev", target, "tracefs")

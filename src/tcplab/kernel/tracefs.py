@@ -1,0 +1,142 @@
+"""Pure parsing of tracefs ``trace_pipe`` lines and TCP state-transition bookkeeping.
+
+A line (default trace options, ``irq-info`` on)::
+
+    python3-4242 [001] b..1. 3367.427274: inet_sock_set_state: family=AF_INET
+    protocol=IPPROTO_TCP sport=8080 dport=54321 saddr=127.0.0.1 daddr=127.0.0.1
+    saddrv6=::ffff:127.0.0.1 daddrv6=::ffff:127.0.0.1 oldstate=TCP_SYN_RECV
+    newstate=TCP_ESTABLISHED
+
+(one line in reality). The event bodies follow each event's ``print fmt`` in
+``events/*/*/format``; the syscall events print ``name: 0x..., ...`` and
+``0x...`` for the return value.
+
+The print format of ``sock:inet_sock_set_state`` has no socket address, so a
+socket is known by its 4-tuple. Two kernel habits need words (the notes):
+a connecting socket leaves CLOSE for SYN_SENT before its port is chosen
+(``sport=0``), and the active closer's FIN_WAIT2 -> CLOSE is the full socket
+dying as a TIME_WAIT minisocket takes its place (``tcp_time_wait``): that
+minisocket's TIME_WAIT is never traced.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+LINE = re.compile(
+    r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<body>.*)$"
+)
+_KV = re.compile(r"(\w+)=(\S*)")
+_SYS = re.compile(r"(\w+): (0x[0-9a-f]+)")
+
+
+class TraceParseError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    ts: float  # the trace clock (CLOCK_MONOTONIC with trace_clock=mono)
+    pid: int  # the thread that was running
+    task: str
+    event: str
+    fields: dict[str, str]
+
+
+def parse_line(line: str) -> TraceEvent | None:
+    """One trace_pipe line; None for comments, blank lines and lost-event notes."""
+    if not line.strip() or line.lstrip().startswith("#") or line.startswith("CPU:"):
+        return None
+    m = LINE.match(line.rstrip("\n"))
+    if m is None:
+        raise TraceParseError(f"not a trace line: {line.strip()[:120]!r}")
+    body = m["body"]
+    event = m["event"]
+    if event.startswith("sys_exit"):
+        fields = {"ret": body.strip()}
+    elif event.startswith("sys_enter"):
+        fields = dict(_SYS.findall(body))
+    else:
+        fields = dict(_KV.findall(body))
+    return TraceEvent(float(m["ts"]), int(m["pid"]), m["task"].strip(), event, fields)
+
+
+def state_name(kernel_name: str) -> str:
+    """``TCP_FIN_WAIT1`` -> ``FIN_WAIT1``; ``TCP_NEW_SYN_RECV`` -> ``SYN_RECV`` (as ss)."""
+    name = kernel_name.removeprefix("TCP_")
+    return "SYN_RECV" if name == "NEW_SYN_RECV" else name
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    t: float  # seconds since the trace started
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    old: str
+    new: str
+    ms_in_old: float | None  # None when the socket's previous change was not seen
+    note: str = ""
+    pid: int = 0
+
+
+def _addr(fields: dict[str, str], v4: str, v6: str) -> str:
+    if fields.get("family") == "AF_INET6":
+        return fields.get(v6, "?")
+    return fields.get(v4, "?")
+
+
+class Tracker:
+    """Turns inet_sock_set_state events into Transitions with time in the old state."""
+
+    def __init__(self, start_ts: float) -> None:
+        self.start = start_ts
+        self._last: dict[tuple[str, str, int, str, int], float] = {}
+        self._connecting: dict[tuple[str, str, int], float] = {}
+
+    def feed(self, e: TraceEvent) -> Transition | None:
+        if e.event != "inet_sock_set_state":
+            return None
+        f = e.fields
+        fam = f.get("family", "")
+        saddr, daddr = _addr(f, "saddr", "saddrv6"), _addr(f, "daddr", "daddrv6")
+        sport, dport = int(f.get("sport", 0)), int(f.get("dport", 0))
+        old, new = state_name(f.get("oldstate", "?")), state_name(f.get("newstate", "?"))
+        key = (fam, saddr, sport, daddr, dport)
+        since = self._last.pop(key, None)
+        note = ""
+        if old == "SYN_SENT" and since is None:
+            since = self._connecting.pop((fam, daddr, dport), None)
+        if new == "SYN_SENT" and sport == 0:
+            note = "connect(): the local port is not chosen yet (sport=0)"
+            self._connecting[(fam, daddr, dport)] = e.ts
+        elif old == "FIN_WAIT2" and new == "CLOSE":
+            note = ("the active closer: the socket became a TIME_WAIT minisocket "
+                    "(that transition is never traced); TIME_WAIT lasts 60 s")
+        elif old == "CLOSE_WAIT" and new == "LAST_ACK":
+            note = "the passive closer called close(): its FIN goes out"
+        elif old == "SYN_RECV" and new == "ESTABLISHED":
+            note = "the server's side of the handshake is complete"
+        if new != "CLOSE":
+            self._last[key] = e.ts
+        return Transition(
+            t=round(e.ts - self.start, 6), saddr=saddr, sport=sport, daddr=daddr, dport=dport,
+            old=old, new=new,
+            ms_in_old=None if since is None else round((e.ts - since) * 1000, 3),
+            note=note, pid=e.pid,
+        )
+
+
+def errno_text(ret: str) -> str:
+    """A syscall's return value as tcplab prints it: ``3`` or ``-EMFILE``."""
+    import errno as _errno
+
+    value = int(ret, 16)
+    if value >= 1 << 63:
+        value -= 1 << 64
+    if -4096 < value < 0:
+        return "-" + _errno.errorcode.get(-value, str(-value))
+    return str(value)

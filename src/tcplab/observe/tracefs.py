@@ -1,0 +1,157 @@
+"""A private tracefs instance for tcplab trace: created, filtered, read, removed.
+
+Instances (``instances/tcplab-PID``) are global kernel objects: they are
+removed on every exit path we control (return, exception, Ctrl-C, SIGTERM),
+and a later run removes the ones whose process is gone (a SIGKILL leaves one
+behind, still tracing into its buffer). If tracefs is not mounted we mount
+it in a private mount namespace of this process, so the host's mounts do
+not change.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+from collections.abc import Iterator
+
+from tcplab.errors import NotSupported, PrivilegeError
+
+CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+STATE_EVENTS = ("sock/inet_sock_set_state", "tcp/tcp_receive_reset", "tcp/tcp_destroy_sock")
+RESET_SENT = "tcp/tcp_send_reset"  # its print format has no port fields to filter on
+SYSCALLS = ("socket", "bind", "listen", "accept4", "connect", "shutdown", "close")
+PREFIX = "tcplab-"
+
+
+def find_tracefs(mount: bool = True) -> str:
+    for path in CANDIDATES:
+        if os.path.isdir(f"{path}/events"):
+            return path
+    if os.geteuid() != 0:
+        raise PrivilegeError(
+            "tracing needs root: tracefs is root's (CAP_SYS_ADMIN to mount it, and to "
+            "create an instance)",
+            hint="run as root (sudo tcplab trace ...), or use --poll, which diffs socket "
+            "table snapshots and needs no privilege",
+        )
+    if not mount:
+        raise NotSupported("tracefs is not mounted")
+    from tcplab.observe.nsutil import private_tracefs
+
+    try:
+        private_tracefs(CANDIDATES[0])
+    except OSError as exc:
+        raise NotSupported(f"cannot mount tracefs in a private mount namespace: {exc}",
+                           hint="mount it yourself: mount -t tracefs nodev "
+                           f"{CANDIDATES[0]}") from None
+    return CANDIDATES[0]
+
+
+def remove_stale(root: str) -> list[str]:
+    """Remove instances/tcplab-PID whose process no longer exists; returns their names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(f"{root}/instances")
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(PREFIX) or not name[len(PREFIX):].isdigit():
+            continue
+        if os.path.exists(f"/proc/{name[len(PREFIX):]}"):
+            continue
+        try:
+            os.rmdir(f"{root}/instances/{name}")
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class TraceInstance:
+    def __init__(self, port: int = 0, syscall_pids: list[int] | None = None,
+                 resets: bool = True) -> None:
+        self.root = find_tracefs()
+        self.stale = remove_stale(self.root)
+        self.path = f"{self.root}/instances/{PREFIX}{os.getpid()}"
+        self._fd: int | None = None
+        self._partial = b""
+        try:
+            os.mkdir(self.path)
+        except FileExistsError:
+            pass
+        except PermissionError:
+            raise PrivilegeError(f"cannot create {self.path}", hint="run as root") from None
+        try:
+            self._setup(port, syscall_pids or [], resets)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, port: int, pids: list[int], resets: bool) -> None:
+        p = self.path
+        _write(f"{p}/tracing_on", "0")
+        try:
+            _write(f"{p}/trace_clock", "mono")  # timestamps comparable with time.monotonic()
+        except OSError:
+            pass
+        port_filter = f"sport == {port} || dport == {port}" if port else ""
+        events = list(STATE_EVENTS) + ([RESET_SENT] if resets else [])
+        for ev in events:
+            base = f"{p}/events/{ev}"
+            if not os.path.isdir(base):
+                continue
+            if port_filter and ev != RESET_SENT:
+                _write(f"{base}/filter", port_filter)
+            _write(f"{base}/enable", "1")
+        if pids:
+            pid_filter = " || ".join(f"common_pid == {pid}" for pid in pids)
+            for call in SYSCALLS:
+                for kind in ("sys_enter_", "sys_exit_"):
+                    base = f"{p}/events/syscalls/{kind}{call}"
+                    if os.path.isdir(base):
+                        _write(f"{base}/filter", pid_filter)
+                        _write(f"{base}/enable", "1")
+        _write(f"{p}/tracing_on", "1")
+        self._fd = os.open(f"{p}/trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+
+    def lines(self, timeout: float) -> Iterator[str]:
+        """Lines available within ``timeout`` seconds (none if nothing happened)."""
+        assert self._fd is not None
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        if not poller.poll(int(timeout * 1000)):
+            return
+        try:
+            chunk = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        for raw in complete:
+            yield raw.decode(errors="replace")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if os.path.isdir(self.path):
+            try:
+                _write(f"{self.path}/tracing_on", "0")
+            except OSError:
+                pass
+            for _ in range(50):
+                try:
+                    os.rmdir(self.path)
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        break
+                    import time
+
+                    time.sleep(0.02)

@@ -1,0 +1,500 @@
+"""``tcplab doctor`` and ``tcplab exporter`` on live sockets, as an operator uses them.
+
+The sick machines are real: private network namespaces (``Sandbox``) holding
+a leaking server that is *not* tcplab's (a stdlib script: accepts, echoes
+once, never closes, sleeps on EMFILE) flooded past its fd limit; orphaned
+FIN_WAIT2 sockets; ephemeral ports used up by the port bomb. The doctor runs
+inside the namespace, as a user would run it on that machine, and is judged
+against what the test built (pids, counts, ports). The exporter is scraped
+over real HTTP and parsed with prometheus_client's own parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tcplab.experiments.children import ServerProcess
+from tcplab.experiments.sandbox import Sandbox
+from tcplab.kernel.tcp_states import STATE_NAMES
+from tests.conftest import run_tcplab
+
+PORT = 8080
+GUARD = 15.0  # seconds: hang guards only
+
+#: A leaking server written without tcplab: accept, echo once, never close.
+#: On EMFILE it says so on stderr and sleeps, as a careful server would.
+LEAKY_SERVER = textwrap.dedent("""\
+    import errno
+    import selectors
+    import socket
+    import sys
+    import time
+
+    port = int(sys.argv[1])
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    held = []  # every accepted socket, referenced forever: never closed
+    print("listening", port, flush=True)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is listener:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.EMFILE:
+                        raise
+                    print("accept: Too many open files", file=sys.stderr, flush=True)
+                    time.sleep(0.1)
+                    continue
+                held.append(conn)
+                sel.register(conn, selectors.EVENT_READ)
+            else:
+                conn = key.fileobj
+                try:
+                    data = conn.recv(4096)
+                    if data:
+                        conn.sendall(data)
+                except OSError:
+                    pass
+                sel.unregister(conn)  # echoed once; from now on ignored, never closed
+""")
+
+
+def wait_for(predicate: Callable[[], Any], what: str, limit: float = GUARD) -> None:
+    """Poll until predicate() is true; a hang guard, not a speed assertion."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def read_line(stream: Any, limit: float = GUARD) -> str:
+    """The first line a child prints, or fail (hang guard)."""
+    ready, _, _ = select.select([stream], [], [], limit)
+    if not ready:
+        pytest.fail("the child printed nothing")
+    return str(stream.readline().decode(errors="replace"))
+
+
+def in_sandbox(sb: Sandbox, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return sb.run(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def doctor(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tcplab doctor ARGS`` run on the sandbox's 'machine' (inside its namespace)."""
+    return in_sandbox(sb, *sb.tcplab("doctor", *args))
+
+
+def doctor_json(sb: Sandbox, *args: str) -> tuple[int, dict[str, Any]]:
+    r = doctor(sb, "--json", *args)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1, f"exit {r.returncode}: {r.stdout!r} {r.stderr!r}"
+    body: dict[str, Any] = json.loads(lines[0])
+    assert body["schema"] == 1
+    assert body["status"] == ["healthy", "warning", "critical"][r.returncode], (r.returncode, body)
+    return r.returncode, body
+
+
+def kinds(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f in body["findings"]:
+        out.setdefault(f["kind"], []).append(f)
+    return out
+
+
+def flood(sb: Sandbox, port: int, clients: int) -> dict[str, Any]:
+    r = in_sandbox(sb, sys.executable, "-m", "tcplab.traffic.flood", "--port", str(port),
+                   "--clients", str(clients), timeout=120)
+    assert r.returncode == 0, r.stderr
+    result: dict[str, Any] = json.loads(r.stdout)
+    return result
+
+
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def ss_count(sb: Sandbox, state: str, port: int) -> int:
+    r = in_sandbox(sb, "ss", "-Htan", "state", state, f"( sport = :{port} )")
+    assert r.returncode == 0, r.stderr
+    return len(r.stdout.splitlines())
+
+
+@contextmanager
+def tcplab_server(sb: Sandbox, *args: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(["--port", str(PORT), *args], popen=sb.popen)
+    try:
+        server.start()
+        assert server.port == PORT
+        yield server
+    finally:
+        server.kill()
+
+
+# --- a leaking server that is not tcplab's, flooded past its fd limit ---------------------
+
+FD_LIMIT = 300
+CLIENTS = 450
+
+
+@pytest.fixture(scope="class")
+def leak_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One sandbox for the class's tests: the stdlib server under a 300-fd limit,
+    flooded with 450 clients that connect, send, wait briefly and close."""
+    script = tmp_path_factory.mktemp("leaky") / "leaky_server.py"
+    script.write_text(LEAKY_SERVER)
+    with script.with_name("server.log").open("wb") as log, Sandbox({}) as sb:
+        server = sb.popen([sys.executable, str(script), str(PORT)], fd_limit=FD_LIMIT,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        assert server.stdout is not None
+        assert read_line(server.stdout).split() == ["listening", str(PORT)]
+        result = flood(sb, PORT, CLIENTS)
+        with open(f"/proc/{server.pid}/limits") as f:
+            assert re.search(rf"^Max open files\s+{FD_LIMIT}\s", f.read(), re.M)
+        yield {"sb": sb, "pid": server.pid, "comm": comm(server.pid), "flood": result,
+               "script": script, "log": script.with_name("server.log")}
+        assert server.poll() is None, "the leaking server died"
+    # The sandbox took the server with it.
+    assert not os.path.exists(f"/proc/{server.pid}")
+
+
+@pytest.mark.privileged
+class TestLeakyServer:
+    """The sandbox lives for this class only: its server, at 100% of its fd limit, would
+    otherwise be part of every later test's machine."""
+
+    def test_the_scene_is_what_doctor_should_find(self, leak_scene: dict[str, Any]) -> None:
+        """Ground truth first, by ss and /proc, so the doctor's findings can be judged."""
+        pid, f = leak_scene["pid"], leak_scene["flood"]
+        assert f["echoed"] + f["no_echo"] + f["connect_timeouts"] + sum(f["errors"].values()) \
+            == CLIENTS
+        assert f["echoed"] > 100 and f["no_echo"] > 0 and f["connect_timeouts"] > 0
+        assert len(os.listdir(f"/proc/{pid}/fd")) == FD_LIMIT
+        assert "accept: Too many open files" in leak_scene["log"].read_text()
+        # Every client that got a connection closed it: its server socket is in CLOSE_WAIT,
+        # accepted (held by the server) or still in the accept queue.
+        assert ss_count(leak_scene["sb"], "close-wait", PORT) == f["echoed"] + f["no_echo"]
+
+
+    def test_doctor_names_the_leaking_process(self, leak_scene: dict[str, Any]) -> None:
+        sb, pid, f = leak_scene["sb"], leak_scene["pid"], leak_scene["flood"]
+        status, body = doctor_json(sb)
+        assert status == 2 and body["status"] == "critical", body
+        found = kinds(body)
+
+        [leak] = found["close_wait_leak"]
+        assert leak["pid"] == pid and leak["command"] == leak_scene["comm"]
+        assert leak["command"].startswith("python")
+        # The sockets it accepted and never closed (the queued ones are no process's yet).
+        assert leak["count"] >= 100
+        assert leak["count"] == f["echoed"]
+        assert leak["severity"] == ("critical" if leak["count"] >= 1000 else "warning")
+        assert f"pid {pid} ({leak['command']}) holds {leak['count']} sockets in CLOSE_WAIT" \
+            in leak["evidence"]
+        assert f"local port {PORT} ({leak['count']})" in leak["evidence"]
+
+        exhausted = [x for x in found["fd_exhaustion"] if x["pid"] == pid]
+        assert len(exhausted) == 1, found["fd_exhaustion"]
+        [fds] = exhausted
+        assert fds["severity"] == "critical"
+        assert fds["count"] == FD_LIMIT and fds["command"] == leak_scene["comm"]
+        assert f"has {FD_LIMIT} of {FD_LIMIT} fds open (100%)" in fds["evidence"]
+
+        overflow = [x for x in found["listen_overflow"]
+                    if f"127.0.0.1:{PORT} " in x["evidence"]]
+        assert len(overflow) == 1, found.get("listen_overflow")
+        assert overflow[0]["severity"] == "critical"
+        assert overflow[0]["count"] == f["no_echo"]  # LISTEN Recv-Q: backlog 64 + 1
+        assert overflow[0]["count"] == 65
+        # The worst first.
+        severities = [x["severity"] for x in body["findings"]]
+        assert severities == sorted(severities, key=lambda s: s != "critical")
+
+
+    def test_doctor_text_says_critical_and_the_fix(self, leak_scene: dict[str, Any]) -> None:
+        sb, pid = leak_scene["sb"], leak_scene["pid"]
+        r = doctor(sb)
+        assert r.returncode == 2, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("CRITICAL "), lines
+        heads = [line for line in lines if not line.startswith("  ")]
+        fixes = [line for line in lines if line.startswith("  fix: ")]
+        assert len(heads) == len(fixes) and len(heads) + len(fixes) == len(lines), lines
+        # Each finding, then its fix on the next line.
+        assert all(b.startswith("  fix: ") for b in lines[1::2]), lines
+        assert any(line.startswith(f"CRITICAL fd_exhaustion: pid {pid} (") for line in heads)
+        assert any(line.startswith(f"CRITICAL listen_overflow: the listener on 127.0.0.1:{PORT} ")
+                   for line in heads), heads
+        assert any(re.match(rf"(WARNING|CRITICAL) close_wait_leak: pid {pid} ", line)
+                   for line in heads), heads
+        assert "it never called close()" in r.stdout
+        assert "  fix: a connection is not closed on some path" in r.stdout
+        assert f"  fix: find what it holds ('tcplab fds {pid}')" in r.stdout
+
+
+    def test_close_wait_threshold_drops_the_leak_finding(self, leak_scene: dict[str, Any]) -> None:
+        sb, pid = leak_scene["sb"], leak_scene["pid"]
+        status, body = doctor_json(sb, "--close-wait-threshold", "100000")
+        found = kinds(body)
+        assert "close_wait_leak" not in found
+        # The rest of what is wrong is still said.
+        assert any(x["pid"] == pid for x in found["fd_exhaustion"])
+        assert status == 2
+
+
+    def test_doctor_netns_from_outside(self, leak_scene: dict[str, Any]) -> None:
+        """``--netns PATH`` from the host: as root the same leak is found; otherwise
+        the doctor says it needs the privilege, with the 'unknown' status."""
+        sb, pid = leak_scene["sb"], leak_scene["pid"]
+        r = run_tcplab("doctor", "--json", "--netns", sb.netns_path)
+        if os.geteuid() != 0:
+            assert r.returncode == 3, r.stderr.decode()
+            assert "CAP_SYS_ADMIN" in r.stderr.decode()
+            assert r.stdout == b""
+            return
+        assert r.returncode == 2, r.stderr.decode()
+        body = json.loads(r.stdout)
+        [leak] = kinds(body)["close_wait_leak"]
+        assert leak["pid"] == pid and leak["count"] == leak_scene["flood"]["echoed"]
+
+
+# --- healthy, then orphans ------------------------------------------------------------------
+
+@pytest.mark.privileged
+def test_healthy_sandbox_says_healthy() -> None:
+    with Sandbox({}) as sb, tcplab_server(sb):
+        for word in ("one", "two", "three"):
+            r = in_sandbox(sb, *sb.tcplab("client", "--port", str(PORT), word))
+            assert r.returncode == 0 and r.stdout == f"{word}\n", r.stderr
+        status, body = doctor_json(sb)
+        assert status == 0 and body["findings"] == [], body
+        assert body["sockets"] >= 1  # at least the listener
+        r = doctor(sb)
+        assert r.returncode == 0, r.stderr
+        assert re.fullmatch(r"healthy: no problem found in \d+ TCP sockets and \d+ processes\n",
+                            r.stdout), r.stdout
+
+
+@pytest.mark.privileged
+def test_orphaned_fin_wait2_is_a_warning() -> None:
+    """Clients that close against a server that never closes: each client socket is an
+    orphan in FIN_WAIT2 (no process holds it) for tcp_fin_timeout (60 s here)."""
+    clients = 300
+    with Sandbox({"net.ipv4.tcp_fin_timeout": "60"}) as sb, tcplab_server(sb, "--leak"):
+        f = flood(sb, PORT, clients)
+        assert f["echoed"] == clients, f
+        status, body = doctor_json(sb)
+        found = kinds(body)
+        [orphans] = found["orphans"]
+        assert orphans["severity"] == "warning" and orphans["pid"] is None
+        assert orphans["count"] == clients
+        assert orphans["evidence"].startswith(f"{clients} orphaned FIN_WAIT2 sockets")
+        assert all(x["severity"] == "warning" for x in body["findings"])
+        assert status == 1
+        # The server's side of the same story: a CLOSE_WAIT leak (a warning below 10x).
+        assert found["close_wait_leak"][0]["count"] == clients
+        # Without it, the orphans alone still make a warning.
+        status, body = doctor_json(sb, "--close-wait-threshold", "100000")
+        assert [x["kind"] for x in body["findings"]] == ["orphans"]
+        assert status == 1
+        r = doctor(sb, "--close-wait-threshold", "100000")
+        assert r.returncode == 1
+        assert r.stdout.startswith(f"WARNING orphans: {clients} orphaned FIN_WAIT2 sockets")
+
+
+# --- ephemeral ports used up ------------------------------------------------------------------
+
+RANGE = 200
+NARROW = {"net.ipv4.ip_local_port_range": f"40000 {40000 + RANGE - 1}",
+          "net.ipv4.tcp_tw_reuse": "0"}
+
+
+@pytest.mark.privileged
+def test_port_exhaustion_after_the_bomb() -> None:
+    with Sandbox(NARROW) as sb, tcplab_server(sb):
+        r = in_sandbox(sb, *sb.tcplab("bomb", "--port", str(PORT), "--count", "300", "--json"))
+        assert r.returncode == 0, r.stderr
+        bomb = json.loads(r.stdout)
+        assert bomb["first_error"]["name"] == "EADDRNOTAVAIL"
+        status, body = doctor_json(sb, "--interval", "0")
+    [ports] = kinds(body)["port_exhaustion"]
+    assert ports["count"] >= RANGE * 0.8
+    assert ports["count"] == bomb["ok"] == RANGE  # every port, each in TIME_WAIT for 60 s
+    percent = 100 * ports["count"] / RANGE
+    assert ports["severity"] == ("critical" if percent >= 95 else "warning")
+    assert f"toward 127.0.0.1:{PORT}, {percent:.0f}% of the {RANGE}-port range " \
+           f"40000-{40000 + RANGE - 1}" in ports["evidence"]
+    assert status == (2 if percent >= 95 else 1)
+
+
+# --- usage errors: 'unknown' (3), never 'critical' (2) ---------------------------------------
+
+@pytest.mark.loopback
+def test_unknown_option_is_status_3() -> None:
+    r = run_tcplab("doctor", "--bogus")
+    assert r.returncode == 3, r.stderr.decode()
+    assert "--bogus" in r.stderr.decode()
+    assert r.stdout == b""
+
+
+@pytest.mark.loopback
+def test_missing_netns_is_status_3_with_a_message() -> None:
+    r = run_tcplab("doctor", "--netns", "/nonexistent")
+    err = r.stderr.decode()
+    assert r.returncode == 3, err
+    assert "tcplab: no network namespace '/nonexistent' (/nonexistent does not exist)" in err
+    assert "hint: " in err
+    assert r.stdout == b""
+
+
+# --- the exporter --------------------------------------------------------------------------
+
+def scrape(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def samples(families: dict[str, Any], name: str) -> list[tuple[dict[str, str], float]]:
+    return [(s.labels, s.value) for s in families[name].samples]
+
+
+def ephemeral_range() -> tuple[int, int]:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(x) for x in f.read().split())
+    return low, high
+
+
+@pytest.fixture
+def exporter() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    proc = subprocess.Popen([sys.executable, "-m", "tcplab", "exporter", "--listen", "127.0.0.1:0"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = read_line(proc.stdout, 30)
+        m = re.match(r"serving metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert m, line + (proc.stderr.read().decode() if proc.poll() is not None
+                          and proc.stderr else "")
+        yield proc, int(m.group(1))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.loopback
+def test_exporter_serves_the_facts(exporter, start_server) -> None:  # type: ignore[no-untyped-def]
+    proc, port = exporter
+    server = start_server("--leak")
+    closed = 5
+    for _ in range(closed):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as c:
+            c.sendall(b"bye\n")
+            assert c.recv(100) == b"bye\n"
+    # A connection whose listener is gone: both ends are on ephemeral ports.
+    with socket.socket() as lone:
+        lone.bind(("127.0.0.1", 0))
+        lone.listen()
+        a = socket.create_connection(lone.getsockname(), timeout=10)
+        b, _ = lone.accept()
+    try:
+        ss = ["ss", "-Htn", "state", "close-wait", f"( sport = :{server.port} )"]
+        wait_for(lambda: len(subprocess.run(ss, capture_output=True, text=True, check=True)
+                             .stdout.splitlines()) == closed, "the server's CLOSE_WAIT sockets")
+        families = scrape(port)
+    finally:
+        a.close()
+        b.close()
+
+    for name in ("tcplab_tcp_sockets", "tcplab_tcp_sockets_by_port", "tcplab_process_open_fds",
+                 "tcplab_process_max_fds", "tcplab_process_close_wait_sockets",
+                 "tcplab_doctor_findings", "tcplab_doctor_status"):
+        assert name in families, sorted(families)
+        assert families[name].type == "gauge"
+
+    states = {labels["state"]: value for labels, value in samples(families, "tcplab_tcp_sockets")}
+    assert sorted(states) == sorted(STATE_NAMES) and len(states) == 11
+    assert states["LISTEN"] >= 1
+    assert states["CLOSE_WAIT"] >= closed
+
+    by_port = samples(families, "tcplab_tcp_sockets_by_port")
+    listening = {labels["port"] for labels, v in by_port if labels["state"] == "LISTEN" and v}
+    assert str(port) in listening and str(server.port) in listening
+    cw = {labels["port"]: v for labels, v in by_port if labels["state"] == "CLOSE_WAIT"}
+    assert cw.get(str(server.port)) == closed
+    # Ephemeral ports are folded: a numeric label in the range is a listening port.
+    low, high = ephemeral_range()
+    for labels, _ in by_port:
+        p = labels["port"]
+        assert p == "ephemeral" or p.isdigit(), labels
+        if p.isdigit() and low <= int(p) <= high:
+            assert p in listening, f"ephemeral port {p} not folded: {labels}"
+    folded = {labels["state"]: v for labels, v in by_port if labels["port"] == "ephemeral"}
+    assert folded.get("ESTABLISHED", 0) >= 2  # at least the pair whose listener is gone
+
+    pid = str(server.pid)
+    per_pid = {name: {labels["pid"]: (labels["command"], v)
+                      for labels, v in samples(families, name)}
+               for name in ("tcplab_process_open_fds", "tcplab_process_max_fds",
+                            "tcplab_process_close_wait_sockets")}
+    assert per_pid["tcplab_process_close_wait_sockets"][pid] == (comm(server.pid), closed)
+    assert per_pid["tcplab_process_max_fds"][pid][1] == server.info["fd_soft"]
+    assert per_pid["tcplab_process_open_fds"][pid][1] >= closed + 1
+    # The exporter itself holds TCP sockets (its listener), so it is there too.
+    assert str(proc.pid) in per_pid["tcplab_process_open_fds"]
+
+    [(_, status)] = samples(families, "tcplab_doctor_status")
+    findings = samples(families, "tcplab_doctor_findings")
+    worst = max(({"warning": 1, "critical": 2}[labels["severity"]] for labels, v in findings
+                 if v), default=0)
+    assert status == worst
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=GUARD) == 0
+    assert proc.stderr is not None
+    assert "Traceback" not in proc.stderr.read().decode()
+
+
+@pytest.mark.loopback
+def test_exporter_port_in_use_is_status_5() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_tcplab("exporter", "--listen", f"127.0.0.1:{port}", timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 5, err
+    assert f"127.0.0.1:{port} is already in use" in err
+    assert "serving metrics" not in r.stdout.decode()
