@@ -143,8 +143,9 @@ def _trace(args: argparse.Namespace, started: float, deadline: float | None, sho
                 elif e.event.startswith("sys_exit_"):
                     call = e.event[9:]
                     argsd = pending.pop((e.pid, call), {})
-                    fd = argsd.get("fd")
-                    shown = f"fd={int(fd, 16)}" if fd else ""
+                    shown = ", ".join(f"{k}={int(v, 16) if k in ('fd', 'backlog') else v}"
+                                      for k, v in argsd.items()
+                                      if k in ("fd", "family", "type", "backlog", "how"))
                     _syscall(args, e, call, shown, errno_text(e.fields["ret"]), started)
                 elif e.event in ("tcp_send_reset", "tcp_receive_reset"):
                     _reset(args, e, started)

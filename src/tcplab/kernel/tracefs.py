@@ -26,10 +26,15 @@ from dataclasses import dataclass
 
 LINE = re.compile(
     r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<body>.*)$"
+    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<rest>.*)$"
 )
+_EVENT = re.compile(r"^(?P<event>\w+):\s?(?P<body>.*)$")
+#: Syscall events print as calls: ``sys_connect(fd: 3, uservaddr: 7ffd..., addrlen: 10)``
+#: and ``sys_connect -> 0xffffffffffffff8d``.
+_SYS_ENTER = re.compile(r"^sys_(?P<call>\w+)\((?P<args>.*)\)$")
+_SYS_EXIT = re.compile(r"^sys_(?P<call>\w+) -> (?P<ret>\S+)$")
 _KV = re.compile(r"(\w+)=(\S*)")
-_SYS = re.compile(r"(\w+): (0x[0-9a-f]+)")
+_SYS = re.compile(r"(\w+): (\w+)")
 
 
 class TraceParseError(ValueError):
@@ -52,14 +57,15 @@ def parse_line(line: str) -> TraceEvent | None:
     m = LINE.match(line.rstrip("\n"))
     if m is None:
         raise TraceParseError(f"not a trace line: {line.strip()[:120]!r}")
-    body = m["body"]
-    event = m["event"]
-    if event.startswith("sys_exit"):
-        fields = {"ret": body.strip()}
-    elif event.startswith("sys_enter"):
-        fields = dict(_SYS.findall(body))
+    rest = m["rest"]
+    if (x := _SYS_EXIT.match(rest)) is not None:
+        event, fields = f"sys_exit_{x['call']}", {"ret": x["ret"]}
+    elif (x := _SYS_ENTER.match(rest)) is not None:
+        event, fields = f"sys_enter_{x['call']}", dict(_SYS.findall(x["args"]))
+    elif (x := _EVENT.match(rest)) is not None:
+        event, fields = x["event"], dict(_KV.findall(x["body"]))
     else:
-        fields = dict(_KV.findall(body))
+        raise TraceParseError(f"not a trace event: {rest[:120]!r}")
     return TraceEvent(float(m["ts"]), int(m["pid"]), m["task"].strip(), event, fields)
 
 
@@ -118,9 +124,11 @@ class Tracker:
                     "(that transition is never traced); TIME_WAIT lasts 60 s")
         elif old == "CLOSE_WAIT" and new == "LAST_ACK":
             note = "the passive closer called close(): its FIN goes out"
+        elif old == new == "FIN_WAIT1":
+            note = "close() after shutdown(SHUT_WR): the FIN is already out, no change"
         elif old == "SYN_RECV" and new == "ESTABLISHED":
             note = "the server's side of the handshake is complete"
-        if new != "CLOSE":
+        if new != "CLOSE" and sport:
             self._last[key] = e.ts
         return Transition(
             t=round(e.ts - self.start, 6), saddr=saddr, sport=sport, daddr=daddr, dport=dport,
@@ -134,7 +142,7 @@ def errno_text(ret: str) -> str:
     """A syscall's return value as tcplab prints it: ``3`` or ``-EMFILE``."""
     import errno as _errno
 
-    value = int(ret, 16)
+    value = int(ret, 16) if ret.startswith("0x") else int(ret)
     if value >= 1 << 63:
         value -= 1 << 64
     if -4096 < value < 0:
