@@ -11,7 +11,7 @@
 //
 // The loop is written out rather than calling io.Copy(conn, conn): on Linux,
 // io.Copy to a *net.TCPConn goes through TCPConn.ReadFrom, which splices
-// TCP to TCP through a pipe (two splice(2) calls per chunk, and a pipe),
+// TCP to TCP (splice(2) into a pipe and out of it again, for every chunk),
 // not the read/write loop the lab describes and tcplab's models do.
 //
 // It prints one line when it listens:

@@ -30,6 +30,7 @@ COMMANDS = {
     "fds": "fds in use against the limit per process, and what they are (lsof, ulimit -n)",
     "limits": "show the fd limits and TCP sysctls behind the experiments",
     "trace": "live TCP state transitions from tracefs (or --poll)",
+    "capture": "capture the packets of a port on lo (tcpdump -i lo), write pcap",
     "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "exporter": "serve socket, fd and doctor metrics to Prometheus",
     "check": "say what works on this machine and how to fix what does not",
@@ -47,6 +48,7 @@ commands in the order of the lab:
   tcplab fds PID                fds in use against the limit, and what they are
   tcplab limits                 the kernel knobs behind the experiments
   tcplab trace --port 8080      live state transitions from the kernel's tracepoint
+  tcplab capture --port 8080    the packets on lo, tcpdump's way, with the lab's words
   tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab exporter               the same facts for Prometheus (127.0.0.1:9309/metrics)
   tcplab check                  what works on this machine, and the fix for what does not

@@ -1,0 +1,78 @@
+"""Packets on ``lo`` from an AF_PACKET socket, filtered in the kernel by classic BPF.
+
+On loopback every packet passes twice, once leaving and once arriving; like
+libpcap we drop the outgoing copy (PACKET_OUTGOING), so each shows once.
+Timestamps are the kernel's (SO_TIMESTAMPNS), not the time we read them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+from tcplab.errors import NotSupported, PrivilegeError
+from tcplab.kernel.packets import port_filter
+
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35
+PACKET_OUTGOING = 4
+
+
+class Capture:
+    def __init__(self, port: int = 0, interface: str = "lo") -> None:
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        except PermissionError:
+            raise PrivilegeError(
+                "capturing packets needs CAP_NET_RAW (an AF_PACKET socket)",
+                hint="run as root, or grant it: sudo setcap cap_net_raw+ep "
+                "$(readlink -f $(which python3))",
+            ) from None
+        except OSError as exc:
+            raise NotSupported(f"no AF_PACKET sockets here: {exc}") from None
+        if port:
+            prog = port_filter(port)
+            # struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; } and
+            # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+            insns = b"".join(struct.pack("=HBBI", *i) for i in prog)
+            self._buf = ctypes.create_string_buffer(insns)
+            fprog = struct.pack("HL", len(prog), ctypes.addressof(self._buf))
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        try:
+            self.sock.bind((interface, 0))
+        except OSError as exc:
+            self.sock.close()
+            raise NotSupported(f"cannot capture on {interface!r}: {exc}") from None
+        # Packets that arrived before the filter was attached may sit in the
+        # queue already: drain them.
+        self.sock.setblocking(False)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+        self.sock.setblocking(True)
+
+    def frames(self, timeout: float) -> Iterator[tuple[float, bytes]]:
+        """(kernel timestamp, frame) pairs arriving within ``timeout`` seconds."""
+        self.sock.settimeout(timeout)
+        try:
+            data, anc, _flags, addr = self.sock.recvmsg(65536, socket.CMSG_SPACE(16))
+        except TimeoutError:
+            return
+        if addr[2] == PACKET_OUTGOING:
+            return
+        t = time.time()
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= 16:
+                sec, nsec = struct.unpack("qq", cdata[:16])
+                t = sec + nsec / 1e9
+        yield t, data
+
+    def close(self) -> None:
+        self.sock.close()
