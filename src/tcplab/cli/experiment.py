@@ -25,6 +25,8 @@ demonstrated with the figure measured on this machine.
              on the server until the server closes, then TIME_WAIT's countdown
   multiplex  Experiment 4, C10k: each server model against 100, 1,000 and 10,000
              concurrent connections: threads, RSS and CPU per echo, p99
+  handshake  one connection's life with its syscalls, state changes and packets on
+             one timeline; then an RST close (needs root: tracefs, AF_PACKET)
   all        every experiment above, in turn, with a summary
 """
 
@@ -38,7 +40,7 @@ def add_parser(sub: Any, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
-                                    "multiplex"],
+                                    "multiplex", "handshake"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     g = p.add_argument_group("port-bomb")
@@ -69,7 +71,7 @@ def _quiet(_line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.errors import NotSupported, UsageError
-    from tcplab.experiments import echo, fd_leak, half_close, multiplex, port_bomb
+    from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
     from tcplab.experiments.result import Result
     from tcplab.report.terminal import result_lines, summary_lines
 
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         return multiplex.run(mux_settings, quick=quick, progress=progress)
 
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
-               "half-close": half_close.run, "multiplex": run_multiplex}
+               "half-close": half_close.run, "multiplex": run_multiplex,
+               "handshake": handshake.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     for name in names:

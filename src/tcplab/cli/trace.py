@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     def show(t: Any) -> None:
         transitions.append(t)
         if args.json:
-            emit_json(t)
+            emit_json(t, mono=round(started + t.t, 6))
             return
         ms = "" if t.ms_in_old is None else f"  ({t.ms_in_old:,.3f} ms in {t.old})"
         line = (f"{t.t:10.6f}  {_where(t.saddr, t.sport):>21} > {_where(t.daddr, t.dport):<21}"
@@ -157,7 +157,8 @@ def _syscall(args: argparse.Namespace, e: Any, call: str, shown: str, ret: str,
              started: float) -> None:
     t = round(e.ts - started, 6)
     if args.json:
-        emit_json({"t": t, "pid": e.pid, "syscall": call, "args": shown, "ret": ret})
+        emit_json({"t": t, "mono": round(e.ts, 6), "pid": e.pid, "syscall": call,
+                   "args": shown, "ret": ret})
     else:
         out(f"{t:10.6f}  pid {e.pid} {e.task}: {call}({shown}) = {ret}")
 
@@ -174,7 +175,7 @@ def _reset(args: argparse.Namespace, e: Any, started: float) -> None:
                 f"{f.get('daddr')}:{f.get('dport')}")
     t = round(e.ts - started, 6)
     if args.json:
-        emit_json({"t": t, "rst": e.event.split("_")[1], "what": what})
+        emit_json({"t": t, "mono": round(e.ts, 6), "rst": e.event.split("_")[1], "what": what})
     else:
         out(f"{t:10.6f}  {what}")
 

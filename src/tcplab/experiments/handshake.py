@@ -1,0 +1,176 @@
+"""One connection's whole life, from three sides at once: ``tcplab experiment handshake``.
+
+In a private namespace, a choreography (``python -m tcplab.experiments.handshake``)
+makes one connection slowly, step by step: the server's socket/bind/listen,
+the client's socket/connect, accept, one echo, the client's close, the
+server's close; then a second connection closed with SO_LINGER 0 (RST).
+Meanwhile ``tcplab trace --syscalls`` records its socket calls and every
+state change (tracefs is global, filtered by a port only this run uses), and
+``tcplab capture`` (inside the namespace) its packets. The three are merged
+on one clock (CLOCK_MONOTONIC; packet timestamps are moved from the wall
+clock). Needs root: tracefs and AF_PACKET.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tcplab.experiments.result import Event, Result
+from tcplab.experiments.sandbox import Sandbox
+
+
+def choreography(port: int, pause: float) -> None:
+    """Runs inside the sandbox; waits for a line on stdin before starting."""
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind(("127.0.0.1", port))
+    lst.listen(8)
+    time.sleep(pause)
+    client = socket.socket()
+    client.connect(("127.0.0.1", port))
+    server, _ = lst.accept()
+    time.sleep(pause)
+    client.sendall(b"hello")
+    server.sendall(server.recv(5))
+    client.recv(5)
+    time.sleep(pause)
+    client.close()  # the active close: FIN_WAIT1, FIN_WAIT2, then TIME_WAIT
+    time.sleep(pause)
+    server.close()  # the passive close: CLOSE_WAIT until now, then LAST_ACK
+    time.sleep(pause)
+    client = socket.socket()
+    client.connect(("127.0.0.1", port))
+    server, _ = lst.accept()
+    time.sleep(pause)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST: no FIN, no TIME_WAIT
+    time.sleep(pause)
+    server.close()
+    lst.close()
+    print("done", flush=True)
+
+
+def _reader(proc: subprocess.Popen[bytes], into: list[dict[str, Any]],
+            ready: threading.Event, word: bytes) -> None:
+    def err() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if word in line:
+                ready.set()
+
+    threading.Thread(target=err, daemon=True).start()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            into.append(json.loads(line))
+        except ValueError:
+            pass
+
+
+def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
+    from tcplab.errors import NotSupported
+    from tcplab.experiments.probe import raw_packets, tracefs
+
+    for check in (tracefs(), raw_packets()):
+        if not check.ok and not (check.name == "tracefs" and os.geteuid() == 0):
+            raise NotSupported(f"the handshake experiment needs {check.name}: {check.detail}",
+                               hint=check.fix)
+    pause = 0.1 if quick else 0.3
+    port = random.randint(20000, 29999)  # tracing is global: a port only this run uses
+    packets: list[dict[str, Any]] = []
+    traced: list[dict[str, Any]] = []
+    with Sandbox({}) as sb:
+        cap_ready, trace_ready = threading.Event(), threading.Event()
+        cap = sb.popen(sb.tcplab("capture", "--port", str(port), "--json"),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        threading.Thread(target=_reader, args=(cap, packets, cap_ready, b"capturing"),
+                         daemon=True).start()
+        dance = sb.popen([sys.executable, "-m", "tcplab.experiments.handshake", str(port),
+                          str(pause)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert dance.stdout is not None and dance.stdin is not None
+        pid = int(dance.stdout.readline())
+        tracer = subprocess.Popen(
+            [sys.executable, "-m", "tcplab", "trace", "--port", str(port), "--syscalls",
+             "--pid", str(pid), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            threading.Thread(target=_reader, args=(tracer, traced, trace_ready, b"tracing"),
+                             daemon=True).start()
+            if not (cap_ready.wait(20) and trace_ready.wait(20)):
+                raise NotSupported("tracing or capture did not start",
+                                   hint="run 'tcplab check' as root")
+            progress(f"handshake: tracing and capturing port {port}; one connection, slowly")
+            wall_minus_mono = time.time() - time.monotonic()
+            dance.stdin.write(b"go\n")
+            dance.stdin.flush()
+            dance.stdout.readline()  # "done"
+            time.sleep(0.3)
+            tw = sb.run(sb.tcplab("sockets", "--port", str(port), "--state", "time-wait",
+                                  "--json"), stdout=subprocess.PIPE).stdout
+        finally:
+            tracer.terminate()
+            tracer.wait(timeout=10)
+        cap.terminate()
+        cap.wait(timeout=10)
+    time.sleep(0.2)
+    return _merge(packets, traced, wall_minus_mono, json.loads(tw or b'{"sockets": []}'))
+
+
+def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: float,
+           tw: dict[str, Any]) -> Result:
+    rows: list[tuple[float, str, str]] = []
+    for p in packets:
+        rows.append((p["t"] - offset, "packet",
+                     f"{p['src']}:{p['sport']} > {p['dst']}:{p['dport']} [{p['flags']}] "
+                     f"{p['word']}" + (f" ({p['length']} B)" if p["length"] else "")))
+    for e in traced:
+        if "syscall" in e:
+            rows.append((e["mono"], "syscall", f"{e['syscall']}({e['args']}) = {e['ret']}"))
+        elif "rst" in e:
+            rows.append((e["mono"], "rst", e["what"]))
+        elif "old" in e:
+            rows.append((e["mono"], "state", f"{e['saddr']}:{e['sport']} {e['old']} -> "
+                         f"{e['new']}" + (f"  [{e['note']}]" if e.get("note") else "")))
+    rows.sort()
+    t0 = rows[0][0] if rows else 0.0
+    events = [Event(round(t - t0, 6), f"{kind:8} {text}") for t, kind, text in rows]
+    left = [s.get("expires_ms") for s in tw.get("sockets", []) if s.get("expires_ms")]
+    if left:
+        events.append(Event(events[-1].t if events else 0.0,
+                            f"{'timer':8} the first client socket sits in TIME_WAIT: "
+                            f"{left[0] / 1000:.1f} s of its 60 s left"))
+    words = [p["word"] for p in packets]
+    states = [(e["old"], e["new"]) for e in traced if "old" in e]
+    facts: dict[str, Any] = {
+        "syn": words.count("SYN"), "syn_ack": words.count("SYN-ACK"),
+        "fin": sum(1 for w in words if w.startswith("FIN")),
+        "rst": words.count("RST"), "packets": len(packets),
+        "syscalls": sum(1 for e in traced if "syscall" in e),
+        "transitions": len(states),
+        "time_wait_left_ms": left,
+    }
+    wanted = {("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"),
+              ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"),
+              ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK")}
+    ok = (facts["syn"] == 2 and facts["syn_ack"] == 2 and facts["fin"] == 2
+          and facts["rst"] >= 1 and wanted <= set(states) and facts["syscalls"] > 0)
+    fact = (f"{facts['packets']} packets ({facts['syn']} SYN, {facts['syn_ack']} SYN-ACK, "
+            f"{facts['fin']} FIN, {facts['rst']} RST), {facts['transitions']} state changes and "
+            f"{facts['syscalls']} socket calls on one timeline")
+    return Result(experiment="handshake", ok=ok, fact=fact, facts=facts, events=events)
+
+
+if __name__ == "__main__":
+    choreography(int(sys.argv[1]), float(sys.argv[2]))
