@@ -1,16 +1,21 @@
 """Experiment 3 (the FD leak) and the half-close experiment, as a user runs them.
 
-``tcplab experiment all --json`` is the README's main command; it runs echo,
-port-bomb, fd-leak and half-close, each in its own private network namespace.
-It runs once per module and its fd-leak and half-close objects are the ones
-judged below (they are the very objects ``tcplab experiment fd-leak --json``
-and ``tcplab experiment half-close --json`` print: same code, same settings).
-Then fd-leak against your own server (``--server-cmd``: a stdlib script that
-leaks when LEAK=true), the keep-alive round, and the half-close table as text.
+``tcplab experiment all`` is the README's main command; it runs echo,
+port-bomb, fd-leak, half-close (and the experiments added since: multiplex,
+handshake), each in its own private network namespace. The full run takes
+over two minutes now (multiplex climbs to 10,000 connections per model), so
+the module runs ``tcplab experiment all --quick --json`` once and judges its
+fd-leak and half-close objects: they are what ``tcplab experiment fd-leak
+--json`` and ``tcplab experiment half-close --quick --json`` print (same code;
+fd-leak takes no shortcut with --quick: 256 fds, 512 clients, 5 s
+tcp_fin_timeout). Then fd-leak against your own server (``--server-cmd``: a
+stdlib script that leaks when LEAK=true), the keep-alive round, and the
+half-close table as text.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -44,7 +49,7 @@ def json_lines(r: subprocess.CompletedProcess[bytes]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def all_run() -> tuple[subprocess.CompletedProcess[bytes], dict[str, dict[str, Any]]]:
-    r = run_tcplab("experiment", "all", "--json", timeout=300)
+    r = run_tcplab("experiment", "all", "--quick", "--json", timeout=600)
     return r, {body["experiment"]: body for body in json_lines(r)}
 
 
@@ -69,10 +74,16 @@ def test_all_runs_every_experiment_and_each_shows_its_fact(all_run) -> None:  # 
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err
     bodies = json_lines(r)
-    assert [b["experiment"] for b in bodies] == EXPERIMENTS
+    names = [b["experiment"] for b in bodies]
+    assert names[:len(EXPERIMENTS)] == EXPERIMENTS and len(set(names)) == len(names), names
     for b in bodies:
-        assert b["ok"] is True, (b["experiment"], b["fact"], err)
-        assert b["skipped"] is None and b["fact"]
+        if b["experiment"] in EXPERIMENTS:
+            assert b["ok"] is True, (b["experiment"], b["fact"], err)
+            assert b["skipped"] is None and b["fact"]
+        else:
+            # A later experiment may need what this machine lacks (handshake: tracefs,
+            # AF_PACKET); then it says so and why, and does not count as a failure.
+            assert b["ok"] is True or b["skipped"], (b["experiment"], b["fact"], err)
     assert "did not show its fact" not in err
     assert "Traceback" not in err
 
@@ -149,7 +160,7 @@ def test_timeline_shows_the_climb_and_the_expiry(leak: dict[str, Any]) -> None:
         assert set(sample) == {"states", "listen_queue", "server_fds"}
         assert set(sample["states"]) <= set(STATE_NAMES)
     times = [t for t, _ in timeline]
-    assert all(a < b for a, b in zip(times, times[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(times))
 
     fds = [s["server_fds"] for _, s in timeline]
     assert all(isinstance(n, int) for n in fds), fds

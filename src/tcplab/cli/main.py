@@ -33,6 +33,7 @@ COMMANDS = {
     "capture": "capture the packets of a port on lo (tcpdump -i lo), write pcap",
     "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "exporter": "serve socket, fd and doctor metrics to Prometheus",
+    "explain": "a lesson: time-wait, close-wait, fd-limit, handshake, netpoll, port-range",
     "check": "say what works on this machine and how to fix what does not",
 }
 
@@ -51,6 +52,7 @@ commands in the order of the lab:
   tcplab capture --port 8080    the packets on lo, tcpdump's way, with the lab's words
   tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab exporter               the same facts for Prometheus (127.0.0.1:9309/metrics)
+  tcplab explain time-wait      a lesson, with the figure measured here
   tcplab check                  what works on this machine, and the fix for what does not
 
 exit status: 0 ok, 1 error, 2 usage, 3 connection failed, 4 privilege missing,
