@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from tcplab.cli import common
-from tcplab.cli.output import emit_json, note, out
+from tcplab.cli.output import emit_json, note, out, to_jsonable
 
 DESCRIPTION = """\
 Runs the lab's experiments for real and reports, for each, the fact it
@@ -43,6 +44,9 @@ def add_parser(sub: Any, name: str) -> None:
                                     "multiplex", "handshake"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write DIR/index.html (charts inline, no network needed) and "
+                   "DIR/results.json")
     g = p.add_argument_group("port-bomb")
     g.add_argument("--ports", type=common.int_range(10, 28232), default=1000, metavar="N",
                    help="ephemeral ports in the narrowed range (default 1,000)")
@@ -63,10 +67,6 @@ def add_parser(sub: Any, name: str) -> None:
                    help="run only this variant (repeatable)")
     common.add_json(p, "each experiment's result (one object per line)")
     p.set_defaults(func=run)
-
-
-def _quiet(_line: str) -> None:
-    pass
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,20 +104,30 @@ def run(args: argparse.Namespace) -> int:
                "handshake": handshake.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
-    for name in names:
+    bodies = []
+    started = time.monotonic()
+    for i, name in enumerate(names, 1):
+        status = _Status(f"[{i}/{len(names)}] {name}", started, quiet=args.json)
         note(f"running experiment {name} ...")
-        # Reports that repeat every step get their live steps on stderr only
-        # when stdout carries JSON.
         try:
+            verbose = args.json or name in ("port-bomb", "multiplex")
             result = runners[name](quick=args.quick,
-                                   progress=note if args.json or name in ("port-bomb", "multiplex")
-                                   else _quiet)
+                                   progress=status.step if not verbose else status.note)
         except NotSupported as exc:
             if args.name != "all":
                 raise
             result = Result(experiment=name, ok=False, fact="",
                             skipped=f"{exc.message} (fix: {exc.hint})")
+        except (OSError, RuntimeError, ValueError) as exc:
+            if args.name != "all":
+                raise
+            result = Result(experiment=name, ok=False,
+                            fact=f"failed to run: {type(exc).__name__}: {exc}")
+        finally:
+            status.stop()
         results.append(result)
+        body = to_jsonable(result)
+        bodies.append({"schema": 1, **body})
         if args.json:
             emit_json(result)
         else:
@@ -126,8 +136,46 @@ def run(args: argparse.Namespace) -> int:
     if not args.json and len(results) > 1:
         for line in summary_lines(results):
             out(line)
+        note(f"all experiments took {time.monotonic() - started:.0f} s")
+    if args.report:
+        from tcplab.report import html
+
+        path = html.write(results, args.report, bodies)
+        note(f"report written to {path}")
     failed = [r.experiment for r in results if not r.ok and r.skipped is None]
     if failed:
         note(f"tcplab: experiment {', '.join(failed)} did not show its fact")
         return 1
     return 0
+
+
+class _Status:
+    """Which experiment, which step, elapsed: a live line on a terminal, plain lines
+    otherwise (and nothing extra when stdout carries JSON: notes go to stderr)."""
+
+    def __init__(self, label: str, started: float, quiet: bool) -> None:
+        import sys
+
+        self.label = label
+        self.started = started
+        self.live = None
+        if sys.stderr.isatty() and not quiet:
+            from rich.console import Console
+
+            self.live = Console(stderr=True).status(label)
+            self.live.start()
+
+    def step(self, line: str) -> None:
+        if self.live is not None:
+            elapsed = time.monotonic() - self.started
+            self.live.update(f"{self.label}: {line.strip()}  ({elapsed:.0f} s)")
+
+    def note(self, line: str) -> None:
+        if self.live is not None:
+            self.step(line)
+        else:
+            note(line)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()

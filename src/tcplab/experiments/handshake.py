@@ -145,6 +145,11 @@ def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: 
                          f"{e['new']}" + (f"  [{e['note']}]" if e.get("note") else "")))
     rows.sort()
     t0 = rows[0][0] if rows else 0.0
+    server_port = next((p["dport"] for p in packets if p["word"] == "SYN"), 0)
+    sequence = [{"t": round(p["t"] - offset - t0, 6),
+                 "from": "server" if p["sport"] == server_port else "client",
+                 "word": p["word"], "flags": p["flags"]}
+                for p in sorted(packets, key=lambda p: p["t"])]
     events = [Event(round(t - t0, 6), f"{kind:8} {text}") for t, kind, text in rows]
     left = [s.get("expires_ms") for s in tw.get("sockets", []) if s.get("expires_ms")]
     if left:
@@ -160,6 +165,7 @@ def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: 
         "syscalls": sum(1 for e in traced if "syscall" in e),
         "transitions": len(states),
         "time_wait_left_ms": left,
+        "sequence": sequence,
     }
     wanted = {("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"),
               ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"),

@@ -1,0 +1,123 @@
+"""Charts for the HTML report: matplotlib, rendered to inline SVG."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+COLORS = {"TIME_WAIT": "#d62728", "ESTABLISHED": "#1f77b4", "CLOSE_WAIT": "#9467bd",
+          "FIN_WAIT2": "#ff7f0e", "fds": "#2ca02c", "queue": "#8c564b"}
+
+
+def _figure(width: float = 8.0, height: float = 3.6) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height))
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prologue: the SVG is inline
+
+
+def port_bomb(variants: list[dict[str, Any]]) -> str:
+    fig, ax = _figure()
+    for v in variants:
+        tl = v.get("timeline") or []
+        if not tl:
+            continue
+        ax.plot([t for t, _ in tl], [s.get("TIME_WAIT", 0) for _, s in tl], label=v["name"])
+    ax.set_xlabel("seconds since the variant started")
+    ax.set_ylabel("sockets in TIME_WAIT")
+    ax.set_title("TIME_WAIT per variant (port range narrowed to the figure in the table)")
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def fd_leak(timeline: list[list[Any]], fd_limit: int | None) -> str:
+    fig, ax = _figure()
+    t = [row[0] for row in timeline]
+    get = [row[1] for row in timeline]
+    ax.plot(t, [g.get("server_fds") or 0 for g in get], color=COLORS["fds"],
+            label="server fds")
+    ax.plot(t, [g["states"].get("CLOSE_WAIT", 0) for g in get], color=COLORS["CLOSE_WAIT"],
+            label="CLOSE_WAIT (server)")
+    ax.plot(t, [g["states"].get("FIN_WAIT2", 0) for g in get], color=COLORS["FIN_WAIT2"],
+            label="FIN_WAIT2 (clients)")
+    ax.plot(t, [g.get("listen_queue", 0) for g in get], color=COLORS["queue"],
+            label="accept queue (LISTEN Recv-Q)")
+    if fd_limit:
+        ax.axhline(fd_limit, color="black", linestyle="--", linewidth=1,
+                   label=f"fd limit ({fd_limit})")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("count")
+    ax.set_title("The leak: fds to the limit, CLOSE_WAIT stays, FIN_WAIT2 expires")
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def multiplex(rows: list[dict[str, Any]]) -> str:
+    import numpy as np
+
+    _figure()  # selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    ladder = sorted({r["connections"] for r in rows})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(ladder))
+    for i, m in enumerate(models):
+        by_n = {r["connections"]: r for r in rows if r["model"] == m}
+        ax1.bar(x + i * width, [(by_n.get(n, {}).get("rss_per_conn") or 0) / 1024
+                                for n in ladder], width, label=m)
+        ax2.bar(x + i * width, [by_n.get(n, {}).get("threads") or 0 for n in ladder], width,
+                label=m)
+    for ax, title in ((ax1, "server RSS per connection (KiB)"),
+                      (ax2, "server OS threads (log scale)")):
+        ax.set_xticks(x + width * (len(models) - 1) / 2, [f"{n:,}" for n in ladder])
+        ax.set_xlabel("concurrent connections")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax2.set_yscale("log")
+    ax1.legend(fontsize=8)
+    return _svg(fig)
+
+
+def sequence(seq: list[dict[str, Any]]) -> str:
+    """The handshake as a sequence diagram: client and server lines, one arrow a packet."""
+    _figure()  # selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    height = max(3.0, 0.32 * len(seq) + 1)
+    plt.close("all")
+    fig, ax = plt.subplots(figsize=(7, height))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(len(seq) + 0.5, -0.8)
+    ax.axis("off")
+    for x, name in ((2, "client"), (8, "server")):
+        ax.plot([x, x], [-0.3, len(seq) + 0.3], color="gray", linewidth=1)
+        ax.text(x, -0.6, name, ha="center", fontsize=10, fontweight="bold")
+    for i, p in enumerate(seq):
+        a, b = (2, 8) if p["from"] == "client" else (8, 2)
+        color = "#d62728" if "RST" in p["word"] else ("#1f77b4" if "SYN" in p["word"] else
+                                                      ("#9467bd" if "FIN" in p["word"] else
+                                                       "#555555"))
+        ax.annotate("", xy=(b, i + 0.5), xytext=(a, i),
+                    arrowprops={"arrowstyle": "->", "color": color})
+        ax.text(5, i + 0.15, f"{p['word']} [{p['flags']}]", ha="center", fontsize=8,
+                color=color)
+        ax.text(0.1, i + 0.25, f"{p['t'] * 1000:.1f} ms", fontsize=7, color="gray")
+    return _svg(fig)

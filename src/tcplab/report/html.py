@@ -1,0 +1,117 @@
+"""The self-contained HTML report of ``tcplab experiment ... --report DIR``.
+
+One index.html (inline CSS and SVG: nothing to fetch, no script) and
+results.json with every experiment's result as ``--json`` prints it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+import time
+from typing import Any
+
+from tcplab.experiments.result import Result
+from tcplab.report import charts
+from tcplab.report.lessons import FOR_EXPERIMENT, LESSONS
+from tcplab.report.terminal import result_lines
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
+.meta { color: #666; } .ok { color: #2a7a2a; } .fail { color: #b00; } .skip { color: #886600; }
+pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.85rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
+td, th { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
+figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
+.lesson { background: #f3f7fb; padding: 0.6rem 0.9rem; border-left: 4px solid #1f77b4; }
+"""
+
+
+def _charts(r: Result) -> list[tuple[str, str]]:
+    """(caption, svg) pairs for one experiment."""
+    out: list[tuple[str, str]] = []
+    if r.experiment == "port-bomb" and r.variants:
+        out.append(("TIME_WAIT over time, per variant", charts.port_bomb(r.variants)))
+    if r.experiment == "fd-leak" and r.timeline:
+        out.append(("The leaking server over time", charts.fd_leak(r.timeline,
+                                                                   r.facts.get("fd_limit"))))
+    if r.experiment == "multiplex" and r.variants:
+        out.append(("The C10k table as bars", charts.multiplex(r.variants)))
+    if r.experiment == "handshake" and r.facts.get("sequence"):
+        out.append(("The connection's packets as a sequence diagram",
+                    charts.sequence(r.facts["sequence"])))
+    return out
+
+
+def _errors(r: Result) -> list[str]:
+    """Errors seen, verbatim."""
+    seen: list[str] = []
+    for v in r.variants:
+        e = v.get("first_error")
+        if e:
+            seen.append(f"{v['name']}: [Errno {e['errno']}] {e['name']}: {e['message']}")
+    line = r.facts.get("emfile_log_line")
+    if line:
+        seen.append(f"server log: {line}")
+    return seen
+
+
+def _section(r: Result, index: int) -> str:
+    status, cls = (("skipped", "skip") if r.skipped else
+                   ("shown", "ok") if r.ok else ("NOT shown", "fail"))
+    parts = [f'<section id="{html.escape(r.experiment)}">',
+             f"<h2>{index}. {html.escape(r.experiment)} "
+             f'<span class="{cls}">({status})</span></h2>',
+             f"<p><strong>{html.escape(r.skipped or r.fact)}</strong></p>"]
+    if r.settings:
+        settings = ", ".join(f"{k} = {v}" for k, v in r.settings.items())
+        parts.append(f'<p class="meta">Run with: {html.escape(settings)}</p>')
+    for caption, svg in ([] if r.skipped else _charts(r)):
+        parts.append(f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}'
+                     "</figcaption></figure>")
+    errors = _errors(r)
+    if errors:
+        parts.append("<p>Errors seen, verbatim:</p><pre>"
+                     + html.escape("\n".join(errors)) + "</pre>")
+    if not r.skipped:
+        parts.append("<details><summary>The terminal report</summary><pre>"
+                     + html.escape("\n".join(result_lines(r))) + "</pre></details>")
+    topic = FOR_EXPERIMENT.get(r.experiment)
+    if topic:
+        lesson = LESSONS[topic]
+        paras = "".join(f"<p>{html.escape(' '.join(p.split()))}</p>"
+                        for p in lesson.text.strip().split("\n\n"))
+        fix = (f"<p><em>Correction to the original notes:</em> "
+               f"{html.escape(lesson.correction)}</p>" if lesson.correction else "")
+        parts.append(f'<div class="lesson"><h3>{html.escape(lesson.title)}</h3>{paras}{fix}'
+                     "</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def write(results: list[Result], directory: str, bodies: list[dict[str, Any]]) -> str:
+    os.makedirs(directory, exist_ok=True)
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    head = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'>"
+            f"<title>tcplab report</title><style>{CSS}</style></head><body>"
+            f"<h1>tcplab report</h1><p class=meta>{html.escape(when)} on "
+            f"{html.escape(platform.node())}, Linux {html.escape(platform.release())}</p>")
+    summary = ["<table><tr><th>experiment</th><th>result</th><th>what it showed</th></tr>"]
+    for r in results:
+        mark = "skipped" if r.skipped else ("shown" if r.ok else "NOT shown")
+        summary.append(f"<tr><td><a href='#{html.escape(r.experiment)}'>"
+                       f"{html.escape(r.experiment)}</a></td><td>{mark}</td>"
+                       f"<td>{html.escape(r.skipped or r.fact)}</td></tr>")
+    summary.append("</table>")
+    body = "\n".join(_section(r, i) for i, r in enumerate(results, 1))
+    path = os.path.join(directory, "index.html")
+    with open(path, "w") as f:
+        f.write(head + "\n".join(summary) + body + "</body></html>\n")
+    with open(os.path.join(directory, "results.json"), "w") as f:
+        json.dump(bodies, f, indent=1)
+    return path
