@@ -132,6 +132,8 @@ GOAL_VS_GO = 1.0
 GOAL_VS_STIME = 1.15
 GOAL_RSS = 3 * 1024
 GOAL_THREADS = 2
+#: A grid cell whose rounds differ by more than this factor in requests/s is marked.
+SPREAD_MARK = 2.0
 C10K = 10_000
 HOWTO_GO = ("install Go: apt-get install golang-go (Debian/Ubuntu), or https://go.dev/dl/, "
             "or pass --go /path/to/go")
@@ -174,6 +176,8 @@ def pingpong(spec: dict[str, Any]) -> dict[str, Any]:
     pid, port, size = int(spec["pid"]), int(spec["port"]), int(spec["size"])
     connections, warmup, seconds = int(spec["connections"]), spec["warmup"], spec["seconds"]
     max_echoes = int(spec["max_echoes"])
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, set(spec["cpus"]))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < connections + 64 <= hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -399,10 +403,22 @@ def serving(sb: Any, peer: Peer, go_binary: str | None) -> Iterator[Served]:
         server.kill()
 
 
+#: --pin: (the server's CPU, the load generator's CPU) for parts 1 and 2.
+PINS: dict[str, tuple[int, int] | None] = {"none": None, "split": (0, 1), "same": (0, 0)}
+
+
+def pin_server(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` onto one CPU; threads it starts later inherit it."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), {cpu})
+
+
 def run_loadgen(sb: Any, pid: int, connections: int, size: int, warmup: float,
-                seconds: float, max_echoes: int) -> dict[str, Any]:
+                seconds: float, max_echoes: int, cpus: list[int] | None = None
+                ) -> dict[str, Any]:
     spec = {"pid": pid, "port": PORT, "connections": connections, "size": size,
-            "warmup": warmup, "seconds": seconds, "max_echoes": max_echoes}
+            "warmup": warmup, "seconds": seconds, "max_echoes": max_echoes, "cpus": cpus}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     proc = sb.popen([sys.executable, str(Path(__file__).resolve()), "--loadgen",
                      json.dumps(spec)], fd_limit=hard, stdin=subprocess.DEVNULL,
@@ -484,6 +500,15 @@ def check_totals(server: str, totals: dict[str, Any] | None, expected: int,
     return None
 
 
+def _pin(srv: Served, args: argparse.Namespace) -> list[int] | None:
+    """Apply --pin to the server; the load generator's CPU list (None: unpinned)."""
+    pins = PINS[args.pin]
+    if pins is None:
+        return None
+    pin_server(srv.pid, pins[0])
+    return [pins[1]]
+
+
 def rotate(peers: list[Peer], i: int) -> list[Peer]:
     k = i % len(peers)
     return peers[k:] + peers[:k]
@@ -497,8 +522,9 @@ def part1(peers: list[Peer], args: argparse.Namespace, go_binary: str | None,
     for i in range(args.rounds):
         for peer in rotate(peers, i):
             with Sandbox(SYSCTLS) as sb, serving(sb, peer, go_binary) as srv:
+                cpus = _pin(srv, args)
                 res = run_loadgen(sb, srv.pid, args.connections, 64, args.warmup,
-                                  args.seconds, args.max_echoes)
+                                  args.seconds, args.max_echoes, cpus)
                 totals = srv.stop()
             c = make_cell(peer.key, i + 1, args.connections, 64, res)
             cells.append(c)
@@ -522,10 +548,11 @@ def part2(peers: list[Peer], args: argparse.Namespace, go_binary: str | None,
             expected = 0
             unanswered = 0
             with Sandbox(SYSCTLS) as sb, serving(sb, peer, go_binary) as srv:
+                cpus = _pin(srv, args)
                 for size in args.sizes:
                     for n in args.conns:
                         res = run_loadgen(sb, srv.pid, n, size, args.grid_warmup,
-                                          args.grid_seconds, args.max_echoes)
+                                          args.grid_seconds, args.max_echoes, cpus)
                         c = make_cell(peer.key, i + 1, n, size, res)
                         cells.append(c)
                         expected += size * c.echoes_total
@@ -666,8 +693,10 @@ def summarize2(cells: list[Cell], peers: list[Peer], args: argparse.Namespace
                 cs = [c for c in cells if c.server == p.key and c.size == size
                       and c.connections == n]
                 if cs:
+                    rate = [c.echoes_per_s for c in cs]
                     row["servers"][p.key] = {
-                        "echoes_per_s": _median([c.echoes_per_s for c in cs]),
+                        "echoes_per_s": _median(rate),
+                        "spread_echoes_per_s": [min(rate), max(rate)],
                         "p50_us": _median([c.p50_us for c in cs]),
                         "p99_us": _median([c.p99_us for c in cs]),
                         "cpu_us_per_echo": _median([c.cpu_us for c in cs]),
@@ -804,6 +833,12 @@ def print_report(res: dict[str, Any]) -> None:
         _grid(res["part2"], names, "p99_us", ",.0f", p1, s, ratio=False)
         print("  one Python load generator drives every connection: at 100 and 1,000 "
               "connections it sets the pace (and most of p99); 64 B x 100 is part 1")
+        if any(_mark(c) for row in res["part2"] for c in row["servers"].values()):
+            print(f"  * the rounds differ by more than {SPREAD_MARK:g}x (min..max in the JSON). "
+                  "At 1 connection both processes sleep between echoes, and on this machine a "
+                  "wake-up across CPUs costs tens of microseconds: a run is fast or slow as "
+                  "the scheduler puts client and server on one CPU or two (--pin same / "
+                  "--pin split fix it)")
     if "part3" in res:
         print()
         print(f"3. concurrency (tcplab multiplex: connections ramped up, held, 64 B round "
@@ -841,6 +876,12 @@ def print_report(res: dict[str, Any]) -> None:
         print("every server's totals equal the load generators' counts")
 
 
+def _mark(cell: dict[str, Any]) -> str:
+    """"*" when the rounds' requests/s differ by more than 2x (see the note under the table)."""
+    lo, hi = cell.get("spread_echoes_per_s") or (0, 0)
+    return "*" if lo > 0 and hi / lo > SPREAD_MARK else ""
+
+
 def _grid(rows: list[dict[str, Any]], names: list[str], key: str, spec: str,
           p1: dict[str, Any], s: dict[str, Any], ratio: bool) -> None:
     ratio_name = f"{DEFAULT_MODEL}/go"
@@ -852,9 +893,9 @@ def _grid(rows: list[dict[str, Any]], names: list[str], key: str, spec: str,
         extra.append({"size": 64, "connections": s["connections"],
                       "servers": {n: {key: p1[n][key]} for n in names}, "part1": True})
     for row in extra + rows:
-        vals = [row["servers"].get(n, {}).get(key) for n in names]
+        cells = [row["servers"].get(n, {}) for n in names]
         line = (f"   {_size(row['size']):>6} {row['connections']:>5,} "
-                + " ".join(f"{_fmt(v, spec):>9}" for v in vals))
+                + " ".join(f"{_fmt(c.get(key), spec) + _mark(c):>9}" for c in cells))
         if show_ratio:
             g = row["servers"].get("go", {}).get(key)
             d = row["servers"].get(DEFAULT_MODEL, {}).get(key)
@@ -911,6 +952,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS),
                    help=f"tcplab models, comma-separated (default {','.join(MODELS)})")
     p.add_argument("--parts", default="1,2,3", help="which parts to run (default 1,2,3)")
+    p.add_argument("--pin", choices=tuple(PINS), default="none",
+                   help="parts 1 and 2: none (default: the scheduler places both), split "
+                   "(server on CPU 0, load generator on CPU 1), same (both on CPU 0)")
     p.add_argument("--go", metavar="PATH", help="the go tool (default: go on PATH)")
     p.add_argument("--quick", action="store_true",
                    help="--rounds 2 --seconds 1.5 --grid-rounds 1 --grid-seconds 1 "
@@ -972,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: getattr(args, k) for k in (
                 "rounds", "seconds", "warmup", "connections", "grid_rounds", "grid_seconds",
                 "grid_warmup", "sizes", "conns", "conc_rounds", "most", "max_echoes", "models",
-                "parts", "quick")},
+                "parts", "quick", "pin")},
             "namespace": {"sysctls": SYSCTLS, "fresh_per_server": True},
             "cpus": os.cpu_count(),
             "python": sys.executable,

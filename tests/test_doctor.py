@@ -146,6 +146,15 @@ def ss_count(sb: Sandbox, state: str, port: int) -> int:
     return len(r.stdout.splitlines())
 
 
+def ss_accept_queue(sb: Sandbox, port: int) -> tuple[int, int]:
+    """(Recv-Q, Send-Q) of the listener as ``ss -ltn`` shows them: queued, backlog."""
+    r = in_sandbox(sb, "ss", "-Hltn", f"( sport = :{port} )")
+    assert r.returncode == 0, r.stderr
+    [line] = r.stdout.splitlines()
+    recv_q, send_q = line.split()[1:3]
+    return int(recv_q), int(send_q)
+
+
 @contextmanager
 def tcplab_server(sb: Sandbox, *args: str) -> Iterator[ServerProcess]:
     server = ServerProcess(["--port", str(PORT), *args], popen=sb.popen)
@@ -177,8 +186,12 @@ def leak_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         result = flood(sb, PORT, CLIENTS)
         with open(f"/proc/{server.pid}/limits") as f:
             assert re.search(rf"^Max open files\s+{FD_LIMIT}\s", f.read(), re.M)
+        # The ground truth, read as an operator would: ss, inside.
+        queued, backlog = ss_accept_queue(sb, PORT)
+        close_wait = ss_count(sb, "close-wait", PORT)
         yield {"sb": sb, "pid": server.pid, "comm": comm(server.pid), "flood": result,
-               "script": script, "log": script.with_name("server.log")}
+               "log": script.with_name("server.log"), "queued": queued, "backlog": backlog,
+               "close_wait": close_wait, "held": close_wait - queued}
         assert server.poll() is None, "the leaking server died"
     # The sandbox took the server with it.
     assert not os.path.exists(f"/proc/{server.pid}")
@@ -198,12 +211,14 @@ class TestLeakyServer:
         assert len(os.listdir(f"/proc/{pid}/fd")) == FD_LIMIT
         assert "accept: Too many open files" in leak_scene["log"].read_text()
         # Every client that got a connection closed it: its server socket is in CLOSE_WAIT,
-        # accepted (held by the server) or still in the accept queue.
-        assert ss_count(leak_scene["sb"], "close-wait", PORT) == f["echoed"] + f["no_echo"]
-
+        # accepted (held by the server) or still in the accept queue, which is full.
+        assert leak_scene["close_wait"] == f["echoed"] + f["no_echo"]
+        assert leak_scene["backlog"] == 64
+        assert leak_scene["queued"] == leak_scene["backlog"] + 1
+        assert leak_scene["held"] > 100
 
     def test_doctor_names_the_leaking_process(self, leak_scene: dict[str, Any]) -> None:
-        sb, pid, f = leak_scene["sb"], leak_scene["pid"], leak_scene["flood"]
+        sb, pid = leak_scene["sb"], leak_scene["pid"]
         status, body = doctor_json(sb)
         assert status == 2 and body["status"] == "critical", body
         found = kinds(body)
@@ -213,7 +228,7 @@ class TestLeakyServer:
         assert leak["command"].startswith("python")
         # The sockets it accepted and never closed (the queued ones are no process's yet).
         assert leak["count"] >= 100
-        assert leak["count"] == f["echoed"]
+        assert leak["count"] == leak_scene["held"]
         assert leak["severity"] == ("critical" if leak["count"] >= 1000 else "warning")
         assert f"pid {pid} ({leak['command']}) holds {leak['count']} sockets in CLOSE_WAIT" \
             in leak["evidence"]
@@ -230,12 +245,12 @@ class TestLeakyServer:
                     if f"127.0.0.1:{PORT} " in x["evidence"]]
         assert len(overflow) == 1, found.get("listen_overflow")
         assert overflow[0]["severity"] == "critical"
-        assert overflow[0]["count"] == f["no_echo"]  # LISTEN Recv-Q: backlog 64 + 1
-        assert overflow[0]["count"] == 65
+        assert overflow[0]["count"] == leak_scene["queued"]  # LISTEN Recv-Q: backlog 64 + 1
+        assert f"{leak_scene['queued']} connections waiting in a queue of " \
+               f"{leak_scene['backlog']}" in overflow[0]["evidence"]
         # The worst first.
         severities = [x["severity"] for x in body["findings"]]
         assert severities == sorted(severities, key=lambda s: s != "critical")
-
 
     def test_doctor_text_says_critical_and_the_fix(self, leak_scene: dict[str, Any]) -> None:
         sb, pid = leak_scene["sb"], leak_scene["pid"]
@@ -257,7 +272,6 @@ class TestLeakyServer:
         assert "  fix: a connection is not closed on some path" in r.stdout
         assert f"  fix: find what it holds ('tcplab fds {pid}')" in r.stdout
 
-
     def test_close_wait_threshold_drops_the_leak_finding(self, leak_scene: dict[str, Any]) -> None:
         sb, pid = leak_scene["sb"], leak_scene["pid"]
         status, body = doctor_json(sb, "--close-wait-threshold", "100000")
@@ -266,7 +280,6 @@ class TestLeakyServer:
         # The rest of what is wrong is still said.
         assert any(x["pid"] == pid for x in found["fd_exhaustion"])
         assert status == 2
-
 
     def test_doctor_netns_from_outside(self, leak_scene: dict[str, Any]) -> None:
         """``--netns PATH`` from the host: as root the same leak is found; otherwise
@@ -281,7 +294,7 @@ class TestLeakyServer:
         assert r.returncode == 2, r.stderr.decode()
         body = json.loads(r.stdout)
         [leak] = kinds(body)["close_wait_leak"]
-        assert leak["pid"] == pid and leak["count"] == leak_scene["flood"]["echoed"]
+        assert leak["pid"] == pid and leak["count"] == leak_scene["held"]
 
 
 # --- healthy, then orphans ------------------------------------------------------------------
@@ -364,12 +377,15 @@ def test_unknown_option_is_status_3() -> None:
 
 
 @pytest.mark.loopback
-def test_missing_netns_is_status_3_with_a_message() -> None:
-    r = run_tcplab("doctor", "--netns", "/nonexistent")
+@pytest.mark.parametrize(("netns", "message"), [
+    ("/nonexistent", "tcplab: no network namespace '/nonexistent' (/nonexistent does not exist)"),
+    ("/etc/passwd", "tcplab: /etc/passwd is not a network namespace"),
+])
+def test_bad_netns_is_status_3_with_a_message(netns: str, message: str) -> None:
+    r = run_tcplab("doctor", "--netns", netns)
     err = r.stderr.decode()
     assert r.returncode == 3, err
-    assert "tcplab: no network namespace '/nonexistent' (/nonexistent does not exist)" in err
-    assert "hint: " in err
+    assert message in err
     assert r.stdout == b""
 
 

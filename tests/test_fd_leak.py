@@ -20,9 +20,11 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,6 @@ import pytest
 from tcplab.experiments import fd_leak
 from tcplab.kernel.tcp_states import STATE_NAMES
 from tests.conftest import run_tcplab
-
-pytestmark = pytest.mark.privileged
 
 EXPERIMENTS = ["echo", "port-bomb", "fd-leak", "half-close"]
 
@@ -69,6 +69,7 @@ def half(all_run) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 # --- tcplab experiment all ---------------------------------------------------------------------
 
+@pytest.mark.privileged
 def test_all_runs_every_experiment_and_each_shows_its_fact(all_run) -> None:  # type: ignore[no-untyped-def]
     r, _ = all_run
     err = r.stderr.decode(errors="replace")
@@ -90,6 +91,7 @@ def test_all_runs_every_experiment_and_each_shows_its_fact(all_run) -> None:  # 
 
 # --- fd-leak: the leaking tcplab server ---------------------------------------------------------
 
+@pytest.mark.privileged
 def test_fd_leak_settings_and_verdict(leak: dict[str, Any]) -> None:
     assert leak["experiment"] == "fd-leak" and leak["ok"] is True
     s = leak["settings"]
@@ -99,6 +101,7 @@ def test_fd_leak_settings_and_verdict(leak: dict[str, Any]) -> None:
     assert [v["name"] for v in leak["variants"]] == ["leak", "fixed"]
 
 
+@pytest.mark.privileged
 def test_fds_reach_the_limit_and_accept_fails_with_emfile(leak: dict[str, Any]) -> None:
     f = leak["facts"]
     assert f["fd_limit"] == 256
@@ -110,6 +113,7 @@ def test_fds_reach_the_limit_and_accept_fails_with_emfile(leak: dict[str, Any]) 
     assert f["server_alive"] is True
 
 
+@pytest.mark.privileged
 def test_accept_queue_and_the_clients_fates(leak: dict[str, Any]) -> None:
     f = leak["facts"]
     c = f["clients"]
@@ -125,6 +129,7 @@ def test_accept_queue_and_the_clients_fates(leak: dict[str, Any]) -> None:
     assert c["echoed"] > 0
 
 
+@pytest.mark.privileged
 def test_close_wait_stays_while_fin_wait2_expires(leak: dict[str, Any]) -> None:
     f = leak["facts"]
     c = f["clients"]
@@ -138,6 +143,7 @@ def test_close_wait_stays_while_fin_wait2_expires(leak: dict[str, Any]) -> None:
     assert f["client_fin_wait2_after_timeout"] == 0
 
 
+@pytest.mark.privileged
 def test_the_fix_leaves_no_close_wait(leak: dict[str, Any]) -> None:
     f = leak["facts"]
     fixed = f["fixed_clients"]
@@ -149,6 +155,7 @@ def test_the_fix_leaves_no_close_wait(leak: dict[str, Any]) -> None:
     assert fixed_variant["emfile_line"] is None
 
 
+@pytest.mark.privileged
 def test_timeline_shows_the_climb_and_the_expiry(leak: dict[str, Any]) -> None:
     f = leak["facts"]
     timeline = leak["timeline"]
@@ -250,6 +257,7 @@ def running_cmdlines(needle: bytes) -> list[str]:
     return found
 
 
+@pytest.mark.privileged
 def test_fd_leak_against_your_own_server(tmp_path: Path) -> None:
     script = tmp_path / "leaky_server.py"
     script.write_text(LEAKY_SERVER)
@@ -278,8 +286,51 @@ def test_fd_leak_against_your_own_server(tmp_path: Path) -> None:
     assert running_cmdlines(str(script).encode()) == []
 
 
+# --- the flood's bookkeeping -----------------------------------------------------------------
+
+@pytest.mark.loopback
+def test_flood_counts_every_client_when_the_server_hangs_up() -> None:
+    """A server that reads the message and closes without an echo (what uvloop's own
+    accept loop does to connections on EMFILE, or any server that drops requests): each
+    client's read returns end-of-file. The flood's outcomes must still add up to the
+    clients it opened, as the fd-leak facts promise."""
+    clients = 20
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        listener.settimeout(0.2)
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.settimeout(5)
+                    conn.recv(100)  # read the message, then close: a FIN, no echo
+
+        worker = threading.Thread(target=hang_up, daemon=True)
+        worker.start()
+        try:
+            r = subprocess.run([sys.executable, "-m", "tcplab.traffic.flood", "--port",
+                                str(listener.getsockname()[1]), "--clients", str(clients)],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    body = json.loads(r.stdout)
+    assert body["clients"] == clients and body["echoed"] == 0
+    accounted = (body["echoed"] + body["no_echo"] + body["connect_timeouts"]
+                 + sum(body["errors"].values()))
+    assert accounted == clients, body
+
+
 # --- keep-alive: CLOSE_WAIT goes, the fds stay ----------------------------------------------
 
+@pytest.mark.privileged
 def test_keepalive_clears_close_wait_but_not_the_fds() -> None:
     """Only the keep-alive round of ``tcplab experiment fd-leak --keepalive``, through
     the Python API with smaller numbers (64 fds, 160 clients, 1 s probes,
@@ -313,6 +364,7 @@ def test_keepalive_clears_close_wait_but_not_the_fds() -> None:
 TIMER = re.compile(r"time-wait (\d+\.\d)s")
 
 
+@pytest.mark.privileged
 def test_half_close_steps(half: dict[str, Any]) -> None:
     assert half["experiment"] == "half-close" and half["ok"] is True
     steps = half["facts"]["steps"]
@@ -341,6 +393,7 @@ def test_half_close_steps(half: dict[str, Any]) -> None:
     assert "peer's bug" in bugs["FIN_WAIT2"]
 
 
+@pytest.mark.privileged
 def test_half_close_text_has_the_table_and_whose_bug() -> None:
     r = run_tcplab("experiment", "half-close", "--quick", timeout=120)
     text = r.stdout.decode()
