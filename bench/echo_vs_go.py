@@ -143,6 +143,17 @@ class BenchError(Exception):
     pass
 
 
+#: Set by Ctrl-C: the servers get the SIGINT too and close their connections, so a
+#: load generator may report that before our KeyboardInterrupt is raised.
+INTERRUPTED = False
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global INTERRUPTED
+    INTERRUPTED = True
+    raise KeyboardInterrupt
+
+
 # --- the load generator: this file, run again inside the namespace -----------------------
 
 
@@ -989,6 +1000,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     tmp = Path(tempfile.mkdtemp(prefix="tcplab-echo-vs-go-"))
     problems: list[str] = []
     res: dict[str, Any] = {}
@@ -1037,6 +1050,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except BenchError as exc:
+        if INTERRUPTED:
+            print("interrupted: every child has been reaped, the namespaces are gone",
+                  file=sys.stderr)
+            return 130
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -298,6 +298,46 @@ class TestLeakyServer:
 
 
 # --- healthy, then orphans ------------------------------------------------------------------
+#
+# The socket checks see the sandbox's namespace only, but fd_exhaustion looks at every
+# process on the machine, whatever its namespace (a Sandbox has no pid namespace). On a
+# machine where other work runs, a process elsewhere may be near its fd limit: such a
+# finding is not about the sandbox, and the tests below tell the two apart by
+# /proc/PID/ns/net. They wait (a hang guard) for a moment when there is none, and if
+# that does not come, the status is judged with them counted in.
+
+SEVERITY = {"warning": 1, "critical": 2}
+
+
+def netns_of(pid: int | None) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None  # gone, or another user's: not ours, so not the sandbox's
+
+
+def outside(sb: Sandbox, finding: dict[str, Any]) -> bool:
+    return finding["kind"] == "fd_exhaustion" and \
+        netns_of(finding["pid"]) != os.stat(sb.netns_path).st_ino
+
+
+def settled_doctor(sb: Sandbox, *args: str, limit: float = 20.0
+                   ) -> tuple[int, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``tcplab doctor --json ARGS``: status, body, findings about the sandbox, and
+    findings about processes elsewhere (retried until there are none, or ``limit``)."""
+    deadline = time.monotonic() + limit
+    while True:
+        status, body = doctor_json(sb, *args)
+        mine = [f for f in body["findings"] if not outside(sb, f)]
+        elsewhere = [f for f in body["findings"] if outside(sb, f)]
+        if not elsewhere or time.monotonic() > deadline:
+            return status, body, mine, elsewhere
+        time.sleep(0.5)
+
+
+def worst(findings: list[dict[str, Any]]) -> int:
+    return max((SEVERITY[f["severity"]] for f in findings), default=0)
+
 
 @pytest.mark.privileged
 def test_healthy_sandbox_says_healthy() -> None:
@@ -305,13 +345,21 @@ def test_healthy_sandbox_says_healthy() -> None:
         for word in ("one", "two", "three"):
             r = in_sandbox(sb, *sb.tcplab("client", "--port", str(PORT), word))
             assert r.returncode == 0 and r.stdout == f"{word}\n", r.stderr
-        status, body = doctor_json(sb)
-        assert status == 0 and body["findings"] == [], body
+        status, body, mine, elsewhere = settled_doctor(sb)
+        assert mine == [], mine
+        assert status == worst(elsewhere), body
         assert body["sockets"] >= 1  # at least the listener
         r = doctor(sb)
-        assert r.returncode == 0, r.stderr
-        assert re.fullmatch(r"healthy: no problem found in \d+ TCP sockets and \d+ processes\n",
-                            r.stdout), r.stdout
+        if r.returncode == 0:
+            assert re.fullmatch(r"healthy: no problem found in \d+ TCP sockets and \d+ "
+                                r"processes\n", r.stdout), r.stdout
+        else:  # only about processes outside the sandbox
+            heads = [line for line in r.stdout.splitlines() if not line.startswith("  ")]
+            for line in heads:
+                m = re.match(r"(WARNING|CRITICAL) fd_exhaustion: pid (\d+) ", line)
+                assert m, heads
+                assert netns_of(int(m.group(2))) != os.stat(sb.netns_path).st_ino, line
+        assert elsewhere or r.returncode == 0, r.stdout
 
 
 @pytest.mark.privileged
@@ -322,23 +370,25 @@ def test_orphaned_fin_wait2_is_a_warning() -> None:
     with Sandbox({"net.ipv4.tcp_fin_timeout": "60"}) as sb, tcplab_server(sb, "--leak"):
         f = flood(sb, PORT, clients)
         assert f["echoed"] == clients, f
-        status, body = doctor_json(sb)
-        found = kinds(body)
+        status, _, mine, elsewhere = settled_doctor(sb)
+        found = kinds({"findings": mine})
         [orphans] = found["orphans"]
         assert orphans["severity"] == "warning" and orphans["pid"] is None
         assert orphans["count"] == clients
         assert orphans["evidence"].startswith(f"{clients} orphaned FIN_WAIT2 sockets")
-        assert all(x["severity"] == "warning" for x in body["findings"])
-        assert status == 1
         # The server's side of the same story: a CLOSE_WAIT leak (a warning below 10x).
-        assert found["close_wait_leak"][0]["count"] == clients
-        # Without it, the orphans alone still make a warning.
-        status, body = doctor_json(sb, "--close-wait-threshold", "100000")
-        assert [x["kind"] for x in body["findings"]] == ["orphans"]
-        assert status == 1
+        [leak] = found["close_wait_leak"]
+        assert leak["count"] == clients and leak["severity"] == "warning"
+        assert sorted(found) == ["close_wait_leak", "orphans"]
+        assert status == max(1, worst(elsewhere))  # a warning, if nothing else is wrong
+        # Without the leak finding, the orphans alone still make a warning.
+        status, _, mine, elsewhere = settled_doctor(sb, "--close-wait-threshold", "100000")
+        assert [x["kind"] for x in mine] == ["orphans"]
+        assert status == max(1, worst(elsewhere))
         r = doctor(sb, "--close-wait-threshold", "100000")
-        assert r.returncode == 1
-        assert r.stdout.startswith(f"WARNING orphans: {clients} orphaned FIN_WAIT2 sockets")
+        assert f"WARNING orphans: {clients} orphaned FIN_WAIT2 sockets" in r.stdout
+        if r.returncode == 1:
+            assert r.stdout.startswith("WARNING orphans: ")
 
 
 # --- ephemeral ports used up ------------------------------------------------------------------
