@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
     from tcplab.observe.capture import Capture
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    cap = Capture(args.port, args.interface)  # first: no file is left when it fails
     writer = None
     if args.write:
         try:
             writer = open(args.write, "wb")  # noqa: SIM115 - closed in finally
         except OSError as exc:
+            cap.close()
             raise UsageError(f"cannot write {args.write}: {exc.strerror}") from None
         writer.write(PCAP_HEADER)
-    cap = Capture(args.port, args.interface)
     note(f"capturing on {args.interface}" + (f", port {args.port}" if args.port else "")
          + (f", writing {args.write}" if args.write else "") + "; Ctrl-C stops")
     seen = 0
@@ -108,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        dropped = cap.drops()
         cap.close()
         if writer is not None:
             writer.close()
-    note(f"{seen} packets" + (f" written to {args.write}" if args.write else ""))
+    note(f"{seen} packets" + (f" written to {args.write}" if args.write else "")
+         + (f"; {dropped} dropped by the kernel (not read fast enough)" if dropped else ""))
     return 0

@@ -101,6 +101,7 @@ def _poll(args: argparse.Namespace, started: float, deadline: float | None, show
     from tcplab.observe.poll_trace import PollTracer
 
     tracer = PollTracer(args.port, started)
+    tracer.sample(time.monotonic())  # the baseline: what exists now is not a change
     note(f"polling the socket table every {args.interval * 1000:.0f} ms"
          + (f" for port {args.port}" if args.port else "")
          + " (states shorter than that are missed); Ctrl-C stops")
@@ -143,8 +144,7 @@ def _trace(args: argparse.Namespace, started: float, deadline: float | None, sho
                 elif e.event.startswith("sys_exit_"):
                     call = e.event[9:]
                     argsd = pending.pop((e.pid, call), {})
-                    shown = ", ".join(f"{k}={int(v, 16) if k in ('fd', 'backlog') else v}"
-                                      for k, v in argsd.items()
+                    shown = ", ".join(f"{k}={_num(v)}" for k, v in argsd.items()
                                       if k in ("fd", "family", "type", "backlog", "how"))
                     _syscall(args, e, call, shown, errno_text(e.fields["ret"]), started)
                 elif e.event in ("tcp_send_reset", "tcp_receive_reset"):
@@ -180,11 +180,19 @@ def _reset(args: argparse.Namespace, e: Any, started: float) -> None:
         out(f"{t:10.6f}  {what}")
 
 
+def _num(v: str) -> str:
+    """A syscall argument as tracefs printed it (hex, with or without 0x), in decimal."""
+    try:
+        return str(int(v, 16))
+    except ValueError:
+        return v
+
+
 def connection_lines(transitions: list[Any]) -> list[str]:
     """Every connection's transitions together: both ends, in time order."""
     groups: dict[frozenset[tuple[str, int]], list[Any]] = {}
     for t in transitions:
-        if t.sport == 0:
+        if t.sport == 0 or t.dport == 0:  # a connect() before its port, or a listener
             continue
         key = frozenset({(t.saddr, t.sport), (t.daddr, t.dport)})
         groups.setdefault(key, []).append(t)

@@ -118,8 +118,12 @@ def _headline(by: dict[str, dict[str, Any]]) -> str:
     fresh = by.get("fresh")
     if fresh and fresh.get("first_error"):
         e = fresh["first_error"]
-        parts.append(f"connect() failed with {e['name']} after {e['after_ok']:,} connections "
-                     f"in {e['at_s']:.2f} s")
+        if e["errno"] == 99:
+            parts.append(f"connect() failed with {e['name']} after {e['after_ok']:,} "
+                         f"connections in {e['at_s']:.2f} s")
+        else:
+            parts.append(f"fresh: the first error was {e['name']} ({e['message']}) after "
+                         f"{e['after_ok']:,} connections, not port exhaustion")
     pool = by.get("pool")
     if pool:
         parts.append(f"pooled: {pool['failed']} failures, TIME_WAIT {pool['time_wait_peak']}")

@@ -48,9 +48,10 @@ class Packet:
     @property
     def flag_text(self) -> str:
         """tcpdump's: ``S``, ``S.``, ``.``, ``P.``, ``F.``, ``R``, ``R.``."""
-        text = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (PSH, "P"), (RST, "R"),
-                                         (URG, "U"), (ECE, "E"), (CWR, "W")) if self.flags & bit)
-        return text + ("." if self.flags & ACK else "")
+        # tcpdump's order (print-tcp.c): F S R P . U E W
+        return "".join(c for bit, c in ((FIN, "F"), (SYN, "S"), (RST, "R"), (PSH, "P"),
+                                         (ACK, "."), (URG, "U"), (ECE, "E"), (CWR, "W"))
+                       if self.flags & bit)
 
     @property
     def lab_word(self) -> str:
@@ -120,7 +121,9 @@ def _ipv6(b: bytes, off: int, t: float) -> Packet | None:
         if nxt in IPV6_EXT:
             if p + 2 > end:
                 raise PacketError("truncated IPv6 extension header")
-            step = (b[p + 1] + 1) * (4 if nxt == 51 else 8)
+            # AH counts its length in 4-byte words minus 2 (RFC 4302); the
+            # others in 8-byte units minus 1 (RFC 8200).
+            step = (b[p + 1] + 2) * 4 if nxt == 51 else (b[p + 1] + 1) * 8
             nxt, p = b[p], p + step
         elif nxt == IPV6_FRAG:
             if p + 8 > end:

@@ -129,7 +129,9 @@ class Tracker:
         elif old == "SYN_RECV" and new == "ESTABLISHED":
             note = "the server's side of the handshake is complete"
         if new != "CLOSE" and sport:
-            self._last[key] = e.ts
+            # close() after shutdown() "moves" FIN_WAIT1 to FIN_WAIT1: the socket
+            # has been in that state since it first entered it.
+            self._last[key] = since if old == new and since is not None else e.ts
         return Transition(
             t=round(e.ts - self.start, 6), saddr=saddr, sport=sport, daddr=daddr, dport=dport,
             old=old, new=new,

@@ -14,9 +14,14 @@ import time
 from collections.abc import Iterator
 
 from tcplab.errors import NotSupported, PrivilegeError
-from tcplab.kernel.packets import port_filter
+from tcplab.kernel.packets import SNAPLEN, port_filter
 
 ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+#: Bytes the socket may queue before the kernel drops packets (tcpdump uses
+#: 2 MiB); capped by net.core.rmem_max unless we may force it.
+RCVBUF = 4 << 20
 SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35
 PACKET_OUTGOING = 4
@@ -44,6 +49,10 @@ class Capture:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        try:
             self.sock.bind((interface, 0))
         except OSError as exc:
             self.sock.close()
@@ -62,7 +71,8 @@ class Capture:
         """(kernel timestamp, frame) pairs arriving within ``timeout`` seconds."""
         self.sock.settimeout(timeout)
         try:
-            data, anc, _flags, addr = self.sock.recvmsg(65536, socket.CMSG_SPACE(16))
+            # lo's MTU is 65536, so a frame can be 65,550 bytes: read up to the snaplen.
+            data, anc, _flags, addr = self.sock.recvmsg(SNAPLEN, socket.CMSG_SPACE(16))
         except TimeoutError:
             return
         if addr[2] == PACKET_OUTGOING:
@@ -73,6 +83,14 @@ class Capture:
                 sec, nsec = struct.unpack("qq", cdata[:16])
                 t = sec + nsec / 1e9
         yield t, data
+
+    def drops(self) -> int:
+        """Packets the kernel dropped because we did not read fast enough."""
+        try:
+            stats = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        except OSError:
+            return 0
+        return int(struct.unpack("II", stats)[1])
 
     def close(self) -> None:
         self.sock.close()

@@ -20,15 +20,28 @@ def _figure(width: float = 8.0, height: float = 3.6) -> Any:
     return fig, ax
 
 
+_charts_made = 0
+
+
 def _svg(fig: Any) -> str:
+    """Inline SVG with ids unique on the page: several charts share one document,
+    and matplotlib names its clip paths and glyphs the same in every file."""
+    import re
+
     import matplotlib.pyplot as plt
 
+    global _charts_made
+    _charts_made += 1
+    prefix = f"c{_charts_made}-"
     buf = io.StringIO()
     fig.tight_layout()
-    fig.savefig(buf, format="svg")
+    with plt.rc_context({"svg.fonttype": "none"}):  # text as <text>, not glyph paths
+        fig.savefig(buf, format="svg")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prologue: the SVG is inline
+    text = text[text.index("<svg"):]  # drop the XML prologue: the SVG is inline
+    text = re.sub(r'id="([^"]+)"', lambda m: f'id="{prefix}{m[1]}"', text)
+    return re.sub(r'(url\(#|href="#)([^")]+)', lambda m: f"{m[1]}{prefix}{m[2]}", text)
 
 
 def port_bomb(variants: list[dict[str, Any]]) -> str:

@@ -1,0 +1,418 @@
+"""``tcplab experiment all --report DIR`` as a user gets it, and ``tcplab explain``.
+
+One ``experiment all --quick --report DIR --json`` run per module (about 35 s)
+feeds the checks of its JSON lines, results.json and index.html, which is then
+opened in a real headless browser: Debian's chromium driven by its chromedriver
+through selenium (.ci/run installs both when run as root and they are missing;
+without them that test skips and says why). The page must load from file://
+with no console error and draw every chart. The text summary of ``all``, the
+exit status of an experiment that did not show its fact and the lessons of
+``tcplab explain`` (docs/lessons.md is generated from them) are checked too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_tcplab
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "multiplex", "handshake")
+#: The experiments whose section has a chart (one each) when they ran.
+CHARTED = ("port-bomb", "fd-leak", "multiplex", "handshake")
+TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "netpoll")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The flags that run Debian's chromium here, as root too, without reaching the network.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1280,1024")
+
+
+def stderr_of(r: subprocess.CompletedProcess[bytes]) -> str:
+    return r.stderr.decode(errors="replace")[-4000:]
+
+
+# --- one `experiment all --quick --report DIR --json` for the module ------------------------
+
+@dataclass(frozen=True)
+class ReportRun:
+    proc: subprocess.CompletedProcess[bytes]
+    directory: Path
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory: pytest.TempPathFactory) -> ReportRun:
+    directory = tmp_path_factory.mktemp("report") / "out"  # tcplab makes DIR itself
+    r = run_tcplab("experiment", "all", "--quick", "--report", str(directory), "--json",
+                   timeout=600)
+    return ReportRun(r, directory)
+
+
+def results_of(run: ReportRun) -> list[dict[str, Any]]:
+    """The run's JSON lines, after checking it exited 0 and printed only those."""
+    r = run.proc
+    assert r.returncode == 0, f"exit {r.returncode}: {stderr_of(r)}"
+    lines = r.stdout.decode().splitlines()
+    bodies = []
+    for line in lines:
+        body = json.loads(line)  # stdout carries JSON only
+        assert isinstance(body, dict), line
+        bodies.append(body)
+    return bodies
+
+
+def charts_expected(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Inline SVG charts per experiment section: one for each charted experiment that ran."""
+    return {b["experiment"]: int(b["experiment"] in CHARTED and b["skipped"] is None)
+            for b in results}
+
+
+@pytest.mark.privileged
+def test_json_lines_one_per_experiment(report_run: ReportRun) -> None:
+    results = results_of(report_run)
+    assert [b["experiment"] for b in results] == list(EXPERIMENTS)
+    for b in results:
+        assert b["schema"] == 1, b["experiment"]
+        if b["skipped"] is None:
+            assert b["ok"] is True, f"{b['experiment']} did not show its fact: {b['fact']}"
+            assert b["fact"].strip(), b["experiment"]
+        else:  # handshake as an ordinary user: skipped, with the reason and the fix
+            assert b["ok"] is False, b["experiment"]
+            assert isinstance(b["skipped"], str) and b["skipped"].strip(), b["experiment"]
+    if os.geteuid() != 0:
+        handshake = results[EXPERIMENTS.index("handshake")]
+        assert handshake["skipped"], "handshake needs root (tracefs, AF_PACKET)"
+
+
+@pytest.mark.privileged
+def test_results_json_equals_the_json_lines(report_run: ReportRun) -> None:
+    results = results_of(report_run)
+    saved = json.loads((report_run.directory / "results.json").read_text())
+    assert saved == results
+
+
+class _Page(HTMLParser):
+    """What index.html is made of: sections, charts, references, ids."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sections: list[str] = []
+        self.charts: Counter[str] = Counter()  # <svg> directly in a figure.chart, by section
+        self.svgs = 0
+        self.scripts = 0
+        self.refs: list[str] = []  # every src, href and xlink:href value
+        self.ids: list[str] = []
+        self.styles: list[str] = []
+        self._section: str | None = None
+        self._in_chart = False
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if "id" in a:
+            self.ids.append(a["id"])
+        self.refs += [v for k, v in a.items() if k in ("src", "href", "xlink:href")]
+        if tag == "section":
+            self._section = a.get("id", "")
+            self.sections.append(self._section)
+        elif tag == "figure" and "chart" in a.get("class", "").split():
+            self._in_chart = True
+        elif tag == "svg":
+            self.svgs += 1
+            if self._in_chart and self._section is not None:
+                self.charts[self._section] += 1
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "style":
+            self._in_style = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self._section = None
+        elif tag == "figure":
+            self._in_chart = False
+        elif tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.styles.append(data)
+
+
+@pytest.mark.privileged
+def test_index_html_is_self_contained_with_every_chart(report_run: ReportRun) -> None:
+    results = results_of(report_run)
+    index = report_run.directory / "index.html"
+    assert index.is_file(), f"no {index}"
+    text = index.read_text()
+    page = _Page()
+    page.feed(text)
+    page.close()
+
+    # Self-contained: nothing to fetch, no script.
+    remote = re.findall(r"""(?:src|href)\s*=\s*["']?\s*((?:https?:)?//[^"'\s>]*)""", text, re.I)
+    assert remote == [], f"network references in {index}"
+    assert re.search(r"<script\b", text, re.I) is None and page.scripts == 0
+    assert [r for r in page.refs if not r.startswith(("#", "data:"))] == [], \
+        "references to other files"
+    css = "\n".join(page.styles)
+    assert re.search(r"@import|url\((?!\s*['\"]?(?:#|data:))", css) is None, css[:500]
+    # Every in-page reference (summary links, SVG glyphs, clip paths) resolves.
+    # matplotlib's SVGs repeat ids (figure_1, glyphs like DejaVuSans-30) once inline
+    # together; a repeated id that something refers to must at least be the same
+    # definition each time, or the browser's first match would draw the wrong thing.
+    targets = {r[1:] for r in page.refs if r.startswith("#")}
+    targets |= set(re.findall(r"url\(#([^)\s]+)\)", text))
+    assert sorted(targets - set(page.ids)) == [], "references to missing ids"
+    definitions: defaultdict[str, set[str]] = defaultdict(set)
+    for m in re.finditer(r"""<[a-zA-Z][^>]*?\bid=["']([^"']+)["'][^>]*>""", text):
+        if m.group(1) in targets:
+            definitions[m.group(1)].add(m.group(0))
+    assert {k: v for k, v in definitions.items() if len(v) > 1} == {}
+
+    # One section per experiment, in order, and the charts inline in theirs.
+    assert page.sections == list(EXPERIMENTS)
+    expected = charts_expected(results)
+    assert {s: page.charts[s] for s in EXPERIMENTS} == expected
+    assert page.svgs == sum(expected.values())  # no stray SVG outside a figure.chart
+    for name in ("port-bomb", "fd-leak", "multiplex"):
+        assert expected[name] == 1, f"{name} was skipped: no chart"
+    for b in results:  # each section's heading says what the JSON says
+        status, cls = (("skipped", "skip") if b["skipped"] else
+                       ("shown", "ok") if b["ok"] else ("NOT shown", "fail"))
+        assert f'<span class="{cls}">({status})</span>' in text, b["experiment"]
+
+
+# --- the page in headless chromium ----------------------------------------------------------
+
+@contextmanager
+def headless_chromium(workdir: Path) -> Iterator[Any]:
+    """Debian's chromium under its own chromedriver; skips when either is missing."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", chromium), ("chromedriver", chromedriver))
+               if path is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not on PATH: .ci/run installs Debian's chromium "
+                    "and chromium-driver when run as root (apt-get install chromium "
+                    "chromium-driver)")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    profile = workdir / "chromium-profile"
+    profile.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    log = workdir / "chromedriver.log"
+    # An explicit driver path: selenium then never runs Selenium Manager (no download).
+    service = Service(executable_path=chromedriver, log_output=str(log))
+    try:
+        driver = webdriver.Chrome(service=service, options=options)
+    except WebDriverException as exc:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        pytest.fail(f"{chromium} did not start under {chromedriver}: {exc.msg}\n{tail}")
+    try:
+        driver.set_page_load_timeout(60)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def ink(png: bytes) -> tuple[float, int]:
+    """(share of non-white pixels, distinct colours) of a PNG image."""
+    import matplotlib.image
+    import numpy as np
+
+    rgb = (matplotlib.image.imread(io.BytesIO(png))[..., :3] * 255).round().astype(np.int32)
+    drawn = float((rgb < 230).any(axis=-1).mean())
+    colours = len(np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]))
+    return drawn, colours
+
+
+@pytest.mark.privileged
+def test_report_in_headless_chromium(report_run: ReportRun, tmp_path: Path) -> None:
+    results = results_of(report_run)
+    index = report_run.directory / "index.html"
+    assert index.is_file(), f"no {index}"
+    expected = charts_expected(results)
+    shot = tmp_path / "report.png"
+    with headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get(index.as_uri())
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script("return document.readyState") == "complete")
+        assert driver.current_url.startswith("file://")
+        # The whole page in one screenshot: the window as tall as the document.
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, min(int(height) + 200, 16_000))
+        assert driver.save_screenshot(str(shot)), f"no screenshot at {shot}"
+        seen = f"(screenshot: {shot})"
+        png = shot.read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 20_000, seen
+        drawn, _ = ink(png)
+        assert drawn > 0.02, f"the page looks blank {seen}"
+
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], f"console errors loading {index.as_uri()} {seen}"
+        assert driver.title == "tcplab report", seen
+
+        for name in EXPERIMENTS:
+            figures = driver.find_elements(By.CSS_SELECTOR, f"section#{name} figure.chart")
+            assert len(figures) == expected[name], f"{name}: charts {seen}"
+            for figure in figures:
+                svgs = figure.find_elements(By.TAG_NAME, "svg")
+                assert len(svgs) == 1, f"{name}: <svg> in its figure {seen}"
+                svg = svgs[0]
+                assert svg.is_displayed(), f"{name}: chart not displayed {seen}"
+                rect = svg.rect
+                assert rect["width"] > 100 and rect["height"] > 100, f"{name}: {rect} {seen}"
+                # Drawn, not an empty box: lines, bars, text in several colours.
+                drawn, colours = ink(svg.screenshot_as_png)
+                assert drawn > 0.01 and colours > 8, \
+                    f"{name}: chart looks empty ({drawn:.1%} drawn, {colours} colours) {seen}"
+        assert len(driver.find_elements(By.CSS_SELECTOR, "figure.chart")) == sum(
+            expected.values()), seen
+
+        # The console is really read: an error of our own shows up as SEVERE.
+        driver.execute_script("console.error('tcplab-test: the console is read')")
+        ours = [e for e in driver.get_log("browser") if "tcplab-test" in e["message"]]
+        assert [e["level"] for e in ours] == ["SEVERE"], "browser console log not captured"
+
+
+# --- the text summary, and an experiment that did not show its fact -------------------------
+
+@pytest.mark.privileged
+def test_text_summary_lists_every_experiment() -> None:
+    # `all` without --json, with small counts (about 20 s): the summary needs them all.
+    r = run_tcplab("experiment", "all", "--quick", "--ports", "10", "--variant", "fresh",
+                   "--connections", "10", "--fd-limit", "32", timeout=600)
+    assert r.returncode == 0, f"exit {r.returncode}: {stderr_of(r)}"
+    lines = r.stdout.decode().splitlines()
+    assert lines and not lines[0].startswith("{"), lines[:3]  # text, not JSON
+    n = len(EXPERIMENTS)
+    assert lines[-n - 1] == "summary" and lines[-n - 2] == "", lines[-n - 3:]
+    for name, line in zip(EXPERIMENTS, lines[-n:], strict=True):
+        m = re.fullmatch(rf"  \[(ok  |skip)\] {re.escape(name)} +(\S.*)", line)
+        assert m is not None, f"summary line of {name}: {line!r}"
+        # The summary repeats what the experiment's own block concluded.
+        header = next((i for i, x in enumerate(lines)
+                       if re.fullmatch(rf"experiment {re.escape(name)}: (shown|skipped)", x)),
+                      None)
+        assert header is not None, f"no block 'experiment {name}: shown|skipped'"
+        conclusion = next((x for x in lines[header:] if x.startswith("  => ")), None)
+        assert conclusion == f"  => {m.group(2)}", name
+        assert (m.group(1) == "skip") == lines[header].endswith("skipped"), name
+    assert "all experiments took" in r.stderr.decode()
+
+
+#: A server that accepts and closes at once, the request unread (so with RST): no
+#: echo, the client never closes first, no TIME_WAIT piles up, the ports come back at
+#: once, and `fresh` cannot show EADDRNOTAVAIL. Measured: every connection ends in EOF
+#: or ECONNRESET, TIME_WAIT peak 1 (the readiness probe's).
+NOT_AN_ECHO_SERVER = """\
+import socket, sys
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])), backlog=128)
+while True:
+    s.accept()[0].close()
+"""
+
+
+def port_bomb_fresh(*args: str) -> tuple[subprocess.CompletedProcess[bytes], dict[str, Any]]:
+    r = run_tcplab("experiment", "port-bomb", "--variant", "fresh", "--json", *args,
+                   timeout=180)
+    if r.returncode in (4, 8):  # privilege missing, not supported: no namespace here
+        pytest.skip(f"port-bomb cannot run here: {stderr_of(r).strip()}")
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 1, f"exit {r.returncode}: {lines} {stderr_of(r)}"
+    body: dict[str, Any] = json.loads(lines[0])
+    return r, body
+
+
+@pytest.mark.privileged
+def test_experiment_that_shows_its_fact_exits_0() -> None:
+    r, body = port_bomb_fresh("--ports", "10")
+    assert r.returncode == 0, stderr_of(r)
+    assert body["ok"] is True and body["skipped"] is None
+    [fresh] = body["variants"]
+    assert fresh["shown"] is True and fresh["first_error"]["name"] == "EADDRNOTAVAIL"
+    assert "did not show its fact" not in r.stderr.decode()
+
+
+@pytest.mark.privileged
+def test_experiment_that_does_not_show_its_fact_exits_1_naming_it() -> None:
+    server = f"{shlex.quote(sys.executable)} -c {shlex.quote(NOT_AN_ECHO_SERVER)} {{port}}"
+    # 100 ports: more than the bomb's 32 connections in flight, so connect() never runs
+    # out while they are open (with 10 it sometimes does, before any connection ends).
+    r, body = port_bomb_fresh("--ports", "100", "--server-cmd", server)
+    assert body["ok"] is False and body["skipped"] is None, body["fact"]
+    [fresh] = body["variants"]
+    assert fresh["shown"] is False
+    assert fresh["ok"] == 0 and fresh["failed"] == 300  # not one echo came back
+    assert fresh["first_error"]["name"] in ("EOF", "ECONNRESET"), fresh["first_error"]
+    assert fresh["time_wait_peak"] < 0.9 * fresh["port_range"]
+    assert r.returncode == 1
+    assert "tcplab: experiment port-bomb did not show its fact" in r.stderr.decode()
+
+
+# --- tcplab explain -------------------------------------------------------------------------
+
+@pytest.mark.pure
+def test_explain_lists_the_six_topics() -> None:
+    r = run_tcplab("explain")
+    assert r.returncode == 0, stderr_of(r)
+    lines = r.stdout.decode().splitlines()
+    assert [line.split()[0] for line in lines] == list(TOPICS)
+    assert all(len(line.split()) > 1 for line in lines)  # each with its title
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("topic", TOPICS)
+def test_explain_each_topic(topic: str) -> None:
+    r = run_tcplab("explain", topic)
+    assert r.returncode == 0, stderr_of(r)
+    lines = r.stdout.decode().splitlines()
+    assert lines[1] == "=" * len(lines[0])
+    assert lines[-1].startswith("Shown by: tcplab ")
+
+
+@pytest.mark.pure
+def test_explain_time_wait_says_60_s_and_corrects_the_notes() -> None:
+    r = run_tcplab("explain", "time-wait")
+    assert r.returncode == 0, stderr_of(r)
+    text = " ".join(r.stdout.decode().split())  # the paragraphs are wrapped at 78 columns
+    assert "TIME_WAIT: the active closer waits 60 s" in text
+    assert "for exactly 60 seconds" in text
+    assert ("Correction: The original notes say TIME_WAIT lasts '60-120 s' (2MSL). "
+            "On Linux it is a fixed 60 s") in text
+    assert "tcp_fin_timeout does not shorten it" in text
+
+
+@pytest.mark.pure
+def test_explain_markdown_is_docs_lessons_md() -> None:
+    r = run_tcplab("explain", "--markdown")
+    assert r.returncode == 0, stderr_of(r)
+    docs = (ROOT / "docs" / "lessons.md").read_text()
+    assert r.stdout.decode() == docs, \
+        "docs/lessons.md is stale: regenerate it with tcplab explain --markdown"
