@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                                hint="pick another --listen port") from None
         raise UsageError(f"cannot listen on {host}:{port}: {exc}") from None
     bound = server.server_address[1]
-    out(f"serving metrics on http://{host}:{bound}/metrics (Ctrl-C stops)")
+    where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    out(f"serving metrics on http://{where}/metrics (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)

@@ -8,6 +8,7 @@ fix. It works on any process, not only tcplab's: owners come from
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ def diagnose(netns: str | None = None, t: Thresholds | None = None) -> Diagnosis
     found = owners.lookup(s.inode for s in socks if s.state == tcp_states.CLOSE_WAIT)
     findings: list[Finding] = []
     findings += _close_wait(socks, found, t)
-    pids = all_pids()
+    pids = _pids_in(netns)
     findings += _fd_exhaustion(pids, t)
     findings += _port_exhaustion(socks, low, high, t)
     findings += _listeners(socks)
@@ -102,6 +103,25 @@ def diagnose(netns: str | None = None, t: Thresholds | None = None) -> Diagnosis
     findings += _orphans(socks, t)
     findings.sort(key=lambda f: (-SEVERITY[f.severity], f.kind))
     return Diagnosis(findings, len(socks), len(pids), len(owners.hidden))
+
+
+def _pids_in(netns: str | None) -> list[int]:
+    """The processes of the diagnosed network namespace (ours without --netns):
+    a namespace's doctor speaks of its own processes."""
+    from tcplab.observe.netns import ns_path
+
+    try:
+        target = os.stat(ns_path(netns) if netns else "/proc/self/ns/net").st_ino
+    except OSError:
+        return all_pids()
+    pids = []
+    for pid in all_pids():
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == target:
+                pids.append(pid)
+        except OSError:
+            continue  # gone, or another user's (unreadable without root)
+    return pids
 
 
 def _close_wait(socks: list[TcpSocket], found: dict[int, Owner], t: Thresholds

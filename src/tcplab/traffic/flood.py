@@ -36,6 +36,7 @@ class FloodResult:
     echoed: int
     no_echo: int  # connected, but the echo never came (stuck in the accept queue)
     connect_timeouts: int  # never connected: SYN dropped, accept queue full
+    hung_up: int = 0  # the server closed before echoing
     errors: dict[str, int] = field(default_factory=dict)  # other failures by errno
     elapsed_s: float = 0.0
 
@@ -111,14 +112,15 @@ def run(port: int, clients: int, ramp: float = 1.0, connect_timeout: float = 2.0
                     errors[errno_name(exc.errno)] += 1
                     done(c, "error")
                     continue
-                done(c, "echoed" if data else "error")
+                done(c, "echoed" if data else "hung_up")
         now = time.monotonic()
         for c in [c for c in live.values() if now >= c.deadline]:
             done(c, "connect_timeout" if c.stage == 0 else "no_echo")
     ep.close()
     return FloodResult(
         clients=clients, echoed=outcome["echoed"], no_echo=outcome["no_echo"],
-        connect_timeouts=outcome["connect_timeout"], errors=dict(errors),
+        connect_timeouts=outcome["connect_timeout"], hung_up=outcome["hung_up"],
+        errors=dict(errors),
         elapsed_s=round(time.monotonic() - started, 3),
     )
 
