@@ -199,11 +199,16 @@ class ForeignServer:
         return bool(self.proc.poll() is None)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._thread.join(timeout=5)
+
+
+def terminate(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM a child we started, SIGKILL it if it lingers, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

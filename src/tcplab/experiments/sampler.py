@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from tcplab.experiments.children import terminate
 from tcplab.experiments.sandbox import Sandbox
 
 
@@ -64,12 +65,6 @@ class StateSampler:
         return [[r["t"], r["states"]] for r in self.rows]
 
     def stop(self) -> list[list[Any]]:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._thread.join(timeout=5)
         return self.timeline()
