@@ -1,7 +1,7 @@
 """Every tcplab echo-server model against a Go reference echo server, side by side.
 
 Run it as root (or as a user allowed to make user namespaces), with ``go`` on
-PATH; about 8-9 minutes with the defaults, under 2 with ``--quick``::
+PATH; about 7-8 minutes with the defaults, 2 with ``--quick``::
 
     .venv/bin/python bench/echo_vs_go.py
     .venv/bin/python bench/echo_vs_go.py --quick
@@ -35,7 +35,11 @@ from the first byte sent to the last byte back, as the load generator sees it
 (perf_counter); p50 and p99 are over the round trips completed in the window.
 After mark B the load generator stops sending and collects what is still in
 flight; the server's totals (tcplab's ``totals`` event, echo.go's JSON line on
-SIGTERM) must equal the bytes of every round trip of the run.
+SIGTERM) must equal the bytes of every round trip of the run. Each mark also
+reads the machine's busy CPU time (/proc/stat), so what everything else on
+this shared machine used during the window is reported ("others", % of one
+core), and the namespace's TCP counters (retransmitted segments, tail-loss
+probes, D-SACKs received, RTOs), so a stall would show.
 
 Part 1, server CPU per echo: ``--connections`` (100) connections, 64 B,
 ``--seconds`` (3 s) windows after ``--warmup`` (0.5 s), ``--rounds`` (5)
@@ -81,6 +85,15 @@ open: :mod:`tcplab.observe.server_facts`):
   idle after its round trips - its RSS before the first connect) / connections,
   from the 10,000 run: user space only, since the kernel's socket memory is
   not in RSS. Goal for the default model: <= 3 KiB; Go's is shown beside it.
+
+Placement: at 1 connection both processes sleep between echoes, and on this
+machine (a KVM guest) a wake-up across CPUs costs tens of microseconds of CPU
+on each side, so a run is fast (client and server on one CPU) or slow (on
+two) as the scheduler places them; grid cells whose rounds differ by more
+than 2x are marked. ``--pin same`` (server and load generator on CPU 0) or
+``--pin split`` (server on CPU 0, load generator on CPU 1) fixes the
+placement for parts 1 and 2; the server is pinned after it started, so Go
+keeps GOMAXPROCS 2.
 
 The Go server and the default model run part 3, ``--conc-rounds`` (3) rounds,
 interleaved, medians. ``--quick`` is ``--rounds 2 --seconds 1.5 --grid-rounds
@@ -164,6 +177,34 @@ def _proc_stat(pid: int) -> tuple[float, float]:
     fields = text[text.rindex(")") + 2:].split()
     tck = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def _busy() -> float:
+    """Seconds every CPU of the machine has been busy (/proc/stat "cpu": all but idle, iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+
+#: TCP counters of the namespace read at each mark: retransmitted segments, and why.
+TCP_COUNTERS = {"Tcp": ("RetransSegs",),
+                "TcpExt": ("TCPLossProbes", "TCPDSACKRecv", "TCPTimeouts")}
+
+
+def _tcp_counters() -> dict[str, int]:
+    """RetransSegs (/proc/net/snmp), tail-loss probes, D-SACKs received (the peer already
+    had the data: the retransmission was spurious) and RTOs (/proc/net/netstat)."""
+    found: dict[str, int] = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        with open(path) as f:
+            lines = f.read().splitlines()
+        for head, vals in zip(lines[::2], lines[1::2], strict=False):
+            kind = head.split(":", 1)[0]
+            names, values = head.split()[1:], vals.split()[1:]
+            for name in TCP_COUNTERS.get(kind, ()):
+                if name in names:
+                    found[name] = int(values[names.index(name)])
+    return found
 
 
 def _threads(pid: int) -> int:
@@ -282,7 +323,8 @@ def pingpong(spec: dict[str, Any]) -> dict[str, Any]:
             c = os.times()
             return {"t": time.monotonic(), "echoes": echoes, "rtts": len(rtts),
                     "server_user": user, "server_sys": system,
-                    "client_cpu": c.user + c.system}
+                    "client_cpu": c.user + c.system, "machine_busy": _busy(),
+                    "tcp": _tcp_counters()}
 
         for s in socks:
             ep.register(s.fileno(), IN)
@@ -472,6 +514,8 @@ class Cell:
     p99_us: float
     server_core_pct: float
     client_us: float  # the load generator's CPU per echo
+    others_core_pct: float  # the rest of the machine's busy CPU over the window, % of one core
+    tcp: dict[str, int]  # TCP_COUNTERS of the namespace: their growth over the window
     server_threads: int
     echoes_total: int  # the whole load generator run, warm-up and drain included
 
@@ -492,6 +536,9 @@ def make_cell(server: str, index: int, connections: int, size: int, res: dict[st
         p50_us=res["p50_us"], p99_us=res["p99_us"],
         server_core_pct=(user + system) / window * 100,
         client_us=(b["client_cpu"] - a["client_cpu"]) / echoes * 1e6,
+        others_core_pct=max(0.0, (b["machine_busy"] - a["machine_busy"] - user - system
+                                  - (b["client_cpu"] - a["client_cpu"])) / window * 100),
+        tcp={k: v - a["tcp"].get(k, 0) for k, v in b["tcp"].items()},
         server_threads=int(res["server_threads"]), echoes_total=int(res["echoes_total"]),
     )
 
@@ -545,7 +592,7 @@ def part1(peers: list[Peer], args: argparse.Namespace, go_binary: str | None,
             _progress(f"part 1 round {i + 1}/{args.rounds} {peer.key:<8} {c.cpu_us:6.2f} us/echo "
                       f"(user {c.user_us:5.2f}, sys {c.sys_us:5.2f}), {c.echoes_per_s:8,.0f} "
                       f"echoes/s, server {c.server_core_pct:4.0f} %, "
-                      f"{c.server_threads} threads")
+                      f"{c.server_threads} threads, others {c.others_core_pct:3.0f} %")
     return cells
 
 
@@ -575,7 +622,8 @@ def part2(peers: list[Peer], args: argparse.Namespace, go_binary: str | None,
             mine = [c for c in cells if c.server == peer.key and c.round == i + 1]
             _progress(f"part 2 round {i + 1}/{args.grid_rounds} {peer.key:<8} "
                       + "  ".join(f"{_size(c.size)}x{c.connections} {c.echoes_per_s:,.0f}/s"
-                                  for c in mine))
+                                  for c in mine)
+                      + f"  (others {statistics.median(c.others_core_pct for c in mine):.0f} %)")
     return cells
 
 
@@ -661,6 +709,14 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def _sum_tcp(cells: list[Cell]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in cells:
+        for k, v in c.tcp.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
 def _paired(cells: list[Cell], base: list[Cell]) -> float | None:
     by = {(c.round, c.connections, c.size): c for c in base}
     ratios = [c.cpu_us / by[k].cpu_us for c in cells
@@ -688,6 +744,8 @@ def summarize1(cells: list[Cell], peers: list[Peer]) -> list[dict[str, Any]]:
             "spread_cpu_us": [min(cpu), max(cpu)],
             "server_core_pct": _median([c.server_core_pct for c in cs]),
             "client_us_per_echo": _median([c.client_us for c in cs]),
+            "others_core_pct": _median([c.others_core_pct for c in cs]),
+            "tcp": _sum_tcp(cs),
             "server_threads": max(c.server_threads for c in cs),
             "rounds": [asdict(c) for c in cs],
         })
@@ -713,6 +771,8 @@ def summarize2(cells: list[Cell], peers: list[Peer], args: argparse.Namespace
                         "cpu_us_per_echo": _median([c.cpu_us for c in cs]),
                         "server_core_pct": _median([c.server_core_pct for c in cs]),
                         "client_us_per_echo": _median([c.client_us for c in cs]),
+                        "others_core_pct": _median([c.others_core_pct for c in cs]),
+                        "tcp": _sum_tcp(cs),
                         "rounds": len(cs),
                     }
             rows.append(row)
@@ -826,10 +886,12 @@ def print_report(res: dict[str, Any]) -> None:
         print("  sys_us is the kernel's own share (the server's stime per echo); x go = median "
               "of per-round ratios to Go; x stime = cpu / sys")
         print("  diagnostics (medians): server CPU in % of one core; the load generator's "
-              "CPU per echo")
+              "CPU per echo; everything else on this machine, in % of one core")
         for r in res["part1"]:
             print(f"    {r['server']:<8} server {r['server_core_pct']:5.1f} %   "
-                  f"client {r['client_us_per_echo']:5.2f} us/echo")
+                  f"client {r['client_us_per_echo']:5.2f} us/echo   "
+                  f"others {r['others_core_pct']:5.1f} %   "
+                  f"retransmitted {r['tcp'].get('RetransSegs', 0)}")
     if "part2" in res:
         names = [p for p in res["servers"] if any(p in row["servers"] for row in res["part2"])]
         p1 = {r["server"]: r for r in res.get("part1", [])}
@@ -845,11 +907,21 @@ def print_report(res: dict[str, Any]) -> None:
         print("  one Python load generator drives every connection: at 100 and 1,000 "
               "connections it sets the pace (and most of p99); 64 B x 100 is part 1")
         if any(_mark(c) for row in res["part2"] for c in row["servers"].values()):
-            print(f"  * the rounds differ by more than {SPREAD_MARK:g}x (min..max in the JSON). "
+            print(f"  * the rounds differ by more than {SPREAD_MARK:g}x (min..max in the JSON; "
+                  "every round is on stderr). "
                   "At 1 connection both processes sleep between echoes, and on this machine a "
                   "wake-up across CPUs costs tens of microseconds: a run is fast or slow as "
                   "the scheduler puts client and server on one CPU or two (--pin same / "
-                  "--pin split fix it)")
+                  "--pin split fix it); with more connections, the other work on this "
+                  "machine (the 'others' of part 1, per round on stderr)")
+        tcp = [c["tcp"] for row in res["part2"] for c in row["servers"].values()]
+        tcp += [r["tcp"] for r in res.get("part1", [])]
+        total = {k: sum(t.get(k, 0) for t in tcp) for k in ("RetransSegs", "TCPLossProbes",
+                                                             "TCPDSACKRecv", "TCPTimeouts")}
+        print(f"  TCP in the windows: {total['RetransSegs']:,} segments retransmitted, "
+              f"{total['TCPLossProbes']:,} of them tail-loss probes, {total['TCPDSACKRecv']:,} "
+              f"answered by a D-SACK (the data had arrived: spurious), "
+              f"{total['TCPTimeouts']:,} RTOs; per cell in the JSON")
     if "part3" in res:
         print()
         print(f"3. concurrency (tcplab multiplex: connections ramped up, held, 64 B round "
