@@ -14,9 +14,9 @@ import socket
 import uvloop
 
 from tcplab.traffic.accept import ServerStats
-from tcplab.traffic.echo_asyncio import serve_with
+from tcplab.traffic.echo_asyncio import DataEchoProtocol, serve_with
 from tcplab.traffic.server import Hooks, ServerConfig
 
 
 def serve(listener: socket.socket, config: ServerConfig, hooks: Hooks) -> ServerStats:
-    return serve_with(uvloop.new_event_loop, listener, config, hooks)
+    return serve_with(uvloop.new_event_loop, listener, config, hooks, DataEchoProtocol)
