@@ -93,6 +93,7 @@ from typing import Any
 
 import psutil
 
+import gopeer  # bench/gopeer.py, next to this file
 from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
 
@@ -155,36 +156,18 @@ class Run:
 # --- building the Go client ---------------------------------------------------------------
 
 
-def find_go(requested: str | None) -> str | None:
-    if requested:
-        path = shutil.which(requested)
-        if path is None:
-            raise BenchError(f"--go {requested}: not found or not executable")
-        return path
-    return shutil.which("go")
-
-
 def build_churn(go: str, tmp: Path) -> dict[str, Any]:
-    """``go build`` churn.go into ``tmp``; the binary's path, the Go version, the build time."""
-    env = dict(os.environ)
-    env.pop("GOFLAGS", None)  # a user's -mod=vendor etc. would not apply to this module
-    env.update({"GO111MODULE": "on", "GOPROXY": "off", "GOTOOLCHAIN": "local",
-                "CGO_ENABLED": "0"})
-    home = env.get("HOME", "")
-    if not (home and os.path.isdir(home) and os.access(home, os.W_OK)):
-        # No usable home: the default GOCACHE and GOPATH live under it.
-        env["GOCACHE"] = str(tmp / "gocache")
-        env["GOPATH"] = str(tmp / "gopath")
-    binary = tmp / "churn"
-    version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60,
-                             env=env, stdin=subprocess.DEVNULL)
-    t0 = time.perf_counter()
-    r = subprocess.run([go, "build", "-o", str(binary), "."], cwd=PEERS, capture_output=True,
-                       text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
-    if r.returncode:
-        raise BenchError(f"go build in {PEERS}: exit {r.returncode}\n{r.stderr.strip()}")
-    return {"binary": str(binary), "version": version.stdout.strip(),
-            "build_s": time.perf_counter() - t0, "gocache": env.get("GOCACHE", "(default)")}
+    try:
+        return gopeer.build(go, tmp, "churn", ".")
+    except gopeer.GoBuildError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def find_go(requested: str | None) -> str | None:
+    try:
+        return gopeer.find_go(requested)
+    except gopeer.GoBuildError as exc:
+        raise BenchError(str(exc)) from None
 
 
 # --- one run: a fresh namespace, a fresh server, one client -------------------------------

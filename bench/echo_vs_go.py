@@ -132,6 +132,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import gopeer  # bench/gopeer.py, next to this file
+
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 PORT = 8080
@@ -363,36 +365,18 @@ def loadgen_main(spec_text: str) -> int:
 # --- building the Go server ----------------------------------------------------------------
 
 
-def find_go(requested: str | None) -> str | None:
-    if requested:
-        path = shutil.which(requested)
-        if path is None:
-            raise BenchError(f"--go {requested}: not found or not executable")
-        return path
-    return shutil.which("go")
-
-
 def build_echo(go: str, tmp: Path) -> dict[str, Any]:
-    """``go build -o TMP/echo echo.go`` (echo.go carries //go:build ignore: built by name)."""
-    env = dict(os.environ)
-    env.pop("GOFLAGS", None)
-    env.update({"GO111MODULE": "on", "GOPROXY": "off", "GOTOOLCHAIN": "local",
-                "CGO_ENABLED": "0"})
-    home = env.get("HOME", "")
-    if not (home and os.path.isdir(home) and os.access(home, os.W_OK)):
-        env["GOCACHE"] = str(tmp / "gocache")
-        env["GOPATH"] = str(tmp / "gopath")
-    binary = tmp / "echo"
-    version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60,
-                             env=env, stdin=subprocess.DEVNULL)
-    t0 = time.perf_counter()
-    r = subprocess.run([go, "build", "-o", str(binary), "echo.go"], cwd=PEERS,
-                       capture_output=True, text=True, timeout=600, env=env,
-                       stdin=subprocess.DEVNULL)
-    if r.returncode:
-        raise BenchError(f"go build echo.go in {PEERS}: exit {r.returncode}\n{r.stderr.strip()}")
-    return {"binary": str(binary), "version": version.stdout.strip(),
-            "build_s": round(time.perf_counter() - t0, 2)}
+    try:
+        return gopeer.build(go, tmp, "echo", "echo.go")
+    except gopeer.GoBuildError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def find_go(requested: str | None) -> str | None:
+    try:
+        return gopeer.find_go(requested)
+    except gopeer.GoBuildError as exc:
+        raise BenchError(str(exc)) from None
 
 
 # --- servers in sandboxes --------------------------------------------------------------------
