@@ -109,8 +109,6 @@ SYSCTLS = {
 #: connect() tries ports of one parity first: about half the range without reuse.
 EVEN_PORTS = (65535 - 1024 + 1) // 2
 GOAL = 1.0
-HOWTO_GO = ("to run them, install Go: apt-get install golang-go (Debian/Ubuntu), "
-            "or https://go.dev/dl/, or pass --go /path/to/go")
 
 
 class BenchError(Exception):
@@ -154,20 +152,6 @@ class Run:
 
 
 # --- building the Go client ---------------------------------------------------------------
-
-
-def build_churn(go: str, tmp: Path) -> dict[str, Any]:
-    try:
-        return gopeer.build(go, tmp, "churn", ".")
-    except gopeer.GoBuildError as exc:
-        raise BenchError(str(exc)) from None
-
-
-def find_go(requested: str | None) -> str | None:
-    try:
-        return gopeer.find_go(requested)
-    except gopeer.GoBuildError as exc:
-        raise BenchError(str(exc)) from None
 
 
 # --- one run: a fresh namespace, a fresh server, one client -------------------------------
@@ -431,22 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="tcplab-bomb-vs-go-"))
     try:
-        go_info: dict[str, Any]
         clients = [Client("tcplab", "tcplab bomb", "tcplab", args.workers)]
-        churn: str | None = None
         try:
-            go = find_go(args.go)
-        except BenchError as exc:
+            churn, go_info = gopeer.prepare(args.go, tmp, "churn", ".")
+        except gopeer.GoBuildError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        if go is None:
-            go_info = {"skipped": f"go is not on PATH; {HOWTO_GO}"}
-            print(f"note: go is not on PATH: the Go rows are skipped; {HOWTO_GO}",
-                  file=sys.stderr)
-        else:
-            go_info = build_churn(go, tmp)
-            go_info["gomaxprocs"] = os.environ.get("GOMAXPROCS") or os.cpu_count()
-            churn = go_info["binary"]
+        if churn is not None:
             clients.append(Client("go", "go churn", "go", args.workers))
             if args.go_workers and args.go_workers != args.workers:
                 clients.append(Client("go256" if args.go_workers == 256

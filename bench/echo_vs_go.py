@@ -150,8 +150,6 @@ GOAL_THREADS = 2
 #: A grid cell whose rounds differ by more than this factor in requests/s is marked.
 SPREAD_MARK = 2.0
 C10K = 10_000
-HOWTO_GO = ("install Go: apt-get install golang-go (Debian/Ubuntu), or https://go.dev/dl/, "
-            "or pass --go /path/to/go")
 
 
 class BenchError(Exception):
@@ -217,16 +215,10 @@ def _threads(pid: int) -> int:
     return 0
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest rank, as tcplab.traffic.client.percentile."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, -(-len(sorted_values) * q // 100))
-    return sorted_values[int(rank) - 1]
-
-
 def pingpong(spec: dict[str, Any]) -> dict[str, Any]:
     """C connections, one S-byte message in flight on each; marks A and B around the window."""
+    from tcplab.traffic.client import percentile
+
     pid, port, size = int(spec["pid"]), int(spec["port"]), int(spec["size"])
     connections, warmup, seconds = int(spec["connections"]), spec["warmup"], spec["seconds"]
     max_echoes = int(spec["max_echoes"])
@@ -343,7 +335,7 @@ def pingpong(spec: dict[str, Any]) -> dict[str, Any]:
         window = sorted(rtts[a["rtts"]:b["rtts"]])
         return {"a": a, "b": b, "echoes_total": echoes, "in_flight": in_flight,
                 "connect_s": connect_s, "server_threads": threads,
-                "p50_us": _percentile(window, 50) * 1e6, "p99_us": _percentile(window, 99) * 1e6,
+                "p50_us": percentile(window, 50) * 1e6, "p99_us": percentile(window, 99) * 1e6,
                 "max_us": (window[-1] if window else 0.0) * 1e6}
     finally:
         ep.close()
@@ -363,20 +355,6 @@ def loadgen_main(spec_text: str) -> int:
 
 
 # --- building the Go server ----------------------------------------------------------------
-
-
-def build_echo(go: str, tmp: Path) -> dict[str, Any]:
-    try:
-        return gopeer.build(go, tmp, "echo", "echo.go")
-    except gopeer.GoBuildError as exc:
-        raise BenchError(str(exc)) from None
-
-
-def find_go(requested: str | None) -> str | None:
-    try:
-        return gopeer.find_go(requested)
-    except gopeer.GoBuildError as exc:
-        raise BenchError(str(exc)) from None
 
 
 # --- servers in sandboxes --------------------------------------------------------------------
@@ -1062,21 +1040,12 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     res: dict[str, Any] = {}
     try:
-        go_info: dict[str, Any]
-        go_binary: str | None = None
         try:
-            go = find_go(args.go)
-        except BenchError as exc:
+            go_binary, go_info = gopeer.prepare(args.go, tmp, "echo", "echo.go")
+        except gopeer.GoBuildError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        if go is None:
-            go_info = {"skipped": f"go is not on PATH; to run the Go rows, {HOWTO_GO}"}
-            print(f"note: go is not on PATH: the Go rows are skipped; {HOWTO_GO}",
-                  file=sys.stderr)
-        else:
-            go_info = build_echo(go, tmp)
-            go_info["gomaxprocs"] = os.environ.get("GOMAXPROCS") or os.cpu_count()
-            go_binary = go_info["binary"]
+        if go_binary is not None:
             _progress(f"built echo.go with {go_info['version']} in {go_info['build_s']:.1f} s")
         peers = ([Peer("go", "go")] if go_binary else []) + [
             Peer(m, "tcplab") for m in args.models]

@@ -53,3 +53,25 @@ def build(go: str, tmp: Path, name: str, target: str) -> dict[str, Any]:
     return {"binary": str(binary), "version": version.stdout.strip(),
             "build_s": round(time.perf_counter() - t0, 2),
             "gocache": env.get("GOCACHE", "(default)")}
+
+
+HOWTO_GO = ("install Go: apt-get install golang-go (Debian/Ubuntu), or https://go.dev/dl/, "
+            "or pass --go PATH")
+
+
+def prepare(requested: str | None, tmp: Path, name: str, target: str
+            ) -> tuple[str | None, dict[str, Any]]:
+    """Find go and build a peer: (its binary, or None when go is missing; facts to print).
+
+    Without go, the Go rows of a bench are skipped with a note on stderr, not failed.
+    """
+    import sys
+
+    go = find_go(requested)
+    if go is None:
+        print(f"note: go is not on PATH: the Go rows are skipped; to run them, {HOWTO_GO}",
+              file=sys.stderr)
+        return None, {"skipped": f"go is not on PATH; to run the Go rows, {HOWTO_GO}"}
+    info = build(go, tmp, name, target)
+    info["gomaxprocs"] = os.environ.get("GOMAXPROCS") or os.cpu_count()
+    return info["binary"], info

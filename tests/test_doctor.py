@@ -19,11 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,50 +37,8 @@ from tests.conftest import run_tcplab
 PORT = 8080
 GUARD = 15.0  # seconds: hang guards only
 
-#: A leaking server written without tcplab: accept, echo once, never close.
-#: On EMFILE it says so on stderr and sleeps, as a careful server would.
-LEAKY_SERVER = textwrap.dedent("""\
-    import errno
-    import selectors
-    import socket
-    import sys
-    import time
-
-    port = int(sys.argv[1])
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(64)
-    listener.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
-    held = []  # every accepted socket, referenced forever: never closed
-    print("listening", port, flush=True)
-    while True:
-        for key, _ in sel.select():
-            if key.fileobj is listener:
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if exc.errno != errno.EMFILE:
-                        raise
-                    print("accept: Too many open files", file=sys.stderr, flush=True)
-                    time.sleep(0.1)
-                    continue
-                held.append(conn)
-                sel.register(conn, selectors.EVENT_READ)
-            else:
-                conn = key.fileobj
-                try:
-                    data = conn.recv(4096)
-                    if data:
-                        conn.sendall(data)
-                except OSError:
-                    pass
-                sel.unregister(conn)  # echoed once; from now on ignored, never closed
-""")
+#: A leaking server written without tcplab (with LEAK=true it never closes).
+LEAKY_SERVER = Path(__file__).resolve().parent / "leaky_server.py"
 
 
 def wait_for(predicate: Callable[[], Any], what: str, limit: float = GUARD) -> None:
@@ -176,10 +134,10 @@ CLIENTS = 450
 def leak_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One sandbox for the class's tests: the stdlib server under a 300-fd limit,
     flooded with 450 clients that connect, send, wait briefly and close."""
-    script = tmp_path_factory.mktemp("leaky") / "leaky_server.py"
-    script.write_text(LEAKY_SERVER)
-    with script.with_name("server.log").open("wb") as log, Sandbox({}) as sb:
-        server = sb.popen([sys.executable, str(script), str(PORT)], fd_limit=FD_LIMIT,
+    log_path = tmp_path_factory.mktemp("leaky") / "server.log"
+    with log_path.open("wb") as log, Sandbox({}) as sb:
+        server = sb.popen([sys.executable, str(LEAKY_SERVER), str(PORT)], fd_limit=FD_LIMIT,
+                          env={**os.environ, "LEAK": "true"},
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
         assert server.stdout is not None
         assert read_line(server.stdout).split() == ["listening", str(PORT)]
@@ -190,7 +148,7 @@ def leak_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         queued, backlog = ss_accept_queue(sb, PORT)
         close_wait = ss_count(sb, "close-wait", PORT)
         yield {"sb": sb, "pid": server.pid, "comm": comm(server.pid), "flood": result,
-               "log": script.with_name("server.log"), "queued": queued, "backlog": backlog,
+               "log": log_path, "queued": queued, "backlog": backlog,
                "close_wait": close_wait, "held": close_wait - queued}
         assert server.poll() is None, "the leaking server died"
     # The sandbox took the server with it.

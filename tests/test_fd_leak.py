@@ -23,7 +23,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -188,59 +187,8 @@ def test_timeline_shows_the_climb_and_the_expiry(leak: dict[str, Any]) -> None:
 
 # --- fd-leak against your own server --------------------------------------------------------
 
-#: A server written without tcplab: echoes, and closes when the peer closes, unless
-#: LEAK=true (then it never closes). On EMFILE it logs one line and sleeps 0.1 s.
-LEAKY_SERVER = textwrap.dedent("""\
-    import errno
-    import os
-    import selectors
-    import socket
-    import sys
-    import time
-
-    port = int(sys.argv[1])
-    leak = os.environ.get("LEAK") == "true"
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(64)
-    listener.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
-    held = []
-    while True:
-        for key, _ in sel.select():
-            if key.fileobj is listener:
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if exc.errno != errno.EMFILE:
-                        raise
-                    print("accept: Too many open files", file=sys.stderr, flush=True)
-                    time.sleep(0.1)
-                    continue
-                conn.setblocking(False)
-                sel.register(conn, selectors.EVENT_READ)
-                continue
-            conn = key.fileobj
-            try:
-                data = conn.recv(4096)
-            except OSError:
-                data = b""
-            if data:
-                try:
-                    conn.sendall(data)
-                except OSError:
-                    pass
-                continue
-            sel.unregister(conn)  # the peer closed
-            if leak:
-                held.append(conn)  # never closed: CLOSE_WAIT, and the fd stays
-            else:
-                conn.close()
-""")
+#: A server written without tcplab (tests/leaky_server.py): leaks when LEAK=true.
+LEAKY_SERVER = Path(__file__).resolve().parent / "leaky_server.py"
 
 
 def running_cmdlines(needle: bytes) -> list[str]:
@@ -258,9 +206,7 @@ def running_cmdlines(needle: bytes) -> list[str]:
 
 @pytest.mark.privileged
 def test_fd_leak_against_your_own_server(tmp_path: Path) -> None:
-    script = tmp_path / "leaky_server.py"
-    script.write_text(LEAKY_SERVER)
-    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {{port}}"
+    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(LEAKY_SERVER))} {{port}}"
     r = run_tcplab("experiment", "fd-leak", "--server-cmd", cmd, "--json", timeout=180)
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err + r.stdout.decode(errors="replace")
@@ -287,7 +233,7 @@ def test_fd_leak_against_your_own_server(tmp_path: Path) -> None:
     assert f["fixed_clients"]["echoed"] == f["fixed_clients"]["clients"]
     assert body["variants"][1]["close_wait_after"] == 0
     # The server went with its namespace.
-    assert running_cmdlines(str(script).encode()) == []
+    assert running_cmdlines(str(LEAKY_SERVER).encode()) == []
 
 
 # --- the flood's bookkeeping -----------------------------------------------------------------

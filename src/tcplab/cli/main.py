@@ -61,10 +61,15 @@ Add --debug before the command to see a traceback on errors.
 """
 
 
+def command_of(argv: list[str] | None) -> str | None:
+    """The command word of a command line (the first argument not an option)."""
+    return next((a for a in (sys.argv[1:] if argv is None else argv)
+                 if not a.startswith("-")), None)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; fully built only for the command named in ``argv``."""
-    args = sys.argv[1:] if argv is None else argv
-    chosen = next((a for a in args if not a.startswith("-")), None)
+    chosen = command_of(argv)
     parser = argparse.ArgumentParser(
         prog="tcplab",
         description="tcplab makes the Linux TCP stack visible: real sockets, real kernel "
@@ -101,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         # doctor follows the monitoring-plugin convention: usage errors are
         # "unknown" (3), not argparse's 2, which would read as "critical".
-        chosen = next((a for a in (sys.argv[1:] if argv is None else argv)
-                       if not a.startswith("-")), None)
-        if chosen == "doctor" and exc.code == 2:
+        if command_of(argv) == "doctor" and exc.code == 2:
             return 3
         raise
     if args.command is None:

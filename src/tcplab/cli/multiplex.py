@@ -56,15 +56,9 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def find_server(port: int) -> int | None:
-    from tcplab.kernel import tcp_states
-    from tcplab.observe.owners import OwnerMap
-    from tcplab.observe.sockets import SocketTable
+    from tcplab.observe.owners import listening_processes
 
-    with SocketTable() as table:
-        listeners = [s for s in table.sockets(port, tcp_states.mask([tcp_states.LISTEN]))
-                     if s.sport == port]
-    owners = OwnerMap().lookup(s.inode for s in listeners)
-    return next((o.pid for o in owners.values()), None)
+    return next((o.pid for o in listening_processes(port)), None)
 
 
 def run(args: argparse.Namespace) -> int:

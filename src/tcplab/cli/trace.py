@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import time
 from typing import Any
 
@@ -202,5 +201,4 @@ def connection_lines(transitions: list[Any]) -> list[str]:
         lines.append(f"  {_where(a.saddr, a.sport)} <> {_where(a.daddr, a.dport)}")
         for t in items:
             lines.append(f"    {t.t:10.6f}  {_where(t.saddr, t.sport):>21}  {t.old} -> {t.new}")
-    _ = sys
     return lines

@@ -118,14 +118,9 @@ def run(settings: Settings | None = None, quick: bool = False,
                   "tcp_fin_timeout": s.fin_timeout, "keepalive": s.keepalive, "server": server,
                   "port": PORT},
         facts=facts, events=events, timeline=leak["timeline"],
-        variants=[v for v in (
-            {"name": "leak", **_public(leak)}, {"name": "fixed", **_public(fixed)},
-            {"name": "keepalive", **_public(kept)} if kept else None) if v],
+        variants=[{"name": name, **r} for name, r in
+                  (("leak", leak), ("fixed", fixed), ("keepalive", kept)) if r],
     )
-
-
-def _public(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in r.items() if k != "timeline"} | {"timeline": r["timeline"]}
 
 
 def _round(s: Settings, leak: bool, keepalive: int | None,

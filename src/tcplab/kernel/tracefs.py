@@ -21,6 +21,7 @@ minisocket's TIME_WAIT is never traced.
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 
@@ -142,11 +143,9 @@ class Tracker:
 
 def errno_text(ret: str) -> str:
     """A syscall's return value as tcplab prints it: ``3`` or ``-EMFILE``."""
-    import errno as _errno
-
     value = int(ret, 16) if ret.startswith("0x") else int(ret)
     if value >= 1 << 63:
         value -= 1 << 64
     if -4096 < value < 0:
-        return "-" + _errno.errorcode.get(-value, str(-value))
+        return "-" + errno.errorcode.get(-value, str(-value))
     return str(value)

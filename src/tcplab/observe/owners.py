@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tcplab.kernel.procfs import socket_inode
+from tcplab.observe.sockets import SocketTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,16 @@ def read_comm(pid: int, procfs: str = "/proc") -> str:
             return f.read().strip()
     except OSError:
         return "?"
+
+
+def read_cmdline(pid: int, procfs: str = "/proc") -> str:
+    """The command line of ``pid``, as ps shows it (its comm when unreadable)."""
+    try:
+        with open(f"{procfs}/{pid}/cmdline", "rb") as f:
+            text = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or read_comm(pid, procfs)
 
 
 def all_pids(procfs: str = "/proc") -> list[int]:
@@ -83,3 +94,20 @@ class OwnerMap:
             known = self.by_inode
             self._missing = {i for i in wanted if i not in known}
         return {i: known[i] for i in wanted if i in known}
+
+
+def listening_processes(port: int, table: SocketTable | None = None) -> list[Owner]:
+    """The processes holding a LISTEN socket on ``port``, one entry per pid.
+
+    Without root, other users' processes are not readable: they are missing
+    here, and the caller should say why.
+    """
+    if table is None:
+        with SocketTable() as own:
+            inodes = [s.inode for s in own.listeners(port)]
+    else:
+        inodes = [s.inode for s in table.listeners(port)]
+    seen: dict[int, Owner] = {}
+    for owner in OwnerMap().lookup(inodes).values():
+        seen.setdefault(owner.pid, owner)
+    return list(seen.values())

@@ -15,9 +15,8 @@ import signal
 import sys
 import time
 
-from tcplab.kernel import tcp_states
 from tcplab.kernel.procfs import parse_limits
-from tcplab.observe.owners import OwnerMap
+from tcplab.observe.owners import listening_processes
 from tcplab.observe.process import fds_in_use
 from tcplab.observe.sockets import SocketTable
 
@@ -29,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.1)
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    listen_mask = tcp_states.mask([tcp_states.LISTEN])
     pid = args.pid
     limit: int | None = None
     started = time.monotonic()
@@ -37,11 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             now = time.monotonic()
             counts = table.state_counts(args.port)
-            listeners = [s for s in table.sockets(args.port, listen_mask)
-                         if s.sport == args.port]
+            listeners = table.listeners(args.port)
             if pid is None and listeners:
-                owners = OwnerMap().lookup(s.inode for s in listeners)
-                pid = next((o.pid for o in owners.values()), None)
+                pid = next((o.pid for o in listening_processes(args.port, table)), None)
             fds = None
             if pid is not None:
                 try:

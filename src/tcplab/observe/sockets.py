@@ -156,6 +156,11 @@ class SocketTable:
         self._each_dump(port, states, lambda b, n: records.decode_sockets(b, out, n))
         return out
 
+    def listeners(self, port: int) -> list[TcpSocket]:
+        """The LISTEN sockets bound to ``port`` (any address, IPv4 and IPv6)."""
+        mask = tcp_states.mask([tcp_states.LISTEN])
+        return [s for s in self.sockets(port, mask) if s.sport == port]
+
     def _read_proc(self, name: str) -> str | None:
         assert self._netns_fd is not None
         try:

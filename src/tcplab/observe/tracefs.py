@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
 from collections.abc import Iterator
 
 from tcplab.errors import NotSupported, PrivilegeError
@@ -152,6 +153,4 @@ class TraceInstance:
                 except OSError as exc:
                     if exc.errno != errno.EBUSY:
                         break
-                    import time
-
                     time.sleep(0.02)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tcplab.errors import AddressInUse, PrivilegeError, ResourceLimit, UsageError, describe_oserror
-from tcplab.observe.process import FdLimit, fds_in_use, listeners_on_port, own_fd_limit
+from tcplab.observe.process import FdLimit, fds_in_use, own_fd_limit
 from tcplab.traffic.accept import ServerStats
 from tcplab.traffic.models import DEFAULT_MODEL, MODELS
 from tcplab.traffic.target import lookup
@@ -160,10 +160,11 @@ def open_listener(host: str, port: int, backlog: int) -> socket.socket:
 
 def _bind_error(exc: OSError, where: str, port: int) -> Exception:
     if exc.errno == errno.EADDRINUSE:
-        holders = listeners_on_port(port)
-        named = [h for h in holders if h.pid is not None]
+        from tcplab.observe.owners import listening_processes, read_cmdline
+
+        named = listening_processes(port)
         if named:
-            who = "; ".join(f"pid {h.pid} ({h.command or '?'})" for h in named)
+            who = "; ".join(f"pid {h.pid} ({read_cmdline(h.pid)})" for h in named)
             return AddressInUse(
                 f"{where} is already in use, held by {who}",
                 hint="stop that process, or pick another port (--port 0 picks a free one)",
