@@ -1,9 +1,8 @@
 """``tcplab``: the entry point. Parses the command line, runs one command, and
 maps every error to an exit status and a one-line hint (httpie's habit).
 
-Exit status: 0 ok; 1 error; 2 usage; 3 connection failed; 4 missing
-privilege; 5 address in use; 6 echo verification failed; 7 a limit in the
-way; 8 not supported here; 130 interrupted (Ctrl-C).
+Exit status: one enum, ``tcplab.errors.ExitStatus``; the ``--help`` epilog
+lists it (generated below) and so does the README's table.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import importlib
 import sys
 
 from tcplab import __version__
-from tcplab.errors import EXIT_INTERRUPTED, TcplabError
+from tcplab.errors import DoctorStatus, ExitStatus, TcplabError
 
 #: command name -> module in tcplab.cli; each has ``add_parser`` and ``run``.
 #: Only the module of the command being run is imported (``tcplab states``
@@ -55,8 +54,9 @@ commands in the order of the lab:
   tcplab explain time-wait      a lesson, with the figure measured here
   tcplab check                  what works on this machine, and the fix for what does not
 
-exit status: 0 ok, 1 error, 2 usage, 3 connection failed, 4 privilege missing,
-5 address in use, 6 echo mismatch, 7 limit reached, 8 not supported, 130 Ctrl-C.
+exit status:
+""" + "".join(f"  {int(s):<4}{s.meaning}\n" for s in ExitStatus) + """\
+  (tcplab doctor: 0 healthy, 1 warning, 2 critical, 3 unknown, as monitoring plugins do)
 Add --debug before the command to see a traceback on errors.
 """
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         note(f"tcplab: tcplab needs Linux (this is {sys.platform}): it reads the Linux "
              "kernel's socket tables and /proc")
-        return 8
+        return ExitStatus.NOT_SUPPORTED
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         # doctor follows the monitoring-plugin convention: usage errors are
         # "unknown" (3), not argparse's 2, which would read as "critical".
         if command_of(argv) == "doctor" and exc.code == 2:
-            return 3
+            return DoctorStatus.UNKNOWN
         raise
     if args.command is None:
         parser.print_help()
-        return 2
+        return ExitStatus.USAGE
     debug = bool(args.debug)
     try:
         return int(args.func(args) or 0)
@@ -126,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             __import__("traceback").print_exc()
         note("tcplab: interrupted")
-        return EXIT_INTERRUPTED
+        return ExitStatus.INTERRUPTED
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error of ours.
         sys.stderr.close()
-        return 0
+        return ExitStatus.OK
     except Exception as exc:  # a bug: say so in one line unless --debug
         if debug:
             __import__("traceback").print_exc()
         else:
             note(f"tcplab: internal error: {type(exc).__name__}: {exc}")
             note("hint: run again with --debug for the traceback, and report it")
-        return 1
+        return ExitStatus.ERROR
