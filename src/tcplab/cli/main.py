@@ -92,6 +92,29 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``, except that a word the command does not know is
+    reported by the command's own parser (``usage: tcplab states ...``).
+
+    argparse's subparsers collect the words they do not know and hand them
+    back to the top-level parser, which then prints *its* usage for
+    ``tcplab states --bogus`` (argparse.py, ``_SubParsersAction.__call__``
+    and ``parse_args``): correct, and useless to the user.
+    """
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        chosen = command_of(argv)
+        for action in parser._actions:
+            # An unknown word before the command word is the top-level parser's.
+            if (isinstance(action, argparse._SubParsersAction) and chosen is not None
+                    and chosen in action.choices
+                    and argv.index(extras[0]) > argv.index(chosen)):
+                action.choices[chosen].error(message)
+        parser.error(message)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from tcplab.cli.output import note, setup_streams
 
@@ -102,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitStatus.NOT_SUPPORTED
     parser = build_parser(argv)
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         # doctor follows the monitoring-plugin convention: usage errors are
         # "unknown" (3), not argparse's 2, which would read as "critical".
