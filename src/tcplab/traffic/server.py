@@ -153,12 +153,14 @@ def open_listener(host: str, port: int, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise _bind_error(exc, where, port) from None
+        raise bind_error(exc, where, port) from None
     sock.setblocking(False)
     return sock
 
 
-def _bind_error(exc: OSError, where: str, port: int) -> Exception:
+def bind_error(exc: OSError, where: str, port: int, free: str = "--port 0") -> Exception:
+    """A failed ``bind()``/``listen()`` on ``where`` as a TcplabError; an address in
+    use names its holder. ``free`` is the option that picks a free port."""
     if exc.errno == errno.EADDRINUSE:
         from tcplab.observe.owners import listening_processes, read_cmdline
 
@@ -167,7 +169,7 @@ def _bind_error(exc: OSError, where: str, port: int) -> Exception:
             who = "; ".join(f"pid {h.pid} ({read_cmdline(h.pid)})" for h in named)
             return AddressInUse(
                 f"{where} is already in use, held by {who}",
-                hint="stop that process, or pick another port (--port 0 picks a free one)",
+                hint=f"stop that process, or pick another port ({free} picks a free one)",
             )
         why = (
             "the holder could not be named: without root, other users' processes are hidden"
@@ -176,7 +178,7 @@ def _bind_error(exc: OSError, where: str, port: int) -> Exception:
         )
         return AddressInUse(
             f"{where} is already in use ({why})",
-            hint=f"find it with 'ss -tanp sport = :{port}' as root, or use --port 0",
+            hint=f"find it with 'ss -tanp sport = :{port}' as root, or use {free}",
         )
     if exc.errno == errno.EACCES:
         return PrivilegeError(
