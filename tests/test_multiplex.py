@@ -11,8 +11,6 @@ import pytest
 
 from tests.conftest import MODELS, run_tcplab
 
-pytestmark = pytest.mark.loopback
-
 
 def multiplex(port: int, *args: str, preexec_fn=None) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]
     return subprocess.run(
@@ -21,6 +19,7 @@ def multiplex(port: int, *args: str, preexec_fn=None) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.loopback
 def test_event_loop_models_hold_thousands_on_one_thread(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--fd-limit", "max")
     r = multiplex(server.port, "--connections", "3000", "--messages", "3", "--json")
@@ -37,6 +36,7 @@ def test_event_loop_models_hold_thousands_on_one_thread(start_server) -> None:  
     assert "1 thread, 1 epoll instance watching" in text
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("model", [m for m in MODELS if m != "uvloop"])
 def test_every_model_echoes_every_byte(start_server, model: str) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--model", model, "--fd-limit", "max")
@@ -51,6 +51,7 @@ def test_every_model_echoes_every_byte(start_server, model: str) -> None:  # typ
         assert m["server"]["threads"] <= 2 and m["server"]["epoll_watches"] >= 300
 
 
+@pytest.mark.loopback
 def test_client_says_how_many_fit_under_its_hard_limit(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--fd-limit", "max")
 
@@ -68,6 +69,7 @@ def test_client_says_how_many_fit_under_its_hard_limit(start_server) -> None:  #
     assert json.loads(r.stdout)["connected"] == 400
 
 
+@pytest.mark.loopback
 def test_nothing_listening_is_explained() -> None:
     import socket
 
@@ -79,6 +81,7 @@ def test_nothing_listening_is_explained() -> None:
     assert b"failed: ECONNREFUSED x20: nothing listens there" in r.stdout
 
 
+@pytest.mark.loopback
 def test_remote_targets_are_refused() -> None:
     r = run_tcplab("multiplex", "--host", "192.0.2.9", "--connections", "1")
     assert r.returncode == 2 and b"--allow-remote" in r.stderr

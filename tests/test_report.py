@@ -1,12 +1,13 @@
 """``tcplab experiment all --report DIR`` as a user gets it, and ``tcplab explain``.
 
-One ``experiment all --quick --report DIR --json`` run per module (about 35 s)
-feeds the checks of its JSON lines, results.json and index.html, which is then
-opened in a real headless browser: Debian's chromium driven by its chromedriver
-through selenium (.ci/run installs both when run as root and they are missing;
-without them that test skips and says why). The page must load from file://
-with no console error and draw every chart. The text summary of ``all``, the
-exit status of an experiment that did not show its fact and the lessons of
+The session's one ``experiment all --quick --report DIR --json`` run (the
+``experiment_all`` fixture of tests/conftest.py) feeds the checks of its JSON
+lines, results.json and index.html, which is then opened in a real headless
+browser: Debian's chromium driven by its chromedriver through selenium
+(.ci/run installs both when run as root and they are missing; without them
+that test skips and says why). The page must load from file:// with no
+console error and draw every chart. The text summary of ``all``, the exit
+status of an experiment that did not show its fact and the lessons of
 ``tcplab explain`` (docs/lessons.md is generated from them) are checked too.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_tcplab
+from tests.conftest import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "multiplex", "handshake")
@@ -48,7 +49,7 @@ def stderr_of(r: subprocess.CompletedProcess[bytes]) -> str:
     return r.stderr.decode(errors="replace")[-4000:]
 
 
-# --- one `experiment all --quick --report DIR --json` for the module ------------------------
+# --- the session's `experiment all --quick --report DIR --json` ------------------------------
 
 @dataclass(frozen=True)
 class ReportRun:
@@ -57,11 +58,9 @@ class ReportRun:
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory: pytest.TempPathFactory) -> ReportRun:
-    directory = tmp_path_factory.mktemp("report") / "out"  # tcplab makes DIR itself
-    r = run_tcplab("experiment", "all", "--quick", "--report", str(directory), "--json",
-                   timeout=600)
-    return ReportRun(r, directory)
+def report_run(experiment_all: ExperimentAll) -> ReportRun:
+    # The session's one `experiment all --quick --json --report DIR` (tests/conftest.py).
+    return ReportRun(experiment_all.proc, experiment_all.report)
 
 
 def results_of(run: ReportRun) -> list[dict[str, Any]]:

@@ -68,6 +68,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tcplab.errors import ExitStatus
     from tcplab.traffic import client, target
 
     dest = target.resolve(args.host, args.port, allow_remote=args.allow_remote)
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             emit_json({"sent": sent, "received": received})
         elif sent != received:
             note(f"tcplab: sent {sent} bytes, got {received} back")
-        return 0 if sent == received else 6
+        return ExitStatus.OK if sent == received else ExitStatus.VERIFY_FAILED
     return _interactive(client, dest, args)
 
 

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY
 
+    from tcplab.errors import ExitStatus
     from tcplab.observe.exporter import TcplabCollector
     from tcplab.traffic.server import bind_error
 
@@ -67,4 +68,4 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         note("stopped")
         server.shutdown()
-        return 0
+        return ExitStatus.INTERRUPTED

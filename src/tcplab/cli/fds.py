@@ -50,6 +50,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tcplab.errors import ExitStatus
     from tcplab.observe.sockets import SocketTable
 
     with SocketTable(netns=args.netns) as table:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                     return 0
                 time.sleep(args.interval)
         except KeyboardInterrupt:
-            return 0
+            return ExitStatus.INTERRUPTED
 
 
 def _sample(table: Any, args: argparse.Namespace) -> list[Any]:

@@ -215,6 +215,17 @@ def tune_accepted(sock: socket.socket, config: ServerConfig) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
 
+#: The signal that last asked this process's server to stop (None: none yet).
+#: ``tcplab server`` exits 130 after SIGINT (Ctrl-C), as shells expect of an
+#: interrupted command, and 0 after SIGTERM, a supervisor's ordinary stop.
+stopped_by: int | None = None
+
+
+def note_stop(signum: int) -> None:
+    global stopped_by
+    stopped_by = signum
+
+
 class StopSignal:
     """SIGINT/SIGTERM set ``requested`` and make ``fd`` readable, so a poller wakes.
 
@@ -229,6 +240,7 @@ class StopSignal:
 
     def _handler(self, signum: int, frame: object) -> None:
         self.requested = True
+        note_stop(signum)
 
     def drain(self) -> None:
         drain(self.fd)
