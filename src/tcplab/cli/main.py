@@ -56,7 +56,8 @@ commands in the order of the lab:
 
 exit status:
 """ + "".join(f"  {int(s):<4}{s.meaning}\n" for s in ExitStatus) + """\
-  (tcplab doctor: 0 healthy, 1 warning, 2 critical, 3 unknown, as monitoring plugins do)
+  tcplab doctor alone follows the monitoring-plugin convention:
+""" + "  " + ", ".join(f"{int(s)} {s.name.lower()}" for s in DoctorStatus) + """
 Add --debug before the command to see a traceback on errors.
 """
 
