@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from tcplab.errors import ExitStatus
 from tests.conftest import ExperimentAll, run_tcplab
 
 
@@ -289,3 +292,70 @@ def test_not_linux_says_so(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # 
     monkeypatch.setattr(sys, "platform", "darwin")
     assert main.main(["--version"]) == 8
     assert "tcplab needs Linux" in capsys.readouterr().err
+
+
+# --- experiment --report DIR: bad input at once -----------------------------------------------
+
+def all_with_report(directory: Path) -> list[str]:
+    return [sys.executable, "-m", "tcplab", "experiment", "all", "--report", str(directory)]
+
+
+def report_dir_refused(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """``experiment all --report DIR``: refused before any experiment runs (the
+    timeout is far below the minutes `all` takes, so a late refusal fails here)."""
+    r = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    if b"unshare failed" in r.stderr:
+        pytest.skip(f"user namespaces unavailable: {r.stderr.decode().strip()}")
+    err = r.stderr.decode()
+    assert "running experiment" not in err and not r.stdout, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return r
+
+
+@pytest.mark.loopback
+def test_report_dir_that_is_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "report.html"
+    a_file.write_text("mine")
+    r = report_dir_refused(all_with_report(a_file))
+    assert r.returncode == ExitStatus.USAGE
+    assert f"{a_file} is a file, not a directory" in r.stderr.decode()
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.loopback
+def test_report_dir_whose_parent_is_missing(tmp_path: Path) -> None:
+    r = report_dir_refused(all_with_report(tmp_path / "no" / "such" / "out"))
+    assert r.returncode == ExitStatus.USAGE
+    assert f"the parent directory {tmp_path / 'no' / 'such'} does not exist" in r.stderr.decode()
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.loopback
+def test_report_dir_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    # Root writes anywhere; in a user namespace with no mapping (unshare -U) it keeps
+    # no capability over the host's files, and mode 555 holds for it too.
+    prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
+    if prefix and shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    try:
+        r = report_dir_refused([*prefix, *all_with_report(locked / "out")])
+    finally:
+        locked.chmod(0o755)
+    assert r.returncode == ExitStatus.PRIVILEGE
+    assert f"{locked} is not writable by this user" in r.stderr.decode()
+
+
+@pytest.mark.privileged
+def test_report_dir_on_a_read_only_file_system(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = f"mount -t tmpfs -o ro tcplab-test {ro} && exec {shlex.join(all_with_report(ro))}"
+    r = report_dir_refused(["unshare", "-Urm", "sh", "-c", script])
+    if b"mount:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    assert r.returncode == ExitStatus.USAGE
+    assert f"{ro} is on a read-only file system" in r.stderr.decode()

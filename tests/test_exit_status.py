@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -115,7 +116,7 @@ def error_report_on_a_full_disk(start_server: Any, tmp_path: Path) -> Scene:
     disk = tmp_path / "disk"
     disk.mkdir()
     script = (f"mount -t tmpfs -o size=4k tcplab-test {disk} && exec "
-              + " ".join([*TCPLAB, "experiment", "echo", "--json", "--report", f"{disk}/out"]))
+              + shlex.join([*TCPLAB, "experiment", "echo", "--json", "--report", f"{disk}/out"]))
     if shutil.which("unshare") is None:
         pytest.skip("unshare(1) is not installed")
     r = run(["unshare", "-Urm", "sh", "-c", script])

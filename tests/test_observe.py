@@ -481,6 +481,10 @@ def test_netns_sees_that_namespace_only(children: Children) -> None:
     want = {**dict.fromkeys(tcp_states.STATE_NAMES, 0), "LISTEN": 1, "ESTABLISHED": 2}
     assert inside["states"] == want and inside["total"] == 3
     assert tcplab("states", "--netns", pid, "--port", str(port), "--json")["total"] == 3
+    # fds --netns: that namespace's processes only (the one target here), not the host's.
+    procs = tcplab("fds", "--netns", pid, "--json")["processes"]
+    assert [(p["pid"], p["tcp"]) for p in procs] == [
+        (target.pid, {"ESTABLISHED": 2, "LISTEN": 1})], procs
     socks = tcplab("sockets", "--netns", pid, "--json")["sockets"]
     assert sorted((s["state"], s["sport"] == port, s["dport"] == port) for s in socks) == [
         ("ESTABLISHED", False, True), ("ESTABLISHED", True, False), ("LISTEN", True, False)]
