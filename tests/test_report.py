@@ -24,13 +24,15 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tcplab.experiments.result import Event, Result
+from tcplab.report.terminal import result_lines, summary_lines
 from tests.conftest import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,14 +304,20 @@ def test_report_in_headless_chromium(report_run: ReportRun, tmp_path: Path) -> N
 
 # --- the text summary, and an experiment that did not show its fact -------------------------
 
+def as_result(body: dict[str, Any]) -> Result:
+    """A JSON object of ``--json`` back into the record it was made from."""
+    fields = {k: v for k, v in body.items() if k != "schema"}
+    return Result(**{**fields, "events": [Event(**e) for e in fields["events"]]})
+
+
 @pytest.mark.privileged
-def test_text_summary_lists_every_experiment() -> None:
-    # `all` without --json, with small counts (about 20 s): the summary needs them all.
-    r = run_tcplab("experiment", "all", "--quick", "--ports", "10", "--variant", "fresh",
-                   "--connections", "10", "--fd-limit", "32", timeout=600)
-    assert r.returncode == 0, f"exit {r.returncode}: {stderr_of(r)}"
-    lines = r.stdout.decode().splitlines()
-    assert lines and not lines[0].startswith("{"), lines[:3]  # text, not JSON
+def test_text_summary_lists_every_experiment(report_run: ReportRun) -> None:
+    # The text `all` prints (cli/experiment.py: each block, then the summary), made from
+    # the session's run: a text-mode `all` of its own cost 20-50 s of the suite.
+    results = [as_result(b) for b in results_of(report_run)]
+    assert [asdict(r) for r in results] == [
+        {k: v for k, v in b.items() if k != "schema"} for b in results_of(report_run)]
+    lines = [line for r in results for line in result_lines(r)] + summary_lines(results)
     n = len(EXPERIMENTS)
     assert lines[-n - 1] == "summary" and lines[-n - 2] == "", lines[-n - 3:]
     for name, line in zip(EXPERIMENTS, lines[-n:], strict=True):
@@ -323,7 +331,7 @@ def test_text_summary_lists_every_experiment() -> None:
         conclusion = next((x for x in lines[header:] if x.startswith("  => ")), None)
         assert conclusion == f"  => {m.group(2)}", name
         assert (m.group(1) == "skip") == lines[header].endswith("skipped"), name
-    assert "all experiments took" in r.stderr.decode()
+    assert "all experiments took" in report_run.proc.stderr.decode()
 
 
 #: A server that accepts and closes at once, the request unread (so with RST): no

@@ -137,10 +137,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             for line in result_lines(result):
                 out(line)
-    if not args.json and len(results) > 1:
-        for line in summary_lines(results):
-            out(line)
-        note(f"all experiments took {time.monotonic() - started:.0f} s")
+    if len(results) > 1:
+        if not args.json:
+            for line in summary_lines(results):
+                out(line)
+        note(f"all experiments took {time.monotonic() - started:.0f} s")  # stderr: --json too
     failed = [r.experiment for r in results if not r.ok and r.skipped is None]
     if failed:
         note(f"tcplab: experiment {', '.join(failed)} did not show its fact")
