@@ -138,9 +138,13 @@ def run(args: argparse.Namespace) -> int:
             out(line)
         note(f"all experiments took {time.monotonic() - started:.0f} s")
     if args.report:
+        import shlex
+        import sys
+
         from tcplab.report import html
 
-        path = html.write(results, args.report, bodies)
+        path = html.write(results, args.report, bodies,
+                          command=shlex.join(["tcplab", *sys.argv[1:]]))
         note(f"report written to {path}")
     failed = [r.experiment for r in results if not r.ok and r.skipped is None]
     if failed:
