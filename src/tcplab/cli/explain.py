@@ -28,6 +28,11 @@ def add_parser(sub: Any, name: str) -> None:
     p.set_defaults(func=run)
 
 
+def _fill(text: str) -> str:
+    # Commands and figures ("half-close", "10,002-10,004") stay whole on their line.
+    return textwrap.fill(text, width=78, break_on_hyphens=False, break_long_words=False)
+
+
 def run(args: argparse.Namespace) -> int:
     from tcplab.report.lessons import LESSONS, markdown, recorded_text
 
@@ -43,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
     out("=" * len(lesson.title))
     for para in lesson.text.strip().split("\n\n"):
         out("")
-        out(textwrap.fill(" ".join(para.split()), width=78))
+        out(_fill(" ".join(para.split())))
     for fig in lesson.figures:
         out("")
-        out(textwrap.fill(recorded_text(fig), width=78))
+        out(_fill(recorded_text(fig)))
     if lesson.correction:
         out("")
-        out(textwrap.fill("Correction: " + lesson.correction, width=78))
+        out(_fill("Correction: " + lesson.correction))
     out("")
     out(f"Shown by: {lesson.shown_by}")
     return 0

@@ -56,24 +56,9 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
     else:
         mark(f"server stopped: echoed {server_bytes:,} B over "
              f"{plural(accepted or 0, 'connection')}")
-    ok = stream_ok and server_bytes == client_bytes
-    # round_trips raises VerifyFailed on the first echo that differs, so every echo
-    # counted here came back byte for byte; the stream and the server's own total are
-    # the two claims that can still fail, and each is stated as it was seen.
-    checks = []
-    if not stream_ok:
-        checks.append(f"the {len(blob):,} B stream came back different ({len(echoed):,} B, "
-                      "not identical)")
-    if server_bytes is None:
-        checks.append("the server reported no totals, so its count could not be checked")
-    elif server_bytes != client_bytes:
-        checks.append(f"the server counted {server_bytes:,} B echoed, the client sent "
-                      f"{client_bytes:,} B")
-    fact = (
-        f"{plural(small, 'small echo')} at p50 {rt_small.rtt_p50_us:.0f} us, "
-        f"{plural(large, 'echo')} of 1 MiB at {rt_large.mib_per_s:.0f} MiB/s; the server "
-        f"echoed exactly the {client_bytes:,} bytes sent" if ok else "; ".join(checks)
-    )
+    ok, fact = judge(small, large, rt_small.rtt_p50_us, rt_large.mib_per_s,
+                     stream=(len(blob), len(echoed), stream_ok),
+                     client_bytes=client_bytes, server_bytes=server_bytes)
     return Result(
         experiment="echo",
         ok=ok,
@@ -89,3 +74,30 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
         },
         events=timeline,
     )
+
+
+def judge(small: int, large: int, p50_us: float, mib_per_s: float, stream: tuple[int, int, bool],
+          client_bytes: int, server_bytes: int | None) -> tuple[bool, str]:
+    """Shown or not, and the fact, from what was measured.
+
+    ``round_trips`` raises VerifyFailed on the first echo that differs, so every round
+    trip counted here came back byte for byte. The two claims that can still fail are
+    the stream (``stream``: bytes sent, bytes back, identical) and the server's own
+    total (None when it reported none); a failed one is stated as it was seen, and the
+    "exactly the bytes sent" sentence is made only when both hold.
+    """
+    sent, back, identical = stream
+    ok = identical and server_bytes == client_bytes
+    if ok:
+        return True, (f"{plural(small, 'small echo')} at p50 {p50_us:.0f} us, "
+                      f"{plural(large, 'echo')} of 1 MiB at {mib_per_s:.0f} MiB/s; the server "
+                      f"echoed exactly the {client_bytes:,} bytes sent")
+    seen = []
+    if not identical:
+        seen.append(f"the {sent:,} B stream came back different ({back:,} B, not identical)")
+    if server_bytes is None:
+        seen.append("the server reported no totals, so its count could not be checked")
+    elif server_bytes != client_bytes:
+        seen.append(f"the server counted {server_bytes:,} B echoed, the client sent "
+                    f"{client_bytes:,} B")
+    return False, "; ".join(seen)

@@ -16,7 +16,7 @@ from typing import Any
 
 from tcplab.experiments.result import Event, Result
 from tcplab.report import charts
-from tcplab.report.lessons import FOR_EXPERIMENT, LESSONS, quotes
+from tcplab.report.lessons import LESSONS, placement, quotes
 from tcplab.report.terminal import result_lines, settings_text
 from tcplab.words import plural
 
@@ -33,6 +33,7 @@ figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
           margin: 1rem 0; }
 .lesson .run { border-left: 3px solid #2a7a2a; padding-left: 0.5rem; }
 .lesson .recorded { border-left: 3px solid #aaa; padding-left: 0.5rem; color: #555; }
+.lesson .missing { border-left: 3px solid #886600; padding-left: 0.5rem; color: #555; }
 """
 
 
@@ -72,7 +73,7 @@ def _lesson_box(topic: str, run: Mapping[str, Result]) -> str:
     paras = "".join(f"<p>{html.escape(' '.join(p.split()))}</p>"
                     for p in lesson.text.strip().split("\n\n"))
     figures = "".join(
-        f'<p class="{"run" if q.this_run else "recorded"}">{html.escape(q.text)}</p>'
+        f'<p class="{q.kind}">{html.escape(q.text)}</p>'
         for q in quotes(lesson, run))
     fix = (f"<p><em>Correction to the original notes:</em> "
            f"{html.escape(lesson.correction)}</p>" if lesson.correction else "")
@@ -80,7 +81,7 @@ def _lesson_box(topic: str, run: Mapping[str, Result]) -> str:
             "</div>")
 
 
-def _section(r: Result, index: int, run: Mapping[str, Result]) -> str:
+def _section(r: Result, index: int, run: Mapping[str, Result], topics: list[str]) -> str:
     status, cls = (("skipped", "skip") if r.skipped else
                    ("shown", "ok") if r.ok else ("NOT shown", "fail"))
     parts = [f'<section id="{html.escape(r.experiment)}">',
@@ -99,7 +100,7 @@ def _section(r: Result, index: int, run: Mapping[str, Result]) -> str:
     if not r.skipped:
         parts.append("<details><summary>The terminal report</summary><pre>"
                      + html.escape("\n".join(result_lines(r))) + "</pre></details>")
-    for topic in FOR_EXPERIMENT.get(r.experiment, ()):
+    for topic in topics:
         parts.append(_lesson_box(topic, run))
     parts.append("</section>")
     return "\n".join(parts)
@@ -137,7 +138,9 @@ def write(results: list[Result], directory: str, bodies: list[dict[str, Any]],
                        f"<td>{html.escape(r.skipped or r.fact)}</td></tr>")
     summary.append("</table>")
     run = {r.experiment: r for r in results}
-    body = "\n".join(_section(r, i, run) for i, r in enumerate(results, 1))
+    where = placement([r.experiment for r in results])
+    body = "\n".join(_section(r, i, run, where[r.experiment])
+                      for i, r in enumerate(results, 1))
     path = os.path.join(directory, "index.html")
     with open(path, "w") as f:
         f.write(head + "\n".join(summary) + body + "</body></html>\n")

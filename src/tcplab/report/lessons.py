@@ -196,7 +196,7 @@ def _default_reuse(r: Result) -> str | None:
         return None
     return (f"with the kernel's defaults (tcp_tw_reuse = 2, {v['port_range']:,} ports), "
             f"{plural(v['ok'], 'connection')}, {plural(v['failed'], 'failure')}, TIME_WAIT "
-            f"levelled off at {v['time_wait_peak']:,}")
+            f"peaked at {v['time_wait_peak']:,}")
 
 
 def _handshake(r: Result) -> str | None:
@@ -325,7 +325,7 @@ TIME_WAIT sockets level off at about half the range.""",
              _port_bomb),
      Figures("port-bomb", "tcplab experiment port-bomb", "2026-11-30",
              "with the kernel's defaults (tcp_tw_reuse = 2, 28,232 ports), 40,000 "
-             "connections, 0 failures, TIME_WAIT levelled off at 14,116", _default_reuse),
+             "connections, 0 failures, TIME_WAIT peaked at 14,116", _default_reuse),
      Figures("", "tcplab bomb --count 20000 && tcplab sockets --state time-wait --json",
              "2026-11-30",
              "20,000 connections to one destination left 14,147 sockets in TIME_WAIT: "
@@ -447,12 +447,30 @@ served.""",
              "9,107 of its 10,000 connections failed (timeout x9,107)", _multiplex),),
 ))
 
-#: Which lessons each experiment's section of the report shows.
+#: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
     "echo": ("handshake",), "port-bomb": ("port-range",), "fd-leak": ("fd-limit",),
     "half-close": ("close-wait", "time-wait"), "multiplex": ("netpoll",),
     "handshake": ("handshake",),
 }
+
+
+def placement(experiments: list[str]) -> dict[str, list[str]]:
+    """Each lesson once on a page: experiment -> the topics its section shows.
+
+    A lesson goes to the section of the first experiment that both lists it and
+    measures one of its figures (the handshake lesson to the handshake section, not
+    echo's), else to the first section that lists it.
+    """
+    out: dict[str, list[str]] = {name: [] for name in experiments}
+    for topic, lesson in LESSONS.items():
+        listing = [e for e in experiments if topic in FOR_EXPERIMENT.get(e, ())]
+        measuring = [e for e in listing if e in {f.experiment for f in lesson.figures}]
+        if listing:
+            out[(measuring or listing)[0]].append(topic)
+    for name, topics in out.items():  # in FOR_EXPERIMENT's order within a section
+        topics.sort(key=FOR_EXPERIMENT.get(name, ()).index)
+    return out
 
 
 # --- the lesson's figures, for a run or for none ----------------------------------------------
@@ -462,7 +480,9 @@ class Quote:
     """One figure as a page shows it: from this run, or recorded elsewhere and saying so."""
 
     experiment: str
-    this_run: bool  # the text is built from this run's Result
+    #: "run": built from this run's Result; "missing": this run did not measure it (no
+    #: number); "recorded": a recorded run's figure, with its date and command.
+    kind: str
     text: str  # a full sentence
 
 
@@ -479,34 +499,40 @@ def recorded_text(fig: Figures) -> str:
 def quotes(lesson: Lesson, run: Mapping[str, Result]) -> list[Quote]:
     """The lesson's figures for a page about ``run`` (experiment name -> Result).
 
-    A figure whose experiment ran here is this run's, or the statement that this run
-    did not measure it; a recorded figure appears only for an experiment that did not
-    run (skipped, or not part of the run) and for figures no experiment measures,
-    always with its date and command.
+    A figure whose experiment ran here is built from this run's Result. When that
+    Result lacks it (the experiment was skipped or failed, or ran without the option
+    that measures it) the quote says so and quotes no number. A recorded figure
+    appears only where the page has nothing it could contradict: for an experiment
+    that was not part of the run, and for figures no experiment measures; it always
+    says where, when and with which command it was measured.
     """
     out: list[Quote] = []
+    elsewhere = f"'tcplab explain {lesson.topic}' quotes a recorded run"
     for fig in lesson.figures:
         r = run.get(fig.experiment) if fig.experiment else None
-        if r is not None and not r.skipped:
-            text = fig.sentence(r)
-            if text is not None:
-                out.append(Quote(fig.experiment, True, _sentence(
-                    f"Measured in this run by {fig.experiment}: {text}")))
-                continue
-            if r.facts or r.variants:  # it ran, but without what measures this figure
-                why = f"this run's {fig.experiment} did not measure this"
-            else:  # it failed before measuring anything
-                why = f"{fig.experiment} measured nothing in this run ({r.fact})"
-        elif r is not None:
-            why = f"{fig.experiment} was skipped in this run"
-        elif fig.experiment:
-            why = f"{fig.experiment} was not part of this run"
+        if r is None:
+            text = f"{fig.provenance()}: {fig.recorded}"
+            if fig.experiment:
+                text = f"the {fig.experiment} experiment was not part of this run; {text}"
+            out.append(Quote(fig.experiment, "recorded", _sentence(text)))
+            continue
+        measured = fig.sentence(r)
+        if measured is not None:
+            text = f"Measured in this run by the {fig.experiment} experiment: {measured}"
+        elif r.skipped:
+            text = (f"the {fig.experiment} experiment was skipped in this run, so this was not "
+                    "measured")
+        elif not (r.facts or r.variants):
+            text = (f"the {fig.experiment} experiment failed in this run, so this was not "
+                    "measured")
         else:
-            why = ""
-        text = f"{fig.provenance()}: {fig.recorded}"
-        out.append(Quote(fig.experiment, False,
-                         _sentence(f"{why[:1].upper()}{why[1:]}; {text}" if why else
-                                   f"{text[:1].upper()}{text[1:]}")))
+            text = (f"this run's {fig.experiment} experiment did not measure this; "
+                    f"`{fig.command}` does")
+        if measured is None:
+            text += f" ({elsewhere})"
+        quote = Quote(fig.experiment, "missing" if measured is None else "run", _sentence(text))
+        if quote not in out:  # two figures of one failed experiment: one note
+            out.append(quote)
     return out
 
 

@@ -11,8 +11,8 @@ from tcplab.experiments.result import Result
 #: A key not named here reads as itself with "_" as spaces ("_s" as seconds).
 SETTING_WORDS: dict[str, tuple[str, str]] = {
     "model": ("server model", ""),
-    "small_count": ("64 B echoes", ""),
-    "large_count": ("1 MiB echoes", ""),
+    "small_count": ("64 B round trips", ""),
+    "large_count": ("1 MiB round trips", ""),
     "pause_s": ("pause between steps", "s"),
     "count": ("connections per variant", ""),
     "reuse_count": ("connections with the default range", ""),
