@@ -8,9 +8,11 @@ command that reproduces it (``recorded``).
 
 * The HTML report quotes this run: a figure whose experiment ran is built from
   that Result's own fields, never from the recorded text, so a lesson box
-  cannot contradict the page it is on. An experiment that was skipped, failed
-  or not part of the run says so; its recorded figure follows, labelled with
-  its date and command (the page has no figure of its own to contradict).
+  cannot contradict the page it is on. When the Result lacks the fields (the
+  experiment was skipped or failed, or ran without the option that measures
+  them) the box says so and quotes no number. A recorded figure appears only
+  for an experiment that was not part of the run and for the few figures no
+  experiment measures, always with its date and command.
 * ``tcplab explain TOPIC`` has no run to quote: it prints the recorded figures
   with their provenance. docs/lessons.md is ``tcplab explain --markdown``.
 
@@ -101,19 +103,18 @@ def _half_close_time_wait(r: Result) -> str | None:
 
 
 def _half_close_states(r: Result) -> str | None:
+    def where(side: dict[str, Any] | None) -> str:
+        return f"in {side['state']}" if side else "gone"
+
     steps = r.facts["steps"]
-    state = [((s["client"] or {}).get("state", "closed"),
-              (s["server"] or {}).get("state", "closed")) for s in steps]
-    client, server = state[1]
-    text = (f"after the client's shutdown(SHUT_WR), the client's socket was in {client} and "
-            f"the server's in {server}")
-    before_close = state[1:3]
-    if all(cs == ("FIN_WAIT2", "CLOSE_WAIT") for cs in before_close):
+    seen = [(where(s["client"]), where(s["server"])) for s in steps]
+    text = (f"after the client's shutdown(SHUT_WR), the client's socket was {seen[1][0]} and "
+            f"the server's {seen[1][1]}")
+    if seen[1] == seen[2] == ("in FIN_WAIT2", "in CLOSE_WAIT"):
         text += (", and both stayed there while the server still sent (a FIN closes one "
                  "direction only)")
-    client, server = state[3]
-    return text + (f"; after the server's close(), the client's socket was in {client} and "
-                   f"the server's {'gone' if server == 'closed' else 'in ' + server}")
+    return text + (f"; after the server's close(), the client's socket was {seen[3][0]} and "
+                   f"the server's {seen[3][1]}")
 
 
 def _fd_leak_close_wait(r: Result) -> str | None:
