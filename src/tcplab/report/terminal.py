@@ -2,14 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tcplab.experiments.result import Result
+
+#: How the settings experiments record read to a person: key -> (words, unit).
+#: A key not named here reads as itself with "_" as spaces ("_s" as seconds).
+SETTING_WORDS: dict[str, tuple[str, str]] = {
+    "model": ("server model", ""),
+    "small_count": ("64 B round trips", ""),
+    "large_count": ("1 MiB round trips", ""),
+    "pause_s": ("pause between steps", "s"),
+    "count": ("connections per variant", ""),
+    "reuse_count": ("connections with the default range", ""),
+    "pool_size": ("pool size", ""),
+    "fd_limit": ("fd limit", ""),
+    "tcp_fin_timeout": ("tcp_fin_timeout", "s"),
+    "ladder": ("connections", ""),
+    "messages": ("round trips per connection", ""),
+    "size": ("message size", "B"),
+}
+
+
+def setting_value(key: str, value: Any) -> str:
+    """One setting's value in words: 1,000 (a port number without the comma), lists
+    joined by commas, yes/no, and nothing in Python's own notation."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, int):
+        return str(value) if key == "port" or key.endswith("_port") else f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else f"{value:g}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(setting_value(key, v) for v in value) or "none"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {setting_value(str(k), v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def settings_text(settings: Mapping[str, Any]) -> str:
+    """``ports 1,000 · connections per variant 3,000 · server tcplab server (uvloop)``."""
+    parts = []
+    for key, value in settings.items():
+        words, unit = SETTING_WORDS.get(key, (key.replace("_", " "), ""))
+        if not unit and key.endswith("_s") and key not in SETTING_WORDS:
+            words, unit = key[:-2].replace("_", " "), "s"
+        parts.append(f"{words} {setting_value(key, value)}{' ' + unit if unit else ''}")
+    return " · ".join(parts)
 
 
 def result_lines(result: Result) -> list[str]:
     status = "skipped" if result.skipped else ("shown" if result.ok else "NOT SHOWN")
     lines = [f"experiment {result.experiment}: {status}"]
+    if result.settings:
+        lines.append(f"  run with: {settings_text(result.settings)}")
     for event in result.events:
         lines.append(f"  {event.t:7.3f} s  {event.what}")
     lines.extend(variant_lines(result))
