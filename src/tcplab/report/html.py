@@ -40,9 +40,9 @@ def _charts(r: Result) -> list[tuple[str, str]]:
         out.append(("The leaking server over time", charts.fd_leak(r.timeline,
                                                                    r.facts.get("fd_limit"))))
     if r.experiment == "multiplex" and r.variants:
-        out.append(("Throughput and p99 per model against connections: a red cross is a "
-                    "collapsed row (most connections failed)", charts.multiplex_load(r.variants)))
-        out.append(("The C10k table as bars", charts.multiplex(r.variants)))
+        out.append(("The C10k table as charts: echoes/s and p99 per model against "
+                    "connections (a red cross: a collapsed row, most connections failed), RSS "
+                    "per connection and OS threads", charts.multiplex(r.variants)))
     if r.experiment == "handshake" and r.facts.get("sequence"):
         out.append(("The connection's packets as a sequence diagram",
                     charts.sequence(r.facts["sequence"])))
