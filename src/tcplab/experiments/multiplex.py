@@ -76,7 +76,8 @@ LOOPS = ("epoll", "asyncio", "uvloop")
 THREADS_TIMEOUT = (
     "thread per connection: each echo needs the GIL, and every thread waiting for it wakes "
     "every 5 ms (sys.getswitchinterval()) to ask for it, so thousands of threads burn the CPU "
-    "in wakeups (the GIL convoy) and new connections' Thread.start() waits for it too; "
+    "in context switches (the GIL convoy) and new connections' Thread.start() waits for it "
+    "too; "
     "a longer --timeout does not rescue it"
 )
 
