@@ -184,6 +184,14 @@ def multiplex_row_notes(v: dict[str, Any]) -> list[str]:
             "connection" + ("" if cpu is None else f", {cpu:,.0f} us of CPU per echo") + ".")
     elif v["failed"]:
         notes.append(f"{label}: {v['failed']:,} of {n:,} connections failed.")
+    limit, took = v.get("timeout_s"), v.get("exchange_s")
+    if limit and took and took > limit * 1.25:
+        # The client checks its deadline between epoll batches; far past it
+        # means the client itself waited for a CPU (seen once: 38 s for 20 s,
+        # with the machine's load average near 2,900).
+        notes.append(f"{label}: the exchange ran {took:.1f} s against --timeout {limit:g} s: "
+                     "the client itself fell behind (on a loaded machine it waits for a CPU "
+                     "too), so its latencies include that wait.")
     for kind, count in (v.get("failures") or {}).items():
         why = (v.get("explanations") or {}).get(kind, "not explained")
         notes.append(f"{label} {kind} x{count:,}: {why}.")
