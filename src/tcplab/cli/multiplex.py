@@ -20,6 +20,12 @@ does the same with GOMAXPROCS threads and goroutines parked on epoll.
 
 The server is found by its listening port (or --server-pid). The client raises
 its own soft fd limit as far as N needs, up to the hard limit, and says so.
+
+A server that cannot keep up shows as "timeout": connections still waiting for
+an echo when --timeout runs out. It also says how many connections got a first
+echo at all, and (on loopback) when the server had accepted every connection,
+read from the listener's accept queue. Nothing listening on the port: it stops
+at the first refused connection with the connection-failed exit status.
 """
 
 EXAMPLES = """\
