@@ -15,7 +15,7 @@ The lesson, and what the verdict judges:
 * threads: one OS thread per connection, and at 10,000 connections it
   collapses. Shown when, at the largest N (10,000 or more), most connections
   failed (timed out) or its echoes/s fell below a tenth of its figure at the
-  reference N (1,000). Both margins are wide. Measured in 9 full runs on this
+  reference N (1,000). Both margins are wide. Measured in 10 full runs on this
   2-core machine, loaded by other jobs: 90-100% of 10,000 timed out (median
   99.9%), and echoes/s fell to 0.7-2.5% of the 1,000 figure, while the
   event-loop models kept at least 30% of theirs.
@@ -28,10 +28,10 @@ that timeout, then asks the holder to drop it). Thousands of waiters waking
 every 5 ms burn the CPU in context switches: measured once, the threads
 server at 10,000 made 3.05 million voluntary context switches for 17,661
 echoes, about 170 per echo (at 1,000: 2,714 for 50,000); its CPU per echo was
-2.6-27 ms at 10,000 against 18-188 us at 1,000 (9 runs). The accept
+2.6-27 ms at 10,000 against 18-188 us at 1,000 (10 runs). The accept
 loop's Thread.start() waits for its new thread to take the GIL too, so how
 many threads the server reached by the end depends on load (7,438 to 10,001
-in 9 runs; 8,599 and 8,725 in issue 11), which is why the verdict never judges
+in 10 runs; 8,599 and 8,725 in issue 11), which is why the verdict never judges
 the thread count. A longer --timeout does not rescue it (40 s: 5,110 of 50,000
 echoes, measured for issue 11).
 
