@@ -17,7 +17,12 @@ from typing import Any
 from tcplab.experiments.result import Event, Result
 from tcplab.report import charts
 from tcplab.report.lessons import LESSONS, placement, quotes
-from tcplab.report.terminal import result_lines, settings_text
+from tcplab.report.terminal import (
+    multiplex_cells,
+    multiplex_row_notes,
+    result_lines,
+    settings_text,
+)
 from tcplab.words import plural
 
 CSS = """
@@ -46,7 +51,9 @@ def _charts(r: Result) -> list[tuple[str, str]]:
         out.append(("The leaking server over time", charts.fd_leak(r.timeline,
                                                                    r.facts.get("fd_limit"))))
     if r.experiment == "multiplex" and r.variants:
-        out.append(("The C10k table as bars", charts.multiplex(r.variants)))
+        out.append(("The C10k table as charts: echoes/s and p99 per model against "
+                    "connections (a red cross: a collapsed row, most connections failed), RSS "
+                    "per connection and OS threads", charts.multiplex(r.variants)))
     if r.experiment == "handshake" and r.facts.get("sequence"):
         out.append(("The connection's packets as a sequence diagram",
                     charts.sequence(r.facts["sequence"])))
@@ -81,6 +88,29 @@ def _lesson_box(topic: str, run: Mapping[str, Result]) -> str:
             "</div>")
 
 
+def _multiplex(r: Result) -> str:
+    """The C10k table, a collapsed row marked, and every failure with what it means."""
+    head = ("model", "connections", "threads", "epoll watches", "RSS/conn", "CPU/echo", "p99",
+            "echoes/s", "all accepted", "failed")
+    rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for v in r.variants:
+        c = multiplex_cells(v)
+        cells = (v["model"], f"{v['connections']:,}", f"{v['threads'] or 0:,}",
+                 f"{v['epoll_watches'] or 0:,}", c["rss"], c["cpu"], c["p99"], c["eps"],
+                 c["accepted"], c["failed"])
+        cls = ' class="fail"' if v.get("collapsed") else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells)
+                    + "</tr>")
+    rows.append("</table>")
+    notes = [line for v in r.variants for line in multiplex_row_notes(v)]
+    if notes:
+        rows.append("<p>Failures seen, and what they mean:</p><ul>"
+                    + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    if r.facts.get("rules"):
+        rows.append(f'<p class="meta">Verdict: {html.escape(r.facts["rules"])}.</p>')
+    return "\n".join(rows)
+
+
 def _section(r: Result, index: int, run: Mapping[str, Result], topics: list[str]) -> str:
     status, cls = (("skipped", "skip") if r.skipped else
                    ("shown", "ok") if r.ok else ("NOT shown", "fail"))
@@ -93,6 +123,8 @@ def _section(r: Result, index: int, run: Mapping[str, Result], topics: list[str]
     for caption, svg in ([] if r.skipped else _charts(r)):
         parts.append(f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}'
                      "</figcaption></figure>")
+    if r.experiment == "multiplex" and r.variants and not r.skipped:
+        parts.append(_multiplex(r))
     errors = _errors(r)
     if errors:
         parts.append("<p>Errors seen, verbatim:</p><pre>"
