@@ -243,7 +243,19 @@ def _multiplex(r: Result) -> str | None:
         parts.append(text + (f", {plural(failed, 'failed connection')}" if failed else
                              ", no connection failed"))
     t = at.get(("threads", big))
-    if t:
+    if t and t.get("collapsed"):
+        # Most connections failed: no figure of this row is a clean measurement
+        # (experiments/multiplex.py flags it), so say what got through, labelled.
+        text = (f"thread per connection at {plural(big, 'connection')} collapsed: "
+                f"{t['failed']:,} of {big:,} connections failed; what got through: "
+                f"{plural(t['echoes'], 'echo')} ({t['echoes_per_s']:,.0f}/s) on "
+                f"{plural(t['threads'] or 0, 'thread')}")
+        first = at.get(("threads", small))
+        if first and small != big:
+            text += f" (at {small:,}: {first['echoes_per_s']:,.0f} echoes/s)"
+        why = ", ".join(f"{k} x{n:,}" for k, n in t.get("failures", {}).items())
+        parts.append(f"{text}; failures: {why}")
+    elif t:
         text = (f"thread per connection at {plural(big, 'connection')}: "
                 f"{plural(t['threads'] or 0, 'thread')}, {t['rss_per_conn'] / 1024:,.1f} KiB "
                 f"per connection, p99 {_latency(t['p99_us'])}, "
