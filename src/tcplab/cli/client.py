@@ -10,6 +10,7 @@ from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, human_bytes, note, out
+from tcplab.words import plural
 
 DESCRIPTION = """\
 Connects to an echo server and shows what comes back.
@@ -148,7 +149,7 @@ def _interactive(client: Any, dest: Any, args: argparse.Namespace) -> int:
 
 
 def _print_round_trips(r: Any) -> None:
-    out(f"{r.count} echoes of {r.size} B to {r.host}:{r.port}, every byte verified "
+    out(f"{plural(r.count, 'echo')} of {r.size} B to {r.host}:{r.port}, every byte verified "
         f"({human_bytes(r.verified_bytes)})")
     out(f"round trip  min {r.rtt_min_us:.0f} us  p50 {r.rtt_p50_us:.0f} us  "
         f"p99 {r.rtt_p99_us:.0f} us  max {r.rtt_max_us:.0f} us")

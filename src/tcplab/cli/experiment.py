@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 import time
 from typing import Any
 
@@ -151,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         from tcplab.report import html
 
         try:
-            path = html.write(results, args.report, bodies)
+            path = html.write(results, args.report, bodies,
+                              command=shlex.join(["tcplab", *sys.argv[1:]]))
         except OSError as exc:
             raise _report_error(exc, args.report) from None
         note(f"report written to {path}")
@@ -210,8 +213,6 @@ class _Status:
     otherwise (and nothing extra when stdout carries JSON: notes go to stderr)."""
 
     def __init__(self, label: str, started: float, quiet: bool) -> None:
-        import sys
-
         self.label = label
         self.started = started
         self.live = None

@@ -9,6 +9,7 @@ from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, human_bytes, note, out
+from tcplab.words import plural
 
 DESCRIPTION = """\
 Per process: fds in use, its soft and hard limit (the process's own, from
@@ -124,7 +125,7 @@ def _print(reports: list[Any]) -> None:
         soft = "unlimited" if r.soft < 0 else f"{r.soft:,}"
         hard = "unlimited" if r.hard < 0 else f"{r.hard:,}"
         out(f"pid {r.pid} ({r.command}): {r.fds:,} fds of {soft} ({r.percent:.1f}%), "
-            f"hard limit {hard}, {r.threads} threads, RSS {human_bytes(r.rss_bytes)}")
+            f"hard limit {hard}, {plural(r.threads, 'thread')}, RSS {human_bytes(r.rss_bytes)}")
         if r.tcp:
             out("  tcp:   " + ", ".join(f"{state} {n:,}" for state, n in r.tcp.items()))
         if r.other:
