@@ -117,9 +117,10 @@ def run(args: argparse.Namespace) -> int:
             cap.close()
             if writer is not None:
                 writer.close()
-    note(f"{seen} packets" + (f" written to {args.write}" if args.write else "")
+    written = f" written to {args.write}" if args.write else ""
+    if stop and args.write:  # say that an interrupted capture left a whole file
+        written += ", a complete pcap file (stopped between packets)"
+    note(f"{seen} packets{written}"
          + (f"; {dropped} dropped by the kernel (not read fast enough)" if dropped else ""))
-    if stop and args.write:
-        note(f"stopped: {args.write} is complete, every one of its {seen} packets whole")
     stop.raise_if_set()  # cli/main.py says "interrupted" (130)
     return 0

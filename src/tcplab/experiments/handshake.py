@@ -139,7 +139,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
     return _merge(packets, traced, wall_minus_mono, json.loads(tw or b'{"sockets": []}'))
 
 
-def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 6.0) -> None:
+def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 4.0) -> None:
     """SIGTERM the tracer (it removes its trace instance and exits); if it does not
     go within ``grace`` s, SIGKILL it and remove its instance ourselves. Not cut by
     SIGINT or SIGTERM."""
@@ -150,7 +150,7 @@ def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 6.0) -> None:
         if proc.returncode == -signal.SIGKILL:
             subprocess.run([sys.executable, "-c", _REMOVE_STALE], stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
-                           check=False)
+                           check=False, process_group=0)
 
 
 #: Removes trace instances whose process is gone (ours, SIGKILLed above); in a

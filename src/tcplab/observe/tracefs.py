@@ -91,8 +91,12 @@ def availability() -> tuple[bool, str, str | None]:
     import sys
 
     try:
-        r = subprocess.run([sys.executable, "-c", _TRY_PRIVATE], capture_output=True,
-                           text=True, stdin=subprocess.DEVNULL, timeout=30, check=False)
+        # Its own process group and signals held: a Ctrl-C cannot stop it between
+        # its mkdir and its rmdir (the try takes about 0.1 s).
+        with deferred():
+            r = subprocess.run([sys.executable, "-c", _TRY_PRIVATE], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL, timeout=30, check=False,
+                               process_group=0)
         answer = json.loads(r.stdout or "{}")
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         answer = {"ok": False, "message": str(exc)}
