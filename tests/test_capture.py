@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tcplab.errors import UsageError
 from tcplab.kernel.packets import (
     PCAP_HEADER,
     Packet,
@@ -528,6 +530,36 @@ def test_capture_without_cap_net_raw_writes_no_file(spawn: Spawner, tmp_path: Pa
     run = spawn(tcplab("capture", "--port", "8080", "--write", str(pcap)), **without_net_raw())
     assert run.finish() == 4, run.err
     assert not pcap.exists(), f"a {pcap.stat().st_size}-byte pcap file was left behind"
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("name", ["lo0", "nosuch0"])
+def test_capture_on_a_missing_interface_says_so(name: str, spawn: Spawner,
+                                                tmp_path: Path) -> None:
+    """Bad input at once (before the privilege question, no file made), with the
+    interfaces there are; for macOS's lo0, Linux's name for loopback."""
+    pcap = tmp_path / "none.pcap"
+    run = spawn(tcplab("capture", "--interface", name, "--write", str(pcap)),
+                **without_net_raw())
+    assert run.finish() == UsageError.exit_code, run.err
+    text = "\n".join(run.err)
+    assert f"cannot capture on '{name}': No such device" in text
+    assert "lo" in re.findall(r"interfaces here: (.*)", text)[0].split(", ")
+    assert ("on Linux the loopback interface is lo" in text) == (name == "lo0")
+    assert "Traceback" not in text and not pcap.exists()
+
+
+def test_capture_hint_never_gives_raw_sockets_to_a_shared_python(spawn: Spawner) -> None:
+    """The hint names the interpreter that would get CAP_NET_RAW, resolved, and what that
+    grants; when it is shared (a venv's python is usually a link to it), it says not to."""
+    run = spawn(tcplab("capture", "--port", "8080", "--duration", "1"), **without_net_raw())
+    assert run.finish() == 4, run.err
+    hint = next(x for x in run.err if x.startswith("hint:"))
+    exe = os.path.realpath(sys.executable)
+    assert "root" in hint and "which python3" not in hint
+    assert exe in hint and "every script" in hint
+    own = sys.prefix != sys.base_prefix and exe.startswith(os.path.realpath(sys.prefix) + "/")
+    assert (f"Do not setcap {exe}" in hint) == (not own), hint
 
 
 # -- the handshake experiment ------------------------------------------------------------------

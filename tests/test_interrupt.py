@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.privileged
+from tcplab import interrupts
 
 ROOT = os.geteuid() == 0
 EXIT_BOUND = 10.0  # seconds from the first SIGINT to the exit: the issue's requirement
@@ -541,6 +541,7 @@ def leftover_instances() -> Iterator[dict[int, str]]:
         f"{n} ({pids[int(n[7:])]})" for n in ours)
 
 
+@pytest.mark.privileged
 @needs_netns
 @pytest.mark.parametrize("name", list(CASES))
 def test_sigint_leaves_nothing(name: str, tmp_path: Path,
@@ -564,3 +565,74 @@ def test_sigint_leaves_nothing(name: str, tmp_path: Path,
         leftover_instances.update(out.seen)
         problems += verdict(name, point, out, case.endless)
     assert not problems, "\n".join(problems)
+
+
+# -- the pieces, in this process: real signals, sent to ourselves ----------------------------
+
+def signal_self(signum: int) -> None:
+    """Send it and give the Python handler (main thread, between bytecodes) its turn."""
+    os.kill(os.getpid(), signum)
+    for _ in range(10):
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SIGINT and SIGTERM handlers (and interrupted()) as they were, afterwards."""
+    monkeypatch.setattr(interrupts, "_interrupted", False)
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.pure
+def test_a_signal_in_a_deferred_block_comes_after_it(handlers: None) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred():
+            signal_self(signal.SIGINT)
+            steps.append("after the signal")
+        steps.append("not reached")
+    assert steps == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.pure
+def test_a_deferred_sigint_adds_nothing_to_an_interrupt_on_its_way(handlers: None) -> None:
+    with pytest.raises(KeyboardInterrupt) as caught, interrupts.deferred():
+        signal_self(signal.SIGINT)
+        raise KeyboardInterrupt("the first")
+    assert caught.value.args == ("the first",)
+
+
+@pytest.mark.pure
+def test_after_the_first_sigint_the_next_ones_are_ignored(handlers: None) -> None:
+    interrupts.install()
+    assert not interrupts.interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        signal_self(signal.SIGINT)
+    assert interrupts.interrupted()
+    signal_self(signal.SIGINT)  # ignored: the cleanup the first one started runs on
+    signal_self(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.pure
+def test_install_keeps_an_ignored_sigint_ignored(handlers: None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job
+    interrupts.install()
+    signal_self(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.pure
+def test_stop_flag_raises_nothing_until_asked(handlers: None) -> None:
+    stop = interrupts.StopFlag()
+    assert not stop
+    signal_self(signal.SIGTERM)
+    signal_self(signal.SIGINT)
+    assert stop and stop.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        stop.raise_if_set()
