@@ -119,7 +119,9 @@ class deferred:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        for s, old in self._old.items():
+        # SIGINT last: once its raising handler is back, the next SIGINT may raise
+        # here, and every other handler must be back by then.
+        for s, old in reversed(self._old.items()):
             signal.signal(s, old)
         held = list(dict.fromkeys(self.held))
         self.held.clear()
