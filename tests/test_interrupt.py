@@ -151,6 +151,13 @@ class Finished(Exception):
     """The command ended before the point was reached, or before the signal."""
 
 
+def sigint_as_a_terminal_job_has_it() -> None:
+    """In the child: SIGINT at its default. pytest started from a script's background
+    job (``cmd &`` without job control) has SIGINT ignored, and a child would inherit
+    that; tcplab, like a shell, keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watcher:
     """Looks at every process every 25 ms and hands each registered session its own
     (one scan for all the runs of a test, not one per run)."""
@@ -193,7 +200,8 @@ class Job:
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tcplab", *args], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=sigint_as_a_terminal_job_has_it)
         self.sid = self.proc.pid
         self.out: list[str] = []
         self.err: list[str] = []
@@ -581,6 +589,7 @@ def handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """SIGINT and SIGTERM handlers (and interrupted()) as they were, afterwards."""
     monkeypatch.setattr(interrupts, "_interrupted", False)
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if pytest's is ignored
     yield
     for s, h in old.items():
         signal.signal(s, h)
@@ -588,7 +597,6 @@ def handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.pure
 def test_a_signal_in_a_deferred_block_comes_after_it(handlers: None) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own
     steps = []
     with pytest.raises(KeyboardInterrupt):
         with interrupts.deferred():
