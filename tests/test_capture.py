@@ -549,6 +549,7 @@ def test_capture_on_a_missing_interface_says_so(name: str, spawn: Spawner,
     assert "Traceback" not in text and not pcap.exists()
 
 
+@pytest.mark.loopback
 def test_capture_hint_never_gives_raw_sockets_to_a_shared_python(spawn: Spawner) -> None:
     """The hint names the interpreter that would get CAP_NET_RAW, resolved, and what that
     grants; when it is shared (a venv's python is usually a link to it), it says not to."""

@@ -287,6 +287,11 @@ class Job:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        for t in self._threads:  # the output up to the end, then the pipes closed
+            t.join(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @dataclass
