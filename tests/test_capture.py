@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tcplab.errors import UsageError
+from tcplab.errors import NotSupported
 from tcplab.kernel.packets import (
     PCAP_HEADER,
     Packet,
@@ -536,12 +536,12 @@ def test_capture_without_cap_net_raw_writes_no_file(spawn: Spawner, tmp_path: Pa
 @pytest.mark.parametrize("name", ["lo0", "nosuch0"])
 def test_capture_on_a_missing_interface_says_so(name: str, spawn: Spawner,
                                                 tmp_path: Path) -> None:
-    """Bad input at once (before the privilege question, no file made), with the
-    interfaces there are; for macOS's lo0, Linux's name for loopback."""
+    """Said at once (before the privilege question, no file made), with the interfaces
+    there are; for macOS's lo0, Linux's name for loopback."""
     pcap = tmp_path / "none.pcap"
     run = spawn(tcplab("capture", "--interface", name, "--write", str(pcap)),
                 **without_net_raw())
-    assert run.finish() == UsageError.exit_code, run.err
+    assert run.finish() == NotSupported.exit_code, run.err
     text = "\n".join(run.err)
     assert f"cannot capture on '{name}': No such device" in text
     assert "lo" in re.findall(r"interfaces here: (.*)", text)[0].split(", ")

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from tcplab.errors import NotSupported, PrivilegeError, UsageError
+from tcplab.errors import NotSupported, PrivilegeError
 from tcplab.kernel.packets import SNAPLEN, port_filter
 
 ETH_P_ALL = 0x0003
@@ -53,8 +53,8 @@ def raw_socket_hint() -> str:
 
 
 def check_interface(name: str) -> None:
-    """A UsageError naming the interfaces there are when ``name`` is not one of them
-    (in this network namespace)."""
+    """NotSupported (README's exit table: an interface this machine lacks, such as
+    macOS's lo0) naming the interfaces there are (in this network namespace)."""
     try:
         socket.if_nametoindex(name)
         return
@@ -64,7 +64,7 @@ def check_interface(name: str) -> None:
     hint = f"interfaces here: {there}"
     if name.lower().startswith("lo"):
         hint = f"on Linux the loopback interface is lo (lo0 is macOS's and the BSDs'); {hint}"
-    raise UsageError(f"cannot capture on {name!r}: {os.strerror(errno.ENODEV)}", hint=hint)
+    raise NotSupported(f"cannot capture on {name!r}: {os.strerror(errno.ENODEV)}", hint=hint)
 
 
 class Capture:
