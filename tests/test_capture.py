@@ -563,6 +563,27 @@ def test_capture_hint_never_gives_raw_sockets_to_a_shared_python(spawn: Spawner)
     assert (f"Do not setcap {exe}" in hint) == (not own), hint
 
 
+@pytest.mark.pure
+@pytest.mark.parametrize("layout", ["venv-copies", "venv-link", "no-venv"])
+def test_capture_hint_by_interpreter(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """setcap is offered only on an interpreter the virtual environment owns (venv
+    --copies); a linked or system interpreter is named with a warning instead."""
+    from tcplab.observe.capture import raw_socket_hint
+
+    venv, shared = "/nonexistent/venv", "/nonexistent/python/bin/python3.11"
+    exe = {"venv-copies": f"{venv}/bin/python3", "venv-link": shared, "no-venv": shared}[layout]
+    monkeypatch.setattr(sys, "executable", exe)  # paths that do not exist resolve to themselves
+    monkeypatch.setattr(sys, "prefix", "/nonexistent/python" if layout == "no-venv" else venv)
+    monkeypatch.setattr(sys, "base_prefix", "/nonexistent/python")
+    hint = raw_socket_hint()
+    assert hint.startswith("run as root")
+    if layout == "venv-copies":
+        assert f"sudo setcap cap_net_raw+ep {exe} " in hint and "every script" in hint
+    else:
+        assert f"Do not setcap {shared}:" in hint and "every script" in hint
+        assert ("link to" in hint) == (layout == "venv-link")
+
+
 # -- the handshake experiment ------------------------------------------------------------------
 
 
