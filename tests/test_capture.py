@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tcplab.errors import NotSupported
 from tcplab.kernel.packets import (
     PCAP_HEADER,
     Packet,
@@ -394,7 +396,7 @@ def one_connection_captured(cap: Child, server: Child, host: str, port: int) -> 
 
     until(lambda: len(fins()) == 2 and len(cap.out) > fins()[1] + 1, "last ACK")
     cap.proc.send_signal(signal.SIGINT)
-    assert cap.finish() == 0, cap.err
+    assert cap.finish() == 130, cap.err  # interrupted, after closing the file whole
     return cport
 
 
@@ -489,7 +491,7 @@ def test_capture_keeps_whole_64k_frames(spawn: Spawner, tmp_path: Path) -> None:
         lst.close()
     time.sleep(0.3)
     cap.proc.send_signal(signal.SIGINT)
-    assert cap.finish() == 0, cap.err
+    assert cap.finish() == 130, cap.err
     rows = tshark(pcap, "frame.len", "ip.len", "ip.hdr_len", "tcp.hdr_len")
     if not any(int(r[1]) + 14 > 65536 for r in rows):
         pytest.skip("no frame above 65,536 bytes on lo here")
@@ -528,6 +530,58 @@ def test_capture_without_cap_net_raw_writes_no_file(spawn: Spawner, tmp_path: Pa
     run = spawn(tcplab("capture", "--port", "8080", "--write", str(pcap)), **without_net_raw())
     assert run.finish() == 4, run.err
     assert not pcap.exists(), f"a {pcap.stat().st_size}-byte pcap file was left behind"
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("name", ["lo0", "nosuch0"])
+def test_capture_on_a_missing_interface_says_so(name: str, spawn: Spawner,
+                                                tmp_path: Path) -> None:
+    """Said at once (before the privilege question, no file made), with the interfaces
+    there are; for macOS's lo0, Linux's name for loopback."""
+    pcap = tmp_path / "none.pcap"
+    run = spawn(tcplab("capture", "--interface", name, "--write", str(pcap)),
+                **without_net_raw())
+    assert run.finish() == NotSupported.exit_code, run.err
+    text = "\n".join(run.err)
+    assert f"cannot capture on '{name}': No such device" in text
+    assert "lo" in re.findall(r"interfaces here: (.*)", text)[0].split(", ")
+    assert ("on Linux the loopback interface is lo" in text) == (name == "lo0")
+    assert "Traceback" not in text and not pcap.exists()
+
+
+@pytest.mark.loopback
+def test_capture_hint_never_gives_raw_sockets_to_a_shared_python(spawn: Spawner) -> None:
+    """The hint names the interpreter that would get CAP_NET_RAW, resolved, and what that
+    grants; when it is shared (a venv's python is usually a link to it), it says not to."""
+    run = spawn(tcplab("capture", "--port", "8080", "--duration", "1"), **without_net_raw())
+    assert run.finish() == 4, run.err
+    hint = next(x for x in run.err if x.startswith("hint:"))
+    exe = os.path.realpath(sys.executable)
+    assert "root" in hint and "which python3" not in hint
+    assert exe in hint and "every script" in hint
+    own = sys.prefix != sys.base_prefix and exe.startswith(os.path.realpath(sys.prefix) + "/")
+    assert (f"Do not setcap {exe}" in hint) == (not own), hint
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("layout", ["venv-copies", "venv-link", "no-venv"])
+def test_capture_hint_by_interpreter(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """setcap is offered only on an interpreter the virtual environment owns (venv
+    --copies); a linked or system interpreter is named with a warning instead."""
+    from tcplab.observe.capture import raw_socket_hint
+
+    venv, shared = "/nonexistent/venv", "/nonexistent/python/bin/python3.11"
+    exe = {"venv-copies": f"{venv}/bin/python3", "venv-link": shared, "no-venv": shared}[layout]
+    monkeypatch.setattr(sys, "executable", exe)  # paths that do not exist resolve to themselves
+    monkeypatch.setattr(sys, "prefix", "/nonexistent/python" if layout == "no-venv" else venv)
+    monkeypatch.setattr(sys, "base_prefix", "/nonexistent/python")
+    hint = raw_socket_hint()
+    assert hint.startswith("run as root")
+    if layout == "venv-copies":
+        assert f"sudo setcap cap_net_raw+ep {exe} " in hint and "every script" in hint
+    else:
+        assert f"Do not setcap {shared}:" in hint and "every script" in hint
+        assert ("link to" in hint) == (layout == "venv-link")
 
 
 # -- the handshake experiment ------------------------------------------------------------------

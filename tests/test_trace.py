@@ -572,6 +572,9 @@ def test_trace_shows_one_connection_and_its_syscalls(spawn: Spawner,
     for tracer in (states, calls):
         line = tracer.wait_line(lambda x: x.startswith("tracing"))
         assert f"instances/tcplab-{tracer.pid}" in line
+        # the first thing it says: the tracepoint is not per namespace
+        assert tracer.err[0] == line
+        assert "global to the machine" in line and "every network namespace" in line
         # tracefs is mounted in the tracer's own mount namespace, not ours
         assert os.stat(f"/proc/{tracer.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
         assert "tracefs" in Path(f"/proc/{tracer.pid}/mounts").read_text()
@@ -600,6 +603,64 @@ def test_trace_shows_one_connection_and_its_syscalls(spawn: Spawner,
         (x["sport"], x["dport"], x["old"], x["new"]) for x in calls.json() if "old" in x}
 
 
+#: Run in a network namespace of its own (lo up, nothing listening): one connect()
+#: to 127.0.0.1:PORT, refused there.
+REFUSED_ELSEWHERE = """
+import socket, sys
+from tcplab.experiments.nsholder import link_up
+from tcplab.observe.nsutil import CLONE_NEWNET, unshare
+unshare(CLONE_NEWNET)
+link_up("lo")
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+except ConnectionRefusedError:
+    print(s.getsockname()[1])
+"""
+
+
+@pytest.mark.privileged
+@needs_root
+def test_trace_shows_other_namespaces(spawn: Spawner, nothing_left: list[int]) -> None:
+    """What its help and first line say: the tracepoint is global, so a connection made
+    in another network namespace on the port shows too."""
+    port = 40000 + os.getpid() % 20000
+    tracer = spawn(tcplab("trace", "--port", str(port), "--json"))
+    nothing_left.append(tracer.pid)
+    tracer.wait_line(lambda x: x.startswith("tracing"))
+    other = subprocess.run([sys.executable, "-c", REFUSED_ELSEWHERE, str(port)],
+                           capture_output=True, text=True, timeout=30)
+    assert other.returncode == 0 and other.stdout.strip().isdigit(), other.stderr
+    cport = int(other.stdout)
+    tracer.wait_line(lambda x: f'"sport": {cport}' in x and '"new": "CLOSE"' in x, "out")
+    tracer.proc.send_signal(signal.SIGINT)
+    assert tracer.finish() == 130, tracer.err
+    assert (cport, port, "SYN_SENT", "CLOSE") in {
+        (x["sport"], x["dport"], x["old"], x["new"]) for x in tracer.json() if "old" in x}
+
+
+@pytest.mark.loopback
+def test_trace_help_says_the_tracepoint_is_global() -> None:
+    text = " ".join(subprocess.run(tcplab("trace", "--help"), capture_output=True, text=True,
+                                   timeout=60).stdout.split())
+    assert "global to the machine" in text
+    assert "every network namespace" in text
+
+
+@pytest.mark.privileged
+@needs_root
+def test_check_says_tracefs_works_when_trace_can_mount_it(nothing_left: list[int]) -> None:
+    """tracefs not mounted on the host is no failure: trace mounts it privately, and
+    check tries exactly that (in a child), leaving the host's mounts as they were."""
+    r = subprocess.run(tcplab("check", "--json"), capture_output=True, text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    tracefs = checks["tracefs"]
+    assert tracefs["ok"] is True, tracefs
+    if not any("tracefs" in m for m in tracefs_mounts()):
+        assert "private mount namespace" in tracefs["detail"], tracefs
+    assert tracefs["fix"] is None
+
+
 @pytest.mark.privileged
 @needs_root
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -613,7 +674,7 @@ def test_stopped_by_a_signal_it_cleans_up(signum: int, spawn: Spawner,
     tracer.wait_line(lambda x: "CLOSE_WAIT -> LAST_ACK" in x, "out")
     tracer.proc.send_signal(signum)
     rc = tracer.finish()
-    assert rc in (0, 130), (rc, tracer.err)  # it handled the signal: not killed by it
+    assert rc == 130, (rc, tracer.err)  # interrupted, and handled: not killed by it
     text = "\n".join(tracer.out)
     assert "SYN_SENT -> ESTABLISHED" in text
     assert re.search(r"^\d+ connections?:$", text, re.M), text  # the timeline, on the way out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import signal
 import time
 from typing import Any
 
@@ -19,6 +18,9 @@ outgoing copy loopback makes is dropped, as libpcap does), with tcpdump's
 flags ([S], [S.], [.], [P.], [F.], [R]) and the lab's words beside them (SYN,
 SYN-ACK, ACK, FIN, RST, data). --write saves a standard pcap file that
 tcpdump, tshark and Wireshark read.
+
+Ctrl-C (or SIGTERM) stops it after the packet in hand: the pcap file is
+closed complete, every packet in it whole, and the exit status is 130.
 
 Needs CAP_NET_RAW (root).
 """
@@ -67,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from tcplab.errors import UsageError
+    from tcplab.interrupts import StopFlag, deferred
     from tcplab.kernel.packets import PCAP_HEADER, PacketError, decode_frame, pcap_record
     from tcplab.observe.capture import Capture
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM only set this flag, looked at between packets: no
+    # signal can cut a pcap record (or a JSON line) in half.
+    stop = StopFlag()
     cap = Capture(args.port, args.interface)  # first: no file is left when it fails
     writer = None
     if args.write:
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     seen = 0
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
-        while (args.count is None or seen < args.count) and (
+        while not stop and (args.count is None or seen < args.count) and (
                 deadline is None or time.monotonic() < deadline):
             left = 0.5 if deadline is None else max(0.01, min(0.5, deadline - time.monotonic()))
             for t, frame in cap.frames(left):
@@ -106,13 +111,16 @@ def run(args: argparse.Namespace) -> int:
                     emit_json(body)
                 else:
                     out(packet_line(pk))
-    except KeyboardInterrupt:
-        pass
     finally:
-        dropped = cap.drops()
-        cap.close()
-        if writer is not None:
-            writer.close()
-    note(f"{seen} packets" + (f" written to {args.write}" if args.write else "")
+        with deferred():
+            dropped = cap.drops()
+            cap.close()
+            if writer is not None:
+                writer.close()
+    written = f" written to {args.write}" if args.write else ""
+    if stop and args.write:  # say that an interrupted capture left a whole file
+        written += ", a complete pcap file (stopped between packets)"
+    note(f"{seen} packets{written}"
          + (f"; {dropped} dropped by the kernel (not read fast enough)" if dropped else ""))
+    stop.raise_if_set()  # cli/main.py says "interrupted" (130)
     return 0

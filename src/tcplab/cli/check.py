@@ -15,6 +15,10 @@ user namespaces) and their sysctls, the NETLINK_SOCK_DIAG socket table,
 tracefs, AF_PACKET (CAP_NET_RAW), and fd limits. Experiments run the same
 probes and skip, with the reason, what cannot run here.
 
+tracefs not mounted on the host is no failure as root: trace mounts it in a
+private mount namespace of its own, and check tries exactly that (in a child,
+so no mount of the host changes).
+
 Exit status 0 when everything the experiments need works, 1 otherwise.
 """
 

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from tcplab import __version__
+from tcplab import __version__, interrupts
 from tcplab.errors import DoctorStatus, ExitStatus, TcplabError
 
 #: command name -> module in tcplab.cli; each has ``add_parser`` and ``run``.
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return ExitStatus.USAGE
     debug = bool(args.debug)
+    # The first Ctrl-C raises KeyboardInterrupt, later ones are ignored, so the
+    # cleanup it starts runs to its end (tcplab/interrupts.py).
+    restore_sigint = interrupts.install()
     try:
         return int(args.func(args) or 0)
     except TcplabError as exc:
@@ -162,3 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             note(f"tcplab: internal error: {type(exc).__name__}: {exc}")
             note("hint: run again with --debug for the traceback, and report it")
         return ExitStatus.ERROR
+    finally:
+        if argv is None:  # the process ends now: a late Ctrl-C must not turn a
+            interrupts.ignore()  # finished run into a traceback
+        else:
+            restore_sigint()  # called in-process (tests)

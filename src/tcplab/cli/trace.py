@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import time
 from typing import Any
 
@@ -18,9 +17,14 @@ and with --syscalls the socket calls (socket, bind, listen, accept4, connect,
 shutdown, close) of the given processes with their return values (the new
 fd, or -EMFILE, -EADDRNOTAVAIL...).
 
+The tracepoint is global to the machine: it shows the connections of every
+network namespace (containers included) on that port, not only this one's.
+--poll reads the socket table of this network namespace only.
+
 Each line: time, the 4-tuple, old -> new state, the time spent in the old
 state, and a note where the kernel hides a step. On exit, a timeline per
-connection. The trace instance is removed on exit, Ctrl-C included.
+connection. The trace instance is removed on exit, Ctrl-C included (exit
+status 130 after Ctrl-C or SIGTERM, 0 when --duration ends it).
 
 Needs root (tracefs). Without it, --poll diffs socket-table snapshots keyed
 by socket cookie: no privilege, but states shorter than the interval are
@@ -63,11 +67,13 @@ def _where(addr: str, port: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.errors import UsageError
+    from tcplab.interrupts import StopFlag
 
     if args.syscalls and not args.pid:
         raise UsageError("--syscalls needs at least one --pid", hint="e.g. --pid 4242")
-    # SIGTERM must run the cleanup (remove the trace instance) like Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM only set this flag: the loops below look at it, so no
+    # signal can cut the trace instance's removal (or a JSON line) in half.
+    stop = StopFlag()
     transitions: list[Any] = []
     started = time.monotonic()
     deadline = started + args.duration if args.duration else None
@@ -82,30 +88,34 @@ def run(args: argparse.Namespace) -> int:
                 f"  {t.old} -> {t.new}{ms}")
         out(line + (f"  [{t.note}]" if t.note else ""))
 
-    try:
-        if args.poll:
-            _poll(args, started, deadline, show)
-        else:
-            _trace(args, started, deadline, show)
-    except KeyboardInterrupt:
-        pass
+    if args.poll:
+        _poll(args, started, deadline, show, stop)
+    else:
+        _trace(args, started, deadline, show, stop)
     if not args.json and transitions:
         out("")
         for line in connection_lines(transitions):
             out(line)
+    stop.raise_if_set()  # stopped by a signal: cli/main.py says "interrupted" (130)
     return 0
 
 
-def _poll(args: argparse.Namespace, started: float, deadline: float | None, show: Any) -> None:
+def _running(deadline: float | None, stop: Any) -> bool:
+    return not stop and (deadline is None or time.monotonic() < deadline)
+
+
+def _poll(args: argparse.Namespace, started: float, deadline: float | None, show: Any,
+          stop: Any) -> None:
     from tcplab.observe.poll_trace import PollTracer
 
     tracer = PollTracer(args.port, started)
     tracer.sample(time.monotonic())  # the baseline: what exists now is not a change
     note(f"polling the socket table every {args.interval * 1000:.0f} ms"
          + (f" for port {args.port}" if args.port else "")
-         + " (states shorter than that are missed); Ctrl-C stops")
+         + " in this network namespace only (states shorter than that are missed); "
+         "Ctrl-C stops")
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while _running(deadline, stop):
             for t in tracer.sample(time.monotonic()):
                 show(t)
             time.sleep(args.interval)
@@ -113,19 +123,26 @@ def _poll(args: argparse.Namespace, started: float, deadline: float | None, show
         tracer.close()
 
 
-def _trace(args: argparse.Namespace, started: float, deadline: float | None, show: Any) -> None:
+def _trace(args: argparse.Namespace, started: float, deadline: float | None, show: Any,
+           stop: Any) -> None:
     from tcplab.kernel.tracefs import TraceParseError, Tracker, errno_text, parse_line
     from tcplab.observe.tracefs import TraceInstance
 
+    if stop:
+        return  # stopped while starting: make no instance at all
     inst = TraceInstance(args.port, args.pid if args.syscalls else None)
     try:
+        # The first line says what the user may not expect: tracefs is one for
+        # the whole machine, not per network namespace.
+        note(f"tracing TCP state changes{' on port ' + str(args.port) if args.port else ''} "
+             f"in {inst.path}; the tracepoint is global to the machine: it shows every "
+             "network namespace's connections"
+             + (" on that port" if args.port else "") + "; Ctrl-C stops")
         for name in inst.stale:
             note(f"removed a stale trace instance left by a killed run: {name}")
-        note(f"tracing TCP state changes{' on port ' + str(args.port) if args.port else ''} "
-             f"in {inst.path}; Ctrl-C stops")
         tracker = Tracker(started)
         pending: dict[tuple[int, str], dict[str, str]] = {}
-        while deadline is None or time.monotonic() < deadline:
+        while _running(deadline, stop):
             left = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
             for line in inst.lines(left):
                 try:

@@ -5,6 +5,11 @@ its listening line, collects its stdout (JSON events) and stderr (log lines,
 each with the time it arrived) in background threads, and on exit stops it
 with SIGTERM, then SIGKILL if it does not go. Only the pid we started is ever
 signalled.
+
+Every child runs in a process group of its own, so a terminal's Ctrl-C
+reaches only the experiment, which stops its children itself; starting one
+(and recording it) and stopping one are never cut by a signal (see
+tcplab/interrupts.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from types import TracebackType
 from typing import IO, Any
 
 from tcplab.errors import TcplabError
+from tcplab.interrupts import deferred, interrupted, spawn
+
+#: How long a child may take to stop on SIGTERM once the user pressed Ctrl-C:
+#: the command must end within seconds (the issue asks for 10 s at most).
+INTERRUPTED_GRACE = 2.0
 
 
 class ServerProcess:
@@ -34,7 +44,7 @@ class ServerProcess:
         popen: Any = None,
     ) -> None:
         self.args = ["--port", "0", *args]
-        self.popen = popen or subprocess.Popen  # Sandbox.popen starts it inside a namespace
+        self.popen = popen or spawn  # Sandbox.popen starts it inside a namespace
         self.env = env
         self.start_timeout = start_timeout
         self.preexec_fn = preexec_fn
@@ -69,14 +79,23 @@ class ServerProcess:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         extra = {"preexec_fn": self.preexec_fn} if self.preexec_fn is not None else {}
-        self.proc = self.popen(
-            [sys.executable, "-m", "tcplab", "server", "--json", *self.args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            **extra,
-        )
+        with deferred():  # self.proc is set before any signal can leave this method
+            self.proc = self.popen(
+                [sys.executable, "-m", "tcplab", "server", "--json", *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                **extra,
+            )
+        try:
+            self._wait_listening()
+        except BaseException:  # Ctrl-C included: __exit__ does not run when __enter__ fails
+            self.kill()
+            raise
+
+    def _wait_listening(self) -> None:
+        assert self.proc is not None
         assert self.proc.stdout is not None and self.proc.stderr is not None
         first = _read_line(self.proc.stdout, self.start_timeout)
         if not first:
@@ -108,9 +127,12 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
-        """SIGTERM, wait, and return the server's totals (None if it had none)."""
+        """SIGTERM, wait, and return the server's totals (None if it had none).
+        After a Ctrl-C the wait is at most ``INTERRUPTED_GRACE`` s, then SIGKILL."""
         if self.proc is None:
             return None
+        if interrupted():
+            timeout = min(timeout, INTERRUPTED_GRACE)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -125,9 +147,10 @@ class ServerProcess:
     def kill(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        with deferred():
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
         self._close()
 
     def _close(self) -> None:
@@ -208,11 +231,15 @@ class ForeignServer:
 
 
 def terminate(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """SIGTERM a child we started, SIGKILL it if it lingers, and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """SIGTERM a child we started, SIGKILL it if it lingers, and reap it; not cut by
+    SIGINT or SIGTERM (held until it is done)."""
+    if interrupted():
+        grace = min(grace, INTERRUPTED_GRACE)
+    with deferred():
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

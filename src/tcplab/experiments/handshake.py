@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -25,8 +26,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tcplab.experiments.children import terminate
 from tcplab.experiments.result import Event, Result
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.interrupts import deferred, spawn
+from tcplab.observe.nsutil import die_with_parent
 from tcplab.words import plural
 
 
@@ -85,29 +89,35 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
     from tcplab.experiments.probe import raw_packets, tracefs
 
     for check in (tracefs(), raw_packets()):
-        if not check.ok and not (check.name == "tracefs" and os.geteuid() == 0):
+        if not check.ok:
             raise NotSupported(f"the handshake experiment needs {check.name}: {check.detail}",
                                hint=check.fix)
     pause = 0.1 if quick else 0.3
     port = random.randint(20000, 29999)  # tracing is global: a port only this run uses
     packets: list[dict[str, Any]] = []
     traced: list[dict[str, Any]] = []
-    with Sandbox({}) as sb:
-        cap_ready, trace_ready = threading.Event(), threading.Event()
-        cap = sb.popen(sb.tcplab("capture", "--port", str(port), "--json"),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        threading.Thread(target=_reader, args=(cap, packets, cap_ready, b"capturing"),
-                         daemon=True).start()
-        dance = sb.popen([sys.executable, "-m", "tcplab.experiments.handshake", str(port),
-                          str(pause)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert dance.stdout is not None and dance.stdin is not None
-        pid = int(dance.stdout.readline())
-        tracer = subprocess.Popen(
-            [sys.executable, "-m", "tcplab", "trace", "--port", str(port), "--syscalls",
-             "--pid", str(pid), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        try:
-            threading.Thread(target=_reader, args=(tracer, traced, trace_ready, b"tracing"),
+    tracer: list[subprocess.Popen[bytes]] = []
+    try:
+        with Sandbox({}) as sb:
+            cap_ready, trace_ready = threading.Event(), threading.Event()
+            cap = sb.popen(sb.tcplab("capture", "--port", str(port), "--json"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            threading.Thread(target=_reader, args=(cap, packets, cap_ready, b"capturing"),
+                             daemon=True).start()
+            dance = sb.popen([sys.executable, "-m", "tcplab.experiments.handshake", str(port),
+                              str(pause)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert dance.stdout is not None and dance.stdin is not None
+            pid = int(dance.stdout.readline())
+            # The tracer runs outside the sandbox, whose close() may SIGKILL: a killed
+            # tracer would leave its trace instance. It is stopped by stop_tracer().
+            with deferred():
+                tracer.append(spawn(
+                    [sys.executable, "-m", "tcplab", "trace", "--port", str(port),
+                     "--syscalls", "--pid", str(pid), "--json"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                    # if we are SIGKILLed, SIGTERM makes it remove its instance
+                    preexec_fn=lambda: die_with_parent(signal.SIGTERM)))
+            threading.Thread(target=_reader, args=(tracer[0], traced, trace_ready, b"tracing"),
                              daemon=True).start()
             if not (cap_ready.wait(20) and trace_ready.wait(20)):
                 raise NotSupported("tracing or capture did not start",
@@ -120,13 +130,33 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
             time.sleep(0.3)
             tw = sb.run(sb.tcplab("sockets", "--port", str(port), "--state", "time-wait",
                                   "--json"), stdout=subprocess.PIPE).stdout
-        finally:
-            tracer.terminate()
-            tracer.wait(timeout=10)
-        cap.terminate()
-        cap.wait(timeout=10)
+            stop_tracer(tracer[0])
+            terminate(cap, grace=10)
+    finally:
+        if tracer:
+            stop_tracer(tracer[0])
     time.sleep(0.2)
     return _merge(packets, traced, wall_minus_mono, json.loads(tw or b'{"sockets": []}'))
+
+
+def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 4.0) -> None:
+    """SIGTERM the tracer (it removes its trace instance and exits); if it does not
+    go within ``grace`` s, SIGKILL it and remove its instance ourselves. Not cut by
+    SIGINT or SIGTERM."""
+    with deferred():
+        if proc.returncode is not None:
+            return
+        terminate(proc, grace=grace)
+        if proc.returncode == -signal.SIGKILL:
+            subprocess.run([sys.executable, "-c", _REMOVE_STALE], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
+                           check=False, process_group=0)
+
+
+#: Removes trace instances whose process is gone (ours, SIGKILLed above); in a
+#: child, because mounting tracefs privately needs a single-threaded process.
+_REMOVE_STALE = ("from tcplab.observe.tracefs import find_tracefs, remove_stale; "
+                 "remove_stale(find_tracefs())")
 
 
 def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: float,

@@ -11,7 +11,8 @@ process that already runs threads. It:
    is done), then exits. The namespace disappears with its last process.
 
 It also asks the kernel to kill it if its parent dies (PR_SET_PDEATHSIG), so a
-SIGKILLed experiment leaves nothing behind.
+SIGKILLed experiment leaves nothing behind. It runs in a process group of its
+own (see tcplab/interrupts.py): Ctrl-C is its parent's to handle.
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def main() -> int:
         print(json.dumps({"error": stage, "errno": exc.errno, "message": str(exc)}), flush=True)
         return 1
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes stdin
+    # The parent handles Ctrl-C and closes our stdin. We run in a process group
+    # of our own, so a terminal's SIGINT does not reach us anyway; this covers
+    # one sent to our pid.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         while sys.stdin.buffer.read(4096):
             pass

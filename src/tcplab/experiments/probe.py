@@ -6,15 +6,12 @@ their reason instead of failing halfway.
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import socket
 from dataclasses import dataclass
 
 from tcplab.errors import TcplabError
-
-TRACEFS = "/sys/kernel/tracing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,27 +66,22 @@ def namespaces() -> Check:
 
 
 def tracefs() -> Check:
-    event = f"{TRACEFS}/events/sock/inet_sock_set_state"
-    if os.geteuid() != 0:
-        return Check("tracefs", False, "needs root", "run as root (sudo) for tcplab trace; "
-                     "'tcplab trace --poll' works without it", "trace")
-    if not os.path.isdir(f"{TRACEFS}/events"):
-        return Check("tracefs", False, f"{TRACEFS} is not mounted",
-                     f"mount -t tracefs nodev {TRACEFS} (tcplab trace mounts it privately)",
-                     "trace")
-    if not os.path.isdir(event):
-        return Check("tracefs", False, "no sock:inet_sock_set_state tracepoint",
-                     "a kernel >= 4.16 with tracepoints enabled", "trace")
-    return Check("tracefs", True, f"{TRACEFS} with sock:inet_sock_set_state", None, "trace")
+    """What ``tcplab trace`` needs; as root, a tracefs that is not mounted is
+    fine when trace can mount it privately (tried in a child)."""
+    from tcplab.observe.tracefs import availability
+
+    ok, detail, fix = availability()
+    return Check("tracefs", ok, detail, fix, "trace")
 
 
 def raw_packets() -> Check:
+    from tcplab.observe.capture import raw_socket_hint
+
     try:
         socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
     except PermissionError:
         return Check("CAP_NET_RAW", False, "AF_PACKET sockets need CAP_NET_RAW",
-                     "run as root, or: sudo setcap cap_net_raw+ep $(readlink -f $(which python3))",
-                     "capture")
+                     raw_socket_hint(), "capture")
     except OSError as exc:
         return Check("CAP_NET_RAW", False, f"AF_PACKET unavailable: {exc}", None, "capture")
     return Check("CAP_NET_RAW", True, "AF_PACKET sockets can be opened", None, "capture")

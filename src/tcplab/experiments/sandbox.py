@@ -13,6 +13,12 @@ SIGTERM, then SIGKILL, by its pid, and reaped; the holder's stdin is closed and
 it exits; the namespace goes with its last process. Children and the holder
 also carry PR_SET_PDEATHSIG, so a SIGKILLed parent leaves nothing either.
 The host's own sysctls are never written: the holder writes them inside.
+
+Ctrl-C (see tcplab/interrupts.py): the holder and every child run in a
+process group of their own, so a terminal's SIGINT reaches only the
+experiment's process, which closes the sandbox; starting a child (fork and
+record its pid) and close() run with SIGINT and SIGTERM held, so neither is
+cut in half, and __exit__ finishes a close() that an early signal stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from tcplab.errors import NotSupported
+from tcplab.interrupts import deferred, spawn
 from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, setns
 
 #: What an experiment needs to know about how a namespace could (not) be made.
@@ -62,14 +69,28 @@ class Sandbox:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        try:
+            self.close()
+        except KeyboardInterrupt:
+            # A signal that came just before close() held its signals: finish
+            # the close (SIGINT is ignored from now on, see interrupts.install).
+            self.close()
+            raise
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:  # Ctrl-C included: __exit__ does not run when __enter__ fails
+            self.close()
+            raise
+
+    def _start(self) -> None:
         spec = json.dumps({"user": self.user, "sysctls": self.sysctls})
-        self.holder = subprocess.Popen(
-            [sys.executable, "-m", "tcplab.experiments.nsholder", spec],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
+        with deferred():
+            self.holder = spawn(
+                [sys.executable, "-m", "tcplab.experiments.nsholder", spec],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()
         try:
@@ -78,14 +99,14 @@ class Sandbox:
             answer = {}
         if not answer.get("ready"):
             err = self.holder.stderr.read().decode(errors="replace") if self.holder.stderr else ""
-            self.close()
             raise _explain(self.user, answer, err)
         pid = self.holder.pid
-        if self.user:
-            self._ns_fds.append((os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC),
-                                 CLONE_NEWUSER))
-        self._ns_fds.append((os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC),
-                             CLONE_NEWNET))
+        with deferred():
+            if self.user:
+                self._ns_fds.append((os.open(f"/proc/{pid}/ns/user",
+                                             os.O_RDONLY | os.O_CLOEXEC), CLONE_NEWUSER))
+            self._ns_fds.append((os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC),
+                                 CLONE_NEWNET))
 
     def _enter(self, fd_limit: int | None = None) -> None:
         """Runs in the child between fork and exec."""
@@ -102,10 +123,12 @@ class Sandbox:
         ``fd_limit`` sets its soft RLIMIT_NOFILE, as ``ulimit -Sn`` would."""
         if self.holder is None:
             raise RuntimeError("sandbox not started")
-        proc: subprocess.Popen[Any] = subprocess.Popen(
-            list(args), preexec_fn=lambda: self._enter(fd_limit), **kwargs
-        )
-        self.children.append(proc)
+        # Nothing of ours reads the terminal; a child in its own process
+        # group that did would be stopped by SIGTTIN.
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        with deferred():  # the child is recorded (for close) as soon as it exists
+            proc = spawn(args, preexec_fn=lambda: self._enter(fd_limit), **kwargs)
+            self.children.append(proc)
         return proc
 
     def run(self, args: Sequence[str], timeout: float = 60, **kwargs: Any
@@ -124,6 +147,12 @@ class Sandbox:
         return [sys.executable, "-m", "tcplab", *args]
 
     def close(self, grace: float = 3.0) -> None:
+        """Stop every child (SIGTERM, SIGKILL after ``grace`` s), then the holder.
+        Idempotent, and never cut by SIGINT or SIGTERM (they are held until the end)."""
+        with deferred():
+            self._close(grace)
+
+    def _close(self, grace: float) -> None:
         for proc in self.children:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -135,9 +164,8 @@ class Sandbox:
                 proc.kill()
                 proc.wait()
         self.children.clear()
-        for fd, _ in self._ns_fds:
-            os.close(fd)
-        self._ns_fds.clear()
+        while self._ns_fds:
+            os.close(self._ns_fds.pop()[0])
         if self.holder is not None:
             for stream in (self.holder.stdin, self.holder.stdout, self.holder.stderr):
                 if stream is not None:

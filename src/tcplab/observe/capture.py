@@ -8,8 +8,11 @@ Timestamps are the kernel's (SO_TIMESTAMPNS), not the time we read them.
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterator
 
@@ -27,15 +30,52 @@ SO_TIMESTAMPNS = 35
 PACKET_OUTGOING = 4
 
 
+def raw_socket_hint() -> str:
+    """How to get CAP_NET_RAW without handing raw sockets to every Python script.
+
+    File capabilities belong to a binary, and a virtual environment's python
+    is usually a link to a shared interpreter (here: .venv/bin/python3 ->
+    pyenv's python3), so ``setcap`` on "python3" grants every script any
+    user runs with it the right to read every packet on the machine."""
+    exe = os.path.realpath(sys.executable)
+    prefix = os.path.realpath(sys.prefix)
+    in_venv = sys.prefix != sys.base_prefix
+    if in_venv and exe.startswith(prefix + os.sep):
+        return (f"run as root (sudo), or give this virtual environment's own interpreter "
+                f"raw sockets: sudo setcap cap_net_raw+ep {exe} (then every script that "
+                "interpreter runs, not only tcplab, can capture any packet on this machine)")
+    shared = (f"this virtual environment's python is a link to {exe}, so "
+              if in_venv else "")
+    return (f"run as root (sudo). Do not setcap {exe}: {shared}every script any user runs "
+            "with that interpreter could then capture any packet on this machine; a virtual "
+            "environment made with 'python3 -m venv --copies' has an interpreter of its own "
+            "that could carry cap_net_raw instead")
+
+
+def check_interface(name: str) -> None:
+    """NotSupported (README's exit table: an interface this machine lacks, such as
+    macOS's lo0) naming the interfaces there are (in this network namespace)."""
+    try:
+        socket.if_nametoindex(name)
+        return
+    except OSError:
+        pass
+    there = ", ".join(n for _, n in socket.if_nameindex())
+    hint = f"interfaces here: {there}"
+    if name.lower().startswith("lo"):
+        hint = f"on Linux the loopback interface is lo (lo0 is macOS's and the BSDs'); {hint}"
+    raise NotSupported(f"cannot capture on {name!r}: {os.strerror(errno.ENODEV)}", hint=hint)
+
+
 class Capture:
     def __init__(self, port: int = 0, interface: str = "lo") -> None:
+        check_interface(interface)  # bad input first, before the privilege question
         try:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError:
             raise PrivilegeError(
                 "capturing packets needs CAP_NET_RAW (an AF_PACKET socket)",
-                hint="run as root, or grant it: sudo setcap cap_net_raw+ep "
-                "$(readlink -f $(which python3))",
+                hint=raw_socket_hint(),
             ) from None
         except OSError as exc:
             raise NotSupported(f"no AF_PACKET sockets here: {exc}") from None

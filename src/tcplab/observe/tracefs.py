@@ -3,9 +3,11 @@
 Instances (``instances/tcplab-PID``) are global kernel objects: they are
 removed on every exit path we control (return, exception, Ctrl-C, SIGTERM),
 and a later run removes the ones whose process is gone (a SIGKILL leaves one
-behind, still tracing into its buffer). If tracefs is not mounted we mount
-it in a private mount namespace of this process, so the host's mounts do
-not change.
+behind, still tracing into its buffer). Creating one (mkdir, filters,
+enable) and removing one run with SIGINT and SIGTERM held (see
+tcplab/interrupts.py), so a signal cannot leave one half made or half
+removed. If tracefs is not mounted we mount it in a private mount namespace
+of this process, so the host's mounts do not change.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Iterator
 
 from tcplab.errors import NotSupported, PrivilegeError
+from tcplab.interrupts import deferred
 
 CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 STATE_EVENTS = ("sock/inet_sock_set_state", "tcp/tcp_receive_reset", "tcp/tcp_destroy_sock")
@@ -47,6 +50,64 @@ def find_tracefs(mount: bool = True) -> str:
                            hint="mount it yourself: mount -t tracefs nodev "
                            f"{CANDIDATES[0]}") from None
     return CANDIDATES[0]
+
+
+#: What ``availability`` runs in a child: what ``tcplab trace`` does to start
+#: (find or privately mount tracefs, make an instance), then the instance removed.
+_TRY_PRIVATE = """
+import json, os
+from tcplab.errors import TcplabError
+from tcplab.observe.tracefs import PREFIX, STATE_EVENTS, find_tracefs
+try:
+    root = find_tracefs()
+    path = f"{root}/instances/{PREFIX}{os.getpid()}"
+    os.mkdir(path)
+    os.rmdir(path)
+    found = os.path.isdir(f"{root}/events/{STATE_EVENTS[0]}")
+    print(json.dumps({"ok": True, "root": root, "event": found}))
+except (TcplabError, OSError) as exc:
+    print(json.dumps({"ok": False, "message": str(exc)}))
+"""
+
+
+def availability() -> tuple[bool, str, str | None]:
+    """Can ``tcplab trace`` trace here? (ok, what was found, the fix).
+
+    As root with tracefs not mounted, ``trace`` mounts it in a private mount
+    namespace: that is tried for real, in a child (unshare(CLONE_NEWNS) needs
+    a single-threaded process, and this process's mounts must not change)."""
+    if os.geteuid() != 0:
+        return (False, "needs root", "run as root (sudo) for tcplab trace; "
+                "'tcplab trace --poll' works without it")
+    no_event = ("no sock:inet_sock_set_state tracepoint",
+                "a kernel >= 4.16 with tracepoints enabled")
+    for path in CANDIDATES:
+        if os.path.isdir(f"{path}/events"):
+            if not os.path.isdir(f"{path}/events/{STATE_EVENTS[0]}"):
+                return False, *no_event
+            return True, f"{path} with sock:inet_sock_set_state", None
+    import json
+    import subprocess
+    import sys
+
+    try:
+        # Its own process group and signals held: a Ctrl-C cannot stop it between
+        # its mkdir and its rmdir (the try takes about 0.1 s).
+        with deferred():
+            r = subprocess.run([sys.executable, "-c", _TRY_PRIVATE], capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL, timeout=30, check=False,
+                               process_group=0)
+        answer = json.loads(r.stdout or "{}")
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        answer = {"ok": False, "message": str(exc)}
+    if not answer.get("ok"):
+        return (False, f"not mounted, and a private mount failed: "
+                f"{answer.get('message', 'no answer')}",
+                f"mount it: mount -t tracefs nodev {CANDIDATES[0]}")
+    if not answer.get("event"):
+        return False, *no_event
+    return (True, "not mounted on the host; tcplab trace mounts it in a private mount "
+            "namespace of its own (tried: it works), with sock:inet_sock_set_state", None)
 
 
 def remove_stale(root: str) -> list[str]:
@@ -83,13 +144,17 @@ class TraceInstance:
         self._fd: int | None = None
         self._partial = b""
         try:
-            os.mkdir(self.path)
-        except FileExistsError:
-            pass
-        except PermissionError:
-            raise PrivilegeError(f"cannot create {self.path}", hint="run as root") from None
-        try:
-            self._setup(port, syscall_pids or [], resets)
+            # Held signals are delivered when the block ends: inside the try,
+            # so that the instance made is removed again.
+            with deferred():
+                try:
+                    os.mkdir(self.path)
+                except FileExistsError:
+                    pass
+                except PermissionError:
+                    raise PrivilegeError(f"cannot create {self.path}",
+                                         hint="run as root") from None
+                self._setup(port, syscall_pids or [], resets)
         except BaseException:
             self.close()
             raise
@@ -138,6 +203,11 @@ class TraceInstance:
             yield raw.decode(errors="replace")
 
     def close(self) -> None:
+        """Stop tracing and remove the instance; never cut by SIGINT or SIGTERM."""
+        with deferred():
+            self._close()
+
+    def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
