@@ -38,15 +38,17 @@ def variant_lines(result: Result) -> list[str]:
     lines = []
     if "server" in result.settings:
         lines.append(f"  against {result.settings['server']}")
-    head = ("variant", "ok", "failed", "first error", "TIME_WAIT peak", "ok/s", "shown")
+    head = ("variant", "ok", "failed", "waiting", "first error", "TIME_WAIT peak", "ok/s",
+            "shown")
     rows = [head]
     for v in result.variants:
         if v.get("skipped"):
-            rows.append((v["name"], "-", "-", f"skipped: {v['skipped']}", "-", "-", "-"))
+            rows.append((v["name"], "-", "-", "-", "-", "-", "-", "skipped"))
             continue
         e = v.get("first_error")
         first = f"{e['name']} at {e['at_s']:.2f} s after {e['after_ok']:,}" if e else "none"
-        rows.append((v["name"], f"{v['ok']:,}", f"{v['failed']:,}", first,
+        waiting = v.get("unanswered", 0) + v.get("unconnected", 0)
+        rows.append((v["name"], f"{v['ok']:,}", f"{v['failed']:,}", f"{waiting:,}", first,
                      f"{v['time_wait_peak']:,}", f"{v['conns_per_s']:,.0f}",
                      "yes" if v["shown"] else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -54,8 +56,15 @@ def variant_lines(result: Result) -> list[str]:
               for r in rows]
     lines.append("")
     for v in result.variants:
-        if v.get("lesson"):
+        if v.get("skipped"):
+            lines.append(f"  {v['name']}: skipped: {v['skipped']}.")
+        elif v.get("shown") is False and v.get("why_not"):
+            lines.append(f"  {v['name']}: NOT shown: {v['why_not']}.")
+        elif v.get("lesson"):
             lines.append(f"  {v['name']}: {v['lesson']}.")
+    if any(v.get("unanswered", 0) + v.get("unconnected", 0) for v in result.variants):
+        lines.append("  waiting: connections neither ok nor failed when the time bound "
+                     "stopped the bomb (no echo came, or the handshake never completed)")
     return lines
 
 
