@@ -475,17 +475,24 @@ def still_running(script: Path) -> list[str]:
 def test_experiment_against_your_own_server(server: str) -> None:
     """Every variant ends shown or skipped with its reason; none hangs on a stray
     socket (no probe connection is made: the LISTEN socket is read from the socket
-    table), and two-destinations runs only where the server accepts on 127.0.0.2."""
+    table), and two-destinations runs only where the server accepts on 127.0.0.2.
+
+    default-reuse (32,000 connections with --quick: 15 to 60 s against a Python
+    server on this loaded machine) runs against the first server only: what it
+    shows is the client's kernel reusing ports, the same whoever echoes."""
     script, extra = FOREIGN[server]
     cmd = server_cmd(script, *extra)
-    r, body = experiment("--server-cmd", cmd, "--ports", "100", "--quick", "--json")
+    names = VARIANTS if server == "loopback-only" else [
+        n for n in VARIANTS if n != "default-reuse"]
+    r, body = experiment("--server-cmd", cmd, "--ports", "100", "--quick", "--json",
+                         *(x for n in names for x in ("--variant", n)))
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err
     assert body is not None, r.stdout.decode()
     assert body["ok"] is True, (body["fact"], err)
     assert body["settings"]["server"] == f"your server ({cmd})"
     v = by_name(body)
-    assert list(v) == VARIANTS
+    assert list(v) == names
     for variant in v.values():
         assert (variant["shown"] is True) != bool(variant["skipped"]), variant["name"]
         assert variant["lesson"] if variant["shown"] else variant["skipped"]
@@ -499,8 +506,9 @@ def test_experiment_against_your_own_server(server: str) -> None:
     assert v["pool"]["time_wait_peak"] <= v["pool"]["runs"][0]["pool_size"]
     assert v["pool"]["failed"] == 0 and v["pool"]["ok"] == 300
     assert v["linger0"]["time_wait_peak"] == 0 and v["linger0"]["ok"] == 300
-    assert v["default-reuse"]["failed"] == 0
-    assert v["default-reuse"]["ok"] > v["default-reuse"]["port_range"]
+    if "default-reuse" in v:
+        assert v["default-reuse"]["failed"] == 0 and v["default-reuse"]["stalled"] == 0
+        assert v["default-reuse"]["ok"] > v["default-reuse"]["port_range"]
     assert "tcplab server --close-first" in v["server-closes"]["skipped"]
     two = v["two-destinations"]
     if server == "every-address":
