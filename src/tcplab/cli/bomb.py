@@ -31,6 +31,14 @@ TIME_WAIT port after 1 s. 'tcplab experiment port-bomb' runs it in a private
 namespace with tcp_tw_reuse = 0 and a narrow port range, where it fails every
 time without touching your machine.
 
+What it counts: TIME_WAIT sockets this run made (those already there when it
+starts, from an earlier run, are reported apart and left out); connections
+still waiting for their echo or their handshake when the time bound stops it
+(neither ok nor failed; "hung" when they waited 2 s or more); and, at the
+first error, how many others were under way (they hold a port and may still
+finish ok). When not one connection could be made (nothing listens) it exits
+with the connection-failed status.
+
 Traffic goes only to loopback unless --allow-remote is given.
 """
 
