@@ -70,9 +70,11 @@ class Settings:
     pool_size: int = 8
     duration: float = 20.0
     # default-reuse needs more connections than the 28,232 ports of the default range;
-    # on this loaded 2-core machine the bomb ran at 870 to 2,600 per second, so 20 s
-    # was not always enough (17,461 in one run).
-    reuse_duration: float = 60.0
+    # on this loaded 2-core machine the bomb ran at 610 to 14,000 per second (a Python
+    # echo server, other jobs beside it), so 20 s was not always enough (17,461 in one
+    # run) and 60 s barely (36,724 at 610/s). With reuse, time does not change what
+    # is shown: a TIME_WAIT port is reusable 1 s after it closed.
+    reuse_duration: float = 120.0
     server_cmd: str | None = None
     variants: tuple[str, ...] = VARIANTS
 
