@@ -153,9 +153,13 @@ def _headline(variants: list[dict[str, Any]]) -> str:
     if fresh and fresh["skipped"] is None:
         e = fresh.get("first_error")
         if e and e["errno"] == 99:
+            later = fresh["ok"] - e["after_ok"]
             parts.append(f"connect() failed with {e['name']} after {e['after_ok']:,} "
-                         f"connections in {e['at_s']:.2f} s, with {fresh['time_wait_peak']:,} "
-                         f"of {fresh['port_range']:,} ports in TIME_WAIT")
+                         f"connections in {e['at_s']:.2f} s"
+                         + (f" ({later:,} more, under way then, finished after it)"
+                            if later > 0 else "")
+                         + f", with {fresh['time_wait_peak']:,} of {fresh['port_range']:,} "
+                         "ports in TIME_WAIT")
         elif e:
             parts.append(f"fresh: the first error was {e['name']} ({e['message']}) after "
                          f"{e['after_ok']:,} connections, not port exhaustion")
