@@ -309,14 +309,13 @@ def _summarise(plan: Variant, s: Settings, runs: list[dict[str, Any]],
                        "the range): connect() takes ports of one parity first (bind() gets "
                        "the others) and on loopback reuses a port once its TIME_WAIT is 1 s "
                        "old (tcp_tw_reuse_delay), so the bomb does not fail on a default "
-                       "kernel. With a narrow range it still fails: ports run out faster "
-                       "than they age")
+                       "kernel")
     elif name == "linger0":
         checks = [(failed == 0, f"{failed:,} connections failed"), (stalled == 0, waiting),
                   (tw_peak == 0, f"TIME_WAIT {tw_peak:,}")]
         v["lesson"] = (f"SO_LINGER 0 made close() send RST: {ok:,} connections, TIME_WAIT 0 "
-                       "and no failure, but the server saw resets and any data in flight "
-                       "would be lost")
+                       "and no failure; but a RST tells the server the connection failed "
+                       "(ECONNRESET), and any data still in flight is lost")
     elif name == "server-closes":
         checks = [(failed == 0, f"{failed:,} connections failed"), (stalled == 0, waiting),
                   (ends["server_side"] > 0, "no TIME_WAIT on the server's side"),
