@@ -152,7 +152,7 @@ class ForeignServer:
     ``fd_limit`` sets its soft *and* hard fd limit, as ``ulimit -n`` does: Go
     (since 1.19) raises its soft limit to the hard one at start, so a soft
     limit alone left a Go server at 20,000 fds and the leak never reached it
-    (issue 11); a hard limit it keeps. Ready means a LISTEN socket on the port
+    (issue 11); the hard limit it keeps. Ready means a LISTEN socket on the port
     (``addresses``: what it is bound to), seen in the socket table: no probe
     connection, which would leave a TIME_WAIT socket of ours on the port. Its
     stderr and stdout lines are collected like ServerProcess's log.

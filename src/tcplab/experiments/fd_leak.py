@@ -131,8 +131,8 @@ def run(settings: Settings | None = None, quick: bool = False,
         # Without a leak there is nothing for this experiment to show.
         skipped = f"the leak round could not run against this server: {leak['skipped']}"
     server = f"your server ({s.server_cmd})" if s.server_cmd else "tcplab server (uvloop)"
-    limit_kind = ("soft and hard, as 'ulimit -n' sets them: a server cannot raise it"
-                  if s.server_cmd else "soft, set by tcplab server --fd-limit")
+    limit_kind = ("soft and hard, as 'ulimit -n' sets them: Go's raise to the hard limit "
+                  "stops there" if s.server_cmd else "soft, set by tcplab server --fd-limit")
     return Result(
         experiment="fd-leak", ok=skipped is None and all(r["shown"] for r in ran),
         fact=_fact(leak, fixed, kept), skipped=skipped,

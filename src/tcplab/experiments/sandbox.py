@@ -101,7 +101,8 @@ class Sandbox:
               **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``args`` inside the namespace; it is killed and reaped on close().
         ``fd_limit`` sets its soft RLIMIT_NOFILE, as ``ulimit -Sn`` would; with
-        ``fd_hard`` the hard limit too (``ulimit -n``), which a process cannot raise."""
+        ``fd_hard`` the hard limit too (``ulimit -n``), which only CAP_SYS_RESOURCE may
+        raise (Go raises its soft limit up to it at start, not beyond)."""
         if self.holder is None:
             raise RuntimeError("sandbox not started")
         proc: subprocess.Popen[Any] = subprocess.Popen(
