@@ -1,13 +1,23 @@
 """Shared fixtures. Three kinds of test, each with its marker (see pyproject):
 pure (no sockets), loopback (real sockets on 127.0.0.1, port 0), privileged
-(inside a private network namespace)."""
+(inside a private network namespace).
+
+``experiment_all`` runs ``tcplab experiment all --quick --json --report DIR``
+once per session (about a minute on this 2-core machine, longer under load) for
+the checks of the CLI (tests/test_cli.py), the report (tests/test_report.py)
+and the experiments (tests/test_fd_leak.py): four separate runs used to cost
+about 180 s of the suite.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +25,17 @@ import pytest
 from tcplab.experiments.children import ServerProcess
 
 MODELS = ("uvloop", "asyncio", "epoll", "threads")
+KINDS = ("pure", "loopback", "privileged")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is of exactly one kind, so ``-m loopback`` and ``-m privileged``
+    select what they say: a privileged test in a module marked loopback was both."""
+    wrong = [f"{item.nodeid}: {sorted(kinds) or 'no kind'}" for item in items
+             if len(kinds := {m.name for m in item.iter_markers()} & set(KINDS)) != 1]
+    if wrong:
+        raise pytest.UsageError(f"each test needs exactly one of the markers {', '.join(KINDS)}"
+                                ":\n  " + "\n  ".join(wrong))
 
 
 @pytest.fixture
@@ -47,3 +68,43 @@ def run_tcplab(
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+@dataclass(frozen=True)
+class ExperimentAll:
+    """One ``tcplab experiment all --quick --json --report DIR`` run."""
+
+    proc: subprocess.CompletedProcess[bytes]
+    bodies: list[dict[str, Any]]  # the JSON objects on stdout, in order
+    stray: list[str]  # stdout lines that are not a JSON object (there should be none)
+    report: Path  # DIR: index.html and results.json
+
+    @property
+    def by_name(self) -> dict[str, dict[str, Any]]:
+        return {b["experiment"]: b for b in self.bodies}
+
+    @property
+    def stderr(self) -> str:
+        return self.proc.stderr.decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def experiment_all(tmp_path_factory: pytest.TempPathFactory) -> ExperimentAll:
+    report = tmp_path_factory.mktemp("experiment-all") / "report"  # tcplab makes DIR
+    # The subprocess bound is below pytest-timeout's 600 s (pyproject), so a hang
+    # is reported here, with the run's stderr, rather than as a stack dump.
+    r = run_tcplab("experiment", "all", "--quick", "--json", "--report", str(report),
+                   timeout=540)
+    bodies: list[dict[str, Any]] = []
+    stray: list[str] = []
+    for line in r.stdout.decode(errors="replace").splitlines():
+        try:
+            body = json.loads(line)
+        except ValueError:
+            stray.append(line)
+            continue
+        if isinstance(body, dict):
+            bodies.append(body)
+        else:
+            stray.append(line)
+    return ExperimentAll(r, bodies, stray, report)

@@ -328,10 +328,10 @@ def test_damaged_recorded_frames(i: int, changes: list[tuple[int, int]], cut: in
     _decodes_or_packet_error(bytes(frame))
 
 
-# -- pure: pcap files --------------------------------------------------------------------------
+# -- pcap files, read by tshark ----------------------------------------------------------------
 
 
-@pytest.mark.pure
+@pytest.mark.loopback  # a file and a program (tshark): not pure
 @needs_tshark
 def test_tshark_reads_the_pcap_tcplab_writes(tmp_path: Path) -> None:
     path = tmp_path / "frames.pcap"
@@ -348,7 +348,7 @@ def test_tshark_reads_the_pcap_tcplab_writes(tmp_path: Path) -> None:
         assert int(flen) == int(caplen) == len(f)
 
 
-@pytest.mark.pure
+@pytest.mark.loopback  # a file and a program (tshark): not pure
 @needs_tshark
 @pytest.mark.parametrize(("t", "shown"), [(5.9999996, "6.000000"), (7.0000004, "7.000000"),
                                           (1700000000.25, "1700000000.250000")])
@@ -514,6 +514,7 @@ def without_net_raw() -> dict[str, Any]:
     return {"preexec_fn": drop_net_raw} if os.geteuid() == 0 else {}
 
 
+@pytest.mark.loopback
 def test_capture_without_cap_net_raw_says_so(spawn: Spawner) -> None:
     run = spawn(tcplab("capture", "--port", "8080", "--duration", "1"), **without_net_raw())
     assert run.finish() == 4, run.err
@@ -521,6 +522,7 @@ def test_capture_without_cap_net_raw_says_so(spawn: Spawner) -> None:
     assert "CAP_NET_RAW" in text and "Traceback" not in text
 
 
+@pytest.mark.loopback
 def test_capture_without_cap_net_raw_writes_no_file(spawn: Spawner, tmp_path: Path) -> None:
     pcap = tmp_path / "nothing.pcap"
     run = spawn(tcplab("capture", "--port", "8080", "--write", str(pcap)), **without_net_raw())

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_tcplab
-
-pytestmark = pytest.mark.loopback
+from tcplab.errors import ExitStatus
+from tests.conftest import ExperimentAll, run_tcplab
 
 
 def free_port() -> int:
@@ -24,6 +25,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.loopback
 def test_version_and_help_teach() -> None:
     r = run_tcplab("--version")
     assert r.returncode == 0 and r.stdout.decode().startswith("tcplab ")
@@ -37,6 +39,7 @@ def test_version_and_help_teach() -> None:
     assert "examples:" in run_tcplab("client", "--help").stdout.decode()
 
 
+@pytest.mark.loopback
 def test_python_m_and_console_script_agree() -> None:
     script = shutil.which("tcplab", path=os.path.dirname(sys.executable))
     if script is None:
@@ -45,6 +48,7 @@ def test_python_m_and_console_script_agree() -> None:
     assert out == run_tcplab("--version").stdout
 
 
+@pytest.mark.loopback
 def test_port_in_use_names_the_holder() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -59,6 +63,7 @@ def test_port_in_use_names_the_holder() -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.loopback
 def test_debug_shows_the_traceback() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -68,6 +73,7 @@ def test_debug_shows_the_traceback() -> None:
     assert r.returncode == 5 and "Traceback" in r.stderr.decode()
 
 
+@pytest.mark.loopback
 def test_privileged_port_says_which_privilege() -> None:
     if os.geteuid() == 0:
         # Root on the host may bind port 80; inside an unprivileged user
@@ -86,6 +92,7 @@ def test_privileged_port_says_which_privilege() -> None:
     assert "needs privilege" in err and "CAP_NET_BIND_SERVICE" in err
 
 
+@pytest.mark.loopback
 def test_invalid_host_and_bad_limits_are_clear() -> None:
     r = run_tcplab("server", "--host", "no-such-host.invalid", "--port", "0")
     assert r.returncode == 2 and b"invalid host 'no-such-host.invalid'" in r.stderr
@@ -99,6 +106,7 @@ def test_invalid_host_and_bad_limits_are_clear() -> None:
     assert r.returncode == 2 and b"not a port" in r.stderr
 
 
+@pytest.mark.loopback
 def test_client_refused_says_nothing_listens() -> None:
     port = free_port()
     r = run_tcplab("client", "--port", str(port), "hi")
@@ -107,11 +115,13 @@ def test_client_refused_says_nothing_listens() -> None:
     assert b"Traceback" not in r.stderr
 
 
+@pytest.mark.loopback
 def test_client_refuses_remote_targets() -> None:
     r = run_tcplab("client", "--host", "192.0.2.1", "hi")
     assert r.returncode == 2 and b"--allow-remote" in r.stderr
 
 
+@pytest.mark.loopback
 def test_client_messages_and_json(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
     port = str(server.port)
@@ -124,6 +134,7 @@ def test_client_messages_and_json(start_server) -> None:  # type: ignore[no-unty
     assert all(o["schema"] == 1 for o in objs)
 
 
+@pytest.mark.loopback
 def test_client_streams_stdin_byte_exact(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
     blob = os.urandom(3 << 20) + bytes(range(256))
@@ -132,6 +143,7 @@ def test_client_streams_stdin_byte_exact(start_server) -> None:  # type: ignore[
     assert r.stdout == blob
 
 
+@pytest.mark.loopback
 def test_client_without_stdin(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
     r = subprocess.run(
@@ -142,6 +154,7 @@ def test_client_without_stdin(start_server) -> None:  # type: ignore[no-untyped-
     assert b"nothing to send" in r.stderr and b"Traceback" not in r.stderr
 
 
+@pytest.mark.loopback
 def test_client_count_json_is_one_object(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
     r = run_tcplab("client", "--port", str(server.port), "--count", "200", "--size", "512",
@@ -154,6 +167,7 @@ def test_client_count_json_is_one_object(start_server) -> None:  # type: ignore[
         <= report["rtt_max_us"]
 
 
+@pytest.mark.loopback
 def test_server_first_line_json_stats_and_sigint_totals(tmp_path) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
@@ -177,16 +191,19 @@ def test_server_first_line_json_stats_and_sigint_totals(tmp_path) -> None:  # ty
                 assert time.monotonic() < deadline, "no stats line"
                 time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=20) == 0
+            assert proc.wait(timeout=20) == 130  # Ctrl-C: the totals, then 130
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     text = log.read_text()
     assert "stopped: accepted 1, closed 1" in text
-    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    assert proc.stderr is not None
+    with proc.stderr:
+        assert b"Traceback" not in proc.stderr.read()
 
 
+@pytest.mark.loopback
 def test_server_json_lines(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--stats", "0.2")
     assert server.info["schema"] == 1 and server.info["event"] == "listening"
@@ -197,15 +214,17 @@ def test_server_json_lines(start_server) -> None:  # type: ignore[no-untyped-def
     assert any(e.get("event") == "stats" for e in server.events)
 
 
-def test_experiment_all_runs_the_echo_demo() -> None:
-    r = run_tcplab("experiment", "all", "--quick", "--json", timeout=120)
-    assert r.returncode == 0, r.stderr
-    results = [json.loads(line) for line in r.stdout.decode().splitlines()]
-    echo = next(x for x in results if x["experiment"] == "echo")
+@pytest.mark.privileged  # `experiment all` runs namespaces (about 40 s of them)
+def test_experiment_all_runs_the_echo_demo(experiment_all: ExperimentAll) -> None:
+    r = experiment_all.proc
+    assert r.returncode == 0, experiment_all.stderr[-4000:]
+    assert experiment_all.stray == [], "stdout of --json carries JSON objects only"
+    echo = experiment_all.by_name["echo"]
     assert echo["ok"] is True and echo["facts"]["stream_identical"] is True
     assert echo["facts"]["server_totals"]["bytes_echoed"] == echo["facts"]["client_bytes"]
 
 
+@pytest.mark.loopback
 def test_client_timeout_when_nothing_echoes() -> None:
     # A listener that never accepts: the kernel completes the handshake, but
     # no echo ever comes.
@@ -217,6 +236,7 @@ def test_client_timeout_when_nothing_echoes() -> None:
     assert b"timed out after 0.5 s waiting for the echo (0 of 2 bytes back)" in r.stderr
 
 
+@pytest.mark.loopback
 def test_ipv6_loopback(start_server) -> None:  # type: ignore[no-untyped-def]
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this Python")
@@ -229,6 +249,7 @@ def test_ipv6_loopback(start_server) -> None:  # type: ignore[no-untyped-def]
     assert r.returncode == 0 and r.stdout == b"six\n"
 
 
+@pytest.mark.loopback
 def test_keepalive_timer_on_accepted_sockets(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--keepalive", "7")
     with socket.create_connection(("127.0.0.1", server.port)) as c:
@@ -241,6 +262,7 @@ def test_keepalive_timer_on_accepted_sockets(start_server) -> None:  # type: ign
     assert "timer:(keepalive," in out, out
 
 
+@pytest.mark.loopback
 def test_interactive_prompt_on_a_terminal(start_server) -> None:  # type: ignore[no-untyped-def]
     import pty
 
@@ -263,9 +285,77 @@ def test_interactive_prompt_on_a_terminal(start_server) -> None:  # type: ignore
     assert b"> " in seen and os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.loopback
 def test_not_linux_says_so(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from tcplab.cli import main
 
     monkeypatch.setattr(sys, "platform", "darwin")
     assert main.main(["--version"]) == 8
     assert "tcplab needs Linux" in capsys.readouterr().err
+
+
+# --- experiment --report DIR: bad input at once -----------------------------------------------
+
+def all_with_report(directory: Path) -> list[str]:
+    return [sys.executable, "-m", "tcplab", "experiment", "all", "--report", str(directory)]
+
+
+def report_dir_refused(cmd: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """``experiment all --report DIR``: refused before any experiment runs (the
+    timeout is far below the minutes `all` takes, so a late refusal fails here)."""
+    r = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    if b"unshare failed" in r.stderr:
+        pytest.skip(f"user namespaces unavailable: {r.stderr.decode().strip()}")
+    err = r.stderr.decode()
+    assert "running experiment" not in err and not r.stdout, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return r
+
+
+@pytest.mark.loopback
+def test_report_dir_that_is_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "report.html"
+    a_file.write_text("mine")
+    r = report_dir_refused(all_with_report(a_file))
+    assert r.returncode == ExitStatus.USAGE
+    assert f"{a_file} is a file, not a directory" in r.stderr.decode()
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.loopback
+def test_report_dir_whose_parent_is_missing(tmp_path: Path) -> None:
+    r = report_dir_refused(all_with_report(tmp_path / "no" / "such" / "out"))
+    assert r.returncode == ExitStatus.USAGE
+    assert f"the parent directory {tmp_path / 'no' / 'such'} does not exist" in r.stderr.decode()
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.loopback
+def test_report_dir_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    # Root writes anywhere; in a user namespace with no mapping (unshare -U) it keeps
+    # no capability over the host's files, and mode 555 holds for it too.
+    prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
+    if prefix and shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    try:
+        r = report_dir_refused([*prefix, *all_with_report(locked / "out")])
+    finally:
+        locked.chmod(0o755)
+    assert r.returncode == ExitStatus.PRIVILEGE
+    assert f"{locked} is not writable by this user" in r.stderr.decode()
+
+
+@pytest.mark.privileged
+def test_report_dir_on_a_read_only_file_system(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = f"mount -t tmpfs -o ro tcplab-test {ro} && exec {shlex.join(all_with_report(ro))}"
+    r = report_dir_refused(["unshare", "-Urm", "sh", "-c", script])
+    if b"mount:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    assert r.returncode == ExitStatus.USAGE
+    assert f"{ro} is on a read-only file system" in r.stderr.decode()

@@ -151,6 +151,7 @@ def leak_scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
                "log": log_path, "queued": queued, "backlog": backlog,
                "close_wait": close_wait, "held": close_wait - queued}
         assert server.poll() is None, "the leaking server died"
+    server.stdout.close()
     # The sandbox took the server with it.
     assert not os.path.exists(f"/proc/{server.pid}")
 
@@ -534,7 +535,7 @@ def test_exporter_serves_the_facts(exporter, start_server) -> None:  # type: ign
     assert status == worst
 
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=GUARD) == 0
+    assert proc.wait(timeout=GUARD) == 130  # ExitStatus.INTERRUPTED
     assert proc.stderr is not None
     assert "Traceback" not in proc.stderr.read().decode()
 
@@ -575,4 +576,4 @@ def test_exporter_on_ipv6_prints_a_url_that_works() -> None:
         with urllib.request.urlopen(url, timeout=30) as resp:
             assert "tcplab_tcp_sockets" in resp.read().decode()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=GUARD) == 0
+        assert proc.wait(timeout=GUARD) == 130  # ExitStatus.INTERRUPTED

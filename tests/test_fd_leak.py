@@ -4,7 +4,8 @@
 port-bomb, fd-leak, half-close (and the experiments added since: multiplex,
 handshake), each in its own private network namespace. The full run takes
 over two minutes now (multiplex climbs to 10,000 connections per model), so
-the module runs ``tcplab experiment all --quick --json`` once and judges its
+the session runs ``tcplab experiment all --quick --json`` once (the
+``experiment_all`` fixture of tests/conftest.py) and this module judges its
 fd-leak and half-close objects: they are what ``tcplab experiment fd-leak
 --json`` and ``tcplab experiment half-close --quick --json`` print (same code;
 fd-leak takes no shortcut with --quick: 256 fds, 512 clients, 5 s
@@ -32,7 +33,7 @@ import pytest
 
 from tcplab.experiments import fd_leak
 from tcplab.kernel.tcp_states import STATE_NAMES
-from tests.conftest import run_tcplab
+from tests.conftest import ExperimentAll, run_tcplab
 
 EXPERIMENTS = ["echo", "port-bomb", "fd-leak", "half-close"]
 
@@ -48,9 +49,10 @@ def json_lines(r: subprocess.CompletedProcess[bytes]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def all_run() -> tuple[subprocess.CompletedProcess[bytes], dict[str, dict[str, Any]]]:
-    r = run_tcplab("experiment", "all", "--quick", "--json", timeout=600)
-    return r, {body["experiment"]: body for body in json_lines(r)}
+def all_run(experiment_all: ExperimentAll
+            ) -> tuple[subprocess.CompletedProcess[bytes], dict[str, dict[str, Any]]]:
+    # The session's one `experiment all --quick --json --report DIR` (tests/conftest.py).
+    return experiment_all.proc, experiment_all.by_name
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import resource
+import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tcplab.errors import ConnectFailed
+from tcplab.experiments import multiplex as experiment
+from tcplab.experiments.result import Result
+from tcplab.report import html
+from tcplab.report.terminal import result_lines
 from tests.conftest import MODELS, run_tcplab
-
-pytestmark = pytest.mark.loopback
 
 
 def multiplex(port: int, *args: str, preexec_fn=None) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]
@@ -21,6 +28,7 @@ def multiplex(port: int, *args: str, preexec_fn=None) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.loopback
 def test_event_loop_models_hold_thousands_on_one_thread(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--fd-limit", "max")
     r = multiplex(server.port, "--connections", "3000", "--messages", "3", "--json")
@@ -37,6 +45,7 @@ def test_event_loop_models_hold_thousands_on_one_thread(start_server) -> None:  
     assert "1 thread, 1 epoll instance watching" in text
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("model", [m for m in MODELS if m != "uvloop"])
 def test_every_model_echoes_every_byte(start_server, model: str) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--model", model, "--fd-limit", "max")
@@ -51,6 +60,7 @@ def test_every_model_echoes_every_byte(start_server, model: str) -> None:  # typ
         assert m["server"]["threads"] <= 2 and m["server"]["epoll_watches"] >= 300
 
 
+@pytest.mark.loopback
 def test_client_says_how_many_fit_under_its_hard_limit(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--fd-limit", "max")
 
@@ -68,34 +78,163 @@ def test_client_says_how_many_fit_under_its_hard_limit(start_server) -> None:  #
     assert json.loads(r.stdout)["connected"] == 400
 
 
-def test_nothing_listening_is_explained() -> None:
-    import socket
-
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    r = multiplex(port, "--connections", "20")
-    assert r.returncode == 1
-    assert b"failed: ECONNREFUSED x20: nothing listens there" in r.stdout
+        return int(s.getsockname()[1])
 
 
+@pytest.mark.loopback
+def test_nothing_listening_exits_connect_failed_with_the_hint() -> None:
+    port = free_port()
+    for extra in ((), ("--json",)):
+        r = run_tcplab("multiplex", "--port", str(port), "--connections", "20", *extra)
+        err = r.stderr.decode()
+        assert r.returncode == ConnectFailed.exit_code, err
+        assert f"connection refused: nothing listens on 127.0.0.1:{port}" in err
+        assert f"hint: start one with 'tcplab server --port {port}" in err
+        assert "Traceback" not in err
+        assert r.stdout == b""  # no result: nothing was measured
+
+
+@pytest.mark.loopback
+def test_a_server_too_slow_for_the_timeout_is_named_and_explained(start_server) -> None:  # type: ignore[no-untyped-def]
+    # Real timeouts: 300 connections x 50 round trips (15,000 echoes) cannot
+    # finish in 50 ms; the threads model does ~20,000-50,000 echoes/s here.
+    server = start_server("--model", "threads", "--fd-limit", "max")
+    r = multiplex(server.port, "--connections", "300", "--messages", "50", "--timeout", "0.05",
+                  "--json")
+    assert r.returncode == 1, r.stderr
+    m = json.loads(r.stdout)
+    assert m["connected"] == 300 and m["timeout_s"] == 0.05
+    timed_out = m["failures"]["timeout"]
+    assert 0 < timed_out <= 300 and set(m["failures"]) == {"timeout"}
+    assert m["echoes"] < 15_000
+    # served and no_echo partition the connections that were still open
+    assert 0 <= m["served"] <= 300 and 0 <= m["no_echo"] <= timed_out
+    assert m["served"] + m["no_echo"] == 300
+    assert m["served_all_s"] is None or m["no_echo"] == 0
+    why = m["explanations"]["timeout"]
+    assert "still waiting for an echo when --timeout (0.05 s) ran out" in why
+    text = multiplex(server.port, "--connections", "300", "--messages", "50",
+                     "--timeout", "0.05").stdout.decode()
+    assert re.search(r"^failed: timeout x[\d,]+: connections still waiting for an echo when "
+                     r"--timeout \(0\.05 s\) ran out", text, re.M), text
+    assert "connections that timed out are not in it" in text  # the p99 says what it leaves out
+
+
+@pytest.mark.loopback
 def test_remote_targets_are_refused() -> None:
     r = run_tcplab("multiplex", "--host", "192.0.2.9", "--connections", "1")
     assert r.returncode == 2 and b"--allow-remote" in r.stderr
 
 
-@pytest.mark.privileged
-def test_experiment_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+# --- the experiment: its table and its verdict, on real rows -------------------------------
+
+@pytest.fixture(scope="module")
+def table() -> dict[str, Any]:
+    """``tcplab experiment multiplex --connections 100 --connections 300 --json``."""
     r = run_tcplab("experiment", "multiplex", "--connections", "100", "--connections", "300",
                    "--json", timeout=300)
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def starved() -> Result:
+    """Every row times out for real: 300 connections x 100 round trips (30,000
+    echoes) cannot finish in 50 ms on any model (the fastest does ~130,000
+    echoes/s here)."""
+    return experiment.run(experiment.Settings(ladder=(300,), models=("threads", "epoll"),
+                                              min_echoes=30_000, timeout=0.05))
+
+
+@pytest.mark.privileged
+def test_experiment_table(table: dict[str, Any]) -> None:
+    res = table
     assert res["experiment"] == "multiplex" and res["ok"] is True
     rows = {(v["model"], v["connections"]): v for v in res["variants"]}
     assert set(rows) == {(m, n) for m in MODELS for n in (100, 300)}
     for (model, n), v in rows.items():
         assert v["failed"] == 0 and v["echoes"] >= 50_000 // n * n * 0.99
+        assert v["collapsed"] is False and v["flag"] is None
+        assert v["served"] == n and v["no_echo"] == 0 and v["served_all_s"] is not None
+        assert v["unaccepted"] == 0 and v["accepted_s"] is not None
         if model == "threads":
             assert v["threads"] >= n
         else:
             assert v["threads"] == 1 and v["epoll_watches"] >= n
+
+
+@pytest.mark.privileged
+def test_below_10000_the_collapse_is_neither_required_nor_claimed(table: dict[str, Any]) -> None:
+    fact = table["fact"]
+    assert table["facts"]["collapse_required"] is False
+    assert "epoll, asyncio, uvloop each held 300 connections on 1 thread with 0 failures" in fact
+    assert "the collapse needs 10,000 connections (not judged here" in fact
+    assert "threads collapsed" not in fact
+    assert re.search(r"(?<![\d,])1 threads", fact) is None, fact
+    threads = next(v for v in table["variants"] if v["name"] == "threads x300")
+    assert f"threads: {threads['echoes_per_s']:,.0f} echoes/s against" in fact
+    # The same real rows, judged as if 300 were the size where threads must
+    # collapse: threads did not (it served every echo), so the lesson is not shown.
+    ok, fact, facts = experiment.judge(table["variants"], (100, 300), 20.0, collapse_at=300)
+    assert ok is False and facts["threads"]["collapsed"] is False
+    assert fact.startswith("NOT shown: threads did not collapse at 300: ")
+
+
+@pytest.mark.privileged
+def test_rows_that_timed_out_are_flagged_and_explained(starved: Result) -> None:
+    r = starved
+    assert r.ok is False
+    rows = {v["model"]: v for v in r.variants}
+    for v in rows.values():  # every connection timed out: each row collapsed
+        assert v["connected"] == 300 and v["timed_out"] > 150
+        assert v["collapsed"] is True
+        assert v["flag"] == f"collapsed: {v['timed_out']:,} of 300 timed out"
+        assert "still waiting for an echo when --timeout (0.05 s) ran out" in \
+            v["explanations"]["timeout"]
+    assert "GIL" in rows["threads"]["explanations"]["timeout"]
+    assert "GIL" not in rows["epoll"]["explanations"]["timeout"]
+    # The verdict: the event loop failed, so not shown, and says so with the figure.
+    assert r.fact.startswith(f"NOT shown: epoll did not hold: at 300: "
+                             f"{rows['epoll']['timed_out']:,} of 300 timed out")
+    # The table shows no plain figure for a collapsed row, and explains the timeouts.
+    text = "\n".join(result_lines(r))
+    for model in ("threads", "epoll"):
+        line = next(x for x in text.splitlines() if x.startswith(f"  {model} "))
+        cells = line.split()
+        assert "collapsed" in cells and "KiB" not in line, line
+        assert f"timeout x{rows[model]['timed_out']:,}" in line
+        assert f"{model} x300 {rows[model]['flag']}" in text
+        assert f"{model} x300 timeout x{rows[model]['timed_out']:,}: connections still " \
+               "waiting" in " ".join(text.split())
+
+
+@pytest.mark.privileged
+def test_report_names_the_timeouts(starved: Result, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tcplab.cli.output import to_jsonable
+
+    index = html.write([starved], str(tmp_path), [{"schema": 1, **to_jsonable(starved)}])
+    text = " ".join(Path(index).read_text().split())
+    epoll = next(v for v in starved.variants if v["model"] == "epoll")
+    assert '<tr class="fail"><td>epoll</td><td>300</td>' in text
+    assert "Failures seen, and what they mean" in text
+    assert f"epoll x300 {epoll['flag']}" in text
+    assert "still waiting for an echo when --timeout (0.05 s) ran out" in text
+    assert text.count("<svg") == 1 and "<script" not in text
+
+
+@pytest.mark.privileged
+def test_a_real_collapse_is_shown(table: dict[str, Any], starved: Result) -> None:
+    # Real rows from two real runs: the event loops and threads x100 held
+    # (the table), threads x300 timed out (starved). Judged with the collapse
+    # required at 300, the lesson is shown, and the fact says how.
+    rows = [v for v in table["variants"] if v["model"] != "threads" or v["connections"] == 100]
+    threads = next(v for v in starved.variants if v["model"] == "threads")
+    ok, fact, facts = experiment.judge([*rows, threads], (100, 300), 0.05, collapse_at=300)
+    assert ok is True, fact
+    assert facts["threads"]["collapsed"] is True
+    assert fact.startswith("epoll, asyncio, uvloop each held 300 connections on 1 thread")
+    assert (f"threads collapsed at 300: {threads['timed_out']:,} of 300 timed out (still "
+            "waiting for an echo after 0.05 s: the GIL convoy)") in fact

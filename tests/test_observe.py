@@ -27,8 +27,6 @@ from tcplab.observe.sockets import SocketTable
 from tests.conftest import run_tcplab
 from tests.data.record import TRANSIENT, Lab, ss_counts, ss_rows
 
-pytestmark = pytest.mark.loopback
-
 GUARD = 15.0  # seconds: hang guards only
 
 
@@ -101,6 +99,7 @@ def lab() -> Iterator[Lab]:
         return
 
 
+@pytest.mark.loopback
 def test_states_agree_with_ss_on_every_lab_state(lab: Lab) -> None:
     p, q = lab.port, lab.syn_port
     for port in (p, q):
@@ -118,6 +117,7 @@ def test_states_agree_with_ss_on_every_lab_state(lab: Lab) -> None:
         assert on_p[state] > 0, state
 
 
+@pytest.mark.loopback
 @pytest.mark.parametrize("force_procfs", [False, True], ids=["netlink", "procfs"])
 def test_socket_table_in_process_agrees_with_ss(lab: Lab, force_procfs: bool) -> None:
     with SocketTable(force_procfs=force_procfs) as table:
@@ -155,6 +155,7 @@ def echo_clients(port: int, n: int) -> list[socket.socket]:
 TW_ROW = re.compile(r"^TIME_WAIT\s+\d+\s+\d+\s+(\S+)\s+(\S+)\s+time-wait (\d+\.\d)s\s+kernel$")
 
 
+@pytest.mark.loopback
 def test_sockets_time_wait_countdowns_owned_by_the_kernel(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
     p = server.port
@@ -187,6 +188,7 @@ def test_sockets_time_wait_countdowns_owned_by_the_kernel(start_server) -> None:
         assert s["timer"] == 3 and 0 < s["expires_ms"] <= 60_000
 
 
+@pytest.mark.loopback
 def test_sockets_name_the_owning_process_and_fd(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--leak")
     p = server.port
@@ -232,6 +234,7 @@ def test_sockets_name_the_owning_process_and_fd(start_server) -> None:  # type: 
 # -- tcplab fds ------------------------------------------------------------------------------
 
 
+@pytest.mark.loopback
 def test_fds_climb_with_close_wait_until_the_warning(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--leak", "--fd-limit", "64")
     pid, p = server.pid, server.port
@@ -275,6 +278,7 @@ def test_fds_climb_with_close_wait_until_the_warning(start_server) -> None:  # t
 # -- --watch, limits, bad input -----------------------------------------------------------------
 
 
+@pytest.mark.loopback
 def test_states_watch_json_prints_one_object_per_sample() -> None:
     with socket.socket() as lst:
         lst.bind(("127.0.0.1", 0))
@@ -301,6 +305,7 @@ def proc_sys(name: str) -> str:
         return " ".join(f.read().split())
 
 
+@pytest.mark.loopback
 def test_limits_json_shows_the_sysctls_of_proc_sys() -> None:
     knobs = {k["name"]: k for k in tcplab_json("limits", "--json")["limits"]}
     for name in ("net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse",
@@ -314,6 +319,7 @@ def test_limits_json_shows_the_sysctls_of_proc_sys() -> None:
     assert knobs["ulimit -Hn (hard)"]["value"] == str(hard)
 
 
+@pytest.mark.loopback
 def test_unknown_state_is_a_usage_error_that_lists_the_states() -> None:
     r = run_tcplab("sockets", "--state", "bogus")
     err = r.stderr.decode()
@@ -322,6 +328,7 @@ def test_unknown_state_is_a_usage_error_that_lists_the_states() -> None:
     assert "Traceback" not in err and r.stdout == b""
 
 
+@pytest.mark.loopback
 def test_fds_of_a_missing_process() -> None:
     r = run_tcplab("fds", "999999999")
     err = r.stderr.decode()
@@ -329,6 +336,7 @@ def test_fds_of_a_missing_process() -> None:
     assert "no process 999999999" in err and "Traceback" not in err
 
 
+@pytest.mark.loopback
 def test_states_netns_that_does_not_exist() -> None:
     r = run_tcplab("states", "--netns", "/nonexistent")
     err = r.stderr.decode()
@@ -473,6 +481,10 @@ def test_netns_sees_that_namespace_only(children: Children) -> None:
     want = {**dict.fromkeys(tcp_states.STATE_NAMES, 0), "LISTEN": 1, "ESTABLISHED": 2}
     assert inside["states"] == want and inside["total"] == 3
     assert tcplab("states", "--netns", pid, "--port", str(port), "--json")["total"] == 3
+    # fds --netns: that namespace's processes only (the one target here), not the host's.
+    procs = tcplab("fds", "--netns", pid, "--json")["processes"]
+    assert [(p["pid"], p["tcp"]) for p in procs] == [
+        (target.pid, {"ESTABLISHED": 2, "LISTEN": 1})], procs
     socks = tcplab("sockets", "--netns", pid, "--json")["sockets"]
     assert sorted((s["state"], s["sport"] == port, s["dport"] == port) for s in socks) == [
         ("ESTABLISHED", False, True), ("ESTABLISHED", True, False), ("LISTEN", True, False)]

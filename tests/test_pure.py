@@ -1,4 +1,5 @@
-"""Pure logic: backoff, log limiting, percentiles, payloads, argument parsing."""
+"""Pure logic: backoff, log limiting, percentiles, payloads, argument parsing, counts in
+words, settings in words, and the echo and half-close experiments' verdicts."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from hypothesis import strategies as st
 
 from tcplab.cli import common
 from tcplab.errors import UsageError, errno_name
+from tcplab.experiments import echo, half_close
+from tcplab.report.terminal import settings_text
 from tcplab.traffic.accept import BACKOFF_MIN, Backoff, LogLimiter
 from tcplab.traffic.client import payload_for, percentile
 from tcplab.traffic.server import Ticker
 from tcplab.traffic.target import resolve
+from tcplab.words import plural, plural_of
 
 pytestmark = pytest.mark.pure
 
@@ -114,3 +118,86 @@ def test_errno_names() -> None:
     assert errno_name(99) == "EADDRNOTAVAIL"
     assert errno_name(24) == "EMFILE"
     assert errno_name(None) == "E?"
+
+
+# --- counts and settings in words -------------------------------------------------------------
+
+@pytest.mark.parametrize("n, noun, text", [
+    (1, "thread", "1 thread"), (0, "thread", "0 threads"), (10_001, "thread", "10,001 threads"),
+    (1, "echo", "1 echo"), (2, "echo", "2 echoes"), (1, "connection", "1 connection"),
+    (3, "small echo", "3 small echoes"), (2, "process", "2 processes"),
+    (2, "entry", "2 entries"), (2, "day", "2 days"), (1.0, "core", "1 core"),
+    (2.0, "core", "2 cores"), (2, "mouse", "2 mice"),
+])
+def test_plural(n: int | float, noun: str, text: str) -> None:
+    assert plural(n, noun, "mice" if noun == "mouse" else None) == text
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_plural_is_singular_for_one_only(n: int) -> None:
+    text = plural(n, "echo")
+    assert text == ("1 echo" if n == 1 else f"{n:,} echoes")
+    assert plural_of("echo") == "echoes"
+
+
+def test_settings_read_as_settings_not_python() -> None:
+    # The settings the experiments record (multiplex's, port-bomb's, echo's), as they are.
+    text = settings_text({"ladder": [100, 1000, 10_000], "models": ["threads", "epoll"],
+                          "variants": ("fresh", "pool"), "ports": 1000, "port": 8080,
+                          "keepalive": False, "server_cmd": None, "pause_s": 0.3,
+                          "tcp_fin_timeout": 5, "extra": {"a": 1, "b": [2, 3]},
+                          "timeout_s": 20.0})
+    assert text == ("connections 100, 1,000, 10,000 · models threads, epoll · "
+                    "variants fresh, pool · ports 1,000 · port 8080 · keepalive no · "
+                    "server cmd none · pause between steps 0.3 s · tcp_fin_timeout 5 s · "
+                    "extra a 1, b 2, 3 · timeout 20 s")
+    for python in ("[", "]", "(", ")", "{", "}", "'", "None", "True", "False"):
+        assert python not in text, python
+
+
+# --- the echo and half-close verdicts say what was seen ---------------------------------------
+
+def test_echo_fact_claims_exact_bytes_only_when_they_matched() -> None:
+    ok, fact = echo.judge(1, 1, 50.0, 600.0, stream=(4 << 20, 4 << 20, True),
+                          client_bytes=1000, server_bytes=1000)
+    assert ok and fact == ("1 small echo at p50 50 us, 1 echo of 1 MiB at 600 MiB/s; the "
+                           "server echoed exactly the 1,000 bytes sent")
+    ok, fact = echo.judge(200, 5, 50.0, 600.0, stream=(4 << 20, 4 << 20, True),
+                          client_bytes=1000, server_bytes=None)
+    assert not ok and fact == "the server reported no totals, so its count could not be checked"
+    ok, fact = echo.judge(200, 5, 50.0, 600.0, stream=(100, 90, False),
+                          client_bytes=1000, server_bytes=990)
+    assert not ok and "exactly" not in fact
+    assert fact == ("the 100 B stream came back different (90 B, not identical); the server "
+                    "counted 990 B echoed, the client sent 1,000 B")
+
+
+def _step(t: float, client: str | None, server: str | None,
+          left: float | None = None) -> dict[str, object]:
+    def side(state: str | None, timer: float | None) -> dict[str, object] | None:
+        if state is None:
+            return None
+        return {"state": state, "timer": f"time-wait {timer:.1f}s" if timer else "",
+                "timer_left_s": timer, "owner": "kernel" if timer else "process"}
+    return {"t": t, "step": "", "client": side(client, left), "server": side(server, None)}
+
+
+def test_half_close_fact_is_what_the_steps_sampled() -> None:
+    steps = [_step(0.3, "ESTABLISHED", "ESTABLISHED"), _step(0.6, "FIN_WAIT2", "CLOSE_WAIT"),
+             _step(0.9, "FIN_WAIT2", "CLOSE_WAIT"), _step(1.2, "TIME_WAIT", None, 59.7),
+             _step(2.5, "TIME_WAIT", None, 58.4)]
+    ok, fact = half_close.judge(steps)
+    assert ok
+    assert fact.endswith("TIME_WAIT with 59.7 s left, 58.4 s left 1.3 s later")
+    # A server that never reached CLOSE_WAIT (the choreography cannot be made to do
+    # that for real): the fact lists what was seen, and claims no CLOSE_WAIT.
+    steps[1] = _step(0.6, "FIN_WAIT2", "ESTABLISHED")
+    ok, fact = half_close.judge(steps)
+    assert not ok
+    assert "after shutdown(SHUT_WR): client FIN_WAIT2, server ESTABLISHED" in fact
+    assert "sat in" not in fact
+    # A timer that did not move between two samples is named.
+    steps[1] = _step(0.6, "FIN_WAIT2", "CLOSE_WAIT")
+    steps[4] = _step(2.5, "TIME_WAIT", None, 59.7)
+    ok, fact = half_close.judge(steps)
+    assert not ok and fact.endswith("the TIME_WAIT timer did not count down between samples")

@@ -1,12 +1,13 @@
 """``tcplab experiment all --report DIR`` as a user gets it, and ``tcplab explain``.
 
-One ``experiment all --quick --report DIR --json`` run per module (about 35 s)
-feeds the checks of its JSON lines, results.json and index.html, which is then
-opened in a real headless browser: Debian's chromium driven by its chromedriver
-through selenium (.ci/run installs both when run as root and they are missing;
-without them that test skips and says why). The page must load from file://
-with no console error and draw every chart. The text summary of ``all``, the
-exit status of an experiment that did not show its fact and the lessons of
+The session's one ``experiment all --quick --report DIR --json`` run (the
+``experiment_all`` fixture of tests/conftest.py) feeds the checks of its JSON
+lines, results.json and index.html, which is then opened in a real headless
+browser: Debian's chromium driven by its chromedriver through selenium
+(.ci/run installs both when run as root and they are missing; without them
+that test skips and says why). The page must load from file:// with no
+console error and draw every chart. The text summary of ``all``, the exit
+status of an experiment that did not show its fact and the lessons of
 ``tcplab explain`` (docs/lessons.md is generated from them) are checked too.
 """
 
@@ -30,7 +31,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_tcplab
+from tcplab.experiments.result import Result
+from tcplab.report import html
+from tcplab.report.lessons import LESSONS, Figures, quotes
+from tcplab.report.terminal import result_lines, settings_text, summary_lines
+from tcplab.words import plural
+from tests.conftest import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "multiplex", "handshake")
@@ -48,7 +54,7 @@ def stderr_of(r: subprocess.CompletedProcess[bytes]) -> str:
     return r.stderr.decode(errors="replace")[-4000:]
 
 
-# --- one `experiment all --quick --report DIR --json` for the module ------------------------
+# --- the session's `experiment all --quick --report DIR --json` ------------------------------
 
 @dataclass(frozen=True)
 class ReportRun:
@@ -57,11 +63,9 @@ class ReportRun:
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory: pytest.TempPathFactory) -> ReportRun:
-    directory = tmp_path_factory.mktemp("report") / "out"  # tcplab makes DIR itself
-    r = run_tcplab("experiment", "all", "--quick", "--report", str(directory), "--json",
-                   timeout=600)
-    return ReportRun(r, directory)
+def report_run(experiment_all: ExperimentAll) -> ReportRun:
+    # The session's one `experiment all --quick --json --report DIR` (tests/conftest.py).
+    return ReportRun(experiment_all.proc, experiment_all.report)
 
 
 def results_of(run: ReportRun) -> list[dict[str, Any]]:
@@ -395,8 +399,15 @@ def test_explain_each_topic(topic: str) -> None:
     lines = r.stdout.decode().splitlines()
     assert lines[1] == "=" * len(lines[0])
     assert lines[-1].startswith("Shown by: tcplab ")
-
-
+    # No run to quote: every figure says where, when and with which command.
+    text = " ".join(r.stdout.decode().split())
+    figures = LESSONS[topic].figures
+    assert figures, topic
+    for fig in figures:
+        assert f"Measured on Linux 6.18, 2 cores, on {fig.when}, with `{fig.command}`" in text
+        assert " ".join(fig.recorded.split()) in text
+    assert text.count("Measured on ") == len(figures)
+    assert "Measured here" not in text and "measured in this run" not in text.lower()
 @pytest.mark.pure
 def test_explain_time_wait_says_60_s_and_corrects_the_notes() -> None:
     r = run_tcplab("explain", "time-wait")
@@ -416,3 +427,284 @@ def test_explain_markdown_is_docs_lessons_md() -> None:
     docs = (ROOT / "docs" / "lessons.md").read_text()
     assert r.stdout.decode() == docs, \
         "docs/lessons.md is stale: regenerate it with tcplab explain --markdown"
+
+
+# --- lessons: this run's figures, or none; recorded ones say where and when ------------------
+
+#: The runs the lessons' recorded figures come from: ``tcplab experiment NAME --json``
+#: with full counts (fd-leak-keepalive: ``fd-leak --keepalive``), on Linux 6.18 with 2
+#: cores on 2026-11-30, timelines dropped.
+LESSON_RUNS = ROOT / "tests" / "data" / "lessons"
+
+
+def recorded_run(fig: Figures) -> Result:
+    name = fig.experiment + ("-keepalive" if "--keepalive" in fig.command else "")
+    [r] = html.read_results([json.loads((LESSON_RUNS / f"{name}.json").read_text())])
+    return r
+
+
+@pytest.mark.pure
+def test_recorded_figures_are_what_their_runs_measured() -> None:
+    by_experiment = 0
+    for lesson in LESSONS.values():
+        for fig in lesson.figures:
+            assert re.fullmatch(r"20\d\d-\d\d-\d\d", fig.when), fig
+            assert fig.command.startswith(("tcplab ", "ss ")), fig
+            if fig.experiment:  # the sentence this_run builds from that run's JSON
+                assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
+                by_experiment += 1
+    assert by_experiment == 9
+
+
+def no_digits(text: str) -> bool:
+    return re.search(r"\d", text) is None
+
+
+@pytest.mark.pure
+def test_a_lesson_quotes_this_run_or_says_it_did_not_measure() -> None:
+    fd_leak = recorded_run(LESSONS["fd-limit"].figures[0])
+    skipped = Result("half-close", ok=False, fact="", skipped="needs a namespace (fix: ...)")
+    q = quotes(LESSONS["close-wait"], {"fd-leak": fd_leak, "half-close": skipped})
+    assert [x.kind for x in q] == ["missing", "run", "missing", "recorded"]
+    assert q[0].text == ("The half-close experiment was skipped in this run, so this was not "
+                         "measured ('tcplab explain close-wait' quotes a recorded run).")
+    assert q[1].text == (f"Measured in this run by the fd-leak experiment: "
+                         f"{LESSONS['close-wait'].figures[1].sentence(fd_leak)}.")
+    assert q[2].text.startswith("This run's fd-leak experiment did not measure this; "
+                                "`tcplab experiment fd-leak --keepalive` does")
+    assert q[3].text.startswith("Measured on Linux 6.18, 2 cores, on 2026-11-30, with `ss -s`")
+    assert no_digits(q[0].text) and no_digits(q[2].text.replace("explain close-wait", ""))
+
+    failed = Result("multiplex", ok=False, fact="failed to run: RuntimeError: boom")
+    [m] = quotes(LESSONS["netpoll"], {"multiplex": failed})
+    assert m.kind == "missing" and no_digits(m.text), m.text
+    assert m.text.startswith("The multiplex experiment failed in this run")
+
+    [h] = quotes(LESSONS["handshake"], {})  # `experiment echo --report`: no handshake
+    assert h.kind == "recorded"
+    assert h.text.startswith("The handshake experiment was not part of this run; measured on "
+                             "Linux 6.18, 2 cores, on 2026-11-30, with `tcplab experiment "
+                             "handshake`: 15 packets")
+
+
+# --- small real runs, their reports, and one page of them all ---------------------------------
+
+#: Small real runs of four experiments (about 20 s in all), each with --json --report.
+SMALL_RUNS: dict[str, tuple[str, ...]] = {
+    "echo": ("--quick",),
+    "port-bomb": ("--variant", "fresh", "--ports", "10"),
+    "half-close": ("--quick",),
+    "multiplex": ("--quick", "--connections", "10"),
+}
+
+
+@dataclass(frozen=True)
+class SmallRuns:
+    bodies: dict[str, dict[str, Any]]  # experiment -> its JSON line
+    reports: dict[str, Path]  # experiment -> its own --report DIR
+    page: Path  # one page of the four results, a skipped and a failed one (see below)
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory: pytest.TempPathFactory) -> SmallRuns:
+    base = tmp_path_factory.mktemp("small")
+    bodies, reports = {}, {}
+    for name, args in SMALL_RUNS.items():
+        reports[name] = base / name
+        r = run_tcplab("experiment", name, *args, "--json", "--report", str(base / name),
+                       timeout=300)
+        if r.returncode in (4, 8):
+            pytest.skip(f"{name} cannot run here: {stderr_of(r).strip()}")
+        lines = r.stdout.decode().splitlines()
+        assert len(lines) == 1, f"{name}: exit {r.returncode} {lines} {stderr_of(r)}"
+        bodies[name] = json.loads(lines[0])
+    # One page as `experiment all` writes it, from the four real results, plus the two
+    # Results the CLI makes when an experiment cannot run (handshake without root) or
+    # raises (here fd-leak: a failure that cannot be caused on purpose).
+    results = html.read_results(list(bodies.values()))
+    results.append(Result("fd-leak", ok=False,
+                          fact="failed to run: RuntimeError: the client flood failed"))
+    results.append(Result("handshake", ok=False, fact="",
+                          skipped="the handshake experiment needs tracefs (fix: run as root)"))
+    page = Path(html.write(results, str(base / "all"), list(bodies.values()),
+                           command="tcplab experiment all (tests/test_report.py)"))
+    return SmallRuns(bodies, reports, page)
+
+
+class _Text(HTMLParser):
+    """The text a reader sees (style sheets left out), and each lesson box's paragraphs
+    with their class."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.boxes: dict[str, list[tuple[str, str]]] = {}  # title -> [(class, text)]
+        self.run_with: dict[str, str] = {}  # section -> its "Run with:" line
+        self._skip = 0
+        self._box: str | None = None
+        self._section = ""
+        self._depth = 0
+        self._tag: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag in ("style", "script"):
+            self._skip += 1
+        if tag == "section":
+            self._section = a.get("id", "")
+        if tag == "div" and "lesson" in a.get("class", "").split():
+            self._box = ""
+        self._tag.append((tag, a.get("class", "")))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script"):
+            self._skip -= 1
+        if tag == "div" and self._box is not None:
+            self._box = None
+        if self._tag:
+            self._tag.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        self.text.append(data)
+        tag, cls = self._tag[-1] if self._tag else ("", "")
+        if tag == "p" and cls == "meta" and data.startswith("Run with: "):
+            self.run_with[self._section] = data
+        if self._box is not None:
+            if tag == "h3":
+                self._box = data
+                self.boxes[data] = []
+            elif tag == "p" and self._box:
+                self.boxes[self._box].append((cls, data))
+
+
+def page_text(path: Path) -> _Text:
+    parser = _Text()
+    parser.feed(path.read_text())
+    parser.close()
+    return parser
+
+
+#: What Python's own notation looks like in text: a dict, tuple or list repr, bytes,
+#: None/True/False, a dataclass repr. "[Errno 99]" and "('tcplab states')" are words.
+REPR = re.compile(r"\{'[^']*': |\('[^']*', |\['[^']*'[,\]]|\[-?\d[\d.]*(, |\])|\bb'|\bb\"|"
+                  r"\bNone\b|\bTrue\b|\bFalse\b|\b[A-Z]\w+\(\w+=|\{\}|\[\]")
+
+
+@pytest.mark.pure
+def test_repr_pattern_finds_python_notation() -> None:
+    for python in ("{'ladder': [100, 1000]}", "('fresh', 'pool')", "['threads', 'epoll']",
+                   "[100, 1000]", "[5]", "b'still here'", "None", "RoundTrips(host=", "{}"):
+        assert REPR.search(python), python
+    for words in ("[Errno 99] EADDRNOTAVAIL", "count per state ('tcplab states')",
+                  "[S.] SYN-ACK", "ports 1,000 · variants fresh, pool"):
+        assert REPR.search(words) is None, words
+
+
+@pytest.mark.privileged
+def test_reports_and_terminal_text_have_no_python_repr(small_runs: SmallRuns) -> None:
+    pages = [small_runs.page] + [d / "index.html" for d in small_runs.reports.values()]
+    for page in pages:
+        text = "\n".join(page_text(page).text)
+        found = sorted({m.group(0) for m in REPR.finditer(text)})
+        assert found == [], f"{page}: {found}"
+    results = html.read_results(list(small_runs.bodies.values()))
+    lines = [line for r in results for line in result_lines(r)] + summary_lines(results)
+    found = sorted({m.group(0) for line in lines for m in REPR.finditer(line)})
+    assert found == [], found
+
+
+@pytest.mark.privileged
+def test_run_with_lines_read_as_settings(small_runs: SmallRuns) -> None:
+    seen = page_text(small_runs.page).run_with
+    for name, body in small_runs.bodies.items():
+        assert seen[name] == f"Run with: {settings_text(body['settings'])}", name
+    assert "ports 10 · " in seen["port-bomb"]
+    assert seen["echo"].startswith("Run with: server model ")
+    assert seen["half-close"] == "Run with: pause between steps 0.3 s"
+
+
+def box_text(boxes: dict[str, list[tuple[str, str]]], topic: str, kind: str) -> str:
+    return " ".join(t for cls, t in boxes[LESSONS[topic].title] if cls == kind)
+
+
+@pytest.mark.privileged
+def test_lesson_boxes_quote_this_run(small_runs: SmallRuns) -> None:
+    page = page_text(small_runs.page)
+    text = " ".join(page.text)
+    b = small_runs.bodies
+    # Each lesson once, in the section of the experiment that measures it.
+    assert sorted(page.boxes) == sorted(lesson.title for lesson in LESSONS.values())
+    # No recorded figure of an experiment that is on the page (unless this run measured
+    # the very same: half-close's states are words, not numbers).
+    run = {r.experiment: r for r in html.read_results(list(b.values()))}
+    for lesson in LESSONS.values():
+        for fig in lesson.figures:
+            if fig.experiment in run and fig.sentence(run[fig.experiment]) != fig.recorded:
+                assert fig.recorded not in text, (lesson.topic, fig.recorded)
+
+    # netpoll: this run's 10 connections, its threads row, none of the recorded 10,000.
+    mux = box_text(page.boxes, "netpoll", "run")
+    threads = next(v for v in b["multiplex"]["variants"] if v["model"] == "threads")
+    assert mux.startswith("Measured in this run by the multiplex experiment: at 10 connections")
+    assert f"thread per connection at 10 connections: {plural(threads['threads'], 'thread')}" \
+        in mux
+    assert f"{threads['echoes_per_s']:,.0f} echoes/s" in mux
+    assert "10,000" not in mux and "8,733" not in mux
+
+    # port-range: the fresh variant's own first error.
+    bomb = box_text(page.boxes, "port-range", "run")
+    [fresh] = b["port-bomb"]["variants"]
+    e = fresh["first_error"]
+    assert f"with a {fresh['port_range']:,}-port range" in bomb
+    if e["errno"] == 99:
+        assert f"after {plural(e['after_ok'], 'connection')} in {e['at_s']:.2f} s" in bomb
+    # Variants that did not run are not quoted; their recorded figure is not either.
+    assert "pooled" not in bomb and "127.0.0.2" not in bomb
+    assert box_text(page.boxes, "port-range", "missing").startswith(
+        "This run's port-bomb experiment did not measure this; `tcplab experiment port-bomb` "
+        "does")
+
+    # time-wait: the half-close run's own timer readings.
+    left = [s["client"]["timer_left_s"] for s in b["half-close"]["facts"]["steps"]
+            if s["client"] and s["client"]["state"] == "TIME_WAIT"]
+    assert f"in TIME_WAIT with {left[0]:.1f} s left, and {left[-1]:.1f} s left" in \
+        box_text(page.boxes, "time-wait", "run")
+
+    # fd-leak failed, handshake skipped: said so, no number quoted as this run's.
+    for topic, why in (("fd-limit", "failed in this run"),
+                       ("handshake", "was skipped in this run")):
+        missing = box_text(page.boxes, topic, "missing")
+        assert why in missing and no_digits(missing), missing
+        assert box_text(page.boxes, topic, "run") == ""
+        assert box_text(page.boxes, topic, "recorded") == ""
+
+
+@pytest.mark.privileged
+def test_small_report_in_headless_chromium(small_runs: SmallRuns, tmp_path: Path) -> None:
+    shot = tmp_path / "lessons.png"
+    with headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get(small_runs.page.as_uri())
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script("return document.readyState") == "complete")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, min(int(height) + 200, 16_000))
+        assert driver.save_screenshot(str(shot)), f"no screenshot at {shot}"
+        seen = f"(screenshot: {shot})"
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == [], seen
+        visible = driver.execute_script("return document.body.innerText")
+        found = sorted({m.group(0) for m in REPR.finditer(visible)})
+        assert found == [], f"Python notation on the page: {found} {seen}"
+        boxes = driver.find_elements(By.CSS_SELECTOR, "div.lesson")
+        assert len(boxes) == len(LESSONS), seen
+        for box in boxes:
+            assert box.is_displayed(), seen
+            rect = box.rect
+            assert rect["width"] > 300 and rect["height"] > 100, f"{rect} {seen}"
+        quoted = driver.find_elements(By.CSS_SELECTOR, "div.lesson p.run")
+        assert quoted and all(q.is_displayed() and q.text.startswith("Measured in this run by ")
+                              for q in quoted), seen

@@ -344,6 +344,9 @@ def group() -> Iterator[list[subprocess.Popen[bytes]]]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def test_ctrl_c_mid_experiment_leaves_no_process(group: list[subprocess.Popen[bytes]]) -> None:

@@ -653,6 +653,7 @@ def test_a_stale_instance_is_removed(how: str, spawn: Spawner,
 # -- unprivileged -----------------------------------------------------------------------------
 
 
+@pytest.mark.loopback
 def test_without_privilege_trace_points_at_poll(spawn: Spawner,
                                                 unprivileged: dict[str, Any]) -> None:
     run = spawn(tcplab("trace", "--duration", "1"), **unprivileged)

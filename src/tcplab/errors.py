@@ -8,14 +8,45 @@ traceback appears only with ``--debug``. Nothing below ``cli/`` prints.
 
 from __future__ import annotations
 
+import enum
 import errno as _errno
 import os
+
+
+class ExitStatus(enum.IntEnum):
+    """Every exit status tcplab returns, with its one-line meaning.
+
+    The one source: the error classes below, ``cli/main.py``, the ``--help``
+    epilog and the README's "Exit status" table all come from (or are checked
+    against, tests/test_cli.py) this enum. ``tcplab doctor`` alone follows the
+    monitoring-plugin convention instead (0 healthy, 1 warning, 2 critical,
+    3 unknown), as Nagios-style checks are read by their status.
+    """
+
+    meaning: str
+
+    def __new__(cls, value: int, meaning: str) -> ExitStatus:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    OK = 0, "success; for an experiment, its lesson was shown"
+    ERROR = 1, "an error, or an experiment whose lesson was not shown"
+    USAGE = 2, "the command line is wrong (unknown flag, bad value, contradiction)"
+    CONNECT_FAILED = 3, "a connection could not be made (refused, timed out, unreachable)"
+    PRIVILEGE = 4, "the operation needs a privilege this process lacks (root, CAP_NET_RAW)"
+    ADDRESS_IN_USE = 5, "the address is in use (bind: EADDRINUSE); the holder is named"
+    VERIFY_FAILED = 6, "an echo came back different from what was sent"
+    LIMIT = 7, "a kernel or process limit is in the way (fd limit, port range)"
+    NOT_SUPPORTED = 8, "not supported here (not Linux, a kernel feature missing)"
+    INTERRUPTED = 130, "interrupted (Ctrl-C, SIGINT), as shells report 128 + 2"
 
 
 class TcplabError(Exception):
     """Base class: a failure the user can understand and act on."""
 
-    exit_code = 1
+    exit_code: ExitStatus = ExitStatus.ERROR
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -29,47 +60,57 @@ class TcplabError(Exception):
 class UsageError(TcplabError):
     """The command line asked for something impossible or contradictory."""
 
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class ConnectFailed(TcplabError):
     """A connection could not be made: refused, timed out, unreachable."""
 
-    exit_code = 3
+    exit_code = ExitStatus.CONNECT_FAILED
 
 
 class PrivilegeError(TcplabError):
     """The operation needs a privilege this process does not have."""
 
-    exit_code = 4
+    exit_code = ExitStatus.PRIVILEGE
 
 
 class AddressInUse(TcplabError):
     """``bind()`` failed with EADDRINUSE; the message names the holder if found."""
 
-    exit_code = 5
+    exit_code = ExitStatus.ADDRESS_IN_USE
 
 
 class VerifyFailed(TcplabError):
     """An echo came back different from what was sent."""
 
-    exit_code = 6
+    exit_code = ExitStatus.VERIFY_FAILED
 
 
 class ResourceLimit(TcplabError):
     """A kernel or process limit stands in the way (fd limit, port range)."""
 
-    exit_code = 7
+    exit_code = ExitStatus.LIMIT
 
 
 class NotSupported(TcplabError):
     """The platform lacks something tcplab needs (Linux, a kernel feature)."""
 
-    exit_code = 8
+    exit_code = ExitStatus.NOT_SUPPORTED
 
 
-#: Exit status for Ctrl-C, as shells report a process killed by SIGINT.
-EXIT_INTERRUPTED = 130
+class DoctorStatus(enum.IntEnum):
+    """``tcplab doctor``'s statuses: the monitoring-plugin convention (Nagios,
+    Icinga), so a check runner reads them as it reads any plugin's."""
+
+    HEALTHY = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3  # a usage or privilege error: the check could not be made
+
+
+#: Exit status for Ctrl-C (kept for callers of the old name).
+EXIT_INTERRUPTED = ExitStatus.INTERRUPTED
 
 
 def describe_oserror(exc: OSError) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, human_bytes, note, out
+from tcplab.words import plural
 
 DESCRIPTION = """\
 Connects to an echo server and shows what comes back.
@@ -68,6 +69,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tcplab.errors import ExitStatus
     from tcplab.traffic import client, target
 
     dest = target.resolve(args.host, args.port, allow_remote=args.allow_remote)
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             emit_json({"sent": sent, "received": received})
         elif sent != received:
             note(f"tcplab: sent {sent} bytes, got {received} back")
-        return 0 if sent == received else 6
+        return ExitStatus.OK if sent == received else ExitStatus.VERIFY_FAILED
     return _interactive(client, dest, args)
 
 
@@ -147,7 +149,7 @@ def _interactive(client: Any, dest: Any, args: argparse.Namespace) -> int:
 
 
 def _print_round_trips(r: Any) -> None:
-    out(f"{r.count} echoes of {r.size} B to {r.host}:{r.port}, every byte verified "
+    out(f"{plural(r.count, 'echo')} of {r.size} B to {r.host}:{r.port}, every byte verified "
         f"({human_bytes(r.verified_bytes)})")
     out(f"round trip  min {r.rtt_min_us:.0f} us  p50 {r.rtt_p50_us:.0f} us  "
         f"p99 {r.rtt_p99_us:.0f} us  max {r.rtt_max_us:.0f} us")

@@ -7,6 +7,7 @@ from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, note, out
+from tcplab.errors import DoctorStatus
 
 DESCRIPTION = """\
 Looks at the live machine (or --netns) and says what is wrong, with the
@@ -27,7 +28,7 @@ exit status (the monitoring-plugin convention): 0 healthy, 1 warning,
 2 critical, 3 unknown (a usage or privilege error).
 """
 
-UNKNOWN = 3
+UNKNOWN = DoctorStatus.UNKNOWN
 
 
 def add_parser(sub: Any, name: str) -> None:

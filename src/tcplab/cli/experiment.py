@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 import time
 from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, note, out, to_jsonable
+from tcplab.errors import ExitStatus
 
 DESCRIPTION = """\
 Runs the lab's experiments for real and reports, for each, the fact it
@@ -77,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from tcplab.experiments.result import Result
     from tcplab.report.terminal import result_lines, summary_lines
 
+    if args.report:
+        check_report_dir(args.report)  # now, not after minutes of experiments
     variants = tuple(args.variant or port_bomb.VARIANTS)
     unknown = [v for v in variants if v not in port_bomb.VARIANTS]
     if unknown:
@@ -139,16 +145,68 @@ def run(args: argparse.Namespace) -> int:
         for line in summary_lines(results):
             out(line)
         note(f"all experiments took {time.monotonic() - started:.0f} s")
-    if args.report:
-        from tcplab.report import html
-
-        path = html.write(results, args.report, bodies)
-        note(f"report written to {path}")
     failed = [r.experiment for r in results if not r.ok and r.skipped is None]
     if failed:
         note(f"tcplab: experiment {', '.join(failed)} did not show its fact")
-        return 1
-    return 0
+    if args.report:
+        # The results are on stdout already; a report that cannot be written
+        # (the disk filled, the directory went away) is said with its path.
+        from tcplab.report import html
+
+        try:
+            path = html.write(results, args.report, bodies,
+                              command=shlex.join(["tcplab", *sys.argv[1:]]))
+        except OSError as exc:
+            raise _report_error(exc, args.report) from None
+        note(f"report written to {path}")
+    return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
+#: The files ``--report DIR`` writes (report/html.write).
+REPORT_FILES = ("index.html", "results.json")
+
+
+def check_report_dir(directory: str) -> None:
+    """Refuse a ``--report DIR`` that cannot be written, before any experiment runs.
+
+    DIR may exist (a directory we may write into) or not (then its parent must
+    exist and be writable: a missing parent is more often a typo than a wish).
+    ``os.access`` answers for root too: EROFS on a read-only file system.
+    """
+    from tcplab.errors import PrivilegeError, UsageError
+
+    path = os.path.abspath(directory)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--report {directory}: {path} is a file, not a directory",
+                         hint="give a directory (tcplab writes index.html and results.json "
+                         "into it)")
+    where = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.isdir(where):
+        raise UsageError(f"--report {directory}: the parent directory {where} does not exist",
+                         hint=f"create it first (mkdir -p {where}) or pick another directory")
+    if not os.access(where, os.W_OK | os.X_OK):
+        if os.statvfs(where).f_flag & os.ST_RDONLY:
+            raise UsageError(f"--report {directory}: {where} is on a read-only file system",
+                             hint="pick a directory on a writable file system")
+        raise PrivilegeError(f"--report {directory}: {where} is not writable by this user",
+                             hint="pick a directory you may write to")
+    for name in REPORT_FILES if where == path else ():
+        target = os.path.join(path, name)
+        if os.path.isdir(target) or (os.path.exists(target)
+                                     and not os.access(target, os.W_OK)):
+            raise UsageError(f"--report {directory}: {target} exists and cannot be replaced",
+                             hint="pick another directory")
+
+
+def _report_error(exc: OSError, directory: str) -> Exception:
+    from tcplab.errors import PrivilegeError, TcplabError, describe_oserror
+
+    where = exc.filename or os.path.abspath(directory)
+    message = f"could not write the report to {where}: {describe_oserror(exc)}"
+    hint = "the results above are complete; run again with another --report directory"
+    if isinstance(exc, PermissionError):
+        return PrivilegeError(message, hint=hint)
+    return TcplabError(message, hint=hint)
 
 
 class _Status:
@@ -156,8 +214,6 @@ class _Status:
     otherwise (and nothing extra when stdout carries JSON: notes go to stderr)."""
 
     def __init__(self, label: str, started: float, quiet: bool) -> None:
-        import sys
-
         self.label = label
         self.started = started
         self.live = None

@@ -28,6 +28,10 @@ def listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", common.port(port)
 
 
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, parents=[common.parent()],
                        help="serve socket, fd and doctor metrics to Prometheus",
@@ -40,25 +44,23 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import errno
-
     from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY
 
-    from tcplab.errors import AddressInUse, UsageError
+    from tcplab.errors import ExitStatus
     from tcplab.observe.exporter import TcplabCollector
+    from tcplab.traffic.server import bind_error
 
     REGISTRY.register(TcplabCollector(args.netns))
     host, port = args.listen
     try:
         server, _thread = start_http_server(port, addr=host)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise AddressInUse(f"{host}:{port} is already in use",
-                               hint="pick another --listen port") from None
-        raise UsageError(f"cannot listen on {host}:{port}: {exc}") from None
-    bound = server.server_address[1]
-    where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        # The same words as 'tcplab server' (the holder named, the privilege
+        # explained), one helper for both.
+        raise bind_error(exc, _where(host, port), port,
+                         free=f"--listen {_where(host, 0)}") from None
+    where = _where(host, server.server_address[1])
     out(f"serving metrics on http://{where}/metrics (Ctrl-C stops)")
     try:
         while True:
@@ -66,4 +68,4 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         note("stopped")
         server.shutdown()
-        return 0
+        return ExitStatus.INTERRUPTED

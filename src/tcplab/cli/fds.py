@@ -9,6 +9,7 @@ from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, human_bytes, note, out
+from tcplab.words import plural
 
 DESCRIPTION = """\
 Per process: fds in use, its soft and hard limit (the process's own, from
@@ -50,6 +51,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tcplab.errors import ExitStatus
     from tcplab.observe.sockets import SocketTable
 
     with SocketTable(netns=args.netns) as table:
@@ -68,30 +70,40 @@ def run(args: argparse.Namespace) -> int:
                     return 0
                 time.sleep(args.interval)
         except KeyboardInterrupt:
-            return 0
+            return ExitStatus.INTERRUPTED
 
 
 def _sample(table: Any, args: argparse.Namespace) -> list[Any]:
     from tcplab.errors import UsageError
     from tcplab.observe.fds import fd_report
+    from tcplab.observe.netns import pids_in
     from tcplab.observe.owners import OwnerMap, all_pids, read_comm
 
     socks = table.sockets()
     state_of = {s.inode: s.state for s in socks if s.inode}
+    # With --netns, the namespace's processes only: the others' sockets are not
+    # in this table, and their fds say nothing about the namespace.
+    candidates = all_pids() if args.netns is None else pids_in(args.netns)
+    inside = "" if args.netns is None else f" in the network namespace {args.netns!r}"
     if args.pid:
         pids = list(args.pid)
+        if args.netns is not None:
+            outside = [p for p in pids if p not in candidates and os.path.exists(f"/proc/{p}")]
+            if outside:
+                raise UsageError(f"pid {outside[0]} is not{inside}",
+                                 hint="leave out --netns, or give a pid of that namespace")
     elif args.port:
         on_port = [s.inode for s in socks if args.port in (s.sport, s.dport) and s.inode]
-        pids = sorted({o.pid for o in OwnerMap().lookup(on_port).values()})
+        pids = sorted({o.pid for o in OwnerMap(candidates).lookup(on_port).values()})
         if not pids:
-            note(f"no process holds a TCP socket on port {args.port}"
+            note(f"no process holds a TCP socket on port {args.port}{inside}"
                  + ("" if os.geteuid() == 0 else " that you may see (run as root for all)"))
     elif args.name:
-        pids = [p for p in all_pids() if read_comm(p) == args.name]
+        pids = [p for p in candidates if read_comm(p) == args.name]
         if not pids:
-            raise UsageError(f"no process named {args.name!r}")
+            raise UsageError(f"no process named {args.name!r}" + inside)
     else:
-        pids = all_pids()
+        pids = candidates
     reports = []
     for pid in pids:
         try:
@@ -113,7 +125,7 @@ def _print(reports: list[Any]) -> None:
         soft = "unlimited" if r.soft < 0 else f"{r.soft:,}"
         hard = "unlimited" if r.hard < 0 else f"{r.hard:,}"
         out(f"pid {r.pid} ({r.command}): {r.fds:,} fds of {soft} ({r.percent:.1f}%), "
-            f"hard limit {hard}, {r.threads} threads, RSS {human_bytes(r.rss_bytes)}")
+            f"hard limit {hard}, {plural(r.threads, 'thread')}, RSS {human_bytes(r.rss_bytes)}")
         if r.tcp:
             out("  tcp:   " + ", ".join(f"{state} {n:,}" for state, n in r.tcp.items()))
         if r.other:

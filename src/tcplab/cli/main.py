@@ -1,9 +1,8 @@
 """``tcplab``: the entry point. Parses the command line, runs one command, and
 maps every error to an exit status and a one-line hint (httpie's habit).
 
-Exit status: 0 ok; 1 error; 2 usage; 3 connection failed; 4 missing
-privilege; 5 address in use; 6 echo verification failed; 7 a limit in the
-way; 8 not supported here; 130 interrupted (Ctrl-C).
+Exit status: one enum, ``tcplab.errors.ExitStatus``; the ``--help`` epilog
+lists it (generated below) and so does the README's table.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import importlib
 import sys
 
 from tcplab import __version__
-from tcplab.errors import EXIT_INTERRUPTED, TcplabError
+from tcplab.errors import DoctorStatus, ExitStatus, TcplabError
 
 #: command name -> module in tcplab.cli; each has ``add_parser`` and ``run``.
 #: Only the module of the command being run is imported (``tcplab states``
@@ -55,8 +54,10 @@ commands in the order of the lab:
   tcplab explain time-wait      a lesson, with the figure measured here
   tcplab check                  what works on this machine, and the fix for what does not
 
-exit status: 0 ok, 1 error, 2 usage, 3 connection failed, 4 privilege missing,
-5 address in use, 6 echo mismatch, 7 limit reached, 8 not supported, 130 Ctrl-C.
+exit status:
+""" + "".join(f"  {int(s):<4}{s.meaning}\n" for s in ExitStatus) + """\
+  tcplab doctor alone follows the monitoring-plugin convention:
+""" + "  " + ", ".join(f"{int(s)} {s.name.lower()}" for s in DoctorStatus) + """
 Add --debug before the command to see a traceback on errors.
 """
 
@@ -92,6 +93,29 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``, except that a word the command does not know is
+    reported by the command's own parser (``usage: tcplab states ...``).
+
+    argparse's subparsers collect the words they do not know and hand them
+    back to the top-level parser, which then prints *its* usage for
+    ``tcplab states --bogus`` (argparse.py, ``_SubParsersAction.__call__``
+    and ``parse_args``): correct, and useless to the user.
+    """
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        chosen = command_of(argv)
+        for action in parser._actions:
+            # An unknown word before the command word is the top-level parser's.
+            if (isinstance(action, argparse._SubParsersAction) and chosen is not None
+                    and chosen in action.choices
+                    and argv.index(extras[0]) > argv.index(chosen)):
+                action.choices[chosen].error(message)
+        parser.error(message)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from tcplab.cli.output import note, setup_streams
 
@@ -99,19 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         note(f"tcplab: tcplab needs Linux (this is {sys.platform}): it reads the Linux "
              "kernel's socket tables and /proc")
-        return 8
+        return ExitStatus.NOT_SUPPORTED
     parser = build_parser(argv)
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         # doctor follows the monitoring-plugin convention: usage errors are
         # "unknown" (3), not argparse's 2, which would read as "critical".
         if command_of(argv) == "doctor" and exc.code == 2:
-            return 3
+            return DoctorStatus.UNKNOWN
         raise
     if args.command is None:
         parser.print_help()
-        return 2
+        return ExitStatus.USAGE
     debug = bool(args.debug)
     try:
         return int(args.func(args) or 0)
@@ -126,15 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             __import__("traceback").print_exc()
         note("tcplab: interrupted")
-        return EXIT_INTERRUPTED
+        return ExitStatus.INTERRUPTED
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error of ours.
         sys.stderr.close()
-        return 0
+        return ExitStatus.OK
     except Exception as exc:  # a bug: say so in one line unless --debug
         if debug:
             __import__("traceback").print_exc()
         else:
             note(f"tcplab: internal error: {type(exc).__name__}: {exc}")
             note("hint: run again with --debug for the traceback, and report it")
-        return 1
+        return ExitStatus.ERROR

@@ -20,6 +20,12 @@ does the same with GOMAXPROCS threads and goroutines parked on epoll.
 
 The server is found by its listening port (or --server-pid). The client raises
 its own soft fd limit as far as N needs, up to the hard limit, and says so.
+
+A server that cannot keep up shows as "timeout": connections still waiting for
+an echo when --timeout runs out. It also says how many connections got a first
+echo at all, and (on loopback) when the server had accepted every connection,
+read from the listener's accept queue. Nothing listening on the port: it stops
+at the first refused connection with the connection-failed exit status.
 """
 
 EXAMPLES = """\
@@ -93,23 +99,43 @@ def run(args: argparse.Namespace) -> int:
     return 0 if not r.failures else 1
 
 
+def _plural(n: int, word: str) -> str:
+    """``1 thread``, ``2 threads``, ``10,000 echoes``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}{'es' if word.endswith('o') else 's'}"
+
+
 def result_lines(r: Any) -> list[str]:
     lines = [
-        f"{r.connected:,} of {r.connections:,} connections open at once in {r.connect_s:.2f} s; "
-        f"{r.echoes:,} echoes of {r.size} B verified in {r.exchange_s:.2f} s "
-        f"({r.echoes_per_s:,.0f} echoes/s)",
+        f"{r.connected:,} of {_plural(r.connections, 'connection')} open at once in "
+        f"{r.connect_s:.2f} s; {_plural(r.echoes, 'echo')} of {r.size} B verified in "
+        f"{r.exchange_s:.2f} s ({r.echoes_per_s:,.0f} echoes/s)",
         f"round trip  p50 {r.rtt_p50_us:,.0f} us  p99 {r.rtt_p99_us:,.0f} us  "
-        f"max {r.rtt_max_us:,.0f} us",
+        f"max {r.rtt_max_us:,.0f} us" + (f"  (of the {r.echoes:,} verified; connections that "
+                                         "timed out are not in it)"
+                                         if r.failures.get("timeout") else ""),
     ]
+    served = (f"every connection got its first echo {r.served_all_s:.2f} s into the exchange"
+              if r.served_all_s is not None else
+              f"{r.served:,} of {r.connected:,} connections got a first echo in "
+              f"{r.exchange_s:.2f} s")
+    if r.accepted_s is not None:
+        accepted = (f"the server had accepted all of them {r.accepted_s:.2f} s after the first "
+                    "connect")
+    elif r.unaccepted is not None:
+        accepted = (f"{r.unaccepted:,} were still waiting to be accepted at the end (accept "
+                    f"queue peak {r.accept_queue_peak:,})")
+    else:
+        accepted = ""
+    lines.append(served + ("; " + accepted if accepted else ""))
     s = r.server
     if s is not None:
         per = (f" ({human_bytes(r.server_rss_per_conn)} per connection)"
                if r.server_rss_per_conn is not None else "")
-        threads = "1 thread" if s.threads == 1 else f"{s.threads:,} threads"
         lines.append(
-            f"server pid {s.pid} ({s.command}): {threads}, {s.epoll_instances} epoll "
-            f"instance{'s' if s.epoll_instances != 1 else ''} watching {s.epoll_watches:,} "
-            f"sockets, RSS {human_bytes(s.rss_bytes)}{per}, {s.fds:,} fds of {s.fd_limit:,}"
+            f"server pid {s.pid} ({s.command}): {_plural(s.threads, 'thread')}, "
+            f"{_plural(s.epoll_instances, 'epoll instance')} watching "
+            f"{_plural(s.epoll_watches, 'socket')}, RSS {human_bytes(s.rss_bytes)}{per}, "
+            f"{s.fds:,} fds of {s.fd_limit:,}"
             + (f", {r.server_cpu_us_per_echo} us of CPU per echo"
                if r.server_cpu_us_per_echo is not None else "")
         )

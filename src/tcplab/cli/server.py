@@ -134,6 +134,9 @@ def _where(host: str, port: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+
+    from tcplab.errors import ExitStatus
     from tcplab.traffic import server
 
     config = server.ServerConfig(
@@ -158,4 +161,5 @@ def run(args: argparse.Namespace) -> int:
             f"stopped: accepted {totals.accepted}, closed {totals.closed}{leaked}, "
             f"echoed {human_bytes(totals.bytes_echoed)}, accept errors {totals.accept_errors}"
         )
-    return 0
+    # Totals first, then the status a shell expects of Ctrl-C.
+    return ExitStatus.INTERRUPTED if server.stopped_by == signal.SIGINT else ExitStatus.OK

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _watch(table: Any, args: argparse.Namespace) -> int:
+    from tcplab.errors import ExitStatus
     from tcplab.kernel import tcp_states
 
     history: dict[str, list[int]] = {s: [] for s in tcp_states.STATE_NAMES}
@@ -109,7 +110,7 @@ def _watch(table: Any, args: argparse.Namespace) -> int:
                 return 0
             time.sleep(max(0.0, args.interval - (time.monotonic() - now)))
     except KeyboardInterrupt:
-        return 0
+        return ExitStatus.INTERRUPTED  # the live table stays on the screen; no note
     finally:
         if live is not None:
             live.stop()

@@ -118,8 +118,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for t in self._threads:
-            t.join(timeout=5)
+        self._close()
         totals = [e for e in self.events if e.get("event") == "totals"]
         return totals[-1] if totals else None
 
@@ -129,6 +128,11 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        """Join the readers and close the pipes (their fds, not left to the collector)."""
+        assert self.proc is not None
         for t in self._threads:
             t.join(timeout=5)
         for stream in (self.proc.stdout, self.proc.stderr):

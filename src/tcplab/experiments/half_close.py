@@ -52,6 +52,7 @@ def _states(client: socket.socket, server: socket.socket | None, client_port: in
         timer = {0: "", 1: "retransmit", 2: "keepalive", 3: "time-wait", 4: "probe"}[s.timer]
         out[side] = {"state": tcp_states.name(s.state),
                      "timer": f"{timer} {s.expires_ms / 1000:.1f}s" if timer else "",
+                     "timer_left_s": round(s.expires_ms / 1000, 3) if timer else None,
                      "owner": "kernel" if s.inode == 0 else "process"}
     return out
 
@@ -77,7 +78,8 @@ def choreography(pause: float) -> list[dict[str, Any]]:
     step("the client calls shutdown(SHUT_WR): its FIN goes out, the server ACKs it")
     server.sendall(b"still here")
     got = client.recv(100)
-    step(f"the server still sends, the client reads {got!r}: half-close is one direction")
+    step(f"the server still sends, the client reads \"{got.decode(errors='replace')}\" "
+         f"({len(got)} B): half-close is one direction")
     server.close()
     step("the server calls close(): its FIN goes out, the client ACKs it")
     time.sleep(1.0)
@@ -103,16 +105,48 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
                 + f", server {v['state']} {v['timer']}".rstrip())
         events.append(Event(s["t"], line))
         progress(f"  {line}")
-    st = [((s["client"] or {}).get("state"), (s["server"] or {}).get("state")) for s in steps]
-    tw = [s["client"]["timer"] for s in steps[-2:] if s["client"]]
-    ok = (st[0] == ("ESTABLISHED", "ESTABLISHED") and st[1] == ("FIN_WAIT2", "CLOSE_WAIT")
-          and st[3][0] == "TIME_WAIT" and st[3][1] in (None, "LAST_ACK")
-          and len(tw) == 2 and tw[0] != tw[1])
-    fact = ("after shutdown(SHUT_WR) the client sat in FIN_WAIT2 and the server in CLOSE_WAIT "
-            f"until the server closed; then the client held TIME_WAIT ({tw[-1] if tw else '?'} "
-            "left)")
+    ok, fact = judge(steps)
     return Result(experiment="half-close", ok=ok, fact=fact, settings={"pause_s": pause},
                   facts={"steps": steps, "bugs": BUGS}, events=events)
+
+
+#: Short names of the choreography's steps, for a fact that lists what was seen.
+STEP_NAMES = ("connected", "after shutdown(SHUT_WR)", "while the server still sent",
+              "after the server's close()", "a second later")
+
+
+def judge(steps: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Shown or not, and the fact in one sentence, from the states the steps sampled.
+
+    Shown: ESTABLISHED on both; FIN_WAIT2 / CLOSE_WAIT after the client's half-close
+    and still while the server sends; then the client in TIME_WAIT (the server gone,
+    or caught in LAST_ACK) with its timer counting down. The sentence says only what
+    was sampled: the states of each step, and the TIME_WAIT time left as read.
+    """
+    def state(side: dict[str, Any] | None) -> str:
+        return side["state"] if side else "gone"
+
+    seen = [(state(s["client"]), state(s["server"])) for s in steps]
+    waits = [(s["t"], s["client"].get("timer_left_s")) for s in steps
+             if s["client"] and s["client"]["state"] == "TIME_WAIT"]
+    left = [(t, x) for t, x in waits if x is not None]
+    counts_down = len(left) >= 2 and left[-1][1] < left[0][1]
+    ok = (len(seen) == len(STEP_NAMES)
+          and seen[0] == ("ESTABLISHED", "ESTABLISHED")
+          and seen[1] == seen[2] == ("FIN_WAIT2", "CLOSE_WAIT")
+          and seen[3][0] == "TIME_WAIT" and seen[3][1] in ("gone", "LAST_ACK")
+          and counts_down)
+    if ok:
+        (t1, x1), (t2, x2) = left[0], left[-1]
+        return True, ("after shutdown(SHUT_WR) the client sat in FIN_WAIT2 and the server in "
+                      "CLOSE_WAIT until the server closed; then the client's socket was in "
+                      f"TIME_WAIT with {x1:.1f} s left, {x2:.1f} s left {t2 - t1:.1f} s later")
+    saw = "; ".join(f"{name}: client {c}, server {v}"
+                    for name, (c, v) in zip(STEP_NAMES, seen, strict=False))
+    if waits and not counts_down:
+        saw += "; the TIME_WAIT timer did not count down between samples"
+    return False, ("expected FIN_WAIT2 and CLOSE_WAIT after the half-close, then TIME_WAIT "
+                   f"counting down; saw {saw}")
 
 
 if __name__ == "__main__":

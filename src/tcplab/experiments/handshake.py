@@ -27,6 +27,7 @@ from typing import Any
 
 from tcplab.experiments.result import Event, Result
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.words import plural
 
 
 def choreography(port: int, pause: float) -> None:
@@ -172,9 +173,10 @@ def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: 
               ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK")}
     ok = (facts["syn"] == 2 and facts["syn_ack"] == 2 and facts["fin"] == 2
           and facts["rst"] >= 1 and wanted <= set(states) and facts["syscalls"] > 0)
-    fact = (f"{facts['packets']} packets ({facts['syn']} SYN, {facts['syn_ack']} SYN-ACK, "
-            f"{facts['fin']} FIN, {facts['rst']} RST), {facts['transitions']} state changes and "
-            f"{facts['syscalls']} socket calls on one timeline")
+    fact = (f"{plural(facts['packets'], 'packet')} ({facts['syn']} SYN, {facts['syn_ack']} "
+            f"SYN-ACK, {facts['fin']} FIN, {facts['rst']} RST), "
+            f"{plural(facts['transitions'], 'state change')} and "
+            f"{plural(facts['syscalls'], 'socket call')} on one timeline")
     return Result(experiment="handshake", ok=ok, fact=fact, facts=facts, events=events)
 
 

@@ -89,4 +89,6 @@ class StateSampler:
     def stop(self) -> list[list[Any]]:
         terminate(self.proc)
         self._thread.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # the pipe's fd, not left to the garbage collector
         return self.timeline()

@@ -8,15 +8,15 @@ fix. It works on any process, not only tcplab's: owners come from
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from tcplab.errors import UsageError
 from tcplab.kernel import tcp_states
 from tcplab.kernel.procfs import parse_limits, parse_netstat
 from tcplab.kernel.records import TcpSocket
-from tcplab.observe.netns import entered
+from tcplab.observe.netns import entered, pids_in
 from tcplab.observe.owners import Owner, OwnerMap, all_pids, read_comm
 from tcplab.observe.process import fds_in_use
 from tcplab.observe.sockets import SocketTable
@@ -108,20 +108,10 @@ def diagnose(netns: str | None = None, t: Thresholds | None = None) -> Diagnosis
 def _pids_in(netns: str | None) -> list[int]:
     """The processes of the diagnosed network namespace (ours without --netns):
     a namespace's doctor speaks of its own processes."""
-    from tcplab.observe.netns import ns_path
-
     try:
-        target = os.stat(ns_path(netns) if netns else "/proc/self/ns/net").st_ino
-    except OSError:
+        return pids_in(netns)
+    except (OSError, UsageError):
         return all_pids()
-    pids = []
-    for pid in all_pids():
-        try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino == target:
-                pids.append(pid)
-        except OSError:
-            continue  # gone, or another user's (unreadable without root)
-    return pids
 
 
 def _close_wait(socks: list[TcpSocket], found: dict[int, Owner], t: Thresholds

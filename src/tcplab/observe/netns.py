@@ -68,3 +68,30 @@ def entered(spec: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+def pids_in(spec: str | None, procfs: str = "/proc") -> list[int]:
+    """The processes in the network namespace ``spec`` (ours when None).
+
+    A process is in it when its ``/proc/PID/ns/net`` is the same nsfs file
+    (device and inode), as ``ip netns pids`` decides (iproute2, ip/ipnetns.c,
+    netns_pids). Processes that are gone, or another user's (unreadable
+    without root), are left out.
+    """
+    path = ns_path(spec) if spec is not None else f"{procfs}/self/ns/net"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"no network namespace {spec!r} ({path} does not exist)") from None
+    target = (st.st_dev, st.st_ino)
+    pids = []
+    for name in os.listdir(procfs):
+        if not name.isdigit():
+            continue
+        try:
+            ns = os.stat(f"{procfs}/{name}/ns/net")
+        except OSError:
+            continue
+        if (ns.st_dev, ns.st_ino) == target:
+            pids.append(int(name))
+    return sorted(pids)

@@ -82,6 +82,12 @@ def fd_leak(timeline: list[list[Any]], fd_limit: int | None) -> str:
 
 
 def multiplex(rows: list[dict[str, Any]]) -> str:
+    """The C10k table in one figure (the report has one chart per experiment):
+    echoes/s and p99 against connections on top, where thread per connection
+    collapses; RSS per connection and OS threads below. A collapsed row (most
+    connections failed) is a red cross and a hatched bar, labelled: its figures
+    come from the few that got through, and its p99 leaves out every
+    connection still waiting."""
     import numpy as np
 
     _figure()  # selects the Agg backend
@@ -90,23 +96,60 @@ def multiplex(rows: list[dict[str, Any]]) -> str:
     plt.close("all")
     models = list(dict.fromkeys(r["model"] for r in rows))
     ladder = sorted({r["connections"] for r in rows})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, ((eps, p99), (rss, threads)) = plt.subplots(2, 2, figsize=(10, 7.2))
+    colors: dict[str, str] = {}
+    for m in models:
+        mine = sorted((r for r in rows if r["model"] == m), key=lambda r: r["connections"])
+        n = [r["connections"] for r in mine]
+        line = eps.plot(n, [r["echoes_per_s"] for r in mine], marker="o", label=m)[0]
+        colors[m] = line.get_color()
+        p99.plot(n, [max(r["p99_us"], 1.0) / 1000 for r in mine], marker="o", color=colors[m],
+                 label=m)
+        for r in mine:
+            if not r.get("collapsed"):
+                continue
+            x, y_eps, y_p99 = r["connections"], r["echoes_per_s"], max(r["p99_us"], 1.0) / 1000
+            for ax, y in ((eps, y_eps), (p99, y_p99)):
+                ax.plot([x], [y], marker="X", markersize=11, color="#b00", linestyle="none")
+            eps.annotate(f"{m}: {r['flag']}", (x, y_eps), textcoords="offset points",
+                         xytext=(-8, 16), ha="right", fontsize=7, color="#b00")
+            p99.annotate(f"{m}: p99 of the {r['echoes']:,} echoes that got through;\n"
+                         f"{r['failed']:,} connections still waiting are not in it",
+                         (x, y_p99), textcoords="offset points", xytext=(-10, -30),
+                         ha="right", fontsize=7, color="#b00")
+    for ax, title in ((eps, "verified echoes per second"),
+                      (p99, "round-trip p99 (ms, log scale)")):
+        ax.set_xscale("log")
+        ax.set_xticks(ladder, [f"{n:,}" for n in ladder])
+        ax.minorticks_off()
+        ax.set_title(title)
+    eps.set_ylim(bottom=0)
+    eps.yaxis.set_major_formatter(lambda y, _pos: f"{y:,.0f}")
+    p99.set_yscale("log")
+    eps.legend(fontsize=8)
+
     width = 0.8 / max(1, len(models))
     x = np.arange(len(ladder))
     for i, m in enumerate(models):
         by_n = {r["connections"]: r for r in rows if r["model"] == m}
-        ax1.bar(x + i * width, [(by_n.get(n, {}).get("rss_per_conn") or 0) / 1024
-                                for n in ladder], width, label=m)
-        ax2.bar(x + i * width, [by_n.get(n, {}).get("threads") or 0 for n in ladder], width,
-                label=m)
-    for ax, title in ((ax1, "server RSS per connection (KiB)"),
-                      (ax2, "server OS threads (log scale)")):
+        bars = rss.bar(x + i * width, [(by_n.get(n, {}).get("rss_per_conn") or 0) / 1024
+                                       for n in ladder], width, label=m, color=colors[m])
+        for bar, n in zip(bars, ladder, strict=True):
+            if by_n.get(n, {}).get("collapsed"):  # not a clean measurement: say so on the bar
+                bar.set_hatch("//")
+                bar.set_alpha(0.5)
+                rss.annotate("collapsed", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                             ha="center", va="bottom", fontsize=7, color="#b00")
+        threads.bar(x + i * width, [by_n.get(n, {}).get("threads") or 0 for n in ladder],
+                    width, label=m, color=colors[m])
+    for ax, title in ((rss, "server RSS per connection (KiB)"),
+                      (threads, "server OS threads (log scale)")):
         ax.set_xticks(x + width * (len(models) - 1) / 2, [f"{n:,}" for n in ladder])
-        ax.set_xlabel("concurrent connections")
         ax.set_title(title)
+    threads.set_yscale("log")
+    for ax in (eps, p99, rss, threads):
+        ax.set_xlabel("concurrent connections")
         ax.grid(True, alpha=0.3)
-    ax2.set_yscale("log")
-    ax1.legend(fontsize=8)
     return _svg(fig)
 
 

@@ -11,12 +11,19 @@ import json
 import os
 import platform
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from tcplab.experiments.result import Result
+from tcplab.experiments.result import Event, Result
 from tcplab.report import charts
-from tcplab.report.lessons import FOR_EXPERIMENT, LESSONS
-from tcplab.report.terminal import result_lines
+from tcplab.report.lessons import LESSONS, placement, quotes
+from tcplab.report.terminal import (
+    multiplex_cells,
+    multiplex_row_notes,
+    result_lines,
+    settings_text,
+)
+from tcplab.words import plural
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
@@ -27,7 +34,11 @@ pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.85rem
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 td, th { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
 figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
-.lesson { background: #f3f7fb; padding: 0.6rem 0.9rem; border-left: 4px solid #1f77b4; }
+.lesson { background: #f3f7fb; padding: 0.6rem 0.9rem; border-left: 4px solid #1f77b4;
+          margin: 1rem 0; }
+.lesson .run { border-left: 3px solid #2a7a2a; padding-left: 0.5rem; }
+.lesson .recorded { border-left: 3px solid #aaa; padding-left: 0.5rem; color: #555; }
+.lesson .missing { border-left: 3px solid #886600; padding-left: 0.5rem; color: #555; }
 """
 
 
@@ -40,7 +51,9 @@ def _charts(r: Result) -> list[tuple[str, str]]:
         out.append(("The leaking server over time", charts.fd_leak(r.timeline,
                                                                    r.facts.get("fd_limit"))))
     if r.experiment == "multiplex" and r.variants:
-        out.append(("The C10k table as bars", charts.multiplex(r.variants)))
+        out.append(("The C10k table as charts: echoes/s and p99 per model against "
+                    "connections (a red cross: a collapsed row, most connections failed), RSS "
+                    "per connection and OS threads", charts.multiplex(r.variants)))
     if r.experiment == "handshake" and r.facts.get("sequence"):
         out.append(("The connection's packets as a sequence diagram",
                     charts.sequence(r.facts["sequence"])))
@@ -60,7 +73,45 @@ def _errors(r: Result) -> list[str]:
     return seen
 
 
-def _section(r: Result, index: int) -> str:
+def _lesson_box(topic: str, run: Mapping[str, Result]) -> str:
+    """One lesson: its explanation, then its figures from this run (or, for an
+    experiment that did not run here, from a recorded run, saying when and where)."""
+    lesson = LESSONS[topic]
+    paras = "".join(f"<p>{html.escape(' '.join(p.split()))}</p>"
+                    for p in lesson.text.strip().split("\n\n"))
+    figures = "".join(
+        f'<p class="{q.kind}">{html.escape(q.text)}</p>'
+        for q in quotes(lesson, run))
+    fix = (f"<p><em>Correction to the original notes:</em> "
+           f"{html.escape(lesson.correction)}</p>" if lesson.correction else "")
+    return (f'<div class="lesson"><h3>{html.escape(lesson.title)}</h3>{paras}{figures}{fix}'
+            "</div>")
+
+
+def _multiplex(r: Result) -> str:
+    """The C10k table, a collapsed row marked, and every failure with what it means."""
+    head = ("model", "connections", "threads", "epoll watches", "RSS/conn", "CPU/echo", "p99",
+            "echoes/s", "all accepted", "failed")
+    rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for v in r.variants:
+        c = multiplex_cells(v)
+        cells = (v["model"], f"{v['connections']:,}", f"{v['threads'] or 0:,}",
+                 f"{v['epoll_watches'] or 0:,}", c["rss"], c["cpu"], c["p99"], c["eps"],
+                 c["accepted"], c["failed"])
+        cls = ' class="fail"' if v.get("collapsed") else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells)
+                    + "</tr>")
+    rows.append("</table>")
+    notes = [line for v in r.variants for line in multiplex_row_notes(v)]
+    if notes:
+        rows.append("<p>Failures seen, and what they mean:</p><ul>"
+                    + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    if r.facts.get("rules"):
+        rows.append(f'<p class="meta">Verdict: {html.escape(r.facts["rules"])}.</p>')
+    return "\n".join(rows)
+
+
+def _section(r: Result, index: int, run: Mapping[str, Result], topics: list[str]) -> str:
     status, cls = (("skipped", "skip") if r.skipped else
                    ("shown", "ok") if r.ok else ("NOT shown", "fail"))
     parts = [f'<section id="{html.escape(r.experiment)}">',
@@ -68,11 +119,12 @@ def _section(r: Result, index: int) -> str:
              f'<span class="{cls}">({status})</span></h2>',
              f"<p><strong>{html.escape(r.skipped or r.fact)}</strong></p>"]
     if r.settings:
-        settings = ", ".join(f"{k} = {v}" for k, v in r.settings.items())
-        parts.append(f'<p class="meta">Run with: {html.escape(settings)}</p>')
+        parts.append(f'<p class="meta">Run with: {html.escape(settings_text(r.settings))}</p>')
     for caption, svg in ([] if r.skipped else _charts(r)):
         parts.append(f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}'
                      "</figcaption></figure>")
+    if r.experiment == "multiplex" and r.variants and not r.skipped:
+        parts.append(_multiplex(r))
     errors = _errors(r)
     if errors:
         parts.append("<p>Errors seen, verbatim:</p><pre>"
@@ -80,27 +132,36 @@ def _section(r: Result, index: int) -> str:
     if not r.skipped:
         parts.append("<details><summary>The terminal report</summary><pre>"
                      + html.escape("\n".join(result_lines(r))) + "</pre></details>")
-    topic = FOR_EXPERIMENT.get(r.experiment)
-    if topic:
-        lesson = LESSONS[topic]
-        paras = "".join(f"<p>{html.escape(' '.join(p.split()))}</p>"
-                        for p in lesson.text.strip().split("\n\n"))
-        fix = (f"<p><em>Correction to the original notes:</em> "
-               f"{html.escape(lesson.correction)}</p>" if lesson.correction else "")
-        parts.append(f'<div class="lesson"><h3>{html.escape(lesson.title)}</h3>{paras}{fix}'
-                     "</div>")
+    for topic in topics:
+        parts.append(_lesson_box(topic, run))
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def write(results: list[Result], directory: str, bodies: list[dict[str, Any]]) -> str:
+def read_results(bodies: list[dict[str, Any]]) -> list[Result]:
+    """results.json (or ``--json`` lines) back into Results, as the report reads them."""
+    out = []
+    for body in bodies:
+        fields = {k: v for k, v in body.items() if k != "schema"}
+        fields["events"] = [Event(**e) for e in fields.get("events", [])]
+        out.append(Result(**fields))
+    return out
+
+
+def write(results: list[Result], directory: str, bodies: list[dict[str, Any]],
+          command: str | None = None) -> str:
+    """``command``: the command line that made the results, shown under the title."""
     os.makedirs(directory, exist_ok=True)
     when = time.strftime("%Y-%m-%d %H:%M:%S")
+    cores = os.cpu_count()
+    made = (f"<p class=meta>Made with <code>{html.escape(command)}</code></p>"
+            if command else "")
     head = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>tcplab report</title><style>{CSS}</style></head><body>"
             f"<h1>tcplab report</h1><p class=meta>{html.escape(when)} on "
-            f"{html.escape(platform.node())}, Linux {html.escape(platform.release())}</p>")
+            f"{html.escape(platform.node())}, Linux {html.escape(platform.release())}"
+            f"{', ' + plural(cores, 'core') if cores else ''}</p>{made}")
     summary = ["<table><tr><th>experiment</th><th>result</th><th>what it showed</th></tr>"]
     for r in results:
         mark = "skipped" if r.skipped else ("shown" if r.ok else "NOT shown")
@@ -108,7 +169,10 @@ def write(results: list[Result], directory: str, bodies: list[dict[str, Any]]) -
                        f"{html.escape(r.experiment)}</a></td><td>{mark}</td>"
                        f"<td>{html.escape(r.skipped or r.fact)}</td></tr>")
     summary.append("</table>")
-    body = "\n".join(_section(r, i) for i, r in enumerate(results, 1))
+    run = {r.experiment: r for r in results}
+    where = placement([r.experiment for r in results])
+    body = "\n".join(_section(r, i, run, where[r.experiment])
+                      for i, r in enumerate(results, 1))
     path = os.path.join(directory, "index.html")
     with open(path, "w") as f:
         f.write(head + "\n".join(summary) + body + "</body></html>\n")

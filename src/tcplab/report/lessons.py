@@ -1,21 +1,287 @@
-"""The lab's lessons, in our words, each with the experiment that shows it and
-the figure measured on this machine (Linux 6.18, 2 cores). ``tcplab explain
-TOPIC`` prints one; the HTML report shows the one of each experiment;
-docs/lessons.md is generated from the same text (``tcplab explain --markdown``)."""
+"""The lab's lessons, in our words, each with the experiments that show it.
+
+A lesson is an explanation (true on any Linux, no figure of a particular run)
+and its figures. Each figure is a ``Figures``: a sentence built from the
+``Result`` of the experiment that measures it (``this_run``), and the same
+sentence as one recorded run on this machine gave it, with where, when and the
+command that reproduces it (``recorded``).
+
+* The HTML report quotes this run: a figure whose experiment ran is built from
+  that Result's own fields, never from the recorded text, so a lesson box
+  cannot contradict the page it is on. When the Result lacks the fields (the
+  experiment was skipped or failed, or ran without the option that measures
+  them) the box says so and quotes no number. A recorded figure appears only
+  for an experiment that was not part of the run and for the few figures no
+  experiment measures, always with its date and command.
+* ``tcplab explain TOPIC`` has no run to quote: it prints the recorded figures
+  with their provenance. docs/lessons.md is ``tcplab explain --markdown``.
+
+The recorded figures are from full runs (no ``--quick``) on Linux 6.18 with 2
+cores, on the dates given; to refresh one, run its command and copy the
+sentence ``this_run`` builds from the result (``Figures.sentence``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from tcplab.experiments.result import Result
+from tcplab.words import plural
+
+#: Where the recorded figures were measured.
+MACHINE = "Linux 6.18, 2 cores"
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One experiment's figures for a lesson."""
+
+    experiment: str  # the experiment that measures them ("" when no experiment does)
+    command: str  # the command that reproduces the recorded figures
+    when: str  # the date of the recorded run, YYYY-MM-DD
+    recorded: str  # the figures of that run, one sentence or two, no final full stop
+    #: The same sentence from this run's Result; None when the Result lacks the fields
+    #: (the experiment failed, or ran without the option that measures them).
+    this_run: Callable[[Result], str | None] | None = None
+    context: str = ""  # how the command was run, when it matters
+
+    def provenance(self) -> str:
+        how = f" {self.context}" if self.context else ""
+        return f"measured on {MACHINE}, on {self.when}, with `{self.command}`{how}"
+
+    def sentence(self, result: Result) -> str | None:
+        """This run's figures, or None when the result does not have them."""
+        if self.this_run is None or result.skipped:
+            return None
+        try:
+            return self.this_run(result)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError,
+                ZeroDivisionError):
+            return None  # a field this run did not produce: say so, quote nothing
 
 
 @dataclass(frozen=True, slots=True)
 class Lesson:
     topic: str
     title: str
-    text: str  # paragraphs separated by blank lines
-    shown_by: str  # the command that demonstrates it
+    text: str  # paragraphs separated by blank lines; no figure of one run
+    shown_by: str  # the commands that demonstrate it
+    figures: tuple[Figures, ...] = ()
     correction: str = ""  # where the original lab's notes are wrong on Linux
 
+
+# --- this run's figures, built from the Result's own fields ----------------------------------
+#
+# Each function states what the run saw, conditionally: a claim the fields do not
+# support is not made (an error that did not happen is not named, a state that was
+# not sampled is not quoted).
+
+def _seconds(timer: str) -> float | None:
+    """``'time-wait 58.4s'`` (half-close's step timer) -> 58.4."""
+    word = timer.split()[-1] if timer else ""
+    return float(word[:-1]) if word.endswith("s") else None
+
+
+def _half_close_time_wait(r: Result) -> str | None:
+    steps = r.facts["steps"]
+    waits = [(s["t"], _seconds(s["client"]["timer"]), s["client"].get("owner"))
+             for s in steps if s["client"] and s["client"]["state"] == "TIME_WAIT"]
+    if not waits:
+        return ("after both sides closed, this run's samples never caught the client's "
+                "socket in TIME_WAIT")
+    (t1, left1, owner), (t2, left2, _) = waits[0], waits[-1]
+    if left1 is None:
+        return None
+    text = f"the client's socket, closed first, was in TIME_WAIT with {left1:.1f} s left"
+    if len(waits) > 1 and left2 is not None:
+        text += f", and {left2:.1f} s left {t2 - t1:.1f} s later"
+    if owner == "kernel":
+        text += "; it belonged to no process (inode 0: the kernel's minisocket)"
+    return text
+
+
+def _half_close_states(r: Result) -> str | None:
+    def where(side: dict[str, Any] | None) -> str:
+        return f"in {side['state']}" if side else "gone"
+
+    steps = r.facts["steps"]
+    seen = [(where(s["client"]), where(s["server"])) for s in steps]
+    text = (f"after the client's shutdown(SHUT_WR), the client's socket was {seen[1][0]} and "
+            f"the server's {seen[1][1]}")
+    if seen[1] == seen[2] == ("in FIN_WAIT2", "in CLOSE_WAIT"):
+        text += (", and both stayed there while the server still sent (a FIN closes one "
+                 "direction only)")
+    return text + (f"; after the server's close(), the client's socket was {seen[3][0]} and "
+                   f"the server's {seen[3][1]}")
+
+
+def _fd_leak_close_wait(r: Result) -> str | None:
+    f, fin = r.facts, r.settings.get("tcp_fin_timeout")
+    text = (f"with tcp_fin_timeout = {fin} s, "
+            f"{plural(f['server_close_wait_peak'], 'server socket')} in CLOSE_WAIT and "
+            f"{plural(f['client_fin_wait2_peak'], 'client socket')} in FIN_WAIT2 at the peak; "
+            f"after the wait, FIN_WAIT2 {f['client_fin_wait2_after_timeout']:,} and CLOSE_WAIT "
+            f"still {f['server_close_wait_after_timeout']:,}")
+    return text + f"; the server that closes: CLOSE_WAIT peak {f['fixed_close_wait_peak']:,}"
+
+
+def _fd_leak_keepalive(r: Result) -> str | None:
+    f = r.facts
+    if "keepalive_close_wait_after" not in f:
+        return None  # the run had no --keepalive round
+    return (f"with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT "
+            f"{f['keepalive_close_wait_after']:,} after the peers left and fds still "
+            f"{f['keepalive_fds_after']:,}")
+
+
+def _fd_leak_limit(r: Result) -> str | None:
+    f = r.facts
+    c = f["clients"]
+    limit = f["fd_limit"]
+    text = (f"limit {limit:,}, backlog {f['backlog']:,}: the leaking server's fds peaked at "
+            f"{f['server_fds_peak']:,} of {limit:,}; ")
+    if f["emfile_log_line"]:
+        text += f"its log said \"{f['emfile_log_line']}\"; "
+    else:
+        text += "its log never said \"Too many open files\"; "
+    return text + (f"accept queue peak {f['accept_queue_peak']:,}; of "
+                   f"{plural(c['clients'], 'client')}, {c['echoed']:,} got their echo, "
+                   f"{c['no_echo']:,} connected without an echo and "
+                   f"{c['connect_timeouts']:,} never connected (SYN_SENT)")
+
+
+def _bomb_variants(r: Result) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in r.variants if not v.get("skipped")}
+
+
+def _port_bomb(r: Result) -> str | None:
+    by = _bomb_variants(r)
+    parts = []
+    fresh = by.get("fresh")
+    if fresh:
+        e, ports = fresh["first_error"], fresh["port_range"]
+        if e and e["errno"] == 99:
+            parts.append(f"with a {ports:,}-port range and tcp_tw_reuse = 0, connect() failed "
+                         f"with EADDRNOTAVAIL after {plural(e['after_ok'], 'connection')} in "
+                         f"{e['at_s']:.2f} s; TIME_WAIT peaked at {fresh['time_wait_peak']:,}")
+        elif e:
+            parts.append(f"with a {ports:,}-port range, the first error was {e['name']} "
+                         f"({e['message']}), not port exhaustion")
+        else:
+            parts.append(f"with a {ports:,}-port range, {plural(fresh['ok'], 'connection')} "
+                         "and no error")
+    pool = by.get("pool")
+    if pool:
+        parts.append(f"over {plural(r.settings['pool_size'], 'pooled connection')}, "
+                     f"{plural(pool['ok'], 'request')} had {plural(pool['failed'], 'failure')}"
+                     f" and TIME_WAIT peaked at {pool['time_wait_peak']:,}")
+    two = by.get("two-destinations")
+    if two and len(two.get("runs", ())) == 2:
+        one, other = two["runs"]
+        parts.append(f"toward 127.0.0.1, {plural(one['ok'], 'connection')} and "
+                     f"{plural(one['failed'], 'failure')}; toward 127.0.0.2, from the same "
+                     f"ports, {plural(other['ok'], 'connection')} and "
+                     f"{plural(other['failed'], 'failure')}")
+    linger = by.get("linger0")
+    if linger:
+        parts.append(f"with SO_LINGER 0, {plural(linger['failed'], 'failure')} and TIME_WAIT "
+                     f"peak {linger['time_wait_peak']:,}")
+    return "; ".join(parts) or None
+
+
+def _default_reuse(r: Result) -> str | None:
+    v = _bomb_variants(r).get("default-reuse")
+    if not v:
+        return None
+    return (f"with the kernel's defaults (tcp_tw_reuse = 2, {v['port_range']:,} ports), "
+            f"{plural(v['ok'], 'connection')}, {plural(v['failed'], 'failure')}, TIME_WAIT "
+            f"peaked at {v['time_wait_peak']:,}")
+
+
+def _handshake(r: Result) -> str | None:
+    f = r.facts
+    text = (f"{plural(f['packets'], 'packet')} ({f['syn']} SYN, {f['syn_ack']} SYN-ACK, "
+            f"{f['fin']} FIN, {f['rst']} RST), {plural(f['transitions'], 'state change')} and "
+            f"{plural(f['syscalls'], 'socket call')} on one timeline")
+    seq = f["sequence"]
+    syn = next((p for p in seq if p["word"] == "SYN"), None)
+    ack = (next((p for p in seq if p["t"] > syn["t"] and p["from"] == "client"
+                 and p["word"] == "ACK"), None) if syn else None)
+    if syn and ack:
+        text += (f"; the first handshake took {(ack['t'] - syn['t']) * 1000:.3f} ms from SYN "
+                 "to the client's ACK (packet times)")
+    left = f["time_wait_left_ms"]
+    if left:
+        text += f"; the first client socket then had {left[0] / 1000:.1f} s of TIME_WAIT left"
+    return text
+
+
+def _multiplex(r: Result) -> str | None:
+    rows = r.variants
+    big = max(v["connections"] for v in rows)
+    small = min(v["connections"] for v in rows)
+    at = {(v["model"], v["connections"]): v for v in rows}
+    loops = [v for v in rows if v["connections"] == big and v["model"] != "threads"]
+    parts = []
+    if loops:
+        threads = [v["threads"] for v in loops if v["threads"] is not None]
+        watches = [v["epoll_watches"] for v in loops if v["epoll_watches"]]
+        kib = [v["rss_per_conn"] / 1024 for v in loops]
+        cpu = [v["cpu_us_per_echo"] for v in loops if v["cpu_us_per_echo"] is not None]
+        failed = sum(v["failed"] for v in loops)
+        text = f"at {plural(big, 'connection')}, {', '.join(v['model'] for v in loops)}"
+        if threads:
+            text += (f" each ran on {_span(threads, '{:,}')} "
+                     f"{'thread' if max(threads) == 1 else 'threads'}")
+        if watches:
+            text += f", one epoll instance watching {_span(watches, '{:,}')} sockets"
+        text += f", {_span(kib, '{:,.1f}')} KiB of RSS per connection"
+        if cpu:
+            text += f", {_span(cpu, '{:,.1f}')} us of server CPU per echo"
+        parts.append(text + (f", {plural(failed, 'failed connection')}" if failed else
+                             ", no connection failed"))
+    t = at.get(("threads", big))
+    if t and t.get("collapsed"):
+        # Most connections failed: no figure of this row is a clean measurement
+        # (experiments/multiplex.py flags it), so say what got through, labelled.
+        text = (f"thread per connection at {plural(big, 'connection')} collapsed: "
+                f"{t['failed']:,} of {big:,} connections failed; what got through: "
+                f"{plural(t['echoes'], 'echo')} ({t['echoes_per_s']:,.0f}/s) on "
+                f"{plural(t['threads'] or 0, 'thread')}")
+        first = at.get(("threads", small))
+        if first and small != big:
+            text += f" (at {small:,}: {first['echoes_per_s']:,.0f} echoes/s)"
+        why = ", ".join(f"{k} x{n:,}" for k, n in t.get("failures", {}).items())
+        parts.append(f"{text}; failures: {why}")
+    elif t:
+        text = (f"thread per connection at {plural(big, 'connection')}: "
+                f"{plural(t['threads'] or 0, 'thread')}, {t['rss_per_conn'] / 1024:,.1f} KiB "
+                f"per connection, p99 {_latency(t['p99_us'])}, "
+                f"{t['echoes_per_s']:,.0f} echoes/s")
+        first = at.get(("threads", small))
+        if first and small != big:
+            text += f" (at {small:,}: {first['echoes_per_s']:,.0f} echoes/s)"
+        if t["failed"]:
+            why = ", ".join(f"{k} x{n:,}" for k, n in t.get("failures", {}).items())
+            text += f"; {t['failed']:,} of its {big:,} connections failed ({why})"
+        else:
+            text += "; no connection failed"
+        parts.append(text)
+    return "; ".join(parts) or None
+
+
+def _latency(us: float) -> str:
+    return f"{us / 1000:,.1f} ms" if us < 1_000_000 else f"{us / 1e6:,.1f} s"
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+# --- the lessons -----------------------------------------------------------------------------
 
 LESSONS: dict[str, Lesson] = {}
 
@@ -34,10 +300,12 @@ again when the peer repeats its FIN.
 
 A TIME_WAIT socket belongs to no process (ss and 'tcplab sockets' show no owner:
 the kernel holds a small 'minisocket'), but it keeps its local port for that
-destination. Measured here: 'tcplab sockets --state time-wait' counts down from
-59.x s; 'tcplab experiment half-close' shows the client's TIME_WAIT at 59.0 s, then
-57.0 s two seconds later.""",
+destination. 'tcplab sockets --state time-wait' shows the time each one has left.""",
     "tcplab experiment half-close; tcplab sockets --state time-wait",
+    (Figures("half-close", "tcplab experiment half-close", "2026-11-30",
+             "the client's socket, closed first, was in TIME_WAIT with 59.0 s left, "
+             "and 57.0 s left 2.0 s later; it belonged to no process (inode 0: the "
+             "kernel's minisocket)", _half_close_time_wait),),
     "The original notes say TIME_WAIT lasts '60-120 s' (2MSL). On Linux it is a "
     "fixed 60 s, not configurable, and tcp_fin_timeout does not shorten it: that "
     "sysctl only limits orphaned FIN_WAIT2 sockets.",
@@ -51,24 +319,37 @@ port may serve connections to different (address, port) pairs, so the limit is
 28,232 connections in TIME_WAIT or in use toward ONE destination. When they are all
 taken, connect() fails with EADDRNOTAVAIL, "Cannot assign requested address".
 
-Measured here ('tcplab experiment port-bomb', 1,000-port range, tcp_tw_reuse = 0):
-connect() failed with [Errno 99] after 1,000 connections in 0.04 s, with exactly
-1,000 sockets in TIME_WAIT; the same requests over 8 pooled connections: no failure,
-TIME_WAIT 8. A second loopback address took 1,000 more connections with the same
-ports. bind() before connect() makes a port exclusive and fails earlier, with
-EADDRINUSE. SO_LINGER 0 avoids TIME_WAIT by sending RST: a hack, since it throws
-away in-flight data and the peer sees ECONNRESET.
+Pooling reuses a few connections for every request, so it takes no new ports.
+bind() before connect() makes a port exclusive and fails earlier, with EADDRINUSE.
+SO_LINGER 0 avoids TIME_WAIT by sending RST: a hack, since it throws away in-flight
+data and the peer sees ECONNRESET.
 
-connect() also prefers ports of one parity and leaves the other to bind(): 20,000
-connections with the default range left 14,116 even-port and 361 odd-port TIME_WAIT
-sockets here.""",
+connect() also prefers ports of one parity and leaves the other to bind()
+(__inet_hash_connect in net/ipv4/inet_hashtables.c), so with tcp_tw_reuse the
+TIME_WAIT sockets level off at about half the range.""",
     "tcplab experiment port-bomb; tcplab bomb; tcplab limits",
+    (Figures("port-bomb", "tcplab experiment port-bomb", "2026-11-30",
+             "with a 1,000-port range and tcp_tw_reuse = 0, connect() failed with "
+             "EADDRNOTAVAIL after 971 connections in 0.60 s; TIME_WAIT peaked at "
+             "1,000; over 8 pooled connections, 3,000 requests had 0 failures and "
+             "TIME_WAIT peaked at 8; toward 127.0.0.1, 1,000 connections and 1,000 "
+             "failures; toward 127.0.0.2, from the same ports, 1,000 connections and "
+             "1,000 failures; with SO_LINGER 0, 0 failures and TIME_WAIT peak 0",
+             _port_bomb),
+     Figures("port-bomb", "tcplab experiment port-bomb", "2026-11-30",
+             "with the kernel's defaults (tcp_tw_reuse = 2, 28,232 ports), 40,000 "
+             "connections, 0 failures, TIME_WAIT peaked at 14,116", _default_reuse),
+     Figures("", "tcplab bomb --count 20000 && tcplab sockets --state time-wait --json",
+             "2026-11-30",
+             "20,000 connections to one destination left 14,147 sockets in TIME_WAIT: "
+             "14,116 on even local ports, 31 on odd ones",
+             context="in a new network namespace (the kernel's default range and "
+             "tcp_tw_reuse = 2) against tcplab server")),
     "On a modern kernel the classic bomb against 127.0.0.1 does not fail: "
     "net.ipv4.tcp_tw_reuse defaults to 2, which lets loopback connections reuse a "
-    "TIME_WAIT port once it is 1 s old (tcp_tw_reuse_delay). Measured: 40,000 "
-    "connections into 28,232 ports, 0 failures. tcplab's experiment sets "
-    "tcp_tw_reuse = 0 inside its own namespace to show the failure. The fix is still "
-    "connection pooling.",
+    "TIME_WAIT port once it is 1 s old (tcp_tw_reuse_delay); the port-bomb experiment's "
+    "default-reuse variant measures it. tcplab's experiment sets tcp_tw_reuse = 0 "
+    "inside its own namespace to show the failure. The fix is still connection pooling.",
 ))
 
 _add(Lesson(
@@ -81,15 +362,32 @@ FIN_WAIT2 for our FIN; if it has closed its socket (orphaned), the kernel gives 
 after tcp_fin_timeout (60 s by default); if it only shut down its write side, it
 waits forever.
 
-Measured here ('tcplab experiment fd-leak', tcp_fin_timeout = 5): 307 server sockets
-in CLOSE_WAIT, 307 client sockets in FIN_WAIT2; 8 s later FIN_WAIT2 was 0 and
-CLOSE_WAIT still 307. With SO_KEEPALIVE on the accepted sockets, the peer's RST
-answers a probe and CLOSE_WAIT goes away, but the fds stay: the leak is in fds,
-not TCP states. 'tcplab doctor' names the process: close_wait_leak.""",
+With SO_KEEPALIVE on the accepted sockets, the peer's RST answers a probe once the
+peer is gone and CLOSE_WAIT goes away, but the fds stay: the leak is in fds, not
+TCP states. 'tcplab doctor' names the process: close_wait_leak.""",
     "tcplab experiment half-close; tcplab experiment fd-leak; tcplab doctor",
-    "'ss -s' counts CLOSE_WAIT sockets as 'estab' on recent kernels (measured here: "
-    "5 CLOSE_WAIT sockets, 'estab 5'), so a summary can hide the leak: count per "
-    "state ('tcplab states').",
+    (Figures("half-close", "tcplab experiment half-close", "2026-11-30",
+             "after the client's shutdown(SHUT_WR), the client's socket was in "
+             "FIN_WAIT2 and the server's in CLOSE_WAIT, and both stayed there while "
+             "the server still sent (a FIN closes one direction only); after the "
+             "server's close(), the client's socket was in TIME_WAIT and the server's "
+             "gone", _half_close_states),
+     Figures("fd-leak", "tcplab experiment fd-leak", "2026-11-30",
+             "with tcp_fin_timeout = 5 s, 307 server sockets in CLOSE_WAIT and 307 "
+             "client sockets in FIN_WAIT2 at the peak; after the wait, FIN_WAIT2 0 "
+             "and CLOSE_WAIT still 307; the server that closes: CLOSE_WAIT peak 0",
+             _fd_leak_close_wait),
+     Figures("fd-leak", "tcplab experiment fd-leak --keepalive", "2026-11-30",
+             "with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT 65 after the "
+             "peers left and fds still 256", _fd_leak_keepalive),
+     Figures("", "ss -s", "2026-11-30",
+             "with 5 sockets in CLOSE_WAIT, 5 in FIN_WAIT2 and none ESTABLISHED on the "
+             "port (and no other socket in the namespace), 'ss -s' said 'estab 5'",
+             context="beside `tcplab states --port P` in a new network namespace")),
+    "'ss -s' prints the kernel's CurrEstab counter as 'estab', and that counter counts "
+    "CLOSE_WAIT sockets too (tcp_set_state in net/ipv4/tcp.c; RFC 1213's tcpCurrEstab is "
+    "ESTABLISHED or CLOSE-WAIT), so a summary can hide the leak: count per state "
+    "('tcplab states').",
 ))
 
 _add(Lesson(
@@ -101,12 +399,15 @@ files". The kernel still completes handshakes into the listener's accept queue
 once the queue is full, new SYNs are dropped and clients hang in SYN_SENT. There is
 no "connection refused".
 
-Measured here ('tcplab experiment fd-leak', limit 256, backlog 64): fds 256 of 256,
-"accept: [Errno 24] Too many open files (256 of 256 fds in use); retrying in 5 ms",
-accept queue 65, 242 clients echoed, 65 connected without an echo, 205 stuck
-connecting. tcplab's server backs off 5 ms doubling to 1 s, as Go's net/http does,
-and stays idle.""",
+tcplab's server backs off 5 ms doubling to 1 s when accept() fails, as Go's net/http
+does, and stays idle meanwhile.""",
     "tcplab experiment fd-leak; tcplab fds PID; LEAK=true tcplab server --fd-limit 128",
+    (Figures("fd-leak", "tcplab experiment fd-leak", "2026-11-30",
+             "limit 256, backlog 64: the leaking server's fds peaked at 256 of 256; "
+             "its log said \"accept: [Errno 24] Too many open files (256 of 256 fds in "
+             "use); retrying in 5 ms\"; accept queue peak 65; of 512 clients, 242 got "
+             "their echo, 65 connected without an echo and 205 never connected "
+             "(SYN_SENT)", _fd_leak_limit),),
     "Go, since 1.19, raises its own soft limit to the hard limit at start, so "
     "'ulimit -Sn 128' does not reproduce the leak with the Go original; a Python "
     "process keeps the limit it was given.",
@@ -121,12 +422,13 @@ trace line shows sport=0); the server answers SYN-ACK from a request socket
 return a new fd. Closing: the first close() sends FIN (FIN_WAIT1), the peer's ACK
 gives FIN_WAIT2 and the peer's state becomes CLOSE_WAIT; its close() sends FIN
 (LAST_ACK), and the first closer answers and turns into a TIME_WAIT minisocket. An
-RST close (SO_LINGER 0) skips all of that.
-
-Measured here ('tcplab experiment handshake'): 15 packets (2 SYN, 2 SYN-ACK, 2 FIN,
-1 RST), 18 state changes and 14 socket calls on one timeline; on loopback the whole
-handshake takes about 0.05 ms (SYN_SENT lasted 0.02 to 0.08 ms in 'tcplab trace').""",
+RST close (SO_LINGER 0) skips all of that.""",
     "tcplab experiment handshake; sudo tcplab trace --port 8080; sudo tcplab capture",
+    (Figures("handshake", "tcplab experiment handshake", "2026-11-30",
+             "15 packets (2 SYN, 2 SYN-ACK, 2 FIN, 1 RST), 18 state changes and 14 "
+             "socket calls on one timeline; the first handshake took 0.031 ms from "
+             "SYN to the client's ACK (packet times); the first client socket then "
+             "had 58.8 s of TIME_WAIT left", _handshake),),
     "The original notes watch 'tcpdump -i lo0': lo0 is macOS. On Linux the loopback "
     "interface is 'lo'.",
 ))
@@ -143,29 +445,122 @@ that the loop completes when epoll says the socket is readable. tcplab's 'epoll'
 model is that loop written by hand; 'asyncio' and 'uvloop' are it in the stdlib and
 in C.
 
-Measured here ('tcplab experiment multiplex', 10,000 concurrent connections): epoll,
-asyncio and uvloop each used 1 thread and 1 epoll instance watching 10,002-10,004
-sockets, 0.3-1.8 KiB of RSS per connection, 6-9 us of server CPU per echo. Thread
-per connection needed 9,959 threads and about 22 KiB per connection, and collapsed
-to 242 echoes/s as 10,000 Python threads queued for the GIL.""",
+Thread per connection gives each connection an OS thread and its stack; in Python
+those threads also queue for the GIL (a waiting thread asks for it every 5 ms,
+sys.getswitchinterval()), so at thousands of connections the threads model serves
+far fewer echoes per second and its connections can time out before they are
+served.""",
     "tcplab experiment multiplex; tcplab multiplex --connections 10000",
+    (Figures("multiplex", "tcplab experiment multiplex", "2026-11-30",
+             "at 10,000 connections, epoll, asyncio, uvloop each ran on 1 thread, one "
+             "epoll instance watching 10,002-10,004 sockets, 0.3-1.9 KiB of RSS per "
+             "connection, 8.2-9.6 us of server CPU per echo, no connection failed; "
+             "thread per connection at 10,000 connections: 8,733 threads, 21.4 KiB "
+             "per connection, p99 18.3 s, 520 echoes/s (at 100: 66,260 echoes/s); "
+             "9,107 of its 10,000 connections failed (timeout x9,107)", _multiplex),),
 ))
 
-#: Which lesson each experiment demonstrates, for the report.
-FOR_EXPERIMENT = {
-    "echo": "handshake", "port-bomb": "port-range", "fd-leak": "fd-limit",
-    "half-close": "close-wait", "multiplex": "netpoll", "handshake": "handshake",
+#: Which lessons each experiment's section of the report may show.
+FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
+    "echo": ("handshake",), "port-bomb": ("port-range",), "fd-leak": ("fd-limit",),
+    "half-close": ("close-wait", "time-wait"), "multiplex": ("netpoll",),
+    "handshake": ("handshake",),
 }
+
+
+def placement(experiments: list[str]) -> dict[str, list[str]]:
+    """Each lesson once on a page: experiment -> the topics its section shows.
+
+    A lesson goes to the section of the first experiment that both lists it and
+    measures one of its figures (the handshake lesson to the handshake section, not
+    echo's), else to the first section that lists it.
+    """
+    out: dict[str, list[str]] = {name: [] for name in experiments}
+    for topic, lesson in LESSONS.items():
+        listing = [e for e in experiments if topic in FOR_EXPERIMENT.get(e, ())]
+        measuring = [e for e in listing if e in {f.experiment for f in lesson.figures}]
+        if listing:
+            out[(measuring or listing)[0]].append(topic)
+    for name, topics in out.items():  # in FOR_EXPERIMENT's order within a section
+        topics.sort(key=FOR_EXPERIMENT.get(name, ()).index)
+    return out
+
+
+# --- the lesson's figures, for a run or for none ----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """One figure as a page shows it: from this run, or recorded elsewhere and saying so."""
+
+    experiment: str
+    #: "run": built from this run's Result; "missing": this run did not measure it (no
+    #: number); "recorded": a recorded run's figure, with its date and command.
+    kind: str
+    text: str  # a full sentence
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def recorded_text(fig: Figures) -> str:
+    """The recorded figure with where, when and how: for explain and docs/lessons.md."""
+    return _sentence(f"{fig.provenance()[:1].upper()}{fig.provenance()[1:]}: {fig.recorded}")
+
+
+def quotes(lesson: Lesson, run: Mapping[str, Result]) -> list[Quote]:
+    """The lesson's figures for a page about ``run`` (experiment name -> Result).
+
+    A figure whose experiment ran here is built from this run's Result. When that
+    Result lacks it (the experiment was skipped or failed, or ran without the option
+    that measures it) the quote says so and quotes no number. A recorded figure
+    appears only where the page has nothing it could contradict: for an experiment
+    that was not part of the run, and for figures no experiment measures; it always
+    says where, when and with which command it was measured.
+    """
+    out: list[Quote] = []
+    elsewhere = f"'tcplab explain {lesson.topic}' quotes a recorded run"
+    for fig in lesson.figures:
+        r = run.get(fig.experiment) if fig.experiment else None
+        if r is None:
+            text = f"{fig.provenance()}: {fig.recorded}"
+            if fig.experiment:
+                text = f"the {fig.experiment} experiment was not part of this run; {text}"
+            out.append(Quote(fig.experiment, "recorded", _sentence(text)))
+            continue
+        measured = fig.sentence(r)
+        if measured is not None:
+            text = f"Measured in this run by the {fig.experiment} experiment: {measured}"
+        elif r.skipped:
+            text = (f"the {fig.experiment} experiment was skipped in this run, so this was not "
+                    "measured")
+        elif not (r.facts or r.variants):
+            text = (f"the {fig.experiment} experiment failed in this run, so this was not "
+                    "measured")
+        else:
+            text = (f"this run's {fig.experiment} experiment did not measure this; "
+                    f"`{fig.command}` does")
+        if measured is None:
+            text += f" ({elsewhere})"
+        quote = Quote(fig.experiment, "missing" if measured is None else "run", _sentence(text))
+        if quote not in out:  # two figures of one failed experiment: one note
+            out.append(quote)
+    return out
 
 
 def markdown() -> str:
     out = ["# Lessons", "",
-           "Generated by `tcplab explain --markdown`. Each claim names the experiment that",
-           "shows it and the figure measured on this machine; corrections say where the",
-           "original lab's notes differ from Linux.", ""]
+           "Generated by `tcplab explain --markdown`. Each lesson names the experiments that",
+           f"show it and the figures one run of each measured ({MACHINE}), with the date and",
+           "the command that reproduces them; `tcplab experiment all --report DIR` quotes",
+           "the figures of your own run instead. Corrections say where the original lab's",
+           "notes differ from Linux.", ""]
     for lesson in LESSONS.values():
-        out += [f"## {lesson.title}", "", lesson.text.strip(), "",
-                f"Shown by: `{lesson.shown_by}`", ""]
+        out += [f"## {lesson.title}", "", lesson.text.strip(), ""]
+        for fig in lesson.figures:
+            out += [recorded_text(fig), ""]
+        out += [f"Shown by: `{lesson.shown_by}`", ""]
         if lesson.correction:
             out += [f"**Correction.** {lesson.correction}", ""]
     return "\n".join(out)

@@ -2,14 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tcplab.experiments.result import Result
+
+#: How the settings experiments record read to a person: key -> (words, unit).
+#: A key not named here reads as itself with "_" as spaces ("_s" as seconds).
+SETTING_WORDS: dict[str, tuple[str, str]] = {
+    "model": ("server model", ""),
+    "small_count": ("64 B round trips", ""),
+    "large_count": ("1 MiB round trips", ""),
+    "pause_s": ("pause between steps", "s"),
+    "count": ("connections per variant", ""),
+    "reuse_count": ("connections with the default range", ""),
+    "pool_size": ("pool size", ""),
+    "fd_limit": ("fd limit", ""),
+    "tcp_fin_timeout": ("tcp_fin_timeout", "s"),
+    "ladder": ("connections", ""),
+    "messages": ("round trips per connection", ""),
+    "size": ("message size", "B"),
+}
+
+
+def setting_value(key: str, value: Any) -> str:
+    """One setting's value in words: 1,000 (a port number without the comma), lists
+    joined by commas, yes/no, and nothing in Python's own notation."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, int):
+        return str(value) if key == "port" or key.endswith("_port") else f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else f"{value:g}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(setting_value(key, v) for v in value) or "none"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {setting_value(str(k), v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def settings_text(settings: Mapping[str, Any]) -> str:
+    """``ports 1,000 · connections per variant 3,000 · server tcplab server (uvloop)``."""
+    parts = []
+    for key, value in settings.items():
+        words, unit = SETTING_WORDS.get(key, (key.replace("_", " "), ""))
+        if not unit and key.endswith("_s") and key not in SETTING_WORDS:
+            words, unit = key[:-2].replace("_", " "), "s"
+        parts.append(f"{words} {setting_value(key, value)}{' ' + unit if unit else ''}")
+    return " · ".join(parts)
 
 
 def result_lines(result: Result) -> list[str]:
     status = "skipped" if result.skipped else ("shown" if result.ok else "NOT SHOWN")
     lines = [f"experiment {result.experiment}: {status}"]
+    if result.settings:
+        lines.append(f"  run with: {settings_text(result.settings)}")
     for event in result.events:
         lines.append(f"  {event.t:7.3f} s  {event.what}")
     lines.extend(variant_lines(result))
@@ -135,24 +185,90 @@ def half_close_lines(result: Result) -> list[str]:
 
 
 def multiplex_lines(result: Result) -> list[str]:
+    """The C10k table; a row whose connections mostly failed shows no plain figure."""
     head = ("model", "connections", "threads", "epoll watches", "RSS/conn", "CPU/echo",
-            "p99", "echoes/s", "failed")
+            "p99", "echoes/s", "all accepted", "failed")
     rows = [head]
     for v in result.variants:
-        cpu = v["cpu_us_per_echo"]
+        cells = multiplex_cells(v)
         rows.append((v["model"], f"{v['connections']:,}", f"{v['threads'] or 0:,}",
-                     f"{v['epoll_watches'] or 0:,}", f"{v['rss_per_conn'] / 1024:,.1f} KiB",
-                     "-" if cpu is None else f"{cpu:,.1f} us", f"{v['p99_us'] / 1000:,.1f} ms",
-                     f"{v['echoes_per_s']:,.0f}", f"{v['failed']:,}"))
+                     f"{v['epoll_watches'] or 0:,}", cells["rss"], cells["cpu"], cells["p99"],
+                     cells["eps"], cells["accepted"], cells["failed"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  " + "  ".join(c.rjust(w) if i else c.ljust(w)
-                              for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+                              for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
              for r in rows]
+    notes = [line for v in result.variants for line in multiplex_row_notes(v)]
+    if notes:
+        lines.append("")
+        for line in notes:
+            lines += textwrap.wrap(line, 98, initial_indent="  ", subsequent_indent="    ")
+    lines.append("")
+    rules = result.facts.get("rules")
+    if rules:
+        lines += textwrap.wrap(f"verdict: {rules}.", 98, initial_indent="  ",
+                               subsequent_indent="    ")
     lines += [
-        "",
-        "  threads: one OS thread (and stack) per connection; at 10,000, Python's threads also",
-        "  queue for the GIL (a waiting thread asks for it every 5 ms), and throughput collapses.",
-        "  epoll, asyncio, uvloop: one thread, one epoll instance watching every socket: what",
-        "  Go's netpoll does with GOMAXPROCS threads and goroutines parked on epoll.",
+        "  threads: one OS thread (and stack) per connection. epoll, asyncio, uvloop: one thread,",
+        "  one epoll instance watching every socket: what Go's netpoll does with GOMAXPROCS",
+        "  threads and goroutines parked on epoll.",
     ]
     return lines
+
+
+def _duration(us: float) -> str:
+    return f"{us / 1e6:,.1f} s" if us >= 1e6 else f"{us / 1000:,.1f} ms"
+
+
+def multiplex_cells(v: dict[str, Any]) -> dict[str, str]:
+    """A row's figures as table cells. A collapsed row (most connections failed)
+    gets no plain figure: its RSS, CPU, p99 and echoes/s describe the few
+    connections that got through; multiplex_row_notes gives them, labelled."""
+    n = v["connections"]
+    failures = v.get("failures") or {}
+    failed = ", ".join(f"{k} x{c:,}" for k, c in failures.items()) or f"{v['failed']:,}"
+    if v.get("accepted_s") is not None:
+        accepted = f"{v['accepted_s']:.1f} s"
+    elif v.get("unaccepted") is not None:
+        accepted = f"{v['connected'] - v['unaccepted']:,} of {n:,}"
+    else:
+        accepted = "-"
+    if v.get("collapsed"):
+        return {"rss": "-", "cpu": "-", "p99": "-", "eps": "collapsed", "accepted": accepted,
+                "failed": failed}
+    cpu = v["cpu_us_per_echo"]
+    p99 = v["p99_us"]
+    return {"rss": f"{v['rss_per_conn'] / 1024:,.1f} KiB",
+            "cpu": "-" if cpu is None else f"{cpu:,.1f} us",
+            "p99": _duration(p99),
+            "eps": f"{v['echoes_per_s']:,.0f}", "accepted": accepted, "failed": failed}
+
+
+def multiplex_row_notes(v: dict[str, Any]) -> list[str]:
+    """What a row's failures mean, and a collapsed row's figures, labelled."""
+    notes = []
+    n = v["connections"]
+    label = f"{v['model']} x{n:,}"
+    if v.get("collapsed"):
+        never = (f", {v['no_echo']:,} never got an echo" if v.get("no_echo") else "")
+        cpu = v["cpu_us_per_echo"]
+        p99 = v["p99_us"]
+        notes.append(
+            f"{label} {v['flag']}{never}. What got through: {v['echoes']:,} echoes "
+            f"({v['echoes_per_s']:,.0f}/s), p99 {_duration(p99)}; the server had "
+            f"{v['threads'] or 0:,} threads, {v['rss_per_conn'] / 1024:,.1f} KiB RSS per "
+            "connection" + ("" if cpu is None else f", {cpu:,.0f} us of CPU per echo") + ".")
+    elif v["failed"]:
+        notes.append(f"{label}: {v['failed']:,} of {n:,} connections failed.")
+    limit, took = v.get("timeout_s"), v.get("exchange_s")
+    if limit and took and took > limit * 1.25:
+        # The client checks its deadline between epoll batches; far past it
+        # means the client itself waited for a CPU (seen once: 38 s for 20 s,
+        # with the machine's load average near 2,900).
+        notes.append(f"{label}: the exchange ran {took:.1f} s against --timeout {limit:g} s: "
+                     "the client itself fell behind (on a loaded machine it waits for a CPU "
+                     "too), so its latencies include that wait.")
+    for kind, count in (v.get("failures") or {}).items():
+        why = (v.get("explanations") or {}).get(kind, "not explained")
+        notes.append(f"{label} {kind} x{count:,}: {why}.")
+    return notes

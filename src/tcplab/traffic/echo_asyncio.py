@@ -38,6 +38,7 @@ from tcplab.traffic.server import (
     READ_SIZE,
     Hooks,
     ServerConfig,
+    note_stop,
     snapshot,
     tune_accepted,
 )
@@ -217,12 +218,13 @@ async def _main(listener: socket.socket, config: ServerConfig, hooks: Hooks,
     server = _Server(loop, listener, config, hooks, protocol)
     stop = loop.create_future()
 
-    def request_stop() -> None:
+    def request_stop(signum: int) -> None:
+        note_stop(signum)
         if not stop.done():
             stop.set_result(None)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_stop)
+        loop.add_signal_handler(sig, request_stop, sig)
     server.start()
     if config.stats_interval:
         loop.call_later(config.stats_interval, server.tick, config.stats_interval)

@@ -4,11 +4,21 @@ One epoll loop opens ``connections`` sockets (ramped, so the server's accept
 queue is not overrun), holds them all open, runs ``messages`` round trips of
 ``size`` bytes on every one of them at once, verifying every echoed byte,
 measures the server while everything is open, then closes.
+
+Besides the echoes it measures what a server that cannot keep up looks like
+from outside: how many connections got a first echo at all (``served``) and
+when the last one did, and, on loopback, the listener's accept queue (LISTEN
+Recv-Q, plus SYN_RECV sockets whose final ACK the full queue dropped): when
+the server had accepted every connection, or how many it still had not when
+the time ran out. A thread-per-connection Python server at 10,000
+connections accepts most or all of them, yet answers only a few hundred
+echoes a second: each echo needs the GIL, and 10,000 threads queue for it.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import resource
 import select
@@ -18,8 +28,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tcplab.errors import errno_name
+from tcplab.errors import ConnectFailed, errno_name
+from tcplab.kernel import tcp_states
 from tcplab.observe.server_facts import ServerFacts, cpu_seconds, server_facts
+from tcplab.observe.sockets import SocketTable
 from tcplab.traffic.client import percentile
 from tcplab.traffic.target import Target
 
@@ -36,6 +48,18 @@ EXPLAIN = {
     "EOF": "the server closed connections before echoing everything",
     "MISMATCH": "an echo differed from what was sent",
 }
+
+#: How often the accept queue is sampled: one sock_diag dump of the LISTEN
+#: sockets on the port per sample (30-250 us measured, 10,000 sockets open).
+ACCEPT_SAMPLE_S = 0.2
+
+
+def explain_timeout(timeout: float, no_echo: int) -> str:
+    """What ``timeout`` means: it names connections, not a connect() error."""
+    never = f"; {no_echo:,} of them never got a first echo" if no_echo else ""
+    return (f"connections still waiting for an echo when --timeout ({timeout:g} s) ran out: "
+            f"the server did not answer them in time (too slow for this many at once, or "
+            f"not reading){never}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +84,14 @@ class MultiplexResult:
     server_rss_per_conn: float | None = None  # bytes
     server_cpu_us_per_echo: float | None = None
     explanations: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 0.0  # the exchange's time limit
+    served: int = 0  # connections that got at least one verified echo
+    no_echo: int = 0  # connections still waiting for their first echo at the timeout
+    served_all_s: float | None = None  # exchange start to the last first echo; None: never
+    # The listener's accept queue (None: not visible from here, e.g. a remote server):
+    accept_queue_peak: int | None = None  # LISTEN Recv-Q + SYN_RECV, the most seen
+    accepted_s: float | None = None  # first connect to every connection accepted; None: never
+    unaccepted: int | None = None  # connections not yet accepted when the exchange ended
 
 
 def fit_fd_limit(connections: int) -> tuple[int, str | None]:
@@ -76,6 +108,67 @@ def fit_fd_limit(connections: int) -> tuple[int, str | None]:
     return fit, (f"only {fit:,} connections fit: this client's hard fd limit is {hard:,} "
                  f"(one fd per connection, {SPARE_FDS} kept spare); as root, raise it with "
                  "'ulimit -Hn'")
+
+
+class AcceptWatch:
+    """The listener's accept queue: connections the kernel completed that the
+    server has not accept()ed yet.
+
+    LISTEN Recv-Q is the queue's length (inet_diag_msg's idiag_rqueue for a
+    listener, net/ipv4/tcp_diag.c tcp_diag_get_info: sk_ack_backlog). When the
+    queue is full the kernel drops the client's final ACK (tcp_check_req ->
+    listen_overflow, net/ipv4/tcp_minisocks.c) and the connection waits in
+    SYN_RECV while the client already counts it open, so those count too,
+    once the queue was seen full.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self.port = target.port
+        self.table: SocketTable | None = None
+        self.peak = 0
+        self.last: int | None = None
+        self.next = 0.0
+        self.overflowed = False  # the accept queue was seen full
+        if not ipaddress.ip_address(str(target.sockaddr[0]).split("%")[0]).is_loopback:
+            return  # a remote listener is in another host's table
+        try:
+            self.table = SocketTable()
+            # /proc/net/tcp is parsed whole: with 10,000 sockets too slow to
+            # sample while the load runs, so only over sock_diag.
+            if self.table.source != "netlink" or not self.table.listeners(self.port):
+                self.close()
+        except (OSError, ValueError):
+            self.close()
+
+    def sample(self, now: float) -> int | None:
+        """Connections waiting to be accepted, at most every ACCEPT_SAMPLE_S."""
+        if self.table is None:
+            return None
+        if now < self.next:
+            return self.last
+        self.next = now + ACCEPT_SAMPLE_S
+        try:
+            listeners = self.table.listeners(self.port)
+            queue = sum(s.rqueue for s in listeners)
+            if queue >= sum(s.wqueue for s in listeners):  # Send-Q on LISTEN: the backlog
+                self.overflowed = True
+            if self.overflowed:
+                # Counting SYN_RECV walks the whole established hash (2-14 ms
+                # with 10,000 sockets, measured), so only once the queue was full.
+                queue += self.table.count(self.port, self.syn_recv)[tcp_states.SYN_RECV]
+        except (OSError, ValueError):  # ValueError: sock_diag.DecodeError
+            self.close()
+            return None
+        self.last = queue
+        self.peak = max(self.peak, queue)
+        return queue
+
+    syn_recv = tcp_states.mask([tcp_states.SYN_RECV])  # SYN_RECV only, no LISTEN
+
+    def close(self) -> None:
+        if self.table is not None:
+            self.table.close()
+            self.table = None
 
 
 class _Conn:
@@ -104,171 +197,211 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
     failures: Counter[str] = Counter()
     ep = select.epoll(max(16, n))
     conns: dict[int, _Conn] = {}
-    rss0 = server_facts(server_pid).rss_bytes if server_pid else None
-
-    def fail(c: _Conn | None, name: str) -> None:
-        failures[name] += 1
-        if c is not None:
-            fd = c.sock.fileno()
-            if fd in conns:
-                ep.unregister(fd)
-                del conns[fd]
-            c.sock.close()
-
-    # 1. connect, ramped
-    started = time.monotonic()
     pending: dict[int, tuple[_Conn, float]] = {}
-    connected = 0
-    opened = 0
-    reported = 0
-    batch = max(1, int(n / max(1, ramp / 0.01)))
-    next_batch = started
-    while opened < n or pending:
-        now = time.monotonic()
-        if opened < n and now >= next_batch:
-            for _ in range(min(batch, n - opened)):
-                try:
-                    s = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-                except OSError as exc:
-                    failures[errno_name(exc.errno)] += 1
+    rss0 = server_facts(server_pid).rss_bytes if server_pid else None
+    watch = AcceptWatch(target)
+    try:
+        def fail(c: _Conn | None, name: str) -> None:
+            failures[name] += 1
+            if c is not None:
+                fd = c.sock.fileno()
+                if fd in conns:
+                    ep.unregister(fd)
+                    del conns[fd]
+                c.sock.close()
+
+        # accepted_s: from the first connect until the accept queue was seen empty
+        # with every connection open (connect attempts all settled).
+        accepted_s: float | None = None
+
+        def watch_queue(now: float, settled: bool) -> None:
+            nonlocal accepted_s
+            queue = watch.sample(now)
+            if accepted_s is None and settled and queue == 0:
+                accepted_s = now - started
+
+        # 1. connect, ramped
+        started = time.monotonic()
+        connected = 0
+        opened = 0
+        reported = 0
+        batch = max(1, int(n / max(1, ramp / 0.01)))
+        next_batch = started
+        while opened < n or pending:
+            now = time.monotonic()
+            if opened < n and now >= next_batch:
+                for _ in range(min(batch, n - opened)):
+                    try:
+                        s = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                    except OSError as exc:
+                        failures[errno_name(exc.errno)] += 1
+                        opened += 1
+                        continue
+                    code = s.connect_ex(target.sockaddr)
                     opened += 1
+                    if code not in (0, errno.EINPROGRESS):
+                        failures[errno_name(code)] += 1
+                        s.close()
+                        continue
+                    c = _Conn(s, opened - 1)
+                    pending[s.fileno()] = (c, now + connect_timeout)
+                    ep.register(s.fileno(), select.EPOLLOUT)
+                next_batch = now + 0.01
+            for fd, _mask in ep.poll(0.01):
+                item = pending.pop(fd, None)
+                if item is None:
                     continue
-                code = s.connect_ex(target.sockaddr)
-                opened += 1
-                if code not in (0, errno.EINPROGRESS):
+                c = item[0]
+                code = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    ep.unregister(fd)
+                    c.sock.close()
                     failures[errno_name(code)] += 1
-                    s.close()
                     continue
-                c = _Conn(s, opened - 1)
-                pending[s.fileno()] = (c, now + connect_timeout)
-                ep.register(s.fileno(), select.EPOLLOUT)
-            next_batch = now + 0.01
-        for fd, _mask in ep.poll(0.01):
-            item = pending.pop(fd, None)
-            if item is None:
-                continue
-            c = item[0]
-            code = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                ep.unregister(fd)
-                c.sock.close()
-                failures[errno_name(code)] += 1
-                continue
-            ep.modify(fd, 0)
-            conns[fd] = c
-            connected += 1
-        now = time.monotonic()
-        for fd, (c, deadline) in list(pending.items()):
-            if now >= deadline:
-                del pending[fd]
-                ep.unregister(fd)
-                c.sock.close()
-                failures["ETIMEDOUT"] += 1
-        if progress and connected - reported >= max(1, n // 10):
-            reported = connected
-            progress(f"connecting: {connected:,} of {n:,} open")
-    connect_s = time.monotonic() - started
-    if progress:
-        progress(f"{connected:,} connections open in {connect_s:.2f} s")
+                ep.modify(fd, 0)
+                conns[fd] = c
+                connected += 1
+            now = time.monotonic()
+            for fd, (c, deadline) in list(pending.items()):
+                if now >= deadline:
+                    del pending[fd]
+                    ep.unregister(fd)
+                    c.sock.close()
+                    failures["ETIMEDOUT"] += 1
+            if not connected and not pending and failures.keys() == {"ECONNREFUSED"}:
+                # Nothing listens: say so at once, as 'tcplab client' does, instead
+                # of ramping N refused connections (loopback refuses within the
+                # connect() call: tcp_v4_send_reset answers the SYN on the spot).
+                raise ConnectFailed(
+                    f"connection refused: nothing listens on {target.where}"
+                    + (f" (none of the {n:,} connections could open)" if n > 1 else ""),
+                    hint=f"start one with 'tcplab server --port {target.port} --fd-limit max', "
+                    "or check --host/--port")
+            watch_queue(now, opened >= n and not pending)
+            if progress and connected - reported >= max(1, n // 10):
+                reported = connected
+                progress(f"connecting: {connected:,} of {n:,} open")
+        connect_s = time.monotonic() - started
+        if progress:
+            progress(f"{connected:,} connections open in {connect_s:.2f} s")
 
-    # 2. every connection runs its round trips at once
-    cpu0 = cpu_seconds(server_pid) if server_pid else None
-    rtts: list[float] = []
-    echoes = 0
-    t_start = time.monotonic()
-    deadline = t_start + timeout
+        # 2. every connection runs its round trips at once
+        cpu0 = cpu_seconds(server_pid) if server_pid else None
+        rtts: list[float] = []
+        echoes = 0
+        served = 0
+        served_all_s: float | None = None
+        t_start = time.monotonic()
+        deadline = t_start + timeout
 
-    def payload(c: _Conn) -> bytes:
-        k = (c.index * messages + c.msg) % max(1, size)
-        return base[k:] + base[:k]
+        def payload(c: _Conn) -> bytes:
+            k = (c.index * messages + c.msg) % max(1, size)
+            return base[k:] + base[:k]
 
-    def start_message(c: _Conn) -> None:
-        c.expect = payload(c)
-        c.sent = c.got = 0
-        c.t0 = time.perf_counter()
-        push(c)
+        def start_message(c: _Conn) -> None:
+            c.expect = payload(c)
+            c.sent = c.got = 0
+            c.t0 = time.perf_counter()
+            push(c)
 
-    def push(c: _Conn) -> None:
-        try:
-            c.sent += c.sock.send(c.expect[c.sent:])
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            fail(c, errno_name(exc.errno))
-            return
-        mask = select.EPOLLIN | (select.EPOLLOUT if c.sent < len(c.expect) else 0)
-        ep.modify(c.sock.fileno(), mask)
-
-    for c in list(conns.values()):
-        start_message(c)
-    active = len(conns)
-    reported = 0
-    facts = None
-    while active and time.monotonic() < deadline:
-        for fd, mask in ep.poll(0.5):
-            found = conns.get(fd)
-            if found is None:
-                continue
-            c = found
-            if mask & select.EPOLLOUT and c.sent < len(c.expect):
-                push(c)
-            if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-                continue
+        def push(c: _Conn) -> None:
             try:
-                data = c.sock.recv(65536)
+                c.sent += c.sock.send(c.expect[c.sent:])
             except BlockingIOError:
-                continue
+                pass
             except OSError as exc:
                 fail(c, errno_name(exc.errno))
-                active -= 1
-                continue
-            if not data:
-                fail(c, "EOF")
-                active -= 1
-                continue
-            if data != c.expect[c.got:c.got + len(data)]:
-                fail(c, "MISMATCH")
-                active -= 1
-                continue
-            c.got += len(data)
-            if c.got < len(c.expect):
-                continue
-            rtts.append((time.perf_counter() - c.t0) * 1e6)
-            echoes += 1
-            c.msg += 1
-            if c.msg < messages:
-                start_message(c)
-            else:
-                ep.modify(fd, 0)  # done, but held open until every connection is done
-                active -= 1
-        if progress and echoes - reported >= max(1, (n * messages) // 10):
-            reported = echoes
-            progress(f"echoes: {echoes:,} of {n * messages:,} verified")
-    exchange_s = time.monotonic() - t_start
-    cpu1 = cpu_seconds(server_pid) if server_pid else None
-    if active:
-        failures["timeout"] += active
-    # 3. the server with every connection still open
-    if server_pid:
-        facts = server_facts(server_pid)
-    for c in conns.values():
-        c.sock.close()
-    ep.close()
-    rtts.sort()
-    per_conn = None
-    if facts is not None and rss0 is not None and connected:
-        per_conn = round((facts.rss_bytes - rss0) / connected, 1)
-    cpu_per = None
-    if cpu0 is not None and cpu1 is not None and echoes:
-        cpu_per = round((cpu1 - cpu0) / echoes * 1e6, 2)
-    return MultiplexResult(
-        host=target.host, port=target.port, connections=connections, connected=connected,
-        messages=messages, size=size, echoes=echoes, verified_bytes=echoes * size,
-        failures=dict(failures), notes=notes, connect_s=round(connect_s, 3),
-        exchange_s=round(exchange_s, 3),
-        rtt_p50_us=round(percentile(rtts, 50), 1), rtt_p99_us=round(percentile(rtts, 99), 1),
-        rtt_max_us=round(rtts[-1], 1) if rtts else 0.0,
-        echoes_per_s=round(echoes / exchange_s, 1) if exchange_s > 0 else 0.0,
-        server=facts, server_rss_per_conn=per_conn, server_cpu_us_per_echo=cpu_per,
-        explanations={k: EXPLAIN[k] for k in failures if k in EXPLAIN},
-    )
+                return
+            mask = select.EPOLLIN | (select.EPOLLOUT if c.sent < len(c.expect) else 0)
+            ep.modify(c.sock.fileno(), mask)
+
+        for c in list(conns.values()):
+            start_message(c)
+        active = len(conns)
+        reported = 0
+        facts = None
+        while active and time.monotonic() < deadline:
+            for fd, mask in ep.poll(min(0.5, ACCEPT_SAMPLE_S)):
+                found = conns.get(fd)
+                if found is None:
+                    continue
+                c = found
+                if mask & select.EPOLLOUT and c.sent < len(c.expect):
+                    push(c)
+                if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                    continue
+                try:
+                    data = c.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    fail(c, errno_name(exc.errno))
+                    active -= 1
+                    continue
+                if not data:
+                    fail(c, "EOF")
+                    active -= 1
+                    continue
+                if data != c.expect[c.got:c.got + len(data)]:
+                    fail(c, "MISMATCH")
+                    active -= 1
+                    continue
+                c.got += len(data)
+                if c.got < len(c.expect):
+                    continue
+                rtts.append((time.perf_counter() - c.t0) * 1e6)
+                echoes += 1
+                c.msg += 1
+                if c.msg == 1:
+                    served += 1
+                    if served == connected:
+                        served_all_s = time.monotonic() - t_start
+                if c.msg < messages:
+                    start_message(c)
+                else:
+                    ep.modify(fd, 0)  # done, but held open until every connection is done
+                    active -= 1
+            watch_queue(time.monotonic(), True)
+            if progress and echoes - reported >= max(1, (n * messages) // 10):
+                reported = echoes
+                progress(f"echoes: {echoes:,} of {n * messages:,} verified")
+        exchange_s = time.monotonic() - t_start
+        cpu1 = cpu_seconds(server_pid) if server_pid else None
+        no_echo = sum(1 for c in conns.values() if c.msg == 0)
+        if active:
+            failures["timeout"] += active
+        watch.next = 0.0  # one last sample: who is still waiting to be accepted
+        unaccepted = watch.sample(time.monotonic())
+        # 3. the server with every connection still open
+        if server_pid:
+            facts = server_facts(server_pid)
+        rtts.sort()
+        per_conn = None
+        if facts is not None and rss0 is not None and connected:
+            per_conn = round((facts.rss_bytes - rss0) / connected, 1)
+        cpu_per = None
+        if cpu0 is not None and cpu1 is not None and echoes:
+            cpu_per = round((cpu1 - cpu0) / echoes * 1e6, 2)
+        explanations = {k: EXPLAIN[k] for k in failures if k in EXPLAIN}
+        if "timeout" in failures:
+            explanations["timeout"] = explain_timeout(timeout, no_echo)
+        return MultiplexResult(
+            host=target.host, port=target.port, connections=connections, connected=connected,
+            messages=messages, size=size, echoes=echoes, verified_bytes=echoes * size,
+            failures=dict(failures), notes=notes, connect_s=round(connect_s, 3),
+            exchange_s=round(exchange_s, 3),
+            rtt_p50_us=round(percentile(rtts, 50), 1), rtt_p99_us=round(percentile(rtts, 99), 1),
+            rtt_max_us=round(rtts[-1], 1) if rtts else 0.0,
+            echoes_per_s=round(echoes / exchange_s, 1) if exchange_s > 0 else 0.0,
+            server=facts, server_rss_per_conn=per_conn, server_cpu_us_per_echo=cpu_per,
+            explanations=explanations, timeout_s=timeout, served=served, no_echo=no_echo,
+            served_all_s=None if served_all_s is None else round(served_all_s, 3),
+            accept_queue_peak=watch.peak if watch.table is not None else None,
+            accepted_s=None if accepted_s is None else round(accepted_s, 3),
+            unaccepted=unaccepted,
+        )
+    finally:  # every socket this run opened is closed, also on Ctrl-C or an error
+        watch.close()
+        for c in [*conns.values(), *(c for c, _ in pending.values())]:
+            c.sock.close()
+        ep.close()

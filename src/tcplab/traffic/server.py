@@ -153,12 +153,14 @@ def open_listener(host: str, port: int, backlog: int) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise _bind_error(exc, where, port) from None
+        raise bind_error(exc, where, port) from None
     sock.setblocking(False)
     return sock
 
 
-def _bind_error(exc: OSError, where: str, port: int) -> Exception:
+def bind_error(exc: OSError, where: str, port: int, free: str = "--port 0") -> Exception:
+    """A failed ``bind()``/``listen()`` on ``where`` as a TcplabError; an address in
+    use names its holder. ``free`` is the option that picks a free port."""
     if exc.errno == errno.EADDRINUSE:
         from tcplab.observe.owners import listening_processes, read_cmdline
 
@@ -167,7 +169,7 @@ def _bind_error(exc: OSError, where: str, port: int) -> Exception:
             who = "; ".join(f"pid {h.pid} ({read_cmdline(h.pid)})" for h in named)
             return AddressInUse(
                 f"{where} is already in use, held by {who}",
-                hint="stop that process, or pick another port (--port 0 picks a free one)",
+                hint=f"stop that process, or pick another port ({free} picks a free one)",
             )
         why = (
             "the holder could not be named: without root, other users' processes are hidden"
@@ -176,7 +178,7 @@ def _bind_error(exc: OSError, where: str, port: int) -> Exception:
         )
         return AddressInUse(
             f"{where} is already in use ({why})",
-            hint=f"find it with 'ss -tanp sport = :{port}' as root, or use --port 0",
+            hint=f"find it with 'ss -tanp sport = :{port}' as root, or use {free}",
         )
     if exc.errno == errno.EACCES:
         return PrivilegeError(
@@ -213,6 +215,17 @@ def tune_accepted(sock: socket.socket, config: ServerConfig) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
 
+#: The signal that last asked this process's server to stop (None: none yet).
+#: ``tcplab server`` exits 130 after SIGINT (Ctrl-C), as shells expect of an
+#: interrupted command, and 0 after SIGTERM, a supervisor's ordinary stop.
+stopped_by: int | None = None
+
+
+def note_stop(signum: int) -> None:
+    global stopped_by
+    stopped_by = signum
+
+
 class StopSignal:
     """SIGINT/SIGTERM set ``requested`` and make ``fd`` readable, so a poller wakes.
 
@@ -227,6 +240,7 @@ class StopSignal:
 
     def _handler(self, signum: int, frame: object) -> None:
         self.requested = True
+        note_stop(signum)
 
     def drain(self) -> None:
         drain(self.fd)
