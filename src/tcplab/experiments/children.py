@@ -198,6 +198,8 @@ class ForeignServer:
     def stop(self) -> None:
         terminate(self.proc)
         self._thread.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # the pipe's fd, not left to the garbage collector
 
 
 def terminate(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:

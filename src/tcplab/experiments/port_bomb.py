@@ -188,14 +188,15 @@ def _run_variant(plan: Variant, s: Settings, progress: Callable[[str], None]) ->
         range_text = sb.run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"],
                             stdout=subprocess.PIPE).stdout.decode().split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
-        server = None
+        server: ServerProcess | ForeignServer
         addresses: list[str] | None = None
         if s.server_cmd:
-            foreign = ForeignServer(sb, s.server_cmd, PORT)
-            addresses = foreign.addresses
+            server = ForeignServer(sb, s.server_cmd, PORT)
+            addresses = server.addresses
             hosts = [a[a.index("--host") + 1] for a in plan.bombs if "--host" in a]
             missing = [h for h in hosts if not accepts_on(addresses, h)]
             if missing:
+                server.stop()
                 return _skipped(plan.name, f"your server listens on "
                                 f"{' and '.join(addresses)} port {PORT} only, so nothing "
                                 f"accepts on {missing[0]}: start it on 0.0.0.0 (every "
@@ -212,8 +213,7 @@ def _run_variant(plan: Variant, s: Settings, progress: Callable[[str], None]) ->
         time.sleep(0.3)  # a last sample or two of the plateau
         ends = _time_wait_sides(sb)
         timeline = sampler.stop()
-        if server is not None:
-            server.stop()
+        server.stop()
     v = _summarise(plan, s, runs, timeline, ends, port_range, sampler, before)
     v["server_addresses"] = addresses
     return v
