@@ -18,7 +18,7 @@ import shlex
 import socket
 import subprocess
 import sys
-import textwrap
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +26,11 @@ from typing import Any
 
 import pytest
 
+from tcplab.errors import ConnectFailed
 from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.kernel.tcp_states import STATE_NAMES
+from tcplab.traffic.bomb import STALL_S
 from tests.conftest import run_tcplab
 
 PORT = 8080
@@ -38,8 +40,8 @@ NARROW = {"net.ipv4.ip_local_port_range": f"{LOW} {LOW + PORTS - 1}",
 VARIANTS = ["fresh", "pool", "default-reuse", "linger0", "server-closes", "two-destinations"]
 
 
-def bomb_json(r: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
-    assert r.returncode == 0, r.stderr.decode(errors="replace")
+def bomb_json(r: subprocess.CompletedProcess[bytes], status: int = 0) -> dict[str, Any]:
+    assert r.returncode == status, r.stderr.decode(errors="replace")
     lines = r.stdout.decode().splitlines()
     assert len(lines) == 1, lines  # --json: one object, nothing else on stdout
     body: dict[str, Any] = json.loads(lines[0])
@@ -77,8 +79,11 @@ def test_remote_target_is_refused(host: str) -> None:
 
 @pytest.mark.loopback
 def test_nothing_listening_every_attempt_refused() -> None:
+    """100 refusals are not a port bomb: the result still comes out (it is what
+    happened), and the status is the connection-failed one, with the hint."""
     port = closed_port()
-    body = bomb_json(run_tcplab("bomb", "--port", str(port), "--count", "50", "--json"))
+    r = run_tcplab("bomb", "--port", str(port), "--count", "50", "--json")
+    body = bomb_json(r, status=ConnectFailed.exit_code)
     assert body["port"] == port
     assert body["attempted"] == 50
     assert body["ok"] == 0 and body["failed"] == 50
@@ -88,6 +93,48 @@ def test_nothing_listening_every_attempt_refused() -> None:
     assert first["message"] == "Connection refused"
     assert first["after_ok"] == 0
     assert body["stopped_by"] == "count"
+    err = r.stderr.decode()
+    assert f"tcplab: connection refused: nothing listens on 127.0.0.1:{port}" in err
+    assert f"hint: start one with 'tcplab server --port {port}'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.loopback
+def test_nothing_listening_text_exits_connect_failed() -> None:
+    port = closed_port()
+    r = run_tcplab("bomb", "--port", str(port), "--count", "20")
+    assert r.returncode == ConnectFailed.exit_code, r.stderr.decode()
+    assert "20 connections attempted, 0 ok, 20 failed" in r.stdout.decode()
+    assert "tcplab server --port" in r.stderr.decode()
+
+
+@pytest.mark.loopback
+def test_connections_that_hang_are_counted_not_hidden() -> None:
+    """A listener that never accepts (backlog 0: one handshake completes into its
+    queue, the other SYNs are dropped): no connection is ok or failed. Each is
+    counted as waiting when the time bound stops the run, and as hung, since it
+    waited longer than STALL_S: attempted = ok + failed + unanswered + unconnected."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        r = run_tcplab("bomb", "--port", str(port), "--count", "4", "--workers", "4",
+                       "--duration", str(STALL_S + 2), "--json")
+        text = run_tcplab("bomb", "--port", str(port), "--count", "2", "--workers", "2",
+                          "--duration", str(STALL_S + 1))
+    body = bomb_json(r)
+    assert body["stopped_by"] == "duration"
+    assert body["attempted"] == 4 and body["ok"] == 0 and body["failed"] == 0
+    assert body["unanswered"] + body["unconnected"] == 4
+    assert body["unanswered"] >= 1  # the one in the accept queue: connected, no echo
+    assert body["stalled"] == 4 and body["longest_wait_s"] >= STALL_S
+    out = text.stdout.decode()
+    assert text.returncode == 0, text.stderr.decode()
+    assert "2 connections attempted, 0 ok, 0 failed, 2 still waiting" in out, out
+    assert re.search(r"^2 still waiting when the time bound stopped the run .*: \d sent the "
+                     r"request and got no echo, \d never finished connecting; .*hung", out,
+                     re.M), out
+    assert "no errors" not in out
 
 
 @pytest.mark.loopback
@@ -133,6 +180,17 @@ def time_wait_local_ports(sb: Sandbox) -> list[int]:
     return [int(line.split()[2].rsplit(":", 1)[1]) for line in r.stdout.splitlines()]
 
 
+def time_wait_settled(sb: Sandbox, expected: int) -> int:
+    """The clients' TIME_WAIT count once ``expected`` are there (the last connections
+    may still be in FIN_WAIT2 for a moment), or what is there after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        n = len(time_wait_local_ports(sb))
+        if n >= expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
 @pytest.fixture(params=[None, True], ids=["default-netns", "user-netns"])
 def kind(request: pytest.FixtureRequest) -> bool | None:
     """The sandbox Sandbox picks for us (root: a plain netns), and the user-namespace one."""
@@ -155,6 +213,12 @@ def test_fresh_runs_out_of_ports(kind: bool | None) -> None:
     assert PORTS - body["workers"] <= first["after_ok"] <= PORTS
     assert body["attempted"] == 600
     assert body["ok"] == PORTS  # every port used once, then held for 60 s
+    # The connections under way at the first error already held their ports: those
+    # that finished after it are why ok ends above after_ok.
+    assert 0 <= first["in_flight"] < body["workers"]
+    assert 0 <= body["ok"] - first["after_ok"] <= first["in_flight"]
+    assert body["unanswered"] == body["unconnected"] == body["stalled"] == 0
+    assert body["time_wait_baseline"] == 0
     assert body["errors"] == {"EADDRNOTAVAIL": body["failed"]}
     assert body["failed"] == 600 - PORTS
     # The bomb's own last sample may miss sockets still closing (FIN_WAIT2).
@@ -177,8 +241,56 @@ def test_one_worker_fails_exactly_when_the_range_is_full() -> None:
                      r"ports", text), text
     assert "errors: EADDRNOTAVAIL 50" in text
     # The last connection may still be closing when the bomb takes its last sample.
-    assert re.search(r"^TIME_WAIT peak: (199|200) sockets to port 8080$", text, re.M), text
+    assert re.search(r"^TIME_WAIT peak: (199|200) sockets to port 8080 made by this run$", text,
+                     re.M), text
     assert sorted(ports) == list(range(LOW, LOW + PORTS))
+
+
+@pytest.mark.privileged
+def test_first_error_says_how_many_were_in_flight() -> None:
+    """With 32 workers the first EADDRNOTAVAIL comes while others are under way; the
+    text says so, and how many of them finished ok after it."""
+    with narrow_sandbox() as sb:
+        r = bomb_in(sb, "--count", "300")
+    text = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    m = re.search(r"^first error at [\d.]+ s after (\d+) ok(?: \((\d+) more under way\))?: "
+                  r"\[Errno 99\]", text, re.M)
+    assert m, text
+    before, flight = int(m[1]), int(m[2] or 0)
+    if before < PORTS:
+        assert flight >= PORTS - before
+        assert (f"{PORTS} ok in all: {before} before the first error and {PORTS - before} "
+                "after it (connections already under way, holding a port)") in text, text
+    else:
+        assert "ok in all" not in text
+
+
+@pytest.mark.privileged
+def test_time_wait_left_by_an_earlier_run_is_not_counted() -> None:
+    """Pool mode right after fresh mode: the fresh run's TIME_WAIT sockets (60 s) are
+    still there. They are reported as the baseline, and the pool's peak counts only
+    the pool's own (issue 11: a "peak" of 5,008 for an 8-connection pool)."""
+    with narrow_sandbox() as sb:
+        fresh = bomb_json(bomb_in(sb, "--count", "150", "--json"))
+        before = time_wait_settled(sb, 150)
+        pool = bomb_json(bomb_in(sb, "--mode", "pool", "--count", "600", "--json"))
+        between = time_wait_settled(sb, before + pool["pool_size"])
+        text = bomb_in(sb, "--mode", "pool", "--count", "100", "--pool-size", "2")
+        after = time_wait_settled(sb, between + 2)
+    assert fresh["ok"] == 150 and before == 150
+    assert pool["time_wait_baseline"] == before
+    assert pool["ok"] == 600 and pool["failed"] == 0
+    # Only the pool's own close, at the end (the last may still be closing then).
+    assert 0 <= pool["time_wait_peak"] <= pool["pool_size"]
+    assert between == before + pool["pool_size"]
+    out = text.stdout.decode()
+    assert text.returncode == 0, text.stderr.decode()
+    m = re.search(r"^TIME_WAIT peak: (\d+) sockets to port 8080 made by this run "
+                  r"\(([\d,]+) more were already there when it started", out, re.M)
+    assert m, out
+    assert int(m[1]) <= 2 and int(m[2].replace(",", "")) == between
+    assert after == between + 2  # ss agrees: 150 + 8 + 2
 
 
 @pytest.mark.privileged
@@ -328,54 +440,107 @@ def test_the_widest_range_the_cli_accepts_runs() -> None:
     assert body["variants"][0]["failed"] == 0
 
 
-ECHO_SERVER = textwrap.dedent("""\
-    import socketserver
-    import sys
+# --- against servers written without tcplab (--server-cmd) ----------------------------------
+
+HERE = Path(__file__).resolve().parent
+#: A stdlib socketserver echo server; its second argument is the address it binds.
+ECHO = HERE / "echo_server_stdlib.py"
+#: A selectors echo server on 127.0.0.1 that leaks when LEAK=true (port-bomb does not set it).
+LEAKY = HERE / "leaky_server.py"
+FOREIGN = {
+    "loopback-only": (ECHO, []),
+    "every-address": (ECHO, ["0.0.0.0"]),
+    "leaky": (LEAKY, []),
+}
 
 
-    class Echo(socketserver.BaseRequestHandler):
-        def handle(self):
-            while data := self.request.recv(65536):
-                self.request.sendall(data)
+def server_cmd(script: Path, *extra: str) -> str:
+    return " ".join(shlex.quote(x) for x in (sys.executable, str(script), "{port}", *extra))
 
 
-    class Server(socketserver.ThreadingTCPServer):
-        allow_reuse_address = True
-        daemon_threads = True
-        request_queue_size = 128
-
-
-    Server(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
-""")
-
-
-@pytest.mark.privileged
-def test_experiment_against_your_own_server(tmp_path: Path) -> None:
-    script = tmp_path / "echo_server.py"
-    script.write_text(ECHO_SERVER)
-    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {{port}}"
-    r, body = experiment("--server-cmd", cmd, "--ports", "100",
-                         "--variant", "fresh", "--variant", "server-closes", "--json")
-    assert r.returncode == 0, r.stderr.decode(errors="replace")
-    assert body is not None
-    assert body["settings"]["server"].startswith("your server (")
-    assert str(script) in body["settings"]["server"]
-    v = by_name(body)
-    assert v["fresh"]["first_error"]["name"] == "EADDRNOTAVAIL"
-    assert v["fresh"]["shown"] is True
-    # Every port ended in TIME_WAIT: the bomb's, plus the one of the experiment's
-    # own readiness probe (a connection to {port} that closed first).
-    assert v["fresh"]["time_wait_peak"] == 100
-    assert v["fresh"]["ok"] == 100 - 1
-    assert v["server-closes"]["skipped"]
-    assert v["server-closes"]["shown"] is None
-    # The foreign server went with its namespace.
+def still_running(script: Path) -> list[str]:
+    found = []
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                assert str(script).encode() not in f.read()
+                if str(script).encode() in f.read():
+                    found.append(pid)
         except OSError:
             continue
+    return found
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("server", list(FOREIGN))
+def test_experiment_against_your_own_server(server: str) -> None:
+    """Every variant ends shown or skipped with its reason; none hangs on a stray
+    socket (no probe connection is made: the LISTEN socket is read from the socket
+    table), and two-destinations runs only where the server accepts on 127.0.0.2.
+
+    default-reuse (32,000 connections with --quick: 15 to 60 s against a Python
+    server on this loaded machine) runs against the first server only: what it
+    shows is the client's kernel reusing ports, the same whoever echoes."""
+    script, extra = FOREIGN[server]
+    cmd = server_cmd(script, *extra)
+    names = VARIANTS if server == "loopback-only" else [
+        n for n in VARIANTS if n != "default-reuse"]
+    r, body = experiment("--server-cmd", cmd, "--ports", "100", "--quick", "--json",
+                         *(x for n in names for x in ("--variant", n)))
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err
+    assert body is not None, r.stdout.decode()
+    assert body["ok"] is True, (body["fact"], err)
+    assert body["settings"]["server"] == f"your server ({cmd})"
+    v = by_name(body)
+    assert list(v) == names
+    for variant in v.values():
+        assert (variant["shown"] is True) != bool(variant["skipped"]), variant["name"]
+        assert variant["lesson"] if variant["shown"] else variant["skipped"]
+        assert variant["why_not"] is None
+    fresh = v["fresh"]
+    assert fresh["first_error"]["name"] == "EADDRNOTAVAIL"
+    # Every one of the 100 ports is the bomb's own: nothing else connected.
+    assert fresh["time_wait_peak"] == 100 and fresh["ok"] == 100
+    assert fresh["time_wait_before"] == 0
+    # The verdicts that a single stray socket used to break (TIME_WAIT 9 > 8, 1 > 0).
+    assert v["pool"]["time_wait_peak"] <= v["pool"]["runs"][0]["pool_size"]
+    assert v["pool"]["failed"] == 0 and v["pool"]["ok"] == 300
+    assert v["linger0"]["time_wait_peak"] == 0 and v["linger0"]["ok"] == 300
+    if "default-reuse" in v:
+        assert v["default-reuse"]["failed"] == 0 and v["default-reuse"]["stalled"] == 0
+        assert v["default-reuse"]["ok"] > v["default-reuse"]["port_range"]
+    assert "tcplab server --close-first" in v["server-closes"]["skipped"]
+    two = v["two-destinations"]
+    if server == "every-address":
+        assert two["server_addresses"] == ["0.0.0.0"]
+        first_run, second = two["runs"]
+        assert first_run["first_error"]["errno"] == 99
+        assert first_run["ok"] == second["ok"] == 100
+        assert "ports are per destination" in two["lesson"]
+    else:
+        assert two["server_addresses"] == ["127.0.0.1"]
+        assert two["skipped"].startswith("your server listens on 127.0.0.1 port 8080 only")
+        assert "127.0.0.2" in two["skipped"] and "runs" not in two
+        assert "ports are per destination" not in body["fact"]
+    assert "NOT shown" not in body["fact"]
+    # The foreign server went with its namespace.
+    assert still_running(script) == []
+
+
+@pytest.mark.privileged
+def test_experiment_text_names_skips_and_their_reasons() -> None:
+    """The table and the lines under it, as a user reads them, for a server on
+    127.0.0.1 only (two variants only, to keep it short)."""
+    r, _ = experiment("--server-cmd", server_cmd(ECHO), "--ports", "100",
+                      "--variant", "pool", "--variant", "two-destinations")
+    text = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode() + text
+    assert text.startswith("experiment port-bomb: shown\n"), text
+    assert re.search(r"^  two-destinations +- +- +- +- +- +- +skipped$", text, re.M), text
+    assert re.search(r"^  pool +300 +0 +0 +none +[0-8] +[\d,]+ +yes$", text, re.M), text
+    assert ("  two-destinations: skipped: your server listens on 127.0.0.1 port 8080 only, "
+            "so nothing accepts on 127.0.0.2") in text
+    assert "took 0 more" not in text
 
 
 # --- tcplab check ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,11 @@ def test_the_fix_leaves_no_close_wait(leak: dict[str, Any]) -> None:
     fixed = f["fixed_clients"]
     assert fixed["echoed"] == fixed["clients"] == f["clients"]["clients"]
     assert fixed["no_echo"] == fixed["connect_timeouts"] == 0 and fixed["errors"] == {}
-    assert f["fixed_close_wait_peak"] <= 0.05 * fixed["clients"]
+    # Judged on sockets that persist once the server had time to close, not on the
+    # transient peak of 450 clients closing at once (26 in one loaded run).
+    assert f["fixed_close_wait_persisting"] == 0
     fixed_variant = leak["variants"][1]
+    assert fixed_variant["name"] == "fixed" and fixed_variant["shown"] is True
     assert fixed_variant["close_wait_after"] == 0
 
 
@@ -206,36 +210,175 @@ def running_cmdlines(needle: bytes) -> list[str]:
     return found
 
 
+def leaky_cmd(always: bool = False) -> str:
+    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(LEAKY_SERVER))} {{port}}"
+    # ``env LEAK=true`` overrides the LEAK the experiment sets: a server that leaks
+    # whatever LEAK says.
+    return f"env LEAK=true {cmd}" if always else cmd
+
+
 @pytest.mark.privileged
 def test_fd_leak_against_your_own_server(tmp_path: Path) -> None:
-    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(LEAKY_SERVER))} {{port}}"
+    cmd = leaky_cmd()
     r = run_tcplab("experiment", "fd-leak", "--server-cmd", cmd, "--json", timeout=180)
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err + r.stdout.decode(errors="replace")
     [body] = json_lines(r)
     assert body["experiment"] == "fd-leak" and body["ok"] is True, (body["fact"], err)
+    assert body["skipped"] is None
     assert body["settings"]["server"] == f"your server ({cmd})"
     f = body["facts"]
-    # The soft limit the experiment set on it, read back from its /proc/PID/limits.
-    assert f["fd_limit"] == 256
+    # The limit the experiment set on it, soft and hard, read back from its
+    # /proc/PID/limits.
+    assert f["fd_limit"] == f["fd_limit_hard"] == f["fd_limit_set"] == 256
     assert f["fd_limit"] - 1 <= f["server_fds_peak"] <= f["fd_limit"]
     assert f["emfile_seen"] is True
     assert f["emfile_log_line"] == "accept: Too many open files"  # its own words, not ours
     assert f["accept_queue_peak"] == 64 + 1
     c = f["clients"]
     assert c["no_echo"] == f["accept_queue_peak"] and c["connect_timeouts"] > 0
-    assert f["server_close_wait_peak"] > 0
-    # One per connected client, and one for the experiment's own readiness probe.
+    # One per connected client: the experiment itself made no connection (its
+    # readiness check reads the LISTEN socket from the socket table).
     connected = c["echoed"] + c["no_echo"]
-    assert connected <= f["server_close_wait_peak"] <= connected + 1
+    assert f["server_close_wait_peak"] == connected
     assert f["server_close_wait_after_timeout"] == f["server_close_wait_peak"]
+    assert f["server_close_wait_persisting"] == f["server_close_wait_peak"]
     assert f["client_fin_wait2_after_timeout"] == 0
     # The fix round: the same script with LEAK empty closes.
-    assert f["fixed_close_wait_peak"] <= 0.05 * f["fixed_clients"]["clients"]
+    assert f["fixed_close_wait_persisting"] == 0
     assert f["fixed_clients"]["echoed"] == f["fixed_clients"]["clients"]
-    assert body["variants"][1]["close_wait_after"] == 0
+    leak, fixed = body["variants"]
+    assert (leak["name"], leak["shown"], leak["skipped"]) == ("leak", True, None)
+    assert (fixed["name"], fixed["shown"], fixed["skipped"]) == ("fixed", True, None)
+    assert fixed["close_wait_after"] == 0
+    assert "accept() failed with EMFILE" in body["fact"]
     # The server went with its namespace.
     assert running_cmdlines(str(LEAKY_SERVER).encode()) == []
+
+
+#: The stdlib echo server: it closes every connection whatever LEAK says.
+ECHO_SERVER = Path(__file__).resolve().parent / "echo_server_stdlib.py"
+
+
+def echo_cmd(*where: str) -> str:
+    return " ".join(shlex.quote(x) for x in (sys.executable, str(ECHO_SERVER), "{port}",
+                                              *where))
+
+
+@pytest.mark.privileged
+def test_fd_leak_against_a_server_that_never_leaks() -> None:
+    """No leak switch (a stdlib echo server on 127.0.0.1): the leak round is skipped
+    with its figures, the experiment is skipped (not failed, not "shown"), and no
+    sentence claims a leak."""
+    cmd = echo_cmd()
+    r = run_tcplab("experiment", "fd-leak", "--server-cmd", cmd, "--json", timeout=180)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err
+    [body] = json_lines(r)
+    assert body["ok"] is False
+    assert body["skipped"].startswith("the leak round could not run against this server: "
+                                      "the server closed its connections even with LEAK=true")
+    leak, fixed = body["variants"]
+    assert leak["shown"] is None and "it has no leak switch" in leak["skipped"]
+    # (Its fds may still touch the limit for a moment: a thread per connection, 512
+    # clients, a loaded machine. Measured once here in the LEAK-empty round: 256, with
+    # a CLOSE_WAIT peak of 167, all closed a moment later.)
+    assert leak["close_wait_persisting"] == 0 and leak["close_wait_after"] == 0
+    assert leak["fds_after"] <= leak["fds_start"] + 2 and leak["fd_limit"] == 256
+    assert fixed["shown"] is True and fixed["skipped"] is None
+    assert fixed["close_wait_persisting"] == 0
+    f = body["facts"]
+    assert f["emfile_seen"] is False  # socketserver drops accept() errors silently
+    assert "hit its limit" not in body["fact"] and "EMFILE" not in body["fact"]
+    assert running_cmdlines(str(ECHO_SERVER).encode()) == []
+
+
+@pytest.mark.privileged
+def test_fd_leak_text_against_a_server_on_every_address() -> None:
+    """The same server on 0.0.0.0, as a user reads the text."""
+    r = run_tcplab("experiment", "fd-leak", "--server-cmd", echo_cmd("0.0.0.0"), timeout=180)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert out.startswith("experiment fd-leak: skipped\n"), out
+    assert re.search(r"^  server fds +\d+ at the start, peak \d+ of 256 \((never )?reached\)$",
+                     out, re.M), out
+    assert "  accept() error            none seen in its output" in out
+    assert "  leak round: skipped: the server closed its connections even with LEAK=true" in out
+    assert "  fixed round: a server that closes: CLOSE_WAIT 0 once it had closed" in out
+    assert "  => the leak round could not run against this server: " in out
+    assert "hit its limit" not in out
+    assert running_cmdlines(str(ECHO_SERVER).encode()) == []
+
+
+@pytest.mark.privileged
+def test_fd_leak_against_a_server_that_always_leaks() -> None:
+    """It leaks whatever LEAK says: the leak is shown, the fix round is not
+    applicable, and says so with its figures (it was "NOT SHOWN" without a reason).
+    Through the Python API with smaller numbers (64 fds, 160 clients, tcp_fin_timeout
+    2 s) to keep the suite short; the judgement is the experiment's."""
+    s = fd_leak.Settings(fd_limit=64, backlog=16, clients=160, fin_timeout=2,
+                         connect_timeout=1.0, read_timeout=1.0, server_cmd=leaky_cmd(True))
+    result = fd_leak.run(s)
+    leak, fixed = result.variants
+    assert leak["shown"] is True, leak["why_not"]
+    assert fixed["shown"] is None
+    assert fixed["skipped"].startswith("not applicable: the server leaked without LEAK=true (")
+    assert f"{fixed['close_wait_persisting']} sockets stayed in CLOSE_WAIT" in fixed["skipped"]
+    assert fixed["close_wait_persisting"] > 0 and fixed["fds_peak"] >= 64 - 1
+    assert result.ok is True and result.skipped is None
+    assert "the fix round was skipped: not applicable" in result.fact
+    assert "a server that closes" not in result.fact
+    assert any("fixed: skipped: not applicable" in e.what for e in result.events)
+
+
+# --- sampler rows are stamped where they are measured ---------------------------------------
+
+class _HostNamespace:
+    """What StateSampler needs of a Sandbox, for a sampler in this namespace."""
+
+    @staticmethod
+    def popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, **kwargs)
+
+
+@pytest.mark.loopback
+def test_sampler_rows_keep_their_own_times_when_read_late() -> None:
+    """The parent's reader thread is held off (this thread keeps the GIL for 1 s, with
+    a switch interval longer than that) while the sampler child keeps measuring
+    every 50 ms; the rows then arrive together. Their times are the child's
+    (CLOCK_MONOTONIC when it measured), so they stay strictly increasing and
+    spread over the stall; stamping at read time gave them all one time (issue 11)."""
+    from tcplab.experiments.sampler import StateSampler
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        origin = time.monotonic()
+        sampler = StateSampler(_HostNamespace(), port, interval=0.05,  # type: ignore[arg-type]
+                               origin=origin)
+        try:
+            before = len(sampler.rows)
+            old = sys.getswitchinterval()
+            sys.setswitchinterval(30)
+            try:
+                stall_from = time.monotonic()
+                while time.monotonic() - stall_from < 1.0:  # no call here releases the GIL
+                    sum(range(1000))
+                stall_to = time.monotonic()
+            finally:
+                sys.setswitchinterval(old)
+            # Rows measured during the stall, read once the GIL was free again.
+            sampler.wait_for_row_after(stall_to - origin, timeout=30)
+            rows = list(sampler.rows)
+        finally:
+            sampler.stop()
+    times = [r["t"] for r in rows]
+    assert all(a < b for a, b in itertools.pairwise(times)), times
+    during = [t for t in times[before:] if stall_from - origin < t < stall_to - origin]
+    assert len(during) >= 3, (times, stall_from - origin, stall_to - origin)
+    # Each row reports the listener it saw, in this namespace.
+    assert all(r["states"].get("LISTEN") == 1 for r in rows)
 
 
 # --- the flood's bookkeeping -----------------------------------------------------------------

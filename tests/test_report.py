@@ -334,7 +334,7 @@ def test_text_summary_lists_every_experiment(report_run: ReportRun) -> None:
 #: A server that accepts and closes at once, the request unread (so with RST): no
 #: echo, the client never closes first, no TIME_WAIT piles up, the ports come back at
 #: once, and `fresh` cannot show EADDRNOTAVAIL. Measured: every connection ends in EOF
-#: or ECONNRESET, TIME_WAIT peak 1 (the readiness probe's).
+#: or ECONNRESET, TIME_WAIT peak 0.
 NOT_AN_ECHO_SERVER = """\
 import socket, sys
 s = socket.create_server(("127.0.0.1", int(sys.argv[1])), backlog=128)

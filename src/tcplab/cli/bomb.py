@@ -31,6 +31,14 @@ TIME_WAIT port after 1 s. 'tcplab experiment port-bomb' runs it in a private
 namespace with tcp_tw_reuse = 0 and a narrow port range, where it fails every
 time without touching your machine.
 
+What it counts: TIME_WAIT sockets this run made (those already there when it
+starts, from an earlier run, are reported apart and left out); connections
+still waiting for their echo or their handshake when the time bound stops it
+(neither ok nor failed; "hung" when they waited 2 s or more); and, at the
+first error, how many others were under way (they hold a port and may still
+finish ok). When not one connection could be made (nothing listens) it exits
+with the connection-failed status.
+
 Traffic goes only to loopback unless --allow-remote is given.
 """
 
@@ -106,31 +114,86 @@ def run(args: argparse.Namespace) -> int:
         body = asdict(result)
         body.pop("timeline")
         emit_json(body)
-        return 0
-    for line in result_lines(result):
-        out(line)
+    else:
+        for line in result_lines(result):
+            out(line)
+    failure = connect_failure(result, target.where)
+    if failure is not None:
+        raise failure  # after the result: it is what happened, the status says it failed
     return 0
 
 
+#: Errors that mean no connection could be made at all (as ``tcplab client`` says).
+_CONNECT_ERRORS = {
+    "ECONNREFUSED": ("connection refused: nothing listens on {where}",
+                     "start one with 'tcplab server --port {port}', or check --host/--port"),
+    "ETIMEDOUT": ("connecting to {where} timed out", "is the server's accept queue full, "
+                  "or does a firewall drop SYNs?"),
+    "EHOSTUNREACH": ("{where} is unreachable", "check --host"),
+    "ENETUNREACH": ("{where} is unreachable", "check --host"),
+}
+
+
+def connect_failure(r: Any, where: str) -> Exception | None:
+    """ConnectFailed when not one connection succeeded and every failure was a
+    failure to connect (nothing listening: 100 ECONNREFUSED is not a port bomb)."""
+    from tcplab.errors import ConnectFailed
+
+    if r.ok or not r.failed or not set(r.errors) <= set(_CONNECT_ERRORS):
+        return None
+    name = r.first_error.name if r.first_error else next(iter(r.errors))
+    message, hint = _CONNECT_ERRORS[name]
+    return ConnectFailed(
+        message.format(where=where) + f" ({r.failed:,} of {r.attempted:,} attempts failed: "
+        + ", ".join(f"{n} {c:,}" for n, c in r.errors.items()) + ")",
+        hint=hint.format(port=r.port))
+
+
 def result_lines(r: Any) -> list[str]:
+    from tcplab.traffic.bomb import STALL_S
+
     what = "requests" if r.mode == "pool" else "connections"
+    waiting = r.unanswered + r.unconnected
     lines = [
-        f"{r.mode}: {r.attempted:,} {what} attempted, {r.ok:,} ok, {r.failed:,} failed "
-        f"in {r.elapsed_s:.2f} s ({r.conns_per_s:,.0f} ok/s; stopped by {r.stopped_by})",
+        f"{r.mode}: {r.attempted:,} {what} attempted, {r.ok:,} ok, {r.failed:,} failed"
+        + (f", {waiting:,} still waiting" if waiting else "")
+        + f" in {r.elapsed_s:.2f} s ({r.conns_per_s:,.0f} ok/s; stopped by {r.stopped_by})",
     ]
     e = r.first_error
     if e is not None:
         lines.append(first_error_line(e))
+        later = r.ok - e.after_ok
+        if later > 0:
+            lines.append(f"{r.ok:,} ok in all: {e.after_ok:,} before the first error and "
+                         f"{later:,} after it (connections already under way, holding a port)")
         lines.append("errors: " + ", ".join(f"{n} {c:,}" for n, c in r.errors.items()))
-    else:
+    elif not waiting:
         lines.append("no errors")
+    if waiting:
+        bound = {"duration": "the time bound", "interrupt": "Ctrl-C"}.get(r.stopped_by,
+                                                                         r.stopped_by)
+        lines.append(
+            f"{waiting:,} still waiting when {bound} stopped the run (neither ok nor failed): "
+            f"{r.unanswered:,} sent the request and got no echo, {r.unconnected:,} never "
+            f"finished connecting; the longest waited {r.longest_wait_s:.1f} s"
+            + (f", {r.stalled:,} of them {STALL_S:g} s or more: hung (a server that stopped "
+               "accepting or answering?)" if r.stalled else ": in flight, not hung"))
     if r.time_wait_peak is not None:
-        lines.append(f"TIME_WAIT peak: {r.time_wait_peak:,} sockets to port {r.port}")
+        lines.append(f"TIME_WAIT peak: {r.time_wait_peak:,} sockets to port {r.port} "
+                     "made by this run" + baseline_note(r.time_wait_baseline))
     return lines
+
+
+def baseline_note(baseline: int | None) -> str:
+    if not baseline:
+        return ""
+    return (f" ({baseline:,} more were already there when it started, from earlier "
+            "connections: not counted)")
 
 
 def first_error_line(e: Any) -> str:
     tw = "unknown" if e.time_wait is None else f"{e.time_wait:,}"
     rng = "unknown" if e.port_range is None else f"{e.port_range:,}"
-    return (f"first error at {e.at_s:.3f} s after {e.after_ok:,} ok: [Errno {e.errno}] "
+    flight = f" ({e.in_flight:,} more under way)" if e.in_flight else ""
+    return (f"first error at {e.at_s:.3f} s after {e.after_ok:,} ok{flight}: [Errno {e.errno}] "
             f"{e.name}: {e.message}; TIME_WAIT then {tw}, port range {rng} ports")

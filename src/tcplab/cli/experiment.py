@@ -57,7 +57,8 @@ def add_parser(sub: Any, name: str) -> None:
     g.add_argument("--server-cmd", metavar="CMD",
                    help="run against your own server (port-bomb, fd-leak): CMD is started in "
                    "the namespace, {port} in it is replaced by the port; fd-leak sets LEAK=true "
-                   "and a soft fd limit for it")
+                   "and a soft and hard fd limit for it; a variant your server cannot support "
+                   "is skipped with the reason")
     g = p.add_argument_group("multiplex")
     g.add_argument("--connections", type=common.int_range(1, 19_000), action="append",
                    metavar="N", help="the ladder of concurrent connections (repeatable; "
@@ -66,7 +67,8 @@ def add_parser(sub: Any, name: str) -> None:
     g.add_argument("--keepalive", action="store_true",
                    help="repeat the leak with SO_KEEPALIVE: CLOSE_WAIT goes, the fds stay")
     g.add_argument("--fd-limit", type=common.int_range(32, 4096), default=256, metavar="N",
-                   help="the leaking server's soft fd limit (default 256)")
+                   help="the leaking server's fd limit (default 256; soft, and hard too "
+                   "for --server-cmd)")
     g.add_argument("--variant", action="append", metavar="NAME",
                    help="run only this variant (repeatable)")
     common.add_json(p, "each experiment's result (one object per line)")

@@ -172,25 +172,16 @@ def _read_line(stream: IO[bytes], timeout: float) -> bytes:
     return stream.readline()
 
 
-_WAIT_FOR_PORT = """
-import socket, sys, time
-deadline = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.05)
-sys.exit(1)
-"""
-
-
 class ForeignServer:
     """The user's own server (``--server-cmd``), started inside a sandbox.
 
     ``{port}`` in the command is replaced; ``env`` adds variables (LEAK=true);
-    ``fd_limit`` lowers its soft fd limit as ``ulimit -Sn`` would (Go raises
-    its own back to the hard limit at start: that is part of the lesson). Its
+    ``fd_limit`` sets its soft *and* hard fd limit, as ``ulimit -n`` does: Go
+    (since 1.19) raises its soft limit to the hard one at start, so a soft
+    limit alone left a Go server at 20,000 fds and the leak never reached it
+    (issue 11); the hard limit it keeps. Ready means a LISTEN socket on the port
+    (``addresses``: what it is bound to), seen in the socket table: no probe
+    connection, which would leave a TIME_WAIT socket of ours on the port. Its
     stderr and stdout lines are collected like ServerProcess's log.
     """
 
@@ -204,14 +195,16 @@ class ForeignServer:
         self.log: list[tuple[float, str]] = []
         self.proc = sandbox.popen(
             shlex.split(command.replace("{port}", str(port))),
-            fd_limit=fd_limit, env={**os.environ, **(env or {})},
+            fd_limit=fd_limit, fd_hard=fd_limit is not None, env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
-        ready = sandbox.run([sys.executable, "-c", _WAIT_FOR_PORT, str(port), "20"])
+        ready = sandbox.run([sys.executable, "-m", "tcplab.experiments.probe", "listening",
+                             str(port), "20"], stdout=subprocess.PIPE)
         if ready.returncode != 0:
             raise TcplabError(f"the server command did not listen on port {port}: {command}")
+        self.addresses: list[str] = json.loads(ready.stdout)["listening"]
 
     @property
     def pid(self) -> int:
@@ -228,6 +221,8 @@ class ForeignServer:
     def stop(self) -> None:
         terminate(self.proc)
         self._thread.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()  # the pipe's fd, not left to the garbage collector
 
 
 def terminate(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:

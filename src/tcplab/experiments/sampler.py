@@ -3,6 +3,12 @@
 The sampler itself (``tcplab.observe.sampler``) is a child in the namespace,
 which also works unprivileged, where the parent could not setns into the
 namespace; a thread here collects its JSON lines.
+
+Rows are stamped by the child when it measured them (``mono``, CLOCK_MONOTONIC,
+which every process on the machine shares); here they become seconds since
+``origin`` (the experiment's start, or this sampler's). A row's time is never
+the moment this thread happened to read it: under CPU load a late read and
+the next one at once made the timeline run backwards (issue 11).
 """
 
 from __future__ import annotations
@@ -20,14 +26,14 @@ from tcplab.experiments.sandbox import Sandbox
 
 class StateSampler:
     def __init__(self, sandbox: Sandbox, port: int, interval: float = 0.1,
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, origin: float | None = None) -> None:
         args = [sys.executable, "-m", "tcplab.observe.sampler", "--port", str(port),
                 "--interval", str(interval)]
         if pid is not None:
             args += ["--pid", str(pid)]
         self.proc = sandbox.popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   stdin=subprocess.DEVNULL)
-        self.started = time.monotonic()
+        self.started = time.monotonic() if origin is None else origin
         self.rows: list[dict[str, Any]] = []
         self._first = threading.Event()
         self._thread = threading.Thread(target=self._collect, daemon=True)
@@ -41,12 +47,28 @@ class StateSampler:
                 row = json.loads(line)
             except ValueError:
                 continue
-            row["t"] = round(time.monotonic() - self.started, 3)
+            row["t"] = round(row.pop("mono") - self.started, 6)
             self.rows.append(row)
             self._first.set()
 
     def now(self) -> float:
+        """Seconds since ``origin`` on the rows' clock."""
         return time.monotonic() - self.started
+
+    def since(self, t: float) -> list[dict[str, Any]]:
+        """The rows measured at or after ``t`` (seconds since ``origin``)."""
+        return [r for r in self.rows if r["t"] >= t]
+
+    def wait_for_row_after(self, t: float, timeout: float = 5.0) -> bool:
+        """Wait until a row measured after ``t`` has arrived (False on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.rows and self.rows[-1]["t"] > t:
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return False
 
     def latest(self) -> dict[str, Any]:
         return self.rows[-1] if self.rows else {}

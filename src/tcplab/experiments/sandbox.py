@@ -108,26 +108,29 @@ class Sandbox:
             self._ns_fds.append((os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC),
                                  CLONE_NEWNET))
 
-    def _enter(self, fd_limit: int | None = None) -> None:
+    def _enter(self, fd_limit: int | None = None, fd_hard: bool = False) -> None:
         """Runs in the child between fork and exec."""
         die_with_parent(signal.SIGKILL)
         for fd, nstype in self._ns_fds:
             setns(fd, nstype)
         if fd_limit is not None:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(fd_limit, hard), hard))
+            soft = min(fd_limit, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, soft if fd_hard else hard))
 
-    def popen(self, args: Sequence[str], fd_limit: int | None = None,
+    def popen(self, args: Sequence[str], fd_limit: int | None = None, fd_hard: bool = False,
               **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``args`` inside the namespace; it is killed and reaped on close().
-        ``fd_limit`` sets its soft RLIMIT_NOFILE, as ``ulimit -Sn`` would."""
+        ``fd_limit`` sets its soft RLIMIT_NOFILE, as ``ulimit -Sn`` would; with
+        ``fd_hard`` the hard limit too (``ulimit -n``), which only CAP_SYS_RESOURCE may
+        raise (Go raises its soft limit up to it at start, not beyond)."""
         if self.holder is None:
             raise RuntimeError("sandbox not started")
         # Nothing of ours reads the terminal; a child in its own process
         # group that did would be stopped by SIGTTIN.
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         with deferred():  # the child is recorded (for close) as soon as it exists
-            proc = spawn(args, preexec_fn=lambda: self._enter(fd_limit), **kwargs)
+            proc = spawn(args, preexec_fn=lambda: self._enter(fd_limit, fd_hard), **kwargs)
             self.children.append(proc)
         return proc
 

@@ -2,9 +2,16 @@
 
 Every ``--interval`` seconds it prints one JSON line: the state counts of
 sockets with the port, the listener's accept queue (LISTEN Recv-Q) and
-backlog, and the server's fds and fd limit. The server is ``--pid``, or
-whoever holds the listening socket (found once by its inode), so it works
-for a foreign server too. It stops when its stdout closes or on SIGTERM.
+backlog, and the server's fds and fd limit (soft and hard). The server is
+``--pid``, or whoever holds the listening socket (found once by its inode), so
+it works for a foreign server too. It stops when its stdout closes or on
+SIGTERM.
+
+Each line carries ``mono``: CLOCK_MONOTONIC (``time.monotonic()``, one clock
+for every process on the machine) read when the measurement began. The
+parent converts it to time since its own start; stamping a row when the
+parent *reads* it instead made times run backwards under CPU load (issue 11:
+a row read late, the next one read at once).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     pid = args.pid
     limit: int | None = None
-    started = time.monotonic()
+    hard: int | None = None
     with SocketTable() as table:
         while True:
             now = time.monotonic()
@@ -44,15 +51,19 @@ def main(argv: list[str] | None = None) -> int:
                     fds = fds_in_use(pid)
                     if limit is None:
                         with open(f"/proc/{pid}/limits") as f:
-                            limit = parse_limits(f.read()).soft
+                            both = parse_limits(f.read())
+                        limit, hard = both.soft, both.hard
                 except OSError:
                     fds = None
             line = {
-                "t": round(now - started, 3),
+                # Microseconds: a sample (netlink dumps, /proc reads) takes far
+                # longer, so consecutive stamps always differ.
+                "mono": round(now, 6),
                 "states": {k: v for k, v in counts.states.items() if v},
                 "listen_queue": sum(s.rqueue for s in listeners),
                 "backlog": max((s.wqueue for s in listeners), default=0),
                 "server_pid": pid, "server_fds": fds, "fd_limit": limit,
+                "fd_limit_hard": hard,
             }
             try:
                 sys.stdout.write(json.dumps(line) + "\n")

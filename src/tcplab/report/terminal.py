@@ -88,15 +88,17 @@ def variant_lines(result: Result) -> list[str]:
     lines = []
     if "server" in result.settings:
         lines.append(f"  against {result.settings['server']}")
-    head = ("variant", "ok", "failed", "first error", "TIME_WAIT peak", "ok/s", "shown")
+    head = ("variant", "ok", "failed", "waiting", "first error", "TIME_WAIT peak", "ok/s",
+            "shown")
     rows = [head]
     for v in result.variants:
         if v.get("skipped"):
-            rows.append((v["name"], "-", "-", f"skipped: {v['skipped']}", "-", "-", "-"))
+            rows.append((v["name"], "-", "-", "-", "-", "-", "-", "skipped"))
             continue
         e = v.get("first_error")
         first = f"{e['name']} at {e['at_s']:.2f} s after {e['after_ok']:,}" if e else "none"
-        rows.append((v["name"], f"{v['ok']:,}", f"{v['failed']:,}", first,
+        waiting = v.get("unanswered", 0) + v.get("unconnected", 0)
+        rows.append((v["name"], f"{v['ok']:,}", f"{v['failed']:,}", f"{waiting:,}", first,
                      f"{v['time_wait_peak']:,}", f"{v['conns_per_s']:,.0f}",
                      "yes" if v["shown"] else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -104,8 +106,15 @@ def variant_lines(result: Result) -> list[str]:
               for r in rows]
     lines.append("")
     for v in result.variants:
-        if v.get("lesson"):
+        if v.get("skipped"):
+            lines.append(f"  {v['name']}: skipped: {v['skipped']}.")
+        elif v.get("shown") is False and v.get("why_not"):
+            lines.append(f"  {v['name']}: NOT shown: {v['why_not']}.")
+        elif v.get("lesson"):
             lines.append(f"  {v['name']}: {v['lesson']}.")
+    if any(v.get("unanswered", 0) + v.get("unconnected", 0) for v in result.variants):
+        lines.append("  waiting: connections neither ok nor failed when the time bound "
+                     "stopped the bomb (no echo came, or the handshake never completed)")
     return lines
 
 
@@ -114,25 +123,44 @@ def fd_leak_lines(result: Result) -> list[str]:
     if not f:
         return []
     c = f["clients"]
+    hard = f.get("fd_limit_hard")
+    limit = f"{f['fd_limit']}" + (f" (hard {hard})" if hard and hard != f["fd_limit"] else "")
+    peak, lim = f["server_fds_peak"], f["fd_limit"] or 0
+    reached = "reached" if lim and peak >= lim - 2 else "never reached"
+    fixed = next((v for v in result.variants if v.get("name") == "fixed"), {})
+    fix_label = "LEAK empty" if fixed.get("skipped") else "the fix (server closes)"
+    kind = result.settings.get("fd_limit_kind")
+    if kind:
+        limit += f" ({kind})"
     lines = [
-        f"  against {result.settings.get('server')}, fd limit {f['fd_limit']}, "
+        f"  against {result.settings.get('server')}, fd limit {limit}, "
         f"backlog {f['backlog']}, tcp_fin_timeout {result.settings.get('tcp_fin_timeout')} s",
-        f"  server fds peak           {f['server_fds_peak']} of {f['fd_limit']}",
-        f"  accept() error            {f['emfile_log_line'] or 'none seen'}",
+        f"  server fds                {f.get('server_fds_start')} at the start, peak {peak} "
+        f"of {f['fd_limit']} ({reached})",
+        f"  accept() error            {f['emfile_log_line'] or 'none seen in its output'}",
         f"  accept queue peak         {f['accept_queue_peak']} (LISTEN Recv-Q; backlog "
-        f"{f['backlog']} + 1)",
+        f"{f['backlog']})",
         f"  clients                   {c['echoed']} echoed, {c['no_echo']} connected but no echo, "
         f"{c['connect_timeouts']} stuck in SYN_SENT",
         f"  server CLOSE_WAIT         peak {f['server_close_wait_peak']}, "
         f"{f['server_close_wait_after_timeout']} after the clients' FIN_WAIT2 expired",
         f"  client FIN_WAIT2          peak {f['client_fin_wait2_peak']}, "
         f"{f['client_fin_wait2_after_timeout']} after tcp_fin_timeout",
-        f"  the fix (server closes)   CLOSE_WAIT peak {f['fixed_close_wait_peak']}",
+        f"  {fix_label:26}CLOSE_WAIT peak {f['fixed_close_wait_peak']}, "
+        f"{f.get('fixed_close_wait_persisting')} once it had had time to close",
     ]
     if "keepalive_close_wait_after" in f:
         lines.append(f"  with SO_KEEPALIVE         CLOSE_WAIT {f['keepalive_close_wait_after']} "
                      f"after the peers left (the never-accepted ones), fds still "
-                     f"{f['keepalive_fds_after']}: the leak is in fds, not TCP states")
+                     f"{f['keepalive_fds_after']}")
+    lines.append("")
+    for v in result.variants:
+        if v.get("skipped"):
+            lines.append(f"  {v['name']} round: skipped: {v['skipped']}.")
+        elif v.get("shown"):
+            lines.append(f"  {v['name']} round: {v['lesson']}.")
+        elif v.get("shown") is False:
+            lines.append(f"  {v['name']} round: NOT shown: {v.get('why_not')}.")
     lines.append("  CLOSE_WAIT is the local bug (this process never called close()); FIN_WAIT2 "
                  "points at the peer (it never closed its side)")
     return lines
