@@ -458,6 +458,14 @@ def server_cmd(script: Path, *extra: str) -> str:
     return " ".join(shlex.quote(x) for x in (sys.executable, str(script), "{port}", *extra))
 
 
+def own_copy(script: Path, tmp_path: Path) -> Path:
+    """The script under this test's own path, so that "is it still running?" sees
+    this test's server and not another run's of the same script."""
+    copy = tmp_path / script.name
+    copy.write_bytes(script.read_bytes())
+    return copy
+
+
 def still_running(script: Path) -> list[str]:
     found = []
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
@@ -472,7 +480,7 @@ def still_running(script: Path) -> list[str]:
 
 @pytest.mark.privileged
 @pytest.mark.parametrize("server", list(FOREIGN))
-def test_experiment_against_your_own_server(server: str) -> None:
+def test_experiment_against_your_own_server(server: str, tmp_path: Path) -> None:
     """Every variant ends shown or skipped with its reason; none hangs on a stray
     socket (no probe connection is made: the LISTEN socket is read from the socket
     table), and two-destinations runs only where the server accepts on 127.0.0.2.
@@ -481,6 +489,7 @@ def test_experiment_against_your_own_server(server: str) -> None:
     server on this loaded machine) runs against the first server only: what it
     shows is the client's kernel reusing ports, the same whoever echoes."""
     script, extra = FOREIGN[server]
+    script = own_copy(script, tmp_path)
     cmd = server_cmd(script, *extra)
     names = VARIANTS if server == "loopback-only" else [
         n for n in VARIANTS if n != "default-reuse"]

@@ -210,8 +210,16 @@ def running_cmdlines(needle: bytes) -> list[str]:
     return found
 
 
-def leaky_cmd(always: bool = False) -> str:
-    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(LEAKY_SERVER))} {{port}}"
+def own_copy(script: Path, tmp_path: Path) -> Path:
+    """The script under this test's own path, so that "is it still running?" sees
+    this test's server and not another run's of the same script."""
+    copy = tmp_path / script.name
+    copy.write_bytes(script.read_bytes())
+    return copy
+
+
+def leaky_cmd(script: Path = LEAKY_SERVER, always: bool = False) -> str:
+    cmd = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {{port}}"
     # ``env LEAK=true`` overrides the LEAK the experiment sets: a server that leaks
     # whatever LEAK says.
     return f"env LEAK=true {cmd}" if always else cmd
@@ -219,7 +227,8 @@ def leaky_cmd(always: bool = False) -> str:
 
 @pytest.mark.privileged
 def test_fd_leak_against_your_own_server(tmp_path: Path) -> None:
-    cmd = leaky_cmd()
+    script = own_copy(LEAKY_SERVER, tmp_path)
+    cmd = leaky_cmd(script)
     r = run_tcplab("experiment", "fd-leak", "--server-cmd", cmd, "--json", timeout=180)
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err + r.stdout.decode(errors="replace")
@@ -253,24 +262,24 @@ def test_fd_leak_against_your_own_server(tmp_path: Path) -> None:
     assert fixed["close_wait_after"] == 0
     assert "accept() failed with EMFILE" in body["fact"]
     # The server went with its namespace.
-    assert running_cmdlines(str(LEAKY_SERVER).encode()) == []
+    assert running_cmdlines(str(script).encode()) == []
 
 
 #: The stdlib echo server: it closes every connection whatever LEAK says.
 ECHO_SERVER = Path(__file__).resolve().parent / "echo_server_stdlib.py"
 
 
-def echo_cmd(*where: str) -> str:
-    return " ".join(shlex.quote(x) for x in (sys.executable, str(ECHO_SERVER), "{port}",
-                                              *where))
+def echo_cmd(script: Path, *where: str) -> str:
+    return " ".join(shlex.quote(x) for x in (sys.executable, str(script), "{port}", *where))
 
 
 @pytest.mark.privileged
-def test_fd_leak_against_a_server_that_never_leaks() -> None:
+def test_fd_leak_against_a_server_that_never_leaks(tmp_path: Path) -> None:
     """No leak switch (a stdlib echo server on 127.0.0.1): the leak round is skipped
     with its figures, the experiment is skipped (not failed, not "shown"), and no
     sentence claims a leak."""
-    cmd = echo_cmd()
+    script = own_copy(ECHO_SERVER, tmp_path)
+    cmd = echo_cmd(script)
     r = run_tcplab("experiment", "fd-leak", "--server-cmd", cmd, "--json", timeout=180)
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err
@@ -290,13 +299,15 @@ def test_fd_leak_against_a_server_that_never_leaks() -> None:
     f = body["facts"]
     assert f["emfile_seen"] is False  # socketserver drops accept() errors silently
     assert "hit its limit" not in body["fact"] and "EMFILE" not in body["fact"]
-    assert running_cmdlines(str(ECHO_SERVER).encode()) == []
+    assert running_cmdlines(str(script).encode()) == []
 
 
 @pytest.mark.privileged
-def test_fd_leak_text_against_a_server_on_every_address() -> None:
+def test_fd_leak_text_against_a_server_on_every_address(tmp_path: Path) -> None:
     """The same server on 0.0.0.0, as a user reads the text."""
-    r = run_tcplab("experiment", "fd-leak", "--server-cmd", echo_cmd("0.0.0.0"), timeout=180)
+    script = own_copy(ECHO_SERVER, tmp_path)
+    r = run_tcplab("experiment", "fd-leak", "--server-cmd", echo_cmd(script, "0.0.0.0"),
+                   timeout=180)
     out = r.stdout.decode()
     assert r.returncode == 0, r.stderr.decode()
     assert out.startswith("experiment fd-leak: skipped\n"), out
@@ -307,7 +318,7 @@ def test_fd_leak_text_against_a_server_on_every_address() -> None:
     assert "  fixed round: a server that closes: CLOSE_WAIT 0 once it had closed" in out
     assert "  => the leak round could not run against this server: " in out
     assert "hit its limit" not in out
-    assert running_cmdlines(str(ECHO_SERVER).encode()) == []
+    assert running_cmdlines(str(script).encode()) == []
 
 
 @pytest.mark.privileged
@@ -317,7 +328,7 @@ def test_fd_leak_against_a_server_that_always_leaks() -> None:
     Through the Python API with smaller numbers (64 fds, 160 clients, tcp_fin_timeout
     2 s) to keep the suite short; the judgement is the experiment's."""
     s = fd_leak.Settings(fd_limit=64, backlog=16, clients=160, fin_timeout=2,
-                         connect_timeout=1.0, read_timeout=1.0, server_cmd=leaky_cmd(True))
+                         connect_timeout=1.0, read_timeout=1.0, server_cmd=leaky_cmd(always=True))
     result = fd_leak.run(s)
     leak, fixed = result.variants
     assert leak["shown"] is True, leak["why_not"]
