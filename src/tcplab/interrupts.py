@@ -91,6 +91,29 @@ def ignore() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def exit_now(status: int) -> None:
+    """End the process now with ``status``, after flushing stdout and stderr.
+
+    For a command that was interrupted and has cleaned up. CPython 3.11 sets a
+    global flag when a KeyboardInterrupt leaves code run by exec() of a string
+    (a dataclass's generated __init__ during an import, for one) even if we
+    catch it later, and at exit then kills the process with SIGINT instead of
+    returning our status (Py_RunMain and _Py_UnhandledKeyboardInterrupt,
+    Modules/main.c and Python/pythonrun.c): seen here as status -2 in about 1
+    run of 40 interrupted early. os._exit skips that, and the rest of the
+    interpreter's teardown, which an interrupted command does not need."""
+    import os
+    import sys
+
+    ignore()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a reader gone
+            pass
+    os._exit(status)
+
+
 class deferred:
     """Hold SIGINT and SIGTERM while the block runs; deliver them after it.
 

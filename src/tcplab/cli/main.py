@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             __import__("traceback").print_exc()
         note("tcplab: interrupted")
+        if argv is None:
+            interrupts.exit_now(ExitStatus.INTERRUPTED)
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error of ours.

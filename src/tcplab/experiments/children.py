@@ -157,7 +157,8 @@ class ServerProcess:
         """Join the readers and close the pipes (their fds, not left to the collector)."""
         assert self.proc is not None
         for t in self._threads:
-            t.join(timeout=5)
+            if t.ident is not None:  # a Ctrl-C may have come before it was started
+                t.join(timeout=5)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
