@@ -238,3 +238,27 @@ def test_a_real_collapse_is_shown(table: dict[str, Any], starved: Result) -> Non
     assert fact.startswith("epoll, asyncio, uvloop each held 300 connections on 1 thread")
     assert (f"threads collapsed at 300: {threads['timed_out']:,} of 300 timed out (still "
             "waiting for an echo after 0.05 s: the GIL convoy)") in fact
+
+
+@pytest.mark.pure
+def test_threads_that_serve_everything_slowly_still_collapsed() -> None:
+    # Recorded: `experiment all` beside the test suite (2026-11-30), the one run of
+    # five where threads x10,000 had 0 failures: 4,444 echoes/s (25% of its own at
+    # 1,000, above the 10% rule) and p99 10.6 s. The old rules called that "not
+    # collapsed" and the experiment NOT shown; against the event loops of the same
+    # run (13% of the slowest one's echoes/s, 29x their worst p99) it collapsed.
+    data = json.loads((Path(__file__).parent / "data" /
+                       "multiplex_threads_slow_not_failed.json").read_text())
+    rows = data["variants"]
+    ok, fact, facts = experiment.judge(rows, (100, 1000, 10_000), 20.0)
+    t = facts["threads"]
+    assert t["failed_share"] == 0 and t["throughput_ratio"] > experiment.COLLAPSE_RATIO
+    assert t["peer_throughput_share"] <= experiment.PEER_THROUGHPUT_SHARE
+    assert t["peer_p99_factor"] >= experiment.PEER_P99_FACTOR
+    assert ok is True and t["collapsed"] is True
+    assert "threads collapsed at 10,000: 0 failed" in fact
+    assert "13% of the slowest one's echoes/s, 29x their worst p99 (365 ms)" in fact
+    # At 1,000 the same rule does not fire: threads was only 2x behind there.
+    at_1000 = [r for r in rows if r["connections"] <= 1000]
+    ok, fact, facts = experiment.judge(at_1000, (100, 1000), 20.0, collapse_at=1000)
+    assert facts["threads"]["collapsed"] is False and ok is False
