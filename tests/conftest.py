@@ -89,12 +89,43 @@ class ExperimentAll:
 
 
 @pytest.fixture(scope="session")
-def experiment_all(tmp_path_factory: pytest.TempPathFactory) -> ExperimentAll:
-    report = tmp_path_factory.mktemp("experiment-all") / "report"  # tcplab makes DIR
+def experiment_all(tmp_path_factory: pytest.TempPathFactory,
+                   worker_id: str) -> ExperimentAll:
+    """One run for the whole session, also when pytest-xdist runs the files in
+    several worker processes: the first worker to ask runs it under a file lock
+    in the run's shared temporary directory and leaves it there for the others
+    (the pattern pytest-xdist's documentation gives for session data)."""
+    if worker_id == "master":  # no xdist (-p no:xdist or -n 0)
+        return _experiment_all(tmp_path_factory.mktemp("experiment-all"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "experiment-all"
+    shared.mkdir(exist_ok=True)
+    with FileLock(str(shared) + ".lock"):
+        saved = shared / "run.json"
+        if not saved.exists():
+            run = _experiment_all(shared)
+            saved.write_text(json.dumps({
+                "args": run.proc.args, "returncode": run.proc.returncode,
+                "stdout": run.proc.stdout.decode("latin-1"),
+                "stderr": run.proc.stderr.decode("latin-1")}))
+        data = json.loads(saved.read_text())
+    proc = subprocess.CompletedProcess(data["args"], data["returncode"],
+                                       data["stdout"].encode("latin-1"),
+                                       data["stderr"].encode("latin-1"))
+    return _decode(proc, shared / "report")
+
+
+def _experiment_all(directory: Path) -> ExperimentAll:
+    report = directory / "report"  # tcplab makes DIR
     # The subprocess bound is below pytest-timeout's 600 s (pyproject), so a hang
     # is reported here, with the run's stderr, rather than as a stack dump.
     r = run_tcplab("experiment", "all", "--quick", "--json", "--report", str(report),
                    timeout=540)
+    return _decode(r, report)
+
+
+def _decode(r: subprocess.CompletedProcess[bytes], report: Path) -> ExperimentAll:
     bodies: list[dict[str, Any]] = []
     stray: list[str] = []
     for line in r.stdout.decode(errors="replace").splitlines():

@@ -75,11 +75,12 @@ def test_leak_mode_hits_emfile_and_idles(start_server, model: str) -> None:
     try:
         time.sleep(0.3)
         for s in clients:
-            try:
-                s.send(b"ping")
-            except OSError:
-                pass
-            s.close()  # a polite close: FIN, the server never answers with its own
+            # A polite close with nothing sent: FIN, and the server never answers
+            # with its own. (Data sent first would be echoed after the client
+            # closed, the client's kernel would answer the echo with RST, and the
+            # asyncio/uvloop transport closes a reset connection itself, leak or
+            # not: closed 1 instead of 0 in about one run in ten under load.)
+            s.close()
         wait_for(lambda: len(emfile_lines(server)) >= 2, "the EMFILE log line")
 
         # Stalled: measure CPU over a window once the backoff has reached its cap.
