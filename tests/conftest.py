@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -26,6 +27,19 @@ from tcplab.experiments.children import ServerProcess
 
 MODELS = ("uvloop", "asyncio", "epoll", "threads")
 KINDS = ("pure", "loopback", "privileged")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGINT as a terminal gives it, for every child the tests start.
+
+    pytest run from a script's background job (``bash .ci/run &``: no job
+    control) starts with SIGINT ignored, exec keeps an ignored signal ignored in
+    every child, and tcplab, like a shell, leaves an ignored SIGINT ignored: the
+    tests that press Ctrl-C on a command (exporter, ``states --watch``) then saw
+    it run on until their guard (seen in 1 of 1 suite run started that way). A
+    handled signal is reset to its default in an exec'd child."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
