@@ -252,32 +252,27 @@ def _multiplex(r: Result) -> str | None:
         parts.append(text + (f", {plural(failed, 'failed connection')}" if failed else
                              ", no connection failed"))
     t = at.get(("threads", big))
-    if t and t.get("collapsed"):
-        # Most connections failed: no figure of this row is a clean measurement
-        # (experiments/multiplex.py flags it), so say what got through, labelled.
-        text = (f"thread per connection at {plural(big, 'connection')} collapsed: "
+    if t:
+        first = at.get(("threads", small))
+        then = (f" (at {small:,}: {first['echoes_per_s']:,.0f} echoes/s)"
+                if first and small != big else "")
+        why = ", ".join(f"{k} x{n:,}" for k, n in t.get("failures", {}).items())
+        if t.get("collapsed"):
+            # Most connections failed: no figure of this row is a clean measurement
+            # (experiments/multiplex.py flags it), so say what got through, labelled.
+            parts.append(
+                f"thread per connection at {plural(big, 'connection')} collapsed: "
                 f"{t['failed']:,} of {big:,} connections failed; what got through: "
                 f"{plural(t['echoes'], 'echo')} ({t['echoes_per_s']:,.0f}/s) on "
-                f"{plural(t['threads'] or 0, 'thread')}")
-        first = at.get(("threads", small))
-        if first and small != big:
-            text += f" (at {small:,}: {first['echoes_per_s']:,.0f} echoes/s)"
-        why = ", ".join(f"{k} x{n:,}" for k, n in t.get("failures", {}).items())
-        parts.append(f"{text}; failures: {why}")
-    elif t:
-        text = (f"thread per connection at {plural(big, 'connection')}: "
+                f"{plural(t['threads'] or 0, 'thread')}{then}; failures: {why}")
+        else:
+            parts.append(
+                f"thread per connection at {plural(big, 'connection')}: "
                 f"{plural(t['threads'] or 0, 'thread')}, {t['rss_per_conn'] / 1024:,.1f} KiB "
                 f"per connection, p99 {_latency(t['p99_us'])}, "
-                f"{t['echoes_per_s']:,.0f} echoes/s")
-        first = at.get(("threads", small))
-        if first and small != big:
-            text += f" (at {small:,}: {first['echoes_per_s']:,.0f} echoes/s)"
-        if t["failed"]:
-            why = ", ".join(f"{k} x{n:,}" for k, n in t.get("failures", {}).items())
-            text += f"; {t['failed']:,} of its {big:,} connections failed ({why})"
-        else:
-            text += "; no connection failed"
-        parts.append(text)
+                f"{t['echoes_per_s']:,.0f} echoes/s{then}"
+                + (f"; {t['failed']:,} of its {big:,} connections failed ({why})"
+                   if t["failed"] else "; no connection failed"))
     return "; ".join(parts) or None
 
 
