@@ -451,8 +451,11 @@ def test_keepalive_clears_close_wait_but_not_the_fds() -> None:
     assert kept["fd_limit"] == 64
     assert kept["fds_peak"] >= 64 - 1
     assert kept["queue_peak"] == kept["backlog"] + 1 == 17
-    # Every connected client's server socket was in CLOSE_WAIT at the peak ...
-    assert kept["close_wait_peak"] == c["echoed"] + c["no_echo"]
+    # The connected clients' server sockets went to CLOSE_WAIT: more than the
+    # never-accepted ones alone. Not all of them at one sample: with 1 s probes,
+    # the first ones can leave CLOSE_WAIT before the last client closed when the
+    # machine is loaded (peak 50 of 67 beside another test suite) ...
+    assert kept["queue_peak"] < kept["close_wait_peak"] <= c["echoed"] + c["no_echo"]
     # ... then the probes found the peers gone: the accepted ones left CLOSE_WAIT; the
     # never-accepted ones (in the queue, no keep-alive set) are all that remain.
     assert kept["close_wait_after"] <= kept["queue_peak"]
