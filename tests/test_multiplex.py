@@ -253,13 +253,17 @@ def test_threads_that_serve_everything_slowly_still_collapsed() -> None:
     assert ok is True and t["collapsed"] is True
     assert "threads collapsed at 10,000: 0 failed" in fact
     assert "13% of the slowest one's echoes/s, 29x their worst p99 (365 ms)" in fact
-    # At 1,000 neither rule fires: threads was only 2x behind there, and its gap
-    # had not doubled since 100 (1.1x -> 2.0x p99): the lesson is not shown.
+    # At 1,000 no collapse rule fires: threads was only 2x behind there. Its p99
+    # gap did widen from 100 (1.1x -> 2.0x the loops' worst, 1.8-fold), and that
+    # is all the verdict would say if 1,000 were where it judged.
     at_1000 = [r for r in rows if r["connections"] <= 1000]
     ok, fact, facts = experiment.judge(at_1000, (100, 1000), 20.0, collapse_at=1000)
-    assert facts["threads"]["collapsed"] is False and facts["threads"]["fell_behind"] is False
-    assert ok is False
-    assert fact.startswith("NOT shown: threads neither collapsed nor fell behind at 1,000: ")
+    t = facts["threads"]
+    assert t["collapsed"] is False and t["fell_behind"] is True and ok is True
+    assert "threads collapsed" not in fact
+    assert "threads fell behind at 1,000 without collapsing this time (0 failed)" in fact
+    assert "at 100 it had 78% of the slowest event loop's echoes/s and 1.1x their worst p99" \
+        in fact
 
 
 @pytest.mark.pure
@@ -274,6 +278,6 @@ def test_threads_that_fall_behind_without_collapsing_are_said_so() -> None:
     t = facts["threads"]
     assert t["collapsed"] is False and t["fell_behind"] is True and ok is True
     assert t["peer_throughput_share"] < t["reference_peer_throughput_share"]
-    assert t["peer_p99_factor"] >= 2 * t["reference_peer_p99_factor"]
+    assert t["peer_p99_factor"] >= experiment.PEER_WIDENING * t["reference_peer_p99_factor"]
     assert "threads fell behind at 10,000 without collapsing this time (0 failed)" in fact
     assert "threads collapsed" not in fact
