@@ -45,7 +45,14 @@ from tcplab.kernel.packets import (
     port_filter,
     run_filter,
 )
-from tests.test_trace import Child, Spawner, instances, start_server, tcplab, tracefs_mounts
+from tests.test_trace import (
+    Child,
+    Spawner,
+    left_behind,
+    start_server,
+    tcplab,
+    tracefs_mounts,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 META: dict[str, Any] = json.loads((DATA / "lo_frames.json").read_text())
@@ -602,7 +609,5 @@ def test_experiment_handshake(spawn: Spawner) -> None:
     assert times and times == sorted(times)
     kinds = {e["what"].split()[0] for e in result["events"]}
     assert {"packet", "state", "syscall"} <= kinds
-    left = [n for n in instances() if n.startswith("tcplab-")
-            and not os.path.exists(f"/proc/{n[7:]}")]
-    assert left == [], "trace instances left behind"
+    assert left_behind() == [], "trace instances left behind"
     assert tracefs_mounts() == mounts

@@ -253,31 +253,35 @@ def test_threads_that_serve_everything_slowly_still_collapsed() -> None:
     assert ok is True and t["collapsed"] is True
     assert "threads collapsed at 10,000: 0 failed" in fact
     assert "13% of the slowest one's echoes/s, 29x their worst p99 (365 ms)" in fact
-    # At 1,000 no collapse rule fires: threads was only 2x behind there. Its p99
-    # gap did widen from 100 (1.1x -> 2.0x the loops' worst, 1.8-fold), and that
-    # is all the verdict would say if 1,000 were where it judged.
+    # At 1,000 no collapse rule fires: threads was only 2x behind there.
     at_1000 = [r for r in rows if r["connections"] <= 1000]
     ok, fact, facts = experiment.judge(at_1000, (100, 1000), 20.0, collapse_at=1000)
-    t = facts["threads"]
-    assert t["collapsed"] is False and t["fell_behind"] is True and ok is True
+    assert facts["threads"]["collapsed"] is False
     assert "threads collapsed" not in fact
-    assert "threads fell behind at 1,000 without collapsing this time (0 failed)" in fact
-    assert "at 100 it had 78% of the slowest event loop's echoes/s and 1.1x their worst p99" \
-        in fact
 
 
 @pytest.mark.pure
-def test_threads_that_fall_behind_without_collapsing_are_said_so() -> None:
-    # Recorded: the run of six beside the test suite where threads x10,000 neither
-    # timed out nor fell under a quarter of the event loops' echoes/s: 17,975
-    # echoes/s (37% of the slowest loop's; 52% at 1,000), p99 2.2 s (6.7x their
-    # worst; 2.4x at 1,000). Shown, and the fact says it did not collapse.
-    data = json.loads((Path(__file__).parent / "data" /
-                       "multiplex_threads_fell_behind.json").read_text())
+@pytest.mark.parametrize("recorded", ["multiplex_threads_fell_behind",
+                                      "multiplex_threads_fell_behind_2"])
+def test_threads_that_fall_behind_without_collapsing_are_said_so(recorded: str) -> None:
+    # Recorded: two runs of `experiment all` beside the test suite where threads
+    # x10,000 neither timed out nor fell under a quarter of the event loops'
+    # echoes/s (17,975/s, p99 2.2 s; 8,469/s, p99 5.0 s). Shown as "fell behind",
+    # and the fact says it did not collapse.
+    data = json.loads((Path(__file__).parent / "data" / f"{recorded}.json").read_text())
     ok, fact, facts = experiment.judge(data["variants"], (100, 1000, 10_000), 20.0)
     t = facts["threads"]
     assert t["collapsed"] is False and t["fell_behind"] is True and ok is True
-    assert t["peer_throughput_share"] < t["reference_peer_throughput_share"]
-    assert t["peer_p99_factor"] >= experiment.PEER_WIDENING * t["reference_peer_p99_factor"]
+    assert t["peer_cpu_factor"] >= experiment.BEHIND_CPU_FACTOR
+    assert t["peer_rss_factor"] >= experiment.BEHIND_RSS_FACTOR
+    assert t["peer_p99_factor"] > 1
     assert "threads fell behind at 10,000 without collapsing this time (0 failed)" in fact
     assert "threads collapsed" not in fact
+    # Had it cost no more CPU per echo than the loops, the lesson is not shown.
+    rows = [dict(v) for v in data["variants"]]
+    for v in rows:
+        if v["model"] == "threads":
+            v["cpu_us_per_echo"] = 10.0
+    ok, fact, facts = experiment.judge(rows, (100, 1000, 10_000), 20.0)
+    assert ok is False and fact.startswith("NOT shown: threads neither collapsed nor fell "
+                                           "behind at 10,000")
