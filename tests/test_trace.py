@@ -505,6 +505,18 @@ def mark_stale_on_purpose(name: str) -> None:
         f.write(name + "\n")
 
 
+def unmark_stale_on_purpose(name: str) -> None:
+    """Once the instance is gone, its name leaves the file (and the file, when empty)."""
+    rest = [n for n in sorted(stale_on_purpose()) if n != name]
+    try:
+        if rest:
+            STALE_ON_PURPOSE.write_text("".join(n + "\n" for n in rest))
+        else:
+            STALE_ON_PURPOSE.unlink()
+    except OSError:
+        pass
+
+
 def left_behind(pids: Iterable[int] = ()) -> list[str]:
     """tcplab-PID instances of these pids or of dead processes, but for the ones a
     test (of any session) left stale on purpose."""
@@ -756,6 +768,7 @@ def test_a_stale_instance_is_removed(how: str, spawn: Spawner,
     finally:
         if name in instances():
             remove_instance(name)
+        unmark_stale_on_purpose(name)
 
 
 # -- unprivileged -----------------------------------------------------------------------------
