@@ -120,9 +120,32 @@ def ns_inode(pid: int | str, kind: str = "net") -> int | None:
         return None
 
 
+#: fds this test process holds on the sandbox's namespaces (pin) while it checks
+#: that nothing else does: a namespace's inode number is reused once it is freed,
+#: and another suite beside this one (or another xdist worker) holding a new
+#: namespace with the same number was taken for a leak (seen once).
+PINNED: set[int] = set()
+
+
+def pin(path: str) -> int:
+    """Hold the namespace at ``path`` open (so its inode is not reused); its inode."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    PINNED.add(fd)
+    return os.fstat(fd).st_ino
+
+
+@pytest.fixture(autouse=True)
+def _unpin() -> Iterator[None]:
+    yield
+    while PINNED:
+        os.close(PINNED.pop())
+
+
 def ns_users(inode: int, kind: str = "net") -> list[str]:
-    """Every process in that namespace, and every fd (of a process we may read) open on it."""
+    """Every process in that namespace, and every fd (of a process we may read) open on
+    it, but for this process's pins."""
     found = []
+    me = os.getpid()
     for pid in all_pids():
         if ns_inode(pid, kind) == inode:
             found.append(f"pid {pid} ({cmdline(pid)})")
@@ -131,6 +154,8 @@ def ns_users(inode: int, kind: str = "net") -> list[str]:
         except OSError:
             continue
         for fd in fds:
+            if pid == me and int(fd) in PINNED:
+                continue
             try:
                 if os.readlink(f"/proc/{pid}/fd/{fd}") == f"{kind}:[{inode}]":
                     found.append(f"fd {fd} of pid {pid} ({cmdline(pid)})")
@@ -176,8 +201,8 @@ def test_child_sees_the_sysctls_and_lo_host_untouched(user: bool) -> None:
     with Sandbox(SYSCTLS, user=user) as sb:
         assert sb.holder is not None
         holder = sb.holder.pid
-        netns = os.stat(sb.netns_path).st_ino
-        userns = ns_inode(holder, "user") if user else None
+        netns = pin(sb.netns_path)
+        userns = pin(f"/proc/{holder}/ns/user") if user else None
         assert netns != host_netns
         if user:
             assert userns != ns_inode("self", "user")
@@ -237,8 +262,8 @@ def test_exception_in_the_block_still_cleans_up(user: bool) -> None:
         with pytest.raises(RuntimeError, match="boom"), Sandbox(SYSCTLS, user=user) as sb:
             assert sb.holder is not None
             holder = sb.holder.pid
-            netns = os.stat(sb.netns_path).st_ino
-            userns = ns_inode(holder, "user") if user else None
+            netns = pin(sb.netns_path)
+            userns = pin(f"/proc/{holder}/ns/user") if user else None
             sb.popen(["sleep", "60"])
             sb.popen(sb.tcplab("server", "--port", "8080"), stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

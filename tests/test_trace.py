@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import pwd
+import random
 import re
 import signal
 import socket
@@ -747,8 +748,12 @@ def test_a_stale_instance_is_removed(how: str, spawn: Spawner,
         killed.finish()
         assert name in instances()
     else:
-        pid = next(p for p in range(int(Path("/proc/sys/kernel/pid_max").read_text()) - 1, 1, -1)
-                   if not os.path.exists(f"/proc/{p}"))
+        # A pid no process has, picked at random: two suites side by side both took
+        # the highest free one and collided on its instance (seen once).
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        taken = instances()
+        pid = next(p for p in (random.randrange(pid_max // 2, pid_max) for _ in range(10_000))
+                   if not os.path.exists(f"/proc/{p}") and f"tcplab-{p}" not in taken)
         name = f"tcplab-{pid}"
         mark_stale_on_purpose(name)
         r = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tracefs nodev "
