@@ -76,10 +76,10 @@ PEER_THROUGHPUT_SHARE = 0.25
 PEER_P99_FACTOR = 10.0
 #: Short of that, "fell behind": at the largest N it cost more than every event
 #: loop on each of these, CPU time per echo and RSS per connection by these
-#: factors, p99 by any margin. Three runs of eight beside a test suite did not
-#: collapse: threads' CPU per echo was 3.3-4.4x the loops' worst, RSS per
-#: connection 17-20x, p99 2.8-7.4x. (A rule on how its gap widens from 1,000 to
-#: 10,000 flipped: 1.45 against a threshold of 1.5 in one of them.)
+#: factors, p99 by any margin. In 6 of 16 full runs of `experiment all` beside a
+#: test suite threads did not collapse: its CPU per echo was 3.0-9.3x the loops'
+#: worst, RSS per connection 15-21x, p99 2.8-12.5x. (A rule on how its gap widens
+#: from 1,000 to 10,000 flipped: 1.45 against a threshold of 1.5 in one of them.)
 BEHIND_CPU_FACTOR = 2.0
 BEHIND_RSS_FACTOR = 5.0
 #: The reference N is the largest rung at most 1/REFERENCE_SPAN of the largest
