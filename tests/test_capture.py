@@ -48,6 +48,7 @@ from tcplab.kernel.packets import (
 from tests.test_trace import (
     Child,
     Spawner,
+    instances,
     left_behind,
     start_server,
     tcplab,
@@ -598,6 +599,7 @@ def test_capture_hint_by_interpreter(layout: str, monkeypatch: pytest.MonkeyPatc
 @needs_root
 def test_experiment_handshake(spawn: Spawner) -> None:
     mounts = tracefs_mounts()
+    before = instances()
     run = spawn(tcplab("experiment", "handshake", "--json"))
     assert run.finish(guard=120) == 0, run.err
     result = json.loads("\n".join(run.out))
@@ -609,5 +611,5 @@ def test_experiment_handshake(spawn: Spawner) -> None:
     assert times and times == sorted(times)
     kinds = {e["what"].split()[0] for e in result["events"]}
     assert {"packet", "state", "syscall"} <= kinds
-    assert left_behind() == [], "trace instances left behind"
+    assert left_behind(before=before) == [], "trace instances left behind"
     assert tracefs_mounts() == mounts

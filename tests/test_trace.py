@@ -518,14 +518,28 @@ def unmark_stale_on_purpose(name: str) -> None:
         pass
 
 
-def left_behind(pids: Iterable[int] = ()) -> list[str]:
-    """tcplab-PID instances of these pids or of dead processes, but for the ones a
-    test (of any session) left stale on purpose."""
+def left_behind(pids: Iterable[int] = (), before: set[str] | None = None) -> list[str]:
+    """tcplab-PID instances of these pids, or of dead processes that appeared since
+    ``before`` and are still there after a grace: another test (another worker, or
+    another suite beside this one) may be in the middle of removing its own, which
+    takes up to 4 s (a tracer that does not stop on SIGTERM is killed and its
+    instance removed after it). Not the ones a test left stale on purpose."""
     mine = set(pids)
-    skip = stale_on_purpose()
-    return sorted(n for n in instances() if n.startswith("tcplab-") and n[7:].isdigit()
-                  and n not in skip
-                  and (int(n[7:]) in mine or not os.path.exists(f"/proc/{n[7:]}")))
+
+    def dead(names: set[str]) -> set[str]:
+        return {n for n in names if n[7:].isdigit() and not os.path.exists(f"/proc/{n[7:]}")
+                and n not in (before or set()) and int(n[7:]) not in mine}
+
+    def candidates() -> tuple[set[str], set[str]]:
+        names = {n for n in instances() if n.startswith("tcplab-")} - stale_on_purpose()
+        return {n for n in names if n[7:].isdigit() and int(n[7:]) in mine}, dead(names)
+
+    own, orphans = candidates()
+    deadline = time.monotonic() + 8
+    while orphans and time.monotonic() < deadline:
+        time.sleep(0.5)
+        orphans &= candidates()[1]
+    return sorted(own | orphans)
 
 
 def other_tcplab_runs() -> list[int]:
@@ -567,10 +581,11 @@ def nothing_left(spawn: Spawner) -> Iterator[list[int]]:
     stopped, no tcplab-PID instance of theirs, nor of any dead process, remains, and the
     host's tracefs mounts are what they were."""
     mounts = tracefs_mounts()
+    before = instances()
     pids: list[int] = []
     yield pids
     spawn.stop_all()
-    left = left_behind(pids)
+    left = left_behind(pids, before)
     for name in left:
         remove_instance(name)  # do not leave them to the next test
     assert left == [], "trace instances left behind"
