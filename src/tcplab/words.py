@@ -30,3 +30,8 @@ def plural(n: int | float, noun: str, many: str | None = None) -> str:
         n = int(n)
     text = f"{n:,}"
     return f"{text} {noun if n == 1 else (many or plural_of(noun))}"
+
+
+def duration_us(us: float, ms_digits: int = 1) -> str:
+    """Microseconds as a person reads them: "365.0 ms" (``ms_digits`` decimals), "10.6 s"."""
+    return f"{us / 1e6:,.1f} s" if us >= 1e6 else f"{us / 1000:,.{ms_digits}f} ms"

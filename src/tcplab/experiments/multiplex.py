@@ -54,6 +54,7 @@ from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.result import Result
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.traffic.models import MODELS
+from tcplab.words import duration_us, plural
 
 PORT = 8080
 
@@ -190,11 +191,11 @@ def failure_words(failures: Mapping[str, int], n: int) -> str:
 
 
 def _threads(n: int | None) -> str:
-    return "? threads" if n is None else ("1 thread" if n == 1 else f"{n:,} threads")
+    return "? threads" if n is None else plural(n, "thread")
 
 
 def _ms(us: float) -> str:
-    return f"{us / 1e6:,.1f} s" if us >= 1e6 else f"{us / 1000:,.0f} ms"
+    return duration_us(us, ms_digits=0)
 
 
 def reference_of(ladder: Sequence[int]) -> int | None:

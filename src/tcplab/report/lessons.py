@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcplab.experiments.result import Result
-from tcplab.words import plural
+from tcplab.words import duration_us, plural
 
 #: Where the recorded figures were measured.
 MACHINE = "Linux 6.18, 2 cores"
@@ -269,15 +269,11 @@ def _multiplex(r: Result) -> str | None:
             parts.append(
                 f"thread per connection at {plural(big, 'connection')}: "
                 f"{plural(t['threads'] or 0, 'thread')}, {t['rss_per_conn'] / 1024:,.1f} KiB "
-                f"per connection, p99 {_latency(t['p99_us'])}, "
+                f"per connection, p99 {duration_us(t['p99_us'])}, "
                 f"{t['echoes_per_s']:,.0f} echoes/s{then}"
                 + (f"; {t['failed']:,} of its {big:,} connections failed ({why})"
                    if t["failed"] else "; no connection failed"))
     return "; ".join(parts) or None
-
-
-def _latency(us: float) -> str:
-    return f"{us / 1000:,.1f} ms" if us < 1_000_000 else f"{us / 1e6:,.1f} s"
 
 
 def _span(values: list[float], fmt: str) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcplab.experiments.result import Result
+from tcplab.words import duration_us
 
 #: How the settings experiments record read to a person: key -> (words, unit).
 #: A key not named here reads as itself with "_" as spaces ("_s" as seconds).
@@ -216,10 +217,6 @@ def multiplex_lines(result: Result) -> list[str]:
     return lines
 
 
-def _duration(us: float) -> str:
-    return f"{us / 1e6:,.1f} s" if us >= 1e6 else f"{us / 1000:,.1f} ms"
-
-
 def multiplex_cells(v: dict[str, Any]) -> dict[str, str]:
     """A row's figures as table cells. A collapsed row (most connections failed)
     gets no plain figure: its RSS, CPU, p99 and echoes/s describe the few
@@ -240,7 +237,7 @@ def multiplex_cells(v: dict[str, Any]) -> dict[str, str]:
     p99 = v["p99_us"]
     return {"rss": f"{v['rss_per_conn'] / 1024:,.1f} KiB",
             "cpu": "-" if cpu is None else f"{cpu:,.1f} us",
-            "p99": _duration(p99),
+            "p99": duration_us(p99),
             "eps": f"{v['echoes_per_s']:,.0f}", "accepted": accepted, "failed": failed}
 
 
@@ -255,7 +252,7 @@ def multiplex_row_notes(v: dict[str, Any]) -> list[str]:
         p99 = v["p99_us"]
         notes.append(
             f"{label} {v['flag']}{never}. What got through: {v['echoes']:,} echoes "
-            f"({v['echoes_per_s']:,.0f}/s), p99 {_duration(p99)}; the server had "
+            f"({v['echoes_per_s']:,.0f}/s), p99 {duration_us(p99)}; the server had "
             f"{v['threads'] or 0:,} threads, {v['rss_per_conn'] / 1024:,.1f} KiB RSS per "
             "connection" + ("" if cpu is None else f", {cpu:,.0f} us of CPU per echo") + ".")
     elif v["failed"]:
