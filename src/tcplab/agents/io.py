@@ -1,0 +1,16 @@
+"""The agents' side of the contract: one JSON line per record, flushed at once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from tcplab.records import to_json
+
+
+def emit(record: Any, stream: TextIO | None = None) -> None:
+    """Write ``record`` as one JSON line and flush it (the parent reads as it comes)."""
+    out = sys.stdout if stream is None else stream
+    out.write(json.dumps(to_json(record), separators=(",", ":")) + "\n")
+    out.flush()
