@@ -47,26 +47,19 @@ What it counts, honestly (issue 11):
 
 from __future__ import annotations
 
-import errno
-import os
-import select
 import socket
-import struct
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcplab.errors import errno_name
+from tcplab.kernel import tcp_states
+from tcplab.traffic import engine
 from tcplab.traffic.target import Target
 
 MODES = ("fresh", "pool", "linger0", "bind")
 PAYLOAD = b"tcplab port bomb"
-LINGER0 = struct.pack("ii", 1, 0)
-IN = select.EPOLLIN
-OUT = select.EPOLLOUT
-#: A connection that sees EOF before its whole echo came back.
+#: A connection that sees EOF before its whole echo came back (named EOF).
 EOF_ERRNO = 0
 #: A connection still waiting after this long when the run stops is hung, not merely
 #: in flight: a loopback round trip takes well under a millisecond, and even on this
@@ -150,12 +143,11 @@ class _TimeWaitCounter:
         self._old: set[object] = set()
         self._old_until = 0.0  # monotonic time by which every baseline socket has expired
         try:
-            from tcplab.kernel import tcp_states
             from tcplab.observe.sockets import SocketTable
 
             self.table = SocketTable()
             self.mask = tcp_states.mask([tcp_states.TIME_WAIT])
-            self.baseline = self.table.count(self.port, self.mask)[6]
+            self.baseline = self.table.count(self.port, self.mask)[tcp_states.TIME_WAIT]
             if self.baseline:
                 now = time.monotonic()
                 old = self.table.sockets(self.port, self.mask)
@@ -171,12 +163,12 @@ class _TimeWaitCounter:
         if self._old and time.monotonic() < self._old_until:
             return sum(1 for s in self.table.sockets(self.port, self.mask)
                        if _identity(s) not in self._old)
-        return self.table.count(self.port, self.mask)[6]
+        return self.table.count(self.port, self.mask)[tcp_states.TIME_WAIT]
 
     def established(self) -> int | None:
         if self.table is None:
             return None
-        return self.table.count(self.port)[1]
+        return self.table.count(self.port)[tcp_states.ESTABLISHED]
 
     def close(self) -> None:
         if self.table is not None:
@@ -188,24 +180,28 @@ def _identity(s: Any) -> object:
     return s.cookie or (s.src, s.sport, s.dst, s.dport)
 
 
-class _Tally:
-    __slots__ = ("attempted", "failed", "ok", "tw_peak")
+def config(mode: str = "fresh", count: int = 30_000, duration: float = 30.0,
+           workers: int = 32, pool_size: int = 8, wait_close: bool = False,
+           family: int = socket.AF_INET) -> engine.Config:
+    """The bomb as an engine configuration; ``fresh`` is also bench's churn client
+    (``engine.churn``): connect, one echo, close, ``workers`` at once.
 
-    def __init__(self) -> None:
-        self.attempted = 0
-        self.ok = 0
-        self.failed = 0
-        self.tw_peak: int | None = None
-
-
-class _Conn:
-    __slots__ = ("got", "since", "sock", "stage")
-
-    def __init__(self, sock: socket.socket, since: float) -> None:
-        self.sock = sock
-        self.stage = 0  # 0 connecting, 1 waiting for the echo
-        self.got = 0
-        self.since = since  # when its connect() (or, pooled, its request) started
+    A pooled connection runs round trips while the budget lasts, then is held
+    open, so that the pool can be seen whole (``established_before_close``)
+    before it closes."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    pool = mode == "pool"
+    then = engine.Then.HOLD if pool else (
+        engine.Then.AWAIT_CLOSE if wait_close else engine.Then.CLOSE)
+    return engine.Config(
+        concurrency=pool_size if pool else workers,
+        round_trips=None if pool else 1,
+        payload=PAYLOAD, verify=False, then=then,
+        linger0=mode == "linger0",
+        source=(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0)
+                if mode == "bind" else None),
+        count=count, duration=duration)
 
 
 def run(
@@ -226,199 +222,70 @@ def run(
     until EOF), as a client of a server that closes does; TIME_WAIT then lands
     on the server's side.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}")
-    ep = select.epoll()
-    conns: dict[int, _Conn] = {}
-    errors: Counter[str] = Counter()
+    cfg = config(mode, count, duration, workers, pool_size, wait_close, target.family)
     tw = _TimeWaitCounter(target.port)
     ports = port_range_size()
     timeline: list[Progress] = []
-    state = _Tally()
+    tw_peak: list[int] = []  # the highest TIME_WAIT count sampled, if any
     first: list[FirstError] = []
-    started = time.monotonic()
-    deadline = started + duration
     pool_established: int | None = None
-    bind_addr = ("::1" if target.family == socket.AF_INET6 else "127.0.0.1", 0)
-    concurrency = pool_size if mode == "pool" else workers
     stopped_by = "count"
 
     def sample_tw() -> int | None:
         n = tw()
-        if n is not None and (state.tw_peak is None or n > state.tw_peak):
-            state.tw_peak = n
+        if n is not None and (not tw_peak or n > tw_peak[0]):
+            tw_peak[:] = [n]
         return n
 
-    def fail(code: int, sock: socket.socket | None) -> None:
-        if sock is not None:
-            fd = sock.fileno()
-            if fd in conns:
-                ep.unregister(fd)
-                del conns[fd]
-            sock.close()
-        state.failed += 1
-        name = "EOF" if code == EOF_ERRNO else errno_name(code)
-        errors[name] += 1
-        if not first:
-            first.append(FirstError(
-                errno=code, name=name,
-                message="connection closed before the echo" if code == EOF_ERRNO
-                else os.strerror(code),
-                at_s=round(time.monotonic() - started, 3), after_ok=state.ok,
-                time_wait=sample_tw(), port_range=ports, in_flight=len(conns),
-            ))
-            if on_first_error is not None:
-                on_first_error(first[0])
+    def first_error(f: engine.Failure) -> None:
+        first.append(FirstError(
+            errno=f.errno, name=f.name, message=f.message, at_s=f.at_s, after_ok=f.ok_before,
+            time_wait=sample_tw(), port_range=ports, in_flight=f.in_flight))
+        if on_first_error is not None:
+            on_first_error(first[0])
 
-    def start_one() -> None:
-        """Open one connection and send the request at once if it connected."""
-        state.attempted += 1
-        try:
-            sock = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        except OSError as exc:  # EMFILE: too many workers for our fd limit
-            fail(exc.errno or 0, None)
-            return
-        if mode == "bind":
-            try:
-                sock.bind(bind_addr)
-            except OSError as exc:
-                fail(exc.errno or 0, sock)
-                return
-        since = time.monotonic()
-        code = sock.connect_ex(target.sockaddr)
-        if code not in (0, errno.EINPROGRESS):
-            fail(code, sock)
-            return
-        conn = _Conn(sock, since)
-        # On loopback the handshake often completes inside connect(): try
-        # the request now and skip one epoll round trip when it did.
-        send_request(conn, register=True)
+    driver = engine.Driver(target, cfg, on_first_error=first_error)
+    started = driver.started
+    last = [driver.ok, started]  # ok and time at the last progress sample
 
-    def send_request(conn: _Conn, register: bool) -> bool:
-        """Send the request; ``register``: the socket is new, not yet in epoll."""
-        sock = conn.sock
-        try:
-            sock.send(PAYLOAD)
-        except BlockingIOError:
-            if register:
-                ep.register(sock.fileno(), OUT)
-                conns[sock.fileno()] = conn
-            else:
-                ep.modify(sock.fileno(), OUT)
-            return False
-        except OSError as exc:
-            fail(exc.errno or 0, sock)
-            return False
-        conn.stage = 1
-        conn.got = 0
-        if register:
-            ep.register(sock.fileno(), IN)
-            conns[sock.fileno()] = conn
-        else:
-            ep.modify(sock.fileno(), IN)
-        return True
+    def tick(now: float) -> None:
+        ok, t = last
+        rate = (driver.ok - ok) / (now - t) if now > t else 0.0
+        p = Progress(round(now - started, 3), driver.attempted, driver.ok, driver.failed,
+                     round(rate, 1), sample_tw())
+        timeline.append(p)
+        if progress is not None:
+            progress(p)
+        last[:] = [driver.ok, now]
 
-    def finish(conn: _Conn) -> None:
-        nonlocal pool_established
-        sock = conn.sock
-        state.ok += 1
-        if mode == "pool":
-            if budget_left():
-                state.attempted += 1
-                conn.since = time.monotonic()
-                conn.stage = 0  # if the send would block, EPOLLOUT sends it as after a connect
-                send_request(conn, register=False)
-                return
-            if pool_established is None:  # the pool, seen just before it closes
-                pool_established = tw.established()
-        ep.unregister(sock.fileno())
-        del conns[sock.fileno()]
-        if mode == "linger0":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
-        sock.close()
-
-    def budget_left() -> bool:
-        return state.attempted < count and time.monotonic() < deadline
-
-    next_tick = started + interval
-    last_ok, last_t = 0, started
-    waiting: list[_Conn] = []  # the connections still under way when the run stopped
+    waiting: list[engine.Waiting] = []
     try:
-        while True:
-            while len(conns) < concurrency and budget_left():
-                start_one()
-            if not conns:
-                break
-            now = time.monotonic()
-            for fd, _mask in ep.poll(max(0.0, min(next_tick, deadline) - now)):
-                conn = conns.get(fd)
-                if conn is None:
-                    continue
-                sock = conn.sock
-                if conn.stage == 0:
-                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if code:
-                        fail(code, sock)
-                    else:
-                        send_request(conn, register=False)
-                    continue
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    fail(exc.errno or 0, sock)
-                    continue
-                if not data:
-                    if wait_close and conn.got >= len(PAYLOAD):
-                        finish(conn)  # the server closed first, as asked
-                    else:
-                        fail(EOF_ERRNO, sock)
-                    continue
-                conn.got += len(data)
-                if conn.got >= len(PAYLOAD) and not wait_close:
-                    finish(conn)
-            now = time.monotonic()
-            if now >= deadline and conns:
-                stopped_by = "duration"
-                waiting.extend(conns.values())
-                for conn in list(conns.values()):
-                    ep.unregister(conn.sock.fileno())
-                    conn.sock.close()
-                conns.clear()
-            if now >= next_tick:
-                rate = (state.ok - last_ok) / (now - last_t) if now > last_t else 0.0
-                p = Progress(round(now - started, 3), state.attempted, state.ok,
-                             state.failed, round(rate, 1), sample_tw())
-                timeline.append(p)
-                if progress is not None:
-                    progress(p)
-                last_ok, last_t = state.ok, now
-                next_tick = now + interval
-        if time.monotonic() >= deadline and state.attempted < count:
+        stop = driver.run(on_tick=tick, tick_s=interval)
+        if stop is engine.Stop.DURATION:
+            stopped_by = "duration"
+        elif mode == "pool":  # the pool, seen whole just before it closes
+            pool_established = tw.established()
+        if time.monotonic() >= driver.deadline and driver.attempted < count:
             stopped_by = "duration"
     except KeyboardInterrupt:
         stopped_by = "interrupt"
     finally:
-        stopped_at = time.monotonic()
-        waiting.extend(conns.values())
-        for conn in conns.values():
-            conn.sock.close()
-        ep.close()
+        waiting = driver.stop()  # those under way: neither ok nor failed
+        driver.close()
         sample_tw()
         tw.close()
     elapsed = time.monotonic() - started
-    unanswered = sum(1 for c in waiting if c.stage == 1)
+    unconnected = sum(1 for w in waiting if w.stage is engine.Stage.CONNECTING)
     return BombResult(
-        mode=mode, host=target.host, port=target.port, attempted=state.attempted,
-        ok=state.ok, failed=state.failed, errors=dict(errors.most_common()),
+        mode=mode, host=target.host, port=target.port, attempted=driver.attempted,
+        ok=driver.ok, failed=driver.failed, errors=dict(driver.errors.most_common()),
         first_error=first[0] if first else None,
-        conns_per_s=round(state.ok / elapsed, 1) if elapsed > 0 else 0.0,
-        time_wait_peak=state.tw_peak, elapsed_s=round(elapsed, 3), stopped_by=stopped_by,
-        workers=workers, pool_size=pool_size if mode == "pool" else None,
+        conns_per_s=round(driver.ok / elapsed, 1) if elapsed > 0 else 0.0,
+        time_wait_peak=tw_peak[0] if tw_peak else None, elapsed_s=round(elapsed, 3),
+        stopped_by=stopped_by, workers=workers, pool_size=pool_size if mode == "pool" else None,
         established_before_close=pool_established, time_wait_baseline=tw.baseline,
-        unanswered=unanswered, unconnected=len(waiting) - unanswered,
-        longest_wait_s=round(max(stopped_at - c.since for c in waiting), 3) if waiting else None,
-        stalled=sum(1 for c in waiting if stopped_at - c.since >= STALL_S),
+        unanswered=len(waiting) - unconnected, unconnected=unconnected,
+        longest_wait_s=round(max(w.waited_s for w in waiting), 3) if waiting else None,
+        stalled=sum(1 for w in waiting if w.waited_s >= STALL_S),
         timeline=timeline,
     )

@@ -16,16 +16,13 @@ Clients are opened in batches over ``ramp`` seconds so the climb is visible.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
-import select
 import socket
 import sys
-import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from tcplab.errors import errno_name
+from tcplab.traffic import engine
+from tcplab.traffic.target import Target
 
 PAYLOAD = b"tcplab fd leak\n"
 
@@ -41,87 +38,33 @@ class FloodResult:
     elapsed_s: float = 0.0
 
 
-class _Client:
-    __slots__ = ("deadline", "sock", "stage")
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.stage = 0  # 0 connecting, 1 waiting for the echo
-        self.deadline = deadline
+#: Failures flood.run counts apart from ``errors`` (engine.failure_name's names).
+_COUNTED_APART = ("ETIMEDOUT", "timeout", "EOF")
 
 
 def run(port: int, clients: int, ramp: float = 1.0, connect_timeout: float = 2.0,
         read_timeout: float = 2.0, host: str = "127.0.0.1") -> FloodResult:
-    ep = select.epoll()
-    live: dict[int, _Client] = {}
-    outcome: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    started = time.monotonic()
-    batches = max(1, int(ramp / 0.05))
-    per_batch = -(-clients // batches)
-    opened = 0
-    next_batch = started
-
-    def done(c: _Client, what: str) -> None:
-        fd = c.sock.fileno()
-        ep.unregister(fd)
-        del live[fd]
-        c.sock.close()  # FIN (or, for a SYN_SENT socket, just gone)
-        outcome[what] += 1
-
-    while opened < clients or live:
-        now = time.monotonic()
-        if opened < clients and now >= next_batch:
-            for _ in range(min(per_batch, clients - opened)):
-                opened += 1
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-                code = s.connect_ex((host, port))
-                if code not in (0, errno.EINPROGRESS):
-                    s.close()
-                    errors[errno_name(code)] += 1
-                    continue
-                c = _Client(s, now + connect_timeout)
-                live[s.fileno()] = c
-                ep.register(s.fileno(), select.EPOLLOUT)
-            next_batch = now + 0.05
-        wait = 0.05 if opened < clients else 0.1
-        for fd, _mask in ep.poll(wait):
-            found = live.get(fd)
-            if found is None:
-                continue
-            c = found
-            if c.stage == 0:
-                code = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if code:
-                    errors[errno_name(code)] += 1
-                    done(c, "error")
-                    continue
-                try:
-                    c.sock.send(PAYLOAD)
-                except OSError as exc:
-                    errors[errno_name(exc.errno)] += 1
-                    done(c, "error")
-                    continue
-                c.stage = 1
-                c.deadline = time.monotonic() + read_timeout
-                ep.modify(fd, select.EPOLLIN)
-            else:
-                try:
-                    data = c.sock.recv(4096)
-                except OSError as exc:
-                    errors[errno_name(exc.errno)] += 1
-                    done(c, "error")
-                    continue
-                done(c, "echoed" if data else "hung_up")
-        now = time.monotonic()
-        for c in [c for c in live.values() if now >= c.deadline]:
-            done(c, "connect_timeout" if c.stage == 0 else "no_echo")
-    ep.close()
+    """``clients`` connections in batches over ``ramp`` s: each connects (at most
+    ``connect_timeout``), sends one message, waits at most ``read_timeout`` for the
+    echo, and closes; an engine configuration."""
+    target = Target(host, port, socket.AF_INET, (host, port))
+    cfg = engine.Config(
+        connections=clients, ramp_s=ramp, ramp_step_s=0.05, payload=PAYLOAD, verify=False,
+        connect_timeout=connect_timeout, echo_timeout=read_timeout)
+    with engine.Driver(target, cfg) as driver:
+        # Bounded: the ramp, then a connect and an echo timeout at most (slack for load).
+        driver.run(until=driver.started + ramp + connect_timeout + read_timeout + 5)
+        late = driver.stop()  # none, unless the box was starved past the slack
+        r = driver.report()
+    never = sum(1 for w in late if w.stage is engine.Stage.CONNECTING)
     return FloodResult(
-        clients=clients, echoed=outcome["echoed"], no_echo=outcome["no_echo"],
-        connect_timeouts=outcome["connect_timeout"], hung_up=outcome["hung_up"],
-        errors=dict(errors),
-        elapsed_s=round(time.monotonic() - started, 3),
+        clients=clients, echoed=r.ok,
+        no_echo=r.failures(engine.Outcome.TIMED_OUT) - r.failures(
+            engine.Outcome.TIMED_OUT, engine.Stage.CONNECTING) + len(late) - never,
+        connect_timeouts=r.failures(engine.Outcome.TIMED_OUT, engine.Stage.CONNECTING) + never,
+        hung_up=r.failures(engine.Outcome.CLOSED_EARLY),
+        errors={k: v for k, v in r.errors.items() if k not in _COUNTED_APART},
+        elapsed_s=r.elapsed_s,
     )
 
 

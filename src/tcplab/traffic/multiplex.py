@@ -17,21 +17,19 @@ echoes a second: each echo needs the GIL, and 10,000 threads queue for it.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import resource
-import select
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tcplab.errors import ConnectFailed, errno_name
+from tcplab.errors import ConnectFailed
 from tcplab.kernel import tcp_states
 from tcplab.observe.server_facts import ServerFacts, cpu_seconds, server_facts
 from tcplab.observe.sockets import SocketTable
+from tcplab.traffic import engine
 from tcplab.traffic.client import percentile
 from tcplab.traffic.target import Target
 
@@ -171,17 +169,27 @@ class AcceptWatch:
             self.table = None
 
 
-class _Conn:
-    __slots__ = ("expect", "got", "index", "msg", "sent", "sock", "t0")
+def config(connections: int, messages: int, size: int, ramp: float,
+           connect_timeout: float) -> engine.Config:
+    """N connections ramped and held, then ``messages`` round trips of ``size`` bytes
+    on all of them at once, every byte verified, each held open after its last."""
+    base = os.urandom(max(size, 1))[:size]
 
-    def __init__(self, sock: socket.socket, index: int) -> None:
-        self.sock = sock
-        self.index = index
-        self.msg = 0
-        self.sent = 0
-        self.got = 0
-        self.expect = b""
-        self.t0 = 0.0
+    def payload(index: int, trip: int) -> bytes:
+        """Message ``trip`` of connection ``index``: the base rotated, so that a stale
+        or crossed echo never verifies by accident."""
+        k = (index * messages + trip) % max(1, size)
+        return base[k:] + base[:k]
+
+    return engine.Config(
+        connections=connections, ramp_s=ramp, ramp_step_s=0.01, hold_first=True,
+        round_trips=messages, payload=payload, verify=True, then=engine.Then.HOLD,
+        record_rtts=True, connect_timeout=connect_timeout)
+
+
+#: How often the phases' bookkeeping (accept queue, progress lines) runs between
+#: epoll batches: the connect loop this replaced polled every 10 ms.
+TICK_S = 0.01
 
 
 def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 64,
@@ -193,26 +201,14 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
     if note:
         notes.append(note)
     ramp = ramp if ramp is not None else max(0.2, n / 5000)
-    base = os.urandom(max(size, 1))[:size]
-    failures: Counter[str] = Counter()
-    ep = select.epoll(max(16, n))
-    conns: dict[int, _Conn] = {}
-    pending: dict[int, tuple[_Conn, float]] = {}
     rss0 = server_facts(server_pid).rss_bytes if server_pid else None
     watch = AcceptWatch(target)
+    driver = engine.Driver(target, config(n, messages, size, ramp, connect_timeout))
     try:
-        def fail(c: _Conn | None, name: str) -> None:
-            failures[name] += 1
-            if c is not None:
-                fd = c.sock.fileno()
-                if fd in conns:
-                    ep.unregister(fd)
-                    del conns[fd]
-                c.sock.close()
-
         # accepted_s: from the first connect until the accept queue was seen empty
         # with every connection open (connect attempts all settled).
         accepted_s: float | None = None
+        started = driver.started
 
         def watch_queue(now: float, settled: bool) -> None:
             nonlocal accepted_s
@@ -220,55 +216,13 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
             if accepted_s is None and settled and queue == 0:
                 accepted_s = now - started
 
-        # 1. connect, ramped
-        started = time.monotonic()
-        connected = 0
-        opened = 0
+        # 1. connect, ramped; each connection held once open
         reported = 0
-        batch = max(1, int(n / max(1, ramp / 0.01)))
-        next_batch = started
-        while opened < n or pending:
-            now = time.monotonic()
-            if opened < n and now >= next_batch:
-                for _ in range(min(batch, n - opened)):
-                    try:
-                        s = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-                    except OSError as exc:
-                        failures[errno_name(exc.errno)] += 1
-                        opened += 1
-                        continue
-                    code = s.connect_ex(target.sockaddr)
-                    opened += 1
-                    if code not in (0, errno.EINPROGRESS):
-                        failures[errno_name(code)] += 1
-                        s.close()
-                        continue
-                    c = _Conn(s, opened - 1)
-                    pending[s.fileno()] = (c, now + connect_timeout)
-                    ep.register(s.fileno(), select.EPOLLOUT)
-                next_batch = now + 0.01
-            for fd, _mask in ep.poll(0.01):
-                item = pending.pop(fd, None)
-                if item is None:
-                    continue
-                c = item[0]
-                code = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if code:
-                    ep.unregister(fd)
-                    c.sock.close()
-                    failures[errno_name(code)] += 1
-                    continue
-                ep.modify(fd, 0)
-                conns[fd] = c
-                connected += 1
-            now = time.monotonic()
-            for fd, (c, deadline) in list(pending.items()):
-                if now >= deadline:
-                    del pending[fd]
-                    ep.unregister(fd)
-                    c.sock.close()
-                    failures["ETIMEDOUT"] += 1
-            if not connected and not pending and failures.keys() == {"ECONNREFUSED"}:
+
+        def connecting(now: float) -> None:
+            nonlocal reported
+            if not driver.connected and not driver.active and set(driver.errors) == {
+                    "ECONNREFUSED"}:
                 # Nothing listens: say so at once, as 'tcplab client' does, instead
                 # of ramping N refused connections (loopback refuses within the
                 # connect() call: tcp_v4_send_reset answers the SYN on the spot).
@@ -277,105 +231,50 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
                     + (f" (none of the {n:,} connections could open)" if n > 1 else ""),
                     hint=f"start one with 'tcplab server --port {target.port} --fd-limit max', "
                     "or check --host/--port")
-            watch_queue(now, opened >= n and not pending)
-            if progress and connected - reported >= max(1, n // 10):
-                reported = connected
-                progress(f"connecting: {connected:,} of {n:,} open")
+            watch_queue(now, driver.opened >= n and not driver.active)
+            if progress and driver.connected - reported >= max(1, n // 10):
+                reported = driver.connected
+                progress(f"connecting: {driver.connected:,} of {n:,} open")
+
+        # Bounded: the ramp, then each connect by connect_timeout (slack for a loaded box).
+        driver.run(until=started + 2 * ramp + connect_timeout + 10, on_tick=connecting,
+                   tick_s=TICK_S)
+        connecting(time.monotonic())
+        connected = driver.connected
         connect_s = time.monotonic() - started
         if progress:
             progress(f"{connected:,} connections open in {connect_s:.2f} s")
 
         # 2. every connection runs its round trips at once
         cpu0 = cpu_seconds(server_pid) if server_pid else None
-        rtts: list[float] = []
-        echoes = 0
-        served = 0
-        served_all_s: float | None = None
-        t_start = time.monotonic()
-        deadline = t_start + timeout
-
-        def payload(c: _Conn) -> bytes:
-            k = (c.index * messages + c.msg) % max(1, size)
-            return base[k:] + base[:k]
-
-        def start_message(c: _Conn) -> None:
-            c.expect = payload(c)
-            c.sent = c.got = 0
-            c.t0 = time.perf_counter()
-            push(c)
-
-        def push(c: _Conn) -> None:
-            try:
-                c.sent += c.sock.send(c.expect[c.sent:])
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                fail(c, errno_name(exc.errno))
-                return
-            mask = select.EPOLLIN | (select.EPOLLOUT if c.sent < len(c.expect) else 0)
-            ep.modify(c.sock.fileno(), mask)
-
-        for c in list(conns.values()):
-            start_message(c)
-        active = len(conns)
         reported = 0
-        facts = None
-        while active and time.monotonic() < deadline:
-            for fd, mask in ep.poll(min(0.5, ACCEPT_SAMPLE_S)):
-                found = conns.get(fd)
-                if found is None:
-                    continue
-                c = found
-                if mask & select.EPOLLOUT and c.sent < len(c.expect):
-                    push(c)
-                if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-                    continue
-                try:
-                    data = c.sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    fail(c, errno_name(exc.errno))
-                    active -= 1
-                    continue
-                if not data:
-                    fail(c, "EOF")
-                    active -= 1
-                    continue
-                if data != c.expect[c.got:c.got + len(data)]:
-                    fail(c, "MISMATCH")
-                    active -= 1
-                    continue
-                c.got += len(data)
-                if c.got < len(c.expect):
-                    continue
-                rtts.append((time.perf_counter() - c.t0) * 1e6)
-                echoes += 1
-                c.msg += 1
-                if c.msg == 1:
-                    served += 1
-                    if served == connected:
-                        served_all_s = time.monotonic() - t_start
-                if c.msg < messages:
-                    start_message(c)
-                else:
-                    ep.modify(fd, 0)  # done, but held open until every connection is done
-                    active -= 1
-            watch_queue(time.monotonic(), True)
-            if progress and echoes - reported >= max(1, (n * messages) // 10):
-                reported = echoes
-                progress(f"echoes: {echoes:,} of {n * messages:,} verified")
+        t_start = time.monotonic()
+
+        def exchanging(now: float) -> None:
+            nonlocal reported
+            watch_queue(now, True)
+            if progress and driver.echoes - reported >= max(1, (n * messages) // 10):
+                reported = driver.echoes
+                progress(f"echoes: {driver.echoes:,} of {n * messages:,} verified")
+
+        driver.release()
+        driver.run(until=t_start + timeout, on_tick=exchanging, tick_s=TICK_S)
+        exchanging(time.monotonic())
         exchange_s = time.monotonic() - t_start
         cpu1 = cpu_seconds(server_pid) if server_pid else None
-        no_echo = sum(1 for c in conns.values() if c.msg == 0)
+        echoes = driver.echoes
+        active = driver.active  # still waiting for an echo when the time ran out
+        no_echo = driver.unserved()
+        failures = Counter(driver.errors)
         if active:
             failures["timeout"] += active
+        served_all_s = (driver.last_first_echo - t_start
+                        if connected and driver.served == connected else None)
         watch.next = 0.0  # one last sample: who is still waiting to be accepted
         unaccepted = watch.sample(time.monotonic())
         # 3. the server with every connection still open
-        if server_pid:
-            facts = server_facts(server_pid)
-        rtts.sort()
+        facts = server_facts(server_pid) if server_pid else None
+        rtts = sorted(x * 1e6 for x in driver.rtts)
         per_conn = None
         if facts is not None and rss0 is not None and connected:
             per_conn = round((facts.rss_bytes - rss0) / connected, 1)
@@ -394,7 +293,7 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
             rtt_max_us=round(rtts[-1], 1) if rtts else 0.0,
             echoes_per_s=round(echoes / exchange_s, 1) if exchange_s > 0 else 0.0,
             server=facts, server_rss_per_conn=per_conn, server_cpu_us_per_echo=cpu_per,
-            explanations=explanations, timeout_s=timeout, served=served, no_echo=no_echo,
+            explanations=explanations, timeout_s=timeout, served=driver.served, no_echo=no_echo,
             served_all_s=None if served_all_s is None else round(served_all_s, 3),
             accept_queue_peak=watch.peak if watch.table is not None else None,
             accepted_s=None if accepted_s is None else round(accepted_s, 3),
@@ -402,6 +301,4 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
         )
     finally:  # every socket this run opened is closed, also on Ctrl-C or an error
         watch.close()
-        for c in [*conns.values(), *(c for c, _ in pending.values())]:
-            c.sock.close()
-        ep.close()
+        driver.close()
