@@ -93,14 +93,34 @@ class Event(StrEnum):
 
 S, E = Stage, Event
 
+class IllegalTransition(RuntimeError):
+    """A (stage, event) pair not in TRANSITIONS: a bug in the driver (Rule 2)."""
+
+
+class _Row(dict[Event, Stage]):
+    """One stage's row: event -> next stage. A missing event raises IllegalTransition
+    (``__missing__``), so ``TRANSITIONS[stage][event]`` is both the lookup and the
+    check, at the speed of a plain dict lookup on the driver's hot path."""
+
+    __slots__ = ("stage",)
+
+    def __init__(self, stage: Stage, moves: dict[Event, Stage]) -> None:
+        super().__init__(moves)
+        self.stage = stage
+
+    def __missing__(self, event: Event) -> Stage:
+        raise IllegalTransition(f"a client connection cannot take {event.value!r} while "
+                                f"{self.stage.value!r}")
+
+
 #: (stage, event) -> the next stage: the whole of a client connection's life.
-TRANSITIONS: dict[Stage, dict[Event, Stage]] = {
+TRANSITIONS: dict[Stage, _Row] = {stage: _Row(stage, moves) for stage, moves in {
     S.CONNECTING: {
         E.CONNECTED: S.SENDING,
         E.CONNECTED_HELD: S.HOLDING,
         E.FAILED: S.DONE,  # ECONNREFUSED, EADDRNOTAVAIL, EADDRINUSE, EMFILE, ...
         E.TIMED_OUT: S.DONE,  # the SYN went unanswered (a full accept queue drops it)
-        E.STOPPED: S.DONE,
+        E.STOPPED: S.DONE,  # counted as unconnected
     },
     S.SENDING: {
         E.SENT_PARTIAL: S.SENDING,
@@ -109,12 +129,12 @@ TRANSITIONS: dict[Stage, dict[Event, Stage]] = {
         E.PEER_CLOSED: S.DONE,  # closed early
         E.FAILED: S.DONE,  # EPIPE, ECONNRESET; or more bytes back than were sent
         E.TIMED_OUT: S.DONE,
-        E.STOPPED: S.DONE,
+        E.STOPPED: S.DONE,  # counted as unanswered
     },
     S.AWAITING_ECHO: {
         E.ECHO_PARTIAL: S.AWAITING_ECHO,
         E.ECHO_COMPLETE: S.SENDING,
-        E.LAST_ECHO_HELD: S.HOLDING,
+        E.LAST_ECHO_HELD: S.HOLDING,  # ok
         E.LAST_ECHO_CLOSE: S.DONE,  # ok
         E.LAST_ECHO_AWAIT_CLOSE: S.CLOSING,
         E.PEER_CLOSED: S.DONE,  # closed early: EOF before the whole echo
@@ -124,34 +144,26 @@ TRANSITIONS: dict[Stage, dict[Event, Stage]] = {
     },
     S.HOLDING: {
         E.RELEASED: S.SENDING,
-        E.CLOSE: S.DONE,  # ok
+        E.CLOSE: S.DONE,
         E.PEER_CLOSED: S.DONE,  # the peer closed a connection we held: closed early
         E.FAILED: S.DONE,  # a reset while held (epoll reports EPOLLERR/EPOLLHUP always)
     },
     S.CLOSING: {
         E.PEER_CLOSED: S.DONE,  # ok: the peer closed first, as asked
         E.FAILED: S.DONE,  # a reset instead of a FIN; bytes after the echo
-        E.STOPPED: S.DONE,
+        E.STOPPED: S.DONE,  # counted as unanswered
     },
     S.DONE: {},
-}
+}.items()}
 
 #: Stages in which a connection is under way (the driver waits for it); HOLDING is
 #: open but idle, DONE is gone.
 ACTIVE: frozenset[Stage] = frozenset({S.CONNECTING, S.SENDING, S.AWAITING_ECHO, S.CLOSING})
 
 
-class IllegalTransition(RuntimeError):
-    """A (stage, event) pair not in TRANSITIONS: a bug in the driver (Rule 2)."""
-
-
 def step(stage: Stage, event: Event) -> Stage:
     """The stage ``event`` leads to from ``stage``; raises IllegalTransition off the table."""
-    nxt = TRANSITIONS[stage].get(event)
-    if nxt is None:
-        raise IllegalTransition(f"a client connection cannot take {event.value!r} while "
-                                f"{stage.value!r}")
-    return nxt
+    return TRANSITIONS[stage][event]
 
 
 class Outcome(StrEnum):
@@ -327,20 +339,31 @@ class Report:
 
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
 _UNREGISTERED = -1
-_EPOLL_MAX_WAIT_S = 1.0  # poll at least this often: bounds are checked between batches
+_EPOLL_MAX_WAIT_S = 1.0  # poll at least this often: the bounds are checked between batches
+_INF = float("inf")
+
+# The table's rows and the events, bound once: the driver's hot paths look a move up
+# as ``_AWAITING[_ECHO_COMPLETE]`` (two dict lookups, no call).
+T = TRANSITIONS
+_CONNECTING_, _SENDING_, _AWAITING_, _HOLDING_, _CLOSING_ = (
+    S.CONNECTING, S.SENDING, S.AWAITING_ECHO, S.HOLDING, S.CLOSING)
+_CONNECTING, _SENDING, _AWAITING = T[S.CONNECTING], T[S.SENDING], T[S.AWAITING_ECHO]
+_CONNECTED, _SENT, _SENT_PARTIAL = E.CONNECTED, E.SENT, E.SENT_PARTIAL
+_ECHO_PARTIAL, _ECHO_COMPLETE, _LAST_ECHO_CLOSE = (
+    E.ECHO_PARTIAL, E.ECHO_COMPLETE, E.LAST_ECHO_CLOSE)
 
 
 class _Conn:
     __slots__ = ("deadline", "expect", "fd", "got", "index", "mask", "sent", "sock", "stage",
                  "t0", "trips")
 
-    def __init__(self, sock: socket.socket, index: int) -> None:
+    def __init__(self, sock: socket.socket, index: int, expect: bytes) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.index = index
-        self.stage = S.CONNECTING
+        self.stage = _CONNECTING_
         self.trips = 0  # round trips completed
-        self.expect = b""  # this round trip's request, and so its echo
+        self.expect = expect  # this round trip's request, and so its echo
         self.sent = 0
         self.got = 0
         self.t0 = 0.0  # when this attempt began: connect(), or the round trip's send
@@ -352,21 +375,18 @@ class Driver:
     """One epoll loop running connections as ``config`` says.
 
     Level-triggered, with each connection's interest set to what its stage waits
-    for (EPOLLOUT while connecting or partly sent, EPOLLIN while awaiting its echo,
-    nothing while held) and changed only when that changes: a round trip that
-    writes its request whole costs no epoll_ctl at all, one recv() reads what
-    epoll said had arrived, and nothing must be drained to EAGAIN as
-    edge-triggered would need. Measured (bench/README.md figures quoted in this
-    module's commit, 1,000 connections x 200 round trips of 64 B on loopback):
-    the client's CPU per echo was the same within noise for EPOLLET registered once
-    with EPOLLIN|EPOLLOUT, which pays a spurious wake-up per round trip instead.
-
-    A connection's socket is never unregistered: close() drops it from the epoll
-    set (the file is released; eventpoll_release in fs/eventpoll.c), one syscall
-    less per connection for the bomb.
+    for (EPOLLOUT while connecting or partly sent, EPOLLIN while awaiting its
+    echo, nothing while held) and changed only when that changes: a round trip
+    that writes its request whole costs no epoll_ctl, and one recv() reads what
+    epoll said had arrived, where edge-triggered would have to read on to EAGAIN
+    (one more syscall per echo) or risk a stall. The loops this replaced called
+    epoll_ctl once per round trip (multiplex) and unregistered every socket
+    before close() (bomb); close() alone drops a socket from the epoll set (its
+    file is released: eventpoll_release, fs/eventpoll.c). Figures before and
+    after: docs/architecture.md, traffic/engine.py.
 
     Use: ``run()`` (as often as the phases need), ``release()`` held connections,
-    ``stop_sending()`` to let echoes in flight come home, ``stop()`` to close
+    ``stop_sending()`` to let the echoes in flight come home, ``stop()`` to close
     everything (those under way are recorded as waiting), ``report()``, ``close()``.
     """
 
@@ -386,8 +406,8 @@ class Driver:
         self.echoes = 0
         self.failed = 0
         self.active = 0  # connections in an ACTIVE stage
-        self.served = 0
-        self.last_first_echo = 0.0  # when the latest connection got its first echo
+        self.served = 0  # connections with at least one complete echo
+        self.last_first_echo = 0.0  # when the latest of those got its first
         self.outcomes: Counter[Outcome] = Counter()
         self.errors: Counter[str] = Counter()
         self.failed_in: Counter[tuple[Stage, Outcome]] = Counter()
@@ -396,29 +416,28 @@ class Driver:
         self.rtts: list[float] = []
         self.sending = True  # False after stop_sending(): no new round trips
         self.started = clock()
-        self.deadline = self.started + config.duration if config.duration else float("inf")
+        self.deadline = self.started + config.duration if config.duration else _INF
         self._next_batch = self.started
         self._per_batch = 0  # 0: no ramp, open as many as the bounds allow
         if config.ramp_s > 0 and config.connections:
             batches = max(1, int(config.ramp_s / config.ramp_step_s))
             self._per_batch = max(1, -(-config.connections // batches))
-        self._payload = config.payload if isinstance(config.payload, bytes) else None
+        # The config's fields the hot paths read, as plain attributes.
+        self._fixed = config.payload if isinstance(config.payload, bytes) else None
         self._make = None if isinstance(config.payload, bytes) else config.payload
+        self._count = config.count if config.count is not None else _INF
+        self._connections = config.connections if config.connections is not None else _INF
+        self._concurrency = config.concurrency if config.concurrency is not None else _INF
+        self._round_trips = config.round_trips if config.round_trips is not None else _INF
         self._connect_timeouts: deque[tuple[float, _Conn]] = deque()
         self._echo_timeouts: deque[tuple[float, _Conn]] = deque()
         self._closed = False
 
     # -- opening ---------------------------------------------------------------------
 
-    def _budget_left(self, now: float) -> bool:
-        count = self.config.count
-        return (count is None or self.attempted < count) and now < self.deadline
-
     def _may_open(self, now: float) -> bool:
-        cfg = self.config
-        return ((cfg.connections is None or self.opened < cfg.connections)
-                and (cfg.concurrency is None or len(self.conns) < cfg.concurrency)
-                and self._budget_left(now))
+        return (self.opened < self._connections and len(self.conns) < self._concurrency
+                and self.attempted < self._count and now < self.deadline)
 
     def _open_some(self, now: float) -> None:
         per = self._per_batch
@@ -426,12 +445,15 @@ class Driver:
             if now < self._next_batch:
                 return
             self._next_batch = now + self.config.ramp_step_s
-        n = 0
-        clock = self.clock
-        # Bounded: connections or concurrency is set (Config), and count/duration.
-        while self._may_open(clock()) and (not per or n < per):
+        else:
+            per = -1  # no ramp: as many as the bounds allow
+        clock, conns, deadline = self.clock, self.conns, self.deadline
+        concurrency, connections, count = self._concurrency, self._connections, self._count
+        # Bounded: connections or concurrency is finite (Config checks), and count, time.
+        while (per and self.opened < connections and len(conns) < concurrency
+               and self.attempted < count and clock() < deadline):
             self._open_one()
-            n += 1
+            per -= 1
 
     def _open_one(self) -> None:
         cfg, target = self.config, self.target
@@ -441,23 +463,25 @@ class Driver:
         try:
             sock = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:  # EMFILE, ENFILE: no connection to count it against
-            self._count_failure(S.CONNECTING, outcome_of(exc.errno or 0), exc.errno or 0)
+            self._count_failure(_CONNECTING_, outcome_of(exc.errno or 0), exc.errno or 0)
             return
-        c = _Conn(sock, index)
+        make = self._make
+        c = _Conn(sock, index, make(index, 0) if make is not None else self._fixed)  # type: ignore[arg-type]
         self.conns[c.fd] = c
         self.active += 1
-        try:
-            if cfg.nodelay:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if cfg.source is not None:
-                sock.bind(cfg.source)  # EADDRINUSE when bind() must pick a port for all
-        except OSError as exc:
-            self._fail(c, exc.errno or 0)
-            return
+        if cfg.nodelay or cfg.source is not None:
+            try:
+                if cfg.nodelay:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if cfg.source is not None:
+                    sock.bind(cfg.source)  # EADDRINUSE: bind() must find a port free for all
+            except OSError as exc:
+                self._fail(c, exc.errno or 0)
+                return
         c.t0 = now = self.clock()
         code = sock.connect_ex(target.sockaddr)
         if code == 0:
-            self._connected(c, now)
+            self._connected(c)
         elif code != _errno.EINPROGRESS:
             self._fail(c, code)
         elif cfg.hold_first:
@@ -465,7 +489,6 @@ class Driver:
         else:
             # On loopback the handshake often completes inside connect(): try the
             # request now, and skip one epoll round trip when it did.
-            self._begin(c, now)
             try:
                 k = sock.send(c.expect)
             except BlockingIOError:
@@ -475,7 +498,9 @@ class Driver:
                 self._fail(c, exc.errno or 0)
                 return
             self.connected += 1
-            c.stage = step(c.stage, E.CONNECTED)
+            c.stage = _CONNECTING[_CONNECTED]
+            if cfg.echo_timeout is not None:
+                self._echo_clock(c, now)
             self._sent(c, k)
 
     def _wait_connect(self, c: _Conn, now: float) -> None:
@@ -485,29 +510,33 @@ class Driver:
             c.deadline = now + timeout
             self._connect_timeouts.append((c.deadline, c))
 
-    def _connected(self, c: _Conn, now: float) -> None:
+    def _connected(self, c: _Conn) -> None:
         self.connected += 1
         if self.config.hold_first:
-            c.stage = step(c.stage, E.CONNECTED_HELD)
+            c.stage = T[c.stage][E.CONNECTED_HELD]
             self.active -= 1
             self._want(c, 0)  # EPOLLERR and EPOLLHUP still come: a reset while held
             return
-        c.stage = step(c.stage, E.CONNECTED)
-        self._begin(c, c.t0)  # the first round trip's time includes the handshake
+        c.stage = T[c.stage][_CONNECTED]  # the first round trip's time includes the handshake
+        if self.config.echo_timeout is not None:
+            self._echo_clock(c, self.clock())
         self._push(c)
 
     # -- round trips -------------------------------------------------------------------
 
     def _begin(self, c: _Conn, now: float) -> None:
-        """A round trip starts: its request, its clock, its echo timeout."""
+        """A round trip starts (after the first): its request, its clock, its timeout."""
         make = self._make
-        c.expect = make(c.index, c.trips) if make is not None else self._payload  # type: ignore[assignment]
+        if make is not None:
+            c.expect = make(c.index, c.trips)
         c.sent = c.got = 0
         c.t0 = now
-        timeout = self.config.echo_timeout
-        if timeout is not None:
-            c.deadline = self.clock() + timeout
-            self._echo_timeouts.append((c.deadline, c))
+        if self.config.echo_timeout is not None:
+            self._echo_clock(c, now)
+
+    def _echo_clock(self, c: _Conn, now: float) -> None:
+        c.deadline = now + self.config.echo_timeout  # type: ignore[operator]
+        self._echo_timeouts.append((c.deadline, c))
 
     def _push(self, c: _Conn) -> None:
         """SENDING: write what the kernel takes of the rest of the request."""
@@ -524,11 +553,12 @@ class Driver:
     def _sent(self, c: _Conn, k: int) -> None:
         c.sent += k
         if c.sent < len(c.expect):
-            c.stage = step(c.stage, E.SENT_PARTIAL)
+            c.stage = _SENDING[_SENT_PARTIAL]
             self._want(c, IN | OUT)  # read the echo meanwhile: a large one cannot deadlock
         else:
-            c.stage = step(c.stage, E.SENT)
-            self._want(c, IN)
+            c.stage = _SENDING[_SENT]
+            if c.mask != IN:
+                self._want(c, IN)
 
     def _want(self, c: _Conn, mask: int) -> None:
         if c.mask != mask:
@@ -538,39 +568,58 @@ class Driver:
                 self.ep.modify(c.fd, mask)
             c.mask = mask
 
-    def _echoed(self, c: _Conn, now: float) -> None:
-        """The whole echo is in: count it, then the next round trip or the plan's end."""
+    def _echoed(self, c: _Conn) -> None:
+        """AWAITING_ECHO, the whole echo in: count it, then the next round trip, or
+        the plan's end. The hot path of every load: what _begin, _push and _sent do,
+        written out for the common case (the request written whole)."""
+        now = self.clock()
         self.echoes += 1
         if self.config.record_rtts:
             self.rtts.append(now - c.t0)
-        c.trips += 1
-        if c.trips == 1:
+        trips = c.trips = c.trips + 1
+        if trips == 1:
             self.served += 1
             self.last_first_echo = now
-        cfg = self.config
-        if ((cfg.round_trips is None or c.trips < cfg.round_trips) and self.sending
-                and self._budget_left(now)):
-            self.ok += 1
-            self.attempted += 1
-            c.stage = step(c.stage, E.ECHO_COMPLETE)
-            self._begin(c, now)
-            self._push(c)
+        if not (trips < self._round_trips and self.sending and self.attempted < self._count
+                and now < self.deadline):
+            self._last_echo(c)
             return
-        self._last_echo(c)
+        self.ok += 1
+        self.attempted += 1
+        c.stage = _AWAITING[_ECHO_COMPLETE]
+        make = self._make
+        expect = c.expect = make(c.index, trips) if make is not None else c.expect
+        c.got = 0
+        c.t0 = now
+        if self.config.echo_timeout is not None:
+            self._echo_clock(c, now)
+        try:
+            k = c.sock.send(expect)
+        except BlockingIOError:
+            k = 0
+        except OSError as exc:
+            self._fail(c, exc.errno or 0)
+            return
+        if k == len(expect):  # the interest stays EPOLLIN: no epoll_ctl
+            c.sent = k
+            c.stage = _SENDING[_SENT]
+        else:
+            c.sent = 0
+            self._sent(c, k)
 
     def _last_echo(self, c: _Conn) -> None:
         then = self.config.then
         if then is Then.AWAIT_CLOSE:
-            c.stage = step(c.stage, E.LAST_ECHO_AWAIT_CLOSE)  # ok when the peer's FIN comes
+            c.stage = T[c.stage][E.LAST_ECHO_AWAIT_CLOSE]  # ok when the peer's FIN comes
             return
         self.ok += 1
         self.active -= 1
-        if then is Then.HOLD:
-            c.stage = step(c.stage, E.LAST_ECHO_HELD)
-            self._want(c, 0)
-        else:
-            c.stage = step(c.stage, E.LAST_ECHO_CLOSE)
+        if then is Then.CLOSE:
+            c.stage = _AWAITING[_LAST_ECHO_CLOSE]
             self._close(c)
+        else:
+            c.stage = T[c.stage][E.LAST_ECHO_HELD]
+            self._want(c, 0)
 
     def _close(self, c: _Conn) -> None:
         del self.conns[c.fd]
@@ -579,14 +628,14 @@ class Driver:
                 c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
             except OSError:
                 pass  # already reset by the peer: closing is all that is left
-        c.sock.close()
+        c.sock.close()  # also drops it from the epoll set
 
     # -- reading ---------------------------------------------------------------------
 
     def _read(self, c: _Conn) -> None:
         """SENDING or AWAITING_ECHO with something to read: echo bytes, EOF or an error."""
-        size = len(c.expect)
-        got = c.got
+        expect, got = c.expect, c.got
+        size = len(expect)
         try:
             data = c.sock.recv(size - got)
         except BlockingIOError:
@@ -597,20 +646,15 @@ class Driver:
         n = len(data)
         if not n:
             self._fail(c, 0, Outcome.CLOSED_EARLY, E.PEER_CLOSED)
-            return
-        if got + n > c.sent:  # an echo of bytes not yet sent: the peer made them up
+        elif (got + n > c.sent  # an echo of bytes not yet sent: the peer made them up
+              or (self.config.verify and data != (expect if n == size else expect[got:got + n]))):
             self._fail(c, 0, Outcome.WRONG_BYTES)
-            return
-        if self.config.verify and data != (c.expect if n == size else c.expect[got:got + n]):
-            self._fail(c, 0, Outcome.WRONG_BYTES)
-            return
-        got += n
-        if got < size:
-            c.got = got
-            c.stage = step(c.stage, E.ECHO_PARTIAL)
-            return
-        c.got = got
-        self._echoed(c, self.clock())
+        elif got + n < size:
+            c.got = got + n
+            c.stage = T[c.stage][_ECHO_PARTIAL]
+        else:
+            c.got = size
+            self._echoed(c)
 
     def _read_closing(self, c: _Conn) -> None:
         """CLOSING: the peer's FIN (ok), a reset, or bytes after the echo."""
@@ -624,8 +668,8 @@ class Driver:
         if data:
             if self.config.verify:
                 self._fail(c, 0, Outcome.WRONG_BYTES)
-            return  # unverified: more bytes than the echo are only counted as read
-        c.stage = step(c.stage, E.PEER_CLOSED)
+            return  # unverified: bytes past the echo are read and let go
+        c.stage = T[c.stage][E.PEER_CLOSED]
         self.ok += 1
         self.active -= 1
         self._close(c)
@@ -643,17 +687,17 @@ class Driver:
         except OSError as exc:
             self._fail(c, exc.errno or 0)
             return
-        if not data:
-            self._fail(c, 0, Outcome.CLOSED_EARLY, E.PEER_CLOSED)
-        else:
+        if data:
             self._fail(c, 0, Outcome.WRONG_BYTES)  # bytes nobody asked for
+        else:
+            self._fail(c, 0, Outcome.CLOSED_EARLY, E.PEER_CLOSED)
 
     # -- failures ------------------------------------------------------------------
 
     def _fail(self, c: _Conn, code: int, outcome: Outcome | None = None,
               event: Event = E.FAILED) -> None:
         stage = c.stage
-        c.stage = step(stage, event)
+        c.stage = T[stage][event]
         if stage in ACTIVE:
             self.active -= 1
         del self.conns[c.fd]
@@ -677,92 +721,88 @@ class Driver:
 
     def _expire(self, now: float) -> None:
         """Connect and echo timeouts due by ``now``. Each deque is in deadline order
-        (one timeout each); entries whose connection moved on are dropped."""
+        (one timeout each); an entry whose connection moved on is dropped."""
         q = self._connect_timeouts
         while q and q[0][0] <= now:
             deadline, c = q.popleft()
-            if c.stage is S.CONNECTING and c.deadline == deadline:
+            if c.stage is _CONNECTING_ and c.deadline == deadline:
                 self._fail(c, _errno.ETIMEDOUT, Outcome.TIMED_OUT, E.TIMED_OUT)
         q = self._echo_timeouts
         while q and q[0][0] <= now:
             deadline, c = q.popleft()
-            if (c.stage is S.AWAITING_ECHO or c.stage is S.SENDING) and c.deadline == deadline:
+            if (c.stage is _AWAITING_ or c.stage is _SENDING_) and c.deadline == deadline:
                 self._fail(c, _errno.ETIMEDOUT, Outcome.TIMED_OUT, E.TIMED_OUT)
 
     # -- the loop ------------------------------------------------------------------
-
-    def _more_to_open(self, now: float) -> bool:
-        return self._may_open(now)
 
     def run(self, until: float | None = None, max_echoes: int | None = None,
             on_tick: Callable[[float], None] | None = None, tick_s: float = 0.5) -> Stop:
         """Run until nothing is under way and nothing more may open (DONE), ``until``
         (a clock time), the config's duration, or ``max_echoes`` echoes in all.
         ``on_tick(now)`` is called between epoll batches, at most every ``tick_s``."""
-        end = min(until if until is not None else float("inf"), self.deadline)
-        if end == float("inf"):
+        end = min(until if until is not None else _INF, self.deadline)
+        if end == _INF:
             raise ValueError("unbounded run: give the config a duration or run() an until")
-        clock, poll, conns = self.clock, self.ep.poll, self.conns
-        awaiting, sending, connecting, closing = (S.AWAITING_ECHO, S.SENDING, S.CONNECTING,
-                                                  S.CLOSING)
-        read, push = self._read, self._push
-        next_tick = clock() + tick_s
+        clock, poll, get = self.clock, self.ep.poll, self.conns.get
+        read, push, fail = self._read, self._push, self._fail
+        next_tick = clock() + tick_s if on_tick is not None else _INF
         timeouts = self._connect_timeouts, self._echo_timeouts
-        while True:  # bounded: every pass checks ``end`` (at most _EPOLL_MAX_WAIT_S apart)
+        ramped = self._per_batch > 0
+        while True:  # bounded: every pass checks ``end``, at most _EPOLL_MAX_WAIT_S apart
             now = clock()
             if self.sending:
                 self._open_some(now)
-            if not self.active and not (self.sending and self._more_to_open(now)):
+            if not self.active and not (self.sending and self._may_open(now)):
                 return Stop.DONE
             if max_echoes is not None and self.echoes >= max_echoes:
                 return Stop.ECHOES
             if now >= end:
                 return Stop.DURATION if now >= self.deadline else Stop.UNTIL
-            wait = min(end, next_tick if on_tick is not None else end) - now
-            if self._per_batch and self.opened < (self.config.connections or 0):
+            wait = min(end, next_tick) - now
+            if ramped and self.opened < self._connections:
                 wait = min(wait, self._next_batch - now)
             for q in timeouts:
                 if q:
                     wait = min(wait, q[0][0] - now)
             for fd, ev in poll(min(max(wait, 0.0), _EPOLL_MAX_WAIT_S)):
-                c = conns.get(fd)
+                c = get(fd)
                 if c is None:
                     continue
                 st = c.stage
-                if st is awaiting:
+                if st is _AWAITING_:
                     read(c)
-                elif st is sending:
+                elif st is _SENDING_:
                     if ev & OUT:
                         push(c)
-                    if ev & ~OUT and c.stage is sending:
+                    if ev & ~OUT and c.stage is _SENDING_:
                         read(c)
-                elif st is connecting:
+                elif st is _CONNECTING_:
                     code = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if code:
-                        self._fail(c, code)
+                        fail(c, code)
                     else:
-                        self._connected(c, clock())
-                elif st is closing:
+                        self._connected(c)
+                elif st is _CLOSING_:
                     self._read_closing(c)
                 else:
                     self._read_held(c)
             now = clock()
             if timeouts[0] or timeouts[1]:
                 self._expire(now)
-            if on_tick is not None and now >= next_tick:
-                on_tick(now)
+            if now >= next_tick:
+                on_tick(now)  # type: ignore[misc]
                 next_tick = now + tick_s
 
     # -- phases --------------------------------------------------------------------
 
     def release(self) -> int:
         """Every held connection with round trips left starts its next one; how many."""
-        cfg, n, clock = self.config, 0, self.clock
+        n, clock = 0, self.clock
         for c in list(self.conns.values()):
-            if c.stage is S.HOLDING and (cfg.round_trips is None or c.trips < cfg.round_trips):
+            if c.stage is _HOLDING_ and c.trips < self._round_trips:
                 if c.trips:  # its first round trip was counted when it was opened
                     self.attempted += 1
-                c.stage = step(c.stage, E.RELEASED)
+                c.stage = T[c.stage][E.RELEASED]
                 self.active += 1
                 self._begin(c, clock())  # each its own clock: a round trip's time is its own
                 self._push(c)
@@ -783,12 +823,12 @@ class Driver:
         now = self.clock()
         stopped = []
         for c in list(self.conns.values()):
-            if c.stage is S.HOLDING:
-                c.stage = step(c.stage, E.CLOSE)
+            if c.stage is _HOLDING_:
+                c.stage = T[c.stage][E.CLOSE]
                 self._close(c)
             else:
                 stopped.append(Waiting(c.stage, now - c.t0))
-                c.stage = step(c.stage, E.STOPPED)
+                c.stage = T[c.stage][E.STOPPED]
                 self.active -= 1
                 del self.conns[c.fd]
                 c.sock.close()
@@ -815,7 +855,7 @@ class Driver:
         return Report(
             attempted=self.attempted, opened=self.opened, connected=self.connected,
             ok=self.ok, echoes=self.echoes, failed=self.failed,
-            outcomes={Outcome.OK: self.ok, **self.outcomes}, errors=dict(self.errors.most_common()),
-            failed_in=dict(self.failed_in), first_error=self.first_error,
-            waiting=list(self.waiting), served=self.served,
+            outcomes={Outcome.OK: self.ok, **self.outcomes},
+            errors=dict(self.errors.most_common()), failed_in=dict(self.failed_in),
+            first_error=self.first_error, waiting=list(self.waiting), served=self.served,
             elapsed_s=round(self.clock() - self.started, 3), rtts_s=list(self.rtts))
