@@ -47,6 +47,7 @@ What it counts, honestly (issue 11):
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Callable
@@ -191,17 +192,15 @@ def config(mode: str = "fresh", count: int = 30_000, duration: float = 30.0,
     before it closes."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
-    pool = mode == "pool"
-    then = engine.Then.HOLD if pool else (
-        engine.Then.AWAIT_CLOSE if wait_close else engine.Then.CLOSE)
-    return engine.Config(
-        concurrency=pool_size if pool else workers,
-        round_trips=None if pool else 1,
-        payload=PAYLOAD, verify=False, then=then,
+    churn = engine.churn_config(count, workers, duration, PAYLOAD)
+    if mode == "pool":
+        return dataclasses.replace(churn, concurrency=pool_size, round_trips=None,
+                                   then=engine.Then.HOLD)
+    return dataclasses.replace(
+        churn, then=engine.Then.AWAIT_CLOSE if wait_close else engine.Then.CLOSE,
         linger0=mode == "linger0",
         source=(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0)
-                if mode == "bind" else None),
-        count=count, duration=duration)
+                if mode == "bind" else None))
 
 
 def run(

@@ -859,3 +859,103 @@ class Driver:
             errors=dict(self.errors.most_common()), failed_in=dict(self.failed_in),
             first_error=self.first_error, waiting=list(self.waiting), served=self.served,
             elapsed_s=round(self.clock() - self.started, 3), rtts_s=list(self.rtts))
+
+
+# --- Part 3: bench's load generators, as configurations ---------------------------------
+
+
+def churn_config(count: int, workers: int = 32, duration: float = 60.0,
+                 payload: bytes = b"tcplab port bomb") -> Config:
+    """Connect, one echo (counted, not compared), close; ``workers`` at once, until
+    ``count`` connections or ``duration`` s: the port bomb's fresh mode
+    (``traffic/bomb.py`` builds on this) and bench's churn client."""
+    return Config(concurrency=workers, round_trips=1, payload=payload, verify=False,
+                  count=count, duration=duration)
+
+
+def churn(target: Target, count: int, workers: int = 32, duration: float = 60.0,
+          payload: bytes = b"tcplab port bomb") -> Report:
+    with Driver(target, churn_config(count, workers, duration, payload)) as driver:
+        driver.run()
+        driver.stop()
+        return driver.report()
+
+
+def pingpong_config(connections: int, size: int = 64, payload: bytes | None = None,
+                    connect_timeout: float = 10.0, ramp_s: float = 0.0) -> Config:
+    """``connections`` connections, each with one ``size``-byte message in flight:
+    send, wait for the whole echo (verified), send again, for as long as run() says.
+    Connected first and held, then released at once; TCP_NODELAY, as a latency
+    load generator sets it."""
+    return Config(
+        connections=connections, ramp_s=ramp_s, hold_first=True, round_trips=None,
+        payload=payload if payload is not None else bytes(i & 0xFF for i in range(size)),
+        verify=True, then=Then.HOLD, record_rtts=True, nodelay=True,
+        connect_timeout=connect_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The load's state between two epoll batches: the echo count and the clock
+    belong to the same instant, and ``extra`` is what the caller measured then."""
+
+    t: float  # the driver's clock (time.monotonic)
+    echoes: int  # complete echoes since the start
+    rtts: int  # round-trip times recorded since the start (index into the list)
+    extra: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PingPong:
+    connections: int
+    connected: int
+    connect_s: float
+    a: Mark  # after the warm-up
+    b: Mark  # after ``seconds`` (or ``max_echoes``)
+    echoes_total: int  # the whole run, drain included
+    in_flight: int  # requests whose echo had not come back after the drain
+    failed: int
+    errors: dict[str, int]
+    window_rtts_s: list[float]  # sorted: the round trips completed between a and b
+
+    def percentile_us(self, q: float) -> float:
+        """Nearest-rank percentile of the window's round trips, in microseconds."""
+        w = self.window_rtts_s
+        if not w:
+            return 0.0
+        rank = max(1, -(-len(w) * q // 100))
+        return w[int(rank) - 1] * 1e6
+
+
+def pingpong(target: Target, connections: int, size: int = 64, warmup: float = 0.5,
+             seconds: float = 3.0, max_echoes: int | None = None,
+             mark: Callable[[], Any] | None = None, payload: bytes | None = None,
+             connect_timeout: float = 10.0, ramp_s: float = 0.0,
+             drain_s: float = 10.0) -> PingPong:
+    """bench's load: connect all, then ping-pong on all for ``warmup`` s, mark A,
+    ``seconds`` s more (or ``max_echoes`` echoes), mark B, stop sending and collect
+    the echoes in flight (at most ``drain_s``). ``mark()`` runs at A and at B,
+    between two epoll batches (the server's CPU time, say)."""
+    cfg = pingpong_config(connections, size, payload, connect_timeout, ramp_s)
+    with Driver(target, cfg) as driver:
+        clock = driver.clock
+
+        def take() -> Mark:
+            extra = mark() if mark is not None else None
+            return Mark(clock(), driver.echoes, len(driver.rtts), extra)
+
+        driver.run(until=driver.started + ramp_s + connect_timeout + 5)
+        connect_s = clock() - driver.started
+        driver.release()
+        driver.run(until=clock() + warmup)
+        a = take()
+        driver.run(until=a.t + seconds,
+                   max_echoes=a.echoes + max_echoes if max_echoes is not None else None)
+        b = take()
+        driver.stop_sending()
+        driver.run(until=clock() + drain_s)
+        return PingPong(
+            connections=connections, connected=driver.connected, connect_s=round(connect_s, 3),
+            a=a, b=b, echoes_total=driver.echoes, in_flight=driver.active, failed=driver.failed,
+            errors=dict(driver.errors.most_common()),
+            window_rtts_s=sorted(driver.rtts[a.rtts:b.rtts]))
