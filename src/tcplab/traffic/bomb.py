@@ -1,9 +1,11 @@
 """The port bomb: many short-lived connections, until the kernel runs out of ports.
 
-One process, one ``select.epoll`` loop, ``workers`` connections in flight at
-once: a connection is a small state machine (connect -> send -> read the echo
--> close), and a finished one is replaced at once until the count or the time
-bound is reached. The modes:
+A configuration of the client engine (``traffic/engine.py``: one epoll loop,
+each connection living its table): ``workers`` connections in flight at once,
+each connect -> send -> read the echo -> close, and a finished one replaced at
+once until the count or the time bound is reached (``config()``; fresh mode is
+``engine.churn_config``, bench's churn client). What is the bomb's own: the
+TIME_WAIT count, the port-range size, and the records below. The modes:
 
 * ``fresh``: connect, one echo, close. The client closes first, so the
   client's side lands in TIME_WAIT for 60 s, holding its ephemeral port for

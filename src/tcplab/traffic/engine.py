@@ -416,7 +416,8 @@ class Driver:
         self.rtts: list[float] = []
         self.sending = True  # False after stop_sending(): no new round trips
         self.started = clock()
-        self.deadline = self.started + config.duration if config.duration else _INF
+        self.deadline = (self.started + config.duration if config.duration is not None
+                         else _INF)
         self._next_batch = self.started
         self._per_batch = 0  # 0: no ramp, open as many as the bounds allow
         if config.ramp_s > 0 and config.connections:
@@ -823,7 +824,10 @@ class Driver:
         now = self.clock()
         stopped = []
         for c in list(self.conns.values()):
-            if c.stage is _HOLDING_:
+            if c.stage is S.DONE:  # a move cut short by Ctrl-C: it ended already
+                del self.conns[c.fd]
+                c.sock.close()
+            elif c.stage is _HOLDING_:
                 c.stage = T[c.stage][E.CLOSE]
                 self._close(c)
             else:

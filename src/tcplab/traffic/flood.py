@@ -11,6 +11,8 @@ Against a server that has run out of fds the three outcomes are the lesson:
   the SYN, and the client sits in SYN_SENT. There is no "connection refused".
 
 Clients are opened in batches over ``ramp`` seconds so the climb is visible.
+``run`` is a configuration of the client engine (``traffic/engine.py``): its
+connect and echo timeouts, and the outcomes counted by the stage they ended in.
 """
 
 from __future__ import annotations

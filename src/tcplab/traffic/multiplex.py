@@ -1,9 +1,12 @@
 """Many concurrent connections from one client process: the C10k load.
 
-One epoll loop opens ``connections`` sockets (ramped, so the server's accept
-queue is not overrun), holds them all open, runs ``messages`` round trips of
-``size`` bytes on every one of them at once, verifying every echoed byte,
-measures the server while everything is open, then closes.
+A configuration of the client engine (``traffic/engine.py``, ``config()``):
+it opens ``connections`` sockets (ramped, so the server's accept queue is not
+overrun), holds them all open, releases them at once for ``messages`` round
+trips of ``size`` bytes each, verifying every echoed byte, holds them again,
+measures the server while everything is open, then closes. Its own: the fd
+limit it fits itself into, the accept queue (``AcceptWatch``), the server's
+facts, and what a timeout means.
 
 Besides the echoes it measures what a server that cannot keep up looks like
 from outside: how many connections got a first echo at all (``served``) and
