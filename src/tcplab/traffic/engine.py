@@ -351,15 +351,16 @@ _CONNECTING, _SENDING, _AWAITING = T[S.CONNECTING], T[S.SENDING], T[S.AWAITING_E
 _CONNECTED, _SENT, _SENT_PARTIAL = E.CONNECTED, E.SENT, E.SENT_PARTIAL
 _ECHO_PARTIAL, _ECHO_COMPLETE, _LAST_ECHO_CLOSE = (
     E.ECHO_PARTIAL, E.ECHO_COMPLETE, E.LAST_ECHO_CLOSE)
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
 class _Conn:
     __slots__ = ("deadline", "expect", "fd", "got", "index", "mask", "sent", "sock", "stage",
                  "t0", "trips")
 
-    def __init__(self, sock: socket.socket, index: int, expect: bytes) -> None:
+    def __init__(self, sock: socket.socket, fd: int, index: int, expect: bytes) -> None:
         self.sock = sock
-        self.fd = sock.fileno()
+        self.fd = fd
         self.index = index
         self.stage = _CONNECTING_
         self.trips = 0  # round trips completed
@@ -430,6 +431,9 @@ class Driver:
         self._connections = config.connections if config.connections is not None else _INF
         self._concurrency = config.concurrency if config.concurrency is not None else _INF
         self._round_trips = config.round_trips if config.round_trips is not None else _INF
+        self._rtts_on = config.record_rtts
+        self._close_last = config.then is Then.CLOSE
+        self._verify = config.verify
         self._connect_timeouts: deque[tuple[float, _Conn]] = deque()
         self._echo_timeouts: deque[tuple[float, _Conn]] = deque()
         self._closed = False
@@ -457,18 +461,22 @@ class Driver:
             per -= 1
 
     def _open_one(self) -> None:
-        cfg, target = self.config, self.target
+        """Open one connection; unless held, send its request at once if it connected.
+        The hot path of the bomb: what _sent and _want do, written out for the common
+        case (connected inside connect(), the request written whole)."""
+        cfg = self.config
         index = self.opened
         self.opened += 1
         self.attempted += 1
         try:
-            sock = socket.socket(target.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = socket.socket(self.target.family, _STREAM_NONBLOCK)
         except OSError as exc:  # EMFILE, ENFILE: no connection to count it against
             self._count_failure(_CONNECTING_, outcome_of(exc.errno or 0), exc.errno or 0)
             return
         make = self._make
-        c = _Conn(sock, index, make(index, 0) if make is not None else self._fixed)  # type: ignore[arg-type]
-        self.conns[c.fd] = c
+        fd = sock.fileno()
+        c = _Conn(sock, fd, index, make(index, 0) if make is not None else self._fixed)  # type: ignore[arg-type]
+        self.conns[fd] = c
         self.active += 1
         if cfg.nodelay or cfg.source is not None:
             try:
@@ -480,7 +488,7 @@ class Driver:
                 self._fail(c, exc.errno or 0)
                 return
         c.t0 = now = self.clock()
-        code = sock.connect_ex(target.sockaddr)
+        code = sock.connect_ex(self.target.sockaddr)
         if code == 0:
             self._connected(c)
         elif code != _errno.EINPROGRESS:
@@ -502,7 +510,13 @@ class Driver:
             c.stage = _CONNECTING[_CONNECTED]
             if cfg.echo_timeout is not None:
                 self._echo_clock(c, now)
-            self._sent(c, k)
+            if k == len(c.expect):
+                c.sent = k
+                c.stage = _SENDING[_SENT]
+                self.ep.register(fd, IN)
+                c.mask = IN
+            else:
+                self._sent(c, k)
 
     def _wait_connect(self, c: _Conn, now: float) -> None:
         self._want(c, OUT)
@@ -571,42 +585,48 @@ class Driver:
 
     def _echoed(self, c: _Conn) -> None:
         """AWAITING_ECHO, the whole echo in: count it, then the next round trip, or
-        the plan's end. The hot path of every load: what _begin, _push and _sent do,
-        written out for the common case (the request written whole)."""
+        the plan's end. The hot path of every load: what _begin, _push, _sent and
+        _last_echo do, written out for the common cases (the request written whole;
+        the connection closed after its last echo)."""
         now = self.clock()
         self.echoes += 1
-        if self.config.record_rtts:
+        if self._rtts_on:
             self.rtts.append(now - c.t0)
         trips = c.trips = c.trips + 1
         if trips == 1:
             self.served += 1
             self.last_first_echo = now
-        if not (trips < self._round_trips and self.sending and self.attempted < self._count
+        if (trips < self._round_trips and self.sending and self.attempted < self._count
                 and now < self.deadline):
-            self._last_echo(c)
-            return
-        self.ok += 1
-        self.attempted += 1
-        c.stage = _AWAITING[_ECHO_COMPLETE]
-        make = self._make
-        expect = c.expect = make(c.index, trips) if make is not None else c.expect
-        c.got = 0
-        c.t0 = now
-        if self.config.echo_timeout is not None:
-            self._echo_clock(c, now)
-        try:
-            k = c.sock.send(expect)
-        except BlockingIOError:
-            k = 0
-        except OSError as exc:
-            self._fail(c, exc.errno or 0)
-            return
-        if k == len(expect):  # the interest stays EPOLLIN: no epoll_ctl
-            c.sent = k
-            c.stage = _SENDING[_SENT]
+            self.ok += 1
+            self.attempted += 1
+            c.stage = _AWAITING[_ECHO_COMPLETE]
+            make = self._make
+            expect = c.expect = make(c.index, trips) if make is not None else c.expect
+            c.got = 0
+            c.t0 = now
+            if self.config.echo_timeout is not None:
+                self._echo_clock(c, now)
+            try:
+                k = c.sock.send(expect)
+            except BlockingIOError:
+                k = 0
+            except OSError as exc:
+                self._fail(c, exc.errno or 0)
+                return
+            if k == len(expect):  # the interest stays EPOLLIN: no epoll_ctl
+                c.sent = k
+                c.stage = _SENDING[_SENT]
+            else:
+                c.sent = 0
+                self._sent(c, k)
+        elif self._close_last:
+            self.ok += 1
+            self.active -= 1
+            c.stage = _AWAITING[_LAST_ECHO_CLOSE]
+            self._close(c)
         else:
-            c.sent = 0
-            self._sent(c, k)
+            self._last_echo(c)
 
     def _last_echo(self, c: _Conn) -> None:
         then = self.config.then
@@ -635,20 +655,22 @@ class Driver:
 
     def _read(self, c: _Conn) -> None:
         """SENDING or AWAITING_ECHO with something to read: echo bytes, EOF or an error."""
-        expect, got = c.expect, c.got
-        size = len(expect)
         try:
-            data = c.sock.recv(size - got)
+            data = c.sock.recv(len(c.expect) - c.got)
         except BlockingIOError:
             return
         except OSError as exc:
             self._fail(c, exc.errno or 0)
             return
-        n = len(data)
+        self._took(c, data)
+
+    def _took(self, c: _Conn, data: bytes) -> None:
+        expect, got, n = c.expect, c.got, len(data)
+        size = len(expect)
         if not n:
             self._fail(c, 0, Outcome.CLOSED_EARLY, E.PEER_CLOSED)
         elif (got + n > c.sent  # an echo of bytes not yet sent: the peer made them up
-              or (self.config.verify and data != (expect if n == size else expect[got:got + n]))):
+              or (self._verify and data != (expect if n == size else expect[got:got + n]))):
             self._fail(c, 0, Outcome.WRONG_BYTES)
         elif got + n < size:
             c.got = got + n
@@ -745,7 +767,9 @@ class Driver:
         if end == _INF:
             raise ValueError("unbounded run: give the config a duration or run() an until")
         clock, poll, get = self.clock, self.ep.poll, self.conns.get
-        read, push, fail = self._read, self._push, self._fail
+        read, took, echoed, push, fail = (self._read, self._took, self._echoed, self._push,
+                                          self._fail)
+        verify = self._verify
         next_tick = clock() + tick_s if on_tick is not None else _INF
         timeouts = self._connect_timeouts, self._echo_timeouts
         ramped = self._per_batch > 0
@@ -771,7 +795,21 @@ class Driver:
                     continue
                 st = c.stage
                 if st is _AWAITING_:
-                    read(c)
+                    # The hot path: the rest of the echo, whole (and equal, if verified).
+                    # Anything else (part of it, EOF, other bytes) goes to _took.
+                    want = len(c.expect) - c.got
+                    try:
+                        data = c.sock.recv(want)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        fail(c, exc.errno or 0)
+                        continue
+                    if len(data) == want and not c.got and (not verify or data == c.expect):
+                        c.got = want
+                        echoed(c)
+                    else:
+                        took(c, data)
                 elif st is _SENDING_:
                     if ev & OUT:
                         push(c)
