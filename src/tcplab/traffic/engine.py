@@ -442,6 +442,10 @@ class Driver:
         self._rtts_on = config.record_rtts
         self._close_last = config.then is Then.CLOSE
         self._verify = config.verify
+        self._setup = config.nodelay or config.source is not None
+        self._hold_first = config.hold_first
+        self._echo_to = config.echo_timeout
+        self._linger0 = config.linger0
         self._connect_timeouts: deque[tuple[float, _Conn]] = deque()
         self._echo_timeouts: deque[tuple[float, _Conn]] = deque()
         self._closed = False
@@ -472,7 +476,6 @@ class Driver:
         """Open one connection; unless held, send its request at once if it connected.
         The hot path of the bomb: what _sent and _want do, written out for the common
         case (connected inside connect(), the request written whole)."""
-        cfg = self.config
         index = self.opened
         self.opened += 1
         self.attempted += 1
@@ -486,7 +489,8 @@ class Driver:
         c = _Conn(sock, fd, index, make(index, 0) if make is not None else self._fixed)  # type: ignore[arg-type]
         self.conns[fd] = c
         self.active += 1
-        if cfg.nodelay or cfg.source is not None:
+        if self._setup:
+            cfg = self.config
             try:
                 if cfg.nodelay:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -501,7 +505,7 @@ class Driver:
             self._connected(c)
         elif code != _errno.EINPROGRESS:
             self._fail(c, code)
-        elif cfg.hold_first:
+        elif self._hold_first:
             self._wait_connect(c, now)
         else:
             # On loopback the handshake often completes inside connect(): try the
@@ -516,7 +520,7 @@ class Driver:
                 return
             self.connected += 1
             c.stage = _CONNECTING[_CONNECTED]
-            if cfg.echo_timeout is not None:
+            if self._echo_to is not None:
                 self._echo_clock(c, now)
             if k == len(c.expect):
                 c.sent = k
@@ -541,7 +545,7 @@ class Driver:
             self._want(c, 0)  # EPOLLERR and EPOLLHUP still come: a reset while held
             return
         c.stage = T[c.stage][_CONNECTED]  # the first round trip's time includes the handshake
-        if self.config.echo_timeout is not None:
+        if self._echo_to is not None:
             self._echo_clock(c, self.clock())
         self._push(c)
 
@@ -554,11 +558,11 @@ class Driver:
             c.expect = make(c.index, c.trips)
         c.sent = c.got = 0
         c.t0 = now
-        if self.config.echo_timeout is not None:
+        if self._echo_to is not None:
             self._echo_clock(c, now)
 
     def _echo_clock(self, c: _Conn, now: float) -> None:
-        c.deadline = now + self.config.echo_timeout  # type: ignore[operator]
+        c.deadline = now + self._echo_to  # type: ignore[operator]
         self._echo_timeouts.append((c.deadline, c))
 
     def _push(self, c: _Conn) -> None:
@@ -613,7 +617,7 @@ class Driver:
             expect = c.expect = make(c.index, trips) if make is not None else c.expect
             c.got = 0
             c.t0 = now
-            if self.config.echo_timeout is not None:
+            if self._echo_to is not None:
                 self._echo_clock(c, now)
             try:
                 k = c.sock.send(expect)
@@ -648,7 +652,7 @@ class Driver:
 
     def _close(self, c: _Conn) -> None:
         del self.conns[c.fd]
-        if self.config.linger0:
+        if self._linger0:
             try:
                 c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
             except OSError:
