@@ -245,7 +245,11 @@ def run(
         if on_first_error is not None:
             on_first_error(first[0])
 
-    driver = engine.Driver(target, cfg, on_first_error=first_error)
+    try:
+        driver = engine.Driver(target, cfg, on_first_error=first_error)
+    except BaseException:  # no epoll instance (EMFILE): the socket table still closes
+        tw.close()
+        raise
     started = driver.started
     last = [driver.ok, started]  # ok and time at the last progress sample
 

@@ -393,10 +393,14 @@ class Driver:
     The loops this replaced called epoll_ctl once per round trip (multiplex)
     and unregistered every socket before close() (bomb); close() alone drops
     a socket from the epoll set (its file is released: eventpoll_release,
-    fs/eventpoll.c). Measured against them (medians, interleaved runs): the
-    multiplex client's CPU per echo, 1,000 x 20, 9.49 us against 10.8 (0.89
-    paired); bench/bomb_vs_go.py, tcplab bomb's CPU per connection 38.0 us
-    against 38.2, conns/s against the Go churn client 0.92 against 0.91.
+    fs/eventpoll.c). Measured against them, interleaved, on this 2-core box:
+    the multiplex client's CPU per echo (1,000 connections x 20 round trips)
+    8.63 us against 9.37, medians of 5 (0.91 paired); bench/bomb_vs_go.py, 7
+    runs each, tcplab bomb's conns/s over the Go churn client's 1.17 against
+    1.16 and its CPU per connection 36.9 us against 37.5 (medians of 35
+    rounds). User-space instructions (callgrind, deterministic where the
+    clock is not): 154.7 k per bomb connection against 156.1 k, 15.2 k per
+    multiplex echo against 17.0 k.
 
     Use: ``run()`` (as often as the phases need), ``release()`` held connections,
     ``stop_sending()`` to let the echoes in flight come home, ``stop()`` to close
@@ -945,7 +949,8 @@ def churn(target: Target, count: int, workers: int = 32, duration: float = 60.0,
 
 
 def pingpong_config(connections: int, size: int = 64, payload: bytes | None = None,
-                    connect_timeout: float = 10.0, ramp_s: float = 0.0) -> Config:
+                    connect_timeout: float = 10.0, ramp_s: float = 0.0,
+                    verify: bool = True) -> Config:
     """``connections`` connections, each with one ``size``-byte message in flight:
     send, wait for the whole echo (verified), send again, for as long as run() says.
     Connected first and held, then released at once; TCP_NODELAY, as a latency
@@ -953,7 +958,7 @@ def pingpong_config(connections: int, size: int = 64, payload: bytes | None = No
     return Config(
         connections=connections, ramp_s=ramp_s, hold_first=True, round_trips=None,
         payload=payload if payload is not None else bytes(i & 0xFF for i in range(size)),
-        verify=True, then=Then.HOLD, record_rtts=True, nodelay=True,
+        verify=verify, then=Then.HOLD, record_rtts=True, nodelay=True,
         connect_timeout=connect_timeout)
 
 
@@ -994,12 +999,12 @@ def pingpong(target: Target, connections: int, size: int = 64, warmup: float = 0
              seconds: float = 3.0, max_echoes: int | None = None,
              mark: Callable[[], Any] | None = None, payload: bytes | None = None,
              connect_timeout: float = 10.0, ramp_s: float = 0.0,
-             drain_s: float = 10.0) -> PingPong:
+             drain_s: float = 10.0, verify: bool = True) -> PingPong:
     """bench's load: connect all, then ping-pong on all for ``warmup`` s, mark A,
     ``seconds`` s more (or ``max_echoes`` echoes), mark B, stop sending and collect
     the echoes in flight (at most ``drain_s``). ``mark()`` runs at A and at B,
     between two epoll batches (the server's CPU time, say)."""
-    cfg = pingpong_config(connections, size, payload, connect_timeout, ramp_s)
+    cfg = pingpong_config(connections, size, payload, connect_timeout, ramp_s, verify)
     with Driver(target, cfg) as driver:
         clock = driver.clock
 
