@@ -950,7 +950,7 @@ def churn(target: Target, count: int, workers: int = 32, duration: float = 60.0,
 
 def pingpong_config(connections: int, size: int = 64, payload: bytes | None = None,
                     connect_timeout: float = 10.0, ramp_s: float = 0.0,
-                    verify: bool = True) -> Config:
+                    verify: bool = True, rtts: bool = True) -> Config:
     """``connections`` connections, each with one ``size``-byte message in flight:
     send, wait for the whole echo (verified), send again, for as long as run() says.
     Connected first and held, then released at once; TCP_NODELAY, as a latency
@@ -958,7 +958,7 @@ def pingpong_config(connections: int, size: int = 64, payload: bytes | None = No
     return Config(
         connections=connections, ramp_s=ramp_s, hold_first=True, round_trips=None,
         payload=payload if payload is not None else bytes(i & 0xFF for i in range(size)),
-        verify=verify, then=Then.HOLD, record_rtts=True, nodelay=True,
+        verify=verify, then=Then.HOLD, record_rtts=rtts, nodelay=True,
         connect_timeout=connect_timeout)
 
 
@@ -999,12 +999,14 @@ def pingpong(target: Target, connections: int, size: int = 64, warmup: float = 0
              seconds: float = 3.0, max_echoes: int | None = None,
              mark: Callable[[], Any] | None = None, payload: bytes | None = None,
              connect_timeout: float = 10.0, ramp_s: float = 0.0,
-             drain_s: float = 10.0, verify: bool = True) -> PingPong:
+             drain_s: float = 10.0, verify: bool = True, rtts: bool = True) -> PingPong:
     """bench's load: connect all, then ping-pong on all for ``warmup`` s, mark A,
     ``seconds`` s more (or ``max_echoes`` echoes), mark B, stop sending and collect
     the echoes in flight (at most ``drain_s``). ``mark()`` runs at A and at B,
-    between two epoll batches (the server's CPU time, say)."""
-    cfg = pingpong_config(connections, size, payload, connect_timeout, ramp_s, verify)
+    between two epoll batches (the server's CPU time, say). ``verify=False``
+    counts echoed bytes without comparing them, ``rtts=False`` keeps no round-trip
+    times: a load that only counts, as bench/cpu_per_echo.py's own did."""
+    cfg = pingpong_config(connections, size, payload, connect_timeout, ramp_s, verify, rtts)
     with Driver(target, cfg) as driver:
         clock = driver.clock
 
