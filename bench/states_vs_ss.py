@@ -270,45 +270,22 @@ def settle(port: int, timeout: float = 10.0) -> dict[str, int]:
         time.sleep(0.1)
 
 
-class Holder:
-    """The holder process; ``close()`` reaps it, always."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_role", "holder",
-               "--port", str(args.port), "--other-port", str(args.other_port),
-               "--time-wait", str(args.time_wait), "--established", str(args.established),
-               "--other-time-wait", str(args.other_time_wait)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def ready(self, timeout: float = 300.0) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if r else b""
-        if not line:
-            code = self.proc.poll()
-            raise h.BenchError("the holder process " + (
-                f"did not report in {timeout:.0f} s" if code is None else f"died (exit {code})"))
-        report: dict[str, Any] = json.loads(line)
-        if not report.get("ok"):
-            raise h.BenchError(str(report.get("error")))
-        return report
-
-    def close(self) -> None:
-        try:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:  # also on a second Ctrl-C while waiting
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+def start_holder(sb: Any, args: argparse.Namespace, timeout: float = 300.0) -> dict[str, Any]:
+    """The holder process, in the sandbox (which stops and reaps it): its report."""
+    proc = sb.popen([sys.executable, str(Path(__file__).resolve()), "--_role", "holder",
+                     *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
+                         "port", "other_port", "time_wait", "established", "other_time_wait"))],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    r, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if r else b""
+    if not line:
+        code = proc.poll()
+        raise h.BenchError("the holder process " + (
+            f"did not report in {timeout:.0f} s" if code is None else f"died (exit {code})"))
+    report: dict[str, Any] = json.loads(line)
+    if not report.get("ok"):
+        raise h.BenchError(str(report.get("error")))
+    return report
 
 
 def _commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -343,7 +320,7 @@ def _budget(t_tw: float, what: str) -> float:
     return used
 
 
-def inner_main(args: argparse.Namespace) -> int:
+def inner_main(args: argparse.Namespace, sb: Any) -> int:
     """In the private namespace: build, check, measure, report."""
     def progress(msg: str) -> None:
         if not args.quiet:
@@ -356,60 +333,56 @@ def inner_main(args: argparse.Namespace) -> int:
     progress(f"namespace net:[{os.stat('/proc/self/ns/net').st_ino}]: lo up, "
              + ", ".join(f"{k} = {v}" for k, v in sysctls.items()))
     tcplab = str(Path(args.venv) / "bin" / "tcplab")
-    holder = Holder(args)
-    try:
-        built = holder.ready()
-        t_tw = built["time_wait_from"]
-        progress(f"built in {built['build_s']:.1f} s ({args.established:,} held connections "
-                 f"in {built['established_s']:.1f} s, "
-                 f"{args.time_wait + args.other_time_wait:,} TIME_WAIT in "
-                 f"{built['time_wait_s']:.1f} s); the holder has {built['fds']:,} fds "
-                 f"(limit {built['fd_limit']:,})")
-        unstable = {k: v for k, v in settle(args.port).items() if k not in STABLE_STATES}
-        if unstable:
-            raise h.BenchError(f"sockets still in passing states after 10 s: {unstable}")
-        counts = {"port": compare_counts(tcplab, args.port),
-                  "other_port": compare_counts(tcplab, args.other_port),
-                  "all": compare_counts(tcplab, None)}
-        if counts["port"]["total"] < args.min_sockets:
-            raise h.BenchError(f"only {counts['port']['total']:,} sockets have port "
-                               f"{args.port} (ss: {counts['port']['ss']}); at least "
-                               f"{args.min_sockets:,} are needed: raise --time-wait or "
-                               "--established")
-        for key, c in counts.items():
-            progress(f"counts ({key}): {'MATCH' if c['match'] else 'MISMATCH'} "
-                     f"{c['total']:,} sockets {c['ss']}")
-        cmds = _commands(args)
-        progress(f"warm-up ({_budget(t_tw, 'the warm-up'):.0f} s since the first TIME_WAIT)")
-        timed = TOOLS + REFERENCES
-        for tool in timed:
-            run_tool(tool, cmds[tool])
-        runs: dict[str, dict[str, list[Any]]] = {
-            t: {"wall_ms": [], "cpu_ms": [], "count": []} for t in timed}
-        for i in range(args.runs):
-            _budget(t_tw, f"run {i + 1} of {args.runs}")
-            line = []
-            for tool in h.rotate(timed, i):
-                wall, cpu, n = run_tool(tool, cmds[tool])
-                for k, v in (("wall_ms", wall), ("cpu_ms", cpu), ("count", n)):
-                    runs[tool][k].append(v)
-                line.append(f"{tool} {wall:5.1f}/{cpu:5.1f}")
-            progress(f"run {i + 1}/{args.runs} wall/cpu ms: " + "  ".join(line))
-        _budget(t_tw, "the in-process timings")
-        progress("in-process timings")
-        r = subprocess.run(
-            [str(Path(args.venv) / "bin" / "python"), str(Path(__file__).resolve()),
-             "--_role", "inproc", "--port", str(args.port), "--samples", str(args.samples),
-             "--runs", str(args.runs)],
-            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        if r.returncode:
-            raise h.BenchError(f"in-process timings: exit {r.returncode}: {r.stderr.strip()}")
-        inproc: dict[str, Any] = json.loads(r.stdout)
-        used = time.monotonic() - t_tw
-        stable = ss_states(args.port) == counts["port"]["ss"]
-        progress(f"done {used:.0f} s after the first TIME_WAIT; table unchanged: {stable}")
-    finally:
-        holder.close()
+    built = start_holder(sb, args)
+    t_tw = built["time_wait_from"]
+    progress(f"built in {built['build_s']:.1f} s ({args.established:,} held connections "
+             f"in {built['established_s']:.1f} s, "
+             f"{args.time_wait + args.other_time_wait:,} TIME_WAIT in "
+             f"{built['time_wait_s']:.1f} s); the holder has {built['fds']:,} fds "
+             f"(limit {built['fd_limit']:,})")
+    unstable = {k: v for k, v in settle(args.port).items() if k not in STABLE_STATES}
+    if unstable:
+        raise h.BenchError(f"sockets still in passing states after 10 s: {unstable}")
+    counts = {"port": compare_counts(tcplab, args.port),
+              "other_port": compare_counts(tcplab, args.other_port),
+              "all": compare_counts(tcplab, None)}
+    if counts["port"]["total"] < args.min_sockets:
+        raise h.BenchError(f"only {counts['port']['total']:,} sockets have port "
+                           f"{args.port} (ss: {counts['port']['ss']}); at least "
+                           f"{args.min_sockets:,} are needed: raise --time-wait or "
+                           "--established")
+    for key, c in counts.items():
+        progress(f"counts ({key}): {'MATCH' if c['match'] else 'MISMATCH'} "
+                 f"{c['total']:,} sockets {c['ss']}")
+    cmds = _commands(args)
+    progress(f"warm-up ({_budget(t_tw, 'the warm-up'):.0f} s since the first TIME_WAIT)")
+    timed = TOOLS + REFERENCES
+    for tool in timed:
+        run_tool(tool, cmds[tool])
+    runs: dict[str, dict[str, list[Any]]] = {
+        t: {"wall_ms": [], "cpu_ms": [], "count": []} for t in timed}
+    for i in range(args.runs):
+        _budget(t_tw, f"run {i + 1} of {args.runs}")
+        line = []
+        for tool in h.rotate(timed, i):
+            wall, cpu, n = run_tool(tool, cmds[tool])
+            for k, v in (("wall_ms", wall), ("cpu_ms", cpu), ("count", n)):
+                runs[tool][k].append(v)
+            line.append(f"{tool} {wall:5.1f}/{cpu:5.1f}")
+        progress(f"run {i + 1}/{args.runs} wall/cpu ms: " + "  ".join(line))
+    _budget(t_tw, "the in-process timings")
+    progress("in-process timings")
+    r = subprocess.run(
+        [str(Path(args.venv) / "bin" / "python"), str(Path(__file__).resolve()),
+         "--_role", "inproc", "--port", str(args.port), "--samples", str(args.samples),
+         "--runs", str(args.runs)],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise h.BenchError(f"in-process timings: exit {r.returncode}: {r.stderr.strip()}")
+    inproc: dict[str, Any] = json.loads(r.stdout)
+    used = time.monotonic() - t_tw
+    stable = ss_states(args.port) == counts["port"]["ss"]
+    progress(f"done {used:.0f} s after the first TIME_WAIT; table unchanged: {stable}")
     result = summarize(args, sysctls, built, counts, runs, inproc, stable, used)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -457,16 +430,18 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
         "samples": args.samples, "source": inproc["source"], "warning": inproc.get("warning"),
     }
     ps_sample = ip["psutil_ms"] / sample if sample > 0 else None
-    goals = [(g, v, v is not None and ok(v)) for g, v, ok in (
-        ("tcplab/ss wall <= 1.5", by["tcplab"]["ratio_vs_ss_wall"], lambda v: v <= 1.5),
-        ("tcplab/ss cpu <= 1.5", by["tcplab"]["ratio_vs_ss_cpu"], lambda v: v <= 1.5),
-        ("psutil/tcplab wall >= 8", x("psutil", "tcplab", "wall_ms"), lambda v: v >= 8),
-        ("psutil/tcplab cpu >= 8", x("psutil", "tcplab", "cpu_ms"), lambda v: v >= 8),
-        ("sample < 25 ms", sample, lambda v: v < 25),
-        ("(in-process) psutil/sample >= 8", ps_sample, lambda v: v >= 8))]
-    goals.append(("tcplab counts == ss counts", None,
-                  all(c["match"] for c in counts.values())
-                  and bool(by["tcplab"]["count_exact"]) and bool(by["ss"]["count_exact"])))
+    wall, cpu = x("tcplab", "ss", "wall_ms"), x("tcplab", "ss", "cpu_ms")
+    ps_wall, ps_cpu = x("psutil", "tcplab", "wall_ms"), x("psutil", "tcplab", "cpu_ms")
+    goals = [
+        ("tcplab/ss wall <= 1.5", wall, wall is not None and wall <= 1.5),
+        ("tcplab/ss cpu <= 1.5", cpu, cpu is not None and cpu <= 1.5),
+        ("psutil/tcplab wall >= 8", ps_wall, ps_wall is not None and ps_wall >= 8),
+        ("psutil/tcplab cpu >= 8", ps_cpu, ps_cpu is not None and ps_cpu >= 8),
+        ("sample < 25 ms", sample, sample < 25),
+        ("(in-process) psutil/sample >= 8", ps_sample, ps_sample is not None and ps_sample >= 8),
+        ("tcplab counts == ss counts", None, all(c["match"] for c in counts.values())
+         and bool(by["tcplab"]["count_exact"]) and bool(by["ss"]["count_exact"])),
+    ]
     return {
         "benchmark": "states_vs_ss",
         "settings": {k: getattr(args, k) for k in (
@@ -589,7 +564,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
                                "a venv where tcplab is installed, or pass --fresh-venv")
     with Sandbox(SYSCTLS) as sb:
         join(sb)
-        return inner_main(args)
+        return inner_main(args, sb)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
