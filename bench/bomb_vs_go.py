@@ -11,7 +11,6 @@ What is measured and how: bench/README.md, "bomb_vs_go.py".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -140,24 +139,19 @@ def summarize(runs: list[Run], clients: list[Client]
     for c in clients:
         rs = by[c.key]
         rate = [r.conns_per_s for r in rs]
-
-        def med(name: str, rs: list[Run] = rs) -> float | None:
-            return h.median(getattr(r, name) for r in rs)
-
         rows.append({
             "client": c.key, "label": c.label, "workers": c.workers,
-            "conns_per_s": med("conns_per_s"),
+            **h.medians(rs, conns_per_s="conns_per_s"),
             "ratio_vs_go": x_go(rs, by["go"]) if by.get("go") else None,
-            "client_us_per_conn": med("client_us"),
-            "client_user_us_per_conn": med("client_user_us"),
-            "client_sys_us_per_conn": med("client_sys_us"),
-            "client_gross_us_per_conn": med("client_gross_us"),
+            **h.medians(rs, client_us_per_conn="client_us",
+                        client_user_us_per_conn="client_user_us",
+                        client_sys_us_per_conn="client_sys_us",
+                        client_gross_us_per_conn="client_gross_us"),
             "startup_cpu_ms": h.median((r.startup_user_s + r.startup_sys_s) * 1e3 for r in rs),
-            "server_us_per_conn": med("server_us"),
-            "server_user_us_per_conn": med("server_user_us"),
-            "server_sys_us_per_conn": med("server_sys_us"),
+            **h.medians(rs, server_us_per_conn="server_us", server_user_us_per_conn=
+                        "server_user_us", server_sys_us_per_conn="server_sys_us"),
             "total_us_per_conn": h.median(r.client_us + r.server_us for r in rs),
-            "server_core_pct": med("server_core_pct"), "csw_per_conn": med("csw_per_conn"),
+            **h.medians(rs, server_core_pct="server_core_pct", csw_per_conn="csw_per_conn"),
             "spread_conns_per_s": [min(rate), max(rate)],
             "failed": sum(r.failed for r in rs),
             "server_totals_match": all(r.server_totals_match for r in rs),
@@ -216,13 +210,7 @@ def print_table(res: dict[str, Any]) -> None:
               f"client gross {r['client_gross_us_per_conn']:5.1f} us/conn   "
               f"failed {r['failed']}   "
               f"totals {'match' if r['server_totals_match'] else 'DIFFER'}")
-    print()
-    print("goals:")
-    if not res["goals"]:
-        print("  (no Go client ran: nothing to compare with)")
-    for g in res["goals"]:
-        print(f"  {g['goal']:<68} {h.fmt(g['value'], '.2f'):>5}  "
-              f"{'pass' if g['pass'] else 'FAIL'}")
+    h.print_goals(res["goals"], 68, 5, "(no Go client ran: nothing to compare with)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -258,7 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def body(tmp: Path) -> int:
+    def body(tmp: Path) -> dict[str, Any]:
         clients = [Client("tcplab", "tcplab bomb", "tcplab", args.workers)]
         churn, go_info = h.build_go(args.go, tmp, "churn", ".")
         if churn is not None:
@@ -277,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"(user {r.client_user_us:4.1f}, sys {r.client_sys_us:4.1f})  "
                            f"server {r.server_us:5.1f} us/conn  failed {r.failed}")
         rows, goals = summarize(runs, clients)
-        res = {
+        return {
             "benchmark": "bomb_vs_go",
             "settings": {"rounds": args.rounds, "count": args.count, "workers": args.workers,
                          "go_workers": args.go_workers, "duration": args.duration,
@@ -285,14 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             "namespace": {"sysctls": SYSCTLS, "fresh_per_run": True},
             "cpus": os.cpu_count(), "python": sys.executable, "go": go_info,
             "results": rows, "goals": goals,
+            "problems": [f"{r['label']} x{r['workers']}: {r['failed']} failed, server totals "
+                         f"{'match' if r['server_totals_match'] else 'DIFFER'}"
+                         for r in rows if r["failed"] or not r["server_totals_match"]],
         }
-        if args.json:
-            print(json.dumps(res, indent=2))
-        else:
-            print_table(res)
-        return 1 if any(r["failed"] or not r["server_totals_match"] for r in rows) else 0
 
-    return h.run_main(body, "tcplab-bomb-vs-go-")
+    return h.run_main(body, "tcplab-bomb-vs-go-", args.json, print_table)
 
 
 if __name__ == "__main__":

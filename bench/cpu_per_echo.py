@@ -12,7 +12,6 @@ It is also part 1 of bench/echo_vs_go.py. What is measured and how: bench/README
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict
@@ -104,21 +103,19 @@ def summarize(cells: list[h.Window], servers: list[str], problems: list[str]
         if not cs:
             continue
 
-        def med(name: str, cs: list[h.Window] = cs) -> float | None:
-            return h.median(getattr(c, name) for c in cs)
-
         def x(other: str, cs: list[h.Window] = cs) -> float | None:
             return h.by_round(cs, by.get(other, []), lambda w: w.round, lambda w: w.cpu_us)
 
         cpu = [c.cpu_us for c in cs]
         rows.append({
-            "server": s, "cpu_us_per_echo": med("cpu_us"), "user_us_per_echo": med("user_us"),
-            "sys_us_per_echo": med("sys_us"), "ratio_vs_go": x("go"),
-            f"ratio_vs_{base}": x(base),
+            "server": s, **h.medians(cs, cpu_us_per_echo="cpu_us", user_us_per_echo="user_us",
+                                     sys_us_per_echo="sys_us"),
+            "ratio_vs_go": x("go"), f"ratio_vs_{base}": x(base),
             "ratio_vs_stime": h.paired((c.cpu_us, c.sys_us) for c in cs),
-            "echoes_per_s": med("echoes_per_s"), "p99_us": med("p99_us"),
-            "spread_cpu_us": [min(cpu), max(cpu)], "server_core_pct": med("server_core_pct"),
-            "client_us_per_echo": med("client_us"), "others_core_pct": med("others_core_pct"),
+            **h.medians(cs, echoes_per_s="echoes_per_s", p99_us="p99_us"),
+            "spread_cpu_us": [min(cpu), max(cpu)],
+            **h.medians(cs, server_core_pct="server_core_pct", client_us_per_echo="client_us",
+                        others_core_pct="others_core_pct"),
             "tcp": sum_tcp(cs), "server_threads": max(c.server_threads for c in cs),
             "server_totals_match": not any(p.startswith(f"{s}:") for p in problems),
             "rounds": [asdict(c) for c in cs],
@@ -181,13 +178,7 @@ def print_table(res: dict[str, Any], number: str = "") -> None:
 
 
 def print_goals(res: dict[str, Any]) -> None:
-    print()
-    print("goals:")
-    if not res["goals"]:
-        print("  (none measured)")
-    for g in res["goals"]:
-        print(f"  {g['goal']:<72} {format(g['value'], g['fmt']):>7}  "
-              f"{'pass' if g['pass'] else 'FAIL'}")
+    h.print_goals(res["goals"], 72, 7, "(none measured)")
     if res["problems"]:
         print()
         print("problems:")
@@ -195,6 +186,13 @@ def print_goals(res: dict[str, Any]) -> None:
             print(f"  {p}")
     else:
         print("every server's totals equal the load generators' counts")
+
+
+def report(res: dict[str, Any]) -> None:
+    print_header(res)
+    print()
+    print_table(res)
+    print_goals(res)
 
 
 def start(args: argparse.Namespace, tmp: Path, settings: tuple[str, ...]
@@ -224,23 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_args(p, args)
 
-    def body(tmp: Path) -> int:
+    def body(tmp: Path) -> dict[str, Any]:
         problems: list[str] = []
         go_binary, res = start(args, tmp, ("rounds", "seconds", "warmup", "connections",
                                            "size", "max_echoes", "models", "pin"))
         res = {"benchmark": "cpu_per_echo", **res}
         run_part(res, args, go_binary, problems)
-        res["goals"], res["problems"] = goals(res["cpu_per_echo"]), problems
-        if args.json:
-            print(json.dumps(res, indent=2))
-        else:
-            print_header(res)
-            print()
-            print_table(res)
-            print_goals(res)
-        return 1 if problems else 0
+        return {**res, "goals": goals(res["cpu_per_echo"]), "problems": problems}
 
-    return h.run_main(body, "tcplab-cpu-per-echo-")
+    return h.run_main(body, "tcplab-cpu-per-echo-", args.json, report)
 
 
 if __name__ == "__main__":

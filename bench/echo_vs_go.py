@@ -14,7 +14,6 @@ What is measured and how: bench/README.md, "echo_vs_go.py".
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 from dataclasses import asdict, dataclass
@@ -74,17 +73,15 @@ def summarize2(cells: list[h.Window], servers: list[str], args: argparse.Namespa
                 if not cs:
                     continue
 
-                def med(name: str, cs: list[h.Window] = cs) -> float | None:
-                    return h.median(getattr(c, name) for c in cs)
-
                 rate = [c.echoes_per_s for c in cs]
                 row["servers"][key] = {
-                    "echoes_per_s": med("echoes_per_s"),
+                    **h.medians(cs, echoes_per_s="echoes_per_s"),
                     "spread_echoes_per_s": [min(rate), max(rate)],
-                    "p50_us": med("p50_us"), "p99_us": med("p99_us"),
-                    "cpu_us_per_echo": med("cpu_us"), "server_core_pct": med("server_core_pct"),
-                    "client_us_per_echo": med("client_us"),
-                    "others_core_pct": med("others_core_pct"), "tcp": part1.sum_tcp(cs),
+                    **h.medians(cs, p50_us="p50_us", p99_us="p99_us", cpu_us_per_echo="cpu_us",
+                                server_core_pct="server_core_pct",
+                                client_us_per_echo="client_us",
+                                others_core_pct="others_core_pct"),
+                    "tcp": part1.sum_tcp(cs),
                     "rounds": len(cs),
                 }
             rows.append(row)
@@ -337,7 +334,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def body(tmp: Path) -> int:
+    def body(tmp: Path) -> dict[str, Any]:
         problems: list[str] = []
         go_binary, res = part1.start(args, tmp, (
             "rounds", "seconds", "warmup", "connections", "size", "grid_rounds",
@@ -353,14 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         if 3 in args.parts and conc:
             res["part3"] = summarize3(part3(conc, args, go_binary, problems), conc, args.most)
         res["goals"] = part1.goals(res.get("cpu_per_echo", [])) + goals3(res)
-        res["problems"] = problems
-        if args.json:
-            print(json.dumps(res, indent=2))
-        else:
-            print_report(res)
-        return 1 if problems else 0
+        return {**res, "problems": problems}
 
-    return h.run_main(body, "tcplab-echo-vs-go-")
+    return h.run_main(body, "tcplab-echo-vs-go-", args.json, print_report)
 
 
 if __name__ == "__main__":

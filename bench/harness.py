@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,11 +42,13 @@ class BenchError(Exception):
 
 def median(xs: Iterable[float]) -> float | None:
     """The median, or None for no values."""
-    v = sorted(xs)
-    if not v:
-        return None
-    h = len(v) // 2
-    return v[h] if len(v) % 2 else (v[h - 1] + v[h]) / 2
+    v = list(xs)
+    return statistics.median(v) if v else None
+
+
+def medians(rows: Sequence[Any], **fields: str) -> dict[str, float | None]:
+    """{key: the median of attribute ``field`` over ``rows``} for each key=field."""
+    return {k: median(getattr(r, f) for r in rows) for k, f in fields.items()}
 
 
 def paired(pairs: Iterable[tuple[float, float]]) -> float | None:
@@ -96,16 +99,18 @@ def positive(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) 
             p.error(f"--{name.replace('_', '-')} must be at least 1")
 
 
-def run_main(body: Callable[[Path], int], prefix: str) -> int:
-    """Run a bench's body with a temporary directory (removed after), the package's
-    Ctrl-C rules (tcplab/interrupts.py) and its exit statuses: 1 on BenchError, 130
-    on Ctrl-C; every child is reaped by the context managers on the way out."""
+def run_main(body: Callable[[Path], dict[str, Any]], prefix: str, as_json: bool,
+             report: Callable[[dict[str, Any]], None]) -> int:
+    """Run a bench's body with a temporary directory (removed after) and the package's
+    Ctrl-C rules (tcplab/interrupts.py); print its result, as JSON or with ``report``.
+    Exit status: 1 when it failed (BenchError) or has "problems", 130 on Ctrl-C; every
+    child is reaped by the context managers on the way out."""
     from tcplab.interrupts import install
 
     restore = install()
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        return body(tmp)
+        res = body(tmp)
     except KeyboardInterrupt:
         print("interrupted: every child has been reaped, the namespaces are gone",
               file=sys.stderr)
@@ -116,6 +121,23 @@ def run_main(body: Callable[[Path], int], prefix: str) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         restore()
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        report(res)
+    return 1 if res.get("problems") else 0
+
+
+def print_goals(goals: list[dict[str, Any]], width: int, vwidth: int, none: str) -> None:
+    """goals: "goal", "value" (printed with "fmt", default .2f) and "pass"."""
+    print()
+    print("goals:")
+    if not goals:
+        print(f"  {none}")
+    for g in goals:
+        value = fmt(g["value"], g.get("fmt", ".2f"))
+        print(f"  {g['goal']:<{width}} {value:>{vwidth}}  "
+              f"{'pass' if g['pass'] else 'FAIL'}")
 
 
 # --- the Go peers in bench/peers ----------------------------------------------------------

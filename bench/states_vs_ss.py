@@ -320,7 +320,7 @@ def _budget(t_tw: float, what: str) -> float:
     return used
 
 
-def inner_main(args: argparse.Namespace, sb: Any) -> int:
+def inner_main(args: argparse.Namespace, sb: Any) -> dict[str, Any]:
     """In the private namespace: build, check, measure, report."""
     def progress(msg: str) -> None:
         if not args.quiet:
@@ -383,12 +383,7 @@ def inner_main(args: argparse.Namespace, sb: Any) -> int:
     used = time.monotonic() - t_tw
     stable = ss_states(args.port) == counts["port"]["ss"]
     progress(f"done {used:.0f} s after the first TIME_WAIT; table unchanged: {stable}")
-    result = summarize(args, sysctls, built, counts, runs, inproc, stable, used)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0 if all(c["match"] for c in counts.values()) else 1
+    return summarize(args, sysctls, built, counts, runs, inproc, stable, used)
 
 
 def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str, Any],
@@ -458,6 +453,8 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
                     "python": inproc["python"], "psutil": inproc["psutil_version"]},
         "counts": counts, "tools": tools, "in_process": ip,
         "goals": [{"goal": g, "value": v, "pass": ok} for g, v, ok in goals],
+        "problems": [f"counts, {k}: tcplab and ss differ: {c['diff']}"
+                     for k, c in counts.items() if not c["match"]],
     }
 
 
@@ -519,11 +516,7 @@ def print_table(res: dict[str, Any]) -> None:
     ns = res["namespace"]
     print(f"table unchanged during the measurements: {ns['table_unchanged']} "
           f"(done {ns['seconds_since_first_time_wait']:.0f} s after the first TIME_WAIT)")
-    print()
-    print("goals:")
-    for g in res["goals"]:
-        print(f"  {g['goal']:<32} {h.fmt(g['value'], '.2f'):>7}  "
-              f"{'pass' if g['pass'] else 'FAIL'}")
+    h.print_goals(res["goals"], 32, 7, "")
 
 
 # --- the host side: the fresh venv, then the namespace ---------------------------------
@@ -550,7 +543,7 @@ def make_venv(where: Path, quiet: bool) -> Path:
     return venv
 
 
-def measure(args: argparse.Namespace, tmp: Path) -> int:
+def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from tcplab.experiments.sandbox import Sandbox
 
     for tool in ("ss", "netstat"):
@@ -629,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         return holder_main(args)
     if args.role == "inproc":
         return inproc_main(args)
-    return h.run_main(lambda tmp: measure(args, tmp), "tcplab-bench-")
+    return h.run_main(lambda tmp: measure(args, tmp), "tcplab-bench-", args.json, print_table)
 
 
 if __name__ == "__main__":
