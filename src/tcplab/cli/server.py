@@ -25,8 +25,8 @@ EMFILE "Too many open files". The server then logs one line per backoff step
 as soon as fds are free.
 
 Server CPU per echo (100 connections, 64 B; bench/results.md, "CPU per echo"):
-uvloop 3.60 us, epoll 3.60 us, asyncio 4.28 us, threads 27.21 us, a Go
-reference server 4.72 us; most of each is the kernel's own read() and write().
+uvloop 3.65 us, epoll 3.74 us, asyncio 4.44 us, threads 29.3 us, a Go
+reference server 4.99 us; most of each is the kernel's own read() and write().
 
 The fd limit: the server keeps the soft limit it was started with ('ulimit -n'),
 or the one --fd-limit sets. Note that Go, since 1.19, raises its own soft limit
