@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tcplab.errors import ExitStatus
-from tests.conftest import ExperimentAll, run_tcplab
+from tests.helpers import ExperimentAll, run_tcplab
 
 
 def free_port() -> int:

@@ -27,8 +27,8 @@ import pytest
 
 from tcplab.experiments.children import ServerProcess
 from tcplab.traffic.client import CHUNK, connect, exchange, round_trips, stream
+from tcplab.traffic.models import MODELS
 from tcplab.traffic.target import Target, resolve
-from tests.conftest import MODELS
 
 pytestmark = pytest.mark.loopback
 

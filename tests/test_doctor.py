@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.kernel.tcp_states import STATE_NAMES
-from tests.conftest import run_tcplab
+from tests.helpers import run_tcplab
 
 PORT = 8080
 GUARD = 15.0  # seconds: hang guards only

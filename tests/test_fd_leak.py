@@ -33,7 +33,7 @@ import pytest
 
 from tcplab.experiments import fd_leak
 from tcplab.kernel.tcp_states import STATE_NAMES
-from tests.conftest import ExperimentAll, run_tcplab
+from tests.helpers import ExperimentAll, run_tcplab
 
 EXPERIMENTS = ["echo", "port-bomb", "fd-leak", "half-close"]
 

@@ -24,8 +24,8 @@ import pytest
 
 from tcplab.kernel import tcp_states
 from tcplab.observe.sockets import SocketTable
-from tests.conftest import run_tcplab
 from tests.data.record import TRANSIENT, Lab, ss_counts, ss_rows
+from tests.helpers import run_tcplab
 
 GUARD = 15.0  # seconds: hang guards only
 
