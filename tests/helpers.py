@@ -7,7 +7,8 @@ from a copy of the list here.
 
 - running tcplab as a user does: :func:`tcplab` (the argv), :func:`run_tcplab`
   (run it to the end), :class:`Child` and :class:`Spawner` (children whose
-  output lines are collected as they come; every one stopped and reaped);
+  output lines are collected as they come; every one stopped and reaped),
+  :func:`free_port`;
 - the session's one ``experiment all`` run: :class:`ExperimentAll`;
 - a server written without tcplab: :func:`start_plain_server`;
 - trace instances left behind: :func:`instances`, :func:`left_behind` and the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -136,6 +138,14 @@ class Spawner:
     def stop_all(self) -> None:
         for child in self.started:
             child.kill()
+
+
+def free_port() -> int:
+    """A port nothing listens on now: bound on 127.0.0.1, then let go (no connection
+    was made, so nothing of ours stays on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # -- the session's one `experiment all` ----------------------------------------------------

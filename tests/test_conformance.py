@@ -51,6 +51,7 @@ from tcplab.observe.sockets import SocketTable
 from tcplab.traffic.client import CHUNK, connect, exchange, round_trips, stream
 from tcplab.traffic.models import MODELS
 from tcplab.traffic.target import Target, resolve
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.loopback
 
@@ -131,15 +132,6 @@ class Tcplab:
                     break
             time.sleep(0.05)
         return last
-
-
-def free_port() -> int:
-    """A port nothing listens on now (bound to 127.0.0.1, then let go: no connection,
-    so nothing of ours stays on it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class UserServer:
