@@ -149,7 +149,11 @@ class UserServer:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
-        self.host, self.pid = self._wait_listening()
+        try:
+            self.host, self.pid = self._wait_listening()
+        except BaseException:  # never listened, or not where we can reach it: not left running
+            self.stop()
+            raise
 
     def _collect(self) -> None:
         assert self.proc.stdout is not None
@@ -181,7 +185,8 @@ class UserServer:
             return "127.0.0.1", owners[0]
         if "::1" in addresses:
             return "::1", owners[0]
-        pytest.fail(f"--server-cmd listens on {sorted(addresses)}, not on loopback")
+        pytest.fail(f"--server-cmd listens on {sorted(addresses)}: not on 127.0.0.1, ::1 "
+                    "or every address")
 
     def _in_group(self, pid: int) -> bool:
         try:
