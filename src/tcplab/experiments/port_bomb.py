@@ -51,7 +51,7 @@ from tcplab.errors import ConnectFailed
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.probe import accepts_on
 from tcplab.experiments.result import Result
-from tcplab.experiments.sampler import StateSampler
+from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.traffic.bomb import STALL_S
 
