@@ -35,6 +35,7 @@ from tcplab.agents.io import command
 from tcplab.agents.listening import Listening
 from tcplab.agents.nsholder import Answer
 from tcplab.agents.sampler import Sample
+from tcplab.agents.sysctl import Sysctl
 from tcplab.agents.tracefs_probe import StaleRemoved
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import spawn
@@ -275,9 +276,23 @@ def test_tracefs_probe() -> None:
                for n in removed), removed
 
 
+@pytest.mark.privileged
+def test_sysctl() -> None:
+    """In a sandbox, the namespace's values: the ones it was given, not the host's."""
+    with Sandbox({"net.ipv4.ip_local_port_range": "40000 40999",
+                  "net.ipv4.tcp_fin_timeout": "7"}) as sb:
+        r = sb.run(command("sysctl", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_fin_timeout",
+                           "net.ipv4.no_such_knob"), stdout=subprocess.PIPE, timeout=GUARD)
+        assert r.returncode == 0
+        assert [from_json_line(Sysctl, line) for line in r.stdout.splitlines()] == [
+            Sysctl("net.ipv4.ip_local_port_range", "40000 40999"),
+            Sysctl("net.ipv4.tcp_fin_timeout", "7"), Sysctl("net.ipv4.no_such_knob", None)]
+        assert sb.sysctl("net.ipv4.tcp_fin_timeout") == "7"
+
+
 #: Each agent and the test that runs it with its documented argv.
 CASES = {
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
     "half_close": test_half_close, "handshake": test_handshake, "nsholder": test_nsholder,
-    "tracefs_probe": test_tracefs_probe,
+    "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
 }

@@ -35,6 +35,7 @@ from typing import Any
 
 from tcplab.agents.io import command
 from tcplab.agents.nsholder import Answer
+from tcplab.agents.sysctl import Sysctl
 from tcplab.errors import NotSupported
 from tcplab.interrupts import deferred, spawn
 from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, setns
@@ -148,6 +149,13 @@ class Sandbox:
             out, err = proc.communicate()
             raise
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def sysctl(self, name: str) -> str | None:
+        """A sysctl's value inside the namespace (``40000 40999``), None if it has none;
+        read by a child inside (``tcplab.agents.sysctl``): the parent may not be able
+        to enter the namespace."""
+        r = self.run(command("sysctl", name), stdout=subprocess.PIPE)
+        return from_json_line(Sysctl, r.stdout).value
 
     def tcplab(self, *args: str) -> list[str]:
         """The command line that runs ``tcplab ARGS`` with this Python."""
