@@ -570,7 +570,9 @@ def test_procfs_reads_under_its_root(fake_proc: str) -> None:
     assert sorted(procfs.fd_links(4242, fake_proc)) == [
         (3, "socket:[123]"), (4, "anon_inode:[eventpoll]")]
     assert procfs.epoll_watches(4242, fake_proc) == (1, 2)
-    assert procfs.cpu_seconds(4242, fake_proc) == 300 / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    assert procfs.cpu_times(4242, fake_proc) == (250 / tick, 50 / tick)
+    assert procfs.cpu_seconds(4242, fake_proc) == 300 / tick
 
 
 @pytest.mark.loopback

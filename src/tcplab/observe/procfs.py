@@ -222,6 +222,13 @@ def epoll_watches(pid: Pid, root: str = PROCFS_PATH) -> tuple[int, int]:
     return instances, watches
 
 
+def cpu_times(pid: Pid, root: str = PROCFS_PATH) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads (/proc/PID/stat)."""
+    utime, stime = parse_stat_ticks(pid_text(pid, "stat", root))
+    tick = os.sysconf("SC_CLK_TCK")
+    return utime / tick, stime / tick
+
+
 def cpu_seconds(pid: Pid, root: str = PROCFS_PATH) -> float:
     """utime + stime of a process, in seconds."""
     utime, stime = parse_stat_ticks(pid_text(pid, "stat", root))
