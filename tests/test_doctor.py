@@ -86,7 +86,7 @@ def kinds(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 def flood(sb: Sandbox, port: int, clients: int) -> dict[str, Any]:
-    r = in_sandbox(sb, sys.executable, "-m", "tcplab.traffic.flood", "--port", str(port),
+    r = in_sandbox(sb, sys.executable, "-m", "tcplab.agents.flood", "--port", str(port),
                    "--clients", str(clients), timeout=120)
     assert r.returncode == 0, r.stderr
     result: dict[str, Any] = json.loads(r.stdout)

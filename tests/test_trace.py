@@ -487,7 +487,7 @@ def test_trace_shows_one_connection_and_its_syscalls(spawn: Spawner,
 #: to 127.0.0.1:PORT, refused there.
 REFUSED_ELSEWHERE = """
 import socket, sys
-from tcplab.experiments.nsholder import link_up
+from tcplab.agents.nsholder import link_up
 from tcplab.observe.nsutil import CLONE_NEWNET, unshare
 unshare(CLONE_NEWNET)
 link_up("lo")
