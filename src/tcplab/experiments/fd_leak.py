@@ -42,18 +42,19 @@ from what the run measured (issue 11: a summary said "fds hit its limit of
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tcplab.agents.io import command
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.result import Event, Result
-from tcplab.experiments.sampler import StateSampler
+from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.records import from_json_line, to_json
+from tcplab.traffic.flood import FloodResult
 
 PORT = 8080
 #: The window over which "persisting" is judged: CLOSE_WAIT present in every sample of
@@ -210,8 +211,8 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
         sampler = StateSampler(sb, PORT, pid=pid, origin=origin)
         mark(f"{label}: {s.clients} clients connect, send, wait for the echo, close")
         flood = _flood(sb, s)
-        mark(f"{label}: {flood['echoed']} echoed, {flood['no_echo']} connected but got no echo "
-             f"(accept queue), {flood['connect_timeouts']} never connected (SYN_SENT)")
+        mark(f"{label}: {flood.echoed} echoed, {flood.no_echo} connected but got no echo "
+             f"(accept queue), {flood.connect_timeouts} never connected (SYN_SENT)")
         after_flood = sampler.now()
         if leak:
             wait = s.fin_timeout + (keepalive * 4 if keepalive else 0) + 2.5
@@ -223,21 +224,21 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
         # The last row measured after this moment: "after" figures are never stale.
         sampler.wait_for_row_after(sampler.now())
         rows = list(sampler.rows)
-        last = rows[-1] if rows else {}
-        window = [r for r in rows if r["t"] >= last.get("t", 0) - WINDOW_S]
+        last = rows[-1] if rows else None
+        window = [r for r in rows if r.t >= (last.t if last else 0) - WINDOW_S]
         alive = server.alive()
         log = [line for _, line in server.log if "too many open files" in line.lower()]
-        timeline = [[r["t"], {"states": r["states"], "listen_queue": r["listen_queue"],
-                              "server_fds": r["server_fds"]}] for r in rows]
-        during = [r for r in rows if r["t"] <= after_flood + 1.0]
-        first_fds = next((r["server_fds"] for r in rows if r["server_fds"] is not None), None)
+        timeline = [[r.t, {"states": r.states, "listen_queue": r.listen_queue,
+                           "server_fds": r.server_fds}] for r in rows]
+        during = [r for r in rows if r.t <= after_flood + 1.0]
+        first_fds = next((r.server_fds for r in rows if r.server_fds is not None), None)
         result: dict[str, Any] = {
             "name": label, "shown": None, "skipped": None, "lesson": None, "why_not": None,
             "fd_limit": sampler.peak_of("fd_limit") or None,
             "fd_limit_hard": sampler.peak_of("fd_limit_hard") or None,
             "fds_start": first_fds,
             "fds_peak": sampler.peak_of("server_fds"),
-            "fds_after": last.get("server_fds"),
+            "fds_after": last.server_fds if last else None,
             "close_wait_peak": sampler.peak("CLOSE_WAIT"),
             "close_wait_after": sampler.state(last, "CLOSE_WAIT") if last else 0,
             "close_wait_persisting": min((sampler.state(r, "CLOSE_WAIT") for r in window),
@@ -250,7 +251,7 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
             "emfile_line": log[0] if log else None,
             "emfile_lines": len(log),
             "alive": alive,
-            "flood": flood,
+            "flood": to_json(flood),
             "timeline": timeline,
         }
         sampler.stop()
@@ -279,7 +280,7 @@ def _settle(sampler: StateSampler, after_flood: float) -> None:
     time.sleep(WINDOW_S)
     while time.monotonic() < deadline:
         now = sampler.now()
-        window = [r for r in sampler.rows if r["t"] >= max(after_flood, now - WINDOW_S)]
+        window = [r for r in sampler.rows if r.t >= max(after_flood, now - WINDOW_S)]
         if len(window) >= 3 and not any(sampler.state(r, "CLOSE_WAIT") for r in window):
             return
         time.sleep(0.1)
@@ -360,13 +361,12 @@ def _judge(r: dict[str, Any], s: Settings, leak: bool, keepalive: int | None) ->
         r["lesson"] = lesson
 
 
-def _flood(sb: Sandbox, s: Settings) -> dict[str, Any]:
-    r = sb.run([sys.executable, "-m", "tcplab.traffic.flood", "--port", str(PORT),
-                "--clients", str(s.clients), "--connect-timeout", str(s.connect_timeout),
-                "--read-timeout", str(s.read_timeout)],
+def _flood(sb: Sandbox, s: Settings) -> FloodResult:
+    r = sb.run(command("flood", "--port", str(PORT),
+                       "--clients", str(s.clients), "--connect-timeout", str(s.connect_timeout),
+                       "--read-timeout", str(s.read_timeout)),
                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                timeout=120)
     if r.returncode != 0:
         raise RuntimeError(f"the client flood failed: {r.stderr.decode(errors='replace')}")
-    result: dict[str, Any] = json.loads(r.stdout)
-    return result
+    return from_json_line(FloodResult, r.stdout)

@@ -51,7 +51,7 @@ from tcplab.errors import ConnectFailed
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.probe import accepts_on
 from tcplab.experiments.result import Result
-from tcplab.experiments.sampler import StateSampler
+from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.traffic.bomb import STALL_S
 
@@ -185,8 +185,7 @@ def _headline(variants: list[dict[str, Any]]) -> str:
 
 def _run_variant(plan: Variant, s: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
     with Sandbox(plan.sysctls) as sb:
-        range_text = sb.run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"],
-                            stdout=subprocess.PIPE).stdout.decode().split()
+        range_text = (sb.sysctl("net.ipv4.ip_local_port_range") or "").split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
         server: ServerProcess | ForeignServer
         addresses: list[str] | None = None
