@@ -243,18 +243,15 @@ def last_json(m: Measured, what: str) -> dict[str, Any]:
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
-    """(utime, stime) of every thread of a process, seconds: /proc/PID/stat through psutil.
-    The package's own reader (observe/server_facts.cpu_seconds) gives only the sum; when
-    tcplab/observe/procfs.py (issue 12, item 4) reads both, this line goes there."""
-    import psutil
+    """(utime, stime) of every thread of a process, seconds (/proc/PID/stat)."""
+    from tcplab.observe import procfs
 
-    t = psutil.Process(pid).cpu_times()
-    return t.user, t.system
+    return procfs.cpu_times(pid)
 
 
 def machine_busy() -> float:
     """Seconds every CPU of the machine has been busy (/proc/stat "cpu": all but idle and
-    iowait), through psutil; the same place as cpu_times when procfs.py comes."""
+    iowait), through psutil: tcplab/observe/procfs.py has no machine-wide reader."""
     import psutil
 
     t = psutil.cpu_times()
@@ -270,11 +267,11 @@ TCP_COUNTERS = {"Tcp": ("RetransSegs",),
 
 def tcp_counters() -> dict[str, int]:
     from tcplab.kernel.procfs import parse_netstat
+    from tcplab.observe.procfs import read_text
 
     found: dict[str, int] = {}
-    for path in ("/proc/net/snmp", "/proc/net/netstat"):
-        with open(path) as f:
-            table = parse_netstat(f.read())
+    for path in ("net/snmp", "net/netstat"):
+        table = parse_netstat(read_text(path))
         for kind, names in TCP_COUNTERS.items():
             found.update({n: table[kind][n] for n in names if n in table.get(kind, {})})
     return found
@@ -432,7 +429,7 @@ def _pingpong(spec: dict[str, Any]) -> dict[str, Any]:
     """The load generator's loop: C connections, one S-byte message in flight on each
     (partial writes finished on EPOLLOUT, every echo compared with what was sent), marks
     A and B around the window, each taken between two epoll batches."""
-    from tcplab.observe.server_facts import server_facts
+    from tcplab.observe.procfs import status
     from tcplab.traffic.client import percentile
 
     pid, port, size = int(spec["pid"]), int(spec["port"]), int(spec["size"])
@@ -530,7 +527,7 @@ def _pingpong(spec: dict[str, Any]) -> dict[str, Any]:
         a = mark()
         run(a["t"] + seconds, a["echoes"] + int(spec["max_echoes"]))
         b = mark()
-        threads = server_facts(pid).threads
+        threads = status(pid).threads
         sending = False
         run(time.monotonic() + 10.0, sys.maxsize)  # collect the echoes still in flight
         window = sorted(rtts[a["rtts"]:b["rtts"]])

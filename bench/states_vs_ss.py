@@ -326,10 +326,9 @@ def inner_main(args: argparse.Namespace, sb: Any) -> dict[str, Any]:
         if not args.quiet:
             h.progress(msg)
 
-    sysctls = {}
-    for name in SHOWN_SYSCTLS:
-        with open(f"/proc/sys/{name.replace('.', '/')}") as f:
-            sysctls[name] = " ".join(f.read().split())
+    from tcplab.observe.procfs import sysctl
+
+    sysctls = {name: sysctl(name) or "?" for name in SHOWN_SYSCTLS}
     progress(f"namespace net:[{os.stat('/proc/self/ns/net').st_ino}]: lo up, "
              + ", ".join(f"{k} = {v}" for k, v in sysctls.items()))
     tcplab = str(Path(args.venv) / "bin" / "tcplab")
