@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
-from tcplab.errors import TcplabError
+from tcplab.errors import ExperimentFailed
 from tcplab.interrupts import deferred, interrupted, spawn
 
 #: How long a child may take to stop on SIGTERM once the user pressed Ctrl-C:
@@ -101,7 +101,8 @@ class ServerProcess:
         if not first:
             self.proc.wait(timeout=5)
             err = self.proc.stderr.read().decode(errors="replace").strip()
-            raise TcplabError(f"the server did not start: {err or 'no output'}")
+            raise ExperimentFailed(f"the server did not start: {err or 'no output'}",
+                                   hint="run the same 'tcplab server' by hand to see it whole")
         self.info = json.loads(first)
         self._threads = [
             threading.Thread(target=self._collect_stdout, daemon=True),
@@ -204,7 +205,10 @@ class ForeignServer:
         ready = sandbox.run([sys.executable, "-m", "tcplab.experiments.probe", "listening",
                              str(port), "20"], stdout=subprocess.PIPE)
         if ready.returncode != 0:
-            raise TcplabError(f"the server command did not listen on port {port}: {command}")
+            raise ExperimentFailed(
+                f"the server command did not listen on port {port} within 20 s: {command}",
+                hint="write {port} where the command takes its port (tcplab replaces it), and "
+                "check that the command starts a server when run by hand")
         self.addresses: list[str] = json.loads(ready.stdout)["listening"]
 
     @property
