@@ -195,8 +195,8 @@ def run(settings: Settings | None = None, quick: bool = False,
     started = time.monotonic()
     events: list[Event] = []
 
-    def mark(what: str) -> None:
-        events.append(Event(round(time.monotonic() - started, 3), what))
+    def mark(what: str, verdict_of: str | None = None) -> None:
+        events.append(Event(round(time.monotonic() - started, 3), what, verdict_of))
         progress(f"  {what}")
 
     progress("fd-leak: the leaking server")
@@ -207,7 +207,7 @@ def run(settings: Settings | None = None, quick: bool = False,
     if s.keepalive and s.server_cmd:
         kept = Round("keepalive", skip=Skip.NEEDS_KEEPALIVE, fd_limit_set=s.fd_limit,
                      foreign=True)
-        mark(f"keepalive: skipped ({kept.skip})")
+        mark(f"keepalive: skipped ({kept.skip})", verdict_of="keepalive")
     elif s.keepalive:
         progress("fd-leak: leaking, with SO_KEEPALIVE")
         kept = _round(s, leak=True, keepalive=s.keepalive_s, mark=mark, origin=started)
@@ -252,7 +252,10 @@ def run(settings: Settings | None = None, quick: bool = False,
 
 
 def _round(s: Settings, leak: bool, keepalive: int | None,
-           mark: Callable[[str], None], origin: float | None = None) -> Round:
+           mark: Callable[..., None], origin: float | None = None) -> Round:
+    """One round in its own sandbox. ``mark(what, verdict_of=None)`` records an event;
+    the one that states the round's verdict names the round (report/prose.py words it;
+    the live line has the reasons as data)."""
     label = "leak" if leak else "fixed"
     if keepalive:
         label = "keepalive"
@@ -329,11 +332,10 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
     else:
         mark(f"{label}: CLOSE_WAIT peak {r.close_wait_peak}, "
              f"{r.close_wait_persisting} once the server had had time to close")
-    # The reasons, as data: report/prose.py words them below the round's table.
     if r.skip is not None:
-        mark(f"{label}: skipped ({r.skip})")
+        mark(f"{label}: skipped ({r.skip})", verdict_of=label)
     elif not r.shown:
-        mark(f"{label}: NOT shown ({', '.join(r.short)})")
+        mark(f"{label}: NOT shown ({', '.join(r.short)})", verdict_of=label)
     return r
 
 

@@ -39,6 +39,9 @@ VariantT = TypeVar("VariantT")
 class Event:
     t: float  # seconds since the experiment started
     what: str
+    #: The variant whose verdict this event states ("fixed: skipped: ..."): its
+    #: words are report/prose.py's, filled in by worded() like the variant's own.
+    verdict_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

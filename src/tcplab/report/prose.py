@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
-from tcplab.experiments.result import Result
+from tcplab.experiments.result import Event, Result
 from tcplab.traffic.bomb import STALL_S
 from tcplab.words import duration_us, plural
 
@@ -52,6 +52,7 @@ def worded(result: R) -> R:
             # Without a leak there is nothing for this experiment to show.
             skipped = f"the leak round could not run against this server: {leak.skipped}"
         out = replace(result, variants=rounds, skipped=skipped,
+                      events=tuple(verdict_event(e, by) for e in result.events),
                       fact=fd_leak_fact(leak, fixed, by.get("keepalive"))
                       if leak is not None and fixed is not None else result.fact)
     elif isinstance(result, half_close.Result):
@@ -64,6 +65,19 @@ def worded(result: R) -> R:
         out = replace(result, fact=handshake_fact(result.facts))
     worded_result: R = out
     return worded_result
+
+
+def verdict_event(e: Event, by: Mapping[str, Any]) -> Event:
+    """An event that states a variant's verdict, with that verdict's words:
+    ``fixed: skipped: not applicable: ...``, ``leak: NOT shown: ...``."""
+    v = by.get(e.verdict_of) if e.verdict_of else None
+    if v is None:
+        return e
+    if v.skipped:
+        return replace(e, what=f"{e.verdict_of}: skipped: {v.skipped}")
+    if v.shown is False and v.why_not:
+        return replace(e, what=f"{e.verdict_of}: NOT shown: {v.why_not}")
+    return e
 
 
 # --- echo -------------------------------------------------------------------------------------
