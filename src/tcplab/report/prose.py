@@ -67,7 +67,7 @@ def worded(result: R) -> R:
     return worded_result
 
 
-def verdict_event(e: Event, by: Mapping[str, Any]) -> Event:
+def verdict_event(e: Event, by: Mapping[str, fd_leak.Round]) -> Event:
     """An event that states a variant's verdict, with that verdict's words:
     ``fixed: skipped: not applicable: ...``, ``leak: NOT shown: ...``."""
     v = by.get(e.verdict_of) if e.verdict_of else None
