@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tcplab.cli import common
 from tcplab.errors import UsageError, errno_name
-from tcplab.experiments import echo, half_close
+from tcplab.experiments import echo, half_close, multiplex, port_bomb
 from tcplab.records import from_json
 from tcplab.report.prose import echo_fact, half_close_fact
 from tcplab.report.terminal import settings_text
@@ -217,3 +217,16 @@ def test_half_close_fact_is_what_the_steps_sampled() -> None:
     steps[4] = _step(2.5, "TIME_WAIT", None, 59.7)
     ok, fact = half_close_judged(steps)
     assert not ok and fact.endswith("the TIME_WAIT timer did not count down between samples")
+
+
+# --- --quick works on a copy: the caller's settings are never changed ---------------------------
+
+def test_quick_runs_on_a_copy_of_the_callers_settings() -> None:
+    bomb = port_bomb.Settings(reuse_count=40_000)
+    assert port_bomb.effective(bomb, quick=True).reuse_count == 32_000
+    assert bomb.reuse_count == 40_000
+    mux = multiplex.Settings()
+    assert multiplex.effective(mux, quick=True).ladder == (100, 1000)
+    assert mux.ladder == (100, 1000, 10_000)
+    with pytest.raises(AttributeError):  # frozen: dataclasses.FrozenInstanceError
+        bomb.reuse_count = 1  # type: ignore[misc]
