@@ -31,7 +31,7 @@ from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.kernel.tcp_states import STATE_NAMES
 from tcplab.traffic.bomb import STALL_S
-from tests.conftest import run_tcplab
+from tests.helpers import run_tcplab
 
 PORT = 8080
 LOW, PORTS = 40000, 200

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tcplab.errors import DoctorStatus, ExitStatus
-from tests.conftest import run_tcplab
+from tests.helpers import run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^\| (\d+) \| `([A-Z_]+)` \| ([^|]+) \| (.+) \|$")

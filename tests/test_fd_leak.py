@@ -34,7 +34,7 @@ import pytest
 from tcplab.experiments import fd_leak
 from tcplab.kernel.tcp_states import STATE_NAMES
 from tcplab.report.prose import round_worded, worded
-from tests.conftest import ExperimentAll, run_tcplab
+from tests.helpers import ExperimentAll, run_tcplab
 
 EXPERIMENTS = ["echo", "port-bomb", "fd-leak", "half-close"]
 
@@ -359,7 +359,7 @@ def test_sampler_rows_keep_their_own_times_when_read_late() -> None:
     every 50 ms; the rows then arrive together. Their times are the child's
     (CLOCK_MONOTONIC when it measured), so they stay strictly increasing and
     spread over the stall; stamping at read time gave them all one time (issue 11)."""
-    from tcplab.experiments.sampler import StateSampler
+    from tcplab.experiments.sampling import StateSampler
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -384,12 +384,12 @@ def test_sampler_rows_keep_their_own_times_when_read_late() -> None:
             rows = list(sampler.rows)
         finally:
             sampler.stop()
-    times = [r["t"] for r in rows]
+    times = [r.t for r in rows]
     assert all(a < b for a, b in itertools.pairwise(times)), times
     during = [t for t in times[before:] if stall_from - origin < t < stall_to - origin]
     assert len(during) >= 3, (times, stall_from - origin, stall_to - origin)
     # Each row reports the listener it saw, in this namespace.
-    assert all(r["states"].get("LISTEN") == 1 for r in rows)
+    assert all(r.states.get("LISTEN") == 1 for r in rows)
 
 
 # --- the flood's bookkeeping -----------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_flood_counts_every_client_when_the_server_hangs_up() -> None:
         worker = threading.Thread(target=hang_up, daemon=True)
         worker.start()
         try:
-            r = subprocess.run([sys.executable, "-m", "tcplab.traffic.flood", "--port",
+            r = subprocess.run([sys.executable, "-m", "tcplab.agents.flood", "--port",
                                 str(listener.getsockname()[1]), "--clients", str(clients)],
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
         finally:

@@ -19,7 +19,8 @@ from tcplab.records import from_json
 from tcplab.report import html
 from tcplab.report.prose import multiplex_fact, worded
 from tcplab.report.terminal import result_lines
-from tests.conftest import MODELS, run_tcplab
+from tcplab.traffic.models import MODELS
+from tests.helpers import run_tcplab
 
 
 def multiplex(port: int, *args: str, preexec_fn=None) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]

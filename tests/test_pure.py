@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tcplab.agents.half_close import Step
 from tcplab.cli import common
 from tcplab.errors import UsageError, errno_name
 from tcplab.experiments import echo, half_close, multiplex, port_bomb
@@ -183,17 +184,17 @@ def test_echo_fact_claims_exact_bytes_only_when_they_matched() -> None:
 
 
 def _step(t: float, client: str | None, server: str | None,
-          left: float | None = None) -> half_close.Step:
+          left: float | None = None) -> Step:
     def side(state: str | None, timer: float | None) -> dict[str, object] | None:
         if state is None:
             return None
         return {"state": state, "timer": f"time-wait {timer:.1f}s" if timer else "",
                 "timer_left_s": timer, "owner": "kernel" if timer else "process"}
-    return from_json(half_close.Step, {"t": t, "step": "", "client": side(client, left),
+    return from_json(Step, {"t": t, "step": "", "client": side(client, left),
                                        "server": side(server, None)})
 
 
-def half_close_judged(steps: list[half_close.Step]) -> tuple[bool, str]:
+def half_close_judged(steps: list[Step]) -> tuple[bool, str]:
     """The verdict (experiments/half_close.py) and its sentence (report/prose.py)."""
     return half_close.judge(steps), half_close_fact(steps)
 

@@ -37,7 +37,7 @@ from tcplab.report import html
 from tcplab.report.lessons import LESSONS, Figures, quotes
 from tcplab.report.terminal import result_lines, settings_text, summary_lines
 from tcplab.words import plural
-from tests.conftest import ExperimentAll, run_tcplab
+from tests.helpers import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "multiplex", "handshake")

@@ -119,10 +119,6 @@ class DoctorStatus(enum.IntEnum):
     UNKNOWN = 3  # a usage or privilege error: the check could not be made
 
 
-#: Exit status for Ctrl-C (kept for callers of the old name).
-EXIT_INTERRUPTED = ExitStatus.INTERRUPTED
-
-
 def describe_oserror(exc: OSError) -> str:
     """``[Errno 99] Cannot assign requested address``: the errno and the kernel's text."""
     if exc.errno is None:

@@ -26,8 +26,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
+from tcplab.agents.io import command as agent_command
+from tcplab.agents.listening import Listening
 from tcplab.errors import ExperimentFailed
 from tcplab.interrupts import deferred, interrupted, spawn
+from tcplab.records import from_json_line
 
 #: How long a child may take to stop on SIGTERM once the user pressed Ctrl-C:
 #: the command must end within seconds (the issue asks for 10 s at most).
@@ -202,14 +205,13 @@ class ForeignServer:
         )
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
-        ready = sandbox.run([sys.executable, "-m", "tcplab.experiments.probe", "listening",
-                             str(port), "20"], stdout=subprocess.PIPE)
+        ready = sandbox.run(agent_command("listening", str(port), "20"), stdout=subprocess.PIPE)
         if ready.returncode != 0:
             raise ExperimentFailed(
                 f"the server command did not listen on port {port} within 20 s: {command}",
                 hint="write {port} where the command takes its port (tcplab replaces it), and "
                 "check that the command starts a server when run by hand")
-        self.addresses: list[str] = json.loads(ready.stdout)["listening"]
+        self.addresses: list[str] = from_json_line(Listening, ready.stdout).listening
 
     @property
     def pid(self) -> int:

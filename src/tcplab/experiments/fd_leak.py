@@ -45,21 +45,20 @@ from what the run measured (issue 11: a summary said "fds hit its limit of
 from __future__ import annotations
 
 import enum
-import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tcplab.agents.io import command
 from tcplab.errors import ExperimentFailed
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
-from tcplab.experiments.result import Event, Sample, sampled
-from tcplab.experiments.sampler import StateSampler
+from tcplab.experiments.result import Event, TimelineRow, timeline_of
+from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
-from tcplab.records import RecordError, from_json
+from tcplab.records import RecordError, from_json_line
 from tcplab.traffic.flood import FloodResult
 
 PORT = 8080
@@ -149,7 +148,7 @@ class Round:
     emfile_lines: int = 0
     alive: bool = False  # the server was alive at the end
     flood: FloodResult | None = None
-    timeline: tuple[Sample, ...] = ()
+    timeline: tuple[TimelineRow, ...] = ()
     skip: Skip | None = None
     short: tuple[Short, ...] = ()
     fd_limit_set: int = 0  # the limit the round asked for
@@ -291,19 +290,19 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
         # The last row measured after this moment: "after" figures are never stale.
         sampler.wait_for_row_after(sampler.now())
         rows = list(sampler.rows)
-        last = rows[-1] if rows else {}
-        window = [r for r in rows if r["t"] >= last.get("t", 0) - WINDOW_S]
+        last = rows[-1] if rows else None
+        window = [r for r in rows if r.t >= (last.t if last else 0) - WINDOW_S]
         alive = server.alive()
         log = [line for _, line in server.log if "too many open files" in line.lower()]
-        during = [r for r in rows if r["t"] <= after_flood + 1.0]
-        first_fds = next((r["server_fds"] for r in rows if r["server_fds"] is not None), None)
+        during = [r for r in rows if r.t <= after_flood + 1.0]
+        first_fds = next((r.server_fds for r in rows if r.server_fds is not None), None)
         figures = Round(
             name=label,
             fd_limit=sampler.peak_of("fd_limit") or None,
             fd_limit_hard=sampler.peak_of("fd_limit_hard") or None,
             fds_start=first_fds,
             fds_peak=sampler.peak_of("server_fds"),
-            fds_after=last.get("server_fds"),
+            fds_after=last.server_fds if last else None,
             close_wait_peak=sampler.peak("CLOSE_WAIT"),
             close_wait_after=sampler.state(last, "CLOSE_WAIT") if last else 0,
             close_wait_persisting=min((sampler.state(r, "CLOSE_WAIT") for r in window),
@@ -317,7 +316,7 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
             emfile_lines=len(log),
             alive=alive,
             flood=flood,
-            timeline=sampled(sampler),
+            timeline=timeline_of(sampler),
             fd_limit_set=s.fd_limit,
             foreign=s.server_cmd is not None,
         )
@@ -346,7 +345,7 @@ def _settle(sampler: StateSampler, after_flood: float) -> None:
     time.sleep(WINDOW_S)
     while time.monotonic() < deadline:
         now = sampler.now()
-        window = [r for r in sampler.rows if r["t"] >= max(after_flood, now - WINDOW_S)]
+        window = [r for r in sampler.rows if r.t >= max(after_flood, now - WINDOW_S)]
         if len(window) >= 3 and not any(sampler.state(r, "CLOSE_WAIT") for r in window):
             return
         time.sleep(0.1)
@@ -394,9 +393,9 @@ def judge(r: Round, leak: bool, keepalive: int | None) -> Round:
 
 
 def _flood(sb: Sandbox, s: Settings) -> FloodResult:
-    r = sb.run([sys.executable, "-m", "tcplab.traffic.flood", "--port", str(PORT),
-                "--clients", str(s.clients), "--connect-timeout", str(s.connect_timeout),
-                "--read-timeout", str(s.read_timeout)],
+    r = sb.run(command("flood", "--port", str(PORT),
+                       "--clients", str(s.clients), "--connect-timeout", str(s.connect_timeout),
+                       "--read-timeout", str(s.read_timeout)),
                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                timeout=120)
     if r.returncode != 0:
@@ -405,7 +404,7 @@ def _flood(sb: Sandbox, s: Settings) -> FloodResult:
                                f"{err[-1] if err else 'no output'}",
                                hint="run again with --debug for the whole of its output")
     try:
-        return from_json(FloodResult, json.loads(r.stdout))
-    except (ValueError, RecordError) as e:
+        return from_json_line(FloodResult, r.stdout)
+    except RecordError as e:
         raise ExperimentFailed(f"the client flood wrote something else than its result: {e}",
                                hint="this is a bug in tcplab: report it") from None

@@ -1,6 +1,6 @@
 """The half-closed trap, one connection at a time: ``tcplab experiment half-close``.
 
-A choreography (``python -m tcplab.experiments.half_close``) runs inside a
+A choreography (``python -m tcplab.agents.half_close``) runs inside a
 sandbox: it makes one connection, then steps through the close slowly,
 reading both sockets' states and timers from sock_diag after each step:
 
@@ -18,20 +18,17 @@ reading both sockets' states and timers from sock_diag after each step:
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from tcplab.agents.half_close import Side, Step
+from tcplab.agents.io import command
 from tcplab.errors import ExperimentFailed
 from tcplab.experiments import result as base
 from tcplab.experiments.result import Event
 from tcplab.experiments.sandbox import Sandbox
-from tcplab.records import RecordError, from_json
+from tcplab.records import RecordError, from_json_line
 
 BUGS = {
     "CLOSE_WAIT": "stuck here = the local application's bug: it never calls close()",
@@ -39,26 +36,6 @@ BUGS = {
     "LAST_ACK": "waiting for the peer's ACK of our FIN",
     "TIME_WAIT": "normal: the side that closed first waits 2 x MSL (60 s on Linux)",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Side:
-    """One socket of the connection, as sock_diag showed it after a step."""
-
-    state: str
-    timer: str  # "time-wait 58.4s"; "" without a timer
-    timer_left_s: float | None
-    owner: str  # "process", or "kernel" (inode 0: a TIME_WAIT minisocket)
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step of the choreography and both sockets after it (None: gone)."""
-
-    t: float
-    step: str
-    client: Side | None
-    server: Side | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,62 +54,14 @@ class Result(base.Result[RunWith, Facts, None]):
     """The half-close experiment's result: the steps, no variants."""
 
 
-def _states(client: socket.socket, server: socket.socket | None, client_port: int,
-            port: int) -> dict[str, Any]:
-    from tcplab.kernel import tcp_states
-    from tcplab.observe.sockets import SocketTable
-
-    with SocketTable() as table:
-        socks = table.sockets(port)
-    out: dict[str, Any] = {"client": None, "server": None}
-    for s in socks:
-        if s.state == tcp_states.LISTEN:
-            continue
-        side = "client" if s.sport == client_port else "server"
-        timer = {0: "", 1: "retransmit", 2: "keepalive", 3: "time-wait", 4: "probe"}[s.timer]
-        out[side] = {"state": tcp_states.name(s.state),
-                     "timer": f"{timer} {s.expires_ms / 1000:.1f}s" if timer else "",
-                     "timer_left_s": round(s.expires_ms / 1000, 3) if timer else None,
-                     "owner": "kernel" if s.inode == 0 else "process"}
-    return out
-
-
-def choreography(pause: float) -> list[dict[str, Any]]:
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", 8080))
-    ls.listen()
-    client = socket.create_connection(("127.0.0.1", 8080))
-    server, _ = ls.accept()
-    cport = client.getsockname()[1]
-    steps: list[dict[str, Any]] = []
-
-    def step(what: str) -> None:
-        time.sleep(pause)
-        steps.append({"t": round(time.monotonic() - t0, 3), "step": what,
-                      **_states(client, server, cport, 8080)})
-
-    t0 = time.monotonic()
-    step("connected")
-    client.shutdown(socket.SHUT_WR)
-    step("the client calls shutdown(SHUT_WR): its FIN goes out, the server ACKs it")
-    server.sendall(b"still here")
-    got = client.recv(100)
-    step(f"the server still sends, the client reads \"{got.decode(errors='replace')}\" "
-         f"({len(got)} B): half-close is one direction")
-    server.close()
-    step("the server calls close(): its FIN goes out, the client ACKs it")
-    time.sleep(1.0)
-    step("a second later: the TIME_WAIT countdown runs")
-    client.close()
-    ls.close()
-    return steps
+#: A side whose socket is gone, as the events say it.
+GONE = Side(state="gone", timer="", timer_left_s=None, owner="")
 
 
 def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
     pause = 0.3 if quick else 1.0
     with Sandbox({}) as sb:
-        r = sb.run([sys.executable, "-m", "tcplab.experiments.half_close", str(pause)],
+        r = sb.run(command("half_close", str(pause)),
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     if r.returncode != 0:
         raise ExperimentFailed(
@@ -140,14 +69,14 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
             f"{_last_line(r.stderr) or 'no output'}",
             hint="run again with --debug; 'tcplab check' says what works here")
     try:
-        steps = tuple(from_json(Step, s) for s in json.loads(r.stdout))
-    except (ValueError, RecordError) as e:
+        steps = tuple(from_json_line(Step, line) for line in r.stdout.splitlines())
+    except RecordError as e:
         raise ExperimentFailed(f"the half-close choreography wrote something else than its "
                                f"steps: {e}", hint="this is a bug in tcplab: report it") from None
     events = []
     for s in steps:
-        c = s.client or Side("gone", "", None, "")
-        v = s.server or Side("gone", "", None, "")
+        c = s.client or GONE
+        v = s.server or GONE
         line = (f"{s.step}: client {c.state} {c.timer}".rstrip()
                 + f", server {v.state} {v.timer}".rstrip())
         events.append(Event(s.t, line))
@@ -201,7 +130,3 @@ def judge(steps: Sequence[Step]) -> bool:
             and seen[1] == seen[2] == ("FIN_WAIT2", "CLOSE_WAIT")
             and seen[3][0] == "TIME_WAIT" and seen[3][1] in ("gone", "LAST_ACK")
             and counts_down(steps))
-
-
-if __name__ == "__main__":
-    sys.stdout.write(json.dumps(choreography(float(sys.argv[1]))) + "\n")

@@ -1,6 +1,6 @@
 """One connection's whole life, from three sides at once: ``tcplab experiment handshake``.
 
-In a private namespace, a choreography (``python -m tcplab.experiments.handshake``)
+In a private namespace, a choreography (``python -m tcplab.agents.handshake``)
 makes one connection slowly, step by step: the server's socket/bind/listen,
 the client's socket/connect, accept, one echo, the client's close, the
 server's close; then a second connection closed with SO_LINGER 0 (RST).
@@ -14,11 +14,8 @@ clock). Needs root: tracefs and AF_PACKET.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -27,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tcplab.agents.handshake import Done, Ready
+from tcplab.agents.io import command
 from tcplab.experiments import result as base
 from tcplab.experiments.children import terminate
 from tcplab.experiments.result import Event
@@ -34,7 +33,7 @@ from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import deferred, spawn
 from tcplab.kernel.tracefs import Transition
 from tcplab.observe.nsutil import die_with_parent
-from tcplab.records import from_json
+from tcplab.records import from_json, from_json_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,39 +67,6 @@ class Facts:
 @dataclass(frozen=True, slots=True)
 class Result(base.Result[RunWith, Facts, None]):
     """The handshake experiment's result: counts, the sequence, the merged timeline."""
-
-
-def choreography(port: int, pause: float) -> None:
-    """Runs inside the sandbox; waits for a line on stdin before starting."""
-    print(os.getpid(), flush=True)
-    sys.stdin.readline()
-    lst = socket.socket()
-    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind(("127.0.0.1", port))
-    lst.listen(8)
-    time.sleep(pause)
-    client = socket.socket()
-    client.connect(("127.0.0.1", port))
-    server, _ = lst.accept()
-    time.sleep(pause)
-    client.sendall(b"hello")
-    server.sendall(server.recv(5))
-    client.recv(5)
-    time.sleep(pause)
-    client.close()  # the active close: FIN_WAIT1, FIN_WAIT2, then TIME_WAIT
-    time.sleep(pause)
-    server.close()  # the passive close: CLOSE_WAIT until now, then LAST_ACK
-    time.sleep(pause)
-    client = socket.socket()
-    client.connect(("127.0.0.1", port))
-    server, _ = lst.accept()
-    time.sleep(pause)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()  # RST: no FIN, no TIME_WAIT
-    time.sleep(pause)
-    server.close()
-    lst.close()
-    print("done", flush=True)
 
 
 def _reader(proc: subprocess.Popen[bytes], into: list[dict[str, Any]],
@@ -140,10 +106,10 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             threading.Thread(target=_reader, args=(cap, packets, cap_ready, b"capturing"),
                              daemon=True).start()
-            dance = sb.popen([sys.executable, "-m", "tcplab.experiments.handshake", str(port),
-                              str(pause)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            dance = sb.popen(command("handshake", str(port), str(pause)),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert dance.stdout is not None and dance.stdin is not None
-            pid = int(dance.stdout.readline())
+            pid = from_json_line(Ready, dance.stdout.readline()).pid
             # The tracer runs outside the sandbox, whose close() may SIGKILL: a killed
             # tracer would leave its trace instance. It is stopped by stop_tracer().
             with deferred():
@@ -162,7 +128,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
             wall_minus_mono = time.time() - time.monotonic()
             dance.stdin.write(b"go\n")
             dance.stdin.flush()
-            dance.stdout.readline()  # "done"
+            from_json_line(Done, dance.stdout.readline())
             time.sleep(0.3)
             tw = sb.run(sb.tcplab("sockets", "--port", str(port), "--state", "time-wait",
                                   "--json"), stdout=subprocess.PIPE).stdout
@@ -184,15 +150,9 @@ def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 4.0) -> None:
             return
         terminate(proc, grace=grace)
         if proc.returncode == -signal.SIGKILL:
-            subprocess.run([sys.executable, "-c", _REMOVE_STALE], stdin=subprocess.DEVNULL,
+            subprocess.run(command("tracefs_probe", "--remove-stale"), stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
                            check=False, process_group=0)
-
-
-#: Removes trace instances whose process is gone (ours, SIGKILLed above); in a
-#: child, because mounting tracefs privately needs a single-threaded process.
-_REMOVE_STALE = ("from tcplab.observe.tracefs import find_tracefs, remove_stale; "
-                 "remove_stale(find_tracefs())")
 
 
 def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: float,
@@ -250,7 +210,3 @@ def judge(facts: Facts, states: set[tuple[str, str]]) -> bool:
     every transition of WANTED, and the socket calls traced."""
     return (facts.syn == 2 and facts.syn_ack == 2 and facts.fin == 2 and facts.rst >= 1
             and states >= WANTED and facts.syscalls > 0)
-
-
-if __name__ == "__main__":
-    choreography(int(sys.argv[1]), float(sys.argv[2]))

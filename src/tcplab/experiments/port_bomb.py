@@ -52,8 +52,8 @@ from tcplab.errors import ConnectFailed, ExperimentFailed
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.probe import accepts_on
-from tcplab.experiments.result import Sample, sampled
-from tcplab.experiments.sampler import StateSampler
+from tcplab.experiments.result import TimelineRow, timeline_of
+from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json
 from tcplab.traffic.bomb import BombResult, FirstError
@@ -158,7 +158,7 @@ class Variant:
     established_peak: int = 0
     time_wait_end: TimeWaitEnd | None = None
     runs: tuple[BombResult, ...] = ()  # each `tcplab bomb --json`, decoded
-    timeline: tuple[Sample, ...] = ()
+    timeline: tuple[TimelineRow, ...] = ()
     server_addresses: tuple[str, ...] | None = None  # --server-cmd: what it listens on
     skip: Skip | None = None
     short: tuple[Short, ...] = ()
@@ -236,8 +236,7 @@ def run(settings: Settings | None = None, quick: bool = False,
 
 def _run_variant(plan: Plan, s: Settings, progress: Callable[[str], None]) -> Variant:
     with Sandbox(plan.sysctls) as sb:
-        range_text = sb.run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"],
-                            stdout=subprocess.PIPE).stdout.decode().split()
+        range_text = (sb.sysctl("net.ipv4.ip_local_port_range") or "").split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
         server: ServerProcess | ForeignServer
         addresses: tuple[str, ...] | None = None
@@ -263,7 +262,7 @@ def _run_variant(plan: Plan, s: Settings, progress: Callable[[str], None]) -> Va
         ends = _time_wait_sides(sb)
         sampler.stop()
         server.stop()
-    v = _variant(plan, s, runs, sampled(sampler), ends, port_range, sampler, before)
+    v = _variant(plan, s, runs, timeline_of(sampler), ends, port_range, sampler, before)
     return replace(v, server_addresses=addresses)
 
 
@@ -310,7 +309,7 @@ def _time_wait_sides(sb: Sandbox) -> TimeWaitEnd:
     return TimeWaitEnd(server_side=server, client_side=len(socks) - server)
 
 
-def _variant(plan: Plan, s: Settings, runs: list[BombResult], timeline: tuple[Sample, ...],
+def _variant(plan: Plan, s: Settings, runs: list[BombResult], timeline: tuple[TimelineRow, ...],
              ends: TimeWaitEnd, port_range: int | None, sampler: StateSampler,
              before: int) -> Variant:
     """The variant's figures from its bomb runs and samples, and its verdict."""

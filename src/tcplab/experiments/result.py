@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from tcplab.experiments.sampler import StateSampler
+    from tcplab.experiments.sampling import StateSampler
 
 SettingsT = TypeVar("SettingsT")
 FactsT = TypeVar("FactsT")
@@ -45,23 +45,21 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
-    """One row of the 100 ms sampler (observe/sampler.py), as a timeline keeps it."""
+class TimelineRow:
+    """One sample of the 100 ms sampler (agents/sampler.py's ``Sample``) as a timeline
+    keeps it: the figures the charts and the report read, not the sampler's bookkeeping
+    (its clock, the server's pid and limits, the backlog)."""
 
     t: float  # seconds since the experiment (or the variant) started
     states: dict[str, int]  # TCP state -> sockets on the port
     listen_queue: int | None = None  # LISTEN Recv-Q: the accept queue
-    server_fds: int | None = None  # the server's fds in use (None: no server pid known)
+    server_fds: int | None = None  # the server's fds in use (None: no server found)
 
 
-def samples(rows: list[dict[str, Any]]) -> tuple[Sample, ...]:
-    """The sampler's rows (``StateSampler.rows``) as a timeline."""
-    return tuple(Sample(r["t"], dict(r["states"]), r.get("listen_queue"), r.get("server_fds"))
-                 for r in rows)
-
-
-def sampled(sampler: StateSampler) -> tuple[Sample, ...]:
-    return samples(list(sampler.rows))
+def timeline_of(sampler: StateSampler) -> tuple[TimelineRow, ...]:
+    """The sampler's rows so far as a timeline."""
+    return tuple(TimelineRow(r.t, dict(r.states), r.listen_queue, r.server_fds)
+                 for r in list(sampler.rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +71,7 @@ class Result(Generic[SettingsT, FactsT, VariantT]):
     settings: SettingsT | None = None
     facts: FactsT | None = None  # None: it did not get that far (skipped, failed)
     events: tuple[Event, ...] = ()  # what happened, in words, as it happened
-    timeline: tuple[Sample, ...] = ()  # the sampler's rows, where one ran for the experiment
+    timeline: tuple[TimelineRow, ...] = ()  # the sampler's rows, where one ran for it
     variants: tuple[VariantT, ...] = ()  # sub-runs: port-bomb's variants, fd-leak's rounds, ...
     skipped: str | None = None  # why it could not run here, and what to do
 

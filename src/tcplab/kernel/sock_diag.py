@@ -61,7 +61,6 @@ MIN_REPLY = HDR_LEN + MSG_LEN
 # Offsets inside one reply message, from its nlmsghdr.
 OFF_FAMILY = HDR_LEN + 0
 OFF_STATE = HDR_LEN + 1
-OFF_SPORT = HDR_LEN + 4
 
 #: idiag_timer: which timer is pending (the values ss prints in timer:(...)).
 TIMERS = {0: "", 1: "retransmit", 2: "keepalive", 3: "time-wait", 4: "zero-window-probe"}
@@ -167,6 +166,3 @@ def count_states(
         off += (length + 3) & ~3
     return False
 
-
-def encode_done(seq: int = 1) -> bytes:
-    return NLMSGHDR.pack(HDR_LEN + 4, NLMSG_DONE, 2, seq, 0) + _I32.pack(0)

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from tcplab.experiments.handshake import Arrow
     from tcplab.experiments.multiplex import Row
     from tcplab.experiments.port_bomb import Variant
-    from tcplab.experiments.result import Sample
+    from tcplab.experiments.result import TimelineRow
 
 COLORS = {"TIME_WAIT": "#d62728", "ESTABLISHED": "#1f77b4", "CLOSE_WAIT": "#9467bd",
           "FIN_WAIT2": "#ff7f0e", "fds": "#2ca02c", "queue": "#8c564b"}
@@ -66,7 +66,7 @@ def port_bomb(variants: Sequence[Variant]) -> str:
     return _svg(fig)
 
 
-def fd_leak(timeline: Sequence[Sample], fd_limit: int | None) -> str:
+def fd_leak(timeline: Sequence[TimelineRow], fd_limit: int | None) -> str:
     fig, ax = _figure()
     t = [row.t for row in timeline]
     ax.plot(t, [g.server_fds or 0 for g in timeline], color=COLORS["fds"],

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tcplab.agents.half_close import Side
 from tcplab.experiments import fd_leak, half_close, handshake, multiplex, port_bomb
 from tcplab.experiments.result import Result
 from tcplab.words import duration_us, plural
@@ -106,7 +107,7 @@ def _half_close_time_wait(r: half_close.Result) -> str | None:
 
 
 def _half_close_states(r: half_close.Result) -> str | None:
-    def where(side: half_close.Side | None) -> str:
+    def where(side: Side | None) -> str:
         return f"in {side.state}" if side else "gone"
 
     assert r.facts is not None

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from tcplab.agents.half_close import Step
 from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
 from tcplab.experiments.result import Event, Result
 from tcplab.traffic.bomb import STALL_S
@@ -121,7 +122,7 @@ STEP_NAMES = ("connected", "after shutdown(SHUT_WR)", "while the server still se
               "after the server's close()", "a second later")
 
 
-def half_close_fact(steps: Sequence[half_close.Step]) -> str:
+def half_close_fact(steps: Sequence[Step]) -> str:
     """The fact in one sentence, from the states the steps sampled: the states of each
     step, and the TIME_WAIT time left as read."""
     if half_close.judge(steps):

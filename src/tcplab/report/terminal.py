@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tcplab.agents.half_close import Side
 from tcplab.experiments import fd_leak, half_close, multiplex, port_bomb
 from tcplab.experiments.result import Result
 from tcplab.report.prose import worded
@@ -200,7 +201,7 @@ def half_close_lines(result: half_close.Result) -> list[str]:
     f = result.facts
     if f is None:
         return []
-    closed = half_close.Side("(closed)", "", None, "")
+    closed = Side("(closed)", "", None, "")
     rows: list[Sequence[str]] = [("step", "client", "server")]
     for i, st in enumerate(f.steps, 1):
         c, v = st.client or closed, st.server or closed

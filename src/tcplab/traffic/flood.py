@@ -1,4 +1,4 @@
-"""A bounded flood of clients for the FD-leak experiment: ``python -m tcplab.traffic.flood``.
+"""A bounded flood of clients for the FD-leak experiment (run by ``tcplab.agents.flood``).
 
 Each client connects (non-blocking, given up after ``connect_timeout``),
 sends one message, waits up to ``read_timeout`` for its echo, and closes.
@@ -15,15 +15,12 @@ Clients are opened in batches over ``ramp`` seconds so the climb is visible.
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import select
 import socket
-import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from tcplab.errors import errno_name
 
@@ -123,20 +120,3 @@ def run(port: int, clients: int, ramp: float = 1.0, connect_timeout: float = 2.0
         errors=dict(errors),
         elapsed_s=round(time.monotonic() - started, 3),
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tcplab.traffic.flood")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--clients", type=int, default=400)
-    p.add_argument("--ramp", type=float, default=1.0)
-    p.add_argument("--connect-timeout", type=float, default=2.0)
-    p.add_argument("--read-timeout", type=float, default=2.0)
-    args = p.parse_args(argv)
-    result = run(args.port, args.clients, args.ramp, args.connect_timeout, args.read_timeout)
-    sys.stdout.write(json.dumps(asdict(result)) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
