@@ -40,6 +40,7 @@ class ExitStatus(enum.IntEnum):
     VERIFY_FAILED = 6, "an echo came back different from what was sent"
     LIMIT = 7, "a kernel or process limit is in the way (fd limit, port range)"
     NOT_SUPPORTED = 8, "not supported here (not Linux, a kernel feature missing)"
+    EXPERIMENT_FAILED = 9, "an experiment could not run to its end: a process it started failed"
     INTERRUPTED = 130, "interrupted (Ctrl-C, SIGINT), as shells report 128 + 2"
 
 
@@ -97,6 +98,15 @@ class NotSupported(TcplabError):
     """The platform lacks something tcplab needs (Linux, a kernel feature)."""
 
     exit_code = ExitStatus.NOT_SUPPORTED
+
+
+class ExperimentFailed(TcplabError):
+    """An experiment could not run to its end: a server, load generator or
+    choreography it started failed or wrote something else than its result.
+    Said with that process's last words; distinct from an experiment that ran
+    and did not show its fact (ERROR)."""
+
+    exit_code = ExitStatus.EXPERIMENT_FAILED
 
 
 class DoctorStatus(enum.IntEnum):

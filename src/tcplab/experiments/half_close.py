@@ -19,14 +19,16 @@ reading both sockets' states and timers from sock_diag after each step:
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tcplab.agents.half_close import Side, Step
 from tcplab.agents.io import command
-from tcplab.experiments.result import Event, Result
+from tcplab.errors import ExperimentFailed
+from tcplab.experiments import result as base
+from tcplab.experiments.result import Event
 from tcplab.experiments.sandbox import Sandbox
-from tcplab.records import from_json_line, to_json
+from tcplab.records import RecordError, from_json_line
 
 BUGS = {
     "CLOSE_WAIT": "stuck here = the local application's bug: it never calls close()",
@@ -34,6 +36,23 @@ BUGS = {
     "LAST_ACK": "waiting for the peer's ACK of our FIN",
     "TIME_WAIT": "normal: the side that closed first waits 2 x MSL (60 s on Linux)",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    pause_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    steps: tuple[Step, ...]
+    bugs: dict[str, str]  # state -> whose bug it is when a socket is stuck there
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, None]):
+    """The half-close experiment's result: the steps, no variants."""
+
 
 #: A side whose socket is gone, as the events say it.
 GONE = Side(state="gone", timer="", timer_left_s=None, owner="")
@@ -45,8 +64,15 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
         r = sb.run(command("half_close", str(pause)),
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     if r.returncode != 0:
-        raise RuntimeError(f"the half-close choreography failed: {r.stderr.decode()}")
-    steps = [from_json_line(Step, line) for line in r.stdout.splitlines()]
+        raise ExperimentFailed(
+            f"the half-close choreography exited {r.returncode}: "
+            f"{_last_line(r.stderr) or 'no output'}",
+            hint="run again with --debug; 'tcplab check' says what works here")
+    try:
+        steps = tuple(from_json_line(Step, line) for line in r.stdout.splitlines())
+    except RecordError as e:
+        raise ExperimentFailed(f"the half-close choreography wrote something else than its "
+                               f"steps: {e}", hint="this is a bug in tcplab: report it") from None
     events = []
     for s in steps:
         c = s.client or GONE
@@ -55,46 +81,52 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
                 + f", server {v.state} {v.timer}".rstrip())
         events.append(Event(s.t, line))
         progress(f"  {line}")
-    rows = [to_json(s) for s in steps]
-    ok, fact = judge(rows)
-    return Result(experiment="half-close", ok=ok, fact=fact, settings={"pause_s": pause},
-                  facts={"steps": rows, "bugs": BUGS}, events=events)
+    return Result(experiment="half-close", ok=judge(steps), settings=RunWith(pause_s=pause),
+                  facts=Facts(steps=steps, bugs=dict(BUGS)), events=tuple(events))
 
 
-#: Short names of the choreography's steps, for a fact that lists what was seen.
-STEP_NAMES = ("connected", "after shutdown(SHUT_WR)", "while the server still sent",
-              "after the server's close()", "a second later")
+def _last_line(stderr: bytes) -> str:
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
-def judge(steps: list[dict[str, Any]]) -> tuple[bool, str]:
-    """Shown or not, and the fact in one sentence, from the states the steps sampled.
+#: The choreography's steps: connected, after shutdown(SHUT_WR), while the server still
+#: sent, after the server's close(), a second later (report/prose.py names them).
+STEPS = 5
+
+
+def state(side: Side | None) -> str:
+    return side.state if side else "gone"
+
+
+def states(steps: Sequence[Step]) -> list[tuple[str, str]]:
+    """(client, server) state after each step; "gone" for a socket no longer there."""
+    return [(state(s.client), state(s.server)) for s in steps]
+
+
+def time_wait_left(steps: Sequence[Step]) -> list[tuple[float, float | None]]:
+    """(t, seconds left) of each step that sampled the client's socket in TIME_WAIT."""
+    return [(s.t, s.client.timer_left_s) for s in steps
+            if s.client and s.client.state == "TIME_WAIT"]
+
+
+def counts_down(steps: Sequence[Step]) -> bool:
+    """The TIME_WAIT timer read less at the last sample than at the first."""
+    left = [(t, x) for t, x in time_wait_left(steps) if x is not None]
+    return len(left) >= 2 and left[-1][1] < left[0][1]
+
+
+def judge(steps: Sequence[Step]) -> bool:
+    """Shown or not, from the states the steps sampled.
 
     Shown: ESTABLISHED on both; FIN_WAIT2 / CLOSE_WAIT after the client's half-close
     and still while the server sends; then the client in TIME_WAIT (the server gone,
-    or caught in LAST_ACK) with its timer counting down. The sentence says only what
-    was sampled: the states of each step, and the TIME_WAIT time left as read.
+    or caught in LAST_ACK) with its timer counting down. report/prose.py says what
+    was sampled.
     """
-    def state(side: dict[str, Any] | None) -> str:
-        return side["state"] if side else "gone"
-
-    seen = [(state(s["client"]), state(s["server"])) for s in steps]
-    waits = [(s["t"], s["client"].get("timer_left_s")) for s in steps
-             if s["client"] and s["client"]["state"] == "TIME_WAIT"]
-    left = [(t, x) for t, x in waits if x is not None]
-    counts_down = len(left) >= 2 and left[-1][1] < left[0][1]
-    ok = (len(seen) == len(STEP_NAMES)
-          and seen[0] == ("ESTABLISHED", "ESTABLISHED")
-          and seen[1] == seen[2] == ("FIN_WAIT2", "CLOSE_WAIT")
-          and seen[3][0] == "TIME_WAIT" and seen[3][1] in ("gone", "LAST_ACK")
-          and counts_down)
-    if ok:
-        (t1, x1), (t2, x2) = left[0], left[-1]
-        return True, ("after shutdown(SHUT_WR) the client sat in FIN_WAIT2 and the server in "
-                      "CLOSE_WAIT until the server closed; then the client's socket was in "
-                      f"TIME_WAIT with {x1:.1f} s left, {x2:.1f} s left {t2 - t1:.1f} s later")
-    saw = "; ".join(f"{name}: client {c}, server {v}"
-                    for name, (c, v) in zip(STEP_NAMES, seen, strict=False))
-    if waits and not counts_down:
-        saw += "; the TIME_WAIT timer did not count down between samples"
-    return False, ("expected FIN_WAIT2 and CLOSE_WAIT after the half-close, then TIME_WAIT "
-                   f"counting down; saw {saw}")
+    seen = states(steps)
+    return (len(seen) == STEPS
+            and seen[0] == ("ESTABLISHED", "ESTABLISHED")
+            and seen[1] == seen[2] == ("FIN_WAIT2", "CLOSE_WAIT")
+            and seen[3][0] == "TIME_WAIT" and seen[3][1] in ("gone", "LAST_ACK")
+            and counts_down(steps))

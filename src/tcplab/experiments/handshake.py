@@ -21,17 +21,52 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tcplab.agents.handshake import Done, Ready
 from tcplab.agents.io import command
+from tcplab.experiments import result as base
 from tcplab.experiments.children import terminate
-from tcplab.experiments.result import Event, Result
+from tcplab.experiments.result import Event
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import deferred, spawn
+from tcplab.kernel.tracefs import Transition
 from tcplab.observe.nsutil import die_with_parent
-from tcplab.records import from_json_line
-from tcplab.words import plural
+from tcplab.records import from_json, from_json_line
+
+
+@dataclass(frozen=True, slots=True)
+class Arrow:
+    """One packet of the sequence diagram."""
+
+    t: float  # seconds since the first packet or event
+    from_: str  # "client" or "server" (JSON: "from")
+    word: str  # the lab's word: SYN, SYN-ACK, ACK, FIN, RST, ...
+    flags: str  # tcpdump's: [S.], [F.], ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    """Nothing to choose: the choreography is fixed (its pause follows --quick)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    syn: int
+    syn_ack: int
+    fin: int
+    rst: int
+    packets: int
+    syscalls: int  # socket calls traced
+    transitions: int  # state changes traced
+    time_wait_left_ms: tuple[int, ...]  # the client sockets' TIME_WAIT left at the end
+    sequence: tuple[Arrow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, None]):
+    """The handshake experiment's result: counts, the sequence, the merged timeline."""
 
 
 def _reader(proc: subprocess.Popen[bytes], into: list[dict[str, Any]],
@@ -127,45 +162,51 @@ def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: 
         rows.append((p["t"] - offset, "packet",
                      f"{p['src']}:{p['sport']} > {p['dst']}:{p['dport']} [{p['flags']}] "
                      f"{p['word']}" + (f" ({p['length']} B)" if p["length"] else "")))
+    changes: list[Transition] = []
     for e in traced:
         if "syscall" in e:
             rows.append((e["mono"], "syscall", f"{e['syscall']}({e['args']}) = {e['ret']}"))
         elif "rst" in e:
             rows.append((e["mono"], "rst", e["what"]))
         elif "old" in e:
-            rows.append((e["mono"], "state", f"{e['saddr']}:{e['sport']} {e['old']} -> "
-                         f"{e['new']}" + (f"  [{e['note']}]" if e.get("note") else "")))
+            c = from_json(Transition, e)  # `tcplab trace --json`: a Transition and its mono
+            changes.append(c)
+            rows.append((e["mono"], "state", f"{c.saddr}:{c.sport} {c.old} -> "
+                         f"{c.new}" + (f"  [{c.note}]" if c.note else "")))
     rows.sort()
     t0 = rows[0][0] if rows else 0.0
     server_port = next((p["dport"] for p in packets if p["word"] == "SYN"), 0)
-    sequence = [{"t": round(p["t"] - offset - t0, 6),
-                 "from": "server" if p["sport"] == server_port else "client",
-                 "word": p["word"], "flags": p["flags"]}
-                for p in sorted(packets, key=lambda p: p["t"])]
+    sequence = tuple(Arrow(round(p["t"] - offset - t0, 6),
+                           "server" if p["sport"] == server_port else "client",
+                           p["word"], p["flags"])
+                     for p in sorted(packets, key=lambda p: p["t"]))
     events = [Event(round(t - t0, 6), f"{kind:8} {text}") for t, kind, text in rows]
-    left = [s.get("expires_ms") for s in tw.get("sockets", []) if s.get("expires_ms")]
+    left = tuple(s.get("expires_ms") for s in tw.get("sockets", []) if s.get("expires_ms"))
     if left:
         events.append(Event(events[-1].t if events else 0.0,
                             f"{'timer':8} the first client socket sits in TIME_WAIT: "
                             f"{left[0] / 1000:.1f} s of its 60 s left"))
     words = [p["word"] for p in packets]
-    states = [(e["old"], e["new"]) for e in traced if "old" in e]
-    facts: dict[str, Any] = {
-        "syn": words.count("SYN"), "syn_ack": words.count("SYN-ACK"),
-        "fin": sum(1 for w in words if w.startswith("FIN")),
-        "rst": words.count("RST"), "packets": len(packets),
-        "syscalls": sum(1 for e in traced if "syscall" in e),
-        "transitions": len(states),
-        "time_wait_left_ms": left,
-        "sequence": sequence,
-    }
-    wanted = {("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"),
-              ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"),
-              ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK")}
-    ok = (facts["syn"] == 2 and facts["syn_ack"] == 2 and facts["fin"] == 2
-          and facts["rst"] >= 1 and wanted <= set(states) and facts["syscalls"] > 0)
-    fact = (f"{plural(facts['packets'], 'packet')} ({facts['syn']} SYN, {facts['syn_ack']} "
-            f"SYN-ACK, {facts['fin']} FIN, {facts['rst']} RST), "
-            f"{plural(facts['transitions'], 'state change')} and "
-            f"{plural(facts['syscalls'], 'socket call')} on one timeline")
-    return Result(experiment="handshake", ok=ok, fact=fact, facts=facts, events=events)
+    states = {(c.old, c.new) for c in changes}
+    facts = Facts(
+        syn=words.count("SYN"), syn_ack=words.count("SYN-ACK"),
+        fin=sum(1 for w in words if w.startswith("FIN")),
+        rst=words.count("RST"), packets=len(packets),
+        syscalls=sum(1 for e in traced if "syscall" in e),
+        transitions=len(changes), time_wait_left_ms=left, sequence=sequence,
+    )
+    return Result(experiment="handshake", ok=judge(facts, states), settings=RunWith(),
+                  facts=facts, events=tuple(events))
+
+
+#: The state changes one connection's life must show (the RST close adds none).
+WANTED = {("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"),
+          ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"),
+          ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK")}
+
+
+def judge(facts: Facts, states: set[tuple[str, str]]) -> bool:
+    """Shown: both connections' handshakes, the first one's two FINs, the second's RST,
+    every transition of WANTED, and the socket calls traced."""
+    return (facts.syn == 2 and facts.syn_ack == 2 and facts.fin == 2 and facts.rst >= 1
+            and states >= WANTED and facts.syscalls > 0)
