@@ -236,12 +236,25 @@ class _Status:
             self.live = Console(stderr=True).status(label)
             self.live.start()
 
-    def step(self, line: str) -> None:
+    @staticmethod
+    def _words(line: str, verdict: object) -> str:
+        """A verdict's line with its reason in words (report/prose.py), not its code."""
+        if verdict is None:
+            return line
+        from tcplab.report.prose import verdict_words
+
+        why = verdict_words(verdict)
+        head = line.split(" (", 1)[0]  # "  fixed: skipped (leaked-without-leak)"
+        return f"{head}: {why}" if why else line
+
+    def step(self, line: str, verdict: object = None, /) -> None:
+        line = self._words(line, verdict)
         if self.live is not None:
             elapsed = time.monotonic() - self.started
             self.live.update(f"{self.label}: {line.strip()}  ({elapsed:.0f} s)")
 
-    def note(self, line: str) -> None:
+    def note(self, line: str, verdict: object = None, /) -> None:
+        line = self._words(line, verdict)
         if self.live is not None:
             self.step(line)
         else:

@@ -55,7 +55,7 @@ from tcplab.agents.io import command
 from tcplab.errors import ExperimentFailed
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
-from tcplab.experiments.result import Event, TimelineRow, timeline_of
+from tcplab.experiments.result import Event, Progress, TimelineRow, say_nothing, timeline_of
 from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json_line
@@ -189,14 +189,14 @@ class Result(base.Result[RunWith, Facts, Round]):
 
 
 def run(settings: Settings | None = None, quick: bool = False,
-        progress: Callable[[str], None] = lambda _: None) -> Result:
+        progress: Progress = say_nothing) -> Result:
     s = settings or Settings()
     started = time.monotonic()
     events: list[Event] = []
 
-    def mark(what: str, verdict_of: str | None = None) -> None:
+    def mark(what: str, verdict_of: str | None = None, verdict: Round | None = None) -> None:
         events.append(Event(round(time.monotonic() - started, 3), what, verdict_of))
-        progress(f"  {what}")
+        progress(f"  {what}", verdict)  # a verdict's reason is worded by cli/ (report/prose.py)
 
     progress("fd-leak: the leaking server")
     leak = _round(s, leak=True, keepalive=None, mark=mark, origin=started)
@@ -206,7 +206,7 @@ def run(settings: Settings | None = None, quick: bool = False,
     if s.keepalive and s.server_cmd:
         kept = Round("keepalive", skip=Skip.NEEDS_KEEPALIVE, fd_limit_set=s.fd_limit,
                      foreign=True)
-        mark(f"keepalive: skipped ({kept.skip})", verdict_of="keepalive")
+        mark(f"keepalive: skipped ({kept.skip})", verdict_of="keepalive", verdict=kept)
     elif s.keepalive:
         progress("fd-leak: leaking, with SO_KEEPALIVE")
         kept = _round(s, leak=True, keepalive=s.keepalive_s, mark=mark, origin=started)
@@ -332,9 +332,9 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
         mark(f"{label}: CLOSE_WAIT peak {r.close_wait_peak}, "
              f"{r.close_wait_persisting} once the server had had time to close")
     if r.skip is not None:
-        mark(f"{label}: skipped ({r.skip})", verdict_of=label)
+        mark(f"{label}: skipped ({r.skip})", verdict_of=label, verdict=r)
     elif not r.shown:
-        mark(f"{label}: NOT shown ({', '.join(r.short)})", verdict_of=label)
+        mark(f"{label}: NOT shown ({', '.join(r.short)})", verdict_of=label, verdict=r)
     return r
 
 

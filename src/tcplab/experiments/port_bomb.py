@@ -52,7 +52,7 @@ from tcplab.errors import ConnectFailed, ExperimentFailed
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.probe import accepts_on
-from tcplab.experiments.result import TimelineRow, timeline_of
+from tcplab.experiments.result import Progress, TimelineRow, say_nothing, timeline_of
 from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json
@@ -212,7 +212,7 @@ def effective(settings: Settings | None, quick: bool) -> Settings:
 
 
 def run(settings: Settings | None = None, quick: bool = False,
-        progress: Callable[[str], None] = lambda _: None) -> Result:
+        progress: Progress = say_nothing) -> Result:
     s = effective(settings, quick)
     variants: list[Variant] = []
     for plan in _plan(s):
@@ -222,7 +222,7 @@ def run(settings: Settings | None = None, quick: bool = False,
         progress(f"port-bomb: {plan.name}")
         v = _run_variant(plan, s, progress)
         if v.skip is not None:
-            progress(f"  {plan.name} skipped ({v.skip})")
+            progress(f"  {plan.name} skipped", v)  # cli/ words the reason (report/prose.py)
         variants.append(v)
     ran = [v for v in variants if v.skip is None]
     server = f"your server ({s.server_cmd})" if s.server_cmd else "tcplab server (uvloop)"
@@ -234,7 +234,7 @@ def run(settings: Settings | None = None, quick: bool = False,
     )
 
 
-def _run_variant(plan: Plan, s: Settings, progress: Callable[[str], None]) -> Variant:
+def _run_variant(plan: Plan, s: Settings, progress: Progress) -> Variant:
     with Sandbox(plan.sysctls) as sb:
         range_text = (sb.sysctl("net.ipv4.ip_local_port_range") or "").split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None

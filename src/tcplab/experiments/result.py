@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from tcplab.experiments.sampling import StateSampler
@@ -33,6 +33,18 @@ if TYPE_CHECKING:
 SettingsT = TypeVar("SettingsT")
 FactsT = TypeVar("FactsT")
 VariantT = TypeVar("VariantT")
+
+
+class Progress(Protocol):
+    """What an experiment says while it runs: a line, and for a line that states a
+    verdict (a variant skipped, a round not shown) that variant's record, so cli/
+    can word its reason with report/prose.py (experiments never word a reason)."""
+
+    def __call__(self, line: str, verdict: Any = None, /) -> None: ...
+
+
+def say_nothing(line: str, verdict: Any = None, /) -> None:
+    """The Progress of a caller that does not listen."""
 
 
 @dataclass(frozen=True, slots=True)

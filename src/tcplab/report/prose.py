@@ -288,6 +288,16 @@ def port_bomb_fact(variants: Sequence[port_bomb.Variant]) -> str:
     return "; ".join(parts) or "no variant ran"
 
 
+def verdict_words(verdict: object) -> str | None:
+    """The reason of a verdict an experiment reports while it runs (its Progress):
+    why a variant or round was skipped, or which figure fell short."""
+    if isinstance(verdict, port_bomb.Variant):
+        return bomb_skipped(verdict)
+    if isinstance(verdict, fd_leak.Round):
+        return round_skipped(verdict) or round_why_not(verdict)
+    return None
+
+
 # --- fd-leak ----------------------------------------------------------------------------------
 
 def round_worded(r: fd_leak.Round) -> fd_leak.Round:
