@@ -197,7 +197,7 @@ def _plan(s: Settings) -> list[Plan]:
         "two-destinations": Plan(
             "two-destinations", narrow,
             [["--mode", "fresh", "--count", str(s.ports * 2), "--host", "127.0.0.1"],
-             ["--mode", "fresh", "--count", str(s.ports * 2), "--host", "127.0.0.2"]],
+             ["--mode", "fresh", "--count", str(s.ports * 2), "--host", SECOND]],
             server_args=["--host", "0.0.0.0"],
         ),
     }

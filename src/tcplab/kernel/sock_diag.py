@@ -20,8 +20,7 @@ request as an INET_DIAG_REQ_BYTECODE attribute, as ss sends it (``struct
 inet_diag_bc_op``; run by ``inet_diag_bc_run`` in ``net/ipv4/inet_diag.c``):
 one dump per address family, each walking the kernel's connection hash once.
 (An earlier version used the sockid's sport/dport, which needs two dumps per
-family: bench/states_vs_ss.py measured each walk at about 1.5 ms of kernel
-time with 20,000 sockets.)
+family, each walk a measured cost: bench/results.md, "Counting states".)
 
 The records (:class:`~tcplab.kernel.records.TcpSocket`) live in
 ``records.py``: counting must not pay for importing dataclasses.
