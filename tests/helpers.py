@@ -1,7 +1,7 @@
 """What the test files share: the one module they import helpers from.
 
 No test file imports from ``conftest`` or from another test file
-(tests/test_layout.py walks them to check it); conftest.py builds its fixtures
+(tests/test_suite.py walks them to check it); conftest.py builds its fixtures
 from what is here. The server models come from ``tcplab.traffic.models``, not
 from a copy of the list here.
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from typing import Any
 
 from tcplab.agents.io import command
 from tcplab.agents.sampler import Sample
@@ -86,13 +85,8 @@ class StateSampler:
         """The largest value of a numeric field (``server_fds``, ``listen_queue``) over the rows."""
         return max((getattr(r, key) or 0 for r in self.rows), default=0)
 
-    def timeline(self) -> list[list[Any]]:
-        """``[[t, {state: count}], ...]`` as the experiments' JSON has it."""
-        return [[r.t, r.states] for r in self.rows]
-
-    def stop(self) -> list[list[Any]]:
+    def stop(self) -> None:
         terminate(self.proc)
         self._thread.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()  # the pipe's fd, not left to the garbage collector
-        return self.timeline()
