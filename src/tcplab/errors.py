@@ -3,7 +3,8 @@
 OS errors are translated once, at the boundary where they happen (binding a
 port, connecting, raising a limit), into one of these. The CLI maps each class
 to an exit status and prints ``tcplab: <message>`` and ``hint: <hint>``; the
-traceback appears only with ``--debug``. Nothing below ``cli/`` prints to the user (agents/ write records to their parent).
+traceback appears only with ``--debug``. Nothing below ``cli/`` prints to the
+user (agents/ write records to their parent).
 """
 
 from __future__ import annotations
