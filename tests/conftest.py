@@ -1,6 +1,10 @@
-"""Shared fixtures. Three kinds of test, each with its marker (see pyproject):
-pure (no sockets), loopback (real sockets on 127.0.0.1, port 0), privileged
-(inside a private network namespace).
+"""Shared fixtures and options; the helpers they use are in tests/helpers.py, the
+one module test files import from. Three kinds of test, each with its marker (see
+pyproject): pure (no sockets), loopback (real sockets on 127.0.0.1, port 0),
+privileged (inside a private network namespace).
+
+``--server-cmd CMD`` points the conformance suite (tests/test_conformance.py)
+at the user's own echo server, see README.md "Check your own server".
 
 ``experiment_all`` runs ``tcplab experiment all --quick --json --report DIR``
 once per session (about a minute on this 2-core machine, longer under load) for
@@ -12,21 +16,25 @@ about 180 s of the suite.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tcplab.experiments.children import ServerProcess
+from tests.helpers import ExperimentAll, Spawner
 
-MODELS = ("uvloop", "asyncio", "epoll", "threads")
 KINDS = ("pure", "loopback", "privileged")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--server-cmd", metavar="CMD", default=None,
+        help="check your own echo server with tests/test_conformance.py: CMD starts it "
+             "(split like a shell's words, no shell); {port} in CMD, and the PORT "
+             "environment variable, give the free port it must listen on")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,36 +78,13 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
         server.kill()
 
 
-def run_tcplab(
-    *args: str, input: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[bytes]:
-    """Run the CLI as a user would: a fresh ``python -m tcplab`` process."""
-    return subprocess.run(
-        [sys.executable, "-m", "tcplab", *args],
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
-
-
-@dataclass(frozen=True)
-class ExperimentAll:
-    """One ``tcplab experiment all --quick --json --report DIR`` run."""
-
-    proc: subprocess.CompletedProcess[bytes]
-    bodies: list[dict[str, Any]]  # the JSON objects on stdout, in order
-    stray: list[str]  # stdout lines that are not a JSON object (there should be none)
-    report: Path  # DIR: index.html and results.json
-
-    @property
-    def by_name(self) -> dict[str, dict[str, Any]]:
-        return {b["experiment"]: b for b in self.bodies}
-
-    @property
-    def stderr(self) -> str:
-        return self.proc.stderr.decode(errors="replace")
+@pytest.fixture
+def spawn() -> Iterator[Spawner]:
+    """Start children (:class:`tests.helpers.Child`); every one is stopped and reaped
+    at the end, pass or fail."""
+    spawner = Spawner()
+    yield spawner
+    spawner.stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +95,7 @@ def experiment_all(tmp_path_factory: pytest.TempPathFactory,
     in the run's shared temporary directory and leaves it there for the others
     (the pattern pytest-xdist's documentation gives for session data)."""
     if worker_id == "master":  # no xdist (-p no:xdist or -n 0)
-        return _experiment_all(tmp_path_factory.mktemp("experiment-all"))
+        return ExperimentAll.run(tmp_path_factory.mktemp("experiment-all"))
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp().parent / "experiment-all"
@@ -118,7 +103,7 @@ def experiment_all(tmp_path_factory: pytest.TempPathFactory,
     with FileLock(str(shared) + ".lock"):
         saved = shared / "run.json"
         if not saved.exists():
-            run = _experiment_all(shared)
+            run = ExperimentAll.run(shared)
             saved.write_text(json.dumps({
                 "args": run.proc.args, "returncode": run.proc.returncode,
                 "stdout": run.proc.stdout.decode("latin-1"),
@@ -127,29 +112,4 @@ def experiment_all(tmp_path_factory: pytest.TempPathFactory,
     proc = subprocess.CompletedProcess(data["args"], data["returncode"],
                                        data["stdout"].encode("latin-1"),
                                        data["stderr"].encode("latin-1"))
-    return _decode(proc, shared / "report")
-
-
-def _experiment_all(directory: Path) -> ExperimentAll:
-    report = directory / "report"  # tcplab makes DIR
-    # The subprocess bound is below pytest-timeout's 600 s (pyproject), so a hang
-    # is reported here, with the run's stderr, rather than as a stack dump.
-    r = run_tcplab("experiment", "all", "--quick", "--json", "--report", str(report),
-                   timeout=540)
-    return _decode(r, report)
-
-
-def _decode(r: subprocess.CompletedProcess[bytes], report: Path) -> ExperimentAll:
-    bodies: list[dict[str, Any]] = []
-    stray: list[str] = []
-    for line in r.stdout.decode(errors="replace").splitlines():
-        try:
-            body = json.loads(line)
-        except ValueError:
-            stray.append(line)
-            continue
-        if isinstance(body, dict):
-            bodies.append(body)
-        else:
-            stray.append(line)
-    return ExperimentAll(r, bodies, stray, report)
+    return ExperimentAll.decode(proc, shared / "report")

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,13 @@ from tcplab.kernel.packets import (
     decode_frame,
     pcap_record,
     port_filter,
-    run_filter,
 )
-from tests.test_trace import (
+from tests.helpers import (
     Child,
     Spawner,
     instances,
     left_behind,
-    start_server,
+    start_plain_server,
     tcplab,
     tracefs_mounts,
 )
@@ -278,6 +277,47 @@ def test_later_fragments_are_not_segments() -> None:
 
 # -- pure: the BPF program -------------------------------------------------------------------
 
+# Classic BPF opcodes, composed as include/uapi/linux/bpf_common.h does (class | size |
+# mode, or class | op | source): written out here rather than taken from
+# tcplab.kernel.packets, so the interpreter below checks the program's codes too.
+BPF_LD, BPF_LDX, BPF_JMP, BPF_RET = 0x00, 0x01, 0x05, 0x06
+BPF_H, BPF_B = 0x08, 0x10
+BPF_ABS, BPF_IND, BPF_MSH = 0x20, 0x40, 0xA0
+BPF_JEQ, BPF_JSET, BPF_K = 0x10, 0x40, 0x00
+LDH_ABS, LDB_ABS = BPF_LD | BPF_H | BPF_ABS, BPF_LD | BPF_B | BPF_ABS
+LDH_IND, LDXB_MSH = BPF_LD | BPF_H | BPF_IND, BPF_LDX | BPF_B | BPF_MSH
+JEQ_K, JSET_K, RET_K = BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JSET | BPF_K, BPF_RET | BPF_K
+
+
+def run_filter(program: list[tuple[int, int, int, int]], frame: bytes) -> bool:
+    """A tiny classic-BPF interpreter for the instructions port_filter uses, as the
+    kernel runs them (net/core/filter.c): jumps count from the next instruction, a
+    load out of the packet's bounds drops it. The test oracle for port_filter."""
+    a = x = pc = 0
+    while pc < len(program):
+        code, jt, jf, k = program[pc]
+        try:
+            if code == LDH_ABS:
+                a = struct.unpack_from("!H", frame, k)[0]
+            elif code == LDB_ABS:
+                a = frame[k]
+            elif code == LDH_IND:
+                a = struct.unpack_from("!H", frame, x + k)[0]
+            elif code == LDXB_MSH:
+                x = (frame[k] & 0xF) * 4
+            elif code == JEQ_K:
+                pc += jt if a == k else jf
+            elif code == JSET_K:
+                pc += jt if a & k else jf
+            elif code == RET_K:
+                return k != 0
+            else:
+                raise AssertionError(f"instruction {pc}: opcode {code:#x} not interpreted here")
+        except (IndexError, struct.error):
+            return False  # the kernel drops a packet when a load is out of bounds
+        pc += 1
+    return False
+
 
 @pytest.mark.pure
 def test_port_filter_on_the_recorded_frames() -> None:
@@ -374,13 +414,6 @@ def test_pcap_timestamps_round_to_the_microsecond(t: float, shown: str, tmp_path
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CAP_NET_RAW)")
 
 
-@pytest.fixture
-def spawn() -> Iterator[Spawner]:
-    spawner = Spawner()
-    yield spawner
-    spawner.stop_all()
-
-
 def until(cond: Callable[[], bool], what: str, guard: float = 30) -> None:
     """Wait for cond (the guard is against a hang, not a time limit on the code)."""
     end = time.monotonic() + guard
@@ -421,7 +454,7 @@ def flag(value: str) -> bool:
 @needs_root
 @needs_tshark
 def test_capture_writes_one_connection(spawn: Spawner, tmp_path: Path) -> None:
-    server, port = start_server(spawn, close_after=0.1)
+    server, port = start_plain_server(spawn, close_after=0.1)
     pcap = tmp_path / "F.pcap"
     cap = spawn(tcplab("capture", "--port", str(port), "--write", str(pcap)))
     cap.wait_line(lambda x: x.startswith("capturing"))
@@ -450,7 +483,7 @@ def test_capture_writes_one_connection(spawn: Spawner, tmp_path: Path) -> None:
 @needs_root
 @needs_tshark
 def test_capture_ipv6_json(spawn: Spawner, tmp_path: Path) -> None:
-    server, port = start_server(spawn, host="::1", close_after=0.1)
+    server, port = start_plain_server(spawn, host="::1", close_after=0.1)
     pcap = tmp_path / "v6.pcap"
     cap = spawn(tcplab("capture", "--port", str(port), "--json", "--write", str(pcap)))
     cap.wait_line(lambda x: x.startswith("capturing"))

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.kernel.tcp_states import STATE_NAMES
-from tests.conftest import run_tcplab
+from tests.helpers import run_tcplab
 
 PORT = 8080
 GUARD = 15.0  # seconds: hang guards only
@@ -86,7 +86,7 @@ def kinds(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 def flood(sb: Sandbox, port: int, clients: int) -> dict[str, Any]:
-    r = in_sandbox(sb, sys.executable, "-m", "tcplab.traffic.flood", "--port", str(port),
+    r = in_sandbox(sb, sys.executable, "-m", "tcplab.agents.flood", "--port", str(port),
                    "--clients", str(clients), timeout=120)
     assert r.returncode == 0, r.stderr
     result: dict[str, Any] = json.loads(r.stdout)

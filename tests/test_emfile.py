@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from tcplab.traffic.client import round_trips
+from tcplab.traffic.models import MODELS
 from tcplab.traffic.target import resolve
-from tests.conftest import MODELS
 
 pytestmark = pytest.mark.loopback
 

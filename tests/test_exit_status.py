@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tcplab.errors import DoctorStatus, ExitStatus
-from tests.conftest import run_tcplab
+from tests.helpers import run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^\| (\d+) \| `([A-Z_]+)` \| ([^|]+) \| (.+) \|$")
@@ -214,6 +214,17 @@ def not_supported(start_server: Any, tmp_path: Path) -> Scene:
     return Scene(r, stderr_has=("the handshake experiment needs",))
 
 
+def experiment_failed(start_server: Any, tmp_path: Path) -> Scene:
+    # A server command that runs but never listens: the experiment cannot start its
+    # bomb (the wait for the LISTEN socket is 20 s), and says which command failed.
+    r = run_tcplab("experiment", "port-bomb", "--variant", "fresh", "--ports", "10",
+                   "--server-cmd", "sleep 60", timeout=120)
+    if r.returncode in (ExitStatus.PRIVILEGE, ExitStatus.NOT_SUPPORTED):
+        pytest.skip(f"no namespace here: {r.stderr.decode().strip()}")
+    return Scene(r, stderr_has=("the server command did not listen on port 8080",
+                                "sleep 60", "hint: "))
+
+
 def interrupted_server(start_server: Any, tmp_path: Path) -> Scene:
     proc = subprocess.Popen([*TCPLAB, "server", "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -254,6 +265,8 @@ SCENARIOS: dict[str, list[tuple[str, str, Scenario]]] = {
     "LIMIT": [("tcplab server --fd-limit 4096", "loopback", limit_fd)],
     "NOT_SUPPORTED": [("tcplab capture --interface lo0" if os.geteuid() == 0
                        else "tcplab experiment handshake", "loopback", not_supported)],
+    "EXPERIMENT_FAILED": [("tcplab experiment port-bomb --server-cmd", "privileged",
+                           experiment_failed)],
     "INTERRUPTED": [("tcplab server", "loopback", interrupted_server)],
 }
 

@@ -33,7 +33,8 @@ import pytest
 
 from tcplab.experiments import fd_leak
 from tcplab.kernel.tcp_states import STATE_NAMES
-from tests.conftest import ExperimentAll, run_tcplab
+from tcplab.report.prose import round_worded, worded
+from tests.helpers import ExperimentAll, run_tcplab
 
 EXPERIMENTS = ["echo", "port-bomb", "fd-leak", "half-close"]
 
@@ -164,24 +165,23 @@ def test_timeline_shows_the_climb_and_the_expiry(leak: dict[str, Any]) -> None:
     f = leak["facts"]
     timeline = leak["timeline"]
     assert isinstance(timeline, list) and len(timeline) > 20
-    for row in timeline:
-        assert len(row) == 2
-        t, sample = row
+    for row in timeline:  # a Sample record: its time and what was sampled then
+        t, sample = row["t"], {k: v for k, v in row.items() if k != "t"}
         assert isinstance(t, int | float)
         assert set(sample) == {"states", "listen_queue", "server_fds"}
         assert set(sample["states"]) <= set(STATE_NAMES)
-    times = [t for t, _ in timeline]
+    times = [row["t"] for row in timeline]
     assert all(a < b for a, b in itertools.pairwise(times))
 
-    fds = [s["server_fds"] for _, s in timeline]
+    fds = [s["server_fds"] for s in timeline]
     assert all(isinstance(n, int) for n in fds), fds
     assert fds[0] < f["fd_limit"] // 4  # a fresh server
     assert fds == sorted(fds)  # a leaking server never gives an fd back
     assert max(fds) == f["server_fds_peak"] and fds[-1] == f["server_fds_peak"]
-    assert max(s["listen_queue"] for _, s in timeline) == f["accept_queue_peak"]
+    assert max(s["listen_queue"] for s in timeline) == f["accept_queue_peak"]
 
-    fin_wait2 = [s["states"].get("FIN_WAIT2", 0) for _, s in timeline]
-    close_wait = [s["states"].get("CLOSE_WAIT", 0) for _, s in timeline]
+    fin_wait2 = [s["states"].get("FIN_WAIT2", 0) for s in timeline]
+    close_wait = [s["states"].get("CLOSE_WAIT", 0) for s in timeline]
     top = fin_wait2.index(max(fin_wait2))
     assert fin_wait2[0] < fin_wait2[top] == f["client_fin_wait2_peak"]  # rises ...
     assert fin_wait2[-1] == 0  # ... and falls to 0
@@ -329,13 +329,13 @@ def test_fd_leak_against_a_server_that_always_leaks() -> None:
     2 s) to keep the suite short; the judgement is the experiment's."""
     s = fd_leak.Settings(fd_limit=64, backlog=16, clients=160, fin_timeout=2,
                          connect_timeout=1.0, read_timeout=1.0, server_cmd=leaky_cmd(always=True))
-    result = fd_leak.run(s)
+    result = worded(fd_leak.run(s))
     leak, fixed = result.variants
-    assert leak["shown"] is True, leak["why_not"]
-    assert fixed["shown"] is None
-    assert fixed["skipped"].startswith("not applicable: the server leaked without LEAK=true (")
-    assert f"{fixed['close_wait_persisting']} sockets stayed in CLOSE_WAIT" in fixed["skipped"]
-    assert fixed["close_wait_persisting"] > 0 and fixed["fds_peak"] >= 64 - 1
+    assert leak.shown is True, leak.why_not
+    assert fixed.shown is None and fixed.skipped is not None
+    assert fixed.skipped.startswith("not applicable: the server leaked without LEAK=true (")
+    assert f"{fixed.close_wait_persisting} sockets stayed in CLOSE_WAIT" in fixed.skipped
+    assert fixed.close_wait_persisting > 0 and fixed.fds_peak >= 64 - 1
     assert result.ok is True and result.skipped is None
     assert "the fix round was skipped: not applicable" in result.fact
     assert "a server that closes" not in result.fact
@@ -359,7 +359,7 @@ def test_sampler_rows_keep_their_own_times_when_read_late() -> None:
     every 50 ms; the rows then arrive together. Their times are the child's
     (CLOCK_MONOTONIC when it measured), so they stay strictly increasing and
     spread over the stall; stamping at read time gave them all one time (issue 11)."""
-    from tcplab.experiments.sampler import StateSampler
+    from tcplab.experiments.sampling import StateSampler
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -384,12 +384,12 @@ def test_sampler_rows_keep_their_own_times_when_read_late() -> None:
             rows = list(sampler.rows)
         finally:
             sampler.stop()
-    times = [r["t"] for r in rows]
+    times = [r.t for r in rows]
     assert all(a < b for a, b in itertools.pairwise(times)), times
     during = [t for t in times[before:] if stall_from - origin < t < stall_to - origin]
     assert len(during) >= 3, (times, stall_from - origin, stall_to - origin)
     # Each row reports the listener it saw, in this namespace.
-    assert all(r["states"].get("LISTEN") == 1 for r in rows)
+    assert all(r.states.get("LISTEN") == 1 for r in rows)
 
 
 # --- the flood's bookkeeping -----------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_flood_counts_every_client_when_the_server_hangs_up() -> None:
         worker = threading.Thread(target=hang_up, daemon=True)
         worker.start()
         try:
-            r = subprocess.run([sys.executable, "-m", "tcplab.traffic.flood", "--port",
+            r = subprocess.run([sys.executable, "-m", "tcplab.agents.flood", "--port",
                                 str(listener.getsockname()[1]), "--clients", str(clients)],
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
         finally:
@@ -445,27 +445,30 @@ def test_keepalive_clears_close_wait_but_not_the_fds() -> None:
     s = fd_leak.Settings(fd_limit=64, backlog=16, clients=160, fin_timeout=2,
                          keepalive=True, keepalive_s=1, connect_timeout=1.0, read_timeout=1.0)
     steps: list[str] = []
-    kept = fd_leak._round(s, leak=True, keepalive=s.keepalive_s, mark=steps.append)
-    c = kept["flood"]
-    assert kept["alive"] is True and kept["emfile_line"]
-    assert kept["fd_limit"] == 64
-    assert kept["fds_peak"] >= 64 - 1
-    assert kept["queue_peak"] == kept["backlog"] + 1 == 17
+    kept = round_worded(fd_leak._round(s, leak=True, keepalive=s.keepalive_s,
+                                       mark=lambda what, verdict_of=None: steps.append(what)))
+    c = kept.flood
+    assert c is not None
+    assert kept.alive is True and kept.emfile_line
+    assert kept.fd_limit == 64
+    assert kept.fds_peak >= 64 - 1
+    assert kept.queue_peak == kept.backlog + 1 == 17
     # The connected clients' server sockets went to CLOSE_WAIT: more than the
     # never-accepted ones alone. Not all of them at one sample: with 1 s probes,
     # the first ones can leave CLOSE_WAIT before the last client closed when the
     # machine is loaded (peak 50 of 67 beside another test suite) ...
-    assert kept["queue_peak"] < kept["close_wait_peak"] <= c["echoed"] + c["no_echo"]
+    assert kept.queue_peak < kept.close_wait_peak <= c.echoed + c.no_echo
     # ... then the probes found the peers gone: the accepted ones left CLOSE_WAIT; the
     # never-accepted ones (in the queue, no keep-alive set) are all that remain.
-    assert kept["close_wait_after"] <= kept["queue_peak"]
-    assert kept["close_wait_after"] < kept["close_wait_peak"]
+    assert kept.close_wait_after <= kept.queue_peak
+    assert kept.close_wait_after < kept.close_wait_peak
     # The fds stay leaked: the bug is the missing close(), not the TCP state.
-    assert kept["fds_after"] >= kept["fd_limit"] - 2
-    assert kept["fin_wait2_after"] == 0
-    timeline = kept["timeline"]
-    assert timeline[-1][1]["server_fds"] >= kept["fd_limit"] - 2
-    assert timeline[-1][1]["states"].get("CLOSE_WAIT", 0) == kept["close_wait_after"]
+    assert kept.fds_after is not None and kept.fds_after >= kept.fd_limit - 2
+    assert kept.fin_wait2_after == 0
+    timeline = kept.timeline
+    assert timeline[-1].server_fds is not None
+    assert timeline[-1].server_fds >= kept.fd_limit - 2
+    assert timeline[-1].states.get("CLOSE_WAIT", 0) == kept.close_wait_after
     assert any("keepalive" in step for step in steps)
 
 

@@ -228,7 +228,7 @@ class Job:
         """A process of our session: its command line, and a holder's namespace."""
         cmd = self.seen.get(pid) or cmdline(pid)
         self.seen.setdefault(pid, cmd)
-        if "tcplab.experiments.nsholder" in cmd:
+        if "tcplab.agents.nsholder" in cmd:
             inode = ns_inode(pid)
             if inode is not None and inode != HOST_NETNS:
                 self.netns.add(inode)

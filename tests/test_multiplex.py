@@ -15,10 +15,12 @@ import pytest
 
 from tcplab.errors import ConnectFailed
 from tcplab.experiments import multiplex as experiment
-from tcplab.experiments.result import Result
+from tcplab.records import from_json
 from tcplab.report import html
+from tcplab.report.prose import multiplex_fact, worded
 from tcplab.report.terminal import result_lines
-from tests.conftest import MODELS, run_tcplab
+from tcplab.traffic.models import MODELS
+from tests.helpers import run_tcplab
 
 
 def multiplex(port: int, *args: str, preexec_fn=None) -> subprocess.CompletedProcess[bytes]:  # type: ignore[no-untyped-def]
@@ -140,13 +142,22 @@ def table() -> dict[str, Any]:
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
+def judged(rows: list[Any], ladder: tuple[int, ...], timeout: float,
+           collapse_at: int = experiment.COLLAPSE_AT) -> tuple[bool, str, experiment.Facts]:
+    """The verdict (experiments/multiplex.py) and its fact (report/prose.py), from rows
+    as the JSON has them or as records."""
+    rows = [r if isinstance(r, experiment.Row) else from_json(experiment.Row, r) for r in rows]
+    ok, facts = experiment.judge(rows, ladder, timeout, collapse_at)
+    return ok, multiplex_fact(rows, facts), facts
+
+
 @pytest.fixture(scope="module")
-def starved() -> Result:
+def starved() -> experiment.Result:
     """Every row times out for real: 300 connections x 100 round trips (30,000
     echoes) cannot finish in 50 ms on any model (the fastest does ~130,000
     echoes/s here)."""
-    return experiment.run(experiment.Settings(ladder=(300,), models=("threads", "epoll"),
-                                              min_echoes=30_000, timeout=0.05))
+    return worded(experiment.run(experiment.Settings(ladder=(300,), models=("threads", "epoll"),
+                                                     min_echoes=30_000, timeout=0.05)))
 
 
 @pytest.mark.privileged
@@ -179,59 +190,59 @@ def test_below_10000_the_collapse_is_neither_required_nor_claimed(table: dict[st
 
 
 @pytest.mark.privileged
-def test_rows_that_timed_out_are_flagged_and_explained(starved: Result) -> None:
+def test_rows_that_timed_out_are_flagged_and_explained(starved: experiment.Result) -> None:
     r = starved
     assert r.ok is False
-    rows = {v["model"]: v for v in r.variants}
+    rows = {v.model: v for v in r.variants}
     for v in rows.values():  # every connection timed out: each row collapsed
-        assert v["connected"] == 300 and v["timed_out"] > 150
-        assert v["collapsed"] is True
-        assert v["flag"] == f"collapsed: {v['timed_out']:,} of 300 timed out"
+        assert v.connected == 300 and v.timed_out > 150
+        assert v.collapsed is True
+        assert v.flag == f"collapsed: {v.timed_out:,} of 300 timed out"
         assert "still waiting for an echo when --timeout (0.05 s) ran out" in \
-            v["explanations"]["timeout"]
-    assert "GIL" in rows["threads"]["explanations"]["timeout"]
-    assert "GIL" not in rows["epoll"]["explanations"]["timeout"]
+            v.explanations["timeout"]
+    assert "GIL" in rows["threads"].explanations["timeout"]
+    assert "GIL" not in rows["epoll"].explanations["timeout"]
     # The verdict: the event loop failed, so not shown, and says so with the figure.
     assert r.fact.startswith(f"NOT shown: epoll did not hold: at 300: "
-                             f"{rows['epoll']['timed_out']:,} of 300 timed out")
+                             f"{rows['epoll'].timed_out:,} of 300 timed out")
     # The table shows no plain figure for a collapsed row, and explains the timeouts.
     text = "\n".join(result_lines(r))
     for model in ("threads", "epoll"):
         line = next(x for x in text.splitlines() if x.startswith(f"  {model} "))
         cells = line.split()
         assert "collapsed" in cells and "KiB" not in line, line
-        assert f"timeout x{rows[model]['timed_out']:,}" in line
-        assert f"{model} x300 {rows[model]['flag']}" in text
-        assert f"{model} x300 timeout x{rows[model]['timed_out']:,}: connections still " \
+        assert f"timeout x{rows[model].timed_out:,}" in line
+        assert f"{model} x300 {rows[model].flag}" in text
+        assert f"{model} x300 timeout x{rows[model].timed_out:,}: connections still " \
                "waiting" in " ".join(text.split())
 
 
 @pytest.mark.privileged
-def test_report_names_the_timeouts(starved: Result, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_report_names_the_timeouts(starved: experiment.Result, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tcplab.cli.output import to_jsonable
 
     index = html.write([starved], str(tmp_path), [{"schema": 1, **to_jsonable(starved)}])
     text = " ".join(Path(index).read_text().split())
-    epoll = next(v for v in starved.variants if v["model"] == "epoll")
+    epoll = next(v for v in starved.variants if v.model == "epoll")
     assert '<tr class="fail"><td>epoll</td><td>300</td>' in text
     assert "Failures seen, and what they mean" in text
-    assert f"epoll x300 {epoll['flag']}" in text
+    assert f"epoll x300 {epoll.flag}" in text
     assert "still waiting for an echo when --timeout (0.05 s) ran out" in text
     assert text.count("<svg") == 1 and "<script" not in text
 
 
 @pytest.mark.privileged
-def test_a_real_collapse_is_shown(table: dict[str, Any], starved: Result) -> None:
+def test_a_real_collapse_is_shown(table: dict[str, Any], starved: experiment.Result) -> None:
     # Real rows from two real runs: the event loops and threads x100 held
     # (the table), threads x300 timed out (starved). Judged with the collapse
     # required at 300, the lesson is shown, and the fact says how.
     rows = [v for v in table["variants"] if v["model"] != "threads" or v["connections"] == 100]
-    threads = next(v for v in starved.variants if v["model"] == "threads")
-    ok, fact, facts = experiment.judge([*rows, threads], (100, 300), 0.05, collapse_at=300)
+    threads = next(v for v in starved.variants if v.model == "threads")
+    ok, fact, facts = judged([*rows, threads], (100, 300), 0.05, collapse_at=300)
     assert ok is True, fact
-    assert facts["threads"]["collapsed"] is True
+    assert facts.threads is not None and facts.threads.collapsed is True
     assert fact.startswith("epoll, asyncio, uvloop each held 300 connections on 1 thread")
-    assert (f"threads collapsed at 300: {threads['timed_out']:,} of 300 timed out (still "
+    assert (f"threads collapsed at 300: {threads.timed_out:,} of 300 timed out (still "
             "waiting for an echo after 0.05 s: the GIL convoy)") in fact
 
 
@@ -245,18 +256,20 @@ def test_threads_that_serve_everything_slowly_still_collapsed() -> None:
     data = json.loads((Path(__file__).parent / "data" /
                        "multiplex_threads_slow_not_failed.json").read_text())
     rows = data["variants"]
-    ok, fact, facts = experiment.judge(rows, (100, 1000, 10_000), 20.0)
-    t = facts["threads"]
-    assert t["failed_share"] == 0 and t["throughput_ratio"] > experiment.COLLAPSE_RATIO
-    assert t["peer_throughput_share"] <= experiment.PEER_THROUGHPUT_SHARE
-    assert t["peer_p99_factor"] >= experiment.PEER_P99_FACTOR
-    assert ok is True and t["collapsed"] is True
+    ok, fact, facts = judged(rows, (100, 1000, 10_000), 20.0)
+    t = facts.threads
+    assert t is not None and t.peer_throughput_share is not None
+    assert t.peer_p99_factor is not None and t.throughput_ratio is not None
+    assert t.failed_share == 0 and t.throughput_ratio > experiment.COLLAPSE_RATIO
+    assert t.peer_throughput_share <= experiment.PEER_THROUGHPUT_SHARE
+    assert t.peer_p99_factor >= experiment.PEER_P99_FACTOR
+    assert ok is True and t.collapsed is True
     assert "threads collapsed at 10,000: 0 failed" in fact
     assert "13% of the slowest one's echoes/s, 29x their worst p99 (365 ms)" in fact
     # At 1,000 no collapse rule fires: threads was only 2x behind there.
     at_1000 = [r for r in rows if r["connections"] <= 1000]
-    ok, fact, facts = experiment.judge(at_1000, (100, 1000), 20.0, collapse_at=1000)
-    assert facts["threads"]["collapsed"] is False
+    ok, fact, facts = judged(at_1000, (100, 1000), 20.0, collapse_at=1000)
+    assert facts.threads is not None and facts.threads.collapsed is False
     assert "threads collapsed" not in fact
 
 
@@ -269,12 +282,14 @@ def test_threads_that_fall_behind_without_collapsing_are_said_so(recorded: str) 
     # echoes/s (17,975/s, p99 2.2 s; 8,469/s, p99 5.0 s). Shown as "fell behind",
     # and the fact says it did not collapse.
     data = json.loads((Path(__file__).parent / "data" / f"{recorded}.json").read_text())
-    ok, fact, facts = experiment.judge(data["variants"], (100, 1000, 10_000), 20.0)
-    t = facts["threads"]
-    assert t["collapsed"] is False and t["fell_behind"] is True and ok is True
-    assert t["peer_cpu_factor"] >= experiment.BEHIND_CPU_FACTOR
-    assert t["peer_rss_factor"] >= experiment.BEHIND_RSS_FACTOR
-    assert t["peer_p99_factor"] > 1
+    ok, fact, facts = judged(data["variants"], (100, 1000, 10_000), 20.0)
+    t = facts.threads
+    assert t is not None and t.peer_cpu_factor is not None
+    assert t.peer_rss_factor is not None and t.peer_p99_factor is not None
+    assert t.collapsed is False and t.fell_behind is True and ok is True
+    assert t.peer_cpu_factor >= experiment.BEHIND_CPU_FACTOR
+    assert t.peer_rss_factor >= experiment.BEHIND_RSS_FACTOR
+    assert t.peer_p99_factor > 1
     assert "threads fell behind at 10,000 without collapsing this time (0 failed)" in fact
     assert "threads collapsed" not in fact
     # Had it cost no more CPU per echo than the loops, the lesson is not shown.
@@ -282,6 +297,6 @@ def test_threads_that_fall_behind_without_collapsing_are_said_so(recorded: str) 
     for v in rows:
         if v["model"] == "threads":
             v["cpu_us_per_echo"] = 10.0
-    ok, fact, facts = experiment.judge(rows, (100, 1000, 10_000), 20.0)
+    ok, fact, facts = judged(rows, (100, 1000, 10_000), 20.0)
     assert ok is False and fact.startswith("NOT shown: threads neither collapsed nor fell "
                                            "behind at 10,000")

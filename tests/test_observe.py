@@ -24,8 +24,8 @@ import pytest
 
 from tcplab.kernel import tcp_states
 from tcplab.observe.sockets import SocketTable
-from tests.conftest import run_tcplab
 from tests.data.record import TRANSIENT, Lab, ss_counts, ss_rows
+from tests.helpers import run_tcplab
 
 GUARD = 15.0  # seconds: hang guards only
 
@@ -516,3 +516,149 @@ def test_netns_without_privilege_says_what_is_missing(children: Children) -> Non
         assert r.returncode == 4, (command, err)
         assert "CAP_SYS_ADMIN" in err and "root" in err, err
         assert r.stdout == b"" and "Traceback" not in err
+
+
+# -- observe.procfs: one reader for /proc and /proc/sys -------------------------------------------
+
+LIMITS = """\
+Limit                     Soft Limit           Hard Limit           Units
+Max processes             63422                63422                processes
+Max open files            100                  unlimited            files
+"""
+
+
+@pytest.fixture
+def fake_proc(tmp_path: Any) -> str:
+    """A procfs root of our own (psutil's PROCFS_PATH habit): sysctls, and pid 4242 with
+    limits, status, stat, two fds (a socket, an epoll instance watching 2 files)."""
+    root = tmp_path / "proc"
+    for name, text in {"sys/net/ipv4/ip_local_port_range": "1000\t1999\n",
+                       "sys/net/core/somaxconn": "77\n",
+                       "sys/net/ipv4/tcp_tw_reuse": "not a number\n",
+                       "4242/limits": LIMITS, "4242/comm": "leaky server\n",
+                       "4242/status": "Name:\tleaky\nThreads:\t3\nVmRSS:\t    2048 kB\n",
+                       "4242/stat": "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 1 0 0 0 "
+                                    "250 50 0 0 20 0 3 0 100 0 0",
+                       "4242/fdinfo/4": "pos:\t0\nflags:\t02\ntfd:        5 events: 19\n"
+                                        "tfd:        6 events: 19\n"}.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "4242/fd").mkdir()
+    os.symlink("socket:[123]", root / "4242/fd/3")
+    os.symlink("anon_inode:[eventpoll]", root / "4242/fd/4")
+    return str(root)
+
+
+@pytest.mark.loopback
+def test_procfs_reads_under_its_root(fake_proc: str) -> None:
+    from tcplab.kernel.procfs import Limit, Status
+    from tcplab.observe import procfs
+
+    assert procfs.sysctl_path("net.core.somaxconn") == "/proc/sys/net/core/somaxconn"
+    assert procfs.sysctl("net.ipv4.ip_local_port_range", fake_proc) == "1000 1999"
+    assert procfs.local_port_range(fake_proc) == (1000, 1999)
+    assert procfs.port_range_size(fake_proc) == 1000
+    assert procfs.sysctl_int("net.core.somaxconn", 5, fake_proc) == 77
+    assert procfs.sysctl_int("net.ipv4.tcp_tw_reuse", 5, fake_proc) == 5  # not a number
+    assert procfs.sysctl("net.ipv4.no_such_knob", fake_proc) is None
+    assert procfs.sysctl_int("net.ipv4.no_such_knob", 5, fake_proc) == 5
+    assert procfs.fd_limit(4242, fake_proc) == Limit(100, -1)
+    assert procfs.status(4242, fake_proc) == Status(threads=3, rss_bytes=2048 * 1024)
+    assert procfs.comm(4242, fake_proc) == "leaky server"
+    assert procfs.comm(4343, fake_proc) == "?"
+    assert sorted(procfs.fd_links(4242, fake_proc)) == [
+        (3, "socket:[123]"), (4, "anon_inode:[eventpoll]")]
+    assert procfs.epoll_watches(4242, fake_proc) == (1, 2)
+    tick = os.sysconf("SC_CLK_TCK")
+    assert procfs.cpu_times(4242, fake_proc) == (250 / tick, 50 / tick)
+    assert procfs.cpu_seconds(4242, fake_proc) == 300 / tick
+
+
+@pytest.mark.loopback
+def test_procfs_no_such_process_carries_the_pid(fake_proc: str) -> None:
+    from tcplab.errors import TcplabError
+    from tcplab.observe import procfs
+
+    with open("/proc/sys/kernel/pid_max") as f:
+        gone = int(f.read()) + 1  # a pid no process can have
+    for read in (procfs.fd_limit, procfs.status, procfs.fds_in_use, procfs.cpu_seconds,
+                 lambda pid: list(procfs.fd_links(pid))):
+        with pytest.raises(procfs.NoSuchProcess) as info:
+            read(gone)
+        assert info.value.pid == gone and str(gone) in info.value.path
+        assert isinstance(info.value, TcplabError) and info.value.message == f"no process {gone}"
+    with pytest.raises(procfs.NoSuchProcess):
+        procfs.status(4343, fake_proc)
+
+
+@pytest.mark.privileged
+def test_procfs_access_denied_carries_pid_and_name() -> None:
+    """Another user's fd table (pid 1's, read as nobody): EACCES becomes AccessDenied
+    with the pid and its command name. In a forked child that drops to nobody: the
+    interpreter cannot be exec'd as nobody here (it lives under /root)."""
+    import warnings
+
+    from tcplab.observe import procfs
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() beside threads
+        child = os.fork()
+    if child == 0:  # the child: only os calls and our reader, then _exit
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                list(procfs.fd_links(1))
+                answer = "read"
+            except procfs.AccessDenied as exc:
+                answer = f"denied {exc.pid} {exc.name} {exc.exit_code}"
+            os.write(write_end, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as f:
+            answer = f.read().decode()
+    finally:
+        os.waitpid(child, 0)
+    assert answer == f"denied 1 {procfs.comm(1)} 4", answer
+
+
+@pytest.mark.loopback
+def test_fds_counts_and_the_status_reader_agree_with_the_kernel() -> None:
+    """A process whose fds and threads do not change: ``cat`` waiting on its stdin."""
+    import psutil
+
+    from tcplab.observe import procfs
+    from tcplab.observe.fds import fd_report
+    from tcplab.observe.process import own_fd_limit
+    from tcplab.observe.server_facts import server_facts
+
+    proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        # One line through it first: then it has started and waits in read(), its
+        # memory settled (read while it was still starting: RSS 176 KiB, then 292 KiB).
+        proc.stdin.write(b"x\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"x\n"
+        report = fd_report(proc.pid, {})
+        facts = server_facts(proc.pid)
+        ps = psutil.Process(proc.pid)
+        assert report.fds == facts.fds == len(os.listdir(f"/proc/{proc.pid}/fd")) == 3
+        assert report.threads == facts.threads == ps.num_threads() == 1
+        assert report.rss_bytes == facts.rss_bytes == ps.memory_info().rss > 0
+        # stdin and stdout are our pipes; stderr is whatever pytest's is.
+        assert report.other["pipe"] >= 2 and sum(report.other.values()) == 3 and not report.tcp
+        assert (report.soft, report.hard) == tuple(ps.rlimit(psutil.RLIMIT_NOFILE))
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.wait()
+        proc.stdout.close()
+    # Our own limit, from getrlimit and from /proc/self/limits: one record, one value.
+    assert own_fd_limit() == procfs.fd_limit("self")

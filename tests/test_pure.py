@@ -9,9 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tcplab.agents.half_close import Step
 from tcplab.cli import common
 from tcplab.errors import UsageError, errno_name
-from tcplab.experiments import echo, half_close
+from tcplab.experiments import echo, half_close, multiplex, port_bomb
+from tcplab.records import from_json
+from tcplab.report.prose import echo_fact, half_close_fact
 from tcplab.report.terminal import settings_text
 from tcplab.traffic.accept import BACKOFF_MIN, Backoff, LogLimiter
 from tcplab.traffic.client import payload_for, percentile
@@ -157,47 +160,74 @@ def test_settings_read_as_settings_not_python() -> None:
 
 # --- the echo and half-close verdicts say what was seen ---------------------------------------
 
+def echo_judged(small: int, large: int, p50_us: float, mib_per_s: float,
+                stream: tuple[int, int, bool], client_bytes: int,
+                server_bytes: int | None) -> tuple[bool, str]:
+    """The verdict (experiments/echo.py) and its sentence (report/prose.py)."""
+    return (echo.judge(stream[2], client_bytes, server_bytes),
+            echo_fact(small, large, p50_us, mib_per_s, stream, client_bytes, server_bytes))
+
+
 def test_echo_fact_claims_exact_bytes_only_when_they_matched() -> None:
-    ok, fact = echo.judge(1, 1, 50.0, 600.0, stream=(4 << 20, 4 << 20, True),
-                          client_bytes=1000, server_bytes=1000)
+    ok, fact = echo_judged(1, 1, 50.0, 600.0, stream=(4 << 20, 4 << 20, True),
+                           client_bytes=1000, server_bytes=1000)
     assert ok and fact == ("1 small echo at p50 50 us, 1 echo of 1 MiB at 600 MiB/s; the "
                            "server echoed exactly the 1,000 bytes sent")
-    ok, fact = echo.judge(200, 5, 50.0, 600.0, stream=(4 << 20, 4 << 20, True),
-                          client_bytes=1000, server_bytes=None)
+    ok, fact = echo_judged(200, 5, 50.0, 600.0, stream=(4 << 20, 4 << 20, True),
+                           client_bytes=1000, server_bytes=None)
     assert not ok and fact == "the server reported no totals, so its count could not be checked"
-    ok, fact = echo.judge(200, 5, 50.0, 600.0, stream=(100, 90, False),
-                          client_bytes=1000, server_bytes=990)
+    ok, fact = echo_judged(200, 5, 50.0, 600.0, stream=(100, 90, False),
+                           client_bytes=1000, server_bytes=990)
     assert not ok and "exactly" not in fact
     assert fact == ("the 100 B stream came back different (90 B, not identical); the server "
                     "counted 990 B echoed, the client sent 1,000 B")
 
 
 def _step(t: float, client: str | None, server: str | None,
-          left: float | None = None) -> dict[str, object]:
+          left: float | None = None) -> Step:
     def side(state: str | None, timer: float | None) -> dict[str, object] | None:
         if state is None:
             return None
         return {"state": state, "timer": f"time-wait {timer:.1f}s" if timer else "",
                 "timer_left_s": timer, "owner": "kernel" if timer else "process"}
-    return {"t": t, "step": "", "client": side(client, left), "server": side(server, None)}
+    return from_json(Step, {"t": t, "step": "", "client": side(client, left),
+                                       "server": side(server, None)})
+
+
+def half_close_judged(steps: list[Step]) -> tuple[bool, str]:
+    """The verdict (experiments/half_close.py) and its sentence (report/prose.py)."""
+    return half_close.judge(steps), half_close_fact(steps)
 
 
 def test_half_close_fact_is_what_the_steps_sampled() -> None:
     steps = [_step(0.3, "ESTABLISHED", "ESTABLISHED"), _step(0.6, "FIN_WAIT2", "CLOSE_WAIT"),
              _step(0.9, "FIN_WAIT2", "CLOSE_WAIT"), _step(1.2, "TIME_WAIT", None, 59.7),
              _step(2.5, "TIME_WAIT", None, 58.4)]
-    ok, fact = half_close.judge(steps)
+    ok, fact = half_close_judged(steps)
     assert ok
     assert fact.endswith("TIME_WAIT with 59.7 s left, 58.4 s left 1.3 s later")
     # A server that never reached CLOSE_WAIT (the choreography cannot be made to do
     # that for real): the fact lists what was seen, and claims no CLOSE_WAIT.
     steps[1] = _step(0.6, "FIN_WAIT2", "ESTABLISHED")
-    ok, fact = half_close.judge(steps)
+    ok, fact = half_close_judged(steps)
     assert not ok
     assert "after shutdown(SHUT_WR): client FIN_WAIT2, server ESTABLISHED" in fact
     assert "sat in" not in fact
     # A timer that did not move between two samples is named.
     steps[1] = _step(0.6, "FIN_WAIT2", "CLOSE_WAIT")
     steps[4] = _step(2.5, "TIME_WAIT", None, 59.7)
-    ok, fact = half_close.judge(steps)
+    ok, fact = half_close_judged(steps)
     assert not ok and fact.endswith("the TIME_WAIT timer did not count down between samples")
+
+
+# --- --quick works on a copy: the caller's settings are never changed ---------------------------
+
+def test_quick_runs_on_a_copy_of_the_callers_settings() -> None:
+    bomb = port_bomb.Settings(reuse_count=40_000)
+    assert port_bomb.effective(bomb, quick=True).reuse_count == 32_000
+    assert bomb.reuse_count == 40_000
+    mux = multiplex.Settings()
+    assert multiplex.effective(mux, quick=True).ladder == (100, 1000)
+    assert mux.ladder == (100, 1000, 10_000)
+    with pytest.raises(AttributeError):  # frozen: dataclasses.FrozenInstanceError
+        bomb.reuse_count = 1  # type: ignore[misc]

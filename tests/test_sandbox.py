@@ -402,7 +402,7 @@ def test_ctrl_c_mid_experiment_leaves_no_process(group: list[subprocess.Popen[by
         progress.wait(timeout=1.0)
         seen = descendants(proc.pid)
         # Mid-run: the holder, the server, the sampler and the bomb are all there.
-        assert any("tcplab.experiments.nsholder" in c for c in seen.values()), seen
+        assert any("tcplab.agents.nsholder" in c for c in seen.values()), seen
         assert any(" bomb " in c for c in seen.values()), seen
         assert any(" server " in c for c in seen.values()), seen
         assert proc.poll() is None, "the experiment ended before Ctrl-C"

@@ -26,9 +26,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,18 @@ from tcplab.kernel.tracefs import (
     errno_text,
     parse_line,
     state_name,
+)
+from tests.helpers import (
+    Child,
+    Spawner,
+    instances,
+    left_behind,
+    mark_stale_on_purpose,
+    remove_instance,
+    start_plain_server,
+    tcplab,
+    tracefs_mounts,
+    unmark_stale_on_purpose,
 )
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -345,130 +356,6 @@ def test_damaged_recorded_lines(line: str, start: int, stop: int, insert: str) -
 
 # -- running tcplab: helpers --------------------------------------------------------------
 
-SERVER = r"""
-import socket, sys, time
-family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-lst = socket.socket(family)
-lst.bind((sys.argv[1], 0))
-lst.listen(4)
-print(lst.getsockname()[1], flush=True)
-conn, _ = lst.accept()
-print(conn.fileno(), flush=True)
-while data := conn.recv(65536):
-    conn.sendall(data)
-time.sleep(float(sys.argv[2]))  # in CLOSE_WAIT at least this long
-conn.close()
-print("closed", flush=True)
-sys.stdin.read()
-"""
-
-
-class Child:
-    """A child process whose stdout and stderr lines are collected as they come."""
-
-    def __init__(self, argv: list[str], **kw: Any) -> None:
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, **kw)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._cond = threading.Condition()
-        self._threads = [threading.Thread(target=self._read, args=(s, d), daemon=True)
-                         for s, d in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
-        for t in self._threads:
-            t.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self, stream: Any, into: list[str]) -> None:
-        for line in stream:
-            with self._cond:
-                into.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_line(self, pred: Callable[[str], bool], stream: str = "err",
-                  guard: float = 30) -> str:
-        """The first line of stdout or stderr for which pred is true (guard: a hang)."""
-        lines = self.err if stream == "err" else self.out
-        end = time.monotonic() + guard
-        with self._cond:
-            while True:
-                for line in lines:
-                    if pred(line):
-                        return line
-                if self.proc.poll() is not None and not any(t.is_alive() for t in self._threads):
-                    raise AssertionError(f"{self.argv[2:]} ended ({self.proc.returncode}) "
-                                         f"without it: {self.err}")
-                if time.monotonic() > end:
-                    raise AssertionError(f"no such line within {guard} s: {self.err}")
-                self._cond.wait(0.1)
-
-    def finish(self, guard: float = 60) -> int:
-        """Wait for it to exit (the guard is against a hang) and for its output."""
-        rc = self.proc.wait(timeout=guard)
-        for t in self._threads:
-            t.join(timeout=guard)
-        return rc
-
-    def kill(self) -> None:
-        """SIGTERM (a tracer then removes its instance), SIGKILL if it does not go."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait()
-        for t in self._threads:  # the output up to the end, before the pipes close
-            t.join(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-
-    def json(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.out]
-
-
-class Spawner:
-    def __init__(self) -> None:
-        self.started: list[Child] = []
-
-    def __call__(self, argv: list[str], **kw: Any) -> Child:
-        child = Child(argv, **kw)
-        self.started.append(child)
-        return child
-
-    def stop_all(self) -> None:
-        for child in self.started:
-            child.kill()
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawner]:
-    """Start children; every one is stopped and reaped at the end, pass or fail."""
-    spawner = Spawner()
-    yield spawner
-    spawner.stop_all()
-
-
-def tcplab(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tcplab", *args]
-
-
-def start_server(spawn: Spawner, host: str = "127.0.0.1",
-                 close_after: float = 0.25) -> tuple[Child, int]:
-    server = spawn([sys.executable, "-c", SERVER, host, str(close_after)])
-    port = int(server.wait_line(str.isdigit, "out"))
-    return server, port
-
-
 def one_connection(server: Child, host: str, port: int) -> int:
     """connect, one echo, the client closes first, then the server: the client's port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -487,61 +374,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root (tracefs); the unprivileged tests run instead")
 
 
-#: Trace instances a test leaves stale on purpose (test_a_stale_instance_is_removed),
-#: by name, in a file every test session on the machine reads: another suite running
-#: beside this one (two `bash .ci/run` side by side) must neither count them as left
-#: behind nor remove them before the run under test does (seen once each way).
-STALE_ON_PURPOSE = Path("/tmp/tcplab-tests-stale-instances")
-
-
-def stale_on_purpose() -> set[str]:
-    try:
-        return set(STALE_ON_PURPOSE.read_text().split())
-    except OSError:
-        return set()
-
-
-def mark_stale_on_purpose(name: str) -> None:
-    with STALE_ON_PURPOSE.open("a") as f:
-        f.write(name + "\n")
-
-
-def unmark_stale_on_purpose(name: str) -> None:
-    """Once the instance is gone, its name leaves the file (and the file, when empty)."""
-    rest = [n for n in sorted(stale_on_purpose()) if n != name]
-    try:
-        if rest:
-            STALE_ON_PURPOSE.write_text("".join(n + "\n" for n in rest))
-        else:
-            STALE_ON_PURPOSE.unlink()
-    except OSError:
-        pass
-
-
-def left_behind(pids: Iterable[int] = (), before: set[str] | None = None) -> list[str]:
-    """tcplab-PID instances of these pids, or of dead processes that appeared since
-    ``before`` and are still there after a grace: another test (another worker, or
-    another suite beside this one) may be in the middle of removing its own, which
-    takes up to 4 s (a tracer that does not stop on SIGTERM is killed and its
-    instance removed after it). Not the ones a test left stale on purpose."""
-    mine = set(pids)
-
-    def dead(names: set[str]) -> set[str]:
-        return {n for n in names if n[7:].isdigit() and not os.path.exists(f"/proc/{n[7:]}")
-                and n not in (before or set()) and int(n[7:]) not in mine}
-
-    def candidates() -> tuple[set[str], set[str]]:
-        names = {n for n in instances() if n.startswith("tcplab-")} - stale_on_purpose()
-        return {n for n in names if n[7:].isdigit() and int(n[7:]) in mine}, dead(names)
-
-    own, orphans = candidates()
-    deadline = time.monotonic() + 8
-    while orphans and time.monotonic() < deadline:
-        time.sleep(0.5)
-        orphans &= candidates()[1]
-    return sorted(own | orphans)
-
-
 def other_tcplab_runs() -> list[int]:
     """Pids of tcplab processes that are not this session's (another suite's)."""
     mine = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
@@ -552,27 +384,6 @@ def other_tcplab_runs() -> list[int]:
                 " trace" in cmd or "handshake" in cmd or " check" in cmd or " all" in cmd):
             found.append(proc.info["pid"])
     return found
-
-
-def instances() -> set[str]:
-    """instances/ of tracefs, seen from a private mount namespace (the host's mounts stay)."""
-    r = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tracefs nodev /sys/kernel/tracing"
-                        " && ls /sys/kernel/tracing/instances"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return set(r.stdout.split())
-
-
-def remove_instance(name: str) -> None:
-    subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tracefs nodev /sys/kernel/tracing"
-                    f" && rmdir /sys/kernel/tracing/instances/{name}"],
-                   capture_output=True, timeout=30)
-
-
-def tracefs_mounts() -> list[str]:
-    """The host's tracefs mounts, as ``mount`` lists them."""
-    out = subprocess.run(["mount"], capture_output=True, text=True, timeout=30).stdout
-    return [line for line in out.splitlines() if "tracefs" in line]
 
 
 @pytest.fixture
@@ -633,7 +444,7 @@ def unprivileged() -> dict[str, Any]:
 @needs_root
 def test_trace_shows_one_connection_and_its_syscalls(spawn: Spawner,
                                                      nothing_left: list[int]) -> None:
-    server, port = start_server(spawn)
+    server, port = start_plain_server(spawn)
     states = spawn(tcplab("trace", "--port", str(port), "--json", "--duration", "5"))
     calls = spawn(tcplab("trace", "--port", str(port), "--json", "--duration", "5",
                          "--syscalls", "--pid", str(server.pid)))
@@ -676,7 +487,7 @@ def test_trace_shows_one_connection_and_its_syscalls(spawn: Spawner,
 #: to 127.0.0.1:PORT, refused there.
 REFUSED_ELSEWHERE = """
 import socket, sys
-from tcplab.experiments.nsholder import link_up
+from tcplab.agents.nsholder import link_up
 from tcplab.observe.nsutil import CLONE_NEWNET, unshare
 unshare(CLONE_NEWNET)
 link_up("lo")
@@ -735,7 +546,7 @@ def test_check_says_tracefs_works_when_trace_can_mount_it(nothing_left: list[int
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_stopped_by_a_signal_it_cleans_up(signum: int, spawn: Spawner,
                                           nothing_left: list[int]) -> None:
-    server, port = start_server(spawn, close_after=0.05)
+    server, port = start_plain_server(spawn, close_after=0.05)
     tracer = spawn(tcplab("trace", "--port", str(port)))
     nothing_left.append(tracer.pid)
     tracer.wait_line(lambda x: x.startswith("tracing"))
@@ -807,7 +618,7 @@ def test_without_privilege_trace_points_at_poll(spawn: Spawner,
 @pytest.mark.loopback
 def test_poll_without_privilege_sees_a_slow_connection(spawn: Spawner,
                                                        unprivileged: dict[str, Any]) -> None:
-    server, port = start_server(spawn, close_after=0.3)
+    server, port = start_plain_server(spawn, close_after=0.3)
     poll = spawn(tcplab("trace", "--poll", "--port", str(port), "--duration", "3", "--json"),
                  **unprivileged)
     poll.wait_line(lambda x: x.startswith("polling"))

@@ -4,10 +4,11 @@
 // out of `go build .` in this directory, which builds churn.go for
 // bench/bomb_vs_go.py; both are package main.)
 
-// Command echo is the Go reference echo server of bench/echo_vs_go.py, in the
-// style of the original Go lab's server: net.Listen, one goroutine per
-// accepted connection, each looping Read into its own 64 KiB buffer and
-// Write of what it read, until EOF or an error, then Close.
+// Command echo is the Go reference echo server of bench/cpu_per_echo.py and
+// bench/echo_vs_go.py, in the style of the original Go lab's server:
+// net.Listen, one goroutine per accepted connection, each looping Read into
+// its own 64 KiB buffer and Write of what it read, until EOF or an error, then
+// Close.
 //
 // The loop is written out rather than calling io.Copy(conn, conn): on Linux,
 // io.Copy to a *net.TCPConn goes through TCPConn.ReadFrom, which splices

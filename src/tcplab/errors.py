@@ -3,7 +3,8 @@
 OS errors are translated once, at the boundary where they happen (binding a
 port, connecting, raising a limit), into one of these. The CLI maps each class
 to an exit status and prints ``tcplab: <message>`` and ``hint: <hint>``; the
-traceback appears only with ``--debug``. Nothing below ``cli/`` prints.
+traceback appears only with ``--debug``. Nothing below ``cli/`` prints to the
+user (agents/ write records to their parent).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ExitStatus(enum.IntEnum):
     VERIFY_FAILED = 6, "an echo came back different from what was sent"
     LIMIT = 7, "a kernel or process limit is in the way (fd limit, port range)"
     NOT_SUPPORTED = 8, "not supported here (not Linux, a kernel feature missing)"
+    EXPERIMENT_FAILED = 9, "an experiment could not run to its end: a process it started failed"
     INTERRUPTED = 130, "interrupted (Ctrl-C, SIGINT), as shells report 128 + 2"
 
 
@@ -99,6 +101,15 @@ class NotSupported(TcplabError):
     exit_code = ExitStatus.NOT_SUPPORTED
 
 
+class ExperimentFailed(TcplabError):
+    """An experiment could not run to its end: a server, load generator or
+    choreography it started failed or wrote something else than its result.
+    Said with that process's last words; distinct from an experiment that ran
+    and did not show its fact (ERROR)."""
+
+    exit_code = ExitStatus.EXPERIMENT_FAILED
+
+
 class DoctorStatus(enum.IntEnum):
     """``tcplab doctor``'s statuses: the monitoring-plugin convention (Nagios,
     Icinga), so a check runner reads them as it reads any plugin's."""
@@ -107,10 +118,6 @@ class DoctorStatus(enum.IntEnum):
     WARNING = 1
     CRITICAL = 2
     UNKNOWN = 3  # a usage or privilege error: the check could not be made
-
-
-#: Exit status for Ctrl-C (kept for callers of the old name).
-EXIT_INTERRUPTED = ExitStatus.INTERRUPTED
 
 
 def describe_oserror(exc: OSError) -> str:

@@ -7,7 +7,10 @@ Experiments, agents (the child processes) and reports pass frozen dataclasses;
 records, lists, tuples and optional fields included) with dacite, checking the
 types as it goes: a child that wrote something else fails here, by field name,
 not later as a KeyError in the report. Keys the record does not know are
-ignored (an older reader of a newer writer).
+ignored (an older reader of a newer writer). Enum fields are written as their
+values (a StrEnum is a str) and read back into the enum; a field named after
+a Python keyword with a trailing underscore (``from_``, PEP 8's habit) is the
+keyword itself in JSON (``"from"``).
 
 Like errors.py and words.py this module sits outside the layers: kernel/ to
 cli/ may all use it. dataclasses and dacite are imported when first needed, so
@@ -29,21 +32,35 @@ class RecordError(ValueError):
     """A JSON object that is not the record it should be (field named)."""
 
 
+def _key(name: str) -> str:
+    """A field's JSON key: ``from_`` -> ``from`` (a keyword cannot be a field name)."""
+    import keyword
+
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {_key(k): v for k, v in pairs}
+
+
 def to_json(record: Any) -> dict[str, Any]:
     """A record as a JSON-ready dict (``dataclasses.asdict``)."""
     import dataclasses
 
     if not dataclasses.is_dataclass(record) or isinstance(record, type):
         raise TypeError(f"not a record: {type(record).__name__}")
-    return dataclasses.asdict(record)
+    return dataclasses.asdict(record, dict_factory=_object)
 
 
 def from_json(cls: type[T], data: Mapping[str, Any]) -> T:
     """The record of type ``cls`` that ``to_json`` (or a child) made ``data`` from."""
+    import enum
+
     import dacite
 
     try:
-        return dacite.from_dict(cls, dict(data), config=dacite.Config(cast=[tuple], strict=False))
+        return dacite.from_dict(cls, dict(data), config=dacite.Config(
+            cast=[tuple, enum.Enum], strict=False, convert_key=_key))
     except dacite.DaciteError as e:
         raise RecordError(f"{cls.__name__}: {e}") from None
 

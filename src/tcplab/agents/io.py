@@ -1,4 +1,5 @@
-"""The agents' side of the contract: one JSON line per record, flushed at once."""
+"""The agents' side of the contract: one JSON line per record, flushed at once;
+and the command line that starts an agent, for the parent's side."""
 
 from __future__ import annotations
 
@@ -14,3 +15,9 @@ def emit(record: Any, stream: TextIO | None = None) -> None:
     out = sys.stdout if stream is None else stream
     out.write(json.dumps(to_json(record), separators=(",", ":")) + "\n")
     out.flush()
+
+
+def command(agent: str, *args: str) -> list[str]:
+    """``python -m tcplab.agents.AGENT ARGS`` with this interpreter: how a parent
+    starts an agent (in a sandbox with ``Sandbox.popen``, or with ``interrupts.spawn``)."""
+    return [sys.executable, "-m", f"tcplab.agents.{agent}", *args]

@@ -76,9 +76,11 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcplab.errors import NotSupported, UsageError
+    from tcplab.errors import ExperimentFailed, NotSupported, UsageError
     from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
-    from tcplab.experiments.result import Result
+    from tcplab.experiments.result import result_type
+    from tcplab.records import to_json
+    from tcplab.report.prose import worded
     from tcplab.report.terminal import result_lines, summary_lines
 
     if args.report:
@@ -113,31 +115,39 @@ def run(args: argparse.Namespace) -> int:
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     bodies = []
+    could_not_run = []
     started = time.monotonic()
     for i, name in enumerate(names, 1):
         status = _Status(f"[{i}/{len(names)}] {name}", started, quiet=args.json)
         note(f"running experiment {name} ...")
         try:
             verbose = args.json or name in ("port-bomb", "multiplex")
-            result = runners[name](quick=args.quick,
-                                   progress=status.step if not verbose else status.note)
+            result = worded(runners[name](quick=args.quick,
+                                          progress=status.step if not verbose else status.note))
         except NotSupported as exc:
             if args.name != "all":
                 raise
-            result = Result(experiment=name, ok=False, fact="",
-                            skipped=f"{exc.message} (fix: {exc.hint})")
-        except (OSError, RuntimeError, ValueError) as exc:
+            result = result_type(name)(experiment=name, ok=False,
+                                       skipped=f"{exc.message} (fix: {exc.hint})")
+        except ExperimentFailed as exc:
             if args.name != "all":
                 raise
-            result = Result(experiment=name, ok=False,
-                            fact=f"failed to run: {type(exc).__name__}: {exc}")
+            could_not_run.append(name)
+            result = result_type(name)(experiment=name, ok=False,
+                                       fact=f"failed to run: {exc.message}")
+        except (OSError, RuntimeError, ValueError) as exc:  # a bug: the others still run
+            if args.name != "all":
+                raise
+            result = result_type(name)(experiment=name, ok=False,
+                                       fact=f"failed to run: {type(exc).__name__}: {exc}")
         finally:
             status.stop()
         results.append(result)
-        body = to_jsonable(result)
-        bodies.append({"schema": 1, **body})
+        # --json and results.json are the worded record, as report/ renders it.
+        body = {"schema": 1, **to_jsonable(to_json(result))}
+        bodies.append(body)
         if args.json:
-            emit_json(result)
+            emit_json(body)
         else:
             for line in result_lines(result):
                 out(line)
@@ -160,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise _report_error(exc, args.report) from None
         note(f"report written to {path}")
+    if could_not_run:
+        return ExitStatus.EXPERIMENT_FAILED
     return ExitStatus.ERROR if failed else ExitStatus.OK
 
 
@@ -224,12 +236,25 @@ class _Status:
             self.live = Console(stderr=True).status(label)
             self.live.start()
 
-    def step(self, line: str) -> None:
+    @staticmethod
+    def _words(line: str, verdict: object) -> str:
+        """A verdict's line with its reason in words (report/prose.py), not its code."""
+        if verdict is None:
+            return line
+        from tcplab.report.prose import verdict_words
+
+        why = verdict_words(verdict)
+        head = line.split(" (", 1)[0]  # "  fixed: skipped (leaked-without-leak)"
+        return f"{head}: {why}" if why else line
+
+    def step(self, line: str, verdict: object = None, /) -> None:
+        line = self._words(line, verdict)
         if self.live is not None:
             elapsed = time.monotonic() - self.started
             self.live.update(f"{self.label}: {line.strip()}  ({elapsed:.0f} s)")
 
-    def note(self, line: str) -> None:
+    def note(self, line: str, verdict: object = None, /) -> None:
+        line = self._words(line, verdict)
         if self.live is not None:
             self.step(line)
         else:

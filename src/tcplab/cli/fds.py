@@ -78,6 +78,7 @@ def _sample(table: Any, args: argparse.Namespace) -> list[Any]:
     from tcplab.observe.fds import fd_report
     from tcplab.observe.netns import pids_in
     from tcplab.observe.owners import OwnerMap, all_pids, read_comm
+    from tcplab.observe.procfs import AccessDenied, NoSuchProcess
 
     socks = table.sockets()
     state_of = {s.inode: s.state for s in socks if s.inode}
@@ -108,10 +109,10 @@ def _sample(table: Any, args: argparse.Namespace) -> list[Any]:
     for pid in pids:
         try:
             reports.append(fd_report(pid, state_of))
-        except FileNotFoundError:
+        except NoSuchProcess:
             if args.pid:
                 raise UsageError(f"no process {pid}") from None
-        except PermissionError:
+        except AccessDenied:
             continue
     if not (args.pid or args.port or args.name):
         reports = [r for r in reports if r.fds]  # kernel threads have none

@@ -24,9 +24,9 @@ EMFILE "Too many open files". The server then logs one line per backoff step
 (5 ms doubling to 1 s, as Go's net/http does), stays idle, and accepts again
 as soon as fds are free.
 
-Server CPU per echo (bench/echo_vs_go.py, 100 connections, 64 B): uvloop
-3.65 us, epoll 3.74 us, asyncio 4.44 us, threads 29.3 us, a Go reference
-server 4.99 us; about 3 us of each is the kernel's own read() and write().
+Server CPU per echo (100 connections, 64 B; bench/results.md, "CPU per echo"):
+uvloop 3.65 us, epoll 3.74 us, asyncio 4.44 us, threads 29.3 us, a Go
+reference server 4.99 us; most of each is the kernel's own read() and write().
 
 The fd limit: the server keeps the soft limit it was started with ('ulimit -n'),
 or the one --fd-limit sets. Note that Go, since 1.19, raises its own soft limit

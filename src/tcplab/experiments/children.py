@@ -26,8 +26,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
-from tcplab.errors import TcplabError
+from tcplab.agents.io import command as agent_command
+from tcplab.agents.listening import Listening
+from tcplab.errors import ExperimentFailed
 from tcplab.interrupts import deferred, interrupted, spawn
+from tcplab.records import from_json_line
 
 #: How long a child may take to stop on SIGTERM once the user pressed Ctrl-C:
 #: the command must end within seconds (the issue asks for 10 s at most).
@@ -101,7 +104,8 @@ class ServerProcess:
         if not first:
             self.proc.wait(timeout=5)
             err = self.proc.stderr.read().decode(errors="replace").strip()
-            raise TcplabError(f"the server did not start: {err or 'no output'}")
+            raise ExperimentFailed(f"the server did not start: {err or 'no output'}",
+                                   hint="run the same 'tcplab server' by hand to see it whole")
         self.info = json.loads(first)
         self._threads = [
             threading.Thread(target=self._collect_stdout, daemon=True),
@@ -201,11 +205,13 @@ class ForeignServer:
         )
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
-        ready = sandbox.run([sys.executable, "-m", "tcplab.experiments.probe", "listening",
-                             str(port), "20"], stdout=subprocess.PIPE)
+        ready = sandbox.run(agent_command("listening", str(port), "20"), stdout=subprocess.PIPE)
         if ready.returncode != 0:
-            raise TcplabError(f"the server command did not listen on port {port}: {command}")
-        self.addresses: list[str] = json.loads(ready.stdout)["listening"]
+            raise ExperimentFailed(
+                f"the server command did not listen on port {port} within 20 s: {command}",
+                hint="write {port} where the command takes its port (tcplab replaces it), and "
+                "check that the command starts a server when run by hand")
+        self.addresses: list[str] = from_json_line(Listening, ready.stdout).listening
 
     @property
     def pid(self) -> int:

@@ -12,12 +12,42 @@ import io
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from tcplab.experiments import result as base
 from tcplab.experiments.children import ServerProcess
-from tcplab.experiments.result import Event, Result
+from tcplab.experiments.result import Event
+from tcplab.records import from_json
 from tcplab.traffic import client
+from tcplab.traffic.accept import ServerStats
+from tcplab.traffic.client import RoundTrips
 from tcplab.traffic.target import resolve
 from tcplab.words import plural
+
+
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    model: str
+    small_count: int  # round trips of 64 B
+    large_count: int  # round trips of 1 MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    small: RoundTrips
+    large: RoundTrips
+    stream_bytes: int  # streamed, then half-closed
+    stream_identical: bool
+    #: The server's own totals (its ``tcplab server --json`` totals line); None when
+    #: it stopped without reporting them.
+    server_totals: ServerStats | None
+    client_bytes: int  # every byte the client sent, round trips and stream
+    stream_back: int = 0  # bytes of the stream that came back
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, None]):
+    """Experiment 1's result: no variants, no timeline."""
 
 
 def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
@@ -47,57 +77,31 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
         stream_ok = echoed == blob
         mark(f"streamed {sent:,} B then half-closed: {received:,} B came back, "
              f"{'identical' if stream_ok else 'DIFFERENT'}")
-        totals = server.stop()
+        line = server.stop()
+    totals = None if line is None else from_json(ServerStats, line)
     client_bytes = small * 64 + large * (1 << 20) + len(blob)
-    server_bytes = None if totals is None else totals.get("bytes_echoed")
-    accepted = None if totals is None else totals.get("accepted")
-    if server_bytes is None:
+    if totals is None:
         mark("server stopped without reporting its totals")
     else:
-        mark(f"server stopped: echoed {server_bytes:,} B over "
-             f"{plural(accepted or 0, 'connection')}")
-    ok, fact = judge(small, large, rt_small.rtt_p50_us, rt_large.mib_per_s,
-                     stream=(len(blob), len(echoed), stream_ok),
-                     client_bytes=client_bytes, server_bytes=server_bytes)
+        mark(f"server stopped: echoed {totals.bytes_echoed:,} B over "
+             f"{plural(totals.accepted, 'connection')}")
     return Result(
         experiment="echo",
-        ok=ok,
-        fact=fact,
-        settings={"model": server.info["model"], "small_count": small, "large_count": large},
-        facts={
-            "small": rt_small,
-            "large": rt_large,
-            "stream_bytes": sent,
-            "stream_identical": stream_ok,
-            "server_totals": totals or {},
-            "client_bytes": client_bytes,
-        },
-        events=timeline,
+        ok=judge(stream_ok, client_bytes, None if totals is None else totals.bytes_echoed),
+        settings=RunWith(model=server.info["model"], small_count=small, large_count=large),
+        facts=Facts(small=rt_small, large=rt_large, stream_bytes=sent,
+                    stream_identical=stream_ok, server_totals=totals,
+                    client_bytes=client_bytes, stream_back=len(echoed)),
+        events=tuple(timeline),
     )
 
 
-def judge(small: int, large: int, p50_us: float, mib_per_s: float, stream: tuple[int, int, bool],
-          client_bytes: int, server_bytes: int | None) -> tuple[bool, str]:
-    """Shown or not, and the fact, from what was measured.
+def judge(stream_identical: bool, client_bytes: int, server_bytes: int | None) -> bool:
+    """Shown: the stream came back identical and the server's own total is the client's.
 
     ``round_trips`` raises VerifyFailed on the first echo that differs, so every round
     trip counted here came back byte for byte. The two claims that can still fail are
-    the stream (``stream``: bytes sent, bytes back, identical) and the server's own
-    total (None when it reported none); a failed one is stated as it was seen, and the
-    "exactly the bytes sent" sentence is made only when both hold.
+    the stream and the server's own total (None when it reported none);
+    report/prose.py says which, as it was seen.
     """
-    sent, back, identical = stream
-    ok = identical and server_bytes == client_bytes
-    if ok:
-        return True, (f"{plural(small, 'small echo')} at p50 {p50_us:.0f} us, "
-                      f"{plural(large, 'echo')} of 1 MiB at {mib_per_s:.0f} MiB/s; the server "
-                      f"echoed exactly the {client_bytes:,} bytes sent")
-    seen = []
-    if not identical:
-        seen.append(f"the {sent:,} B stream came back different ({back:,} B, not identical)")
-    if server_bytes is None:
-        seen.append("the server reported no totals, so its count could not be checked")
-    elif server_bytes != client_bytes:
-        seen.append(f"the server counted {server_bytes:,} B echoed, the client sent "
-                    f"{client_bytes:,} B")
-    return False, "; ".join(seen)
+    return stream_identical and server_bytes == client_bytes

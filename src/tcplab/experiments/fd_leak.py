@@ -28,8 +28,10 @@ Each round is judged on what it exists to show, and every sentence is built
 from what the run measured (issue 11: a summary said "fds hit its limit of
 20000 (59 in use), accept() failed with EMFILE" for a run that saw neither):
 
-* a round has ``shown`` (None when skipped), ``skipped`` (the reason),
-  ``lesson`` (from its figures) or ``why_not`` (the figure that fell short);
+* a round has ``shown`` (None when skipped), ``skip`` (why, when skipped)
+  and ``short`` (the checks that fell short), reasons as data that
+  report/prose.py words from the round's own figures into ``skipped``,
+  ``lesson`` or ``why_not``;
 * a round the server cannot support is skipped with its figures: the leak
   round when the server closed its connections even with LEAK=true, the fix
   round when it leaked without it;
@@ -42,18 +44,22 @@ from what the run measured (issue 11: a summary said "fds hit its limit of
 
 from __future__ import annotations
 
-import json
+import enum
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from tcplab.agents.io import command
+from tcplab.errors import ExperimentFailed
+from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
-from tcplab.experiments.result import Event, Result
-from tcplab.experiments.sampler import StateSampler
+from tcplab.experiments.result import Event, Progress, TimelineRow, say_nothing, timeline_of
+from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.records import RecordError, from_json_line
+from tcplab.traffic.flood import FloodResult
 
 PORT = 8080
 #: The window over which "persisting" is judged: CLOSE_WAIT present in every sample of
@@ -63,7 +69,7 @@ WINDOW_S = 1.0
 SETTLE_S = 5.0
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Settings:
     fd_limit: int = 256
     backlog: int = 64
@@ -76,15 +82,121 @@ class Settings:
     server_cmd: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    """The settings as the result records them (``run with:`` in the report)."""
+
+    fd_limit: int
+    fd_limit_kind: str  # soft, or soft and hard (--server-cmd), in words
+    backlog: int
+    clients: int
+    tcp_fin_timeout: int
+    keepalive: bool
+    server: str  # "tcplab server (uvloop)" or "your server (CMD)"
+    port: int
+
+
+class Skip(enum.StrEnum):
+    """Why a round did not run, or does not apply (report/prose.py words it)."""
+
+    NEEDS_KEEPALIVE = "needs-keepalive"  # keepalive round against --server-cmd
+    LEAKED_WITHOUT_LEAK = "leaked-without-leak"  # fix round: the server leaks anyway
+    NO_LEAK_SWITCH = "no-leak-switch"  # leak round: it closed even with LEAK=true
+
+
+class Short(enum.StrEnum):
+    """A check a round failed: each is worded from the round's own figures."""
+
+    DIED = "died"  # the server died
+    FDS_SHORT = "fds-short"  # fds peaked below the limit (or the server changed it)
+    NO_EMFILE_LINE = "no-emfile-line"  # tcplab's server logged no EMFILE
+    NO_CLOSE_WAIT = "no-close-wait"  # keepalive: no socket in CLOSE_WAIT
+    CLOSE_WAIT_OVER_QUEUE = "close-wait-over-queue"  # keepalive: more left than queued
+    CLOSE_WAIT_STAYED = "close-wait-stayed"  # keepalive: CLOSE_WAIT stayed at its peak
+    FDS_FELL = "fds-fell"  # keepalive: the fds came back
+    NONE_STAYED = "none-stayed"  # leak: no socket stayed in CLOSE_WAIT
+    CLOSED_AFTER_ALL = "closed-after-all"  # leak: CLOSE_WAIT fell under 95% of its peak
+    NO_FIN_WAIT2 = "no-fin-wait2"  # leak: no client socket in FIN_WAIT2
+    FIN_WAIT2_STAYED = "fin-wait2-stayed"  # leak: FIN_WAIT2 had not expired at the end
+    LEFT_CLOSE_WAIT = "left-close-wait"  # fix: CLOSE_WAIT persisted after it closed
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One round (leak, fixed, keepalive): figures, verdict and (from report/prose.py)
+    its sentences. A round skipped before it ran keeps its zero defaults."""
+
+    name: str  # "leak", "fixed" or "keepalive"
+    shown: bool | None = None  # None: skipped
+    skipped: str | None = None  # words: why it was skipped (skip)
+    lesson: str | None = None  # words: what it showed, when shown
+    why_not: str | None = None  # words: which figure fell short (short)
+    fd_limit: int | None = None  # the server's soft limit, as the sampler read it
+    fd_limit_hard: int | None = None
+    fds_start: int | None = None
+    fds_peak: int = 0
+    fds_after: int | None = None
+    close_wait_peak: int = 0
+    close_wait_after: int = 0
+    close_wait_persisting: int = 0  # the fewest over the last WINDOW_S of samples
+    fin_wait2_peak: int = 0  # while the flood ran (and 1 s after)
+    fin_wait2_after: int = 0
+    queue_peak: int = 0  # LISTEN Recv-Q
+    backlog: int = 0
+    syn_sent_peak: int = 0
+    emfile_line: str | None = None  # the server's first "Too many open files" line
+    emfile_lines: int = 0
+    alive: bool = False  # the server was alive at the end
+    flood: FloodResult | None = None
+    timeline: tuple[TimelineRow, ...] = ()
+    skip: Skip | None = None
+    short: tuple[Short, ...] = ()
+    fd_limit_set: int = 0  # the limit the round asked for
+    foreign: bool = False  # the user's --server-cmd, not tcplab server
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """The leak round's figures, and the fix's and keep-alive's that the lessons quote."""
+
+    fd_limit: int | None
+    fd_limit_hard: int | None
+    fd_limit_set: int
+    server_fds_start: int | None
+    server_fds_peak: int
+    server_close_wait_peak: int
+    server_close_wait_after_timeout: int
+    server_close_wait_persisting: int
+    client_fin_wait2_peak: int
+    client_fin_wait2_after_timeout: int
+    emfile_seen: bool
+    emfile_log_line: str | None
+    accept_queue_peak: int
+    backlog: int
+    clients: FloodResult | None
+    server_alive: bool
+    fixed_close_wait_peak: int
+    #: None in results recorded before it was measured.
+    fixed_close_wait_persisting: int | None = None
+    fixed_clients: FloodResult | None = None
+    keepalive_close_wait_after: int | None = None  # None: no keep-alive round ran
+    keepalive_fds_after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, Round]):
+    """The FD leak's result: its rounds, the leak round's timeline and facts."""
+
+
 def run(settings: Settings | None = None, quick: bool = False,
-        progress: Callable[[str], None] = lambda _: None) -> Result:
+        progress: Progress = say_nothing) -> Result:
     s = settings or Settings()
     started = time.monotonic()
     events: list[Event] = []
 
-    def mark(what: str) -> None:
-        events.append(Event(round(time.monotonic() - started, 3), what))
-        progress(f"  {what}")
+    def mark(what: str, verdict_of: str | None = None, verdict: Round | None = None) -> None:
+        events.append(Event(round(time.monotonic() - started, 3), what, verdict_of))
+        progress(f"  {what}", verdict)  # a verdict's reason is worded by cli/ (report/prose.py)
 
     progress("fd-leak: the leaking server")
     leak = _round(s, leak=True, keepalive=None, mark=mark, origin=started)
@@ -92,102 +204,57 @@ def run(settings: Settings | None = None, quick: bool = False,
     fixed = _round(s, leak=False, keepalive=None, mark=mark, origin=started)
     kept = None
     if s.keepalive and s.server_cmd:
-        kept = {"name": "keepalive", "shown": None, "lesson": None, "why_not": None,
-                "skipped": "needs tcplab server --keepalive (SO_KEEPALIVE on accepted "
-                "sockets); --server-cmd runs yours"}
-        mark(f"keepalive: skipped: {kept['skipped']}")
+        kept = Round("keepalive", skip=Skip.NEEDS_KEEPALIVE, fd_limit_set=s.fd_limit,
+                     foreign=True)
+        mark(f"keepalive: skipped ({kept.skip})", verdict_of="keepalive", verdict=kept)
     elif s.keepalive:
         progress("fd-leak: leaking, with SO_KEEPALIVE")
         kept = _round(s, leak=True, keepalive=s.keepalive_s, mark=mark, origin=started)
-    rounds = [r for r in (leak, fixed, kept) if r is not None]
-
-    facts: dict[str, Any] = {
-        "fd_limit": leak["fd_limit"],
-        "fd_limit_hard": leak["fd_limit_hard"],
-        "fd_limit_set": s.fd_limit,
-        "server_fds_start": leak["fds_start"],
-        "server_fds_peak": leak["fds_peak"],
-        "server_close_wait_peak": leak["close_wait_peak"],
-        "server_close_wait_after_timeout": leak["close_wait_after"],
-        "server_close_wait_persisting": leak["close_wait_persisting"],
-        "client_fin_wait2_peak": leak["fin_wait2_peak"],
-        "client_fin_wait2_after_timeout": leak["fin_wait2_after"],
-        "emfile_seen": leak["emfile_line"] is not None,
-        "emfile_log_line": leak["emfile_line"],
-        "accept_queue_peak": leak["queue_peak"],
-        "backlog": leak["backlog"],
-        "clients": leak["flood"],
-        "server_alive": leak["alive"],
-        "fixed_close_wait_peak": fixed["close_wait_peak"],
-        "fixed_close_wait_persisting": fixed["close_wait_persisting"],
-        "fixed_clients": fixed["flood"],
-    }
-    if kept is not None and not kept["skipped"]:
-        facts["keepalive_close_wait_after"] = kept["close_wait_after"]
-        facts["keepalive_fds_after"] = kept["fds_after"]
-    ran = [r for r in rounds if r["skipped"] is None]
-    skipped = None
-    if leak["skipped"]:
-        # Without a leak there is nothing for this experiment to show.
-        skipped = f"the leak round could not run against this server: {leak['skipped']}"
+    rounds = tuple(r for r in (leak, fixed, kept) if r is not None)
+    ran = [r for r in rounds if r.skip is None]
+    facts = Facts(
+        fd_limit=leak.fd_limit,
+        fd_limit_hard=leak.fd_limit_hard,
+        fd_limit_set=s.fd_limit,
+        server_fds_start=leak.fds_start,
+        server_fds_peak=leak.fds_peak,
+        server_close_wait_peak=leak.close_wait_peak,
+        server_close_wait_after_timeout=leak.close_wait_after,
+        server_close_wait_persisting=leak.close_wait_persisting,
+        client_fin_wait2_peak=leak.fin_wait2_peak,
+        client_fin_wait2_after_timeout=leak.fin_wait2_after,
+        emfile_seen=leak.emfile_line is not None,
+        emfile_log_line=leak.emfile_line,
+        accept_queue_peak=leak.queue_peak,
+        backlog=leak.backlog,
+        clients=leak.flood,
+        server_alive=leak.alive,
+        fixed_close_wait_peak=fixed.close_wait_peak,
+        fixed_close_wait_persisting=fixed.close_wait_persisting,
+        fixed_clients=fixed.flood,
+        keepalive_close_wait_after=(kept.close_wait_after
+                                    if kept is not None and kept.skip is None else None),
+        keepalive_fds_after=kept.fds_after if kept is not None and kept.skip is None else None,
+    )
     server = f"your server ({s.server_cmd})" if s.server_cmd else "tcplab server (uvloop)"
     limit_kind = ("soft and hard, as 'ulimit -n' sets them: Go's raise to the hard limit "
                   "stops there" if s.server_cmd else "soft, set by tcplab server --fd-limit")
+    # Without a leak there is nothing for this experiment to show: skipped (worded by
+    # report/prose.py from the leak round's reason).
     return Result(
-        experiment="fd-leak", ok=skipped is None and all(r["shown"] for r in ran),
-        fact=_fact(leak, fixed, kept), skipped=skipped,
-        settings={"fd_limit": s.fd_limit, "fd_limit_kind": limit_kind, "backlog": s.backlog,
-                  "clients": s.clients, "tcp_fin_timeout": s.fin_timeout,
-                  "keepalive": s.keepalive, "server": server, "port": PORT},
-        facts=facts, events=events, timeline=leak["timeline"],
-        variants=rounds,
+        experiment="fd-leak", ok=leak.skip is None and all(r.shown for r in ran),
+        settings=RunWith(fd_limit=s.fd_limit, fd_limit_kind=limit_kind, backlog=s.backlog,
+                         clients=s.clients, tcp_fin_timeout=s.fin_timeout,
+                         keepalive=s.keepalive, server=server, port=PORT),
+        facts=facts, events=tuple(events), timeline=leak.timeline, variants=rounds,
     )
 
 
-def _fact(leak: dict[str, Any], fixed: dict[str, Any], kept: dict[str, Any] | None) -> str:
-    """The summary sentence, clause by clause from what was measured."""
-    parts = []
-    if leak["skipped"]:
-        parts.append(f"the leak round was skipped: {leak['skipped']}")
-    else:
-        limit, peak = leak["fd_limit"], leak["fds_peak"]
-        if limit and peak >= limit - 2:
-            clause = f"the leaking server's fds hit its limit of {limit} ({peak} in use)"
-        else:
-            clause = f"the leaking server's fds peaked at {peak} of its limit of {limit}"
-        if leak["emfile_line"]:
-            clause += ", accept() failed with EMFILE"
-        elif limit and peak >= limit - 2:
-            clause += " (its output shows no 'too many open files' line)"
-        parts.append(clause)
-        cw, cw_peak, fw_peak, fw_after = (leak["close_wait_persisting"],
-                                          leak["close_wait_peak"], leak["fin_wait2_peak"],
-                                          leak["fin_wait2_after"])
-        if cw and cw >= 0.95 * cw_peak and fw_peak and not fw_after:
-            parts.append(f"{cw} sockets sat in CLOSE_WAIT and stayed after the clients' "
-                         f"FIN_WAIT2 ({fw_peak}) expired")
-        elif cw_peak:
-            parts.append(f"CLOSE_WAIT peaked at {cw_peak} and {cw} stayed"
-                         + (f" (the server closed {cw_peak - cw} after all)"
-                            if cw < 0.95 * cw_peak else "")
-                         + f"; the clients' FIN_WAIT2: {fw_peak} at the peak, {fw_after} at "
-                         "the end")
-        else:
-            parts.append("no socket was in CLOSE_WAIT")
-    if fixed["skipped"]:
-        parts.append(f"the fix round was skipped: {fixed['skipped']}")
-    else:
-        parts.append(f"a server that closes: CLOSE_WAIT {fixed['close_wait_persisting']} once "
-                     f"it had closed (a peak of {fixed['close_wait_peak']} while clients "
-                     "closed)")
-    if kept is not None and not kept["skipped"]:
-        parts.append(f"with SO_KEEPALIVE: CLOSE_WAIT {kept['close_wait_after']}, fds still "
-                     f"{kept['fds_after']}")
-    return "; ".join(parts)
-
-
 def _round(s: Settings, leak: bool, keepalive: int | None,
-           mark: Callable[[str], None], origin: float | None = None) -> dict[str, Any]:
+           mark: Callable[..., None], origin: float | None = None) -> Round:
+    """One round in its own sandbox. ``mark(what, verdict_of=None)`` records an event;
+    the one that states the round's verdict names the round (report/prose.py words it;
+    the live line has the reasons as data)."""
     label = "leak" if leak else "fixed"
     if keepalive:
         label = "keepalive"
@@ -210,8 +277,8 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
         sampler = StateSampler(sb, PORT, pid=pid, origin=origin)
         mark(f"{label}: {s.clients} clients connect, send, wait for the echo, close")
         flood = _flood(sb, s)
-        mark(f"{label}: {flood['echoed']} echoed, {flood['no_echo']} connected but got no echo "
-             f"(accept queue), {flood['connect_timeouts']} never connected (SYN_SENT)")
+        mark(f"{label}: {flood.echoed} echoed, {flood.no_echo} connected but got no echo "
+             f"(accept queue), {flood.connect_timeouts} never connected (SYN_SENT)")
         after_flood = sampler.now()
         if leak:
             wait = s.fin_timeout + (keepalive * 4 if keepalive else 0) + 2.5
@@ -223,53 +290,52 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
         # The last row measured after this moment: "after" figures are never stale.
         sampler.wait_for_row_after(sampler.now())
         rows = list(sampler.rows)
-        last = rows[-1] if rows else {}
-        window = [r for r in rows if r["t"] >= last.get("t", 0) - WINDOW_S]
+        last = rows[-1] if rows else None
+        window = [r for r in rows if r.t >= (last.t if last else 0) - WINDOW_S]
         alive = server.alive()
         log = [line for _, line in server.log if "too many open files" in line.lower()]
-        timeline = [[r["t"], {"states": r["states"], "listen_queue": r["listen_queue"],
-                              "server_fds": r["server_fds"]}] for r in rows]
-        during = [r for r in rows if r["t"] <= after_flood + 1.0]
-        first_fds = next((r["server_fds"] for r in rows if r["server_fds"] is not None), None)
-        result: dict[str, Any] = {
-            "name": label, "shown": None, "skipped": None, "lesson": None, "why_not": None,
-            "fd_limit": sampler.peak_of("fd_limit") or None,
-            "fd_limit_hard": sampler.peak_of("fd_limit_hard") or None,
-            "fds_start": first_fds,
-            "fds_peak": sampler.peak_of("server_fds"),
-            "fds_after": last.get("server_fds"),
-            "close_wait_peak": sampler.peak("CLOSE_WAIT"),
-            "close_wait_after": sampler.state(last, "CLOSE_WAIT") if last else 0,
-            "close_wait_persisting": min((sampler.state(r, "CLOSE_WAIT") for r in window),
-                                         default=0),
-            "fin_wait2_peak": max((sampler.state(r, "FIN_WAIT2") for r in during), default=0),
-            "fin_wait2_after": sampler.state(last, "FIN_WAIT2") if last else 0,
-            "queue_peak": sampler.peak_of("listen_queue"),
-            "backlog": sampler.peak_of("backlog"),
-            "syn_sent_peak": sampler.peak("SYN_SENT"),
-            "emfile_line": log[0] if log else None,
-            "emfile_lines": len(log),
-            "alive": alive,
-            "flood": flood,
-            "timeline": timeline,
-        }
+        during = [r for r in rows if r.t <= after_flood + 1.0]
+        first_fds = next((r.server_fds for r in rows if r.server_fds is not None), None)
+        figures = Round(
+            name=label,
+            fd_limit=sampler.peak_of("fd_limit") or None,
+            fd_limit_hard=sampler.peak_of("fd_limit_hard") or None,
+            fds_start=first_fds,
+            fds_peak=sampler.peak_of("server_fds"),
+            fds_after=last.server_fds if last else None,
+            close_wait_peak=sampler.peak("CLOSE_WAIT"),
+            close_wait_after=sampler.state(last, "CLOSE_WAIT") if last else 0,
+            close_wait_persisting=min((sampler.state(r, "CLOSE_WAIT") for r in window),
+                                      default=0),
+            fin_wait2_peak=max((sampler.state(r, "FIN_WAIT2") for r in during), default=0),
+            fin_wait2_after=sampler.state(last, "FIN_WAIT2") if last else 0,
+            queue_peak=sampler.peak_of("listen_queue"),
+            backlog=sampler.peak_of("backlog"),
+            syn_sent_peak=sampler.peak("SYN_SENT"),
+            emfile_line=log[0] if log else None,
+            emfile_lines=len(log),
+            alive=alive,
+            flood=flood,
+            timeline=timeline_of(sampler),
+            fd_limit_set=s.fd_limit,
+            foreign=s.server_cmd is not None,
+        )
         sampler.stop()
         server.stop()
-    _judge(result, s, leak=leak, keepalive=keepalive)
-    r = result
+    r = judge(figures, leak=leak, keepalive=keepalive)
     if leak:
-        mark(f"{label}: fds peaked at {r['fds_peak']} of {r['fd_limit']}, "
-             f"CLOSE_WAIT {r['close_wait_peak']} -> {r['close_wait_after']}, "
-             f"FIN_WAIT2 {r['fin_wait2_peak']} -> {r['fin_wait2_after']}, "
-             f"accept queue peak {r['queue_peak']}")
+        mark(f"{label}: fds peaked at {r.fds_peak} of {r.fd_limit}, "
+             f"CLOSE_WAIT {r.close_wait_peak} -> {r.close_wait_after}, "
+             f"FIN_WAIT2 {r.fin_wait2_peak} -> {r.fin_wait2_after}, "
+             f"accept queue peak {r.queue_peak}")
     else:
-        mark(f"{label}: CLOSE_WAIT peak {r['close_wait_peak']}, "
-             f"{r['close_wait_persisting']} once the server had had time to close")
-    if r["skipped"]:
-        mark(f"{label}: skipped: {r['skipped']}")
-    elif not r["shown"]:
-        mark(f"{label}: NOT shown: {r['why_not']}")
-    return result
+        mark(f"{label}: CLOSE_WAIT peak {r.close_wait_peak}, "
+             f"{r.close_wait_persisting} once the server had had time to close")
+    if r.skip is not None:
+        mark(f"{label}: skipped ({r.skip})", verdict_of=label, verdict=r)
+    elif not r.shown:
+        mark(f"{label}: NOT shown ({', '.join(r.short)})", verdict_of=label, verdict=r)
+    return r
 
 
 def _settle(sampler: StateSampler, after_flood: float) -> None:
@@ -279,94 +345,66 @@ def _settle(sampler: StateSampler, after_flood: float) -> None:
     time.sleep(WINDOW_S)
     while time.monotonic() < deadline:
         now = sampler.now()
-        window = [r for r in sampler.rows if r["t"] >= max(after_flood, now - WINDOW_S)]
+        window = [r for r in sampler.rows if r.t >= max(after_flood, now - WINDOW_S)]
         if len(window) >= 3 and not any(sampler.state(r, "CLOSE_WAIT") for r in window):
             return
         time.sleep(0.1)
 
 
-def _judge(r: dict[str, Any], s: Settings, leak: bool, keepalive: int | None) -> None:
-    """Set shown/skipped/lesson/why_not from the round's own figures."""
-    foreign = s.server_cmd is not None
-    limit = r["fd_limit"] or 0
-    cw, cw_peak = r["close_wait_persisting"], r["close_wait_peak"]
-    fds = f"fds {r['fds_start']} -> {r['fds_after']}"
+def judge(r: Round, leak: bool, keepalive: int | None) -> Round:
+    """The round with shown, skip and short set from its own figures."""
+    limit = r.fd_limit or 0
+    cw, cw_peak = r.close_wait_persisting, r.close_wait_peak
     if not leak:
         if cw == 0:
-            r["shown"] = True
-            r["lesson"] = (f"a server that closes: CLOSE_WAIT {cw} once it had closed (a peak "
-                           f"of {cw_peak} while the clients closed), {fds}")
-        elif foreign:
-            r["skipped"] = (f"not applicable: the server leaked without LEAK=true "
-                            f"({cw} sockets stayed in CLOSE_WAIT, {fds})")
-        else:
-            r["shown"] = False
-            r["why_not"] = f"{cw} sockets stayed in CLOSE_WAIT after the server closed, {fds}"
-        return
-    grew = (r["fds_after"] or 0) > (r["fds_start"] or 0) + 2
-    if foreign and cw == 0 and not grew:
-        r["skipped"] = (f"the server closed its connections even with LEAK=true (CLOSE_WAIT "
-                        f"peak {cw_peak}, {cw} at the end; {fds}): it has no leak switch")
-        return
-    checks: list[tuple[bool, str]] = [
-        (r["alive"], "the server died"),
-        (bool(limit) and r["fds_peak"] >= limit - 2,
-         f"fds peaked at {r['fds_peak']} of its limit of {limit}"
-         + (f" (set to {s.fd_limit}: the server changed it)" if limit != s.fd_limit else "")),
+            return replace(r, shown=True)
+        if r.foreign:
+            return replace(r, skip=Skip.LEAKED_WITHOUT_LEAK)
+        return replace(r, shown=False, short=(Short.LEFT_CLOSE_WAIT,))
+    grew = (r.fds_after or 0) > (r.fds_start or 0) + 2
+    if r.foreign and cw == 0 and not grew:
+        return replace(r, skip=Skip.NO_LEAK_SWITCH)
+    checks: list[tuple[bool, Short]] = [
+        (r.alive, Short.DIED),
+        (bool(limit) and r.fds_peak >= limit - 2, Short.FDS_SHORT),
     ]
-    if not foreign:
+    if not r.foreign:
         # tcplab's server logs every EMFILE; a foreign one may not, and its silence is
         # reported, not judged.
-        checks.append((r["emfile_line"] is not None, "no 'Too many open files' in its log"))
+        checks.append((r.emfile_line is not None, Short.NO_EMFILE_LINE))
     if keepalive:
         # Keep-alive is set on accepted sockets (as Go does), so only those leave
         # CLOSE_WAIT; connections never accepted stay in the queue.
         checks += [
-            (cw_peak > 0, "no socket in CLOSE_WAIT"),
-            (r["close_wait_after"] <= r["queue_peak"],
-             f"CLOSE_WAIT {r['close_wait_after']} at the end, more than the "
-             f"{r['queue_peak']} never accepted"),
-            (r["close_wait_after"] < cw_peak, f"CLOSE_WAIT stayed at {cw_peak}"),
-            ((r["fds_after"] or 0) >= limit - 2, f"fds fell to {r['fds_after']}"),
+            (cw_peak > 0, Short.NO_CLOSE_WAIT),
+            (r.close_wait_after <= r.queue_peak, Short.CLOSE_WAIT_OVER_QUEUE),
+            (r.close_wait_after < cw_peak, Short.CLOSE_WAIT_STAYED),
+            ((r.fds_after or 0) >= limit - 2, Short.FDS_FELL),
         ]
-        lesson = (f"with SO_KEEPALIVE, CLOSE_WAIT fell from {cw_peak} to "
-                  f"{r['close_wait_after']} (the never-accepted ones) once the probes found "
-                  f"the peers gone, but the fds stayed at {r['fds_after']} of {limit}: the "
-                  "leak is in fds, not TCP states")
     else:
         checks += [
-            (cw > 0, f"no socket stayed in CLOSE_WAIT (peak {cw_peak})"),
-            (cw >= 0.95 * cw_peak,
-             f"CLOSE_WAIT fell from {cw_peak} to {cw}: the server closed them after all"
-             + (" (Go, for one, closes an unreachable net.Conn from a GC finalizer)"
-                if foreign else "")),
-            (r["fin_wait2_peak"] > 0, "no client socket in FIN_WAIT2"),
-            (r["fin_wait2_after"] == 0,
-             f"{r['fin_wait2_after']} client sockets still in FIN_WAIT2 at the end"),
+            (cw > 0, Short.NONE_STAYED),
+            (cw >= 0.95 * cw_peak, Short.CLOSED_AFTER_ALL),
+            (r.fin_wait2_peak > 0, Short.NO_FIN_WAIT2),
+            (r.fin_wait2_after == 0, Short.FIN_WAIT2_STAYED),
         ]
-        lesson = (f"fds climbed to {r['fds_peak']} of {limit}"
-                  + (", accept() failed with EMFILE" if r["emfile_line"] else
-                     " (no 'too many open files' in its output)")
-                  + (f", the accept queue filled ({r['queue_peak']}: backlog {r['backlog']} + 1)"
-                     if r["backlog"] and r["queue_peak"] > r["backlog"] else
-                     f", the accept queue held up to {r['queue_peak']} (backlog {r['backlog']})")
-                  + f"; {cw} sockets stayed in "
-                  f"CLOSE_WAIT while the clients' FIN_WAIT2 ({r['fin_wait2_peak']}) expired")
-    short = [why for holds, why in checks if not holds]
-    r["shown"] = not short
-    if short:
-        r["why_not"] = "; ".join(short)
-    else:
-        r["lesson"] = lesson
+    short = tuple(why for holds, why in checks if not holds)
+    return replace(r, shown=not short, short=short)
 
 
-def _flood(sb: Sandbox, s: Settings) -> dict[str, Any]:
-    r = sb.run([sys.executable, "-m", "tcplab.traffic.flood", "--port", str(PORT),
-                "--clients", str(s.clients), "--connect-timeout", str(s.connect_timeout),
-                "--read-timeout", str(s.read_timeout)],
+def _flood(sb: Sandbox, s: Settings) -> FloodResult:
+    r = sb.run(command("flood", "--port", str(PORT),
+                       "--clients", str(s.clients), "--connect-timeout", str(s.connect_timeout),
+                       "--read-timeout", str(s.read_timeout)),
                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                timeout=120)
     if r.returncode != 0:
-        raise RuntimeError(f"the client flood failed: {r.stderr.decode(errors='replace')}")
-    result: dict[str, Any] = json.loads(r.stdout)
-    return result
+        err = r.stderr.decode(errors="replace").strip().splitlines()
+        raise ExperimentFailed(f"the client flood exited {r.returncode}: "
+                               f"{err[-1] if err else 'no output'}",
+                               hint="run again with --debug for the whole of its output")
+    try:
+        return from_json_line(FloodResult, r.stdout)
+    except RecordError as e:
+        raise ExperimentFailed(f"the client flood wrote something else than its result: {e}",
+                               hint="this is a bug in tcplab: report it") from None

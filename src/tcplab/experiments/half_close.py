@@ -1,6 +1,6 @@
 """The half-closed trap, one connection at a time: ``tcplab experiment half-close``.
 
-A choreography (``python -m tcplab.experiments.half_close``) runs inside a
+A choreography (``python -m tcplab.agents.half_close``) runs inside a
 sandbox: it makes one connection, then steps through the close slowly,
 reading both sockets' states and timers from sock_diag after each step:
 
@@ -18,16 +18,17 @@ reading both sockets' states and timers from sock_diag after each step:
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from tcplab.experiments.result import Event, Result
+from tcplab.agents.half_close import Side, Step
+from tcplab.agents.io import command
+from tcplab.errors import ExperimentFailed
+from tcplab.experiments import result as base
+from tcplab.experiments.result import Event
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.records import RecordError, from_json_line
 
 BUGS = {
     "CLOSE_WAIT": "stuck here = the local application's bug: it never calls close()",
@@ -37,117 +38,95 @@ BUGS = {
 }
 
 
-def _states(client: socket.socket, server: socket.socket | None, client_port: int,
-            port: int) -> dict[str, Any]:
-    from tcplab.kernel import tcp_states
-    from tcplab.observe.sockets import SocketTable
-
-    with SocketTable() as table:
-        socks = table.sockets(port)
-    out: dict[str, Any] = {"client": None, "server": None}
-    for s in socks:
-        if s.state == tcp_states.LISTEN:
-            continue
-        side = "client" if s.sport == client_port else "server"
-        timer = {0: "", 1: "retransmit", 2: "keepalive", 3: "time-wait", 4: "probe"}[s.timer]
-        out[side] = {"state": tcp_states.name(s.state),
-                     "timer": f"{timer} {s.expires_ms / 1000:.1f}s" if timer else "",
-                     "timer_left_s": round(s.expires_ms / 1000, 3) if timer else None,
-                     "owner": "kernel" if s.inode == 0 else "process"}
-    return out
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    pause_s: float
 
 
-def choreography(pause: float) -> list[dict[str, Any]]:
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", 8080))
-    ls.listen()
-    client = socket.create_connection(("127.0.0.1", 8080))
-    server, _ = ls.accept()
-    cport = client.getsockname()[1]
-    steps: list[dict[str, Any]] = []
+@dataclass(frozen=True, slots=True)
+class Facts:
+    steps: tuple[Step, ...]
+    bugs: dict[str, str]  # state -> whose bug it is when a socket is stuck there
 
-    def step(what: str) -> None:
-        time.sleep(pause)
-        steps.append({"t": round(time.monotonic() - t0, 3), "step": what,
-                      **_states(client, server, cport, 8080)})
 
-    t0 = time.monotonic()
-    step("connected")
-    client.shutdown(socket.SHUT_WR)
-    step("the client calls shutdown(SHUT_WR): its FIN goes out, the server ACKs it")
-    server.sendall(b"still here")
-    got = client.recv(100)
-    step(f"the server still sends, the client reads \"{got.decode(errors='replace')}\" "
-         f"({len(got)} B): half-close is one direction")
-    server.close()
-    step("the server calls close(): its FIN goes out, the client ACKs it")
-    time.sleep(1.0)
-    step("a second later: the TIME_WAIT countdown runs")
-    client.close()
-    ls.close()
-    return steps
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, None]):
+    """The half-close experiment's result: the steps, no variants."""
+
+
+#: A side whose socket is gone, as the events say it.
+GONE = Side(state="gone", timer="", timer_left_s=None, owner="")
 
 
 def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
     pause = 0.3 if quick else 1.0
     with Sandbox({}) as sb:
-        r = sb.run([sys.executable, "-m", "tcplab.experiments.half_close", str(pause)],
+        r = sb.run(command("half_close", str(pause)),
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     if r.returncode != 0:
-        raise RuntimeError(f"the half-close choreography failed: {r.stderr.decode()}")
-    steps: list[dict[str, Any]] = json.loads(r.stdout)
+        raise ExperimentFailed(
+            f"the half-close choreography exited {r.returncode}: "
+            f"{_last_line(r.stderr) or 'no output'}",
+            hint="run again with --debug; 'tcplab check' says what works here")
+    try:
+        steps = tuple(from_json_line(Step, line) for line in r.stdout.splitlines())
+    except RecordError as e:
+        raise ExperimentFailed(f"the half-close choreography wrote something else than its "
+                               f"steps: {e}", hint="this is a bug in tcplab: report it") from None
     events = []
     for s in steps:
-        c = s["client"] or {"state": "gone", "timer": ""}
-        v = s["server"] or {"state": "gone", "timer": ""}
-        line = (f"{s['step']}: client {c['state']} {c['timer']}".rstrip()
-                + f", server {v['state']} {v['timer']}".rstrip())
-        events.append(Event(s["t"], line))
+        c = s.client or GONE
+        v = s.server or GONE
+        line = (f"{s.step}: client {c.state} {c.timer}".rstrip()
+                + f", server {v.state} {v.timer}".rstrip())
+        events.append(Event(s.t, line))
         progress(f"  {line}")
-    ok, fact = judge(steps)
-    return Result(experiment="half-close", ok=ok, fact=fact, settings={"pause_s": pause},
-                  facts={"steps": steps, "bugs": BUGS}, events=events)
+    return Result(experiment="half-close", ok=judge(steps), settings=RunWith(pause_s=pause),
+                  facts=Facts(steps=steps, bugs=dict(BUGS)), events=tuple(events))
 
 
-#: Short names of the choreography's steps, for a fact that lists what was seen.
-STEP_NAMES = ("connected", "after shutdown(SHUT_WR)", "while the server still sent",
-              "after the server's close()", "a second later")
+def _last_line(stderr: bytes) -> str:
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
-def judge(steps: list[dict[str, Any]]) -> tuple[bool, str]:
-    """Shown or not, and the fact in one sentence, from the states the steps sampled.
+#: The choreography's steps: connected, after shutdown(SHUT_WR), while the server still
+#: sent, after the server's close(), a second later (report/prose.py names them).
+STEPS = 5
+
+
+def state(side: Side | None) -> str:
+    return side.state if side else "gone"
+
+
+def states(steps: Sequence[Step]) -> list[tuple[str, str]]:
+    """(client, server) state after each step; "gone" for a socket no longer there."""
+    return [(state(s.client), state(s.server)) for s in steps]
+
+
+def time_wait_left(steps: Sequence[Step]) -> list[tuple[float, float | None]]:
+    """(t, seconds left) of each step that sampled the client's socket in TIME_WAIT."""
+    return [(s.t, s.client.timer_left_s) for s in steps
+            if s.client and s.client.state == "TIME_WAIT"]
+
+
+def counts_down(steps: Sequence[Step]) -> bool:
+    """The TIME_WAIT timer read less at the last sample than at the first."""
+    left = [(t, x) for t, x in time_wait_left(steps) if x is not None]
+    return len(left) >= 2 and left[-1][1] < left[0][1]
+
+
+def judge(steps: Sequence[Step]) -> bool:
+    """Shown or not, from the states the steps sampled.
 
     Shown: ESTABLISHED on both; FIN_WAIT2 / CLOSE_WAIT after the client's half-close
     and still while the server sends; then the client in TIME_WAIT (the server gone,
-    or caught in LAST_ACK) with its timer counting down. The sentence says only what
-    was sampled: the states of each step, and the TIME_WAIT time left as read.
+    or caught in LAST_ACK) with its timer counting down. report/prose.py says what
+    was sampled.
     """
-    def state(side: dict[str, Any] | None) -> str:
-        return side["state"] if side else "gone"
-
-    seen = [(state(s["client"]), state(s["server"])) for s in steps]
-    waits = [(s["t"], s["client"].get("timer_left_s")) for s in steps
-             if s["client"] and s["client"]["state"] == "TIME_WAIT"]
-    left = [(t, x) for t, x in waits if x is not None]
-    counts_down = len(left) >= 2 and left[-1][1] < left[0][1]
-    ok = (len(seen) == len(STEP_NAMES)
-          and seen[0] == ("ESTABLISHED", "ESTABLISHED")
-          and seen[1] == seen[2] == ("FIN_WAIT2", "CLOSE_WAIT")
-          and seen[3][0] == "TIME_WAIT" and seen[3][1] in ("gone", "LAST_ACK")
-          and counts_down)
-    if ok:
-        (t1, x1), (t2, x2) = left[0], left[-1]
-        return True, ("after shutdown(SHUT_WR) the client sat in FIN_WAIT2 and the server in "
-                      "CLOSE_WAIT until the server closed; then the client's socket was in "
-                      f"TIME_WAIT with {x1:.1f} s left, {x2:.1f} s left {t2 - t1:.1f} s later")
-    saw = "; ".join(f"{name}: client {c}, server {v}"
-                    for name, (c, v) in zip(STEP_NAMES, seen, strict=False))
-    if waits and not counts_down:
-        saw += "; the TIME_WAIT timer did not count down between samples"
-    return False, ("expected FIN_WAIT2 and CLOSE_WAIT after the half-close, then TIME_WAIT "
-                   f"counting down; saw {saw}")
-
-
-if __name__ == "__main__":
-    sys.stdout.write(json.dumps(choreography(float(sys.argv[1]))) + "\n")
+    seen = states(steps)
+    return (len(seen) == STEPS
+            and seen[0] == ("ESTABLISHED", "ESTABLISHED")
+            and seen[1] == seen[2] == ("FIN_WAIT2", "CLOSE_WAIT")
+            and seen[3][0] == "TIME_WAIT" and seen[3][1] in ("gone", "LAST_ACK")
+            and counts_down(steps))

@@ -1,6 +1,6 @@
 """One connection's whole life, from three sides at once: ``tcplab experiment handshake``.
 
-In a private namespace, a choreography (``python -m tcplab.experiments.handshake``)
+In a private namespace, a choreography (``python -m tcplab.agents.handshake``)
 makes one connection slowly, step by step: the server's socket/bind/listen,
 the client's socket/connect, accept, one echo, the client's close, the
 server's close; then a second connection closed with SO_LINGER 0 (RST).
@@ -14,57 +14,59 @@ clock). Needs root: tracefs and AF_PACKET.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from tcplab.agents.handshake import Done, Ready
+from tcplab.agents.io import command
+from tcplab.experiments import result as base
 from tcplab.experiments.children import terminate
-from tcplab.experiments.result import Event, Result
+from tcplab.experiments.result import Event
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import deferred, spawn
+from tcplab.kernel.tracefs import Transition
 from tcplab.observe.nsutil import die_with_parent
-from tcplab.words import plural
+from tcplab.records import from_json, from_json_line
 
 
-def choreography(port: int, pause: float) -> None:
-    """Runs inside the sandbox; waits for a line on stdin before starting."""
-    print(os.getpid(), flush=True)
-    sys.stdin.readline()
-    lst = socket.socket()
-    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind(("127.0.0.1", port))
-    lst.listen(8)
-    time.sleep(pause)
-    client = socket.socket()
-    client.connect(("127.0.0.1", port))
-    server, _ = lst.accept()
-    time.sleep(pause)
-    client.sendall(b"hello")
-    server.sendall(server.recv(5))
-    client.recv(5)
-    time.sleep(pause)
-    client.close()  # the active close: FIN_WAIT1, FIN_WAIT2, then TIME_WAIT
-    time.sleep(pause)
-    server.close()  # the passive close: CLOSE_WAIT until now, then LAST_ACK
-    time.sleep(pause)
-    client = socket.socket()
-    client.connect(("127.0.0.1", port))
-    server, _ = lst.accept()
-    time.sleep(pause)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()  # RST: no FIN, no TIME_WAIT
-    time.sleep(pause)
-    server.close()
-    lst.close()
-    print("done", flush=True)
+@dataclass(frozen=True, slots=True)
+class Arrow:
+    """One packet of the sequence diagram."""
+
+    t: float  # seconds since the first packet or event
+    from_: str  # "client" or "server" (JSON: "from")
+    word: str  # the lab's word: SYN, SYN-ACK, ACK, FIN, RST, ...
+    flags: str  # tcpdump's: [S.], [F.], ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    """Nothing to choose: the choreography is fixed (its pause follows --quick)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    syn: int
+    syn_ack: int
+    fin: int
+    rst: int
+    packets: int
+    syscalls: int  # socket calls traced
+    transitions: int  # state changes traced
+    time_wait_left_ms: tuple[int, ...]  # the client sockets' TIME_WAIT left at the end
+    sequence: tuple[Arrow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, None]):
+    """The handshake experiment's result: counts, the sequence, the merged timeline."""
 
 
 def _reader(proc: subprocess.Popen[bytes], into: list[dict[str, Any]],
@@ -104,10 +106,10 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             threading.Thread(target=_reader, args=(cap, packets, cap_ready, b"capturing"),
                              daemon=True).start()
-            dance = sb.popen([sys.executable, "-m", "tcplab.experiments.handshake", str(port),
-                              str(pause)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            dance = sb.popen(command("handshake", str(port), str(pause)),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert dance.stdout is not None and dance.stdin is not None
-            pid = int(dance.stdout.readline())
+            pid = from_json_line(Ready, dance.stdout.readline()).pid
             # The tracer runs outside the sandbox, whose close() may SIGKILL: a killed
             # tracer would leave its trace instance. It is stopped by stop_tracer().
             with deferred():
@@ -126,7 +128,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
             wall_minus_mono = time.time() - time.monotonic()
             dance.stdin.write(b"go\n")
             dance.stdin.flush()
-            dance.stdout.readline()  # "done"
+            from_json_line(Done, dance.stdout.readline())
             time.sleep(0.3)
             tw = sb.run(sb.tcplab("sockets", "--port", str(port), "--state", "time-wait",
                                   "--json"), stdout=subprocess.PIPE).stdout
@@ -148,15 +150,9 @@ def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 4.0) -> None:
             return
         terminate(proc, grace=grace)
         if proc.returncode == -signal.SIGKILL:
-            subprocess.run([sys.executable, "-c", _REMOVE_STALE], stdin=subprocess.DEVNULL,
+            subprocess.run(command("tracefs_probe", "--remove-stale"), stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
                            check=False, process_group=0)
-
-
-#: Removes trace instances whose process is gone (ours, SIGKILLed above); in a
-#: child, because mounting tracefs privately needs a single-threaded process.
-_REMOVE_STALE = ("from tcplab.observe.tracefs import find_tracefs, remove_stale; "
-                 "remove_stale(find_tracefs())")
 
 
 def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: float,
@@ -166,49 +162,51 @@ def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: 
         rows.append((p["t"] - offset, "packet",
                      f"{p['src']}:{p['sport']} > {p['dst']}:{p['dport']} [{p['flags']}] "
                      f"{p['word']}" + (f" ({p['length']} B)" if p["length"] else "")))
+    changes: list[Transition] = []
     for e in traced:
         if "syscall" in e:
             rows.append((e["mono"], "syscall", f"{e['syscall']}({e['args']}) = {e['ret']}"))
         elif "rst" in e:
             rows.append((e["mono"], "rst", e["what"]))
         elif "old" in e:
-            rows.append((e["mono"], "state", f"{e['saddr']}:{e['sport']} {e['old']} -> "
-                         f"{e['new']}" + (f"  [{e['note']}]" if e.get("note") else "")))
+            c = from_json(Transition, e)  # `tcplab trace --json`: a Transition and its mono
+            changes.append(c)
+            rows.append((e["mono"], "state", f"{c.saddr}:{c.sport} {c.old} -> "
+                         f"{c.new}" + (f"  [{c.note}]" if c.note else "")))
     rows.sort()
     t0 = rows[0][0] if rows else 0.0
     server_port = next((p["dport"] for p in packets if p["word"] == "SYN"), 0)
-    sequence = [{"t": round(p["t"] - offset - t0, 6),
-                 "from": "server" if p["sport"] == server_port else "client",
-                 "word": p["word"], "flags": p["flags"]}
-                for p in sorted(packets, key=lambda p: p["t"])]
+    sequence = tuple(Arrow(round(p["t"] - offset - t0, 6),
+                           "server" if p["sport"] == server_port else "client",
+                           p["word"], p["flags"])
+                     for p in sorted(packets, key=lambda p: p["t"]))
     events = [Event(round(t - t0, 6), f"{kind:8} {text}") for t, kind, text in rows]
-    left = [s.get("expires_ms") for s in tw.get("sockets", []) if s.get("expires_ms")]
+    left = tuple(s.get("expires_ms") for s in tw.get("sockets", []) if s.get("expires_ms"))
     if left:
         events.append(Event(events[-1].t if events else 0.0,
                             f"{'timer':8} the first client socket sits in TIME_WAIT: "
                             f"{left[0] / 1000:.1f} s of its 60 s left"))
     words = [p["word"] for p in packets]
-    states = [(e["old"], e["new"]) for e in traced if "old" in e]
-    facts: dict[str, Any] = {
-        "syn": words.count("SYN"), "syn_ack": words.count("SYN-ACK"),
-        "fin": sum(1 for w in words if w.startswith("FIN")),
-        "rst": words.count("RST"), "packets": len(packets),
-        "syscalls": sum(1 for e in traced if "syscall" in e),
-        "transitions": len(states),
-        "time_wait_left_ms": left,
-        "sequence": sequence,
-    }
-    wanted = {("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"),
-              ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"),
-              ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK")}
-    ok = (facts["syn"] == 2 and facts["syn_ack"] == 2 and facts["fin"] == 2
-          and facts["rst"] >= 1 and wanted <= set(states) and facts["syscalls"] > 0)
-    fact = (f"{plural(facts['packets'], 'packet')} ({facts['syn']} SYN, {facts['syn_ack']} "
-            f"SYN-ACK, {facts['fin']} FIN, {facts['rst']} RST), "
-            f"{plural(facts['transitions'], 'state change')} and "
-            f"{plural(facts['syscalls'], 'socket call')} on one timeline")
-    return Result(experiment="handshake", ok=ok, fact=fact, facts=facts, events=events)
+    states = {(c.old, c.new) for c in changes}
+    facts = Facts(
+        syn=words.count("SYN"), syn_ack=words.count("SYN-ACK"),
+        fin=sum(1 for w in words if w.startswith("FIN")),
+        rst=words.count("RST"), packets=len(packets),
+        syscalls=sum(1 for e in traced if "syscall" in e),
+        transitions=len(changes), time_wait_left_ms=left, sequence=sequence,
+    )
+    return Result(experiment="handshake", ok=judge(facts, states), settings=RunWith(),
+                  facts=facts, events=tuple(events))
 
 
-if __name__ == "__main__":
-    choreography(int(sys.argv[1]), float(sys.argv[2]))
+#: The state changes one connection's life must show (the RST close adds none).
+WANTED = {("SYN_SENT", "ESTABLISHED"), ("SYN_RECV", "ESTABLISHED"),
+          ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT1", "FIN_WAIT2"),
+          ("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK")}
+
+
+def judge(facts: Facts, states: set[tuple[str, str]]) -> bool:
+    """Shown: both connections' handshakes, the first one's two FINs, the second's RST,
+    every transition of WANTED, and the socket calls traced."""
+    return (facts.syn == 2 and facts.syn_ack == 2 and facts.fin == 2 and facts.rst >= 1
+            and states >= WANTED and facts.syscalls > 0)

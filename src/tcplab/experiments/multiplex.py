@@ -44,17 +44,19 @@ connections and reports what threads did. Should threads collapse anyway
 
 from __future__ import annotations
 
+import enum
 import json
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
 
+from tcplab.errors import ExperimentFailed
+from tcplab.experiments import result as base
 from tcplab.experiments.children import ServerProcess
-from tcplab.experiments.result import Result
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.records import RecordError, from_json
 from tcplab.traffic.models import MODELS
-from tcplab.words import duration_us, plural
+from tcplab.traffic.multiplex import MultiplexResult
 
 PORT = 8080
 
@@ -99,7 +101,7 @@ THREADS_TIMEOUT = (
 )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Settings:
     ladder: tuple[int, ...] = (100, 1000, 10_000)
     models: tuple[str, ...] = ("threads", "epoll", "asyncio", "uvloop")
@@ -112,25 +114,143 @@ class Settings:
     collapse_at: int = COLLAPSE_AT
 
 
-def run(settings: Settings | None = None, quick: bool = False,
-        progress: Callable[[str], None] = lambda _: None) -> Result:
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    """The settings as the result records them (``run with:`` in the report)."""
+
+    ladder: tuple[int, ...]
+    models: tuple[str, ...]
+    messages: int
+    size: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One model at one N: what the server needed, and every failure."""
+
+    name: str  # "threads x10000"
+    model: str
+    connections: int
+    connected: int  # open at once, at the peak
+    messages: int  # round trips per connection
+    threads: int | None
+    epoll_instances: int | None
+    epoll_watches: int | None
+    rss_bytes: int | None
+    rss_per_conn: float
+    cpu_us_per_echo: float | None
+    p99_us: float
+    p50_us: float
+    echoes: int
+    echoes_per_s: float
+    failed: int
+    failures: dict[str, int]  # kind -> connections
+    explanations: dict[str, str]  # kind -> what it means (the client's, and THREADS_TIMEOUT)
+    timed_out: int
+    timeout_s: float | None
+    served: int | None
+    no_echo: int | None
+    served_all_s: float | None
+    accepted_s: float | None
+    unaccepted: int | None
+    accept_queue_peak: int | None
+    connect_s: float | None
+    exchange_s: float | None
+    #: At least MOSTLY_FAILED of its connections failed: its figures describe the few
+    #: that got through, never printed as a measurement.
+    collapsed: bool
+    flag: str | None = None  # words (report/prose.py): "collapsed: 9,980 of 10,000 timed out"
+
+
+class Trouble(enum.StrEnum):
+    """Why the lesson was not shown (report/prose.py words each from the rows)."""
+
+    NO_ROW = "no-row"  # an event loop has no row at this N
+    FAILED = "failed"  # an event loop's connections failed at this N
+    NOT_ALL_OPEN = "not-all-open"  # fewer than N open at once
+    THREADS = "threads"  # an event loop ran on more than 1 thread
+    NO_LOOP = "no-loop"  # no event-loop model ran
+    THREADS_HELD_UP = "threads-held-up"  # threads neither collapsed nor fell behind
+    THREADS_MISSING = "threads-missing"  # the threads model did not run at C10k
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: Trouble
+    model: str = ""
+    connections: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadsVerdict:
+    """Threads at the largest N against its reference N and the event loops there.
+    Results recorded before ``fell_behind`` and the peer figures lack them (defaults)."""
+
+    collapsed: bool
+    fell_behind: bool = False
+    failed_share: float
+    echoes_per_s: float
+    reference_echoes_per_s: float | None
+    throughput_ratio: float | None
+    peer_echoes_per_s: float | None = None
+    peer_p99_us: float | None = None
+    peer_throughput_share: float | None = None
+    peer_p99_factor: float | None = None
+    peer_cpu_factor: float | None = None
+    peer_rss_factor: float | None = None
+    p99_us: float
+    reference_p99_us: float | None
+    threads_reached: int | None
+    served: int | None
+    unaccepted: int | None
+    accepted_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    largest: int
+    reference: int | None
+    collapse_at: int
+    collapse_required: bool
+    timeout: float
+    rules: str = ""  # words (report/prose.py): the verdict's rules
+    loops_held: dict[str, bool] = field(default_factory=dict)  # model -> held every N
+    threads: ThreadsVerdict | None = None  # None: threads did not run at the largest N
+    problems: tuple[Problem, ...] = ()  # why not shown, in the fact's order
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, Row]):
+    """C10k's result: a row per model and N."""
+
+
+def effective(settings: Settings | None, quick: bool) -> Settings:
+    """The settings a run uses: the caller's, never changed (``--quick`` stops the
+    ladder at 1,000 on a copy)."""
     s = settings or Settings()
     if quick:
-        s.ladder = tuple(n for n in s.ladder if n <= 1000) or s.ladder[:1]
-    rows: list[dict[str, Any]] = []
+        return replace(s, ladder=tuple(n for n in s.ladder if n <= 1000) or s.ladder[:1])
+    return s
+
+
+def run(settings: Settings | None = None, quick: bool = False,
+        progress: Callable[[str], None] = lambda _: None) -> Result:
+    s = effective(settings, quick)
+    rows: list[Row] = []
     with Sandbox({"net.core.somaxconn": "8192"}) as sb:
         for model in s.models:
             for n in s.ladder:
                 progress(f"multiplex: {model}, {n:,} connections")
                 rows.append(_row(sb, model, n, s))
-    ok, fact, facts = judge(rows, s.ladder, s.timeout, s.collapse_at)
-    return Result(experiment="multiplex", ok=ok, fact=fact,
-                  settings={"ladder": list(s.ladder), "models": list(s.models),
-                            "messages": s.messages, "size": s.size, "timeout": s.timeout},
-                  facts=facts, variants=rows)
+    ok, facts = judge(rows, s.ladder, s.timeout, s.collapse_at)
+    return Result(experiment="multiplex", ok=ok,
+                  settings=RunWith(ladder=s.ladder, models=s.models, messages=s.messages,
+                                   size=s.size, timeout=s.timeout),
+                  facts=facts, variants=tuple(rows))
 
 
-def _row(sb: Sandbox, model: str, n: int, s: Settings) -> dict[str, Any]:
+def _row(sb: Sandbox, model: str, n: int, s: Settings) -> Row:
     assert model in MODELS
     server = ServerProcess(["--port", str(PORT), "--model", model, "--fd-limit", "max",
                             "--backlog", "8192"], popen=sb.popen)
@@ -144,58 +264,46 @@ def _row(sb: Sandbox, model: str, n: int, s: Settings) -> dict[str, Any]:
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=s.timeout + 120)
         if not r.stdout.strip():  # an error, not a measurement: say which
             err = r.stderr.decode(errors="replace").strip().splitlines()
-            raise RuntimeError(f"tcplab multiplex against {model} x{n} exited "
-                               f"{r.returncode}: {err[-1] if err else 'no output'}")
-        m = json.loads(r.stdout)
+            raise ExperimentFailed(f"tcplab multiplex against {model} x{n} exited "
+                                   f"{r.returncode}: {err[-1] if err else 'no output'}",
+                                   hint="run that command by hand (tcplab multiplex "
+                                   f"--connections {n}) against 'tcplab server --model {model}'"
+                                   " to see it whole")
+        try:
+            m = from_json(MultiplexResult, json.loads(r.stdout))
+        except (ValueError, RecordError) as e:
+            raise ExperimentFailed(f"tcplab multiplex wrote something else than its result: "
+                                   f"{e}", hint="this is a bug in tcplab: report it") from None
     finally:
         server.stop(timeout=30)
     return row_from(model, n, messages, m)
 
 
-def row_from(model: str, n: int, messages: int, m: Mapping[str, Any]) -> dict[str, Any]:
-    """One table row from ``tcplab multiplex --json``'s object."""
-    facts = m.get("server") or {}
-    failures: dict[str, int] = dict(m["failures"])
-    failed = sum(failures.values())
-    explanations = dict(m["explanations"])
+def row_from(model: str, n: int, messages: int, m: MultiplexResult) -> Row:
+    """One table row from ``tcplab multiplex --json``'s result."""
+    facts = m.server
+    failures = dict(m.failures)
+    explanations = dict(m.explanations)
     if model == "threads" and "timeout" in explanations:
         explanations["timeout"] += f"; here: {THREADS_TIMEOUT}"
-    mostly_failed = failed >= MOSTLY_FAILED * n
-    return {
-        "name": f"{model} x{n}", "model": model, "connections": n, "connected": m["connected"],
-        "messages": messages,
-        "threads": facts.get("threads"), "epoll_instances": facts.get("epoll_instances"),
-        "epoll_watches": facts.get("epoll_watches"), "rss_bytes": facts.get("rss_bytes"),
-        "rss_per_conn": m["server_rss_per_conn"] or 0.0,
-        "cpu_us_per_echo": m["server_cpu_us_per_echo"], "p99_us": m["rtt_p99_us"],
-        "p50_us": m["rtt_p50_us"],
-        "echoes": m["echoes"], "echoes_per_s": m["echoes_per_s"], "failed": failed,
-        "failures": failures, "explanations": explanations,
-        "timed_out": failures.get("timeout", 0), "timeout_s": m.get("timeout_s"),
-        "served": m.get("served"), "no_echo": m.get("no_echo"),
-        "served_all_s": m.get("served_all_s"), "accepted_s": m.get("accepted_s"),
-        "unaccepted": m.get("unaccepted"), "accept_queue_peak": m.get("accept_queue_peak"),
-        "connect_s": m.get("connect_s"), "exchange_s": m.get("exchange_s"),
-        "collapsed": mostly_failed,
-        "flag": f"collapsed: {failure_words(failures, n)}" if mostly_failed else None,
-    }
-
-
-def failure_words(failures: Mapping[str, int], n: int) -> str:
-    """``9,980 of 10,000 timed out`` or ``12 of 100 failed (timeout x10, EOF x2)``."""
-    total = sum(failures.values())
-    if set(failures) == {"timeout"}:
-        return f"{total:,} of {n:,} timed out"
-    kinds = ", ".join(f"{k} x{v:,}" for k, v in failures.items())
-    return f"{total:,} of {n:,} failed ({kinds})"
-
-
-def _threads(n: int | None) -> str:
-    return "? threads" if n is None else plural(n, "thread")
-
-
-def _ms(us: float) -> str:
-    return duration_us(us, ms_digits=0)
+    return Row(
+        name=f"{model} x{n}", model=model, connections=n, connected=m.connected,
+        messages=messages,
+        threads=facts.threads if facts else None,
+        epoll_instances=facts.epoll_instances if facts else None,
+        epoll_watches=facts.epoll_watches if facts else None,
+        rss_bytes=facts.rss_bytes if facts else None,
+        rss_per_conn=m.server_rss_per_conn or 0.0,
+        cpu_us_per_echo=m.server_cpu_us_per_echo, p99_us=m.rtt_p99_us, p50_us=m.rtt_p50_us,
+        echoes=m.echoes, echoes_per_s=m.echoes_per_s, failed=sum(failures.values()),
+        failures=failures, explanations=explanations,
+        timed_out=failures.get("timeout", 0), timeout_s=m.timeout_s,
+        served=m.served, no_echo=m.no_echo,
+        served_all_s=m.served_all_s, accepted_s=m.accepted_s,
+        unaccepted=m.unaccepted, accept_queue_peak=m.accept_queue_peak,
+        connect_s=m.connect_s, exchange_s=m.exchange_s,
+        collapsed=sum(failures.values()) >= MOSTLY_FAILED * n,
+    )
 
 
 def reference_of(ladder: Sequence[int]) -> int | None:
@@ -208,154 +316,133 @@ def reference_of(ladder: Sequence[int]) -> int | None:
     return within[-1] if within else smaller[0]
 
 
-def judge(rows: Sequence[Mapping[str, Any]], ladder: Sequence[int], timeout: float,
-          collapse_at: int = COLLAPSE_AT) -> tuple[bool, str, dict[str, Any]]:
-    """(shown, the fact in one line, the figures it rests on) from the table's rows."""
+def loops_of(rows: Sequence[Row]) -> list[str]:
+    """The event-loop models among the rows, in LOOPS' order."""
+    return [m for m in LOOPS if any(r.model == m for r in rows)]
+
+
+def loop_problems(rows: Sequence[Row], ladder: Sequence[int], model: str) -> list[Problem]:
+    """What kept an event loop from holding every N on 1 thread with 0 failures."""
+    by = {(r.model, r.connections): r for r in rows}
+    bad = []
+    for n in ladder:
+        r = by.get((model, n))
+        if r is None:
+            bad.append(Problem(Trouble.NO_ROW, model, n))
+            continue
+        if r.failed or r.connected != n:
+            bad.append(Problem(Trouble.FAILED if r.failed else Trouble.NOT_ALL_OPEN, model, n))
+        if r.threads != 1:
+            bad.append(Problem(Trouble.THREADS, model, n))
+    return bad
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Threads at the largest N against the reference N and the event loops there,
+    unrounded: judge() decides by it and report/prose.py quotes it."""
+
+    big: int
+    t: Row  # threads at the largest N
+    tref: Row | None  # threads at the reference N
+    ratio: float | None  # its echoes/s against its own at the reference N
+    share: float  # of its connections, failed
+    worst_p99: float | None  # the held event loops' worst p99 at the largest N
+    slowest_eps: float | None
+    peer_share: float | None  # its echoes/s against the slowest loop's
+    peer_p99: float | None  # its p99 against the loops' worst
+    cpu_x: float | None  # its CPU per echo against the loops' worst
+    rss_x: float | None  # its RSS per connection against the loops' worst
+    collapsed: bool
+    fell_behind: bool
+
+
+def compare(rows: Sequence[Row], big: int, ref: int | None,
+            held: Mapping[str, bool]) -> Comparison | None:
+    """Threads against itself and the event loops that held, at the largest N."""
+    by = {(r.model, r.connections): r for r in rows}
+    t = by.get(("threads", big))
+    if t is None:
+        return None
+    tref = by.get(("threads", ref)) if ref is not None else None
+    ratio = (t.echoes_per_s / tref.echoes_per_s
+             if tref is not None and tref.echoes_per_s else None)
+    share = t.failed / big
+    peers = [by[(m, big)] for m in loops_of(rows) if (m, big) in by and held.get(m)]
+    slowest_eps = min((p.echoes_per_s for p in peers), default=None)
+    worst_p99 = max((p.p99_us or 0.0 for p in peers), default=None)
+    peer_share = t.echoes_per_s / slowest_eps if slowest_eps else None
+    peer_p99 = t.p99_us / worst_p99 if worst_p99 and t.p99_us else None
+    behind_peers = (peer_share is not None and peer_p99 is not None
+                    and peer_share <= PEER_THROUGHPUT_SHARE and peer_p99 >= PEER_P99_FACTOR)
+    collapsed = (share >= MOSTLY_FAILED or (ratio is not None and ratio < COLLAPSE_RATIO)
+                 or behind_peers)
+    # Short of collapsing, thread per connection may only fall behind: at the
+    # same N in the same run it cost more than every event loop, in CPU time
+    # per echo (the kernel's own accounting, steady under load), RSS per
+    # connection and p99. Printed as such, never as a collapse.
+    cpu_x = rss_x = None
+    if peers and t.cpu_us_per_echo:
+        worst_cpu = max((p.cpu_us_per_echo or 0.0) for p in peers)
+        cpu_x = t.cpu_us_per_echo / worst_cpu if worst_cpu else None
+    if peers and t.rss_per_conn:
+        worst_rss = max(p.rss_per_conn or 0.0 for p in peers)
+        rss_x = t.rss_per_conn / worst_rss if worst_rss else None
+    fell_behind = (not collapsed and cpu_x is not None and rss_x is not None
+                   and peer_p99 is not None and cpu_x >= BEHIND_CPU_FACTOR
+                   and rss_x >= BEHIND_RSS_FACTOR and peer_p99 > 1.0)
+    return Comparison(big, t, tref, ratio, share, worst_p99, slowest_eps, peer_share,
+                      peer_p99, cpu_x, rss_x, collapsed, fell_behind)
+
+
+def _rounded(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def judge(rows: Sequence[Row], ladder: Sequence[int], timeout: float,
+          collapse_at: int = COLLAPSE_AT) -> tuple[bool, Facts]:
+    """(shown, the figures and reasons it rests on) from the table's rows;
+    report/prose.py words them into the fact."""
     big = max(ladder)
     ref = reference_of(ladder)
-    by = {(r["model"], r["connections"]): r for r in rows}
-    loops = [m for m in LOOPS if any(k[0] == m for k in by)]
-    facts: dict[str, Any] = {
-        "largest": big, "reference": ref, "collapse_at": collapse_at,
-        "collapse_required": big >= collapse_at, "timeout": timeout,
-        "rules": (f"shown: every event-loop model held every N on 1 thread with 0 failures, "
-                  f"and, when the ladder reaches {collapse_at:,}, threads collapsed at the "
-                  f"largest N: at least {MOSTLY_FAILED:.0%} of its connections failed, or its "
-                  f"echoes/s fell below {COLLAPSE_RATIO:.0%} of its echoes/s at the "
-                  f"reference N, or it served at most {PEER_THROUGHPUT_SHARE:.0%} of the "
-                  f"slowest event loop's echoes/s with a p99 at least {PEER_P99_FACTOR:g}x "
-                  "the event loops' worst; or, short of that, it fell behind every event "
-                  f"loop: at least {BEHIND_CPU_FACTOR:g}x their worst CPU per echo, "
-                  f"{BEHIND_RSS_FACTOR:g}x their RSS per connection, and a worse p99"),
-    }
-    parts: list[str] = []
-    problems: list[str] = []
+    loops = loops_of(rows)
+    problems: list[Problem] = []
 
     # 1. the event loops: every N, 1 thread, 0 failures
     held: dict[str, bool] = {}
     for m in loops:
-        bad = []
-        for n in ladder:
-            r = by.get((m, n))
-            if r is None:
-                bad.append(f"no row at {n:,}")
-                continue
-            if r["failed"] or r["connected"] != n:
-                bad.append(f"at {n:,}: {failure_words(r['failures'], n)}"
-                           if r["failed"] else f"at {n:,}: {r['connected']:,} of {n:,} open")
-            if r["threads"] != 1:
-                bad.append(f"at {n:,}: {_threads(r['threads'])}")
+        bad = loop_problems(rows, ladder, m)
         held[m] = not bad
-        if bad:
-            problems.append(f"{m} did not hold: {'; '.join(bad)}")
-    facts["loops_held"] = held
+        problems += bad
     if not loops:
-        problems.append("no event-loop model ran (epoll, asyncio or uvloop)")
-    elif all(held.values()):
-        best = min(loops, key=lambda m: by[(m, big)]["cpu_us_per_echo"] or 1e9)
-        b = by[(best, big)]
-        eps = ", ".join(f"{m} {by[(m, big)]['echoes_per_s']:,.0f}" for m in loops)
-        parts.append(
-            f"{', '.join(loops)} each held {big:,} connections on 1 thread with 0 failures "
-            f"({best}: 1 epoll instance watching {b['epoll_watches'] or 0:,} sockets, "
-            f"{b['rss_per_conn']:,.0f} B RSS per connection; echoes/s {eps})")
+        problems.append(Problem(Trouble.NO_LOOP))
 
     # 2. threads: collapsed at the largest N, measured against the reference N
-    t = by.get(("threads", big))
-    if t is not None:
-        tref = by.get(("threads", ref)) if ref is not None else None
-        ratio = (t["echoes_per_s"] / tref["echoes_per_s"]
-                 if tref is not None and tref["echoes_per_s"] else None)
-        share = t["failed"] / big
-        peers = [by[(m, big)] for m in loops if (m, big) in by and held.get(m)]
-        slowest_eps = min((p["echoes_per_s"] for p in peers), default=None)
-        worst_p99 = max((p["p99_us"] or 0.0 for p in peers), default=None)
-        peer_share = (t["echoes_per_s"] / slowest_eps if slowest_eps else None)
-        peer_p99 = (t["p99_us"] / worst_p99 if worst_p99 and t["p99_us"] else None)
-        behind_peers = (peer_share is not None and peer_p99 is not None
-                        and peer_share <= PEER_THROUGHPUT_SHARE
-                        and peer_p99 >= PEER_P99_FACTOR)
-        collapsed = (share >= MOSTLY_FAILED or (ratio is not None and ratio < COLLAPSE_RATIO)
-                     or behind_peers)
-        # Short of collapsing, thread per connection may only fall behind: at the
-        # same N in the same run it cost more than every event loop, in CPU time
-        # per echo (the kernel's own accounting, steady under load), RSS per
-        # connection and p99. Printed as such, never as a collapse.
-        cpu_x = rss_x = None
-        if peers and t["cpu_us_per_echo"]:
-            worst_cpu = max((p["cpu_us_per_echo"] or 0.0) for p in peers)
-            cpu_x = t["cpu_us_per_echo"] / worst_cpu if worst_cpu else None
-        if peers and t["rss_per_conn"]:
-            worst_rss = max(p["rss_per_conn"] or 0.0 for p in peers)
-            rss_x = t["rss_per_conn"] / worst_rss if worst_rss else None
-        fell_behind = (not collapsed and cpu_x is not None and rss_x is not None
-                       and peer_p99 is not None and cpu_x >= BEHIND_CPU_FACTOR
-                       and rss_x >= BEHIND_RSS_FACTOR and peer_p99 > 1.0)
-        facts["threads"] = {
-            "collapsed": collapsed, "fell_behind": fell_behind,
-            "failed_share": round(share, 4),
-            "echoes_per_s": t["echoes_per_s"],
-            "reference_echoes_per_s": tref["echoes_per_s"] if tref else None,
-            "throughput_ratio": None if ratio is None else round(ratio, 4),
-            "peer_echoes_per_s": slowest_eps, "peer_p99_us": worst_p99,
-            "peer_throughput_share": None if peer_share is None else round(peer_share, 4),
-            "peer_p99_factor": None if peer_p99 is None else round(peer_p99, 1),
-            "peer_cpu_factor": None if cpu_x is None else round(cpu_x, 1),
-            "peer_rss_factor": None if rss_x is None else round(rss_x, 1),
-            "p99_us": t["p99_us"], "reference_p99_us": tref["p99_us"] if tref else None,
-            "threads_reached": t["threads"], "served": t["served"],
-            "unaccepted": t["unaccepted"], "accepted_s": t["accepted_s"],
-        }
-        against = ""
-        if tref is not None:
-            against = (f" against {tref['echoes_per_s']:,.0f} at {ref:,}"
-                       + (f" ({ratio:.1%})" if ratio is not None else "")
-                       + f", p99 {_ms(t['p99_us'])}"
-                       + (" for those that got through" if t["failed"] else "")
-                       + f" against {_ms(tref['p99_us'])}")
-        accepted = ""
-        if t["accepted_s"] is not None:
-            accepted = f", all accepted {t['accepted_s']:.1f} s after the first connect"
-        elif t["unaccepted"]:
-            accepted = f", {t['unaccepted']:,} not accepted by the end"
-        peer = ""
-        if peer_share is not None and peer_p99 is not None and worst_p99:
-            peer = (f"; against the event loops at {big:,}: "
-                    f"{peer_share:.0%} of the slowest one's echoes/s, "
-                    f"{peer_p99:,.0f}x their worst p99 ({_ms(worst_p99)})")
-        figures = (f"{t['echoes_per_s']:,.0f} echoes/s{against}{peer}; "
-                   f"{_threads(t['threads'])}{accepted}")
-        if collapsed:
-            what = failure_words(t["failures"], big) if t["failed"] else "0 failed"
-            if t["timed_out"]:
-                what += f" (still waiting for an echo after {timeout:g} s: the GIL convoy)"
-            served = (f", {t['served']:,} got any echo"
-                      if t["served"] is not None and t["served"] < big else "")
-            parts.append(f"threads collapsed at {big:,}: {what}{served}, {figures}")
-        elif fell_behind and big >= collapse_at:
-            assert cpu_x is not None and rss_x is not None
-            parts.append(f"threads fell behind at {big:,} without collapsing this time "
-                         f"({t['failed']:,} failed): {figures}; it spent {cpu_x:,.1f}x the "
-                         f"event loops' worst CPU per echo and {rss_x:,.0f}x their RSS per "
-                         "connection")
-        elif big >= collapse_at:
-            problems.append(f"threads neither collapsed nor fell behind at {big:,}: {figures}; "
-                            f"{t['failed']:,} failed")
-        else:
-            parts.append(f"threads: {figures}, {t['failed']:,} failed at {big:,}; "
-                         f"the collapse needs {collapse_at:,} connections (not judged here: "
-                         "run without --quick)")
+    c = compare(rows, big, ref, held)
+    verdict = None
+    if c is not None:
+        t, tref = c.t, c.tref
+        verdict = ThreadsVerdict(
+            collapsed=c.collapsed, fell_behind=c.fell_behind,
+            failed_share=round(c.share, 4),
+            echoes_per_s=t.echoes_per_s,
+            reference_echoes_per_s=tref.echoes_per_s if tref else None,
+            throughput_ratio=_rounded(c.ratio, 4),
+            peer_echoes_per_s=c.slowest_eps, peer_p99_us=c.worst_p99,
+            peer_throughput_share=_rounded(c.peer_share, 4),
+            peer_p99_factor=_rounded(c.peer_p99, 1),
+            peer_cpu_factor=_rounded(c.cpu_x, 1),
+            peer_rss_factor=_rounded(c.rss_x, 1),
+            p99_us=t.p99_us, reference_p99_us=tref.p99_us if tref else None,
+            threads_reached=t.threads, served=t.served,
+            unaccepted=t.unaccepted, accepted_s=t.accepted_s,
+        )
+        if big >= collapse_at and not c.collapsed and not c.fell_behind:
+            problems.append(Problem(Trouble.THREADS_HELD_UP, "threads", big))
     elif big >= collapse_at:
-        problems.append("the threads model did not run: its collapse is half the lesson")
+        problems.append(Problem(Trouble.THREADS_MISSING, "threads", big))
 
-    # 3. every failure seen, in any row the parts above do not already describe
-    described = {("threads", big)} if t is not None else set()
-    others = [f"{r['name']}: {failure_words(r['failures'], r['connections'])}" for r in rows
-              if r["failed"] and (r["model"], r["connections"]) not in described
-              and not (r["model"] in held and not held[r["model"]])]
-    if others:
-        parts.append("also failed: " + "; ".join(others))
-
-    ok = not problems
-    fact = "; ".join(([f"NOT shown: {'; '.join(problems)}"] if problems else []) + parts)
-    return ok, fact, facts
+    facts = Facts(largest=big, reference=ref, collapse_at=collapse_at,
+                  collapse_required=big >= collapse_at, timeout=timeout, loops_held=held,
+                  threads=verdict, problems=tuple(problems))
+    return not problems, facts

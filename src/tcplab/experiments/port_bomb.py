@@ -32,28 +32,31 @@ How a verdict is kept honest (issue 11):
   ``--close-first``; ``two-destinations`` needs a server that accepts on
   127.0.0.2 too (bound to 0.0.0.0 or ::), judged from the addresses its LISTEN
   socket is bound to, and again from the bomb's refusals.
-* Each variant has ``shown`` (None when skipped), ``skipped`` (the reason),
-  and either ``lesson`` (what it showed, from its own figures) or ``why_not``
-  (which measured figure fell short).
+* Each variant has ``shown`` (None when skipped), ``skip`` (why, when
+  skipped) and ``short`` (which checks fell short, when not shown): reasons
+  as data, each worded by report/prose.py from the variant's own figures into
+  ``skipped``, ``lesson`` (what it showed) or ``why_not``.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
-from tcplab.errors import ConnectFailed
+from tcplab.errors import ConnectFailed, ExperimentFailed
+from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.probe import accepts_on
-from tcplab.experiments.result import Result
-from tcplab.experiments.sampler import StateSampler
+from tcplab.experiments.result import Progress, TimelineRow, say_nothing, timeline_of
+from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
-from tcplab.traffic.bomb import STALL_S
+from tcplab.records import RecordError, from_json
+from tcplab.traffic.bomb import BombResult, FirstError
 
 PORT = 8080
 PORT_LOW = 40000
@@ -62,7 +65,7 @@ VARIANTS = ("fresh", "pool", "default-reuse", "linger0", "server-closes", "two-d
 SECOND = "127.0.0.2"  # two-destinations: the second loopback address
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Settings:
     ports: int = 1000
     count: int = 3000
@@ -79,128 +82,173 @@ class Settings:
     variants: tuple[str, ...] = VARIANTS
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    """The settings as the result records them (``run with:`` in the report)."""
+
+    ports: int
+    count: int
+    reuse_count: int
+    pool_size: int
+    server: str  # "tcplab server (uvloop)" or "your server (CMD)"
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Port-bomb's figures are per variant: nothing for the experiment as a whole."""
+
+
+class Skip(enum.StrEnum):
+    """Why a variant did not run (report/prose.py words it)."""
+
+    NEEDS_CLOSE_FIRST = "needs-close-first"  # server-closes, against --server-cmd
+    NOT_LISTENING_THERE = "not-listening-there"  # --server-cmd listens elsewhere (absent_host)
+    REFUSED = "refused"  # two-destinations: every connection to the second one refused
+
+
+class Short(enum.StrEnum):
+    """A check a variant failed: each is worded from the variant's own figures."""
+
+    FIRST_ERROR_OTHER = "first-error-other"  # fresh: the first error was not EADDRNOTAVAIL
+    NEVER_FAILED = "never-failed"  # fresh: connect() never failed
+    TIME_WAIT_SHORT = "time-wait-short"  # fresh: TIME_WAIT under 90% of the range
+    FAILED = "failed"  # connections (pool: requests) failed
+    HUNG = "hung"  # connections stalled when the time bound stopped the bomb
+    TIME_WAIT_OVER_POOL = "time-wait-over-pool"  # pool: more TIME_WAIT than the pool
+    NOT_MORE_THAN_RANGE = "not-more-than-range"  # default-reuse: no more than the ports
+    TIME_WAIT_LEFT = "time-wait-left"  # linger0: TIME_WAIT above 0
+    NO_SERVER_TIME_WAIT = "no-server-time-wait"  # server-closes
+    CLIENT_TIME_WAIT = "client-time-wait"  # server-closes
+    FIRST_NOT_OUT = "first-not-out"  # two-destinations: the first did not run out
+    SECOND_SHORT = "second-short"  # two-destinations: the second took under 90%
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWaitEnd:
+    """TIME_WAIT sockets at the end, by side: the server's (sport = 8080) or the clients'."""
+
+    server_side: int
+    client_side: int
+
+
+@dataclass(frozen=True, slots=True)
 class Variant:
+    """One variant: its figures, verdict and (from report/prose.py) its sentences.
+
+    A skipped variant keeps the figures it has (two-destinations refused); the
+    others stay at their zero defaults.
+    """
+
+    name: str
+    shown: bool | None = None  # None: skipped
+    skipped: str | None = None  # words: why it was skipped (skip)
+    lesson: str | None = None  # words: what it showed, when shown
+    why_not: str | None = None  # words: which figure fell short (short)
+    ok: int = 0
+    failed: int = 0
+    unanswered: int = 0
+    unconnected: int = 0
+    stalled: int = 0  # in flight at the time bound is no fault; hung this long is
+    first_error: FirstError | None = None
+    time_wait_peak: int = 0  # this variant's own (time_wait_before taken off)
+    time_wait_before: int = 0
+    conns_per_s: float = 0.0
+    port_range: int | None = None
+    established_peak: int = 0
+    time_wait_end: TimeWaitEnd | None = None
+    runs: tuple[BombResult, ...] = ()  # each `tcplab bomb --json`, decoded
+    timeline: tuple[TimelineRow, ...] = ()
+    server_addresses: tuple[str, ...] | None = None  # --server-cmd: what it listens on
+    skip: Skip | None = None
+    short: tuple[Short, ...] = ()
+    absent_host: str | None = None  # NOT_LISTENING_THERE: where nothing accepts
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, Variant]):
+    """The port bomb's result: a variant per sub-run, each with its own timeline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
     name: str
     sysctls: dict[str, str]
     bombs: list[list[str]]  # extra tcplab bomb args, one list per run
     server_args: list[str] = field(default_factory=list)
 
 
-def _plan(s: Settings) -> list[Variant]:
+def _plan(s: Settings) -> list[Plan]:
     low = min(PORT_LOW, 65536 - s.ports)  # the range must end at 65535 at most
     narrow = {"net.ipv4.ip_local_port_range": f"{low} {low + s.ports - 1}",
               "net.ipv4.tcp_tw_reuse": "0"}
     n = str(s.count)
     plans = {
-        "fresh": Variant("fresh", narrow, [["--mode", "fresh", "--count", n]]),
-        "pool": Variant("pool", narrow, [["--mode", "pool", "--count", n,
-                                          "--pool-size", str(s.pool_size)]]),
-        "default-reuse": Variant("default-reuse", {"net.ipv4.tcp_tw_reuse": "2"},
-                                 [["--mode", "fresh", "--count", str(s.reuse_count),
-                                   "--duration", str(s.reuse_duration)]]),
-        "linger0": Variant("linger0", narrow, [["--mode", "linger0", "--count", n]]),
-        "server-closes": Variant("server-closes", narrow,
-                                 [["--mode", "fresh", "--count", n, "--wait-close"]],
-                                 server_args=["--close-first"]),
-        "two-destinations": Variant(
+        "fresh": Plan("fresh", narrow, [["--mode", "fresh", "--count", n]]),
+        "pool": Plan("pool", narrow, [["--mode", "pool", "--count", n,
+                                       "--pool-size", str(s.pool_size)]]),
+        "default-reuse": Plan("default-reuse", {"net.ipv4.tcp_tw_reuse": "2"},
+                              [["--mode", "fresh", "--count", str(s.reuse_count),
+                                "--duration", str(s.reuse_duration)]]),
+        "linger0": Plan("linger0", narrow, [["--mode", "linger0", "--count", n]]),
+        "server-closes": Plan("server-closes", narrow,
+                              [["--mode", "fresh", "--count", n, "--wait-close"]],
+                              server_args=["--close-first"]),
+        "two-destinations": Plan(
             "two-destinations", narrow,
             [["--mode", "fresh", "--count", str(s.ports * 2), "--host", "127.0.0.1"],
-             ["--mode", "fresh", "--count", str(s.ports * 2), "--host", "127.0.0.2"]],
+             ["--mode", "fresh", "--count", str(s.ports * 2), "--host", SECOND]],
             server_args=["--host", "0.0.0.0"],
         ),
     }
     return [plans[name] for name in s.variants]
 
 
-def run(settings: Settings | None = None, quick: bool = False,
-        progress: Callable[[str], None] = lambda _: None) -> Result:
+def effective(settings: Settings | None, quick: bool) -> Settings:
+    """The settings a run uses: the caller's, never changed (``--quick`` caps
+    default-reuse's count on a copy)."""
     s = settings or Settings()
-    if quick:
-        s.reuse_count = min(s.reuse_count, 32_000)
-    variants: list[dict[str, Any]] = []
+    return replace(s, reuse_count=min(s.reuse_count, 32_000)) if quick else s
+
+
+def run(settings: Settings | None = None, quick: bool = False,
+        progress: Progress = say_nothing) -> Result:
+    s = effective(settings, quick)
+    variants: list[Variant] = []
     for plan in _plan(s):
         if plan.server_args == ["--close-first"] and s.server_cmd:
-            variants.append(_skipped(plan.name, "needs a server that closes first (tcplab "
-                                     "server --close-first); --server-cmd runs yours"))
+            variants.append(Variant(plan.name, skip=Skip.NEEDS_CLOSE_FIRST))
             continue
         progress(f"port-bomb: {plan.name}")
         v = _run_variant(plan, s, progress)
-        if v["skipped"]:
-            progress(f"  {plan.name} skipped: {v['skipped']}")
+        if v.skip is not None:
+            progress(f"  {plan.name} skipped", v)  # cli/ words the reason (report/prose.py)
         variants.append(v)
-    ran = [v for v in variants if v["skipped"] is None]
-    ok = bool(ran) and all(v["shown"] for v in ran)
+    ran = [v for v in variants if v.skip is None]
     server = f"your server ({s.server_cmd})" if s.server_cmd else "tcplab server (uvloop)"
     return Result(
-        experiment="port-bomb", ok=ok, fact=_headline(variants),
-        settings={"ports": s.ports, "count": s.count, "reuse_count": s.reuse_count,
-                  "pool_size": s.pool_size, "server": server, "port": PORT},
-        variants=variants,
+        experiment="port-bomb", ok=bool(ran) and all(v.shown for v in ran),
+        settings=RunWith(ports=s.ports, count=s.count, reuse_count=s.reuse_count,
+                         pool_size=s.pool_size, server=server, port=PORT),
+        facts=Facts(), variants=tuple(variants),
     )
 
 
-def _skipped(name: str, reason: str, **figures: Any) -> dict[str, Any]:
-    return {"name": name, "shown": None, "skipped": reason, "lesson": None, "why_not": None,
-            **figures}
-
-
-def _headline(variants: list[dict[str, Any]]) -> str:
-    """One sentence from what the variants measured; nothing they did not see."""
-    by = {v["name"]: v for v in variants}
-    parts = []
-    fresh = by.get("fresh")
-    if fresh and fresh["skipped"] is None:
-        e = fresh.get("first_error")
-        if e and e["errno"] == 99:
-            later = fresh["ok"] - e["after_ok"]
-            parts.append(f"connect() failed with {e['name']} after {e['after_ok']:,} "
-                         f"connections in {e['at_s']:.2f} s"
-                         + (f" ({later:,} more, under way then, finished after it)"
-                            if later > 0 else "")
-                         + f", with {fresh['time_wait_peak']:,} of {fresh['port_range']:,} "
-                         "ports in TIME_WAIT")
-        elif e:
-            parts.append(f"fresh: the first error was {e['name']} ({e['message']}) after "
-                         f"{e['after_ok']:,} connections, not port exhaustion")
-        else:
-            parts.append(f"fresh: {fresh['ok']:,} connections and no error: the ports never "
-                         "ran out")
-    pool = by.get("pool")
-    if pool and pool["skipped"] is None:
-        parts.append(f"pooled: {pool['failed']:,} failures, TIME_WAIT {pool['time_wait_peak']:,}")
-    reuse = by.get("default-reuse")
-    if reuse and reuse["skipped"] is None:
-        parts.append(f"kernel defaults (tcp_tw_reuse=2): {reuse['ok']:,} connections, "
-                     f"{reuse['failed']:,} failures")
-    missed = [f"{v['name']} ({v['why_not']})" for v in variants
-              if v["skipped"] is None and not v["shown"]]
-    if missed:
-        parts.append("NOT shown: " + "; ".join(missed))
-    skipped = [f"{v['name']} ({v['skipped']})" for v in variants if v["skipped"]]
-    if skipped:
-        parts.append("skipped: " + "; ".join(skipped))
-    return "; ".join(parts) or "no variant ran"
-
-
-def _run_variant(plan: Variant, s: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
+def _run_variant(plan: Plan, s: Settings, progress: Progress) -> Variant:
     with Sandbox(plan.sysctls) as sb:
-        range_text = sb.run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"],
-                            stdout=subprocess.PIPE).stdout.decode().split()
+        range_text = (sb.sysctl("net.ipv4.ip_local_port_range") or "").split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
         server: ServerProcess | ForeignServer
-        addresses: list[str] | None = None
+        addresses: tuple[str, ...] | None = None
         if s.server_cmd:
             server = ForeignServer(sb, s.server_cmd, PORT)
-            addresses = server.addresses
+            addresses = tuple(server.addresses)
             hosts = [a[a.index("--host") + 1] for a in plan.bombs if "--host" in a]
-            missing = [h for h in hosts if not accepts_on(addresses, h)]
+            missing = [h for h in hosts if not accepts_on(list(addresses), h)]
             if missing:
                 server.stop()
-                return _skipped(plan.name, f"your server listens on "
-                                f"{' and '.join(addresses)} port {PORT} only, so nothing "
-                                f"accepts on {missing[0]}: start it on 0.0.0.0 (every "
-                                "address) to run this variant", server_addresses=addresses)
+                return Variant(plan.name, skip=Skip.NOT_LISTENING_THERE,
+                               server_addresses=addresses, absent_host=missing[0])
         else:
             server = ServerProcess(["--port", str(PORT), *plan.server_args], popen=sb.popen)
             server.start()
@@ -212,24 +260,25 @@ def _run_variant(plan: Variant, s: Settings, progress: Callable[[str], None]) ->
             runs.append(_bomb(sb, args, s.duration, lambda line: progress(f"  {line}")))
         time.sleep(0.3)  # a last sample or two of the plateau
         ends = _time_wait_sides(sb)
-        timeline = sampler.stop()
+        sampler.stop()
         server.stop()
-    v = _summarise(plan, s, runs, timeline, ends, port_range, sampler, before)
-    v["server_addresses"] = addresses
-    return v
+    v = _variant(plan, s, runs, timeline_of(sampler), ends, port_range, sampler, before)
+    return replace(v, server_addresses=addresses)
 
 
 def _bomb(sb: Sandbox, args: list[str], duration: float,
-          progress: Callable[[str], None]) -> dict[str, Any]:
+          progress: Callable[[str], None]) -> BombResult:
     if "--duration" not in args:
         args = ["--duration", str(duration), *args]
     proc = sb.popen(sb.tcplab("bomb", "--port", str(PORT), "--json", *args),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    said: list[str] = []
 
     def relay() -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
-            progress(raw.decode(errors="replace").rstrip())
+            said.append(raw.decode(errors="replace").rstrip())
+            progress(said[-1])
 
     t = threading.Thread(target=relay, daemon=True)
     t.start()
@@ -239,109 +288,73 @@ def _bomb(sb: Sandbox, args: list[str], duration: float,
     t.join(timeout=5)
     # ConnectFailed: not one connection was made (refused); its result still comes first.
     if proc.returncode not in (0, ConnectFailed.exit_code) or not out.strip():
-        raise RuntimeError(f"tcplab bomb exited with status {proc.returncode}")
-    result: dict[str, Any] = json.loads(out)
-    return result
+        raise ExperimentFailed(
+            f"tcplab bomb {' '.join(args)} exited with status {proc.returncode}: "
+            f"{said[-1] if said else 'no output'}",
+            hint="run that bomb by hand inside 'unshare -Urn' to see it whole, or run again "
+            "with --debug")
+    try:
+        return from_json(BombResult, json.loads(out))
+    except (ValueError, RecordError) as e:
+        raise ExperimentFailed(f"tcplab bomb wrote something else than its result: {e}",
+                               hint="this is a bug in tcplab: report it") from None
 
 
-def _time_wait_sides(sb: Sandbox) -> dict[str, int]:
+def _time_wait_sides(sb: Sandbox) -> TimeWaitEnd:
     """TIME_WAIT sockets at the end, by side: the server's (sport = 8080) or the clients'."""
     r = sb.run(sb.tcplab("sockets", "--port", str(PORT), "--state", "time-wait", "--json"),
                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     socks = json.loads(r.stdout)["sockets"] if r.returncode == 0 else []
     server = sum(1 for x in socks if x["sport"] == PORT)
-    return {"server_side": server, "client_side": len(socks) - server}
+    return TimeWaitEnd(server_side=server, client_side=len(socks) - server)
 
 
-def _summarise(plan: Variant, s: Settings, runs: list[dict[str, Any]],
-               timeline: list[list[Any]], ends: dict[str, int], port_range: int | None,
-               sampler: StateSampler, before: int) -> dict[str, Any]:
-    ok = sum(r["ok"] for r in runs)
-    failed = sum(r["failed"] for r in runs)
-    unanswered = sum(r["unanswered"] for r in runs)
-    unconnected = sum(r["unconnected"] for r in runs)
-    stalled = sum(r["stalled"] for r in runs)  # in flight at the time bound is no fault
-    first = next((r["first_error"] for r in runs if r["first_error"]), None)
+def _variant(plan: Plan, s: Settings, runs: list[BombResult], timeline: tuple[TimelineRow, ...],
+             ends: TimeWaitEnd, port_range: int | None, sampler: StateSampler,
+             before: int) -> Variant:
+    """The variant's figures from its bomb runs and samples, and its verdict."""
+    ok = sum(r.ok for r in runs)
+    failed = sum(r.failed for r in runs)
+    stalled = sum(r.stalled for r in runs)  # in flight at the time bound is no fault
+    first = next((r.first_error for r in runs if r.first_error), None)
     tw_peak = max(0, sampler.peak("TIME_WAIT") - before)
-    est_peak = max([sampler.peak("ESTABLISHED")]
-                   + [r["established_before_close"] or 0 for r in runs])
-    rate = max(r["conns_per_s"] for r in runs)
-    rng = port_range or 0
-    v: dict[str, Any] = {
-        "name": plan.name, "shown": None, "skipped": None, "lesson": None, "why_not": None,
-        "ok": ok, "failed": failed, "unanswered": unanswered, "unconnected": unconnected,
-        "stalled": stalled,
-        "first_error": first, "time_wait_peak": tw_peak, "time_wait_before": before,
-        "conns_per_s": rate, "port_range": port_range, "established_peak": est_peak,
-        "time_wait_end": ends, "runs": runs, "timeline": timeline,
-    }
-    waiting = (f"{stalled:,} connections hung (waiting {STALL_S:g} s or more when the time "
-               f"bound stopped the bomb; {unanswered:,} in all sent a request and got no echo)")
-    # (condition, what falls short) per variant: shown when every condition holds.
-    checks: list[tuple[bool, str]]
-    name = plan.name
-    if name == "fresh":
-        checks = [
-            (bool(first and first["errno"] == 99),
-             f"the first error was {first['name']}, not EADDRNOTAVAIL" if first
-             else "connect() never failed"),
-            (tw_peak >= 0.9 * rng, f"TIME_WAIT peaked at {tw_peak:,} of {rng:,} ports"),
-        ]
-        if first and first["errno"] == 99:
-            later = ok - first["after_ok"]
-            v["lesson"] = (f"{tw_peak:,} of the {rng:,} ports ended in TIME_WAIT "
-                           f"({ends['client_side']:,} on the clients' side at the end), and "
-                           f"connect() failed with EADDRNOTAVAIL after {first['after_ok']:,} "
-                           "ok" + (f"; {later:,} more, already under way then, finished "
-                                   f"after it ({ok:,} ok)" if later > 0 else ""))
-    elif name == "pool":
-        checks = [(failed == 0, f"{failed:,} requests failed"), (stalled == 0, waiting),
-                  (tw_peak <= s.pool_size,
-                   f"TIME_WAIT {tw_peak:,} with a pool of {s.pool_size}")]
-        v["lesson"] = (f"{s.pool_size} reused connections carried all {ok:,} requests: "
-                       f"TIME_WAIT {tw_peak:,} (only the pool's own close, at the end), "
-                       f"ESTABLISHED {est_peak} (both ends)")
-    elif name == "default-reuse":
-        checks = [(failed == 0, f"{failed:,} connections failed"), (stalled == 0, waiting),
-                  (ok > rng, f"{ok:,} connections, not more than the {rng:,} ports")]
-        v["lesson"] = (f"with tcp_tw_reuse = 2, {ok:,} connections fit in {rng:,} ports "
-                       f"and TIME_WAIT peaked at {tw_peak:,} ({tw_peak / max(rng, 1):.0%} of "
-                       "the range): connect() takes ports of one parity first (bind() gets "
-                       "the others) and on loopback reuses a port once its TIME_WAIT is 1 s "
-                       "old (tcp_tw_reuse_delay), so the bomb does not fail on a default "
-                       "kernel")
-    elif name == "linger0":
-        checks = [(failed == 0, f"{failed:,} connections failed"), (stalled == 0, waiting),
-                  (tw_peak == 0, f"TIME_WAIT {tw_peak:,}")]
-        v["lesson"] = (f"SO_LINGER 0 made close() send RST: {ok:,} connections, TIME_WAIT 0 "
-                       "and no failure; but a RST tells the server the connection failed "
-                       "(ECONNRESET), and any data still in flight is lost")
-    elif name == "server-closes":
-        checks = [(failed == 0, f"{failed:,} connections failed"), (stalled == 0, waiting),
-                  (ends["server_side"] > 0, "no TIME_WAIT on the server's side"),
-                  (ends["client_side"] == 0,
-                   f"{ends['client_side']:,} TIME_WAIT on the clients' side")]
-        v["lesson"] = (f"the server closed first, so TIME_WAIT moved to it "
-                       f"({ends['server_side']:,} on the server's side, {ends['client_side']} on "
-                       f"the clients'), and {ok:,} clients never ran out of ports")
-    else:  # two-destinations
-        first_run, second = runs[0], runs[1]
-        if second["ok"] == 0 and set(second["errors"]) == {"ECONNREFUSED"}:
-            v.update(shown=None, lesson=None,
-                     skipped=f"every connection to {second['host']} was refused "
-                     f"({second['failed']:,}): the server does not accept there")
-            return v
-        e1 = first_run["first_error"]
-        checks = [(bool(e1 and e1["errno"] == 99),
-                   f"{first_run['host']} did not run out of ports"),
-                  (second["ok"] >= 0.9 * rng,
-                   f"{second['host']} took {second['ok']:,} connections of {rng:,} ports")]
-        v["lesson"] = (f"{first_run['host']} ran out after {first_run['ok']:,} connections, "
-                       f"yet {second['host']} took {second['ok']:,} more with the same "
-                       f"{rng:,} ports: ports are per destination")
-    short = [why for holds, why in checks if not holds]
-    v["shown"] = not short
-    if short:
-        v["lesson"] = None
-        v["why_not"] = "; ".join(short)
-    return v
+    v = Variant(
+        name=plan.name, ok=ok, failed=failed, unanswered=sum(r.unanswered for r in runs),
+        unconnected=sum(r.unconnected for r in runs), stalled=stalled, first_error=first,
+        time_wait_peak=tw_peak, time_wait_before=before,
+        conns_per_s=max(r.conns_per_s for r in runs), port_range=port_range,
+        established_peak=max([sampler.peak("ESTABLISHED")]
+                             + [r.established_before_close or 0 for r in runs]),
+        time_wait_end=ends, runs=tuple(runs), timeline=timeline,
+    )
+    if plan.name == "two-destinations" and runs[1].ok == 0 and set(runs[1].errors) == {
+            "ECONNREFUSED"}:
+        return replace(v, skip=Skip.REFUSED)
+    short = [why for holds, why in checks(v, s.pool_size) if not holds]
+    return replace(v, shown=not short, short=tuple(short))
+
+
+def checks(v: Variant, pool_size: int) -> list[tuple[bool, Short]]:
+    """(condition, the reason when it fails) per check of the variant: shown when every
+    condition holds."""
+    rng = v.port_range or 0
+    first = v.first_error
+    ends = v.time_wait_end or TimeWaitEnd(0, 0)
+    no_failure = [(v.failed == 0, Short.FAILED), (v.stalled == 0, Short.HUNG)]
+    if v.name == "fresh":
+        return [(bool(first and first.errno == 99),
+                 Short.FIRST_ERROR_OTHER if first else Short.NEVER_FAILED),
+                (v.time_wait_peak >= 0.9 * rng, Short.TIME_WAIT_SHORT)]
+    if v.name == "pool":
+        return [*no_failure, (v.time_wait_peak <= pool_size, Short.TIME_WAIT_OVER_POOL)]
+    if v.name == "default-reuse":
+        return [*no_failure, (v.ok > rng, Short.NOT_MORE_THAN_RANGE)]
+    if v.name == "linger0":
+        return [*no_failure, (v.time_wait_peak == 0, Short.TIME_WAIT_LEFT)]
+    if v.name == "server-closes":
+        return [*no_failure, (ends.server_side > 0, Short.NO_SERVER_TIME_WAIT),
+                (ends.client_side == 0, Short.CLIENT_TIME_WAIT)]
+    # two-destinations
+    e1 = v.runs[0].first_error
+    return [(bool(e1 and e1.errno == 99), Short.FIRST_NOT_OUT),
+            (v.runs[1].ok >= 0.9 * rng, Short.SECOND_SHORT)]

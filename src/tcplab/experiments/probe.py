@@ -101,32 +101,7 @@ def all_checks() -> list[Check]:
     return [kernel(), sock_diag(), namespaces(), tracefs(), raw_packets(), fd_limits()]
 
 
-# --- is a server listening? (run inside a sandbox) ---------------------------------------------
-
-def listening_addresses(port: int, timeout: float, interval: float = 0.05) -> list[str]:
-    """The addresses a LISTEN socket on ``port`` is bound to, once one appears.
-
-    Read from the socket table (sock_diag), not by connecting: a probe
-    connection would itself be a socket on the port, and it closes first, so it
-    sits in TIME_WAIT on one ephemeral port for 60 s. Against a foreign server
-    that stray made ``port-bomb``'s pool and linger0 verdicts fail (TIME_WAIT 9
-    against 8, 1 against 0; issue 11) and took one port from the bomb. Listing
-    the listener also tells which addresses the server took: 127.0.0.1 alone
-    cannot serve the two-destinations variant (127.0.0.2).
-    Returns [] if nothing listens within ``timeout`` seconds.
-    """
-    import time
-
-    from tcplab.observe.sockets import SocketTable
-
-    deadline = time.monotonic() + timeout
-    with SocketTable() as table:
-        while True:
-            found = sorted({s.src for s in table.listeners(port)})
-            if found or time.monotonic() >= deadline:
-                return found
-            time.sleep(interval)
-
+# --- will a listener take a connection to this address? ---------------------------------------
 
 #: Addresses from which a connection to 127.0.0.2 is accepted: the wildcards (an
 #: AF_INET6 socket on :: takes IPv4 too unless IPV6_V6ONLY, off by default:
@@ -137,22 +112,3 @@ _COVERS_ANY = ("0.0.0.0", "::")
 def accepts_on(addresses: list[str], host: str) -> bool:
     """Would a listener bound to ``addresses`` accept a connection to ``host``?"""
     return any(a in _COVERS_ANY or a in (host, f"::ffff:{host}") for a in addresses)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tcplab.experiments.probe listening PORT TIMEOUT``: one JSON line,
-    ``{"listening": [addresses]}``; exit 1 if nothing listened in time."""
-    import json
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "listening":
-        sys.stderr.write("usage: python -m tcplab.experiments.probe listening PORT TIMEOUT\n")
-        return 2
-    found = listening_addresses(int(args[1]), float(args[2]))
-    sys.stdout.write(json.dumps({"listening": found}) + "\n")
-    return 0 if found else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """A private network namespace for each experiment, and every child inside it.
 
-``Sandbox`` starts a holder process (``nsholder.py``) that creates the
+``Sandbox`` starts a holder process (``tcplab.agents.nsholder``) that creates the
 namespace: as root a new network namespace, as anyone else a user namespace
 with a network namespace inside (unprivileged, where the kernel allows it).
 Children are started inside with :meth:`Sandbox.popen`: after fork, before
@@ -23,7 +23,6 @@ cut in half, and __exit__ finishes a close() that an early signal stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -34,9 +33,13 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from tcplab.agents.io import command
+from tcplab.agents.nsholder import Answer
+from tcplab.agents.sysctl import Sysctl
 from tcplab.errors import NotSupported
 from tcplab.interrupts import deferred, spawn
 from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, setns
+from tcplab.records import RecordError, from_json_line
 
 #: What an experiment needs to know about how a namespace could (not) be made.
 HOWTO = (
@@ -85,19 +88,21 @@ class Sandbox:
             raise
 
     def _start(self) -> None:
-        spec = json.dumps({"user": self.user, "sysctls": self.sysctls})
+        args = ["--user"] if self.user else []
+        for name, value in self.sysctls.items():
+            args += ["--sysctl", f"{name}={value}"]
         with deferred():
             self.holder = spawn(
-                [sys.executable, "-m", "tcplab.experiments.nsholder", spec],
+                command("nsholder", *args),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()
         try:
-            answer = json.loads(line) if line else {}
-        except ValueError:
-            answer = {}
-        if not answer.get("ready"):
+            answer = from_json_line(Answer, line)
+        except RecordError:
+            answer = Answer()  # no line: it died first (its stderr says why)
+        if not answer.ready:
             err = self.holder.stderr.read().decode(errors="replace") if self.holder.stderr else ""
             raise _explain(self.user, answer, err)
         pid = self.holder.pid
@@ -145,6 +150,13 @@ class Sandbox:
             raise
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
+    def sysctl(self, name: str) -> str | None:
+        """A sysctl's value inside the namespace (``40000 40999``), None if it has none;
+        read by a child inside (``tcplab.agents.sysctl``): the parent may not be able
+        to enter the namespace."""
+        r = self.run(command("sysctl", name), stdout=subprocess.PIPE)
+        return from_json_line(Sysctl, r.stdout).value
+
     def tcplab(self, *args: str) -> list[str]:
         """The command line that runs ``tcplab ARGS`` with this Python."""
         return [sys.executable, "-m", "tcplab", *args]
@@ -181,10 +193,10 @@ class Sandbox:
             self.holder = None
 
 
-def _explain(user: bool, answer: dict[str, Any], stderr: str) -> NotSupported:
-    stage = str(answer.get("error", "start"))
+def _explain(user: bool, answer: Answer, stderr: str) -> NotSupported:
+    stage = answer.error or "start"
     lines = stderr.strip().splitlines()
-    message = answer.get("message") or (lines[-1] if lines else "no output")
+    message = answer.message or (lines[-1] if lines else "no output")
     if stage.startswith("sysctl "):
         name = stage.split(" ", 1)[1]
         return NotSupported(

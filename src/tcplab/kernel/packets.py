@@ -213,32 +213,6 @@ def port_filter(port: int) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def run_filter(program: list[tuple[int, int, int, int]], frame: bytes) -> bool:
-    """A tiny classic-BPF interpreter for the instructions above (to test them)."""
-    a = x = pc = 0
-    while pc < len(program):
-        code, jt, jf, k = program[pc]
-        try:
-            if code == _LDH_ABS:
-                a = struct.unpack_from("!H", frame, k)[0]
-            elif code == _LDB_ABS:
-                a = frame[k]
-            elif code == _LDH_IND:
-                a = struct.unpack_from("!H", frame, x + k)[0]
-            elif code == _LDXB_MSH:
-                x = (frame[k] & 0xF) * 4
-            elif code == _JEQ:
-                pc += jt if a == k else jf
-            elif code == _JSET:
-                pc += jt if a & k else jf
-            elif code == _RET:
-                return k != 0
-        except (IndexError, struct.error):
-            return False  # the kernel drops a packet when a load is out of bounds
-        pc += 1
-    return False
-
-
 # -- pcap ------------------------------------------------------------------------
 
 PCAP_HEADER = struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, 1)

@@ -9,7 +9,11 @@ UNLIMITED = -1
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    soft: int  # -1 for "unlimited"
+    """A soft and a hard resource limit, -1 meaning unlimited: a row of
+    /proc/PID/limits, or this process's own ``getrlimit`` (RLIM_INFINITY is -1
+    in Python on Linux too), so both say the same thing the same way."""
+
+    soft: int
     hard: int
 
 
@@ -74,3 +78,40 @@ def parse_netstat(text: str) -> dict[str, dict[str, int]]:
             raise ValueError(f"mismatched netstat lines {prefix!r} / {vprefix!r}")
         out[prefix] = {k: int(v) for k, v in zip(keys.split(), vals.split(), strict=True)}
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What tcplab reads from /proc/PID/status."""
+
+    threads: int
+    rss_bytes: int  # VmRSS: resident anonymous + file + shmem pages (absent for kernel threads)
+
+
+def parse_status(text: str) -> Status:
+    """/proc/PID/status: ``Threads:`` and ``VmRSS:`` (in kB, proc(5))."""
+    rss = status_field(text, "VmRSS") or "0 kB"
+    return Status(threads=int(status_field(text, "Threads") or 0),
+                  rss_bytes=int(rss.split()[0]) * 1024)
+
+
+def parse_stat_ticks(text: str) -> tuple[int, int]:
+    """utime and stime, in clock ticks, from /proc/PID/stat (fields 14 and 15, proc(5)).
+
+    Fields are counted after the *last* ')': the command name (field 2) may
+    itself hold spaces and parentheses.
+    """
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[11]), int(fields[12])
+
+
+def count_epoll_watches(fdinfo: str) -> int:
+    """Files an epoll instance watches: one ``tfd:`` line each in its
+    /proc/PID/fdinfo/N (proc(5), "/proc/pid/fdinfo"; fs/eventpoll.c ep_show_fdinfo)."""
+    return sum(1 for line in fdinfo.splitlines() if line.startswith("tfd:"))
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """net.ipv4.ip_local_port_range: ``32768\t60999`` -> (32768, 60999)."""
+    low, high = (int(x) for x in text.split())
+    return low, high

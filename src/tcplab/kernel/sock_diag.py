@@ -20,8 +20,7 @@ request as an INET_DIAG_REQ_BYTECODE attribute, as ss sends it (``struct
 inet_diag_bc_op``; run by ``inet_diag_bc_run`` in ``net/ipv4/inet_diag.c``):
 one dump per address family, each walking the kernel's connection hash once.
 (An earlier version used the sockid's sport/dport, which needs two dumps per
-family: bench/states_vs_ss.py measured each walk at about 1.5 ms of kernel
-time with 20,000 sockets.)
+family, each walk a measured cost: bench/results.md, "Counting states".)
 
 The records (:class:`~tcplab.kernel.records.TcpSocket`) live in
 ``records.py``: counting must not pay for importing dataclasses.
@@ -61,7 +60,6 @@ MIN_REPLY = HDR_LEN + MSG_LEN
 # Offsets inside one reply message, from its nlmsghdr.
 OFF_FAMILY = HDR_LEN + 0
 OFF_STATE = HDR_LEN + 1
-OFF_SPORT = HDR_LEN + 4
 
 #: idiag_timer: which timer is pending (the values ss prints in timer:(...)).
 TIMERS = {0: "", 1: "retransmit", 2: "keepalive", 3: "time-wait", 4: "zero-window-probe"}
@@ -167,6 +165,3 @@ def count_states(
         off += (length + 3) & ~3
     return False
 
-
-def encode_done(seq: int = 1) -> bytes:
-    return NLMSGHDR.pack(HDR_LEN + 4, NLMSG_DONE, 2, seq, 0) + _I32.pack(0)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from tcplab.errors import UsageError
 from tcplab.kernel import tcp_states
-from tcplab.kernel.procfs import parse_limits, parse_netstat
+from tcplab.kernel.procfs import parse_netstat
 from tcplab.kernel.records import TcpSocket
+from tcplab.observe import procfs
 from tcplab.observe.netns import entered, pids_in
 from tcplab.observe.owners import Owner, OwnerMap, all_pids, read_comm
-from tcplab.observe.process import fds_in_use
 from tcplab.observe.sockets import SocketTable
 
 SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
@@ -57,23 +57,15 @@ class Thresholds:
     interval: float = 0.5  # between the two reads of ListenOverflows/ListenDrops
 
 
-def _read(path: str) -> str | None:
+def port_range(root: str = procfs.PROCFS_PATH) -> tuple[int, int]:
+    """The namespace's ephemeral ports (the kernel's default when unreadable)."""
+    return procfs.local_port_range(root) or (32768, 60999)
+
+
+def listen_counters(root: str = procfs.PROCFS_PATH) -> dict[str, int]:
     try:
-        with open(path) as f:
-            return f.read()
+        text = procfs.read_text("net/netstat", root)
     except OSError:
-        return None
-
-
-def port_range(procfs: str = "/proc") -> tuple[int, int]:
-    text = _read(f"{procfs}/sys/net/ipv4/ip_local_port_range") or "32768 60999"
-    low, high = (int(x) for x in text.split())
-    return low, high
-
-
-def listen_counters(procfs: str = "/proc") -> dict[str, int]:
-    text = _read(f"{procfs}/net/netstat")
-    if not text:
         return {}
     ext = parse_netstat(text).get("TcpExt", {})
     return {k: ext.get(k, 0) for k in ("ListenOverflows", "ListenDrops")}
@@ -148,13 +140,10 @@ def _close_wait(socks: list[TcpSocket], found: dict[int, Owner], t: Thresholds
 def _fd_exhaustion(pids: list[int], t: Thresholds) -> list[Finding]:
     out = []
     for pid in pids:
-        text = _read(f"/proc/{pid}/limits")
-        if text is None:
-            continue
         try:
-            limit = parse_limits(text).soft
-            used = fds_in_use(pid)
-        except (OSError, ValueError):
+            limit = procfs.fd_limit(pid).soft
+            used = procfs.fds_in_use(pid)
+        except procfs.ProcessError:
             continue
         if limit <= 0 or used == 0:
             continue

@@ -1,13 +1,17 @@
-"""The knobs behind the experiments: fd limits and TCP sysctls, with what they mean."""
+"""The knobs behind the experiments: fd limits and TCP sysctls, with what they mean.
+
+The sysctls are read with ``observe.procfs.sysctl`` while inside ``--netns``
+(the net.* ones are per namespace; a read sees the reader's namespace).
+"""
 
 from __future__ import annotations
 
-import resource
 from dataclasses import dataclass
 
+from tcplab.kernel.procfs import parse_port_range
 from tcplab.observe.netns import entered
-
-PROC_SYS = "/proc/sys"
+from tcplab.observe.process import own_fd_limit
+from tcplab.observe.procfs import PROCFS_PATH, sysctl
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,14 +19,6 @@ class Knob:
     name: str
     value: str
     meaning: str
-
-
-def _sysctl(name: str) -> str | None:
-    try:
-        with open(f"{PROC_SYS}/{name.replace('.', '/')}") as f:
-            return " ".join(f.read().split())
-    except OSError:
-        return None
 
 
 TW_REUSE = {
@@ -34,17 +30,17 @@ TW_REUSE = {
 }
 
 
-def read_knobs(netns: str | None = None) -> list[Knob]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def read_knobs(netns: str | None = None, root: str = PROCFS_PATH) -> list[Knob]:
+    limit = own_fd_limit()
     knobs = [
-        Knob("ulimit -n (soft)", str(soft),
+        Knob("ulimit -n (soft)", str(limit.soft),
              "fds this shell's processes may open; accept() fails with EMFILE beyond it"),
-        Knob("ulimit -Hn (hard)", str(hard),
+        Knob("ulimit -Hn (hard)", str(limit.hard),
              "the most a process may raise its own soft limit to (Go raises to it since 1.19)"),
     ]
     fs_names = ("fs.nr_open", "fs.file-nr")
     with entered(netns):
-        values = {name: _sysctl(name) for name in (
+        values = {name: sysctl(name, root) for name in (
             *fs_names, "net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse",
             "net.ipv4.tcp_tw_reuse_delay", "net.ipv4.tcp_fin_timeout",
             "net.ipv4.tcp_max_tw_buckets", "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog",
@@ -58,7 +54,7 @@ def read_knobs(netns: str | None = None) -> list[Knob]:
                           f"open files system-wide: {used} of {most}; beyond it, ENFILE"))
     port_range = values["net.ipv4.ip_local_port_range"]
     if port_range:
-        low, high = (int(x) for x in port_range.split())
+        low, high = parse_port_range(port_range)
         knobs.append(Knob("net.ipv4.ip_local_port_range", port_range,
                           f"{high - low + 1:,} ephemeral ports per destination (address, port); "
                           "connect() fails with EADDRNOTAVAIL when all are taken"))

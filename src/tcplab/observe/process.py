@@ -1,40 +1,21 @@
-"""Process facts the servers and the CLI need: fds in use and fd limits.
+"""This process's own fd facts, which the servers report: fds in use and the fd limit.
 
-Every ``/proc`` path is built from one ``procfs`` root so tests can point it
-elsewhere, as psutil does.
+The limit comes from ``getrlimit`` (no /proc read needed for ourselves) as the
+same ``Limit`` record ``/proc/PID/limits`` gives for any other process; the
+count is ``observe.procfs.fds_in_use``, the one /proc reader.
 """
 
 from __future__ import annotations
 
-import os
 import resource
-from dataclasses import dataclass
 
-PROCFS = "/proc"
+from tcplab.kernel.procfs import Limit
+from tcplab.observe.procfs import fds_in_use
 
-
-def fds_in_use(pid: int | str = "self", procfs: str = PROCFS) -> int:
-    """How many file descriptors ``pid`` has open.
-
-    Since Linux 6.2, ``stat()`` on ``/proc/PID/fd`` reports the number of open
-    fds in ``st_size`` (commit f1f1f2569901, "fs/proc: report open fds in
-    st_size"): one syscall instead of reading the whole directory. Older kernels
-    report 0 there, so fall back to counting the entries.
-    """
-    path = f"{procfs}/{pid}/fd"
-    size = os.stat(path).st_size
-    if size > 0:
-        return size
-    return len(os.listdir(path))
+__all__ = ["Limit", "fds_in_use", "own_fd_limit"]
 
 
-@dataclass(frozen=True, slots=True)
-class FdLimit:
-    soft: int
-    hard: int
-
-
-def own_fd_limit() -> FdLimit:
+def own_fd_limit() -> Limit:
     """This process's RLIMIT_NOFILE (what ``ulimit -Sn`` / ``ulimit -Hn`` print)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return FdLimit(soft, hard)
+    return Limit(soft, hard)

@@ -1,19 +1,21 @@
 """What the multiplexing lesson needs to know about a server process.
 
-Threads from /proc/PID/status, RSS, fds against the limit, and how many
+Threads and RSS from /proc/PID/status, fds against the limit, and how many
 sockets its epoll instances watch: each ``tfd:`` line of
 ``/proc/PID/fdinfo/N`` for an ``anon_inode:[eventpoll]`` fd is one watched
 file (proc(5), "/proc/pid/fdinfo"). "1 thread, 1 epoll instance watching
-10,000 sockets" is the C10k lesson in one line.
+10,000 sockets" is the C10k lesson in one line. Every read goes through
+``observe.procfs``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from tcplab.kernel.procfs import parse_limits, status_field
-from tcplab.observe.process import fds_in_use
+from tcplab.observe import procfs
+from tcplab.observe.procfs import PROCFS_PATH, AccessDenied, cpu_seconds, epoll_watches
+
+__all__ = ["ServerFacts", "cpu_seconds", "epoll_watches", "server_facts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,47 +30,16 @@ class ServerFacts:
     epoll_watches: int  # files watched by all its epoll instances together
 
 
-def epoll_watches(pid: int, procfs: str = "/proc") -> tuple[int, int]:
-    """(epoll instances, total watched fds) of a process."""
-    instances = watches = 0
-    base = f"{procfs}/{pid}"
+def server_facts(pid: int, root: str = PROCFS_PATH) -> ServerFacts:
+    """The facts of ``pid``; NoSuchProcess if it is gone."""
+    status = procfs.status(pid, root)
+    limit = procfs.fd_limit(pid, root).soft
     try:
-        names = os.listdir(f"{base}/fd")
-    except OSError:
-        return 0, 0
-    for name in names:
-        try:
-            if os.readlink(f"{base}/fd/{name}") != "anon_inode:[eventpoll]":
-                continue
-            with open(f"{base}/fdinfo/{name}") as f:
-                text = f.read()
-        except OSError:
-            continue
-        instances += 1
-        watches += sum(1 for line in text.splitlines() if line.startswith("tfd:"))
-    return instances, watches
-
-
-def server_facts(pid: int, procfs: str = "/proc") -> ServerFacts:
-    base = f"{procfs}/{pid}"
-    with open(f"{base}/status") as f:
-        status = f.read()
-    with open(f"{base}/limits") as f:
-        limit = parse_limits(f.read()).soft
-    with open(f"{base}/comm") as f:
-        command = f.read().strip()
-    rss_kb = status_field(status, "VmRSS") or "0 kB"
-    instances, watches = epoll_watches(pid, procfs)
+        instances, watches = epoll_watches(pid, root)
+    except AccessDenied:
+        instances = watches = 0  # another user's fds cannot be listed
     return ServerFacts(
-        pid=pid, command=command, threads=int(status_field(status, "Threads") or 0),
-        rss_bytes=int(rss_kb.split()[0]) * 1024, fds=fds_in_use(pid, procfs), fd_limit=limit,
+        pid=pid, command=procfs.comm(pid, root), threads=status.threads,
+        rss_bytes=status.rss_bytes, fds=procfs.fds_in_use(pid, root), fd_limit=limit,
         epoll_instances=instances, epoll_watches=watches,
     )
-
-
-def cpu_seconds(pid: int, procfs: str = "/proc") -> float:
-    """utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15)."""
-    with open(f"{procfs}/{pid}/stat") as f:
-        text = f.read()
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

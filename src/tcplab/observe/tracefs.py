@@ -17,6 +17,7 @@ import os
 import select
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from tcplab.errors import NotSupported, PrivilegeError
 from tcplab.interrupts import deferred
@@ -52,30 +53,23 @@ def find_tracefs(mount: bool = True) -> str:
     return CANDIDATES[0]
 
 
-#: What ``availability`` runs in a child: what ``tcplab trace`` does to start
-#: (find or privately mount tracefs, make an instance), then the instance removed.
-_TRY_PRIVATE = """
-import json, os
-from tcplab.errors import TcplabError
-from tcplab.observe.tracefs import PREFIX, STATE_EVENTS, find_tracefs
-try:
-    root = find_tracefs()
-    path = f"{root}/instances/{PREFIX}{os.getpid()}"
-    os.mkdir(path)
-    os.rmdir(path)
-    found = os.path.isdir(f"{root}/events/{STATE_EVENTS[0]}")
-    print(json.dumps({"ok": True, "root": root, "event": found}))
-except (TcplabError, OSError) as exc:
-    print(json.dumps({"ok": False, "message": str(exc)}))
-"""
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """What ``tcplab.agents.tracefs_probe`` found when it tried to start a trace."""
+
+    ok: bool
+    root: str | None = None  # where tracefs is (or was mounted privately)
+    event: bool = False  # sock:inet_sock_set_state is there
+    message: str | None = None  # why not, when not ok
 
 
 def availability() -> tuple[bool, str, str | None]:
     """Can ``tcplab trace`` trace here? (ok, what was found, the fix).
 
     As root with tracefs not mounted, ``trace`` mounts it in a private mount
-    namespace: that is tried for real, in a child (unshare(CLONE_NEWNS) needs
-    a single-threaded process, and this process's mounts must not change)."""
+    namespace: that is tried for real, in a child (``tcplab.agents.tracefs_probe``:
+    unshare(CLONE_NEWNS) needs a single-threaded process, and this process's
+    mounts must not change)."""
     if os.geteuid() != 0:
         return (False, "needs root", "run as root (sudo) for tcplab trace; "
                 "'tcplab trace --poll' works without it")
@@ -86,25 +80,25 @@ def availability() -> tuple[bool, str, str | None]:
             if not os.path.isdir(f"{path}/events/{STATE_EVENTS[0]}"):
                 return False, *no_event
             return True, f"{path} with sock:inet_sock_set_state", None
-    import json
     import subprocess
     import sys
+
+    from tcplab.records import from_json_line
 
     try:
         # Its own process group and signals held: a Ctrl-C cannot stop it between
         # its mkdir and its rmdir (the try takes about 0.1 s).
         with deferred():
-            r = subprocess.run([sys.executable, "-c", _TRY_PRIVATE], capture_output=True,
-                               text=True, stdin=subprocess.DEVNULL, timeout=30, check=False,
-                               process_group=0)
-        answer = json.loads(r.stdout or "{}")
+            r = subprocess.run([sys.executable, "-m", "tcplab.agents.tracefs_probe"],
+                               capture_output=True, stdin=subprocess.DEVNULL, timeout=30,
+                               check=False, process_group=0)
+        answer = from_json_line(Availability, r.stdout)  # RecordError (a ValueError): no answer
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        answer = {"ok": False, "message": str(exc)}
-    if not answer.get("ok"):
-        return (False, f"not mounted, and a private mount failed: "
-                f"{answer.get('message', 'no answer')}",
+        answer = Availability(ok=False, message=str(exc))
+    if not answer.ok:
+        return (False, f"not mounted, and a private mount failed: {answer.message}",
                 f"mount it: mount -t tracefs nodev {CANDIDATES[0]}")
-    if not answer.get("event"):
+    if not answer.event:
         return False, *no_event
     return (True, "not mounted on the host; tcplab trace mounts it in a private mount "
             "namespace of its own (tried: it works), with sock:inet_sock_set_state", None)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tcplab.experiments.handshake import Arrow
+    from tcplab.experiments.multiplex import Row
+    from tcplab.experiments.port_bomb import Variant
+    from tcplab.experiments.result import TimelineRow
 
 COLORS = {"TIME_WAIT": "#d62728", "ESTABLISHED": "#1f77b4", "CLOSE_WAIT": "#9467bd",
           "FIN_WAIT2": "#ff7f0e", "fds": "#2ca02c", "queue": "#8c564b"}
@@ -44,13 +51,13 @@ def _svg(fig: Any) -> str:
     return re.sub(r'(url\(#|href="#)([^")]+)', lambda m: f"{m[1]}{prefix}{m[2]}", text)
 
 
-def port_bomb(variants: list[dict[str, Any]]) -> str:
+def port_bomb(variants: Sequence[Variant]) -> str:
     fig, ax = _figure()
     for v in variants:
-        tl = v.get("timeline") or []
+        tl = v.timeline
         if not tl:
             continue
-        ax.plot([t for t, _ in tl], [s.get("TIME_WAIT", 0) for _, s in tl], label=v["name"])
+        ax.plot([s.t for s in tl], [s.states.get("TIME_WAIT", 0) for s in tl], label=v.name)
     ax.set_yscale("symlog", linthresh=10)  # 0 (linger0) and 14,000 (default-reuse) both show
     ax.set_xlabel("seconds since the variant started")
     ax.set_ylabel("sockets in TIME_WAIT")
@@ -59,17 +66,16 @@ def port_bomb(variants: list[dict[str, Any]]) -> str:
     return _svg(fig)
 
 
-def fd_leak(timeline: list[list[Any]], fd_limit: int | None) -> str:
+def fd_leak(timeline: Sequence[TimelineRow], fd_limit: int | None) -> str:
     fig, ax = _figure()
-    t = [row[0] for row in timeline]
-    get = [row[1] for row in timeline]
-    ax.plot(t, [g.get("server_fds") or 0 for g in get], color=COLORS["fds"],
+    t = [row.t for row in timeline]
+    ax.plot(t, [g.server_fds or 0 for g in timeline], color=COLORS["fds"],
             label="server fds")
-    ax.plot(t, [g["states"].get("CLOSE_WAIT", 0) for g in get], color=COLORS["CLOSE_WAIT"],
+    ax.plot(t, [g.states.get("CLOSE_WAIT", 0) for g in timeline], color=COLORS["CLOSE_WAIT"],
             label="CLOSE_WAIT (server)")
-    ax.plot(t, [g["states"].get("FIN_WAIT2", 0) for g in get], color=COLORS["FIN_WAIT2"],
+    ax.plot(t, [g.states.get("FIN_WAIT2", 0) for g in timeline], color=COLORS["FIN_WAIT2"],
             label="FIN_WAIT2 (clients)")
-    ax.plot(t, [g.get("listen_queue", 0) for g in get], color=COLORS["queue"],
+    ax.plot(t, [g.listen_queue or 0 for g in timeline], color=COLORS["queue"],
             label="accept queue (LISTEN Recv-Q)")
     if fd_limit:
         ax.axhline(fd_limit, color="black", linestyle="--", linewidth=1,
@@ -81,7 +87,7 @@ def fd_leak(timeline: list[list[Any]], fd_limit: int | None) -> str:
     return _svg(fig)
 
 
-def multiplex(rows: list[dict[str, Any]]) -> str:
+def multiplex(rows: Sequence[Row]) -> str:
     """The C10k table in one figure (the report has one chart per experiment):
     echoes/s and p99 against connections on top, where thread per connection
     collapses; RSS per connection and OS threads below. A collapsed row (most
@@ -94,28 +100,28 @@ def multiplex(rows: list[dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
 
     plt.close("all")
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    ladder = sorted({r["connections"] for r in rows})
+    models = list(dict.fromkeys(r.model for r in rows))
+    ladder = sorted({r.connections for r in rows})
     fig, ((eps, p99), (rss, threads)) = plt.subplots(2, 2, figsize=(10, 7.2))
     colors: dict[str, str] = {}
     for m in models:
-        mine = sorted((r for r in rows if r["model"] == m), key=lambda r: r["connections"])
-        n = [r["connections"] for r in mine]
-        line = eps.plot(n, [r["echoes_per_s"] for r in mine], marker="o", label=m)[0]
+        mine = sorted((r for r in rows if r.model == m), key=lambda r: r.connections)
+        n = [r.connections for r in mine]
+        line = eps.plot(n, [r.echoes_per_s for r in mine], marker="o", label=m)[0]
         colors[m] = line.get_color()
-        p99.plot(n, [max(r["p99_us"], 1.0) / 1000 for r in mine], marker="o", color=colors[m],
+        p99.plot(n, [max(r.p99_us, 1.0) / 1000 for r in mine], marker="o", color=colors[m],
                  label=m)
         for r in mine:
-            if not r.get("collapsed"):
+            if not r.collapsed:
                 continue
-            x, y_eps, y_p99 = r["connections"], r["echoes_per_s"], max(r["p99_us"], 1.0) / 1000
+            at, y_eps, y_p99 = r.connections, r.echoes_per_s, max(r.p99_us, 1.0) / 1000
             for ax, y in ((eps, y_eps), (p99, y_p99)):
-                ax.plot([x], [y], marker="X", markersize=11, color="#b00", linestyle="none")
-            eps.annotate(f"{m}: {r['flag']}", (x, y_eps), textcoords="offset points",
+                ax.plot([at], [y], marker="X", markersize=11, color="#b00", linestyle="none")
+            eps.annotate(f"{m}: {r.flag}", (at, y_eps), textcoords="offset points",
                          xytext=(-8, 16), ha="right", fontsize=7, color="#b00")
-            p99.annotate(f"{m}: p99 of the {r['echoes']:,} echoes that got through;\n"
-                         f"{r['failed']:,} connections still waiting are not in it",
-                         (x, y_p99), textcoords="offset points", xytext=(-10, -30),
+            p99.annotate(f"{m}: p99 of the {r.echoes:,} echoes that got through;\n"
+                         f"{r.failed:,} connections still waiting are not in it",
+                         (at, y_p99), textcoords="offset points", xytext=(-10, -30),
                          ha="right", fontsize=7, color="#b00")
     for ax, title in ((eps, "verified echoes per second"),
                       (p99, "round-trip p99 (ms, log scale)")):
@@ -131,16 +137,16 @@ def multiplex(rows: list[dict[str, Any]]) -> str:
     width = 0.8 / max(1, len(models))
     x = np.arange(len(ladder))
     for i, m in enumerate(models):
-        by_n = {r["connections"]: r for r in rows if r["model"] == m}
-        bars = rss.bar(x + i * width, [(by_n.get(n, {}).get("rss_per_conn") or 0) / 1024
-                                       for n in ladder], width, label=m, color=colors[m])
-        for bar, n in zip(bars, ladder, strict=True):
-            if by_n.get(n, {}).get("collapsed"):  # not a clean measurement: say so on the bar
+        by_n = {r.connections: r for r in rows if r.model == m}
+        bars = rss.bar(x + i * width, [(by_n[k].rss_per_conn if k in by_n else 0) / 1024
+                                       for k in ladder], width, label=m, color=colors[m])
+        for bar, k in zip(bars, ladder, strict=True):
+            if k in by_n and by_n[k].collapsed:  # not a clean measurement: say so on the bar
                 bar.set_hatch("//")
                 bar.set_alpha(0.5)
                 rss.annotate("collapsed", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                              ha="center", va="bottom", fontsize=7, color="#b00")
-        threads.bar(x + i * width, [by_n.get(n, {}).get("threads") or 0 for n in ladder],
+        threads.bar(x + i * width, [(by_n[k].threads or 0) if k in by_n else 0 for k in ladder],
                     width, label=m, color=colors[m])
     for ax, title in ((rss, "server RSS per connection (KiB)"),
                       (threads, "server OS threads (log scale)")):
@@ -153,7 +159,7 @@ def multiplex(rows: list[dict[str, Any]]) -> str:
     return _svg(fig)
 
 
-def sequence(seq: list[dict[str, Any]]) -> str:
+def sequence(seq: Sequence[Arrow]) -> str:
     """The handshake as a sequence diagram: client and server lines, one arrow a packet."""
     _figure()  # selects the Agg backend
     import matplotlib.pyplot as plt
@@ -168,13 +174,13 @@ def sequence(seq: list[dict[str, Any]]) -> str:
         ax.plot([x, x], [-0.3, len(seq) + 0.3], color="gray", linewidth=1)
         ax.text(x, -0.6, name, ha="center", fontsize=10, fontweight="bold")
     for i, p in enumerate(seq):
-        a, b = (2, 8) if p["from"] == "client" else (8, 2)
-        color = "#d62728" if "RST" in p["word"] else ("#1f77b4" if "SYN" in p["word"] else
-                                                      ("#9467bd" if "FIN" in p["word"] else
-                                                       "#555555"))
+        a, b = (2, 8) if p.from_ == "client" else (8, 2)
+        color = "#d62728" if "RST" in p.word else ("#1f77b4" if "SYN" in p.word else
+                                                   ("#9467bd" if "FIN" in p.word else
+                                                    "#555555"))
         ax.annotate("", xy=(b, i + 0.5), xytext=(a, i),
                     arrowprops={"arrowstyle": "->", "color": color})
-        ax.text(5, i + 0.15, f"{p['word']} [{p['flags']}]", ha="center", fontsize=8,
+        ax.text(5, i + 0.15, f"{p.word} [{p.flags}]", ha="center", fontsize=8,
                 color=color)
-        ax.text(0.1, i + 0.25, f"{p['t'] * 1000:.1f} ms", fontsize=7, color="gray")
+        ax.text(0.1, i + 0.25, f"{p.t * 1000:.1f} ms", fontsize=7, color="gray")
     return _svg(fig)

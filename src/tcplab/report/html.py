@@ -11,12 +11,14 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tcplab.experiments.result import Event, Result
+from tcplab.experiments import fd_leak, handshake, multiplex, port_bomb
+from tcplab.experiments.result import Result, decode
 from tcplab.report import charts
 from tcplab.report.lessons import LESSONS, placement, quotes
+from tcplab.report.prose import worded
 from tcplab.report.terminal import (
     multiplex_cells,
     multiplex_row_notes,
@@ -24,6 +26,8 @@ from tcplab.report.terminal import (
     settings_text,
 )
 from tcplab.words import plural
+
+AnyResult = Result[Any, Any, Any]
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
@@ -42,38 +46,38 @@ figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
 """
 
 
-def _charts(r: Result) -> list[tuple[str, str]]:
+def _charts(r: AnyResult) -> list[tuple[str, str]]:
     """(caption, svg) pairs for one experiment."""
     out: list[tuple[str, str]] = []
-    if r.experiment == "port-bomb" and r.variants:
+    if isinstance(r, port_bomb.Result) and r.variants:
         out.append(("TIME_WAIT over time, per variant", charts.port_bomb(r.variants)))
-    if r.experiment == "fd-leak" and r.timeline:
-        out.append(("The leaking server over time", charts.fd_leak(r.timeline,
-                                                                   r.facts.get("fd_limit"))))
-    if r.experiment == "multiplex" and r.variants:
+    if isinstance(r, fd_leak.Result) and r.timeline:
+        out.append(("The leaking server over time",
+                    charts.fd_leak(r.timeline, r.facts.fd_limit if r.facts else None)))
+    if isinstance(r, multiplex.Result) and r.variants:
         out.append(("The C10k table as charts: echoes/s and p99 per model against "
                     "connections (a red cross: a collapsed row, most connections failed), RSS "
                     "per connection and OS threads", charts.multiplex(r.variants)))
-    if r.experiment == "handshake" and r.facts.get("sequence"):
+    if isinstance(r, handshake.Result) and r.facts is not None and r.facts.sequence:
         out.append(("The connection's packets as a sequence diagram",
-                    charts.sequence(r.facts["sequence"])))
+                    charts.sequence(r.facts.sequence)))
     return out
 
 
-def _errors(r: Result) -> list[str]:
+def _errors(r: AnyResult) -> list[str]:
     """Errors seen, verbatim."""
     seen: list[str] = []
-    for v in r.variants:
-        e = v.get("first_error")
-        if e:
-            seen.append(f"{v['name']}: [Errno {e['errno']}] {e['name']}: {e['message']}")
-    line = r.facts.get("emfile_log_line")
-    if line:
-        seen.append(f"server log: {line}")
+    if isinstance(r, port_bomb.Result):
+        for v in r.variants:
+            e = v.first_error
+            if e:
+                seen.append(f"{v.name}: [Errno {e.errno}] {e.name}: {e.message}")
+    if isinstance(r, fd_leak.Result) and r.facts is not None and r.facts.emfile_log_line:
+        seen.append(f"server log: {r.facts.emfile_log_line}")
     return seen
 
 
-def _lesson_box(topic: str, run: Mapping[str, Result]) -> str:
+def _lesson_box(topic: str, run: Mapping[str, AnyResult]) -> str:
     """One lesson: its explanation, then its figures from this run (or, for an
     experiment that did not run here, from a recorded run, saying when and where)."""
     lesson = LESSONS[topic]
@@ -88,17 +92,17 @@ def _lesson_box(topic: str, run: Mapping[str, Result]) -> str:
             "</div>")
 
 
-def _multiplex(r: Result) -> str:
+def _multiplex(r: multiplex.Result) -> str:
     """The C10k table, a collapsed row marked, and every failure with what it means."""
     head = ("model", "connections", "threads", "epoll watches", "RSS/conn", "CPU/echo", "p99",
             "echoes/s", "all accepted", "failed")
     rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for v in r.variants:
         c = multiplex_cells(v)
-        cells = (v["model"], f"{v['connections']:,}", f"{v['threads'] or 0:,}",
-                 f"{v['epoll_watches'] or 0:,}", c["rss"], c["cpu"], c["p99"], c["eps"],
+        cells = (v.model, f"{v.connections:,}", f"{v.threads or 0:,}",
+                 f"{v.epoll_watches or 0:,}", c["rss"], c["cpu"], c["p99"], c["eps"],
                  c["accepted"], c["failed"])
-        cls = ' class="fail"' if v.get("collapsed") else ""
+        cls = ' class="fail"' if v.collapsed else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells)
                     + "</tr>")
     rows.append("</table>")
@@ -106,24 +110,25 @@ def _multiplex(r: Result) -> str:
     if notes:
         rows.append("<p>Failures seen, and what they mean:</p><ul>"
                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    if r.facts.get("rules"):
-        rows.append(f'<p class="meta">Verdict: {html.escape(r.facts["rules"])}.</p>')
+    if r.facts is not None and r.facts.rules:
+        rows.append(f'<p class="meta">Verdict: {html.escape(r.facts.rules)}.</p>')
     return "\n".join(rows)
 
 
-def _section(r: Result, index: int, run: Mapping[str, Result], topics: list[str]) -> str:
+def _section(r: AnyResult, index: int, run: Mapping[str, AnyResult], topics: list[str]) -> str:
     status, cls = (("skipped", "skip") if r.skipped else
                    ("shown", "ok") if r.ok else ("NOT shown", "fail"))
     parts = [f'<section id="{html.escape(r.experiment)}">',
              f"<h2>{index}. {html.escape(r.experiment)} "
              f'<span class="{cls}">({status})</span></h2>',
              f"<p><strong>{html.escape(r.skipped or r.fact)}</strong></p>"]
-    if r.settings:
-        parts.append(f'<p class="meta">Run with: {html.escape(settings_text(r.settings))}</p>')
+    run_with = "" if r.settings is None else settings_text(r.settings)
+    if run_with:
+        parts.append(f'<p class="meta">Run with: {html.escape(run_with)}</p>')
     for caption, svg in ([] if r.skipped else _charts(r)):
         parts.append(f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}'
                      "</figcaption></figure>")
-    if r.experiment == "multiplex" and r.variants and not r.skipped:
+    if isinstance(r, multiplex.Result) and r.variants and not r.skipped:
         parts.append(_multiplex(r))
     errors = _errors(r)
     if errors:
@@ -138,19 +143,16 @@ def _section(r: Result, index: int, run: Mapping[str, Result], topics: list[str]
     return "\n".join(parts)
 
 
-def read_results(bodies: list[dict[str, Any]]) -> list[Result]:
-    """results.json (or ``--json`` lines) back into Results, as the report reads them."""
-    out = []
-    for body in bodies:
-        fields = {k: v for k, v in body.items() if k != "schema"}
-        fields["events"] = [Event(**e) for e in fields.get("events", [])]
-        out.append(Result(**fields))
-    return out
+def read_results(bodies: Sequence[Mapping[str, Any]]) -> list[AnyResult]:
+    """results.json (or ``--json`` lines) back into each experiment's own Result."""
+    return [decode(body) for body in bodies]
 
 
-def write(results: list[Result], directory: str, bodies: list[dict[str, Any]],
+def write(results: Sequence[AnyResult], directory: str, bodies: list[dict[str, Any]],
           command: str | None = None) -> str:
-    """``command``: the command line that made the results, shown under the title."""
+    """``command``: the command line that made the results, shown under the title.
+    ``bodies``: the results as ``--json`` printed them (results.json)."""
+    results = [worded(r) for r in results]
     os.makedirs(directory, exist_ok=True)
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     cores = os.cpu_count()

@@ -27,8 +27,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tcplab.agents.half_close import Side
+from tcplab.experiments import fd_leak, half_close, handshake, multiplex, port_bomb
 from tcplab.experiments.result import Result
 from tcplab.words import duration_us, plural
+
+AnyResult = Result[Any, Any, Any]
 
 #: Where the recorded figures were measured.
 MACHINE = "Linux 6.18, 2 cores"
@@ -44,21 +48,21 @@ class Figures:
     recorded: str  # the figures of that run, one sentence or two, no final full stop
     #: The same sentence from this run's Result; None when the Result lacks the fields
     #: (the experiment failed, or ran without the option that measures them).
-    this_run: Callable[[Result], str | None] | None = None
+    this_run: Callable[[Any], str | None] | None = None
     context: str = ""  # how the command was run, when it matters
 
     def provenance(self) -> str:
         how = f" {self.context}" if self.context else ""
         return f"measured on {MACHINE}, on {self.when}, with `{self.command}`{how}"
 
-    def sentence(self, result: Result) -> str | None:
+    def sentence(self, result: AnyResult) -> str | None:
         """This run's figures, or None when the result does not have them."""
         if self.this_run is None or result.skipped:
             return None
         try:
             return self.this_run(result)
         except (KeyError, TypeError, IndexError, AttributeError, ValueError,
-                ZeroDivisionError):
+                ZeroDivisionError, AssertionError):
             return None  # a field this run did not produce: say so, quote nothing
 
 
@@ -84,10 +88,10 @@ def _seconds(timer: str) -> float | None:
     return float(word[:-1]) if word.endswith("s") else None
 
 
-def _half_close_time_wait(r: Result) -> str | None:
-    steps = r.facts["steps"]
-    waits = [(s["t"], _seconds(s["client"]["timer"]), s["client"].get("owner"))
-             for s in steps if s["client"] and s["client"]["state"] == "TIME_WAIT"]
+def _half_close_time_wait(r: half_close.Result) -> str | None:
+    assert r.facts is not None
+    waits = [(s.t, _seconds(s.client.timer), s.client.owner)
+             for s in r.facts.steps if s.client and s.client.state == "TIME_WAIT"]
     if not waits:
         return ("after both sides closed, this run's samples never caught the client's "
                 "socket in TIME_WAIT")
@@ -102,12 +106,12 @@ def _half_close_time_wait(r: Result) -> str | None:
     return text
 
 
-def _half_close_states(r: Result) -> str | None:
-    def where(side: dict[str, Any] | None) -> str:
-        return f"in {side['state']}" if side else "gone"
+def _half_close_states(r: half_close.Result) -> str | None:
+    def where(side: Side | None) -> str:
+        return f"in {side.state}" if side else "gone"
 
-    steps = r.facts["steps"]
-    seen = [(where(s["client"]), where(s["server"])) for s in steps]
+    assert r.facts is not None
+    seen = [(where(s.client), where(s.server)) for s in r.facts.steps]
     text = (f"after the client's shutdown(SHUT_WR), the client's socket was {seen[1][0]} and "
             f"the server's {seen[1][1]}")
     if seen[1] == seen[2] == ("in FIN_WAIT2", "in CLOSE_WAIT"):
@@ -117,130 +121,137 @@ def _half_close_states(r: Result) -> str | None:
                    f"the server's {seen[3][1]}")
 
 
-def _fd_leak_close_wait(r: Result) -> str | None:
-    f, fin = r.facts, r.settings.get("tcp_fin_timeout")
+def _fd_leak_close_wait(r: fd_leak.Result) -> str | None:
+    f, fin = r.facts, r.settings.tcp_fin_timeout if r.settings else None
+    assert f is not None
     text = (f"with tcp_fin_timeout = {fin} s, "
-            f"{plural(f['server_close_wait_peak'], 'server socket')} in CLOSE_WAIT and "
-            f"{plural(f['client_fin_wait2_peak'], 'client socket')} in FIN_WAIT2 at the peak; "
-            f"after the wait, FIN_WAIT2 {f['client_fin_wait2_after_timeout']:,} and CLOSE_WAIT "
-            f"still {f['server_close_wait_after_timeout']:,}")
-    fixed = next((v for v in r.variants if v.get("name") == "fixed"), {})
-    if fixed.get("skipped"):  # a --server-cmd that leaks whatever LEAK says
-        return text + f"; the round without LEAK was skipped: {fixed['skipped']}"
-    if "fixed_close_wait_persisting" not in f:  # a result recorded before it was measured
-        return text + f"; the server that closes: CLOSE_WAIT peak {f['fixed_close_wait_peak']:,}"
+            f"{plural(f.server_close_wait_peak, 'server socket')} in CLOSE_WAIT and "
+            f"{plural(f.client_fin_wait2_peak, 'client socket')} in FIN_WAIT2 at the peak; "
+            f"after the wait, FIN_WAIT2 {f.client_fin_wait2_after_timeout:,} and CLOSE_WAIT "
+            f"still {f.server_close_wait_after_timeout:,}")
+    fixed = next((v for v in r.variants if v.name == "fixed"), None)
+    if fixed is not None and fixed.skip is not None:  # a --server-cmd that leaks anyway
+        return text + f"; the round without LEAK was skipped: {fixed.skipped}"
+    if f.fixed_close_wait_persisting is None:  # a result recorded before it was measured
+        return text + f"; the server that closes: CLOSE_WAIT peak {f.fixed_close_wait_peak:,}"
     # Judged once the server had had time to close; the peak is a transient.
     return text + (f"; the server that closes: CLOSE_WAIT "
-                   f"{f['fixed_close_wait_persisting']:,} once it had closed (peak "
-                   f"{f['fixed_close_wait_peak']:,} while the clients closed)")
+                   f"{f.fixed_close_wait_persisting:,} once it had closed (peak "
+                   f"{f.fixed_close_wait_peak:,} while the clients closed)")
 
 
-def _fd_leak_keepalive(r: Result) -> str | None:
+def _fd_leak_keepalive(r: fd_leak.Result) -> str | None:
     f = r.facts
-    if "keepalive_close_wait_after" not in f:
+    assert f is not None
+    if f.keepalive_close_wait_after is None:
         return None  # the run had no --keepalive round
     return (f"with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT "
-            f"{f['keepalive_close_wait_after']:,} after the peers left and fds still "
-            f"{f['keepalive_fds_after']:,}")
+            f"{f.keepalive_close_wait_after:,} after the peers left and fds still "
+            f"{f.keepalive_fds_after:,}")
 
 
-def _fd_leak_limit(r: Result) -> str | None:
+def _fd_leak_limit(r: fd_leak.Result) -> str | None:
     f = r.facts
-    c = f["clients"]
-    limit = f["fd_limit"]
-    text = (f"limit {limit:,}, backlog {f['backlog']:,}: the leaking server's fds peaked at "
-            f"{f['server_fds_peak']:,} of {limit:,}; ")
-    if f["emfile_log_line"]:
-        text += f"its log said \"{f['emfile_log_line']}\"; "
+    assert f is not None and f.clients is not None and f.fd_limit is not None
+    c = f.clients
+    limit = f.fd_limit
+    text = (f"limit {limit:,}, backlog {f.backlog:,}: the leaking server's fds peaked at "
+            f"{f.server_fds_peak:,} of {limit:,}; ")
+    if f.emfile_log_line:
+        text += f"its log said \"{f.emfile_log_line}\"; "
     else:
         text += "its log never said \"Too many open files\"; "
-    return text + (f"accept queue peak {f['accept_queue_peak']:,}; of "
-                   f"{plural(c['clients'], 'client')}, {c['echoed']:,} got their echo, "
-                   f"{c['no_echo']:,} connected without an echo and "
-                   f"{c['connect_timeouts']:,} never connected (SYN_SENT)")
+    return text + (f"accept queue peak {f.accept_queue_peak:,}; of "
+                   f"{plural(c.clients, 'client')}, {c.echoed:,} got their echo, "
+                   f"{c.no_echo:,} connected without an echo and "
+                   f"{c.connect_timeouts:,} never connected (SYN_SENT)")
 
 
-def _bomb_variants(r: Result) -> dict[str, dict[str, Any]]:
-    return {v["name"]: v for v in r.variants if not v.get("skipped")}
+def _bomb_variants(r: port_bomb.Result) -> dict[str, port_bomb.Variant]:
+    return {v.name: v for v in r.variants if v.skip is None}
 
 
-def _port_bomb(r: Result) -> str | None:
+def _port_bomb(r: port_bomb.Result) -> str | None:
     by = _bomb_variants(r)
     parts = []
     fresh = by.get("fresh")
     if fresh:
-        e, ports = fresh["first_error"], fresh["port_range"]
-        if e and e["errno"] == 99:
+        e, ports = fresh.first_error, fresh.port_range
+        assert ports is not None
+        if e and e.errno == 99:
             parts.append(f"with a {ports:,}-port range and tcp_tw_reuse = 0, connect() failed "
-                         f"with EADDRNOTAVAIL after {plural(e['after_ok'], 'connection')} in "
-                         f"{e['at_s']:.2f} s; TIME_WAIT peaked at {fresh['time_wait_peak']:,}")
+                         f"with EADDRNOTAVAIL after {plural(e.after_ok, 'connection')} in "
+                         f"{e.at_s:.2f} s; TIME_WAIT peaked at {fresh.time_wait_peak:,}")
         elif e:
-            parts.append(f"with a {ports:,}-port range, the first error was {e['name']} "
-                         f"({e['message']}), not port exhaustion")
+            parts.append(f"with a {ports:,}-port range, the first error was {e.name} "
+                         f"({e.message}), not port exhaustion")
         else:
-            parts.append(f"with a {ports:,}-port range, {plural(fresh['ok'], 'connection')} "
+            parts.append(f"with a {ports:,}-port range, {plural(fresh.ok, 'connection')} "
                          "and no error")
     pool = by.get("pool")
     if pool:
-        parts.append(f"over {plural(r.settings['pool_size'], 'pooled connection')}, "
-                     f"{plural(pool['ok'], 'request')} had {plural(pool['failed'], 'failure')}"
-                     f" and TIME_WAIT peaked at {pool['time_wait_peak']:,}")
+        assert r.settings is not None
+        parts.append(f"over {plural(r.settings.pool_size, 'pooled connection')}, "
+                     f"{plural(pool.ok, 'request')} had {plural(pool.failed, 'failure')}"
+                     f" and TIME_WAIT peaked at {pool.time_wait_peak:,}")
     two = by.get("two-destinations")
-    if two and len(two.get("runs", ())) == 2:
-        one, other = two["runs"]
-        parts.append(f"toward 127.0.0.1, {plural(one['ok'], 'connection')} and "
-                     f"{plural(one['failed'], 'failure')}; toward 127.0.0.2, from the same "
-                     f"ports, {plural(other['ok'], 'connection')} and "
-                     f"{plural(other['failed'], 'failure')}")
+    if two and len(two.runs) == 2:
+        one, other = two.runs
+        parts.append(f"toward 127.0.0.1, {plural(one.ok, 'connection')} and "
+                     f"{plural(one.failed, 'failure')}; toward 127.0.0.2, from the same "
+                     f"ports, {plural(other.ok, 'connection')} and "
+                     f"{plural(other.failed, 'failure')}")
     linger = by.get("linger0")
     if linger:
-        parts.append(f"with SO_LINGER 0, {plural(linger['failed'], 'failure')} and TIME_WAIT "
-                     f"peak {linger['time_wait_peak']:,}")
+        parts.append(f"with SO_LINGER 0, {plural(linger.failed, 'failure')} and TIME_WAIT "
+                     f"peak {linger.time_wait_peak:,}")
     return "; ".join(parts) or None
 
 
-def _default_reuse(r: Result) -> str | None:
+def _default_reuse(r: port_bomb.Result) -> str | None:
     v = _bomb_variants(r).get("default-reuse")
     if not v:
         return None
-    return (f"with the kernel's defaults (tcp_tw_reuse = 2, {v['port_range']:,} ports), "
-            f"{plural(v['ok'], 'connection')}, {plural(v['failed'], 'failure')}, TIME_WAIT "
-            f"peaked at {v['time_wait_peak']:,}")
+    assert v.port_range is not None
+    return (f"with the kernel's defaults (tcp_tw_reuse = 2, {v.port_range:,} ports), "
+            f"{plural(v.ok, 'connection')}, {plural(v.failed, 'failure')}, TIME_WAIT "
+            f"peaked at {v.time_wait_peak:,}")
 
 
-def _handshake(r: Result) -> str | None:
+def _handshake(r: handshake.Result) -> str | None:
     f = r.facts
-    text = (f"{plural(f['packets'], 'packet')} ({f['syn']} SYN, {f['syn_ack']} SYN-ACK, "
-            f"{f['fin']} FIN, {f['rst']} RST), {plural(f['transitions'], 'state change')} and "
-            f"{plural(f['syscalls'], 'socket call')} on one timeline")
-    seq = f["sequence"]
-    syn = next((p for p in seq if p["word"] == "SYN"), None)
-    ack = (next((p for p in seq if p["t"] > syn["t"] and p["from"] == "client"
-                 and p["word"] == "ACK"), None) if syn else None)
+    assert f is not None
+    text = (f"{plural(f.packets, 'packet')} ({f.syn} SYN, {f.syn_ack} SYN-ACK, "
+            f"{f.fin} FIN, {f.rst} RST), {plural(f.transitions, 'state change')} and "
+            f"{plural(f.syscalls, 'socket call')} on one timeline")
+    seq = f.sequence
+    syn = next((p for p in seq if p.word == "SYN"), None)
+    ack = (next((p for p in seq if p.t > syn.t and p.from_ == "client"
+                 and p.word == "ACK"), None) if syn else None)
     if syn and ack:
-        text += (f"; the first handshake took {(ack['t'] - syn['t']) * 1000:.3f} ms from SYN "
+        text += (f"; the first handshake took {(ack.t - syn.t) * 1000:.3f} ms from SYN "
                  "to the client's ACK (packet times)")
-    left = f["time_wait_left_ms"]
+    left = f.time_wait_left_ms
     if left:
         text += f"; the first client socket then had {left[0] / 1000:.1f} s of TIME_WAIT left"
     return text
 
 
-def _multiplex(r: Result) -> str | None:
+def _multiplex(r: multiplex.Result) -> str | None:
     rows = r.variants
-    big = max(v["connections"] for v in rows)
+    big = max(v.connections for v in rows)
     # The rung the verdict compares the largest with (experiments/multiplex.reference_of)
-    small = r.facts.get("reference") or min(v["connections"] for v in rows)
-    at = {(v["model"], v["connections"]): v for v in rows}
-    loops = [v for v in rows if v["connections"] == big and v["model"] != "threads"]
+    small = (r.facts.reference if r.facts else None) or min(v.connections for v in rows)
+    at = {(v.model, v.connections): v for v in rows}
+    loops = [v for v in rows if v.connections == big and v.model != "threads"]
     parts = []
     if loops:
-        threads = [v["threads"] for v in loops if v["threads"] is not None]
-        watches = [v["epoll_watches"] for v in loops if v["epoll_watches"]]
-        kib = [v["rss_per_conn"] / 1024 for v in loops]
-        cpu = [v["cpu_us_per_echo"] for v in loops if v["cpu_us_per_echo"] is not None]
-        failed = sum(v["failed"] for v in loops)
-        text = f"at {plural(big, 'connection')}, {', '.join(v['model'] for v in loops)}"
+        threads = [v.threads for v in loops if v.threads is not None]
+        watches = [v.epoll_watches for v in loops if v.epoll_watches]
+        kib = [v.rss_per_conn / 1024 for v in loops]
+        cpu = [v.cpu_us_per_echo for v in loops if v.cpu_us_per_echo is not None]
+        failed = sum(v.failed for v in loops)
+        text = f"at {plural(big, 'connection')}, {', '.join(v.model for v in loops)}"
         if threads:
             text += (f" each ran on {_span(threads, '{:,}')} "
                      f"{'thread' if max(threads) == 1 else 'threads'}")
@@ -254,29 +265,29 @@ def _multiplex(r: Result) -> str | None:
     t = at.get(("threads", big))
     if t:
         first = at.get(("threads", small))
-        then = (f" (at {small:,}: {first['echoes_per_s']:,.0f} echoes/s)"
+        then = (f" (at {small:,}: {first.echoes_per_s:,.0f} echoes/s)"
                 if first and small != big else "")
-        why = ", ".join(f"{k} x{n:,}" for k, n in t.get("failures", {}).items())
-        if t.get("collapsed"):
+        why = ", ".join(f"{k} x{n:,}" for k, n in t.failures.items())
+        if t.collapsed:
             # Most connections failed: no figure of this row is a clean measurement
             # (experiments/multiplex.py flags it), so say what got through, labelled.
             parts.append(
                 f"thread per connection at {plural(big, 'connection')} collapsed: "
-                f"{t['failed']:,} of {big:,} connections failed; what got through: "
-                f"{plural(t['echoes'], 'echo')} ({t['echoes_per_s']:,.0f}/s) on "
-                f"{plural(t['threads'] or 0, 'thread')}{then}; failures: {why}")
+                f"{t.failed:,} of {big:,} connections failed; what got through: "
+                f"{plural(t.echoes, 'echo')} ({t.echoes_per_s:,.0f}/s) on "
+                f"{plural(t.threads or 0, 'thread')}{then}; failures: {why}")
         else:
             parts.append(
                 f"thread per connection at {plural(big, 'connection')}: "
-                f"{plural(t['threads'] or 0, 'thread')}, {t['rss_per_conn'] / 1024:,.1f} KiB "
-                f"per connection, p99 {duration_us(t['p99_us'])}, "
-                f"{t['echoes_per_s']:,.0f} echoes/s{then}"
-                + (f"; {t['failed']:,} of its {big:,} connections failed ({why})"
-                   if t["failed"] else "; no connection failed"))
+                f"{plural(t.threads or 0, 'thread')}, {t.rss_per_conn / 1024:,.1f} KiB "
+                f"per connection, p99 {duration_us(t.p99_us)}, "
+                f"{t.echoes_per_s:,.0f} echoes/s{then}"
+                + (f"; {t.failed:,} of its {big:,} connections failed ({why})"
+                   if t.failed else "; no connection failed"))
     return "; ".join(parts) or None
 
 
-def _span(values: list[float], fmt: str) -> str:
+def _span(values: list[float] | list[int], fmt: str) -> str:
     lo, hi = fmt.format(min(values)), fmt.format(max(values))
     return lo if lo == hi else f"{lo}-{hi}"
 
@@ -508,7 +519,7 @@ def recorded_text(fig: Figures) -> str:
     return _sentence(f"{fig.provenance()[:1].upper()}{fig.provenance()[1:]}: {fig.recorded}")
 
 
-def quotes(lesson: Lesson, run: Mapping[str, Result]) -> list[Quote]:
+def quotes(lesson: Lesson, run: Mapping[str, AnyResult]) -> list[Quote]:
     """The lesson's figures for a page about ``run`` (experiment name -> Result).
 
     A figure whose experiment ran here is built from this run's Result. When that
@@ -534,7 +545,7 @@ def quotes(lesson: Lesson, run: Mapping[str, Result]) -> list[Quote]:
         elif r.skipped:
             text = (f"the {fig.experiment} experiment was skipped in this run, so this was not "
                     "measured")
-        elif not (r.facts or r.variants):
+        elif r.facts is None and not r.variants:
             text = (f"the {fig.experiment} experiment failed in this run, so this was not "
                     "measured")
         else:

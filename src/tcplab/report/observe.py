@@ -7,10 +7,13 @@ stay fast at 20,000 rows. The live views (``--watch``) use rich.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tcplab.kernel import tcp_states
-from tcplab.kernel.records import TcpSocket
 from tcplab.kernel.sock_diag import TIMERS
+
+if TYPE_CHECKING:  # annotations only: `tcplab states` would import dataclasses for it
+    from tcplab.kernel.records import TcpSocket
 
 BARS = "▁▂▃▄▅▆▇█"
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tcplab.agents.half_close import Side
+from tcplab.experiments import fd_leak, half_close, multiplex, port_bomb
 from tcplab.experiments.result import Result
+from tcplab.report.prose import worded
 from tcplab.words import duration_us
+
+AnyResult = Result[Any, Any, Any]
 
 #: How the settings experiments record read to a person: key -> (words, unit).
 #: A key not named here reads as itself with "_" as spaces ("_s" as seconds).
@@ -45,8 +51,14 @@ def setting_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def settings_text(settings: Mapping[str, Any]) -> str:
-    """``ports 1,000 · connections per variant 3,000 · server tcplab server (uvloop)``."""
+def settings_text(settings: Mapping[str, Any] | Any) -> str:
+    """``ports 1,000 · connections per variant 3,000 · server tcplab server (uvloop)``:
+    a result's settings record (or a mapping of them) as a person reads them."""
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        from tcplab.records import to_json
+
+        settings = to_json(settings)
+    assert isinstance(settings, Mapping)
     parts = []
     for key, value in settings.items():
         words, unit = SETTING_WORDS.get(key, (key.replace("_", " "), ""))
@@ -56,156 +68,169 @@ def settings_text(settings: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def result_lines(result: Result) -> list[str]:
-    status = "skipped" if result.skipped else ("shown" if result.ok else "NOT SHOWN")
-    lines = [f"experiment {result.experiment}: {status}"]
-    if result.settings:
-        lines.append(f"  run with: {settings_text(result.settings)}")
-    for event in result.events:
+def result_lines(result: AnyResult) -> list[str]:
+    r = worded(result)
+    status = "skipped" if r.skipped else ("shown" if r.ok else "NOT SHOWN")
+    lines = [f"experiment {r.experiment}: {status}"]
+    run_with = "" if r.settings is None else settings_text(r.settings)
+    if run_with:
+        lines.append(f"  run with: {run_with}")
+    for event in r.events:
         lines.append(f"  {event.t:7.3f} s  {event.what}")
-    lines.extend(variant_lines(result))
-    lines.append(f"  => {result.skipped or result.fact}")
+    lines.extend(variant_lines(r))
+    lines.append(f"  => {r.skipped or r.fact}")
     return lines
 
 
-def summary_lines(results: Sequence[Result]) -> list[str]:
+def summary_lines(results: Sequence[AnyResult]) -> list[str]:
     lines = ["", "summary"]
-    for r in results:
+    for r in map(worded, results):
         mark = "skip" if r.skipped else ("ok" if r.ok else "FAIL")
         lines.append(f"  [{mark:4}] {r.experiment:12} {r.skipped or r.fact}")
     return lines
 
 
-def variant_lines(result: Result) -> list[str]:
-    """The port-bomb table: one row per variant, then what each showed."""
-    if result.experiment == "fd-leak":
-        return fd_leak_lines(result)
-    if result.experiment == "half-close":
-        return half_close_lines(result)
-    if result.experiment == "multiplex":
-        return multiplex_lines(result)
-    if not result.variants or result.experiment != "port-bomb":
+def variant_lines(result: AnyResult) -> list[str]:
+    """The experiment's own table (port-bomb, fd-leak, half-close, multiplex), then what
+    each variant showed; nothing for a result without facts (skipped, failed)."""
+    if result.facts is None:
         return []
+    if isinstance(result, fd_leak.Result):
+        return fd_leak_lines(result)
+    if isinstance(result, half_close.Result):
+        return half_close_lines(result)
+    if isinstance(result, multiplex.Result):
+        return multiplex_lines(result)
+    if isinstance(result, port_bomb.Result) and result.variants:
+        return port_bomb_lines(result)
+    return []
+
+
+def table(rows: Sequence[Sequence[str]], right: bool = False) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart (right-aligned after the
+    first with ``right``)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.rjust(w) if right and i else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+            for r in rows]
+
+
+def port_bomb_lines(result: port_bomb.Result) -> list[str]:
+    """The port-bomb table: one row per variant, then what each showed."""
     lines = []
-    if "server" in result.settings:
-        lines.append(f"  against {result.settings['server']}")
+    if result.settings is not None:
+        lines.append(f"  against {result.settings.server}")
     head = ("variant", "ok", "failed", "waiting", "first error", "TIME_WAIT peak", "ok/s",
             "shown")
-    rows = [head]
+    rows: list[Sequence[str]] = [head]
     for v in result.variants:
-        if v.get("skipped"):
-            rows.append((v["name"], "-", "-", "-", "-", "-", "-", "skipped"))
+        if v.skip is not None:
+            rows.append((v.name, "-", "-", "-", "-", "-", "-", "skipped"))
             continue
-        e = v.get("first_error")
-        first = f"{e['name']} at {e['at_s']:.2f} s after {e['after_ok']:,}" if e else "none"
-        waiting = v.get("unanswered", 0) + v.get("unconnected", 0)
-        rows.append((v["name"], f"{v['ok']:,}", f"{v['failed']:,}", f"{waiting:,}", first,
-                     f"{v['time_wait_peak']:,}", f"{v['conns_per_s']:,.0f}",
-                     "yes" if v["shown"] else "NO"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-              for r in rows]
+        e = v.first_error
+        first = f"{e.name} at {e.at_s:.2f} s after {e.after_ok:,}" if e else "none"
+        rows.append((v.name, f"{v.ok:,}", f"{v.failed:,}", f"{v.unanswered + v.unconnected:,}",
+                     first, f"{v.time_wait_peak:,}", f"{v.conns_per_s:,.0f}",
+                     "yes" if v.shown else "NO"))
+    lines += table(rows)
     lines.append("")
     for v in result.variants:
-        if v.get("skipped"):
-            lines.append(f"  {v['name']}: skipped: {v['skipped']}.")
-        elif v.get("shown") is False and v.get("why_not"):
-            lines.append(f"  {v['name']}: NOT shown: {v['why_not']}.")
-        elif v.get("lesson"):
-            lines.append(f"  {v['name']}: {v['lesson']}.")
-    if any(v.get("unanswered", 0) + v.get("unconnected", 0) for v in result.variants):
+        if v.skipped:
+            lines.append(f"  {v.name}: skipped: {v.skipped}.")
+        elif v.shown is False and v.why_not:
+            lines.append(f"  {v.name}: NOT shown: {v.why_not}.")
+        elif v.lesson:
+            lines.append(f"  {v.name}: {v.lesson}.")
+    if any(v.unanswered + v.unconnected for v in result.variants):
         lines.append("  waiting: connections neither ok nor failed when the time bound "
                      "stopped the bomb (no echo came, or the handshake never completed)")
     return lines
 
 
-def fd_leak_lines(result: Result) -> list[str]:
-    f = result.facts
-    if not f:
+def fd_leak_lines(result: fd_leak.Result) -> list[str]:
+    f, s = result.facts, result.settings
+    if f is None or s is None:
         return []
-    c = f["clients"]
-    hard = f.get("fd_limit_hard")
-    limit = f"{f['fd_limit']}" + (f" (hard {hard})" if hard and hard != f["fd_limit"] else "")
-    peak, lim = f["server_fds_peak"], f["fd_limit"] or 0
+    c = f.clients
+    hard = f.fd_limit_hard
+    limit = f"{f.fd_limit}" + (f" (hard {hard})" if hard and hard != f.fd_limit else "")
+    peak, lim = f.server_fds_peak, f.fd_limit or 0
     reached = "reached" if lim and peak >= lim - 2 else "never reached"
-    fixed = next((v for v in result.variants if v.get("name") == "fixed"), {})
-    fix_label = "LEAK empty" if fixed.get("skipped") else "the fix (server closes)"
-    kind = result.settings.get("fd_limit_kind")
-    if kind:
-        limit += f" ({kind})"
+    fixed = next((v for v in result.variants if v.name == "fixed"), None)
+    fix_label = ("LEAK empty" if fixed is not None and fixed.skip is not None
+                 else "the fix (server closes)")
+    if s.fd_limit_kind:
+        limit += f" ({s.fd_limit_kind})"
+    clients = ("none ran" if c is None else
+               f"{c.echoed} echoed, {c.no_echo} connected but no echo, "
+               f"{c.connect_timeouts} stuck in SYN_SENT")
     lines = [
-        f"  against {result.settings.get('server')}, fd limit {limit}, "
-        f"backlog {f['backlog']}, tcp_fin_timeout {result.settings.get('tcp_fin_timeout')} s",
-        f"  server fds                {f.get('server_fds_start')} at the start, peak {peak} "
-        f"of {f['fd_limit']} ({reached})",
-        f"  accept() error            {f['emfile_log_line'] or 'none seen in its output'}",
-        f"  accept queue peak         {f['accept_queue_peak']} (LISTEN Recv-Q; backlog "
-        f"{f['backlog']})",
-        f"  clients                   {c['echoed']} echoed, {c['no_echo']} connected but no echo, "
-        f"{c['connect_timeouts']} stuck in SYN_SENT",
-        f"  server CLOSE_WAIT         peak {f['server_close_wait_peak']}, "
-        f"{f['server_close_wait_after_timeout']} after the clients' FIN_WAIT2 expired",
-        f"  client FIN_WAIT2          peak {f['client_fin_wait2_peak']}, "
-        f"{f['client_fin_wait2_after_timeout']} after tcp_fin_timeout",
-        f"  {fix_label:26}CLOSE_WAIT peak {f['fixed_close_wait_peak']}, "
-        f"{f.get('fixed_close_wait_persisting')} once it had had time to close",
+        f"  against {s.server}, fd limit {limit}, "
+        f"backlog {f.backlog}, tcp_fin_timeout {s.tcp_fin_timeout} s",
+        f"  server fds                {f.server_fds_start} at the start, peak {peak} "
+        f"of {f.fd_limit} ({reached})",
+        f"  accept() error            {f.emfile_log_line or 'none seen in its output'}",
+        f"  accept queue peak         {f.accept_queue_peak} (LISTEN Recv-Q; backlog "
+        f"{f.backlog})",
+        f"  clients                   {clients}",
+        f"  server CLOSE_WAIT         peak {f.server_close_wait_peak}, "
+        f"{f.server_close_wait_after_timeout} after the clients' FIN_WAIT2 expired",
+        f"  client FIN_WAIT2          peak {f.client_fin_wait2_peak}, "
+        f"{f.client_fin_wait2_after_timeout} after tcp_fin_timeout",
+        f"  {fix_label:26}CLOSE_WAIT peak {f.fixed_close_wait_peak}, "
+        f"{f.fixed_close_wait_persisting} once it had had time to close",
     ]
-    if "keepalive_close_wait_after" in f:
-        lines.append(f"  with SO_KEEPALIVE         CLOSE_WAIT {f['keepalive_close_wait_after']} "
+    if f.keepalive_close_wait_after is not None:
+        lines.append(f"  with SO_KEEPALIVE         CLOSE_WAIT {f.keepalive_close_wait_after} "
                      f"after the peers left (the never-accepted ones), fds still "
-                     f"{f['keepalive_fds_after']}")
+                     f"{f.keepalive_fds_after}")
     lines.append("")
     for v in result.variants:
-        if v.get("skipped"):
-            lines.append(f"  {v['name']} round: skipped: {v['skipped']}.")
-        elif v.get("shown"):
-            lines.append(f"  {v['name']} round: {v['lesson']}.")
-        elif v.get("shown") is False:
-            lines.append(f"  {v['name']} round: NOT shown: {v.get('why_not')}.")
+        if v.skipped:
+            lines.append(f"  {v.name} round: skipped: {v.skipped}.")
+        elif v.shown:
+            lines.append(f"  {v.name} round: {v.lesson}.")
+        elif v.shown is False:
+            lines.append(f"  {v.name} round: NOT shown: {v.why_not}.")
     lines.append("  CLOSE_WAIT is the local bug (this process never called close()); FIN_WAIT2 "
                  "points at the peer (it never closed its side)")
     return lines
 
 
-def half_close_lines(result: Result) -> list[str]:
-    steps = result.facts.get("steps", [])
-    bugs = result.facts.get("bugs", {})
-    rows = [("step", "client", "server")]
-    for i, st in enumerate(steps, 1):
-        c = st["client"] or {"state": "(closed)", "timer": ""}
-        v = st["server"] or {"state": "(closed)", "timer": ""}
-        rows.append((str(i), f"{c['state']} {c['timer']}".strip(),
-                     f"{v['state']} {v['timer']}".strip()))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
+def half_close_lines(result: half_close.Result) -> list[str]:
+    f = result.facts
+    if f is None:
+        return []
+    closed = Side("(closed)", "", None, "")
+    rows: list[Sequence[str]] = [("step", "client", "server")]
+    for i, st in enumerate(f.steps, 1):
+        c, v = st.client or closed, st.server or closed
+        rows.append((str(i), f"{c.state} {c.timer}".strip(), f"{v.state} {v.timer}".strip()))
+    lines = table(rows)
     lines.append("")
-    for state, why in bugs.items():
+    for state, why in f.bugs.items():
         lines.append(f"  {state:<11} {why}")
     return lines
 
 
-def multiplex_lines(result: Result) -> list[str]:
+def multiplex_lines(result: multiplex.Result) -> list[str]:
     """The C10k table; a row whose connections mostly failed shows no plain figure."""
     head = ("model", "connections", "threads", "epoll watches", "RSS/conn", "CPU/echo",
             "p99", "echoes/s", "all accepted", "failed")
-    rows = [head]
+    rows: list[Sequence[str]] = [head]
     for v in result.variants:
         cells = multiplex_cells(v)
-        rows.append((v["model"], f"{v['connections']:,}", f"{v['threads'] or 0:,}",
-                     f"{v['epoll_watches'] or 0:,}", cells["rss"], cells["cpu"], cells["p99"],
+        rows.append((v.model, f"{v.connections:,}", f"{v.threads or 0:,}",
+                     f"{v.epoll_watches or 0:,}", cells["rss"], cells["cpu"], cells["p99"],
                      cells["eps"], cells["accepted"], cells["failed"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  " + "  ".join(c.rjust(w) if i else c.ljust(w)
-                              for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-             for r in rows]
+    lines = table(rows, right=True)
     notes = [line for v in result.variants for line in multiplex_row_notes(v)]
     if notes:
         lines.append("")
         for line in notes:
             lines += textwrap.wrap(line, 98, initial_indent="  ", subsequent_indent="    ")
     lines.append("")
-    rules = result.facts.get("rules")
+    rules = result.facts.rules if result.facts is not None else ""
     if rules:
         lines += textwrap.wrap(f"verdict: {rules}.", 98, initial_indent="  ",
                                subsequent_indent="    ")
@@ -217,47 +242,44 @@ def multiplex_lines(result: Result) -> list[str]:
     return lines
 
 
-def multiplex_cells(v: dict[str, Any]) -> dict[str, str]:
+def multiplex_cells(v: multiplex.Row) -> dict[str, str]:
     """A row's figures as table cells. A collapsed row (most connections failed)
     gets no plain figure: its RSS, CPU, p99 and echoes/s describe the few
     connections that got through; multiplex_row_notes gives them, labelled."""
-    n = v["connections"]
-    failures = v.get("failures") or {}
-    failed = ", ".join(f"{k} x{c:,}" for k, c in failures.items()) or f"{v['failed']:,}"
-    if v.get("accepted_s") is not None:
-        accepted = f"{v['accepted_s']:.1f} s"
-    elif v.get("unaccepted") is not None:
-        accepted = f"{v['connected'] - v['unaccepted']:,} of {n:,}"
+    n = v.connections
+    failed = ", ".join(f"{k} x{c:,}" for k, c in v.failures.items()) or f"{v.failed:,}"
+    if v.accepted_s is not None:
+        accepted = f"{v.accepted_s:.1f} s"
+    elif v.unaccepted is not None:
+        accepted = f"{v.connected - v.unaccepted:,} of {n:,}"
     else:
         accepted = "-"
-    if v.get("collapsed"):
+    if v.collapsed:
         return {"rss": "-", "cpu": "-", "p99": "-", "eps": "collapsed", "accepted": accepted,
                 "failed": failed}
-    cpu = v["cpu_us_per_echo"]
-    p99 = v["p99_us"]
-    return {"rss": f"{v['rss_per_conn'] / 1024:,.1f} KiB",
+    cpu = v.cpu_us_per_echo
+    return {"rss": f"{v.rss_per_conn / 1024:,.1f} KiB",
             "cpu": "-" if cpu is None else f"{cpu:,.1f} us",
-            "p99": duration_us(p99),
-            "eps": f"{v['echoes_per_s']:,.0f}", "accepted": accepted, "failed": failed}
+            "p99": duration_us(v.p99_us),
+            "eps": f"{v.echoes_per_s:,.0f}", "accepted": accepted, "failed": failed}
 
 
-def multiplex_row_notes(v: dict[str, Any]) -> list[str]:
+def multiplex_row_notes(v: multiplex.Row) -> list[str]:
     """What a row's failures mean, and a collapsed row's figures, labelled."""
     notes = []
-    n = v["connections"]
-    label = f"{v['model']} x{n:,}"
-    if v.get("collapsed"):
-        never = (f", {v['no_echo']:,} never got an echo" if v.get("no_echo") else "")
-        cpu = v["cpu_us_per_echo"]
-        p99 = v["p99_us"]
+    n = v.connections
+    label = f"{v.model} x{n:,}"
+    if v.collapsed:
+        never = f", {v.no_echo:,} never got an echo" if v.no_echo else ""
+        cpu = v.cpu_us_per_echo
         notes.append(
-            f"{label} {v['flag']}{never}. What got through: {v['echoes']:,} echoes "
-            f"({v['echoes_per_s']:,.0f}/s), p99 {duration_us(p99)}; the server had "
-            f"{v['threads'] or 0:,} threads, {v['rss_per_conn'] / 1024:,.1f} KiB RSS per "
+            f"{label} {v.flag}{never}. What got through: {v.echoes:,} echoes "
+            f"({v.echoes_per_s:,.0f}/s), p99 {duration_us(v.p99_us)}; the server had "
+            f"{v.threads or 0:,} threads, {v.rss_per_conn / 1024:,.1f} KiB RSS per "
             "connection" + ("" if cpu is None else f", {cpu:,.0f} us of CPU per echo") + ".")
-    elif v["failed"]:
-        notes.append(f"{label}: {v['failed']:,} of {n:,} connections failed.")
-    limit, took = v.get("timeout_s"), v.get("exchange_s")
+    elif v.failed:
+        notes.append(f"{label}: {v.failed:,} of {n:,} connections failed.")
+    limit, took = v.timeout_s, v.exchange_s
     if limit and took and took > limit * 1.25:
         # The client checks its deadline between epoll batches; far past it
         # means the client itself waited for a CPU (seen once: 38 s for 20 s,
@@ -265,7 +287,7 @@ def multiplex_row_notes(v: dict[str, Any]) -> list[str]:
         notes.append(f"{label}: the exchange ran {took:.1f} s against --timeout {limit:g} s: "
                      "the client itself fell behind (on a loaded machine it waits for a CPU "
                      "too), so its latencies include that wait.")
-    for kind, count in (v.get("failures") or {}).items():
-        why = (v.get("explanations") or {}).get(kind, "not explained")
+    for kind, count in v.failures.items():
+        why = v.explanations.get(kind, "not explained")
         notes.append(f"{label} {kind} x{count:,}: {why}.")
     return notes

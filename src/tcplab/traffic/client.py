@@ -11,7 +11,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcplab.errors import ConnectFailed, VerifyFailed, describe_oserror
@@ -93,13 +93,6 @@ def exchange(sock: socket.socket, payload: bytes, timeout: float) -> bytes:
     finally:
         sock.setblocking(True)
     return bytes(received)
-
-
-def echo_messages(
-    sock: socket.socket, messages: list[bytes], timeout: float
-) -> Iterator[bytes]:
-    for message in messages:
-        yield exchange(sock, message, timeout)
 
 
 def stream(

@@ -7,8 +7,8 @@ A ``BufferedProtocol``, not a plain ``Protocol``: with a plain protocol,
 CPython 3.11's selector transport calls ``sock.recv(256 * 1024)`` for every
 read; 256 KiB is above glibc's mmap threshold (128 KiB), so each read maps,
 faults, shrinks and unmaps a fresh region (strace: recvfrom, mmap, mremap,
-munmap, sendto per echo). That made the stdlib model cost about 6x uvloop's
-server CPU per echo in bench/cpu_per_echo.py. With ``get_buffer`` the
+munmap, sendto per echo), several times uvloop's server CPU per echo
+(bench/results.md, "Where uvloop's time goes", has the figure). With ``get_buffer`` the
 transport ``recv_into``s one 64 KiB buffer that every connection shares (the
 loop is single-threaded and each read is written back before the next).
 
@@ -106,8 +106,8 @@ class EchoProtocol(_EchoBase, asyncio.BufferedProtocol):
 
 class DataEchoProtocol(_EchoBase, asyncio.Protocol):
     """For uvloop: it reads into its own preallocated buffer, so a plain protocol
-    costs one Python call per read instead of two (get_buffer, buffer_updated):
-    0.57 against 0.73 us of user CPU per echo (bench/echo_vs_go.py notes)."""
+    costs one Python call per read instead of two (get_buffer, buffer_updated): less
+    user CPU per echo (bench/results.md, "Where uvloop's time goes")."""
 
     __slots__ = ()
 

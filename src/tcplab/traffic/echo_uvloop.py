@@ -1,9 +1,8 @@
 """The ``uvloop`` model: the same protocol as ``asyncio``, on libuv's loop.
 
-uvloop runs the event loop in C (libuv over epoll): 3.65 us of server CPU
-per echo here against 4.44 us for the stdlib loop and 4.99 us for a Go
-reference (bench/echo_vs_go.py), of which about 3.1 us is the kernel's own
-read and write. Its own accept
+uvloop runs the event loop in C (libuv over epoll): less server CPU per echo
+than the stdlib loop and a Go reference server, most of it the kernel's own
+read and write (see bench/results.md, "CPU per echo"). Its own accept
 path closes connections silently on EMFILE, so, as in every model, the
 accept loop is ours.
 """

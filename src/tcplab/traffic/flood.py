@@ -1,4 +1,4 @@
-"""A bounded flood of clients for the FD-leak experiment: ``python -m tcplab.traffic.flood``.
+"""A bounded flood of clients for the FD-leak experiment (run by ``tcplab.agents.flood``).
 
 Each client connects (non-blocking, given up after ``connect_timeout``),
 sends one message, waits up to ``read_timeout`` for its echo, and closes.
@@ -17,11 +17,8 @@ connect and echo timeouts, and the outcomes counted by the stage they ended in.
 
 from __future__ import annotations
 
-import argparse
-import json
 import socket
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from tcplab.traffic import engine
 from tcplab.traffic.target import Target
@@ -68,20 +65,3 @@ def run(port: int, clients: int, ramp: float = 1.0, connect_timeout: float = 2.0
         errors={k: v for k, v in r.errors.items() if k not in _COUNTED_APART},
         elapsed_s=r.elapsed_s,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tcplab.traffic.flood")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--clients", type=int, default=400)
-    p.add_argument("--ramp", type=float, default=1.0)
-    p.add_argument("--connect-timeout", type=float, default=2.0)
-    p.add_argument("--read-timeout", type=float, default=2.0)
-    args = p.parse_args(argv)
-    result = run(args.port, args.clients, args.ramp, args.connect_timeout, args.read_timeout)
-    sys.stdout.write(json.dumps(asdict(result)) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tcplab.errors import AddressInUse, PrivilegeError, ResourceLimit, UsageError, describe_oserror
-from tcplab.observe.process import FdLimit, fds_in_use, own_fd_limit
+from tcplab.kernel.procfs import Limit
+from tcplab.observe.process import fds_in_use, own_fd_limit
+from tcplab.observe.procfs import sysctl_int
 from tcplab.traffic.accept import ServerStats
 from tcplab.traffic.models import DEFAULT_MODEL, MODELS
 from tcplab.traffic.target import lookup
@@ -38,11 +40,7 @@ KEEPALIVE_COUNT = 9
 
 def default_backlog() -> int:
     """``net.core.somaxconn``, as Go uses: the kernel caps any larger backlog to it."""
-    try:
-        with open("/proc/sys/net/core/somaxconn") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return socket.SOMAXCONN
+    return sysctl_int("net.core.somaxconn", socket.SOMAXCONN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +100,7 @@ def snapshot(stats: ServerStats) -> StatsLine:
     )
 
 
-def apply_fd_limit(spec: str | None) -> FdLimit:
+def apply_fd_limit(spec: str | None) -> Limit:
     """Set the soft RLIMIT_NOFILE from ``--fd-limit``: a number, or ``max`` for the hard limit.
 
     Without the flag the server keeps the limit it was started with, as the
@@ -195,11 +193,7 @@ def bind_error(exc: OSError, where: str, port: int, free: str = "--port 0") -> E
 
 
 def _unprivileged_port_start() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1024
+    return sysctl_int("net.ipv4.ip_unprivileged_port_start", 1024)
 
 
 def tune_accepted(sock: socket.socket, config: ServerConfig) -> None:

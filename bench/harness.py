@@ -1,0 +1,549 @@
+"""What every bench shares: medians, paired ratios, formatting, the error type, the Go
+peers, measured child processes, servers in a sandbox and the ping-pong load.
+
+How the benches measure, and why, is in bench/README.md ("How the benches measure").
+Run as ``python bench/harness.py --pingpong SPEC`` it is the load generator's child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import select
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+PEERS = Path(__file__).resolve().parent / "peers"
+PORT = 8080
+DEFAULT_MODEL = "uvloop"
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- numbers ---------------------------------------------------------------------------
+
+
+def median(xs: Iterable[float]) -> float | None:
+    """The median, or None for no values."""
+    v = list(xs)
+    return statistics.median(v) if v else None
+
+
+def medians(rows: Sequence[Any], **fields: str) -> dict[str, float | None]:
+    """{key: the median of attribute ``field`` over ``rows``} for each key=field."""
+    return {k: median(getattr(r, f) for r in rows) for k, f in fields.items()}
+
+
+def paired(pairs: Iterable[tuple[float, float]]) -> float | None:
+    """Median of a / b over pairs measured in the same round (a noisy neighbour on this
+    shared machine slows both sides of a pair alike); pairs with b <= 0 are left out."""
+    return median(a / b for a, b in pairs if b > 0)
+
+
+def by_round(rows: Sequence[T], base: Sequence[T], key: Callable[[T], Any],
+             value: Callable[[T], float]) -> float | None:
+    """``paired`` over the rows of ``rows`` and ``base`` that share ``key`` (their round)."""
+    b = {key(r): r for r in base}
+    return paired((value(r), value(b[key(r)])) for r in rows if key(r) in b)
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def size_text(n: int) -> str:
+    return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+
+def rotate(items: Sequence[T], i: int) -> list[T]:
+    """Round i's order: interleaved rounds, each starting at the next item."""
+    k = i % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def progress(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
+def csv_ints(text: str) -> list[int]:
+    try:
+        vals = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}"
+                                         ) from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError("every value must be at least 1")
+    return vals
+
+
+def positive(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def run_main(body: Callable[[Path], dict[str, Any]], prefix: str, as_json: bool,
+             report: Callable[[dict[str, Any]], None]) -> int:
+    """Run a bench's body with a temporary directory (removed after) and the package's
+    Ctrl-C rules (tcplab/interrupts.py); print its result, as JSON or with ``report``.
+    Exit status: 1 when it failed (BenchError) or has "problems", 130 on Ctrl-C; every
+    child is reaped by the context managers on the way out."""
+    from tcplab.interrupts import install
+
+    restore = install()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        res = body(tmp)
+    except KeyboardInterrupt:
+        print("interrupted: every child has been reaped, the namespaces are gone",
+              file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        restore()
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        report(res)
+    return 1 if res.get("problems") else 0
+
+
+def print_goals(goals: list[dict[str, Any]], width: int, vwidth: int, none: str) -> None:
+    """goals: "goal", "value" (printed with "fmt", default .2f) and "pass"."""
+    print()
+    print("goals:")
+    if not goals:
+        print(f"  {none}")
+    for g in goals:
+        value = fmt(g["value"], g.get("fmt", ".2f"))
+        print(f"  {g['goal']:<{width}} {value:>{vwidth}}  "
+              f"{'pass' if g['pass'] else 'FAIL'}")
+
+
+# --- the Go peers in bench/peers ----------------------------------------------------------
+
+HOWTO_GO = ("install Go: apt-get install golang-go (Debian/Ubuntu), or https://go.dev/dl/, "
+            "or pass --go PATH")
+
+
+def build_go(requested: str | None, tmp: Path, name: str, target: str
+             ) -> tuple[str | None, dict[str, Any]]:
+    """``go build -o TMP/NAME TARGET`` in bench/peers: (the binary, or None when go is
+    missing; facts to print). Nothing is downloaded (GOPROXY=off, GOTOOLCHAIN=local);
+    without go the Go rows are skipped with a note, not failed."""
+    go = shutil.which(requested or "go")
+    if go is None and requested:
+        raise BenchError(f"--go {requested}: not found or not executable")
+    if go is None:
+        progress(f"note: go is not on PATH: the Go rows are skipped; to run them, {HOWTO_GO}")
+        return None, {"skipped": f"go is not on PATH; to run the Go rows, {HOWTO_GO}"}
+    env = dict(os.environ)
+    env.pop("GOFLAGS", None)  # a user's -mod=vendor etc. would not apply to this module
+    env.update({"GO111MODULE": "on", "GOPROXY": "off", "GOTOOLCHAIN": "local",
+                "CGO_ENABLED": "0"})
+    home = env.get("HOME", "")
+    if not (home and os.path.isdir(home) and os.access(home, os.W_OK)):
+        env["GOCACHE"], env["GOPATH"] = str(tmp / "gocache"), str(tmp / "gopath")
+    version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60,
+                             env=env, stdin=subprocess.DEVNULL).stdout.strip()
+    t0 = time.perf_counter()
+    r = subprocess.run([go, "build", "-o", str(tmp / name), target], cwd=PEERS, env=env,
+                       capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise BenchError(f"go build {target} in {PEERS}: exit {r.returncode}\n"
+                         f"{r.stderr.strip()}")
+    info = {"version": version, "build_s": round(time.perf_counter() - t0, 2),
+            "gocache": env.get("GOCACHE", "(default)"),
+            "gomaxprocs": os.environ.get("GOMAXPROCS") or os.cpu_count()}
+    progress(f"built {name} with {version} in {info['build_s']:.1f} s")
+    return str(tmp / name), info
+
+
+def go_line(go: dict[str, Any], cpus: int | None, what: str) -> str:
+    if go.get("skipped"):
+        return f"  Go: skipped: {go['skipped']}"
+    return (f"  Go: {go['version']}, GOMAXPROCS {go['gomaxprocs']} ({cpus} cpus); "
+            f"{what} built in {go['build_s']:.1f} s into a temporary directory")
+
+
+# --- a measured child, and a server's CPU time -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One child run to its end: its output, wall time and, from wait4(), its CPU time:
+    the child's own and that of the children it waited for (sh -> ss, wc)."""
+
+    out: str
+    err: str
+    code: int
+    wall_s: float  # spawn to exit
+    user_s: float
+    sys_s: float
+    csw: int  # context switches, voluntary + involuntary
+
+
+def measured(cmd: Sequence[str], timeout: float, popen: Callable[..., Any] = subprocess.Popen
+             ) -> Measured:
+    """Run ``cmd`` (with ``popen``: Sandbox.popen starts it in a namespace) and reap it
+    with wait4(); it is killed after ``timeout`` s."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        fd = os.pidfd_open(proc.pid)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            done = bool(poller.poll(timeout * 1000))
+        finally:
+            os.close(fd)
+        if not done:
+            proc.kill()
+        _pid, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if not done:
+            raise BenchError(f"{shlex.join(cmd[:4])} did not finish in {timeout:.0f} s: killed")
+        out.seek(0)
+        err.seek(0)
+        return Measured(out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                        proc.returncode, wall, ru.ru_utime, ru.ru_stime,
+                        ru.ru_nvcsw + ru.ru_nivcsw)
+
+
+def last_json(m: Measured, what: str) -> dict[str, Any]:
+    """The JSON object on the last line of a child's stdout; BenchError when it failed."""
+    if m.code != 0:
+        raise BenchError(f"{what}: exit {m.code}: {m.err.strip()[-500:]}")
+    try:
+        res: dict[str, Any] = json.loads(m.out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"{what}: no JSON line in {m.out[-300:]!r}") from None
+    return res
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of every thread of a process, seconds (/proc/PID/stat)."""
+    from tcplab.observe import procfs
+
+    return procfs.cpu_times(pid)
+
+
+def machine_busy() -> float:
+    """Seconds every CPU of the machine has been busy (/proc/stat "cpu": all but idle and
+    iowait), through psutil: tcplab/observe/procfs.py has no machine-wide reader."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+
+
+#: TCP counters read at each mark (/proc/net/snmp and /proc/net/netstat of the namespace):
+#: retransmitted segments, tail-loss probes, D-SACKs received (the retransmission was
+#: spurious), RTOs.
+TCP_COUNTERS = {"Tcp": ("RetransSegs",),
+                "TcpExt": ("TCPLossProbes", "TCPDSACKRecv", "TCPTimeouts")}
+
+
+def tcp_counters() -> dict[str, int]:
+    from tcplab.kernel.procfs import parse_netstat
+    from tcplab.observe.procfs import read_text
+
+    found: dict[str, int] = {}
+    for path in ("net/snmp", "net/netstat"):
+        table = parse_netstat(read_text(path))
+        for kind, names in TCP_COUNTERS.items():
+            found.update({n: table[kind][n] for n in names if n in table.get(kind, {})})
+    return found
+
+
+# --- servers in a sandbox ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One running server: its pid, and stop() -> its totals (None if it printed none)."""
+
+    pid: int
+    stop: Callable[[], dict[str, Any] | None]
+
+
+@contextlib.contextmanager
+def serving(sb: Any, key: str, go_binary: str | None, extra: Sequence[str] = ()
+            ) -> Iterator[Served]:
+    """``key`` "go": bench/peers/echo.go (its totals: the JSON line it prints on SIGTERM);
+    else ``tcplab server --model KEY EXTRA``; on 127.0.0.1:PORT inside ``sb``."""
+    from tcplab.errors import TcplabError
+    from tcplab.experiments.children import ForeignServer, ServerProcess
+
+    if key == "go":
+        assert go_binary is not None
+        try:
+            fs = ForeignServer(sb, f"{shlex.quote(go_binary)} -addr 127.0.0.1:{{port}}", PORT)
+        except TcplabError as exc:
+            raise BenchError(f"go echo server: {exc}") from None
+
+        def stop_go() -> dict[str, Any] | None:
+            fs.stop()
+            for _t, line in fs.log:
+                with contextlib.suppress(ValueError):
+                    if line.startswith("{"):
+                        totals: dict[str, Any] = json.loads(line)
+                        return totals
+            return None
+
+        try:
+            yield Served(fs.pid, stop_go)
+        finally:
+            fs.stop()
+        return
+    server = ServerProcess(["--port", str(PORT), "--model", key, *extra], popen=sb.popen)
+    try:
+        try:
+            server.start()
+        except TcplabError as exc:
+            raise BenchError(f"tcplab server --model {key}: {exc}") from None
+        if server.port != PORT:
+            raise BenchError(f"the {key} server listens on {server.port}, not {PORT}")
+        yield Served(server.pid, server.stop)
+    finally:
+        server.kill()
+
+
+def check_totals(server: str, totals: dict[str, Any] | None, expected: int,
+                 in_flight: int) -> str | None:
+    """None when the server echoed exactly ``expected`` bytes; else what differed. (tcplab
+    counts every read as it happens, echo.go a connection's bytes when it ends.)"""
+    if totals is None:
+        return f"{server}: the server printed no totals"
+    echoed = int(totals.get("bytes_echoed", -1))
+    if echoed != expected or in_flight:
+        return (f"{server}: the server echoed {echoed:,} bytes, the load generators counted "
+                f"{expected:,} ({in_flight} round trips unanswered, "
+                f"{totals.get('open', 0)} connections open at exit)")
+    return None
+
+
+#: --pin: (the server's CPU, the load generator's CPU).
+PINS: dict[str, tuple[int, int] | None] = {"none": None, "split": (0, 1), "same": (0, 0)}
+
+
+def pin(pid: int, how: str) -> list[int] | None:
+    """Every thread of the server onto its CPU (threads it starts later inherit it);
+    the load generator's CPU list, None when unpinned."""
+    pins = PINS[how]
+    if pins is None:
+        return None
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), {pins[0]})
+    return [pins[1]]
+
+
+# --- the ping-pong load, and its measurement window -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One load generator run against one server: the window between marks A and B."""
+
+    server: str
+    round: int
+    connections: int
+    size: int
+    echoes: int  # in the window
+    window_s: float
+    user_us: float  # server, per echo
+    sys_us: float
+    cpu_us: float
+    echoes_per_s: float
+    p50_us: float
+    p99_us: float
+    server_core_pct: float
+    client_us: float  # the load generator's CPU per echo
+    others_core_pct: float  # the rest of the machine's busy CPU over the window, % of one core
+    tcp: dict[str, int]  # TCP_COUNTERS of the namespace: their growth over the window
+    server_threads: int
+    echoes_total: int  # the whole load generator run, warm-up and drain included
+    in_flight: int  # round trips left unanswered at the end (0)
+
+
+def pingpong_load(sb: Any, server: str, index: int, pid: int, connections: int, size: int,
+                  warmup: float, seconds: float, max_echoes: int,
+                  cpus: list[int] | None = None) -> Window:
+    """``connections`` connections to 127.0.0.1:PORT in ``sb``, each an S-byte ping-pong,
+    driven by one child process (this file, ``--pingpong``); the server ``pid``'s CPU
+    time over the window it measured. The loop itself is ``_pingpong``: the one place
+    to put the client engine (tcplab/traffic/engine.py) in."""
+    spec = {"pid": pid, "port": PORT, "connections": connections, "size": size,
+            "warmup": warmup, "seconds": seconds, "max_echoes": max_echoes, "cpus": cpus}
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = 60.0 + warmup + seconds + connections / 100
+    what = f"load generator ({connections} x {size} B)"
+    m = measured([sys.executable, str(Path(__file__).resolve()), "--pingpong", json.dumps(spec)],
+                 limit, lambda cmd, **kw: sb.popen(cmd, fd_limit=hard, **kw))
+    res = last_json(m, what)
+    if not res.get("ok"):
+        raise BenchError(f"{what}: {res.get('error')}")
+    a, b = res["a"], res["b"]
+    echoes, window = b["echoes"] - a["echoes"], b["t"] - a["t"]
+    if echoes <= 0 or window <= 0:
+        raise BenchError(f"{server}: no echo completed in the window ({connections} x {size} B)")
+    user, system = b["server_user"] - a["server_user"], b["server_sys"] - a["server_sys"]
+    client = b["client_cpu"] - a["client_cpu"]
+    return Window(
+        server=server, round=index, connections=connections, size=size, echoes=echoes,
+        window_s=window, user_us=user / echoes * 1e6, sys_us=system / echoes * 1e6,
+        cpu_us=(user + system) / echoes * 1e6, echoes_per_s=echoes / window,
+        p50_us=res["p50_us"], p99_us=res["p99_us"],
+        server_core_pct=(user + system) / window * 100, client_us=client / echoes * 1e6,
+        others_core_pct=max(0.0, (b["machine_busy"] - a["machine_busy"] - user - system
+                                  - client) / window * 100),
+        tcp={k: v - a["tcp"].get(k, 0) for k, v in b["tcp"].items()},
+        server_threads=int(res["server_threads"]), echoes_total=int(res["echoes_total"]),
+        in_flight=int(res["in_flight"]),
+    )
+
+
+def _pingpong(spec: dict[str, Any]) -> dict[str, Any]:
+    """The load generator's loop: C connections, one S-byte message in flight on each
+    (partial writes finished on EPOLLOUT, every echo compared with what was sent), marks
+    A and B around the window, each taken between two epoll batches."""
+    from tcplab.observe.procfs import status
+    from tcplab.traffic.client import percentile
+
+    pid, port, size = int(spec["pid"]), int(spec["port"]), int(spec["size"])
+    connections, warmup, seconds = int(spec["connections"]), spec["warmup"], spec["seconds"]
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, set(spec["cpus"]))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < connections + 64 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    payload = bytes((i * 7 + 13) & 0xFF for i in range(size))
+    pview = memoryview(payload)
+    IN, OUT = select.EPOLLIN, select.EPOLLOUT
+    DONE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+    socks: list[socket.socket] = []
+    ep = select.epoll(connections + 1)
+    try:
+        for _ in range(connections):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            socks.append(s)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+        top = max(s.fileno() for s in socks) + 1
+        bufs = [bytearray(size) for _ in range(top)]
+        views = [memoryview(b) for b in bufs]
+        recv_into: list[Any] = [None] * top
+        got, sent, t0 = [0] * top, [0] * top, [0.0] * top
+        for s in socks:
+            recv_into[s.fileno()] = s.recv_into
+        rtts: list[float] = []
+        echoes = in_flight = 0
+        sending = True
+        perf, write = time.perf_counter, os.write
+
+        def send(fd: int) -> None:
+            """Start a round trip on fd: as much of the payload as the kernel takes."""
+            nonlocal in_flight
+            t0[fd], got[fd] = perf(), 0
+            try:
+                n = write(fd, payload)
+            except BlockingIOError:
+                n = 0
+            sent[fd] = n
+            in_flight += 1
+            if n < size:
+                ep.modify(fd, IN | OUT)
+
+        def run(until: float, cap: int) -> None:
+            nonlocal echoes, in_flight
+            poll, now = ep.poll, time.monotonic
+            while echoes < cap and (sending or in_flight):
+                for fd, ev in poll(0.05):
+                    if ev & OUT and (k := sent[fd]) < size:
+                        with contextlib.suppress(BlockingIOError):
+                            k += write(fd, pview[k:])
+                        sent[fd] = k
+                        if k == size:
+                            ep.modify(fd, IN)
+                    if not ev & DONE:
+                        continue
+                    g = got[fd]
+                    try:
+                        n = recv_into[fd](views[fd][g:], size - g)
+                    except BlockingIOError:
+                        continue
+                    if not n:
+                        raise ConnectionError("the server closed a connection")
+                    if (g := g + n) < size:
+                        got[fd] = g
+                        continue
+                    rtts.append(perf() - t0[fd])
+                    if bufs[fd] != payload:
+                        raise ValueError("an echo differed from what was sent")
+                    got[fd] = 0
+                    echoes += 1
+                    in_flight -= 1
+                    if sending:
+                        send(fd)
+                if now() >= until:
+                    return
+
+        def mark() -> dict[str, Any]:
+            user, system = cpu_times(pid)
+            c = os.times()
+            return {"t": time.monotonic(), "echoes": echoes, "rtts": len(rtts),
+                    "server_user": user, "server_sys": system,
+                    "client_cpu": c.user + c.system, "machine_busy": machine_busy(),
+                    "tcp": tcp_counters()}
+
+        for s in socks:
+            ep.register(s.fileno(), IN)
+        start = time.monotonic()
+        for s in socks:
+            send(s.fileno())
+        run(start + warmup, sys.maxsize)
+        a = mark()
+        run(a["t"] + seconds, a["echoes"] + int(spec["max_echoes"]))
+        b = mark()
+        threads = status(pid).threads
+        sending = False
+        run(time.monotonic() + 10.0, sys.maxsize)  # collect the echoes still in flight
+        window = sorted(rtts[a["rtts"]:b["rtts"]])
+        return {"a": a, "b": b, "echoes_total": echoes, "in_flight": in_flight,
+                "server_threads": threads, "p50_us": percentile(window, 50) * 1e6,
+                "p99_us": percentile(window, 99) * 1e6}
+    finally:
+        ep.close()
+        for s in socks:
+            s.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--pingpong"]:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops and reaps us
+    try:
+        report: dict[str, Any] = {"ok": True, **_pingpong(json.loads(sys.argv[2]))}
+    except Exception as exc:
+        report = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(report))

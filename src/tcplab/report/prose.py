@@ -1,0 +1,567 @@
+"""Every sentence an experiment's result says, from its records: report/ owns the prose.
+
+Experiments compute figures and verdicts: ``ok``, a variant's ``shown``, and why
+not as data (``short``: an enum member per failed check; ``skip``: why a
+variant did not run). This module words them, from the record's own figures:
+the one-line ``fact``, each variant's ``lesson``, ``why_not`` and ``skipped``,
+multiplex's ``flag`` per row and its ``rules``. ``worded()`` returns the record
+with those filled in; ``--json``, results.json, the terminal and the HTML
+report all come from that one worded record, so they cannot disagree.
+
+A sentence says only what was measured: a claim the figures do not support is
+not made (an error that did not happen is not named, a state that was not
+sampled is not quoted; issue 11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from tcplab.agents.half_close import Step
+from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
+from tcplab.experiments.result import Event, Result
+from tcplab.traffic.bomb import STALL_S
+from tcplab.words import duration_us, plural
+
+R = TypeVar("R", bound=Result[Any, Any, Any])
+
+
+def worded(result: R) -> R:
+    """The result with every sentence filled in from its figures and verdicts.
+
+    A result without facts (the experiment was skipped or failed before it
+    measured anything: the CLI made it from the error) keeps its own words.
+    Wording twice gives the same record.
+    """
+    if result.facts is None:
+        return result
+    out: Any = result
+    if isinstance(result, echo.Result):
+        out = replace(result, fact=echo_result_fact(result))
+    elif isinstance(result, port_bomb.Result):
+        pool = result.settings.pool_size if result.settings else 0
+        variants = tuple(bomb_worded(v, pool) for v in result.variants)
+        out = replace(result, variants=variants, fact=port_bomb_fact(variants))
+    elif isinstance(result, fd_leak.Result):
+        rounds = tuple(round_worded(r) for r in result.variants)
+        by = {r.name: r for r in rounds}
+        leak, fixed = by.get("leak"), by.get("fixed")
+        skipped = result.skipped
+        if leak is not None and leak.skip is not None:
+            # Without a leak there is nothing for this experiment to show.
+            skipped = f"the leak round could not run against this server: {leak.skipped}"
+        out = replace(result, variants=rounds, skipped=skipped,
+                      events=tuple(verdict_event(e, by) for e in result.events),
+                      fact=fd_leak_fact(leak, fixed, by.get("keepalive"))
+                      if leak is not None and fixed is not None else result.fact)
+    elif isinstance(result, half_close.Result):
+        out = replace(result, fact=half_close_fact(result.facts.steps))
+    elif isinstance(result, multiplex.Result):
+        rows = tuple(replace(v, flag=collapse_flag(v)) for v in result.variants)
+        facts = replace(result.facts, rules=multiplex_rules(result.facts.collapse_at))
+        out = replace(result, variants=rows, facts=facts, fact=multiplex_fact(rows, facts))
+    elif isinstance(result, handshake.Result):
+        out = replace(result, fact=handshake_fact(result.facts))
+    worded_result: R = out
+    return worded_result
+
+
+def verdict_event(e: Event, by: Mapping[str, fd_leak.Round]) -> Event:
+    """An event that states a variant's verdict, with that verdict's words:
+    ``fixed: skipped: not applicable: ...``, ``leak: NOT shown: ...``."""
+    v = by.get(e.verdict_of) if e.verdict_of else None
+    if v is None:
+        return e
+    if v.skipped:
+        return replace(e, what=f"{e.verdict_of}: skipped: {v.skipped}")
+    if v.shown is False and v.why_not:
+        return replace(e, what=f"{e.verdict_of}: NOT shown: {v.why_not}")
+    return e
+
+
+# --- echo -------------------------------------------------------------------------------------
+
+def echo_fact(small: int, large: int, p50_us: float, mib_per_s: float,
+              stream: tuple[int, int, bool], client_bytes: int,
+              server_bytes: int | None) -> str:
+    """The echo experiment's fact: ``stream`` is (bytes sent, bytes back, identical).
+
+    The "exactly the bytes sent" sentence is made only when echo.judge() holds; a
+    failed claim is stated as it was seen.
+    """
+    sent, back, identical = stream
+    if echo.judge(identical, client_bytes, server_bytes):
+        return (f"{plural(small, 'small echo')} at p50 {p50_us:.0f} us, "
+                f"{plural(large, 'echo')} of 1 MiB at {mib_per_s:.0f} MiB/s; the server "
+                f"echoed exactly the {client_bytes:,} bytes sent")
+    seen = []
+    if not identical:
+        seen.append(f"the {sent:,} B stream came back different ({back:,} B, not identical)")
+    if server_bytes is None:
+        seen.append("the server reported no totals, so its count could not be checked")
+    elif server_bytes != client_bytes:
+        seen.append(f"the server counted {server_bytes:,} B echoed, the client sent "
+                    f"{client_bytes:,} B")
+    return "; ".join(seen)
+
+
+def echo_result_fact(r: echo.Result) -> str:
+    f, s = r.facts, r.settings
+    assert f is not None and s is not None
+    return echo_fact(s.small_count, s.large_count, f.small.rtt_p50_us, f.large.mib_per_s,
+                     (f.stream_bytes, f.stream_back, f.stream_identical), f.client_bytes,
+                     None if f.server_totals is None else f.server_totals.bytes_echoed)
+
+
+# --- half-close -------------------------------------------------------------------------------
+
+#: Short names of the choreography's steps, for a fact that lists what was seen.
+STEP_NAMES = ("connected", "after shutdown(SHUT_WR)", "while the server still sent",
+              "after the server's close()", "a second later")
+
+
+def half_close_fact(steps: Sequence[Step]) -> str:
+    """The fact in one sentence, from the states the steps sampled: the states of each
+    step, and the TIME_WAIT time left as read."""
+    if half_close.judge(steps):
+        left = [(t, x) for t, x in half_close.time_wait_left(steps) if x is not None]
+        (t1, x1), (t2, x2) = left[0], left[-1]
+        return ("after shutdown(SHUT_WR) the client sat in FIN_WAIT2 and the server in "
+                "CLOSE_WAIT until the server closed; then the client's socket was in "
+                f"TIME_WAIT with {x1:.1f} s left, {x2:.1f} s left {t2 - t1:.1f} s later")
+    seen = half_close.states(steps)
+    saw = "; ".join(f"{name}: client {c}, server {v}"
+                    for name, (c, v) in zip(STEP_NAMES, seen, strict=False))
+    if half_close.time_wait_left(steps) and not half_close.counts_down(steps):
+        saw += "; the TIME_WAIT timer did not count down between samples"
+    return ("expected FIN_WAIT2 and CLOSE_WAIT after the half-close, then TIME_WAIT "
+            f"counting down; saw {saw}")
+
+
+# --- handshake --------------------------------------------------------------------------------
+
+def handshake_fact(f: handshake.Facts) -> str:
+    return (f"{plural(f.packets, 'packet')} ({f.syn} SYN, {f.syn_ack} SYN-ACK, {f.fin} FIN, "
+            f"{f.rst} RST), {plural(f.transitions, 'state change')} and "
+            f"{plural(f.syscalls, 'socket call')} on one timeline")
+
+
+# --- port-bomb --------------------------------------------------------------------------------
+
+def bomb_worded(v: port_bomb.Variant, pool_size: int) -> port_bomb.Variant:
+    return replace(v, skipped=bomb_skipped(v), lesson=bomb_lesson(v, pool_size),
+                   why_not=bomb_why_not(v, pool_size))
+
+
+def bomb_skipped(v: port_bomb.Variant) -> str | None:
+    Skip = port_bomb.Skip
+    if v.skip is None:
+        return None
+    if v.skip is Skip.NEEDS_CLOSE_FIRST:
+        return ("needs a server that closes first (tcplab server --close-first); "
+                "--server-cmd runs yours")
+    if v.skip is Skip.NOT_LISTENING_THERE:
+        return (f"your server listens on {' and '.join(v.server_addresses or ())} port "
+                f"{port_bomb.PORT} only, so nothing accepts on {v.absent_host}: start it on "
+                "0.0.0.0 (every address) to run this variant")
+    second = v.runs[-1]
+    return (f"every connection to {second.host} was refused ({second.failed:,}): the "
+            "server does not accept there")
+
+
+def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
+    """What a shown variant showed, from its own figures."""
+    if not v.shown:
+        return None
+    ok, tw, rng = v.ok, v.time_wait_peak, v.port_range or 0
+    ends = v.time_wait_end or port_bomb.TimeWaitEnd(0, 0)
+    if v.name == "fresh":
+        first = v.first_error
+        assert first is not None
+        later = ok - first.after_ok
+        return (f"{tw:,} of the {rng:,} ports ended in TIME_WAIT "
+                f"({ends.client_side:,} on the clients' side at the end), and "
+                f"connect() failed with EADDRNOTAVAIL after {first.after_ok:,} "
+                "ok" + (f"; {later:,} more, already under way then, finished "
+                        f"after it ({ok:,} ok)" if later > 0 else ""))
+    if v.name == "pool":
+        return (f"{pool_size} reused connections carried all {ok:,} requests: "
+                f"TIME_WAIT {tw:,} (only the pool's own close, at the end), "
+                f"ESTABLISHED {v.established_peak} (both ends)")
+    if v.name == "default-reuse":
+        return (f"with tcp_tw_reuse = 2, {ok:,} connections fit in {rng:,} ports "
+                f"and TIME_WAIT peaked at {tw:,} ({tw / max(rng, 1):.0%} of "
+                "the range): connect() takes ports of one parity first (bind() gets "
+                "the others) and on loopback reuses a port once its TIME_WAIT is 1 s "
+                "old (tcp_tw_reuse_delay), so the bomb does not fail on a default "
+                "kernel")
+    if v.name == "linger0":
+        return (f"SO_LINGER 0 made close() send RST: {ok:,} connections, TIME_WAIT 0 "
+                "and no failure; but a RST tells the server the connection failed "
+                "(ECONNRESET), and any data still in flight is lost")
+    if v.name == "server-closes":
+        return (f"the server closed first, so TIME_WAIT moved to it "
+                f"({ends.server_side:,} on the server's side, {ends.client_side} on "
+                f"the clients'), and {ok:,} clients never ran out of ports")
+    one, other = v.runs[0], v.runs[1]  # two-destinations
+    return (f"{one.host} ran out after {one.ok:,} connections, "
+            f"yet {other.host} took {other.ok:,} more with the same "
+            f"{rng:,} ports: ports are per destination")
+
+
+def bomb_why_not(v: port_bomb.Variant, pool_size: int) -> str | None:
+    """Which measured figure fell short, one clause per failed check."""
+    if not v.short:
+        return None
+    Short = port_bomb.Short
+    rng = v.port_range or 0
+    ends = v.time_wait_end or port_bomb.TimeWaitEnd(0, 0)
+
+    def words(why: port_bomb.Short) -> str:
+        if why is Short.FIRST_ERROR_OTHER:
+            return f"the first error was {v.first_error.name if v.first_error else '?'}, " \
+                   "not EADDRNOTAVAIL"
+        if why is Short.NEVER_FAILED:
+            return "connect() never failed"
+        if why is Short.TIME_WAIT_SHORT:
+            return f"TIME_WAIT peaked at {v.time_wait_peak:,} of {rng:,} ports"
+        if why is Short.FAILED:
+            what = "requests" if v.name == "pool" else "connections"
+            return f"{v.failed:,} {what} failed"
+        if why is Short.HUNG:
+            return (f"{v.stalled:,} connections hung (waiting {STALL_S:g} s or more when the "
+                    f"time bound stopped the bomb; {v.unanswered:,} in all sent a request and "
+                    "got no echo)")
+        if why is Short.TIME_WAIT_OVER_POOL:
+            return f"TIME_WAIT {v.time_wait_peak:,} with a pool of {pool_size}"
+        if why is Short.NOT_MORE_THAN_RANGE:
+            return f"{v.ok:,} connections, not more than the {rng:,} ports"
+        if why is Short.TIME_WAIT_LEFT:
+            return f"TIME_WAIT {v.time_wait_peak:,}"
+        if why is Short.NO_SERVER_TIME_WAIT:
+            return "no TIME_WAIT on the server's side"
+        if why is Short.CLIENT_TIME_WAIT:
+            return f"{ends.client_side:,} TIME_WAIT on the clients' side"
+        if why is Short.FIRST_NOT_OUT:
+            return f"{v.runs[0].host} did not run out of ports"
+        return f"{v.runs[1].host} took {v.runs[1].ok:,} connections of {rng:,} ports"
+
+    return "; ".join(words(why) for why in v.short)
+
+
+def port_bomb_fact(variants: Sequence[port_bomb.Variant]) -> str:
+    """One sentence from what the (worded) variants measured; nothing they did not see."""
+    by = {v.name: v for v in variants}
+    parts = []
+    fresh = by.get("fresh")
+    if fresh and fresh.skip is None:
+        e = fresh.first_error
+        if e and e.errno == 99:
+            later = fresh.ok - e.after_ok
+            parts.append(f"connect() failed with {e.name} after {e.after_ok:,} "
+                         f"connections in {e.at_s:.2f} s"
+                         + (f" ({later:,} more, under way then, finished after it)"
+                            if later > 0 else "")
+                         + f", with {fresh.time_wait_peak:,} of {fresh.port_range or 0:,} "
+                         "ports in TIME_WAIT")
+        elif e:
+            parts.append(f"fresh: the first error was {e.name} ({e.message}) after "
+                         f"{e.after_ok:,} connections, not port exhaustion")
+        else:
+            parts.append(f"fresh: {fresh.ok:,} connections and no error: the ports never "
+                         "ran out")
+    pool = by.get("pool")
+    if pool and pool.skip is None:
+        parts.append(f"pooled: {pool.failed:,} failures, TIME_WAIT {pool.time_wait_peak:,}")
+    reuse = by.get("default-reuse")
+    if reuse and reuse.skip is None:
+        parts.append(f"kernel defaults (tcp_tw_reuse=2): {reuse.ok:,} connections, "
+                     f"{reuse.failed:,} failures")
+    missed = [f"{v.name} ({v.why_not})" for v in variants if v.skip is None and not v.shown]
+    if missed:
+        parts.append("NOT shown: " + "; ".join(missed))
+    skipped = [f"{v.name} ({v.skipped})" for v in variants if v.skip is not None]
+    if skipped:
+        parts.append("skipped: " + "; ".join(skipped))
+    return "; ".join(parts) or "no variant ran"
+
+
+def verdict_words(verdict: object) -> str | None:
+    """The reason of a verdict an experiment reports while it runs (its Progress):
+    why a variant or round was skipped, or which figure fell short."""
+    if isinstance(verdict, port_bomb.Variant):
+        return bomb_skipped(verdict)
+    if isinstance(verdict, fd_leak.Round):
+        return round_skipped(verdict) or round_why_not(verdict)
+    return None
+
+
+# --- fd-leak ----------------------------------------------------------------------------------
+
+def round_worded(r: fd_leak.Round) -> fd_leak.Round:
+    return replace(r, skipped=round_skipped(r), lesson=round_lesson(r),
+                   why_not=round_why_not(r))
+
+
+def _fds(r: fd_leak.Round) -> str:
+    return f"fds {r.fds_start} -> {r.fds_after}"
+
+
+def round_skipped(r: fd_leak.Round) -> str | None:
+    Skip = fd_leak.Skip
+    if r.skip is None:
+        return None
+    if r.skip is Skip.NEEDS_KEEPALIVE:
+        return ("needs tcplab server --keepalive (SO_KEEPALIVE on accepted sockets); "
+                "--server-cmd runs yours")
+    cw = r.close_wait_persisting
+    if r.skip is Skip.LEAKED_WITHOUT_LEAK:
+        return (f"not applicable: the server leaked without LEAK=true "
+                f"({cw} sockets stayed in CLOSE_WAIT, {_fds(r)})")
+    return (f"the server closed its connections even with LEAK=true (CLOSE_WAIT "
+            f"peak {r.close_wait_peak}, {cw} at the end; {_fds(r)}): it has no leak switch")
+
+
+def round_lesson(r: fd_leak.Round) -> str | None:
+    """What a shown round showed, from its own figures."""
+    if not r.shown:
+        return None
+    limit = r.fd_limit or 0
+    cw, cw_peak = r.close_wait_persisting, r.close_wait_peak
+    if r.name == "fixed":
+        return (f"a server that closes: CLOSE_WAIT {cw} once it had closed (a peak "
+                f"of {cw_peak} while the clients closed), {_fds(r)}")
+    if r.name == "keepalive":
+        return (f"with SO_KEEPALIVE, CLOSE_WAIT fell from {cw_peak} to "
+                f"{r.close_wait_after} (the never-accepted ones) once the probes found "
+                f"the peers gone, but the fds stayed at {r.fds_after} of {limit}: the "
+                "leak is in fds, not TCP states")
+    return (f"fds climbed to {r.fds_peak} of {limit}"
+            + (", accept() failed with EMFILE" if r.emfile_line else
+               " (no 'too many open files' in its output)")
+            + (f", the accept queue filled ({r.queue_peak}: backlog {r.backlog} + 1)"
+               if r.backlog and r.queue_peak > r.backlog else
+               f", the accept queue held up to {r.queue_peak} (backlog {r.backlog})")
+            + f"; {cw} sockets stayed in "
+            f"CLOSE_WAIT while the clients' FIN_WAIT2 ({r.fin_wait2_peak}) expired")
+
+
+def round_why_not(r: fd_leak.Round) -> str | None:
+    """Which measured figure fell short, one clause per failed check."""
+    if not r.short:
+        return None
+    Short = fd_leak.Short
+    limit = r.fd_limit or 0
+    cw, cw_peak = r.close_wait_persisting, r.close_wait_peak
+    words = {
+        Short.DIED: "the server died",
+        Short.FDS_SHORT: f"fds peaked at {r.fds_peak} of its limit of {limit}"
+        + (f" (set to {r.fd_limit_set}: the server changed it)"
+           if limit != r.fd_limit_set else ""),
+        Short.NO_EMFILE_LINE: "no 'Too many open files' in its log",
+        Short.NO_CLOSE_WAIT: "no socket in CLOSE_WAIT",
+        Short.CLOSE_WAIT_OVER_QUEUE: f"CLOSE_WAIT {r.close_wait_after} at the end, more than "
+        f"the {r.queue_peak} never accepted",
+        Short.CLOSE_WAIT_STAYED: f"CLOSE_WAIT stayed at {cw_peak}",
+        Short.FDS_FELL: f"fds fell to {r.fds_after}",
+        Short.NONE_STAYED: f"no socket stayed in CLOSE_WAIT (peak {cw_peak})",
+        Short.CLOSED_AFTER_ALL: f"CLOSE_WAIT fell from {cw_peak} to {cw}: the server closed "
+        "them after all" + (" (Go, for one, closes an unreachable net.Conn from a GC "
+                            "finalizer)" if r.foreign else ""),
+        Short.NO_FIN_WAIT2: "no client socket in FIN_WAIT2",
+        Short.FIN_WAIT2_STAYED: f"{r.fin_wait2_after} client sockets still in FIN_WAIT2 at "
+        "the end",
+        Short.LEFT_CLOSE_WAIT: f"{cw} sockets stayed in CLOSE_WAIT after the server closed, "
+        f"{_fds(r)}",
+    }
+    return "; ".join(words[why] for why in r.short)
+
+
+def fd_leak_fact(leak: fd_leak.Round, fixed: fd_leak.Round,
+                 kept: fd_leak.Round | None) -> str:
+    """The summary sentence, clause by clause from what was measured (worded rounds)."""
+    parts = []
+    if leak.skip is not None:
+        parts.append(f"the leak round was skipped: {leak.skipped}")
+    else:
+        limit, peak = leak.fd_limit, leak.fds_peak
+        if limit and peak >= limit - 2:
+            clause = f"the leaking server's fds hit its limit of {limit} ({peak} in use)"
+        else:
+            clause = f"the leaking server's fds peaked at {peak} of its limit of {limit}"
+        if leak.emfile_line:
+            clause += ", accept() failed with EMFILE"
+        elif limit and peak >= limit - 2:
+            clause += " (its output shows no 'too many open files' line)"
+        parts.append(clause)
+        cw, cw_peak = leak.close_wait_persisting, leak.close_wait_peak
+        fw_peak, fw_after = leak.fin_wait2_peak, leak.fin_wait2_after
+        if cw and cw >= 0.95 * cw_peak and fw_peak and not fw_after:
+            parts.append(f"{cw} sockets sat in CLOSE_WAIT and stayed after the clients' "
+                         f"FIN_WAIT2 ({fw_peak}) expired")
+        elif cw_peak:
+            parts.append(f"CLOSE_WAIT peaked at {cw_peak} and {cw} stayed"
+                         + (f" (the server closed {cw_peak - cw} after all)"
+                            if cw < 0.95 * cw_peak else "")
+                         + f"; the clients' FIN_WAIT2: {fw_peak} at the peak, {fw_after} at "
+                         "the end")
+        else:
+            parts.append("no socket was in CLOSE_WAIT")
+    if fixed.skip is not None:
+        parts.append(f"the fix round was skipped: {fixed.skipped}")
+    else:
+        parts.append(f"a server that closes: CLOSE_WAIT {fixed.close_wait_persisting} once "
+                     f"it had closed (a peak of {fixed.close_wait_peak} while clients "
+                     "closed)")
+    if kept is not None and kept.skip is None:
+        parts.append(f"with SO_KEEPALIVE: CLOSE_WAIT {kept.close_wait_after}, fds still "
+                     f"{kept.fds_after}")
+    return "; ".join(parts)
+
+
+# --- multiplex --------------------------------------------------------------------------------
+
+def failure_words(failures: Mapping[str, int], n: int) -> str:
+    """``9,980 of 10,000 timed out`` or ``12 of 100 failed (timeout x10, EOF x2)``."""
+    total = sum(failures.values())
+    if set(failures) == {"timeout"}:
+        return f"{total:,} of {n:,} timed out"
+    kinds = ", ".join(f"{k} x{v:,}" for k, v in failures.items())
+    return f"{total:,} of {n:,} failed ({kinds})"
+
+
+def collapse_flag(row: multiplex.Row) -> str | None:
+    """A collapsed row's flag: what failed, never a figure as a measurement."""
+    if not row.collapsed:
+        return None
+    return f"collapsed: {failure_words(row.failures, row.connections)}"
+
+
+def multiplex_rules(collapse_at: int) -> str:
+    """The verdict's rules, with the thresholds experiments/multiplex.py judges by."""
+    m = multiplex
+    return (f"shown: every event-loop model held every N on 1 thread with 0 failures, "
+            f"and, when the ladder reaches {collapse_at:,}, threads collapsed at the "
+            f"largest N: at least {m.MOSTLY_FAILED:.0%} of its connections failed, or its "
+            f"echoes/s fell below {m.COLLAPSE_RATIO:.0%} of its echoes/s at the "
+            f"reference N, or it served at most {m.PEER_THROUGHPUT_SHARE:.0%} of the "
+            f"slowest event loop's echoes/s with a p99 at least {m.PEER_P99_FACTOR:g}x "
+            "the event loops' worst; or, short of that, it fell behind every event "
+            f"loop: at least {m.BEHIND_CPU_FACTOR:g}x their worst CPU per echo, "
+            f"{m.BEHIND_RSS_FACTOR:g}x their RSS per connection, and a worse p99")
+
+
+def _threads(n: int | None) -> str:
+    return "? threads" if n is None else plural(n, "thread")
+
+
+def _ms(us: float) -> str:
+    return duration_us(us, ms_digits=0)
+
+
+def _loop_problem(p: multiplex.Problem, by: Mapping[tuple[str, int], multiplex.Row]) -> str:
+    n = p.connections
+    r = by.get((p.model, n))
+    if p.kind is multiplex.Trouble.NO_ROW or r is None:
+        return f"no row at {n:,}"
+    if p.kind is multiplex.Trouble.FAILED:
+        return f"at {n:,}: {failure_words(r.failures, n)}"
+    if p.kind is multiplex.Trouble.NOT_ALL_OPEN:
+        return f"at {n:,}: {r.connected:,} of {n:,} open"
+    return f"at {n:,}: {_threads(r.threads)}"
+
+
+_LOOP_TROUBLES = (multiplex.Trouble.NO_ROW, multiplex.Trouble.FAILED,
+                  multiplex.Trouble.NOT_ALL_OPEN, multiplex.Trouble.THREADS)
+
+
+def multiplex_fact(rows: Sequence[multiplex.Row], f: multiplex.Facts) -> str:
+    """The fact in one line, from the rows and the verdict's figures and problems."""
+    Trouble = multiplex.Trouble
+    big, ref, collapse_at = f.largest, f.reference, f.collapse_at
+    by = {(r.model, r.connections): r for r in rows}
+    loops = multiplex.loops_of(rows)
+    held = f.loops_held
+    parts: list[str] = []
+
+    # 1. the event loops: every N, 1 thread, 0 failures
+    if loops and all(held.get(m, False) for m in loops):
+        best = min(loops, key=lambda m: by[(m, big)].cpu_us_per_echo or 1e9)
+        b = by[(best, big)]
+        eps = ", ".join(f"{m} {by[(m, big)].echoes_per_s:,.0f}" for m in loops)
+        parts.append(
+            f"{', '.join(loops)} each held {big:,} connections on 1 thread with 0 failures "
+            f"({best}: 1 epoll instance watching {b.epoll_watches or 0:,} sockets, "
+            f"{b.rss_per_conn:,.0f} B RSS per connection; echoes/s {eps})")
+
+    # 2. threads: collapsed at the largest N, measured against the reference N
+    c = multiplex.compare(rows, big, ref, held)
+    figures = ""
+    if c is not None:
+        t, tref = c.t, c.tref
+        against = ""
+        if tref is not None:
+            against = (f" against {tref.echoes_per_s:,.0f} at {ref:,}"
+                       + (f" ({c.ratio:.1%})" if c.ratio is not None else "")
+                       + f", p99 {_ms(t.p99_us)}"
+                       + (" for those that got through" if t.failed else "")
+                       + f" against {_ms(tref.p99_us)}")
+        accepted = ""
+        if t.accepted_s is not None:
+            accepted = f", all accepted {t.accepted_s:.1f} s after the first connect"
+        elif t.unaccepted:
+            accepted = f", {t.unaccepted:,} not accepted by the end"
+        peer = ""
+        if c.peer_share is not None and c.peer_p99 is not None and c.worst_p99:
+            peer = (f"; against the event loops at {big:,}: "
+                    f"{c.peer_share:.0%} of the slowest one's echoes/s, "
+                    f"{c.peer_p99:,.0f}x their worst p99 ({_ms(c.worst_p99)})")
+        figures = (f"{t.echoes_per_s:,.0f} echoes/s{against}{peer}; "
+                   f"{_threads(t.threads)}{accepted}")
+        if c.collapsed:
+            what = failure_words(t.failures, big) if t.failed else "0 failed"
+            if t.timed_out:
+                what += f" (still waiting for an echo after {f.timeout:g} s: the GIL convoy)"
+            served = (f", {t.served:,} got any echo"
+                      if t.served is not None and t.served < big else "")
+            parts.append(f"threads collapsed at {big:,}: {what}{served}, {figures}")
+        elif c.fell_behind and big >= collapse_at:
+            assert c.cpu_x is not None and c.rss_x is not None
+            parts.append(f"threads fell behind at {big:,} without collapsing this time "
+                         f"({t.failed:,} failed): {figures}; it spent {c.cpu_x:,.1f}x the "
+                         f"event loops' worst CPU per echo and {c.rss_x:,.0f}x their RSS per "
+                         "connection")
+        elif big < collapse_at:
+            parts.append(f"threads: {figures}, {t.failed:,} failed at {big:,}; "
+                         f"the collapse needs {collapse_at:,} connections (not judged here: "
+                         "run without --quick)")
+
+    # 3. every failure seen, in any row the parts above do not already describe
+    described = {("threads", big)} if c is not None else set()
+    others = [f"{r.name}: {failure_words(r.failures, r.connections)}" for r in rows
+              if r.failed and (r.model, r.connections) not in described
+              and not (r.model in held and not held[r.model])]
+    if others:
+        parts.append("also failed: " + "; ".join(others))
+
+    # Why not shown, in the verdict's order: the event loops, then threads.
+    problems: list[str] = []
+    grouped: dict[str, list[str]] = {}
+    for p in f.problems:
+        if p.kind in _LOOP_TROUBLES:
+            if p.model not in grouped:
+                grouped[p.model] = []
+                problems.append(p.model)  # its place; the words come below
+            grouped[p.model].append(_loop_problem(p, by))
+        elif p.kind is Trouble.NO_LOOP:
+            problems.append("no event-loop model ran (epoll, asyncio or uvloop)")
+        elif p.kind is Trouble.THREADS_HELD_UP and c is not None:
+            problems.append(f"threads neither collapsed nor fell behind at {big:,}: "
+                            f"{figures}; {c.t.failed:,} failed")
+        elif p.kind is Trouble.THREADS_MISSING:
+            problems.append("the threads model did not run: its collapse is half the lesson")
+    problems = [f"{x} did not hold: {'; '.join(grouped[x])}" if x in grouped else x
+                for x in problems]
+    return "; ".join(([f"NOT shown: {'; '.join(problems)}"] if problems else []) + parts)

@@ -1,0 +1,303 @@
+"""What the test files share: the one module they import helpers from.
+
+No test file imports from ``conftest`` or from another test file
+(tests/test_suite.py walks them to check it); conftest.py builds its fixtures
+from what is here. The server models come from ``tcplab.traffic.models``, not
+from a copy of the list here.
+
+- running tcplab as a user does: :func:`tcplab` (the argv), :func:`run_tcplab`
+  (run it to the end), :class:`Child` and :class:`Spawner` (children whose
+  output lines are collected as they come; every one stopped and reaped),
+  :func:`free_port`;
+- the session's one ``experiment all`` run: :class:`ExperimentAll`;
+- a server written without tcplab: :func:`start_plain_server`;
+- trace instances left behind: :func:`instances`, :func:`left_behind` and the
+  file of instances a test leaves stale on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# -- running tcplab ----------------------------------------------------------------------
+
+
+def tcplab(*args: str) -> list[str]:
+    """The argv of ``tcplab ARGS`` in this interpreter."""
+    return [sys.executable, "-m", "tcplab", *args]
+
+
+def run_tcplab(
+    *args: str, input: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI as a user would: a fresh ``python -m tcplab`` process."""
+    return subprocess.run(
+        tcplab(*args),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+class Child:
+    """A child process whose stdout and stderr lines are collected as they come."""
+
+    def __init__(self, argv: list[str], **kw: Any) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, **kw)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._cond = threading.Condition()
+        self._threads = [threading.Thread(target=self._read, args=(s, d), daemon=True)
+                         for s, d in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._cond:
+                into.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_line(self, pred: Callable[[str], bool], stream: str = "err",
+                  guard: float = 30) -> str:
+        """The first line of stdout or stderr for which pred is true (guard: a hang)."""
+        lines = self.err if stream == "err" else self.out
+        end = time.monotonic() + guard
+        with self._cond:
+            while True:
+                for line in lines:
+                    if pred(line):
+                        return line
+                if self.proc.poll() is not None and not any(t.is_alive() for t in self._threads):
+                    raise AssertionError(f"{self.argv[2:]} ended ({self.proc.returncode}) "
+                                         f"without it: {self.err}")
+                if time.monotonic() > end:
+                    raise AssertionError(f"no such line within {guard} s: {self.err}")
+                self._cond.wait(0.1)
+
+    def finish(self, guard: float = 60) -> int:
+        """Wait for it to exit (the guard is against a hang) and for its output."""
+        rc = self.proc.wait(timeout=guard)
+        for t in self._threads:
+            t.join(timeout=guard)
+        return rc
+
+    def kill(self) -> None:
+        """SIGTERM (a tracer then removes its instance), SIGKILL if it does not go."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait()
+        for t in self._threads:  # the output up to the end, before the pipes close
+            t.join(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    def json(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out]
+
+
+class Spawner:
+    """Starts :class:`Child` processes and stops them all (the ``spawn`` fixture)."""
+
+    def __init__(self) -> None:
+        self.started: list[Child] = []
+
+    def __call__(self, argv: list[str], **kw: Any) -> Child:
+        child = Child(argv, **kw)
+        self.started.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in self.started:
+            child.kill()
+
+
+def free_port() -> int:
+    """A port nothing listens on now: bound on 127.0.0.1, then let go (no connection
+    was made, so nothing of ours stays on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the session's one `experiment all` ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExperimentAll:
+    """One ``tcplab experiment all --quick --json --report DIR`` run."""
+
+    proc: subprocess.CompletedProcess[bytes]
+    bodies: list[dict[str, Any]]  # the JSON objects on stdout, in order
+    stray: list[str]  # stdout lines that are not a JSON object (there should be none)
+    report: Path  # DIR: index.html and results.json
+
+    @property
+    def by_name(self) -> dict[str, dict[str, Any]]:
+        return {b["experiment"]: b for b in self.bodies}
+
+    @property
+    def stderr(self) -> str:
+        return self.proc.stderr.decode(errors="replace")
+
+    @classmethod
+    def run(cls, directory: Path) -> ExperimentAll:
+        report = directory / "report"  # tcplab makes DIR
+        # The subprocess bound is below pytest-timeout's 600 s (pyproject), so a hang
+        # is reported here, with the run's stderr, rather than as a stack dump.
+        r = run_tcplab("experiment", "all", "--quick", "--json", "--report", str(report),
+                       timeout=540)
+        return cls.decode(r, report)
+
+    @classmethod
+    def decode(cls, r: subprocess.CompletedProcess[bytes], report: Path) -> ExperimentAll:
+        bodies: list[dict[str, Any]] = []
+        stray: list[str] = []
+        for line in r.stdout.decode(errors="replace").splitlines():
+            try:
+                body = json.loads(line)
+            except ValueError:
+                stray.append(line)
+                continue
+            if isinstance(body, dict):
+                bodies.append(body)
+            else:
+                stray.append(line)
+        return cls(r, bodies, stray, report)
+
+
+# -- a server written without tcplab -------------------------------------------------------
+
+PLAIN_SERVER = r"""
+import socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+lst = socket.socket(family)
+lst.bind((sys.argv[1], 0))
+lst.listen(4)
+print(lst.getsockname()[1], flush=True)
+conn, _ = lst.accept()
+print(conn.fileno(), flush=True)
+while data := conn.recv(65536):
+    conn.sendall(data)
+time.sleep(float(sys.argv[2]))  # in CLOSE_WAIT at least this long
+conn.close()
+print("closed", flush=True)
+sys.stdin.read()
+"""
+
+
+def start_plain_server(spawn: Spawner, host: str = "127.0.0.1",
+                       close_after: float = 0.25) -> tuple[Child, int]:
+    """A one-connection echo server on ``host``, port 0: it prints its port, the
+    accepted socket's fd, and "closed" once it closed, ``close_after`` seconds after
+    the peer did (so its socket sits in CLOSE_WAIT that long); (child, port)."""
+    server = spawn([sys.executable, "-c", PLAIN_SERVER, host, str(close_after)])
+    port = int(server.wait_line(str.isdigit, "out"))
+    return server, port
+
+
+# -- trace instances: none left behind -----------------------------------------------------
+
+
+def instances() -> set[str]:
+    """instances/ of tracefs, seen from a private mount namespace (the host's mounts stay)."""
+    r = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tracefs nodev /sys/kernel/tracing"
+                        " && ls /sys/kernel/tracing/instances"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return set(r.stdout.split())
+
+
+def remove_instance(name: str) -> None:
+    subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tracefs nodev /sys/kernel/tracing"
+                    f" && rmdir /sys/kernel/tracing/instances/{name}"],
+                   capture_output=True, timeout=30)
+
+
+def tracefs_mounts() -> list[str]:
+    """The host's tracefs mounts, as ``mount`` lists them."""
+    out = subprocess.run(["mount"], capture_output=True, text=True, timeout=30).stdout
+    return [line for line in out.splitlines() if "tracefs" in line]
+
+
+#: Trace instances a test leaves stale on purpose (test_a_stale_instance_is_removed),
+#: by name, in a file every test session on the machine reads: another suite running
+#: beside this one (two `bash .ci/run` side by side) must neither count them as left
+#: behind nor remove them before the run under test does (seen once each way).
+STALE_ON_PURPOSE = Path("/tmp/tcplab-tests-stale-instances")
+
+
+def stale_on_purpose() -> set[str]:
+    try:
+        return set(STALE_ON_PURPOSE.read_text().split())
+    except OSError:
+        return set()
+
+
+def mark_stale_on_purpose(name: str) -> None:
+    with STALE_ON_PURPOSE.open("a") as f:
+        f.write(name + "\n")
+
+
+def unmark_stale_on_purpose(name: str) -> None:
+    """Once the instance is gone, its name leaves the file (and the file, when empty)."""
+    rest = [n for n in sorted(stale_on_purpose()) if n != name]
+    try:
+        if rest:
+            STALE_ON_PURPOSE.write_text("".join(n + "\n" for n in rest))
+        else:
+            STALE_ON_PURPOSE.unlink()
+    except OSError:
+        pass
+
+
+def left_behind(pids: Iterable[int] = (), before: set[str] | None = None) -> list[str]:
+    """tcplab-PID instances of these pids, or of dead processes that appeared since
+    ``before`` and are still there after a grace: another test (another worker, or
+    another suite beside this one) may be in the middle of removing its own, which
+    takes up to 4 s (a tracer that does not stop on SIGTERM is killed and its
+    instance removed after it). Not the ones a test left stale on purpose."""
+    mine = set(pids)
+
+    def dead(names: set[str]) -> set[str]:
+        return {n for n in names if n[7:].isdigit() and not os.path.exists(f"/proc/{n[7:]}")
+                and n not in (before or set()) and int(n[7:]) not in mine}
+
+    def candidates() -> tuple[set[str], set[str]]:
+        names = {n for n in instances() if n.startswith("tcplab-")} - stale_on_purpose()
+        return {n for n in names if n[7:].isdigit() and int(n[7:]) in mine}, dead(names)
+
+    own, orphans = candidates()
+    deadline = time.monotonic() + 8
+    while orphans and time.monotonic() < deadline:
+        time.sleep(0.5)
+        orphans &= candidates()[1]
+    return sorted(own | orphans)

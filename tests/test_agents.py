@@ -1,0 +1,298 @@
+"""The child processes as one contract (tcplab/agents/): argv in, typed records out.
+
+Every agent runs here as its parent runs it, ``python -m tcplab.agents.NAME``
+with its documented argv, and each line it writes must decode with
+``from_json_line`` into its record: a field renamed on one side fails here,
+by name, not later as a KeyError in a report. A module added to agents/
+without a case here fails ``test_every_agent_has_a_case``.
+
+Also: below ``cli/``, only agents write to stdout (an AST walk of src/tcplab).
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import itertools
+import os
+import pkgutil
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+import tcplab
+import tcplab.agents
+from tcplab.agents.half_close import Step
+from tcplab.agents.handshake import Done, Ready
+from tcplab.agents.io import command
+from tcplab.agents.listening import Listening
+from tcplab.agents.nsholder import Answer
+from tcplab.agents.sampler import Sample
+from tcplab.agents.sysctl import Sysctl
+from tcplab.agents.tracefs_probe import StaleRemoved
+from tcplab.experiments.sandbox import Sandbox
+from tcplab.interrupts import spawn
+from tcplab.observe.process import own_fd_limit
+from tcplab.observe.tracefs import CANDIDATES, Availability
+from tcplab.records import from_json_line
+from tcplab.traffic.flood import FloodResult
+
+T = TypeVar("T")
+GUARD = 30.0  # seconds: a hang guard only, never a speed assertion
+SRC = Path(tcplab.__file__).parent
+
+
+# --- nothing below cli/ writes to stdout, except the agents ---------------------------------
+
+#: Modules that may name sys.stdout without writing to it, and why.
+MAY_NAME_STDOUT = {
+    "interrupts.py": "exit_now() flushes what cli/ wrote before os._exit",
+}
+
+
+def stdout_writes(source: str) -> list[str]:
+    """Where ``source`` calls print() or names sys.stdout / sys.__stdout__ / fd 1."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "print":
+            found.append(f"{node.lineno}: print()")
+        elif isinstance(node, ast.Attribute) and node.attr in ("stdout", "__stdout__") \
+                and isinstance(node.value, ast.Name) and node.value.id == "sys":
+            found.append(f"{node.lineno}: sys.{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "write" and isinstance(node.func.value, ast.Name) \
+                and node.func.value.id == "os" and node.args \
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == 1:
+            found.append(f"{node.lineno}: os.write(1, ...)")
+    return found
+
+
+@pytest.mark.pure
+def test_only_cli_and_agents_write_to_stdout() -> None:
+    checked = 0
+    offenders: list[str] = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] in ("cli", "agents") or str(rel) in MAY_NAME_STDOUT:
+            continue
+        checked += 1
+        offenders += [f"{rel}:{where}" for where in stdout_writes(path.read_text())]
+    assert checked > 50, checked  # the walk found the package
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(("code", "kind"), [
+    ("print('x')", "print()"), ("sys.stdout.write('x')", "sys.stdout"),
+    ("f = sys.__stdout__", "sys.__stdout__"), ("os.write(1, b'x')", "os.write(1, ...)"),
+    ("sys.stderr.write('x')", None), ("os.write(2, b'x')", None),
+    ("print = log", None),
+])
+def test_the_stdout_walk_finds_each_kind_of_write(code: str, kind: str | None) -> None:
+    """The walk itself: each way of writing to stdout is caught, stderr is not."""
+    found = stdout_writes(f"import os, sys\n{code}\n")
+    assert found == ([f"2: {kind}"] if kind else []), found
+
+
+# --- every agent: --help, and its documented argv -------------------------------------------
+
+def agent_modules() -> set[str]:
+    return {m.name for m in pkgutil.iter_modules(tcplab.agents.__path__) if m.name != "io"}
+
+
+@pytest.mark.pure
+def test_every_agent_has_a_case() -> None:
+    assert agent_modules() == set(CASES), "add the new agent to CASES (and a test)"
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("agent", sorted(agent_modules()))
+def test_agent_help(agent: str) -> None:
+    r = subprocess.run(command(agent, "--help"), capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().startswith(f"usage: python -m tcplab.agents.{agent}")
+
+
+def read_record(proc: subprocess.Popen[bytes], cls: type[T]) -> T:
+    """The next line of ``proc`` decoded into ``cls``."""
+    assert proc.stdout is not None
+    if not select.select([proc.stdout], [], [], GUARD)[0]:
+        pytest.fail(f"no {cls.__name__} line from {proc.args!r} within {GUARD} s")
+    return from_json_line(cls, proc.stdout.readline())
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Agents started here: SIGKILLed by pid and reaped if still running at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.loopback
+def test_sampler(children: list[subprocess.Popen[bytes]]) -> None:
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(7)
+        port = lst.getsockname()[1]
+        origin = time.monotonic()
+        proc = spawn(command("sampler", "--port", str(port), "--interval", "0.05",
+                             "--origin", repr(origin)), stdout=subprocess.PIPE,
+                     stdin=subprocess.DEVNULL)
+        children.append(proc)
+        rows = [read_record(proc, Sample) for _ in range(3)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=GUARD) == 0
+    for row in rows:
+        assert row.states == {"LISTEN": 1}
+        assert row.listen_queue == 0 and row.backlog == 7
+        assert row.server_pid == os.getpid()  # found by the listener's inode
+        assert row.fd_limit == own_fd_limit().soft and row.fd_limit_hard == own_fd_limit().hard
+        assert row.server_fds is not None and row.server_fds > 0
+        assert row.t == pytest.approx(row.mono - origin, abs=2e-6)
+    assert rows[0].t > 0 and all(a.t < b.t for a, b in itertools.pairwise(rows))
+
+
+@pytest.mark.loopback
+def test_flood(start_server: Callable[..., Any]) -> None:
+    server = start_server()
+    r = subprocess.run(command("flood", "--port", str(server.port), "--clients", "20",
+                               "--ramp", "0.1"),
+                       capture_output=True, stdin=subprocess.DEVNULL, timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    result = from_json_line(FloodResult, r.stdout)
+    assert result.clients == 20 and result.echoed == 20, result
+
+
+@pytest.mark.loopback
+def test_listening() -> None:
+    with socket.socket() as lst, socket.socket() as held:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen()
+        r = subprocess.run(command("listening", str(lst.getsockname()[1]), "5"),
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=GUARD)
+        assert r.returncode == 0, r.stderr.decode()
+        assert from_json_line(Listening, r.stdout) == Listening(["127.0.0.1"])
+        held.bind(("127.0.0.1", 0))  # bound, never listening: the port stays ours and quiet
+        r = subprocess.run(command("listening", str(held.getsockname()[1]), "0.2"),
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=GUARD)
+    assert r.returncode == 1
+    assert from_json_line(Listening, r.stdout) == Listening([])
+
+
+@pytest.mark.privileged
+def test_half_close() -> None:
+    with Sandbox({}) as sb:
+        r = sb.run(command("half_close", "0.05"), stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    steps = [from_json_line(Step, line) for line in r.stdout.splitlines()]
+    assert len(steps) == 5
+    seen = [(s.client.state if s.client else "gone", s.server.state if s.server else "gone")
+            for s in steps]
+    assert seen[0] == ("ESTABLISHED", "ESTABLISHED")
+    assert seen[1] == seen[2] == ("FIN_WAIT2", "CLOSE_WAIT")
+    assert seen[3][0] == "TIME_WAIT"
+    last = steps[4].client
+    assert last is not None and last.owner == "kernel" and last.timer.startswith("time-wait")
+    assert last.timer_left_s is not None and 0 < last.timer_left_s <= 60
+
+
+@pytest.mark.privileged
+def test_handshake() -> None:
+    with Sandbox({}) as sb:
+        proc = sb.popen(command("handshake", "20001", "0.01"), stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        ready = read_record(proc, Ready)
+        assert ready.pid == proc.pid  # a net namespace, not a pid namespace
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        assert read_record(proc, Done) == Done(connections=2)
+        assert proc.wait(timeout=GUARD) == 0
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+@pytest.mark.privileged
+def test_nsholder(children: list[subprocess.Popen[bytes]]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("without --user the holder needs root (test_sandbox covers --user)")
+    proc = spawn(command("nsholder", "--sysctl", "net.ipv4.tcp_fin_timeout=7"),
+                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children.append(proc)
+    answer = read_record(proc, Answer)
+    assert answer == Answer(ready=True, pid=proc.pid)
+    assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    assert proc.stdin is not None
+    proc.stdin.close()  # the holder's end
+    assert proc.wait(timeout=GUARD) == 0
+
+    failing = spawn(command("nsholder", "--sysctl", "net.ipv4.no_such_knob=1"),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children.append(failing)
+    answer = read_record(failing, Answer)
+    assert not answer.ready and answer.error == "sysctl net.ipv4.no_such_knob"
+    assert answer.errno == errno.ENOENT and answer.message
+    assert failing.wait(timeout=GUARD) == 1
+
+
+@pytest.mark.privileged
+def test_tracefs_probe() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("tracefs is root's")
+    from tcplab.experiments.probe import tracefs
+
+    r = subprocess.run(command("tracefs_probe"), capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=GUARD, process_group=0)
+    assert r.returncode == 0, r.stderr.decode()
+    found = from_json_line(Availability, r.stdout)
+    assert found.ok == tracefs().ok, found
+    if found.ok:
+        assert found.root in CANDIDATES and found.message is None
+    else:
+        assert found.message
+    r = subprocess.run(command("tracefs_probe", "--remove-stale"), capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=GUARD, process_group=0)
+    assert r.returncode == 0, r.stderr.decode()
+    removed = from_json_line(StaleRemoved, r.stdout).removed
+    # Only instances of processes that are gone (another suite's SIGKILLed tracer, if any).
+    assert all(n.startswith("tcplab-") and not os.path.exists(f"/proc/{n[7:]}")
+               for n in removed), removed
+
+
+@pytest.mark.privileged
+def test_sysctl() -> None:
+    """In a sandbox, the namespace's values: the ones it was given, not the host's."""
+    with Sandbox({"net.ipv4.ip_local_port_range": "40000 40999",
+                  "net.ipv4.tcp_fin_timeout": "7"}) as sb:
+        r = sb.run(command("sysctl", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_fin_timeout",
+                           "net.ipv4.no_such_knob"), stdout=subprocess.PIPE, timeout=GUARD)
+        assert r.returncode == 0
+        assert [from_json_line(Sysctl, line) for line in r.stdout.splitlines()] == [
+            Sysctl("net.ipv4.ip_local_port_range", "40000 40999"),
+            Sysctl("net.ipv4.tcp_fin_timeout", "7"), Sysctl("net.ipv4.no_such_knob", None)]
+        assert sb.sysctl("net.ipv4.tcp_fin_timeout") == "7"
+
+
+#: Each agent and the test that runs it with its documented argv.
+CASES = {
+    "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
+    "half_close": test_half_close, "handshake": test_handshake, "nsholder": test_nsholder,
+    "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
+}
