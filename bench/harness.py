@@ -16,7 +16,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -426,118 +425,41 @@ def pingpong_load(sb: Any, server: str, index: int, pid: int, connections: int, 
 
 
 def _pingpong(spec: dict[str, Any]) -> dict[str, Any]:
-    """The load generator's loop: C connections, one S-byte message in flight on each
-    (partial writes finished on EPOLLOUT, every echo compared with what was sent), marks
-    A and B around the window, each taken between two epoll batches."""
+    """The load generator: tcplab's client engine (traffic/engine.py, ``pingpong``),
+    C connections with one S-byte message in flight on each, every echo compared with
+    what was sent; marks A and B around the window, each taken between two epoll
+    batches (the server's CPU time, ours, the machine's, the TCP counters)."""
     from tcplab.observe.procfs import status
-    from tcplab.traffic.client import percentile
+    from tcplab.traffic.engine import pingpong
+    from tcplab.traffic.target import resolve
 
-    pid, port, size = int(spec["pid"]), int(spec["port"]), int(spec["size"])
-    connections, warmup, seconds = int(spec["connections"]), spec["warmup"], spec["seconds"]
+    pid, size = int(spec["pid"]), int(spec["size"])
+    connections = int(spec["connections"])
     if spec.get("cpus"):
         os.sched_setaffinity(0, set(spec["cpus"]))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < connections + 64 <= hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    payload = bytes((i * 7 + 13) & 0xFF for i in range(size))
-    pview = memoryview(payload)
-    IN, OUT = select.EPOLLIN, select.EPOLLOUT
-    DONE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
-    socks: list[socket.socket] = []
-    ep = select.epoll(connections + 1)
-    try:
-        for _ in range(connections):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            socks.append(s)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.setblocking(False)
-        top = max(s.fileno() for s in socks) + 1
-        bufs = [bytearray(size) for _ in range(top)]
-        views = [memoryview(b) for b in bufs]
-        recv_into: list[Any] = [None] * top
-        got, sent, t0 = [0] * top, [0] * top, [0.0] * top
-        for s in socks:
-            recv_into[s.fileno()] = s.recv_into
-        rtts: list[float] = []
-        echoes = in_flight = 0
-        sending = True
-        perf, write = time.perf_counter, os.write
 
-        def send(fd: int) -> None:
-            """Start a round trip on fd: as much of the payload as the kernel takes."""
-            nonlocal in_flight
-            t0[fd], got[fd] = perf(), 0
-            try:
-                n = write(fd, payload)
-            except BlockingIOError:
-                n = 0
-            sent[fd] = n
-            in_flight += 1
-            if n < size:
-                ep.modify(fd, IN | OUT)
+    def mark() -> dict[str, Any]:
+        user, system = cpu_times(pid)
+        c = os.times()
+        return {"server_user": user, "server_sys": system, "client_cpu": c.user + c.system,
+                "machine_busy": machine_busy(), "tcp": tcp_counters(),
+                "server_threads": status(pid).threads}
 
-        def run(until: float, cap: int) -> None:
-            nonlocal echoes, in_flight
-            poll, now = ep.poll, time.monotonic
-            while echoes < cap and (sending or in_flight):
-                for fd, ev in poll(0.05):
-                    if ev & OUT and (k := sent[fd]) < size:
-                        with contextlib.suppress(BlockingIOError):
-                            k += write(fd, pview[k:])
-                        sent[fd] = k
-                        if k == size:
-                            ep.modify(fd, IN)
-                    if not ev & DONE:
-                        continue
-                    g = got[fd]
-                    try:
-                        n = recv_into[fd](views[fd][g:], size - g)
-                    except BlockingIOError:
-                        continue
-                    if not n:
-                        raise ConnectionError("the server closed a connection")
-                    if (g := g + n) < size:
-                        got[fd] = g
-                        continue
-                    rtts.append(perf() - t0[fd])
-                    if bufs[fd] != payload:
-                        raise ValueError("an echo differed from what was sent")
-                    got[fd] = 0
-                    echoes += 1
-                    in_flight -= 1
-                    if sending:
-                        send(fd)
-                if now() >= until:
-                    return
-
-        def mark() -> dict[str, Any]:
-            user, system = cpu_times(pid)
-            c = os.times()
-            return {"t": time.monotonic(), "echoes": echoes, "rtts": len(rtts),
-                    "server_user": user, "server_sys": system,
-                    "client_cpu": c.user + c.system, "machine_busy": machine_busy(),
-                    "tcp": tcp_counters()}
-
-        for s in socks:
-            ep.register(s.fileno(), IN)
-        start = time.monotonic()
-        for s in socks:
-            send(s.fileno())
-        run(start + warmup, sys.maxsize)
-        a = mark()
-        run(a["t"] + seconds, a["echoes"] + int(spec["max_echoes"]))
-        b = mark()
-        threads = status(pid).threads
-        sending = False
-        run(time.monotonic() + 10.0, sys.maxsize)  # collect the echoes still in flight
-        window = sorted(rtts[a["rtts"]:b["rtts"]])
-        return {"a": a, "b": b, "echoes_total": echoes, "in_flight": in_flight,
-                "server_threads": threads, "p50_us": percentile(window, 50) * 1e6,
-                "p99_us": percentile(window, 99) * 1e6}
-    finally:
-        ep.close()
-        for s in socks:
-            s.close()
+    run = pingpong(resolve("127.0.0.1", int(spec["port"])), connections, size=size,
+                   warmup=float(spec["warmup"]), seconds=float(spec["seconds"]),
+                   max_echoes=int(spec["max_echoes"]), mark=mark,
+                   payload=bytes((i * 7 + 13) & 0xFF for i in range(size)))
+    if run.connected < connections or run.failed:
+        raise ConnectionError(f"{run.connected} of {connections} connected, {run.failed} "
+                              f"failed: {run.errors}")
+    a = {"t": run.a.t, "echoes": run.a.echoes, **run.a.extra}
+    b = {"t": run.b.t, "echoes": run.b.echoes, **run.b.extra}
+    return {"a": a, "b": b, "echoes_total": run.echoes_total, "in_flight": run.in_flight,
+            "server_threads": b["server_threads"], "p50_us": run.percentile_us(50),
+            "p99_us": run.percentile_us(99)}
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--pingpong"]:
