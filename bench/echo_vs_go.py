@@ -1,34 +1,109 @@
 """Every tcplab echo-server model against a Go reference echo server (bench/peers/echo.go):
-1. server CPU per echo (bench/cpu_per_echo.py), 2. requests/s and p99 over message sizes
-and connection counts, 3. concurrency (10,000 held, the most one process can hold, RSS per
-idle connection). Root or unprivileged user namespaces, and go; about 7-8 minutes, 2 with
-``--quick``::
-
-    .venv/bin/python bench/echo_vs_go.py
-    .venv/bin/python bench/echo_vs_go.py --quick
-    .venv/bin/python bench/echo_vs_go.py --parts 2 --conns 1 --pin same --json
-
-What is measured and how: bench/README.md, "echo_vs_go.py".
+1. server CPU per echo (also bench/cpu_per_echo.py, alone), 2. requests/s and p99 over
+message sizes and connection counts, 3. concurrency (10,000 held, the most one process can
+hold, RSS per idle connection). Root or unprivileged user namespaces, and go; about 7-8
+minutes, 2 with ``--quick``. What is measured and how: bench/README.md, "echo_vs_go.py".
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cpu_per_echo as part1  # bench/cpu_per_echo.py: part 1
 import harness as h  # bench/harness.py, next to this file
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.traffic.models import MODELS
 
-GOAL_RSS = 3 * 1024
-GOAL_THREADS = 2
+BACKLOG = 8192
+SYSCTLS = {"net.core.somaxconn": str(BACKLOG), "net.ipv4.ip_local_port_range": "1024 65535"}
+SERVER_ARGS = ("--fd-limit", "max", "--backlog", str(BACKLOG))
+GOAL_VS_GO, GOAL_VS_STIME = 1.0, 1.15
+GOAL_RSS, GOAL_THREADS = 3 * 1024, 2
 #: A grid cell whose rounds differ by more than this factor in requests/s is marked.
 SPREAD_MARK = 2.0
 C10K = 10_000
+#: The "settings" of the JSON: cpu_per_echo.py's, echo_vs_go.py's.
+PART1_SETTINGS = ("rounds", "seconds", "warmup", "connections", "size", "max_echoes",
+                  "models", "pin")
+SETTINGS = ("rounds", "seconds", "warmup", "connections", "size", "grid_rounds", "grid_seconds",
+            "grid_warmup", "sizes", "conns", "conc_rounds", "most", "max_echoes", "models",
+            "parts", "quick", "pin")
+
+
+# --- part 1: CPU per echo -------------------------------------------------------------------
+
+
+def part1(servers: list[str], args: argparse.Namespace, go_binary: str | None,
+          problems: list[str]) -> list[h.Window]:
+    """Interleaved rounds; a fresh namespace and server per run."""
+    cells: list[h.Window] = []
+    for i in range(args.rounds):
+        for key in h.rotate(servers, i):
+            with Sandbox(SYSCTLS) as sb, h.serving(sb, key, go_binary, SERVER_ARGS) as srv:
+                c = h.pingpong_load(sb, key, i + 1, srv.pid, args.connections, args.size,
+                                    args.warmup, args.seconds, args.max_echoes,
+                                    h.pin(srv.pid, args.pin))
+                totals = srv.stop()
+            cells.append(c)
+            if bad := h.check_totals(key, totals, args.size * c.echoes_total, c.in_flight):
+                problems.append(bad)
+            h.progress(f"CPU per echo, round {i + 1}/{args.rounds} {key:<8} {c.cpu_us:6.2f} "
+                       f"us/echo (user {c.user_us:5.2f}, sys {c.sys_us:5.2f}), "
+                       f"{c.echoes_per_s:8,.0f} echoes/s, server {c.server_core_pct:4.0f} %, "
+                       f"{c.server_threads} threads, others {c.others_core_pct:3.0f} %")
+    return cells
+
+
+def summarize1(cells: list[h.Window], servers: list[str], problems: list[str]
+               ) -> tuple[str, list[dict[str, Any]]]:
+    """(the x-model baseline: uvloop, else the first model; a row per server)."""
+    base = h.DEFAULT_MODEL if h.DEFAULT_MODEL in servers else next(
+        (s for s in servers if s != "go"), servers[0])
+    by = {s: sorted((c for c in cells if c.server == s), key=lambda c: c.round)
+          for s in servers}
+    rows = []
+    for s, cs in by.items():
+        if not cs:
+            continue
+
+        def x(other: str, cs: list[h.Window] = cs) -> float | None:
+            return h.by_round(cs, by.get(other, []), lambda w: w.round, lambda w: w.cpu_us)
+
+        cpu = [c.cpu_us for c in cs]
+        rows.append({
+            "server": s, **h.medians(cs, cpu_us_per_echo="cpu_us", user_us_per_echo="user_us",
+                                     sys_us_per_echo="sys_us"),
+            "ratio_vs_go": x("go"), f"ratio_vs_{base}": x(base),
+            "ratio_vs_stime": h.paired((c.cpu_us, c.sys_us) for c in cs),
+            **h.medians(cs, echoes_per_s="echoes_per_s", p99_us="p99_us"),
+            "spread_cpu_us": [min(cpu), max(cpu)],
+            **h.medians(cs, server_core_pct="server_core_pct", client_us_per_echo="client_us",
+                        others_core_pct="others_core_pct"),
+            "tcp": h.sum_tcp(c.tcp for c in cs),
+            "server_threads": max(c.server_threads for c in cs),
+            "server_totals_match": not any(p.startswith(f"{s}:") for p in problems),
+            "rounds": [asdict(c) for c in cs],
+        })
+    return base, rows
+
+
+def goals1(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    by = {r["server"]: r for r in rows}
+    for model in (h.DEFAULT_MODEL, "epoll"):
+        r = by.get(model) or {}
+        tag = "" if model == h.DEFAULT_MODEL else " (shown for epoll)"
+        for key, what, most in (("ratio_vs_go", "Go's", GOAL_VS_GO),
+                                ("ratio_vs_stime", "its own stime", GOAL_VS_STIME)):
+            if r.get(key) is not None:
+                out.append(h.goal(f"{model} CPU per echo / {what} <= {most:.2f}{tag}", r[key],
+                                  r[key] <= most, ".2f"))
+    return out
 
 
 # --- part 2: the grid ---------------------------------------------------------------------
@@ -40,20 +115,15 @@ def part2(servers: list[str], args: argparse.Namespace, go_binary: str | None,
     cells: list[h.Window] = []
     for i in range(args.grid_rounds):
         for key in h.rotate(servers, i):
-            mine: list[h.Window] = []
-            with Sandbox(part1.SYSCTLS) as sb, \
-                    h.serving(sb, key, go_binary, part1.SERVER_ARGS) as srv:
+            with Sandbox(SYSCTLS) as sb, h.serving(sb, key, go_binary, SERVER_ARGS) as srv:
                 cpus = h.pin(srv.pid, args.pin)
-                for size in args.sizes:
-                    for n in args.conns:
-                        mine.append(h.pingpong_load(sb, key, i + 1, srv.pid, n, size,
-                                                    args.grid_warmup, args.grid_seconds,
-                                                    args.max_echoes, cpus))
+                mine = [h.pingpong_load(sb, key, i + 1, srv.pid, n, size, args.grid_warmup,
+                                        args.grid_seconds, args.max_echoes, cpus)
+                        for size in args.sizes for n in args.conns]
                 totals = srv.stop()
             cells += mine
-            bad = h.check_totals(key, totals, sum(c.size * c.echoes_total for c in mine),
-                                 sum(c.in_flight for c in mine))
-            if bad:
+            if bad := h.check_totals(key, totals, sum(c.size * c.echoes_total for c in mine),
+                                     sum(c.in_flight for c in mine)):
                 problems.append(bad)
             h.progress(f"part 2 round {i + 1}/{args.grid_rounds} {key:<8} "
                        + "  ".join(f"{h.size_text(c.size)}x{c.connections} "
@@ -70,20 +140,18 @@ def summarize2(cells: list[h.Window], servers: list[str], args: argparse.Namespa
             row: dict[str, Any] = {"size": size, "connections": n, "servers": {}}
             for key in servers:
                 cs = [c for c in cells if (c.server, c.size, c.connections) == (key, size, n)]
-                if not cs:
-                    continue
-
-                rate = [c.echoes_per_s for c in cs]
-                row["servers"][key] = {
-                    **h.medians(cs, echoes_per_s="echoes_per_s"),
-                    "spread_echoes_per_s": [min(rate), max(rate)],
-                    **h.medians(cs, p50_us="p50_us", p99_us="p99_us", cpu_us_per_echo="cpu_us",
-                                server_core_pct="server_core_pct",
-                                client_us_per_echo="client_us",
-                                others_core_pct="others_core_pct"),
-                    "tcp": part1.sum_tcp(cs),
-                    "rounds": len(cs),
-                }
+                if cs:
+                    rate = [c.echoes_per_s for c in cs]
+                    row["servers"][key] = {
+                        **h.medians(cs, echoes_per_s="echoes_per_s"),
+                        "spread_echoes_per_s": [min(rate), max(rate)],
+                        **h.medians(cs, p50_us="p50_us", p99_us="p99_us",
+                                    cpu_us_per_echo="cpu_us",
+                                    server_core_pct="server_core_pct",
+                                    client_us_per_echo="client_us",
+                                    others_core_pct="others_core_pct"),
+                        "tcp": h.sum_tcp(c.tcp for c in cs), "rounds": len(cs),
+                    }
             rows.append(row)
     return rows
 
@@ -114,8 +182,8 @@ def hold(sb: Sandbox, srv: h.Served, key: str, index: int, n: int, messages: int
     cmd = sb.tcplab("multiplex", "--port", str(h.PORT), "--connections", str(n),
                     "--messages", str(messages), "--size", "64", "--server-pid", str(srv.pid),
                     "--timeout", "60", "--json")
-    m = h.measured(cmd, 180, sb.popen)
-    r = h.last_json(m, f"tcplab multiplex --connections {n} against {key}")
+    r = h.last_json(h.measured(cmd, 180, sb.popen),
+                    f"tcplab multiplex --connections {n} against {key}")
     f = r.get("server") or {}
     return Held(
         server=key, round=index, connections=n, connected=int(r["connected"]),
@@ -133,8 +201,7 @@ def part3(servers: list[str], args: argparse.Namespace, go_binary: str | None,
     for i in range(args.conc_rounds):
         for key in h.rotate(servers, i):
             for n, messages in ((C10K, 5), (args.most, 2)):
-                with Sandbox(part1.SYSCTLS) as sb, \
-                        h.serving(sb, key, go_binary, part1.SERVER_ARGS) as srv:
+                with Sandbox(SYSCTLS) as sb, h.serving(sb, key, go_binary, SERVER_ARGS) as srv:
                     x = hold(sb, srv, key, i + 1, n, messages)
                     totals = srv.stop()
                 held.append(x)
@@ -167,35 +234,58 @@ def summarize3(held: list[Held], servers: list[str], most: int) -> list[dict[str
                     "rss_bytes": h.median(float(x.rss_bytes) for x in hs),
                     "rss_per_conn": h.median(x.rss_per_conn for x in hs),
                     "fds_max": max(x.fds for x in hs), "fd_limit": min(x.fd_limit for x in hs),
-                    "connect_s": h.median(x.connect_s for x in hs),
-                    "p99_us": h.median(x.p99_us for x in hs),
+                    **h.medians(hs, connect_s="connect_s", p99_us="p99_us"),
                     "rounds": [asdict(x) for x in hs],
                 })
     return rows
 
 
 def goals3(res: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    by3 = {(r["server"], r["connections"]): r for r in res.get("part3", [])}
-    model = h.DEFAULT_MODEL
+    by3, model = {(r["server"], r["connections"]): r for r in res["part3"]}, h.DEFAULT_MODEL
     c10k, most = by3.get((model, C10K)), by3.get((model, res["settings"]["most"]))
+    out: list[dict[str, Any]] = []
     if c10k:
-        out.append({"goal": f"{model}: {C10K:,} connections held and echoing on "
-                            f"<= {GOAL_THREADS} OS threads",
-                    "value": c10k["threads_max"], "fmt": "d",
-                    "pass": c10k["verified"] and c10k["threads_max"] <= GOAL_THREADS})
+        out.append(h.goal(f"{model}: {C10K:,} connections held and echoing on "
+                          f"<= {GOAL_THREADS} OS threads", c10k["threads_max"],
+                          c10k["verified"] and c10k["threads_max"] <= GOAL_THREADS, "d"))
     if most:
-        out.append({"goal": f"{model}: {most['connections']:,} connections held in one "
-                            f"process (fd limit {most['fd_limit']:,})",
-                    "value": most["connected_min"], "fmt": ",d", "pass": most["verified"]})
+        out.append(h.goal(f"{model}: {most['connections']:,} connections held in one "
+                          f"process (fd limit {most['fd_limit']:,})", most["connected_min"],
+                          most["verified"], ",d"))
     if c10k and c10k["rss_per_conn"] is not None:
-        out.append({"goal": f"{model} RSS per idle connection <= {GOAL_RSS:,} B",
-                    "value": c10k["rss_per_conn"], "fmt": ",.0f",
-                    "pass": c10k["rss_per_conn"] <= GOAL_RSS})
+        out.append(h.goal(f"{model} RSS per idle connection <= {GOAL_RSS:,} B",
+                          c10k["rss_per_conn"], c10k["rss_per_conn"] <= GOAL_RSS, ",.0f"))
     return out
 
 
 # --- printing -------------------------------------------------------------------------------
+
+
+def print_part1(res: dict[str, Any], number: str) -> None:
+    s, rows, base = res["settings"], res["cpu_per_echo"], res["baseline"]
+    print(f"{number}server CPU per echo: {s['connections']} connections, {s['size']} B "
+          f"ping-pong, {s['seconds']:g} s windows after {s['warmup']:g} s warm-up, median of "
+          f"{s['rounds']} interleaved rounds")
+    print(f"{'server':<8} {'cpu_us':>7} {'user_us':>7} {'sys_us':>7} {'x go':>6} "
+          f"{'x ' + base:>9} {'x stime':>7} {'echoes/s':>9} {'p99_us':>7} {'threads':>7}  "
+          "spread cpu_us")
+    for r in rows:
+        lo, hi = r["spread_cpu_us"]
+        print(f"{r['server']:<8} {r['cpu_us_per_echo']:>7.2f} {r['user_us_per_echo']:>7.2f} "
+              f"{r['sys_us_per_echo']:>7.2f} {h.fmt(r['ratio_vs_go'], '.2f'):>6} "
+              f"{h.fmt(r[f'ratio_vs_{base}'], '.2f'):>9} "
+              f"{h.fmt(r['ratio_vs_stime'], '.2f'):>7} {r['echoes_per_s']:>9,.0f} "
+              f"{r['p99_us']:>7,.0f} {r['server_threads']:>7}  {lo:.2f}..{hi:.2f}")
+    print(f"  sys_us is the kernel's own share (the server's stime per echo); x go, x {base} "
+          f"= median of per-round ratios to Go, to {base}; x stime = cpu / sys")
+    print("  diagnostics (medians): server CPU in % of one core; the load generator's "
+          "CPU per echo; everything else on this machine, in % of one core; server totals")
+    for r in rows:
+        print(f"    {r['server']:<8} server {r['server_core_pct']:5.1f} %   "
+              f"client {r['client_us_per_echo']:5.2f} us/echo   "
+              f"others {r['others_core_pct']:5.1f} %   "
+              f"retransmitted {r['tcp'].get('RetransSegs', 0)}   "
+              f"totals {'match' if r['server_totals_match'] else 'DIFFER'}")
 
 
 def _mark(cell: dict[str, Any]) -> str:
@@ -224,103 +314,149 @@ def _grid(res: dict[str, Any], names: list[str], key: str, ratio: bool) -> None:
         print(line + ("   (part 1)" if row.get("part1") else ""))
 
 
-def print_report(res: dict[str, Any]) -> None:
+def print_part2(res: dict[str, Any]) -> None:
     s = res["settings"]
-    part1.print_header(res)
+    names = [p for p in res["servers"] if any(p in row["servers"] for row in res["part2"])]
+    print()
+    print(f"2. requests/s (round trips per second, all connections), median of "
+          f"{s['grid_rounds']} interleaved rounds, {s['grid_seconds']:g} s windows after "
+          f"{s['grid_warmup']:g} s warm-up")
+    _grid(res, names, "echoes_per_s", ratio=True)
+    print()
+    print("   p99 latency, microseconds (first byte sent to last byte back, at the "
+          "load generator)")
+    _grid(res, names, "p99_us", ratio=False)
+    print("  one Python load generator drives every connection: at 100 and 1,000 "
+          "connections it sets the pace (and most of p99); 64 B x 100 is part 1")
+    if any(_mark(c) for row in res["part2"] for c in row["servers"].values()):
+        print(f"  * the rounds differ by more than {SPREAD_MARK:g}x (min..max in the JSON; "
+              "every round is on stderr). "
+              "At 1 connection both processes sleep between echoes, and on this machine a "
+              "wake-up across CPUs costs tens of microseconds: a run is fast or slow as "
+              "the scheduler puts client and server on one CPU or two (--pin same / "
+              "--pin split fix it); with more connections, the other work on this "
+              "machine (the 'others' of part 1, per round on stderr)")
+    total = dict.fromkeys(("RetransSegs", "TCPLossProbes", "TCPDSACKRecv", "TCPTimeouts"), 0)
+    total |= h.sum_tcp([c["tcp"] for row in res["part2"] for c in row["servers"].values()]
+                       + [r["tcp"] for r in res.get("cpu_per_echo", [])])
+    print(f"  TCP in the windows: {total['RetransSegs']:,} segments retransmitted, "
+          f"{total['TCPLossProbes']:,} of them tail-loss probes, {total['TCPDSACKRecv']:,} "
+          f"answered by a D-SACK (the data had arrived: spurious), "
+          f"{total['TCPTimeouts']:,} RTOs; per cell in the JSON")
+
+
+def print_part3(res: dict[str, Any]) -> None:
+    print()
+    print(f"3. concurrency (tcplab multiplex: connections ramped up, held, 64 B round "
+          f"trips on every one at once, every byte verified; server facts read while all "
+          f"are open), median of {res['settings']['conc_rounds']} rounds")
+    print(f"{'server':<8} {'conns':>7} {'held':>7} {'threads':>7} {'epoll':>5} "
+          f"{'watches':>8} {'RSS MiB':>7} {'B/conn':>7} {'fds':>7} {'fd limit':>8} "
+          f"{'headroom':>8} {'p99_us':>8}")
+    for r in res["part3"]:
+        print(f"{r['server']:<8} {r['connections']:>7,} {r['connected_min']:>7,} "
+              f"{r['threads_max']:>7} {r['epoll_instances']:>5} "
+              f"{r['epoll_watches_min']:>8,} {r['rss_bytes'] / 2**20:>7.1f} "
+              f"{r['rss_per_conn']:>7,.0f} {r['fds_max']:>7,} {r['fd_limit']:>8,} "
+              f"{r['fd_limit'] - r['fds_max']:>8,} {r['p99_us']:>8,.0f}")
+    print("  B/conn = (RSS with every connection open and idle - RSS before the first "
+          "connect) / connections: user space only (kernel socket memory is not in RSS)")
+    print("  headroom = fd limit - fds in use: the server could hold that many more; the "
+          "client, a separate process, needs one fd per connection too, under its own "
+          "limit of the same size")
+
+
+def print_report(res: dict[str, Any]) -> None:
+    alone = res["benchmark"] == "cpu_per_echo"
+    print("tcplab echo servers vs a Go reference (bench/peers/echo.go); every server in a "
+          f"fresh private network namespace ({h.pairs_text(SYSCTLS)}), 127.0.0.1:{h.PORT}, "
+          "load generator in its own process")
+    print(h.go_line(res["go"], res["cpus"], "echo.go"))
+    print(f"  tcplab: {res['python']} -m tcplab server --model M {' '.join(SERVER_ARGS)}")
     if "cpu_per_echo" in res:
         print()
-        part1.print_table(res, "1. ")
+        print_part1(res, "" if alone else "1. ")
     if "part2" in res:
-        names = [p for p in res["servers"] if any(p in row["servers"] for row in res["part2"])]
-        print()
-        print(f"2. requests/s (round trips per second, all connections), median of "
-              f"{s['grid_rounds']} interleaved rounds, {s['grid_seconds']:g} s windows after "
-              f"{s['grid_warmup']:g} s warm-up")
-        _grid(res, names, "echoes_per_s", ratio=True)
-        print()
-        print("   p99 latency, microseconds (first byte sent to last byte back, at the "
-              "load generator)")
-        _grid(res, names, "p99_us", ratio=False)
-        print("  one Python load generator drives every connection: at 100 and 1,000 "
-              "connections it sets the pace (and most of p99); 64 B x 100 is part 1")
-        if any(_mark(c) for row in res["part2"] for c in row["servers"].values()):
-            print(f"  * the rounds differ by more than {SPREAD_MARK:g}x (min..max in the JSON; "
-                  "every round is on stderr). "
-                  "At 1 connection both processes sleep between echoes, and on this machine a "
-                  "wake-up across CPUs costs tens of microseconds: a run is fast or slow as "
-                  "the scheduler puts client and server on one CPU or two (--pin same / "
-                  "--pin split fix it); with more connections, the other work on this "
-                  "machine (the 'others' of part 1, per round on stderr)")
-        tcp = [c["tcp"] for row in res["part2"] for c in row["servers"].values()]
-        tcp += [r["tcp"] for r in res.get("cpu_per_echo", [])]
-        total = {k: sum(t.get(k, 0) for t in tcp) for k in ("RetransSegs", "TCPLossProbes",
-                                                             "TCPDSACKRecv", "TCPTimeouts")}
-        print(f"  TCP in the windows: {total['RetransSegs']:,} segments retransmitted, "
-              f"{total['TCPLossProbes']:,} of them tail-loss probes, {total['TCPDSACKRecv']:,} "
-              f"answered by a D-SACK (the data had arrived: spurious), "
-              f"{total['TCPTimeouts']:,} RTOs; per cell in the JSON")
+        print_part2(res)
     if "part3" in res:
+        print_part3(res)
+    h.print_goals(res["goals"], 72, 7, "(none measured)")
+    if res["problems"]:
         print()
-        print(f"3. concurrency (tcplab multiplex: connections ramped up, held, 64 B round "
-              f"trips on every one at once, every byte verified; server facts read while all "
-              f"are open), median of {s['conc_rounds']} rounds")
-        print(f"{'server':<8} {'conns':>7} {'held':>7} {'threads':>7} {'epoll':>5} "
-              f"{'watches':>8} {'RSS MiB':>7} {'B/conn':>7} {'fds':>7} {'fd limit':>8} "
-              f"{'headroom':>8} {'p99_us':>8}")
-        for r in res["part3"]:
-            print(f"{r['server']:<8} {r['connections']:>7,} {r['connected_min']:>7,} "
-                  f"{r['threads_max']:>7} {r['epoll_instances']:>5} "
-                  f"{r['epoll_watches_min']:>8,} {r['rss_bytes'] / 2**20:>7.1f} "
-                  f"{r['rss_per_conn']:>7,.0f} {r['fds_max']:>7,} {r['fd_limit']:>8,} "
-                  f"{r['fd_limit'] - r['fds_max']:>8,} {r['p99_us']:>8,.0f}")
-        print("  B/conn = (RSS with every connection open and idle - RSS before the first "
-              "connect) / connections: user space only (kernel socket memory is not in RSS)")
-        print("  headroom = fd limit - fds in use: the server could hold that many more; the "
-              "client, a separate process, needs one fd per connection too, under its own "
-              "limit of the same size")
-    part1.print_goals(res)
+        print("problems:")
+        for p in res["problems"]:
+            print(f"  {p}")
+    else:
+        print("every server's totals equal the load generators' counts")
 
 
 # --- main -----------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Every tcplab echo-server model against a Go reference echo server "
+def parse_args(argv: list[str] | None, alone: bool) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(
+        "Server CPU time per echo for every tcplab model and a Go reference echo server "
+        "(ping-pong over many loopback connections), each server in its own private "
+        "network namespace." if alone else
+        "Every tcplab echo-server model against a Go reference echo server "
         "(bench/peers/echo.go): server CPU per echo, requests/s and p99 over message sizes "
         "and connection counts, and concurrency (10,000 held, the most one process can hold, "
-        "RSS per idle connection). Each server runs in its own private network namespace.",
-    )
-    part1.add_args(p, "part 1 (CPU per echo): ")
-    p.add_argument("--grid-rounds", type=int, default=3, help="part 2: rounds (default 3)")
-    p.add_argument("--grid-seconds", type=float, default=2.0,
-                   help="part 2: window per cell (default 2)")
-    p.add_argument("--grid-warmup", type=float, default=0.3,
-                   help="part 2: warm-up per cell (default 0.3)")
-    p.add_argument("--sizes", type=h.csv_ints, default=[1024, 65536],
-                   help="part 2: message sizes in bytes (default 1024,65536)")
-    p.add_argument("--conns", type=h.csv_ints, default=[1, 10, 100, 1000],
-                   help="part 2: connection counts (default 1,10,100,1000)")
-    p.add_argument("--conc-rounds", type=int, default=3, help="part 3: rounds (default 3)")
-    p.add_argument("--most", type=int, default=19_000,
-                   help="part 3: connections for 'the most one process can hold' "
-                   "(default 19,000)")
-    p.add_argument("--parts", default="1,2,3", help="which parts to run (default 1,2,3)")
-    p.add_argument("--quick", action="store_true",
-                   help="--rounds 2 --seconds 1.5 --grid-rounds 1 --grid-seconds 1 "
-                   "--conc-rounds 1")
+        "RSS per idle connection). Each server runs in its own private network namespace."))
+    part = "" if alone else "part 1 (CPU per echo): "
+    add = p.add_argument
+    add("--rounds", type=int, default=5, help=f"{part}interleaved rounds per server (default 5)")
+    add("--seconds", type=float, default=3.0,
+        help=f"{part}measurement window per run (default 3)")
+    add("--warmup", type=float, default=0.5,
+        help=f"{part}load before the window opens (default 0.5)")
+    add("--connections", type=int, default=100,
+        help=f"{part}concurrent connections (default 100)")
+    add("--size", type=int, default=64, help=f"{part}bytes per ping (default 64)")
+    add("--max-echoes", type=int, default=5_000_000,
+        help="close a window early after this many echoes (default 5,000,000)")
+    add("--models", default=",".join(MODELS),
+        help=f"tcplab models, comma-separated (default {','.join(MODELS)})")
+    add("--pin", choices=tuple(h.PINS), default="none",
+        help="none (default: the scheduler places both), split (server on CPU 0, load "
+        "generator on CPU 1), same (both on CPU 0)")
+    add("--go", metavar="PATH", help="the go tool (default: go on PATH)")
+    add("--json", action="store_true", help="print one JSON object")
+    if not alone:
+        add("--grid-rounds", type=int, default=3, help="part 2: rounds (default 3)")
+        add("--grid-seconds", type=float, default=2.0, help="part 2: window per cell (default 2)")
+        add("--grid-warmup", type=float, default=0.3,
+            help="part 2: warm-up per cell (default 0.3)")
+        add("--sizes", type=h.csv_ints, default=[1024, 65536],
+            help="part 2: message sizes in bytes (default 1024,65536)")
+        add("--conns", type=h.csv_ints, default=[1, 10, 100, 1000],
+            help="part 2: connection counts (default 1,10,100,1000)")
+        add("--conc-rounds", type=int, default=3, help="part 3: rounds (default 3)")
+        add("--most", type=int, default=19_000,
+            help="part 3: connections for 'the most one process can hold' (default 19,000)")
+        add("--parts", default="1,2,3", help="which parts to run (default 1,2,3)")
+        add("--quick", action="store_true", help="--rounds 2 --seconds 1.5 --grid-rounds 1 "
+            "--grid-seconds 1 --conc-rounds 1")
     args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if (not args.models or not set(args.models) <= set(MODELS)
+            or len(set(args.models)) != len(args.models)):
+        p.error(f"--models: give distinct models from {', '.join(MODELS)}")
+    h.check(p, args, 1, "rounds", "connections", "size", "max_echoes")
+    if args.seconds <= 0 or args.warmup < 0:
+        p.error("--seconds must be > 0 and --warmup >= 0")
+    if alone:
+        args.parts = [1]
+        return args
     if args.quick:
         args.rounds, args.seconds = 2, 1.5
         args.grid_rounds, args.grid_seconds, args.conc_rounds = 1, 1.0, 1
-    part1.check_args(p, args)
     try:
         args.parts = sorted({int(x) for x in args.parts.split(",") if x.strip()})
     except ValueError:
         args.parts = []
     if not args.parts or not set(args.parts) <= {1, 2, 3}:
         p.error("--parts: comma-separated numbers from 1,2,3")
-    h.positive(p, args, "grid_rounds", "conc_rounds")
+    h.check(p, args, 1, "grid_rounds", "conc_rounds")
     if args.grid_seconds <= 0 or args.grid_warmup < 0:
         p.error("windows must be > 0 s and warm-ups >= 0 s")
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -331,28 +467,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, alone: bool = False) -> int:
+    """``alone``: bench/cpu_per_echo.py, part 1 with its own options, name and settings."""
+    args = parse_args(argv, alone)
+    name = "cpu_per_echo" if alone else "echo_vs_go"
 
     def body(tmp: Path) -> dict[str, Any]:
         problems: list[str] = []
-        go_binary, res = part1.start(args, tmp, (
-            "rounds", "seconds", "warmup", "connections", "size", "grid_rounds",
-            "grid_seconds", "grid_warmup", "sizes", "conns", "conc_rounds", "most",
-            "max_echoes", "models", "parts", "quick", "pin"))
-        res = {"benchmark": "echo_vs_go", **res}
-        servers = res["servers"]
+        go_binary, go_info = h.build_go(args.go, tmp, "echo", "echo.go")
+        servers = (["go"] if go_binary else []) + args.models
+        res: dict[str, Any] = {
+            "benchmark": name,
+            "settings": {k: getattr(args, k) for k in (PART1_SETTINGS if alone else SETTINGS)},
+            "namespace": {"sysctls": SYSCTLS, "fresh_per_server": True},
+            "cpus": os.cpu_count(), "python": sys.executable, "go": go_info,
+            "servers": servers}
         if 1 in args.parts:
-            part1.run_part(res, args, go_binary, problems)
+            res["baseline"], res["cpu_per_echo"] = summarize1(
+                part1(servers, args, go_binary, problems), servers, problems)
         if 2 in args.parts:
             res["part2"] = summarize2(part2(servers, args, go_binary, problems), servers, args)
         conc = [s for s in servers if s in ("go", h.DEFAULT_MODEL)]
         if 3 in args.parts and conc:
             res["part3"] = summarize3(part3(conc, args, go_binary, problems), conc, args.most)
-        res["goals"] = part1.goals(res.get("cpu_per_echo", [])) + goals3(res)
+        res["goals"] = goals1(res.get("cpu_per_echo", [])) + (
+            goals3(res) if "part3" in res else [])
         return {**res, "problems": problems}
 
-    return h.run_main(body, "tcplab-echo-vs-go-", args.json, print_report)
+    return h.run_main(body, f"tcplab-{name.replace('_', '-')}-", args.json, print_report)
 
 
 if __name__ == "__main__":

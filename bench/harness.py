@@ -1,8 +1,6 @@
-"""What every bench shares: medians, paired ratios, formatting, the error type, the Go
-peers, measured child processes, servers in a sandbox and the ping-pong load.
-
-How the benches measure, and why, is in bench/README.md ("How the benches measure").
-Run as ``python bench/harness.py --pingpong SPEC`` it is the load generator's child.
+"""What every bench shares: medians, paired ratios, formatting, the Go peers, measured
+children, servers in a sandbox and the ping-pong load (bench/README.md, "How the benches
+measure"). ``python bench/harness.py --pingpong SPEC`` is the load generator's child.
 """
 
 from __future__ import annotations
@@ -36,11 +34,10 @@ class BenchError(Exception):
     pass
 
 
-# --- numbers ---------------------------------------------------------------------------
+# --- numbers, arguments, printing --------------------------------------------------------
 
 
 def median(xs: Iterable[float]) -> float | None:
-    """The median, or None for no values."""
     v = list(xs)
     return statistics.median(v) if v else None
 
@@ -51,8 +48,7 @@ def medians(rows: Sequence[Any], **fields: str) -> dict[str, float | None]:
 
 
 def paired(pairs: Iterable[tuple[float, float]]) -> float | None:
-    """Median of a / b over pairs measured in the same round (a noisy neighbour on this
-    shared machine slows both sides of a pair alike); pairs with b <= 0 are left out."""
+    """Median of a / b over pairs from the same round; pairs with b <= 0 are left out."""
     return median(a / b for a, b in pairs if b > 0)
 
 
@@ -69,6 +65,10 @@ def fmt(x: float | None, spec: str) -> str:
 
 def size_text(n: int) -> str:
     return f"{n // 1024} KiB" if n >= 1024 and n % 1024 == 0 else f"{n} B"
+
+
+def pairs_text(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in d.items())
 
 
 def rotate(items: Sequence[T], i: int) -> list[T]:
@@ -92,18 +92,19 @@ def csv_ints(text: str) -> list[int]:
     return vals
 
 
-def positive(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+def check(p: argparse.ArgumentParser, args: argparse.Namespace, least: float,
+          *names: str) -> None:
+    """p.error unless every option ``names`` is at least ``least``."""
     for name in names:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least:g}")
 
 
 def run_main(body: Callable[[Path], dict[str, Any]], prefix: str, as_json: bool,
              report: Callable[[dict[str, Any]], None]) -> int:
-    """Run a bench's body with a temporary directory (removed after) and the package's
-    Ctrl-C rules (tcplab/interrupts.py); print its result, as JSON or with ``report``.
-    Exit status: 1 when it failed (BenchError) or has "problems", 130 on Ctrl-C; every
-    child is reaped by the context managers on the way out."""
+    """``body`` with a temporary directory (removed after) under the package's Ctrl-C rules
+    (tcplab/interrupts.py); its result printed as JSON or by ``report``. Exit 1 on
+    BenchError or "problems", 130 on Ctrl-C (the context managers reap every child)."""
     from tcplab.interrupts import install
 
     restore = install()
@@ -127,16 +128,21 @@ def run_main(body: Callable[[Path], dict[str, Any]], prefix: str, as_json: bool,
     return 1 if res.get("problems") else 0
 
 
+def goal(text: str, value: float | None, ok: bool, spec: str | None = None,
+         **extra: Any) -> dict[str, Any]:
+    """One goal for ``print_goals`` and the JSON: value printed with ``spec`` (.2f)."""
+    return {"goal": text, **extra, "value": value, **({"fmt": spec} if spec else {}),
+            "pass": ok}
+
+
 def print_goals(goals: list[dict[str, Any]], width: int, vwidth: int, none: str) -> None:
-    """goals: "goal", "value" (printed with "fmt", default .2f) and "pass"."""
     print()
     print("goals:")
     if not goals:
         print(f"  {none}")
     for g in goals:
         value = fmt(g["value"], g.get("fmt", ".2f"))
-        print(f"  {g['goal']:<{width}} {value:>{vwidth}}  "
-              f"{'pass' if g['pass'] else 'FAIL'}")
+        print(f"  {g['goal']:<{width}} {value:>{vwidth}}  {'pass' if g['pass'] else 'FAIL'}")
 
 
 # --- the Go peers in bench/peers ----------------------------------------------------------
@@ -147,9 +153,8 @@ HOWTO_GO = ("install Go: apt-get install golang-go (Debian/Ubuntu), or https://g
 
 def build_go(requested: str | None, tmp: Path, name: str, target: str
              ) -> tuple[str | None, dict[str, Any]]:
-    """``go build -o TMP/NAME TARGET`` in bench/peers: (the binary, or None when go is
-    missing; facts to print). Nothing is downloaded (GOPROXY=off, GOTOOLCHAIN=local);
-    without go the Go rows are skipped with a note, not failed."""
+    """``go build -o TMP/NAME TARGET`` in bench/peers, nothing downloaded: (the binary, or
+    None when go is missing and the Go rows are skipped; facts to print)."""
     go = shutil.which(requested or "go")
     if go is None and requested:
         raise BenchError(f"--go {requested}: not found or not executable")
@@ -185,13 +190,12 @@ def go_line(go: dict[str, Any], cpus: int | None, what: str) -> str:
             f"{what} built in {go['build_s']:.1f} s into a temporary directory")
 
 
-# --- a measured child, and a server's CPU time -------------------------------------------
+# --- a measured child, a server's CPU time, the machine's -------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    """One child run to its end: its output, wall time and, from wait4(), its CPU time:
-    the child's own and that of the children it waited for (sh -> ss, wc)."""
+    """A child run to its end; CPU times from wait4(): its own and its waited children's."""
 
     out: str
     err: str
@@ -204,8 +208,8 @@ class Measured:
 
 def measured(cmd: Sequence[str], timeout: float, popen: Callable[..., Any] = subprocess.Popen
              ) -> Measured:
-    """Run ``cmd`` (with ``popen``: Sandbox.popen starts it in a namespace) and reap it
-    with wait4(); it is killed after ``timeout`` s."""
+    """Run ``cmd`` (``popen``: Sandbox.popen runs it in a namespace), reap it with wait4();
+    killed after ``timeout`` s."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
@@ -249,17 +253,16 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 
 def machine_busy() -> float:
-    """Seconds every CPU of the machine has been busy (/proc/stat "cpu": all but idle and
-    iowait), through psutil: tcplab/observe/procfs.py has no machine-wide reader."""
+    """Seconds every CPU has been busy (/proc/stat "cpu" but idle and iowait), via psutil:
+    tcplab/observe/procfs.py has no machine-wide reader."""
     import psutil
 
     t = psutil.cpu_times()
     return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
-#: TCP counters read at each mark (/proc/net/snmp and /proc/net/netstat of the namespace):
-#: retransmitted segments, tail-loss probes, D-SACKs received (the retransmission was
-#: spurious), RTOs.
+#: Read at each mark (the namespace's /proc/net/snmp and netstat): retransmitted segments,
+#: tail-loss probes, D-SACKs received (a spurious retransmission), RTOs.
 TCP_COUNTERS = {"Tcp": ("RetransSegs",),
                 "TcpExt": ("TCPLossProbes", "TCPDSACKRecv", "TCPTimeouts")}
 
@@ -276,7 +279,15 @@ def tcp_counters() -> dict[str, int]:
     return found
 
 
-# --- servers in a sandbox ---------------------------------------------------------------
+def sum_tcp(rows: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for tcp in rows:
+        for k, v in tcp.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+# --- servers in a sandbox -----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +301,8 @@ class Served:
 @contextlib.contextmanager
 def serving(sb: Any, key: str, go_binary: str | None, extra: Sequence[str] = ()
             ) -> Iterator[Served]:
-    """``key`` "go": bench/peers/echo.go (its totals: the JSON line it prints on SIGTERM);
-    else ``tcplab server --model KEY EXTRA``; on 127.0.0.1:PORT inside ``sb``."""
+    """``key`` "go": bench/peers/echo.go (totals: the JSON line it prints on SIGTERM); else
+    ``tcplab server --model KEY EXTRA``; on 127.0.0.1:PORT inside ``sb``."""
     from tcplab.errors import TcplabError
     from tcplab.experiments.children import ForeignServer, ServerProcess
 
@@ -331,8 +342,7 @@ def serving(sb: Any, key: str, go_binary: str | None, extra: Sequence[str] = ()
 
 def check_totals(server: str, totals: dict[str, Any] | None, expected: int,
                  in_flight: int) -> str | None:
-    """None when the server echoed exactly ``expected`` bytes; else what differed. (tcplab
-    counts every read as it happens, echo.go a connection's bytes when it ends.)"""
+    """None when the server echoed exactly ``expected`` bytes; else what differed."""
     if totals is None:
         return f"{server}: the server printed no totals"
     echoed = int(totals.get("bytes_echoed", -1))
@@ -348,8 +358,8 @@ PINS: dict[str, tuple[int, int] | None] = {"none": None, "split": (0, 1), "same"
 
 
 def pin(pid: int, how: str) -> list[int] | None:
-    """Every thread of the server onto its CPU (threads it starts later inherit it);
-    the load generator's CPU list, None when unpinned."""
+    """Every thread of the server onto its CPU (later threads inherit it); the load
+    generator's CPU list, None when unpinned."""
     pins = PINS[how]
     if pins is None:
         return None
@@ -390,10 +400,8 @@ class Window:
 def pingpong_load(sb: Any, server: str, index: int, pid: int, connections: int, size: int,
                   warmup: float, seconds: float, max_echoes: int,
                   cpus: list[int] | None = None) -> Window:
-    """``connections`` connections to 127.0.0.1:PORT in ``sb``, each an S-byte ping-pong,
-    driven by one child process (this file, ``--pingpong``); the server ``pid``'s CPU
-    time over the window it measured. The loop itself is ``_pingpong``: the one place
-    to put the client engine (tcplab/traffic/engine.py) in."""
+    """``connections`` S-byte ping-pongs to 127.0.0.1:PORT in ``sb`` from one child (this
+    file, ``--pingpong``); the server ``pid``'s CPU time over the window it measured."""
     spec = {"pid": pid, "port": PORT, "connections": connections, "size": size,
             "warmup": warmup, "seconds": seconds, "max_echoes": max_echoes, "cpus": cpus}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -425,16 +433,14 @@ def pingpong_load(sb: Any, server: str, index: int, pid: int, connections: int, 
 
 
 def _pingpong(spec: dict[str, Any]) -> dict[str, Any]:
-    """The load generator: tcplab's client engine (traffic/engine.py, ``pingpong``),
-    C connections with one S-byte message in flight on each, every echo compared with
-    what was sent; marks A and B around the window, each taken between two epoll
-    batches (the server's CPU time, ours, the machine's, the TCP counters)."""
+    """The load generator: the client engine's ``pingpong`` (tcplab/traffic/engine.py),
+    every echo compared with what was sent; marks A and B around the window, each between
+    two epoll batches (the server's CPU time, ours, the machine's, the TCP counters)."""
     from tcplab.observe.procfs import status
     from tcplab.traffic.engine import pingpong
     from tcplab.traffic.target import resolve
 
-    pid, size = int(spec["pid"]), int(spec["size"])
-    connections = int(spec["connections"])
+    pid, size, connections = int(spec["pid"]), int(spec["size"]), int(spec["connections"])
     if spec.get("cpus"):
         os.sched_setaffinity(0, set(spec["cpus"]))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
