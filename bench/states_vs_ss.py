@@ -1,14 +1,8 @@
 """``tcplab states --port P --json`` against ss, netstat and psutil, on 20,000+ sockets in
 a private network namespace. Root or unprivileged user namespaces; about 10 s, 20 s more
-with ``--fresh-venv``::
-
-    .venv/bin/python bench/states_vs_ss.py
-    .venv/bin/python bench/states_vs_ss.py --fresh-venv          # a regular install
-    .venv/bin/python bench/states_vs_ss.py --runs 9 --json
-
-What is measured and how: bench/README.md, "states_vs_ss.py". Run with ``--_role holder``
-it builds and holds the sockets; with ``--_role inproc`` (the venv's python) it times the
-in-process sample and psutil.
+with ``--fresh-venv``. What is measured and how: bench/README.md, "states_vs_ss.py".
+``--_role holder`` builds and holds the sockets; ``--_role inproc`` (the venv's python)
+times the in-process sample and psutil.
 """
 
 from __future__ import annotations
@@ -23,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,8 +28,7 @@ HOST = "127.0.0.1"
 #: TIME_WAIT lasts 60 s; measure only within this many seconds of the first one.
 BUDGET_S = 55.0
 SYSCTLS = {"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse": "0"}
-#: Read back for the record.
-SHOWN_SYSCTLS = (*SYSCTLS, "net.ipv4.tcp_max_tw_buckets")
+SHOWN_SYSCTLS = (*SYSCTLS, "net.ipv4.tcp_max_tw_buckets")  # read back for the record
 #: ss's state names to netstat's (the names tcplab and psutil use).
 SS_STATES = {
     "ESTAB": "ESTABLISHED", "SYN-SENT": "SYN_SENT", "SYN-RECV": "SYN_RECV",
@@ -45,50 +37,46 @@ SS_STATES = {
     "LISTEN": "LISTEN", "CLOSING": "CLOSING",
 }
 STABLE_STATES = {"ESTABLISHED", "TIME_WAIT", "LISTEN"}
-TOOLS = ("tcplab", "ss", "netstat", "psutil")
-#: Reference rows: tcplab's time as start-up + imports + work.
-REFERENCES = ("python", "imports")
-STATES_IMPORTS = "import tcplab.cli.main, tcplab.cli.states, tcplab.observe.sockets"
-LABELS = {
-    "tcplab": "tcplab states --port {P} --json",
-    "ss": "ss -Htan '(sport|dport {P})' | wc -l",
-    "netstat": "netstat -an | grep ':{P} ' | wc -l",
-    "psutil": "python: psutil.net_connections",
-    "python": "(ref) python -c pass",
-    "imports": "(ref) python -c 'import tcplab.cli...'",
-}
+#: psutil's count, the same code timed as a whole process (the "psutil" row) and in one.
 PSUTIL_CODE = """\
-import json, sys
 import psutil
-port = int(sys.argv[1])
-counts = {}
-for c in psutil.net_connections(kind="tcp"):
-    if (c.laddr and c.laddr.port == port) or (c.raddr and c.raddr.port == port):
-        counts[c.status] = counts.get(c.status, 0) + 1
-print(json.dumps(counts))
+def psutil_counts(port):
+    counts = {}
+    for c in psutil.net_connections(kind="tcp"):
+        if (c.laddr and c.laddr.port == port) or (c.raddr and c.raddr.port == port):
+            counts[c.status] = counts.get(c.status, 0) + 1
+    return counts
 """
 
 
-def planned_sockets(args: argparse.Namespace) -> int:
-    return int(args.time_wait + 2 * args.established + 1)
+def tools(venv: Path, port: int) -> dict[str, tuple[str, list[str]]]:
+    """tool: (its row's label, its command). The (ref) rows split tcplab's time into
+    start-up + imports + work."""
+    python, p = str(venv / "bin" / "python"), str(port)
+    return {
+        "tcplab": (f"tcplab states --port {p} --json",
+                   [str(venv / "bin" / "tcplab"), "states", "--port", p, "--json"]),
+        "ss": (f"ss -Htan '(sport|dport {p})' | wc -l",
+               ["sh", "-c", f"ss -Htan '( sport = :{p} or dport = :{p} )' | wc -l"]),
+        "netstat": (f"netstat -an | grep ':{p} ' | wc -l",
+                    ["sh", "-c", f"netstat -an | grep ':{p} ' | wc -l"]),
+        "psutil": ("python: psutil.net_connections", [python, "-c", PSUTIL_CODE
+                   + "import json, sys\nprint(json.dumps(psutil_counts(int(sys.argv[1]))))", p]),
+        "python": ("(ref) python -c pass", [python, "-c", "pass"]),
+        "imports": ("(ref) python -c 'import tcplab.cli...'", [
+            python, "-c", "import tcplab.cli.main, tcplab.cli.states, tcplab.observe.sockets"]),
+    }
 
 
-# --- the holder: builds the sockets and holds the ESTABLISHED ones ---------------------
+REFERENCES = ("python", "imports")
+HOLDER_ARGS = ("port", "other_port", "time_wait", "established", "other_time_wait")
 
 
 def holder_main(args: argparse.Namespace) -> int:
     """Build the sockets, say so on stdout (one JSON line), hold them until stdin closes."""
     socks: list[socket.socket] = []
 
-    def listener(port: int) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        socks.append(s)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((HOST, port))
-        s.listen(1024)
-        return s
-
-    def pair(lsock: socket.socket, port: int) -> tuple[socket.socket, socket.socket]:
+    def connect(lsock: socket.socket, port: int) -> tuple[socket.socket, socket.socket]:
         client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             client.connect((HOST, port))
@@ -97,24 +85,28 @@ def holder_main(args: argparse.Namespace) -> int:
             client.close()
             raise
 
-    def time_waits(lsock: socket.socket, port: int, n: int) -> None:
-        for _ in range(n):
-            client, server = pair(lsock, port)
-            client.close()  # the active closer: its socket ends in TIME_WAIT
-            server.close()
-
     try:
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         report: dict[str, Any]
         try:
             t0 = time.monotonic()
-            main_l, other_l = listener(args.port), listener(args.other_port)
+            listeners = []
+            for port in (args.port, args.other_port):
+                socks.append(s := socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((HOST, port))
+                s.listen(1024)
+                listeners.append(s)
             for _ in range(args.established):
-                socks.extend(pair(main_l, args.port))
+                socks.extend(connect(listeners[0], args.port))
             t_tw = time.monotonic()
-            time_waits(main_l, args.port, args.time_wait)
-            time_waits(other_l, args.other_port, args.other_time_wait)
+            for lsock, port, n in ((listeners[0], args.port, args.time_wait),
+                                   (listeners[1], args.other_port, args.other_time_wait)):
+                for _ in range(n):
+                    client, server = connect(lsock, port)
+                    client.close()  # the active closer: its socket ends in TIME_WAIT
+                    server.close()
             t1 = time.monotonic()
             report = {"ok": True, "time_wait_from": t_tw, "build_s": t1 - t0,
                       "established_s": t_tw - t0, "time_wait_s": t1 - t_tw,
@@ -130,9 +122,6 @@ def holder_main(args: argparse.Namespace) -> int:
         for s in socks:
             s.close()
     return 0
-
-
-# --- in one process: the sample and psutil ---------------------------------------------
 
 
 def inproc_main(args: argparse.Namespace) -> int:
@@ -156,15 +145,17 @@ def inproc_main(args: argparse.Namespace) -> int:
         out["editable"], out["editable_note"] = None, f"{type(exc).__name__}: {exc}"
     port = args.port
 
-    def timed(fn: Callable[[], Any], n: int) -> tuple[list[float], list[float], Any]:
-        walls, cpus, result = [], [], None
+    def timed(name: str, fn: Callable[[], Any], n: int) -> Any:
+        """``name``_ms and ``name``_cpu_ms: the wall and CPU ms of ``n`` calls; the last
+        call's result."""
+        out[f"{name}_ms"], out[f"{name}_cpu_ms"], result = [], [], None
         for _ in range(n):
             t0, c0 = pc(), cpu()
             result = fn()
             c1, t1 = cpu(), pc()
-            walls.append((t1 - t0) * 1e3)
-            cpus.append((c1 - c0) * 1e3)
-        return walls, cpus, result
+            out[f"{name}_ms"].append((t1 - t0) * 1e3)
+            out[f"{name}_cpu_ms"].append((c1 - c0) * 1e3)
+        return result
 
     t = pc()
     table = SocketTable()
@@ -173,16 +164,13 @@ def inproc_main(args: argparse.Namespace) -> int:
     out["source"] = table.source
     try:
         r0 = resource.getrusage(resource.RUSAGE_SELF)
-        out["sample_ms"], out["sample_cpu_ms"], counts = timed(
-            lambda: table.count(port), args.samples)
+        counts = timed("sample", lambda: table.count(port), args.samples)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         # user and sys per sample, as means (getrusage splits CPU time by ticks)
         out["sample_user_ms"] = (r1.ru_utime - r0.ru_utime) * 1e3 / args.samples
         out["sample_sys_ms"] = (r1.ru_stime - r0.ru_stime) * 1e3 / args.samples
-        out["state_counts_ms"], out["state_counts_cpu_ms"], named = timed(
-            lambda: table.state_counts(port), args.samples)
-        out["count_all_ms"], out["count_all_cpu_ms"], _ = timed(
-            lambda: table.count(0), args.samples)
+        named = timed("state_counts", lambda: table.state_counts(port), args.samples)
+        timed("count_all", lambda: table.count(0), args.samples)
     finally:
         table.close()
     if counts != first:
@@ -191,16 +179,9 @@ def inproc_main(args: argparse.Namespace) -> int:
 
     import psutil
 
-    def net_connections() -> dict[str, int]:
-        c: Counter[str] = Counter()
-        for conn in psutil.net_connections(kind="tcp"):
-            if (conn.laddr and conn.laddr.port == port) or (conn.raddr and
-                                                            conn.raddr.port == port):
-                c[conn.status] += 1
-        return dict(c)
-
-    out["psutil_ms"], out["psutil_cpu_ms"], out["psutil_counts"] = timed(
-        net_connections, args.runs)
+    code: dict[str, Any] = {}
+    exec(PSUTIL_CODE, code)  # the "psutil" row's own code
+    out["psutil_counts"] = timed("psutil", lambda: code["psutil_counts"](port), args.runs)
     out["psutil_version"] = psutil.__version__
     print(json.dumps(out))
     return 0
@@ -214,29 +195,33 @@ def join(sb: Any) -> None:
     tcplab, the holder) is there, started as any command is, with no setns of its own."""
     from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, setns
 
-    pid = sb.holder.pid
     for kind, flag in (("user", CLONE_NEWUSER), ("net", CLONE_NEWNET)):
         if kind == "net" or sb.user:
-            fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"/proc/{sb.holder.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 setns(fd, flag)
             finally:
                 os.close(fd)
 
 
-def ss_states(port: int | None) -> dict[str, int]:
-    """Per-state counts from ``ss -Htan`` (with the tools' port filter when given)."""
-    cmd = ["ss", "-Htan"] + ([] if port is None else [f"( sport = :{port} or dport = :{port} )"])
+def run(cmd: list[str]) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
                        stdin=subprocess.DEVNULL)
     if r.returncode:
         raise h.BenchError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()}")
-    c: Counter[str] = Counter()
-    for line in r.stdout.splitlines():
+    return r.stdout
+
+
+def ss_states(port: int | None) -> dict[str, int]:
+    """Per-state counts from ``ss -Htan`` (with the tools' port filter when given)."""
+    c: dict[str, int] = {}
+    for line in run(["ss", "-Htan"] + ([] if port is None else
+                                       [f"( sport = :{port} or dport = :{port} )"])
+                    ).splitlines():
         if line.strip():
             raw = line.split(None, 1)[0]
-            c[SS_STATES.get(raw, raw)] += 1
-    return dict(c)
+            c[SS_STATES.get(raw, raw)] = c.get(SS_STATES.get(raw, raw), 0) + 1
+    return c
 
 
 def compare_counts(tcplab: str, port: int | None) -> dict[str, Any]:
@@ -244,11 +229,7 @@ def compare_counts(tcplab: str, port: int | None) -> dict[str, Any]:
     cmd = [tcplab, "states", "--json"] + ([] if port is None else ["--port", str(port)])
     for _ in range(5):
         before = ss_states(port)
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                           stdin=subprocess.DEVNULL)
-        if r.returncode:
-            raise h.BenchError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()}")
-        mine = {k: v for k, v in json.loads(r.stdout)["states"].items() if v}
+        mine = {k: v for k, v in json.loads(run(cmd))["states"].items() if v}
         after = ss_states(port)
         if before == after:
             diff = {k: [mine.get(k, 0), after.get(k, 0)] for k in sorted(set(mine) | set(after))
@@ -260,21 +241,10 @@ def compare_counts(tcplab: str, port: int | None) -> dict[str, Any]:
                        f"{after}")
 
 
-def settle(port: int, timeout: float = 10.0) -> dict[str, int]:
-    """Wait until every socket with ``port`` is in a state that lasts (no FIN_WAIT etc.)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = ss_states(port)
-        if set(states) <= STABLE_STATES or time.monotonic() > deadline:
-            return states
-        time.sleep(0.1)
-
-
 def start_holder(sb: Any, args: argparse.Namespace, timeout: float = 300.0) -> dict[str, Any]:
     """The holder process, in the sandbox (which stops and reaps it): its report."""
     proc = sb.popen([sys.executable, str(Path(__file__).resolve()), "--_role", "holder",
-                     *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
-                         "port", "other_port", "time_wait", "established", "other_time_wait"))],
+                     *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in HOLDER_ARGS)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     r, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline() if r else b""
@@ -286,19 +256,6 @@ def start_holder(sb: Any, args: argparse.Namespace, timeout: float = 300.0) -> d
     if not report.get("ok"):
         raise h.BenchError(str(report.get("error")))
     return report
-
-
-def _commands(args: argparse.Namespace) -> dict[str, list[str]]:
-    venv, p = Path(args.venv), args.port
-    python = str(venv / "bin" / "python")
-    return {
-        "tcplab": [str(venv / "bin" / "tcplab"), "states", "--port", str(p), "--json"],
-        "ss": ["sh", "-c", f"ss -Htan '( sport = :{p} or dport = :{p} )' | wc -l"],
-        "netstat": ["sh", "-c", f"netstat -an | grep ':{p} ' | wc -l"],
-        "psutil": [python, "-c", PSUTIL_CODE, str(p)],
-        "python": [python, "-c", "pass"],
-        "imports": [python, "-c", STATES_IMPORTS],
-    }
 
 
 def run_tool(tool: str, cmd: list[str]) -> tuple[float, float, int | None]:
@@ -322,26 +279,26 @@ def _budget(t_tw: float, what: str) -> float:
 
 def inner_main(args: argparse.Namespace, sb: Any) -> dict[str, Any]:
     """In the private namespace: build, check, measure, report."""
-    def progress(msg: str) -> None:
-        if not args.quiet:
-            h.progress(msg)
-
     from tcplab.observe.procfs import sysctl
 
     sysctls = {name: sysctl(name) or "?" for name in SHOWN_SYSCTLS}
-    progress(f"namespace net:[{os.stat('/proc/self/ns/net').st_ino}]: lo up, "
-             + ", ".join(f"{k} = {v}" for k, v in sysctls.items()))
-    tcplab = str(Path(args.venv) / "bin" / "tcplab")
+    h.progress(f"namespace net:[{os.stat('/proc/self/ns/net').st_ino}]: lo up, "
+               + h.pairs_text(sysctls))
+    venv = Path(args.venv)
     built = start_holder(sb, args)
     t_tw = built["time_wait_from"]
-    progress(f"built in {built['build_s']:.1f} s ({args.established:,} held connections "
-             f"in {built['established_s']:.1f} s, "
-             f"{args.time_wait + args.other_time_wait:,} TIME_WAIT in "
-             f"{built['time_wait_s']:.1f} s); the holder has {built['fds']:,} fds "
-             f"(limit {built['fd_limit']:,})")
-    unstable = {k: v for k, v in settle(args.port).items() if k not in STABLE_STATES}
+    h.progress(f"built in {built['build_s']:.1f} s ({args.established:,} held connections "
+               f"in {built['established_s']:.1f} s, "
+               f"{args.time_wait + args.other_time_wait:,} TIME_WAIT in "
+               f"{built['time_wait_s']:.1f} s); the holder has {built['fds']:,} fds "
+               f"(limit {built['fd_limit']:,})")
+    deadline = time.monotonic() + 10  # until every socket is in a state that lasts
+    while set(states := ss_states(args.port)) - STABLE_STATES and time.monotonic() <= deadline:
+        time.sleep(0.1)
+    unstable = {k: v for k, v in states.items() if k not in STABLE_STATES}
     if unstable:
         raise h.BenchError(f"sockets still in passing states after 10 s: {unstable}")
+    tcplab = str(venv / "bin" / "tcplab")
     counts = {"port": compare_counts(tcplab, args.port),
               "other_port": compare_counts(tcplab, args.other_port),
               "all": compare_counts(tcplab, None)}
@@ -351,37 +308,32 @@ def inner_main(args: argparse.Namespace, sb: Any) -> dict[str, Any]:
                            f"{args.min_sockets:,} are needed: raise --time-wait or "
                            "--established")
     for key, c in counts.items():
-        progress(f"counts ({key}): {'MATCH' if c['match'] else 'MISMATCH'} "
-                 f"{c['total']:,} sockets {c['ss']}")
-    cmds = _commands(args)
-    progress(f"warm-up ({_budget(t_tw, 'the warm-up'):.0f} s since the first TIME_WAIT)")
-    timed = TOOLS + REFERENCES
-    for tool in timed:
-        run_tool(tool, cmds[tool])
+        h.progress(f"counts ({key}): {'MATCH' if c['match'] else 'MISMATCH'} "
+                   f"{c['total']:,} sockets {c['ss']}")
+    cmds = {tool: cmd for tool, (_label, cmd) in tools(venv, args.port).items()}
+    h.progress(f"warm-up ({_budget(t_tw, 'the warm-up'):.0f} s since the first TIME_WAIT)")
+    for tool, cmd in cmds.items():
+        run_tool(tool, cmd)
     runs: dict[str, dict[str, list[Any]]] = {
-        t: {"wall_ms": [], "cpu_ms": [], "count": []} for t in timed}
+        t: {"wall_ms": [], "cpu_ms": [], "count": []} for t in cmds}
     for i in range(args.runs):
         _budget(t_tw, f"run {i + 1} of {args.runs}")
         line = []
-        for tool in h.rotate(timed, i):
+        for tool in h.rotate(list(cmds), i):
             wall, cpu, n = run_tool(tool, cmds[tool])
             for k, v in (("wall_ms", wall), ("cpu_ms", cpu), ("count", n)):
                 runs[tool][k].append(v)
             line.append(f"{tool} {wall:5.1f}/{cpu:5.1f}")
-        progress(f"run {i + 1}/{args.runs} wall/cpu ms: " + "  ".join(line))
+        h.progress(f"run {i + 1}/{args.runs} wall/cpu ms: " + "  ".join(line))
     _budget(t_tw, "the in-process timings")
-    progress("in-process timings")
-    r = subprocess.run(
-        [str(Path(args.venv) / "bin" / "python"), str(Path(__file__).resolve()),
-         "--_role", "inproc", "--port", str(args.port), "--samples", str(args.samples),
-         "--runs", str(args.runs)],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    if r.returncode:
-        raise h.BenchError(f"in-process timings: exit {r.returncode}: {r.stderr.strip()}")
-    inproc: dict[str, Any] = json.loads(r.stdout)
+    h.progress("in-process timings")
+    inproc = h.last_json(h.measured(
+        [str(venv / "bin" / "python"), str(Path(__file__).resolve()), "--_role", "inproc",
+         "--port", str(args.port), "--samples", str(args.samples), "--runs", str(args.runs)], 300),
+        "in-process timings")
     used = time.monotonic() - t_tw
     stable = ss_states(args.port) == counts["port"]["ss"]
-    progress(f"done {used:.0f} s after the first TIME_WAIT; table unchanged: {stable}")
+    h.progress(f"done {used:.0f} s after the first TIME_WAIT; table unchanged: {stable}")
     return summarize(args, sysctls, built, counts, runs, inproc, stable, used)
 
 
@@ -393,11 +345,11 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
     def x(tool: str, base: str, key: str) -> float | None:
         return h.paired(zip(runs[tool][key], runs[base][key], strict=True))
 
-    tools = []
-    for tool in TOOLS + REFERENCES:
+    rows = []
+    for tool, (label, _cmd) in tools(Path(args.venv), args.port).items():
         r, ref = runs[tool], tool in REFERENCES
-        tools.append({
-            "tool": tool, "label": LABELS[tool].format(P=args.port),
+        rows.append({
+            "tool": tool, "label": label,
             "wall_ms": h.median(r["wall_ms"]), "cpu_ms": h.median(r["cpu_ms"]),
             "ratio_vs_ss_wall": x(tool, "ss", "wall_ms"),
             "ratio_vs_ss_cpu": x(tool, "ss", "cpu_ms"),
@@ -405,19 +357,19 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
             "count_exact": None if ref else all(n == expected for n in r["count"]),
             "runs_wall_ms": r["wall_ms"], "runs_cpu_ms": r["cpu_ms"],
         })
-    by = {t["tool"]: t for t in tools}
-    sample = h.median(inproc["sample_ms"]) or 0.0
+    by = {t["tool"]: t for t in rows}
+    m = {k: h.median(inproc[k]) for k in ("sample_ms", "sample_cpu_ms", "state_counts_ms",
+                                          "count_all_ms", "psutil_ms", "psutil_cpu_ms")}
+    sample = m["sample_ms"] or 0.0
     ip = {
-        "sample_ms": sample, "sample_cpu_ms": h.median(inproc["sample_cpu_ms"]),
+        "sample_ms": sample, "sample_cpu_ms": m["sample_cpu_ms"],
         "sample_range_ms": [min(inproc["sample_ms"]), max(inproc["sample_ms"])],
         "sample_user_ms_mean": inproc["sample_user_ms"],
         "sample_sys_ms_mean": inproc["sample_sys_ms"],
         "first_sample_ms": inproc["first_sample_ms"],
-        "state_counts_ms": h.median(inproc["state_counts_ms"]),
-        "count_all_ports_ms": h.median(inproc["count_all_ms"]),
+        "state_counts_ms": m["state_counts_ms"], "count_all_ports_ms": m["count_all_ms"],
         "import_ms": inproc["import_ms"],
-        "psutil_ms": h.median(inproc["psutil_ms"]) or 0.0,
-        "psutil_cpu_ms": h.median(inproc["psutil_cpu_ms"]),
+        "psutil_ms": m["psutil_ms"] or 0.0, "psutil_cpu_ms": m["psutil_cpu_ms"],
         "psutil_counts": inproc["psutil_counts"],
         "psutil_counts_match_ss": inproc["psutil_counts"] == counts["port"]["ss"],
         "sample_counts_match_ss": inproc["counts"] == counts["port"]["ss"],
@@ -427,20 +379,20 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
     wall, cpu = x("tcplab", "ss", "wall_ms"), x("tcplab", "ss", "cpu_ms")
     ps_wall, ps_cpu = x("psutil", "tcplab", "wall_ms"), x("psutil", "tcplab", "cpu_ms")
     goals = [
-        ("tcplab/ss wall <= 1.5", wall, wall is not None and wall <= 1.5),
-        ("tcplab/ss cpu <= 1.5", cpu, cpu is not None and cpu <= 1.5),
-        ("psutil/tcplab wall >= 8", ps_wall, ps_wall is not None and ps_wall >= 8),
-        ("psutil/tcplab cpu >= 8", ps_cpu, ps_cpu is not None and ps_cpu >= 8),
-        ("sample < 25 ms", sample, sample < 25),
-        ("(in-process) psutil/sample >= 8", ps_sample, ps_sample is not None and ps_sample >= 8),
-        ("tcplab counts == ss counts", None, all(c["match"] for c in counts.values())
-         and bool(by["tcplab"]["count_exact"]) and bool(by["ss"]["count_exact"])),
+        h.goal("tcplab/ss wall <= 1.5", wall, wall is not None and wall <= 1.5),
+        h.goal("tcplab/ss cpu <= 1.5", cpu, cpu is not None and cpu <= 1.5),
+        h.goal("psutil/tcplab wall >= 8", ps_wall, ps_wall is not None and ps_wall >= 8),
+        h.goal("psutil/tcplab cpu >= 8", ps_cpu, ps_cpu is not None and ps_cpu >= 8),
+        h.goal("sample < 25 ms", sample, sample < 25),
+        h.goal("(in-process) psutil/sample >= 8", ps_sample,
+               ps_sample is not None and ps_sample >= 8),
+        h.goal("tcplab counts == ss counts", None, all(c["match"] for c in counts.values())
+               and bool(by["tcplab"]["count_exact"]) and bool(by["ss"]["count_exact"])),
     ]
     return {
         "benchmark": "states_vs_ss",
         "settings": {k: getattr(args, k) for k in (
-            "port", "other_port", "time_wait", "established", "other_time_wait", "runs",
-            "samples", "min_sockets")},
+            *HOLDER_ARGS, "runs", "samples", "min_sockets")},
         "cpus": os.cpu_count(),
         "namespace": {"sysctls": sysctls, "build_s": built["build_s"],
                       "holder_fds": built["fds"], "holder_fd_limit": built["fd_limit"],
@@ -450,8 +402,7 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
                     "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
                     "tcplab_file": inproc["tcplab_file"], "version": inproc["version"],
                     "python": inproc["python"], "psutil": inproc["psutil_version"]},
-        "counts": counts, "tools": tools, "in_process": ip,
-        "goals": [{"goal": g, "value": v, "pass": ok} for g, v, ok in goals],
+        "counts": counts, "tools": rows, "in_process": ip, "goals": goals,
         "problems": [f"counts, {k}: tcplab and ss differ: {c['diff']}"
                      for k, c in counts.items() if not c["match"]],
     }
@@ -518,10 +469,7 @@ def print_table(res: dict[str, Any]) -> None:
     h.print_goals(res["goals"], 32, 7, "")
 
 
-# --- the host side: the fresh venv, then the namespace ---------------------------------
-
-
-def make_venv(where: Path, quiet: bool) -> Path:
+def make_venv(where: Path) -> Path:
     """A regular (non-editable) install of this checkout, built from a copy of it."""
     t0 = time.perf_counter()
     src, venv = where / "src-copy", where / "venv"
@@ -536,9 +484,8 @@ def make_venv(where: Path, quiet: bool) -> Path:
         if r.returncode:
             raise h.BenchError(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr.strip()}")
     shutil.rmtree(src)
-    if not quiet:
-        h.progress(f"fresh venv {venv}: pip install {ROOT} (regular) in "
-                   f"{time.perf_counter() - t0:.0f} s")
+    h.progress(f"fresh venv {venv}: pip install {ROOT} (regular) in "
+               f"{time.perf_counter() - t0:.0f} s")
     return venv
 
 
@@ -549,7 +496,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if shutil.which(tool) is None:
             raise h.BenchError(f"{tool} is not installed (apt-get install iproute2 net-tools)")
     if args.fresh_venv:
-        args.venv = str(make_venv(tmp, args.quiet))
+        args.venv = str(make_venv(tmp))
     for name in ("tcplab", "python"):
         if not (Path(args.venv) / "bin" / name).exists():
             raise h.BenchError(f"{Path(args.venv) / 'bin' / name} does not exist: give --venv "
@@ -564,63 +511,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Whole-process and in-process time of 'tcplab states --port P --json' "
         "against ss, netstat and psutil, on 20,000+ sockets in a private network namespace.",
     )
-    p.add_argument("--port", type=int, default=8080, help="the port P (default 8080)")
-    p.add_argument("--other-port", type=int, default=9090,
-                   help="a second port, so the filter matters (default 9090)")
-    p.add_argument("--time-wait", type=int, default=15_000,
-                   help="TIME_WAIT sockets with port P (default 15,000)")
-    p.add_argument("--established", type=int, default=2_800,
-                   help="connections to P held open, 2 sockets and 2 fds each (default 2,800)")
-    p.add_argument("--other-time-wait", type=int, default=3_000,
-                   help="TIME_WAIT sockets with the other port (default 3,000)")
-    p.add_argument("--min-sockets", type=int, default=20_000,
-                   help="abort when fewer sockets have port P (default 20,000)")
-    p.add_argument("--runs", type=int, default=7, help="timed runs per tool (default 7)")
-    p.add_argument("--samples", type=int, default=20,
-                   help="in-process samples of SocketTable.count (default 20)")
-    p.add_argument("--venv", default=str(ROOT / ".venv"),
-                   help="the venv whose tcplab (console script) and python are measured "
-                   "(default: this checkout's .venv)")
-    p.add_argument("--fresh-venv", action="store_true",
-                   help="pip install this checkout (not editable) into a temporary venv "
-                   "and measure that")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--_role", dest="role", default="measure",
-                   choices=("measure", "holder", "inproc"), help=argparse.SUPPRESS)
+    add = p.add_argument
+    add("--port", type=int, default=8080, help="the port P (default 8080)")
+    add("--other-port", type=int, default=9090,
+        help="a second port, so the filter matters (default 9090)")
+    add("--time-wait", type=int, default=15_000,
+        help="TIME_WAIT sockets with port P (default 15,000)")
+    add("--established", type=int, default=2_800,
+        help="connections to P held open, 2 sockets and 2 fds each (default 2,800)")
+    add("--other-time-wait", type=int, default=3_000,
+        help="TIME_WAIT sockets with the other port (default 3,000)")
+    add("--min-sockets", type=int, default=20_000,
+        help="abort when fewer sockets have port P (default 20,000)")
+    add("--runs", type=int, default=7, help="timed runs per tool (default 7)")
+    add("--samples", type=int, default=20,
+        help="in-process samples of SocketTable.count (default 20)")
+    add("--venv", default=str(ROOT / ".venv"), help="the venv whose tcplab (console script) "
+        "and python are measured (default: this checkout's .venv)")
+    add("--fresh-venv", action="store_true", help="pip install this checkout (not editable) "
+        "into a temporary venv and measure that")
+    add("--json", action="store_true", help="print one JSON object")
+    add("--_role", dest="role", default="measure", choices=("measure", "holder", "inproc"),
+        help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name in ("port", "other_port"):
-        if not 1 <= getattr(args, name) <= 65535:
-            p.error(f"--{name.replace('_', '-')} must be a port (1-65535)")
+    if not (1 <= args.port <= 65535 and 1 <= args.other_port <= 65535):
+        p.error("--port and --other-port must be ports (1-65535)")
     if args.port == args.other_port:
         p.error("--port and --other-port must differ")
-    for name in ("time_wait", "established", "other_time_wait", "min_sockets"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must not be negative")
-    h.positive(p, args, "runs", "samples")
-    if args.role == "measure":
-        if planned_sockets(args) < args.min_sockets:
-            p.error(f"{args.time_wait:,} TIME_WAIT + 2 x {args.established:,} ESTABLISHED + 1 "
-                    f"LISTEN = {planned_sockets(args):,} sockets with port {args.port}: fewer "
-                    f"than --min-sockets {args.min_sockets:,}")
-        ports = args.time_wait + args.established + args.other_time_wait
-        if ports > 60_000:
-            p.error(f"{ports:,} client ports needed; the namespace has 64,512 (1024-65535): "
-                    "keep the sum of --time-wait, --established and --other-time-wait "
-                    "under 60,000")
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        if hard != resource.RLIM_INFINITY and 2 * args.established + 100 > 0.9 * hard:
-            p.error(f"--established {args.established:,} needs {2 * args.established:,} fds "
-                    f"in one process; the hard limit is {hard:,} (keep a 10 % margin)")
+    h.check(p, args, 0, "time_wait", "established", "other_time_wait", "min_sockets")
+    h.check(p, args, 1, "runs", "samples")
+    if args.role != "measure":
+        return args
+    planned = args.time_wait + 2 * args.established + 1
+    if planned < args.min_sockets:
+        p.error(f"{args.time_wait:,} TIME_WAIT + 2 x {args.established:,} ESTABLISHED + 1 "
+                f"LISTEN = {planned:,} sockets with port {args.port}: fewer than "
+                f"--min-sockets {args.min_sockets:,}")
+    ports = args.time_wait + args.established + args.other_time_wait
+    if ports > 60_000:
+        p.error(f"{ports:,} client ports needed; the namespace has 64,512 (1024-65535): keep "
+                "the sum of --time-wait, --established and --other-time-wait under 60,000")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and 2 * args.established + 100 > 0.9 * hard:
+        p.error(f"--established {args.established:,} needs {2 * args.established:,} fds "
+                f"in one process; the hard limit is {hard:,} (keep a 10 % margin)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.role == "holder":
-        return holder_main(args)
-    if args.role == "inproc":
-        return inproc_main(args)
+    if args.role != "measure":
+        return (holder_main if args.role == "holder" else inproc_main)(args)
     return h.run_main(lambda tmp: measure(args, tmp), "tcplab-bench-", args.json, print_table)
 
 
