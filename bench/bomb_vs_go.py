@@ -1,10 +1,6 @@
 """``tcplab bomb`` against a Go goroutine churn client (bench/peers/churn.go), side by side:
 connections per second and CPU per connection, every run in its own private network
-namespace with its own ``tcplab server``. Root or unprivileged user namespaces; about 15 s::
-
-    .venv/bin/python bench/bomb_vs_go.py
-    .venv/bin/python bench/bomb_vs_go.py --rounds 7 --count 20000 --workers 32 --json
-
+namespace with its own ``tcplab server``. Root or unprivileged user namespaces; about 15 s.
 What is measured and how: bench/README.md, "bomb_vs_go.py".
 """
 
@@ -21,6 +17,7 @@ from typing import Any
 import harness as h  # bench/harness.py, next to this file
 from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
+from tcplab.observe.procfs import cpu_times
 
 PAYLOAD_SIZE = 16  # b"tcplab port bomb", and churn.go's payload
 SYSCTLS = {"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse": "1"}
@@ -65,17 +62,6 @@ class Run:
     first_error: str | None
 
 
-def _command(client: Client, count: int, duration: float, churn: str | None,
-             sb: Sandbox) -> list[str]:
-    if client.kind == "tcplab":
-        return sb.tcplab("bomb", "--port", str(h.PORT), "--mode", "fresh", "--count",
-                         str(count), "--workers", str(client.workers), "--duration",
-                         f"{duration:g}", "--json")
-    assert churn is not None
-    return [churn, "-addr", f"127.0.0.1:{h.PORT}", "-count", str(count), "-workers",
-            str(client.workers), "-duration", f"{duration:g}s"]
-
-
 def _first_error(result: dict[str, Any]) -> str | None:
     first = result.get("first_error")
     if isinstance(first, dict):
@@ -87,7 +73,11 @@ def run_one(client: Client, index: int, args: argparse.Namespace, churn: str | N
     timeout = args.duration + 60.0
 
     def client_run(sb: Sandbox, count: int) -> tuple[dict[str, Any], h.Measured]:
-        cmd = _command(client, count, args.duration, churn, sb)
+        cmd = (sb.tcplab("bomb", "--port", str(h.PORT), "--mode", "fresh", "--count",
+                         str(count), "--workers", str(client.workers), "--duration",
+                         f"{args.duration:g}", "--json") if client.kind == "tcplab" else
+               [str(churn), "-addr", f"127.0.0.1:{h.PORT}", "-count", str(count), "-workers",
+                str(client.workers), "-duration", f"{args.duration:g}s"])
         m = h.measured(cmd, timeout, sb.popen)
         return h.last_json(m, " ".join(cmd[:4]) + " ..."), m
 
@@ -98,10 +88,10 @@ def run_one(client: Client, index: int, args: argparse.Namespace, churn: str | N
         if start.get("ok") != 1:
             raise h.BenchError(f"{client.label}: the start-up run (1 connection) failed: "
                                f"{_first_error(start)}")
-        su0, ss0 = h.cpu_times(server.pid)
+        su0, ss0 = cpu_times(server.pid)
         res, m = client_run(sb, args.count)
         time.sleep(0.1)  # the server's last closes
-        su1, ss1 = h.cpu_times(server.pid)
+        su1, ss1 = cpu_times(server.pid)
         totals = server.stop() or {}
     ok, failed, elapsed = int(res["ok"]), int(res["failed"]), float(res["elapsed_s"])
     if ok <= 0 or elapsed <= 0:
@@ -161,12 +151,9 @@ def summarize(runs: list[Run], clients: list[Client]
     for c in clients:
         if c.kind == "go" and by[c.key]:
             ratio = x_go(by.get("tcplab", []), by[c.key])
-            goals.append({
-                "goal": f"tcplab/Go conns/s >= {GOAL:.1f} (Go at {c.workers} goroutines, "
-                        f"tcplab at {clients[0].workers} connections)",
-                "go_client": c.key, "value": ratio,
-                "pass": ratio is not None and ratio >= GOAL,
-            })
+            goals.append(h.goal(f"tcplab/Go conns/s >= {GOAL:.1f} (Go at {c.workers} "
+                                f"goroutines, tcplab at {clients[0].workers} connections)",
+                                ratio, ratio is not None and ratio >= GOAL, go_client=c.key))
     return rows, goals
 
 
@@ -174,9 +161,8 @@ def print_table(res: dict[str, Any]) -> None:
     s, go = res["settings"], res["go"]
     print(f"connection churn, tcplab bomb vs Go: {s['count']:,} connections per run "
           f"(connect, 16 B echo, close), median of {s['rounds']} interleaved rounds")
-    print("  each run: a fresh private network namespace ("
-          + ", ".join(f"{k} = {v}" for k, v in res["namespace"]["sysctls"].items())
-          + f"), a fresh `tcplab server --port {h.PORT}` (uvloop), a start-up run of "
+    print(f"  each run: a fresh private network namespace ({h.pairs_text(SYSCTLS)}), a fresh "
+          f"`tcplab server --port {h.PORT}` (uvloop), a start-up run of "
           "1 connection, then the measured run")
     print(f"  ports: {s['count'] + 1:,} connections per namespace, {EVEN_PORTS:,} even ports "
           "tried first by connect(): "
@@ -214,26 +200,18 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Connections per second and CPU per connection of 'tcplab bomb' and of a "
-        "Go goroutine churn client (bench/peers/churn.go), side by side, each run in its own "
-        "private network namespace.",
-    )
-    p.add_argument("--rounds", type=int, default=5, help="rounds per client (default 5)")
-    p.add_argument("--count", type=int, default=20_000,
-                   help="connections per run, the same for every client (default 20,000)")
-    p.add_argument("--workers", type=int, default=32,
-                   help="connections in flight, tcplab and the first Go row (default 32)")
-    p.add_argument("--go-workers", type=int, default=256,
-                   help="goroutines of the second Go row; 0 leaves it out (default 256)")
-    p.add_argument("--duration", type=float, default=60.0,
-                   help="stop a run after this many seconds, a safety bound (default 60)")
-    p.add_argument("--go", metavar="PATH", help="the go tool (default: go on PATH)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = h.parser("Connections per second and CPU per connection of 'tcplab bomb' and of a Go "
+                 "goroutine churn client (bench/peers/churn.go), side by side, each run in its "
+                 "own private network namespace.")
+    add = p.add_argument
+    add("--rounds", type=int, default=5, help="rounds per client")
+    add("--count", type=int, default=20_000, help="connections per run, for every client")
+    add("--workers", type=int, default=32, help="connections in flight, tcplab and Go")
+    add("--go-workers", type=int, default=256, help="goroutines of a second Go row (0: none)")
+    add("--duration", type=float, default=60.0, help="a safety bound: stop a run after it")
     args = p.parse_args(argv)
-    h.positive(p, args, "rounds", "count", "workers")
-    if args.go_workers < 0:
-        p.error("--go-workers must not be negative")
+    h.check(p, args, 1, "rounds", "count", "workers")
+    h.check(p, args, 0, "go_workers")
     if args.duration <= 0:
         p.error("--duration must be positive")
     if args.count + 1 > 2 * EVEN_PORTS:

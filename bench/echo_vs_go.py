@@ -394,46 +394,34 @@ def print_report(res: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None, alone: bool) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(
-        "Server CPU time per echo for every tcplab model and a Go reference echo server "
-        "(ping-pong over many loopback connections), each server in its own private "
-        "network namespace." if alone else
-        "Every tcplab echo-server model against a Go reference echo server "
-        "(bench/peers/echo.go): server CPU per echo, requests/s and p99 over message sizes "
-        "and connection counts, and concurrency (10,000 held, the most one process can hold, "
-        "RSS per idle connection). Each server runs in its own private network namespace."))
-    part = "" if alone else "part 1 (CPU per echo): "
-    add = p.add_argument
-    add("--rounds", type=int, default=5, help=f"{part}interleaved rounds per server (default 5)")
-    add("--seconds", type=float, default=3.0,
-        help=f"{part}measurement window per run (default 3)")
-    add("--warmup", type=float, default=0.5,
-        help=f"{part}load before the window opens (default 0.5)")
-    add("--connections", type=int, default=100,
-        help=f"{part}concurrent connections (default 100)")
-    add("--size", type=int, default=64, help=f"{part}bytes per ping (default 64)")
-    add("--max-echoes", type=int, default=5_000_000,
-        help="close a window early after this many echoes (default 5,000,000)")
-    add("--models", default=",".join(MODELS),
-        help=f"tcplab models, comma-separated (default {','.join(MODELS)})")
+    p = h.parser("Server CPU time per echo of every tcplab model and a Go reference echo "
+                 "server (bench/peers/echo.go)" + ("." if alone else ", requests/s and p99 "
+                 "over message sizes and connection counts, and concurrency (10,000 held, the "
+                 "most one process can hold, RSS per idle connection).") + " Each server runs "
+                 "in its own private network namespace.")
+    part, add = "" if alone else "part 1 (CPU per echo): ", p.add_argument
+    add("--rounds", type=int, default=5, help=f"{part}interleaved rounds per server")
+    add("--seconds", type=float, default=3.0, help=f"{part}measurement window per run")
+    add("--warmup", type=float, default=0.5, help=f"{part}load before the window opens")
+    add("--connections", type=int, default=100, help=f"{part}concurrent connections")
+    add("--size", type=int, default=64, help=f"{part}bytes per ping")
+    add("--max-echoes", type=int, default=5_000_000, help="close a window after this many")
+    add("--models", default=",".join(MODELS), help="tcplab models, comma-separated")
     add("--pin", choices=tuple(h.PINS), default="none",
-        help="none (default: the scheduler places both), split (server on CPU 0, load "
-        "generator on CPU 1), same (both on CPU 0)")
-    add("--go", metavar="PATH", help="the go tool (default: go on PATH)")
-    add("--json", action="store_true", help="print one JSON object")
+        help="none (the scheduler places both), split (server on CPU 0, load generator on "
+        "CPU 1), same (both on CPU 0)")
     if not alone:
-        add("--grid-rounds", type=int, default=3, help="part 2: rounds (default 3)")
-        add("--grid-seconds", type=float, default=2.0, help="part 2: window per cell (default 2)")
-        add("--grid-warmup", type=float, default=0.3,
-            help="part 2: warm-up per cell (default 0.3)")
+        add("--grid-rounds", type=int, default=3, help="part 2: rounds")
+        add("--grid-seconds", type=float, default=2.0, help="part 2: window per cell")
+        add("--grid-warmup", type=float, default=0.3, help="part 2: warm-up per cell")
         add("--sizes", type=h.csv_ints, default=[1024, 65536],
-            help="part 2: message sizes in bytes (default 1024,65536)")
+            help="part 2: message sizes in bytes")
         add("--conns", type=h.csv_ints, default=[1, 10, 100, 1000],
-            help="part 2: connection counts (default 1,10,100,1000)")
-        add("--conc-rounds", type=int, default=3, help="part 3: rounds (default 3)")
+            help="part 2: connection counts")
+        add("--conc-rounds", type=int, default=3, help="part 3: rounds")
         add("--most", type=int, default=19_000,
-            help="part 3: connections for 'the most one process can hold' (default 19,000)")
-        add("--parts", default="1,2,3", help="which parts to run (default 1,2,3)")
+            help="part 3: connections for 'the most one process can hold'")
+        add("--parts", default="1,2,3", help="which parts to run")
         add("--quick", action="store_true", help="--rounds 2 --seconds 1.5 --grid-rounds 1 "
             "--grid-seconds 1 --conc-rounds 1")
     args = p.parse_args(argv)

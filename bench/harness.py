@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +92,16 @@ def csv_ints(text: str) -> list[int]:
     return vals
 
 
+def parser(description: str, go: bool = True) -> argparse.ArgumentParser:
+    """A bench's parser: help shows each default; --json, and --go for the Go peers."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    if go:
+        p.add_argument("--go", metavar="PATH", default="go", help="the go tool")
+    return p
+
+
 def check(p: argparse.ArgumentParser, args: argparse.Namespace, least: float,
           *names: str) -> None:
     """p.error unless every option ``names`` is at least ``least``."""
@@ -156,7 +166,7 @@ def build_go(requested: str | None, tmp: Path, name: str, target: str
     """``go build -o TMP/NAME TARGET`` in bench/peers, nothing downloaded: (the binary, or
     None when go is missing and the Go rows are skipped; facts to print)."""
     go = shutil.which(requested or "go")
-    if go is None and requested:
+    if go is None and requested not in (None, "go"):
         raise BenchError(f"--go {requested}: not found or not executable")
     if go is None:
         progress(f"note: go is not on PATH: the Go rows are skipped; to run them, {HOWTO_GO}")
@@ -243,13 +253,6 @@ def last_json(m: Measured, what: str) -> dict[str, Any]:
     except (ValueError, IndexError):
         raise BenchError(f"{what}: no JSON line in {m.out[-300:]!r}") from None
     return res
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(utime, stime) of every thread of a process, seconds (/proc/PID/stat)."""
-    from tcplab.observe import procfs
-
-    return procfs.cpu_times(pid)
 
 
 def machine_busy() -> float:
@@ -402,8 +405,9 @@ def pingpong_load(sb: Any, server: str, index: int, pid: int, connections: int, 
                   cpus: list[int] | None = None) -> Window:
     """``connections`` S-byte ping-pongs to 127.0.0.1:PORT in ``sb`` from one child (this
     file, ``--pingpong``); the server ``pid``'s CPU time over the window it measured."""
-    spec = {"pid": pid, "port": PORT, "connections": connections, "size": size,
-            "warmup": warmup, "seconds": seconds, "max_echoes": max_echoes, "cpus": cpus}
+    spec = {"server": server, "round": index, "pid": pid, "connections": connections,
+            "size": size, "warmup": warmup, "seconds": seconds, "max_echoes": max_echoes,
+            "cpus": cpus}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     limit = 60.0 + warmup + seconds + connections / 100
     what = f"load generator ({connections} x {size} B)"
@@ -412,31 +416,14 @@ def pingpong_load(sb: Any, server: str, index: int, pid: int, connections: int, 
     res = last_json(m, what)
     if not res.get("ok"):
         raise BenchError(f"{what}: {res.get('error')}")
-    a, b = res["a"], res["b"]
-    echoes, window = b["echoes"] - a["echoes"], b["t"] - a["t"]
-    if echoes <= 0 or window <= 0:
-        raise BenchError(f"{server}: no echo completed in the window ({connections} x {size} B)")
-    user, system = b["server_user"] - a["server_user"], b["server_sys"] - a["server_sys"]
-    client = b["client_cpu"] - a["client_cpu"]
-    return Window(
-        server=server, round=index, connections=connections, size=size, echoes=echoes,
-        window_s=window, user_us=user / echoes * 1e6, sys_us=system / echoes * 1e6,
-        cpu_us=(user + system) / echoes * 1e6, echoes_per_s=echoes / window,
-        p50_us=res["p50_us"], p99_us=res["p99_us"],
-        server_core_pct=(user + system) / window * 100, client_us=client / echoes * 1e6,
-        others_core_pct=max(0.0, (b["machine_busy"] - a["machine_busy"] - user - system
-                                  - client) / window * 100),
-        tcp={k: v - a["tcp"].get(k, 0) for k, v in b["tcp"].items()},
-        server_threads=int(res["server_threads"]), echoes_total=int(res["echoes_total"]),
-        in_flight=int(res["in_flight"]),
-    )
+    return Window(**res["window"])
 
 
-def _pingpong(spec: dict[str, Any]) -> dict[str, Any]:
+def _pingpong(spec: dict[str, Any]) -> Window:
     """The load generator: the client engine's ``pingpong`` (tcplab/traffic/engine.py),
     every echo compared with what was sent; marks A and B around the window, each between
     two epoll batches (the server's CPU time, ours, the machine's, the TCP counters)."""
-    from tcplab.observe.procfs import status
+    from tcplab.observe.procfs import cpu_times, status
     from tcplab.traffic.engine import pingpong
     from tcplab.traffic.target import resolve
 
@@ -454,24 +441,38 @@ def _pingpong(spec: dict[str, Any]) -> dict[str, Any]:
                 "machine_busy": machine_busy(), "tcp": tcp_counters(),
                 "server_threads": status(pid).threads}
 
-    run = pingpong(resolve("127.0.0.1", int(spec["port"])), connections, size=size,
+    run = pingpong(resolve("127.0.0.1", PORT), connections, size=size,
                    warmup=float(spec["warmup"]), seconds=float(spec["seconds"]),
                    max_echoes=int(spec["max_echoes"]), mark=mark,
                    payload=bytes((i * 7 + 13) & 0xFF for i in range(size)))
     if run.connected < connections or run.failed:
         raise ConnectionError(f"{run.connected} of {connections} connected, {run.failed} "
                               f"failed: {run.errors}")
-    a = {"t": run.a.t, "echoes": run.a.echoes, **run.a.extra}
-    b = {"t": run.b.t, "echoes": run.b.echoes, **run.b.extra}
-    return {"a": a, "b": b, "echoes_total": run.echoes_total, "in_flight": run.in_flight,
-            "server_threads": b["server_threads"], "p50_us": run.percentile_us(50),
-            "p99_us": run.percentile_us(99)}
+    a, b = run.a.extra, run.b.extra
+    echoes, window = run.b.echoes - run.a.echoes, run.b.t - run.a.t
+    if echoes <= 0 or window <= 0:
+        raise BenchError(f"{spec['server']}: no echo completed in the window")
+    user, system = b["server_user"] - a["server_user"], b["server_sys"] - a["server_sys"]
+    client = b["client_cpu"] - a["client_cpu"]
+    return Window(
+        server=spec["server"], round=spec["round"], connections=connections, size=size,
+        echoes=echoes, window_s=window, user_us=user / echoes * 1e6,
+        sys_us=system / echoes * 1e6, cpu_us=(user + system) / echoes * 1e6,
+        echoes_per_s=echoes / window, p50_us=run.percentile_us(50),
+        p99_us=run.percentile_us(99), server_core_pct=(user + system) / window * 100,
+        client_us=client / echoes * 1e6,
+        others_core_pct=max(0.0, (b["machine_busy"] - a["machine_busy"] - user - system
+                                  - client) / window * 100),
+        tcp={k: v - a["tcp"].get(k, 0) for k, v in b["tcp"].items()},
+        server_threads=int(b["server_threads"]), echoes_total=run.echoes_total,
+        in_flight=run.in_flight,
+    )
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--pingpong"]:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops and reaps us
     try:
-        report: dict[str, Any] = {"ok": True, **_pingpong(json.loads(sys.argv[2]))}
+        report = {"ok": True, "window": asdict(_pingpong(json.loads(sys.argv[2])))}
     except Exception as exc:
         report = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(report))

@@ -191,17 +191,12 @@ def inproc_main(args: argparse.Namespace) -> int:
 
 
 def join(sb: Any) -> None:
-    """Move this process into the sandbox's namespaces, so that everything it runs (ss,
-    tcplab, the holder) is there, started as any command is, with no setns of its own."""
-    from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, setns
+    """Move this process into the sandbox's namespaces (Sandbox._enter's setns), so that
+    everything it runs (ss, tcplab, the holder) is there, started as any command is."""
+    from tcplab.observe.nsutil import setns
 
-    for kind, flag in (("user", CLONE_NEWUSER), ("net", CLONE_NEWNET)):
-        if kind == "net" or sb.user:
-            fd = os.open(f"/proc/{sb.holder.pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd, flag)
-            finally:
-                os.close(fd)
+    for fd, nstype in sb._ns_fds:
+        setns(fd, nstype)
 
 
 def run(cmd: list[str]) -> str:
@@ -507,30 +502,24 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Whole-process and in-process time of 'tcplab states --port P --json' "
-        "against ss, netstat and psutil, on 20,000+ sockets in a private network namespace.",
-    )
+    p = h.parser("Whole-process and in-process time of 'tcplab states --port P --json' against "
+                 "ss, netstat and psutil, on 20,000+ sockets in a private network namespace.",
+                 go=False)
     add = p.add_argument
-    add("--port", type=int, default=8080, help="the port P (default 8080)")
-    add("--other-port", type=int, default=9090,
-        help="a second port, so the filter matters (default 9090)")
-    add("--time-wait", type=int, default=15_000,
-        help="TIME_WAIT sockets with port P (default 15,000)")
+    add("--port", type=int, default=8080, help="the port P")
+    add("--other-port", type=int, default=9090, help="a second port, so the filter matters")
+    add("--time-wait", type=int, default=15_000, help="TIME_WAIT sockets with port P")
     add("--established", type=int, default=2_800,
-        help="connections to P held open, 2 sockets and 2 fds each (default 2,800)")
+        help="connections to P held open, 2 sockets and 2 fds each")
     add("--other-time-wait", type=int, default=3_000,
-        help="TIME_WAIT sockets with the other port (default 3,000)")
-    add("--min-sockets", type=int, default=20_000,
-        help="abort when fewer sockets have port P (default 20,000)")
-    add("--runs", type=int, default=7, help="timed runs per tool (default 7)")
-    add("--samples", type=int, default=20,
-        help="in-process samples of SocketTable.count (default 20)")
-    add("--venv", default=str(ROOT / ".venv"), help="the venv whose tcplab (console script) "
-        "and python are measured (default: this checkout's .venv)")
-    add("--fresh-venv", action="store_true", help="pip install this checkout (not editable) "
-        "into a temporary venv and measure that")
-    add("--json", action="store_true", help="print one JSON object")
+        help="TIME_WAIT sockets with the other port")
+    add("--min-sockets", type=int, default=20_000, help="abort when fewer have port P")
+    add("--runs", type=int, default=7, help="timed runs per tool")
+    add("--samples", type=int, default=20, help="in-process samples of SocketTable.count")
+    add("--venv", default=str(ROOT / ".venv"),
+        help="the venv whose tcplab (console script) and python are measured")
+    add("--fresh-venv", action="store_true",
+        help="pip install this checkout (not editable) into a temporary venv, measure that")
     add("--_role", dest="role", default="measure", choices=("measure", "holder", "inproc"),
         help=argparse.SUPPRESS)
     args = p.parse_args(argv)
