@@ -8,12 +8,14 @@ times the in-process sample and psutil.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import select
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -125,65 +127,64 @@ def holder_main(args: argparse.Namespace) -> int:
 
 
 def inproc_main(args: argparse.Namespace) -> int:
-    """Run with the venv's python: in-process timings as one JSON line."""
-    pc, cpu = time.perf_counter, time.process_time
+    """Run with the venv's python: in-process timings (medians) as one JSON line."""
+    pc, cpu, port = time.perf_counter, time.process_time, args.port
     t = pc()
     from tcplab.observe.sockets import SocketTable
 
-    import_s = pc() - t
+    ip: dict[str, Any] = {"import_ms": (pc() - t) * 1e3}
 
     import tcplab
 
-    out: dict[str, Any] = {"import_ms": import_s * 1e3, "tcplab_file": tcplab.__file__,
-                           "version": tcplab.__version__, "python": sys.executable}
-    try:
+    install: dict[str, Any] = {"editable": None, "tcplab_file": tcplab.__file__,
+                               "version": tcplab.__version__, "python": sys.executable}
+    with contextlib.suppress(Exception):  # not installed as a distribution: a source tree
         from importlib.metadata import distribution
 
         direct = json.loads(distribution("tcplab").read_text("direct_url.json") or "{}")
-        out["editable"] = bool(direct.get("dir_info", {}).get("editable", False))
-    except Exception as exc:  # not installed as a distribution: run from a source tree
-        out["editable"], out["editable_note"] = None, f"{type(exc).__name__}: {exc}"
-    port = args.port
+        install["editable"] = bool(direct.get("dir_info", {}).get("editable", False))
 
-    def timed(name: str, fn: Callable[[], Any], n: int) -> Any:
-        """``name``_ms and ``name``_cpu_ms: the wall and CPU ms of ``n`` calls; the last
+    def timed(name: str, fn: Callable[[], Any], n: int, with_cpu: bool = True) -> Any:
+        """ip[name_ms] (and name_cpu_ms): median wall (CPU) ms of ``n`` calls; the last
         call's result."""
-        out[f"{name}_ms"], out[f"{name}_cpu_ms"], result = [], [], None
+        walls, cpus, result = [], [], None
         for _ in range(n):
             t0, c0 = pc(), cpu()
             result = fn()
             c1, t1 = cpu(), pc()
-            out[f"{name}_ms"].append((t1 - t0) * 1e3)
-            out[f"{name}_cpu_ms"].append((c1 - c0) * 1e3)
+            walls.append((t1 - t0) * 1e3)
+            cpus.append((c1 - c0) * 1e3)
+        ip[f"{name}_ms"] = statistics.median(walls)
+        if with_cpu:
+            ip[f"{name}_cpu_ms"] = statistics.median(cpus)
+        if name == "sample":
+            ip["sample_range_ms"] = [min(walls), max(walls)]
         return result
 
     t = pc()
     table = SocketTable()
     first = table.count(port)
-    out["first_sample_ms"] = (pc() - t) * 1e3  # SocketTable() and one count
-    out["source"] = table.source
+    ip["first_sample_ms"] = (pc() - t) * 1e3  # SocketTable() and one count
     try:
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         counts = timed("sample", lambda: table.count(port), args.samples)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         # user and sys per sample, as means (getrusage splits CPU time by ticks)
-        out["sample_user_ms"] = (r1.ru_utime - r0.ru_utime) * 1e3 / args.samples
-        out["sample_sys_ms"] = (r1.ru_stime - r0.ru_stime) * 1e3 / args.samples
-        named = timed("state_counts", lambda: table.state_counts(port), args.samples)
-        timed("count_all", lambda: table.count(0), args.samples)
+        ip["sample_user_ms_mean"] = (r1.ru_utime - r0.ru_utime) * 1e3 / args.samples
+        ip["sample_sys_ms_mean"] = (r1.ru_stime - r0.ru_stime) * 1e3 / args.samples
+        named = timed("state_counts", lambda: table.state_counts(port), args.samples, False)
+        timed("count_all_ports", lambda: table.count(0), args.samples, False)
     finally:
         table.close()
-    if counts != first:
-        out["warning"] = "count(P) changed between samples"
-    out["counts"] = {k: v for k, v in named.states.items() if v}
-
     import psutil
 
-    code: dict[str, Any] = {}
+    install["psutil"], code = psutil.__version__, dict[str, Any]()
     exec(PSUTIL_CODE, code)  # the "psutil" row's own code
-    out["psutil_counts"] = timed("psutil", lambda: code["psutil_counts"](port), args.runs)
-    out["psutil_version"] = psutil.__version__
-    print(json.dumps(out))
+    ip["psutil_counts"] = timed("psutil", lambda: code["psutil_counts"](port), args.runs)
+    ip.update(samples=args.samples, source=table.source,
+              warning=None if counts == first else "count(P) changed between samples")
+    print(json.dumps({"install": install, "in_process": ip,
+                      "counts": {k: v for k, v in named.states.items() if v}}))
     return 0
 
 
@@ -353,23 +354,10 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
             "runs_wall_ms": r["wall_ms"], "runs_cpu_ms": r["cpu_ms"],
         })
     by = {t["tool"]: t for t in rows}
-    m = {k: h.median(inproc[k]) for k in ("sample_ms", "sample_cpu_ms", "state_counts_ms",
-                                          "count_all_ms", "psutil_ms", "psutil_cpu_ms")}
-    sample = m["sample_ms"] or 0.0
-    ip = {
-        "sample_ms": sample, "sample_cpu_ms": m["sample_cpu_ms"],
-        "sample_range_ms": [min(inproc["sample_ms"]), max(inproc["sample_ms"])],
-        "sample_user_ms_mean": inproc["sample_user_ms"],
-        "sample_sys_ms_mean": inproc["sample_sys_ms"],
-        "first_sample_ms": inproc["first_sample_ms"],
-        "state_counts_ms": m["state_counts_ms"], "count_all_ports_ms": m["count_all_ms"],
-        "import_ms": inproc["import_ms"],
-        "psutil_ms": m["psutil_ms"] or 0.0, "psutil_cpu_ms": m["psutil_cpu_ms"],
-        "psutil_counts": inproc["psutil_counts"],
-        "psutil_counts_match_ss": inproc["psutil_counts"] == counts["port"]["ss"],
-        "sample_counts_match_ss": inproc["counts"] == counts["port"]["ss"],
-        "samples": args.samples, "source": inproc["source"], "warning": inproc.get("warning"),
-    }
+    ip = {**inproc["in_process"],
+          "psutil_counts_match_ss": inproc["in_process"]["psutil_counts"] == counts["port"]["ss"],
+          "sample_counts_match_ss": inproc["counts"] == counts["port"]["ss"]}
+    sample = ip["sample_ms"]
     ps_sample = ip["psutil_ms"] / sample if sample > 0 else None
     wall, cpu = x("tcplab", "ss", "wall_ms"), x("tcplab", "ss", "cpu_ms")
     ps_wall, ps_cpu = x("psutil", "tcplab", "wall_ms"), x("psutil", "tcplab", "cpu_ms")
@@ -392,11 +380,8 @@ def summarize(args: argparse.Namespace, sysctls: dict[str, str], built: dict[str
         "namespace": {"sysctls": sysctls, "build_s": built["build_s"],
                       "holder_fds": built["fds"], "holder_fd_limit": built["fd_limit"],
                       "seconds_since_first_time_wait": used, "table_unchanged": stable},
-        "install": {"venv": args.venv, "fresh_venv": args.fresh_venv,
-                    "editable": inproc.get("editable"),
-                    "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
-                    "tcplab_file": inproc["tcplab_file"], "version": inproc["version"],
-                    "python": inproc["python"], "psutil": inproc["psutil_version"]},
+        "install": {"venv": args.venv, "fresh_venv": args.fresh_venv, **inproc["install"],
+                    "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE")},
         "counts": counts, "tools": rows, "in_process": ip, "goals": goals,
         "problems": [f"counts, {k}: tcplab and ss differ: {c['diff']}"
                      for k, c in counts.items() if not c["match"]],
