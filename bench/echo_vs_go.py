@@ -11,6 +11,7 @@ import argparse
 import os
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,25 +39,41 @@ SETTINGS = ("rounds", "seconds", "warmup", "connections", "size", "grid_rounds",
 # --- part 1: CPU per echo -------------------------------------------------------------------
 
 
-def part1(servers: list[str], args: argparse.Namespace, go_binary: str | None,
-          problems: list[str]) -> list[h.Window]:
-    """Interleaved rounds; a fresh namespace and server per run."""
-    cells: list[h.Window] = []
-    for i in range(args.rounds):
+def windows(servers: list[str], rounds: int, cells: list[tuple[int, int]], warmup: float,
+            seconds: float, args: argparse.Namespace, go_binary: str | None,
+            problems: list[str], line: Callable[[str, str, list[h.Window]], str]
+            ) -> list[h.Window]:
+    """Interleaved rounds; per server and round a fresh namespace and server, and on it
+    the ``cells`` (size, connections) one after the other, each with a fresh load."""
+    out: list[h.Window] = []
+    for i in range(rounds):
         for key in h.rotate(servers, i):
             with Sandbox(SYSCTLS) as sb, h.serving(sb, key, go_binary, SERVER_ARGS) as srv:
-                c = h.pingpong_load(sb, key, i + 1, srv.pid, args.connections, args.size,
-                                    args.warmup, args.seconds, args.max_echoes,
-                                    h.pin(srv.pid, args.pin))
+                cpus = h.pin(srv.pid, args.pin)
+                mine = [h.pingpong_load(sb, key, i + 1, srv.pid, n, size, warmup, seconds,
+                                        args.max_echoes, cpus) for size, n in cells]
                 totals = srv.stop()
-            cells.append(c)
-            if bad := h.check_totals(key, totals, args.size * c.echoes_total, c.in_flight):
+            out += mine
+            if bad := h.check_totals(key, totals, sum(c.size * c.echoes_total for c in mine),
+                                     sum(c.in_flight for c in mine)):
                 problems.append(bad)
-            h.progress(f"CPU per echo, round {i + 1}/{args.rounds} {key:<8} {c.cpu_us:6.2f} "
-                       f"us/echo (user {c.user_us:5.2f}, sys {c.sys_us:5.2f}), "
-                       f"{c.echoes_per_s:8,.0f} echoes/s, server {c.server_core_pct:4.0f} %, "
-                       f"{c.server_threads} threads, others {c.others_core_pct:3.0f} %")
-    return cells
+            h.progress(line(f"{i + 1}/{rounds}", key, mine))
+    return out
+
+
+def part1_line(round_of: str, key: str, mine: list[h.Window]) -> str:
+    c = mine[0]
+    return (f"CPU per echo, round {round_of} {key:<8} {c.cpu_us:6.2f} "
+            f"us/echo (user {c.user_us:5.2f}, sys {c.sys_us:5.2f}), "
+            f"{c.echoes_per_s:8,.0f} echoes/s, server {c.server_core_pct:4.0f} %, "
+            f"{c.server_threads} threads, others {c.others_core_pct:3.0f} %")
+
+
+def part2_line(round_of: str, key: str, mine: list[h.Window]) -> str:
+    return (f"part 2 round {round_of} {key:<8} "
+            + "  ".join(f"{h.size_text(c.size)}x{c.connections} {c.echoes_per_s:,.0f}/s"
+                        for c in mine)
+            + f"  (others {h.median(c.others_core_pct for c in mine):.0f} %)")
 
 
 def summarize1(cells: list[h.Window], servers: list[str], problems: list[str]
@@ -107,29 +124,6 @@ def goals1(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # --- part 2: the grid ---------------------------------------------------------------------
-
-
-def part2(servers: list[str], args: argparse.Namespace, go_binary: str | None,
-          problems: list[str]) -> list[h.Window]:
-    """One namespace and server per server and round; the cells one after the other."""
-    cells: list[h.Window] = []
-    for i in range(args.grid_rounds):
-        for key in h.rotate(servers, i):
-            with Sandbox(SYSCTLS) as sb, h.serving(sb, key, go_binary, SERVER_ARGS) as srv:
-                cpus = h.pin(srv.pid, args.pin)
-                mine = [h.pingpong_load(sb, key, i + 1, srv.pid, n, size, args.grid_warmup,
-                                        args.grid_seconds, args.max_echoes, cpus)
-                        for size in args.sizes for n in args.conns]
-                totals = srv.stop()
-            cells += mine
-            if bad := h.check_totals(key, totals, sum(c.size * c.echoes_total for c in mine),
-                                     sum(c.in_flight for c in mine)):
-                problems.append(bad)
-            h.progress(f"part 2 round {i + 1}/{args.grid_rounds} {key:<8} "
-                       + "  ".join(f"{h.size_text(c.size)}x{c.connections} "
-                                   f"{c.echoes_per_s:,.0f}/s" for c in mine)
-                       + f"  (others {h.median(c.others_core_pct for c in mine):.0f} %)")
-    return cells
 
 
 def summarize2(cells: list[h.Window], servers: list[str], args: argparse.Namespace
@@ -471,10 +465,14 @@ def main(argv: list[str] | None = None, alone: bool = False) -> int:
             "cpus": os.cpu_count(), "python": sys.executable, "go": go_info,
             "servers": servers}
         if 1 in args.parts:
-            res["baseline"], res["cpu_per_echo"] = summarize1(
-                part1(servers, args, go_binary, problems), servers, problems)
+            cells = windows(servers, args.rounds, [(args.size, args.connections)], args.warmup,
+                            args.seconds, args, go_binary, problems, part1_line)
+            res["baseline"], res["cpu_per_echo"] = summarize1(cells, servers, problems)
         if 2 in args.parts:
-            res["part2"] = summarize2(part2(servers, args, go_binary, problems), servers, args)
+            cells = windows(servers, args.grid_rounds, [(s, n) for s in args.sizes
+                                                        for n in args.conns], args.grid_warmup,
+                            args.grid_seconds, args, go_binary, problems, part2_line)
+            res["part2"] = summarize2(cells, servers, args)
         conc = [s for s in servers if s in ("go", h.DEFAULT_MODEL)]
         if 3 in args.parts and conc:
             res["part3"] = summarize3(part3(conc, args, go_binary, problems), conc, args.most)
