@@ -228,6 +228,10 @@ def measured(cmd: Sequence[str], timeout: float, popen: Callable[..., Any] = sub
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             done = bool(poller.poll(timeout * 1000))
+        except BaseException:  # Ctrl-C: a child not in a Sandbox is ours to stop and reap
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             os.close(fd)
         if not done:
