@@ -30,7 +30,8 @@ from tcplab.agents.io import command as agent_command
 from tcplab.agents.listening import Listening
 from tcplab.errors import ExperimentFailed
 from tcplab.interrupts import deferred, interrupted, spawn
-from tcplab.records import from_json_line
+from tcplab.records import from_json, from_json_line
+from tcplab.traffic.server import Listening as ServerListening
 
 #: How long a child may take to stop on SIGTERM once the user pressed Ctrl-C:
 #: the command must end within seconds (the issue asks for 10 s at most).
@@ -64,7 +65,13 @@ class ServerProcess:
 
     @property
     def port(self) -> int:
-        return int(self.info["port"])
+        return self.listening.port
+
+    @property
+    def listening(self) -> ServerListening:
+        """The first line, decoded (``info`` keeps it as sent, for tests of the CLI's
+        JSON); the totals ``stop()`` returns decode into ``traffic.accept.ServerStats``."""
+        return from_json(ServerListening, self.info)
 
     def __enter__(self) -> ServerProcess:
         self.start()

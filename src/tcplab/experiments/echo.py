@@ -61,7 +61,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
         progress(f"  {what}")
 
     with ServerProcess() as server:
-        mark(f"server listening on 127.0.0.1:{server.port} (model {server.info['model']}, "
+        mark(f"server listening on 127.0.0.1:{server.port} (model {server.listening.model}, "
              f"pid {server.pid})")
         dest = resolve("127.0.0.1", server.port)
         rt_small = client.round_trips(dest, small, 64, timeout=10)
@@ -88,7 +88,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
     return Result(
         experiment="echo",
         ok=judge(stream_ok, client_bytes, None if totals is None else totals.bytes_echoed),
-        settings=RunWith(model=server.info["model"], small_count=small, large_count=large),
+        settings=RunWith(model=server.listening.model, small_count=small, large_count=large),
         facts=Facts(small=rt_small, large=rt_large, stream_bytes=sent,
                     stream_identical=stream_ok, server_totals=totals,
                     client_bytes=client_bytes, stream_back=len(echoed)),
