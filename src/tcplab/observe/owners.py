@@ -12,11 +12,11 @@ counted in ``hidden`` so the caller can say why owners are missing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tcplab.kernel.procfs import socket_inode
+from tcplab.observe import procfs
 from tcplab.observe.sockets import SocketTable
 
 
@@ -27,26 +27,10 @@ class Owner:
     command: str
 
 
-def read_comm(pid: int, procfs: str = "/proc") -> str:
-    try:
-        with open(f"{procfs}/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def read_cmdline(pid: int, procfs: str = "/proc") -> str:
-    """The command line of ``pid``, as ps shows it (its comm when unreadable)."""
-    try:
-        with open(f"{procfs}/{pid}/cmdline", "rb") as f:
-            text = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        text = ""
-    return text or read_comm(pid, procfs)
-
-
-def all_pids(procfs: str = "/proc") -> list[int]:
-    return [int(name) for name in os.listdir(procfs) if name.isdigit()]
+# The readers of /proc are observe/procfs.py's; these names stay for the callers.
+read_comm = procfs.comm
+read_cmdline = procfs.cmdline
+all_pids = procfs.pids
 
 
 class OwnerMap:
@@ -61,26 +45,20 @@ class OwnerMap:
     def scan(self) -> None:
         by_inode: dict[int, Owner] = {}
         hidden: set[int] = set()
-        pids = all_pids(self.procfs) if self.pids is None else self.pids
+        pids = procfs.pids(self.procfs) if self.pids is None else self.pids
         for pid in pids:
-            fd_dir = f"{self.procfs}/{pid}/fd"
-            try:
-                names = os.listdir(fd_dir)
-            except PermissionError:
-                hidden.add(pid)
-                continue
-            except (FileNotFoundError, ProcessLookupError):
-                continue
             command: str | None = None
-            for name in names:
-                try:
-                    inode = socket_inode(os.readlink(f"{fd_dir}/{name}"))
-                except OSError:
-                    continue
-                if inode:
-                    if command is None:
-                        command = read_comm(pid, self.procfs)
-                    by_inode.setdefault(inode, Owner(pid, int(name), command))
+            try:
+                for fd, target in procfs.fd_links(pid, self.procfs):
+                    inode = socket_inode(target)
+                    if inode:
+                        if command is None:
+                            command = procfs.comm(pid, self.procfs)
+                        by_inode.setdefault(inode, Owner(pid, fd, command))
+            except procfs.AccessDenied:
+                hidden.add(pid)
+            except procfs.NoSuchProcess:
+                continue
         self.by_inode = by_inode
         self.hidden = hidden
         self._scanned = True

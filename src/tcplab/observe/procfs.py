@@ -137,6 +137,11 @@ def port_range_size(root: str = PROCFS_PATH) -> int | None:
     return None if found is None else found[1] - found[0] + 1
 
 
+def pids(root: str = PROCFS_PATH) -> list[int]:
+    """Every process the namespace's procfs shows."""
+    return [int(name) for name in os.listdir(root) if name.isdigit()]
+
+
 # --- one process -----------------------------------------------------------------------------
 
 def comm(pid: Pid, root: str = PROCFS_PATH) -> str:
@@ -145,6 +150,17 @@ def comm(pid: Pid, root: str = PROCFS_PATH) -> str:
         return read_text(f"{pid}/comm", root).strip()
     except OSError:
         return "?"
+
+
+def cmdline(pid: Pid, root: str = PROCFS_PATH) -> str:
+    """The command line as ps shows it (its comm when empty or unreadable: a kernel
+    thread, or a process gone)."""
+    try:
+        with open(f"{root}/{pid}/cmdline", "rb") as f:
+            text = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or comm(pid, root)
 
 
 def status(pid: Pid, root: str = PROCFS_PATH) -> Status:
