@@ -698,14 +698,21 @@ class Driver:
             c.got = size
             self._echoed(c)
 
-    def _read_closing(self, c: _Conn) -> None:
-        """CLOSING: the peer's FIN (ok), a reset, or bytes after the echo."""
+    def _recv_off_path(self, c: _Conn, n: int) -> bytes | None:
+        """A read off the echo path (closing, held): the bytes (b"" at EOF), or None
+        when there is nothing yet or the read failed (the failure already counted)."""
         try:
-            data = c.sock.recv(4096)
+            return c.sock.recv(n)
         except BlockingIOError:
-            return
+            return None
         except OSError as exc:
             self._fail(c, exc.errno or 0)
+            return None
+
+    def _read_closing(self, c: _Conn) -> None:
+        """CLOSING: the peer's FIN (ok), a reset, or bytes after the echo."""
+        data = self._recv_off_path(c, 4096)
+        if data is None:
             return
         if data:
             if self.config.verify:
@@ -722,12 +729,8 @@ class Driver:
         if code:
             self._fail(c, code)
             return
-        try:
-            data = c.sock.recv(1)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._fail(c, exc.errno or 0)
+        data = self._recv_off_path(c, 1)
+        if data is None:
             return
         if data:
             self._fail(c, 0, Outcome.WRONG_BYTES)  # bytes nobody asked for
@@ -988,11 +991,9 @@ class PingPong:
 
     def percentile_us(self, q: float) -> float:
         """Nearest-rank percentile of the window's round trips, in microseconds."""
-        w = self.window_rtts_s
-        if not w:
-            return 0.0
-        rank = max(1, -(-len(w) * q // 100))
-        return w[int(rank) - 1] * 1e6
+        from tcplab.traffic.client import percentile  # not at import: the bomb never needs it
+
+        return percentile(self.window_rtts_s, q) * 1e6
 
 
 def pingpong(target: Target, connections: int, size: int = 64, warmup: float = 0.5,
