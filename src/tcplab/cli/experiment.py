@@ -64,8 +64,10 @@ def add_parser(sub: Any, name: str) -> None:
                    metavar="N", help="the ladder of concurrent connections (repeatable; "
                    "default 100, 1000, 10000)")
     g = p.add_argument_group("fd-leak")
-    g.add_argument("--keepalive", action="store_true",
-                   help="repeat the leak with SO_KEEPALIVE: CLOSE_WAIT goes, the fds stay")
+    g.add_argument("--keepalive", type=common.int_range(1, 7200), metavar="SECONDS",
+                   help="repeat the leak with SO_KEEPALIVE on the accepted sockets, idle "
+                   "and interval SECONDS (15 is what Go sets on every accepted connection): "
+                   "CLOSE_WAIT goes, the fds stay")
     g.add_argument("--fd-limit", type=common.int_range(32, 4096), default=256, metavar="N",
                    help="the leaking server's fd limit (default 256; soft, and hard too "
                    "for --server-cmd)")
@@ -96,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     def run_bomb(quick: bool, progress: Any) -> Any:
         return port_bomb.run(bomb_settings, quick=quick, progress=progress)
 
-    leak_settings = fd_leak.Settings(fd_limit=args.fd_limit, keepalive=args.keepalive,
+    leak_settings = fd_leak.Settings(fd_limit=args.fd_limit,
+                                     keepalive=args.keepalive is not None,
+                                     keepalive_s=args.keepalive or fd_leak.KEEPALIVE_S,
                                      server_cmd=args.server_cmd,
                                      clients=max(450, args.fd_limit * 2))
 

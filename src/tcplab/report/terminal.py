@@ -27,6 +27,7 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "pool_size": ("pool size", ""),
     "fd_limit": ("fd limit", ""),
     "tcp_fin_timeout": ("tcp_fin_timeout", "s"),
+    "keepalive_s": ("keep-alive idle and interval", "s"),
     "ladder": ("connections", ""),
     "messages": ("round trips per connection", ""),
     "size": ("message size", "B"),
@@ -64,6 +65,7 @@ def settings_text(settings: Mapping[str, Any] | Any) -> str:
         words, unit = SETTING_WORDS.get(key, (key.replace("_", " "), ""))
         if not unit and key.endswith("_s") and key not in SETTING_WORDS:
             words, unit = key[:-2].replace("_", " "), "s"
+        unit = unit if value is not None else ""  # "keep-alive ... none", not "none s"
         parts.append(f"{words} {setting_value(key, value)}{' ' + unit if unit else ''}")
     return " · ".join(parts)
 
