@@ -511,7 +511,7 @@ def test_a_lesson_quotes_this_run_or_says_it_did_not_measure() -> None:
     assert q[1].text == (f"Measured in this run by the fd-leak experiment: "
                          f"{LESSONS['close-wait'].figures[1].sentence(fd_leak)}.")
     assert q[2].text.startswith("This run's fd-leak experiment did not measure this; "
-                                "`tcplab experiment fd-leak --keepalive` does")
+                                "`tcplab experiment fd-leak --keepalive 2` does")
     assert q[3].text.startswith("Measured on Linux 6.18, 2 cores, on 2026-11-30, with `ss -s`")
     assert no_digits(q[0].text) and no_digits(q[2].text.replace("explain close-wait", ""))
 

@@ -303,37 +303,59 @@ def _add(lesson: Lesson) -> None:
 
 _add(Lesson(
     "time-wait", "TIME_WAIT: the active closer waits 60 s",
-    """The side that closes first ends in TIME_WAIT, and Linux keeps it there for exactly
-60 seconds (TCP_TIMEWAIT_LEN in include/net/tcp.h), whatever tcp_fin_timeout says.
-It exists so that a late duplicate segment of this connection is not taken for part
-of the next connection on the same 4-tuple, and so that a lost final ACK can be sent
-again when the peer repeats its FIN.
+    """The side that closes first ends in TIME_WAIT, and Linux keeps it there for 60
+seconds (TCP_TIMEWAIT_LEN in include/net/tcp.h), whatever tcp_fin_timeout says; the
+timer fires up to about 2 s late (the kernel's timer wheel rounds a 60 s timer up),
+and a FIN the peer sends again restarts it (tcp_timewait_state_process in
+net/ipv4/tcp_minisocks.c). It exists so that a late duplicate segment of this
+connection is not taken for part of the next connection on the same 4-tuple, and so
+that a lost final ACK can be sent again when the peer repeats its FIN.
 
-A TIME_WAIT socket belongs to no process (ss and 'tcplab sockets' show no owner:
-the kernel holds a small 'minisocket'), but it keeps its local port for that
-destination. 'tcplab sockets --state time-wait' shows the time each one has left.""",
+How the closer gets there depends on how it closed. After close() its socket is an
+orphan, and once the peer ACKs its FIN the kernel replaces it by a small
+'minisocket' in FIN_WAIT2 (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in
+tcp_rcv_state_process, net/ipv4/tcp_input.c), which lives tcp_fin_timeout and turns
+TIME_WAIT only when the peer's FIN arrives (tcp_timewait_state_process). After
+shutdown(SHUT_WR) the full socket stays, in FIN_WAIT2, until that FIN; then it
+becomes the TIME_WAIT minisocket.
+
+A minisocket belongs to no process (ss and 'tcplab sockets' show no owner), but a
+TIME_WAIT one keeps its local port for that destination. 'tcplab sockets --state
+time-wait' shows the time each one has left. At most net.ipv4.tcp_max_tw_buckets of
+them exist per namespace: beyond it the socket is closed at once, with no TIME_WAIT,
+and counted as TCPTimeWaitOverflow in /proc/net/netstat (tcp_time_wait); Linux 6.x
+writes nothing to the kernel log for it.""",
     "tcplab experiment half-close; tcplab sockets --state time-wait",
     (Figures("half-close", "tcplab experiment half-close", "2026-11-30",
              "the client's socket, closed first, was in TIME_WAIT with 59.0 s left, and 57.0 "
              "s left 2.0 s later; it belonged to no process (inode 0: the kernel's "
              "minisocket)", _half_close_time_wait),),
-    "The original notes say TIME_WAIT lasts '60-120 s' (2MSL). On Linux it is a "
-    "fixed 60 s, not configurable, and tcp_fin_timeout does not shorten it: that "
-    "sysctl only limits orphaned FIN_WAIT2 sockets.",
+    "The original notes say TIME_WAIT lasts '60-120 s' (2MSL). On Linux it is 60 s, "
+    "a constant (TCP_TIMEWAIT_LEN), not twice an MSL: RFC 9293's MSL is 2 minutes. "
+    "Measured in private namespaces here, TIME_WAIT lasted 61.1 s (3 runs; 60.3 to "
+    "62.0 s in issue 13's runs); "
+    "with tcp_max_tw_buckets = 10, 30 closes left 10 sockets in TIME_WAIT, "
+    "TCPTimeWaitOverflow counted 20 and the kernel log stayed silent. tcp_fin_timeout "
+    "does not shorten TIME_WAIT: that sysctl only limits orphaned FIN_WAIT2 sockets.",
 ))
 
 _add(Lesson(
     "port-range", "Ephemeral ports: per destination, and why the bomb fails (or not)",
     """connect() without bind() takes a local port from net.ipv4.ip_local_port_range
-(32768-60999 by default: 28,232 ports). Ports are shared per destination: the same
-port may serve connections to different (address, port) pairs, so the limit is
-28,232 connections in TIME_WAIT or in use toward ONE destination. When they are all
-taken, connect() fails with EADDRNOTAVAIL, "Cannot assign requested address".
+(32768-60999 by default: 28,232 ports), skipping the ports listed in
+net.ipv4.ip_local_reserved_ports and every port a socket holds through bind() or
+listen() (__inet_hash_connect in net/ipv4/inet_hashtables.c). Ports are shared per
+destination: the same port may serve connections to different (address, port)
+pairs, so the limit is what is left of the range, in TIME_WAIT or in use, toward ONE
+destination. When it is all taken, connect() fails with EADDRNOTAVAIL, "Cannot
+assign requested address".
 
 Pooling reuses a few connections for every request, so it takes no new ports.
-bind() before connect() makes a port exclusive and fails earlier, with EADDRINUSE.
-SO_LINGER 0 avoids TIME_WAIT by sending RST: a hack, since it throws away in-flight
-data and the peer sees ECONNRESET.
+bind() before connect() takes a port for every destination at once: toward one
+destination it runs out at about the same count (bind() then fails with
+EADDRINUSE); it runs out earlier only where connect() could have shared ports
+across destinations. SO_LINGER 0 avoids TIME_WAIT by sending RST: a hack, since it
+throws away in-flight data and the peer sees ECONNRESET.
 
 connect() also prefers ports of one parity and leaves the other to bind()
 (__inet_hash_connect in net/ipv4/inet_hashtables.c), so with tcp_tw_reuse the
@@ -357,16 +379,27 @@ TIME_WAIT sockets level off at about half the range.""",
              context="in a new network namespace (the kernel's default range and "
              "tcp_tw_reuse = 2) against tcplab server")),
     "On a modern kernel the classic bomb against 127.0.0.1 does not fail: "
-    "net.ipv4.tcp_tw_reuse defaults to 2, which lets loopback connections reuse a "
-    "TIME_WAIT port once it is 1 s old (tcp_tw_reuse_delay); the port-bomb experiment's "
-    "default-reuse variant measures it. tcplab's experiment sets tcp_tw_reuse = 0 "
-    "inside its own namespace to show the failure. The fix is still connection pooling.",
+    "net.ipv4.tcp_tw_reuse defaults to 2, which lets connect() take the port of a "
+    "loopback TIME_WAIT socket once it is 1 s old (tcp_tw_reuse_delay): loopback means "
+    "an address in 127.0.0.0/8, ::1 or a v4-mapped loopback address at either end, or a "
+    "socket bound to lo (tcp_twsk_unique in net/ipv4/tcp_ipv4.c; a 10.x address on lo "
+    "does not count). It applies to outgoing connect() only, and needs TCP timestamps: "
+    "with tcp_timestamps = 0 no port is reused (measured in issue 13). The port-bomb "
+    "experiment's default-reuse variant measures it; tcplab's experiment sets "
+    "tcp_tw_reuse = 0 inside its own namespace to show the failure. bind() before "
+    "connect() toward one destination failed at the same count here (1,000 connections "
+    "of a 1,000-port range either way; the first error after 978 to 999, 3 runs each, in "
+    "private namespaces, issue 13). Go reports the exhaustion as 'dial tcp "
+    "127.0.0.1:8080: connect: cannot assign requested address' (the original notes say "
+    "'dial tcp: assign requested address'), and only after its dialer tried again: "
+    "the dialer in net/tcpsock_posix.go retries EADDRNOTAVAIL (spuriousENOTAVAIL) up to "
+    "twice (doDialTCP in Go 1.19). The fix is still connection pooling.",
 ))
 
 _add(Lesson(
     "close-wait", "CLOSE_WAIT and FIN_WAIT2: the half-closed trap",
-    """When the peer closes, our socket moves to CLOSE_WAIT and stays there until OUR
-application calls close(). A process with many CLOSE_WAIT sockets has a bug: some
+    """When the peer's FIN arrives, our socket moves to CLOSE_WAIT and stays there until
+OUR application calls close() (or exits). A process with many CLOSE_WAIT sockets has a bug: some
 path never closes (an error branch, a pool that loses connections). Each of those
 sockets also keeps its file descriptor. The peer that closed first waits in
 FIN_WAIT2 for our FIN; if it has closed its socket (orphaned), the kernel gives up
@@ -375,7 +408,17 @@ waits forever.
 
 With SO_KEEPALIVE on the accepted sockets, the peer's RST answers a probe once the
 peer is gone and CLOSE_WAIT goes away, but the fds stay: the leak is in fds, not
-TCP states. 'tcplab doctor' names the process: close_wait_leak.""",
+TCP states. 'tcplab doctor' names the process: close_wait_leak.
+
+Go differs twice. It turns keep-alive on for every accepted connection, 15 s idle
+and interval (defaultTCPKeepAlive in net/dial.go, set by (*TCPListener).accept in
+net/tcpsock_posix.go), so a leaking Go server's CLOSE_WAIT sockets vanish about 15 s
+after their peers are gone while its fds stay leaked: 'tcplab experiment fd-leak
+--keepalive 15' shows it with tcplab's server. And a net.Conn nobody references any
+more (a handler that returns without Close()) is closed by the finalizer the runtime
+set on its netFD (runtime.SetFinalizer in net/fd_posix.go) at a later garbage
+collection: such a leak heals itself, late. The fd leak bites in Go when the
+connections stay referenced (a map, a slice, a goroutine blocked on one).""",
     "tcplab experiment half-close; tcplab experiment fd-leak; tcplab doctor",
     (Figures("half-close", "tcplab experiment half-close", "2026-11-30",
              "after the client's shutdown(SHUT_WR), the client's socket was in FIN_WAIT2 and "
@@ -388,13 +431,19 @@ TCP states. 'tcplab doctor' names the process: close_wait_leak.""",
              "still 307; the server that closes: CLOSE_WAIT 0 once it had closed (peak 24 "
              "while the clients closed)",
              _fd_leak_close_wait),
-     Figures("fd-leak", "tcplab experiment fd-leak --keepalive", "2026-11-30",
+     # Recorded with the 2 s the option had before it took seconds (fd_leak.KEEPALIVE_S).
+     Figures("fd-leak", "tcplab experiment fd-leak --keepalive 2", "2026-11-30",
              "with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT 65 after the peers left "
              "and fds still 256", _fd_leak_keepalive),
      Figures("", "ss -s", "2026-11-30",
              "with 5 sockets in CLOSE_WAIT, 5 in FIN_WAIT2 and none ESTABLISHED on the "
              "port (and no other socket in the namespace), 'ss -s' said 'estab 5'",
              context="beside `tcplab states --port P` in a new network namespace")),
+    "The original notes say the Go server stays in CLOSE_WAIT: with Go's keep-alive it "
+    "does for about 15 s, then the probes find the peers gone (measured with a Go leak "
+    "server in issue 13: 5 CLOSE_WAIT at 14 s, 0 at 17 s), and a Go echo server that drops "
+    "its connections without Close() had CLOSE_WAIT 52 at its peak for 512 clients and 18 "
+    "eight seconds later, with 59 fds in use (issue 13). "
     "'ss -s' prints the kernel's CurrEstab counter as 'estab', and that counter counts "
     "CLOSE_WAIT sockets too (tcp_set_state in net/ipv4/tcp.c; RFC 1213's tcpCurrEstab is "
     "ESTABLISHED or CLOSE-WAIT), so a summary can hide the leak: count per state "
@@ -405,22 +454,29 @@ _add(Lesson(
     "fd-limit", "File descriptors: EMFILE, and who raises the limit",
     """Every socket is a file descriptor, and a process may hold at most its soft
 RLIMIT_NOFILE ('ulimit -n'). Beyond it accept() fails with EMFILE, "Too many open
-files". The kernel still completes handshakes into the listener's accept queue
-(LISTEN Recv-Q grows to backlog + 1): those clients connect, then their reads hang;
-once the queue is full, new SYNs are dropped and clients hang in SYN_SENT. There is
-no "connection refused".
+files" (and with ENFILE once the whole system holds fs.file-max files, a limit a
+process with CAP_SYS_ADMIN may exceed: alloc_empty_file in fs/file_table.c). The
+kernel still completes handshakes into the listener's accept queue (LISTEN Recv-Q
+grows to backlog + 1): those clients connect, then their reads hang; once the queue
+is full, new SYNs are dropped and clients hang in SYN_SENT. There is no "connection
+refused".
 
 tcplab's server backs off 5 ms doubling to 1 s when accept() fails, as Go's net/http
-does, and stays idle meanwhile.""",
+does (tempDelay in Server.Serve, net/http/server.go), and stays idle meanwhile. The
+errnos it backs off on, EMFILE, ENFILE, ENOBUFS and ENOMEM, are CPython's
+(BaseSelectorEventLoop._accept_connection in Lib/asyncio/selector_events.py); Go's
+are its temporary ones, EINTR, EMFILE, ENFILE and the timeouts (Errno.Temporary in
+syscall/syscall_unix.go).""",
     "tcplab experiment fd-leak; tcplab fds PID; LEAK=true tcplab server --fd-limit 128",
     (Figures("fd-leak", "tcplab experiment fd-leak", "2026-11-30",
              "limit 256, backlog 64: the leaking server's fds peaked at 256 of 256; its log "
              "said \"accept: [Errno 24] Too many open files (256 of 256 fds in use); retrying "
              "in 5 ms\"; accept queue peak 65; of 512 clients, 242 got their echo, 65 "
              "connected without an echo and 205 never connected (SYN_SENT)", _fd_leak_limit),),
-    "Go, since 1.19, raises its own soft limit to the hard limit at start, so "
-    "'ulimit -Sn 128' does not reproduce the leak with the Go original; a Python "
-    "process keeps the limit it was given.",
+    "Go, since 1.19, raises its own soft limit to the hard limit at start (os/rlimit.go "
+    "in Go 1.19 and 1.20, syscall/rlimit.go since 1.21), so 'ulimit -Sn 128' does not "
+    "reproduce the leak with the Go original; 'ulimit -n 128' sets the hard limit too, "
+    "and that one Go keeps. A Python process keeps the limit it was given.",
 ))
 
 _add(Lesson(
@@ -428,11 +484,20 @@ _add(Lesson(
     """The server: socket(), bind(), listen(); the client: socket(), connect(). connect()
 sends SYN (the client is SYN_SENT; its port is chosen at that moment, so the first
 trace line shows sport=0); the server answers SYN-ACK from a request socket
-(SYN_RECV); the client's ACK makes both ESTABLISHED, and only then does accept()
-return a new fd. Closing: the first close() sends FIN (FIN_WAIT1), the peer's ACK
-gives FIN_WAIT2 and the peer's state becomes CLOSE_WAIT; its close() sends FIN
-(LAST_ACK), and the first closer answers and turns into a TIME_WAIT minisocket. An
-RST close (SO_LINGER 0) skips all of that.""",
+(SYN_RECV). The client is ESTABLISHED as soon as the SYN-ACK arrives, before its ACK
+leaves (tcp_finish_connect, from tcp_rcv_synsent_state_process in
+net/ipv4/tcp_input.c); the server's side is ESTABLISHED when that ACK arrives, and
+only then does accept() return a new fd.
+
+Closing: the first close() sends FIN (FIN_WAIT1); the peer enters CLOSE_WAIT when
+that FIN arrives (tcp_fin), and its ACK moves the closer to FIN_WAIT2. The closer's
+socket, an orphan after close(), is then replaced at once by a FIN_WAIT2 minisocket
+(tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process): the trace shows
+FIN_WAIT2 -> CLOSE before the peer has sent anything. The peer's close() sends its
+FIN (LAST_ACK); the minisocket answers it and turns TIME_WAIT
+(tcp_timewait_state_process in net/ipv4/tcp_minisocks.c), a change no trace event
+shows. After shutdown(SHUT_WR) instead, the full socket waits in FIN_WAIT2 for that
+FIN. An RST close (SO_LINGER 0) skips all of that.""",
     "tcplab experiment handshake; sudo tcplab trace --port 8080; sudo tcplab capture",
     (Figures("handshake", "tcplab experiment handshake", "2026-11-30",
              "15 packets (2 SYN, 2 SYN-ACK, 2 FIN, 1 RST), 18 state changes and 14 socket "
@@ -445,15 +510,22 @@ RST close (SO_LINGER 0) skips all of that.""",
 
 _add(Lesson(
     "netpoll", "Multiplexing: netpoll, epoll and the event loop",
-    """Go's conn.Read() looks blocking, but underneath the runtime parks the goroutine
-and registers the fd with epoll (netpoll); when data arrives, the goroutine is made
-runnable again. A few OS threads (GOMAXPROCS) serve any number of connections.
+    """Go's conn.Read() looks blocking, but underneath it calls read() on a non-blocking
+socket first and parks the goroutine only when that returns EAGAIN (FD.Read in
+internal/poll/fd_unix.go). The runtime registered the fd with its epoll instance
+once, edge-triggered, when the socket was created or accepted (EPOLLIN | EPOLLOUT |
+EPOLLRDHUP | EPOLLET in netpollopen, runtime/netpoll_epoll.go); when epoll reports
+it, the parked goroutine is made runnable again. GOMAXPROCS is the number of Ps, the
+slots that run Go code at once, not of threads: the runtime has a few more OS threads
+(for blocked system calls, sysmon; a Go server holding 10,000 and 19,000 connections
+on this 2-core machine ran 10 and 11: bench/results.md, "Concurrency"), and they
+serve any number of connections.
 
 Python spells the same machinery out: the selector (select.epoll) is netpoll; the
 event loop is the scheduler; a coroutine awaiting a read is parked on a future
 that the loop completes when epoll says the socket is readable. tcplab's 'epoll'
-model is that loop written by hand; 'asyncio' and 'uvloop' are it in the stdlib and
-in C.
+model is that loop written by hand (level-triggered, where Go's is edge-triggered);
+'asyncio' and 'uvloop' are it in the stdlib and in C.
 
 Thread per connection gives each connection an OS thread and its stack; in Python
 those threads also queue for the GIL (a waiting thread asks for it every 5 ms,
