@@ -238,8 +238,8 @@ def multiplex_lines(result: multiplex.Result) -> list[str]:
                                subsequent_indent="    ")
     lines += [
         "  threads: one OS thread (and stack) per connection. epoll, asyncio, uvloop: one thread,",
-        "  one epoll instance watching every socket: what Go's netpoll does with GOMAXPROCS",
-        "  threads and goroutines parked on epoll.",
+        "  one epoll instance watching every socket: what Go's netpoll does, with goroutines",
+        "  parked on epoll and run by GOMAXPROCS Ps on a few threads.",
     ]
     return lines
 
