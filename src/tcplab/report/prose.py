@@ -202,9 +202,22 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
                 "and no failure; but a RST tells the server the connection failed "
                 "(ECONNRESET), and any data still in flight is lost")
     if v.name == "server-closes":
-        return (f"the server closed first, so TIME_WAIT moved to it "
+        text = (f"the server closed first, so TIME_WAIT moved to it "
                 f"({ends.server_side:,} on the server's side, {ends.client_side} on "
                 f"the clients'), and {ok:,} clients never ran out of ports")
+        if 0 < ends.server_side < ok:
+            # One server-side TIME_WAIT per client port used, not per connection: a new
+            # SYN with a higher sequence number or timestamp takes over a TIME_WAIT
+            # 4-tuple (TCP_TW_SYN, tcp_timewait_state_process in net/ipv4/tcp_minisocks.c),
+            # and connect() takes ports of one parity first (__inet_hash_connect in
+            # net/ipv4/inet_hashtables.c), about half the range, reused as they free.
+            half = 0.4 * rng <= ends.server_side <= 0.6 * rng
+            text += (f"; {ends.server_side:,} and not {ok:,}: a client's new SYN from a "
+                     "port the server still held in TIME_WAIT took that socket over "
+                     "(TCP_TW_SYN in tcp_timewait_state_process)"
+                     + (f", and connect() kept to ports of one parity, about half of the "
+                        f"{rng:,}" if half else ""))
+        return text
     one, other = v.runs[0], v.runs[1]  # two-destinations
     return (f"{one.host} ran out after {one.ok:,} connections, "
             f"yet {other.host} took {other.ok:,} more with the same "
