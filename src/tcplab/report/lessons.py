@@ -493,7 +493,7 @@ Closing: the first close() sends FIN (FIN_WAIT1); the peer enters CLOSE_WAIT whe
 that FIN arrives (tcp_fin), and its ACK moves the closer to FIN_WAIT2. The closer's
 socket, an orphan after close(), is then replaced at once by a FIN_WAIT2 minisocket
 (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process): the trace shows
-FIN_WAIT2 -> CLOSE before the peer has sent anything. The peer's close() sends its
+FIN_WAIT2 -> CLOSE before the peer's FIN. The peer's close() sends its
 FIN (LAST_ACK); the minisocket answers it and turns TIME_WAIT
 (tcp_timewait_state_process in net/ipv4/tcp_minisocks.c), a change no trace event
 shows. After shutdown(SHUT_WR) instead, the full socket waits in FIN_WAIT2 for that
