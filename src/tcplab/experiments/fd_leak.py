@@ -69,7 +69,8 @@ WINDOW_S = 1.0
 SETTLE_S = 5.0
 #: The keep-alive round's idle and interval when none is asked: short, so the suite and
 #: a quick run stay short. Go sets 15 s on every accepted connection
-#: (defaultTCPKeepAlive, net/dial.go; (*TCPListener).accept in net/tcpsock_posix.go):
+#: ((*TCPListener).accept in net/tcpsock_posix.go; defaultTCPKeepAlive in net/dial.go,
+#: defaultTCPKeepAliveIdle and defaultTCPKeepAliveInterval in newer Go):
 #: ``--keepalive 15`` shows what a Go server does.
 KEEPALIVE_S = 2
 

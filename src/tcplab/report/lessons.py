@@ -411,10 +411,11 @@ peer is gone and CLOSE_WAIT goes away, but the fds stay: the leak is in fds, not
 TCP states. 'tcplab doctor' names the process: close_wait_leak.
 
 Go differs twice. It turns keep-alive on for every accepted connection, 15 s idle
-and interval (defaultTCPKeepAlive in net/dial.go, set by (*TCPListener).accept in
-net/tcpsock_posix.go), so a leaking Go server's CLOSE_WAIT sockets vanish about 15 s
-after their peers are gone while its fds stay leaked: 'tcplab experiment fd-leak
---keepalive 15' shows it with tcplab's server. And a net.Conn nobody references any
+and interval ((*TCPListener).accept in net/tcpsock_posix.go; defaultTCPKeepAlive in
+net/dial.go, defaultTCPKeepAliveIdle and ...Interval in newer Go), so a leaking Go
+server's CLOSE_WAIT sockets vanish about 15 s after their peers are gone while its
+fds stay leaked: 'tcplab experiment fd-leak --keepalive 15' shows it with tcplab's
+server. And a net.Conn nobody references any
 more (a handler that returns without Close()) is closed by the finalizer the runtime
 set on its netFD (runtime.SetFinalizer in net/fd_posix.go) at a later garbage
 collection: such a leak heals itself, late. The fd leak bites in Go when the
