@@ -44,6 +44,7 @@ CASES = ("read-first", "unread", "linger0")
 class Close:
     """One connection closed by the server, and what each side saw."""
 
+    t: float  # seconds since the agent started, at the server's close()
     case: str  # read-first, unread or linger0
     unread_bytes: int  # the server socket's Recv-Q just before close() (sock_diag)
     server_after: str  # the server's socket after close(): a state, or "gone"
@@ -76,7 +77,7 @@ def states(client_port: int) -> tuple[str, str, int]:
     return client[0], server[0], server[1]
 
 
-def one(ls: socket.socket, case: str) -> Close:
+def one(ls: socket.socket, case: str, t0: float) -> Close:
     client = socket.create_connection((HOST, PORT), timeout=5)
     server, _ = ls.accept()
     cport = client.getsockname()[1]
@@ -90,6 +91,7 @@ def one(ls: socket.socket, case: str) -> Close:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     unread = states(cport)[2]
     before = counters()
+    t = round(time.monotonic() - t0, 3)
     server.close()
     time.sleep(0.05)  # the FIN or RST crosses loopback in microseconds
     after = counters()
@@ -101,7 +103,7 @@ def one(ls: socket.socket, case: str) -> Close:
     except OSError as e:
         got, code = None, e.errno if e.errno is not None else errno.EIO
     client.close()
-    return Close(case, unread, server_after, client_after, got, code,
+    return Close(t, case, unread, server_after, client_after, got, code,
                  None if code is None else os.strerror(code),
                  **{k: after[k] - before[k] for k in after})
 
@@ -115,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((HOST, PORT))
     ls.listen()
+    t0 = time.monotonic()
     for case in CASES:
-        emit(one(ls, case))
+        emit(one(ls, case, t0))
     ls.close()
     return 0
 

@@ -40,6 +40,7 @@ PORT = 8080
 class Bind:
     """One bind() of the new server's listener, after the old one stopped."""
 
+    t: float  # seconds since the agent started
     port: int
     old_reuseaddr: bool  # the stopped server's listener (and so its connections) had it
     new_reuseaddr: bool  # the new listener set SO_REUSEADDR before bind()
@@ -76,8 +77,9 @@ def serve_and_stop(port: int, reuse: bool, connections: int) -> None:
         time.sleep(0.01)
 
 
-def try_bind(port: int, old: bool, new: bool) -> Bind:
+def try_bind(port: int, old: bool, new: bool, t0: float) -> Bind:
     tw = server_time_wait(port)
+    t = round(time.monotonic() - t0, 3)
     s = socket.socket()
     try:
         if new:
@@ -86,10 +88,10 @@ def try_bind(port: int, old: bool, new: bool) -> Bind:
         s.listen()
     except OSError as e:
         code = e.errno if e.errno is not None else errno.EIO
-        return Bind(port, old, new, tw, False, code, os.strerror(code))
+        return Bind(t, port, old, new, tw, False, code, os.strerror(code))
     finally:
         s.close()
-    return Bind(port, old, new, tw, True)
+    return Bind(t, port, old, new, tw, True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "sockets and bind a new one; emit a Bind per try.")
     p.add_argument("connections", type=int, help="connections the old server closes first")
     n = p.parse_args(argv).connections
+    t0 = time.monotonic()
     for port, old in ((PORT, True), (PORT + 1, False)):
         serve_and_stop(port, old, n)
         for new in (False, True):
-            emit(try_bind(port, old, new))
+            emit(try_bind(port, old, new, t0))
     return 0
 
 
