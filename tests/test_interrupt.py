@@ -428,6 +428,16 @@ CASES: dict[str, Case] = {
         "mid": line("running experiment half-close", after=0.8),
         "late": line("running experiment half-close", after=1.6),  # of about 2.6 s
     }),
+    "restart": Case(experiment("restart", "--quick"), {  # one child, about 0.5 s in all
+        "early": line("running experiment restart"),
+        "mid": line("running experiment restart", after=0.1),
+        "late": line("running experiment restart", after=0.2),
+    }),
+    "reset": Case(experiment("reset"), {  # one child, about 0.6 s in all
+        "early": line("running experiment reset"),
+        "mid": line("running experiment reset", after=0.1),
+        "late": line("running experiment reset", after=0.25),
+    }),
     "multiplex": Case(experiment("multiplex", "--quick", "--connections", "100"), {
         "early": line("running experiment multiplex"),
         "mid": line("multiplex: threads", after=0.3),  # 100 connections on 100 threads

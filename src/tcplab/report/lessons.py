@@ -523,8 +523,9 @@ SO_REUSEADDR lets a socket bind a port that non-listening sockets (TIME_WAIT
 among them) still use, but only when BOTH have it: a TIME_WAIT socket keeps the
 flag of the socket it replaced (inet_twsk_alloc in net/ipv4/inet_timewait_sock.c),
 and an accepted socket has its listener's. So the old server must have set it
-too (Go sets it on every listener, as do Python's asyncio servers and http.server). It never lets two
-sockets LISTEN on the same address and port, and it does not end TIME_WAIT.
+too (Go sets it on every listener, as do Python's asyncio servers and
+http.server). It never lets two sockets LISTEN on the same address and port, and
+it does not end TIME_WAIT.
 
 SO_REUSEPORT is another thing: several sockets, each with it, of the same user,
 may listen on one port at once, and the kernel spreads new connections over
