@@ -40,10 +40,12 @@ from tcplab.words import plural
 from tests.helpers import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "multiplex", "handshake")
+EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "multiplex",
+               "handshake")
 #: The experiments whose section has a chart (one each) when they ran.
 CHARTED = ("port-bomb", "fd-leak", "multiplex", "handshake")
-TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "netpoll")
+TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "netpoll",
+          "restart", "reset")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: The flags that run Debian's chromium here, as root too, without reaching the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -384,7 +386,7 @@ def test_experiment_that_does_not_show_its_fact_exits_1_naming_it() -> None:
 # --- tcplab explain -------------------------------------------------------------------------
 
 @pytest.mark.pure
-def test_explain_lists_the_six_topics() -> None:
+def test_explain_lists_the_topics() -> None:
     r = run_tcplab("explain")
     assert r.returncode == 0, stderr_of(r)
     lines = r.stdout.decode().splitlines()
@@ -458,7 +460,7 @@ def test_recorded_figures_are_what_their_runs_measured() -> None:
             if fig.experiment:  # the sentence this_run builds from that run's JSON
                 assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
                 by_experiment += 1
-    assert by_experiment == 9
+    assert by_experiment == 11
 
 
 #: Keys of the recorded JSON that their records do not keep: each bomb run's own

@@ -28,6 +28,11 @@ demonstrated with the figure measured on this machine.
              the server, FIN_WAIT2 on the clients expiring; then the fix
   half-close one connection closed slowly: FIN_WAIT2 on the client and CLOSE_WAIT
              on the server until the server closes, then TIME_WAIT's countdown
+  restart    a server stopped while its port holds TIME_WAIT sockets: a new
+             listener's bind() fails with EADDRINUSE without SO_REUSEADDR and
+             succeeds with it (and only if the old server had set it too)
+  reset      close() with unread data sends RST, not FIN: the peer's next read
+             gets ECONNRESET; SO_LINGER 0 for comparison
   multiplex  Experiment 4, C10k: each server model against 100, 1,000 and 10,000
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on
@@ -45,7 +50,7 @@ def add_parser(sub: Any, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
-                                    "multiplex", "handshake"],
+                                    "restart", "reset", "multiplex", "handshake"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
@@ -79,7 +84,16 @@ def add_parser(sub: Any, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.errors import ExperimentFailed, NotSupported, UsageError
-    from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
+    from tcplab.experiments import (
+        echo,
+        fd_leak,
+        half_close,
+        handshake,
+        multiplex,
+        port_bomb,
+        reset,
+        restart,
+    )
     from tcplab.experiments.result import result_type
     from tcplab.records import to_json
     from tcplab.report.prose import worded
@@ -114,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         return multiplex.run(mux_settings, quick=quick, progress=progress)
 
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
-               "half-close": half_close.run, "multiplex": run_multiplex,
+               "half-close": half_close.run, "restart": restart.run,
+               "reset": reset.run, "multiplex": run_multiplex,
                "handshake": handshake.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []

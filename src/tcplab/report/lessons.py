@@ -28,7 +28,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcplab.agents.half_close import Side
-from tcplab.experiments import fd_leak, half_close, handshake, multiplex, port_bomb
+from tcplab.errors import errno_name
+from tcplab.experiments import (
+    fd_leak,
+    half_close,
+    handshake,
+    multiplex,
+    port_bomb,
+    reset,
+    restart,
+)
 from tcplab.experiments.result import Result
 from tcplab.words import duration_us, plural
 
@@ -284,6 +293,38 @@ def _multiplex(r: multiplex.Result) -> str | None:
                 f"{t.echoes_per_s:,.0f} echoes/s{then}"
                 + (f"; {t.failed:,} of its {big:,} connections failed ({why})"
                    if t.failed else "; no connection failed"))
+    return "; ".join(parts) or None
+
+
+def _restart(r: restart.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    parts = []
+    for old in (True, False):
+        tries = [b for b in f.binds if b.old_reuseaddr is old]
+        if not tries:
+            continue
+        said = " and ".join(
+            f"{'with' if b.new_reuseaddr else 'without'} SO_REUSEADDR "
+            + ("succeeded" if b.listening else f"failed with {errno_name(b.errno)} "
+               f"(\"{b.error}\")") for b in tries)
+        parts.append(f"after a server {'with' if old else 'without'} SO_REUSEADDR stopped "
+                     f"with {plural(tries[0].time_wait, 'TIME_WAIT socket')} on its port, a "
+                     f"new bind() {said}")
+    return "; ".join(parts) or None
+
+
+def _reset(r: reset.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    parts = []
+    for c in f.closes:
+        what = {"read-first": "after reading the bytes",
+                "unread": f"with {c.unread_bytes} B unread",
+                "linger0": "with SO_LINGER {1, 0} and nothing unread"}[c.case]
+        sent = plural(c.out_rsts, "RST") + " sent" if c.out_rsts else "no RST"
+        parts.append(f"close() {what}: {sent}, the server's socket {c.server_after}, the "
+                     f"client's {c.client_after}, its next read {reset.read_words(c)}")
     return "; ".join(parts) or None
 
 
@@ -543,11 +584,71 @@ served.""",
              "7,406 echoes/s); failures: timeout x9,358", _multiplex),),
 ))
 
+_add(Lesson(
+    "restart", "Restarting a server: EADDRINUSE, SO_REUSEADDR and what the other knobs do",
+    """A server that closed its connections first leaves its side of each in TIME_WAIT,
+on its own port, for 60 s. Restarted within that time, its new listener's bind()
+fails with EADDRINUSE, "Address already in use": the bind check
+(inet_csk_bind_conflict in net/ipv4/inet_connection_sock.c, which calls
+inet_bind_conflict) finds those sockets in the port's bind bucket.
+
+SO_REUSEADDR lets a socket bind a port that non-listening sockets (TIME_WAIT
+among them) still use, but only when BOTH have it: a TIME_WAIT socket keeps the
+flag of the socket it replaced (inet_twsk_alloc in net/ipv4/inet_timewait_sock.c),
+and an accepted socket has its listener's. So the old server must have set it
+too (Go sets it on every listener, as do Python's asyncio servers and
+http.server). It never lets two sockets LISTEN on the same address and port, and
+it does not end TIME_WAIT.
+
+SO_REUSEPORT is another thing: several sockets, each with it, of the same user,
+may listen on one port at once, and the kernel spreads new connections over
+them (a restart without a gap: start the new process, then stop the old one).
+
+net.ipv4.tcp_tw_reuse does not touch bind() or servers at all: it lets an
+outgoing connect() take over a TIME_WAIT 4-tuple once the last timestamp it saw is
+1 s old (tcp_tw_reuse_delay; tcp_twsk_unique in net/ipv4/tcp_ipv4.c; it needs TCP
+timestamps; 2, the default, only for loopback). net.ipv4.tcp_tw_recycle is gone
+(removed in Linux 4.12): it made servers drop SYNs whose timestamps went back
+in time, which broke clients behind NAT, whose hosts' clocks differ.""",
+    "tcplab experiment restart",
+    (Figures("restart", "tcplab experiment restart", "2026-11-30",
+             "after a server with SO_REUSEADDR stopped with 5 TIME_WAIT sockets on its port, a "
+             "new bind() without SO_REUSEADDR failed with EADDRINUSE (\"Address already in "
+             "use\") and with SO_REUSEADDR succeeded; after a server without SO_REUSEADDR "
+             "stopped with 5 TIME_WAIT sockets on its port, a new bind() without SO_REUSEADDR "
+             "failed with EADDRINUSE (\"Address already in use\") and with SO_REUSEADDR failed "
+             "with EADDRINUSE (\"Address already in use\")", _restart),),
+))
+
+_add(Lesson(
+    "reset", "RST: close() with unread data, and SO_LINGER 0",
+    """close() normally sends a FIN after any data still queued, and the peer reads
+EOF. But if data the application never read is still in the socket's receive
+buffer, tcp_close (net/ipv4/tcp.c) sends a RST instead ("we send a RST here
+because data was lost", RFC 2525 section 2.17) and counts TcpExt
+TCPAbortOnClose: the peer's next read fails with ECONNRESET, "Connection reset
+by peer". Neither socket goes
+through FIN_WAIT or TIME_WAIT. A server that answers and closes without reading
+the whole request (a body it did not want) hits this.
+
+SO_LINGER {on, 0 s} does the same on purpose, unread data or not (counted as
+TCPAbortOnData): the port-bomb experiment's linger0 variant uses it to avoid
+TIME_WAIT, at the price of this error on the peer and of any data in flight.""",
+    "tcplab experiment reset; tcplab experiment port-bomb --variant linger0",
+    (Figures("reset", "tcplab experiment reset", "2026-11-30",
+             "close() after reading the bytes: no RST, the server's socket FIN_WAIT2, the "
+             "client's CLOSE_WAIT, its next read EOF (0 bytes); close() with 5 B unread: 1 RST "
+             "sent, the server's socket gone, the client's gone, its next read [Errno 104] "
+             "ECONNRESET: Connection reset by peer; close() with SO_LINGER {1, 0} and nothing "
+             "unread: 1 RST sent, the server's socket gone, the client's gone, its next read "
+             "[Errno 104] ECONNRESET: Connection reset by peer", _reset),),
+))
+
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
-    "echo": ("handshake",), "port-bomb": ("port-range",), "fd-leak": ("fd-limit",),
-    "half-close": ("close-wait", "time-wait"), "multiplex": ("netpoll",),
-    "handshake": ("handshake",),
+    "echo": ("handshake",), "port-bomb": ("port-range", "reset"), "fd-leak": ("fd-limit",),
+    "half-close": ("close-wait", "time-wait", "restart"), "multiplex": ("netpoll",),
+    "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
 }
 
 
