@@ -34,6 +34,8 @@ from tcplab.agents.handshake import Done, Ready
 from tcplab.agents.io import command
 from tcplab.agents.listening import Listening
 from tcplab.agents.nsholder import Answer
+from tcplab.agents.reset import Close
+from tcplab.agents.restart import Bind
 from tcplab.agents.sampler import Sample
 from tcplab.agents.sysctl import Sysctl
 from tcplab.agents.tracefs_probe import StaleRemoved
@@ -214,6 +216,39 @@ def test_half_close() -> None:
 
 
 @pytest.mark.privileged
+def test_restart() -> None:
+    with Sandbox({}) as sb:
+        r = sb.run(command("restart", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    binds = [from_json_line(Bind, line) for line in r.stdout.splitlines()]
+    assert [(b.port, b.old_reuseaddr, b.new_reuseaddr, b.listening) for b in binds] == [
+        (8080, True, False, False), (8080, True, True, True),
+        (8081, False, False, False), (8081, False, True, False)]
+    assert all(b.time_wait == 2 for b in binds)
+    assert {(b.errno, b.error) for b in binds if not b.listening} == {
+        (errno.EADDRINUSE, "Address already in use")}
+
+
+@pytest.mark.privileged
+def test_reset() -> None:
+    with Sandbox({}) as sb:
+        r = sb.run(command("reset"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    closes = {c.case: c for c in (from_json_line(Close, line) for line in r.stdout.splitlines())}
+    assert list(closes) == ["read-first", "unread", "linger0"]
+    first, unread, linger = closes.values()
+    assert (first.read_bytes, first.read_errno, first.out_rsts) == (0, None, 0)
+    assert (first.server_after, first.client_after) == ("FIN_WAIT2", "CLOSE_WAIT")
+    for c in (unread, linger):
+        assert (c.read_errno, c.read_error) == (errno.ECONNRESET, "Connection reset by peer")
+        assert c.out_rsts == 1 and (c.server_after, c.client_after) == ("gone", "gone")
+    assert (unread.unread_bytes, unread.abort_on_close, unread.abort_on_data) == (5, 1, 0)
+    assert (linger.unread_bytes, linger.abort_on_close, linger.abort_on_data) == (0, 0, 1)
+
+
+@pytest.mark.privileged
 def test_handshake() -> None:
     with Sandbox({}) as sb:
         proc = sb.popen(command("handshake", "20001", "0.01"), stdin=subprocess.PIPE,
@@ -293,6 +328,7 @@ def test_sysctl() -> None:
 #: Each agent and the test that runs it with its documented argv.
 CASES = {
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
-    "half_close": test_half_close, "handshake": test_handshake, "nsholder": test_nsholder,
+    "half_close": test_half_close, "restart": test_restart, "reset": test_reset,
+    "handshake": test_handshake, "nsholder": test_nsholder,
     "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
 }

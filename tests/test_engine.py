@@ -459,7 +459,7 @@ def churn_inside(sb: Sandbox, count: int, mode: str) -> dict[str, Any]:
 def test_out_of_ephemeral_ports_in_a_namespace() -> None:
     """20 ephemeral ports, tcp_tw_reuse 0: the client closes first, each port sits
     in TIME_WAIT, and connect() fails with EADDRNOTAVAIL; bind() before connect()
-    fails earlier, with EADDRINUSE."""
+    fails with EADDRINUSE (toward one destination, at about the same count)."""
     sysctls = {"net.ipv4.ip_local_port_range": f"{LOW} {LOW + PORTS - 1}",
                "net.ipv4.tcp_tw_reuse": "0"}
     with Sandbox(sysctls) as sb:

@@ -428,6 +428,18 @@ CASES: dict[str, Case] = {
         "mid": line("running experiment half-close", after=0.8),
         "late": line("running experiment half-close", after=1.6),  # of about 2.6 s
     }),
+    # One child each, and short: the command ran 0.25 s (restart) and 0.43 s (reset)
+    # here, from its start, so the points are within the first 0.1-0.2 s after its line.
+    "restart": Case(experiment("restart"), {
+        "early": line("running experiment restart"),
+        "mid": line("running experiment restart", after=0.04),
+        "late": line("running experiment restart", after=0.08),
+    }),
+    "reset": Case(experiment("reset"), {
+        "early": line("running experiment reset"),
+        "mid": line("running experiment reset", after=0.08),
+        "late": line("running experiment reset", after=0.16),
+    }),
     "multiplex": Case(experiment("multiplex", "--quick", "--connections", "100"), {
         "early": line("running experiment multiplex"),
         "mid": line("multiplex: threads", after=0.3),  # 100 connections on 100 threads

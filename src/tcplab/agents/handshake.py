@@ -50,7 +50,10 @@ def choreography(port: int, pause: float) -> None:
     server.sendall(server.recv(5))
     client.recv(5)
     time.sleep(pause)
-    client.close()  # the active close: FIN_WAIT1, FIN_WAIT2, then TIME_WAIT
+    # The active close: FIN_WAIT1, then FIN_WAIT2 as a minisocket once the server's ACK
+    # comes (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process), TIME_WAIT
+    # when the server's FIN does (tcp_timewait_state_process).
+    client.close()
     time.sleep(pause)
     server.close()  # the passive close: CLOSE_WAIT until now, then LAST_ACK
     time.sleep(pause)

@@ -22,14 +22,17 @@ modes:
   linger0  SO_LINGER {on, 0}: close() sends RST and skips TIME_WAIT. A hack:
            TIME_WAIT protects the next connection on the same 4-tuple from
            this one's delayed segments, and the server sees ECONNRESET
-  bind     bind() before connect(): ports stop being shared per destination,
-           and it fails earlier, with EADDRINUSE
+  bind     bind() before connect(): each port is taken for every destination;
+           toward one destination it runs out at about the same count, and
+           bind() fails with EADDRINUSE (earlier only where connect() could
+           have shared ports across destinations)
 
 On a modern kernel the bomb against 127.0.0.1 does NOT fail with default
-settings: net.ipv4.tcp_tw_reuse = 2 lets loopback connections reuse a
-TIME_WAIT port after 1 s. 'tcplab experiment port-bomb' runs it in a private
-namespace with tcp_tw_reuse = 0 and a narrow port range, where it fails every
-time without touching your machine.
+settings: net.ipv4.tcp_tw_reuse = 2 lets connect() reuse the port of a
+loopback TIME_WAIT socket (127.0.0.0/8, ::1, or bound to lo) after 1 s, when
+the connection had TCP timestamps. 'tcplab experiment port-bomb' runs it in a
+private namespace with tcp_tw_reuse = 0 and a narrow port range, where it fails
+every time without touching your machine.
 
 What it counts: TIME_WAIT sockets this run made (those already there when it
 starts, from an earlier run, are reported apart and left out); connections

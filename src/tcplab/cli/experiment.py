@@ -28,6 +28,11 @@ demonstrated with the figure measured on this machine.
              the server, FIN_WAIT2 on the clients expiring; then the fix
   half-close one connection closed slowly: FIN_WAIT2 on the client and CLOSE_WAIT
              on the server until the server closes, then TIME_WAIT's countdown
+  restart    a server stopped while its port holds TIME_WAIT sockets: a new
+             listener's bind() fails with EADDRINUSE without SO_REUSEADDR and
+             succeeds with it (and only if the old server had set it too)
+  reset      close() with unread data sends RST, not FIN: the peer's next read
+             gets ECONNRESET; SO_LINGER 0 for comparison
   multiplex  Experiment 4, C10k: each server model against 100, 1,000 and 10,000
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on
@@ -45,7 +50,7 @@ def add_parser(sub: Any, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
-                                    "multiplex", "handshake"],
+                                    "restart", "reset", "multiplex", "handshake"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
@@ -64,8 +69,10 @@ def add_parser(sub: Any, name: str) -> None:
                    metavar="N", help="the ladder of concurrent connections (repeatable; "
                    "default 100, 1000, 10000)")
     g = p.add_argument_group("fd-leak")
-    g.add_argument("--keepalive", action="store_true",
-                   help="repeat the leak with SO_KEEPALIVE: CLOSE_WAIT goes, the fds stay")
+    g.add_argument("--keepalive", type=common.int_range(1, 7200), metavar="SECONDS",
+                   help="repeat the leak with SO_KEEPALIVE on the accepted sockets, idle "
+                   "and interval SECONDS (15 is what Go sets on every accepted connection): "
+                   "CLOSE_WAIT goes, the fds stay")
     g.add_argument("--fd-limit", type=common.int_range(32, 4096), default=256, metavar="N",
                    help="the leaking server's fd limit (default 256; soft, and hard too "
                    "for --server-cmd)")
@@ -77,7 +84,16 @@ def add_parser(sub: Any, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.errors import ExperimentFailed, NotSupported, UsageError
-    from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
+    from tcplab.experiments import (
+        echo,
+        fd_leak,
+        half_close,
+        handshake,
+        multiplex,
+        port_bomb,
+        reset,
+        restart,
+    )
     from tcplab.experiments.result import result_type
     from tcplab.records import to_json
     from tcplab.report.prose import worded
@@ -96,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     def run_bomb(quick: bool, progress: Any) -> Any:
         return port_bomb.run(bomb_settings, quick=quick, progress=progress)
 
-    leak_settings = fd_leak.Settings(fd_limit=args.fd_limit, keepalive=args.keepalive,
+    leak_settings = fd_leak.Settings(fd_limit=args.fd_limit,
+                                     keepalive=args.keepalive is not None,
+                                     keepalive_s=args.keepalive or fd_leak.KEEPALIVE_S,
                                      server_cmd=args.server_cmd,
                                      clients=max(450, args.fd_limit * 2))
 
@@ -110,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         return multiplex.run(mux_settings, quick=quick, progress=progress)
 
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
-               "half-close": half_close.run, "multiplex": run_multiplex,
+               "half-close": half_close.run, "restart": restart.run,
+               "reset": reset.run, "multiplex": run_multiplex,
                "handshake": handshake.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []

@@ -16,7 +16,8 @@ B bytes on every one and verifies every echoed byte, then closes. Then it says
 what the server needed for it: OS threads, RSS per connection, fds against its
 limit, and how many sockets its epoll instances watch: "1 thread, 1 epoll
 instance watching 10,000 sockets" is the C10k lesson in one line. Go's netpoll
-does the same with GOMAXPROCS threads and goroutines parked on epoll.
+does the same with goroutines parked on epoll, run by GOMAXPROCS Ps on a few
+OS threads.
 
 The server is found by its listening port (or --server-pid). The client raises
 its own soft fd limit as far as N needs, up to the hard limit, and says so.

@@ -14,14 +14,16 @@ An echo server: every byte a client sends comes back, byte for byte.
 Four models serve the same protocol, to compare how they scale:
   uvloop   asyncio protocol on libuv's event loop (the default)
   asyncio  the same protocol on the stdlib event loop (epoll underneath)
-  epoll    a hand-written select.epoll loop: what Go's netpoll does, spelled out
+  epoll    a hand-written select.epoll loop: Go's netpoll spelled out (level-
+           triggered; Go registers each fd once, edge-triggered)
   threads  one OS thread per connection with blocking sockets (what C10k defeats)
 
 Leak mode (--leak, or LEAK=true in the environment as in the original lab)
 never calls close() on an accepted socket. After a client closes, the server's
 socket sits in CLOSE_WAIT and keeps its fd, until accept() fails with
 EMFILE "Too many open files". The server then logs one line per backoff step
-(5 ms doubling to 1 s, as Go's net/http does), stays idle, and accepts again
+(5 ms doubling to 1 s, as Go's net/http does; on EMFILE, ENFILE, ENOBUFS and
+ENOMEM, the errnos CPython's asyncio retries), stays idle, and accepts again
 as soon as fds are free.
 
 Server CPU per echo (100 connections, 64 B; bench/results.md, "CPU per echo"):
@@ -31,7 +33,8 @@ reference server 4.99 us; most of each is the kernel's own read() and write().
 The fd limit: the server keeps the soft limit it was started with ('ulimit -n'),
 or the one --fd-limit sets. Note that Go, since 1.19, raises its own soft limit
 to the hard limit at start, so 'ulimit -Sn 128' does not reproduce the leak in
-the Go original; it does in tcplab.
+the Go original ('ulimit -n 128' sets the hard limit too, and Go keeps that
+one); it does in tcplab.
 """
 
 EXAMPLES = """\

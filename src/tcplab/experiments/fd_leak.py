@@ -67,6 +67,12 @@ PORT = 8080
 WINDOW_S = 1.0
 #: How long the fix round gives a closing server to close after the flood.
 SETTLE_S = 5.0
+#: The keep-alive round's idle and interval when none is asked: short, so the suite and
+#: a quick run stay short. Go sets 15 s on every accepted connection
+#: ((*TCPListener).accept in net/tcpsock_posix.go; defaultTCPKeepAlive in net/dial.go,
+#: defaultTCPKeepAliveIdle and defaultTCPKeepAliveInterval in newer Go):
+#: ``--keepalive 15`` shows what a Go server does.
+KEEPALIVE_S = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,7 @@ class Settings:
     connect_timeout: float = 2.0
     read_timeout: float = 2.0
     keepalive: bool = False
-    keepalive_s: int = 2
+    keepalive_s: int = KEEPALIVE_S
     server_cmd: str | None = None
 
 
@@ -94,6 +100,9 @@ class RunWith:
     keepalive: bool
     server: str  # "tcplab server (uvloop)" or "your server (CMD)"
     port: int
+    #: The keep-alive round's idle and interval (``--keepalive SECONDS``); None: no such
+    #: round (and in results recorded before the option took seconds).
+    keepalive_s: int | None = None
 
 
 class Skip(enum.StrEnum):
@@ -208,7 +217,7 @@ def run(settings: Settings | None = None, quick: bool = False,
                      foreign=True)
         mark(f"keepalive: skipped ({kept.skip})", verdict_of="keepalive", verdict=kept)
     elif s.keepalive:
-        progress("fd-leak: leaking, with SO_KEEPALIVE")
+        progress(f"fd-leak: leaking, with SO_KEEPALIVE ({s.keepalive_s} s idle and interval)")
         kept = _round(s, leak=True, keepalive=s.keepalive_s, mark=mark, origin=started)
     rounds = tuple(r for r in (leak, fixed, kept) if r is not None)
     ran = [r for r in rounds if r.skip is None]
@@ -245,7 +254,8 @@ def run(settings: Settings | None = None, quick: bool = False,
         experiment="fd-leak", ok=leak.skip is None and all(r.shown for r in ran),
         settings=RunWith(fd_limit=s.fd_limit, fd_limit_kind=limit_kind, backlog=s.backlog,
                          clients=s.clients, tcp_fin_timeout=s.fin_timeout,
-                         keepalive=s.keepalive, server=server, port=PORT),
+                         keepalive=s.keepalive, server=server, port=PORT,
+                         keepalive_s=s.keepalive_s if s.keepalive else None),
         facts=facts, events=tuple(events), timeline=leak.timeline, variants=rounds,
     )
 
@@ -282,8 +292,10 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
         after_flood = sampler.now()
         if leak:
             wait = s.fin_timeout + (keepalive * 4 if keepalive else 0) + 2.5
+            probes = (f" and for the keep-alive probes ({keepalive} s idle) to find the "
+                      "peers gone" if keepalive else "")
             mark(f"{label}: waiting {wait:.0f} s for the clients' FIN_WAIT2 to expire "
-                 f"(tcp_fin_timeout = {s.fin_timeout} s)")
+                 f"(tcp_fin_timeout = {s.fin_timeout} s){probes}")
             time.sleep(wait)
         else:
             _settle(sampler, after_flood)

@@ -34,7 +34,8 @@ BUGS = {
     "CLOSE_WAIT": "stuck here = the local application's bug: it never calls close()",
     "FIN_WAIT2": "stuck here = the peer's bug: it never closes its side",
     "LAST_ACK": "waiting for the peer's ACK of our FIN",
-    "TIME_WAIT": "normal: the side that closed first waits 2 x MSL (60 s on Linux)",
+    "TIME_WAIT": "normal: the side that closed first waits 60 s (TCP_TIMEWAIT_LEN, "
+                 "include/net/tcp.h; a constant, not 2 x MSL)",
 }
 
 

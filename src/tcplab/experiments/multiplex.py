@@ -9,9 +9,9 @@ accepted every connection, how many got an echo at all, and every failure.
 The lesson, and what the verdict judges:
 
 * epoll, asyncio, uvloop: one thread and one epoll instance watching every
-  socket, as Go's netpoll does with GOMAXPROCS threads and goroutines parked
-  on it. Shown when every one of them held every N of the ladder on 1 thread
-  with 0 failures.
+  socket, as Go's netpoll does with goroutines parked on it (run by GOMAXPROCS
+  Ps on a few OS threads: GOMAXPROCS counts Ps, not threads). Shown when
+  every one of them held every N of the ladder on 1 thread with 0 failures.
 * threads: one OS thread per connection, and at 10,000 connections it
   collapses. Shown when, at the largest N (10,000 or more), most connections
   failed (timed out) or its echoes/s fell below a tenth of its figure at the

@@ -14,6 +14,9 @@ Facts this rests on, measured on this kernel (Linux 6.x):
 * Modern kernels default to ``tcp_tw_reuse = 2``: connect() to loopback may
   take a port whose TIME_WAIT socket is older than ``tcp_tw_reuse_delay``
   (1 s), so the classic bomb against 127.0.0.1 does not fail by default.
+  Loopback is 127.0.0.0/8, ::1 or v4-mapped loopback at either end, or a
+  socket bound to lo; the connection needs TCP timestamps (``tcp_twsk_unique``
+  in net/ipv4/tcp_ipv4.c), and only an outgoing connect() reuses.
 * connect() tries ports of one parity first and leaves the other to bind()
   (``__inet_hash_connect`` in net/ipv4/inet_hashtables.c): measured here,
   20,000 loopback connections with the default range left 14,116 even-port

@@ -15,8 +15,13 @@ The print format of ``sock:inet_sock_set_state`` has no socket address, so a
 socket is known by its 4-tuple. Two kernel habits need words (the notes):
 a connecting socket leaves CLOSE for SYN_SENT before its port is chosen
 (``sport=0``), and the active closer's FIN_WAIT2 -> CLOSE is the full socket
-dying as a TIME_WAIT minisocket takes its place (``tcp_time_wait``): that
-minisocket's TIME_WAIT is never traced.
+dying as a minisocket takes its place (``tcp_time_wait`` in
+net/ipv4/tcp_minisocks.c). After close(), that happens as soon as the peer ACKs
+our FIN, and the minisocket is in FIN_WAIT2 (``tcp_time_wait(sk, TCP_FIN_WAIT2,
+tmo)`` in ``tcp_rcv_state_process``, net/ipv4/tcp_input.c) until the peer's FIN
+turns it TIME_WAIT (``tcp_timewait_state_process``); after shutdown(), the full
+socket waits for that FIN and the minisocket starts in TIME_WAIT. No tracepoint
+fires for a minisocket's states.
 """
 
 from __future__ import annotations
@@ -121,8 +126,9 @@ class Tracker:
             note = "connect(): the local port is not chosen yet (sport=0)"
             self._connecting[(fam, daddr, dport)] = e.ts
         elif old == "FIN_WAIT2" and new == "CLOSE":
-            note = ("the active closer: the socket became a TIME_WAIT minisocket "
-                    "(that transition is never traced); TIME_WAIT lasts 60 s")
+            note = ("the active closer: a minisocket took the socket's place, in "
+                    "FIN_WAIT2 until the peer's FIN (after close()) or in TIME_WAIT "
+                    "(it came); its states are never traced; TIME_WAIT lasts 60 s")
         elif old == "CLOSE_WAIT" and new == "LAST_ACK":
             note = "the passive closer called close(): its FIN goes out"
         elif old == new == "FIN_WAIT1":

@@ -21,12 +21,18 @@ class Knob:
     meaning: str
 
 
+#: What each value lets connect() do (tcp_twsk_unique in net/ipv4/tcp_ipv4.c): only an
+#: outgoing connect() reuses a TIME_WAIT port, and only when the connection had TCP
+#: timestamps (with tcp_timestamps = 0 no port is reused: measured in issue 13).
 TW_REUSE = {
     "0": "off: a TIME_WAIT port is never reused for a new connect(); the port bomb "
          "fails after the port range is used up",
-    "1": "on: connect() may reuse a TIME_WAIT port after tcp_tw_reuse_delay (needs timestamps)",
-    "2": "loopback only (the default): connect() to 127.0.0.1 reuses TIME_WAIT ports after "
-         "tcp_tw_reuse_delay, which is why the classic port bomb does not fail on a modern kernel",
+    "1": "on: connect() may reuse a TIME_WAIT port after tcp_tw_reuse_delay (needs TCP "
+         "timestamps)",
+    "2": "loopback only (the default): connect() reuses the port of a TIME_WAIT socket after "
+         "tcp_tw_reuse_delay when it has 127.0.0.0/8, ::1 or a v4-mapped loopback address at "
+         "either end or is bound to lo (needs TCP timestamps), which is why the classic port "
+         "bomb does not fail on a modern kernel",
 }
 
 
@@ -51,12 +57,14 @@ def read_knobs(netns: str | None = None, root: str = PROCFS_PATH) -> list[Knob]:
     if values["fs.file-nr"]:
         used, _free, most = ([*values["fs.file-nr"].split(), "?", "?", "?"])[:3]
         knobs.append(Knob("fs.file-nr", values["fs.file-nr"],
-                          f"open files system-wide: {used} of {most}; beyond it, ENFILE"))
+                          f"open files system-wide: {used} of {most}; beyond it, ENFILE "
+                          "(a process with CAP_SYS_ADMIN may exceed it)"))
     port_range = values["net.ipv4.ip_local_port_range"]
     if port_range:
         low, high = parse_port_range(port_range)
         knobs.append(Knob("net.ipv4.ip_local_port_range", port_range,
-                          f"{high - low + 1:,} ephemeral ports per destination (address, port); "
+                          f"{high - low + 1:,} ephemeral ports per destination (address, port), "
+                          "less ip_local_reserved_ports and ports held by bind() or listen(); "
                           "connect() fails with EADDRNOTAVAIL when all are taken"))
     reuse = values["net.ipv4.tcp_tw_reuse"]
     if reuse is not None:
@@ -67,11 +75,16 @@ def read_knobs(netns: str | None = None, root: str = PROCFS_PATH) -> list[Knob]:
     rest = {
         "net.ipv4.tcp_fin_timeout": "seconds an orphaned FIN_WAIT2 socket lives (its process "
         "closed it); TIME_WAIT is fixed at 60 s (TCP_TIMEWAIT_LEN) and ignores this",
-        "net.ipv4.tcp_max_tw_buckets": "TIME_WAIT sockets the namespace may hold; beyond it, "
-        "new ones are destroyed at once (and 'TCP: time wait bucket table overflow' is logged)",
+        "net.ipv4.tcp_max_tw_buckets": "TIME_WAIT (and orphaned FIN_WAIT2) minisockets the "
+        "namespace may hold; beyond it a closing socket gets none and is destroyed at once, "
+        "counted as TcpExt TCPTimeWaitOverflow in /proc/net/netstat (tcp_time_wait; "
+        "nothing is logged)",
         "net.core.somaxconn": "the cap on any listen() backlog: connections the kernel has "
         "completed but the server has not accept()ed yet",
-        "net.ipv4.tcp_max_syn_backlog": "half-open connections (SYN_RECV) a listener may hold",
+        "net.ipv4.tcp_max_syn_backlog": "matters only with tcp_syncookies = 0: then SYNs from "
+        "peers not yet proven are dropped once SYN_RECV fills three quarters of it "
+        "(tcp_conn_request); with syncookies on (the default) the listen() backlog caps the "
+        "SYN queue and cookies answer beyond it",
     }
     for name, meaning in rest.items():
         if values[name] is not None:

@@ -1,9 +1,11 @@
 """``tcplab trace --poll``: state changes from sock_diag snapshots, no privilege needed.
 
-Sockets are keyed by their cookie (a TIME_WAIT minisocket keeps the cookie
-of the socket it replaces, so FIN_WAIT2 -> TIME_WAIT shows here, unlike in
-tracefs). A state that lasts less than the poll interval is missed: the
-handshake's SYN_SENT and SYN_RECV, on loopback, usually are.
+Sockets are keyed by their cookie (a minisocket keeps the cookie of the
+socket it replaces, inet_twsk_alloc in net/ipv4/inet_timewait_sock.c, and
+sock_diag reports its own state, FIN_WAIT2 or TIME_WAIT, so FIN_WAIT2 ->
+TIME_WAIT shows here, unlike in tracefs). A state that lasts less than the
+poll interval is missed: the handshake's SYN_SENT and SYN_RECV, on loopback,
+usually are.
 """
 
 from __future__ import annotations

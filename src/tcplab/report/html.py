@@ -14,7 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tcplab.experiments import fd_leak, handshake, multiplex, port_bomb
+from tcplab.errors import errno_name
+from tcplab.experiments import fd_leak, handshake, multiplex, port_bomb, reset, restart
 from tcplab.experiments.result import Result, decode
 from tcplab.report import charts
 from tcplab.report.lessons import LESSONS, placement, quotes
@@ -74,6 +75,13 @@ def _errors(r: AnyResult) -> list[str]:
                 seen.append(f"{v.name}: [Errno {e.errno}] {e.name}: {e.message}")
     if isinstance(r, fd_leak.Result) and r.facts is not None and r.facts.emfile_log_line:
         seen.append(f"server log: {r.facts.emfile_log_line}")
+    if isinstance(r, restart.Result) and r.facts is not None:
+        seen += [f"bind() {'with' if b.new_reuseaddr else 'without'} SO_REUSEADDR: [Errno "
+                 f"{b.errno}] {errno_name(b.errno)}: {b.error}" for b in r.facts.binds
+                 if b.errno is not None]
+    if isinstance(r, reset.Result) and r.facts is not None:
+        seen += [f"{c.case}: the client's read: {reset.read_words(c)}"
+                 for c in r.facts.closes if c.read_errno is not None]
     return seen
 
 

@@ -28,7 +28,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcplab.agents.half_close import Side
-from tcplab.experiments import fd_leak, half_close, handshake, multiplex, port_bomb
+from tcplab.errors import errno_name
+from tcplab.experiments import (
+    fd_leak,
+    half_close,
+    handshake,
+    multiplex,
+    port_bomb,
+    reset,
+    restart,
+)
 from tcplab.experiments.result import Result
 from tcplab.words import duration_us, plural
 
@@ -287,6 +296,38 @@ def _multiplex(r: multiplex.Result) -> str | None:
     return "; ".join(parts) or None
 
 
+def _restart(r: restart.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    parts = []
+    for old in (True, False):
+        tries = [b for b in f.binds if b.old_reuseaddr is old]
+        if not tries:
+            continue
+        said = " and ".join(
+            f"{'with' if b.new_reuseaddr else 'without'} SO_REUSEADDR "
+            + ("succeeded" if b.listening else f"failed with {errno_name(b.errno)} "
+               f"(\"{b.error}\")") for b in tries)
+        parts.append(f"after a server {'with' if old else 'without'} SO_REUSEADDR stopped "
+                     f"with {plural(tries[0].time_wait, 'TIME_WAIT socket')} on its port, a "
+                     f"new bind() {said}")
+    return "; ".join(parts) or None
+
+
+def _reset(r: reset.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    parts = []
+    for c in f.closes:
+        what = {"read-first": "after reading the bytes",
+                "unread": f"with {c.unread_bytes} B unread",
+                "linger0": "with SO_LINGER {1, 0} and nothing unread"}[c.case]
+        sent = plural(c.out_rsts, "RST") + " sent" if c.out_rsts else "no RST"
+        parts.append(f"close() {what}: {sent}, the server's socket {c.server_after}, the "
+                     f"client's {c.client_after}, its next read {reset.read_words(c)}")
+    return "; ".join(parts) or None
+
+
 def _span(values: list[float] | list[int], fmt: str) -> str:
     lo, hi = fmt.format(min(values)), fmt.format(max(values))
     return lo if lo == hi else f"{lo}-{hi}"
@@ -303,37 +344,59 @@ def _add(lesson: Lesson) -> None:
 
 _add(Lesson(
     "time-wait", "TIME_WAIT: the active closer waits 60 s",
-    """The side that closes first ends in TIME_WAIT, and Linux keeps it there for exactly
-60 seconds (TCP_TIMEWAIT_LEN in include/net/tcp.h), whatever tcp_fin_timeout says.
-It exists so that a late duplicate segment of this connection is not taken for part
-of the next connection on the same 4-tuple, and so that a lost final ACK can be sent
-again when the peer repeats its FIN.
+    """The side that closes first ends in TIME_WAIT, and Linux keeps it there for 60
+seconds (TCP_TIMEWAIT_LEN in include/net/tcp.h), whatever tcp_fin_timeout says; the
+timer fires up to about 2 s late (the kernel's timer wheel rounds a 60 s timer up),
+and a FIN the peer sends again restarts it (tcp_timewait_state_process in
+net/ipv4/tcp_minisocks.c). It exists so that a late duplicate segment of this
+connection is not taken for part of the next connection on the same 4-tuple, and so
+that a lost final ACK can be sent again when the peer repeats its FIN.
 
-A TIME_WAIT socket belongs to no process (ss and 'tcplab sockets' show no owner:
-the kernel holds a small 'minisocket'), but it keeps its local port for that
-destination. 'tcplab sockets --state time-wait' shows the time each one has left.""",
+How the closer gets there depends on how it closed. After close() its socket is an
+orphan, and once the peer ACKs its FIN the kernel replaces it by a small
+'minisocket' in FIN_WAIT2 (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in
+tcp_rcv_state_process, net/ipv4/tcp_input.c), which lives tcp_fin_timeout and turns
+TIME_WAIT only when the peer's FIN arrives (tcp_timewait_state_process). After
+shutdown(SHUT_WR) the full socket stays, in FIN_WAIT2, until that FIN; then it
+becomes the TIME_WAIT minisocket.
+
+A minisocket belongs to no process (ss and 'tcplab sockets' show no owner), but a
+TIME_WAIT one keeps its local port for that destination. 'tcplab sockets --state
+time-wait' shows the time each one has left. At most net.ipv4.tcp_max_tw_buckets of
+them exist per namespace: beyond it the socket is closed at once, with no TIME_WAIT,
+and counted as TCPTimeWaitOverflow in /proc/net/netstat (tcp_time_wait); Linux 6.x
+writes nothing to the kernel log for it.""",
     "tcplab experiment half-close; tcplab sockets --state time-wait",
     (Figures("half-close", "tcplab experiment half-close", "2026-11-30",
              "the client's socket, closed first, was in TIME_WAIT with 59.0 s left, and 57.0 "
              "s left 2.0 s later; it belonged to no process (inode 0: the kernel's "
              "minisocket)", _half_close_time_wait),),
-    "The original notes say TIME_WAIT lasts '60-120 s' (2MSL). On Linux it is a "
-    "fixed 60 s, not configurable, and tcp_fin_timeout does not shorten it: that "
-    "sysctl only limits orphaned FIN_WAIT2 sockets.",
+    "The original notes say TIME_WAIT lasts '60-120 s' (2MSL). On Linux it is 60 s, "
+    "a constant (TCP_TIMEWAIT_LEN), not twice an MSL: RFC 9293's MSL is 2 minutes. "
+    "Measured in private namespaces here, TIME_WAIT lasted 61.1 s (3 runs; 60.3 to "
+    "62.0 s in issue 13's runs); "
+    "with tcp_max_tw_buckets = 10, 30 closes left 10 sockets in TIME_WAIT, "
+    "TCPTimeWaitOverflow counted 20 and the kernel log stayed silent. tcp_fin_timeout "
+    "does not shorten TIME_WAIT: that sysctl only limits orphaned FIN_WAIT2 sockets.",
 ))
 
 _add(Lesson(
     "port-range", "Ephemeral ports: per destination, and why the bomb fails (or not)",
     """connect() without bind() takes a local port from net.ipv4.ip_local_port_range
-(32768-60999 by default: 28,232 ports). Ports are shared per destination: the same
-port may serve connections to different (address, port) pairs, so the limit is
-28,232 connections in TIME_WAIT or in use toward ONE destination. When they are all
-taken, connect() fails with EADDRNOTAVAIL, "Cannot assign requested address".
+(32768-60999 by default: 28,232 ports), skipping the ports listed in
+net.ipv4.ip_local_reserved_ports and every port a socket holds through bind() or
+listen() (__inet_hash_connect in net/ipv4/inet_hashtables.c). Ports are shared per
+destination: the same port may serve connections to different (address, port)
+pairs, so the limit is what is left of the range, in TIME_WAIT or in use, toward ONE
+destination. When it is all taken, connect() fails with EADDRNOTAVAIL, "Cannot
+assign requested address".
 
 Pooling reuses a few connections for every request, so it takes no new ports.
-bind() before connect() makes a port exclusive and fails earlier, with EADDRINUSE.
-SO_LINGER 0 avoids TIME_WAIT by sending RST: a hack, since it throws away in-flight
-data and the peer sees ECONNRESET.
+bind() before connect() takes a port for every destination at once: toward one
+destination it runs out at about the same count (bind() then fails with
+EADDRINUSE); it runs out earlier only where connect() could have shared ports
+across destinations. SO_LINGER 0 avoids TIME_WAIT by sending RST: a hack, since it
+throws away in-flight data and the peer sees ECONNRESET.
 
 connect() also prefers ports of one parity and leaves the other to bind()
 (__inet_hash_connect in net/ipv4/inet_hashtables.c), so with tcp_tw_reuse the
@@ -357,16 +420,27 @@ TIME_WAIT sockets level off at about half the range.""",
              context="in a new network namespace (the kernel's default range and "
              "tcp_tw_reuse = 2) against tcplab server")),
     "On a modern kernel the classic bomb against 127.0.0.1 does not fail: "
-    "net.ipv4.tcp_tw_reuse defaults to 2, which lets loopback connections reuse a "
-    "TIME_WAIT port once it is 1 s old (tcp_tw_reuse_delay); the port-bomb experiment's "
-    "default-reuse variant measures it. tcplab's experiment sets tcp_tw_reuse = 0 "
-    "inside its own namespace to show the failure. The fix is still connection pooling.",
+    "net.ipv4.tcp_tw_reuse defaults to 2, which lets connect() take the port of a "
+    "loopback TIME_WAIT socket once it is 1 s old (tcp_tw_reuse_delay): loopback means "
+    "an address in 127.0.0.0/8, ::1 or a v4-mapped loopback address at either end, or a "
+    "socket bound to lo (tcp_twsk_unique in net/ipv4/tcp_ipv4.c; a 10.x address on lo "
+    "does not count). It applies to outgoing connect() only, and needs TCP timestamps: "
+    "with tcp_timestamps = 0 no port is reused (measured in issue 13). The port-bomb "
+    "experiment's default-reuse variant measures it; tcplab's experiment sets "
+    "tcp_tw_reuse = 0 inside its own namespace to show the failure. bind() before "
+    "connect() toward one destination failed at the same count here (1,000 connections "
+    "of a 1,000-port range either way; the first error after 978 to 999, 3 runs each, in "
+    "private namespaces, issue 13). Go reports the exhaustion as 'dial tcp "
+    "127.0.0.1:8080: connect: cannot assign requested address' (the original notes say "
+    "'dial tcp: assign requested address'), and only after its dialer tried again: "
+    "the dialer in net/tcpsock_posix.go retries EADDRNOTAVAIL (spuriousENOTAVAIL) up to "
+    "twice (doDialTCP in Go 1.19). The fix is still connection pooling.",
 ))
 
 _add(Lesson(
     "close-wait", "CLOSE_WAIT and FIN_WAIT2: the half-closed trap",
-    """When the peer closes, our socket moves to CLOSE_WAIT and stays there until OUR
-application calls close(). A process with many CLOSE_WAIT sockets has a bug: some
+    """When the peer's FIN arrives, our socket moves to CLOSE_WAIT and stays there until
+OUR application calls close() (or exits). A process with many CLOSE_WAIT sockets has a bug: some
 path never closes (an error branch, a pool that loses connections). Each of those
 sockets also keeps its file descriptor. The peer that closed first waits in
 FIN_WAIT2 for our FIN; if it has closed its socket (orphaned), the kernel gives up
@@ -375,7 +449,18 @@ waits forever.
 
 With SO_KEEPALIVE on the accepted sockets, the peer's RST answers a probe once the
 peer is gone and CLOSE_WAIT goes away, but the fds stay: the leak is in fds, not
-TCP states. 'tcplab doctor' names the process: close_wait_leak.""",
+TCP states. 'tcplab doctor' names the process: close_wait_leak.
+
+Go differs twice. It turns keep-alive on for every accepted connection, 15 s idle
+and interval ((*TCPListener).accept in net/tcpsock_posix.go; defaultTCPKeepAlive in
+net/dial.go, defaultTCPKeepAliveIdle and ...Interval in newer Go), so a leaking Go
+server's CLOSE_WAIT sockets vanish about 15 s after their peers are gone while its
+fds stay leaked: 'tcplab experiment fd-leak --keepalive 15' shows it with tcplab's
+server. And a net.Conn nobody references any
+more (a handler that returns without Close()) is closed by the finalizer the runtime
+set on its netFD (runtime.SetFinalizer in net/fd_posix.go) at a later garbage
+collection: such a leak heals itself, late. The fd leak bites in Go when the
+connections stay referenced (a map, a slice, a goroutine blocked on one).""",
     "tcplab experiment half-close; tcplab experiment fd-leak; tcplab doctor",
     (Figures("half-close", "tcplab experiment half-close", "2026-11-30",
              "after the client's shutdown(SHUT_WR), the client's socket was in FIN_WAIT2 and "
@@ -388,13 +473,19 @@ TCP states. 'tcplab doctor' names the process: close_wait_leak.""",
              "still 307; the server that closes: CLOSE_WAIT 0 once it had closed (peak 24 "
              "while the clients closed)",
              _fd_leak_close_wait),
-     Figures("fd-leak", "tcplab experiment fd-leak --keepalive", "2026-11-30",
+     # Recorded with the 2 s the option had before it took seconds (fd_leak.KEEPALIVE_S).
+     Figures("fd-leak", "tcplab experiment fd-leak --keepalive 2", "2026-11-30",
              "with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT 65 after the peers left "
              "and fds still 256", _fd_leak_keepalive),
      Figures("", "ss -s", "2026-11-30",
              "with 5 sockets in CLOSE_WAIT, 5 in FIN_WAIT2 and none ESTABLISHED on the "
              "port (and no other socket in the namespace), 'ss -s' said 'estab 5'",
              context="beside `tcplab states --port P` in a new network namespace")),
+    "The original notes say the Go server stays in CLOSE_WAIT: with Go's keep-alive it "
+    "does for about 15 s, then the probes find the peers gone (measured with a Go leak "
+    "server in issue 13: 5 CLOSE_WAIT at 14 s, 0 at 17 s), and a Go echo server that drops "
+    "its connections without Close() had CLOSE_WAIT 52 at its peak for 512 clients and 18 "
+    "eight seconds later, with 59 fds in use (issue 13). "
     "'ss -s' prints the kernel's CurrEstab counter as 'estab', and that counter counts "
     "CLOSE_WAIT sockets too (tcp_set_state in net/ipv4/tcp.c; RFC 1213's tcpCurrEstab is "
     "ESTABLISHED or CLOSE-WAIT), so a summary can hide the leak: count per state "
@@ -405,22 +496,29 @@ _add(Lesson(
     "fd-limit", "File descriptors: EMFILE, and who raises the limit",
     """Every socket is a file descriptor, and a process may hold at most its soft
 RLIMIT_NOFILE ('ulimit -n'). Beyond it accept() fails with EMFILE, "Too many open
-files". The kernel still completes handshakes into the listener's accept queue
-(LISTEN Recv-Q grows to backlog + 1): those clients connect, then their reads hang;
-once the queue is full, new SYNs are dropped and clients hang in SYN_SENT. There is
-no "connection refused".
+files" (and with ENFILE once the whole system holds fs.file-max files, a limit a
+process with CAP_SYS_ADMIN may exceed: alloc_empty_file in fs/file_table.c). The
+kernel still completes handshakes into the listener's accept queue (LISTEN Recv-Q
+grows to backlog + 1): those clients connect, then their reads hang; once the queue
+is full, new SYNs are dropped and clients hang in SYN_SENT. There is no "connection
+refused".
 
 tcplab's server backs off 5 ms doubling to 1 s when accept() fails, as Go's net/http
-does, and stays idle meanwhile.""",
+does (tempDelay in Server.Serve, net/http/server.go), and stays idle meanwhile. The
+errnos it backs off on, EMFILE, ENFILE, ENOBUFS and ENOMEM, are CPython's
+(BaseSelectorEventLoop._accept_connection in Lib/asyncio/selector_events.py); Go's
+are its temporary ones, EINTR, EMFILE, ENFILE and the timeouts (Errno.Temporary in
+syscall/syscall_unix.go).""",
     "tcplab experiment fd-leak; tcplab fds PID; LEAK=true tcplab server --fd-limit 128",
     (Figures("fd-leak", "tcplab experiment fd-leak", "2026-11-30",
              "limit 256, backlog 64: the leaking server's fds peaked at 256 of 256; its log "
              "said \"accept: [Errno 24] Too many open files (256 of 256 fds in use); retrying "
              "in 5 ms\"; accept queue peak 65; of 512 clients, 242 got their echo, 65 "
              "connected without an echo and 205 never connected (SYN_SENT)", _fd_leak_limit),),
-    "Go, since 1.19, raises its own soft limit to the hard limit at start, so "
-    "'ulimit -Sn 128' does not reproduce the leak with the Go original; a Python "
-    "process keeps the limit it was given.",
+    "Go, since 1.19, raises its own soft limit to the hard limit at start (os/rlimit.go "
+    "in Go 1.19 and 1.20, syscall/rlimit.go since 1.21), so 'ulimit -Sn 128' does not "
+    "reproduce the leak with the Go original; 'ulimit -n 128' sets the hard limit too, "
+    "and that one Go keeps. A Python process keeps the limit it was given.",
 ))
 
 _add(Lesson(
@@ -428,11 +526,20 @@ _add(Lesson(
     """The server: socket(), bind(), listen(); the client: socket(), connect(). connect()
 sends SYN (the client is SYN_SENT; its port is chosen at that moment, so the first
 trace line shows sport=0); the server answers SYN-ACK from a request socket
-(SYN_RECV); the client's ACK makes both ESTABLISHED, and only then does accept()
-return a new fd. Closing: the first close() sends FIN (FIN_WAIT1), the peer's ACK
-gives FIN_WAIT2 and the peer's state becomes CLOSE_WAIT; its close() sends FIN
-(LAST_ACK), and the first closer answers and turns into a TIME_WAIT minisocket. An
-RST close (SO_LINGER 0) skips all of that.""",
+(SYN_RECV). The client is ESTABLISHED as soon as the SYN-ACK arrives, before its ACK
+leaves (tcp_finish_connect, from tcp_rcv_synsent_state_process in
+net/ipv4/tcp_input.c); the server's side is ESTABLISHED when that ACK arrives, and
+only then does accept() return a new fd.
+
+Closing: the first close() sends FIN (FIN_WAIT1); the peer enters CLOSE_WAIT when
+that FIN arrives (tcp_fin), and its ACK moves the closer to FIN_WAIT2. The closer's
+socket, an orphan after close(), is then replaced at once by a FIN_WAIT2 minisocket
+(tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process): the trace shows
+FIN_WAIT2 -> CLOSE before the peer's FIN. The peer's close() sends its
+FIN (LAST_ACK); the minisocket answers it and turns TIME_WAIT
+(tcp_timewait_state_process in net/ipv4/tcp_minisocks.c), a change no trace event
+shows. After shutdown(SHUT_WR) instead, the full socket waits in FIN_WAIT2 for that
+FIN. An RST close (SO_LINGER 0) skips all of that.""",
     "tcplab experiment handshake; sudo tcplab trace --port 8080; sudo tcplab capture",
     (Figures("handshake", "tcplab experiment handshake", "2026-11-30",
              "15 packets (2 SYN, 2 SYN-ACK, 2 FIN, 1 RST), 18 state changes and 14 socket "
@@ -445,15 +552,22 @@ RST close (SO_LINGER 0) skips all of that.""",
 
 _add(Lesson(
     "netpoll", "Multiplexing: netpoll, epoll and the event loop",
-    """Go's conn.Read() looks blocking, but underneath the runtime parks the goroutine
-and registers the fd with epoll (netpoll); when data arrives, the goroutine is made
-runnable again. A few OS threads (GOMAXPROCS) serve any number of connections.
+    """Go's conn.Read() looks blocking, but underneath it calls read() on a non-blocking
+socket first and parks the goroutine only when that returns EAGAIN (FD.Read in
+internal/poll/fd_unix.go). The runtime registered the fd with its epoll instance
+once, edge-triggered, when the socket was created or accepted (EPOLLIN | EPOLLOUT |
+EPOLLRDHUP | EPOLLET in netpollopen, runtime/netpoll_epoll.go); when epoll reports
+it, the parked goroutine is made runnable again. GOMAXPROCS is the number of Ps, the
+slots that run Go code at once, not of threads: the runtime has a few more OS threads
+(for blocked system calls, sysmon; a Go server holding 10,000 and 19,000 connections
+on this 2-core machine ran 10 and 11: bench/results.md, "Concurrency"), and they
+serve any number of connections.
 
 Python spells the same machinery out: the selector (select.epoll) is netpoll; the
 event loop is the scheduler; a coroutine awaiting a read is parked on a future
 that the loop completes when epoll says the socket is readable. tcplab's 'epoll'
-model is that loop written by hand; 'asyncio' and 'uvloop' are it in the stdlib and
-in C.
+model is that loop written by hand (level-triggered, where Go's is edge-triggered);
+'asyncio' and 'uvloop' are it in the stdlib and in C.
 
 Thread per connection gives each connection an OS thread and its stack; in Python
 those threads also queue for the GIL (a waiting thread asks for it every 5 ms,
@@ -470,11 +584,71 @@ served.""",
              "7,406 echoes/s); failures: timeout x9,358", _multiplex),),
 ))
 
+_add(Lesson(
+    "restart", "Restarting a server: EADDRINUSE, SO_REUSEADDR and what the other knobs do",
+    """A server that closed its connections first leaves its side of each in TIME_WAIT,
+on its own port, for 60 s. Restarted within that time, its new listener's bind()
+fails with EADDRINUSE, "Address already in use": the bind check
+(inet_csk_bind_conflict in net/ipv4/inet_connection_sock.c, which calls
+inet_bind_conflict) finds those sockets in the port's bind bucket.
+
+SO_REUSEADDR lets a socket bind a port that non-listening sockets (TIME_WAIT
+among them) still use, but only when BOTH have it: a TIME_WAIT socket keeps the
+flag of the socket it replaced (inet_twsk_alloc in net/ipv4/inet_timewait_sock.c),
+and an accepted socket has its listener's. So the old server must have set it
+too (Go sets it on every listener, as do Python's asyncio servers and
+http.server). It never lets two sockets LISTEN on the same address and port, and
+it does not end TIME_WAIT.
+
+SO_REUSEPORT is another thing: several sockets, each with it, of the same user,
+may listen on one port at once, and the kernel spreads new connections over
+them (a restart without a gap: start the new process, then stop the old one).
+
+net.ipv4.tcp_tw_reuse does not touch bind() or servers at all: it lets an
+outgoing connect() take over a TIME_WAIT 4-tuple once the last timestamp it saw is
+1 s old (tcp_tw_reuse_delay; tcp_twsk_unique in net/ipv4/tcp_ipv4.c; it needs TCP
+timestamps; 2, the default, only for loopback). net.ipv4.tcp_tw_recycle is gone
+(removed in Linux 4.12): it made servers drop SYNs whose timestamps went back
+in time, which broke clients behind NAT, whose hosts' clocks differ.""",
+    "tcplab experiment restart",
+    (Figures("restart", "tcplab experiment restart", "2026-11-30",
+             "after a server with SO_REUSEADDR stopped with 5 TIME_WAIT sockets on its port, a "
+             "new bind() without SO_REUSEADDR failed with EADDRINUSE (\"Address already in "
+             "use\") and with SO_REUSEADDR succeeded; after a server without SO_REUSEADDR "
+             "stopped with 5 TIME_WAIT sockets on its port, a new bind() without SO_REUSEADDR "
+             "failed with EADDRINUSE (\"Address already in use\") and with SO_REUSEADDR failed "
+             "with EADDRINUSE (\"Address already in use\")", _restart),),
+))
+
+_add(Lesson(
+    "reset", "RST: close() with unread data, and SO_LINGER 0",
+    """close() normally sends a FIN after any data still queued, and the peer reads
+EOF. But if data the application never read is still in the socket's receive
+buffer, tcp_close (net/ipv4/tcp.c) sends a RST instead ("we send a RST here
+because data was lost", RFC 2525 section 2.17) and counts TcpExt
+TCPAbortOnClose: the peer's next read fails with ECONNRESET, "Connection reset
+by peer". Neither socket goes
+through FIN_WAIT or TIME_WAIT. A server that answers and closes without reading
+the whole request (a body it did not want) hits this.
+
+SO_LINGER {on, 0 s} does the same on purpose, unread data or not (counted as
+TCPAbortOnData): the port-bomb experiment's linger0 variant uses it to avoid
+TIME_WAIT, at the price of this error on the peer and of any data in flight.""",
+    "tcplab experiment reset; tcplab experiment port-bomb --variant linger0",
+    (Figures("reset", "tcplab experiment reset", "2026-11-30",
+             "close() after reading the bytes: no RST, the server's socket FIN_WAIT2, the "
+             "client's CLOSE_WAIT, its next read EOF (0 bytes); close() with 5 B unread: 1 RST "
+             "sent, the server's socket gone, the client's gone, its next read [Errno 104] "
+             "ECONNRESET: Connection reset by peer; close() with SO_LINGER {1, 0} and nothing "
+             "unread: 1 RST sent, the server's socket gone, the client's gone, its next read "
+             "[Errno 104] ECONNRESET: Connection reset by peer", _reset),),
+))
+
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
-    "echo": ("handshake",), "port-bomb": ("port-range",), "fd-leak": ("fd-limit",),
-    "half-close": ("close-wait", "time-wait"), "multiplex": ("netpoll",),
-    "handshake": ("handshake",),
+    "echo": ("handshake",), "port-bomb": ("port-range", "reset"), "fd-leak": ("fd-limit",),
+    "half-close": ("close-wait", "time-wait", "restart"), "multiplex": ("netpoll",),
+    "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
 }
 
 

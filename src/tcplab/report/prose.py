@@ -20,7 +20,19 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from tcplab.agents.half_close import Step
-from tcplab.experiments import echo, fd_leak, half_close, handshake, multiplex, port_bomb
+from tcplab.agents.reset import Close
+from tcplab.agents.restart import Bind
+from tcplab.errors import errno_name
+from tcplab.experiments import (
+    echo,
+    fd_leak,
+    half_close,
+    handshake,
+    multiplex,
+    port_bomb,
+    reset,
+    restart,
+)
 from tcplab.experiments.result import Event, Result
 from tcplab.traffic.bomb import STALL_S
 from tcplab.words import duration_us, plural
@@ -58,6 +70,11 @@ def worded(result: R) -> R:
                       if leak is not None and fixed is not None else result.fact)
     elif isinstance(result, half_close.Result):
         out = replace(result, fact=half_close_fact(result.facts.steps))
+    elif isinstance(result, restart.Result):
+        out = replace(result, fact=restart_fact(
+            result.facts.binds, result.settings.connections if result.settings else 0))
+    elif isinstance(result, reset.Result):
+        out = replace(result, fact=reset_fact(result.facts.closes))
     elif isinstance(result, multiplex.Result):
         rows = tuple(replace(v, flag=collapse_flag(v)) for v in result.variants)
         facts = replace(result.facts, rules=multiplex_rules(result.facts.collapse_at))
@@ -140,6 +157,66 @@ def half_close_fact(steps: Sequence[Step]) -> str:
             f"counting down; saw {saw}")
 
 
+# --- restart ----------------------------------------------------------------------------------
+
+def bind_words(b: Bind) -> str:
+    """``bind() without SO_REUSEADDR failed with [Errno 98] EADDRINUSE: Address already in
+    use`` or ``... succeeded``."""
+    how = f"bind() {'with' if b.new_reuseaddr else 'without'} SO_REUSEADDR"
+    if b.listening:
+        return f"{how} succeeded"
+    return f"{how} failed with [Errno {b.errno}] {errno_name(b.errno)}: {b.error}"
+
+
+def restart_fact(binds: Sequence[Bind], connections: int) -> str:
+    """The fact from the bind() tries: what each gave, with the TIME_WAIT count then."""
+    with_old = [b for b in binds if b.old_reuseaddr]
+    without_old = [b for b in binds if not b.old_reuseaddr]
+    parts = []
+    if with_old:
+        tw = with_old[0].time_wait
+        parts.append(f"with {plural(tw, 'TIME_WAIT socket')} on port {with_old[0].port} after "
+                     "the server (SO_REUSEADDR set) stopped, "
+                     + " and ".join(bind_words(b) for b in with_old))
+    if without_old:
+        tw = without_old[0].time_wait
+        parts.append(f"after a server without SO_REUSEADDR ({plural(tw, 'TIME_WAIT socket')} "
+                     f"on port {without_old[0].port}), "
+                     + " and ".join(bind_words(b) for b in without_old)
+                     + (": its TIME_WAIT sockets keep the old server's flag"
+                        if restart.refused(restart.find(binds, False, True)) else ""))
+    text = "; ".join(parts) or "no bind() was tried"
+    if restart.judge(binds, connections):
+        return text
+    return "expected EADDRINUSE without SO_REUSEADDR and success with it; saw: " + text
+
+
+# --- reset ------------------------------------------------------------------------------------
+
+def close_words(c: Close) -> str:
+    """One case as seen: the packet the counters show, the states, the client's read."""
+    sent = (f"{plural(c.out_rsts, 'RST')} sent" if c.out_rsts else "no RST (a FIN)")
+    counters = [f"{name} {n}" for name, n in (("TCPAbortOnClose", c.abort_on_close),
+                                              ("TCPAbortOnData", c.abort_on_data)) if n]
+    return (f"{c.case}: {c.unread_bytes} B unread at close(), {sent}"
+            + (f" ({', '.join(counters)})" if counters else "")
+            + f"; server {c.server_after}, client {c.client_after}; the client's next read: "
+            f"{reset.read_words(c)}")
+
+
+def reset_fact(closes: Sequence[Close]) -> str:
+    by = reset.by_case(closes)
+    if reset.judge(closes):
+        u, ln = by["unread"], by["linger0"]
+        return (f"read first, close() sent a FIN (server FIN_WAIT2, client CLOSE_WAIT, its read "
+                f"EOF); with {u.unread_bytes} B unread it sent a RST instead (TCPAbortOnClose "
+                f"{u.abort_on_close}), both sockets were gone and the client's next read got "
+                f"{reset.read_words(u)}; SO_LINGER 0 with nothing unread sent a RST too "
+                f"(TCPAbortOnData {ln.abort_on_data}) and the same {reset.read_words(ln)}")
+    return ("expected a FIN after reading, a RST and ECONNRESET with unread data and with "
+            "SO_LINGER 0; saw: " + "; ".join(close_words(c) for c in closes))
+
+
 # --- handshake --------------------------------------------------------------------------------
 
 def handshake_fact(f: handshake.Facts) -> str:
@@ -202,9 +279,22 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
                 "and no failure; but a RST tells the server the connection failed "
                 "(ECONNRESET), and any data still in flight is lost")
     if v.name == "server-closes":
-        return (f"the server closed first, so TIME_WAIT moved to it "
+        text = (f"the server closed first, so TIME_WAIT moved to it "
                 f"({ends.server_side:,} on the server's side, {ends.client_side} on "
                 f"the clients'), and {ok:,} clients never ran out of ports")
+        if 0 < ends.server_side < ok:
+            # One server-side TIME_WAIT per client port used, not per connection: a new
+            # SYN with a higher sequence number or timestamp takes over a TIME_WAIT
+            # 4-tuple (TCP_TW_SYN, tcp_timewait_state_process in net/ipv4/tcp_minisocks.c),
+            # and connect() takes ports of one parity first (__inet_hash_connect in
+            # net/ipv4/inet_hashtables.c), about half the range, reused as they free.
+            half = 0.4 * rng <= ends.server_side <= 0.6 * rng
+            text += (f"; {ends.server_side:,} and not {ok:,}: a client's new SYN from a "
+                     "port the server still held in TIME_WAIT took that socket over "
+                     "(TCP_TW_SYN in tcp_timewait_state_process)"
+                     + (f", and connect() kept to ports of one parity, about half of the "
+                        f"{rng:,}" if half else ""))
+        return text
     one, other = v.runs[0], v.runs[1]  # two-destinations
     return (f"{one.host} ran out after {one.ok:,} connections, "
             f"yet {other.host} took {other.ok:,} more with the same "

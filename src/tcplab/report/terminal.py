@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcplab.agents.half_close import Side
-from tcplab.experiments import fd_leak, half_close, multiplex, port_bomb
+from tcplab.errors import errno_name
+from tcplab.experiments import fd_leak, half_close, multiplex, port_bomb, reset, restart
 from tcplab.experiments.result import Result
 from tcplab.report.prose import worded
 from tcplab.words import duration_us
@@ -27,6 +28,7 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "pool_size": ("pool size", ""),
     "fd_limit": ("fd limit", ""),
     "tcp_fin_timeout": ("tcp_fin_timeout", "s"),
+    "keepalive_s": ("keep-alive idle and interval", "s"),
     "ladder": ("connections", ""),
     "messages": ("round trips per connection", ""),
     "size": ("message size", "B"),
@@ -64,6 +66,7 @@ def settings_text(settings: Mapping[str, Any] | Any) -> str:
         words, unit = SETTING_WORDS.get(key, (key.replace("_", " "), ""))
         if not unit and key.endswith("_s") and key not in SETTING_WORDS:
             words, unit = key[:-2].replace("_", " "), "s"
+        unit = unit if value is not None else ""  # "keep-alive ... none", not "none s"
         parts.append(f"{words} {setting_value(key, value)}{' ' + unit if unit else ''}")
     return " · ".join(parts)
 
@@ -99,6 +102,10 @@ def variant_lines(result: AnyResult) -> list[str]:
         return fd_leak_lines(result)
     if isinstance(result, half_close.Result):
         return half_close_lines(result)
+    if isinstance(result, restart.Result):
+        return restart_lines(result)
+    if isinstance(result, reset.Result):
+        return reset_lines(result)
     if isinstance(result, multiplex.Result):
         return multiplex_lines(result)
     if isinstance(result, port_bomb.Result) and result.variants:
@@ -213,6 +220,33 @@ def half_close_lines(result: half_close.Result) -> list[str]:
     return lines
 
 
+def restart_lines(result: restart.Result) -> list[str]:
+    """One row per bind() try: the old server's flag, the new one's, TIME_WAIT, the result."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("old server", "new bind()", "TIME_WAIT on port", "bind()")]
+    for b in f.binds:
+        rows.append(("SO_REUSEADDR" if b.old_reuseaddr else "no SO_REUSEADDR",
+                     "SO_REUSEADDR" if b.new_reuseaddr else "no SO_REUSEADDR",
+                     f"{b.time_wait:,} on {b.port}",
+                     "ok" if b.listening else f"{errno_name(b.errno)}: {b.error}"))
+    return table(rows)
+
+
+def reset_lines(result: reset.Result) -> list[str]:
+    """One row per close: unread bytes, RSTs sent, both sides after, the client's read."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("server's close()", "unread", "RST sent", "server after",
+                                  "client after", "client's next read")]
+    for c in f.closes:
+        rows.append((c.case, f"{c.unread_bytes} B", str(c.out_rsts), c.server_after,
+                     c.client_after, reset.read_words(c)))
+    return table(rows)
+
+
 def multiplex_lines(result: multiplex.Result) -> list[str]:
     """The C10k table; a row whose connections mostly failed shows no plain figure."""
     head = ("model", "connections", "threads", "epoll watches", "RSS/conn", "CPU/echo",
@@ -236,8 +270,8 @@ def multiplex_lines(result: multiplex.Result) -> list[str]:
                                subsequent_indent="    ")
     lines += [
         "  threads: one OS thread (and stack) per connection. epoll, asyncio, uvloop: one thread,",
-        "  one epoll instance watching every socket: what Go's netpoll does with GOMAXPROCS",
-        "  threads and goroutines parked on epoll.",
+        "  one epoll instance watching every socket: what Go's netpoll does, with goroutines",
+        "  parked on epoll and run by GOMAXPROCS Ps on a few threads.",
     ]
     return lines
 

@@ -6,9 +6,12 @@ a full error with traceback on every EMFILE and retries after a fixed second,
 and uvloop accepts and immediately closes the connection on EMFILE, which hides
 the very lesson of the FD-leak experiment.
 
-On a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM) we stop watching the
-listener and retry after a delay that starts at 5 ms and doubles up to 1 s,
-exactly like Go's ``net/http.Server.Serve`` (its ``tempDelay``). Level-triggered
+On a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM: CPython's set, in
+``BaseSelectorEventLoop._accept_connection``, Lib/asyncio/selector_events.py) we
+stop watching the listener and retry after a delay that starts at 5 ms and
+doubles up to 1 s, like Go's ``net/http.Server.Serve`` (its ``tempDelay``; Go
+retries on its temporary errnos instead, EINTR, EMFILE, ENFILE and timeouts:
+``Errno.Temporary`` in syscall/syscall_unix.go). Level-triggered
 pollers would otherwise spin: the listener stays readable while connections
 wait in the accept queue. A connection that closes frees an fd, so a model
 retries at once when that happens instead of waiting out the delay.

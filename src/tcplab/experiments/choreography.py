@@ -1,0 +1,44 @@
+"""An agent run once inside a fresh sandbox, its JSON lines decoded into records.
+
+The small experiments (restart, reset) are one choreography each: a child in
+a private network namespace that does the whole thing and writes one record
+per step. A child that exits non-zero, or writes something else than its
+records, is an ExperimentFailed naming it (exit 9), never a RuntimeError.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import TypeVar
+
+from tcplab.agents.io import command
+from tcplab.errors import ExperimentFailed
+from tcplab.experiments.sandbox import Sandbox
+from tcplab.records import RecordError, from_json_line
+
+T = TypeVar("T")
+
+
+def records(agent: str, args: list[str], cls: type[T], what: str,
+            timeout: float = 60) -> tuple[T, ...]:
+    """Run ``python -m tcplab.agents.AGENT ARGS`` in a new sandbox; its lines as ``cls``.
+
+    ``what`` names the child in an error ("the restart choreography").
+    """
+    hint = "run again with --debug; 'tcplab check' says what works here"
+    with Sandbox({}) as sb:
+        try:
+            r = sb.run(command(agent, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ExperimentFailed(f"{what} did not finish in {timeout:g} s",
+                                   hint=hint) from None
+    if r.returncode != 0:
+        lines = r.stderr.decode(errors="replace").strip().splitlines()
+        raise ExperimentFailed(f"{what} exited {r.returncode}: "
+                               f"{lines[-1] if lines else 'no output'}", hint=hint)
+    try:
+        return tuple(from_json_line(cls, line) for line in r.stdout.splitlines())
+    except RecordError as e:
+        raise ExperimentFailed(f"{what} wrote something else than its records: {e}",
+                               hint="this is a bug in tcplab: report it") from None
