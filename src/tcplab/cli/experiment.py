@@ -33,6 +33,10 @@ demonstrated with the figure measured on this machine.
              succeeds with it (and only if the old server had set it too)
   reset      close() with unread data sends RST, not FIN: the peer's next read
              gets ECONNRESET; SO_LINGER 0 for comparison
+  syn-queue  a listener that never calls accept(): its accept queue holds
+             backlog + 1, then SYNs and final ACKs are dropped (clients in
+             SYN_SENT, or ESTABLISHED with no server socket; ListenOverflows);
+             syncookies on and off; tcp_abort_on_overflow = 1 resets them
   multiplex  Experiment 4, C10k: each server model against 100, 1,000 and 10,000
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on
@@ -50,7 +54,8 @@ def add_parser(sub: Any, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
-                                    "restart", "reset", "multiplex", "handshake"],
+                                    "restart", "reset", "syn-queue", "multiplex",
+                                    "handshake"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         port_bomb,
         reset,
         restart,
+        syn_queue,
     )
     from tcplab.experiments.result import result_type
     from tcplab.records import to_json
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
                "half-close": half_close.run, "restart": restart.run,
-               "reset": reset.run, "multiplex": run_multiplex,
+               "reset": reset.run, "syn-queue": syn_queue.run, "multiplex": run_multiplex,
                "handshake": handshake.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []

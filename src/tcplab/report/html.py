@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcplab.errors import errno_name
-from tcplab.experiments import fd_leak, handshake, multiplex, port_bomb, reset, restart
+from tcplab.experiments import (
+    fd_leak,
+    handshake,
+    multiplex,
+    port_bomb,
+    reset,
+    restart,
+    syn_queue,
+)
 from tcplab.experiments.result import Result, decode
 from tcplab.report import charts
 from tcplab.report.lessons import LESSONS, placement, quotes
@@ -82,6 +90,9 @@ def _errors(r: AnyResult) -> list[str]:
     if isinstance(r, reset.Result) and r.facts is not None:
         seen += [f"{c.case}: the client's read: {reset.read_words(c)}"
                  for c in r.facts.closes if c.read_errno is not None]
+    if isinstance(r, syn_queue.Result) and r.facts is not None:
+        seen += [f"{p.round}, {p.phase}: the clients' recv(): "
+                 f"{syn_queue.errors_words(p.errors)}" for p in r.facts.phases if p.errors]
     return seen
 
 

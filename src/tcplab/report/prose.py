@@ -15,6 +15,7 @@ sampled is not quoted; issue 11).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from tcplab.agents.half_close import Step
 from tcplab.agents.reset import Close
 from tcplab.agents.restart import Bind
+from tcplab.agents.syn_queue import Phase
 from tcplab.errors import errno_name
 from tcplab.experiments import (
     echo,
@@ -32,6 +34,7 @@ from tcplab.experiments import (
     port_bomb,
     reset,
     restart,
+    syn_queue,
 )
 from tcplab.experiments.result import Event, Result
 from tcplab.traffic.bomb import STALL_S
@@ -75,6 +78,9 @@ def worded(result: R) -> R:
             result.facts.binds, result.settings.connections if result.settings else 0))
     elif isinstance(result, reset.Result):
         out = replace(result, fact=reset_fact(result.facts.closes))
+    elif isinstance(result, syn_queue.Result):
+        out = replace(result, fact=syn_queue_fact(
+            result.facts.phases, result.settings.backlog if result.settings else 0))
     elif isinstance(result, multiplex.Result):
         rows = tuple(replace(v, flag=collapse_flag(v)) for v in result.variants)
         facts = replace(result.facts, rules=multiplex_rules(result.facts.collapse_at))
@@ -215,6 +221,55 @@ def reset_fact(closes: Sequence[Close]) -> str:
                 f"(TCPAbortOnData {ln.abort_on_data}) and the same {reset.read_words(ln)}")
     return ("expected a FIN after reading, a RST and ECONNRESET with unread data and with "
             "SO_LINGER 0; saw: " + "; ".join(close_words(c) for c in closes))
+
+
+# --- syn-queue --------------------------------------------------------------------------------
+
+def syn_queue_fact(phases: Sequence[Phase], backlog: int) -> str:
+    """The fact from the phases: the accept queue, the clients left stranded and the
+    counters, the resets with tcp_abort_on_overflow = 1, and the SYN queue either way."""
+    find = syn_queue.find
+    cookies, abort = find(phases, "cookies", "acks"), find(phases, "abort", "acks")
+    syn = find(phases, "cookies", "syn")
+    if not syn_queue.judge(phases, backlog) or cookies is None or abort is None or syn is None:
+        seen = "; ".join(f"{p.round}, {p.phase}: {syn_queue.phase_words(p)}" for p in phases)
+        return (f"expected the accept queue to hold {backlog + 1} (backlog + 1), clients "
+                "then left in SYN_SENT and ESTABLISHED without a server socket, "
+                "ListenOverflows counting them, and resets with tcp_abort_on_overflow = 1; "
+                f"saw: {seen or 'no phase'}")
+    text = (f"with backlog {backlog} the accept queue held {cookies.accept_queue} and no more: "
+            f"of {plural(cookies.clients, 'client')} whose final ACK came late, "
+            f"{syn_queue.stranded(cookies)} were left ESTABLISHED with no full socket on the "
+            f"server ({cookies.established_request} with a request socket in SYN_RECV, "
+            f"{cookies.established_none} with none) and no error (ListenOverflows "
+            f"{cookies.counters['ListenOverflows']}); {plural(syn.clients, 'client')} that "
+            f"came after sat in SYN_SENT, connect() neither done nor refused (ListenOverflows "
+            f"{syn.counters['ListenOverflows']}, ListenDrops {syn.counters['ListenDrops']}); "
+            f"with tcp_abort_on_overflow = 1, {syn_queue.resets(abort)} got "
+            f"{errno_words(errno.ECONNRESET, abort)}")
+    return text + "".join(f"; {w}" for w in syn_queue_lengths(phases))
+
+
+def errno_words(code: int, ph: Phase) -> str:
+    """``[Errno 104] ECONNRESET: Connection reset by peer`` as the phase recorded it."""
+    e = next((e for e in ph.errors if e.errno == code), None)
+    return f"[Errno {code}] {errno_name(code)}" + (f": {e.error}" if e else "")
+
+
+def syn_queue_lengths(phases: Sequence[Phase]) -> list[str]:
+    """The SYN queue at the burst, with syncookies on and off (what happened to the rest)."""
+    out = []
+    on, off = syn_queue.find(phases, "cookies", "burst"), syn_queue.find(phases, "no-cookies",
+                                                                          "burst")
+    if on is not None:
+        out.append(f"the SYN queue held {plural(on.request_sockets, 'request socket')} with "
+                   f"syncookies on ({plural(on.counters['SyncookiesSent'], 'SYN')} answered "
+                   "with a cookie)")
+    if off is not None:
+        out.append(f"{off.request_sockets} with them off and tcp_max_syn_backlog "
+                   f"{off.max_syn_backlog} ({plural(off.client_states.get('SYN_SENT', 0), 'SYN')}"
+                   " dropped: those clients in SYN_SENT)")
+    return ["; ".join(out)] if out else []
 
 
 # --- handshake --------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ from typing import Any
 
 from tcplab.agents.half_close import Side
 from tcplab.errors import errno_name
-from tcplab.experiments import fd_leak, half_close, multiplex, port_bomb, reset, restart
+from tcplab.experiments import (
+    fd_leak,
+    half_close,
+    multiplex,
+    port_bomb,
+    reset,
+    restart,
+    syn_queue,
+)
 from tcplab.experiments.result import Result
 from tcplab.report.prose import worded
 from tcplab.words import duration_us
@@ -106,6 +114,8 @@ def variant_lines(result: AnyResult) -> list[str]:
         return restart_lines(result)
     if isinstance(result, reset.Result):
         return reset_lines(result)
+    if isinstance(result, syn_queue.Result):
+        return syn_queue_lines(result)
     if isinstance(result, multiplex.Result):
         return multiplex_lines(result)
     if isinstance(result, port_bomb.Result) and result.variants:
@@ -245,6 +255,28 @@ def reset_lines(result: reset.Result) -> list[str]:
         rows.append((c.case, f"{c.unread_bytes} B", str(c.out_rsts), c.server_after,
                      c.client_after, reset.read_words(c)))
     return table(rows)
+
+
+def syn_queue_lines(result: syn_queue.Result) -> list[str]:
+    """One row per phase: the clients' states, both queues, the stranded clients, the
+    errors their recv() got and the drop counters."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("round", "phase", "clients", "accept queue", "SYN queue",
+                                  "ESTABLISHED, no server socket", "recv() errors",
+                                  "ListenOverflows", "ListenDrops", "cookies sent")]
+    for p in f.phases:
+        rows.append((p.round, p.phase, syn_queue.states_words(p.client_states),
+                     f"{p.accept_queue}/{p.backlog}", str(p.request_sockets),
+                     f"{p.established_request} + {p.established_none}",
+                     ", ".join(f"{e.clients} {errno_name(e.errno)}" for e in p.errors) or "none",
+                     str(p.counters.get("ListenOverflows", 0)),
+                     str(p.counters.get("ListenDrops", 0)),
+                     str(p.counters.get("SyncookiesSent", 0))))
+    lines = table(rows)
+    lines.append("  (ESTABLISHED, no server socket: with a request socket in SYN_RECV + with none)")
+    return lines
 
 
 def multiplex_lines(result: multiplex.Result) -> list[str]:

@@ -1,0 +1,273 @@
+"""A listener that never calls accept(): ``python -m tcplab.agents.syn_queue BACKLOG``.
+
+Run inside a sandbox (it writes the namespace's own sysctls). Three rounds, each
+on a fresh listener (listen(BACKLOG), never accept()) with its own sysctls:
+``cookies`` (tcp_syncookies = 1, the default), ``abort`` (the same with
+tcp_abort_on_overflow = 1) and ``no-cookies`` (tcp_syncookies = 0);
+tcp_max_syn_backlog is set to BACKLOG in all three, to show where it counts.
+Each round has four phases, and one ``Phase`` record is emitted per phase:
+
+* ``filled``: BACKLOG clients connect; the accept queue (LISTEN Recv-Q) holds them.
+* ``burst``: BACKLOG + 3 more clients connect at once, each with its final ACK
+  held back: a client socket in delayed-ACK ("pingpong") mode does not answer
+  the SYN-ACK at once but from its delayed-ACK timer, up to TCP_DELACK_MAX
+  (200 ms) later (tcp_rcv_synsent_state_process, net/ipv4/tcp_input.c; the
+  client is ESTABLISHED already, tcp_finish_connect). TCP_QUICKACK = 0 puts a
+  socket in that mode (__tcp_sock_set_quickack, net/ipv4/tcp.c). It stands in
+  for a network's delay: on loopback the whole handshake otherwise runs inside
+  connect(). Their SYNs find the accept queue not full (BACKLOG sockets, and
+  sk_acceptq_is_full in include/net/sock.h is "more than the backlog"), so
+  each gets a request socket (SYN_RECV) in the SYN queue, until that queue is
+  full: then tcp_conn_request (tcp_input.c) answers with a SYN cookie and keeps
+  nothing (syncookies on), or drops the SYN (off: the client stays SYN_SENT).
+  The sample is taken before the held ACKs leave.
+* ``acks``: the held ACKs arrived. One more socket fits in the accept queue
+  (BACKLOG + 1); for every other one tcp_v4_syn_recv_sock (tcp_ipv4.c) finds
+  the queue full and creates nothing (ListenOverflows, ListenDrops): the client
+  is ESTABLISHED, the server keeps only its request socket, or nothing for a
+  cookie's; tcp_check_req (tcp_minisocks.c) then leaves the request socket
+  (tcp_abort_on_overflow = 0) or sends the client a RST (= 1). Each client's
+  next recv() says which.
+* ``syn``: 3 more clients connect with the queue full: tcp_conn_request drops
+  each SYN (ListenOverflows, ListenDrops); no SYN-ACK, no RST: the client sits
+  in SYN_SENT, its connect() neither done nor refused, and retries later.
+
+The counters are the namespace's own /proc/net/netstat TcpExt (a new network
+namespace has its own), as deltas over each phase. When a held ACK left before
+the burst was sampled (DelayedACKs moved: the agent was descheduled for 200 ms
+on a loaded machine), the round is run again on a fresh port, up to 3 tries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from tcplab.agents.io import emit
+from tcplab.kernel import tcp_states
+from tcplab.kernel.procfs import parse_netstat
+from tcplab.observe import procfs
+from tcplab.observe.sockets import SocketTable
+
+HOST = "127.0.0.1"
+#: The first try's port; every further try (and round) takes the next one.
+PORT = 8080
+#: (round, tcp_syncookies, tcp_abort_on_overflow), in the order they run.
+ROUNDS = (("cookies", 1, 0), ("abort", 1, 1), ("no-cookies", 0, 0))
+PHASES = ("filled", "burst", "acks", "syn")
+#: The burst is this many more clients than the backlog; "syn" starts this many.
+EXTRA = 3
+TRIES = 3
+#: TcpExt counters read per phase (/proc/net/netstat).
+COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "SyncookiesRecv",
+            "TCPReqQFullDoCookies", "TCPReqQFullDrop", "EmbryonicRsts", "DelayedACKs")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientError:
+    """An error some clients' recv() got (EAGAIN, nothing to read yet, is not one)."""
+
+    errno: int
+    error: str  # the kernel's text (strerror)
+    clients: int
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One phase of one round, sampled at its end."""
+
+    t: float  # seconds since the agent started
+    round: str  # cookies, abort or no-cookies
+    phase: str  # filled, burst, acks or syn
+    port: int
+    tries: int  # the round's tries (a burst cut short by a held ACK leaving early is redone)
+    backlog: int  # listen()'s backlog (LISTEN Send-Q)
+    syncookies: int  # net.ipv4.tcp_syncookies in the namespace
+    abort_on_overflow: int  # net.ipv4.tcp_abort_on_overflow
+    max_syn_backlog: int  # net.ipv4.tcp_max_syn_backlog
+    clients: int  # the clients this phase is about (acks: the burst's, once their ACKs went)
+    accept_queue: int  # LISTEN Recv-Q: connections waiting for accept()
+    request_sockets: int  # the listener's SYN_RECV request sockets (its SYN queue)
+    client_states: dict[str, int]  # this phase's clients by state ("gone": not in the table)
+    established_request: int  # of them ESTABLISHED, the server holding only a request socket
+    established_none: int  # of them ESTABLISHED, the server holding no socket at all
+    errors: tuple[ClientError, ...]  # what their next recv() got, EAGAIN left out
+    counters: dict[str, int]  # TcpExt deltas over the phase (COUNTERS)
+
+
+def counters() -> dict[str, int]:
+    ext = parse_netstat(procfs.read_text("net/netstat"))["TcpExt"]
+    return {k: ext.get(k, 0) for k in COUNTERS}
+
+
+def delta(before: dict[str, int]) -> dict[str, int]:
+    now = counters()
+    return {k: now[k] - before[k] for k in COUNTERS}
+
+
+def write_sysctl(name: str, value: int) -> None:
+    """A sysctl of this network namespace (the sandbox's, never the host's)."""
+    with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
+        f.write(str(value))
+
+
+def connect(port: int, quickack: bool) -> socket.socket:
+    """A non-blocking connect() to the listener; the SYN is out when it returns."""
+    c = socket.socket()
+    if not quickack:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+    c.setblocking(False)
+    err = c.connect_ex((HOST, port))
+    if err not in (0, errno.EINPROGRESS):
+        c.close()
+        raise OSError(err, os.strerror(err))
+    return c
+
+
+class Round:
+    def __init__(self, name: str, port: int, backlog: int, tries: int, t0: float) -> None:
+        self.name, self.port, self.backlog, self.tries, self.t0 = name, port, backlog, tries, t0
+        self.socks: list[socket.socket] = []
+
+    def sample(self, phase: str, clients: list[socket.socket],
+               before: dict[str, int]) -> Phase:
+        ports = {c.getsockname()[1] for c in clients}
+        client_of: dict[int, str] = {}
+        server_of: dict[int, str] = {}
+        queue = requests = 0
+        with SocketTable() as table:
+            for s in table.sockets(self.port):
+                state = tcp_states.name(s.state)
+                if s.state == tcp_states.LISTEN:
+                    queue = s.rqueue
+                elif s.sport == self.port:  # the server's side of a connection
+                    requests += state == "SYN_RECV"
+                    if s.dport in ports:
+                        server_of[s.dport] = state
+                elif s.sport in ports:
+                    client_of[s.sport] = state
+        states: dict[str, int] = {}
+        est_request = est_none = 0
+        for p in sorted(ports):
+            c = client_of.get(p, "gone")
+            states[c] = states.get(c, 0) + 1
+            if c == "ESTABLISHED":
+                server = server_of.get(p)
+                est_request += server == "SYN_RECV"
+                est_none += server is None
+        moved = delta(before)  # read after the table: the phase is what it saw
+        return Phase(round(time.monotonic() - self.t0, 3), self.name, phase, self.port,
+                     self.tries, self.backlog, sysctl("net.ipv4.tcp_syncookies"),
+                     sysctl("net.ipv4.tcp_abort_on_overflow"),
+                     sysctl("net.ipv4.tcp_max_syn_backlog"), len(clients), queue, requests,
+                     states, est_request, est_none, reads(clients), moved)
+
+
+def sysctl(name: str) -> int:
+    return procfs.sysctl_int(name, -1)
+
+
+def reads(clients: list[socket.socket]) -> tuple[ClientError, ...]:
+    """Each client's next recv(), without waiting: errors other than EAGAIN, counted."""
+    seen: dict[int, int] = {}
+    for c in clients:
+        try:
+            c.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue  # nothing to read, no error: still connecting, or connected and idle
+        except OSError as e:
+            code = e.errno if e.errno is not None else errno.EIO
+            seen[code] = seen.get(code, 0) + 1
+    return tuple(ClientError(code, os.strerror(code), n) for code, n in sorted(seen.items()))
+
+
+def accept_queue(port: int) -> int:
+    with SocketTable() as table:
+        return sum(s.rqueue for s in table.listeners(port))
+
+
+def wait_for(done: object, deadline_s: float) -> None:
+    """Poll ``done()`` every 10 ms until it holds or ``deadline_s`` passed (bounded)."""
+    assert callable(done)
+    end = time.monotonic() + deadline_s
+    while not done() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def one_try(name: str, port: int, backlog: int, tries: int, t0: float
+            ) -> tuple[list[Phase], bool]:
+    """The round's four phases on ``port``; False when the burst was cut short."""
+    r = Round(name, port, backlog, tries, t0)
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((HOST, port))
+    ls.listen(backlog)
+    socks = [ls]
+    try:
+        phases = []
+        before = counters()
+        filled = [connect(port, quickack=True) for _ in range(backlog)]
+        socks += filled
+        wait_for(lambda: accept_queue(port) >= backlog, 2.0)  # at once, on loopback
+        phases.append(r.sample("filled", filled, before))
+
+        before = counters()
+        burst = [connect(port, quickack=False) for _ in range(backlog + EXTRA)]
+        socks += burst
+        held = r.sample("burst", burst, before)
+        phases.append(held)
+        if held.counters["DelayedACKs"] or delta(before)["DelayedACKs"]:
+            return phases, False  # an ACK left before the sample: not the burst we meant
+
+        # Every held ACK goes from its client's delayed-ACK timer (DelayedACKs counts
+        # them); the clients that are not ESTABLISHED (SYN dropped) have none to send.
+        before = counters()
+        waiting = held.client_states.get("ESTABLISHED", 0)
+        wait_for(lambda: delta(before)["DelayedACKs"] >= waiting, 3.0)
+        time.sleep(0.05)  # the ACKs' processing: microseconds on loopback
+        phases.append(r.sample("acks", burst, before))
+
+        before = counters()
+        late = [connect(port, quickack=True) for _ in range(EXTRA)]
+        socks += late
+        wait_for(lambda: delta(before)["ListenDrops"] >= EXTRA, 1.0)
+        phases.append(r.sample("syn", late, before))
+        return phases, True
+    finally:
+        for s in socks:
+            s.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tcplab.agents.syn_queue",
+                                description="Fill a listener that never accept()s: its "
+                                "accept queue, its SYN queue, with syncookies on, with "
+                                "tcp_abort_on_overflow = 1, and with syncookies off; emit "
+                                "a Phase per phase of each round.")
+    p.add_argument("backlog", type=int, help="listen()'s backlog (4 or more)")
+    backlog = p.parse_args(argv).backlog
+    if backlog < 4:
+        p.error("the backlog must be 4 or more (tcp_max_syn_backlog = BACKLOG keeps a "
+                "quarter of it, rounded down, for proven peers)")
+    t0 = time.monotonic()
+    port = PORT
+    write_sysctl("net.ipv4.tcp_max_syn_backlog", backlog)
+    for name, cookies, abort in ROUNDS:
+        write_sysctl("net.ipv4.tcp_syncookies", cookies)
+        write_sysctl("net.ipv4.tcp_abort_on_overflow", abort)
+        for tries in range(1, TRIES + 1):
+            phases, whole = one_try(name, port, backlog, tries, t0)
+            port += 1
+            if whole or tries == TRIES:
+                break
+        for ph in phases:
+            emit(ph)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
