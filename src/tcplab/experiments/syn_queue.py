@@ -1,4 +1,4 @@
-"""A listener that does not accept(): its SYN queue and accept queue, ``tcplab experiment syn-queue``.
+"""A listener that never accept()s: its SYN and accept queues, ``tcplab experiment syn-queue``.
 
 A choreography (``python -m tcplab.agents.syn_queue BACKLOG``) runs in a
 sandbox, whose own sysctls it sets: three rounds (syncookies on; the same with

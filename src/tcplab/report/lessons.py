@@ -37,6 +37,7 @@ from tcplab.experiments import (
     port_bomb,
     reset,
     restart,
+    syn_queue,
 )
 from tcplab.experiments.result import Result
 from tcplab.words import duration_us, plural
@@ -325,6 +326,42 @@ def _reset(r: reset.Result) -> str | None:
         sent = plural(c.out_rsts, "RST") + " sent" if c.out_rsts else "no RST"
         parts.append(f"close() {what}: {sent}, the server's socket {c.server_after}, the "
                      f"client's {c.client_after}, its next read {reset.read_words(c)}")
+    return "; ".join(parts) or None
+
+
+def _syn_queue(r: syn_queue.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    find = syn_queue.find
+    parts = []
+    acks, syn = find(f.phases, "cookies", "acks"), find(f.phases, "cookies", "syn")
+    if acks is not None:
+        parts.append(f"with backlog {acks.backlog} the accept queue held {acks.accept_queue}; "
+                     f"of {plural(acks.clients, 'client')} whose final ACK came late, "
+                     f"{syn_queue.stranded(acks)} were left ESTABLISHED while the server had "
+                     f"only a request socket ({acks.established_request}) or nothing "
+                     f"({acks.established_none}) for them, with no error (ListenOverflows "
+                     f"{acks.counters['ListenOverflows']})")
+    if syn is not None:
+        parts.append(f"of {plural(syn.clients, 'client')} that came after, "
+                     f"{syn.client_states.get('SYN_SENT', 0)} sat in SYN_SENT, not refused "
+                     f"(ListenOverflows {syn.counters['ListenOverflows']}, ListenDrops "
+                     f"{syn.counters['ListenDrops']})")
+    abort = find(f.phases, "abort", "acks")
+    if abort is not None:
+        got = (f"{plural(abort.errors[0].clients, 'client')} got [Errno "
+               f"{abort.errors[0].errno}] {errno_name(abort.errors[0].errno)}: "
+               f"{abort.errors[0].error}" if len(abort.errors) == 1
+               else f"the clients got {syn_queue.errors_words(abort.errors)}")
+        parts.append(f"with tcp_abort_on_overflow = 1, {got} (EmbryonicRsts "
+                     f"{abort.counters['EmbryonicRsts']})")
+    on, off = find(f.phases, "cookies", "burst"), find(f.phases, "no-cookies", "burst")
+    if on is not None and off is not None:
+        parts.append(f"with tcp_max_syn_backlog {off.max_syn_backlog}, the SYN queue held "
+                     f"{plural(on.request_sockets, 'request socket')} with syncookies on "
+                     f"({plural(on.counters['SyncookiesSent'], 'cookie')} sent for the rest) "
+                     f"and {off.request_sockets} with them off "
+                     f"({plural(off.client_states.get('SYN_SENT', 0), 'SYN')} dropped)")
     return "; ".join(parts) or None
 
 
@@ -644,11 +681,71 @@ TIME_WAIT, at the price of this error on the peer and of any data in flight.""",
              "[Errno 104] ECONNRESET: Connection reset by peer", _reset),),
 ))
 
+_add(Lesson(
+    "syn-queue", "The SYN queue and the accept queue: a server that does not accept() fast enough",
+    """A listening socket has two queues. A SYN makes a request socket (SYN_RECV; the
+kernel's TCP_NEW_SYN_RECV) in its SYN queue; the client's final ACK turns it into a
+full socket in the accept queue, where it waits for accept(). listen()'s backlog,
+capped by net.core.somaxconn (__sys_listen_socket, net/socket.c), bounds both. 'ss -lnt'
+shows the accept queue as the LISTEN socket's Recv-Q and the backlog as its Send-Q.
+
+The accept queue is full when it holds MORE than the backlog (sk_acceptq_is_full,
+include/net/sock.h), so it holds backlog + 1. Then the kernel drops, silently, new
+SYNs (tcp_conn_request, net/ipv4/tcp_input.c): no SYN-ACK, no RST; the client sits
+in SYN_SENT, its connect() neither done nor refused (no ECONNREFUSED), and sends
+its SYN again later (the timings belong to a later lesson). It drops final ACKs
+too (tcp_v4_syn_recv_sock, net/ipv4/tcp_ipv4.c, called from tcp_check_req in
+net/ipv4/tcp_minisocks.c): that client is ESTABLISHED already (a client is, when
+the SYN-ACK arrives) and its connect() has returned, while the server keeps only
+the request socket, or nothing when the SYN was answered with a cookie.
+
+Both are counted in /proc/net/netstat as TcpExt ListenOverflows (the accept queue
+was full) and ListenDrops (every SYN or ACK a listener dropped); 'nstat -az
+TcpExtListenOverflows' and 'tcplab doctor' read them. The fix is on the server:
+accept() faster (more workers, SO_REUSEPORT), or a larger backlog and somaxconn
+for bursts.
+
+net.ipv4.tcp_abort_on_overflow = 1 makes tcp_check_req answer such a final ACK
+with a RST instead (counted as EmbryonicRsts): the client learns at once, its next
+read failing with ECONNRESET, "Connection reset by peer", instead of waiting.
+
+The SYN queue is full when it holds more request sockets than the backlog
+(inet_csk_reqsk_queue_is_full, include/net/inet_connection_sock.h). A SYN that
+finds it full gets a SYN cookie when net.ipv4.tcp_syncookies is 1 (the default;
+2: every SYN gets one): the SYN-ACK's sequence number encodes the connection, no
+request socket is kept (SyncookiesSent, TCPReqQFullDoCookies), and the ACK
+rebuilds it (cookie_v4_check, net/ipv4/syncookies.c). With syncookies 0 it is
+dropped (TCPReqQFullDrop). Either way tcp_conn_request checks the accept queue
+after that: a cookie does not get a SYN past a full accept queue.
+
+net.ipv4.tcp_max_syn_backlog matters only with syncookies off: tcp_conn_request
+then drops a SYN once the SYN queue leaves less than a quarter of it free, except
+from peers the kernel has TCP metrics for (tcp_peer_is_proven). With syncookies on,
+the listen backlog alone caps the SYN queue.
+
+The experiment holds its clients' final ACKs back with TCP_QUICKACK = 0 (a client
+in delayed-ACK mode answers the SYN-ACK from its delayed-ACK timer, up to 200 ms
+later: tcp_rcv_synsent_state_process, net/ipv4/tcp_input.c): on loopback the
+whole handshake otherwise runs inside connect(), and the ACK never arrives after
+the queue filled.""",
+    "tcplab experiment syn-queue",
+    (Figures("syn-queue", "tcplab experiment syn-queue", "2026-11-30",
+             "with backlog 8 the accept queue held 9; of 11 clients whose final ACK came late, "
+             "10 were left ESTABLISHED while the server had only a request socket (9) or "
+             "nothing (1) for them, with no error (ListenOverflows 10); of 3 clients that came "
+             "after, 3 sat in SYN_SENT, not refused (ListenOverflows 3, ListenDrops 3); with "
+             "tcp_abort_on_overflow = 1, 9 clients got [Errno 104] ECONNRESET: Connection reset "
+             "by peer (EmbryonicRsts 9); with tcp_max_syn_backlog 8, the SYN queue held 9 "
+             "request sockets with syncookies on (2 cookies sent for the rest) and 7 with them "
+             "off (4 SYNs dropped)", _syn_queue),),
+))
+
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
     "echo": ("handshake",), "port-bomb": ("port-range", "reset"), "fd-leak": ("fd-limit",),
     "half-close": ("close-wait", "time-wait", "restart"), "multiplex": ("netpoll",),
     "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
+    "syn-queue": ("syn-queue",),
 }
 
 

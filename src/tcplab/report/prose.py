@@ -258,18 +258,16 @@ def errno_words(code: int, ph: Phase) -> str:
 
 def syn_queue_lengths(phases: Sequence[Phase]) -> list[str]:
     """The SYN queue at the burst, with syncookies on and off (what happened to the rest)."""
-    out = []
     on, off = syn_queue.find(phases, "cookies", "burst"), syn_queue.find(phases, "no-cookies",
                                                                           "burst")
-    if on is not None:
-        out.append(f"the SYN queue held {plural(on.request_sockets, 'request socket')} with "
-                   f"syncookies on ({plural(on.counters['SyncookiesSent'], 'SYN')} answered "
-                   "with a cookie)")
-    if off is not None:
-        out.append(f"{off.request_sockets} with them off and tcp_max_syn_backlog "
-                   f"{off.max_syn_backlog} ({plural(off.client_states.get('SYN_SENT', 0), 'SYN')}"
-                   " dropped: those clients in SYN_SENT)")
-    return ["; ".join(out)] if out else []
+    if on is None or off is None:
+        return []
+    return [f"with tcp_max_syn_backlog {off.max_syn_backlog}, the SYN queue held "
+            f"{plural(on.request_sockets, 'request socket')} with syncookies on "
+            f"({plural(on.counters['SyncookiesSent'], 'SYN')} answered with a cookie) and "
+            f"{off.request_sockets} with them off "
+            f"({plural(off.client_states.get('SYN_SENT', 0), 'SYN')} dropped: those clients "
+            "in SYN_SENT)"]
 
 
 # --- handshake --------------------------------------------------------------------------------
