@@ -1,6 +1,6 @@
 """An agent run once inside a fresh sandbox, its JSON lines decoded into records.
 
-The small experiments (restart, reset) are one choreography each: a child in
+The small experiments (restart, reset, syn-queue) are one choreography each: a child in
 a private network namespace that does the whole thing and writes one record
 per step. A child that exits non-zero, or writes something else than its
 records, is an ExperimentFailed naming it (exit 9), never a RuntimeError.
