@@ -37,6 +37,7 @@ from tcplab.agents.nsholder import Answer
 from tcplab.agents.reset import Close
 from tcplab.agents.restart import Bind
 from tcplab.agents.sampler import Sample
+from tcplab.agents.syn_queue import Phase
 from tcplab.agents.sysctl import Sysctl
 from tcplab.agents.tracefs_probe import StaleRemoved
 from tcplab.experiments.sandbox import Sandbox
@@ -249,6 +250,22 @@ def test_reset() -> None:
 
 
 @pytest.mark.privileged
+def test_syn_queue() -> None:
+    with Sandbox({}) as sb:
+        r = sb.run(command("syn_queue", "4"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    phases = [from_json_line(Phase, line) for line in r.stdout.splitlines()]
+    assert [(p.round, p.phase) for p in phases] == [
+        (name, phase) for name in ("cookies", "abort", "no-cookies")
+        for phase in ("filled", "burst", "acks", "syn")]
+    assert {p.accept_queue for p in phases if p.phase in ("acks", "syn")} == {5}
+    assert all(p.client_states == {"SYN_SENT": 3} for p in phases if p.phase == "syn")
+    resets = [e for p in phases if p.round == "abort" for e in p.errors]
+    assert [(e.errno, e.error) for e in resets] == [(errno.ECONNRESET, "Connection reset by peer")]
+
+
+@pytest.mark.privileged
 def test_handshake() -> None:
     with Sandbox({}) as sb:
         proc = sb.popen(command("handshake", "20001", "0.01"), stdin=subprocess.PIPE,
@@ -329,6 +346,7 @@ def test_sysctl() -> None:
 CASES = {
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
     "half_close": test_half_close, "restart": test_restart, "reset": test_reset,
+    "syn_queue": test_syn_queue,
     "handshake": test_handshake, "nsholder": test_nsholder,
     "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
 }

@@ -440,6 +440,13 @@ CASES: dict[str, Case] = {
         "mid": line("running experiment reset", after=0.08),
         "late": line("running experiment reset", after=0.16),
     }),
+    # One child, about 1 s (three rounds, each waiting 0.2-0.3 s for held ACKs): the
+    # points fall in the sandbox's start and in the first and second rounds.
+    "syn-queue": Case(experiment("syn-queue", "--quick"), {
+        "early": line("running experiment syn-queue"),
+        "mid": line("running experiment syn-queue", after=0.3),
+        "late": line("running experiment syn-queue", after=0.6),
+    }),
     "multiplex": Case(experiment("multiplex", "--quick", "--connections", "100"), {
         "early": line("running experiment multiplex"),
         "mid": line("multiplex: threads", after=0.3),  # 100 connections on 100 threads
