@@ -45,6 +45,7 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcplab.agents.io import emit
@@ -95,7 +96,7 @@ class Phase:
     client_states: dict[str, int]  # this phase's clients by state ("gone": not in the table)
     established_request: int  # of them ESTABLISHED, the server holding only a request socket
     established_none: int  # of them ESTABLISHED, the server holding no socket at all
-    errors: tuple[ClientError, ...]  # what their next recv() got, EAGAIN left out
+    errors: tuple[ClientError, ...]  # their next recv(), EAGAIN left out (burst: not read)
     counters: dict[str, int]  # TcpExt deltas over the phase (COUNTERS)
 
 
@@ -129,12 +130,14 @@ def connect(port: int, quickack: bool) -> socket.socket:
 
 
 class Round:
+    """One try of a round: its listener's port and settings, and how to sample a phase."""
+
     def __init__(self, name: str, port: int, backlog: int, tries: int, t0: float) -> None:
         self.name, self.port, self.backlog, self.tries, self.t0 = name, port, backlog, tries, t0
-        self.socks: list[socket.socket] = []
 
-    def sample(self, phase: str, clients: list[socket.socket],
-               before: dict[str, int]) -> Phase:
+    def sample(self, phase: str, clients: list[socket.socket], before: dict[str, int],
+               read: bool = True) -> Phase:
+        """The phase as sock_diag, the counters and (with ``read``) the clients' recv() see it."""
         ports = {c.getsockname()[1] for c in clients}
         client_of: dict[int, str] = {}
         server_of: dict[int, str] = {}
@@ -164,7 +167,7 @@ class Round:
                      self.tries, self.backlog, sysctl("net.ipv4.tcp_syncookies"),
                      sysctl("net.ipv4.tcp_abort_on_overflow"),
                      sysctl("net.ipv4.tcp_max_syn_backlog"), len(clients), queue, requests,
-                     states, est_request, est_none, reads(clients), moved)
+                     states, est_request, est_none, reads(clients) if read else (), moved)
 
 
 def sysctl(name: str) -> int:
@@ -190,9 +193,8 @@ def accept_queue(port: int) -> int:
         return sum(s.rqueue for s in table.listeners(port))
 
 
-def wait_for(done: object, deadline_s: float) -> None:
+def wait_for(done: Callable[[], bool], deadline_s: float) -> None:
     """Poll ``done()`` every 10 ms until it holds or ``deadline_s`` passed (bounded)."""
-    assert callable(done)
     end = time.monotonic() + deadline_s
     while not done() and time.monotonic() < end:
         time.sleep(0.01)
@@ -218,7 +220,9 @@ def one_try(name: str, port: int, backlog: int, tries: int, t0: float
         before = counters()
         burst = [connect(port, quickack=False) for _ in range(backlog + EXTRA)]
         socks += burst
-        held = r.sample("burst", burst, before)
+        # Not read: a recv() on a client whose ACK is still held is not needed to show
+        # anything, and the ACK must leave from its timer alone.
+        held = r.sample("burst", burst, before, read=False)
         phases.append(held)
         if held.counters["DelayedACKs"] or delta(before)["DelayedACKs"]:
             return phases, False  # an ACK left before the sample: not the burst we meant
