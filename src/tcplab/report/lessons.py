@@ -742,7 +742,8 @@ the queue filled.""",
 
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
-    "echo": ("handshake",), "port-bomb": ("port-range", "reset"), "fd-leak": ("fd-limit",),
+    "echo": ("handshake",), "port-bomb": ("port-range", "reset"),
+    "fd-leak": ("fd-limit", "syn-queue"),  # its leaking server's accept queue fills too
     "half-close": ("close-wait", "time-wait", "restart"), "multiplex": ("netpoll",),
     "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
     "syn-queue": ("syn-queue",),
