@@ -67,15 +67,19 @@ def errors_words(errors: Sequence[ClientError]) -> str:
                      for e in errors) or "none"
 
 
+#: The phase whose clients' recv() the agent leaves alone (their ACK is still held).
+UNREAD = "burst"
+
+
 def phase_words(ph: Phase) -> str:
     """One phase as the event line says it (the figures, no verdict)."""
     moved = ", ".join(f"{k} {v:,}" for k, v in ph.counters.items()
                       if v and k != "DelayedACKs")
+    read = "" if ph.phase == UNREAD else f"; errors: {errors_words(ph.errors)}"
     return (f"{plural(ph.clients, 'client')} ({states_words(ph.client_states)}); accept queue "
             f"{ph.accept_queue}/{ph.backlog}, {plural(ph.request_sockets, 'request socket')}; "
             f"ESTABLISHED without a server socket: {ph.established_request} (request socket "
-            f"only) + {ph.established_none} (none); errors: {errors_words(ph.errors)}"
-            + (f"; {moved}" if moved else ""))
+            f"only) + {ph.established_none} (none){read}" + (f"; {moved}" if moved else ""))
 
 
 def find(phases: Sequence[Phase], round_: str, phase: str) -> Phase | None:

@@ -40,6 +40,9 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "ladder": ("connections", ""),
     "messages": ("round trips per connection", ""),
     "size": ("message size", "B"),
+    "backlog": ("listen backlog and tcp_max_syn_backlog", ""),
+    "burst": ("clients with their final ACK late", ""),
+    "late": ("clients once the queue was full", ""),
 }
 
 
@@ -270,6 +273,7 @@ def syn_queue_lines(result: syn_queue.Result) -> list[str]:
         rows.append((p.round, p.phase, syn_queue.states_words(p.client_states),
                      f"{p.accept_queue}/{p.backlog}", str(p.request_sockets),
                      f"{p.established_request} + {p.established_none}",
+                     "not read" if p.phase == syn_queue.UNREAD else
                      ", ".join(f"{e.clients} {errno_name(e.errno)}" for e in p.errors) or "none",
                      str(p.counters.get("ListenOverflows", 0)),
                      str(p.counters.get("ListenDrops", 0)),
