@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tcplab.agents.io import command
-from tcplab.agents.syn_queue import EXTRA, ClientError, Phase
+from tcplab.agents.syn_queue import EXTRA, ClientError, Phase, private_netns
 from tcplab.experiments import syn_queue
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import from_json_line
@@ -158,6 +158,13 @@ def test_agent_in_each_sandbox(user: bool) -> None:
 def test_agent_refuses_a_small_backlog() -> None:
     r = subprocess.run(command("syn_queue", "3"), capture_output=True, timeout=GUARD)
     assert r.returncode == 2 and b"must be 4 or more" in r.stderr
+
+
+@pytest.mark.pure
+def test_agent_knows_it_is_not_in_a_sandbox() -> None:
+    # pytest runs where its shell runs: the agent would refuse to write sysctls here
+    # (it checks before any write; it is not run here to see that).
+    assert not private_netns()
 
 
 def recorded() -> syn_queue.Result:
