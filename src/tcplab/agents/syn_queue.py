@@ -1,6 +1,8 @@
 """A listener that never calls accept(): ``python -m tcplab.agents.syn_queue BACKLOG``.
 
-Run inside a sandbox (it writes the namespace's own sysctls). Three rounds, each
+Run inside a sandbox: it writes the namespace's own sysctls, and refuses to
+start (exit 2) in a namespace that has an interface besides lo or is its
+parent's (private_netns), where they could be the host's. Three rounds, each
 on a fresh listener (listen(BACKLOG), never accept()) with its own sysctls:
 ``cookies`` (tcp_syncookies = 1, the default), ``abort`` (the same with
 tcp_abort_on_overflow = 1) and ``no-cookies`` (tcp_syncookies = 0);
