@@ -1,4 +1,4 @@
-"""Keep-alive and TCP_USER_TIMEOUT against a peer gone silent: ``python -m tcplab.agents.keepalive``.
+"""A peer gone silent: keep-alive and TCP_USER_TIMEOUT (``python -m tcplab.agents.keepalive``).
 
 Run inside a sandbox (or ``unshare -Urn``): it needs CAP_NET_ADMIN in its own
 network namespace and the ``ip`` and ``nsenter`` tools. A peer that crashes or
@@ -153,7 +153,7 @@ def _peer(ready: int, control: int) -> None:
     os.write(ready, b"l")
     held = []
     while True:
-        readable = select.select([ls, control], [], [])[0]
+        readable = select.select([ls.fileno(), control], [], [])[0]
         if control in readable:
             return  # our parent closed the pipe (or died)
         held.append(ls.accept()[0])

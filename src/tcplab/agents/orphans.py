@@ -39,7 +39,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from tcplab.agents.io import emit
-from tcplab.agents.keepalive import PEER, PORT as PEER_PORT, PeerLink, counters
+from tcplab.agents.keepalive import PEER, PeerLink, counters
+from tcplab.agents.keepalive import PORT as PEER_PORT
 from tcplab.kernel import tcp_states
 from tcplab.observe import procfs
 from tcplab.observe.sockets import SocketTable
