@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from tcplab.agents.io import emit
-from tcplab.agents.keepalive import PEER, PeerLink, counters
+from tcplab.agents.keepalive import PEER, PeerLink, counters, ip
 from tcplab.agents.keepalive import PORT as PEER_PORT
 from tcplab.kernel import tcp_states
 from tcplab.observe import procfs
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if case not in CASES:
             p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
     try:
+        ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
         write_sysctl("net.ipv4.tcp_fin_timeout", FIN_TIMEOUT_S)
     except OSError as e:
         p.exit(1, f"cannot set this namespace's tcp_fin_timeout: {e} "

@@ -32,6 +32,7 @@ import struct
 from dataclasses import dataclass
 
 from tcplab.agents.io import emit
+from tcplab.agents.keepalive import ip
 from tcplab.agents.orphans import write_sysctl
 from tcplab.errors import errno_name
 
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "ports; emit a Ports per case.")
     p.parse_args(argv)
     try:
+        ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
         write_sysctl("net.ipv4.ip_local_port_range", f"{LOW} {HIGH}")
     except OSError as e:
         p.exit(1, f"cannot set this namespace's port range: {e} "
