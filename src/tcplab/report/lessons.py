@@ -672,16 +672,16 @@ TCP_KEEPALIVE_PROBES in include/net/tcp.h; the sysctls net.ipv4.tcp_keepalive_ti
 _intvl and _probes): a dead peer is noticed after 7200 + 9 x 75 s, about 2 h 11 min.
 A program sets its own per socket with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
 
-tcp_keepalive_timer counts from the last segment received, and only while nothing
-is in flight or queued ("It is alive without keepalive"): a probe goes out once
-KEEPIDLE has passed, then one every KEEPINTVL, and any answer starts the count
-again. A peer host that no longer has the connection (rebooted, or its socket closed
-and gone) answers the probe with a RST, which ends the connection at once. A silent peer (a crashed host, a pulled cable, a firewall
-that drops) answers nothing: after KEEPCNT unanswered probes the kernel sends a RST
-into the silence and fails the socket (tcp_write_err), so a blocked read returns
-ETIMEDOUT, "Connection timed out". A connection with unacknowledged data is not
-probed: its retransmission timer decides, after net.ipv4.tcp_retries2 (15)
-retransmissions (tcp_write_timeout).
+tcp_keepalive_timer counts from the last segment received, and only while nothing is
+in flight or queued ("It is alive without keepalive"): a probe goes out once KEEPIDLE
+has passed, then one every KEEPINTVL, and any answer starts the count again. A peer
+host that no longer has the connection (rebooted, or its socket closed and gone)
+answers the probe with a RST, which ends the connection at once. A silent peer (a
+crashed host, a pulled cable, a firewall that drops) answers nothing: after KEEPCNT
+unanswered probes the kernel sends a RST into the silence and fails the socket
+(tcp_write_err), so a blocked read returns ETIMEDOUT, "Connection timed out". A
+connection with unacknowledged data is not probed: its retransmission timer decides,
+after net.ipv4.tcp_retries2 (15) retransmissions (tcp_write_timeout).
 
 TCP_USER_TIMEOUT, in milliseconds (the local half of RFC 5482's user timeout), caps
 both. With keep-alive, tcp_keepalive_timer fails the socket once that much time has
@@ -773,8 +773,8 @@ there as TIME_WAIT it does not have. Count per state instead ('tcplab states'). 
 
 net.ipv4.tcp_max_orphans (a machine-wide sysctl, absent in other network namespaces)
 caps orphans: above it, a closing socket or an orphan whose timer fires is closed at
-once, usually with a RST, and counted as TcpExt TCPAbortOnMemory, and the kernel logs "too many orphaned
-sockets" (tcp_check_oom in net/ipv4/tcp.c, from tcp_close and from
+once, usually with a RST, and counted as TcpExt TCPAbortOnMemory, and the kernel
+logs "too many orphaned sockets" (tcp_check_oom in net/ipv4/tcp.c, from tcp_close and from
 tcp_out_of_resources in net/ipv4/tcp_timer.c). net.ipv4.tcp_orphan_retries bounds how
 long an orphan retransmits its FIN or probes a closed window: 0, the default, means 8
 while the retransmission timeout is below its 120 s maximum (tcp_orphan_retries in
