@@ -32,8 +32,11 @@ import tcplab.agents
 from tcplab.agents.half_close import Step
 from tcplab.agents.handshake import Done, Ready
 from tcplab.agents.io import command
+from tcplab.agents.keepalive import Silent
 from tcplab.agents.listening import Listening
 from tcplab.agents.nsholder import Answer
+from tcplab.agents.orphans import Look
+from tcplab.agents.ports import Ports
 from tcplab.agents.reset import Close
 from tcplab.agents.restart import Bind
 from tcplab.agents.sampler import Sample
@@ -342,6 +345,82 @@ def test_sysctl() -> None:
         assert sb.sysctl("net.ipv4.tcp_fin_timeout") == "7"
 
 
+def needs_tools(*tools: str) -> None:
+    """The silent link of agents/keepalive.py is built with iproute2 and util-linux."""
+    import shutil
+
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {' and '.join(missing)} (the veth link to a peer namespace)")
+
+
+def agent_lines(agent: str, *args: str) -> list[bytes]:
+    with Sandbox({}) as sb:
+        r = sb.run(command(agent, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.splitlines()
+
+
+@pytest.mark.privileged
+def test_keepalive() -> None:
+    needs_tools("ip", "nsenter")
+    runs = {s.case: s for s in (from_json_line(Silent, line) for line in agent_lines("keepalive"))}
+    assert list(runs) == ["keepalive", "keepalive+user-timeout", "retransmit+user-timeout"]
+    for s in runs.values():  # every case ends with the kernel's verdict on a silent peer
+        assert (s.errno, s.error) == (errno.ETIMEDOUT, "Connection timed out"), s
+        assert s.aborted_on_timeout == 1 and s.error_at_s is not None
+    ka, ka_ut, rt_ut = runs.values()
+    # KEEPIDLE 1 s + KEEPCNT 3 x KEEPINTVL 1 s, counted from the last received segment;
+    # the kernel's timers may fire late on a loaded box, never early.
+    assert ka.keepalive_probes == 3 and ka.error_at_s is not None and ka.error_at_s >= 3.9
+    # TCP_USER_TIMEOUT 2.5 s ends it at the first keep-alive timer after 2.5 s (3 s), far
+    # before KEEPCNT 9 would (10 s).
+    assert ka_ut.keepalive_probes == 2 and ka_ut.error_at_s is not None
+    assert 2.8 <= ka_ut.error_at_s < 10  # KEEPCNT 9 alone: 1 + 9 x 1 s
+    # No keep-alive: data sent into the silence is retransmitted until the user timeout.
+    assert rt_ut.keepalive_probes == 0 and rt_ut.retransmits >= 2
+    assert rt_ut.error_at_s is not None and rt_ut.error_at_s >= rt_ut.down_at_s + 2.0
+
+
+@pytest.mark.privileged
+def test_orphans() -> None:
+    needs_tools("ip", "nsenter")
+    looks = [from_json_line(Look, line) for line in agent_lines("orphans")]
+    assert [(x.case, x.states) for x in looks] == [
+        ("fin-wait2", {"CLOSE_WAIT": 5, "FIN_WAIT2": 5}), ("fin-wait2", {"CLOSE_WAIT": 5}),
+        ("fin-wait1", {"ESTABLISHED": 5, "FIN_WAIT1": 5}), ("fin-wait1", {}),
+        ("orphan-retries", {"FIN_WAIT1": 1}), ("orphan-retries", {})]
+    # sockstat's tw counts the FIN_WAIT2 minisockets: 5 with no socket in TIME_WAIT.
+    assert [x.sockstat_tw for x in looks] == [5, 0, 0, 0, 0, 0]
+    # The orphan count is the machine's (other processes move it): at least our 5.
+    assert looks[2].sockstat_orphan >= 5
+    last = looks[-1]
+    assert last.lived_s is not None and 1.4 <= last.lived_s < 20
+    assert last.retransmits is not None and last.retransmits >= 2
+
+
+@pytest.mark.privileged
+def test_ports() -> None:
+    found = [from_json_line(Ports, line) for line in agent_lines("ports")]
+    by = {(p.case, p.destination): p for p in found}
+    assert len(by) == len(found) == 8
+    connect, bind = by["connect", "127.0.0.1:8080"], by["bind", ""]
+    assert sorted(connect.ports) == [40000, 40002, 40004, 40006, 40008]  # even first
+    assert sorted(bind.ports) == [40001, 40003, 40005, 40007, 40009]  # odd first
+    for case, second in (("bind-then-connect", []), ("bind-address-no-port", list(range(10)))):
+        one, two = by[case, "127.0.0.1:8080"], by[case, "127.0.0.2:8080"]
+        assert sorted(one.ports) == list(range(40000, 40010)), one
+        assert sorted(p - 40000 for p in two.ports) == second, two
+    assert by["bind-then-connect", "127.0.0.2:8080"].error == "bind: EADDRINUSE"
+    assert by["bind-address-no-port", "127.0.0.2:8080"].error == "connect: EADDRNOTAVAIL"
+    socket_range = by["socket-range", "127.0.0.1:8080"]
+    assert sorted(socket_range.ports) == [40002, 40003, 40004, 40005]
+    assert (socket_range.error, socket_range.message) == (
+        "connect: EADDRNOTAVAIL", "Cannot assign requested address")
+    assert by["reserved", "127.0.0.1:8080"].ports in ([40008, 40009], [40009, 40008])
+
+
 #: Each agent and the test that runs it with its documented argv.
 CASES = {
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
@@ -349,4 +428,5 @@ CASES = {
     "syn_queue": test_syn_queue,
     "handshake": test_handshake, "nsholder": test_nsholder,
     "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
+    "keepalive": test_keepalive, "orphans": test_orphans, "ports": test_ports,
 }

@@ -45,7 +45,7 @@ EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset",
 #: The experiments whose section has a chart (one each) when they ran.
 CHARTED = ("port-bomb", "fd-leak", "multiplex", "handshake")
 TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "netpoll",
-          "restart", "reset", "syn-queue")
+          "restart", "reset", "syn-queue", "keepalive", "ports", "orphans")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: The flags that run Debian's chromium here, as root too, without reaching the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -427,6 +427,35 @@ def test_explain_time_wait_says_60_s_and_corrects_the_notes() -> None:
     assert "tcp_fin_timeout does not shorten TIME_WAIT" in text
 
 
+AGENT_FIGURE = "unshare -Urn python3 -m tcplab.agents."
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(("topic", "says"), [
+    ("keepalive", ("TCP_KEEPALIVE_TIME, TCP_KEEPALIVE_INTVL and TCP_KEEPALIVE_PROBES",
+                   "7200 s", "75 s", "9 unanswered probes", "TCP_USER_TIMEOUT", "RFC 5482",
+                   "ETIMEDOUT, \"Connection timed out\"", "defaultTCPKeepAlive",
+                   "15 + 9 x 15 = 150 s")),
+    ("ports", ("see", "IP_BIND_ADDRESS_NO_PORT", "IP_LOCAL_PORT_RANGE (Linux 6.3)",
+               "ip_local_reserved_ports", "__inet_hash_connect", "inet_csk_find_open_port")),
+    ("orphans", ("FIN_WAIT2 minisocket", "'ss -s' prints as \"timewait\"", "tcp_max_orphans",
+                 "tcp_orphan_retries", "too many orphaned sockets", "tcp_fin_timeout")),
+])
+def test_explain_new_lessons_name_their_sources_and_figures(topic: str,
+                                                            says: tuple[str, ...]) -> None:
+    r = run_tcplab("explain", topic)
+    assert r.returncode == 0, stderr_of(r)
+    text = " ".join(r.stdout.decode().split())
+    for words in says:
+        if words == "see":  # ports links the lesson it builds on instead of repeating it
+            assert "'tcplab explain port-range'" in text
+            continue
+        assert words in text, words
+    # Each names a figure measured by its agent in a namespace, with the command.
+    assert f"with `{AGENT_FIGURE}{topic}`" in text
+    assert f"{AGENT_FIGURE}{topic}" in text.split("Shown by: ")[1]
+
+
 @pytest.mark.pure
 def test_explain_markdown_is_docs_lessons_md() -> None:
     r = run_tcplab("explain", "--markdown")
@@ -456,11 +485,12 @@ def test_recorded_figures_are_what_their_runs_measured() -> None:
     for lesson in LESSONS.values():
         for fig in lesson.figures:
             assert re.fullmatch(r"20\d\d-\d\d-\d\d", fig.when), fig
-            assert fig.command.startswith(("tcplab ", "ss ")), fig
+            # An agent's figure is reproduced in a namespace of its own (issue 13's lessons).
+            assert fig.command.startswith(("tcplab ", "ss ", AGENT_FIGURE)), fig
             if fig.experiment:  # the sentence this_run builds from that run's JSON
                 assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
                 by_experiment += 1
-    assert by_experiment == 12
+    assert by_experiment == 13
 
 
 #: Keys of the recorded JSON that their records do not keep: each bomb run's own

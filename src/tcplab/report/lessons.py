@@ -600,10 +600,28 @@ slots that run Go code at once, not of threads: the runtime has a few more OS th
 on this 2-core machine ran 10 and 11: bench/results.md, "Concurrency"), and they
 serve any number of connections.
 
+A goroutine (G) runs on an OS thread (M), and an M runs Go code only while it holds a
+P. A goroutine in a system call netpoll cannot park, such as a read of a regular file
+(epoll refuses those files, so os.File's reads block in read(): newFile in
+os/file_unix.go) or a cgo call (cgocall in runtime/cgocall.go), keeps its M for the
+whole call (entersyscall in runtime/proc.go). Once the call has lasted a sysmon tick
+(20 us to 10 ms; up to 10 ms when nothing else waits to run), sysmon's retake takes
+the P back and handoffp starts another M with it when there is work; exitsyscall
+looks for a P again when the call returns. That is why a Go program has more
+threads than GOMAXPROCS: one per goroutine blocked in such a call, and a few more;
+a socket read never holds a thread.
+
+Level- against edge-triggered: a level-triggered epoll reports a socket in every
+epoll_wait() while it has unread data, so a loop may read once and be told again;
+an edge-triggered one (EPOLLET) reports it only when new data arrives, so a reader
+must read until EAGAIN before it waits, or it may never hear of the rest. Go waits
+only after read() said EAGAIN, which is what edge-triggering requires.
+
 Python spells the same machinery out: the selector (select.epoll) is netpoll; the
 event loop is the scheduler; a coroutine awaiting a read is parked on a future
 that the loop completes when epoll says the socket is readable. tcplab's 'epoll'
-model is that loop written by hand (level-triggered, where Go's is edge-triggered);
+model is that loop written by hand, level-triggered (select.epoll without EPOLLET,
+traffic/echo_epoll.py), where Go's is edge-triggered;
 'asyncio' and 'uvloop' are it in the stdlib and in C.
 
 Thread per connection gives each connection an OS thread and its stack; in Python
@@ -740,11 +758,148 @@ the queue filled.""",
              "off (4 SYNs dropped)", _syn_queue),),
 ))
 
+_add(Lesson(
+    "keepalive", "Keep-alive: noticing a peer that went silent",
+    """TCP keep-alive is off unless the program turns it on with SO_KEEPALIVE
+(tcp_set_keepalive in net/ipv4/tcp_timer.c arms the timer only then). The kernel's
+defaults are 7200 s of silence before the first probe, a probe every 75 s after that,
+and 9 unanswered probes before it gives up (TCP_KEEPALIVE_TIME, TCP_KEEPALIVE_INTVL and
+TCP_KEEPALIVE_PROBES in include/net/tcp.h; the sysctls net.ipv4.tcp_keepalive_time,
+_intvl and _probes): a dead peer is noticed after 7200 + 9 x 75 s, about 2 h 11 min.
+A program sets its own per socket with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT.
+
+tcp_keepalive_timer counts from the last segment received, and only while nothing is
+in flight or queued ("It is alive without keepalive"): a probe goes out once KEEPIDLE
+has passed, then one every KEEPINTVL, and any answer starts the count again. A peer
+host that no longer has the connection (rebooted, or its socket closed and gone)
+answers the probe with a RST, which ends the connection at once. A silent peer (a
+crashed host, a pulled cable, a firewall that drops) answers nothing: after KEEPCNT
+unanswered probes the kernel sends a RST into the silence and fails the socket
+(tcp_write_err), so a blocked read returns ETIMEDOUT, "Connection timed out". A
+connection with unacknowledged data is not probed: its retransmission timer decides,
+after net.ipv4.tcp_retries2 (15) retransmissions (tcp_write_timeout).
+
+TCP_USER_TIMEOUT, in milliseconds (the local half of RFC 5482's user timeout), caps
+both. With keep-alive, tcp_keepalive_timer fails the socket once that much time has
+passed since the last received segment and at least one probe went unanswered,
+whatever KEEPCNT says; with data in flight, tcp_write_timeout fails it once that much
+time has passed since the unacknowledged data was sent (retransmits_timed_out with
+the user timeout in place of tcp_retries2).
+
+Go turns keep-alive on for every connection it dials or accepts, 15 s idle and 15 s
+between probes (defaultTCPKeepAlive in net/dial.go; (*TCPListener).accept in
+net/tcpsock_posix.go; setKeepAlivePeriod sets TCP_KEEPIDLE and TCP_KEEPINTVL and
+leaves TCP_KEEPCNT at the kernel's 9 in Go 1.19; newer Go's KeepAliveConfig defaults
+to 15 s, 15 s and 9), unless Dialer.KeepAlive or ListenConfig.KeepAlive is negative:
+a silent peer is given up after about 15 + 9 x 15 = 150 s. Python, like C, leaves it
+off. What keep-alive does to a leaking server: 'tcplab explain close-wait'.""",
+    "tcplab experiment fd-leak --keepalive 15; unshare -Urn python3 -m tcplab.agents.keepalive",
+    # Recorded with the 2 s the option had before it took seconds (fd_leak.KEEPALIVE_S).
+    (Figures("fd-leak", "tcplab experiment fd-leak --keepalive 2", "2026-11-30",
+             "with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT 65 after the peers left "
+             "and fds still 256", _fd_leak_keepalive),
+     Figures("", "unshare -Urn python3 -m tcplab.agents.keepalive", "2026-11-30",
+             "with the peer's link set down 0.3 s after connect(), keep-alive at 1 s idle, "
+             "1 s interval and 3 probes: 3 probes (TcpExt TCPKeepAlive), then the client's "
+             "recv() failed with ETIMEDOUT (\"Connection timed out\") 4.1 s after connect(); "
+             "with 9 probes and TCP_USER_TIMEOUT 2.5 s: 2 probes and the same error at 3.1 s; "
+             "with no keep-alive, 100 bytes sent into the silence and TCP_USER_TIMEOUT 2 s: 3 "
+             "or 4 retransmissions and the same error at 2.7 to 2.8 s",
+             context="(the peer in a second network namespace over a veth pair; 3 runs as "
+             "root and 1 as an ordinary user, each time within 0.04 s of these)")),
+))
+
+_add(Lesson(
+    "ports", "Choosing a local port: bind() without a port, per-socket ranges, parity",
+    """How many ports connect() has per destination, and why bind() before connect()
+costs ports: 'tcplab explain port-range'. Three socket options and a sysctl decide
+which port a socket gets.
+
+IP_BIND_ADDRESS_NO_PORT (Linux 4.2) lets a client bind() its source address without
+taking a port: the port stays 0 until connect(), which then chooses it per
+destination as if there had been no bind() (__inet_hash_connect in
+net/ipv4/inet_hashtables.c), so a client that must pick its source address still
+shares ports across destinations. Without it, bind() to port 0 takes a port for the
+socket at once (inet_csk_find_open_port in net/ipv4/inet_connection_sock.c), whatever
+the destination will be.
+
+IP_LOCAL_PORT_RANGE (Linux 6.3) narrows net.ipv4.ip_local_port_range for one socket:
+the upper bound in the high 16 bits of a 32-bit value, the lower in the low 16; the
+kernel uses the part of it inside the namespace's range. Ports listed in
+net.ipv4.ip_local_reserved_ports are skipped by connect() and by bind() to port 0
+(inet_is_local_reserved_port), but may still be bound by number.
+
+Parity: within the range, connect() first tries ports at an even offset from its low
+end ("In first pass we try ports of @low parity", __inet_hash_connect) and bind() to
+port 0 the odd ones first ("We do the opposite to not pollute connect() users",
+inet_csk_find_open_port); each falls back to the other half when its own is full.
+With the default range 32768-60999 that is even ports for connect(). With a
+per-socket range, connect() did not keep to that order here.""",
+    "tcplab experiment port-bomb; tcplab limits; unshare -Urn python3 -m tcplab.agents.ports",
+    (Figures("", "unshare -Urn python3 -m tcplab.agents.ports", "2026-11-30",
+             "in a ten-port range (40000-40009), 5 connect()s got 5 even ports and 5 bind()s "
+             "to port 0 got 5 odd ones; bind() then connect() to 127.0.0.1 got 10 "
+             "connections, the 11th bind() failed with EADDRINUSE and the first bind() toward "
+             "127.0.0.2 failed too; with IP_BIND_ADDRESS_NO_PORT, 10 connections to 127.0.0.1 "
+             "and 10 more to 127.0.0.2 from the same 10 ports, then connect() failed with "
+             "EADDRNOTAVAIL; IP_LOCAL_PORT_RANGE 40002-40005 gave 4 connections on those "
+             "ports (once in the order 40002, 40003, 40004, 40005), then EADDRNOTAVAIL; "
+             "ip_local_reserved_ports 40000-40007 left 40008 and 40009, then EADDRNOTAVAIL",
+             context="(3 runs as root and 1 as an ordinary user, the same each time but "
+             "for the order of the ports)"),),
+))
+
+_add(Lesson(
+    "orphans", "Orphans: sockets no process holds",
+    """After close() the kernel still owns the connection until it has finished
+closing: the socket is an orphan (SOCK_DEAD, no file descriptor), and no process
+shows as its owner. Orphans in FIN_WAIT1 (our FIN not yet acknowledged, perhaps
+queued behind unsent data the peer's closed window holds back), CLOSING and LAST_ACK
+are full sockets, counted as "orphan" in /proc/net/sockstat. An orphan in FIN_WAIT1
+that gets its ACK is replaced at once by a small FIN_WAIT2 minisocket
+(tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process, net/ipv4/tcp_input.c),
+which waits net.ipv4.tcp_fin_timeout (60 s by default) for the peer's FIN and is then
+dropped; with the FIN it turns TIME_WAIT ('tcplab explain time-wait').
+
+/proc/net/sockstat's "tw", which 'ss -s' prints as "timewait", counts every
+minisocket, FIN_WAIT2 and TIME_WAIT alike: a client whose peer never closes shows
+there as TIME_WAIT it does not have. Count per state instead ('tcplab states'). Its
+"orphan" is the whole machine's count, whatever namespace reads it, while "tw" and
+"inuse" are the namespace's own (measured here).
+
+net.ipv4.tcp_max_orphans (a machine-wide sysctl, absent in other network namespaces)
+caps orphans: above it, a closing socket or an orphan whose timer fires is closed at
+once, usually with a RST, and counted as TcpExt TCPAbortOnMemory, and the kernel
+logs "too many orphaned sockets" (tcp_check_oom in net/ipv4/tcp.c, from tcp_close and from
+tcp_out_of_resources in net/ipv4/tcp_timer.c). net.ipv4.tcp_orphan_retries bounds how
+long an orphan retransmits its FIN or probes a closed window: 0, the default, means 8
+while the retransmission timeout is below its 120 s maximum (tcp_orphan_retries in
+tcp_timer.c: "8 corresponds to >100 seconds with minimal RTO of 200msec").""",
+    "tcplab states; ss -s; unshare -Urn python3 -m tcplab.agents.orphans",
+    (Figures("", "ss -s", "2026-11-30",
+             "with 5 client sockets in FIN_WAIT2 and none in TIME_WAIT, 'ss -s' said "
+             "'timewait 5' and /proc/net/sockstat 'tw 5'",
+             context="in a new network namespace where 5 clients had closed while the "
+             "server held its ends, beside `ss -tan state time-wait` (no socket) and `ss "
+             "-tan state fin-wait-2` (5), as root and as an ordinary user"),
+     Figures("", "unshare -Urn python3 -m tcplab.agents.orphans", "2026-11-30",
+             "5 clients closed while the server held its ends: 5 sockets in FIN_WAIT2, 5 in "
+             "CLOSE_WAIT, none in TIME_WAIT, sockstat tw 5; 4.5 s later, with tcp_fin_timeout "
+             "= 3, FIN_WAIT2 0 and tw 0 while CLOSE_WAIT stayed 5; 5 servers that closed "
+             "behind unsent data to clients that did not read left 5 orphans in FIN_WAIT1 "
+             "(sockstat's machine-wide orphan count 6, then 11, then 6 once the clients' RSTs "
+             "ended them); with tcp_orphan_retries = 2, an orphan whose peer went silent was "
+             "gone 3.3 s after close(), after 4 retransmissions",
+             context="(3 runs as root and 1 as an ordinary user: the states and tw the same "
+             "each time, the orphan gone after 3.3 to 3.4 s and 3 or 4 retransmissions; the "
+             "machine-wide orphan count moved with other processes' sockets)")),
+))
+
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
-    "echo": ("handshake",), "port-bomb": ("port-range", "reset"),
-    "fd-leak": ("fd-limit", "syn-queue"),  # its leaking server's accept queue fills too
-    "half-close": ("close-wait", "time-wait", "restart"), "multiplex": ("netpoll",),
+    "echo": ("handshake",), "port-bomb": ("port-range", "ports", "reset"),
+    "fd-leak": ("fd-limit", "keepalive", "syn-queue"),  # its accept queue fills too
+    "half-close": ("close-wait", "time-wait", "orphans", "restart"), "multiplex": ("netpoll",),
     "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
     "syn-queue": ("syn-queue",),
 }

@@ -1,0 +1,212 @@
+"""Sockets no process holds: ``python -m tcplab.agents.orphans``.
+
+Run inside a sandbox (or ``unshare -Urn``): it writes two of its namespace's
+own sysctls (tcp_fin_timeout, tcp_orphan_retries) and, for the last case,
+builds the silent link of agents/keepalive.py (``ip``, ``nsenter``). After each
+step one ``Look``: the namespace's TCP sockets by state (sock_diag, the
+listener left out) beside what /proc/net/sockstat says (``tw``, ``orphan``).
+
+* ``fin-wait2``: 5 clients close() while the server holds its ends (CLOSE_WAIT).
+  Each client socket, an orphan once closed, becomes a FIN_WAIT2 minisocket when
+  the server's ACK arrives (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in
+  tcp_rcv_state_process); sockstat's ``tw`` counts every timewait minisocket,
+  whatever its substate, so it says 5 with no socket in TIME_WAIT. Then
+  tcp_fin_timeout (3 s here) later they are gone and the server still holds
+  its 5 CLOSE_WAIT sockets.
+* ``fin-wait1``: 5 servers write until their send buffers are full to clients
+  that never read, then close(): the FIN waits behind the unsent data and the
+  closed window, so the sockets stay in FIN_WAIT1, orphans (sockstat
+  ``orphan``). The clients then close() with unread data, which sends a RST
+  (tcp_close) and ends them.
+* ``orphan-retries``: one connection over the silent link, tcp_orphan_retries
+  = 2; the peer goes silent and the client close()s: its FIN is retransmitted
+  until tcp_write_timeout gives up on the orphan (retransmits_timed_out with 2
+  retries from a 200 ms RTO: about 1.4 s), and the socket is gone.
+
+sockstat's ``orphan`` is the machine's count, not the namespace's (a new
+namespace shows the host's value: tcp_orphan_count is one per-CPU counter for
+all of them), so other processes' orphans may add to it; ``tw`` and the states
+are this namespace's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from tcplab.agents.io import emit
+from tcplab.agents.keepalive import PEER, PeerLink, counters, ip
+from tcplab.agents.keepalive import PORT as PEER_PORT
+from tcplab.kernel import tcp_states
+from tcplab.observe import procfs
+from tcplab.observe.sockets import SocketTable
+
+HOST, PORT = "127.0.0.1", 8080
+N = 5
+FIN_TIMEOUT_S = 3
+ORPHAN_RETRIES = 2
+GUARD_S = 30.0  # every wait is bounded by this
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """The namespace's TCP sockets after one step, and what sockstat said."""
+
+    t: float  # seconds since the agent started
+    case: str  # fin-wait2, fin-wait1 or orphan-retries
+    step: str  # what was just done, in words
+    states: dict[str, int]  # TCP sockets by state (netstat's names), listeners left out
+    sockstat_tw: int  # /proc/net/sockstat "TCP: ... tw N" (this namespace)
+    sockstat_orphan: int  # "orphan N" (the whole machine's count)
+    lived_s: float | None = None  # orphan-retries: from close() until the socket was gone
+    retransmits: int | None = None  # orphan-retries: Tcp RetransSegs meanwhile
+
+
+def sockstat() -> dict[str, int]:
+    """/proc/net/sockstat's TCP line: ``TCP: inuse 1 orphan 0 tw 5 alloc 9 mem 1``."""
+    for line in procfs.read_text("net/sockstat").splitlines():
+        if line.startswith("TCP:"):
+            words = line.split()[1:]
+            return {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+    raise ValueError("no TCP line in /proc/net/sockstat")
+
+
+def states() -> dict[str, int]:
+    with SocketTable() as table:
+        found = Counter(tcp_states.name(s.state) for s in table.sockets()
+                        if s.state != tcp_states.LISTEN)
+    return dict(sorted(found.items()))
+
+
+def write_sysctl(name: str, value: int | str) -> None:
+    with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
+        f.write(f"{value}\n")
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def look(self, case: str, step: str, **extra: float | int | None) -> Look:
+        stat = sockstat()
+        return Look(round(time.monotonic() - self.t0, 3), case, step, states(), stat["tw"],
+                    stat["orphan"], **extra)  # type: ignore[arg-type]
+
+    def until(self, check: str, count: int) -> None:
+        """Wait (bounded) until ``count`` sockets are in state ``check``."""
+        deadline = time.monotonic() + GUARD_S
+        while states().get(check, 0) != count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def fin_wait2(self, ls: socket.socket) -> None:
+        clients = [socket.create_connection((HOST, PORT), timeout=5) for _ in range(N)]
+        servers = [ls.accept()[0] for _ in clients]
+        for c in clients:
+            c.close()
+        self.until("FIN_WAIT2", N)
+        emit(self.look("fin-wait2", "the clients closed; the server holds its ends"))
+        time.sleep(FIN_TIMEOUT_S + 1.5)  # the minisocket's timer, plus the timer wheel's slack
+        emit(self.look("fin-wait2", f"{FIN_TIMEOUT_S + 1.5:g} s later "
+                       f"(tcp_fin_timeout = {FIN_TIMEOUT_S})"))
+        for s in servers:
+            s.close()
+        self.until("LAST_ACK", 0)  # their FINs meet a RST: no socket left on the client side
+
+    def fin_wait1(self, ls: socket.socket) -> None:
+        clients = []
+        for _ in range(N):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that closes soon
+            c.connect((HOST, PORT))
+            clients.append(c)
+        servers = [ls.accept()[0] for _ in clients]
+        for s in servers:
+            s.setblocking(False)
+            deadline = time.monotonic() + GUARD_S
+            while time.monotonic() < deadline:  # fill the peer's window and our send buffer
+                try:
+                    s.send(b"x" * 65536)
+                except BlockingIOError:
+                    time.sleep(0.05)  # once more, after the last ACKs arrived
+                    try:
+                        s.send(b"x" * 65536)
+                    except BlockingIOError:
+                        break
+            s.close()
+        self.until("FIN_WAIT1", N)
+        emit(self.look("fin-wait1", "the servers closed with unsent data and the clients' "
+                       "windows closed"))
+        for c in clients:
+            c.close()  # unread data: a RST (tcp_close), which ends the orphans too
+        self.until("FIN_WAIT1", 0)
+        emit(self.look("fin-wait1", "the clients closed with unread data"))
+
+    def orphan_retries(self) -> None:
+        write_sysctl("net.ipv4.tcp_orphan_retries", ORPHAN_RETRIES)
+        with PeerLink() as link:
+            c = socket.create_connection((PEER, PEER_PORT), timeout=5)
+            time.sleep(0.3)
+            link.down()
+            before = counters()["retransmits"]
+            t = time.monotonic()
+            c.close()  # its FIN goes nowhere
+            time.sleep(0.05)
+            emit(self.look("orphan-retries", "the peer went silent and the client closed"))
+            deadline = t + GUARD_S
+            while states().get("FIN_WAIT1", 0) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            lived = time.monotonic() - t
+            emit(self.look("orphan-retries", f"the orphan was gone "
+                           f"(tcp_orphan_retries = {ORPHAN_RETRIES})",
+                           lived_s=round(lived, 3),
+                           retransmits=counters()["retransmits"] - before))
+
+
+CASES = ("fin-wait2", "fin-wait1", "orphan-retries")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tcplab.agents.orphans",
+                                description="Orphaned sockets: FIN_WAIT2 minisockets counted "
+                                "as sockstat's tw, FIN_WAIT1 orphans behind a closed window, "
+                                "and an orphan's FIN given up after tcp_orphan_retries; emit "
+                                "a Look after each step.")
+    p.add_argument("cases", nargs="*", metavar="CASE",
+                   help=f"the cases to run ({', '.join(CASES)}); all by default")
+    args = p.parse_args(argv)
+    for case in args.cases:
+        if case not in CASES:
+            p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
+    try:
+        ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
+        write_sysctl("net.ipv4.tcp_fin_timeout", FIN_TIMEOUT_S)
+    except OSError as e:
+        p.exit(1, f"cannot set this namespace's tcp_fin_timeout: {e} "
+               "(run in a sandbox or under unshare -Urn)\n")
+    agent = Agent()
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        ls.bind((HOST, PORT))
+    except OSError as e:
+        if e.errno != errno.EADDRNOTAVAIL:
+            raise
+        p.exit(1, "127.0.0.1 is not up here: run in a sandbox\n")
+    ls.listen()
+    for case in args.cases or CASES:
+        if case == "fin-wait2":
+            agent.fin_wait2(ls)
+        elif case == "fin-wait1":
+            agent.fin_wait1(ls)
+        else:
+            agent.orphan_retries()
+    ls.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

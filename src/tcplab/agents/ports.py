@@ -1,0 +1,174 @@
+"""How a local port is chosen: ``python -m tcplab.agents.ports``.
+
+Run inside a sandbox (or ``unshare -Urn``): it narrows its own namespace's
+net.ipv4.ip_local_port_range to 40000-40009 (ten ports) and listens on
+0.0.0.0:8080, so 127.0.0.1:8080 and 127.0.0.2:8080 are two destinations.
+Every client is closed with SO_LINGER 0 (no TIME_WAIT left to hold a port for
+the next case). One ``Ports`` per case, with the local port each socket got:
+
+* ``connect``: 5 connect()s without bind(); ``bind``: 5 bind()s to port 0.
+  __inet_hash_connect (net/ipv4/inet_hashtables.c) tries ports at an even
+  offset from the range's low end first; inet_csk_find_open_port
+  (net/ipv4/inet_connection_sock.c) tries the odd ones first, "to not pollute
+  connect() users".
+* ``bind-then-connect``: bind() to 127.0.0.1 port 0, then connect(), to
+  127.0.0.1:8080 until it fails, then once to 127.0.0.2:8080: the bound ports
+  belong to their sockets whatever the destination.
+* ``bind-address-no-port``: the same with IP_BIND_ADDRESS_NO_PORT: bind()
+  leaves the port 0 and connect() chooses it, per destination, as if there had
+  been no bind().
+* ``socket-range``: IP_LOCAL_PORT_RANGE 40002-40005 on each socket (Linux 6.3):
+  connect() takes ports from that part of the range only.
+* ``reserved``: net.ipv4.ip_local_reserved_ports 40000-40007: connect() skips
+  them (inet_is_local_reserved_port), leaving two ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from tcplab.agents.io import emit
+from tcplab.agents.keepalive import ip
+from tcplab.agents.orphans import write_sysctl
+from tcplab.errors import errno_name
+
+LOW, HIGH = 40000, 40009
+PORT = 8080
+ONE, TWO = "127.0.0.1", "127.0.0.2"
+#: include/uapi/linux/in.h; Python's socket module has neither.
+IP_BIND_ADDRESS_NO_PORT = 24
+IP_LOCAL_PORT_RANGE = 51
+SOCKET_RANGE = (40002, 40005)
+RESERVED = "40000-40007"
+MAX_TRIES = 12  # more than the range: every loop ends at the range's size or before
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """The local ports one case's sockets got, and how the case ended."""
+
+    case: str
+    setting: str  # what the case set, in words
+    destination: str  # "127.0.0.1:8080", "127.0.0.2:8080", or "" (bind() only)
+    ports: list[int]  # each socket's local port, in order (0: none yet)
+    error: str | None  # the call that failed and its errno name, e.g. "connect: EADDRNOTAVAIL"
+    message: str | None  # that errno's text
+
+
+def _linger0(s: socket.socket) -> None:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class Cases:
+    def __init__(self, ls: socket.socket) -> None:
+        self.ls = ls
+        self.held: list[socket.socket] = []
+
+    def release(self) -> None:
+        for s in self.held:
+            s.close()
+        self.held.clear()
+        self.ls.setblocking(False)
+        try:
+            while True:
+                self.ls.accept()[0].close()
+        except BlockingIOError:
+            pass
+        self.ls.setblocking(True)
+
+    def connect_until(self, case: str, setting: str, host: str, count: int,
+                      bind: bool = False, no_port: bool = False,
+                      socket_range: tuple[int, int] | None = None) -> Ports:
+        ports: list[int] = []
+        error = message = None
+        for _ in range(count):
+            s = socket.socket()
+            _linger0(s)
+            call = "socket"
+            try:
+                if no_port:
+                    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                if socket_range:
+                    lo, hi = socket_range
+                    # A u32, low 16 bits the lower bound (above 2**31: passed as bytes).
+                    s.setsockopt(socket.IPPROTO_IP, IP_LOCAL_PORT_RANGE,
+                                 struct.pack("I", lo | hi << 16))
+                if bind:
+                    call = "bind"
+                    s.bind((ONE, 0))
+                call = "connect"
+                s.connect((host, PORT))
+            except OSError as e:
+                s.close()
+                error, message = f"{call}: {errno_name(e.errno or 0)}", os.strerror(e.errno or 0)
+                break
+            self.held.append(s)
+            ports.append(s.getsockname()[1])
+        return Ports(case, setting, f"{host}:{PORT}", ports, error, message)
+
+    def parity(self) -> None:
+        emit(self.connect_until("connect", "connect() without bind()", ONE, 5))
+        self.release()
+        ports = []
+        for _ in range(5):
+            s = socket.socket()
+            s.bind((ONE, 0))
+            self.held.append(s)
+            ports.append(s.getsockname()[1])
+        emit(Ports("bind", "bind() to port 0", "", ports, None, None))
+        self.release()
+
+    def bind_then_connect(self) -> None:
+        for case, no_port in (("bind-then-connect", False), ("bind-address-no-port", True)):
+            setting = ("bind() to 127.0.0.1 port 0 with IP_BIND_ADDRESS_NO_PORT, then connect()"
+                       if no_port else "bind() to 127.0.0.1 port 0, then connect()")
+            emit(self.connect_until(case, setting, ONE, MAX_TRIES, bind=True, no_port=no_port))
+            emit(self.connect_until(case, setting, TWO, MAX_TRIES, bind=True, no_port=no_port))
+            self.release()
+
+    def socket_range(self) -> None:
+        lo, hi = SOCKET_RANGE
+        emit(self.connect_until("socket-range", f"IP_LOCAL_PORT_RANGE {lo}-{hi}", ONE,
+                                MAX_TRIES, socket_range=SOCKET_RANGE))
+        self.release()
+
+    def reserved(self) -> None:
+        write_sysctl("net.ipv4.ip_local_reserved_ports", RESERVED)
+        emit(self.connect_until("reserved", f"ip_local_reserved_ports {RESERVED}", ONE,
+                                MAX_TRIES))
+        self.release()
+        write_sysctl("net.ipv4.ip_local_reserved_ports", "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tcplab.agents.ports",
+                                description="Which local port connect() and bind() take in a "
+                                "ten-port range: parity, bind() before connect() with and "
+                                "without IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, reserved "
+                                "ports; emit a Ports per case.")
+    p.parse_args(argv)
+    try:
+        ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
+        write_sysctl("net.ipv4.ip_local_port_range", f"{LOW} {HIGH}")
+    except OSError as e:
+        p.exit(1, f"cannot set this namespace's port range: {e} "
+               "(run in a sandbox or under unshare -Urn)\n")
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", PORT))
+    ls.listen(64)
+    cases = Cases(ls)
+    cases.parity()
+    cases.bind_then_connect()
+    cases.socket_range()
+    cases.reserved()
+    ls.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
