@@ -64,7 +64,8 @@ from tcplab.traffic.bomb import BombResult, FirstError
 PORT = 8080
 PORT_LOW = 40000
 
-VARIANTS = ("fresh", "pool", "pool-too-small", "default-reuse", "linger0", "server-closes", "two-destinations")
+VARIANTS = ("fresh", "pool", "pool-too-small", "default-reuse", "linger0", "server-closes",
+            "two-destinations")
 SECOND = "127.0.0.2"  # two-destinations: the second loopback address
 
 
