@@ -17,6 +17,13 @@ Facts this rests on, measured on this kernel (Linux 6.x):
   Loopback is 127.0.0.0/8, ::1 or v4-mapped loopback at either end, or a
   socket bound to lo; the connection needs TCP timestamps (``tcp_twsk_unique``
   in net/ipv4/tcp_ipv4.c), and only an outgoing connect() reuses.
+* Go's http.Transport keeps at most 2 idle connections per host unless told
+  otherwise (DefaultMaxIdleConnsPerHost = 2; a connection returned beyond it is
+  refused by tryPutIdleConn with errTooManyIdleHost and closed by its readLoop:
+  net/http/transport.go, Go 1.19). ``pool-too-small`` runs the pool variant's
+  8 requests at a time with that cap, in rounds (a fan-out: the next 8 when
+  all are answered): 6 of each 8 open a new connection, which the client
+  closes, so TIME_WAIT fills the range as in fresh.
 * connect() tries ports of one parity first and leaves the other to bind()
   (``__inet_hash_connect`` in net/ipv4/inet_hashtables.c): measured here,
   20,000 loopback connections with the default range left 14,116 even-port

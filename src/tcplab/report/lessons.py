@@ -433,6 +433,9 @@ TIME_WAIT sockets level off at about half the range.""",
              "the same ports, 1,000 connections and 1,000 failures; with SO_LINGER 0, 0 "
              "failures and TIME_WAIT peak 0",
              _port_bomb),
+     Figures("port-bomb", "tcplab experiment port-bomb", "2026-11-30",
+             "with the kernel's defaults (tcp_tw_reuse = 2, 28,232 ports), 40,000 "
+             "connections, 0 failures, TIME_WAIT peaked at 14,286", _default_reuse),
      Figures("port-bomb", "tcplab experiment port-bomb --variant pool --variant "
              "pool-too-small", "2026-11-30",
              "with 8 requests at a time and at most 2 connections kept idle (Go's "
@@ -440,9 +443,6 @@ TIME_WAIT sockets level off at about half the range.""",
              "connection and TIME_WAIT peaked at 1,000 of 1,000 ports; connect() failed with "
              "EADDRNOTAVAIL after 1,328 ok requests, 1,252 failures in all (1,252 "
              "EADDRNOTAVAIL); the pool that kept all 8 had TIME_WAIT 8", _pool_too_small),
-     Figures("port-bomb", "tcplab experiment port-bomb", "2026-11-30",
-             "with the kernel's defaults (tcp_tw_reuse = 2, 28,232 ports), 40,000 "
-             "connections, 0 failures, TIME_WAIT peaked at 14,286", _default_reuse),
      Figures("", "tcplab bomb --count 20000 && tcplab sockets --state time-wait --json",
              "2026-11-30",
              "20,000 connections to one destination left 14,147 sockets in TIME_WAIT: "

@@ -3,10 +3,11 @@
 Every load tcplab makes from the client side is a configuration of this module:
 the port bomb (``traffic/bomb.py``: connect, one echo, close, W at once), the
 C10k client (``traffic/multiplex.py``: N connections held, M round trips on all
-at once), the fd-leak flood (``traffic/flood.py``: connect and echo, each
-bounded by a timeout), and bench's load generators (``pingpong``: C connections
-doing a 64 B ping-pong for S seconds; ``churn``: the bomb's connect, echo,
-close, repeat).
+at once), the bomb's pools (a connection per worker; or with an idle cap, as Go's
+http.Transport keeps one: ``Config.idle_cap``), the fd-leak flood
+(``traffic/flood.py``: connect and echo, each bounded by a timeout), and bench's
+load generators (``pingpong``: C connections doing a 64 B ping-pong for S
+seconds; ``churn``: the bomb's connect, echo, close, repeat).
 
 Part 1 has no I/O at all, in the manner of h11's ``_state.py``. Its rules:
 
@@ -23,8 +24,9 @@ Rule 3: a connection ends in DONE exactly once, with one ``Outcome``: OK, or
     still under way when the run ended, neither ok nor failed.
 Rule 4: the table does not know what the connection was asked to do. After an
     echo the driver says which way it goes (another round trip, the last one
-    held open, the last one waiting for the peer to close, the last one closed)
-    by the event it fires; the table says only where each leads.
+    held open, the last one waiting for the peer to close, the last one closed;
+    a pooled request's connection back to the idle pool, or closed when the
+    pool is full) by the event it fires; the table says only where each leads.
 
 The life, drawn (``*``: from every stage but DONE)::
 
