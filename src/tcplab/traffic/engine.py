@@ -520,20 +520,24 @@ class Driver:
         requests (one whose connect() fails at once still counts in its round)."""
         if self._rounds and self.active:
             return
-        per = self._concurrency if self._rounds else -1
-        idle, clock = self.idle, self.clock
-        # Bounded: concurrency is finite with a pool (Config checks), and count, time.
-        while per and self._may_open(clock()):
-            per -= 1
-            if idle:
-                c = idle.pop()
-                self.attempted += 1
-                c.stage = T[c.stage][E.RELEASED]
-                self.active += 1
-                self._begin(c, clock())
-                self._push(c)
-            else:
-                self._open_one()
+        idle, clock, may_open = self.idle, self.clock, self._may_open
+        while True:  # bounded: each pass starts a request or stops (count, time)
+            per = self._concurrency if self._rounds else -1
+            while per and may_open(clock()):
+                per -= 1
+                if idle:
+                    c = idle.pop()
+                    self.attempted += 1
+                    c.stage = T[c.stage][E.RELEASED]
+                    self.active += 1
+                    self._begin(c, clock())
+                    self._push(c)
+                else:
+                    self._open_one()
+            # A round whose every request failed at once (no port left, no idle one):
+            # the next round now, not after an epoll wait with nothing to wait for.
+            if not self._rounds or self.active or not may_open(clock()):
+                return
 
     def _open_one(self) -> None:
         """Open one connection; unless held, send its request at once if it connected.
