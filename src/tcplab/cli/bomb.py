@@ -25,8 +25,9 @@ modes:
            else it is closed; a request takes an idle connection before it
            opens one. Go's http.Transport keeps 2 idle connections per host by
            default (MaxIdleConnsPerHost; DefaultMaxIdleConnsPerHost = 2 in
-           net/http/transport.go), so 8 requests at a time open 6 new
-           connections per round and TIME_WAIT comes back
+           net/http/transport.go, Go 1.19: tryPutIdleConn refuses the rest and
+           they are closed), so 8 requests at a time open 6 new connections
+           per round after the first, and TIME_WAIT comes back
   linger0  SO_LINGER {on, 0}: close() sends RST and skips TIME_WAIT. A hack:
            TIME_WAIT protects the next connection on the same 4-tuple from
            this one's delayed segments, and the server sees ECONNRESET
