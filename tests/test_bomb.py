@@ -37,7 +37,8 @@ PORT = 8080
 LOW, PORTS = 40000, 200
 NARROW = {"net.ipv4.ip_local_port_range": f"{LOW} {LOW + PORTS - 1}",
           "net.ipv4.tcp_tw_reuse": "0"}
-VARIANTS = ["fresh", "pool", "default-reuse", "linger0", "server-closes", "two-destinations"]
+VARIANTS = ["fresh", "pool", "pool-too-small", "default-reuse", "linger0", "server-closes",
+            "two-destinations"]
 
 
 def bomb_json(r: subprocess.CompletedProcess[bytes], status: int = 0) -> dict[str, Any]:
@@ -149,6 +150,53 @@ def test_pool_carries_every_request(start_server) -> None:  # type: ignore[no-un
     assert body["established_before_close"] == 8
     totals = server.stop()
     assert totals is not None and totals["accepted"] == 4
+
+
+def rounds_opened(requests: int, pool: int, cap: int) -> int:
+    """New connections a capped pool opens in rounds of ``pool`` requests: the first
+    round opens one per request, each later one takes the ``min(cap, pool)`` kept idle
+    and opens the rest (the last round may be short)."""
+    opened, idle = 0, 0
+    for start in range(0, requests, pool):
+        size = min(pool, requests - start)
+        opened += max(0, size - idle)
+        idle = min(cap, pool)
+    return opened
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("cap", [0, 2, 8])
+def test_a_capped_pool_opens_what_its_idle_cap_cannot_keep(start_server, cap: int) -> None:  # type: ignore[no-untyped-def]
+    """8 requests at a time: a cap of 2 (Go's default) keeps 2 of each round's 8
+    connections, so 6 per round are new (152 for 200 requests); 0 keeps none, 8 keeps
+    all. Counted by the bomb and by the server that accepted them."""
+    server = start_server()
+    body = bomb_json(run_tcplab("bomb", "--port", str(server.port), "--mode", "pool",
+                                "--count", "200", "--pool-size", "8", "--max-idle", str(cap),
+                                "--json"))
+    assert body["max_idle"] == cap and body["pool_size"] == 8
+    assert body["attempted"] == body["ok"] == 200 and body["failed"] == 0
+    assert body["opened"] == rounds_opened(200, 8, cap) == {0: 200, 2: 152, 8: 8}[cap]
+    # What the pool kept at the end, from both ends, just before it closed.
+    assert body["established_before_close"] == 2 * min(cap, 8)
+    totals = server.stop()
+    assert totals is not None and totals["accepted"] == body["opened"]
+
+
+@pytest.mark.loopback
+def test_a_capped_pool_says_what_it_opened(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    r = run_tcplab("bomb", "--port", str(server.port), "--mode", "pool", "--count", "40",
+                   "--max-idle", "2")
+    text, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "in pool mode (8 at a time, at most 2 kept idle): up to 40 requests" in err
+    assert "pool: 40 requests attempted, 40 ok, 0 failed" in text, text
+    assert ("pool of 8 with at most 2 idle: 32 new connections for 40 requests (8 took an "
+            "idle one)") in text, text
+    wrong = run_tcplab("bomb", "--port", str(server.port), "--max-idle", "2", "--count", "5")
+    assert wrong.returncode == 2 and wrong.stdout == b""
+    assert "tcplab: --max-idle is pool mode's\nhint: add --mode pool" in wrong.stderr.decode()
 
 
 # --- inside a namespace: the bomb for real ------------------------------------------------
@@ -305,6 +353,26 @@ def test_pool_mode_does_not_fail() -> None:
 
 
 @pytest.mark.privileged
+def test_a_pool_too_small_runs_out_of_ports(kind: bool | None) -> None:
+    """The fix undone: 600 requests, 8 at a time, 2 idle kept. The 200 ports last 33
+    rounds (8 + 32 x 6 new connections); from then on each round's 2 reused
+    connections succeed and its 6 new ones fail with EADDRNOTAVAIL. Every port ends
+    in TIME_WAIT on the client's side (ss agrees), the 2 idle ones at the close."""
+    with narrow_sandbox(kind) as sb:
+        body = bomb_json(bomb_in(sb, "--mode", "pool", "--count", "600", "--max-idle", "2",
+                                 "--json"))
+        ports = time_wait_local_ports(sb)
+    first = body["first_error"]
+    assert first["errno"] == 99 and first["name"] == "EADDRNOTAVAIL"
+    assert first["after_ok"] == 33 * 8  # the ports' last round done; its next 2 under way
+    assert body["ok"] == 33 * 8 + (75 - 33) * 2 and body["failed"] == (75 - 33) * 6
+    assert body["errors"] == {"EADDRNOTAVAIL": body["failed"]}
+    assert body["opened"] == PORTS + body["failed"]
+    assert body["unanswered"] == body["unconnected"] == body["stalled"] == 0
+    assert sorted(ports) == list(range(LOW, LOW + PORTS))
+
+
+@pytest.mark.privileged
 def test_linger0_does_not_fail_and_leaves_no_time_wait() -> None:
     with narrow_sandbox() as sb:
         body = bomb_json(bomb_in(sb, "--mode", "linger0", "--count", "600", "--json"))
@@ -365,6 +433,16 @@ def test_experiment_variant_figures(full_run) -> None:  # type: ignore[no-untype
     assert fresh["time_wait_peak"] == fresh["port_range"]
     assert fresh["ok"] == 1000
     assert v["pool"]["failed"] == 0
+    small = v["pool-too-small"]
+    # The same 3,000 requests, 8 at a time, 2 idle kept: 6 new connections per round
+    # until the 1,000 ports are all in TIME_WAIT, then EADDRNOTAVAIL for the new ones.
+    assert small["runs"][0]["max_idle"] == body["settings"]["max_idle"] == 2
+    assert small["first_error"]["errno"] == 99
+    assert small["time_wait_peak"] == small["port_range"] == 1000
+    assert small["ok"] + small["failed"] == 3000
+    assert small["opened"] == 1000 + small["failed"]
+    assert small["opened"] == rounds_opened(3000, 8, 2)  # 2,252: 8, then 6 a round
+    assert "requests needed a new connection" in small["lesson"]
     reuse = v["default-reuse"]
     assert reuse["failed"] == 0 and reuse["ok"] > reuse["port_range"]
     assert v["linger0"]["failed"] == 0 and v["linger0"]["time_wait_peak"] == 0
@@ -515,6 +593,9 @@ def test_experiment_against_your_own_server(server: str, tmp_path: Path) -> None
     assert v["pool"]["time_wait_peak"] <= v["pool"]["runs"][0]["pool_size"]
     assert v["pool"]["failed"] == 0 and v["pool"]["ok"] == 300
     assert v["linger0"]["time_wait_peak"] == 0 and v["linger0"]["ok"] == 300
+    small = v["pool-too-small"]  # 300 requests: 8 + 36 x 6 + 2 = 226 new, for 100 ports
+    assert small["opened"] == rounds_opened(300, 8, 2) == 100 + small["failed"]
+    assert small["time_wait_peak"] == 100 and small["first_error"]["errno"] == 99
     if "default-reuse" in v:
         assert v["default-reuse"]["failed"] == 0 and v["default-reuse"]["stalled"] == 0
         assert v["default-reuse"]["ok"] > v["default-reuse"]["port_range"]

@@ -468,13 +468,15 @@ def test_explain_markdown_is_docs_lessons_md() -> None:
 # --- lessons: this run's figures, or none; recorded ones say where and when ------------------
 
 #: The runs the lessons' recorded figures come from: ``tcplab experiment NAME --json``
-#: with full counts (fd-leak-keepalive: ``fd-leak --keepalive``), on Linux 6.18 with 2
+#: with full counts (fd-leak-keepalive: ``fd-leak --keepalive``; port-bomb-pool-too-small:
+#: ``port-bomb --variant pool --variant pool-too-small``), on Linux 6.18 with 2
 #: cores on 2026-11-30, timelines dropped.
 LESSON_RUNS = ROOT / "tests" / "data" / "lessons"
 
 
 def recorded_run(fig: Figures) -> Result:
-    name = fig.experiment + ("-keepalive" if "--keepalive" in fig.command else "")
+    name = fig.experiment + ("-keepalive" if "--keepalive" in fig.command else "") + (
+        "-pool-too-small" if "pool-too-small" in fig.command else "")
     [r] = html.read_results([json.loads((LESSON_RUNS / f"{name}.json").read_text())])
     return r
 
@@ -490,7 +492,7 @@ def test_recorded_figures_are_what_their_runs_measured() -> None:
             if fig.experiment:  # the sentence this_run builds from that run's JSON
                 assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
                 by_experiment += 1
-    assert by_experiment == 13
+    assert by_experiment == 14
 
 
 #: Keys of the recorded JSON that their records do not keep: each bomb run's own

@@ -18,7 +18,16 @@ address". Bounded by --count and --duration; stops by itself.
 modes:
   fresh    connect, one echo, close: the client closes first, so its side
            sits in TIME_WAIT for 60 s, holding its port (the bomb)
-  pool     --pool-size connections reused for the same requests: the fix
+  pool     --pool-size connections reused for the same requests: the fix.
+           With --max-idle M below --pool-size, the fix undone: requests go out
+           --pool-size at a time, the next ones when all are answered, and a
+           connection goes back to the pool only if fewer than M are idle,
+           else it is closed; a request takes an idle connection before it
+           opens one. Go's http.Transport keeps 2 idle connections per host by
+           default (MaxIdleConnsPerHost; DefaultMaxIdleConnsPerHost = 2 in
+           net/http/transport.go, Go 1.19: tryPutIdleConn refuses the rest and
+           they are closed), so 8 requests at a time open 6 new connections
+           per round after the first, and TIME_WAIT comes back
   linger0  SO_LINGER {on, 0}: close() sends RST and skips TIME_WAIT. A hack:
            TIME_WAIT protects the next connection on the same 4-tuple from
            this one's delayed segments, and the server sees ECONNRESET
@@ -49,6 +58,8 @@ EXAMPLES = """\
 examples:
   tcplab bomb --port 8080                      30,000 connections or 30 s
   tcplab bomb --mode pool --pool-size 8        the same requests over 8 connections
+  tcplab bomb --mode pool --pool-size 8 --max-idle 2
+                                               8 at a time, 2 kept idle (Go's default)
   tcplab bomb --count 5000 --json
 """
 
@@ -73,6 +84,11 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--mode", choices=MODES, default="fresh", help="default fresh")
     p.add_argument("--pool-size", type=common.positive_int, default=8, metavar="K",
                    help="connections in pool mode (default 8)")
+    p.add_argument("--max-idle", type=common.int_range(0, 10_000), metavar="M",
+                   help="pool mode: keep at most M idle connections between requests "
+                   "(Go's http.Transport: 2 per host by default); requests go out "
+                   "--pool-size at a time, and a connection the full pool has no room "
+                   "for is closed (default: no cap, every connection kept)")
     p.add_argument("--wait-close", action="store_true",
                    help="after the echo, wait for the server to close first (EOF), so "
                    "TIME_WAIT lands on the server's side")
@@ -86,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     from tcplab.traffic import bomb
     from tcplab.traffic.target import resolve
 
+    if args.max_idle is not None and args.mode != "pool":
+        from tcplab.errors import UsageError
+
+        raise UsageError("--max-idle is pool mode's", hint="add --mode pool")
     target = resolve(args.host, args.port, allow_remote=args.allow_remote)
     tty = sys.stderr.isatty()
 
@@ -104,11 +124,15 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write("\n")
         note(first_error_line(e) + "; counting failures until the bound")
 
-    note(f"bombing {target.where} in {args.mode} mode: up to {args.count:,} connections "
+    what = "requests" if args.mode == "pool" else "connections"
+    capped = (f" ({args.pool_size} at a time, at most {args.max_idle} kept idle)"
+              if args.max_idle is not None else "")
+    note(f"bombing {target.where} in {args.mode} mode{capped}: up to {args.count:,} {what} "
          f"or {args.duration:g} s" + (" (Ctrl-C stops early)" if tty else ""))
     result = bomb.run(target, mode=args.mode, count=args.count, duration=args.duration,
                       workers=args.workers, pool_size=args.pool_size, progress=progress,
-                      wait_close=args.wait_close, on_first_error=first_error)
+                      wait_close=args.wait_close, on_first_error=first_error,
+                      max_idle=args.max_idle)
     if tty:
         sys.stderr.write("\n")
     if args.json:
@@ -181,6 +205,10 @@ def result_lines(r: Any) -> list[str]:
             f"finished connecting; the longest waited {r.longest_wait_s:.1f} s"
             + (f", {r.stalled:,} of them {STALL_S:g} s or more: hung (a server that stopped "
                "accepting or answering?)" if r.stalled else ": in flight, not hung"))
+    if r.max_idle is not None and r.opened is not None:
+        lines.append(f"pool of {r.pool_size} with at most {r.max_idle} idle: "
+                     f"{r.opened:,} new connections for {r.attempted:,} requests "
+                     f"({r.attempted - r.opened:,} took an idle one)")
     if r.time_wait_peak is not None:
         lines.append(f"TIME_WAIT peak: {r.time_wait_peak:,} sockets to port {r.port} "
                      "made by this run" + baseline_note(r.time_wait_baseline))

@@ -21,7 +21,8 @@ demonstrated with the figure measured on this machine.
              every byte verified, and the server's own totals checked against them
   port-bomb  Experiment 2: short-lived connections until connect() fails with
              EADDRNOTAVAIL, in a private network namespace per variant (fresh,
-             pool, default-reuse, linger0, server-closes, two-destinations);
+             pool, pool-too-small, default-reuse, linger0, server-closes,
+             two-destinations);
              the host's sysctls are never touched
   fd-leak    Experiment 3: a leak-mode server with a 256-fd limit flooded by
              clients: fds to the limit, EMFILE, the accept queue, CLOSE_WAIT on

@@ -17,6 +17,13 @@ Facts this rests on, measured on this kernel (Linux 6.x):
   Loopback is 127.0.0.0/8, ::1 or v4-mapped loopback at either end, or a
   socket bound to lo; the connection needs TCP timestamps (``tcp_twsk_unique``
   in net/ipv4/tcp_ipv4.c), and only an outgoing connect() reuses.
+* Go's http.Transport keeps at most 2 idle connections per host unless told
+  otherwise (DefaultMaxIdleConnsPerHost = 2; a connection returned beyond it is
+  refused by tryPutIdleConn with errTooManyIdleHost and closed by its readLoop:
+  net/http/transport.go, Go 1.19). ``pool-too-small`` runs the pool variant's
+  8 requests at a time with that cap, in rounds (a fan-out: the next 8 when
+  all are answered): 6 of each 8 open a new connection, which the client
+  closes, so TIME_WAIT fills the range as in fresh.
 * connect() tries ports of one parity first and leaves the other to bind()
   (``__inet_hash_connect`` in net/ipv4/inet_hashtables.c): measured here,
   20,000 loopback connections with the default range left 14,116 even-port
@@ -64,7 +71,8 @@ from tcplab.traffic.bomb import BombResult, FirstError
 PORT = 8080
 PORT_LOW = 40000
 
-VARIANTS = ("fresh", "pool", "default-reuse", "linger0", "server-closes", "two-destinations")
+VARIANTS = ("fresh", "pool", "pool-too-small", "default-reuse", "linger0", "server-closes",
+            "two-destinations")
 SECOND = "127.0.0.2"  # two-destinations: the second loopback address
 
 
@@ -74,6 +82,9 @@ class Settings:
     count: int = 3000
     reuse_count: int = 40_000
     pool_size: int = 8
+    # pool-too-small: Go's http.Transport keeps 2 idle connections per host unless told
+    # otherwise (DefaultMaxIdleConnsPerHost = 2, net/http/transport.go, Go 1.19).
+    max_idle: int = 2
     duration: float = 20.0
     # default-reuse needs more connections than the 28,232 ports of the default range;
     # on this loaded 2-core machine the bomb ran at 610 to 14,000 per second (a Python
@@ -95,6 +106,7 @@ class RunWith:
     pool_size: int
     server: str  # "tcplab server (uvloop)" or "your server (CMD)"
     port: int
+    max_idle: int = 2  # pool-too-small's idle cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +129,9 @@ class Short(enum.StrEnum):
     NEVER_FAILED = "never-failed"  # fresh: connect() never failed
     TIME_WAIT_SHORT = "time-wait-short"  # fresh: TIME_WAIT under 90% of the range
     FAILED = "failed"  # connections (pool: requests) failed
+    OTHER_ERRORS = "other-errors"  # pool-too-small: a failure other than EADDRNOTAVAIL
+    REUSED = "reused"  # pool-too-small: most requests took an idle connection
+    TIME_WAIT_LOW = "time-wait-low"  # pool-too-small: TIME_WAIT under 90% of what closed
     HUNG = "hung"  # connections stalled when the time bound stopped the bomb
     TIME_WAIT_OVER_POOL = "time-wait-over-pool"  # pool: more TIME_WAIT than the pool
     NOT_MORE_THAN_RANGE = "not-more-than-range"  # default-reuse: no more than the ports
@@ -160,6 +175,7 @@ class Variant:
     port_range: int | None = None
     established_peak: int = 0
     time_wait_end: TimeWaitEnd | None = None
+    opened: int = 0  # connections opened (pool-too-small: the new ones its requests needed)
     runs: tuple[BombResult, ...] = ()  # each `tcplab bomb --json`, decoded
     timeline: tuple[TimelineRow, ...] = ()
     server_addresses: tuple[str, ...] | None = None  # --server-cmd: what it listens on
@@ -190,6 +206,9 @@ def _plan(s: Settings) -> list[Plan]:
         "fresh": Plan("fresh", narrow, [["--mode", "fresh", "--count", n]]),
         "pool": Plan("pool", narrow, [["--mode", "pool", "--count", n,
                                        "--pool-size", str(s.pool_size)]]),
+        "pool-too-small": Plan("pool-too-small", narrow, [
+            ["--mode", "pool", "--count", n, "--pool-size", str(s.pool_size),
+             "--max-idle", str(s.max_idle)]]),
         "default-reuse": Plan("default-reuse", {"net.ipv4.tcp_tw_reuse": "2"},
                               [["--mode", "fresh", "--count", str(s.reuse_count),
                                 "--duration", str(s.reuse_duration)]]),
@@ -232,7 +251,8 @@ def run(settings: Settings | None = None, quick: bool = False,
     return Result(
         experiment="port-bomb", ok=bool(ran) and all(v.shown for v in ran),
         settings=RunWith(ports=s.ports, count=s.count, reuse_count=s.reuse_count,
-                         pool_size=s.pool_size, server=server, port=PORT),
+                         pool_size=s.pool_size, server=server, port=PORT,
+                         max_idle=s.max_idle),
         facts=Facts(), variants=tuple(variants),
     )
 
@@ -328,7 +348,8 @@ def _variant(plan: Plan, s: Settings, runs: list[BombResult], timeline: tuple[Ti
         conns_per_s=max(r.conns_per_s for r in runs), port_range=port_range,
         established_peak=max([sampler.peak("ESTABLISHED")]
                              + [r.established_before_close or 0 for r in runs]),
-        time_wait_end=ends, runs=tuple(runs), timeline=timeline,
+        time_wait_end=ends, opened=sum(r.opened or 0 for r in runs), runs=tuple(runs),
+        timeline=timeline,
     )
     if plan.name == "two-destinations" and runs[1].ok == 0 and set(runs[1].errors) == {
             "ECONNREFUSED"}:
@@ -350,6 +371,16 @@ def checks(v: Variant, pool_size: int) -> list[tuple[bool, Short]]:
                 (v.time_wait_peak >= 0.9 * rng, Short.TIME_WAIT_SHORT)]
     if v.name == "pool":
         return [*no_failure, (v.time_wait_peak <= pool_size, Short.TIME_WAIT_OVER_POOL)]
+    if v.name == "pool-too-small":
+        # Counts, not timings: in rounds of pool_size requests, pool_size - max_idle of
+        # each round open a new connection (6 of 8: 75%), whatever the machine's load.
+        # Each closes first, so its port sits in TIME_WAIT: as many as were closed, or
+        # the whole range when they outnumber it (then connect() fails with
+        # EADDRNOTAVAIL, the only failure this variant may have).
+        errors = {name for r in v.runs for name in r.errors}
+        return [(errors <= {"EADDRNOTAVAIL"}, Short.OTHER_ERRORS), (v.stalled == 0, Short.HUNG),
+                (v.opened * 2 > v.ok + v.failed, Short.REUSED),
+                (v.time_wait_peak >= 0.9 * min(rng, v.opened), Short.TIME_WAIT_LOW)]
     if v.name == "default-reuse":
         return [*no_failure, (v.ok > rng, Short.NOT_MORE_THAN_RANGE)]
     if v.name == "linger0":

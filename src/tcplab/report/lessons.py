@@ -218,6 +218,29 @@ def _port_bomb(r: port_bomb.Result) -> str | None:
     return "; ".join(parts) or None
 
 
+def _pool_too_small(r: port_bomb.Result) -> str | None:
+    by = _bomb_variants(r)
+    v = by.get("pool-too-small")
+    if not v or not v.runs:
+        return None
+    run = v.runs[0]
+    go = " (Go's http.Transport default per host)" if run.max_idle == 2 else ""
+    text = (f"with {run.pool_size} requests at a time and at most {run.max_idle} "
+            f"connections kept idle{go}, {v.opened:,} of {plural(v.ok + v.failed, 'request')} "
+            f"opened a new connection and TIME_WAIT peaked at {v.time_wait_peak:,} of "
+            f"{v.port_range or 0:,} ports")
+    e = v.first_error
+    if e is not None:
+        text += (f"; connect() failed with {e.name} after {plural(e.after_ok, 'ok request')}"
+                 f", {plural(v.failed, 'failure')} in all ("
+                 + ", ".join(f"{n:,} {name}" for name, n in run.errors.items()) + ")")
+    pool = by.get("pool")
+    if pool:
+        text += (f"; the pool that kept all {run.pool_size} had TIME_WAIT "
+                 f"{pool.time_wait_peak:,}")
+    return text
+
+
 def _default_reuse(r: port_bomb.Result) -> str | None:
     v = _bomb_variants(r).get("default-reuse")
     if not v:
@@ -450,6 +473,13 @@ TIME_WAIT sockets level off at about half the range.""",
      Figures("port-bomb", "tcplab experiment port-bomb", "2026-11-30",
              "with the kernel's defaults (tcp_tw_reuse = 2, 28,232 ports), 40,000 "
              "connections, 0 failures, TIME_WAIT peaked at 14,286", _default_reuse),
+     Figures("port-bomb", "tcplab experiment port-bomb --variant pool --variant "
+             "pool-too-small", "2026-11-30",
+             "with 8 requests at a time and at most 2 connections kept idle (Go's "
+             "http.Transport default per host), 2,252 of 3,000 requests opened a new "
+             "connection and TIME_WAIT peaked at 1,000 of 1,000 ports; connect() failed with "
+             "EADDRNOTAVAIL after 1,328 ok requests, 1,252 failures in all (1,252 "
+             "EADDRNOTAVAIL); the pool that kept all 8 had TIME_WAIT 8", _pool_too_small),
      Figures("", "tcplab bomb --count 20000 && tcplab sockets --state time-wait --json",
              "2026-11-30",
              "20,000 connections to one destination left 14,147 sockets in TIME_WAIT: "

@@ -320,6 +320,8 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
         return (f"{pool_size} reused connections carried all {ok:,} requests: "
                 f"TIME_WAIT {tw:,} (only the pool's own close, at the end), "
                 f"ESTABLISHED {v.established_peak} (both ends)")
+    if v.name == "pool-too-small":
+        return _pool_too_small_lesson(v, pool_size)
     if v.name == "default-reuse":
         return (f"with tcp_tw_reuse = 2, {ok:,} connections fit in {rng:,} ports "
                 f"and TIME_WAIT peaked at {tw:,} ({tw / max(rng, 1):.0%} of "
@@ -354,6 +356,32 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
             f"{rng:,} ports: ports are per destination")
 
 
+def _pool_too_small_lesson(v: port_bomb.Variant, pool_size: int) -> str:
+    """The fix undone: the same requests, the same concurrency, an idle cap below it."""
+    cap = v.runs[0].max_idle if v.runs else None
+    text = (f"{pool_size} requests at a time with at most {cap} connections kept idle "
+            "(Go's http.Transport keeps 2 per host by default, DefaultMaxIdleConnsPerHost; "
+            "beyond it tryPutIdleConn refuses and the connection is closed): "
+            f"{v.opened:,} of {v.ok + v.failed:,} requests needed a new connection, and "
+            "the client, closing those the pool had no room for, left TIME_WAIT at "
+            f"{v.time_wait_peak:,}")
+    first = v.first_error
+    if first is not None:
+        text += (f", the whole {v.port_range or 0:,}-port range; connect() failed with "
+                 f"{first.name} after {first.after_ok:,} ok requests "
+                 f"({_errors_seen(v)} in all)")
+    return text
+
+
+def _errors_seen(v: port_bomb.Variant) -> str:
+    """Every failure the variant's runs counted, by name: "1,250 EADDRNOTAVAIL"."""
+    seen: dict[str, int] = {}
+    for r in v.runs:
+        for name, n in r.errors.items():
+            seen[name] = seen.get(name, 0) + n
+    return ", ".join(f"{n:,} {name}" for name, n in seen.items()) or "no failure"
+
+
 def bomb_why_not(v: port_bomb.Variant, pool_size: int) -> str | None:
     """Which measured figure fell short, one clause per failed check."""
     if not v.short:
@@ -377,6 +405,14 @@ def bomb_why_not(v: port_bomb.Variant, pool_size: int) -> str | None:
             return (f"{v.stalled:,} connections hung (waiting {STALL_S:g} s or more when the "
                     f"time bound stopped the bomb; {v.unanswered:,} in all sent a request and "
                     "got no echo)")
+        if why is Short.OTHER_ERRORS:
+            return f"failures other than EADDRNOTAVAIL: {_errors_seen(v)}"
+        if why is Short.REUSED:
+            return (f"only {v.opened:,} of {v.ok + v.failed:,} requests opened a new "
+                    "connection")
+        if why is Short.TIME_WAIT_LOW:
+            return (f"TIME_WAIT peaked at {v.time_wait_peak:,}, with {v.opened:,} "
+                    f"connections opened and {rng:,} ports")
         if why is Short.TIME_WAIT_OVER_POOL:
             return f"TIME_WAIT {v.time_wait_peak:,} with a pool of {pool_size}"
         if why is Short.NOT_MORE_THAN_RANGE:
@@ -418,6 +454,11 @@ def port_bomb_fact(variants: Sequence[port_bomb.Variant]) -> str:
     pool = by.get("pool")
     if pool and pool.skip is None:
         parts.append(f"pooled: {pool.failed:,} failures, TIME_WAIT {pool.time_wait_peak:,}")
+    small = by.get("pool-too-small")
+    if small and small.skip is None:
+        cap = small.runs[0].max_idle if small.runs else None
+        parts.append(f"pooled with at most {cap} idle: {small.opened:,} new connections, "
+                     f"TIME_WAIT {small.time_wait_peak:,}, {_errors_seen(small)}")
     reuse = by.get("default-reuse")
     if reuse and reuse.skip is None:
         parts.append(f"kernel defaults (tcp_tw_reuse=2): {reuse.ok:,} connections, "

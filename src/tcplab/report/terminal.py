@@ -34,6 +34,7 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "count": ("connections per variant", ""),
     "reuse_count": ("connections with the default range", ""),
     "pool_size": ("pool size", ""),
+    "max_idle": ("idle cap (pool-too-small)", ""),
     "fd_limit": ("fd limit", ""),
     "tcp_fin_timeout": ("tcp_fin_timeout", "s"),
     "keepalive_s": ("keep-alive idle and interval", "s"),

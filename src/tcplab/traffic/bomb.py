@@ -13,6 +13,17 @@ TIME_WAIT count, the port-range size, and the records below. The modes:
   connect() fails with EADDRNOTAVAIL, "Cannot assign requested address".
 * ``pool``: ``pool_size`` persistent connections carry the same requests:
   no new ports, no TIME_WAIT: the fix.
+* ``pool`` with ``max_idle`` below ``pool_size``: the fix undone. Requests go
+  out ``pool_size`` at a time, the next ``pool_size`` when all are answered;
+  after each, its connection goes back to the pool only if fewer than
+  ``max_idle`` are idle, else it is closed, and a request takes an idle
+  connection before it opens one. Go's http.Transport keeps 2 idle connections
+  per host unless told otherwise (DefaultMaxIdleConnsPerHost = 2 and
+  tryPutIdleConn's errTooManyIdleHost, net/http/transport.go, Go 1.19): 8
+  requests at a time then open 6 new connections per round, and the client's
+  closes fill TIME_WAIT as the fresh bomb does. In rounds, so that the count
+  of new connections is (pool_size - max_idle) per round whatever the timing;
+  requests in a steady stream churn too, by as many as finish together.
 * ``linger0``: SO_LINGER {on, 0} before close(): close sends RST instead of
   FIN, the socket skips TIME_WAIT, and the server sees ECONNRESET. A hack:
   TIME_WAIT exists to keep a delayed segment of this connection from being
@@ -113,6 +124,8 @@ class BombResult:
     stopped_by: str  # "count", "duration" or "interrupt"
     workers: int
     pool_size: int | None = None
+    max_idle: int | None = None  # pool mode with an idle cap: idle connections kept at most
+    opened: int | None = None  # connections opened (socket() tried): in pool mode, the new ones
     established_before_close: int | None = None  # pool mode: ESTABLISHED to the port, both ends
     time_wait_baseline: int | None = None  # TIME_WAIT to the port found at the start (not ours)
     unanswered: int = 0  # sent the request, no echo when the run stopped
@@ -189,19 +202,23 @@ def _identity(s: Any) -> object:
 
 def config(mode: str = "fresh", count: int = 30_000, duration: float = 30.0,
            workers: int = 32, pool_size: int = 8, wait_close: bool = False,
-           family: int = socket.AF_INET) -> engine.Config:
+           family: int = socket.AF_INET, max_idle: int | None = None) -> engine.Config:
     """The bomb as an engine configuration; ``fresh`` is also bench's churn client
     (``engine.churn``): connect, one echo, close, ``workers`` at once.
 
     A pooled connection runs round trips while the budget lasts, then is held
     open, so that the pool can be seen whole (``established_before_close``)
-    before it closes."""
+    before it closes. With ``max_idle``, the engine's pool with an idle cap, in
+    rounds of ``pool_size`` requests."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
+    if max_idle is not None and mode != "pool":
+        raise ValueError("max_idle is pool mode's")
     churn = engine.churn_config(count, workers, duration, PAYLOAD)
     if mode == "pool":
         return dataclasses.replace(churn, concurrency=pool_size, round_trips=None,
-                                   then=engine.Then.HOLD)
+                                   then=engine.Then.HOLD, idle_cap=max_idle,
+                                   rounds=max_idle is not None)
     return dataclasses.replace(
         churn, then=engine.Then.AWAIT_CLOSE if wait_close else engine.Then.CLOSE,
         linger0=mode == "linger0",
@@ -220,6 +237,7 @@ def run(
     interval: float = 0.5,
     wait_close: bool = False,
     on_first_error: Callable[[FirstError], None] | None = None,
+    max_idle: int | None = None,
 ) -> BombResult:
     """Run the bomb until ``count`` attempts or ``duration`` seconds.
 
@@ -227,7 +245,8 @@ def run(
     until EOF), as a client of a server that closes does; TIME_WAIT then lands
     on the server's side.
     """
-    cfg = config(mode, count, duration, workers, pool_size, wait_close, target.family)
+    cfg = config(mode, count, duration, workers, pool_size, wait_close, target.family,
+                 max_idle)
     tw = _TimeWaitCounter(target.port)
     ports = port_range_size()
     timeline: list[Progress] = []
@@ -292,6 +311,8 @@ def run(
         conns_per_s=round(driver.ok / elapsed, 1) if elapsed > 0 else 0.0,
         time_wait_peak=tw_peak[0] if tw_peak else None, elapsed_s=round(elapsed, 3),
         stopped_by=stopped_by, workers=workers, pool_size=pool_size if mode == "pool" else None,
+        max_idle=max_idle,
+        opened=driver.opened,
         established_before_close=pool_established, time_wait_baseline=tw.baseline,
         unanswered=len(waiting) - unconnected, unconnected=unconnected,
         longest_wait_s=round(max(w.waited_s for w in waiting), 3) if waiting else None,

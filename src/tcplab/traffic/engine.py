@@ -3,10 +3,11 @@
 Every load tcplab makes from the client side is a configuration of this module:
 the port bomb (``traffic/bomb.py``: connect, one echo, close, W at once), the
 C10k client (``traffic/multiplex.py``: N connections held, M round trips on all
-at once), the fd-leak flood (``traffic/flood.py``: connect and echo, each
-bounded by a timeout), and bench's load generators (``pingpong``: C connections
-doing a 64 B ping-pong for S seconds; ``churn``: the bomb's connect, echo,
-close, repeat).
+at once), the bomb's pools (a connection per worker; or with an idle cap, as Go's
+http.Transport keeps one: ``Config.idle_cap``), the fd-leak flood
+(``traffic/flood.py``: connect and echo, each bounded by a timeout), and bench's
+load generators (``pingpong``: C connections doing a 64 B ping-pong for S
+seconds; ``churn``: the bomb's connect, echo, close, repeat).
 
 Part 1 has no I/O at all, in the manner of h11's ``_state.py``. Its rules:
 
@@ -23,8 +24,9 @@ Rule 3: a connection ends in DONE exactly once, with one ``Outcome``: OK, or
     still under way when the run ended, neither ok nor failed.
 Rule 4: the table does not know what the connection was asked to do. After an
     echo the driver says which way it goes (another round trip, the last one
-    held open, the last one waiting for the peer to close, the last one closed)
-    by the event it fires; the table says only where each leads.
+    held open, the last one waiting for the peer to close, the last one closed;
+    a pooled request's connection back to the idle pool, or closed when the
+    pool is full) by the event it fires; the table says only where each leads.
 
 The life, drawn (``*``: from every stage but DONE)::
 
@@ -81,8 +83,10 @@ class Event(StrEnum):
     SENT = "sent"  # the whole request written
     ECHO_PARTIAL = "echo_partial"  # some echo bytes arrived (and matched, when verified)
     ECHO_COMPLETE = "echo_complete"  # the whole echo arrived; another round trip follows
-    LAST_ECHO_HELD = "last_echo_held"  # the last echo arrived; held open until told
-    LAST_ECHO_CLOSE = "last_echo_close"  # the last echo arrived; we close (FIN, or RST)
+    LAST_ECHO_HELD = "last_echo_held"  # the last echo (of the plan, or of a pooled request)
+    # arrived; held open until told (a pool's idle connection)
+    LAST_ECHO_CLOSE = "last_echo_close"  # the last echo arrived; we close (FIN, or RST); a
+    # pooled connection the full idle pool has no room for
     LAST_ECHO_AWAIT_CLOSE = "last_echo_await_close"  # the last echo; the peer closes first
     PEER_CLOSED = "peer_closed"  # EOF: the peer closed its side
     FAILED = "failed"  # an errno from the kernel, or wrong bytes
@@ -268,6 +272,18 @@ class Config:
     hold_first: bool = False  # connect, then wait for Driver.release() (all start at once)
     then: Then = Then.CLOSE
     record_rtts: bool = False  # keep every round trip's time, in seconds
+    # A pool with an idle cap, as Go's http.Transport keeps one (MaxIdleConnsPerHost,
+    # DefaultMaxIdleConnsPerHost = 2 in net/http/transport.go): after each round trip (a
+    # request) a connection goes back to the pool, held idle if fewer than ``idle_cap``
+    # are, else closed (tryPutIdleConn's errTooManyIdleHost); a request takes an idle
+    # connection (the latest, as queueForIdleConn does) before it opens one, and
+    # ``concurrency`` bounds the requests under way, not the connections open.
+    idle_cap: int | None = None
+    # Requests go out ``concurrency`` at a time, the next ones when none is under way
+    # (a fan-out: N calls to one backend, then wait for all): a round's returns fill the
+    # idle pool before the next round takes from it, so the number of new connections
+    # per round is a count (concurrency - idle_cap), not a race.
+    rounds: bool = False
     # Bounds.
     count: int | None = None  # attempts in all: connections opened + later round trips
     duration: float | None = None  # seconds from the start; then no new attempt
@@ -279,6 +295,14 @@ class Config:
             raise ValueError("bound the connections: give connections or concurrency")
         if self.round_trips is not None and self.round_trips < 1:
             raise ValueError("round_trips must be at least 1")
+        if self.idle_cap is not None and (
+                self.idle_cap < 0 or self.concurrency is None or self.round_trips is not None
+                or self.ramp_s > 0 or self.hold_first):
+            raise ValueError("a pool (idle_cap >= 0) needs a concurrency and round_trips=None "
+                             "(a connection serves requests while it lives), no ramp, no "
+                             "hold_first")
+        if self.rounds and self.idle_cap is None:
+            raise ValueError("rounds are a pool's (give idle_cap)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +478,9 @@ class Driver:
         self._hold_first = config.hold_first
         self._echo_to = config.echo_timeout
         self._linger0 = config.linger0
+        self._idle_cap = config.idle_cap
+        self._rounds = config.rounds
+        self.idle: list[_Conn] = []  # the pool's idle connections, the latest last
         self._connect_timeouts: deque[tuple[float, _Conn]] = deque()
         self._echo_timeouts: deque[tuple[float, _Conn]] = deque()
         self._closed = False
@@ -461,10 +488,17 @@ class Driver:
     # -- opening ---------------------------------------------------------------------
 
     def _may_open(self, now: float) -> bool:
+        if self._idle_cap is not None:  # a pool: requests under way, idle ones taken first
+            return ((bool(self.idle) or self.opened < self._connections)
+                    and self.active < self._concurrency and self.attempted < self._count
+                    and now < self.deadline)
         return (self.opened < self._connections and len(self.conns) < self._concurrency
                 and self.attempted < self._count and now < self.deadline)
 
     def _open_some(self, now: float) -> None:
+        if self._idle_cap is not None:
+            self._pool_some()
+            return
         per = self._per_batch
         if per:
             if now < self._next_batch:
@@ -479,6 +513,31 @@ class Driver:
                and self.attempted < count and clock() < deadline):
             self._open_one()
             per -= 1
+
+    def _pool_some(self) -> None:
+        """A pool's requests: each takes the latest idle connection, or opens one.
+        In rounds, a round starts only when none is under way, and has ``concurrency``
+        requests (one whose connect() fails at once still counts in its round)."""
+        if self._rounds and self.active:
+            return
+        idle, clock, may_open = self.idle, self.clock, self._may_open
+        while True:  # bounded: each pass starts a request or stops (count, time)
+            per = self._concurrency if self._rounds else -1
+            while per and may_open(clock()):
+                per -= 1
+                if idle:
+                    c = idle.pop()
+                    self.attempted += 1
+                    c.stage = T[c.stage][E.RELEASED]
+                    self.active += 1
+                    self._begin(c, clock())
+                    self._push(c)
+                else:
+                    self._open_one()
+            # A round whose every request failed at once (no port left, no idle one):
+            # the next round now, not after an epoll wait with nothing to wait for.
+            if not self._rounds or self.active or not may_open(clock()):
+                return
 
     def _open_one(self) -> None:
         """Open one connection; unless held, send its request at once if it connected.
@@ -616,7 +675,9 @@ class Driver:
         if trips == 1:
             self.served += 1
             self.last_first_echo = now
-        if (trips < self._round_trips and self.sending and self.attempted < self._count
+        if self._idle_cap is not None:
+            self._to_pool(c)
+        elif (trips < self._round_trips and self.sending and self.attempted < self._count
                 and now < self.deadline):
             self.ok += 1
             self.attempted += 1
@@ -650,6 +711,19 @@ class Driver:
             c.sock.close()
         else:
             self._last_echo(c)
+
+    def _to_pool(self, c: _Conn) -> None:
+        """A pooled request is done: its connection waits idle if the pool has room,
+        else it is closed (the client closes first: its side goes to TIME_WAIT)."""
+        self.ok += 1
+        self.active -= 1
+        if len(self.idle) < self._idle_cap:  # type: ignore[operator]
+            c.stage = T[c.stage][E.LAST_ECHO_HELD]
+            self._want(c, 0)  # EPOLLERR and EPOLLHUP still come: a reset while idle
+            self.idle.append(c)
+        else:
+            c.stage = T[c.stage][_LAST_ECHO_CLOSE]
+            self._close(c)
 
     def _last_echo(self, c: _Conn) -> None:
         """The last echo, when the plan is not to close at once (_echoed does that)."""
@@ -745,6 +819,8 @@ class Driver:
         c.stage = T[stage][event]
         if stage in ACTIVE:
             self.active -= 1
+        elif stage is _HOLDING_ and c in self.idle:
+            self.idle.remove(c)  # reset or closed by the peer while idle in the pool
         del self.conns[c.fd]
         c.sock.close()
         self._count_failure(stage, outcome if outcome is not None else outcome_of(code), code)
@@ -874,6 +950,7 @@ class Driver:
                 self._begin(c, clock())  # each its own clock: a round trip's time is its own
                 self._push(c)
                 n += 1
+        self.idle = [c for c in self.idle if c.stage is _HOLDING_]
         return n
 
     def unserved(self) -> int:
@@ -902,6 +979,7 @@ class Driver:
                 self.active -= 1
                 del self.conns[c.fd]
                 c.sock.close()
+        self.idle.clear()
         self.waiting.extend(stopped)
         return stopped
 
@@ -913,6 +991,7 @@ class Driver:
         for c in self.conns.values():
             c.sock.close()
         self.conns.clear()
+        self.idle.clear()
         self.ep.close()
 
     def __enter__(self) -> Driver:
