@@ -493,8 +493,10 @@ TIDY_PORT = 8081
 #: runtime/proc.go), and the unreachable connections wait.
 QUIET_S = 3.0
 #: The later traffic, in batches until a collection has run: each connection allocates a
-#: 64 KiB buffer, so a batch allocates 8 MiB, twice the 4 MiB the heap may reach before
-#: the runtime's first collections (heapMinimum, runtime/mgcpacer.go, GOGC 100).
+#: 64 KiB buffer, so a batch allocates 8 MiB. The heap's goal is what the last collection
+#: left live plus GOGC (100) percent of that, its stacks and globals, and at least 4 MiB
+#: (heapMinimum; gcControllerState.commit in runtime/mgcpacer.go): here one batch was
+#: always enough, and the batches go on (at most LATER_BATCHES) until gctrace shows one.
 LATER_CLIENTS = 128
 LATER_BATCHES = 6
 #: How long the drop round watches the fds fall after that collection: the finalizers run
