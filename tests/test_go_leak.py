@@ -249,15 +249,25 @@ def test_the_go_rounds_as_an_ordinary_user_without_a_home() -> None:
     assert "  go-keep round: with every connection kept in a slice, CLOSE_WAIT stayed" in text
 
 
-def goleak_pids() -> list[int]:
+def is_goleak(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.basename(f.read().split(b"\0")[0]).startswith(b"goleak-")
+    except OSError:
+        return False
+
+
+def goleak_pids(parent: int) -> list[int]:
+    """The Go servers (goleak-HASH) whose parent is ``parent``: the experiment starts
+    them itself (Sandbox.popen), so another run's servers are never counted."""
     pids = []
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0")[0]
-        except OSError:
+            with open(f"/proc/{pid}/status") as f:
+                ppid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+        except (OSError, StopIteration):
             continue
-        if os.path.basename(argv0).startswith(b"goleak-"):
+        if ppid == parent and is_goleak(int(pid)):
             pids.append(int(pid))
     return pids
 
@@ -265,7 +275,6 @@ def goleak_pids() -> list[int]:
 @pytest.mark.privileged
 @needs_go
 def test_ctrl_c_during_a_go_round_leaves_no_go_process() -> None:
-    before = set(goleak_pids())  # another run's servers are not ours to judge
     proc = subprocess.Popen(tcplab("experiment", "fd-leak", "--go", "yes", "--json"),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -276,7 +285,7 @@ def test_ctrl_c_during_a_go_round_leaves_no_go_process() -> None:
             lines.append(raw.decode(errors="replace"))
             if "go-drop: no traffic for" in lines[-1]:
                 break  # the Go server is up, its flood done, waiting
-        mine = set(goleak_pids()) - before
+        mine = set(goleak_pids(proc.pid))
         assert mine, "".join(lines)
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole group
         out = proc.communicate(timeout=60)[1]
@@ -285,4 +294,5 @@ def test_ctrl_c_during_a_go_round_leaves_no_go_process() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, "".join(lines) + out.decode(errors="replace")
-    assert not mine & set(goleak_pids())
+    # Gone, not merely re-parented: none of those pids is a Go server any more.
+    assert not [p for p in mine if is_goleak(p)]
