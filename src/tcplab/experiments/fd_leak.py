@@ -17,7 +17,15 @@ the port and the listener's accept queue. What it shows, measured:
   ``tcp_fin_timeout``; CLOSE_WAIT stays as long as the process holds the fd;
 * the fix, the same flood against a server that closes: CLOSE_WAIT 0;
 * ``keepalive``: with SO_KEEPALIVE, the leaked sockets leave CLOSE_WAIT once
-  the peer is gone (probes get a RST), but the fds stay leaked.
+  the peer is gone (probes get a RST), but the fds stay leaked;
+* the Go rounds (``--go``; go on PATH, not with --quick unless asked), against
+  a Go server built from tcplab/peers/goleak.go (experiments/gopeer.py):
+  ``go-drop``, a handler that returns without Close(): the runtime's finalizer
+  on each unreachable netFD closes it at a collection, so the fds stay far
+  below the connections, and what is left after the flood waits, with nothing
+  allocating, until later traffic brings the next collection; ``go-keep``, the
+  connections kept in a slice: Go's 15 s keep-alive clears CLOSE_WAIT once the
+  peers are gone, and the fds stay.
 
 Against your own server (``--server-cmd``) the same rounds run with LEAK=true
 and then LEAK empty, and a fd limit set as ``ulimit -n`` would: soft *and*
