@@ -58,7 +58,7 @@ import re
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,7 +68,7 @@ from tcplab.experiments import gopeer
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.result import Event, Progress, TimelineRow, say_nothing, timeline_of
-from tcplab.experiments.sampling import StateSampler
+from tcplab.experiments.sampling import Sample, StateSampler
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json_line
 from tcplab.traffic.flood import FloodResult
@@ -635,9 +635,7 @@ def _go_drop(s: Settings, built: gopeer.Built, mark: Callable[..., None],
                 if later_gcs else None)
         sampler.wait_for_row_after(sampler.now())
         rows = list(sampler.rows)
-        last = rows[-1] if rows else None
         alive = server.alive()
-        timeline = timeline_of(sampler)
         sampler.stop()
         server.stop()
         go = replace(
@@ -648,16 +646,7 @@ def _go_drop(s: Settings, built: gopeer.Built, mark: Callable[..., None],
             later_clients=later,
             later_gc_s=round(later_gcs[0] - t0, 3) if later_gcs else None,
             fell_s=round(fell - t0, 3) if fell is not None else None)
-        figures = Round(
-            name=label, fd_limit=sampler.peak_of("fd_limit") or None,
-            fd_limit_hard=sampler.peak_of("fd_limit_hard") or None, fds_start=start,
-            fds_peak=sampler.peak_of("server_fds"),
-            fds_after=last.server_fds if last else None,
-            close_wait_peak=sampler.peak("CLOSE_WAIT"),
-            close_wait_after=sampler.state(last, "CLOSE_WAIT") if last else 0,
-            queue_peak=sampler.peak_of("listen_queue"), backlog=sampler.peak_of("backlog"),
-            emfile_line=_emfile(server), emfile_lines=len(_emfiles(server)),
-            alive=alive, flood=flood, timeline=timeline, fd_limit_set=s.fd_limit, go=go)
+        figures = _go_round(label, rows, server, flood, s, alive, go)
     r = judge_go(figures)
     g = r.go
     assert g is not None
@@ -710,29 +699,18 @@ def _go_keep(s: Settings, built: gopeer.Built, mark: Callable[..., None],
             time.sleep(0.1)
         sampler.wait_for_row_after(sampler.now())
         rows = list(sampler.rows)
-        last = rows[-1] if rows else None
-        peak = sampler.peak("CLOSE_WAIT")
+        peak = max((r.state("CLOSE_WAIT") for r in rows), default=0)
         at_peak = [r.t for r in rows if peak and r.state("CLOSE_WAIT") == peak]
         held = at_peak[-1] if at_peak else None
         gone = next((r.t for r in rows if held is not None and r.t > held
                      and not r.state("CLOSE_WAIT")), None)
         alive = server.alive()
-        timeline = timeline_of(sampler)
         sampler.stop()
         server.stop()
         go = replace(_go_figures(built, server, origin, t0, flood, t1 - t0),
                      close_wait_held_s=round(held - t0, 3) if held is not None else None,
                      close_wait_gone_s=round(gone - t0, 3) if gone is not None else None)
-        figures = Round(
-            name=label, fd_limit=sampler.peak_of("fd_limit") or None,
-            fd_limit_hard=sampler.peak_of("fd_limit_hard") or None,
-            fds_start=next((r.server_fds for r in rows if r.server_fds is not None), None),
-            fds_peak=sampler.peak_of("server_fds"),
-            fds_after=last.server_fds if last else None, close_wait_peak=peak,
-            close_wait_after=sampler.state(last, "CLOSE_WAIT") if last else 0,
-            queue_peak=sampler.peak_of("listen_queue"), backlog=sampler.peak_of("backlog"),
-            emfile_line=_emfile(server), emfile_lines=len(_emfiles(server)),
-            alive=alive, flood=flood, timeline=timeline, fd_limit_set=s.fd_limit, go=go)
+        figures = _go_round(label, rows, server, flood, s, alive, go)
     r = judge_go(figures)
     g = r.go
     assert g is not None
@@ -741,6 +719,29 @@ def _go_keep(s: Settings, built: gopeer.Built, mark: Callable[..., None],
          f"{r.fds_start} -> {r.fds_after}")
     _mark_verdict(r, mark)
     return r
+
+
+def _go_round(label: str, rows: list[Sample], server: ForeignServer, flood: FloodResult,
+              s: Settings, alive: bool, go: GoFigures) -> Round:
+    """A Go round's figures from the sampler's rows (the timeline too) and its server's
+    output."""
+    last = rows[-1] if rows else None
+
+    def most(values: Iterable[int | None]) -> int:
+        return max((v or 0 for v in values), default=0)
+
+    return Round(
+        name=label, fd_limit=most(r.fd_limit for r in rows) or None,
+        fd_limit_hard=most(r.fd_limit_hard for r in rows) or None,
+        fds_start=next((r.server_fds for r in rows if r.server_fds is not None), None),
+        fds_peak=most(r.server_fds for r in rows), fds_after=last.server_fds if last else None,
+        close_wait_peak=most(r.state("CLOSE_WAIT") for r in rows),
+        close_wait_after=last.state("CLOSE_WAIT") if last else 0,
+        queue_peak=most(r.listen_queue for r in rows), backlog=most(r.backlog for r in rows),
+        emfile_line=_emfile(server), emfile_lines=len(_emfiles(server)),
+        alive=alive, flood=flood, fd_limit_set=s.fd_limit, go=go,
+        timeline=tuple(TimelineRow(r.t, dict(r.states), r.listen_queue, r.server_fds)
+                       for r in rows))
 
 
 def _emfiles(server: ForeignServer) -> list[str]:
