@@ -81,9 +81,9 @@ def add_parser(sub: Any, name: str) -> None:
                    "handler that returns without Close(): the runtime's finalizer closes the "
                    "unreachable net.Conn at a later garbage collection (the leak heals itself, "
                    "late); go-keep, the connections kept in a slice: the fds stay leaked while "
-                   "Go's 15 s keep-alive clears CLOSE_WAIT. auto (default): when go is on "
-                   "PATH, not with --quick (they take about 25 s); yes: also with --quick; "
-                   "no: left out. Not with --server-cmd")
+                   "Go's 15 s keep-alive clears CLOSE_WAIT once the peers are gone. auto "
+                   "(default): when go is on PATH, not with --quick (they take about 25 s); "
+                   "yes: also with --quick; no: left out. Not with --server-cmd")
     g.add_argument("--fd-limit", type=common.int_range(32, 4096), default=256, metavar="N",
                    help="the leaking server's fd limit (default 256; soft, and hard too "
                    "for --server-cmd)")

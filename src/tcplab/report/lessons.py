@@ -500,10 +500,11 @@ fds stay leaked: 'tcplab experiment fd-leak --keepalive 15' shows it with tcplab
 server. And a net.Conn nobody references any
 more (a handler that returns without Close()) is closed by the finalizer the runtime
 set on its netFD (runtime.SetFinalizer in (*netFD).setAddr, net/fd_posix.go) at a
-later garbage collection: such a leak heals itself, late. A collection comes when
-the heap reaches its goal: what the last one left live plus GOGC percent (100 by
-default) of that, its stacks and globals, and at least 4 MiB (heapMinimum in
-runtime/mgcpacer.go); so new traffic that allocates brings one, and an idle server's
+later garbage collection: such a leak heals itself, late. The runtime starts a
+collection as the heap nears its goal: what the last one left live plus GOGC percent
+(100 by default) of that, its stacks and globals, and at least 4 MiB (heapMinimum;
+gcControllerState.commit in runtime/mgcpacer.go); so new traffic that allocates
+brings one, and an idle server's
 last unreachable connections wait for the collection the runtime forces 2 minutes
 after the last (forcegcperiod in runtime/proc.go). The fd leak bites in Go when the
 connections stay referenced (a map, a slice, a goroutine blocked on one).
@@ -595,8 +596,10 @@ syscall/syscall_unix.go).""",
     "its garbage collector's finalizer closes the connections nothing references any more "
     "(the go-drop round of 'tcplab experiment fd-leak': 512 connections through a 256-fd "
     "limit, set soft and hard, its fds peaking at 52 to 83 and no EMFILE, in 5 runs here on "
-    "2026-11-30, go1.19.8). The original lab's 'too many open files' needs the connections "
-    "kept referenced (a map, a slice, a goroutine blocked on one).",
+    "2026-11-30, go1.19.8, 64 KiB allocated per connection). Whether it does depends on how "
+    "much each connection allocates, since allocation brings the collections; to show "
+    "'too many open files' reliably, keep the connections referenced (a map, a slice, a "
+    "goroutine blocked on one).",
 ))
 
 _add(Lesson(
