@@ -106,6 +106,7 @@ def test_fd_leak_settings_and_verdict(leak: dict[str, Any]) -> None:
     # runs them); they count neither for nor against the verdict.
     for go in leak["variants"][2:]:
         assert go["shown"] is None and go["skipped"].startswith("--quick leaves the Go rounds")
+    assert leak["fact"].endswith(f"; the Go rounds were skipped: {go['skipped']}")
 
 
 @pytest.mark.privileged

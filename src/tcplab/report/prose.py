@@ -562,7 +562,11 @@ def fd_leak_fact(leak: fd_leak.Round, fixed: fd_leak.Round,
     if kept is not None and kept.skip is None:
         parts.append(f"with SO_KEEPALIVE: CLOSE_WAIT {kept.close_wait_after}, fds still "
                      f"{kept.fds_after}")
-    parts += [go_fact(r) for r in go_rounds]
+    reasons = {r.skipped for r in go_rounds if r.skip is not None}
+    if go_rounds and len(reasons) == 1 and all(r.skip is not None for r in go_rounds):
+        parts.append(f"the Go rounds were skipped: {reasons.pop()}")
+    else:
+        parts += [go_fact(r) for r in go_rounds]
     return "; ".join(parts)
 
 
