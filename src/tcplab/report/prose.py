@@ -488,10 +488,12 @@ def go_round_lesson(r: fd_leak.Round) -> str:
                 f"{r.fds_peak} (from {r.fds_start}): the runtime ran "
                 f"{plural(g.gcs_in_flood, 'collection')} during the flood, and the finalizer "
                 f"on each unreachable net.Conn's netFD closed it; after the flood "
-                f"{g.fds_quiet} fds (CLOSE_WAIT {g.close_wait_quiet}) waited {g.quiet_s:.0f} s "
+                f"{(g.fds_quiet or 0) - (r.fds_start or 0)} fds more than at the start "
+                f"({g.close_wait_quiet} sockets in CLOSE_WAIT) waited {g.quiet_s:.0f} s "
                 f"with nothing allocating, until {plural(g.later_clients, 'later client')} "
                 f"made the runtime collect at {g.later_gc_s:.1f} s and the fds were back at "
-                f"{r.fds_after} (the leak heals itself, late; {g.env})")
+                f"{r.fds_after}: the leak heals itself, late (the server ran with "
+                "GODEBUG=gctrace=1, GOGC and GOMEMLIMIT unset)")
     return (f"with every connection kept in a slice, CLOSE_WAIT stayed at "
             f"{r.close_wait_peak} until {g.close_wait_held_s:.1f} s after the flood began and "
             f"none was left at {g.close_wait_gone_s:.1f} s (Go's {fd_leak.GO_KEEPALIVE_S} s "

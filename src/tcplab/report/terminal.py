@@ -221,9 +221,10 @@ def go_lines(rounds: Sequence[fd_leak.Round]) -> list[str]:
         else:
             gone = (f"none at {g.close_wait_gone_s:.1f} s" if g.close_wait_gone_s is not None
                     else f"{v.close_wait_after} at the end")
-            lines.append(f"  Go, kept in a slice       CLOSE_WAIT {v.close_wait_peak} until "
-                         f"{g.close_wait_held_s} s, {gone}; fds {v.fds_start} -> "
-                         f"{v.fds_after}")
+            held = (f"until {g.close_wait_held_s:.1f} s" if g.close_wait_held_s is not None
+                    else "at no sample")
+            lines.append(f"  Go, kept in a slice       CLOSE_WAIT {v.close_wait_peak} {held}, "
+                         f"{gone}; fds {v.fds_start} -> {v.fds_after}")
     if lines:
         g = next(v.go for v in rounds if v.go is not None)
         lines.append(f"  Go server                 {g.go_version}, GOMAXPROCS {g.gomaxprocs}; "
