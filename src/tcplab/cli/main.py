@@ -32,7 +32,7 @@ COMMANDS = {
     "capture": "capture the packets of a port on lo (tcpdump -i lo), write pcap",
     "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "exporter": "serve socket, fd and doctor metrics to Prometheus",
-    "explain": "a lesson: time-wait, close-wait, fd-limit, handshake, netpoll, port-range",
+    "explain": "a lesson, with recorded figures ('tcplab explain' lists the topics)",
     "check": "say what works on this machine and how to fix what does not",
 }
 

@@ -346,8 +346,9 @@ _add(Lesson(
     "time-wait", "TIME_WAIT: the active closer waits 60 s",
     """The side that closes first ends in TIME_WAIT, and Linux keeps it there for 60
 seconds (TCP_TIMEWAIT_LEN in include/net/tcp.h), whatever tcp_fin_timeout says; the
-timer fires up to about 2 s late (the kernel's timer wheel rounds a 60 s timer up),
-and a FIN the peer sends again restarts it (tcp_timewait_state_process in
+timer fires up to about 2 s late (the timer wheel in kernel/time/timer.c rounds a 60 s
+timer up to its next step of 512 jiffies, 2.048 s at this kernel's HZ = 250), and a
+FIN the peer sends again restarts it (tcp_timewait_state_process in
 net/ipv4/tcp_minisocks.c). It exists so that a late duplicate segment of this
 connection is not taken for part of the next connection on the same 4-tuple, and so
 that a lost final ACK can be sent again when the peer repeats its FIN.
@@ -355,7 +356,8 @@ that a lost final ACK can be sent again when the peer repeats its FIN.
 How the closer gets there depends on how it closed. After close() its socket is an
 orphan, and once the peer ACKs its FIN the kernel replaces it by a small
 'minisocket' in FIN_WAIT2 (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in
-tcp_rcv_state_process, net/ipv4/tcp_input.c), which lives tcp_fin_timeout and turns
+tcp_rcv_state_process, net/ipv4/tcp_input.c; with a tcp_fin_timeout above 60 s the
+full socket waits out the excess first), which lives tcp_fin_timeout and turns
 TIME_WAIT only when the peer's FIN arrives (tcp_timewait_state_process). After
 shutdown(SHUT_WR) the full socket stays, in FIN_WAIT2, until that FIN; then it
 becomes the TIME_WAIT minisocket.
@@ -454,12 +456,15 @@ TCP states. 'tcplab doctor' names the process: close_wait_leak.
 Go differs twice. It turns keep-alive on for every accepted connection, 15 s idle
 and interval ((*TCPListener).accept in net/tcpsock_posix.go; defaultTCPKeepAlive in
 net/dial.go, defaultTCPKeepAliveIdle and ...Interval in newer Go), so a leaking Go
-server's CLOSE_WAIT sockets vanish about 15 s after their peers are gone while its
-fds stay leaked: 'tcplab experiment fd-leak --keepalive 15' shows it with tcplab's
-server. And a net.Conn nobody references any
-more (a handler that returns without Close()) is closed by the finalizer the runtime
-set on its netFD (runtime.SetFinalizer in net/fd_posix.go) at a later garbage
-collection: such a leak heals itself, late. The fd leak bites in Go when the
+server's CLOSE_WAIT sockets vanish at the first probe after the peer's socket is
+gone, while its fds stay leaked. A peer that closed keeps a FIN_WAIT2 minisocket for
+tcp_fin_timeout (60 s by default), and that answers the probes with an ACK
+(tcp_timewait_state_process), so this takes tcp_fin_timeout plus up to 15 s:
+'tcplab experiment fd-leak --keepalive 15' shows it with tcplab's server (its
+namespace has tcp_fin_timeout = 5). And a net.Conn nobody references any
+more (a handler that returns without Close()) is closed by the finalizer the net
+package set on its netFD ((*netFD).setAddr calls runtime.SetFinalizer, net/fd_posix.go)
+at a later garbage collection: such a leak heals itself, late. The fd leak bites in Go when the
 connections stay referenced (a map, a slice, a goroutine blocked on one).""",
     "tcplab experiment half-close; tcplab experiment fd-leak; tcplab doctor",
     (Figures("half-close", "tcplab experiment half-close", "2026-11-30",
@@ -482,8 +487,11 @@ connections stay referenced (a map, a slice, a goroutine blocked on one).""",
              "port (and no other socket in the namespace), 'ss -s' said 'estab 5'",
              context="beside `tcplab states --port P` in a new network namespace")),
     "The original notes say the Go server stays in CLOSE_WAIT: with Go's keep-alive it "
-    "does for about 15 s, then the probes find the peers gone (measured with a Go leak "
-    "server in issue 13: 5 CLOSE_WAIT at 14 s, 0 at 17 s), and a Go echo server that drops "
+    "does only until a probe finds the peer's socket gone, 15 s idle after the peer's "
+    "FIN_WAIT2 minisocket expired (measured with a Go leak server in issue 13: 5 "
+    "CLOSE_WAIT at 14 s, 0 at 17 s; measured here with 1 s probes in a private "
+    "namespace: CLOSE_WAIT lasted 8.6 s with tcp_fin_timeout = 8 and 4.5 s with 3), "
+    "and a Go echo server that drops "
     "its connections without Close() had CLOSE_WAIT 52 at its peak for 512 clients and 18 "
     "eight seconds later, with 59 fds in use (issue 13). "
     "'ss -s' prints the kernel's CurrEstab counter as 'estab', and that counter counts "
@@ -508,15 +516,17 @@ does (tempDelay in Server.Serve, net/http/server.go), and stays idle meanwhile. 
 errnos it backs off on, EMFILE, ENFILE, ENOBUFS and ENOMEM, are CPython's
 (BaseSelectorEventLoop._accept_connection in Lib/asyncio/selector_events.py); Go's
 are its temporary ones, EINTR, EMFILE, ENFILE and the timeouts (Errno.Temporary in
-syscall/syscall_unix.go).""",
+syscall/syscall_unix.go), and ECONNRESET and ECONNABORTED from accept()
+((*OpError).Temporary in net/net.go).""",
     "tcplab experiment fd-leak; tcplab fds PID; LEAK=true tcplab server --fd-limit 128",
     (Figures("fd-leak", "tcplab experiment fd-leak", "2026-11-30",
              "limit 256, backlog 64: the leaking server's fds peaked at 256 of 256; its log "
              "said \"accept: [Errno 24] Too many open files (256 of 256 fds in use); retrying "
              "in 5 ms\"; accept queue peak 65; of 512 clients, 242 got their echo, 65 "
              "connected without an echo and 205 never connected (SYN_SENT)", _fd_leak_limit),),
-    "Go, since 1.19, raises its own soft limit to the hard limit at start (os/rlimit.go "
-    "in Go 1.19 and 1.20, syscall/rlimit.go since 1.21), so 'ulimit -Sn 128' does not "
+    "Go, since 1.19, raises its own soft limit to the hard limit at start (init in "
+    "os/rlimit.go in Go 1.19.8, the Go here, and 1.20.0; in syscall/rlimit.go since 1.21 "
+    "and in later 1.19 and 1.20 point releases), so 'ulimit -Sn 128' does not "
     "reproduce the leak with the Go original; 'ulimit -n 128' sets the hard limit too, "
     "and that one Go keeps. A Python process keeps the limit it was given.",
 ))
@@ -534,7 +544,8 @@ only then does accept() return a new fd.
 Closing: the first close() sends FIN (FIN_WAIT1); the peer enters CLOSE_WAIT when
 that FIN arrives (tcp_fin), and its ACK moves the closer to FIN_WAIT2. The closer's
 socket, an orphan after close(), is then replaced at once by a FIN_WAIT2 minisocket
-(tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process): the trace shows
+(tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process, when tcp_fin_timeout
+is at most 60 s, the default): the trace shows
 FIN_WAIT2 -> CLOSE before the peer's FIN. The peer's close() sends its
 FIN (LAST_ACK); the minisocket answers it and turns TIME_WAIT
 (tcp_timewait_state_process in net/ipv4/tcp_minisocks.c), a change no trace event
@@ -605,9 +616,9 @@ may listen on one port at once, and the kernel spreads new connections over
 them (a restart without a gap: start the new process, then stop the old one).
 
 net.ipv4.tcp_tw_reuse does not touch bind() or servers at all: it lets an
-outgoing connect() take over a TIME_WAIT 4-tuple once the last timestamp it saw is
-1 s old (tcp_tw_reuse_delay; tcp_twsk_unique in net/ipv4/tcp_ipv4.c; it needs TCP
-timestamps; 2, the default, only for loopback). net.ipv4.tcp_tw_recycle is gone
+outgoing connect() take over a TIME_WAIT 4-tuple once the TIME_WAIT socket is
+tcp_tw_reuse_delay old (1,000 ms by default; tcp_twsk_unique in net/ipv4/tcp_ipv4.c;
+it needs TCP timestamps; 2, the default, only for loopback). net.ipv4.tcp_tw_recycle is gone
 (removed in Linux 4.12): it made servers drop SYNs whose timestamps went back
 in time, which broke clients behind NAT, whose hosts' clocks differ.""",
     "tcplab experiment restart",
@@ -624,9 +635,9 @@ _add(Lesson(
     "reset", "RST: close() with unread data, and SO_LINGER 0",
     """close() normally sends a FIN after any data still queued, and the peer reads
 EOF. But if data the application never read is still in the socket's receive
-buffer, tcp_close (net/ipv4/tcp.c) sends a RST instead ("we send a RST here
-because data was lost", RFC 2525 section 2.17) and counts TcpExt
-TCPAbortOnClose: the peer's next read fails with ECONNRESET, "Connection reset
+buffer, __tcp_close (called by tcp_close, net/ipv4/tcp.c) sends a RST instead ("As
+outlined in RFC 2525, section 2.17, we send a RST here because data was lost", its
+comment says) and counts TcpExt TCPAbortOnClose: the peer's next read fails with ECONNRESET, "Connection reset
 by peer". Neither socket goes
 through FIN_WAIT or TIME_WAIT. A server that answers and closes without reading
 the whole request (a body it did not want) hits this.
