@@ -637,9 +637,9 @@ _add(Lesson(
 EOF. But if data the application never read is still in the socket's receive
 buffer, __tcp_close (called by tcp_close, net/ipv4/tcp.c) sends a RST instead ("As
 outlined in RFC 2525, section 2.17, we send a RST here because data was lost", its
-comment says) and counts TcpExt TCPAbortOnClose: the peer's next read fails with ECONNRESET, "Connection reset
-by peer". Neither socket goes
-through FIN_WAIT or TIME_WAIT. A server that answers and closes without reading
+comment says) and counts TcpExt TCPAbortOnClose: the peer's next read fails with
+ECONNRESET, "Connection reset by peer". Neither socket goes through FIN_WAIT or
+TIME_WAIT. A server that answers and closes without reading
 the whole request (a body it did not want) hits this.
 
 SO_LINGER {on, 0 s} does the same on purpose, unread data or not (counted as
