@@ -347,7 +347,7 @@ _add(Lesson(
     """The side that closes first ends in TIME_WAIT, and Linux keeps it there for 60
 seconds (TCP_TIMEWAIT_LEN in include/net/tcp.h), whatever tcp_fin_timeout says; the
 timer fires up to about 2 s late (the timer wheel in kernel/time/timer.c rounds a 60 s
-timer up to its next step of 512 jiffies, 2.048 s at this kernel's HZ = 250), and a
+timer up to its next step of 512 jiffies, 2.048 s at HZ = 250, as on the kernel here), and a
 FIN the peer sends again restarts it (tcp_timewait_state_process in
 net/ipv4/tcp_minisocks.c). It exists so that a late duplicate segment of this
 connection is not taken for part of the next connection on the same 4-tuple, and so
@@ -609,16 +609,21 @@ flag of the socket it replaced (inet_twsk_alloc in net/ipv4/inet_timewait_sock.c
 and an accepted socket has its listener's. So the old server must have set it
 too (Go sets it on every listener, as do Python's asyncio servers and
 http.server). It never lets two sockets LISTEN on the same address and port, and
-it does not end TIME_WAIT.
+binding with it does not end TIME_WAIT (a connect() from such a port to the same
+peer does take the TIME_WAIT 4-tuple over when it had TCP timestamps, whatever
+tcp_tw_reuse says: tcp_twsk_unique, measured in the issue 13 audit).
 
 SO_REUSEPORT is another thing: several sockets, each with it, of the same user,
 may listen on one port at once, and the kernel spreads new connections over
-them (a restart without a gap: start the new process, then stop the old one).
+them (a restart without a gap: start the new process, then stop the old one;
+connections still in the old listener's accept queue are reset when it closes,
+unless net.ipv4.tcp_migrate_req = 1 moves them: inet_csk_listen_stop).
 
 net.ipv4.tcp_tw_reuse does not touch bind() or servers at all: it lets an
 outgoing connect() take over a TIME_WAIT 4-tuple once the TIME_WAIT socket is
 tcp_tw_reuse_delay old (1,000 ms by default; tcp_twsk_unique in net/ipv4/tcp_ipv4.c;
-it needs TCP timestamps; 2, the default, only for loopback). net.ipv4.tcp_tw_recycle is gone
+it needs TCP timestamps; 2, the default, only for loopback).
+net.ipv4.tcp_tw_recycle is gone
 (removed in Linux 4.12): it made servers drop SYNs whose timestamps went back
 in time, which broke clients behind NAT, whose hosts' clocks differ.""",
     "tcplab experiment restart",
