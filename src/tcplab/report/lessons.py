@@ -648,8 +648,9 @@ TIME_WAIT. A server that answers and closes without reading
 the whole request (a body it did not want) hits this.
 
 SO_LINGER {on, 0 s} does the same on purpose, unread data or not (counted as
-TCPAbortOnData when nothing was unread, in __tcp_close too): the port-bomb experiment's linger0 variant uses it to avoid
-TIME_WAIT, at the price of this error on the peer and of any data in flight.""",
+TCPAbortOnData when nothing was unread, in __tcp_close too): the port-bomb
+experiment's linger0 variant uses it to avoid TIME_WAIT, at the price of this error
+on the peer and of any data in flight.""",
     "tcplab experiment reset; tcplab experiment port-bomb --variant linger0",
     (Figures("reset", "tcplab experiment reset", "2026-11-30",
              "close() after reading the bytes: no RST, the server's socket FIN_WAIT2, the "
