@@ -459,7 +459,8 @@ net/dial.go, defaultTCPKeepAliveIdle and ...Interval in newer Go), so a leaking 
 server's CLOSE_WAIT sockets vanish at the first probe after the peer's socket is
 gone, while its fds stay leaked. A peer that closed keeps a FIN_WAIT2 minisocket for
 tcp_fin_timeout (60 s by default), and that answers the probes with an ACK
-(tcp_timewait_state_process), so this takes tcp_fin_timeout plus up to 15 s:
+(tcp_timewait_state_process), so CLOSE_WAIT ends at the first probe after that
+minisocket expired: 15 s to tcp_fin_timeout + 15 s after the peer closed.
 'tcplab experiment fd-leak --keepalive 15' shows it with tcplab's server (its
 namespace has tcp_fin_timeout = 5). And a net.Conn nobody references any
 more (a handler that returns without Close()) is closed by the finalizer the net
