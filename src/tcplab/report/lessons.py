@@ -489,8 +489,8 @@ connections stay referenced (a map, a slice, a goroutine blocked on one).""",
              context="beside `tcplab states --port P` in a new network namespace")),
     "The original notes say the Go server stays in CLOSE_WAIT: with Go's keep-alive it "
     "does only until a probe finds the peer's socket gone: the first probe (they go "
-    "every 15 s) after the peer's FIN_WAIT2 minisocket expired (measured with a Go leak server in issue 13: 5 "
-    "CLOSE_WAIT at 14 s, 0 at 17 s; measured here with 1 s probes in a private "
+    "every 15 s) after the peer's FIN_WAIT2 minisocket expired (measured with a Go "
+    "leak server in issue 13: 5 CLOSE_WAIT at 14 s, 0 at 17 s; measured here with 1 s probes in a private "
     "namespace: CLOSE_WAIT lasted 8.6 s with tcp_fin_timeout = 8 and 4.5 s with 3), "
     "and a Go echo server that drops "
     "its connections without Close() had CLOSE_WAIT 52 at its peak for 512 clients and 18 "
