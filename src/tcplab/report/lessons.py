@@ -572,7 +572,8 @@ EPOLLRDHUP | EPOLLET in netpollopen, runtime/netpoll_epoll.go); when epoll repor
 it, the parked goroutine is made runnable again. GOMAXPROCS is the number of Ps, the
 slots that run Go code at once, not of threads: the runtime has a few more OS threads
 (for blocked system calls, sysmon; a Go server holding 10,000 and 19,000 connections
-on this 2-core machine ran 10 and 11: bench/results.md, "Concurrency"), and they
+on this 2-core machine ran 10 threads in one run and 11 in another: bench/results.md,
+"Concurrency"), and they
 serve any number of connections.
 
 Python spells the same machinery out: the selector (select.epoll) is netpoll; the
