@@ -51,7 +51,7 @@ commands in the order of the lab:
   tcplab capture --port 8080    the packets on lo, tcpdump's way, with the lab's words
   tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab exporter               the same facts for Prometheus (127.0.0.1:9309/metrics)
-  tcplab explain time-wait      a lesson, with the figure measured here
+  tcplab explain time-wait      a lesson, with the figures of a recorded run
   tcplab check                  what works on this machine, and the fix for what does not
 
 exit status:
