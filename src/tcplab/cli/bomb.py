@@ -38,10 +38,11 @@ modes:
 
 On a modern kernel the bomb against 127.0.0.1 does NOT fail with default
 settings: net.ipv4.tcp_tw_reuse = 2 lets connect() reuse the port of a
-loopback TIME_WAIT socket (127.0.0.0/8, ::1, or bound to lo) after 1 s, when
-the connection had TCP timestamps. 'tcplab experiment port-bomb' runs it in a
-private namespace with tcp_tw_reuse = 0 and a narrow port range, where it fails
-every time without touching your machine.
+loopback TIME_WAIT socket (127.0.0.0/8, ::1, v4-mapped loopback, or bound to
+lo) 1 s after it entered TIME_WAIT, when the connection had TCP timestamps.
+'tcplab experiment port-bomb' runs it in a private namespace with
+tcp_tw_reuse = 0 and a narrow port range, where it fails every time without
+touching your machine.
 
 What it counts: TIME_WAIT sockets this run made (those already there when it
 starts, from an earlier run, are reported apart and left out); connections

@@ -17,9 +17,8 @@ def add_parser(sub: Any, name: str) -> None:
     from tcplab.report.lessons import LESSONS
 
     p = sub.add_parser(name, parents=[common.parent()],
-                       help="a lesson: time-wait, close-wait, fd-limit, handshake, netpoll, "
-                       "port-range, restart, reset, syn-queue, keepalive, ports, "
-                       "orphans",
+                       help="a lesson, with recorded figures ('tcplab explain' lists the "
+                       "topics)",
                        description="Prints one of the lab's lessons: the explanation, the "
                        "figures one run measured (where, when, and the command that reproduces "
                        "them) and, where the original lab's notes are wrong on Linux, the "

@@ -32,7 +32,7 @@ COMMANDS = {
     "capture": "capture the packets of a port on lo (tcpdump -i lo), write pcap",
     "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "exporter": "serve socket, fd and doctor metrics to Prometheus",
-    "explain": "a lesson: time-wait, close-wait, fd-limit, handshake, netpoll, port-range",
+    "explain": "a lesson, with recorded figures ('tcplab explain' lists the topics)",
     "check": "say what works on this machine and how to fix what does not",
 }
 
@@ -51,7 +51,7 @@ commands in the order of the lab:
   tcplab capture --port 8080    the packets on lo, tcpdump's way, with the lab's words
   tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab exporter               the same facts for Prometheus (127.0.0.1:9309/metrics)
-  tcplab explain time-wait      a lesson, with the figure measured here
+  tcplab explain time-wait      a lesson, with the figures of a recorded run
   tcplab check                  what works on this machine, and the fix for what does not
 
 exit status:

@@ -25,8 +25,10 @@ class Knob:
 #: outgoing connect() reuses a TIME_WAIT port, and only when the connection had TCP
 #: timestamps (with tcp_timestamps = 0 no port is reused: measured in issue 13).
 TW_REUSE = {
-    "0": "off: a TIME_WAIT port is never reused for a new connect(); the port bomb "
-         "fails after the port range is used up",
+    "0": "off: connect() never picks the port of a TIME_WAIT socket for a new "
+         "connection (one bound to that port first, with SO_REUSEADDR, may still take the "
+         "4-tuple over when it had TCP timestamps); the port bomb fails after the port "
+         "range is used up",
     "1": "on: connect() may reuse a TIME_WAIT port after tcp_tw_reuse_delay (needs TCP "
          "timestamps)",
     "2": "loopback only (the default): connect() reuses the port of a TIME_WAIT socket after "
@@ -83,8 +85,8 @@ def read_knobs(netns: str | None = None, root: str = PROCFS_PATH) -> list[Knob]:
         "completed but the server has not accept()ed yet",
         "net.ipv4.tcp_max_syn_backlog": "matters only with tcp_syncookies = 0: then SYNs from "
         "peers not yet proven are dropped once SYN_RECV fills three quarters of it "
-        "(tcp_conn_request); with syncookies on (the default) the listen() backlog caps the "
-        "SYN queue and cookies answer beyond it",
+        "(tcp_conn_request); the listen() backlog caps the SYN queue either way, and with "
+        "syncookies on (the default) cookies answer beyond it",
     }
     for name, meaning in rest.items():
         if values[name] is not None:

@@ -447,8 +447,9 @@ _add(Lesson(
     "time-wait", "TIME_WAIT: the active closer waits 60 s",
     """The side that closes first ends in TIME_WAIT, and Linux keeps it there for 60
 seconds (TCP_TIMEWAIT_LEN in include/net/tcp.h), whatever tcp_fin_timeout says; the
-timer fires up to about 2 s late (the kernel's timer wheel rounds a 60 s timer up),
-and a FIN the peer sends again restarts it (tcp_timewait_state_process in
+timer fires up to about 2 s late (the timer wheel in kernel/time/timer.c rounds a 60 s
+timer up to its next step of 512 jiffies, 2.048 s at HZ = 250, as on the kernel here), and a
+FIN the peer sends again restarts it (tcp_timewait_state_process in
 net/ipv4/tcp_minisocks.c). It exists so that a late duplicate segment of this
 connection is not taken for part of the next connection on the same 4-tuple, and so
 that a lost final ACK can be sent again when the peer repeats its FIN.
@@ -456,7 +457,8 @@ that a lost final ACK can be sent again when the peer repeats its FIN.
 How the closer gets there depends on how it closed. After close() its socket is an
 orphan, and once the peer ACKs its FIN the kernel replaces it by a small
 'minisocket' in FIN_WAIT2 (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in
-tcp_rcv_state_process, net/ipv4/tcp_input.c), which lives tcp_fin_timeout and turns
+tcp_rcv_state_process, net/ipv4/tcp_input.c; with a tcp_fin_timeout above 60 s the
+full socket waits out the excess first), which lives tcp_fin_timeout and turns
 TIME_WAIT only when the peer's FIN arrives (tcp_timewait_state_process). After
 shutdown(SHUT_WR) the full socket stays, in FIN_WAIT2, until that FIN; then it
 becomes the TIME_WAIT minisocket.
@@ -562,12 +564,16 @@ TCP states. 'tcplab doctor' names the process: close_wait_leak.
 Go differs twice. It turns keep-alive on for every accepted connection, 15 s idle
 and interval ((*TCPListener).accept in net/tcpsock_posix.go; defaultTCPKeepAlive in
 net/dial.go, defaultTCPKeepAliveIdle and ...Interval in newer Go), so a leaking Go
-server's CLOSE_WAIT sockets vanish about 15 s after their peers are gone while its
-fds stay leaked: 'tcplab experiment fd-leak --keepalive 15' shows it with tcplab's
-server. And a net.Conn nobody references any
-more (a handler that returns without Close()) is closed by the finalizer the runtime
-set on its netFD (runtime.SetFinalizer in (*netFD).setAddr, net/fd_posix.go) at a
-later garbage collection: such a leak heals itself, late. The runtime starts a
+server's CLOSE_WAIT sockets vanish at the first probe after the peer's socket is
+gone, while its fds stay leaked. A peer that closed keeps a FIN_WAIT2 minisocket for
+tcp_fin_timeout (60 s by default), and that answers the probes with an ACK
+(tcp_timewait_state_process), so CLOSE_WAIT ends at the first probe after that
+minisocket expired: 15 s to tcp_fin_timeout + 15 s after the peer closed.
+'tcplab experiment fd-leak --keepalive 15' shows it with tcplab's server (its
+namespace has tcp_fin_timeout = 5). And a net.Conn nobody references any
+more (a handler that returns without Close()) is closed by the finalizer the net
+package set on its netFD ((*netFD).setAddr calls runtime.SetFinalizer, net/fd_posix.go)
+at a later garbage collection: such a leak heals itself, late. The runtime starts a
 collection as the heap nears its goal: what the last one left live plus GOGC percent
 (100 by default) of that, its stacks and globals, and at least 4 MiB (heapMinimum;
 gcControllerState.commit in runtime/mgcpacer.go); so new traffic that allocates
@@ -617,14 +623,18 @@ not change when they run), and with GOGC and GOMEMLIMIT unset.""",
     "The original notes say the Go server stays in CLOSE_WAIT, and that a connection "
     "whose Close() is missing remains in the process's file descriptor table. With Go's "
     "keep-alive the server stays in "
-    "CLOSE_WAIT for about 15 s, then the probes find the peers gone while the fds stay; "
+    "CLOSE_WAIT only until a probe (every 15 s) finds the peer's socket gone, which is "
+    "after the peer's FIN_WAIT2 minisocket expired (measured with 1 s probes in a private "
+    "namespace: CLOSE_WAIT lasted 8.6 s with tcp_fin_timeout = 8 and 4.5 s with 3), "
+    "while the fds stay; "
     "and a handler that returns without Close() leaks only until a later collection. "
     "Measured in private namespaces with tcplab's Go server (go1.19.8; 3 runs of 'tcplab "
     "experiment fd-leak' as root, 2 as nobody, on 2026-11-30): 512 connections never "
     "closed by the server left its fds peaking at 52 to 83 (9 or 10 collections during "
     "the flood), the 18 to 44 still open 3 s after it went at the first collection of "
     "the later traffic (fds back at 8); 128 connections kept in a slice sat in CLOSE_WAIT "
-    "until 15.1 to 15.2 s after their flood began, none was left at 16.0 to 16.3 s, and "
+    "until 15.1 to 15.2 s after their flood began (tcp_fin_timeout = 5 there), none was "
+    "left at 16.0 to 16.3 s, and "
     "the fds stayed at 135. "
     "'ss -s' prints the kernel's CurrEstab counter as 'estab', and that counter counts "
     "CLOSE_WAIT sockets too (tcp_set_state in net/ipv4/tcp.c; RFC 1213's tcpCurrEstab is "
@@ -648,15 +658,17 @@ does (tempDelay in Server.Serve, net/http/server.go), and stays idle meanwhile. 
 errnos it backs off on, EMFILE, ENFILE, ENOBUFS and ENOMEM, are CPython's
 (BaseSelectorEventLoop._accept_connection in Lib/asyncio/selector_events.py); Go's
 are its temporary ones, EINTR, EMFILE, ENFILE and the timeouts (Errno.Temporary in
-syscall/syscall_unix.go).""",
+syscall/syscall_unix.go), and ECONNRESET and ECONNABORTED from accept()
+((*OpError).Temporary in net/net.go).""",
     "tcplab experiment fd-leak; tcplab fds PID; LEAK=true tcplab server --fd-limit 128",
     (Figures("fd-leak", "tcplab experiment fd-leak", "2026-11-30",
              "limit 256, backlog 64: the leaking server's fds peaked at 256 of 256; its log "
              "said \"accept: [Errno 24] Too many open files (256 of 256 fds in use); retrying "
              "in 5 ms\"; accept queue peak 65; of 512 clients, 242 got their echo, 65 "
              "connected without an echo and 205 never connected (SYN_SENT)", _fd_leak_limit),),
-    "Go, since 1.19, raises its own soft limit to the hard limit at start (os/rlimit.go "
-    "in Go 1.19 and 1.20, syscall/rlimit.go since 1.21), so 'ulimit -Sn 128' does not "
+    "Go, since 1.19, raises its own soft limit to the hard limit at start (init in "
+    "os/rlimit.go in Go 1.19.8, the Go here, and 1.20.0; in syscall/rlimit.go since 1.21 "
+    "and in later 1.19 and 1.20 point releases), so 'ulimit -Sn 128' does not "
     "reproduce the leak with the Go original; 'ulimit -n 128' sets the hard limit too, "
     "and that one Go keeps. A Python process keeps the limit it was given. And a Go "
     "server whose handler merely returns without Close() may never reach the limit at all: "
@@ -682,7 +694,8 @@ only then does accept() return a new fd.
 Closing: the first close() sends FIN (FIN_WAIT1); the peer enters CLOSE_WAIT when
 that FIN arrives (tcp_fin), and its ACK moves the closer to FIN_WAIT2. The closer's
 socket, an orphan after close(), is then replaced at once by a FIN_WAIT2 minisocket
-(tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process): the trace shows
+(tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process, when tcp_fin_timeout
+is at most 60 s, the default): the trace shows
 FIN_WAIT2 -> CLOSE before the peer's FIN. The peer's close() sends its
 FIN (LAST_ACK); the minisocket answers it and turns TIME_WAIT
 (tcp_timewait_state_process in net/ipv4/tcp_minisocks.c), a change no trace event
@@ -708,7 +721,8 @@ EPOLLRDHUP | EPOLLET in netpollopen, runtime/netpoll_epoll.go); when epoll repor
 it, the parked goroutine is made runnable again. GOMAXPROCS is the number of Ps, the
 slots that run Go code at once, not of threads: the runtime has a few more OS threads
 (for blocked system calls, sysmon; a Go server holding 10,000 and 19,000 connections
-on this 2-core machine ran 10 and 11: bench/results.md, "Concurrency"), and they
+on this 2-core machine ran 10 threads in one run and 11 in another: bench/results.md,
+"Concurrency"), and they
 serve any number of connections.
 
 A goroutine (G) runs on an OS thread (M), and an M runs Go code only while it holds a
@@ -764,16 +778,21 @@ flag of the socket it replaced (inet_twsk_alloc in net/ipv4/inet_timewait_sock.c
 and an accepted socket has its listener's. So the old server must have set it
 too (Go sets it on every listener, as do Python's asyncio servers and
 http.server). It never lets two sockets LISTEN on the same address and port, and
-it does not end TIME_WAIT.
+binding with it does not end TIME_WAIT (a connect() from such a port to the same
+peer does take the TIME_WAIT 4-tuple over when it had TCP timestamps, whatever
+tcp_tw_reuse says: tcp_twsk_unique, measured in the issue 13 audit).
 
 SO_REUSEPORT is another thing: several sockets, each with it, of the same user,
 may listen on one port at once, and the kernel spreads new connections over
-them (a restart without a gap: start the new process, then stop the old one).
+them (a restart without a gap: start the new process, then stop the old one;
+connections still in the old listener's accept queue are reset when it closes,
+unless net.ipv4.tcp_migrate_req = 1 moves them: inet_csk_listen_stop).
 
 net.ipv4.tcp_tw_reuse does not touch bind() or servers at all: it lets an
-outgoing connect() take over a TIME_WAIT 4-tuple once the last timestamp it saw is
-1 s old (tcp_tw_reuse_delay; tcp_twsk_unique in net/ipv4/tcp_ipv4.c; it needs TCP
-timestamps; 2, the default, only for loopback). net.ipv4.tcp_tw_recycle is gone
+outgoing connect() take over a TIME_WAIT 4-tuple once the TIME_WAIT socket is
+tcp_tw_reuse_delay old (1,000 ms by default; tcp_twsk_unique in net/ipv4/tcp_ipv4.c;
+it needs TCP timestamps; 2, the default, only for loopback).
+net.ipv4.tcp_tw_recycle is gone
 (removed in Linux 4.12): it made servers drop SYNs whose timestamps went back
 in time, which broke clients behind NAT, whose hosts' clocks differ.""",
     "tcplab experiment restart",
@@ -790,16 +809,17 @@ _add(Lesson(
     "reset", "RST: close() with unread data, and SO_LINGER 0",
     """close() normally sends a FIN after any data still queued, and the peer reads
 EOF. But if data the application never read is still in the socket's receive
-buffer, tcp_close (net/ipv4/tcp.c) sends a RST instead ("we send a RST here
-because data was lost", RFC 2525 section 2.17) and counts TcpExt
-TCPAbortOnClose: the peer's next read fails with ECONNRESET, "Connection reset
-by peer". Neither socket goes
-through FIN_WAIT or TIME_WAIT. A server that answers and closes without reading
+buffer, __tcp_close (called by tcp_close, net/ipv4/tcp.c) sends a RST instead ("As
+outlined in RFC 2525, section 2.17, we send a RST here because data was lost", its
+comment says) and counts TcpExt TCPAbortOnClose: the peer's next read fails with
+ECONNRESET, "Connection reset by peer". Neither socket goes through FIN_WAIT or
+TIME_WAIT. A server that answers and closes without reading
 the whole request (a body it did not want) hits this.
 
 SO_LINGER {on, 0 s} does the same on purpose, unread data or not (counted as
-TCPAbortOnData): the port-bomb experiment's linger0 variant uses it to avoid
-TIME_WAIT, at the price of this error on the peer and of any data in flight.""",
+TCPAbortOnData when nothing was unread, in __tcp_close too): the port-bomb
+experiment's linger0 variant uses it to avoid TIME_WAIT, at the price of this error
+on the peer and of any data in flight.""",
     "tcplab experiment reset; tcplab experiment port-bomb --variant linger0",
     (Figures("reset", "tcplab experiment reset", "2026-11-30",
              "close() after reading the bytes: no RST, the server's socket FIN_WAIT2, the "

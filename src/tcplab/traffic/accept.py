@@ -11,7 +11,8 @@ On a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM: CPython's set, in
 stop watching the listener and retry after a delay that starts at 5 ms and
 doubles up to 1 s, like Go's ``net/http.Server.Serve`` (its ``tempDelay``; Go
 retries on its temporary errnos instead, EINTR, EMFILE, ENFILE and timeouts:
-``Errno.Temporary`` in syscall/syscall_unix.go). Level-triggered
+``Errno.Temporary`` in syscall/syscall_unix.go, and ECONNRESET and ECONNABORTED
+from accept: ``(*OpError).Temporary`` in net/net.go). Level-triggered
 pollers would otherwise spin: the listener stays readable while connections
 wait in the accept queue. A connection that closes frees an fd, so a model
 retries at once when that happens instead of waiting out the delay.
