@@ -32,7 +32,7 @@ RetransSegs; TcpExt TCPAbortOnTimeout).
 * ``retransmit+user-timeout``: no keep-alive; 100 bytes sent after the link
   went down, TCP_USER_TIMEOUT 2 s: the retransmission timer gives up 2 s after
   the first unacknowledged send (tcp_write_timeout, retransmits_timed_out),
-  not after tcp_retries2 (15) retransmissions.
+  not after the 924.6 s that tcp_retries2 (15) allows.
 """
 
 from __future__ import annotations

@@ -821,8 +821,9 @@ unanswered probes the kernel sends a RST into the silence and fails the socket
 connection with unacknowledged data is not probed: its retransmission timer decides
 (tcp_write_timeout), once the time that net.ipv4.tcp_retries2 (15) retransmissions
 and the timeout after them would take, from 200 ms doubling up to 120 s, has passed
-since the data was sent (924.6 s), at the first retransmission timeout after that (retransmits_timed_out; tcp_retries2 in
-Documentation/networking/ip-sysctl.rst): a time, not a count of retransmissions.
+since the data was sent (924.6 s), at the first retransmission timeout after that
+(retransmits_timed_out; tcp_retries2 in Documentation/networking/ip-sysctl.rst): a
+time, not a count of retransmissions.
 
 TCP_USER_TIMEOUT, in milliseconds (the local half of RFC 5482's user timeout), caps
 both. With keep-alive, tcp_keepalive_timer fails the socket once that much time has
@@ -835,10 +836,11 @@ Go turns keep-alive on for every connection it dials or accepts, 15 s idle and 1
 between probes (defaultTCPKeepAlive in net/dial.go; (*TCPListener).accept in
 net/tcpsock_posix.go; setKeepAlivePeriod sets TCP_KEEPIDLE and TCP_KEEPINTVL and
 leaves TCP_KEEPCNT at the kernel's 9 in Go 1.19; the KeepAliveConfig of Go 1.23 and
-later defaults to 15 s, 15 s and 9: defaultTCPKeepAliveIdle, defaultTCPKeepAliveInterval
-and defaultTCPKeepAliveCount in net/dial.go), unless Dialer.KeepAlive or ListenConfig.KeepAlive is negative:
-a silent peer is given up after about 15 + 9 x 15 = 150 s. Python, like C, leaves it
-off. What keep-alive does to a leaking server: 'tcplab explain close-wait'.""",
+later defaults to 15 s, 15 s and 9: defaultTCPKeepAliveIdle,
+defaultTCPKeepAliveInterval and defaultTCPKeepAliveCount in net/dial.go), unless
+Dialer.KeepAlive or ListenConfig.KeepAlive is negative: a silent peer is given up
+after about 15 + 9 x 15 = 150 s. Python, like C, leaves it off. What keep-alive does
+to a leaking server: 'tcplab explain close-wait'.""",
     "tcplab experiment fd-leak --keepalive 15; unshare -Urn python3 -m tcplab.agents.keepalive",
     # Recorded with the 2 s the option had before it took seconds (fd_leak.KEEPALIVE_S).
     (Figures("fd-leak", "tcplab experiment fd-leak --keepalive 2", "2026-11-30",
