@@ -492,7 +492,7 @@ def test_recorded_figures_are_what_their_runs_measured() -> None:
             if fig.experiment:  # the sentence this_run builds from that run's JSON
                 assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
                 by_experiment += 1
-    assert by_experiment == 14
+    assert by_experiment == 16
 
 
 #: Keys of the recorded JSON that their records do not keep: each bomb run's own
@@ -543,16 +543,17 @@ def test_a_lesson_quotes_this_run_or_says_it_did_not_measure() -> None:
     fd_leak = recorded_run(LESSONS["fd-limit"].figures[0])
     skipped = Result("half-close", ok=False, fact="", skipped="needs a namespace (fix: ...)")
     q = quotes(LESSONS["close-wait"], {"fd-leak": fd_leak, "half-close": skipped})
-    assert [x.kind for x in q] == ["missing", "run", "missing", "recorded"]
+    # (fd-leak's Go rounds ran in the recorded run: go-drop's and go-keep's are quoted.)
+    assert [x.kind for x in q] == ["missing", "run", "run", "run", "missing", "recorded"]
     assert q[0].text == ("The half-close experiment was skipped in this run, so this was not "
                          "measured ('tcplab explain close-wait' quotes a recorded run).")
     assert q[1].text == (f"Measured in this run by the fd-leak experiment: "
                          f"{LESSONS['close-wait'].figures[1].sentence(fd_leak)}.")
-    assert q[2].text.startswith("This run's fd-leak experiment did not measure this; "
+    assert q[4].text.startswith("This run's fd-leak experiment did not measure this; "
                                 "`tcplab experiment fd-leak --keepalive 2` does")
-    assert q[3].text.startswith("Measured on Linux 6.18, 2 cores, on 2026-11-30, with `ss -s`")
+    assert q[5].text.startswith("Measured on Linux 6.18, 2 cores, on 2026-11-30, with `ss -s`")
     assert no_digits(q[0].text) and no_digits(
-        q[2].text.replace("explain close-wait", "").replace("--keepalive 2", ""))
+        q[4].text.replace("explain close-wait", "").replace("--keepalive 2", ""))
 
     failed = Result("multiplex", ok=False, fact="failed to run: RuntimeError: boom")
     [m] = quotes(LESSONS["netpoll"], {"multiplex": failed})

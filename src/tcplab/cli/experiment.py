@@ -26,7 +26,9 @@ demonstrated with the figure measured on this machine.
              the host's sysctls are never touched
   fd-leak    Experiment 3: a leak-mode server with a 256-fd limit flooded by
              clients: fds to the limit, EMFILE, the accept queue, CLOSE_WAIT on
-             the server, FIN_WAIT2 on the clients expiring; then the fix
+             the server, FIN_WAIT2 on the clients expiring; then the fix; and,
+             with go on PATH, a Go server without Close(): its GC closes what
+             nothing references (late), not what a slice keeps (--go)
   half-close one connection closed slowly: FIN_WAIT2 on the client and CLOSE_WAIT
              on the server until the server closes, then TIME_WAIT's countdown
   restart    a server stopped while its port holds TIME_WAIT sockets: a new
@@ -80,6 +82,15 @@ def add_parser(sub: Any, name: str) -> None:
                    help="repeat the leak with SO_KEEPALIVE on the accepted sockets, idle "
                    "and interval SECONDS (15 is what Go sets on every accepted connection): "
                    "CLOSE_WAIT goes, the fds stay")
+    g.add_argument("--go", choices=["auto", "yes", "no"], default="auto",
+                   help="the Go rounds, with a Go server built from tcplab/peers/goleak.go "
+                   "(go on PATH; nothing downloaded; the binary cached per user): go-drop, a "
+                   "handler that returns without Close(): the runtime's finalizer closes the "
+                   "unreachable net.Conn at a later garbage collection (the leak heals itself, "
+                   "late); go-keep, the connections kept in a slice: the fds stay leaked while "
+                   "Go's 15 s keep-alive clears CLOSE_WAIT once the peers are gone. auto "
+                   "(default): when go is on PATH, not with --quick (they take about 25 s); "
+                   "yes: also with --quick; no: left out. Not with --server-cmd")
     g.add_argument("--fd-limit", type=common.int_range(32, 4096), default=256, metavar="N",
                    help="the leaking server's fd limit (default 256; soft, and hard too "
                    "for --server-cmd)")
@@ -124,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                                      keepalive=args.keepalive is not None,
                                      keepalive_s=args.keepalive or fd_leak.KEEPALIVE_S,
                                      server_cmd=args.server_cmd,
-                                     clients=max(450, args.fd_limit * 2))
+                                     clients=max(450, args.fd_limit * 2), go=args.go)
 
     def run_leak(quick: bool, progress: Any) -> Any:
         return fd_leak.run(leak_settings, quick=quick, progress=progress)

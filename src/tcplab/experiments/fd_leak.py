@@ -17,7 +17,15 @@ the port and the listener's accept queue. What it shows, measured:
   ``tcp_fin_timeout``; CLOSE_WAIT stays as long as the process holds the fd;
 * the fix, the same flood against a server that closes: CLOSE_WAIT 0;
 * ``keepalive``: with SO_KEEPALIVE, the leaked sockets leave CLOSE_WAIT once
-  the peer is gone (probes get a RST), but the fds stay leaked.
+  the peer is gone (probes get a RST), but the fds stay leaked;
+* the Go rounds (``--go``; go on PATH, not with --quick unless asked), against
+  a Go server built from tcplab/peers/goleak.go (experiments/gopeer.py):
+  ``go-drop``, a handler that returns without Close(): the runtime's finalizer
+  on each unreachable netFD closes it at a collection, so the fds stay far
+  below the connections, and what is left after the flood waits, with nothing
+  allocating, until later traffic brings the next collection; ``go-keep``, the
+  connections kept in a slice: Go's 15 s keep-alive clears CLOSE_WAIT once the
+  peers are gone, and the fds stay.
 
 Against your own server (``--server-cmd``) the same rounds run with LEAK=true
 and then LEAK empty, and a fd limit set as ``ulimit -n`` would: soft *and*
@@ -45,21 +53,26 @@ from what the run measured (issue 11: a summary said "fds hit its limit of
 from __future__ import annotations
 
 import enum
+import json
+import re
+import shlex
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tcplab.agents.io import command
-from tcplab.errors import ExperimentFailed
+from tcplab.errors import ExperimentFailed, NotSupported
+from tcplab.experiments import gopeer
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.result import Event, Progress, TimelineRow, say_nothing, timeline_of
-from tcplab.experiments.sampling import StateSampler
+from tcplab.experiments.sampling import Sample, StateSampler
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json_line
 from tcplab.traffic.flood import FloodResult
+from tcplab.words import plural
 
 PORT = 8080
 #: The window over which "persisting" is judged: CLOSE_WAIT present in every sample of
@@ -86,6 +99,8 @@ class Settings:
     keepalive: bool = False
     keepalive_s: int = KEEPALIVE_S
     server_cmd: str | None = None
+    #: The Go rounds: "auto" (when go is on PATH, not with --quick), "yes", "no".
+    go: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,9 @@ class RunWith:
     #: The keep-alive round's idle and interval (``--keepalive SECONDS``); None: no such
     #: round (and in results recorded before the option took seconds).
     keepalive_s: int | None = None
+    #: The Go rounds as asked (--go): "auto", "yes" or "no"; None in results recorded
+    #: before they existed.
+    go_rounds: str | None = None
 
 
 class Skip(enum.StrEnum):
@@ -111,6 +129,8 @@ class Skip(enum.StrEnum):
     NEEDS_KEEPALIVE = "needs-keepalive"  # keepalive round against --server-cmd
     LEAKED_WITHOUT_LEAK = "leaked-without-leak"  # fix round: the server leaks anyway
     NO_LEAK_SWITCH = "no-leak-switch"  # leak round: it closed even with LEAK=true
+    GO_UNAVAILABLE = "go-unavailable"  # Go rounds: go missing, or the build failed
+    GO_QUICK = "go-quick"  # Go rounds: --quick leaves them out (--go auto)
 
 
 class Short(enum.StrEnum):
@@ -128,6 +148,42 @@ class Short(enum.StrEnum):
     NO_FIN_WAIT2 = "no-fin-wait2"  # leak: no client socket in FIN_WAIT2
     FIN_WAIT2_STAYED = "fin-wait2-stayed"  # leak: FIN_WAIT2 had not expired at the end
     LEFT_CLOSE_WAIT = "left-close-wait"  # fix: CLOSE_WAIT persisted after it closed
+    NO_GC = "no-gc"  # go-drop: the runtime printed no collection (gctrace)
+    GO_FDS_CLIMBED = "go-fds-climbed"  # go-drop: fds rose to half the connections or more
+    NONE_LEFT = "none-left"  # go-drop: no fd waited for a later collection
+    NO_LATER_GC = "no-later-gc"  # go-drop: no collection after the later traffic
+    NOT_HEALED = "not-healed"  # go-drop: fds not back at the start after that collection
+    LEFT_EARLY = "left-early"  # go-keep: CLOSE_WAIT fell before Go's keep-alive could act
+    KEEP_CLOSE_WAIT_LEFT = "keep-close-wait-left"  # go-keep: CLOSE_WAIT still there at the end
+
+
+@dataclass(frozen=True, slots=True)
+class GoFigures:
+    """What a Go round measured beyond a round's figures. Times are seconds since its
+    flood began, on the sampler's clock (CLOCK_MONOTONIC)."""
+
+    go_version: str  # ``go version``: "go1.19.8 linux/amd64"
+    build_s: float  # 0: the binary was in the cache
+    cached: bool
+    env: str  # what the round set in the server's environment, in words
+    gomaxprocs: int | None  # as the server reported it
+    gcs: tuple[float, ...] = ()  # when each collection began (the runtime's gctrace lines)
+    connected: int = 0  # flood clients that connected
+    flood_s: float = 0.0  # the flood's length
+    accepted: int | None = None  # the server's own totals, on SIGTERM (None: none printed)
+    returned_without_close: int | None = None
+    kept: int | None = None
+    # go-drop
+    gcs_in_flood: int = 0
+    quiet_s: float = 0.0  # no traffic for this long after the flood
+    fds_quiet: int | None = None  # the fds at the end of that wait
+    close_wait_quiet: int = 0
+    later_clients: int = 0  # clients of the later traffic (the port whose handler closes)
+    later_gc_s: float | None = None  # the first collection after the quiet wait began
+    fell_s: float | None = None  # the first sample after it with fds back at the start (+1)
+    # go-keep
+    close_wait_held_s: float | None = None  # the last sample still at the CLOSE_WAIT peak
+    close_wait_gone_s: float | None = None  # the first sample with none left
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +218,8 @@ class Round:
     short: tuple[Short, ...] = ()
     fd_limit_set: int = 0  # the limit the round asked for
     foreign: bool = False  # the user's --server-cmd, not tcplab server
+    go: GoFigures | None = None  # the Go rounds' own figures
+    go_skip: str | None = None  # a skipped Go round: the reason, in words (GoUnavailable's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +277,10 @@ def run(settings: Settings | None = None, quick: bool = False,
     elif s.keepalive:
         progress(f"fd-leak: leaking, with SO_KEEPALIVE ({s.keepalive_s} s idle and interval)")
         kept = _round(s, leak=True, keepalive=s.keepalive_s, mark=mark, origin=started)
-    rounds = tuple(r for r in (leak, fixed, kept) if r is not None)
+    go_rounds: list[Round] = []
+    if s.go != "no" and not s.server_cmd:
+        go_rounds = _go_rounds(s, quick, progress, mark, started)
+    rounds = tuple(r for r in (leak, fixed, kept, *go_rounds) if r is not None)
     ran = [r for r in rounds if r.skip is None]
     facts = Facts(
         fd_limit=leak.fd_limit,
@@ -255,7 +316,8 @@ def run(settings: Settings | None = None, quick: bool = False,
         settings=RunWith(fd_limit=s.fd_limit, fd_limit_kind=limit_kind, backlog=s.backlog,
                          clients=s.clients, tcp_fin_timeout=s.fin_timeout,
                          keepalive=s.keepalive, server=server, port=PORT,
-                         keepalive_s=s.keepalive_s if s.keepalive else None),
+                         keepalive_s=s.keepalive_s if s.keepalive else None,
+                         go_rounds=None if s.server_cmd else s.go),
         facts=facts, events=tuple(events), timeline=leak.timeline, variants=rounds,
     )
 
@@ -404,9 +466,10 @@ def judge(r: Round, leak: bool, keepalive: int | None) -> Round:
     return replace(r, shown=not short, short=short)
 
 
-def _flood(sb: Sandbox, s: Settings) -> FloodResult:
-    r = sb.run(command("flood", "--port", str(PORT),
-                       "--clients", str(s.clients), "--connect-timeout", str(s.connect_timeout),
+def _flood(sb: Sandbox, s: Settings, port: int = PORT, clients: int | None = None
+           ) -> FloodResult:
+    r = sb.run(command("flood", "--port", str(port), "--clients", str(clients or s.clients),
+                       "--connect-timeout", str(s.connect_timeout),
                        "--read-timeout", str(s.read_timeout)),
                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                timeout=120)
@@ -420,3 +483,312 @@ def _flood(sb: Sandbox, s: Settings) -> FloodResult:
     except RecordError as e:
         raise ExperimentFailed(f"the client flood wrote something else than its result: {e}",
                                hint="this is a bug in tcplab: report it") from None
+
+
+# --- the Go rounds ----------------------------------------------------------------------------
+#
+# tcplab/peers/goleak.go, built by experiments/gopeer.py, in the lab's style: a goroutine per
+# connection echoing with a 64 KiB buffer, and no Close(). Measured here (go1.19.8, 2 cores):
+# 512 clients against -mode drop ran 10 collections during a 1 s flood, fds peaked near 36,
+# 14 sockets waited in CLOSE_WAIT through 3 quiet seconds and went at the first collection
+# the later traffic caused; -mode keep held 128 in CLOSE_WAIT for 15 s, then none, with the
+# 137 fds kept.
+
+#: The port whose handler closes: the drop round's later traffic goes there.
+TIDY_PORT = 8081
+#: The drop round waits this long with no traffic: nothing allocates, so no collection is
+#: due (the runtime forces one only 2 minutes after the last: forcegcperiod in
+#: runtime/proc.go), and the unreachable connections wait.
+QUIET_S = 3.0
+#: The later traffic, in batches until a collection has run: each connection allocates a
+#: 64 KiB buffer, so a batch allocates 8 MiB. The heap's goal is what the last collection
+#: left live plus GOGC (100) percent of that, its stacks and globals, and at least 4 MiB
+#: (heapMinimum; gcControllerState.commit in runtime/mgcpacer.go): here one batch was
+#: always enough, and the batches go on (at most LATER_BATCHES) until gctrace shows one.
+LATER_CLIENTS = 128
+LATER_BATCHES = 6
+#: How long the drop round watches the fds fall after that collection: the finalizers run
+#: in the runtime's finalizer goroutine once the collection has swept (milliseconds here).
+FALL_S = 3.0
+#: Go's keep-alive: 15 s idle, then probes 15 s apart (defaultTCPKeepAlive, net/dial.go in
+#: Go 1.19; (*TCPListener).accept in net/tcpsock_posix.go sets it on every accepted socket).
+GO_KEEPALIVE_S = 15
+#: The keep round waits at most this long from its flood's start for CLOSE_WAIT to go, and
+#: holds it shown only if CLOSE_WAIT stayed at its peak for KEEP_HELD_S at least (no probe
+#: can come earlier than 15 s after a client's FIN).
+KEEP_WAIT_S = 25.0
+KEEP_HELD_S = 10.0
+#: What the Go rounds set in the server's environment: gctrace makes the runtime print one
+#: line per collection (it does not change when they run); GOGC and GOMEMLIMIT empty are
+#: the runtime's defaults (GOGC 100, no memory limit), whatever the caller's environment says.
+GO_ENV = {"GODEBUG": "gctrace=1", "GOGC": "", "GOMEMLIMIT": ""}
+GO_ENV_WORDS = "GODEBUG=gctrace=1 (one line per collection); GOGC and GOMEMLIMIT unset (GOGC 100)"
+GC_LINE = re.compile(r"^gc (\d+) @")
+GO_ROUNDS = ("go-drop", "go-keep")
+
+
+def _go_rounds(s: Settings, quick: bool, progress: Progress, mark: Callable[..., None],
+               origin: float) -> list[Round]:
+    """The Go rounds, or the reason they are skipped (go missing, its build failed,
+    --quick with --go auto). ``--go yes`` without a usable go is NotSupported."""
+    skip, words = None, None
+    if quick and s.go == "auto":
+        skip = Skip.GO_QUICK
+    else:
+        try:
+            built = gopeer.build()
+        except gopeer.GoUnavailable as e:
+            if s.go == "yes":
+                raise NotSupported(f"--go yes: {e}", hint=gopeer.HOWTO) from None
+            skip, words = Skip.GO_UNAVAILABLE, str(e)
+    if skip is not None:
+        skipped = [Round(name, skip=skip, go_skip=words, fd_limit_set=s.fd_limit)
+                   for name in GO_ROUNDS]
+        for r in skipped:
+            mark(f"{r.name}: skipped ({r.skip})", verdict_of=r.name, verdict=r)
+        return skipped
+    mark("go: " + (f"{built.go_version}, the server from the cache ({built.binary})"
+                   if built.cached else
+                   f"built {gopeer.SOURCE.name} with {built.go_version} in {built.build_s:.1f} s "
+                   f"into {built.binary}"))
+    progress("fd-leak: Go, a handler that returns without Close() (go-drop)")
+    drop = _go_drop(s, built, mark, origin)
+    progress(f"fd-leak: Go, the connections kept in a slice (go-keep): up to "
+             f"{KEEP_WAIT_S:.0f} s for Go's {GO_KEEPALIVE_S} s keep-alive")
+    keep = _go_keep(s, built, mark, origin)
+    return [drop, keep]
+
+
+def _go_server(sb: Sandbox, built: gopeer.Built, mode: str, s: Settings,
+               tidy: bool = False) -> ForeignServer:
+    cmd = f"{shlex.quote(built.binary)} -mode {mode} -addr 127.0.0.1:{{port}}"
+    if tidy:
+        cmd += f" -tidy 127.0.0.1:{TIDY_PORT}"
+    return ForeignServer(sb, cmd, PORT, env=GO_ENV, fd_limit=s.fd_limit)
+
+
+def _go_lines(server: ForeignServer, event: str) -> dict[str, Any]:
+    """The server's last JSON line of this event ("listening", "totals"), or {}."""
+    for _, line in reversed(server.log):
+        if line.startswith("{"):
+            try:
+                body = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(body, dict) and body.get("event") == event:
+                return body
+    return {}
+
+
+def _gc_times(server: ForeignServer, origin: float) -> list[float]:
+    """When each gctrace line arrived, in seconds since ``origin``."""
+    return [mono - origin for mono, line in list(server.log) if GC_LINE.match(line)]
+
+
+def _go_figures(built: gopeer.Built, server: ForeignServer, origin: float, t0: float,
+                flood: FloodResult, flood_s: float) -> GoFigures:
+    hello, totals = _go_lines(server, "listening"), _go_lines(server, "totals")
+    return GoFigures(
+        go_version=built.go_version, build_s=built.build_s, cached=built.cached,
+        env=GO_ENV_WORDS, gomaxprocs=hello.get("gomaxprocs"),
+        gcs=tuple(round(t - t0, 3) for t in _gc_times(server, origin)),
+        connected=flood.echoed + flood.no_echo, flood_s=round(flood_s, 3),
+        accepted=totals.get("accepted"),
+        returned_without_close=totals.get("returned_without_close"),
+        kept=totals.get("kept"))
+
+
+def _go_drop(s: Settings, built: gopeer.Built, mark: Callable[..., None],
+             origin: float) -> Round:
+    """A flood against -mode drop; QUIET_S with no traffic; later traffic to the port
+    whose handler closes, in batches until a collection ran; the fds watched fall."""
+    label = "go-drop"
+    with Sandbox({"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}) as sb:
+        server = _go_server(sb, built, "drop", s, tidy=True)
+        sampler = StateSampler(sb, PORT, pid=server.pid, origin=origin)
+        t0 = sampler.now()
+        mark(f"{label}: {GO_ENV_WORDS}; {s.clients} clients connect, send, wait for the "
+             "echo, close; the handler returns without Close()")
+        flood = _flood(sb, s)
+        t1 = sampler.now()
+        in_flood = [t for t in _gc_times(server, origin) if t <= t1]
+        mark(f"{label}: {flood.echoed} echoed, {flood.no_echo} connected but got no echo, "
+             f"{flood.connect_timeouts} never connected; the runtime ran "
+             f"{plural(len(in_flood), 'collection')} meanwhile")
+        mark(f"{label}: no traffic for {QUIET_S:.0f} s: nothing allocates, so no collection "
+             "is due (with none, the runtime forces one 2 minutes after the last)")
+        time.sleep(QUIET_S)
+        sampler.wait_for_row_after(sampler.now())
+        quiet = sampler.latest()
+        t_quiet = sampler.now()
+        later = 0
+        for _ in range(LATER_BATCHES):
+            mark(f"{label}: later traffic: {LATER_CLIENTS} clients to port {TIDY_PORT}, "
+                 "whose handler closes (a 64 KiB buffer each)")
+            _flood(sb, s, port=TIDY_PORT, clients=LATER_CLIENTS)
+            later += LATER_CLIENTS
+            if any(t > t_quiet for t in _gc_times(server, origin)):
+                break
+        later_gcs = [t for t in _gc_times(server, origin) if t > t_quiet]
+        start = next((r.server_fds for r in sampler.rows if r.server_fds is not None), None)
+        fell = (_wait_fds_at_most(sampler, (start or 0) + 1, later_gcs[0], FALL_S)
+                if later_gcs else None)
+        sampler.wait_for_row_after(sampler.now())
+        rows = list(sampler.rows)
+        alive = server.alive()
+        sampler.stop()
+        server.stop()
+        go = replace(
+            _go_figures(built, server, origin, t0, flood, t1 - t0),
+            gcs_in_flood=len(in_flood), quiet_s=QUIET_S,
+            fds_quiet=quiet.server_fds if quiet else None,
+            close_wait_quiet=quiet.state("CLOSE_WAIT") if quiet else 0,
+            later_clients=later,
+            later_gc_s=round(later_gcs[0] - t0, 3) if later_gcs else None,
+            fell_s=round(fell - t0, 3) if fell is not None else None)
+        figures = _go_round(label, rows, server, flood, s, alive, go)
+    r = judge_go(figures)
+    g = r.go
+    assert g is not None
+    mark(f"{label}: fds {r.fds_start} at the start, peak {r.fds_peak} for "
+         f"{plural(g.connected, 'connection')}; {g.fds_quiet} after {QUIET_S:.0f} quiet s "
+         f"(CLOSE_WAIT {g.close_wait_quiet}); "
+         + (f"a collection at {g.later_gc_s:.1f} s after {later} later clients, fds "
+            f"{r.fds_after} at the end" if g.later_gc_s is not None else
+            f"no collection after {later} later clients"))
+    _mark_verdict(r, mark)
+    return r
+
+
+def _wait_fds_at_most(sampler: StateSampler, fds: int, after: float, timeout: float
+                      ) -> float | None:
+    """Wait until a sample measured after ``after`` shows the server's fds at ``fds`` or
+    fewer: that sample's time, or None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hit = next((r.t for r in list(sampler.rows) if r.t > after
+                    and r.server_fds is not None and r.server_fds <= fds), None)
+        if hit is not None or time.monotonic() >= deadline:
+            return hit
+        time.sleep(0.05)
+
+
+def _go_keep(s: Settings, built: gopeer.Built, mark: Callable[..., None],
+             origin: float) -> Round:
+    """A flood against -mode keep (fewer clients than the fd limit: every one accepted),
+    then a wait until CLOSE_WAIT is gone (Go's keep-alive) or KEEP_WAIT_S."""
+    label = "go-keep"
+    clients = max(16, min(s.clients, s.fd_limit // 2))
+    with Sandbox({"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}) as sb:
+        server = _go_server(sb, built, "keep", s)
+        sampler = StateSampler(sb, PORT, pid=server.pid, origin=origin)
+        t0 = sampler.now()
+        mark(f"{label}: {clients} clients connect, send, wait for the echo, close; the "
+             "server keeps every connection in a slice and never closes one")
+        flood = _flood(sb, s, clients=clients)
+        t1 = sampler.now()
+        mark(f"{label}: {flood.echoed} echoed; waiting up to {KEEP_WAIT_S:.0f} s from the "
+             f"flood's start for Go's keep-alive ({GO_KEEPALIVE_S} s idle, then a probe; the "
+             f"clients' FIN_WAIT2 expire after tcp_fin_timeout = {s.fin_timeout} s, so the "
+             "probe gets a RST)")
+        while sampler.now() < t0 + KEEP_WAIT_S:
+            now = sampler.now()
+            window = [r for r in sampler.rows if r.t >= max(t1, now - WINDOW_S)]
+            if len(window) >= 3 and not any(r.state("CLOSE_WAIT") for r in window):
+                break
+            time.sleep(0.1)
+        sampler.wait_for_row_after(sampler.now())
+        rows = list(sampler.rows)
+        peak = max((r.state("CLOSE_WAIT") for r in rows), default=0)
+        at_peak = [r.t for r in rows if peak and r.state("CLOSE_WAIT") == peak]
+        held = at_peak[-1] if at_peak else None
+        gone = next((r.t for r in rows if held is not None and r.t > held
+                     and not r.state("CLOSE_WAIT")), None)
+        alive = server.alive()
+        sampler.stop()
+        server.stop()
+        go = replace(_go_figures(built, server, origin, t0, flood, t1 - t0),
+                     close_wait_held_s=round(held - t0, 3) if held is not None else None,
+                     close_wait_gone_s=round(gone - t0, 3) if gone is not None else None)
+        figures = _go_round(label, rows, server, flood, s, alive, go)
+    r = judge_go(figures)
+    g = r.go
+    assert g is not None
+    mark(f"{label}: CLOSE_WAIT {r.close_wait_peak} until {g.close_wait_held_s} s, "
+         f"{r.close_wait_after} at the end (first none at {g.close_wait_gone_s} s); fds "
+         f"{r.fds_start} -> {r.fds_after}")
+    _mark_verdict(r, mark)
+    return r
+
+
+def _go_round(label: str, rows: list[Sample], server: ForeignServer, flood: FloodResult,
+              s: Settings, alive: bool, go: GoFigures) -> Round:
+    """A Go round's figures from the sampler's rows (the timeline too) and its server's
+    output."""
+    last = rows[-1] if rows else None
+
+    def most(values: Iterable[int | None]) -> int:
+        return max((v or 0 for v in values), default=0)
+
+    return Round(
+        name=label, fd_limit=most(r.fd_limit for r in rows) or None,
+        fd_limit_hard=most(r.fd_limit_hard for r in rows) or None,
+        fds_start=next((r.server_fds for r in rows if r.server_fds is not None), None),
+        fds_peak=most(r.server_fds for r in rows), fds_after=last.server_fds if last else None,
+        close_wait_peak=most(r.state("CLOSE_WAIT") for r in rows),
+        close_wait_after=last.state("CLOSE_WAIT") if last else 0,
+        queue_peak=most(r.listen_queue for r in rows), backlog=most(r.backlog for r in rows),
+        emfile_line=_emfile(server), emfile_lines=len(_emfiles(server)),
+        alive=alive, flood=flood, fd_limit_set=s.fd_limit, go=go,
+        timeline=tuple(TimelineRow(r.t, dict(r.states), r.listen_queue, r.server_fds)
+                       for r in rows))
+
+
+def _emfiles(server: ForeignServer) -> list[str]:
+    return [line for _, line in server.log if "too many open files" in line.lower()]
+
+
+def _emfile(server: ForeignServer) -> str | None:
+    lines = _emfiles(server)
+    return lines[0] if lines else None
+
+
+def _mark_verdict(r: Round, mark: Callable[..., None]) -> None:
+    if r.skip is not None:
+        mark(f"{r.name}: skipped ({r.skip})", verdict_of=r.name, verdict=r)
+    elif not r.shown:
+        mark(f"{r.name}: NOT shown ({', '.join(r.short)})", verdict_of=r.name, verdict=r)
+
+
+def judge_go(r: Round) -> Round:
+    """A Go round with shown and short set from its own figures.
+
+    go-drop is shown when the fds fell without a Close(): the runtime ran collections,
+    the fds stayed under half the connections during the flood (the finalizer closed
+    the rest), at least one fd waited through the quiet seconds, and after the
+    collection the later traffic caused the fds were back at the start (+1).
+    go-keep is shown when every connected client's socket sat in CLOSE_WAIT for at
+    least KEEP_HELD_S, none was left at the end, and the fds stayed (one per client)."""
+    g = r.go
+    assert g is not None
+    start = r.fds_start or 0
+    checks: list[tuple[bool, Short]] = [(r.alive, Short.DIED)]
+    if r.name == "go-drop":
+        checks += [
+            (bool(g.gcs), Short.NO_GC),
+            (r.fds_peak - start < g.connected / 2, Short.GO_FDS_CLIMBED),
+            ((g.fds_quiet or 0) > start, Short.NONE_LEFT),
+            (g.later_gc_s is not None, Short.NO_LATER_GC),
+            (g.later_gc_s is None or (r.fds_after is not None and r.fds_after <= start + 1
+                                      and g.fell_s is not None), Short.NOT_HEALED),
+        ]
+    else:
+        checks += [
+            (g.connected > 0 and r.close_wait_peak >= g.connected, Short.NO_CLOSE_WAIT),
+            (g.close_wait_held_s is not None and g.close_wait_held_s >= KEEP_HELD_S,
+             Short.LEFT_EARLY),
+            (r.close_wait_after == 0, Short.KEEP_CLOSE_WAIT_LEFT),
+            ((r.fds_after or 0) >= start + g.connected, Short.FDS_FELL),
+        ]
+    short = tuple(why for holds, why in checks if not holds)
+    return replace(r, shown=not short, short=short)

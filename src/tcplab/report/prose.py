@@ -69,7 +69,8 @@ def worded(result: R) -> R:
             skipped = f"the leak round could not run against this server: {leak.skipped}"
         out = replace(result, variants=rounds, skipped=skipped,
                       events=tuple(verdict_event(e, by) for e in result.events),
-                      fact=fd_leak_fact(leak, fixed, by.get("keepalive"))
+                      fact=fd_leak_fact(leak, fixed, by.get("keepalive"),
+                                        [r for r in rounds if r.name in fd_leak.GO_ROUNDS])
                       if leak is not None and fixed is not None else result.fact)
     elif isinstance(result, half_close.Result):
         out = replace(result, fact=half_close_fact(result.facts.steps))
@@ -497,6 +498,11 @@ def round_skipped(r: fd_leak.Round) -> str | None:
     Skip = fd_leak.Skip
     if r.skip is None:
         return None
+    if r.skip is Skip.GO_QUICK:
+        return ("--quick leaves the Go rounds out (about 25 s: Go's keep-alive waits 15 s); "
+                "run without --quick, or with --go yes")
+    if r.skip is Skip.GO_UNAVAILABLE:
+        return r.go_skip or "go is not available"
     if r.skip is Skip.NEEDS_KEEPALIVE:
         return ("needs tcplab server --keepalive (SO_KEEPALIVE on accepted sockets); "
                 "--server-cmd runs yours")
@@ -517,6 +523,8 @@ def round_lesson(r: fd_leak.Round) -> str | None:
     if r.name == "fixed":
         return (f"a server that closes: CLOSE_WAIT {cw} once it had closed (a peak "
                 f"of {cw_peak} while the clients closed), {_fds(r)}")
+    if r.name in fd_leak.GO_ROUNDS:
+        return go_round_lesson(r)
     if r.name == "keepalive":
         return (f"with SO_KEEPALIVE, CLOSE_WAIT fell from {cw_peak} to "
                 f"{r.close_wait_after} (the never-accepted ones) once the probes found "
@@ -559,12 +567,60 @@ def round_why_not(r: fd_leak.Round) -> str | None:
         "the end",
         Short.LEFT_CLOSE_WAIT: f"{cw} sockets stayed in CLOSE_WAIT after the server closed, "
         f"{_fds(r)}",
+        **(go_why_not(r) if r.go is not None else {}),
     }
     return "; ".join(words[why] for why in r.short)
 
 
+def go_round_lesson(r: fd_leak.Round) -> str:
+    """What a shown Go round showed, from its figures (go-drop, go-keep)."""
+    g = r.go
+    assert g is not None
+    if r.name == "go-drop":
+        return (f"Go's handler returned without Close() for each of "
+                f"{plural(g.connected, 'connection')}, yet the server's fds peaked at "
+                f"{r.fds_peak} (from {r.fds_start}): the runtime ran "
+                f"{plural(g.gcs_in_flood, 'collection')} during the flood, and the finalizer "
+                f"on each unreachable net.Conn's netFD closed it; after the flood "
+                f"{(g.fds_quiet or 0) - (r.fds_start or 0)} fds more than at the start "
+                f"({g.close_wait_quiet} sockets in CLOSE_WAIT) waited {g.quiet_s:.0f} s "
+                f"with nothing allocating, until {plural(g.later_clients, 'later client')} "
+                f"made the runtime collect at {g.later_gc_s:.1f} s and the fds were back at "
+                f"{r.fds_after}: the leak heals itself, late (the server ran with "
+                "GODEBUG=gctrace=1, GOGC and GOMEMLIMIT unset)")
+    return (f"with every connection kept in a slice, CLOSE_WAIT stayed at "
+            f"{r.close_wait_peak} until {g.close_wait_held_s:.1f} s after the flood began and "
+            f"none was left at {g.close_wait_gone_s:.1f} s (Go's {fd_leak.GO_KEEPALIVE_S} s "
+            f"keep-alive found the peers gone), while the fds stayed at {r.fds_after} "
+            f"(from {r.fds_start}): the leak is in fds, and no collection can close them")
+
+
+def go_why_not(r: fd_leak.Round) -> dict[fd_leak.Short, str]:
+    """The Go rounds' own reasons, worded from their figures."""
+    Short = fd_leak.Short
+    g = r.go
+    assert g is not None
+    return {
+        Short.NO_GC: "the runtime printed no collection (GODEBUG=gctrace=1)",
+        Short.GO_FDS_CLIMBED: f"fds climbed from {r.fds_start} to {r.fds_peak} for "
+        f"{plural(g.connected, 'connection')}: the collections did not keep up",
+        Short.NONE_LEFT: f"no fd waited for a later collection (fds {g.fds_quiet} after the "
+        f"quiet {g.quiet_s:.0f} s, {r.fds_start} at the start)",
+        Short.NO_LATER_GC: f"no collection ran after {plural(g.later_clients, 'later client')}",
+        Short.NOT_HEALED: f"fds {r.fds_after} at the end, {r.fds_start} at the start, after a "
+        f"collection at {g.later_gc_s} s",
+        Short.NO_CLOSE_WAIT: f"CLOSE_WAIT peaked at {r.close_wait_peak} for "
+        f"{plural(g.connected, 'connected client')}",
+        Short.LEFT_EARLY: f"CLOSE_WAIT fell after {g.close_wait_held_s} s, before Go's "
+        f"{fd_leak.GO_KEEPALIVE_S} s keep-alive could act",
+        Short.KEEP_CLOSE_WAIT_LEFT: f"{r.close_wait_after} still in CLOSE_WAIT "
+        f"{fd_leak.KEEP_WAIT_S:.0f} s after the flood began",
+        Short.FDS_FELL: f"fds fell to {r.fds_after} (from a peak of {r.fds_peak})",
+    }
+
+
 def fd_leak_fact(leak: fd_leak.Round, fixed: fd_leak.Round,
-                 kept: fd_leak.Round | None) -> str:
+                 kept: fd_leak.Round | None, go_rounds: Sequence[fd_leak.Round] = ()) -> str:
     """The summary sentence, clause by clause from what was measured (worded rounds)."""
     parts = []
     if leak.skip is not None:
@@ -602,7 +658,27 @@ def fd_leak_fact(leak: fd_leak.Round, fixed: fd_leak.Round,
     if kept is not None and kept.skip is None:
         parts.append(f"with SO_KEEPALIVE: CLOSE_WAIT {kept.close_wait_after}, fds still "
                      f"{kept.fds_after}")
+    reasons = {r.skipped for r in go_rounds if r.skip is not None}
+    if go_rounds and len(reasons) == 1 and all(r.skip is not None for r in go_rounds):
+        parts.append(f"the Go rounds were skipped: {reasons.pop()}")
+    else:
+        parts += [go_fact(r) for r in go_rounds]
     return "; ".join(parts)
+
+
+def go_fact(r: fd_leak.Round) -> str:
+    """A Go round's clause of the summary (a worded round)."""
+    g = r.go
+    if r.skip is not None or g is None:
+        return f"{r.name} skipped: {r.skipped}"
+    if not r.shown:
+        return f"{r.name} NOT shown: {r.why_not}"
+    if r.name == "go-drop":
+        return (f"Go without Close(): fds peaked at {r.fds_peak} for "
+                f"{plural(g.connected, 'connection')} and fell back to {r.fds_after} at a "
+                "later collection (the finalizer)")
+    return (f"Go keeping its connections: CLOSE_WAIT {r.close_wait_peak} gone by "
+            f"{g.close_wait_gone_s:.0f} s (keep-alive), fds still {r.fds_after}")
 
 
 # --- multiplex --------------------------------------------------------------------------------

@@ -205,6 +205,7 @@ def fd_leak_lines(result: fd_leak.Result) -> list[str]:
         lines.append(f"  with SO_KEEPALIVE         CLOSE_WAIT {f.keepalive_close_wait_after} "
                      f"after the peers left (the never-accepted ones), fds still "
                      f"{f.keepalive_fds_after}")
+    lines += go_lines(result.variants)
     lines.append("")
     for v in result.variants:
         if v.skipped:
@@ -215,6 +216,33 @@ def fd_leak_lines(result: fd_leak.Result) -> list[str]:
             lines.append(f"  {v.name} round: NOT shown: {v.why_not}.")
     lines.append("  CLOSE_WAIT is the local bug (this process never called close()); FIN_WAIT2 "
                  "points at the peer (it never closed its side)")
+    return lines
+
+
+def go_lines(rounds: Sequence[fd_leak.Round]) -> list[str]:
+    """The Go rounds' figures, one line each (the sentences follow with the rounds)."""
+    lines = []
+    for v in rounds:
+        g = v.go
+        if g is None:
+            continue
+        if v.name == "go-drop":
+            later = (f"{v.fds_after} after a collection at {g.later_gc_s:.1f} s"
+                     if g.later_gc_s is not None else "no later collection")
+            lines.append(f"  Go, no Close() (drop)     fds {v.fds_start} -> peak {v.fds_peak} "
+                         f"for {g.connected:,} connections ({g.gcs_in_flood} collections); "
+                         f"{g.fds_quiet} after {g.quiet_s:.0f} quiet s; {later}")
+        else:
+            gone = (f"none at {g.close_wait_gone_s:.1f} s" if g.close_wait_gone_s is not None
+                    else f"{v.close_wait_after} at the end")
+            held = (f"until {g.close_wait_held_s:.1f} s" if g.close_wait_held_s is not None
+                    else "at no sample")
+            lines.append(f"  Go, kept in a slice       CLOSE_WAIT {v.close_wait_peak} {held}, "
+                         f"{gone}; fds {v.fds_start} -> {v.fds_after}")
+    if lines:
+        g = next(v.go for v in rounds if v.go is not None)
+        lines.append(f"  Go server                 {g.go_version}, GOMAXPROCS {g.gomaxprocs}; "
+                     f"{g.env}; times from each flood's start")
     return lines
 
 
