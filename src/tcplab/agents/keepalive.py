@@ -7,8 +7,13 @@ kernel answers for every local socket), so the agent builds a link that can go
 silent (``PeerLink``): a veth pair (198.18.13.1 here, 198.18.13.2 there) to a
 second network namespace held by a forked child, which listens on port 9000
 and holds what it accepts. Setting the peer's end down makes the pair drop
-every frame without a word (veth_xmit finds the peer not up; the local end's
-neighbour entry is permanent, so no ARP failure turns into "No route to host").
+every frame without a word: veth_close (drivers/net/veth.c) turns the local
+end's carrier off, linkwatch_do_dev then gives it the noop qdisc
+(dev_deactivate), whose noop_enqueue (net/sched/sch_generic.c) drops each frame,
+counts it in the device's TX dropped and returns NET_XMIT_CN, which TCP takes
+for sent (net_xmit_eval); checked here: a UDP socket with IP_RECVERR got no
+ENOBUFS, "ip -s link" counted the drops. The local end's neighbour entry is
+permanent, so no ARP failure turns into "No route to host".
 
 Per case: the link up, one connection, its options, the peer's end down, then
 the client's recv() blocks until the kernel gives up. One ``Silent`` per case,
@@ -27,7 +32,7 @@ RetransSegs; TcpExt TCPAbortOnTimeout).
 * ``retransmit+user-timeout``: no keep-alive; 100 bytes sent after the link
   went down, TCP_USER_TIMEOUT 2 s: the retransmission timer gives up 2 s after
   the first unacknowledged send (tcp_write_timeout, retransmits_timed_out),
-  not after tcp_retries2 (15) retransmissions.
+  not after the 924.6 s that tcp_retries2 (15) allows.
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ listener left out) beside what /proc/net/sockstat says (``tw``, ``orphan``).
   (tcp_close) and ends them.
 * ``orphan-retries``: one connection over the silent link, tcp_orphan_retries
   = 2; the peer goes silent and the client close()s: its FIN is retransmitted
-  until tcp_write_timeout gives up on the orphan (retransmits_timed_out with 2
-  retries from a 200 ms RTO: about 1.4 s), and the socket is gone.
+  until tcp_write_timeout gives up on the orphan (retransmits_timed_out: 2
+  retries from a 200 ms RTO allow 0.2 + 0.4 + 0.8 = 1.4 s, and it gives up at
+  the first retransmission timeout after that; about 3.3 s here), and the
+  socket is gone.
 
 sockstat's ``orphan`` is the machine's count, not the namespace's (a new
 namespace shows the host's value: tcp_orphan_count is one per-CPU counter for

@@ -20,16 +20,20 @@ Each round has four phases, and one ``Phase`` record is emitted per phase:
   connect(). Their SYNs find the accept queue not full (BACKLOG sockets, and
   sk_acceptq_is_full in include/net/sock.h is "more than the backlog"), so
   each gets a request socket (SYN_RECV) in the SYN queue, until that queue is
-  full: then tcp_conn_request (tcp_input.c) answers with a SYN cookie and keeps
-  nothing (syncookies on), or drops the SYN (off: the client stays SYN_SENT).
+  full (more than BACKLOG): then tcp_conn_request (tcp_input.c) answers with a
+  SYN cookie and keeps nothing (syncookies on), or drops the SYN (off: the
+  client stays SYN_SENT; with syncookies off it drops already once fewer than a
+  quarter of tcp_max_syn_backlog is left free).
   The sample is taken before the held ACKs leave.
 * ``acks``: the held ACKs arrived. One more socket fits in the accept queue
   (BACKLOG + 1); for every other one tcp_v4_syn_recv_sock (tcp_ipv4.c) finds
   the queue full and creates nothing (ListenOverflows, ListenDrops): the client
   is ESTABLISHED, the server keeps only its request socket, or nothing for a
   cookie's; tcp_check_req (tcp_minisocks.c) then leaves the request socket
-  (tcp_abort_on_overflow = 0) or sends the client a RST (= 1). Each client's
-  next recv() says which.
+  (tcp_abort_on_overflow = 0) or sends the client a RST (= 1). A cookie's ACK
+  goes through cookie_v4_check (syncookies.c) instead, which drops it whatever
+  tcp_abort_on_overflow says: that client is not reset. Each client's next
+  recv() says which.
 * ``syn``: 3 more clients connect with the queue full: tcp_conn_request drops
   each SYN (ListenOverflows, ListenDrops); no SYN-ACK, no RST: the client sits
   in SYN_SENT, its connect() neither done nor refused, and retries later.

@@ -39,7 +39,8 @@ demonstrated with the figure measured on this machine.
   syn-queue  a listener that never calls accept(): its accept queue holds
              backlog + 1, then SYNs and final ACKs are dropped (clients in
              SYN_SENT, or ESTABLISHED with no server socket; ListenOverflows);
-             syncookies on and off; tcp_abort_on_overflow = 1 resets them
+             syncookies on and off; tcp_abort_on_overflow = 1 resets those
+             with a request socket
   multiplex  Experiment 4, C10k: each server model against 100, 1,000 and 10,000
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on

@@ -729,9 +729,11 @@ A goroutine (G) runs on an OS thread (M), and an M runs Go code only while it ho
 P. A goroutine in a system call netpoll cannot park, such as a read of a regular file
 (epoll refuses those files, so os.File's reads block in read(): newFile in
 os/file_unix.go) or a cgo call (cgocall in runtime/cgocall.go), keeps its M for the
-whole call (entersyscall in runtime/proc.go). Once the call has lasted a sysmon tick
-(20 us to 10 ms; up to 10 ms when nothing else waits to run), sysmon's retake takes
-the P back and handoffp starts another M with it when there is work; exitsyscall
+whole call (entersyscall in runtime/proc.go). Once sysmon finds the same call still
+running at its next look (it sleeps 20 us between looks, doubling up to 10 ms while
+idle), or after 10 ms when the P has nothing queued and another P or a spinning M is
+free, its retake takes the P back and handoffp starts another M with it when there is
+work (runtime/proc.go, Go 1.19); exitsyscall
 looks for a P again when the call returns. That is why a Go program has more
 threads than GOMAXPROCS: one per goroutine blocked in such a call, and a few more;
 a socket read never holds a thread.
@@ -849,17 +851,25 @@ the SYN-ACK arrives) and its connect() has returned, while the server keeps only
 the request socket, or nothing when the SYN was answered with a cookie.
 
 Both are counted in /proc/net/netstat as TcpExt ListenOverflows (the accept queue
-was full) and ListenDrops (every SYN or ACK a listener dropped); 'nstat -az
+was full) and ListenDrops (every SYN tcp_conn_request dropped and every final ACK
+tcp_v4_syn_recv_sock made no socket for, whatever the reason: tcp_listendrop in
+include/net/tcp.h; so at least ListenOverflows); 'nstat -az
 TcpExtListenOverflows' and 'tcplab doctor' read them. The fix is on the server:
 accept() faster (more workers, SO_REUSEPORT), or a larger backlog and somaxconn
 for bursts.
 
 net.ipv4.tcp_abort_on_overflow = 1 makes tcp_check_req answer such a final ACK
 with a RST instead (counted as EmbryonicRsts): the client learns at once, its next
-read failing with ECONNRESET, "Connection reset by peer", instead of waiting.
+read failing with ECONNRESET, "Connection reset by peer", instead of waiting. Only
+a request socket's: the ACK of a SYN answered with a cookie goes through
+cookie_v4_check (net/ipv4/syncookies.c) instead, which drops it when
+tcp_v4_syn_recv_sock makes no socket, whatever tcp_abort_on_overflow says, so that
+client stays ESTABLISHED with nothing on the server.
 
 The SYN queue is full when it holds more request sockets than the backlog
-(inet_csk_reqsk_queue_is_full, include/net/inet_connection_sock.h). A SYN that
+(inet_csk_reqsk_queue_is_full, include/net/inet_connection_sock.h; "more than"
+since the January 2025 fix "tcp/dccp: allow a connection when sk_max_ack_backlog
+is zero", backported to stable kernels; before it, as many as). A SYN that
 finds it full gets a SYN cookie when net.ipv4.tcp_syncookies is 1 (the default;
 2: every SYN gets one): the SYN-ACK's sequence number encodes the connection, no
 request socket is kept (SyncookiesSent, TCPReqQFullDoCookies), and the ACK
@@ -869,12 +879,13 @@ after that: a cookie does not get a SYN past a full accept queue.
 
 net.ipv4.tcp_max_syn_backlog matters only with syncookies off: tcp_conn_request
 then drops a SYN once the SYN queue leaves less than a quarter of it free, except
-from peers the kernel has TCP metrics for (tcp_peer_is_proven). With syncookies on,
+from a peer whose round-trip time the kernel remembers from an earlier connection
+(tcp_peer_is_proven, net/ipv4/tcp_metrics.c). With syncookies on,
 the listen backlog alone caps the SYN queue.
 
 The experiment holds its clients' final ACKs back with TCP_QUICKACK = 0 (a client
-in delayed-ACK mode answers the SYN-ACK from its delayed-ACK timer, up to 200 ms
-later: tcp_rcv_synsent_state_process, net/ipv4/tcp_input.c): on loopback the
+in delayed-ACK mode answers the SYN-ACK from its delayed-ACK timer, TCP_DELACK_MAX
+(200 ms) later: tcp_rcv_synsent_state_process, net/ipv4/tcp_input.c): on loopback the
 whole handshake otherwise runs inside connect(), and the ACK never arrives after
 the queue filled.""",
     "tcplab experiment syn-queue",
@@ -892,7 +903,8 @@ the queue filled.""",
 _add(Lesson(
     "keepalive", "Keep-alive: noticing a peer that went silent",
     """TCP keep-alive is off unless the program turns it on with SO_KEEPALIVE
-(tcp_set_keepalive in net/ipv4/tcp_timer.c arms the timer only then). The kernel's
+(tcp_keepalive_timer in net/ipv4/tcp_timer.c probes only a socket with
+SOCK_KEEPOPEN, the flag SO_KEEPALIVE sets). The kernel's
 defaults are 7200 s of silence before the first probe, a probe every 75 s after that,
 and 9 unanswered probes before it gives up (TCP_KEEPALIVE_TIME, TCP_KEEPALIVE_INTVL and
 TCP_KEEPALIVE_PROBES in include/net/tcp.h; the sysctls net.ipv4.tcp_keepalive_time,
@@ -907,8 +919,12 @@ answers the probe with a RST, which ends the connection at once. A silent peer (
 crashed host, a pulled cable, a firewall that drops) answers nothing: after KEEPCNT
 unanswered probes the kernel sends a RST into the silence and fails the socket
 (tcp_write_err), so a blocked read returns ETIMEDOUT, "Connection timed out". A
-connection with unacknowledged data is not probed: its retransmission timer decides,
-after net.ipv4.tcp_retries2 (15) retransmissions (tcp_write_timeout).
+connection with unacknowledged data is not probed: its retransmission timer decides
+(tcp_write_timeout), once the time that net.ipv4.tcp_retries2 (15) retransmissions
+and the timeout after them would take, from 200 ms doubling up to 120 s, has passed
+since the data was sent (924.6 s), at the first retransmission timeout after that
+(retransmits_timed_out; tcp_retries2 in Documentation/networking/ip-sysctl.rst): a
+time, not a count of retransmissions.
 
 TCP_USER_TIMEOUT, in milliseconds (the local half of RFC 5482's user timeout), caps
 both. With keep-alive, tcp_keepalive_timer fails the socket once that much time has
@@ -920,10 +936,12 @@ the user timeout in place of tcp_retries2).
 Go turns keep-alive on for every connection it dials or accepts, 15 s idle and 15 s
 between probes (defaultTCPKeepAlive in net/dial.go; (*TCPListener).accept in
 net/tcpsock_posix.go; setKeepAlivePeriod sets TCP_KEEPIDLE and TCP_KEEPINTVL and
-leaves TCP_KEEPCNT at the kernel's 9 in Go 1.19; newer Go's KeepAliveConfig defaults
-to 15 s, 15 s and 9), unless Dialer.KeepAlive or ListenConfig.KeepAlive is negative:
-a silent peer is given up after about 15 + 9 x 15 = 150 s. Python, like C, leaves it
-off. What keep-alive does to a leaking server: 'tcplab explain close-wait'.""",
+leaves TCP_KEEPCNT at the kernel's 9 in Go 1.19; the KeepAliveConfig of Go 1.23 and
+later defaults to 15 s, 15 s and 9: defaultTCPKeepAliveIdle,
+defaultTCPKeepAliveInterval and defaultTCPKeepAliveCount in net/dial.go), unless
+Dialer.KeepAlive or ListenConfig.KeepAlive is negative: a silent peer is given up
+after about 15 + 9 x 15 = 150 s. Python, like C, leaves it off. What keep-alive does
+to a leaking server: 'tcplab explain close-wait'.""",
     "tcplab experiment fd-leak --keepalive 15; unshare -Urn python3 -m tcplab.agents.keepalive",
     # Recorded with the 2 s the option had before it took seconds (fd_leak.KEEPALIVE_S).
     (Figures("fd-leak", "tcplab experiment fd-leak --keepalive 2", "2026-11-30",
@@ -955,8 +973,10 @@ socket at once (inet_csk_find_open_port in net/ipv4/inet_connection_sock.c), wha
 the destination will be.
 
 IP_LOCAL_PORT_RANGE (Linux 6.3) narrows net.ipv4.ip_local_port_range for one socket:
-the upper bound in the high 16 bits of a 32-bit value, the lower in the low 16; the
-kernel uses the part of it inside the namespace's range. Ports listed in
+the upper bound in the high 16 bits of a 32-bit value, the lower in the low 16; each
+bound counts only if it lies inside the namespace's range, a bound outside it or 0
+has no effect (inet_sk_get_local_port_range in net/ipv4/inet_connection_sock.c). Ports
+listed in
 net.ipv4.ip_local_reserved_ports are skipped by connect() and by bind() to port 0
 (inet_is_local_reserved_port), but may still be bound by number.
 
@@ -965,7 +985,8 @@ end ("In first pass we try ports of @low parity", __inet_hash_connect) and bind(
 port 0 the odd ones first ("We do the opposite to not pollute connect() users",
 inet_csk_find_open_port); each falls back to the other half when its own is full.
 With the default range 32768-60999 that is even ports for connect(). With a
-per-socket range, connect() did not keep to that order here.""",
+per-socket range connect() drops the parity rule and tries every port in turn from a
+random offset (step 1 in __inet_hash_connect), so its ports may come in order.""",
     "tcplab experiment port-bomb; tcplab limits; unshare -Urn python3 -m tcplab.agents.ports",
     (Figures("", "unshare -Urn python3 -m tcplab.agents.ports", "2026-11-30",
              "in a ten-port range (40000-40009), 5 connect()s got 5 even ports and 5 bind()s "
@@ -990,22 +1011,29 @@ are full sockets, counted as "orphan" in /proc/net/sockstat. An orphan in FIN_WA
 that gets its ACK is replaced at once by a small FIN_WAIT2 minisocket
 (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in tcp_rcv_state_process, net/ipv4/tcp_input.c),
 which waits net.ipv4.tcp_fin_timeout (60 s by default) for the peer's FIN and is then
-dropped; with the FIN it turns TIME_WAIT ('tcplab explain time-wait').
+dropped; with the FIN it turns TIME_WAIT ('tcplab explain time-wait'). (With
+tcp_fin_timeout above 60 s the full socket waits out the excess first.)
 
 /proc/net/sockstat's "tw", which 'ss -s' prints as "timewait", counts every
 minisocket, FIN_WAIT2 and TIME_WAIT alike: a client whose peer never closes shows
 there as TIME_WAIT it does not have. Count per state instead ('tcplab states'). Its
 "orphan" is the whole machine's count, whatever namespace reads it, while "tw" and
-"inuse" are the namespace's own (measured here).
+"inuse" are the namespace's own (sockstat_seq_show in net/ipv4/proc.c; measured here).
 
 net.ipv4.tcp_max_orphans (a machine-wide sysctl, absent in other network namespaces)
-caps orphans: above it, a closing socket or an orphan whose timer fires is closed at
-once, usually with a RST, and counted as TcpExt TCPAbortOnMemory, and the kernel
-logs "too many orphaned sockets" (tcp_check_oom in net/ipv4/tcp.c, from tcp_close and from
-tcp_out_of_resources in net/ipv4/tcp_timer.c). net.ipv4.tcp_orphan_retries bounds how
-long an orphan retransmits its FIN or probes a closed window: 0, the default, means 8
-while the retransmission timeout is below its 120 s maximum (tcp_orphan_retries in
-tcp_timer.c: "8 corresponds to >100 seconds with minimal RTO of 200msec").""",
+caps orphans: above it (a count refreshed every 100 ms), a closing socket or an
+orphan whose timer fires is closed at once, usually with a RST, and counted as TcpExt
+TCPAbortOnMemory, and the kernel logs "too many orphaned sockets", rate-limited
+(tcp_check_oom in net/ipv4/tcp.c, from tcp_close and from tcp_out_of_resources in
+net/ipv4/tcp_timer.c, which already acts at half or a quarter of it for an orphan
+long silent or with an ICMP error; tcp_check_oom does the same when TCP's memory,
+net.ipv4.tcp_mem, runs out). net.ipv4.tcp_orphan_retries bounds how long an orphan
+retransmits its FIN or probes a closed window: 0, the default, means 8 while the
+retransmission timeout is below its maximum, 120 s by default (tcp_orphan_retries in
+tcp_timer.c: "8 corresponds to >100 seconds with minimal RTO of 200msec"). Like
+tcp_retries2 it is a time: N allows what N retransmissions and the timeout after them
+take from 200 ms (2: 0.2 + 0.4 + 0.8 = 1.4 s), and the orphan goes at the first
+retransmission timeout after that (retransmits_timed_out).""",
     "tcplab states; ss -s; unshare -Urn python3 -m tcplab.agents.orphans",
     (Figures("", "ss -s", "2026-11-30",
              "with 5 client sockets in FIN_WAIT2 and none in TIME_WAIT, 'ss -s' said "
