@@ -37,6 +37,12 @@ demonstrated with the figure measured on this machine.
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on
              one timeline; then an RST close (needs root: tracefs, AF_PACKET)
+  keepalive  a peer gone silent (a veth link set down): keep-alive probes, then
+             ETIMEDOUT; TCP_USER_TIMEOUT with keep-alive and with retransmissions
+  ports      which local port connect() and bind() take in a ten-port range:
+             parity, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, reserved ports
+  orphans    sockets no process holds: FIN_WAIT2 minisockets counted as "tw" by
+             'ss -s', FIN_WAIT1 orphans, tcp_orphan_retries
   all        every experiment above, in turn, with a summary
 """
 
@@ -50,7 +56,8 @@ def add_parser(sub: Any, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
-                                    "restart", "reset", "multiplex", "handshake"],
+                                    "restart", "reset", "multiplex", "handshake",
+                                    "keepalive", "ports", "orphans"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
@@ -89,8 +96,11 @@ def run(args: argparse.Namespace) -> int:
         fd_leak,
         half_close,
         handshake,
+        keepalive,
         multiplex,
+        orphans,
         port_bomb,
+        ports,
         reset,
         restart,
     )
@@ -130,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
                "half-close": half_close.run, "restart": restart.run,
                "reset": reset.run, "multiplex": run_multiplex,
-               "handshake": handshake.run}
+               "handshake": handshake.run,
+               "keepalive": keepalive.run, "ports": ports.run, "orphans": orphans.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     bodies = []

@@ -15,7 +15,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcplab.errors import errno_name
-from tcplab.experiments import fd_leak, handshake, multiplex, port_bomb, reset, restart
+from tcplab.experiments import (
+    fd_leak,
+    handshake,
+    keepalive,
+    multiplex,
+    port_bomb,
+    ports,
+    reset,
+    restart,
+)
 from tcplab.experiments.result import Result, decode
 from tcplab.report import charts
 from tcplab.report.lessons import LESSONS, placement, quotes
@@ -82,6 +91,12 @@ def _errors(r: AnyResult) -> list[str]:
     if isinstance(r, reset.Result) and r.facts is not None:
         seen += [f"{c.case}: the client's read: {reset.read_words(c)}"
                  for c in r.facts.closes if c.read_errno is not None]
+    if isinstance(r, keepalive.Result) and r.facts is not None:
+        seen += [f"{s.case}: recv(): [Errno {s.errno}] {errno_name(s.errno)}: {s.error}"
+                 for s in r.facts.silences if s.errno is not None]
+    if isinstance(r, ports.Result) and r.facts is not None:
+        seen += [f"{p.case}{' to ' + p.destination if p.destination else ''}: {p.error}: "
+                 f"{p.message}" for p in r.facts.cases if p.error]
     return seen
 
 

@@ -9,7 +9,17 @@ from typing import Any
 
 from tcplab.agents.half_close import Side
 from tcplab.errors import errno_name
-from tcplab.experiments import fd_leak, half_close, multiplex, port_bomb, reset, restart
+from tcplab.experiments import (
+    fd_leak,
+    half_close,
+    keepalive,
+    multiplex,
+    orphans,
+    port_bomb,
+    ports,
+    reset,
+    restart,
+)
 from tcplab.experiments.result import Result
 from tcplab.report.prose import worded
 from tcplab.words import duration_us
@@ -32,6 +42,8 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "ladder": ("connections", ""),
     "messages": ("round trips per connection", ""),
     "size": ("message size", "B"),
+    "quick": ("shorter timers (--quick)", ""),
+    "tcp_orphan_retries": ("tcp_orphan_retries", ""),
 }
 
 
@@ -108,6 +120,12 @@ def variant_lines(result: AnyResult) -> list[str]:
         return reset_lines(result)
     if isinstance(result, multiplex.Result):
         return multiplex_lines(result)
+    if isinstance(result, keepalive.Result):
+        return keepalive_lines(result)
+    if isinstance(result, ports.Result):
+        return ports_lines(result)
+    if isinstance(result, orphans.Result):
+        return orphans_lines(result)
     if isinstance(result, port_bomb.Result) and result.variants:
         return port_bomb_lines(result)
     return []
@@ -244,6 +262,51 @@ def reset_lines(result: reset.Result) -> list[str]:
     for c in f.closes:
         rows.append((c.case, f"{c.unread_bytes} B", str(c.out_rsts), c.server_after,
                      c.client_after, reset.read_words(c)))
+    return table(rows)
+
+
+def keepalive_lines(result: keepalive.Result) -> list[str]:
+    """One row per case: the options, probes and retransmissions, how recv() ended."""
+    f = result.facts
+    if f is None:
+        return []
+
+    def opt(v: int | None, unit: str = "") -> str:
+        return "-" if v is None else f"{v:g}{unit}"
+
+    rows: list[Sequence[str]] = [("case", "idle", "interval", "probes", "user timeout",
+                                  "probes sent", "retransmits", "recv()")]
+    for s in f.silences:
+        rows.append((s.case, opt(s.keepidle_s, " s"), opt(s.keepintvl_s, " s"),
+                     opt(s.keepcnt), "-" if s.user_timeout_ms is None
+                     else f"{s.user_timeout_ms / 1000:g} s", str(s.keepalive_probes),
+                     str(s.retransmits), keepalive.error_words(s)))
+    return table(rows)
+
+
+def ports_lines(result: ports.Result) -> list[str]:
+    """One row per case and destination: the ports taken, in order, and the failure."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("case", "toward", "ports", "then")]
+    for p in f.cases:
+        rows.append((p.case, p.destination or "-", " ".join(str(x) for x in p.ports) or "none",
+                     p.error or "-"))
+    return table(rows)
+
+
+def orphans_lines(result: orphans.Result) -> list[str]:
+    """One row per look: the states, sockstat's tw and (machine-wide) orphan."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("case", "states", "tw", "orphan", "after close()")]
+    for x in f.looks:
+        rows.append((x.case, orphans.states_words(x.states), str(x.sockstat_tw),
+                     str(x.sockstat_orphan), "-" if x.lived_s is None
+                     else f"{x.lived_s:.1f} s" + ("" if x.retransmits is None
+                                                  else f", {x.retransmits} retransmits")))
     return table(rows)
 
 
