@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,30 @@ def run_tcplab(
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+# -- as an ordinary user -----------------------------------------------------------------
+
+@cache
+def nobody_can_run_python() -> str | None:
+    """None when this interpreter and tcplab can run as nobody; else why not."""
+    try:
+        r = subprocess.run([sys.executable, "-c", "import tcplab.cli.main"],
+                           preexec_fn=as_nobody, capture_output=True, text=True,
+                           env={**os.environ, "HOME": "/tmp"}, timeout=60)
+    except OSError as exc:
+        return f"nobody cannot run {sys.executable}: {exc.strerror}"
+    if r.returncode == 0:
+        return None
+    last = (r.stderr.strip().splitlines() or ["?"])[-1]
+    return f"nobody cannot run {sys.executable} with tcplab: {last}"
+
+
+def as_nobody() -> None:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
 
 
 class Child:
