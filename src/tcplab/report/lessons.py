@@ -811,7 +811,8 @@ off. What keep-alive does to a leaking server: 'tcplab explain close-wait'.""",
              "retransmissions and the same error at 2.7 s",
              this_run=_keepalive,
              context="(the peer in a second network namespace over a veth pair; 3 runs as "
-             "root and 1 as an ordinary user, each time within 0.04 s of these)")),
+             "root and 2 as an ordinary user: the same counts each time, the errors within "
+             "0.1 s of these)")),
 ))
 
 _add(Lesson(
@@ -851,7 +852,7 @@ per-socket range, connect() did not keep to that order here.""",
              "ports, then connect() failed with EADDRNOTAVAIL; ip_local_reserved_ports "
              "40000-40007 left 40008 and 40009, then connect() failed with EADDRNOTAVAIL",
              this_run=_ports,
-             context="(3 runs as root and 1 as an ordinary user, the same each time but "
+             context="(3 runs as root and 2 as an ordinary user, the same each time but "
              "for the order of the ports)"),),
 ))
 
@@ -897,9 +898,10 @@ tcp_timer.c: "8 corresponds to >100 seconds with minimal RTO of 200msec").""",
              "RSTs ended them); with tcp_orphan_retries = 2, an orphan whose peer went silent "
              "was gone 3.3 s after close(), after 4 retransmissions",
              this_run=_orphans,
-             context="(3 runs as root and 1 as an ordinary user: the states and tw the same "
-             "each time, the orphan gone after 3.3 to 3.4 s and 3 or 4 retransmissions; the "
-             "machine-wide orphan count moved with other processes' sockets)")),
+             context="(3 runs as root and 2 as an ordinary user: the states and tw the same "
+             "each time, the FIN_WAIT2 minisockets gone after 3.0 to 3.3 s, the orphan after "
+             "3.3 to 3.4 s and 4 retransmissions; the machine-wide orphan count moved with "
+             "other processes' sockets)")),
 ))
 
 #: Which lessons each experiment's section of the report may show.
