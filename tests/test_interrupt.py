@@ -440,7 +440,7 @@ CASES: dict[str, Case] = {
         "mid": line("running experiment reset", after=0.08),
         "late": line("running experiment reset", after=0.16),
     }),
-    # keepalive --quick ran 7 s and orphans --quick 5.5 s here, one agent each: the points
+    # keepalive --quick ran 7 s and orphans --quick 4 s here, one agent each: the points
     # are in its sandbox's start, its first case, and a later one with the veth link up;
     # ports, like reset, ran about 0.5 s.
     "keepalive": Case(experiment("keepalive", "--quick"), {
@@ -456,7 +456,7 @@ CASES: dict[str, Case] = {
     "orphans": Case(experiment("orphans", "--quick"), {
         "early": line("running experiment orphans"),
         "mid": line("running experiment orphans", after=0.8),
-        "late": line("running experiment orphans", after=3.0),
+        "late": line("running experiment orphans", after=2.5),
     }),
     "multiplex": Case(experiment("multiplex", "--quick", "--connections", "100"), {
         "early": line("running experiment multiplex"),

@@ -91,9 +91,11 @@ def write_sysctl(name: str, value: int | str) -> None:
 
 
 class Agent:
-    def __init__(self, fin_timeout: int = FIN_TIMEOUT_S) -> None:
+    def __init__(self, fin_timeout: int = FIN_TIMEOUT_S,
+                 orphan_retries: int = ORPHAN_RETRIES) -> None:
         self.t0 = time.monotonic()
         self.fin_timeout = fin_timeout
+        self.retries = orphan_retries
 
     def look(self, case: str, step: str, **extra: float | int | None) -> Look:
         stat = sockstat()
@@ -152,7 +154,7 @@ class Agent:
         emit(self.look("fin-wait1", "the clients closed with unread data"))
 
     def orphan_retries(self) -> None:
-        write_sysctl("net.ipv4.tcp_orphan_retries", ORPHAN_RETRIES)
+        write_sysctl("net.ipv4.tcp_orphan_retries", self.retries)
         with PeerLink() as link:
             c = socket.create_connection((PEER, PEER_PORT), timeout=5)
             time.sleep(0.3)
@@ -167,7 +169,7 @@ class Agent:
                 time.sleep(0.02)
             lived = time.monotonic() - t
             emit(self.look("orphan-retries", f"the orphan was gone "
-                           f"(tcp_orphan_retries = {ORPHAN_RETRIES})",
+                           f"(tcp_orphan_retries = {self.retries})",
                            lived_s=round(lived, 3),
                            retransmits=counters()["retransmits"] - before))
 
@@ -185,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"the cases to run ({', '.join(CASES)}); all by default")
     p.add_argument("--fin-timeout", type=int, default=FIN_TIMEOUT_S, metavar="SECONDS",
                    help=f"this namespace's tcp_fin_timeout (default {FIN_TIMEOUT_S})")
+    p.add_argument("--orphan-retries", type=int, default=ORPHAN_RETRIES, metavar="N",
+                   help=f"this namespace's tcp_orphan_retries (default {ORPHAN_RETRIES}; 0 "
+                   "is the kernel's 8)")
     args = p.parse_args(argv)
     for case in args.cases:
         if case not in CASES:
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         p.exit(1, f"cannot set this namespace's tcp_fin_timeout: {e} "
                "(run in a sandbox or under unshare -Urn)\n")
-    agent = Agent(args.fin_timeout)
+    agent = Agent(args.fin_timeout, args.orphan_retries)
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

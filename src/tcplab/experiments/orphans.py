@@ -27,8 +27,11 @@ from tcplab.experiments.keepalive import EARLY_S, needs_tools
 from tcplab.experiments.result import Event, Progress, say_nothing
 
 #: --quick: the minisockets' wait, in seconds (tcp_fin_time in include/net/tcp.h uses
-#: at least 3.5 RTOs, 0.7 s on loopback, so 1 s is still the sysctl's).
+#: at least 3.5 RTOs, 0.7 s on loopback, so 1 s is still the sysctl's); and one retry
+#: for the orphan (measured: gone after 1.7 s and 3 retransmissions, against 3.4 s
+#: and 4 with 2).
 QUICK_FIN_TIMEOUT_S = 1
+QUICK_ORPHAN_RETRIES = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +69,16 @@ def look_words(x: Look) -> str:
 def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
     needs_tools("orphans")
     fin = QUICK_FIN_TIMEOUT_S if quick else FIN_TIMEOUT_S
-    looks = records("orphans", ["--fin-timeout", str(fin)], Look,
-                    "the orphans choreography", timeout=150)
+    retries = QUICK_ORPHAN_RETRIES if quick else ORPHAN_RETRIES
+    looks = records("orphans", ["--fin-timeout", str(fin), "--orphan-retries", str(retries)],
+                    Look, "the orphans choreography", timeout=150)
     events = []
     for x in looks:
         line = look_words(x)
         events.append(Event(x.t, line))
         progress(f"  {line}")
-    return Result(experiment="orphans", ok=judge(looks, fin),
-                  settings=RunWith(N, fin, ORPHAN_RETRIES), facts=Facts(looks=looks),
+    return Result(experiment="orphans", ok=judge(looks, fin, retries),
+                  settings=RunWith(N, fin, retries), facts=Facts(looks=looks),
                   events=tuple(events))
 
 
@@ -106,19 +110,20 @@ def fin_wait1_shown(looks: Sequence[Look]) -> bool:
             and "FIN_WAIT1" not in last.states)
 
 
-def orphan_retries_shown(looks: Sequence[Look]) -> bool:
-    """The orphan in FIN_WAIT1 retransmitted its FIN, then was gone."""
+def orphan_retries_shown(looks: Sequence[Look], retries: int) -> bool:
+    """The orphan in FIN_WAIT1 retransmitted its FIN (at least ``retries`` times), then
+    was gone."""
     found = pair(looks, "orphan-retries")
     if found is None:
         return False
     first, last = found
     return (first.states == {"FIN_WAIT1": 1} and last.states == {}
             and last.lived_s is not None and last.retransmits is not None
-            and last.retransmits >= ORPHAN_RETRIES)
+            and last.retransmits >= retries)
 
 
-def judge(looks: Sequence[Look], fin_timeout: int) -> bool:
+def judge(looks: Sequence[Look], fin_timeout: int, retries: int) -> bool:
     """Shown: every case, in the agent's order, showed what it set out to."""
     return (list(dict.fromkeys(x.case for x in looks)) == list(CASES)
             and fin_wait2_shown(looks, fin_timeout) and fin_wait1_shown(looks)
-            and orphan_retries_shown(looks))
+            and orphan_retries_shown(looks, retries))

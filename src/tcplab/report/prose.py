@@ -733,7 +733,7 @@ def ports_fact(cases: Sequence[Ports]) -> str:
 
 
 def orphans_fact(looks: Sequence[Look], fin_timeout: int, orphan_retries: int) -> str:
-    if orphans.judge(looks, fin_timeout):
+    if orphans.judge(looks, fin_timeout, orphan_retries):
         w2 = orphans.pair(looks, "fin-wait2")
         w1 = orphans.pair(looks, "fin-wait1")
         rt = orphans.pair(looks, "orphan-retries")
@@ -749,7 +749,7 @@ def orphans_fact(looks: Sequence[Look], fin_timeout: int, orphan_retries: int) -
                 f"(tcp_orphan_retries {orphan_retries})")
     shown = {"fin-wait2": orphans.fin_wait2_shown(looks, fin_timeout),
              "fin-wait1": orphans.fin_wait1_shown(looks),
-             "orphan-retries": orphans.orphan_retries_shown(looks)}
+             "orphan-retries": orphans.orphan_retries_shown(looks, orphan_retries)}
     return ("expected FIN_WAIT2 minisockets counted as sockstat tw and gone after "
             "tcp_fin_timeout, FIN_WAIT1 orphans, and an orphan given up after "
             "tcp_orphan_retries; saw: "
