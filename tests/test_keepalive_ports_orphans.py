@@ -116,13 +116,14 @@ def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None
         assert (s["errno"], s["error"], s["aborted_on_timeout"]) == (
             110, "Connection timed out", 1), s
     ka, ut, rt = by.values()
-    # --quick: KEEPCNT 2 probes, then the error, never before 1 + 2 x 1 s.
-    assert ka["keepalive_probes"] == ka["keepcnt"] == 2 and ka["error_at_s"] >= 2.9
+    # --quick: KEEPCNT 2 probes, then the error, not before 1 + 2 x 1 s (the agent's clock
+    # starts after the SYN-ACK, late on a loaded machine: keepalive.EARLY_S).
+    assert ka["keepalive_probes"] == ka["keepcnt"] == 2 and ka["error_at_s"] >= 2.7
     # The user timeout (1.5 s) ends it with fewer probes than KEEPCNT (9) allows.
-    assert 1 <= ut["keepalive_probes"] < 9 and ut["error_at_s"] >= 1.4
+    assert 1 <= ut["keepalive_probes"] < 9 and ut["error_at_s"] >= 1.2
     # Data in flight: no probe, retransmissions until the user timeout (1 s).
     assert rt["keepalive_probes"] == 0 and rt["retransmits"] >= 1
-    assert rt["error_at_s"] >= rt["down_at_s"] + 0.9
+    assert rt["error_at_s"] >= rt["down_at_s"] + 0.7
     assert 'ETIMEDOUT ("Connection timed out")' in b["fact"]
     assert "TCP_USER_TIMEOUT 1.5 s ended it after" in b["fact"]
 
@@ -159,7 +160,7 @@ def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) ->
         ("fin-wait2", {"CLOSE_WAIT": 5, "FIN_WAIT2": 5}, 5), ("fin-wait2", {"CLOSE_WAIT": 5}, 0),
         ("fin-wait1", {"ESTABLISHED": 5, "FIN_WAIT1": 5}, 0), ("fin-wait1", {}, 0),
         ("orphan-retries", {"FIN_WAIT1": 1}, 0), ("orphan-retries", {}, 0)]
-    assert looks[1]["lived_s"] >= 0.9  # tcp_fin_timeout 1 s, never early
+    assert looks[1]["lived_s"] >= 0.7  # tcp_fin_timeout 1 s, give or take keepalive.EARLY_S
     assert looks[2]["sockstat_orphan"] >= 5  # the machine's count: ours and others'
     assert looks[5]["retransmits"] >= 1  # --quick: tcp_orphan_retries 1
     assert "5 FIN_WAIT2 minisockets and no TIME_WAIT, yet sockstat said tw 5" in b["fact"]
@@ -209,7 +210,7 @@ def test_keepalive_not_shown_says_which_case() -> None:
     lines = result_lines(bad)
     assert lines[0] == "experiment keepalive: NOT SHOWN" and lines[-1].endswith(bad.fact)
     # Early (before KEEPIDLE + KEEPCNT x KEEPINTVL) is not shown either.
-    early = [replace(silences[0], keepalive_probes=3, error_at_s=3.5), *silences[1:]]
+    early = [replace(silences[0], keepalive_probes=3, error_at_s=3.6), *silences[1:]]
     assert not keepalive.judge(early)
 
 
