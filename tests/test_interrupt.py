@@ -442,7 +442,7 @@ CASES: dict[str, Case] = {
     }),
     # keepalive --quick ran 7 s and orphans --quick 4 s here, one agent each: the points
     # are in its sandbox's start, its first case, and a later one with the veth link up;
-    # ports, like reset, ran about 0.5 s.
+    # ports ran 0.2 to 2 s after its line, so its points are restart's.
     "keepalive": Case(experiment("keepalive", "--quick"), {
         "early": line("running experiment keepalive"),
         "mid": line("running experiment keepalive", after=1.0),
@@ -450,8 +450,8 @@ CASES: dict[str, Case] = {
     }),
     "ports": Case(experiment("ports"), {
         "early": line("running experiment ports"),
-        "mid": line("running experiment ports", after=0.08),
-        "late": line("running experiment ports", after=0.16),
+        "mid": line("running experiment ports", after=0.04),
+        "late": line("running experiment ports", after=0.08),
     }),
     "orphans": Case(experiment("orphans", "--quick"), {
         "early": line("running experiment orphans"),
