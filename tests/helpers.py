@@ -9,6 +9,7 @@ from a copy of the list here.
   (run it to the end), :class:`Child` and :class:`Spawner` (children whose
   output lines are collected as they come; every one stopped and reaped),
   :func:`free_port`;
+- running as nobody: :func:`as_nobody` (a preexec_fn) and :func:`nobody_can_run_python`;
 - the session's one ``experiment all`` run: :class:`ExperimentAll`;
 - a server written without tcplab: :func:`start_plain_server`;
 - trace instances left behind: :func:`instances`, :func:`left_behind` and the
