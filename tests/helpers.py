@@ -9,6 +9,7 @@ from a copy of the list here.
   (run it to the end), :class:`Child` and :class:`Spawner` (children whose
   output lines are collected as they come; every one stopped and reaped),
   :func:`free_port`;
+- running as nobody: :func:`as_nobody` (a preexec_fn) and :func:`nobody_can_run_python`;
 - the session's one ``experiment all`` run: :class:`ExperimentAll`;
 - a server written without tcplab: :func:`start_plain_server`;
 - trace instances left behind: :func:`instances`, :func:`left_behind` and the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,30 @@ def run_tcplab(
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+# -- as an ordinary user -----------------------------------------------------------------
+
+@cache
+def nobody_can_run_python() -> str | None:
+    """None when this interpreter and tcplab can run as nobody; else why not."""
+    try:
+        r = subprocess.run([sys.executable, "-c", "import tcplab.cli.main"],
+                           preexec_fn=as_nobody, capture_output=True, text=True,
+                           env={**os.environ, "HOME": "/tmp"}, timeout=60)
+    except OSError as exc:
+        return f"nobody cannot run {sys.executable}: {exc.strerror}"
+    if r.returncode == 0:
+        return None
+    last = (r.stderr.strip().splitlines() or ["?"])[-1]
+    return f"nobody cannot run {sys.executable} with tcplab: {last}"
+
+
+def as_nobody() -> None:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
 
 
 class Child:

@@ -447,6 +447,24 @@ CASES: dict[str, Case] = {
         "mid": line("running experiment syn-queue", after=0.3),
         "late": line("running experiment syn-queue", after=0.6),
     }),
+    # keepalive --quick ran 7 s and orphans --quick 4 s here, one agent each: the points
+    # are in its sandbox's start, its first case, and a later one with the veth link up;
+    # ports ran 0.2 to 2 s after its line, so its points are restart's.
+    "keepalive": Case(experiment("keepalive", "--quick"), {
+        "early": line("running experiment keepalive"),
+        "mid": line("running experiment keepalive", after=1.0),
+        "late": line("running experiment keepalive", after=4.0),
+    }),
+    "ports": Case(experiment("ports"), {
+        "early": line("running experiment ports"),
+        "mid": line("running experiment ports", after=0.04),
+        "late": line("running experiment ports", after=0.08),
+    }),
+    "orphans": Case(experiment("orphans", "--quick"), {
+        "early": line("running experiment orphans"),
+        "mid": line("running experiment orphans", after=0.8),
+        "late": line("running experiment orphans", after=2.5),
+    }),
     "multiplex": Case(experiment("multiplex", "--quick", "--connections", "100"), {
         "early": line("running experiment multiplex"),
         "mid": line("multiplex: threads", after=0.3),  # 100 connections on 100 threads

@@ -41,7 +41,7 @@ from tests.helpers import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
-               "multiplex", "handshake")
+               "multiplex", "handshake", "keepalive", "ports", "orphans")
 #: The experiments whose section has a chart (one each) when they ran.
 CHARTED = ("port-bomb", "fd-leak", "multiplex", "handshake")
 TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "netpoll",
@@ -427,7 +427,7 @@ def test_explain_time_wait_says_60_s_and_corrects_the_notes() -> None:
     assert "tcp_fin_timeout does not shorten TIME_WAIT" in text
 
 
-AGENT_FIGURE = "unshare -Urn python3 -m tcplab.agents."
+AGENT_FIGURE = "unshare -Urn python3 -m tcplab.agents."  # a figure an agent alone measures
 
 
 @pytest.mark.pure
@@ -451,9 +451,9 @@ def test_explain_new_lessons_name_their_sources_and_figures(topic: str,
             assert "'tcplab explain port-range'" in text
             continue
         assert words in text, words
-    # Each names a figure measured by its agent in a namespace, with the command.
-    assert f"with `{AGENT_FIGURE}{topic}`" in text
-    assert f"{AGENT_FIGURE}{topic}" in text.split("Shown by: ")[1]
+    # Each names a figure measured by its own experiment, with the command.
+    assert f"with `tcplab experiment {topic}`" in text
+    assert text.split("Shown by: ")[1].startswith(f"tcplab experiment {topic}")
 
 
 @pytest.mark.pure
@@ -492,7 +492,7 @@ def test_recorded_figures_are_what_their_runs_measured() -> None:
             if fig.experiment:  # the sentence this_run builds from that run's JSON
                 assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
                 by_experiment += 1
-    assert by_experiment == 16
+    assert by_experiment == 19
 
 
 #: Keys of the recorded JSON that their records do not keep: each bomb run's own

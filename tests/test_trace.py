@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pwd
 import random
 import re
 import signal
@@ -28,7 +27,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +48,11 @@ from tcplab.kernel.tracefs import (
 from tests.helpers import (
     Child,
     Spawner,
+    as_nobody,
     instances,
     left_behind,
     mark_stale_on_purpose,
+    nobody_can_run_python,
     remove_instance,
     start_plain_server,
     tcplab,
@@ -401,28 +401,6 @@ def nothing_left(spawn: Spawner) -> Iterator[list[int]]:
         remove_instance(name)  # do not leave them to the next test
     assert left == [], "trace instances left behind"
     assert tracefs_mounts() == mounts, "the host's mounts changed"
-
-
-@cache
-def nobody_can_run_python() -> str | None:
-    """None when this interpreter and tcplab can run as nobody; else why not."""
-    try:
-        r = subprocess.run([sys.executable, "-c", "import tcplab.cli.main"],
-                           preexec_fn=as_nobody, capture_output=True, text=True,
-                           env={**os.environ, "HOME": "/tmp"}, timeout=60)
-    except OSError as exc:
-        return f"nobody cannot run {sys.executable}: {exc.strerror}"
-    if r.returncode == 0:
-        return None
-    last = (r.stderr.strip().splitlines() or ["?"])[-1]
-    return f"nobody cannot run {sys.executable} with tcplab: {last}"
-
-
-def as_nobody() -> None:
-    nobody = pwd.getpwnam("nobody")
-    os.setgroups([])
-    os.setgid(nobody.pw_gid)
-    os.setuid(nobody.pw_uid)
 
 
 @pytest.fixture

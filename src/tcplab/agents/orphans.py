@@ -11,8 +11,9 @@ listener left out) beside what /proc/net/sockstat says (``tw``, ``orphan``).
   the server's ACK arrives (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo) in
   tcp_rcv_state_process); sockstat's ``tw`` counts every timewait minisocket,
   whatever its substate, so it says 5 with no socket in TIME_WAIT. Then
-  tcp_fin_timeout (3 s here) later they are gone and the server still holds
-  its 5 CLOSE_WAIT sockets.
+  tcp_fin_timeout (3 s here, ``--fin-timeout``) later they are gone (the
+  ``Look`` says how long after close()) and the server still holds its 5
+  CLOSE_WAIT sockets.
 * ``fin-wait1``: 5 servers write until their send buffers are full to clients
   that never read, then close(): the FIN waits behind the unsent data and the
   closed window, so the sockets stay in FIN_WAIT1, orphans (sockstat
@@ -64,7 +65,9 @@ class Look:
     states: dict[str, int]  # TCP sockets by state (netstat's names), listeners left out
     sockstat_tw: int  # /proc/net/sockstat "TCP: ... tw N" (this namespace)
     sockstat_orphan: int  # "orphan N" (the whole machine's count)
-    lived_s: float | None = None  # orphan-retries: from close() until the socket was gone
+    #: From close() until the sockets were gone: the FIN_WAIT2 minisockets (fin-wait2's
+    #: second look), the orphan (orphan-retries' second look).
+    lived_s: float | None = None
     retransmits: int | None = None  # orphan-retries: Tcp RetransSegs meanwhile
 
 
@@ -90,8 +93,11 @@ def write_sysctl(name: str, value: int | str) -> None:
 
 
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, fin_timeout: int = FIN_TIMEOUT_S,
+                 orphan_retries: int = ORPHAN_RETRIES) -> None:
         self.t0 = time.monotonic()
+        self.fin_timeout = fin_timeout
+        self.retries = orphan_retries
 
     def look(self, case: str, step: str, **extra: float | int | None) -> Look:
         stat = sockstat()
@@ -107,13 +113,15 @@ class Agent:
     def fin_wait2(self, ls: socket.socket) -> None:
         clients = [socket.create_connection((HOST, PORT), timeout=5) for _ in range(N)]
         servers = [ls.accept()[0] for _ in clients]
+        closed = time.monotonic()
         for c in clients:
             c.close()
         self.until("FIN_WAIT2", N)
         emit(self.look("fin-wait2", "the clients closed; the server holds its ends"))
-        time.sleep(FIN_TIMEOUT_S + 1.5)  # the minisocket's timer, plus the timer wheel's slack
-        emit(self.look("fin-wait2", f"{FIN_TIMEOUT_S + 1.5:g} s later "
-                       f"(tcp_fin_timeout = {FIN_TIMEOUT_S})"))
+        self.until("FIN_WAIT2", 0)  # the minisockets' timer: tcp_fin_timeout, a little late
+        emit(self.look("fin-wait2", f"the FIN_WAIT2 minisockets were gone "
+                       f"(tcp_fin_timeout = {self.fin_timeout})",
+                       lived_s=round(time.monotonic() - closed, 3)))
         for s in servers:
             s.close()
         self.until("LAST_ACK", 0)  # their FINs meet a RST: no socket left on the client side
@@ -148,7 +156,7 @@ class Agent:
         emit(self.look("fin-wait1", "the clients closed with unread data"))
 
     def orphan_retries(self) -> None:
-        write_sysctl("net.ipv4.tcp_orphan_retries", ORPHAN_RETRIES)
+        write_sysctl("net.ipv4.tcp_orphan_retries", self.retries)
         with PeerLink() as link:
             c = socket.create_connection((PEER, PEER_PORT), timeout=5)
             time.sleep(0.3)
@@ -163,7 +171,7 @@ class Agent:
                 time.sleep(0.02)
             lived = time.monotonic() - t
             emit(self.look("orphan-retries", f"the orphan was gone "
-                           f"(tcp_orphan_retries = {ORPHAN_RETRIES})",
+                           f"(tcp_orphan_retries = {self.retries})",
                            lived_s=round(lived, 3),
                            retransmits=counters()["retransmits"] - before))
 
@@ -179,17 +187,22 @@ def main(argv: list[str] | None = None) -> int:
                                 "a Look after each step.")
     p.add_argument("cases", nargs="*", metavar="CASE",
                    help=f"the cases to run ({', '.join(CASES)}); all by default")
+    p.add_argument("--fin-timeout", type=int, default=FIN_TIMEOUT_S, metavar="SECONDS",
+                   help=f"this namespace's tcp_fin_timeout (default {FIN_TIMEOUT_S})")
+    p.add_argument("--orphan-retries", type=int, default=ORPHAN_RETRIES, metavar="N",
+                   help=f"this namespace's tcp_orphan_retries (default {ORPHAN_RETRIES}; 0 "
+                   "is the kernel's 8)")
     args = p.parse_args(argv)
     for case in args.cases:
         if case not in CASES:
             p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
     try:
         ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
-        write_sysctl("net.ipv4.tcp_fin_timeout", FIN_TIMEOUT_S)
+        write_sysctl("net.ipv4.tcp_fin_timeout", args.fin_timeout)
     except OSError as e:
         p.exit(1, f"cannot set this namespace's tcp_fin_timeout: {e} "
                "(run in a sandbox or under unshare -Urn)\n")
-    agent = Agent()
+    agent = Agent(args.fin_timeout, args.orphan_retries)
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

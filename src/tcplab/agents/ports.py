@@ -29,7 +29,8 @@ import argparse
 import os
 import socket
 import struct
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from tcplab.agents.io import emit
 from tcplab.agents.keepalive import ip
@@ -45,6 +46,7 @@ IP_LOCAL_PORT_RANGE = 51
 SOCKET_RANGE = (40002, 40005)
 RESERVED = "40000-40007"
 MAX_TRIES = 12  # more than the range: every loop ends at the range's size or before
+STARTED = time.monotonic()  # a record's t: seconds since then (when it was made)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class Ports:
     ports: list[int]  # each socket's local port, in order (0: none yet)
     error: str | None  # the call that failed and its errno name, e.g. "connect: EADDRNOTAVAIL"
     message: str | None  # that errno's text
+    t: float = field(default_factory=lambda: round(time.monotonic() - STARTED, 3))
 
 
 def _linger0(s: socket.socket) -> None:

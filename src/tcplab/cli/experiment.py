@@ -45,6 +45,12 @@ demonstrated with the figure measured on this machine.
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on
              one timeline; then an RST close (needs root: tracefs, AF_PACKET)
+  keepalive  a peer gone silent (a veth link set down): keep-alive probes, then
+             ETIMEDOUT; TCP_USER_TIMEOUT with keep-alive and with retransmissions
+  ports      which local port connect() and bind() take in a ten-port range:
+             parity, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, reserved ports
+  orphans    sockets no process holds: FIN_WAIT2 minisockets counted as "tw" by
+             'ss -s', FIN_WAIT1 orphans, tcp_orphan_retries
   all        every experiment above, in turn, with a summary
 """
 
@@ -59,7 +65,7 @@ def add_parser(sub: Any, name: str) -> None:
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
                                     "restart", "reset", "syn-queue", "multiplex",
-                                    "handshake"],
+                                    "handshake", "keepalive", "ports", "orphans"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
@@ -85,10 +91,10 @@ def add_parser(sub: Any, name: str) -> None:
     g.add_argument("--go", choices=["auto", "yes", "no"], default="auto",
                    help="the Go rounds, with a Go server built from tcplab/peers/goleak.go "
                    "(go on PATH; nothing downloaded; the binary cached per user): go-drop, a "
-                   "handler that returns without Close(): the runtime's finalizer closes the "
+                   "handler that returns without Close(): the finalizer net set on it closes the "
                    "unreachable net.Conn at a later garbage collection (the leak heals itself, "
                    "late); go-keep, the connections kept in a slice: the fds stay leaked while "
-                   "Go's 15 s keep-alive clears CLOSE_WAIT once the peers are gone. auto "
+                   "Go's 15 s keep-alive clears CLOSE_WAIT once the peers' sockets are gone. auto "
                    "(default): when go is on PATH, not with --quick (they take about 25 s); "
                    "yes: also with --quick; no: left out. Not with --server-cmd")
     g.add_argument("--fd-limit", type=common.int_range(32, 4096), default=256, metavar="N",
@@ -107,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
         fd_leak,
         half_close,
         handshake,
+        keepalive,
         multiplex,
+        orphans,
         port_bomb,
+        ports,
         reset,
         restart,
         syn_queue,
@@ -149,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
                "half-close": half_close.run, "restart": restart.run,
                "reset": reset.run, "syn-queue": syn_queue.run, "multiplex": run_multiplex,
-               "handshake": handshake.run}
+               "handshake": handshake.run,
+               "keepalive": keepalive.run, "ports": ports.run, "orphans": orphans.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     bodies = []

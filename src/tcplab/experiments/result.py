@@ -91,7 +91,8 @@ class Result(Generic[SettingsT, FactsT, VariantT]):
 #: experiment name -> the module that defines its Result.
 MODULES = {"echo": "echo", "port-bomb": "port_bomb", "fd-leak": "fd_leak",
            "half-close": "half_close", "restart": "restart", "reset": "reset",
-           "syn-queue": "syn_queue", "multiplex": "multiplex", "handshake": "handshake"}
+           "syn-queue": "syn_queue", "multiplex": "multiplex", "handshake": "handshake",
+           "keepalive": "keepalive", "ports": "ports", "orphans": "orphans"}
 
 
 def result_type(experiment: str) -> type[Result[Any, Any, Any]]:

@@ -18,8 +18,10 @@ from tcplab.errors import errno_name
 from tcplab.experiments import (
     fd_leak,
     handshake,
+    keepalive,
     multiplex,
     port_bomb,
+    ports,
     reset,
     restart,
     syn_queue,
@@ -93,6 +95,12 @@ def _errors(r: AnyResult) -> list[str]:
     if isinstance(r, syn_queue.Result) and r.facts is not None:
         seen += [f"{p.round}, {p.phase}: the clients' recv(): "
                  f"{syn_queue.errors_words(p.errors)}" for p in r.facts.phases if p.errors]
+    if isinstance(r, keepalive.Result) and r.facts is not None:
+        seen += [f"{s.case}: recv(): [Errno {s.errno}] {errno_name(s.errno)}: {s.error}"
+                 for s in r.facts.silences if s.errno is not None]
+    if isinstance(r, ports.Result) and r.facts is not None:
+        seen += [f"{p.case}{' to ' + p.destination if p.destination else ''}: {p.error}: "
+                 f"{p.message}" for p in r.facts.cases if p.error]
     return seen
 
 

@@ -28,13 +28,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcplab.agents.half_close import Side
+from tcplab.agents.keepalive import Silent
+from tcplab.agents.orphans import Look
+from tcplab.agents.ports import RESERVED, SOCKET_RANGE, Ports
 from tcplab.errors import errno_name
 from tcplab.experiments import (
     fd_leak,
     half_close,
     handshake,
+    keepalive,
     multiplex,
+    orphans,
     port_bomb,
+    ports,
     reset,
     restart,
     syn_queue,
@@ -427,6 +433,99 @@ def _syn_queue(r: syn_queue.Result) -> str | None:
                      f"and {off.request_sockets} with them off "
                      f"({plural(off.client_states.get('SYN_SENT', 0), 'SYN')} dropped)")
     return "; ".join(parts) or None
+
+
+def _keepalive(r: keepalive.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    by = keepalive.by_case(f.silences)
+    ka, ut, rt = by["keepalive"], by["keepalive+user-timeout"], by["retransmit+user-timeout"]
+
+    def ended(s: Silent, first: bool = False) -> str:
+        if s.errno is None or s.error_at_s is None:
+            return "the client's recv() had not failed after 30 s"
+        if not first and s.errno == ka.errno:  # ka's error was said in full before
+            return f"the same error at {s.error_at_s:.1f} s"
+        return (f"the client's recv() failed with {errno_name(s.errno)} (\"{s.error}\") "
+                f"{s.error_at_s:.1f} s after connect()")
+
+    return (f"with the peer's link set down {ka.down_at_s:.1f} s after connect(), keep-alive "
+            f"at {ka.keepidle_s} s idle, {ka.keepintvl_s} s interval and {ka.keepcnt} probes: "
+            f"{plural(ka.keepalive_probes, 'probe')} (TcpExt TCPKeepAlive), then "
+            f"{ended(ka, True)}; with {ut.keepcnt} probes and TCP_USER_TIMEOUT "
+            f"{(ut.user_timeout_ms or 0) / 1000:g} s: {plural(ut.keepalive_probes, 'probe')} "
+            f"and {ended(ut)}; with no keep-alive, {rt.sent_bytes} bytes sent into the "
+            f"silence and TCP_USER_TIMEOUT {(rt.user_timeout_ms or 0) / 1000:g} s: "
+            f"{plural(rt.retransmits, 'retransmission')} and {ended(rt)}")
+
+
+def _ports(r: ports.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    by = ports.by_case(f.cases)
+    one, two = ports.FIRST, ports.SECOND
+
+    def parity(p: Ports) -> str:
+        even = sum(1 for x in p.ports if x in ports.EVEN)
+        odd = len(p.ports) - even
+        return " and ".join(plural(n, f"{kind} port") for n, kind in ((even, "even"),
+                                                                      (odd, "odd")) if n)
+
+    def then(p: Ports) -> str:
+        if not p.error:
+            return ""
+        call, name = p.error.split(": ")
+        return f", then {call}() failed with {name}"
+
+    def got(p: Ports) -> str:
+        if p.ports or not p.error:
+            return f"{plural(len(p.ports), 'connection')}{then(p)}"
+        call, name = p.error.split(": ")
+        return f"the first {call}() failed with {name}"
+
+    c, b = by["connect", one], by["bind", ""]
+    btc1, btc2 = by["bind-then-connect", one], by["bind-then-connect", two]
+    np1, np2 = by["bind-address-no-port", one], by["bind-address-no-port", two]
+    sr, rs = by["socket-range", one], by["reserved", one]
+    lo, hi = SOCKET_RANGE
+    inside = all(lo <= x <= hi for x in sr.ports)
+    return (f"in a ten-port range ({r.settings.port_range if r.settings else '?'}), "
+            f"{len(c.ports)} connect()s got {parity(c)} and {len(b.ports)} bind()s to port 0 "
+            f"got {parity(b)}; bind() then connect() to {one.split(':')[0]} got "
+            f"{got(btc1)}, and toward {two.split(':')[0]} {got(btc2)}; with "
+            f"IP_BIND_ADDRESS_NO_PORT, {plural(len(np1.ports), 'connection')} to "
+            f"{one.split(':')[0]} and {len(np2.ports)} more to {two.split(':')[0]}"
+            + (f" from the same {len(np1.ports)} ports" if set(np1.ports) == set(np2.ports)
+               else "") + f"{then(np2)}; IP_LOCAL_PORT_RANGE {lo}-{hi} gave "
+            f"{plural(len(sr.ports), 'connection')}{' on those ports' if inside else ''}"
+            f"{then(sr)}; ip_local_reserved_ports {RESERVED} left "
+            f"{' and '.join(str(x) for x in sorted(rs.ports)) or 'no port'}{then(rs)}")
+
+
+def _orphans(r: orphans.Result) -> str | None:
+    f, s = r.facts, r.settings
+    assert f is not None and s is not None
+    w2, w1 = orphans.pair(f.looks, "fin-wait2"), orphans.pair(f.looks, "fin-wait1")
+    rt = orphans.pair(f.looks, "orphan-retries")
+    assert w2 is not None and w1 is not None and rt is not None
+    (a, b), (c, d), (_, e) = w2, w1, rt
+
+    def n(look: Look, state: str) -> int:
+        return look.states.get(state, 0)
+
+    return (f"{s.connections} clients closed while the server held its ends: "
+            f"{n(a, 'FIN_WAIT2')} sockets in FIN_WAIT2, {n(a, 'CLOSE_WAIT')} in CLOSE_WAIT, "
+            f"{n(a, 'TIME_WAIT') or 'none'} in TIME_WAIT, sockstat tw {a.sockstat_tw}; with "
+            f"tcp_fin_timeout = {s.tcp_fin_timeout}, {b.lived_s:.1f} s after close() FIN_WAIT2 "
+            f"was {n(b, 'FIN_WAIT2')} and tw {b.sockstat_tw} while CLOSE_WAIT stayed "
+            f"{n(b, 'CLOSE_WAIT')}; {s.connections} servers that closed behind unsent data to "
+            f"clients that did not read left {plural(n(c, 'FIN_WAIT1'), 'orphan')} in "
+            f"FIN_WAIT1 (sockstat's machine-wide orphan count {c.sockstat_orphan}, then "
+            f"{d.sockstat_orphan} once the clients' RSTs ended them); with tcp_orphan_retries "
+            f"= {s.tcp_orphan_retries}, an orphan whose peer went silent was "
+            + (f"gone {e.lived_s:.1f} s after close(), after "
+               f"{plural(e.retransmits or 0, 'retransmission')}" if not e.states and e.lived_s
+               is not None else "still there after 30 s"))
 
 
 def _span(values: list[float] | list[int], fmt: str) -> str:
@@ -942,20 +1041,22 @@ defaultTCPKeepAliveInterval and defaultTCPKeepAliveCount in net/dial.go), unless
 Dialer.KeepAlive or ListenConfig.KeepAlive is negative: a silent peer is given up
 after about 15 + 9 x 15 = 150 s. Python, like C, leaves it off. What keep-alive does
 to a leaking server: 'tcplab explain close-wait'.""",
-    "tcplab experiment fd-leak --keepalive 15; unshare -Urn python3 -m tcplab.agents.keepalive",
-    # Recorded with the 2 s the option had before it took seconds (fd_leak.KEEPALIVE_S).
-    (Figures("fd-leak", "tcplab experiment fd-leak --keepalive 2", "2026-11-30",
-             "with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT 65 after the peers left "
-             "and fds still 256", _fd_leak_keepalive),
-     Figures("", "unshare -Urn python3 -m tcplab.agents.keepalive", "2026-11-30",
-             "with the peer's link set down 0.3 s after connect(), keep-alive at 1 s idle, "
-             "1 s interval and 3 probes: 3 probes (TcpExt TCPKeepAlive), then the client's "
-             "recv() failed with ETIMEDOUT (\"Connection timed out\") 4.1 s after connect(); "
-             "with 9 probes and TCP_USER_TIMEOUT 2.5 s: 2 probes and the same error at 3.1 s; "
-             "with no keep-alive, 100 bytes sent into the silence and TCP_USER_TIMEOUT 2 s: 3 "
-             "or 4 retransmissions and the same error at 2.7 to 2.8 s",
+    "tcplab experiment keepalive; tcplab experiment fd-leak --keepalive 15",
+    (Figures("keepalive", "tcplab experiment keepalive", "2026-11-30",
+             "with the peer's link set down 0.3 s after connect(), keep-alive at 1 s idle, 1 s "
+             "interval and 3 probes: 3 probes (TcpExt TCPKeepAlive), then the client's recv() "
+             "failed with ETIMEDOUT (\"Connection timed out\") 4.1 s after connect(); with 9 "
+             "probes and TCP_USER_TIMEOUT 2.5 s: 2 probes and the same error at 3.1 s; with no "
+             "keep-alive, 100 bytes sent into the silence and TCP_USER_TIMEOUT 2 s: 4 "
+             "retransmissions and the same error at 2.7 s",
+             this_run=_keepalive,
              context="(the peer in a second network namespace over a veth pair; 3 runs as "
-             "root and 1 as an ordinary user, each time within 0.04 s of these)")),
+             "root and 2 as an ordinary user: the same probe counts each time, 3 or 4 "
+             "retransmissions, the errors within 0.1 s of these)"),
+    # Recorded with the 2 s the option had before it took seconds (fd_leak.KEEPALIVE_S).
+     Figures("fd-leak", "tcplab experiment fd-leak --keepalive 2", "2026-11-30",
+             "with SO_KEEPALIVE on the accepted sockets, CLOSE_WAIT 65 after the peers left "
+             "and fds still 256", _fd_leak_keepalive)),
 ))
 
 _add(Lesson(
@@ -987,17 +1088,18 @@ inet_csk_find_open_port); each falls back to the other half when its own is full
 With the default range 32768-60999 that is even ports for connect(). With a
 per-socket range connect() drops the parity rule and tries every port in turn from a
 random offset (step 1 in __inet_hash_connect), so its ports may come in order.""",
-    "tcplab experiment port-bomb; tcplab limits; unshare -Urn python3 -m tcplab.agents.ports",
-    (Figures("", "unshare -Urn python3 -m tcplab.agents.ports", "2026-11-30",
+    "tcplab experiment ports; tcplab experiment port-bomb; tcplab limits",
+    (Figures("ports", "tcplab experiment ports", "2026-11-30",
              "in a ten-port range (40000-40009), 5 connect()s got 5 even ports and 5 bind()s "
-             "to port 0 got 5 odd ones; bind() then connect() to 127.0.0.1 got 10 "
-             "connections, the 11th bind() failed with EADDRINUSE and the first bind() toward "
-             "127.0.0.2 failed too; with IP_BIND_ADDRESS_NO_PORT, 10 connections to 127.0.0.1 "
-             "and 10 more to 127.0.0.2 from the same 10 ports, then connect() failed with "
-             "EADDRNOTAVAIL; IP_LOCAL_PORT_RANGE 40002-40005 gave 4 connections on those "
-             "ports (once in the order 40002, 40003, 40004, 40005), then EADDRNOTAVAIL; "
-             "ip_local_reserved_ports 40000-40007 left 40008 and 40009, then EADDRNOTAVAIL",
-             context="(3 runs as root and 1 as an ordinary user, the same each time but "
+             "to port 0 got 5 odd ports; bind() then connect() to 127.0.0.1 got 10 "
+             "connections, then bind() failed with EADDRINUSE, and toward 127.0.0.2 the first "
+             "bind() failed with EADDRINUSE; with IP_BIND_ADDRESS_NO_PORT, 10 connections to "
+             "127.0.0.1 and 10 more to 127.0.0.2 from the same 10 ports, then connect() failed "
+             "with EADDRNOTAVAIL; IP_LOCAL_PORT_RANGE 40002-40005 gave 4 connections on those "
+             "ports, then connect() failed with EADDRNOTAVAIL; ip_local_reserved_ports "
+             "40000-40007 left 40008 and 40009, then connect() failed with EADDRNOTAVAIL",
+             this_run=_ports,
+             context="(3 runs as root and 2 as an ordinary user, the same each time but "
              "for the order of the ports)"),),
 ))
 
@@ -1034,24 +1136,26 @@ tcp_timer.c: "8 corresponds to >100 seconds with minimal RTO of 200msec"). Like
 tcp_retries2 it is a time: N allows what N retransmissions and the timeout after them
 take from 200 ms (2: 0.2 + 0.4 + 0.8 = 1.4 s), and the orphan goes at the first
 retransmission timeout after that (retransmits_timed_out).""",
-    "tcplab states; ss -s; unshare -Urn python3 -m tcplab.agents.orphans",
+    "tcplab experiment orphans; tcplab states; ss -s",
     (Figures("", "ss -s", "2026-11-30",
              "with 5 client sockets in FIN_WAIT2 and none in TIME_WAIT, 'ss -s' said "
              "'timewait 5' and /proc/net/sockstat 'tw 5'",
              context="in a new network namespace where 5 clients had closed while the "
              "server held its ends, beside `ss -tan state time-wait` (no socket) and `ss "
              "-tan state fin-wait-2` (5), as root and as an ordinary user"),
-     Figures("", "unshare -Urn python3 -m tcplab.agents.orphans", "2026-11-30",
+     Figures("orphans", "tcplab experiment orphans", "2026-11-30",
              "5 clients closed while the server held its ends: 5 sockets in FIN_WAIT2, 5 in "
-             "CLOSE_WAIT, none in TIME_WAIT, sockstat tw 5; 4.5 s later, with tcp_fin_timeout "
-             "= 3, FIN_WAIT2 0 and tw 0 while CLOSE_WAIT stayed 5; 5 servers that closed "
-             "behind unsent data to clients that did not read left 5 orphans in FIN_WAIT1 "
-             "(sockstat's machine-wide orphan count 6, then 11, then 6 once the clients' RSTs "
-             "ended them); with tcp_orphan_retries = 2, an orphan whose peer went silent was "
-             "gone 3.3 s after close(), after 4 retransmissions",
-             context="(3 runs as root and 1 as an ordinary user: the states and tw the same "
-             "each time, the orphan gone after 3.3 to 3.4 s and 3 or 4 retransmissions; the "
-             "machine-wide orphan count moved with other processes' sockets)")),
+             "CLOSE_WAIT, none in TIME_WAIT, sockstat tw 5; with tcp_fin_timeout = 3, 3.2 s "
+             "after close() FIN_WAIT2 was 0 and tw 0 while CLOSE_WAIT stayed 5; 5 servers that "
+             "closed behind unsent data to clients that did not read left 5 orphans in "
+             "FIN_WAIT1 (sockstat's machine-wide orphan count 14, then 9 once the clients' "
+             "RSTs ended them); with tcp_orphan_retries = 2, an orphan whose peer went silent "
+             "was gone 3.3 s after close(), after 4 retransmissions",
+             this_run=_orphans,
+             context="(3 runs as root and 2 as an ordinary user: the states and tw the same "
+             "each time, the FIN_WAIT2 minisockets gone after 3.0 to 3.2 s, the orphan after "
+             "3.3 to 3.4 s and 3 or 4 retransmissions; the machine-wide orphan count moved "
+             "with other processes' sockets)")),
 ))
 
 #: Which lessons each experiment's section of the report may show.
@@ -1061,22 +1165,26 @@ FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
     "half-close": ("close-wait", "time-wait", "orphans", "restart"), "multiplex": ("netpoll",),
     "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
     "syn-queue": ("syn-queue",),
+    "keepalive": ("keepalive",), "ports": ("ports",), "orphans": ("orphans",),
 }
 
 
 def placement(experiments: list[str]) -> dict[str, list[str]]:
     """Each lesson once on a page: experiment -> the topics its section shows.
 
-    A lesson goes to the section of the first experiment that both lists it and
-    measures one of its figures (the handshake lesson to the handshake section, not
-    echo's), else to the first section that lists it.
+    A lesson goes to the section of its own experiment (the keepalive lesson to
+    the keepalive section, not fd-leak's) when that ran, else to the first
+    experiment that both lists it and measures one of its figures (the handshake
+    lesson to the handshake section, not echo's), else to the first section that
+    lists it.
     """
     out: dict[str, list[str]] = {name: [] for name in experiments}
     for topic, lesson in LESSONS.items():
         listing = [e for e in experiments if topic in FOR_EXPERIMENT.get(e, ())]
         measuring = [e for e in listing if e in {f.experiment for f in lesson.figures}]
+        own = [e for e in measuring if e == topic]
         if listing:
-            out[(measuring or listing)[0]].append(topic)
+            out[(own or measuring or listing)[0]].append(topic)
     for name, topics in out.items():  # in FOR_EXPERIMENT's order within a section
         topics.sort(key=FOR_EXPERIMENT.get(name, ()).index)
     return out

@@ -21,6 +21,9 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from tcplab.agents.half_close import Step
+from tcplab.agents.keepalive import Silent
+from tcplab.agents.orphans import Look
+from tcplab.agents.ports import RESERVED, SOCKET_RANGE, Ports
 from tcplab.agents.reset import Close
 from tcplab.agents.restart import Bind
 from tcplab.agents.syn_queue import Phase
@@ -30,8 +33,11 @@ from tcplab.experiments import (
     fd_leak,
     half_close,
     handshake,
+    keepalive,
     multiplex,
+    orphans,
     port_bomb,
+    ports,
     reset,
     restart,
     syn_queue,
@@ -88,6 +94,14 @@ def worded(result: R) -> R:
         out = replace(result, variants=rows, facts=facts, fact=multiplex_fact(rows, facts))
     elif isinstance(result, handshake.Result):
         out = replace(result, fact=handshake_fact(result.facts))
+    elif isinstance(result, keepalive.Result):
+        out = replace(result, fact=keepalive_fact(result.facts.silences))
+    elif isinstance(result, ports.Result):
+        out = replace(result, fact=ports_fact(result.facts.cases))
+    elif isinstance(result, orphans.Result):
+        s = result.settings
+        out = replace(result, fact=orphans_fact(result.facts.looks, s.tcp_fin_timeout if s
+                                                else 0, s.tcp_orphan_retries if s else 0))
     worded_result: R = out
     return worded_result
 
@@ -825,3 +839,89 @@ def multiplex_fact(rows: Sequence[multiplex.Row], f: multiplex.Facts) -> str:
     problems = [f"{x} did not hold: {'; '.join(grouped[x])}" if x in grouped else x
                 for x in problems]
     return "; ".join(([f"NOT shown: {'; '.join(problems)}"] if problems else []) + parts)
+
+
+# --- keepalive, ports, orphans -----------------------------------------------------------------
+
+def silent_words(s: Silent) -> str:
+    """One keepalive case as seen: its options, the counters, how recv() ended."""
+    if s.keepidle_s is None:
+        how = f"no keep-alive, {s.sent_bytes} B sent into the silence"
+    else:
+        how = (f"keep-alive {s.keepidle_s} s idle, {s.keepintvl_s} s interval, "
+               f"{plural(s.keepcnt or 0, 'probe')}")
+    if s.user_timeout_ms is not None:
+        how += f", TCP_USER_TIMEOUT {s.user_timeout_ms / 1000:g} s"
+    return (f"{s.case} ({how}): {plural(s.keepalive_probes, 'probe')} sent, "
+            f"{plural(s.retransmits, 'retransmission')}, recv() "
+            + ("failed with " if s.errno is not None else "had ")
+            + keepalive.error_words(s))
+
+
+def keepalive_fact(silences: Sequence[Silent]) -> str:
+    by = keepalive.by_case(silences)
+    if keepalive.judge(silences):
+        ka, ut, rt = (by[c] for c in ("keepalive", "keepalive+user-timeout",
+                                      "retransmit+user-timeout"))
+        return (f"a peer gone silent was given up after {plural(ka.keepalive_probes, 'probe')}"
+                f" ({ka.keepidle_s} s idle, {ka.keepintvl_s} s apart): ETIMEDOUT "
+                f"(\"{ka.error}\") at {ka.error_at_s:.1f} s; TCP_USER_TIMEOUT "
+                f"{(ut.user_timeout_ms or 0) / 1000:g} s ended it after "
+                f"{plural(ut.keepalive_probes, 'probe')} of {ut.keepcnt}, at "
+                f"{ut.error_at_s:.1f} s; with data in flight no probe went out and "
+                f"TCP_USER_TIMEOUT {(rt.user_timeout_ms or 0) / 1000:g} s ended "
+                f"{plural(rt.retransmits, 'retransmission')} at {rt.error_at_s:.1f} s")
+    return ("expected ETIMEDOUT after KEEPCNT probes, sooner with TCP_USER_TIMEOUT, and "
+            "after retransmissions with data in flight; saw: "
+            + "; ".join(("" if keepalive.case_shown(s) else "NOT shown: ") + silent_words(s)
+                        for s in silences) or "no case")
+
+
+def ports_fact(cases: Sequence[Ports]) -> str:
+    by = ports.by_case(cases)
+    if ports.judge(cases):
+        lo, hi = SOCKET_RANGE
+        btc = by["bind-then-connect", ports.FIRST]
+        return (f"in a ten-port range, connect() took the {len(ports.EVEN)} ports at even "
+                f"offsets and bind() to port 0 the {len(ports.ODD)} odd ones; bind() then "
+                f"connect() used all {len(btc.ports)} toward {ports.FIRST}, and toward "
+                f"{ports.SECOND} bind() failed with "
+                f"{btc.error.split(': ')[1] if btc.error else '?'}; with "
+                f"IP_BIND_ADDRESS_NO_PORT the same ten ports served "
+                f"both destinations; IP_LOCAL_PORT_RANGE {lo}-{hi} gave those 4 ports; "
+                f"ip_local_reserved_ports {RESERVED} left "
+                f"{len(by['reserved', ports.FIRST].ports)}")
+    return ("expected even ports for connect(), odd for bind(), bind() costing ports for "
+            "every destination unless IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE and "
+            "reserved ports obeyed; saw: "
+            + "; ".join(("" if ports.case_shown(p, k) else "NOT shown: ")
+                        + f"{p.case}{' to ' + p.destination if p.destination else ''}: "
+                        + ports.ports_words(p)
+                        for k, p in by.items() if k in ports.EXPECTED)
+            + "".join(f"; {k[0]}{' to ' + k[1] if k[1] else ''}: missing"
+                      for k in ports.EXPECTED if k not in by))
+
+
+def orphans_fact(looks: Sequence[Look], fin_timeout: int, orphan_retries: int) -> str:
+    if orphans.judge(looks, fin_timeout, orphan_retries):
+        w2 = orphans.pair(looks, "fin-wait2")
+        w1 = orphans.pair(looks, "fin-wait1")
+        rt = orphans.pair(looks, "orphan-retries")
+        assert w2 is not None and w1 is not None and rt is not None
+        return (f"{w2[0].states['FIN_WAIT2']} FIN_WAIT2 minisockets and no TIME_WAIT, yet "
+                f"sockstat said tw {w2[0].sockstat_tw}; they were gone "
+                f"{w2[1].lived_s:.1f} s after close() (tcp_fin_timeout {fin_timeout} s) "
+                f"while CLOSE_WAIT stayed {w2[1].states['CLOSE_WAIT']}; "
+                f"{w1[0].states['FIN_WAIT1']} orphans in FIN_WAIT1 behind unsent data "
+                f"(sockstat orphan {w1[0].sockstat_orphan}, the machine's count); an orphan "
+                f"whose peer went silent was gone {rt[1].lived_s:.1f} s after close(), after "
+                f"{plural(rt[1].retransmits or 0, 'retransmission')} "
+                f"(tcp_orphan_retries {orphan_retries})")
+    shown = {"fin-wait2": orphans.fin_wait2_shown(looks, fin_timeout),
+             "fin-wait1": orphans.fin_wait1_shown(looks),
+             "orphan-retries": orphans.orphan_retries_shown(looks, orphan_retries)}
+    return ("expected FIN_WAIT2 minisockets counted as sockstat tw and gone after "
+            "tcp_fin_timeout, FIN_WAIT1 orphans, and an orphan given up after "
+            "tcp_orphan_retries; saw: "
+            + "; ".join(("" if shown.get(x.case) else "NOT shown: ") + orphans.look_words(x)
+                        for x in looks) or "nothing")

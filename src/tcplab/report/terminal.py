@@ -12,8 +12,11 @@ from tcplab.errors import errno_name
 from tcplab.experiments import (
     fd_leak,
     half_close,
+    keepalive,
     multiplex,
+    orphans,
     port_bomb,
+    ports,
     reset,
     restart,
     syn_queue,
@@ -44,6 +47,8 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "backlog": ("listen backlog and tcp_max_syn_backlog", ""),
     "burst": ("clients with their final ACK late", ""),
     "late": ("clients once the queue was full", ""),
+    "quick": ("shorter timers (--quick)", ""),
+    "tcp_orphan_retries": ("tcp_orphan_retries", ""),
 }
 
 
@@ -122,6 +127,12 @@ def variant_lines(result: AnyResult) -> list[str]:
         return syn_queue_lines(result)
     if isinstance(result, multiplex.Result):
         return multiplex_lines(result)
+    if isinstance(result, keepalive.Result):
+        return keepalive_lines(result)
+    if isinstance(result, ports.Result):
+        return ports_lines(result)
+    if isinstance(result, orphans.Result):
+        return orphans_lines(result)
     if isinstance(result, port_bomb.Result) and result.variants:
         return port_bomb_lines(result)
     return []
@@ -310,6 +321,51 @@ def syn_queue_lines(result: syn_queue.Result) -> list[str]:
     lines = table(rows)
     lines.append("  (ESTABLISHED, no server socket: with a request socket in SYN_RECV + with none)")
     return lines
+
+
+def keepalive_lines(result: keepalive.Result) -> list[str]:
+    """One row per case: the options, probes and retransmissions, how recv() ended."""
+    f = result.facts
+    if f is None:
+        return []
+
+    def opt(v: int | None, unit: str = "") -> str:
+        return "-" if v is None else f"{v:g}{unit}"
+
+    rows: list[Sequence[str]] = [("case", "idle", "interval", "probes", "user timeout",
+                                  "probes sent", "retransmits", "recv()")]
+    for s in f.silences:
+        rows.append((s.case, opt(s.keepidle_s, " s"), opt(s.keepintvl_s, " s"),
+                     opt(s.keepcnt), "-" if s.user_timeout_ms is None
+                     else f"{s.user_timeout_ms / 1000:g} s", str(s.keepalive_probes),
+                     str(s.retransmits), keepalive.error_words(s)))
+    return table(rows)
+
+
+def ports_lines(result: ports.Result) -> list[str]:
+    """One row per case and destination: the ports taken, in order, and the failure."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("case", "toward", "ports", "then")]
+    for p in f.cases:
+        rows.append((p.case, p.destination or "-", " ".join(str(x) for x in p.ports) or "none",
+                     p.error or "-"))
+    return table(rows)
+
+
+def orphans_lines(result: orphans.Result) -> list[str]:
+    """One row per look: the states, sockstat's tw and (machine-wide) orphan."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("case", "states", "tw", "orphan", "after close()")]
+    for x in f.looks:
+        rows.append((x.case, orphans.states_words(x.states), str(x.sockstat_tw),
+                     str(x.sockstat_orphan), "-" if x.lived_s is None
+                     else f"{x.lived_s:.1f} s" + ("" if x.retransmits is None
+                                                  else f", {x.retransmits} retransmits")))
+    return table(rows)
 
 
 def multiplex_lines(result: multiplex.Result) -> list[str]:

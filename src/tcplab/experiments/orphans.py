@@ -1,0 +1,129 @@
+"""Sockets no process holds: ``tcplab experiment orphans``.
+
+A choreography (``python -m tcplab.agents.orphans``) runs in a sandbox: five
+clients close() while the server holds its ends (FIN_WAIT2 minisockets, which
+/proc/net/sockstat counts as "tw"), until tcp_fin_timeout drops them; five
+servers close() behind unsent data (orphans in FIN_WAIT1); and one orphan
+whose peer went silent, given up after tcp_orphan_retries (the agent's
+docstring cites the kernel). After each step a ``Look``: the namespace's
+sockets by state beside sockstat's tw and orphan.
+
+The verdict rests on counts: exactly five FIN_WAIT2 and "tw 5" with no
+TIME_WAIT, then none; five FIN_WAIT1 orphans counted in the machine's orphan
+figure (others may add to it, never take ours away); the silent peer's orphan
+retransmitted and was gone. Times are checked only where a late timer cannot
+break them: the minisockets lived at least tcp_fin_timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tcplab.agents.orphans import CASES, FIN_TIMEOUT_S, ORPHAN_RETRIES, Look, N
+from tcplab.experiments import result as base
+from tcplab.experiments.choreography import records
+from tcplab.experiments.keepalive import EARLY_S, needs_tools
+from tcplab.experiments.result import Event, Progress, say_nothing
+
+#: --quick: the minisockets' wait, in seconds (tcp_fin_time in include/net/tcp.h uses
+#: at least 3.5 RTOs, 0.7 s on loopback, so 1 s is still the sysctl's); and one retry
+#: for the orphan (measured: gone after 1.7 s and 3 retransmissions, against 3.4 s
+#: and 4 with 2).
+QUICK_FIN_TIMEOUT_S = 1
+QUICK_ORPHAN_RETRIES = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    connections: int  # clients (fin-wait2) and servers (fin-wait1) that closed
+    tcp_fin_timeout: int  # the namespace's, seconds
+    tcp_orphan_retries: int  # the namespace's
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    looks: tuple[Look, ...]  # two per case, in the agent's order
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, None]):
+    """The orphans experiment's result: the Looks, no variants."""
+
+
+def states_words(states: dict[str, int]) -> str:
+    """``FIN_WAIT2 5, CLOSE_WAIT 5`` or ``no socket``."""
+    return ", ".join(f"{k} {v:,}" for k, v in states.items()) or "no socket"
+
+
+def look_words(x: Look) -> str:
+    text = (f"{x.case}: {x.step}: {states_words(x.states)}; sockstat tw {x.sockstat_tw}, "
+            f"orphan {x.sockstat_orphan} (the machine's)")
+    if x.lived_s is not None:
+        text += f"; {x.lived_s:.1f} s after close()"
+    if x.retransmits is not None:
+        text += f", {x.retransmits} retransmissions"
+    return text
+
+
+def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
+    needs_tools("orphans")
+    fin = QUICK_FIN_TIMEOUT_S if quick else FIN_TIMEOUT_S
+    retries = QUICK_ORPHAN_RETRIES if quick else ORPHAN_RETRIES
+    looks = records("orphans", ["--fin-timeout", str(fin), "--orphan-retries", str(retries)],
+                    Look, "the orphans choreography", timeout=150)
+    events = []
+    for x in looks:
+        line = look_words(x)
+        events.append(Event(x.t, line))
+        progress(f"  {line}")
+    return Result(experiment="orphans", ok=judge(looks, fin, retries),
+                  settings=RunWith(N, fin, retries), facts=Facts(looks=looks),
+                  events=tuple(events))
+
+
+def pair(looks: Sequence[Look], case: str) -> tuple[Look, Look] | None:
+    """A case's two looks (after its first step, at its end); None if it has not two."""
+    found = [x for x in looks if x.case == case]
+    return (found[0], found[1]) if len(found) == 2 else None
+
+
+def fin_wait2_shown(looks: Sequence[Look], fin_timeout: int) -> bool:
+    """N FIN_WAIT2 minisockets counted as sockstat tw with no TIME_WAIT, the server's N
+    CLOSE_WAIT beside them; then, at least tcp_fin_timeout later, none and tw 0."""
+    found = pair(looks, "fin-wait2")
+    if found is None:
+        return False
+    first, last = found
+    return (first.states == {"CLOSE_WAIT": N, "FIN_WAIT2": N} and first.sockstat_tw == N
+            and last.states == {"CLOSE_WAIT": N} and last.sockstat_tw == 0
+            and last.lived_s is not None and last.lived_s >= fin_timeout - EARLY_S)
+
+
+def fin_wait1_shown(looks: Sequence[Look]) -> bool:
+    """N orphans in FIN_WAIT1, counted in the machine's orphan figure; then gone."""
+    found = pair(looks, "fin-wait1")
+    if found is None:
+        return False
+    first, last = found
+    return (first.states.get("FIN_WAIT1") == N and first.sockstat_orphan >= N
+            and "FIN_WAIT1" not in last.states)
+
+
+def orphan_retries_shown(looks: Sequence[Look], retries: int) -> bool:
+    """The orphan in FIN_WAIT1 retransmitted its FIN (at least ``retries`` times), then
+    was gone."""
+    found = pair(looks, "orphan-retries")
+    if found is None:
+        return False
+    first, last = found
+    return (first.states == {"FIN_WAIT1": 1} and last.states == {}
+            and last.lived_s is not None and last.retransmits is not None
+            and last.retransmits >= retries)
+
+
+def judge(looks: Sequence[Look], fin_timeout: int, retries: int) -> bool:
+    """Shown: every case, in the agent's order, showed what it set out to."""
+    return (list(dict.fromkeys(x.case for x in looks)) == list(CASES)
+            and fin_wait2_shown(looks, fin_timeout) and fin_wait1_shown(looks)
+            and orphan_retries_shown(looks, retries))

@@ -1,0 +1,106 @@
+"""How a local port is chosen: ``tcplab experiment ports``.
+
+A choreography (``python -m tcplab.agents.ports``) runs in a sandbox whose
+ip_local_port_range it narrows to ten ports (40000-40009): connect() and
+bind() to port 0 (parity), bind() before connect() with and without
+IP_BIND_ADDRESS_NO_PORT toward two destinations, IP_LOCAL_PORT_RANGE on each
+socket, and ip_local_reserved_ports (the agent's docstring cites the kernel).
+Each is a ``Ports`` record: the local ports the sockets got, in order, and the
+call that failed with its errno.
+
+Every check is a count or a set of port numbers: with ten ports the kernel's
+choices are exact, on a loaded machine too (only their order may vary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tcplab.agents.ports import HIGH, LOW, ONE, PORT, RESERVED, SOCKET_RANGE, TWO, Ports
+from tcplab.experiments import result as base
+from tcplab.experiments.choreography import records
+from tcplab.experiments.keepalive import needs_tools
+from tcplab.experiments.result import Event, Progress, say_nothing
+
+#: The range's ports, and the two halves __inet_hash_connect and
+#: inet_csk_find_open_port try first (even and odd offsets from the low end).
+RANGE = frozenset(range(LOW, HIGH + 1))
+EVEN = frozenset(p for p in RANGE if (p - LOW) % 2 == 0)
+ODD = RANGE - EVEN
+FIRST, SECOND = f"{ONE}:{PORT}", f"{TWO}:{PORT}"
+OUT_OF_PORTS = "connect: EADDRNOTAVAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class RunWith:
+    port_range: str  # the namespace's ip_local_port_range, "40000-40009"
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    cases: tuple[Ports, ...]  # in the agent's order (two per bind-then-connect case)
+
+
+@dataclass(frozen=True, slots=True)
+class Result(base.Result[RunWith, Facts, None]):
+    """The ports experiment's result: one Ports per case and destination, no variants."""
+
+
+def ports_words(p: Ports) -> str:
+    """``5 ports: 40000, 40002, ...; then connect: EADDRNOTAVAIL ("Cannot assign ...")``."""
+    got = ", ".join(str(x) for x in p.ports) or "none"
+    text = f"{len(p.ports)} {'port' if len(p.ports) == 1 else 'ports'}: {got}"
+    return text + (f"; then {p.error} (\"{p.message}\")" if p.error else "")
+
+
+def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
+    needs_tools("ports", ("ip",))
+    cases = records("ports", [], Ports, "the ports choreography")
+    events = []
+    for p in cases:
+        line = f"{p.case}{' to ' + p.destination if p.destination else ''}: {ports_words(p)}"
+        events.append(Event(p.t, line))
+        progress(f"  {line}")
+    return Result(experiment="ports", ok=judge(cases), settings=RunWith(f"{LOW}-{HIGH}"),
+                  facts=Facts(cases=cases), events=tuple(events))
+
+
+def by_case(cases: Sequence[Ports]) -> dict[tuple[str, str], Ports]:
+    return {(p.case, p.destination): p for p in cases}
+
+
+def reserved_left() -> frozenset[int]:
+    lo, hi = (int(x) for x in RESERVED.split("-"))
+    return RANGE - set(range(lo, hi + 1))
+
+
+#: (case, destination) -> what it should show: the set of ports, and the error that ended
+#: it (None: it was not meant to run out).
+EXPECTED: dict[tuple[str, str], tuple[frozenset[int], str | None]] = {
+    ("connect", FIRST): (EVEN, None),
+    ("bind", ""): (ODD, None),
+    # bind() takes the port for the socket: the whole range toward one destination, then
+    # nothing is left for the other.
+    ("bind-then-connect", FIRST): (RANGE, "bind: EADDRINUSE"),
+    ("bind-then-connect", SECOND): (frozenset(), "bind: EADDRINUSE"),
+    # With IP_BIND_ADDRESS_NO_PORT connect() chooses per destination: the same ten twice.
+    ("bind-address-no-port", FIRST): (RANGE, OUT_OF_PORTS),
+    ("bind-address-no-port", SECOND): (RANGE, OUT_OF_PORTS),
+    ("socket-range", FIRST): (frozenset(range(SOCKET_RANGE[0], SOCKET_RANGE[1] + 1)),
+                              OUT_OF_PORTS),
+    ("reserved", FIRST): (reserved_left(), OUT_OF_PORTS),
+}
+
+
+def case_shown(p: Ports | None, key: tuple[str, str]) -> bool:
+    """The case got exactly the expected ports, each once, and ended as expected."""
+    want, error = EXPECTED[key]
+    return (p is not None and len(p.ports) == len(want) and set(p.ports) == want
+            and p.error == error)
+
+
+def judge(cases: Sequence[Ports]) -> bool:
+    """Shown: every case got the ports the kernel's rules give (see EXPECTED)."""
+    by = by_case(cases)
+    return list(by) == list(EXPECTED) and all(case_shown(by.get(k), k) for k in EXPECTED)

@@ -1,0 +1,243 @@
+"""``tcplab experiment keepalive``, ``ports`` and ``orphans``, as a user runs them.
+
+Each runs for real in a private network namespace: as root, and as an
+ordinary user (nobody, in a user+net namespace) through a venv made from
+/usr/bin/python3 that nobody owns and that imports this checkout (the test
+venv's interpreter lives where nobody cannot run it). The checks are what a
+user reads: the errno and its text, the counts, the ports, and "shown". The
+pure tests feed the recorded runs (tests/data/lessons) with one figure changed,
+to see the verdict fall and the failure said.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tcplab
+from tcplab.experiments import keepalive, orphans, ports
+from tcplab.report import html
+from tcplab.report.prose import worded
+from tcplab.report.terminal import result_lines
+from tests.helpers import as_nobody
+from tests.helpers import tcplab as tcplab_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSON_RUNS = ROOT / "tests" / "data" / "lessons"
+GUARD = 300  # a hang guard for one experiment, not a time limit
+
+
+@pytest.fixture(scope="module")
+def nobody_venv() -> Iterator[Path | None]:
+    """A venv of /usr/bin/python3 owned by nobody whose site-packages point at this
+    checkout's src and the test venv's packages (same CPython 3.11 ABI); None when
+    we are not root (then we are the ordinary user)."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    system = Path("/usr/bin/python3")
+    if not system.exists():
+        pytest.skip("no /usr/bin/python3 to make nobody's venv from")
+    where = Path(tempfile.mkdtemp(prefix="nb-tcplab-", dir="/tmp"))
+    try:
+        where.chmod(0o755)
+        subprocess.run([str(system), "-m", "venv", "--without-pip", str(where)], check=True,
+                       capture_output=True, timeout=GUARD)
+        purelib = subprocess.run(
+            [str(where / "bin" / "python"), "-c",
+             "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True, timeout=GUARD).stdout.strip()
+        src = Path(tcplab.__file__).resolve().parents[1]
+        Path(purelib, "tcplab-checkout.pth").write_text(
+            f"{src}\n{sysconfig.get_paths()['purelib']}\n")
+        subprocess.run(["chown", "-R", "nobody", str(where)], check=True, timeout=GUARD)
+        r = subprocess.run([str(where / "bin" / "python"), "-c", "import tcplab.cli.main"],
+                           preexec_fn=as_nobody, capture_output=True, text=True, cwd="/tmp",
+                           env={**os.environ, "HOME": "/tmp"}, timeout=GUARD)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["?"])[-1]
+            pytest.skip(f"nobody cannot import tcplab with /usr/bin/python3: {last}")
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+USERS = ["root", "nobody"] if os.geteuid() == 0 else ["user"]
+
+
+def run_as(user: str, venv: Path | None, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``tcplab ARGS`` as root (this interpreter) or as nobody (its venv)."""
+    if user != "nobody":
+        return subprocess.run(tcplab_argv(*args), capture_output=True, timeout=GUARD,
+                              stdin=subprocess.DEVNULL)
+    assert venv is not None
+    return subprocess.run([str(venv / "bin" / "python"), "-m", "tcplab", *args],
+                          capture_output=True, timeout=GUARD, stdin=subprocess.DEVNULL,
+                          preexec_fn=as_nobody, cwd="/tmp", env={**os.environ, "HOME": "/tmp"})
+
+
+def one_json(r: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    lines = r.stdout.decode().splitlines()
+    assert r.returncode == 0 and len(lines) == 1, (r.returncode, lines,
+                                                   r.stderr.decode(errors="replace"))
+    body = json.loads(lines[0])
+    assert isinstance(body, dict) and body["schema"] == 1
+    assert body["ok"] is True and body["skipped"] is None, body["fact"]
+    return body
+
+
+def needs_tools() -> None:
+    missing = [t for t in keepalive.TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {' and '.join(missing)} (the experiments' links)")
+
+
+# --- as a user runs them ----------------------------------------------------------------------
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None) -> None:
+    needs_tools()
+    b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--json"))
+    assert b["settings"] == {"quick": True}
+    by = {s["case"]: s for s in b["facts"]["silences"]}
+    assert list(by) == ["keepalive", "keepalive+user-timeout", "retransmit+user-timeout"]
+    for s in by.values():  # the kernel's verdict on a silent peer, each time
+        assert (s["errno"], s["error"], s["aborted_on_timeout"]) == (
+            110, "Connection timed out", 1), s
+    ka, ut, rt = by.values()
+    # --quick: KEEPCNT 2 probes, then the error, not before 1 + 2 x 1 s (the agent's clock
+    # starts after the SYN-ACK, late on a loaded machine: keepalive.EARLY_S).
+    assert ka["keepalive_probes"] == ka["keepcnt"] == 2 and ka["error_at_s"] >= 2.7
+    # The user timeout (1.5 s) ends it with fewer probes than KEEPCNT (9) allows.
+    assert 1 <= ut["keepalive_probes"] < 9 and ut["error_at_s"] >= 1.2
+    # Data in flight: no probe, retransmissions until the user timeout (1 s).
+    assert rt["keepalive_probes"] == 0 and rt["retransmits"] >= 1
+    assert rt["error_at_s"] >= rt["down_at_s"] + 0.7
+    assert 'ETIMEDOUT ("Connection timed out")' in b["fact"]
+    assert "TCP_USER_TIMEOUT 1.5 s ended it after" in b["fact"]
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> None:
+    needs_tools()
+    b = one_json(run_as(user, nobody_venv, "experiment", "ports", "--json"))
+    by = {(p["case"], p["destination"]): p for p in b["facts"]["cases"]}
+    assert sorted(by["connect", "127.0.0.1:8080"]["ports"]) == [40000, 40002, 40004, 40006,
+                                                                40008]
+    assert sorted(by["bind", ""]["ports"]) == [40001, 40003, 40005, 40007, 40009]
+    btc = by["bind-then-connect", "127.0.0.2:8080"]
+    assert (btc["ports"], btc["error"], btc["message"]) == (
+        [], "bind: EADDRINUSE", "Address already in use")
+    no_port = by["bind-address-no-port", "127.0.0.2:8080"]
+    assert sorted(no_port["ports"]) == list(range(40000, 40010))
+    assert (no_port["error"], no_port["message"]) == (
+        "connect: EADDRNOTAVAIL", "Cannot assign requested address")
+    assert sorted(by["socket-range", "127.0.0.1:8080"]["ports"]) == [40002, 40003, 40004, 40005]
+    assert sorted(by["reserved", "127.0.0.1:8080"]["ports"]) == [40008, 40009]
+    assert "the same ten ports served both destinations" in b["fact"]
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) -> None:
+    needs_tools()
+    b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"))
+    assert b["settings"] == {"connections": 5, "tcp_fin_timeout": 1, "tcp_orphan_retries": 1}
+    looks = b["facts"]["looks"]
+    assert [(x["case"], x["states"], x["sockstat_tw"]) for x in looks] == [
+        ("fin-wait2", {"CLOSE_WAIT": 5, "FIN_WAIT2": 5}, 5), ("fin-wait2", {"CLOSE_WAIT": 5}, 0),
+        ("fin-wait1", {"ESTABLISHED": 5, "FIN_WAIT1": 5}, 0), ("fin-wait1", {}, 0),
+        ("orphan-retries", {"FIN_WAIT1": 1}, 0), ("orphan-retries", {}, 0)]
+    assert looks[1]["lived_s"] >= 0.7  # tcp_fin_timeout 1 s, give or take keepalive.EARLY_S
+    assert looks[2]["sockstat_orphan"] >= 5  # the machine's count: ours and others'
+    assert looks[5]["retransmits"] >= 1  # --quick: tcp_orphan_retries 1
+    assert "5 FIN_WAIT2 minisockets and no TIME_WAIT, yet sockstat said tw 5" in b["fact"]
+
+
+@pytest.mark.privileged
+def test_text_has_the_tables() -> None:
+    needs_tools()
+    r = subprocess.run(tcplab_argv("experiment", "ports"), capture_output=True, timeout=GUARD,
+                       stdin=subprocess.DEVNULL)
+    text = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert text.startswith("experiment ports: shown\n"), text
+    rows = [line.split() for line in text.splitlines()]
+    assert ["case", "toward", "ports", "then"] in rows
+    assert ["bind-then-connect", "127.0.0.2:8080", "none", "bind:", "EADDRINUSE"] in rows
+    r = subprocess.run(tcplab_argv("experiment", "orphans", "--quick"), capture_output=True,
+                       timeout=GUARD, stdin=subprocess.DEVNULL)
+    text = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert text.startswith("experiment orphans: shown\n"), text
+    rows = [line.split() for line in text.splitlines()]
+    head = rows.index(["case", "states", "tw", "orphan", "after", "close()"])
+    # The first look: 5 FIN_WAIT2 minisockets beside 5 CLOSE_WAIT, and sockstat's tw 5.
+    assert rows[head + 1][:6] == ["fin-wait2", "CLOSE_WAIT", "5,", "FIN_WAIT2", "5", "5"]
+
+
+# --- the verdicts: a recorded run with one figure changed ----------------------------------
+
+def recorded(name: str) -> Any:
+    [r] = html.read_results([json.loads((LESSON_RUNS / f"{name}.json").read_text())])
+    assert r.ok and worded(r).fact, name
+    return r
+
+
+@pytest.mark.pure
+def test_keepalive_not_shown_says_which_case() -> None:
+    r = recorded("keepalive")
+    silences = list(r.facts.silences)
+    silences[0] = replace(silences[0], keepalive_probes=2)  # one probe short of KEEPCNT
+    assert not keepalive.judge(silences)
+    bad = worded(replace(r, ok=False, facts=keepalive.Facts(tuple(silences)), fact=""))
+    assert bad.fact.startswith("expected ETIMEDOUT after KEEPCNT probes")
+    assert "NOT shown: keepalive (keep-alive 1 s idle, 1 s interval, 3 probes): 2 probes" \
+        in bad.fact
+    assert bad.fact.count("NOT shown") == 1
+    lines = result_lines(bad)
+    assert lines[0] == "experiment keepalive: NOT SHOWN" and lines[-1].endswith(bad.fact)
+    # Early (before KEEPIDLE + KEEPCNT x KEEPINTVL) is not shown either.
+    early = [replace(silences[0], keepalive_probes=3, error_at_s=3.6), *silences[1:]]
+    assert not keepalive.judge(early)
+
+
+@pytest.mark.pure
+def test_ports_not_shown_says_which_case() -> None:
+    r = recorded("ports")
+    cases = list(r.facts.cases)
+    cases[0] = replace(cases[0], ports=[40000, 40001, 40002, 40004, 40006])  # an odd one
+    assert not ports.judge(cases)
+    bad = worded(replace(r, ok=False, facts=ports.Facts(tuple(cases)), fact=""))
+    assert "saw: NOT shown: connect to 127.0.0.1:8080: 5 ports: 40000, 40001" in bad.fact
+    assert bad.fact.count("NOT shown") == 1
+
+
+@pytest.mark.pure
+def test_orphans_not_shown_says_which_case() -> None:
+    r = recorded("orphans")
+    looks = list(r.facts.looks)
+    looks[0] = replace(looks[0], sockstat_tw=0)  # tw not counting the minisockets
+    assert not orphans.judge(looks, 3, 2)
+    bad = worded(replace(r, ok=False, facts=orphans.Facts(tuple(looks)), fact=""))
+    assert bad.fact.count("NOT shown") == 2  # both looks of fin-wait2
+    assert "NOT shown: fin-wait2: the clients closed" in bad.fact
+    # The minisockets gone before tcp_fin_timeout: not shown.
+    early = [looks[0], replace(looks[1], lived_s=2.0), *looks[2:]]
+    assert not orphans.judge(early, 3, 2) and orphans.judge(list(r.facts.looks), 3, 2)
+    # An orphan retransmitting fewer times than tcp_orphan_retries allows: not shown.
+    few = [*looks[:5], replace(looks[5], retransmits=1)]
+    assert not orphans.judge([r.facts.looks[0], *few[1:]], 3, 2)
+
