@@ -8,7 +8,8 @@ from a copy of the list here.
 - running tcplab as a user does: :func:`tcplab` (the argv), :func:`run_tcplab`
   (run it to the end), :class:`Child` and :class:`Spawner` (children whose
   output lines are collected as they come; every one stopped and reaped),
-  :func:`free_port`;
+  :func:`free_port`; :func:`one_json` (an experiment's one ``--json`` line);
+- namespaces: :func:`userns_allowed` (may an ordinary user make a user namespace);
 - running as nobody: :func:`as_nobody` (a preexec_fn) and :func:`nobody_can_run_python`;
 - the session's one ``experiment all`` run: :class:`ExperimentAll`;
 - a server written without tcplab: :func:`start_plain_server`;
@@ -33,6 +34,31 @@ from pathlib import Path
 from typing import Any
 
 # -- running tcplab ----------------------------------------------------------------------
+
+def one_json(r: subprocess.CompletedProcess[bytes], shown: bool = False) -> dict[str, Any]:
+    """The one JSON line ``tcplab experiment NAME --json`` printed, after exit 0;
+    with ``shown``, also checked to say the experiment showed its lesson."""
+    lines = r.stdout.decode().splitlines()
+    assert r.returncode == 0 and len(lines) == 1, (r.returncode, lines,
+                                                   r.stderr.decode(errors="replace"))
+    body = json.loads(lines[0])
+    assert isinstance(body, dict) and body["schema"] == 1
+    if shown:
+        assert body["ok"] is True and body["skipped"] is None, body["fact"]
+    return body
+
+
+def userns_allowed() -> bool:
+    """Whether this kernel lets an ordinary user make a user (and network) namespace."""
+    for path, bad in (("/proc/sys/user/max_user_namespaces", "0"),
+                      ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
+        try:
+            if Path(path).read_text().strip() == bad:
+                return False
+        except OSError:
+            pass
+    return True
+
 
 
 def tcplab(*args: str) -> list[str]:

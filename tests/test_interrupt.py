@@ -47,21 +47,12 @@ from typing import Any
 import pytest
 
 from tcplab import interrupts
+from tests.helpers import userns_allowed
 
 ROOT = os.geteuid() == 0
 EXIT_BOUND = 10.0  # seconds from the first SIGINT to the exit: the requirement
 GUARD = 90.0  # a hang guard, not a time limit
 
-
-def userns_allowed() -> bool:
-    for path, bad in (("/proc/sys/user/max_user_namespaces", "0"),
-                      ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
-        try:
-            if Path(path).read_text().strip() == bad:
-                return False
-        except OSError:
-            pass
-    return True
 
 
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (tracefs, AF_PACKET)")

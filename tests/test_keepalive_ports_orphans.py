@@ -29,7 +29,7 @@ from tcplab.experiments import keepalive, orphans, ports
 from tcplab.report import html
 from tcplab.report.prose import worded
 from tcplab.report.terminal import result_lines
-from tests.helpers import as_nobody
+from tests.helpers import as_nobody, one_json
 from tests.helpers import tcplab as tcplab_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,15 +86,6 @@ def run_as(user: str, venv: Path | None, *args: str) -> subprocess.CompletedProc
                           preexec_fn=as_nobody, cwd="/tmp", env={**os.environ, "HOME": "/tmp"})
 
 
-def one_json(r: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
-    lines = r.stdout.decode().splitlines()
-    assert r.returncode == 0 and len(lines) == 1, (r.returncode, lines,
-                                                   r.stderr.decode(errors="replace"))
-    body = json.loads(lines[0])
-    assert isinstance(body, dict) and body["schema"] == 1
-    assert body["ok"] is True and body["skipped"] is None, body["fact"]
-    return body
-
 
 def needs_tools() -> None:
     missing = [t for t in keepalive.TOOLS if shutil.which(t) is None]
@@ -108,7 +99,8 @@ def needs_tools() -> None:
 @pytest.mark.parametrize("user", USERS)
 def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None) -> None:
     needs_tools()
-    b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--json"))
+    b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--json"),
+                 shown=True)
     assert b["settings"] == {"quick": True}
     by = {s["case"]: s for s in b["facts"]["silences"]}
     assert list(by) == ["keepalive", "keepalive+user-timeout", "retransmit+user-timeout"]
@@ -132,7 +124,7 @@ def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None
 @pytest.mark.parametrize("user", USERS)
 def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> None:
     needs_tools()
-    b = one_json(run_as(user, nobody_venv, "experiment", "ports", "--json"))
+    b = one_json(run_as(user, nobody_venv, "experiment", "ports", "--json"), shown=True)
     by = {(p["case"], p["destination"]): p for p in b["facts"]["cases"]}
     assert sorted(by["connect", "127.0.0.1:8080"]["ports"]) == [40000, 40002, 40004, 40006,
                                                                 40008]
@@ -153,7 +145,8 @@ def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> No
 @pytest.mark.parametrize("user", USERS)
 def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) -> None:
     needs_tools()
-    b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"))
+    b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"),
+                 shown=True)
     assert b["settings"] == {"connections": 5, "tcp_fin_timeout": 1, "tcp_orphan_retries": 1}
     looks = b["facts"]["looks"]
     assert [(x["case"], x["states"], x["sockstat_tw"]) for x in looks] == [

@@ -7,22 +7,9 @@ its text, the TIME_WAIT count, the states, and "shown".
 
 from __future__ import annotations
 
-import json
-import subprocess
-from typing import Any
-
 import pytest
 
-from tests.helpers import run_tcplab
-
-
-def one_json(r: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
-    lines = r.stdout.decode().splitlines()
-    assert r.returncode == 0 and len(lines) == 1, (r.returncode, lines,
-                                                   r.stderr.decode(errors="replace"))
-    body = json.loads(lines[0])
-    assert isinstance(body, dict) and body["schema"] == 1
-    return body
+from tests.helpers import one_json, run_tcplab
 
 
 @pytest.mark.privileged

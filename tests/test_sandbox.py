@@ -25,6 +25,7 @@ import pytest
 from tcplab.errors import NotSupported
 from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
+from tests.helpers import userns_allowed
 
 pytestmark = pytest.mark.privileged
 
@@ -48,17 +49,6 @@ def host_sysctls() -> dict[str, str]:
             values[name] = " ".join(f.read().split())
     return values
 
-
-def userns_allowed() -> bool:
-    for path, bad in (("/proc/sys/user/max_user_namespaces", "0"),
-                      ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
-        try:
-            with open(path) as f:
-                if f.read().strip() == bad:
-                    return False
-        except OSError:
-            pass
-    return True
 
 
 @pytest.fixture(params=[False, True], ids=["root-netns", "user-netns"])

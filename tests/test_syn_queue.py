@@ -28,30 +28,12 @@ from tcplab.experiments import syn_queue
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import from_json_line
 from tcplab.report import html
-from tests.helpers import run_tcplab
+from tests.helpers import one_json, run_tcplab, userns_allowed
 
 GUARD = 60.0  # seconds: a hang guard only
 RECORDED = Path(__file__).parent / "data" / "lessons" / "syn-queue.json"
 
 
-def userns_allowed() -> bool:
-    for path, bad in (("/proc/sys/user/max_user_namespaces", "0"),
-                      ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
-        try:
-            if Path(path).read_text().strip() == bad:
-                return False
-        except OSError:
-            pass
-    return True
-
-
-def one_json(r: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
-    lines = r.stdout.decode().splitlines()
-    assert r.returncode == 0 and len(lines) == 1, (r.returncode, lines,
-                                                   r.stderr.decode(errors="replace"))
-    body = json.loads(lines[0])
-    assert isinstance(body, dict) and body["schema"] == 1
-    return body
 
 
 def by(phases: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
