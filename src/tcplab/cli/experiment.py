@@ -27,8 +27,9 @@ demonstrated with the figure measured on this machine.
   fd-leak    Experiment 3: a leak-mode server with a 256-fd limit flooded by
              clients: fds to the limit, EMFILE, the accept queue, CLOSE_WAIT on
              the server, FIN_WAIT2 on the clients expiring; then the fix; and,
-             with go on PATH, a Go server without Close(): its GC closes what
-             nothing references (late), not what a slice keeps (--go)
+             with go on PATH, a Go server without Close(): a finalizer closes,
+             after a GC, what nothing references (late), not what a slice
+             keeps (--go)
   half-close one connection closed slowly: FIN_WAIT2 on the client and CLOSE_WAIT
              on the server until the server closes, then TIME_WAIT's countdown
   restart    a server stopped while its port holds TIME_WAIT sockets: a new
@@ -50,7 +51,8 @@ demonstrated with the figure measured on this machine.
   ports      which local port connect() and bind() take in a ten-port range:
              parity, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, reserved ports
   orphans    sockets no process holds: FIN_WAIT2 minisockets counted as "tw" by
-             'ss -s', FIN_WAIT1 orphans, tcp_orphan_retries
+             /proc/net/sockstat ("timewait" in 'ss -s'), FIN_WAIT1 orphans,
+             tcp_orphan_retries
   all        every experiment above, in turn, with a summary
 """
 

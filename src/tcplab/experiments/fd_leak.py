@@ -20,9 +20,9 @@ the port and the listener's accept queue. What it shows, measured:
   the peer is gone (probes get a RST), but the fds stay leaked;
 * the Go rounds (``--go``; go on PATH, not with --quick unless asked), against
   a Go server built from tcplab/peers/goleak.go (experiments/gopeer.py):
-  ``go-drop``, a handler that returns without Close(): the runtime's finalizer
-  on each unreachable netFD closes it at a collection, so the fds stay far
-  below the connections, and what is left after the flood waits, with nothing
+  ``go-drop``, a handler that returns without Close(): the finalizer net sets
+  on each netFD closes an unreachable one after a collection, so the fds stay
+  far below the connections, and what is left after the flood waits, with nothing
   allocating, until later traffic brings the next collection; ``go-keep``, the
   connections kept in a slice: Go's 15 s keep-alive clears CLOSE_WAIT once the
   peers are gone, and the fds stay.

@@ -37,8 +37,9 @@ from pathlib import Path
 from tcplab.interrupts import deferred, spawn
 
 SOURCE = Path(__file__).resolve().parent.parent / "peers" / "goleak.go"
-#: The module the copy is built as; ``go 1.16``: the oldest Go whose ``net`` has what
-#: goleak.go uses, and a line newer Go accepts without fetching a toolchain.
+#: The module the copy is built as; ``go 1.16``: goleak.go calls nothing Go 1.16 lacks
+#: (net, os/signal, sync/atomic, encoding/json), and newer Go accepts the line without
+#: fetching a toolchain (it fetches one only for a go line above its own version).
 GO_MOD = "module tcplab/goleak\n\ngo 1.16\n"
 HOWTO = "install Go (apt-get install golang-go, or https://go.dev/dl/) and put go on PATH"
 BUILD_TIMEOUT_S = 300.0

@@ -11,8 +11,9 @@ sockets by state beside sockstat's tw and orphan.
 The verdict rests on counts: exactly five FIN_WAIT2 and "tw 5" with no
 TIME_WAIT, then none; five FIN_WAIT1 orphans counted in the machine's orphan
 figure (others may add to it, never take ours away); the silent peer's orphan
-retransmitted and was gone. Times are checked only where a late timer cannot
-break them: the minisockets lived at least tcp_fin_timeout.
+retransmitted at least tcp_orphan_retries times and was gone. Times are
+checked only where a late timer cannot break them: the minisockets lived at
+least tcp_fin_timeout (less keepalive.EARLY_S, 0.3 s).
 """
 
 from __future__ import annotations

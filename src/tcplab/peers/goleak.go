@@ -7,10 +7,10 @@
 // the experiment's private network namespace. Two modes, one bug:
 //
 //	-mode drop  the handler returns without Close(): nothing references the
-//	            net.Conn any more, so the finalizer the runtime set on its
-//	            netFD (runtime.SetFinalizer(fd, (*netFD).Close) in
-//	            net/fd_posix.go) closes the socket at a later garbage
-//	            collection: the leak heals itself, late.
+//	            net.Conn any more, so the finalizer the net package set on
+//	            its netFD ((*netFD).setAddr calls runtime.SetFinalizer(fd,
+//	            (*netFD).Close), net/fd_posix.go) closes the socket after a
+//	            later garbage collection: the leak heals itself, late.
 //	-mode keep  the same handler, but every accepted net.Conn is also kept in
 //	            a slice, as a map of sessions or a list of clients would: it
 //	            stays reachable, no finalizer runs, and the fds stay leaked.
@@ -26,7 +26,8 @@
 //
 // It prints one JSON line when it listens and one with its totals on SIGTERM
 // or SIGINT; accept errors are printed in Go's own words with the back-off
-// (5 ms doubling to 1 s, as net/http's Server.Serve does). With
+// (5 ms doubling to 1 s, as net/http's Server.Serve does for a Temporary()
+// error; here for any error until the listener is closed). With
 // GODEBUG=gctrace=1 the runtime itself prints one line per collection to
 // stderr ("gc 3 @0.512s ..."); that does not change when collections run.
 package main
@@ -97,7 +98,8 @@ func tidy(c net.Conn) {
 }
 
 // serve accepts until the listener is closed, backing off on errors (EMFILE)
-// as net/http's Server.Serve does: 5 ms, doubling, at most 1 s.
+// with net/http's Server.Serve steps: 5 ms, doubling, at most 1 s (Serve does
+// so only for Temporary() errors and returns on others).
 func serve(ln net.Listener, keep bool, handler func(net.Conn), count *int64,
 	done <-chan struct{}) {
 	var delay time.Duration

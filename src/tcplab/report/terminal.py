@@ -332,7 +332,8 @@ def keepalive_lines(result: keepalive.Result) -> list[str]:
     def opt(v: int | None, unit: str = "") -> str:
         return "-" if v is None else f"{v:g}{unit}"
 
-    rows: list[Sequence[str]] = [("case", "idle", "interval", "probes", "user timeout",
+    # "max probes" is TCP_KEEPCNT, beside the probes the counter saw sent.
+    rows: list[Sequence[str]] = [("case", "idle", "interval", "max probes", "user timeout",
                                   "probes sent", "retransmits", "recv()")]
     for s in f.silences:
         rows.append((s.case, opt(s.keepidle_s, " s"), opt(s.keepintvl_s, " s"),
