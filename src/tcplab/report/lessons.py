@@ -521,7 +521,10 @@ def _orphans(r: orphans.Result) -> str | None:
             f"{n(b, 'CLOSE_WAIT')}; {s.connections} servers that closed behind unsent data to "
             f"clients that did not read left {plural(n(c, 'FIN_WAIT1'), 'orphan')} in "
             f"FIN_WAIT1 (sockstat's machine-wide orphan count {c.sockstat_orphan}, then "
-            f"{d.sockstat_orphan} once the clients' RSTs ended them); with tcp_orphan_retries "
+            f"{d.sockstat_orphan} "
+            + ("once the clients' RSTs ended them" if not n(d, "FIN_WAIT1") else
+               f"with {n(d, 'FIN_WAIT1')} still in FIN_WAIT1 after the clients closed")
+            + f"); with tcp_orphan_retries "
             f"= {s.tcp_orphan_retries}, an orphan whose peer went silent was "
             + (f"gone {e.lived_s:.1f} s after close(), after "
                f"{plural(e.retransmits or 0, 'retransmission')}" if not e.states and e.lived_s
