@@ -511,9 +511,15 @@ def test_half_close_steps(half: dict[str, Any]) -> None:
         countdown.append(float(m.group(1)))
     assert all(0 < v <= 60 for v in countdown), countdown
     assert countdown[-1] < countdown[-2]
-    # The countdown runs with the clock (the timer is the kernel's, 0.1 s resolution).
-    elapsed = steps[4]["t"] - steps[3]["t"]
-    assert abs((countdown[-2] - countdown[-1]) - elapsed) <= 0.5, (countdown, elapsed)
+    # The countdown runs with the clock (the timer is the kernel's, shown to 0.1 s). The
+    # kernel read each timer somewhere within its look (t to t + look_s), so the time
+    # between the two reads lies between these bounds, however long a loaded machine
+    # stalled a look.
+    a, b = steps[3], steps[4]
+    shortest = b["t"] - (a["t"] + a["look_s"])
+    longest = b["t"] + b["look_s"] - a["t"]
+    fell = countdown[-2] - countdown[-1]
+    assert shortest - 0.2 <= fell <= longest + 0.2, (countdown, a, b)
     bugs = half["facts"]["bugs"]
     assert "local application's bug" in bugs["CLOSE_WAIT"]
     assert "peer's bug" in bugs["FIN_WAIT2"]

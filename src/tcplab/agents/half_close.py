@@ -36,10 +36,13 @@ class Side:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    t: float  # seconds since the connection was made
+    t: float  # seconds since the connection was made, when the look at the sockets began
     step: str  # what was just done, in words
     client: Side | None  # None: the socket is gone
     server: Side | None
+    #: How long the look took (the sock_diag dump): on a loaded machine it can be seconds,
+    #: and the kernel computed the timers somewhere within it.
+    look_s: float = 0.0
 
 
 def sides(client_port: int, port: int = PORT) -> tuple[Side | None, Side | None]:
@@ -70,8 +73,10 @@ def choreography(pause: float) -> None:
 
     def step(what: str) -> None:
         time.sleep(pause)
+        began = time.monotonic()
         c, v = sides(cport)
-        emit(Step(t=round(time.monotonic() - t0, 3), step=what, client=c, server=v))
+        emit(Step(t=round(began - t0, 3), step=what, client=c, server=v,
+                  look_s=round(time.monotonic() - began, 3)))
 
     t0 = time.monotonic()
     step("connected")
