@@ -43,12 +43,15 @@ from tcplab.agents.sampler import Sample
 from tcplab.agents.syn_queue import Phase
 from tcplab.agents.sysctl import Sysctl
 from tcplab.agents.tracefs_probe import StaleRemoved
+from tcplab.errors import NotSupported
+from tcplab.experiments import keepalive
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import spawn
 from tcplab.observe.process import own_fd_limit
 from tcplab.observe.tracefs import CANDIDATES, Availability
 from tcplab.records import from_json_line
 from tcplab.traffic.flood import FloodResult
+from tests.helpers import userns_allowed
 
 T = TypeVar("T")
 GUARD = 30.0  # seconds: a hang guard only, never a speed assertion
@@ -347,11 +350,10 @@ def test_sysctl() -> None:
 
 def needs_tools(*tools: str) -> None:
     """The silent link of agents/keepalive.py is built with iproute2 and util-linux."""
-    import shutil
-
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {' and '.join(missing)} (the veth link to a peer namespace)")
+    try:
+        keepalive.needs_tools("keepalive", tools)
+    except NotSupported as e:
+        pytest.skip(str(e))
 
 
 def agent_lines(agent: str, *args: str) -> list[bytes]:
@@ -371,16 +373,15 @@ def test_keepalive() -> None:
         assert (s.errno, s.error) == (errno.ETIMEDOUT, "Connection timed out"), s
         assert s.aborted_on_timeout == 1 and s.error_at_s is not None
     ka, ka_ut, rt_ut = runs.values()
-    # KEEPIDLE 1 s + KEEPCNT 3 x KEEPINTVL 1 s, counted from the last received segment;
-    # the kernel's timers may fire late on a loaded box, never early.
-    assert ka.keepalive_probes == 3 and ka.error_at_s is not None and ka.error_at_s >= 3.9
-    # TCP_USER_TIMEOUT 2.5 s ends it at the first keep-alive timer after 2.5 s (3 s), far
-    # before KEEPCNT 9 would (10 s).
-    assert ka_ut.keepalive_probes == 2 and ka_ut.error_at_s is not None
-    assert 2.8 <= ka_ut.error_at_s < 10  # KEEPCNT 9 alone: 1 + 9 x 1 s
-    # No keep-alive: data sent into the silence is retransmitted until the user timeout.
+    # The experiment's own judge (KEEPCNT probes and not before KEEPIDLE + KEEPCNT x
+    # KEEPINTVL; with TCP_USER_TIMEOUT 2.5 s, fewer probes than KEEPCNT 9 and not before
+    # it; with data in flight, retransmissions and no probe), with its 0.3 s allowance for
+    # an agent clock that starts late on a loaded machine. The kernel's timers may fire
+    # late, never early.
+    assert all(keepalive.case_shown(s) for s in runs.values()), runs
+    assert ka.keepalive_probes == 3 and 1 <= ka_ut.keepalive_probes < 9
+    assert ka_ut.error_at_s is not None and ka_ut.error_at_s < 10  # KEEPCNT 9: 1 + 9 x 1 s
     assert rt_ut.keepalive_probes == 0 and rt_ut.retransmits >= 2
-    assert rt_ut.error_at_s is not None and rt_ut.error_at_s >= rt_ut.down_at_s + 2.0
 
 
 @pytest.mark.privileged
@@ -430,3 +431,22 @@ CASES = {
     "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
     "keepalive": test_keepalive, "orphans": test_orphans, "ports": test_ports,
 }
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("agent", [["syn_queue", "8"], ["orphans"], ["ports"], ["keepalive"]],
+                         ids=lambda a: a[0])
+def test_agents_that_write_sysctls_refuse_a_namespace_that_is_not_plainly_private(
+        agent: list[str]) -> None:
+    # A namespace with a veth pair in it stands for one that could be the host's (run by
+    # hand outside a sandbox): the agent must refuse before any write. It is a fresh
+    # user + network namespace, so even a broken guard could change nothing outside it.
+    if not userns_allowed():
+        pytest.skip("no unprivileged user namespaces here")
+    script = "ip link add g0 type veth peer name g1 && exec \"$@\""
+    r = subprocess.run(["unshare", "-Urn", "sh", "-c", script, "sh", *command(*agent)],
+                       capture_output=True, timeout=GUARD)
+    if b"ip link add" in r.stderr or b"not found" in r.stderr:
+        pytest.skip(f"cannot make the veth pair here: {r.stderr.decode().strip()}")
+    assert r.returncode == 2 and r.stdout == b"", r
+    assert b"run inside a private network namespace" in r.stderr

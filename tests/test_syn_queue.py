@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tcplab.agents.io import command
-from tcplab.agents.syn_queue import EXTRA, ClientError, Phase, private_netns
+from tcplab.agents.io import command, private_netns
+from tcplab.agents.syn_queue import EXTRA, ClientError, Phase
 from tcplab.experiments import syn_queue
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import from_json_line

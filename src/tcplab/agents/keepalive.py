@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from tcplab.agents.io import emit
+from tcplab.agents.io import emit, require_private_netns
 from tcplab.kernel.procfs import parse_netstat
 from tcplab.observe import nsutil, procfs
 
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases:
         if case not in CASES:
             p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
+    require_private_netns(p, "keepalive")  # before the veth pair
     started = time.monotonic()
     with PeerLink() as link:
         for case in args.cases or CASES:

@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from tcplab.agents.io import emit
+from tcplab.agents.io import emit, require_private_netns, write_sysctl
 from tcplab.agents.keepalive import PEER, PeerLink, counters, ip
 from tcplab.agents.keepalive import PORT as PEER_PORT
 from tcplab.kernel import tcp_states
@@ -85,11 +85,6 @@ def states() -> dict[str, int]:
         found = Counter(tcp_states.name(s.state) for s in table.sockets()
                         if s.state != tcp_states.LISTEN)
     return dict(sorted(found.items()))
-
-
-def write_sysctl(name: str, value: int | str) -> None:
-    with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
-        f.write(f"{value}\n")
 
 
 class Agent:
@@ -196,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases:
         if case not in CASES:
             p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
+    require_private_netns(p, "orphans")
     try:
         ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
         write_sysctl("net.ipv4.tcp_fin_timeout", args.fin_timeout)

@@ -32,9 +32,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from tcplab.agents.io import emit
+from tcplab.agents.io import emit, require_private_netns, write_sysctl
 from tcplab.agents.keepalive import ip
-from tcplab.agents.orphans import write_sysctl
 from tcplab.errors import errno_name
 
 LOW, HIGH = 40000, 40009
@@ -154,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "without IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, reserved "
                                 "ports; emit a Ports per case.")
     p.parse_args(argv)
+    require_private_netns(p, "ports")
     try:
         ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
         write_sysctl("net.ipv4.ip_local_port_range", f"{LOW} {HIGH}")

@@ -2,7 +2,7 @@
 
 Run inside a sandbox: it writes the namespace's own sysctls, and refuses to
 start (exit 2) in a namespace that has an interface besides lo or is its
-parent's (private_netns), where they could be the host's. Three rounds, each
+parent's (agents/io.py: private_netns), where they could be the host's. Three rounds, each
 on a fresh listener (listen(BACKLOG), never accept()) with its own sysctls:
 ``cookies`` (tcp_syncookies = 1, the default), ``abort`` (the same with
 tcp_abort_on_overflow = 1) and ``no-cookies`` (tcp_syncookies = 0);
@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tcplab.agents.io import emit
+from tcplab.agents.io import emit, require_private_netns, write_sysctl
 from tcplab.kernel import tcp_states
 from tcplab.kernel.procfs import parse_netstat
 from tcplab.observe import procfs
@@ -114,30 +114,6 @@ def counters() -> dict[str, int]:
 def delta(before: dict[str, int]) -> dict[str, int]:
     now = counters()
     return {k: now[k] - before[k] for k in COUNTERS}
-
-
-def private_netns() -> bool:
-    """True only in a namespace that is plainly a sandbox's, where writing sysctls cannot
-    touch the host's: it has no interface but lo (/proc/self/net/dev), and it is not the
-    parent's (the experiment, or a shell, runs outside). Comparing with pid 1 is not
-    enough: in a container pid 1 may be unreadable, or in another namespace."""
-    try:
-        names = [line.split(":", 1)[0].strip()
-                 for line in procfs.read_text("self/net/dev").splitlines()[2:]]
-        ours = os.readlink("/proc/self/ns/net")
-    except OSError:
-        return False
-    try:
-        parents = os.readlink(f"/proc/{os.getppid()}/ns/net")
-    except OSError:
-        parents = None  # not ours to read (a user namespace): the interfaces decide
-    return names == ["lo"] and parents != ours
-
-
-def write_sysctl(name: str, value: int) -> None:
-    """A sysctl of this network namespace (the sandbox's, never the host's)."""
-    with open(f"/proc/sys/{name.replace('.', '/')}", "w") as f:
-        f.write(str(value))
 
 
 def connect(port: int, quickack: bool) -> socket.socket:
@@ -281,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if backlog < 4:
         p.error("the backlog must be 4 or more (tcp_max_syn_backlog = BACKLOG keeps a "
                 "quarter of it, rounded down, for proven peers)")
-    if not private_netns():
-        p.error("run inside a private network namespace (tcplab experiment syn-queue makes "
-                "one): this agent writes the namespace's sysctls")
+    require_private_netns(p, "syn-queue")
     t0 = time.monotonic()
     port = PORT
     write_sysctl("net.ipv4.tcp_max_syn_backlog", backlog)

@@ -873,8 +873,8 @@ def keepalive_fact(silences: Sequence[Silent]) -> str:
                 f"{plural(rt.retransmits, 'retransmission')} at {rt.error_at_s:.1f} s")
     return ("expected ETIMEDOUT after KEEPCNT probes, sooner with TCP_USER_TIMEOUT, and "
             "after retransmissions with data in flight; saw: "
-            + "; ".join(("" if keepalive.case_shown(s) else "NOT shown: ") + silent_words(s)
-                        for s in silences) or "no case")
+            + ("; ".join(("" if keepalive.case_shown(s) else "NOT shown: ") + silent_words(s)
+                         for s in silences) or "no case"))
 
 
 def ports_fact(cases: Sequence[Ports]) -> str:
@@ -923,5 +923,5 @@ def orphans_fact(looks: Sequence[Look], fin_timeout: int, orphan_retries: int) -
     return ("expected FIN_WAIT2 minisockets counted as sockstat tw and gone after "
             "tcp_fin_timeout, FIN_WAIT1 orphans, and an orphan given up after "
             "tcp_orphan_retries; saw: "
-            + "; ".join(("" if shown.get(x.case) else "NOT shown: ") + orphans.look_words(x)
-                        for x in looks) or "nothing")
+            + ("; ".join(("" if shown.get(x.case) else "NOT shown: ") + orphans.look_words(x)
+                         for x in looks) or "nothing"))
