@@ -166,7 +166,8 @@ def test_go_drop_heals_itself_late(built: gopeer.Built) -> None:
     assert 0 < g.close_wait_quiet <= g.fds_quiet - r.fds_start
     # ... until the later traffic's first collection; then the fds were back.
     assert g.later_gc_s is not None and g.later_gc_s > g.flood_s + g.quiet_s - 0.5
-    assert g.fell_s is not None and g.fell_s > g.later_gc_s
+    # (a sample after the collection: equal at most, both rounded to the millisecond)
+    assert g.fell_s is not None and g.fell_s >= g.later_gc_s
     assert r.fds_after <= r.fds_start + 1 and r.close_wait_after == 0
     assert g.env == fd_leak.GO_ENV_WORDS and "GODEBUG=gctrace=1" in (r.lesson or "")
     assert any(line.startswith("go-drop: no traffic for 3 s") for line in seen), seen
