@@ -40,6 +40,7 @@ from tcplab.net import plan as P
 from tcplab.net import registry
 from tcplab.observe.nsutil import CLONE_NEWNET, die_with_parent, setns, unshare
 
+
 @dataclass(frozen=True, slots=True)
 class Up:
     """The holder's first line: the net it made, or the stage that failed."""
@@ -58,17 +59,22 @@ class Detached:
 
 def pin(fd: int, role: str, keep: int, keep_w: int) -> int:
     """Fork a child that sits in namespace ``fd`` until the holder is gone: it reads
-    ``keep`` (a pipe the holder writes nothing to) until end of file, and the kernel
-    kills it if the holder dies (PR_SET_PDEATHSIG)."""
+    ``keep`` (a pipe the holder writes nothing to) until end of file, or until the
+    kernel sends it SIGTERM because the holder died (PR_SET_PDEATHSIG, even by
+    SIGKILL). Either way it then kills every process left in its namespace (a
+    server started with `net exec`), so no namespace outlives the net."""
     pid = os.fork()
     if pid:
         return pid
     code = 0
     try:
         os.close(keep_w)
-        die_with_parent(signal.SIGKILL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _leave)
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() == 1:
+            raise SystemExit  # the holder is gone already
         with open("/proc/self/comm", "w") as f:
             f.write(f"tcplab-{role}")
         setns(fd, CLONE_NEWNET)
@@ -76,7 +82,27 @@ def pin(fd: int, role: str, keep: int, keep_w: int) -> int:
             pass
     except BaseException:
         code = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _sweep()
     os._exit(code)
+
+
+def _leave(signum: int, frame: object) -> None:
+    raise SystemExit
+
+
+def _sweep() -> None:
+    """SIGKILL every other process in this namespace (those we may signal)."""
+    try:
+        here = registry.ns_id("/proc/self/ns/net")
+        me = os.getpid()
+        for pid in registry.pids_in({here}):
+            if pid != me:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _stop_flag() -> tuple[list[bool], int]:
@@ -154,6 +180,7 @@ def hold(name: str, directory: Path, shaping: P.Shaping, user: bool, router: boo
     from tcplab.net import build as B
 
     path = registry.state_path(name, directory)
+    uid = os.getuid()  # ours outside; 0 once inside the user namespace
     keep_r, keep_w = os.pipe2(os.O_CLOEXEC)
     pins: list[int] = []
     stage = "namespaces"
@@ -186,7 +213,7 @@ def hold(name: str, directory: Path, shaping: P.Shaping, user: bool, router: boo
         start = registry.start_time(os.getpid())
         assert start is not None
         net = registry.Net(
-            name=name, pid=os.getpid(), start=start, user=user, uid=os.getuid(),
+            name=name, pid=os.getpid(), start=start, user=user, uid=uid,
             client=_endpoint(plan.client, pins[0], ns.client),
             server=_endpoint(plan.server, pins[1], ns.server),
             router=(registry.Endpoint("router", os.getpid(), _fd_ns(home))

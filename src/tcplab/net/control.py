@@ -48,6 +48,22 @@ def probe(user: bool | None = None, timeout: float = 30) -> P.Mechanisms:
                            hint=HOWTO_USERNS) from None
 
 
+def probe_words() -> tuple[bool, str, str | None]:
+    """For `tcplab check`: (all knobs work, which mechanism does each, the fix)."""
+    have = probe()
+    delay = ("netem" if have.netem else "tcplab's delay line (TUN; no netem here)"
+             if have.tun else "none (no netem, no TUN)")
+    parts = [f"delay/jitter: {delay}",
+             f"loss: {'nftables numgen' if have.nftables else 'none (no nft or nf_tables)'}",
+             f"rate: {'tbf' if have.tbf else 'none (no tbf)'}"]
+    fix = None
+    if not have.nftables:
+        fix = "install nftables (Debian: apt-get install nftables) for --loss"
+    elif not (have.netem or have.tun):
+        fix = "a kernel with CONFIG_NET_SCH_NETEM or CONFIG_TUN for --delay"
+    return have.tbf and have.nftables and (have.netem or have.tun), "; ".join(parts), fix
+
+
 def check_request(name: str, shaping: P.Shaping) -> None:
     for problem in (P.check_name(name), P.check_shaping(shaping)):
         if problem:
@@ -262,11 +278,7 @@ def _wait_gone(pids: list[int], grace: float, kill: bool) -> None:
 
 
 def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return registry.start_time(pid) is not None  # a zombie has left its namespaces
 
 
 def show(directory: Path | None = None) -> tuple[list[registry.Net], list[str]]:

@@ -107,15 +107,17 @@ def ns_id(path: str) -> str:
 
 
 def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (starttime), or None if the pid is gone: with the
-    pid, it names a process uniquely (a reused pid has another start time)."""
+    """Field 22 of /proc/PID/stat (starttime), or None if the pid is gone or a
+    zombie (it has left its namespaces already): with the pid, it names a process
+    uniquely (a reused pid has another start time)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
     except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    return int(text.rsplit(")", 1)[1].split()[19])
+    fields = text.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def alive(net: Net) -> bool:
