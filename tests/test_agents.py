@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import errno
 import itertools
+import json
 import os
 import pkgutil
 import select
@@ -33,6 +34,7 @@ from tcplab.agents.half_close import Step
 from tcplab.agents.handshake import Done, Ready
 from tcplab.agents.io import command
 from tcplab.agents.listening import Listening
+from tcplab.agents.netholder import Detached, Up
 from tcplab.agents.nsholder import Answer
 from tcplab.agents.reset import Close
 from tcplab.agents.restart import Bind
@@ -41,6 +43,7 @@ from tcplab.agents.sysctl import Sysctl
 from tcplab.agents.tracefs_probe import StaleRemoved
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import spawn
+from tcplab.net.plan import Mechanisms
 from tcplab.observe.process import own_fd_limit
 from tcplab.observe.tracefs import CANDIDATES, Availability
 from tcplab.records import from_json_line
@@ -325,10 +328,35 @@ def test_sysctl() -> None:
         assert sb.sysctl("net.ipv4.tcp_fin_timeout") == "7"
 
 
+@pytest.mark.privileged
+def test_netholder(children: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    """--probe: one Mechanisms; NAME --dir DIR: Up (its Net also in DIR/NAME.json),
+    then Detached after "detach", and on SIGTERM gone with the file."""
+    user = ["--user"] if os.geteuid() != 0 else []
+    r = subprocess.run(command("netholder", "--probe", *user), capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=GUARD, process_group=0)
+    assert r.returncode == 0, r.stderr.decode()
+    assert from_json_line(Mechanisms, r.stdout).tbf  # veth's qdisc of choice exists here
+    proc = spawn(command("netholder", "agent", "--dir", str(tmp_path), "--rate", "10", *user),
+                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children.append(proc)
+    up = read_record(proc, Up)
+    assert up.ready and up.net is not None and up.net.pid == proc.pid, up
+    assert up.net.queue is not None and up.net.queue.rate_bit == 10_000_000
+    assert json.loads((tmp_path / "agent.json").read_text())["pid"] == proc.pid
+    assert proc.stdin is not None
+    proc.stdin.write(b"detach\n")
+    proc.stdin.flush()
+    assert read_record(proc, Detached) == Detached(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=GUARD) == 0
+    assert not (tmp_path / "agent.json").exists()
+
+
 #: Each agent and the test that runs it with its documented argv.
 CASES = {
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
     "half_close": test_half_close, "restart": test_restart, "reset": test_reset,
     "handshake": test_handshake, "nsholder": test_nsholder,
-    "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
+    "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl, "netholder": test_netholder,
 }
