@@ -144,11 +144,13 @@ def main() -> int:
     configs = [(d, load) for d in args.delays for load in args.loads]
     rows: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
     bases: list[float] = []
+    base_rtts: list[float] = []
     started = time.time()
     for rnd in range(rounds):
         progress(f"round {rnd + 1}/{rounds}: unshaped base")
         base = with_net(Shaping(), True, args.probes, 0)
         bases.append(median(base["rtts"]) or 0.0)
+        base_rtts += base["rtts"]
         for d, load in rotate(configs, rnd):
             progress(f"round {rnd + 1}/{rounds}: delay {d} ms, load {load}/s")
             rows[(d, load)].append(with_net(Shaping(delay_ms=d), False, args.probes, load))
@@ -171,13 +173,15 @@ def main() -> int:
             "probe_median_rtt_ms": (median(rtts) or 0) / 1000,
             "x_ping": (median(rtts) or 0) / ping_med if ping_med else None,
         })
-    out = {"base_rtt_ms": base_us / 1000, "rounds": rounds, "rows": table,
+    base_p99 = percentile(base_rtts, 0.99) or 0.0
+    out = {"base_rtt_ms": base_us / 1000, "base_rtt_p99_ms": base_p99 / 1000,
+           "rounds": rounds, "rows": table,
            "seconds": round(time.time() - started, 1)}
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"unshaped base RTT (router, no delay line): {base_us / 1000:.3f} ms, "
-          f"median of {rounds} rounds")
+    print(f"unshaped base RTT (router, no delay line): median {base_us / 1000:.3f} ms, "
+          f"p99 {base_p99 / 1000:.3f} ms, {rounds} rounds of {args.probes} probes")
     print(f"{'asked':>6} {'load/s':>7} {'probes':>7} {'lost':>5} {'added p50':>10} "
           f"{'x asked':>8} {'p99':>8} {'x asked':>8} {'ping RTT':>9} {'x ping':>7}")
     for row in table:
