@@ -275,7 +275,8 @@ def test_a_real_link_has_a_1500_byte_mtu_and_an_mss_of_1448_and_mtu_sets_it(nets
         try:
             r = run_in(net, "client", sys.executable, "-c", probe)
             assert r.returncode == 0, r.stderr.decode()
-            # MTU - 20 (IPv4) - 20 (TCP) - 12 (timestamps option), tcp_mss_to_mtu's inverse.
+            # MTU - 20 (IPv4) - 20 (TCP) - 12 (the timestamp option): mss_cache, what
+            # TCP_MAXSEG reads, is net/ipv4/tcp_output.c tcp_mtu_to_mss (options taken off).
             assert int(r.stdout) == mss
         finally:
             stop(server)
