@@ -152,20 +152,35 @@ def net_name(tag: str) -> str:
     return f"t{os.getpid() % 100000}-{tag}"[:24]
 
 
-def netns_holders(net: registry.Net) -> list[str]:
+def ticks_now() -> int:
+    """Clock ticks since boot, the unit of /proc/PID/stat's starttime."""
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def netns_holders(net: registry.Net, made_before: int) -> list[str]:
     """What still holds one of the net's namespaces: a process in it, or a file
-    descriptor open on it (/proc/PID/fd/N -> net:[INODE])."""
+    descriptor open on it (/proc/PID/fd/N -> net:[INODE]). Only processes started
+    before ``made_before`` (clock ticks) count: once a namespace is freed its inode
+    number is given to the next new one (fs/proc/generic.c, proc_alloc_inum: the
+    lowest free number of an IDA), and the other suites on this machine make
+    namespaces all the time."""
     ends = [net.client, net.server] + ([net.router] if net.router else [])
     ids = {e.netns for e in ends}
     inodes = {f"net:[{i.split(':')[1]}]" for i in ids}
-    found = [f"pid {pid} in it" for pid in registry.pids_in(ids)]
+
+    def old(pid: int | str) -> bool:
+        start = registry.start_time(int(pid))
+        return start is not None and start <= made_before
+
+    found = [f"pid {pid} in it" for pid in registry.pids_in(ids) if old(pid)]
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{entry}/fd"):
                 with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes and old(entry):
                         found.append(f"pid {entry} fd {fd}")
     return found
 
@@ -181,7 +196,9 @@ def wait_for(check: Any, what: str, timeout: float = 10.0) -> Any:
 
 
 def assert_nothing_left(net: registry.Net) -> None:
-    wait_for(lambda: not netns_holders(net), f"net {net.name} left {netns_holders(net)}")
+    now = ticks_now()
+    wait_for(lambda: not netns_holders(net, now),
+             f"net {net.name} left {netns_holders(net, now)}")
     assert registry.start_time(net.pid) is None, "the holder is still there"
     for e in (net.client, net.server):
         assert registry.start_time(e.pid) is None, f"the {e.role}'s pin is still there"

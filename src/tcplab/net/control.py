@@ -234,7 +234,12 @@ def down(name: str, grace: float = 3.0) -> Down:
     ours = {net.pid} | {e.pid for e in ends}
     namespaces = {e.netns for e in ends}
     result = Down(net)
-    users = [pid for pid in registry.pids_in(namespaces) if pid not in ours]
+    # Who is in the namespaces now, with start times: once the namespaces are gone
+    # their inode numbers go to the next new ones (fs/proc/generic.c,
+    # proc_alloc_inum: the lowest free number of an IDA), so what is left is
+    # counted among these processes only.
+    inside = {pid: registry.start_time(pid) for pid in registry.pids_in(namespaces)}
+    users = [pid for pid in inside if pid not in ours]
     for pid in users:
         with contextlib.suppress(Exception):
             result.stopped.append((pid, comm(pid)))
@@ -244,7 +249,8 @@ def down(name: str, grace: float = 3.0) -> Down:
     _wait_gone([net.pid], grace, kill=True)
     deadline = time.monotonic() + grace
     while True:
-        result.left = registry.pids_in(namespaces)
+        result.left = [pid for pid in registry.pids_in(namespaces)
+                       if pid in inside and registry.start_time(pid) == inside[pid]]
         if not result.left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
