@@ -345,6 +345,50 @@ def test_loss_drops_the_asked_share_each_way_and_rate_is_tbf_on_the_router(nets:
         stop(echo)
 
 
+SINK = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9001))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+while c.recv(65536):
+    pass
+c.sendall(b"k")
+"""
+
+BULK = """
+import os, socket, time
+c = socket.create_connection((os.environ["TCPLAB_SERVER"], 9001))
+data = b"x" * 65536
+t = time.monotonic()
+for _ in range(40):  # 2,621,440 bytes
+    c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+assert c.recv(1) == b"k"
+print(40 * 65536 * 8 / (time.monotonic() - t) / 1e6)
+"""
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("delay", ["0", "25"])
+def test_rate_caps_a_bulk_transfer_and_its_queue_keeps_the_link_busy(nets: Any,
+                                                                     delay: str) -> None:
+    """10 Mbit/s: 2.6 MB take about 2.1 s. With 25 ms each way the tbf queue holds a
+    bandwidth-delay product, so TCP still fills the link (at least 70 %)."""
+    net = nets("rate" + delay, "--rate", "10", "--delay", delay)
+    sink = in_net(net, "server", sys.executable, "-c", SINK)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+        r = run_in(net, "client", sys.executable, "-c", BULK)
+        assert r.returncode == 0, r.stderr.decode()
+        mbit = float(r.stdout)
+        assert 7.0 <= mbit <= 10.5, f"{mbit:.2f} Mbit/s through --rate 10 --delay {delay}"
+    finally:
+        stop(sink)
+
+
 @pytest.mark.privileged
 def test_addresses_of_a_net_are_local_targets_only_from_inside_it(nets: Any) -> None:
     net = nets("target")
