@@ -521,6 +521,10 @@ def test_exec_gives_the_command_its_own_status_and_the_addresses(nets: Any) -> N
     assert r.returncode == 7
     assert r.stdout.decode().split() == [net.server.ipv4, net.client.ipv4, net.server.ipv6,
                                          net.client.ipv6, net.name]
+    # Signals Python ignores (SIGPIPE, SIGXFSZ) are the command's default again.
+    r = run_in(net, "client", "cat", "/proc/self/status")
+    ignored = int(r.stdout.decode().split("SigIgn:")[1].split()[0], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), hex(ignored)
 
 
 @pytest.mark.loopback

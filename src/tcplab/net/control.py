@@ -214,6 +214,12 @@ def execute(name: str, role: str, argv: list[str]) -> None:
     env = dict(os.environ)
     env.update(net.environment(registry.state_path(net.name)))
     enter(net, role)
+    # CPython ignores SIGPIPE and SIGXFSZ at start, and an ignored signal stays
+    # ignored across execve(2): put them back, as subprocess does by default
+    # (Lib/subprocess.py, restore_signals; Python/pylifecycle.c, _Py_RestoreSignals),
+    # or a command writing into a closed pipe gets EPIPE instead of its SIGPIPE.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     os.execve(program, argv, env)
 
 
