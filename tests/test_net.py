@@ -413,6 +413,23 @@ def test_addresses_of_a_net_are_local_targets_only_from_inside_it(nets: Any) -> 
 
 
 @pytest.mark.privileged
+def test_bomb_and_multiplex_take_the_net_s_server_as_a_local_target(nets: Any) -> None:
+    net = nets("load")
+    server = serve(net)
+    try:
+        for argv in (("bomb", "--count", "50", "--duration", "20"),
+                     ("multiplex", "--connections", "20", "--messages", "2")):
+            outside = run_tcplab(*argv, "--host", net.server.ipv4 or "", "--port", "8080")
+            assert outside.returncode == ExitStatus.USAGE and b"refusing" in outside.stderr
+            r = run_in(net, "client", "sh", "-c", f'"{sys.executable}" -m tcplab '
+                       f'{" ".join(argv)} --host "$TCPLAB_SERVER" --port 8080 --json')
+            assert r.returncode == 0, r.stderr.decode()
+            assert json.loads(r.stdout.splitlines()[-1])["schema"] == 1
+    finally:
+        stop(server)
+
+
+@pytest.mark.privileged
 def test_show_lists_a_net_and_down_stops_what_runs_in_it(nets: Any) -> None:
     net = nets("show", "--delay", "5", "--jitter", "1")
     r = run_tcplab("net", "show", "--json")

@@ -39,8 +39,11 @@ line behind.
 SHAPING_HELP = """\
 shaping (each applies in both directions):
   --delay MS     one-way delay: netem where the kernel has it, else tcplab's
-                 delay line (a TUN device in the router, one process)
-  --jitter MS    uniform in [-MS, +MS] around the delay; order is kept
+                 delay line (a TUN device in the router, one process; here its
+                 median was within 1.5 % of the asked delay up to 5,000
+                 packets/s, bench/results.md "The delay line")
+  --jitter MS    each packet's delay drawn uniformly from delay +- MS; a packet
+                 never overtakes an earlier one from the same source
   --loss PCT     nftables in the router: numgen random, each way
   --rate MBIT    tbf, its queue at least the bandwidth-delay product
   --mtu N        the veths' MTU (1280 to 65535; default 1500)
@@ -67,7 +70,7 @@ def add_shaping_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delay", type=positive_float("milliseconds"), default=0.0, metavar="MS",
                    help="one-way delay in ms (RTT is twice it)")
     g.add_argument("--jitter", type=positive_float("milliseconds"), default=0.0, metavar="MS",
-                   help="delay varies uniformly by up to MS either way (order kept)")
+                   help="each packet's delay is drawn from delay +- MS (order kept)")
     g.add_argument("--loss", type=positive_float("a percentage"), default=0.0, metavar="PCT",
                    help="drop PCT %% of packets, each way (nftables numgen)")
     g.add_argument("--rate", type=positive_float("Mbit/s", 0.01), default=None, metavar="MBIT",
@@ -91,7 +94,8 @@ def add_parser(sub: Any, name: str) -> None:
 
     u = verbs.add_parser("up", parents=[common.parent()], help="make a net",
                          description="Make net NAME: namespaces, links, addresses, shaping. "
-                         "It stays until `tcplab net down NAME`.", epilog=SHAPING_HELP,
+                         "It stays until `tcplab net down NAME`.",
+                         epilog="how each knob is made:\n" + SHAPING_HELP.split("\n", 1)[1],
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     u.add_argument("name", metavar="NAME", help="lowercase letters, digits, - and _")
     u.add_argument("--router", action="store_true",
