@@ -544,6 +544,22 @@ def test_exec_gives_the_command_its_own_status_and_the_addresses(nets: Any) -> N
     assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), hex(ignored)
 
 
+@pytest.mark.privileged
+def test_an_experiment_can_hold_a_net_for_a_with_and_start_children_in_it() -> None:
+    """control.temporary and control.popen: what `--link veth` will use."""
+    from tcplab.net import control
+
+    with control.temporary(P.Shaping(delay_ms=5), prefix="tmptest") as net:
+        assert registry.find(net.name) == net
+        child = control.popen(net, "client",
+                              ["sh", "-c", 'echo "$TCPLAB_SERVER"; cat /proc/self/net/dev'],
+                              stdout=subprocess.PIPE)
+        out, _ = child.communicate(timeout=GUARD)
+        assert out.split()[0].decode() == net.server.ipv4
+        assert b" c0:" in out  # the client's interface: the child is in the net
+    assert_nothing_left(net)
+
+
 @pytest.mark.loopback
 def test_help_teaches_the_commands_and_the_environment() -> None:
     r = run_tcplab("net", "--help")

@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tcplab.errors import ExperimentFailed, NotSupported, PrivilegeError, UsageError
 from tcplab.net import plan as P
@@ -291,6 +293,42 @@ def _wait_gone(pids: list[int], grace: float, kill: bool) -> None:
 
 def _exists(pid: int) -> bool:
     return registry.start_time(pid) is not None  # a zombie has left its namespaces
+
+
+def popen(net: registry.Net, role: str, args: list[str], **kwargs: Any
+          ) -> subprocess.Popen[Any]:
+    """Start ``args`` inside ``role``'s namespace of ``net`` (what an experiment's
+    ``--link veth`` needs, as Sandbox.popen on loopback): in a process group of its
+    own, with the net's environment, killed by the kernel if we die
+    (PR_SET_PDEATHSIG). The caller stops and reaps it."""
+    from tcplab.interrupts import spawn
+    from tcplab.observe.nsutil import die_with_parent
+
+    env = dict(kwargs.pop("env", None) or os.environ)
+    env.update(net.environment(registry.state_path(net.name)))
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+
+    def inside() -> None:
+        die_with_parent(signal.SIGKILL)
+        enter(net, role)
+
+    return spawn(args, preexec_fn=inside, env=env, **kwargs)
+
+
+@contextlib.contextmanager
+def temporary(shaping: P.Shaping, router: bool = False, prefix: str = "tmp"
+              ) -> Iterator[registry.Net]:
+    """A net for the length of a ``with``: made on entry, taken down on every exit
+    (Ctrl-C included: the down runs with SIGINT and SIGTERM held)."""
+    from tcplab.interrupts import deferred
+
+    name = f"{prefix}-{os.getpid()}"[:24]
+    net = up(name, shaping, router=router)
+    try:
+        yield net
+    finally:
+        with deferred():
+            down(name)
 
 
 def show(directory: Path | None = None) -> tuple[list[registry.Net], list[str]]:
