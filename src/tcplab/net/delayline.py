@@ -11,7 +11,7 @@ toward its destination. Each direction is delayed once, by the same amount.
 
 Packets from one source address leave in the order they came (a later packet
 is never due before an earlier one), unlike netem with jitter, which reorders
-(its tfifo sorts by time_to_send, net/sched/sch_netem.c): reordering makes TCP
+(net/sched/sch_netem.c, tfifo_enqueue sorts by time_to_send): reordering makes TCP
 see duplicate ACKs and retransmit, which is not what "jitter" is meant to show.
 
 How precisely it holds a packet is measured in bench/delayline.py (see

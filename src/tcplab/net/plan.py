@@ -211,7 +211,7 @@ def nft_loss_ruleset(table: str, loss_pct: float) -> str:
     """The nft script that drops ``loss_pct`` % of forwarded packets, each way.
 
     ``numgen random mod 1000000`` draws 0..999999 per packet
-    (net/netfilter/nft_numgen.c, nft_ng_random_eval: reciprocal_scale of
+    (net/netfilter/nft_numgen.c, nft_ng_random_gen: reciprocal_scale of
     get_random_u32), so the loss resolves 0.0001 %. Only packets that came in on
     the veths are counted (the delay line's TUN forwards each packet a second
     time, and it must not be dropped twice)."""
