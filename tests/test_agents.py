@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import errno
 import itertools
+import json
 import os
 import pkgutil
 import select
@@ -34,6 +35,7 @@ from tcplab.agents.handshake import Done, Ready
 from tcplab.agents.io import command
 from tcplab.agents.keepalive import Silent
 from tcplab.agents.listening import Listening
+from tcplab.agents.netholder import Detached, Up
 from tcplab.agents.nsholder import Answer
 from tcplab.agents.orphans import Look
 from tcplab.agents.ports import Ports
@@ -47,6 +49,7 @@ from tcplab.errors import NotSupported
 from tcplab.experiments import keepalive
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import spawn
+from tcplab.net.plan import Mechanisms
 from tcplab.observe.process import own_fd_limit
 from tcplab.observe.tracefs import CANDIDATES, Availability
 from tcplab.records import from_json_line
@@ -422,6 +425,31 @@ def test_ports() -> None:
     assert by["reserved", "127.0.0.1:8080"].ports in ([40008, 40009], [40009, 40008])
 
 
+@pytest.mark.privileged
+def test_netholder(children: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    """--probe: one Mechanisms; NAME --dir DIR: Up (its Net also in DIR/NAME.json),
+    then Detached after "detach", and on SIGTERM gone with the file."""
+    user = ["--user"] if os.geteuid() != 0 else []
+    r = subprocess.run(command("netholder", "--probe", *user), capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=GUARD, process_group=0)
+    assert r.returncode == 0, r.stderr.decode()
+    assert from_json_line(Mechanisms, r.stdout).tbf  # veth's qdisc of choice exists here
+    proc = spawn(command("netholder", "agent", "--dir", str(tmp_path), "--rate", "10", *user),
+                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    children.append(proc)
+    up = read_record(proc, Up)
+    assert up.ready and up.net is not None and up.net.pid == proc.pid, up
+    assert up.net.queue is not None and up.net.queue.rate_bit == 10_000_000
+    assert json.loads((tmp_path / "agent.json").read_text())["pid"] == proc.pid
+    assert proc.stdin is not None
+    proc.stdin.write(b"detach\n")
+    proc.stdin.flush()
+    assert read_record(proc, Detached) == Detached(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=GUARD) == 0
+    assert not (tmp_path / "agent.json").exists()
+
+
 #: Each agent and the test that runs it with its documented argv.
 CASES = {
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
@@ -430,6 +458,7 @@ CASES = {
     "handshake": test_handshake, "nsholder": test_nsholder,
     "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
     "keepalive": test_keepalive, "orphans": test_orphans, "ports": test_ports,
+    "netholder": test_netholder,
 }
 
 

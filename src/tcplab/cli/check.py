@@ -35,7 +35,7 @@ def add_parser(sub: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from tcplab.experiments import probe
 
-    checks = probe.all_checks()
+    checks = [*probe.all_checks(), shaping_check(probe.Check)]
     essential = {"Linux kernel", "NETLINK_SOCK_DIAG", "private network namespace"}
     healthy = all(c.ok for c in checks if c.name in essential)
     if args.json:
@@ -48,3 +48,15 @@ def run(args: argparse.Namespace) -> int:
         if c.fix and not c.ok:
             out(f"       {'':<{width}}  fix: {c.fix}")
     return 0 if healthy else 1
+
+
+def shaping_check(check: Any) -> Any:
+    """Which mechanism each `tcplab net` knob uses here, tried in a namespace."""
+    from tcplab.errors import TcplabError
+    from tcplab.net.control import probe_words
+
+    try:
+        ok, detail, fix = probe_words()
+    except TcplabError as exc:
+        ok, detail, fix = False, exc.message, exc.hint
+    return check("link shaping", ok, detail, fix, "tcplab net, --link veth")

@@ -33,6 +33,7 @@ COMMANDS = {
     "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "exporter": "serve socket, fd and doctor metrics to Prometheus",
     "explain": "a lesson, with recorded figures ('tcplab explain' lists the topics)",
+    "net": "a client and a server in namespaces, a shaped link between them",
     "check": "say what works on this machine and how to fix what does not",
 }
 
@@ -52,6 +53,7 @@ commands in the order of the lab:
   tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab exporter               the same facts for Prometheus (127.0.0.1:9309/metrics)
   tcplab explain time-wait      a lesson, with the figures of a recorded run
+  tcplab net up lab --delay 50  two hosts in namespaces, 100 ms apart (net exec, show, down)
   tcplab check                  what works on this machine, and the fix for what does not
 
 exit status:

@@ -1,8 +1,9 @@
 """Where tcplab may send traffic: loopback, unless the user says otherwise.
 
 tcplab generates load. By default it only ever talks to 127.0.0.0/8 and ::1
-(and, later, to addresses inside namespaces it created); ``--allow-remote``
-is the one way past that, and the refusal names it.
+and to the addresses of a net `tcplab net` made, from inside that net's
+namespaces (tcplab/net/registry.py, ``inside``); ``--allow-remote`` is the one
+way past that, and the refusal names it.
 """
 
 from __future__ import annotations
@@ -48,10 +49,22 @@ def resolve(host: str, port: int, allow_remote: bool = False) -> Target:
     """Where to send traffic; refuses anything but loopback without ``allow_remote``."""
     family, sockaddr = lookup(host, port)
     addr = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
-    if not allow_remote and not addr.is_loopback:
+    if not allow_remote and not addr.is_loopback and not _in_our_net(addr):
         raise UsageError(
             f"refusing to send traffic to {addr}: tcplab talks only to loopback "
-            "(127.0.0.0/8, ::1) unless told otherwise",
+            "(127.0.0.0/8, ::1) and, from inside a net of `tcplab net`, to its "
+            "addresses, unless told otherwise",
             hint="pass --allow-remote if you own that host and mean it",
         )
     return Target(host, port, family, sockaddr)
+
+
+def _in_our_net(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An address of a net tcplab made, seen from inside it (`tcplab net exec`)."""
+    from tcplab.net.plan import BENCHMARK_RANGES
+
+    if not any(addr in net for net in BENCHMARK_RANGES):
+        return False  # the files of the nets are read only for their own ranges
+    from tcplab.net.registry import inside
+
+    return inside(str(addr))
