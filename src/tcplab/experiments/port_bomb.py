@@ -29,6 +29,16 @@ Facts this rests on, measured on this kernel (Linux 6.x):
   20,000 loopback connections with the default range left 14,116 even-port
   and 361 odd-port TIME_WAIT sockets, so with reuse TIME_WAIT levels off at
   about half the range.
+* ``tcp_tw_reuse = 2`` is loopback's only: ``tcp_twsk_unique`` reuses a
+  TIME_WAIT port under 2 only when the socket is bound to lo or an end is a
+  loopback address. ``real-link`` runs the fresh bomb with the namespace's
+  default ``tcp_tw_reuse`` (2, checked) across a veth pair between the client
+  and server namespaces of a temporary ``tcplab net`` (net/control.py,
+  ``temporary``): connect() fails with EADDRNOTAVAIL once the range is in
+  TIME_WAIT, as on any real link. The range is the narrow one of ``fresh``
+  (1,000 ports; the default 28,232 would take minutes and change nothing but
+  the count): measured here, 1,000 ports and 3,000 connections gave 1,000
+  made and 2,000 EADDRNOTAVAIL.
 
 How a verdict is kept honest (issue 11):
 
@@ -53,11 +63,14 @@ from __future__ import annotations
 import enum
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from tcplab.agents.io import command
+from tcplab.agents.sysctl import Sysctl
 from tcplab.errors import ConnectFailed, ExperimentFailed
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
@@ -65,14 +78,14 @@ from tcplab.experiments.probe import accepts_on
 from tcplab.experiments.result import Progress, TimelineRow, say_nothing, timeline_of
 from tcplab.experiments.sampling import StateSampler
 from tcplab.experiments.sandbox import Sandbox
-from tcplab.records import RecordError, from_json
+from tcplab.records import RecordError, from_json, from_json_line
 from tcplab.traffic.bomb import BombResult, FirstError
 
 PORT = 8080
 PORT_LOW = 40000
 
 VARIANTS = ("fresh", "pool", "pool-too-small", "default-reuse", "linger0", "server-closes",
-            "two-destinations")
+            "two-destinations", "real-link")
 SECOND = "127.0.0.2"  # two-destinations: the second loopback address
 
 
@@ -132,6 +145,7 @@ class Short(enum.StrEnum):
     OTHER_ERRORS = "other-errors"  # pool-too-small: a failure other than EADDRNOTAVAIL
     REUSED = "reused"  # pool-too-small: most requests took an idle connection
     TIME_WAIT_LOW = "time-wait-low"  # pool-too-small: TIME_WAIT under 90% of what closed
+    NOT_DEFAULT_REUSE = "not-default-reuse"  # real-link: tcp_tw_reuse was not 2
     HUNG = "hung"  # connections stalled when the time bound stopped the bomb
     TIME_WAIT_OVER_POOL = "time-wait-over-pool"  # pool: more TIME_WAIT than the pool
     NOT_MORE_THAN_RANGE = "not-more-than-range"  # default-reuse: no more than the ports
@@ -182,6 +196,8 @@ class Variant:
     skip: Skip | None = None
     short: tuple[Short, ...] = ()
     absent_host: str | None = None  # NOT_LISTENING_THERE: where nothing accepts
+    link: str = "loopback"  # real-link: "veth" (a temporary tcplab net)
+    tw_reuse: str | None = None  # real-link: the client namespace's tcp_tw_reuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +211,7 @@ class Plan:
     sysctls: dict[str, str]
     bombs: list[list[str]]  # extra tcplab bomb args, one list per run
     server_args: list[str] = field(default_factory=list)
+    link: str = "loopback"  # "veth": across a temporary tcplab net (_run_real_link)
 
 
 def _plan(s: Settings) -> list[Plan]:
@@ -222,6 +239,12 @@ def _plan(s: Settings) -> list[Plan]:
              ["--mode", "fresh", "--count", str(s.ports * 2), "--host", SECOND]],
             server_args=["--host", "0.0.0.0"],
         ),
+        # tcp_tw_reuse is left as a new namespace has it (2, the kernel's default:
+        # net/ipv4/tcp_ipv4.c, tcp_sk_init); the run checks it. The bomb gets --host
+        # from the net (the server's address) in _run_real_link.
+        "real-link": Plan("real-link", {"net.ipv4.ip_local_port_range": narrow[
+            "net.ipv4.ip_local_port_range"]}, [["--mode", "fresh", "--count", n]],
+            server_args=["--host", "0.0.0.0"], link="veth"),
     }
     return [plans[name] for name in s.variants]
 
@@ -258,6 +281,8 @@ def run(settings: Settings | None = None, quick: bool = False,
 
 
 def _run_variant(plan: Plan, s: Settings, progress: Progress) -> Variant:
+    if plan.link == "veth":
+        return _run_real_link(plan, s, progress)
     with Sandbox(plan.sysctls) as sb:
         range_text = (sb.sysctl("net.ipv4.ip_local_port_range") or "").split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
@@ -280,20 +305,66 @@ def _run_variant(plan: Plan, s: Settings, progress: Progress) -> Variant:
         before = sampler.state(sampler.latest(), "TIME_WAIT")
         runs = []
         for args in plan.bombs:
-            runs.append(_bomb(sb, args, s.duration, lambda line: progress(f"  {line}")))
+            runs.append(_bomb(sb.popen, args, s.duration, lambda line: progress(f"  {line}")))
         time.sleep(0.3)  # a last sample or two of the plateau
-        ends = _time_wait_sides(sb)
+        ends = _time_wait_sides(sb.popen)
         sampler.stop()
         server.stop()
     v = _variant(plan, s, runs, timeline_of(sampler), ends, port_range, sampler, before)
     return replace(v, server_addresses=addresses)
 
 
-def _bomb(sb: Sandbox, args: list[str], duration: float,
+def _run_real_link(plan: Plan, s: Settings, progress: Progress) -> Variant:
+    """The fresh bomb from the client namespace of a temporary net to its server's
+    address over the veth pair (no shaping: a direct link), with the client's
+    tcp_tw_reuse as a new namespace has it. Everything runs as children inside the
+    net, which control.temporary takes down on every exit (Ctrl-C included)."""
+    from tcplab.net import control
+    from tcplab.net import plan as netplan
+    from tcplab.net.registry import Net
+
+    def in_net(net: Net, role: str) -> Popen:
+        return lambda args, **kw: control.popen(net, role, list(args), **kw)
+
+    with control.temporary(netplan.Shaping(), prefix="bomb") as net:
+        client = in_net(net, "client")
+        names = ["net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse"]
+        sets = [a for k, v in plan.sysctls.items() for a in ("--set", f"{k}={v}")]
+        r = client(command("sysctl", *sets, "--netns", net.client.netns, *names),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = r.communicate()
+        if r.returncode != 0:
+            raise ExperimentFailed(f"setting the client's port range failed: "
+                                   f"{err.decode(errors='replace').strip() or r.returncode}")
+        values = [from_json_line(Sysctl, line).value for line in out.splitlines()]
+        range_text = (values[0] or "").split()
+        port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
+        server = ServerProcess(["--port", str(PORT), *plan.server_args],
+                               popen=in_net(net, "server"))
+        server.start()
+        try:
+            host = net.server.ipv4 or ""
+            runs = [_bomb(client, [*args, "--host", host], s.duration,
+                          lambda line: progress(f"  {line}")) for args in plan.bombs]
+            ends = _time_wait_sides(client)
+        finally:
+            server.stop()
+    # No sampler across the link: TIME_WAIT is counted once, at the end (it lasts 60 s).
+    v = replace(_variant(plan, s, runs, (), ends, port_range, None, 0), link="veth",
+                tw_reuse=values[1], time_wait_peak=ends.client_side)
+    short = [why for holds, why in checks(v, s.pool_size) if not holds]
+    return replace(v, shown=not short, short=tuple(short))
+
+
+#: Starts a child where it belongs (Sandbox.popen, or control.popen in a net's end).
+Popen = Callable[..., "subprocess.Popen[bytes]"]
+
+
+def _bomb(popen: Popen, args: list[str], duration: float,
           progress: Callable[[str], None]) -> BombResult:
     if "--duration" not in args:
         args = ["--duration", str(duration), *args]
-    proc = sb.popen(sb.tcplab("bomb", "--port", str(PORT), "--json", *args),
+    proc = popen(_tcplab("bomb", "--port", str(PORT), "--json", *args),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     said: list[str] = []
 
@@ -323,30 +394,36 @@ def _bomb(sb: Sandbox, args: list[str], duration: float,
                                hint="this is a bug in tcplab: report it") from None
 
 
-def _time_wait_sides(sb: Sandbox) -> TimeWaitEnd:
+def _tcplab(*args: str) -> list[str]:
+    """The command line that runs ``tcplab ARGS`` with this Python (as Sandbox.tcplab)."""
+    return [sys.executable, "-m", "tcplab", *args]
+
+
+def _time_wait_sides(popen: Popen) -> TimeWaitEnd:
     """TIME_WAIT sockets at the end, by side: the server's (sport = 8080) or the clients'."""
-    r = sb.run(sb.tcplab("sockets", "--port", str(PORT), "--state", "time-wait", "--json"),
-               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    socks = json.loads(r.stdout)["sockets"] if r.returncode == 0 else []
+    proc = popen(_tcplab("sockets", "--port", str(PORT), "--state", "time-wait", "--json"),
+                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out, _ = proc.communicate(timeout=60)
+    socks = json.loads(out)["sockets"] if proc.returncode == 0 else []
     server = sum(1 for x in socks if x["sport"] == PORT)
     return TimeWaitEnd(server_side=server, client_side=len(socks) - server)
 
 
 def _variant(plan: Plan, s: Settings, runs: list[BombResult], timeline: tuple[TimelineRow, ...],
-             ends: TimeWaitEnd, port_range: int | None, sampler: StateSampler,
+             ends: TimeWaitEnd, port_range: int | None, sampler: StateSampler | None,
              before: int) -> Variant:
     """The variant's figures from its bomb runs and samples, and its verdict."""
     ok = sum(r.ok for r in runs)
     failed = sum(r.failed for r in runs)
     stalled = sum(r.stalled for r in runs)  # in flight at the time bound is no fault
     first = next((r.first_error for r in runs if r.first_error), None)
-    tw_peak = max(0, sampler.peak("TIME_WAIT") - before)
+    tw_peak = max(0, sampler.peak("TIME_WAIT") - before) if sampler else 0
     v = Variant(
         name=plan.name, ok=ok, failed=failed, unanswered=sum(r.unanswered for r in runs),
         unconnected=sum(r.unconnected for r in runs), stalled=stalled, first_error=first,
         time_wait_peak=tw_peak, time_wait_before=before,
         conns_per_s=max(r.conns_per_s for r in runs), port_range=port_range,
-        established_peak=max([sampler.peak("ESTABLISHED")]
+        established_peak=max([sampler.peak("ESTABLISHED") if sampler else 0]
                              + [r.established_before_close or 0 for r in runs]),
         time_wait_end=ends, opened=sum(r.opened or 0 for r in runs), runs=tuple(runs),
         timeline=timeline,
@@ -383,6 +460,14 @@ def checks(v: Variant, pool_size: int) -> list[tuple[bool, Short]]:
                 (v.time_wait_peak >= 0.9 * min(rng, v.opened), Short.TIME_WAIT_LOW)]
     if v.name == "default-reuse":
         return [*no_failure, (v.ok > rng, Short.NOT_MORE_THAN_RANGE)]
+    if v.name == "real-link":
+        # Across the link tcp_tw_reuse = 2 reuses nothing (tcp_twsk_unique: loopback
+        # only), so the range runs out as in fresh; at the end the client's TIME_WAIT
+        # sockets (60 s, more than the run) hold the range's ports.
+        return [(v.tw_reuse == "2", Short.NOT_DEFAULT_REUSE),
+                (bool(first and first.errno == 99),
+                 Short.FIRST_ERROR_OTHER if first else Short.NEVER_FAILED),
+                (ends.client_side >= 0.9 * rng, Short.TIME_WAIT_SHORT)]
     if v.name == "linger0":
         return [*no_failure, (v.time_wait_peak == 0, Short.TIME_WAIT_LEFT)]
     if v.name == "server-closes":
