@@ -22,7 +22,8 @@ demonstrated with the figure measured on this machine.
   port-bomb  Experiment 2: short-lived connections until connect() fails with
              EADDRNOTAVAIL, in a private network namespace per variant (fresh,
              pool, pool-too-small, default-reuse, linger0, server-closes,
-             two-destinations);
+             two-destinations, and real-link: the kernel's defaults across a
+             veth pair between two namespaces, where they do fail);
              the host's sysctls are never touched
   fd-leak    Experiment 3: a leak-mode server with a 256-fd limit flooded by
              clients: fds to the limit, EMFILE, the accept queue, CLOSE_WAIT on

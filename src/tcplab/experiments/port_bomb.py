@@ -71,7 +71,7 @@ from dataclasses import dataclass, field, replace
 
 from tcplab.agents.io import command
 from tcplab.agents.sysctl import Sysctl
-from tcplab.errors import ConnectFailed, ExperimentFailed
+from tcplab.errors import ConnectFailed, ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
 from tcplab.experiments.probe import accepts_on
@@ -133,6 +133,8 @@ class Skip(enum.StrEnum):
     NEEDS_CLOSE_FIRST = "needs-close-first"  # server-closes, against --server-cmd
     NOT_LISTENING_THERE = "not-listening-there"  # --server-cmd listens elsewhere (absent_host)
     REFUSED = "refused"  # two-destinations: every connection to the second one refused
+    SERVER_ON_LOOPBACK = "server-on-loopback"  # real-link against --server-cmd
+    NO_NET = "no-net"  # real-link: no tcplab net could be made here (no_net says why)
 
 
 class Short(enum.StrEnum):
@@ -197,6 +199,7 @@ class Variant:
     short: tuple[Short, ...] = ()
     absent_host: str | None = None  # NOT_LISTENING_THERE: where nothing accepts
     link: str = "loopback"  # real-link: "veth" (a temporary tcplab net)
+    no_net: str | None = None  # NO_NET: why the net could not be made (and its fix)
     tw_reuse: str | None = None  # real-link: the client namespace's tcp_tw_reuse
 
 
@@ -264,6 +267,9 @@ def run(settings: Settings | None = None, quick: bool = False,
         if plan.server_args == ["--close-first"] and s.server_cmd:
             variants.append(Variant(plan.name, skip=Skip.NEEDS_CLOSE_FIRST))
             continue
+        if plan.link == "veth" and s.server_cmd:
+            variants.append(Variant(plan.name, skip=Skip.SERVER_ON_LOOPBACK, link="veth"))
+            continue
         progress(f"port-bomb: {plan.name}")
         v = _run_variant(plan, s, progress)
         if v.skip is not None:
@@ -282,7 +288,12 @@ def run(settings: Settings | None = None, quick: bool = False,
 
 def _run_variant(plan: Plan, s: Settings, progress: Progress) -> Variant:
     if plan.link == "veth":
-        return _run_real_link(plan, s, progress)
+        try:
+            return _run_real_link(plan, s, progress)
+        except (PrivilegeError, NotSupported) as e:
+            # No user namespaces for an ordinary user, no veth: the variant says why.
+            return Variant(plan.name, skip=Skip.NO_NET, link="veth",
+                           no_net=f"{e}" + (f" ({e.hint})" if e.hint else ""))
     with Sandbox(plan.sysctls) as sb:
         range_text = (sb.sysctl("net.ipv4.ip_local_port_range") or "").split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None

@@ -307,6 +307,11 @@ def bomb_skipped(v: port_bomb.Variant) -> str | None:
     if v.skip is Skip.NEEDS_CLOSE_FIRST:
         return ("needs a server that closes first (tcplab server --close-first); "
                 "--server-cmd runs yours")
+    if v.skip is Skip.SERVER_ON_LOOPBACK:
+        return ("runs tcplab server in a net's server namespace; --server-cmd runs yours "
+                "on loopback (across a link: tcplab net exec NAME server -- CMD)")
+    if v.skip is Skip.NO_NET:
+        return f"needs a tcplab net (two namespaces joined by a veth pair): {v.no_net}"
     if v.skip is Skip.NOT_LISTENING_THERE:
         return (f"your server listens on {' and '.join(v.server_addresses or ())} port "
                 f"{port_bomb.PORT} only, so nothing accepts on {v.absent_host}: start it on "
@@ -344,6 +349,16 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
                 "the others) and on loopback reuses a port once its TIME_WAIT is 1 s "
                 "old (tcp_tw_reuse_delay), so the bomb does not fail on a default "
                 "kernel")
+    if v.name == "real-link":
+        first = v.first_error
+        assert first is not None
+        return (f"across a veth pair, under the kernel's default tcp_tw_reuse = "
+                f"{v.tw_reuse}, connect() to {v.runs[0].host} failed with EADDRNOTAVAIL "
+                f"after {first.after_ok:,} ok: {ok:,} connections and {v.failed:,} "
+                f"failures in {rng:,} ports, {ends.client_side:,} of them in TIME_WAIT at "
+                "the end; tcp_tw_reuse = 2 reuses a TIME_WAIT port only for loopback "
+                "(tcp_twsk_unique in net/ipv4/tcp_ipv4.c), so on a real link the port "
+                "bomb is alive")
     if v.name == "linger0":
         return (f"SO_LINGER 0 made close() send RST: {ok:,} connections, TIME_WAIT 0 "
                 "and no failure; but a RST tells the server the connection failed "
@@ -438,6 +453,8 @@ def bomb_why_not(v: port_bomb.Variant, pool_size: int) -> str | None:
             return "no TIME_WAIT on the server's side"
         if why is Short.CLIENT_TIME_WAIT:
             return f"{ends.client_side:,} TIME_WAIT on the clients' side"
+        if why is Short.NOT_DEFAULT_REUSE:
+            return f"the client's tcp_tw_reuse was {v.tw_reuse}, not the default 2"
         if why is Short.FIRST_NOT_OUT:
             return f"{v.runs[0].host} did not run out of ports"
         return f"{v.runs[1].host} took {v.runs[1].ok:,} connections of {rng:,} ports"
@@ -478,6 +495,10 @@ def port_bomb_fact(variants: Sequence[port_bomb.Variant]) -> str:
     if reuse and reuse.skip is None:
         parts.append(f"kernel defaults (tcp_tw_reuse=2): {reuse.ok:,} connections, "
                      f"{reuse.failed:,} failures")
+    real = by.get("real-link")
+    if real and real.skip is None:
+        parts.append(f"the same defaults across a veth link: {real.ok:,} connections, "
+                     f"{real.failed:,} failures, {_errors_seen(real)}")
     missed = [f"{v.name} ({v.why_not})" for v in variants if v.skip is None and not v.shown]
     if missed:
         parts.append("NOT shown: " + "; ".join(missed))
