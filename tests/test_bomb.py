@@ -32,13 +32,14 @@ from tcplab.experiments.sandbox import Sandbox
 from tcplab.kernel.tcp_states import STATE_NAMES
 from tcplab.traffic.bomb import STALL_S
 from tests.helpers import run_tcplab
+from tests.test_keepalive_ports_orphans import USERS, nobody_venv, run_as  # noqa: F401
 
 PORT = 8080
 LOW, PORTS = 40000, 200
 NARROW = {"net.ipv4.ip_local_port_range": f"{LOW} {LOW + PORTS - 1}",
           "net.ipv4.tcp_tw_reuse": "0"}
 VARIANTS = ["fresh", "pool", "pool-too-small", "default-reuse", "linger0", "server-closes",
-            "two-destinations"]
+            "two-destinations", "real-link"]
 
 
 def bomb_json(r: subprocess.CompletedProcess[bytes], status: int = 0) -> dict[str, Any]:
@@ -450,6 +451,9 @@ def test_experiment_variant_figures(full_run) -> None:  # type: ignore[no-untype
     assert closes["failed"] == 0
     assert closes["time_wait_end"]["client_side"] == 0
     assert closes["time_wait_end"]["server_side"] > 0
+    real = v["real-link"]
+    assert real["link"] == "veth" and real["tw_reuse"] == "2"
+    assert real["first_error"]["errno"] == 99 and real["ok"] == 1000
     two = v["two-destinations"]
     first_run, second = two["runs"]
     assert first_run["host"] == "127.0.0.1" and second["host"] == "127.0.0.2"
@@ -463,6 +467,10 @@ def test_experiment_timelines(full_run) -> None:  # type: ignore[no-untyped-def]
     r, body = full_run
     assert body is not None, r.stderr.decode(errors="replace")
     for v in body["variants"]:
+        if v["name"] == "real-link":
+            # No sampler across the link: its TIME_WAIT is counted once, at the end.
+            assert v["timeline"] == [] and v["time_wait_end"]["client_side"] == 1000
+            continue
         timeline = v["timeline"]
         assert isinstance(timeline, list) and len(timeline) >= 2, v["name"]
         times = [row["t"] for row in timeline]
@@ -631,6 +639,48 @@ def test_experiment_text_names_skips_and_their_reasons() -> None:
     assert ("  two-destinations: skipped: your server listens on 127.0.0.1 port 8080 only, "
             "so nothing accepts on 127.0.0.2") in text
     assert "took 0 more" not in text
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_real_link_runs_out_of_ports_under_the_default_reuse(
+        user: str, nobody_venv: Path | None) -> None:  # noqa: F811
+    """Issue 14: the kernel's default tcp_tw_reuse = 2 reuses TIME_WAIT ports for
+    loopback only (tcp_twsk_unique, net/ipv4/tcp_ipv4.c), so across a veth pair the
+    fresh bomb fails with EADDRNOTAVAIL where default-reuse on loopback does not.
+    As an ordinary user the net lives in a user namespace; where the kernel refuses
+    one, the variant is skipped and says why."""
+    r = run_as(user, nobody_venv, "experiment", "port-bomb", "--variant", "real-link",
+               "--ports", "100", "--json")
+    err = r.stderr.decode(errors="replace")
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 1, (lines, err)
+    body = json.loads(lines[0])
+    (real,) = body["variants"]
+    if real["skip"] == "no-net":
+        assert user != "root", real["skipped"]
+        pytest.skip(f"as {user}: {real['skipped']}")
+    assert r.returncode == 0, err
+    assert real["shown"] is True and body["ok"] is True, (real["why_not"], err)
+    assert real["link"] == "veth" and real["tw_reuse"] == "2"
+    assert real["port_range"] == 100
+    # 3 x 100 connections for 100 ports: the first 100 made, every other one refused
+    # a port by connect() (no TIME_WAIT reused), all 100 ports in TIME_WAIT at the end.
+    assert real["ok"] == 100 and real["failed"] == 200
+    assert real["runs"][0]["errors"] == {"EADDRNOTAVAIL": 200}
+    assert real["first_error"]["errno"] == 99
+    assert real["runs"][0]["host"].startswith("198.1")  # the net's server, not loopback
+    assert real["time_wait_end"] == {"server_side": 0, "client_side": 100}
+    assert "tcp_twsk_unique" in real["lesson"]
+    assert "across a veth link: 100 connections, 200 failures, 200 EADDRNOTAVAIL" in body["fact"]
+
+
+@pytest.mark.privileged
+def test_real_link_is_skipped_against_your_own_server() -> None:
+    r, body = experiment("--server-cmd", server_cmd(ECHO), "--variant", "real-link", "--json")
+    assert body is not None, r.stderr.decode(errors="replace")
+    (real,) = body["variants"]
+    assert real["shown"] is None and "tcplab net exec NAME server" in real["skipped"]
 
 
 # --- tcplab check ----------------------------------------------------------------------------
