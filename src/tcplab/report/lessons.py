@@ -288,6 +288,15 @@ def _pool_too_small(r: port_bomb.Result) -> str | None:
     return text
 
 
+def _real_link(r: port_bomb.Result) -> str | None:
+    v = _bomb_variants(r).get("real-link")
+    if not v or v.skip is not None or v.port_range is None:
+        return None
+    return (f"across a veth pair, with tcp_tw_reuse = {v.tw_reuse} and {v.port_range:,} "
+            f"ports, {plural(v.ok, 'connection')} and {plural(v.failed, 'failure')} "
+            f"({', '.join(f'{n:,} {e}' for e, n in v.runs[0].errors.items()) or 'none'})")
+
+
 def _default_reuse(r: port_bomb.Result) -> str | None:
     v = _bomb_variants(r).get("default-reuse")
     if not v:
@@ -618,6 +627,9 @@ TIME_WAIT sockets level off at about half the range.""",
      Figures("port-bomb", "tcplab experiment port-bomb", "2026-11-30",
              "with the kernel's defaults (tcp_tw_reuse = 2, 28,232 ports), 40,000 "
              "connections, 0 failures, TIME_WAIT peaked at 14,286", _default_reuse),
+     Figures("port-bomb", "tcplab experiment port-bomb --variant real-link", "2026-11-30",
+             "across a veth pair, with tcp_tw_reuse = 2 and 1,000 ports, 1,000 connections "
+             "and 2,000 failures (2,000 EADDRNOTAVAIL)", _real_link),
      Figures("port-bomb", "tcplab experiment port-bomb --variant pool --variant "
              "pool-too-small", "2026-11-30",
              "with 8 requests at a time and at most 2 connections kept idle (Go's "
@@ -631,14 +643,18 @@ TIME_WAIT sockets level off at about half the range.""",
              "14,116 on even local ports, 31 on odd ones",
              context="in a new network namespace (the kernel's default range and "
              "tcp_tw_reuse = 2) against tcplab server")),
-    "On a modern kernel the classic bomb against 127.0.0.1 does not fail: "
+    "On a modern kernel the classic bomb against 127.0.0.1 does not fail, but across a "
+    "real link it still does: "
     "net.ipv4.tcp_tw_reuse defaults to 2, which lets connect() take the port of a "
     "loopback TIME_WAIT socket once it is 1 s old (tcp_tw_reuse_delay): loopback means "
     "an address in 127.0.0.0/8, ::1 or a v4-mapped loopback address at either end, or a "
     "socket bound to lo (tcp_twsk_unique in net/ipv4/tcp_ipv4.c; a 10.x address on lo "
     "does not count). It applies to outgoing connect() only, and needs TCP timestamps: "
     "with tcp_timestamps = 0 no port is reused (measured in issue 13). The port-bomb "
-    "experiment's default-reuse variant measures it; tcplab's experiment sets "
+    "experiment's default-reuse variant measures it; its real-link variant runs the same "
+    "defaults from one network namespace to another across a veth pair, where nothing is "
+    "loopback, so no TIME_WAIT port is reused and connect() fails with EADDRNOTAVAIL once "
+    "the range is in TIME_WAIT. tcplab's experiment sets "
     "tcp_tw_reuse = 0 inside its own namespace to show the failure. bind() before "
     "connect() toward one destination failed at the same count here (1,000 connections "
     "of a 1,000-port range either way; the first error after 978 to 999, 3 runs each, in "
