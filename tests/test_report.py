@@ -469,7 +469,8 @@ def test_explain_markdown_is_docs_lessons_md() -> None:
 
 #: The runs the lessons' recorded figures come from: ``tcplab experiment NAME --json``
 #: with full counts (fd-leak-keepalive: ``fd-leak --keepalive``; port-bomb-pool-too-small:
-#: ``port-bomb --variant pool --variant pool-too-small``), on Linux 6.18 with 2
+#: ``port-bomb --variant pool --variant pool-too-small``; port-bomb-real-link:
+#: ``port-bomb --variant real-link``), on Linux 6.18 with 2
 #: cores on 2026-11-30, timelines dropped.
 LESSON_RUNS = ROOT / "tests" / "data" / "lessons"
 
