@@ -347,8 +347,8 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
                 f"and TIME_WAIT peaked at {tw:,} ({tw / max(rng, 1):.0%} of "
                 "the range): connect() takes ports of one parity first (bind() gets "
                 "the others) and on loopback reuses a port once its TIME_WAIT is 1 s "
-                "old (tcp_tw_reuse_delay), so the bomb does not fail on a default "
-                "kernel")
+                "old (tcp_tw_reuse_delay), so against loopback the bomb does not fail on a "
+                "default kernel (across a link it does: real-link)")
     if v.name == "real-link":
         first = v.first_error
         assert first is not None
