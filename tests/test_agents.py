@@ -21,6 +21,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -349,6 +350,28 @@ def test_sysctl() -> None:
             Sysctl("net.ipv4.ip_local_port_range", "40000 40999"),
             Sysctl("net.ipv4.tcp_fin_timeout", "7"), Sysctl("net.ipv4.no_such_knob", None)]
         assert sb.sysctl("net.ipv4.tcp_fin_timeout") == "7"
+
+
+@pytest.mark.privileged
+def test_sysctl_writes_only_in_the_namespace_it_is_told() -> None:
+    """--set (port-bomb's real-link sets its net's client range with it) writes only
+    where --netns names this process's own namespace: another's, or none, exits 2
+    and writes nothing. Tried inside a sandbox, so a wrong write would stay there."""
+    from tcplab.net.registry import ns_id
+
+    with Sandbox({"net.ipv4.tcp_fin_timeout": "7"}) as sb:
+        for where in ([], ["--netns", ns_id("/proc/self/ns/net")]):  # none; ours, not its
+            r = sb.run(command("sysctl", "--set", "net.ipv4.tcp_fin_timeout=9", *where,
+                               "net.ipv4.tcp_fin_timeout"),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=GUARD)
+            assert r.returncode == 2 and b"nothing written" in r.stderr, (where, r.stderr)
+        assert sb.sysctl("net.ipv4.tcp_fin_timeout") == "7"
+        here = sb.run([sys.executable, "-c", "from tcplab.net.registry import ns_id; "
+                       "print(ns_id('/proc/self/ns/net'))"], stdout=subprocess.PIPE,
+                      timeout=GUARD).stdout.decode().strip()
+        r = sb.run(command("sysctl", "--set", "net.ipv4.tcp_fin_timeout=9", "--netns", here,
+                           "net.ipv4.tcp_fin_timeout"), stdout=subprocess.PIPE, timeout=GUARD)
+        assert from_json_line(Sysctl, r.stdout) == Sysctl("net.ipv4.tcp_fin_timeout", "9")
 
 
 def needs_tools(*tools: str) -> None:
