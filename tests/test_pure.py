@@ -231,3 +231,15 @@ def test_quick_runs_on_a_copy_of_the_callers_settings() -> None:
     assert mux.ladder == (100, 1000, 10_000)
     with pytest.raises(AttributeError):  # frozen: dataclasses.FrozenInstanceError
         bomb.reuse_count = 1  # type: ignore[misc]
+
+
+@pytest.mark.pure
+def test_sockstat_is_decoded_from_the_kernels_own_text() -> None:
+    # /proc/net/sockstat as this machine's Linux 6.18 printed it (2026-11-30).
+    from tcplab.kernel.procfs import parse_sockstat
+
+    text = ("sockets: used 8\nTCP: inuse 1 orphan 2 tw 0 alloc 3 mem 0\nUDP: inuse 0 mem 0\n"
+            "UDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n")
+    assert parse_sockstat(text) == {"inuse": 1, "orphan": 2, "tw": 0, "alloc": 3, "mem": 0}
+    with pytest.raises(ValueError):
+        parse_sockstat("sockets: used 8\n")

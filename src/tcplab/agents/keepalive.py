@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from tcplab.agents.io import emit, require_private_netns
-from tcplab.kernel.procfs import parse_netstat
 from tcplab.observe import nsutil, procfs
 
 LOCAL_DEV, PEER_DEV = "tl0", "tl1"
@@ -202,8 +201,7 @@ QUICK: dict[str, Case] = {
 
 
 def counters() -> dict[str, int]:
-    snmp = parse_netstat(procfs.read_text("net/snmp"))["Tcp"]
-    ext = parse_netstat(procfs.read_text("net/netstat"))["TcpExt"]
+    snmp, ext = procfs.tcp_counters()
     return {"keepalive_probes": ext["TCPKeepAlive"], "retransmits": snmp["RetransSegs"],
             "aborted_on_timeout": ext["TCPAbortOnTimeout"]}
 

@@ -71,15 +71,6 @@ class Look:
     retransmits: int | None = None  # orphan-retries: Tcp RetransSegs meanwhile
 
 
-def sockstat() -> dict[str, int]:
-    """/proc/net/sockstat's TCP line: ``TCP: inuse 1 orphan 0 tw 5 alloc 9 mem 1``."""
-    for line in procfs.read_text("net/sockstat").splitlines():
-        if line.startswith("TCP:"):
-            words = line.split()[1:]
-            return {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
-    raise ValueError("no TCP line in /proc/net/sockstat")
-
-
 def states() -> dict[str, int]:
     with SocketTable() as table:
         found = Counter(tcp_states.name(s.state) for s in table.sockets()
@@ -95,7 +86,7 @@ class Agent:
         self.retries = orphan_retries
 
     def look(self, case: str, step: str, **extra: float | int | None) -> Look:
-        stat = sockstat()
+        stat = procfs.sockstat()
         return Look(round(time.monotonic() - self.t0, 3), case, step, states(), stat["tw"],
                     stat["orphan"], **extra)  # type: ignore[arg-type]
 

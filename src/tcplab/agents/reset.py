@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 from tcplab.agents.io import emit
 from tcplab.kernel import tcp_states
-from tcplab.kernel.procfs import parse_netstat
 from tcplab.observe import procfs
 from tcplab.observe.sockets import SocketTable
 
@@ -58,8 +57,7 @@ class Close:
 
 
 def counters() -> dict[str, int]:
-    snmp = parse_netstat(procfs.read_text("net/snmp"))["Tcp"]
-    ext = parse_netstat(procfs.read_text("net/netstat"))["TcpExt"]
+    snmp, ext = procfs.tcp_counters()
     return {"out_rsts": snmp["OutRsts"], "abort_on_close": ext["TCPAbortOnClose"],
             "abort_on_data": ext["TCPAbortOnData"]}
 

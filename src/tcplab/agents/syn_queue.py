@@ -56,7 +56,6 @@ from dataclasses import dataclass
 
 from tcplab.agents.io import emit, require_private_netns, write_sysctl
 from tcplab.kernel import tcp_states
-from tcplab.kernel.procfs import parse_netstat
 from tcplab.observe import procfs
 from tcplab.observe.sockets import SocketTable
 
@@ -107,7 +106,7 @@ class Phase:
 
 
 def counters() -> dict[str, int]:
-    ext = parse_netstat(procfs.read_text("net/netstat"))["TcpExt"]
+    _, ext = procfs.tcp_counters()
     return {k: ext.get(k, 0) for k in COUNTERS}
 
 

@@ -80,6 +80,18 @@ def parse_netstat(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def parse_sockstat(text: str) -> dict[str, int]:
+    """/proc/net/sockstat's TCP line, ``TCP: inuse 1 orphan 0 tw 5 alloc 9 mem 1``, as
+    ``{"inuse": 1, "orphan": 0, "tw": 5, "alloc": 9, "mem": 1}``. "tw" counts every
+    minisocket (FIN_WAIT2 and TIME_WAIT) of the reader's namespace; "orphan" is the
+    machine's (tcp_orphan_count, not per namespace)."""
+    for line in text.splitlines():
+        if line.startswith("TCP:"):
+            words = line.split()[1:]
+            return {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+    raise ValueError("no TCP line in /proc/net/sockstat")
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """What tcplab reads from /proc/PID/status."""

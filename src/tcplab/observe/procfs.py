@@ -30,7 +30,9 @@ from tcplab.kernel.procfs import (
     Status,
     count_epoll_watches,
     parse_limits,
+    parse_netstat,
     parse_port_range,
+    parse_sockstat,
     parse_stat_ticks,
     parse_status,
 )
@@ -97,6 +99,18 @@ def pid_text(pid: Pid, name: str, root: str = PROCFS_PATH) -> str:
 
 
 # --- sysctls ---------------------------------------------------------------------------------
+
+def tcp_counters(root: str = PROCFS_PATH) -> tuple[dict[str, int], dict[str, int]]:
+    """This namespace's TCP counters: (/proc/net/snmp's ``Tcp``, /proc/net/netstat's
+    ``TcpExt``), e.g. ``tcp["OutRsts"]``, ``ext["ListenOverflows"]``."""
+    return (parse_netstat(read_text("net/snmp", root))["Tcp"],
+            parse_netstat(read_text("net/netstat", root))["TcpExt"])
+
+
+def sockstat(root: str = PROCFS_PATH) -> dict[str, int]:
+    """/proc/net/sockstat's TCP line (kernel.procfs.parse_sockstat)."""
+    return parse_sockstat(read_text("net/sockstat", root))
+
 
 def sysctl_path(name: str, root: str = PROCFS_PATH) -> str:
     """``net.core.somaxconn`` -> ``/proc/sys/net/core/somaxconn``."""
