@@ -24,7 +24,6 @@ cut in half, and __exit__ finishes a close() that an early signal stopped.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from tcplab.agents.nsholder import Answer
 from tcplab.agents.sysctl import Sysctl
 from tcplab.errors import NotSupported
 from tcplab.interrupts import deferred, spawn
-from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, setns
+from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, limit_fds, setns
 from tcplab.records import RecordError, from_json_line
 
 #: What an experiment needs to know about how a namespace could (not) be made.
@@ -119,9 +118,7 @@ class Sandbox:
         for fd, nstype in self._ns_fds:
             setns(fd, nstype)
         if fd_limit is not None:
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            soft = min(fd_limit, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, soft if fd_hard else hard))
+            limit_fds(fd_limit, fd_hard)
 
     def popen(self, args: Sequence[str], fd_limit: int | None = None, fd_hard: bool = False,
               **kwargs: Any) -> subprocess.Popen[Any]:

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,14 +295,15 @@ def _exists(pid: int) -> bool:
     return registry.start_time(pid) is not None  # a zombie has left its namespaces
 
 
-def popen(net: registry.Net, role: str, args: list[str], **kwargs: Any
-          ) -> subprocess.Popen[Any]:
+def popen(net: registry.Net, role: str, args: list[str], fd_limit: int | None = None,
+          fd_hard: bool = False, **kwargs: Any) -> subprocess.Popen[Any]:
     """Start ``args`` inside ``role``'s namespace of ``net`` (what an experiment's
     ``--link veth`` needs, as Sandbox.popen on loopback): in a process group of its
     own, with the net's environment, killed by the kernel if we die
-    (PR_SET_PDEATHSIG). The caller stops and reaps it."""
+    (PR_SET_PDEATHSIG), with ``fd_limit`` as Sandbox.popen has it. The caller
+    stops and reaps it (``down`` kills whatever is left in the net)."""
     from tcplab.interrupts import spawn
-    from tcplab.observe.nsutil import die_with_parent
+    from tcplab.observe.nsutil import die_with_parent, limit_fds
 
     env = dict(kwargs.pop("env", None) or os.environ)
     env.update(net.environment(registry.state_path(net.name)))
@@ -311,8 +312,41 @@ def popen(net: registry.Net, role: str, args: list[str], **kwargs: Any
     def inside() -> None:
         die_with_parent(signal.SIGKILL)
         enter(net, role)
+        if fd_limit is not None:
+            limit_fds(fd_limit, fd_hard)
 
     return spawn(args, preexec_fn=inside, env=env, **kwargs)
+
+
+def set_sysctls(net: registry.Net, role: str, values: Mapping[str, str],
+                timeout: float = 30) -> dict[str, str | None]:
+    """Write sysctls in ``role``'s namespace of ``net`` and read them back, by the
+    sysctl agent inside it (``--set`` writes only in the namespace ``--netns``
+    names, never its parent's)."""
+    from tcplab.agents.io import command
+    from tcplab.agents.sysctl import Sysctl
+    from tcplab.records import RecordError, from_json_line
+
+    ep = net.endpoint(role)
+    sets = [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
+    proc = popen(net, role, command("sysctl", *sets, "--netns", ep.netns, *values),
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ExperimentFailed(f"setting sysctls in net {net.name!r}'s {role} "
+                               f"did not finish in {timeout:g} s") from None
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise ExperimentFailed(f"setting {', '.join(values)} in net {net.name!r}'s {role} "
+                               f"failed: {lines[-1] if lines else proc.returncode}")
+    try:
+        read = [from_json_line(Sysctl, line) for line in out.splitlines()]
+    except RecordError as e:
+        raise ExperimentFailed(f"the sysctl agent wrote something else: {e}") from None
+    return {r.name: r.value for r in read}
 
 
 @contextlib.contextmanager

@@ -56,6 +56,16 @@ MS_PRIVATE = 1 << 18
 CLONE_NEWNS = 0x00020000
 
 
+def limit_fds(soft: int, hard_too: bool = False) -> None:
+    """Set RLIMIT_NOFILE as ``ulimit -Sn SOFT`` (``ulimit -n SOFT`` with ``hard_too``:
+    only CAP_SYS_RESOURCE may raise it again), never above the present hard limit."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, soft if hard_too else hard))
+
+
 def mount(source: str, target: str, fstype: str | None, flags: int = 0) -> None:
     lib = _lib()
     _check(lib.mount(source.encode(), target.encode(),
