@@ -567,6 +567,23 @@ def test_proc_count_lines_with_and_without_a_port() -> None:
     assert sum(count(unused).values()) == 0
 
 
+def test_proc_unique_lines_drops_a_row_a_second_read_repeated() -> None:
+    # What tcp_seek_last_pos shows when a socket joined a bucket between two
+    # read(2)s: the row before the cut once more, under another sl number.
+    text = (DATA / "lab_tcp.txt").read_text()
+    header, *rows = text.splitlines(keepends=True)
+    again = rows[2].replace(rows[2].split()[0], f"{len(rows)}:", 1)
+    doubled = header + "".join(rows[:3]) + again + "".join(rows[3:])
+    counts = [0] * N_STATES
+    proc_net_tcp.count_lines(doubled, counts)
+    assert folded(counts) != META["ss"]  # the repeat counts twice ...
+    assert proc_net_tcp.unique_lines(doubled) == text  # ... and unique_lines removes it
+    assert proc_net_tcp.unique_lines(text) == text
+    # Listeners sharing a port (SO_REUSEPORT) differ only by inode: both stay.
+    twin = rows[0].replace(rows[0].split()[9], "1", 1)
+    assert proc_net_tcp.unique_lines(header + rows[0] + twin).count("\n") == 3
+
+
 def test_proc_parse_line_rejects_garbage() -> None:
     with pytest.raises(DecodeError):
         proc_net_tcp.parse_line("   0: 0100007F:ZZZZ 00000000:0000 0A", socket.AF_INET)

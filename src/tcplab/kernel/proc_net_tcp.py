@@ -50,6 +50,30 @@ def parse_line(
         raise DecodeError(f"bad /proc/net/tcp line {line.strip()!r}: {exc}") from None
 
 
+def unique_lines(text: str) -> str:
+    """``text`` without the rows it repeats. A read of /proc/net/tcp is not one
+    snapshot: each read(2) after the first re-walks to the bucket it stopped in and
+    skips as many sockets as it had shown there (``tcp_seek_last_pos`` in
+    net/ipv4/tcp_ipv4.c), and a socket added meanwhile goes to the head of its
+    bucket (``inet_ehash_insert``, ``__sk_nulls_add_node_rcu``), so the row before
+    the cut is shown again (seen here: 3 ESTABLISHED counted where ss, before and
+    after, saw 2). A row is the same socket when its addresses, state and inode
+    are (a TIME_WAIT or request socket has inode 0 but a 4-tuple no other socket
+    in its state has); a socket that changed state between two reads can still be
+    seen twice, once in each state. netlink's dump (the first choice) has the same
+    cut between datagrams, but ss and tcplab read it alike."""
+    lines = text.splitlines(keepends=True)
+    seen: set[tuple[str, ...]] = set()
+    out = lines[:1]
+    for line in lines[1:]:
+        f = line.split()
+        key = (f[1], f[2], f[3], f[9]) if len(f) > 9 else (line,)
+        if key not in seen:
+            seen.add(key)
+            out.append(line)
+    return "".join(out)
+
+
 def count_lines(text: str, counts: list[int], port: int = 0) -> None:
     """Add each socket's state to ``counts``; with ``port``, only sockets with
     that local or remote port. Builds no records."""

@@ -167,8 +167,10 @@ class SocketTable:
             fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._netns_fd)
         except FileNotFoundError:
             return None  # tcp6 without IPv6
+        from tcplab.kernel.proc_net_tcp import unique_lines
+
         with os.fdopen(fd) as f:
-            return f.read()
+            return unique_lines(f.read())
 
 
 def _only(counts: list[int], states: int) -> list[int]:
