@@ -16,15 +16,19 @@ about 180 s of the suite.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tcplab.experiments.children import ServerProcess
-from tests.helpers import ExperimentAll, Spawner
+from tests.helpers import ExperimentAll, Spawner, make_nobody_venv
 
 KINDS = ("pure", "loopback", "privileged")
 
@@ -113,3 +117,20 @@ def experiment_all(tmp_path_factory: pytest.TempPathFactory,
                                        data["stdout"].encode("latin-1"),
                                        data["stderr"].encode("latin-1"))
     return ExperimentAll.decode(proc, shared / "report")
+
+
+@pytest.fixture(scope="session")
+def nobody_venv() -> Iterator[Path | None]:
+    """nobody's venv (helpers.make_nobody_venv), made once per session and removed
+    after it; None when we are not root (then we are the ordinary user)."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    where = Path(tempfile.mkdtemp(prefix="nb-tcplab-", dir="/tmp"))
+    try:
+        why = make_nobody_venv(where)
+        if why:
+            pytest.skip(why)
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

@@ -10,7 +10,8 @@ from a copy of the list here.
   output lines are collected as they come; every one stopped and reaped),
   :func:`free_port`; :func:`one_json` (an experiment's one ``--json`` line);
 - namespaces: :func:`userns_allowed` (may an ordinary user make a user namespace);
-- running as nobody: :func:`as_nobody` (a preexec_fn) and :func:`nobody_can_run_python`;
+- running as nobody: :func:`as_nobody` (a preexec_fn), :func:`make_nobody_venv` (a venv
+  of /usr/bin/python3 nobody can run; conftest's ``nobody_venv``), :func:`run_as`, ``USERS``;
 - the session's one ``experiment all`` run: :class:`ExperimentAll`;
 - a server written without tcplab: :func:`start_plain_server`;
 - trace instances left behind: :func:`instances`, :func:`left_behind` and the
@@ -29,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -82,26 +82,61 @@ def run_tcplab(
 
 # -- as an ordinary user -----------------------------------------------------------------
 
-@cache
-def nobody_can_run_python() -> str | None:
-    """None when this interpreter and tcplab can run as nobody; else why not."""
-    try:
-        r = subprocess.run([sys.executable, "-c", "import tcplab.cli.main"],
-                           preexec_fn=as_nobody, capture_output=True, text=True,
-                           env={**os.environ, "HOME": "/tmp"}, timeout=60)
-    except OSError as exc:
-        return f"nobody cannot run {sys.executable}: {exc.strerror}"
-    if r.returncode == 0:
-        return None
-    last = (r.stderr.strip().splitlines() or ["?"])[-1]
-    return f"nobody cannot run {sys.executable} with tcplab: {last}"
-
-
 def as_nobody() -> None:
     nobody = pwd.getpwnam("nobody")
     os.setgroups([])
     os.setgid(nobody.pw_gid)
     os.setuid(nobody.pw_uid)
+
+
+#: Who an experiment test runs as: root and nobody when we are root, else ourselves.
+USERS = ["root", "nobody"] if os.geteuid() == 0 else ["user"]
+NOBODY_ENV = {**os.environ, "HOME": "/tmp"}
+
+
+def make_nobody_venv(where: Path, timeout: float = 300) -> str | None:
+    """Make at ``where`` a venv of /usr/bin/python3 owned by nobody whose
+    site-packages point at this checkout's src and the test venv's packages (same
+    CPython 3.11 ABI): the test venv's interpreter may live where nobody cannot
+    run it (under /root). None when nobody can import tcplab with it; else why not."""
+    import sysconfig
+
+    import tcplab
+
+    system = Path("/usr/bin/python3")
+    if not system.exists():
+        return "no /usr/bin/python3 to make nobody's venv from"
+    where.chmod(0o755)
+    subprocess.run([str(system), "-m", "venv", "--without-pip", str(where)], check=True,
+                   capture_output=True, timeout=timeout)
+    purelib = subprocess.run(
+        [str(where / "bin" / "python"), "-c",
+         "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    src = Path(tcplab.__file__).resolve().parents[1]
+    Path(purelib, "tcplab-checkout.pth").write_text(
+        f"{src}\n{sysconfig.get_paths()['purelib']}\n")
+    subprocess.run(["chown", "-R", "nobody", str(where)], check=True, timeout=timeout)
+    r = subprocess.run([str(where / "bin" / "python"), "-c", "import tcplab.cli.main"],
+                       preexec_fn=as_nobody, capture_output=True, text=True, cwd="/tmp",
+                       env=NOBODY_ENV, timeout=timeout)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return f"nobody cannot import tcplab with /usr/bin/python3: {last}"
+    return None
+
+
+def run_as(user: str, venv: Path | None, *args: str, timeout: float = 300
+           ) -> subprocess.CompletedProcess[bytes]:
+    """``tcplab ARGS`` as root (this interpreter) or as nobody (the ``nobody_venv``
+    fixture's venv)."""
+    if user != "nobody":
+        return subprocess.run(tcplab(*args), capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    assert venv is not None
+    return subprocess.run([str(venv / "bin" / "python"), "-m", "tcplab", *args],
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          preexec_fn=as_nobody, cwd="/tmp", env=NOBODY_ENV)
 
 
 class Child:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,13 @@ from tcplab.kernel.tracefs import (
     state_name,
 )
 from tests.helpers import (
+    NOBODY_ENV,
     Child,
     Spawner,
     as_nobody,
     instances,
     left_behind,
     mark_stale_on_purpose,
-    nobody_can_run_python,
     remove_instance,
     start_plain_server,
     tcplab,
@@ -403,16 +404,28 @@ def nothing_left(spawn: Spawner) -> Iterator[list[int]]:
     assert tracefs_mounts() == mounts, "the host's mounts changed"
 
 
+@dataclass
+class Unprivileged:
+    """How a test runs tcplab without privilege: as we are, when we are not root; as
+    nobody, through nobody's venv (conftest's ``nobody_venv``), when we are."""
+
+    venv: Path | None
+
+    def argv(self, *args: str) -> list[str]:
+        if self.venv is None:
+            return tcplab(*args)
+        return [str(self.venv / "bin" / "python"), "-m", "tcplab", *args]
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        if self.venv is None:
+            return {}
+        return {"preexec_fn": as_nobody, "env": NOBODY_ENV, "cwd": "/tmp"}
+
+
 @pytest.fixture
-def unprivileged() -> dict[str, Any]:
-    """Popen arguments that run a child without privilege: as we are, when we are not root;
-    as nobody when we are (skipped when nobody cannot run this Python)."""
-    if os.geteuid() != 0:
-        return {}
-    why = nobody_can_run_python()
-    if why:
-        pytest.skip(why)
-    return {"preexec_fn": as_nobody, "env": {**os.environ, "HOME": "/tmp"}}
+def unprivileged(nobody_venv: Path | None) -> Unprivileged:
+    return Unprivileged(nobody_venv)
 
 
 # -- privileged: the issue's Done-when -----------------------------------------------------
@@ -585,8 +598,8 @@ def test_a_stale_instance_is_removed(how: str, spawn: Spawner,
 
 @pytest.mark.loopback
 def test_without_privilege_trace_points_at_poll(spawn: Spawner,
-                                                unprivileged: dict[str, Any]) -> None:
-    run = spawn(tcplab("trace", "--duration", "1"), **unprivileged)
+                                                unprivileged: Unprivileged) -> None:
+    run = spawn(unprivileged.argv("trace", "--duration", "1"), **unprivileged.kw)
     assert run.finish() == 4, run.err
     text = "\n".join(run.err)
     assert "root" in text and "--poll" in text
@@ -595,10 +608,10 @@ def test_without_privilege_trace_points_at_poll(spawn: Spawner,
 
 @pytest.mark.loopback
 def test_poll_without_privilege_sees_a_slow_connection(spawn: Spawner,
-                                                       unprivileged: dict[str, Any]) -> None:
+                                                       unprivileged: Unprivileged) -> None:
     server, port = start_plain_server(spawn, close_after=0.3)
-    poll = spawn(tcplab("trace", "--poll", "--port", str(port), "--duration", "3", "--json"),
-                 **unprivileged)
+    poll = spawn(unprivileged.argv("trace", "--poll", "--port", str(port), "--duration", "3",
+                                   "--json"), **unprivileged.kw)
     poll.wait_line(lambda x: x.startswith("polling"))
     with socket.socket() as c:
         c.connect(("127.0.0.1", port))
