@@ -58,6 +58,11 @@ demonstrated with the figure measured on this machine.
 """
 
 
+#: In the order `experiment all` runs them.
+EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
+               "multiplex", "handshake", "keepalive", "ports", "orphans")
+
+
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(
         name,
@@ -66,10 +71,7 @@ def add_parser(sub: Any, name: str) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
-                                    "restart", "reset", "syn-queue", "multiplex",
-                                    "handshake", "keepalive", "ports", "orphans"],
-                   help="which experiment")
+    p.add_argument("name", choices=["all", *EXPERIMENTS], help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
                    help="also write DIR/index.html (charts inline, no network needed) and "
@@ -105,8 +107,24 @@ def add_parser(sub: Any, name: str) -> None:
                    "for --server-cmd)")
     g.add_argument("--variant", action="append", metavar="NAME",
                    help="run only this variant (repeatable)")
+    g = p.add_argument_group("the link")
+    g.add_argument("--link", choices=["loopback", "veth"], default="loopback",
+                   help="where the client and the server run: loopback (default: one "
+                   "private namespace, lo: MSS 32,741, no delay, no loss) or veth (a client "
+                   "and a server namespace joined by a veth pair, 198.18.0.0/15, MTU 1500; "
+                   "through a router namespace when shaped, see 'tcplab net --help'). "
+                   f"Experiments with one end ({', '.join(ONE_END)}) run on loopback "
+                   "and say so")
+    from tcplab.cli.net import add_shaping_options
+
+    add_shaping_options(p)
     common.add_json(p, "each experiment's result (one object per line)")
     p.set_defaults(func=run)
+
+
+#: Experiments whose client and server are one process in one namespace: their
+#: lesson is one host's sockets (keepalive makes its own veth peer).
+ONE_END = ("restart", "reset", "syn-queue", "keepalive", "ports", "orphans")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +150,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.report:
         check_report_dir(args.report)  # now, not after minutes of experiments
+    from tcplab.cli.net import shaping_of
+    from tcplab.experiments.link import LinkSpec
+
+    link = LinkSpec(args.link, shaping_of(args))
+    problem = link.problem()
+    if problem:
+        raise UsageError(problem)
+    if link.kind != "loopback" and args.name in ONE_END:
+        raise UsageError(f"{args.name} has one end (client and server are one process in "
+                         "one namespace): --link veth does not apply to it",
+                         hint="--link veth applies to: " + ", ".join(
+                             n for n in EXPERIMENTS if n not in ONE_END))
     variants = tuple(args.variant or port_bomb.VARIANTS)
     unknown = [v for v in variants if v not in port_bomb.VARIANTS]
     if unknown:
@@ -140,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     bomb_settings = port_bomb.Settings(ports=args.ports, count=args.ports * 3,
                                        server_cmd=args.server_cmd, variants=variants)
 
-    def run_bomb(quick: bool, progress: Any) -> Any:
+    def run_bomb(quick: bool, progress: Any, link: Any) -> Any:
         return port_bomb.run(bomb_settings, quick=quick, progress=progress)
 
     leak_settings = fd_leak.Settings(fd_limit=args.fd_limit,
@@ -149,20 +179,25 @@ def run(args: argparse.Namespace) -> int:
                                      server_cmd=args.server_cmd,
                                      clients=max(450, args.fd_limit * 2), go=args.go)
 
-    def run_leak(quick: bool, progress: Any) -> Any:
+    def run_leak(quick: bool, progress: Any, link: Any) -> Any:
         return fd_leak.run(leak_settings, quick=quick, progress=progress)
 
     mux_settings = multiplex.Settings(
         ladder=tuple(args.connections) if args.connections else (100, 1000, 10_000))
 
-    def run_multiplex(quick: bool, progress: Any) -> Any:
+    def run_multiplex(quick: bool, progress: Any, link: Any) -> Any:
         return multiplex.run(mux_settings, quick=quick, progress=progress)
 
+    def one_end(run: Any) -> Any:
+        return lambda quick, progress, link: run(quick=quick, progress=progress)
+
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
-               "half-close": half_close.run, "restart": restart.run,
-               "reset": reset.run, "syn-queue": syn_queue.run, "multiplex": run_multiplex,
-               "handshake": handshake.run,
-               "keepalive": keepalive.run, "ports": ports.run, "orphans": orphans.run}
+               "half-close": one_end(half_close.run), "restart": one_end(restart.run),
+               "reset": one_end(reset.run), "syn-queue": one_end(syn_queue.run),
+               "multiplex": run_multiplex, "handshake": one_end(handshake.run),
+               "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),
+               "orphans": one_end(orphans.run)}
+    assert list(runners) == list(EXPERIMENTS)
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     bodies = []
@@ -174,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             verbose = args.json or name in ("port-bomb", "multiplex")
             result = worded(runners[name](quick=args.quick,
-                                          progress=status.step if not verbose else status.note))
+                                          progress=status.step if not verbose else status.note,
+                                          link=link if name not in ONE_END else LinkSpec()))
         except NotSupported as exc:
             if args.name != "all":
                 raise

@@ -51,6 +51,10 @@ class LinkSpec:
         return check_shaping(self.shaping)
 
 
+#: The default of every experiment's ``link`` argument.
+LOOPBACK = LinkSpec()
+
+
 @dataclass(frozen=True, slots=True)
 class LinkUsed:
     """The link an experiment ran on, as its result records it."""

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from tcplab.experiments.link import LinkUsed
+
 if TYPE_CHECKING:
     from tcplab.experiments.sampling import StateSampler
 
@@ -86,6 +88,8 @@ class Result(Generic[SettingsT, FactsT, VariantT]):
     timeline: tuple[TimelineRow, ...] = ()  # the sampler's rows, where one ran for it
     variants: tuple[VariantT, ...] = ()  # sub-runs: port-bomb's variants, fd-leak's rounds, ...
     skipped: str | None = None  # why it could not run here, and what to do
+    #: The link it ran on (experiments/link.py); None: it has one end, in one namespace.
+    link: LinkUsed | None = None
 
 
 #: experiment name -> the module that defines its Result.

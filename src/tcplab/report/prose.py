@@ -131,7 +131,8 @@ def echo_fact(small: int, large: int, p50_us: float, mib_per_s: float,
     """
     sent, back, identical = stream
     if echo.judge(identical, client_bytes, server_bytes):
-        return (f"{plural(small, 'small echo')} at p50 {p50_us:.0f} us, "
+        p50 = f"{p50_us:.0f} us" if p50_us < 10_000 else duration_us(p50_us)
+        return (f"{plural(small, 'small echo')} at p50 {p50}, "
                 f"{plural(large, 'echo')} of 1 MiB at {mib_per_s:.0f} MiB/s; the server "
                 f"echoed exactly the {client_bytes:,} bytes sent")
     seen = []

@@ -95,6 +95,8 @@ def result_lines(result: AnyResult) -> list[str]:
     run_with = "" if r.settings is None else settings_text(r.settings)
     if run_with:
         lines.append(f"  run with: {run_with}")
+    if r.link is not None:
+        lines.append(f"  link: {r.link.words()}")
     for event in r.events:
         lines.append(f"  {event.t:7.3f} s  {event.what}")
     lines.extend(variant_lines(r))
