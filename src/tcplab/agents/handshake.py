@@ -3,11 +3,17 @@
 
 It emits ``Ready`` (its pid, for the tracer's syscall filter), waits for one
 line on stdin (the parent's "go", once tracing and capture run), then makes
-one connection on 127.0.0.1:PORT slowly, step by step (``PAUSE`` seconds
+one connection on HOST:PORT (``--host``, default 127.0.0.1) slowly, step by step (``PAUSE`` seconds
 apart): the server's socket/bind/listen, the client's connect, accept, one
 echo, the client's close, the server's close; then a second connection closed
 with SO_LINGER 0 (RST). It emits ``Done`` at the end. The parent
 (``experiments.handshake``) decodes both lines with ``from_json_line``.
+
+Across a link (``--client-netns PATH --server-netns PATH``, the two ends of a
+tcplab net) it makes each socket in its own end's namespace: a socket belongs
+for life to the namespace it was made in (sock_net(sk), set by sk_alloc), so
+this one process enters the server's namespace to make the listener and the
+client's to make each client socket, and every packet crosses the veth pair.
 """
 
 from __future__ import annotations
@@ -33,17 +39,36 @@ class Done:
     connections: int  # made and closed (one with FIN, one with RST)
 
 
-def choreography(port: int, pause: float) -> None:
+class Ends:
+    """Where each socket is made: here (loopback), or in a net's end namespace."""
+
+    def __init__(self, client: str | None, server: str | None) -> None:
+        self.fds = {role: os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    for role, path in (("client", client), ("server", server)) if path}
+
+    def socket(self, role: str) -> socket.socket:
+        fd = self.fds.get(role)
+        if fd is None:
+            return socket.socket()
+        from tcplab.observe.nsutil import CLONE_NEWNET, setns
+
+        setns(fd, CLONE_NEWNET)  # a single-threaded process: setns(2) moves it whole
+        return socket.socket()
+
+
+def choreography(port: int, pause: float, host: str = "127.0.0.1",
+                 ends: Ends | None = None) -> None:
     """Waits for a line on stdin before starting."""
+    ends = ends or Ends(None, None)
     emit(Ready(pid=os.getpid()))
     sys.stdin.readline()
-    lst = socket.socket()
+    lst = ends.socket("server")
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind(("127.0.0.1", port))
+    lst.bind((host, port))
     lst.listen(8)
     time.sleep(pause)
-    client = socket.socket()
-    client.connect(("127.0.0.1", port))
+    client = ends.socket("client")
+    client.connect((host, port))
     server, _ = lst.accept()
     time.sleep(pause)
     client.sendall(b"hello")
@@ -57,8 +82,8 @@ def choreography(port: int, pause: float) -> None:
     time.sleep(pause)
     server.close()  # the passive close: CLOSE_WAIT until now, then LAST_ACK
     time.sleep(pause)
-    client = socket.socket()
-    client.connect(("127.0.0.1", port))
+    client = ends.socket("client")
+    client.connect((host, port))
     server, _ = lst.accept()
     time.sleep(pause)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -75,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "close two connections slowly, emit Done.")
     p.add_argument("port", type=int)
     p.add_argument("pause", type=float, help="seconds between steps")
+    p.add_argument("--host", default="127.0.0.1", help="the server's address")
+    p.add_argument("--client-netns", metavar="PATH",
+                   help="make the client's sockets in this network namespace")
+    p.add_argument("--server-netns", metavar="PATH",
+                   help="make the listener in this network namespace")
     args = p.parse_args(argv)
-    choreography(args.port, args.pause)
+    choreography(args.port, args.pause, args.host, Ends(args.client_netns, args.server_netns))
     return 0
 
 

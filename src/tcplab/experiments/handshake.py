@@ -21,15 +21,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tcplab.agents.handshake import Done, Ready
 from tcplab.agents.io import command
 from tcplab.experiments import result as base
 from tcplab.experiments.children import terminate
+from tcplab.experiments.link import LOOPBACK, LinkSpec, ends
 from tcplab.experiments.result import Event
-from tcplab.experiments.sandbox import Sandbox
 from tcplab.interrupts import deferred, spawn
 from tcplab.kernel.tracefs import Transition
 from tcplab.observe.nsutil import die_with_parent
@@ -62,6 +62,8 @@ class Facts:
     transitions: int  # state changes traced
     time_wait_left_ms: tuple[int, ...]  # the client sockets' TIME_WAIT left at the end
     sequence: tuple[Arrow, ...]
+    #: The first SYN to its SYN-ACK, as captured at the client's end: one round trip.
+    syn_rtt_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,8 @@ def _reader(proc: subprocess.Popen[bytes], into: list[dict[str, Any]],
             pass
 
 
-def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
+def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
+        link: LinkSpec = LOOPBACK) -> Result:
     from tcplab.errors import NotSupported
     from tcplab.experiments.probe import raw_packets, tracefs
 
@@ -94,19 +97,25 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
         if not check.ok:
             raise NotSupported(f"the handshake experiment needs {check.name}: {check.detail}",
                                hint=check.fix)
-    pause = 0.1 if quick else 0.3
+    rtt = 2 * link.shaping.delay_ms / 1000
+    pause = (0.1 if quick else 0.3) + 2 * rtt  # every step's packets arrive before the next
     port = random.randint(20000, 29999)  # tracing is global: a port only this run uses
     packets: list[dict[str, Any]] = []
     traced: list[dict[str, Any]] = []
     tracer: list[subprocess.Popen[bytes]] = []
     try:
-        with Sandbox({}) as sb:
+        with ends(link, prefix="hs") as e:
+            used = e.used
             cap_ready, trace_ready = threading.Event(), threading.Event()
-            cap = sb.popen(sb.tcplab("capture", "--port", str(port), "--json"),
+            # Captured at the client's end: on a delayed link a SYN-ACK comes one
+            # round trip after its SYN there.
+            cap = e.client(_tcplab("capture", "--port", str(port), "--json",
+                                   "--interface", e.used.client_interface),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             threading.Thread(target=_reader, args=(cap, packets, cap_ready, b"capturing"),
                              daemon=True).start()
-            dance = sb.popen(command("handshake", str(port), str(pause)),
+            dance = e.server(command("handshake", str(port), str(pause),
+                                     "--host", e.server_host, *e.netns_args()),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert dance.stdout is not None and dance.stdin is not None
             pid = from_json_line(Ready, dance.stdout.readline()).pid
@@ -129,16 +138,22 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
             dance.stdin.write(b"go\n")
             dance.stdin.flush()
             from_json_line(Done, dance.stdout.readline())
-            time.sleep(0.3)
-            tw = sb.run(sb.tcplab("sockets", "--port", str(port), "--state", "time-wait",
-                                  "--json"), stdout=subprocess.PIPE).stdout
+            time.sleep(0.3 + 2 * rtt)
+            tw = e.run("client", _tcplab("sockets", "--port", str(port), "--state",
+                                         "time-wait", "--json"),
+                       stdout=subprocess.PIPE).stdout
             stop_tracer(tracer[0])
             terminate(cap, grace=10)
     finally:
         if tracer:
             stop_tracer(tracer[0])
     time.sleep(0.2)
-    return _merge(packets, traced, wall_minus_mono, json.loads(tw or b'{"sockets": []}'))
+    r = _merge(packets, traced, wall_minus_mono, json.loads(tw or b'{"sockets": []}'))
+    return replace(r, link=used)
+
+
+def _tcplab(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tcplab", *args]
 
 
 def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 4.0) -> None:
@@ -186,6 +201,13 @@ def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: 
         events.append(Event(events[-1].t if events else 0.0,
                             f"{'timer':8} the first client socket sits in TIME_WAIT: "
                             f"{left[0] / 1000:.1f} s of its 60 s left"))
+    syn_t = [a.t for a in sequence if a.word == "SYN"]
+    ack_t = [a.t for a in sequence if a.word == "SYN-ACK"]
+    syn_rtt = round((ack_t[0] - syn_t[0]) * 1000, 3) if syn_t and ack_t else None
+    if syn_rtt is not None:
+        events.append(Event(round(ack_t[0], 6), f"{'rtt':8} SYN to SYN-ACK at the client: "
+                            f"{syn_rtt:.3f} ms, one round trip"))
+        events.sort(key=lambda e: e.t)
     words = [p["word"] for p in packets]
     states = {(c.old, c.new) for c in changes}
     facts = Facts(
@@ -194,6 +216,7 @@ def _merge(packets: list[dict[str, Any]], traced: list[dict[str, Any]], offset: 
         rst=words.count("RST"), packets=len(packets),
         syscalls=sum(1 for e in traced if "syscall" in e),
         transitions=len(changes), time_wait_left_ms=left, sequence=sequence,
+        syn_rtt_ms=syn_rtt,
     )
     return Result(experiment="handshake", ok=judge(facts, states), settings=RunWith(),
                   facts=facts, events=tuple(events))

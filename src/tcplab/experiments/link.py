@@ -66,6 +66,8 @@ class LinkUsed:
     mechanisms: dict[str, str] = field(default_factory=dict)
     client: str = "127.0.0.1"
     server: str = "127.0.0.1"
+    client_interface: str = "lo"  # where a capture at the client's end listens
+    server_interface: str = "lo"
 
     def words(self) -> str:
         if self.kind == "loopback":
@@ -84,6 +86,27 @@ class Ends:
     server: Popen
     #: Sets sysctls in a role's namespace and returns them as read back.
     set_sysctls: Callable[[str, Mapping[str, str]], dict[str, str | None]]
+    #: role -> /proc/PID/ns/net of a process in it (veth only: a process that
+    #: holds both sockets, as a choreography, enters each to make its socket).
+    netns: dict[str, str] = field(default_factory=dict)
+
+    def run(self, role: str, args: Sequence[str], timeout: float = 60, **kwargs: Any
+            ) -> subprocess.CompletedProcess[Any]:
+        """``args`` at ``role``'s end to the end, as subprocess.run."""
+        proc = (self.client if role == "client" else self.server)(args, **kwargs)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def netns_args(self) -> list[str]:
+        """``--client-netns PATH --server-netns PATH`` for an agent that makes both
+        ends' sockets (nothing on loopback: one namespace)."""
+        return [a for role, path in sorted(self.netns.items())
+                for a in (f"--{role}-netns", path)]
 
     @property
     def kind(self) -> str:
@@ -134,5 +157,9 @@ def ends(spec: LinkSpec, sysctls: Mapping[str, str | int] | None = None,
                 set_in(role, values)
         used = LinkUsed(kind="veth", shaping=net.shaping.words(), mtu=net.mtu,
                         mechanisms=dict(net.mechanisms), client=net.client.ipv4 or "",
-                        server=net.server.ipv4 or "")
-        yield Ends(used, at("client"), at("server"), set_in)
+                        server=net.server.ipv4 or "",
+                        client_interface=net.client.interface or "",
+                        server_interface=net.server.interface or "")
+        yield Ends(used, at("client"), at("server"), set_in,
+                   {role: f"/proc/{net.endpoint(role).pid}/ns/net"
+                    for role in ("client", "server")})

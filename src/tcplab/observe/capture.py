@@ -1,7 +1,8 @@
 """Packets on ``lo`` from an AF_PACKET socket, filtered in the kernel by classic BPF.
 
 On loopback every packet passes twice, once leaving and once arriving; like
-libpcap we drop the outgoing copy (PACKET_OUTGOING), so each shows once.
+libpcap we drop the outgoing copy (PACKET_OUTGOING) on a loopback device, so each
+shows once; on any other device (a veth) the packets sent are the outgoing ones.
 Timestamps are the kernel's (SO_TIMESTAMPNS), not the time we read them.
 """
 
@@ -28,6 +29,7 @@ RCVBUF = 4 << 20
 SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35
 PACKET_OUTGOING = 4
+ARPHRD_LOOPBACK = 772  # include/uapi/linux/if_arp.h
 
 
 def raw_socket_hint() -> str:
@@ -115,8 +117,8 @@ class Capture:
             data, anc, _flags, addr = self.sock.recvmsg(SNAPLEN, socket.CMSG_SPACE(16))
         except TimeoutError:
             return
-        if addr[2] == PACKET_OUTGOING:
-            return
+        if addr[2] == PACKET_OUTGOING and addr[3] == ARPHRD_LOOPBACK:
+            return  # lo hands each packet to taps twice: going out, and coming in
         t = time.time()
         for level, kind, cdata in anc:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= 16:
