@@ -20,6 +20,7 @@ from a copy of the list here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -32,6 +33,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tcplab.net import registry
 
 # -- running tcplab ----------------------------------------------------------------------
 
@@ -389,3 +392,61 @@ def left_behind(pids: Iterable[int] = (), before: set[str] | None = None) -> lis
         time.sleep(0.5)
         orphans &= candidates()[1]
     return sorted(own | orphans)
+
+
+# -- tcplab nets: what a net leaves behind ----------------------------------------------
+
+
+def ticks_now() -> int:
+    """Clock ticks since boot, the unit of /proc/PID/stat's starttime."""
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def netns_holders(net: registry.Net, made_before: int) -> list[str]:
+    """What still holds one of the net's namespaces: a process in it, or a file
+    descriptor open on it (/proc/PID/fd/N -> net:[INODE]). Only processes started
+    before ``made_before`` (clock ticks) count: once a namespace is freed its inode
+    number is given to the next new one (fs/proc/generic.c, proc_alloc_inum: the
+    lowest free number of an IDA), and the other suites on this machine make
+    namespaces all the time."""
+    ends = [net.client, net.server] + ([net.router] if net.router else [])
+    ids = {e.netns for e in ends}
+    inodes = {f"net:[{i.split(':')[1]}]" for i in ids}
+
+    def old(pid: int | str) -> bool:
+        start = registry.start_time(int(pid))
+        return start is not None and start <= made_before
+
+    found = [f"pid {pid} in it" for pid in registry.pids_in(ids) if old(pid)]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes and old(entry):
+                        found.append(f"pid {entry} fd {fd}")
+    return found
+
+
+def wait_for(check: Any, what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            assert value, f"{what} (waited {timeout:g} s)"
+            return value
+        time.sleep(0.05)
+
+
+def assert_nothing_left(net: registry.Net) -> None:
+    """No process or fd holds the net's namespaces, its holder and pins are gone, and
+    no live state file names it: so its veths, qdiscs and nftables tables are gone."""
+    now = ticks_now()
+    wait_for(lambda: not netns_holders(net, now),
+             f"net {net.name} left {netns_holders(net, now)}")
+    assert registry.start_time(net.pid) is None, "the holder is still there"
+    for e in (net.client, net.server):
+        assert registry.start_time(e.pid) is None, f"the {e.role}'s pin is still there"
+    assert not registry.state_path(net.name).exists() or registry.find(net.name) is None

@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,12 @@ from tcplab.errors import ExitStatus
 from tcplab.net import plan as P
 from tcplab.net import registry
 from tcplab.net.delayline import DelayLine, source_key
-from tests.helpers import run_tcplab, tcplab
+from tests.helpers import (
+    assert_nothing_left,
+    run_tcplab,
+    tcplab,
+    wait_for,
+)
 
 GUARD = 60.0  # seconds: a hang guard only
 
@@ -150,59 +154,6 @@ def test_the_delay_line_holds_each_packet_for_the_delay_and_keeps_order_under_ji
 
 def net_name(tag: str) -> str:
     return f"t{os.getpid() % 100000}-{tag}"[:24]
-
-
-def ticks_now() -> int:
-    """Clock ticks since boot, the unit of /proc/PID/stat's starttime."""
-    with open("/proc/uptime") as f:
-        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
-
-
-def netns_holders(net: registry.Net, made_before: int) -> list[str]:
-    """What still holds one of the net's namespaces: a process in it, or a file
-    descriptor open on it (/proc/PID/fd/N -> net:[INODE]). Only processes started
-    before ``made_before`` (clock ticks) count: once a namespace is freed its inode
-    number is given to the next new one (fs/proc/generic.c, proc_alloc_inum: the
-    lowest free number of an IDA), and the other suites on this machine make
-    namespaces all the time."""
-    ends = [net.client, net.server] + ([net.router] if net.router else [])
-    ids = {e.netns for e in ends}
-    inodes = {f"net:[{i.split(':')[1]}]" for i in ids}
-
-    def old(pid: int | str) -> bool:
-        start = registry.start_time(int(pid))
-        return start is not None and start <= made_before
-
-    found = [f"pid {pid} in it" for pid in registry.pids_in(ids) if old(pid)]
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes and old(entry):
-                        found.append(f"pid {entry} fd {fd}")
-    return found
-
-
-def wait_for(check: Any, what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            assert value, f"{what} (waited {timeout:g} s)"
-            return value
-        time.sleep(0.05)
-
-
-def assert_nothing_left(net: registry.Net) -> None:
-    now = ticks_now()
-    wait_for(lambda: not netns_holders(net, now),
-             f"net {net.name} left {netns_holders(net, now)}")
-    assert registry.start_time(net.pid) is None, "the holder is still there"
-    for e in (net.client, net.server):
-        assert registry.start_time(e.pid) is None, f"the {e.role}'s pin is still there"
-    assert not registry.state_path(net.name).exists() or registry.find(net.name) is None
 
 
 @pytest.fixture

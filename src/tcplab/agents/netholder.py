@@ -14,7 +14,9 @@ interpreter in a session of its own. It:
 3. writes DIR/NAME.json (a ``registry.Net``) and emits ``Up``;
 4. waits for one line on stdin: ``detach`` (the parent saw ``Up``) makes it
    independent of its parent (no PR_SET_PDEATHSIG, stdio on /dev/null) and it
-   emits ``Detached``; end of file instead (the parent died first) tears it down;
+   emits ``Detached``; ``attach`` (an experiment's ``--link veth``) keeps
+   PR_SET_PDEATHSIG, so the net dies with the experiment even by SIGKILL; end of
+   file instead (the parent died first) tears it down;
 5. runs the delay line if there is one, until SIGTERM, SIGINT or SIGHUP; then
    removes DIR/NAME.json and exits. Its pins die with it (PR_SET_PDEATHSIG), and
    the namespaces go with their last process, and with them every veth, qdisc,
@@ -55,6 +57,7 @@ class Up:
 @dataclass(frozen=True, slots=True)
 class Detached:
     pid: int
+    attached: bool = False  # "attach": it still dies with its parent
 
 
 def pin(fd: int, role: str, keep: int, keep_w: int) -> int:
@@ -252,12 +255,16 @@ def hold(name: str, directory: Path, shaping: P.Shaping, user: bool, router: boo
     flag, wake = _stop_flag()
     try:
         emit(Up(ready=True, net=net))
-        line = sys.stdin.readline()
-        if line.strip() != "detach" or flag[0]:
+        word = sys.stdin.readline().strip()
+        if word not in ("detach", "attach") or flag[0]:
             return 0
-        die_with_parent(0)  # prctl(PR_SET_PDEATHSIG, 0): we outlive `net up` now
-        emit(Detached(os.getpid()))
-        _quiet_stdio()
+        if word == "detach":
+            die_with_parent(0)  # prctl(PR_SET_PDEATHSIG, 0): we outlive `net up` now
+            emit(Detached(os.getpid()))
+            _quiet_stdio()
+        else:  # an experiment's net: SIGKILLed with the experiment (PR_SET_PDEATHSIG)
+            emit(Detached(os.getpid(), attached=True))
+            _quiet_stdio()  # nobody reads our pipes now: a full one must not block us
         if tun_fd is not None:
             from tcplab.net.delayline import DelayLine
 

@@ -28,6 +28,10 @@ HOWTO_USERNS = (
 )
 
 
+#: name -> the holder of a net made ``attached`` by this process (our child).
+_attached: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def _agent(*args: str) -> list[str]:
     from tcplab.agents.io import command
 
@@ -72,8 +76,11 @@ def check_request(name: str, shaping: P.Shaping) -> None:
             raise UsageError(problem)
 
 
-def up(name: str, shaping: P.Shaping, router: bool = False, timeout: float = 60) -> registry.Net:
-    """Start the holder of net ``name`` and wait until it is ready and detached."""
+def up(name: str, shaping: P.Shaping, router: bool = False, timeout: float = 60,
+       attached: bool = False) -> registry.Net:
+    """Start the holder of net ``name`` and wait until it is ready and detached: it
+    outlives us until `net down`. ``attached``: it stays our child and the kernel
+    kills it when we die (PR_SET_PDEATHSIG), SIGKILL included: an experiment's net."""
     from tcplab.agents.netholder import Detached, Up
     from tcplab.interrupts import deferred
     from tcplab.records import RecordError, from_json_line
@@ -100,9 +107,12 @@ def up(name: str, shaping: P.Shaping, router: bool = False, timeout: float = 60)
         if value:
             args += [flag, str(value)]
     with deferred():
-        # A session of its own (setsid): it outlives this command and its terminal.
+        # A session of its own (setsid): it outlives this command and its terminal;
+        # attached, a process group of its own: a terminal's Ctrl-C reaches only us,
+        # and we take it down (temporary's finally).
         holder = subprocess.Popen(_agent(*args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, start_new_session=True)
+                                  stderr=subprocess.PIPE, start_new_session=not attached,
+                                  process_group=0 if attached else None)
     assert holder.stdin is not None and holder.stdout is not None
     try:
         line = holder.stdout.readline()
@@ -113,7 +123,7 @@ def up(name: str, shaping: P.Shaping, router: bool = False, timeout: float = 60)
         if not answer.ready or answer.net is None:
             _, err = holder.communicate(timeout=timeout)
             raise _explain(user, answer, err.decode(errors="replace"))
-        holder.stdin.write(b"detach\n")
+        holder.stdin.write(b"attach\n" if attached else b"detach\n")
         holder.stdin.flush()
         from_json_line(Detached, holder.stdout.readline())
     except BaseException:
@@ -121,6 +131,9 @@ def up(name: str, shaping: P.Shaping, router: bool = False, timeout: float = 60)
             holder.kill()
         holder.wait()
         raise
+    if attached:
+        _attached[name] = holder  # reaped by down()
+        return answer.net
     for stream in (holder.stdin, holder.stdout, holder.stderr):
         if stream is not None:
             stream.close()
@@ -255,6 +268,10 @@ def down(name: str, grace: float = 3.0) -> Down:
     _wait_gone(users, grace, kill=True)
     _signal(net.pid, signal.SIGTERM)
     _wait_gone([net.pid], grace, kill=True)
+    holder = _attached.pop(name, None)
+    if holder is not None:  # our child: reap it, and close our ends of its pipes
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            holder.communicate(timeout=grace)
     deadline = time.monotonic() + grace
     while True:
         result.left = [pid for pid in registry.pids_in(namespaces)
@@ -357,7 +374,7 @@ def temporary(shaping: P.Shaping, router: bool = False, prefix: str = "tmp"
     from tcplab.interrupts import deferred
 
     name = f"{prefix}-{os.getpid()}"[:24]
-    net = up(name, shaping, router=router)
+    net = up(name, shaping, router=router, attached=True)
     try:
         yield net
     finally:
