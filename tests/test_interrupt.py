@@ -219,7 +219,7 @@ class Job:
         """A process of our session: its command line, and a holder's namespace."""
         cmd = self.seen.get(pid) or cmdline(pid)
         self.seen.setdefault(pid, cmd)
-        if "tcplab.agents.nsholder" in cmd:
+        if "tcplab.agents.nsholder" in cmd or "tcplab.agents.netholder" in cmd:
             inode = ns_inode(pid)
             if inode is not None and inode != HOST_NETNS:
                 self.netns.add(inode)
@@ -466,6 +466,18 @@ CASES: dict[str, Case] = {
         "mid": line("tracing and capturing"),
         "late": line("tracing and capturing", after=1.5),  # of about 3 s of choreography
     }, root=True),
+    # --link veth: a temporary tcplab net (holder, two pins, a delay line) instead of
+    # a sandbox; 100 echoes of a 100 ms round trip take 10 s.
+    "echo-veth": Case(experiment("echo", "--link", "veth", "--delay", "50"), {
+        "early": line("running experiment echo"),  # the net being made
+        "mid": line("server listening"),  # the small echoes
+        "late": line("echoes of 64 B"),  # 1 MiB echoes, the stream
+    }),
+    "handshake-veth": Case(experiment("handshake", "--link", "veth", "--delay", "25"), {
+        "early": line("running experiment handshake"),
+        "mid": line("tracing and capturing"),
+        "late": line("tracing and capturing", after=1.5),
+    }, root=True),
     "all": Case(experiment("all", "--quick", "--variant", "fresh", "--ports", "200",
                            "--fd-limit", "32", "--connections", "100"), {
         "early": line("running experiment echo"),
@@ -526,7 +538,8 @@ def run_once(case: Case, point: Point, times: int, gap: float, tmp: Path,
                 if users:
                     out.netns_left[inode] = users
             out.holders_left = [pid for pid, cmd in seen.items()
-                                if "nsholder" in cmd and running(pid, cmd)]
+                                if ("nsholder" in cmd or "netholder" in cmd)
+                                and running(pid, cmd)]
             if case.check is not None and out.finished_first is None:
                 case.check(job, ctx, out)
         finally:
