@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         ladder=tuple(args.connections) if args.connections else (100, 1000, 10_000))
 
     def run_multiplex(quick: bool, progress: Any, link: Any) -> Any:
-        return multiplex.run(mux_settings, quick=quick, progress=progress)
+        return multiplex.run(mux_settings, quick=quick, progress=progress, link=link)
 
     def one_end(run: Any) -> Any:
         return lambda quick, progress, link: run(quick=quick, progress=progress)

@@ -47,13 +47,14 @@ from __future__ import annotations
 import enum
 import json
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from tcplab.errors import ExperimentFailed
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ServerProcess
-from tcplab.experiments.sandbox import Sandbox
+from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, ends
 from tcplab.records import RecordError, from_json
 from tcplab.traffic.models import MODELS
 from tcplab.traffic.multiplex import MultiplexResult
@@ -235,33 +236,38 @@ def effective(settings: Settings | None, quick: bool) -> Settings:
 
 
 def run(settings: Settings | None = None, quick: bool = False,
-        progress: Callable[[str], None] = lambda _: None) -> Result:
+        progress: Callable[[str], None] = lambda _: None, link: LinkSpec = LOOPBACK) -> Result:
     s = effective(settings, quick)
     rows: list[Row] = []
-    with Sandbox({"net.core.somaxconn": "8192"}) as sb:
+    with ends(link, {"net.core.somaxconn": "8192"}, prefix="mux") as e:
         for model in s.models:
             for n in s.ladder:
                 progress(f"multiplex: {model}, {n:,} connections")
-                rows.append(_row(sb, model, n, s))
+                rows.append(_row(e, model, n, s))
     ok, facts = judge(rows, s.ladder, s.timeout, s.collapse_at)
     return Result(experiment="multiplex", ok=ok,
                   settings=RunWith(ladder=s.ladder, models=s.models, messages=s.messages,
                                    size=s.size, timeout=s.timeout),
-                  facts=facts, variants=tuple(rows))
+                  facts=facts, variants=tuple(rows), link=e.used)
 
 
-def _row(sb: Sandbox, model: str, n: int, s: Settings) -> Row:
+def _row(e: Ends, model: str, n: int, s: Settings) -> Row:
+    """One rung: the server at the server's end, ``tcplab multiplex`` (the clients) at
+    the client's; the server's threads, RSS and CPU read from /proc by its pid (one
+    pid namespace for both ends)."""
     assert model in MODELS
-    server = ServerProcess(["--port", str(PORT), "--model", model, "--fd-limit", "max",
-                            "--backlog", "8192"], popen=sb.popen)
+    server = ServerProcess(["--host", e.server_host, "--port", str(PORT), "--model", model,
+                            "--fd-limit", "max", "--backlog", "8192"], popen=e.server)
     server.start()
     try:
         messages = max(s.messages, s.min_echoes // n)
-        r = sb.run(sb.tcplab("multiplex", "--port", str(PORT), "--connections", str(n),
+        r = e.run("client", [sys.executable, "-m", "tcplab", "multiplex",
+                             "--host", e.server_host, "--port", str(PORT),
+                             "--connections", str(n),
                              "--messages", str(messages), "--size", str(s.size),
                              "--timeout", str(s.timeout), "--server-pid", str(server.pid),
-                             "--json"),
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=s.timeout + 120)
+                             "--json"],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=s.timeout + 120)
         if not r.stdout.strip():  # an error, not a measurement: say which
             err = r.stderr.decode(errors="replace").strip().splitlines()
             raise ExperimentFailed(f"tcplab multiplex against {model} x{n} exited "
