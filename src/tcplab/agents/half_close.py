@@ -1,6 +1,7 @@
 """The half-close choreography, run inside a sandbox: ``python -m tcplab.agents.half_close PAUSE``.
 
-One connection to 127.0.0.1:8080 (the sandbox's own loopback), closed step
+One connection to HOST:8080 (``--host``; default 127.0.0.1, the sandbox's own
+loopback; across a link each socket in its end's namespace, agents/ends.py), closed step
 by step with ``PAUSE`` seconds before each look; after each step both
 sockets' states and timers are read from sock_diag and one ``Step`` is
 emitted (five in all). The parent (``experiments.half_close``) decodes each
@@ -14,9 +15,9 @@ import socket
 import time
 from dataclasses import dataclass
 
+from tcplab.agents.ends import Ends, add_arguments
 from tcplab.agents.io import emit
 from tcplab.kernel import tcp_states
-from tcplab.observe.sockets import SocketTable
 
 PORT = 8080
 
@@ -45,36 +46,42 @@ class Step:
     look_s: float = 0.0
 
 
-def sides(client_port: int, port: int = PORT) -> tuple[Side | None, Side | None]:
-    """(client, server) ends of the connection from ``client_port`` to ``port``."""
-    with SocketTable() as table:
-        socks = table.sockets(port)
+def sides(client_port: int, port: int = PORT, ends: Ends | None = None
+          ) -> tuple[Side | None, Side | None]:
+    """(client, server) ends of the connection from ``client_port`` to ``port``,
+    each read in its end's namespace."""
+    ends = ends or Ends()
     found: dict[str, Side] = {}
-    for s in socks:
-        if s.state == tcp_states.LISTEN:
-            continue
-        timer = TIMERS[s.timer]
-        found["client" if s.sport == client_port else "server"] = Side(
-            state=tcp_states.name(s.state),
-            timer=f"{timer} {s.expires_ms / 1000:.1f}s" if timer else "",
-            timer_left_s=round(s.expires_ms / 1000, 3) if timer else None,
-            owner="kernel" if s.inode == 0 else "process")
+    for role in ("client", "server") if ends.paths["client"] else ("client",):
+        with ends.table(role) as table:
+            socks = table.sockets(port)
+        for s in socks:
+            if s.state == tcp_states.LISTEN:
+                continue
+            timer = TIMERS[s.timer]
+            found["client" if s.sport == client_port else "server"] = Side(
+                state=tcp_states.name(s.state),
+                timer=f"{timer} {s.expires_ms / 1000:.1f}s" if timer else "",
+                timer_left_s=round(s.expires_ms / 1000, 3) if timer else None,
+                owner="kernel" if s.inode == 0 else "process")
     return found.get("client"), found.get("server")
 
 
-def choreography(pause: float) -> None:
-    ls = socket.socket()
+def choreography(pause: float, host: str = "127.0.0.1", ends: Ends | None = None) -> None:
+    ends = ends or Ends()
+    ls = ends.socket("server")
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", PORT))
+    ls.bind((host, PORT))
     ls.listen()
-    client = socket.create_connection(("127.0.0.1", PORT))
+    client = ends.socket("client")
+    client.connect((host, PORT))
     server, _ = ls.accept()
     cport = client.getsockname()[1]
 
     def step(what: str) -> None:
         time.sleep(pause)
         began = time.monotonic()
-        c, v = sides(cport)
+        c, v = sides(cport, PORT, ends)
         emit(Step(t=round(began - t0, 3), step=what, client=c, server=v,
                   look_s=round(time.monotonic() - began, 3)))
 
@@ -99,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Close one connection step by step; emit a Step "
                                 "after each.")
     p.add_argument("pause", type=float, help="seconds before each look")
-    choreography(p.parse_args(argv).pause)
+    p.add_argument("--host", default="127.0.0.1", help="the server's address")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    choreography(args.pause, args.host, Ends.from_args(args))
     return 0
 
 

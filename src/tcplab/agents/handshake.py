@@ -9,11 +9,8 @@ echo, the client's close, the server's close; then a second connection closed
 with SO_LINGER 0 (RST). It emits ``Done`` at the end. The parent
 (``experiments.handshake``) decodes both lines with ``from_json_line``.
 
-Across a link (``--client-netns PATH --server-netns PATH``, the two ends of a
-tcplab net) it makes each socket in its own end's namespace: a socket belongs
-for life to the namespace it was made in (sock_net(sk), set by sk_alloc), so
-this one process enters the server's namespace to make the listener and the
-client's to make each client socket, and every packet crosses the veth pair.
+Across a link (``--client-netns PATH --server-netns PATH``) it makes each
+socket in its own end's namespace (agents/ends.py).
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from tcplab.agents.ends import Ends, add_arguments
 from tcplab.agents.io import emit
 
 
@@ -39,27 +37,10 @@ class Done:
     connections: int  # made and closed (one with FIN, one with RST)
 
 
-class Ends:
-    """Where each socket is made: here (loopback), or in a net's end namespace."""
-
-    def __init__(self, client: str | None, server: str | None) -> None:
-        self.fds = {role: os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    for role, path in (("client", client), ("server", server)) if path}
-
-    def socket(self, role: str) -> socket.socket:
-        fd = self.fds.get(role)
-        if fd is None:
-            return socket.socket()
-        from tcplab.observe.nsutil import CLONE_NEWNET, setns
-
-        setns(fd, CLONE_NEWNET)  # a single-threaded process: setns(2) moves it whole
-        return socket.socket()
-
-
 def choreography(port: int, pause: float, host: str = "127.0.0.1",
                  ends: Ends | None = None) -> None:
     """Waits for a line on stdin before starting."""
-    ends = ends or Ends(None, None)
+    ends = ends or Ends()
     emit(Ready(pid=os.getpid()))
     sys.stdin.readline()
     lst = ends.socket("server")
@@ -101,12 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("pause", type=float, help="seconds between steps")
     p.add_argument("--host", default="127.0.0.1", help="the server's address")
-    p.add_argument("--client-netns", metavar="PATH",
-                   help="make the client's sockets in this network namespace")
-    p.add_argument("--server-netns", metavar="PATH",
-                   help="make the listener in this network namespace")
+    add_arguments(p)
     args = p.parse_args(argv)
-    choreography(args.port, args.pause, args.host, Ends(args.client_netns, args.server_netns))
+    choreography(args.port, args.pause, args.host, Ends.from_args(args))
     return 0
 
 

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         return lambda quick, progress, link: run(quick=quick, progress=progress)
 
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
-               "half-close": one_end(half_close.run), "restart": one_end(restart.run),
+               "half-close": half_close.run, "restart": one_end(restart.run),
                "reset": one_end(reset.run), "syn-queue": one_end(syn_queue.run),
                "multiplex": run_multiplex, "handshake": handshake.run,
                "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),

@@ -26,8 +26,8 @@ from tcplab.agents.half_close import Side, Step
 from tcplab.agents.io import command
 from tcplab.errors import ExperimentFailed
 from tcplab.experiments import result as base
+from tcplab.experiments.link import LOOPBACK, LinkSpec, ends
 from tcplab.experiments.result import Event
-from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json_line
 
 BUGS = {
@@ -59,11 +59,14 @@ class Result(base.Result[RunWith, Facts, None]):
 GONE = Side(state="gone", timer="", timer_left_s=None, owner="")
 
 
-def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -> Result:
-    pause = 0.3 if quick else 1.0
-    with Sandbox({}) as sb:
-        r = sb.run(command("half_close", str(pause)),
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
+        link: LinkSpec = LOOPBACK) -> Result:
+    pause = (0.3 if quick else 1.0) + 4 * link.shaping.delay_ms / 1000
+    with ends(link, prefix="hc") as e:
+        r = e.run("server", command("half_close", str(pause), "--host", e.server_host,
+                                    *e.netns_args()),
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60 + 10 * pause)
+        used = e.used
     if r.returncode != 0:
         raise ExperimentFailed(
             f"the half-close choreography exited {r.returncode}: "
@@ -71,9 +74,9 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
             hint="run again with --debug; 'tcplab check' says what works here")
     try:
         steps = tuple(from_json_line(Step, line) for line in r.stdout.splitlines())
-    except RecordError as e:
+    except RecordError as exc:
         raise ExperimentFailed(f"the half-close choreography wrote something else than its "
-                               f"steps: {e}", hint="this is a bug in tcplab: report it") from None
+                               f"steps: {exc}", hint="this is a bug in tcplab: report it") from None
     events = []
     for s in steps:
         c = s.client or GONE
@@ -83,7 +86,8 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None) -
         events.append(Event(s.t, line))
         progress(f"  {line}")
     return Result(experiment="half-close", ok=judge(steps), settings=RunWith(pause_s=pause),
-                  facts=Facts(steps=steps, bugs=dict(BUGS)), events=tuple(events))
+                  facts=Facts(steps=steps, bugs=dict(BUGS)), events=tuple(events),
+                  link=used)
 
 
 def _last_line(stderr: bytes) -> str:
