@@ -379,7 +379,7 @@ def test_sampler_rows_keep_their_own_times_when_read_late() -> None:
         listener.listen(8)
         port = listener.getsockname()[1]
         origin = time.monotonic()
-        sampler = StateSampler(_HostNamespace(), port, interval=0.05,  # type: ignore[arg-type]
+        sampler = StateSampler(_HostNamespace().popen, port, interval=0.05,  # type: ignore[arg-type]
                                origin=origin)
         try:
             before = len(sampler.rows)

@@ -109,3 +109,19 @@ def test_a_sigkilled_experiment_leaves_no_net() -> None:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@pytest.mark.privileged
+def test_port_bomb_across_the_link_runs_out_of_ports_and_skips_loopback_lessons() -> None:
+    r = run_tcplab("experiment", "port-bomb", "--quick", "--ports", "100", "--link", "veth",
+                   "--variant", "fresh", "--variant", "default-reuse",
+                   "--variant", "two-destinations", "--json", timeout=GUARD)
+    body = one_json(r, shown=True)
+    assert body["link"]["kind"] == "veth"
+    v = {x["name"]: x for x in body["variants"]}
+    fresh = v["fresh"]
+    assert fresh["link"] == "veth" and fresh["first_error"]["errno"] == 99
+    assert fresh["time_wait_end"]["client_side"] == fresh["port_range"] == 100
+    assert max(row["states"].get("TIME_WAIT", 0) for row in fresh["timeline"]) == 100
+    assert "loopback only" in v["default-reuse"]["skipped"]
+    assert "one IPv4 address" in v["two-destinations"]["skipped"]

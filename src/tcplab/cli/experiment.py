@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                                        server_cmd=args.server_cmd, variants=variants)
 
     def run_bomb(quick: bool, progress: Any, link: Any) -> Any:
-        return port_bomb.run(bomb_settings, quick=quick, progress=progress)
+        return port_bomb.run(bomb_settings, quick=quick, progress=progress, link=link)
 
     leak_settings = fd_leak.Settings(fd_limit=args.fd_limit,
                                      keepalive=args.keepalive is not None,

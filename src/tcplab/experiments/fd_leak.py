@@ -346,7 +346,7 @@ def _round(s: Settings, leak: bool, keepalive: int | None,
             server = ServerProcess(args, popen=sb.popen)
             server.start()
             pid = server.pid
-        sampler = StateSampler(sb, PORT, pid=pid, origin=origin)
+        sampler = StateSampler(sb.popen, PORT, pid=pid, origin=origin)
         mark(f"{label}: {s.clients} clients connect, send, wait for the echo, close")
         flood = _flood(sb, s)
         mark(f"{label}: {flood.echoed} echoed, {flood.no_echo} connected but got no echo "
@@ -605,7 +605,7 @@ def _go_drop(s: Settings, built: gopeer.Built, mark: Callable[..., None],
     label = "go-drop"
     with Sandbox({"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}) as sb:
         server = _go_server(sb, built, "drop", s, tidy=True)
-        sampler = StateSampler(sb, PORT, pid=server.pid, origin=origin)
+        sampler = StateSampler(sb.popen, PORT, pid=server.pid, origin=origin)
         t0 = sampler.now()
         mark(f"{label}: {GO_ENV_WORDS}; {s.clients} clients connect, send, wait for the "
              "echo, close; the handler returns without Close()")
@@ -681,7 +681,7 @@ def _go_keep(s: Settings, built: gopeer.Built, mark: Callable[..., None],
     clients = max(16, min(s.clients, s.fd_limit // 2))
     with Sandbox({"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}) as sb:
         server = _go_server(sb, built, "keep", s)
-        sampler = StateSampler(sb, PORT, pid=server.pid, origin=origin)
+        sampler = StateSampler(sb.popen, PORT, pid=server.pid, origin=origin)
         t0 = sampler.now()
         mark(f"{label}: {clients} clients connect, send, wait for the echo, close; the "
              "server keeps every connection in a slice and never closes one")

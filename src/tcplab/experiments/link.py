@@ -22,9 +22,12 @@ import contextlib
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tcplab.net.plan import Shaping
+
+if TYPE_CHECKING:
+    from tcplab.experiments.sandbox import Sandbox
 
 LINKS = ("loopback", "veth")
 
@@ -89,6 +92,25 @@ class Ends:
     #: role -> /proc/PID/ns/net of a process in it (veth only: a process that
     #: holds both sockets, as a choreography, enters each to make its socket).
     netns: dict[str, str] = field(default_factory=dict)
+    #: loopback's Sandbox (what --server-cmd's ForeignServer needs); None on veth.
+    sandbox: Sandbox | None = None
+
+    def sysctls(self, role: str, names: Sequence[str]) -> dict[str, str | None]:
+        """Sysctls as ``role``'s namespace has them (read by the sysctl agent in it;
+        None: no such sysctl there)."""
+        from tcplab.agents.io import command
+        from tcplab.agents.sysctl import Sysctl
+        from tcplab.errors import ExperimentFailed
+        from tcplab.records import RecordError, from_json_line
+
+        r = self.run(role, command("sysctl", *names), stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
+        try:
+            read = [from_json_line(Sysctl, line) for line in r.stdout.splitlines()]
+        except RecordError as e:
+            raise ExperimentFailed(f"reading {', '.join(names)} at the {role}'s end: "
+                                   f"{e}") from None
+        return {x.name: x.value for x in read}
 
     def run(self, role: str, args: Sequence[str], timeout: float = 60, **kwargs: Any
             ) -> subprocess.CompletedProcess[Any]:
@@ -139,7 +161,7 @@ def ends(spec: LinkSpec, sysctls: Mapping[str, str | int] | None = None,
             def loop_set(role: str, more: Mapping[str, str]) -> dict[str, str | None]:
                 raise NotImplementedError("loopback's sysctls are set when it is made")
 
-            yield Ends(LinkUsed(), sb.popen, sb.popen, loop_set)
+            yield Ends(LinkUsed(), sb.popen, sb.popen, loop_set, sandbox=sb)
         return
     from tcplab.net import control
 

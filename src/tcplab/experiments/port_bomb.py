@@ -69,16 +69,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from tcplab.agents.io import command
-from tcplab.agents.sysctl import Sysctl
 from tcplab.errors import ConnectFailed, ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
+from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed, ends
 from tcplab.experiments.probe import accepts_on
 from tcplab.experiments.result import Progress, TimelineRow, say_nothing, timeline_of
 from tcplab.experiments.sampling import StateSampler
-from tcplab.experiments.sandbox import Sandbox
-from tcplab.records import RecordError, from_json, from_json_line
+from tcplab.records import RecordError, from_json
 from tcplab.traffic.bomb import BombResult, FirstError
 
 PORT = 8080
@@ -135,6 +133,12 @@ class Skip(enum.StrEnum):
     REFUSED = "refused"  # two-destinations: every connection to the second one refused
     SERVER_ON_LOOPBACK = "server-on-loopback"  # real-link against --server-cmd
     NO_NET = "no-net"  # real-link: no tcplab net could be made here (no_net says why)
+    LOOPBACK_LESSON = "loopback-lesson"  # default-reuse on veth: its lesson is loopback's
+    ONE_ADDRESS = "one-address"  # two-destinations on veth: the net's server has one IPv4
+
+
+#: Variants not run with --link veth, and why.
+LOOPBACK_ONLY = {"default-reuse": Skip.LOOPBACK_LESSON, "two-destinations": Skip.ONE_ADDRESS}
 
 
 class Short(enum.StrEnum):
@@ -200,7 +204,8 @@ class Variant:
     absent_host: str | None = None  # NOT_LISTENING_THERE: where nothing accepts
     link: str = "loopback"  # real-link: "veth" (a temporary tcplab net)
     no_net: str | None = None  # NO_NET: why the net could not be made (and its fix)
-    tw_reuse: str | None = None  # real-link: the client namespace's tcp_tw_reuse
+    tw_reuse: str | None = None  # the client namespace's tcp_tw_reuse, as read there
+    link_used: LinkUsed | None = None  # veth: the net it ran across
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +219,7 @@ class Plan:
     sysctls: dict[str, str]
     bombs: list[list[str]]  # extra tcplab bomb args, one list per run
     server_args: list[str] = field(default_factory=list)
-    link: str = "loopback"  # "veth": across a temporary tcplab net (_run_real_link)
+    link: str = "loopback"  # "veth": across a temporary tcplab net, whatever --link says
 
 
 def _plan(s: Settings) -> list[Plan]:
@@ -244,7 +249,7 @@ def _plan(s: Settings) -> list[Plan]:
         ),
         # tcp_tw_reuse is left as a new namespace has it (2, the kernel's default:
         # net/ipv4/tcp_ipv4.c, tcp_sk_init); the run checks it. The bomb gets --host
-        # from the net (the server's address) in _run_real_link.
+        # from the net (the server's address) in _run_on.
         "real-link": Plan("real-link", {"net.ipv4.ip_local_port_range": narrow[
             "net.ipv4.ip_local_port_range"]}, [["--mode", "fresh", "--count", n]],
             server_args=["--host", "0.0.0.0"], link="veth"),
@@ -260,18 +265,26 @@ def effective(settings: Settings | None, quick: bool) -> Settings:
 
 
 def run(settings: Settings | None = None, quick: bool = False,
-        progress: Progress = say_nothing) -> Result:
+        progress: Progress = say_nothing, link: LinkSpec = LOOPBACK) -> Result:
+    """Each variant in a link of its own: a private namespace (loopback), or a
+    temporary tcplab net (``link`` veth; real-link always). The variants whose
+    lesson is loopback's own are skipped on veth, with the reason."""
     s = effective(settings, quick)
     variants: list[Variant] = []
     for plan in _plan(s):
+        spec = link if link.kind == "veth" else (
+            LinkSpec("veth") if plan.link == "veth" else LOOPBACK)
         if plan.server_args == ["--close-first"] and s.server_cmd:
             variants.append(Variant(plan.name, skip=Skip.NEEDS_CLOSE_FIRST))
             continue
-        if plan.link == "veth" and s.server_cmd:
+        if spec.kind == "veth" and s.server_cmd:
             variants.append(Variant(plan.name, skip=Skip.SERVER_ON_LOOPBACK, link="veth"))
             continue
+        if spec.kind == "veth" and plan.name in LOOPBACK_ONLY:
+            variants.append(Variant(plan.name, skip=LOOPBACK_ONLY[plan.name], link="veth"))
+            continue
         progress(f"port-bomb: {plan.name}")
-        v = _run_variant(plan, s, progress)
+        v = _run_variant(plan, s, progress, spec)
         if v.skip is not None:
             progress(f"  {plan.name} skipped", v)  # cli/ words the reason (report/prose.py)
         variants.append(v)
@@ -283,24 +296,42 @@ def run(settings: Settings | None = None, quick: bool = False,
                          pool_size=s.pool_size, server=server, port=PORT,
                          max_idle=s.max_idle),
         facts=Facts(), variants=tuple(variants),
+        link=None if link.kind == "loopback" else _used(variants),
     )
 
 
-def _run_variant(plan: Plan, s: Settings, progress: Progress) -> Variant:
-    if plan.link == "veth":
+def _used(variants: list[Variant]) -> LinkUsed | None:
+    return next((v.link_used for v in variants if v.link_used is not None), None)
+
+
+def _run_variant(plan: Plan, s: Settings, progress: Progress, link: LinkSpec) -> Variant:
+    if link.kind == "veth":
         try:
-            return _run_real_link(plan, s, progress)
+            return _run_on(plan, s, progress, link)
         except (PrivilegeError, NotSupported) as e:
             # No user namespaces for an ordinary user, no veth: the variant says why.
             return Variant(plan.name, skip=Skip.NO_NET, link="veth",
                            no_net=f"{e}" + (f" ({e.hint})" if e.hint else ""))
-    with Sandbox(plan.sysctls) as sb:
-        range_text = (sb.sysctl("net.ipv4.ip_local_port_range") or "").split()
+    return _run_on(plan, s, progress, link)
+
+
+def _run_on(plan: Plan, s: Settings, progress: Progress, link: LinkSpec) -> Variant:
+    """One variant at the link's two ends: the sysctls set in each end's namespace,
+    the server at the server's end, the bombs at the client's; the 100 ms sampler
+    where the variant's TIME_WAIT is (the server's end for server-closes, else the
+    client's: on loopback both are one namespace), TIME_WAIT counted at the end on
+    each side."""
+    veth = link.kind == "veth"
+    with ends(link, plan.sysctls, prefix="bomb") as e:
+        names = ["net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse"]
+        values = e.sysctls("client", names)
+        range_text = (values[names[0]] or "").split()
         port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
         server: ServerProcess | ForeignServer
         addresses: tuple[str, ...] | None = None
         if s.server_cmd:
-            server = ForeignServer(sb, s.server_cmd, PORT)
+            assert e.sandbox is not None  # --server-cmd runs on loopback only
+            server = ForeignServer(e.sandbox, s.server_cmd, PORT)
             addresses = tuple(server.addresses)
             hosts = [a[a.index("--host") + 1] for a in plan.bombs if "--host" in a]
             missing = [h for h in hosts if not accepts_on(list(addresses), h)]
@@ -309,62 +340,28 @@ def _run_variant(plan: Plan, s: Settings, progress: Progress) -> Variant:
                 return Variant(plan.name, skip=Skip.NOT_LISTENING_THERE,
                                server_addresses=addresses, absent_host=missing[0])
         else:
-            server = ServerProcess(["--port", str(PORT), *plan.server_args], popen=sb.popen)
+            server_args = list(plan.server_args)
+            if veth and "--host" not in server_args:
+                server_args += ["--host", e.server_host]
+            server = ServerProcess(["--port", str(PORT), *server_args], popen=e.server)
             server.start()
-        sampler = StateSampler(sb, PORT)
+        closer = "server" if "--close-first" in plan.server_args else "client"
+        sampler = StateSampler(e.client if closer == "client" else e.server, PORT)
         # TIME_WAIT already there (none in a fresh namespace): not the bomb's.
         before = sampler.state(sampler.latest(), "TIME_WAIT")
         runs = []
         for args in plan.bombs:
-            runs.append(_bomb(sb.popen, args, s.duration, lambda line: progress(f"  {line}")))
+            if veth:
+                args = [*args, "--host", e.server_host]
+            runs.append(_bomb(e.client, args, s.duration, lambda line: progress(f"  {line}")))
         time.sleep(0.3)  # a last sample or two of the plateau
-        ends = _time_wait_sides(sb.popen)
+        sides = _time_wait_sides(e)
         sampler.stop()
         server.stop()
-    v = _variant(plan, s, runs, timeline_of(sampler), ends, port_range, sampler, before)
-    return replace(v, server_addresses=addresses)
-
-
-def _run_real_link(plan: Plan, s: Settings, progress: Progress) -> Variant:
-    """The fresh bomb from the client namespace of a temporary net to its server's
-    address over the veth pair (no shaping: a direct link), with the client's
-    tcp_tw_reuse as a new namespace has it. Everything runs as children inside the
-    net, which control.temporary takes down on every exit (Ctrl-C included)."""
-    from tcplab.net import control
-    from tcplab.net import plan as netplan
-    from tcplab.net.registry import Net
-
-    def in_net(net: Net, role: str) -> Popen:
-        return lambda args, **kw: control.popen(net, role, list(args), **kw)
-
-    with control.temporary(netplan.Shaping(), prefix="bomb") as net:
-        client = in_net(net, "client")
-        names = ["net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse"]
-        sets = [a for k, v in plan.sysctls.items() for a in ("--set", f"{k}={v}")]
-        r = client(command("sysctl", *sets, "--netns", net.client.netns, *names),
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = r.communicate()
-        if r.returncode != 0:
-            raise ExperimentFailed(f"setting the client's port range failed: "
-                                   f"{err.decode(errors='replace').strip() or r.returncode}")
-        values = [from_json_line(Sysctl, line).value for line in out.splitlines()]
-        range_text = (values[0] or "").split()
-        port_range = int(range_text[1]) - int(range_text[0]) + 1 if len(range_text) == 2 else None
-        server = ServerProcess(["--port", str(PORT), *plan.server_args],
-                               popen=in_net(net, "server"))
-        server.start()
-        try:
-            host = net.server.ipv4 or ""
-            runs = [_bomb(client, [*args, "--host", host], s.duration,
-                          lambda line: progress(f"  {line}")) for args in plan.bombs]
-            ends = _time_wait_sides(client)
-        finally:
-            server.stop()
-    # No sampler across the link: TIME_WAIT is counted once, at the end (it lasts 60 s).
-    v = replace(_variant(plan, s, runs, (), ends, port_range, None, 0), link="veth",
-                tw_reuse=values[1], time_wait_peak=ends.client_side)
-    short = [why for holds, why in checks(v, s.pool_size) if not holds]
-    return replace(v, shown=not short, short=tuple(short))
+    v = _variant(plan, s, runs, timeline_of(sampler), sides, port_range, sampler, before,
+                 tw_reuse=values[names[1]])
+    return replace(v, server_addresses=addresses, link=link.kind,
+                   link_used=e.used if veth else None)
 
 
 #: Starts a child where it belongs (Sandbox.popen, or control.popen in a net's end).
@@ -410,19 +407,22 @@ def _tcplab(*args: str) -> list[str]:
     return [sys.executable, "-m", "tcplab", *args]
 
 
-def _time_wait_sides(popen: Popen) -> TimeWaitEnd:
-    """TIME_WAIT sockets at the end, by side: the server's (sport = 8080) or the clients'."""
-    proc = popen(_tcplab("sockets", "--port", str(PORT), "--state", "time-wait", "--json"),
-                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    out, _ = proc.communicate(timeout=60)
-    socks = json.loads(out)["sockets"] if proc.returncode == 0 else []
-    server = sum(1 for x in socks if x["sport"] == PORT)
-    return TimeWaitEnd(server_side=server, client_side=len(socks) - server)
+def _time_wait_sides(e: Ends) -> TimeWaitEnd:
+    """TIME_WAIT sockets at the end, by side: the server's (sport = 8080) or the
+    clients', each counted in its end's namespace (once on loopback: one namespace)."""
+    found = {"client": 0, "server": 0}
+    for role in ("client", "server") if e.kind == "veth" else ("client",):
+        r = e.run(role, _tcplab("sockets", "--port", str(PORT), "--state", "time-wait",
+                                "--json"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        socks = json.loads(r.stdout)["sockets"] if r.returncode == 0 else []
+        for x in socks:
+            found["server" if x["sport"] == PORT else "client"] += 1
+    return TimeWaitEnd(server_side=found["server"], client_side=found["client"])
 
 
 def _variant(plan: Plan, s: Settings, runs: list[BombResult], timeline: tuple[TimelineRow, ...],
              ends: TimeWaitEnd, port_range: int | None, sampler: StateSampler | None,
-             before: int) -> Variant:
+             before: int, tw_reuse: str | None = None) -> Variant:
     """The variant's figures from its bomb runs and samples, and its verdict."""
     ok = sum(r.ok for r in runs)
     failed = sum(r.failed for r in runs)
@@ -437,7 +437,7 @@ def _variant(plan: Plan, s: Settings, runs: list[BombResult], timeline: tuple[Ti
         established_peak=max([sampler.peak("ESTABLISHED") if sampler else 0]
                              + [r.established_before_close or 0 for r in runs]),
         time_wait_end=ends, opened=sum(r.opened or 0 for r in runs), runs=tuple(runs),
-        timeline=timeline,
+        timeline=timeline, tw_reuse=tw_reuse,
     )
     if plan.name == "two-destinations" and runs[1].ok == 0 and set(runs[1].errors) == {
             "ECONNREFUSED"}:

@@ -1,4 +1,4 @@
-"""The parent's side of the 100 ms sampler that runs inside a sandbox.
+"""The parent's side of the 100 ms sampler that runs inside a sandbox or at an end of a net.
 
 The sampler itself (``python -m tcplab.agents.sampler``) is a child in the
 namespace, which also works unprivileged, where the parent could not setns
@@ -18,25 +18,27 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from tcplab.agents.io import command
 from tcplab.agents.sampler import Sample
 from tcplab.experiments.children import terminate
-from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json_line
 
 __all__ = ["Sample", "StateSampler"]
 
 
 class StateSampler:
-    def __init__(self, sandbox: Sandbox, port: int, interval: float = 0.1,
+    def __init__(self, popen: Callable[..., subprocess.Popen[Any]], port: int,
+                 interval: float = 0.1,
                  pid: int | None = None, origin: float | None = None) -> None:
         self.started = time.monotonic() if origin is None else origin
         args = ["--port", str(port), "--interval", str(interval),
                 "--origin", repr(self.started)]
         if pid is not None:
             args += ["--pid", str(pid)]
-        self.proc = sandbox.popen(command("sampler", *args), stdout=subprocess.PIPE,
+        self.proc = popen(command("sampler", *args), stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         self.rows: list[Sample] = []
         self._first = threading.Event()

@@ -313,6 +313,13 @@ def bomb_skipped(v: port_bomb.Variant) -> str | None:
                 "on loopback (across a link: tcplab net exec NAME server -- CMD)")
     if v.skip is Skip.NO_NET:
         return f"needs a tcplab net (two namespaces joined by a veth pair): {v.no_net}"
+    if v.skip is Skip.LOOPBACK_LESSON:
+        return ("its lesson is loopback's: tcp_tw_reuse = 2 reuses TIME_WAIT ports on "
+                "loopback only (tcp_twsk_unique, net/ipv4/tcp_ipv4.c); across this link "
+                "real-link shows the default failing")
+    if v.skip is Skip.ONE_ADDRESS:
+        return ("needs two server addresses; a net's server has one IPv4 address "
+                "(run it on loopback: 127.0.0.1 and 127.0.0.2)")
     if v.skip is Skip.NOT_LISTENING_THERE:
         return (f"your server listens on {' and '.join(v.server_addresses or ())} port "
                 f"{port_bomb.PORT} only, so nothing accepts on {v.absent_host}: start it on "
@@ -340,7 +347,8 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
     if v.name == "pool":
         return (f"{pool_size} reused connections carried all {ok:,} requests: "
                 f"TIME_WAIT {tw:,} (only the pool's own close, at the end), "
-                f"ESTABLISHED {v.established_peak} (both ends)")
+                f"ESTABLISHED {v.established_peak} "
+                + ("(the clients' end)" if v.link == "veth" else "(both ends)"))
     if v.name == "pool-too-small":
         return _pool_too_small_lesson(v, pool_size)
     if v.name == "default-reuse":
