@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=1.0)
     p.add_argument("--connect-timeout", type=float, default=2.0)
     p.add_argument("--read-timeout", type=float, default=2.0)
+    p.add_argument("--host", default="127.0.0.1", help="the server's address")
     args = p.parse_args(argv)
-    emit(run(args.port, args.clients, args.ramp, args.connect_timeout, args.read_timeout))
+    emit(run(args.port, args.clients, args.ramp, args.connect_timeout, args.read_timeout,
+             host=args.host))
     return 0
 
 

@@ -1,9 +1,12 @@
 """The 100 ms state sampler, run *inside* an experiment's namespace:
-``python -m tcplab.agents.sampler --port P [--pid PID] [--interval S] [--origin MONO]``.
+``python -m tcplab.agents.sampler --port P [--pid PID] [--interval S] [--origin MONO]
+[--also-netns PATH]``.
 
 Every ``--interval`` seconds it emits one ``Sample``: the state counts of
 sockets with the port, the listener's accept queue (LISTEN Recv-Q) and
-backlog, and the server's fds and fd limit (soft and hard). The server is
+backlog, and the server's fds and fd limit (soft and hard). Across a link it
+runs at the server's end and ``--also-netns`` adds the states of the client's
+end, so the counts are the connection's two ends, as in one namespace. The server is
 ``--pid``, or whoever holds the listening socket (found once by its inode), so
 it works for a foreign server too. It stops when its stdout closes or on
 SIGTERM. The parent's side is ``experiments.sampling.StateSampler``.
@@ -19,6 +22,7 @@ read late, the next one read at once).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--pid", type=int, help="the server (default: who holds the listener)")
     p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--also-netns", action="append", default=[], metavar="PATH",
+                   help="also count the port's sockets in this network namespace (the "
+                   "other end of a link: /proc/PID/ns/net)")
     p.add_argument("--origin", type=float,
                    help="CLOCK_MONOTONIC seconds that t counts from (default: now)")
     args = p.parse_args(argv)
@@ -64,10 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     pid = args.pid
     limit: int | None = None
     hard: int | None = None
-    with SocketTable() as table:
+    with SocketTable() as table, contextlib.ExitStack() as stack:
+        # --also-netns: the other end of a link (its clients' FIN_WAIT2, SYN_SENT)
+        others = [stack.enter_context(SocketTable(netns=path)) for path in args.also_netns]
         while True:
             now = time.monotonic()
             counts = table.state_counts(args.port)
+            for other in others:
+                for state, n in other.state_counts(args.port).states.items():
+                    counts.states[state] = counts.states.get(state, 0) + n
             listeners = table.listeners(args.port)
             if pid is None and listeners:
                 pid = next((o.pid for o in listening_processes(args.port, table)), None)

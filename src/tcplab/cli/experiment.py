@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                                      clients=max(450, args.fd_limit * 2), go=args.go)
 
     def run_leak(quick: bool, progress: Any, link: Any) -> Any:
-        return fd_leak.run(leak_settings, quick=quick, progress=progress)
+        return fd_leak.run(leak_settings, quick=quick, progress=progress, link=link)
 
     mux_settings = multiplex.Settings(
         ladder=tuple(args.connections) if args.connections else (100, 1000, 10_000))

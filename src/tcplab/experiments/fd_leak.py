@@ -67,9 +67,9 @@ from tcplab.errors import ExperimentFailed, NotSupported
 from tcplab.experiments import gopeer
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
+from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed, ends
 from tcplab.experiments.result import Event, Progress, TimelineRow, say_nothing, timeline_of
 from tcplab.experiments.sampling import Sample, StateSampler
-from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import RecordError, from_json_line
 from tcplab.traffic.flood import FloodResult
 from tcplab.words import plural
@@ -256,8 +256,11 @@ class Result(base.Result[RunWith, Facts, Round]):
 
 
 def run(settings: Settings | None = None, quick: bool = False,
-        progress: Progress = say_nothing) -> Result:
+        progress: Progress = say_nothing, link: LinkSpec = LOOPBACK) -> Result:
+    """Each round in a link of its own (a private namespace, or a temporary tcplab
+    net with the server at its server's end and the clients at its client's)."""
     s = settings or Settings()
+    links: list[LinkUsed] = []
     started = time.monotonic()
     events: list[Event] = []
 
@@ -266,9 +269,11 @@ def run(settings: Settings | None = None, quick: bool = False,
         progress(f"  {what}", verdict)  # a verdict's reason is worded by cli/ (report/prose.py)
 
     progress("fd-leak: the leaking server")
-    leak = _round(s, leak=True, keepalive=None, mark=mark, origin=started)
+    leak = _round(s, leak=True, keepalive=None, mark=mark, origin=started,
+                  link=link, links=links)
     progress("fd-leak: the fix (a server that closes)")
-    fixed = _round(s, leak=False, keepalive=None, mark=mark, origin=started)
+    fixed = _round(s, leak=False, keepalive=None, mark=mark, origin=started,
+                   link=link, links=links)
     kept = None
     if s.keepalive and s.server_cmd:
         kept = Round("keepalive", skip=Skip.NEEDS_KEEPALIVE, fd_limit_set=s.fd_limit,
@@ -276,10 +281,11 @@ def run(settings: Settings | None = None, quick: bool = False,
         mark(f"keepalive: skipped ({kept.skip})", verdict_of="keepalive", verdict=kept)
     elif s.keepalive:
         progress(f"fd-leak: leaking, with SO_KEEPALIVE ({s.keepalive_s} s idle and interval)")
-        kept = _round(s, leak=True, keepalive=s.keepalive_s, mark=mark, origin=started)
+        kept = _round(s, leak=True, keepalive=s.keepalive_s, mark=mark, origin=started,
+                      link=link, links=links)
     go_rounds: list[Round] = []
     if s.go != "no" and not s.server_cmd:
-        go_rounds = _go_rounds(s, quick, progress, mark, started)
+        go_rounds = _go_rounds(s, quick, progress, mark, started, link, links)
     rounds = tuple(r for r in (leak, fixed, kept, *go_rounds) if r is not None)
     ran = [r for r in rounds if r.skip is None]
     facts = Facts(
@@ -319,36 +325,39 @@ def run(settings: Settings | None = None, quick: bool = False,
                          keepalive_s=s.keepalive_s if s.keepalive else None,
                          go_rounds=None if s.server_cmd else s.go),
         facts=facts, events=tuple(events), timeline=leak.timeline, variants=rounds,
+        link=links[0] if links and link.kind == "veth" else None,
     )
 
 
 def _round(s: Settings, leak: bool, keepalive: int | None,
-           mark: Callable[..., None], origin: float | None = None) -> Round:
+           mark: Callable[..., None], origin: float | None = None,
+           link: LinkSpec = LOOPBACK, links: list[LinkUsed] | None = None) -> Round:
     """One round in its own sandbox. ``mark(what, verdict_of=None)`` records an event;
     the one that states the round's verdict names the round (report/prose.py words it;
     the live line has the reasons as data)."""
     label = "leak" if leak else "fixed"
     if keepalive:
         label = "keepalive"
-    with Sandbox({"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}) as sb:
+    with ends(link, _sysctls(s), prefix="leak") as e:
+        (links if links is not None else []).append(e.used)
         server: Any
         if s.server_cmd:
-            server = ForeignServer(sb, s.server_cmd, PORT, env={"LEAK": "true" if leak else ""},
-                                   fd_limit=s.fd_limit)
+            server = ForeignServer(e.at("server"), s.server_cmd, PORT,
+                                   env={"LEAK": "true" if leak else ""}, fd_limit=s.fd_limit)
             pid = None  # the sampler finds whoever holds the listener
         else:
-            args = ["--port", str(PORT), "--fd-limit", str(s.fd_limit),
-                    "--backlog", str(s.backlog)]
+            args = ["--host", e.server_host, "--port", str(PORT), "--fd-limit",
+                    str(s.fd_limit), "--backlog", str(s.backlog)]
             if leak:
                 args.append("--leak")
             if keepalive:
                 args += ["--keepalive", str(keepalive)]
-            server = ServerProcess(args, popen=sb.popen)
+            server = ServerProcess(args, popen=e.server)
             server.start()
             pid = server.pid
-        sampler = StateSampler(sb.popen, PORT, pid=pid, origin=origin)
+        sampler = _sampler(e, pid, origin)
         mark(f"{label}: {s.clients} clients connect, send, wait for the echo, close")
-        flood = _flood(sb, s)
+        flood = _flood(e, s)
         mark(f"{label}: {flood.echoed} echoed, {flood.no_echo} connected but got no echo "
              f"(accept queue), {flood.connect_timeouts} never connected (SYN_SENT)")
         after_flood = sampler.now()
@@ -466,13 +475,25 @@ def judge(r: Round, leak: bool, keepalive: int | None) -> Round:
     return replace(r, shown=not short, short=short)
 
 
-def _flood(sb: Sandbox, s: Settings, port: int = PORT, clients: int | None = None
+def _sysctls(s: Settings) -> dict[str, str]:
+    return {"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}
+
+
+def _sampler(e: Ends, pid: int | None, origin: float | None) -> StateSampler:
+    """The 100 ms sampler at the server's end (its fds, its accept queue), counting
+    the client's end's sockets too across a link (their FIN_WAIT2, SYN_SENT)."""
+    return StateSampler(e.server, PORT, pid=pid, origin=origin,
+                        also_netns=e.netns.get("client"))
+
+
+def _flood(e: Ends, s: Settings, port: int = PORT, clients: int | None = None
            ) -> FloodResult:
-    r = sb.run(command("flood", "--port", str(port), "--clients", str(clients or s.clients),
-                       "--connect-timeout", str(s.connect_timeout),
-                       "--read-timeout", str(s.read_timeout)),
-               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-               timeout=120)
+    r = e.run("client", command("flood", "--host", e.server_host, "--port", str(port),
+                                "--clients", str(clients or s.clients),
+                                "--connect-timeout", str(s.connect_timeout),
+                                "--read-timeout", str(s.read_timeout)),
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+              timeout=120)
     if r.returncode != 0:
         err = r.stderr.decode(errors="replace").strip().splitlines()
         raise ExperimentFailed(f"the client flood exited {r.returncode}: "
@@ -528,7 +549,8 @@ GO_ROUNDS = ("go-drop", "go-keep")
 
 
 def _go_rounds(s: Settings, quick: bool, progress: Progress, mark: Callable[..., None],
-               origin: float) -> list[Round]:
+               origin: float, link: LinkSpec = LOOPBACK,
+               links: list[LinkUsed] | None = None) -> list[Round]:
     """The Go rounds, or the reason they are skipped (go missing, its build failed,
     --quick with --go auto). ``--go yes`` without a usable go is NotSupported."""
     skip, words = None, None
@@ -552,19 +574,20 @@ def _go_rounds(s: Settings, quick: bool, progress: Progress, mark: Callable[...,
                    f"built {gopeer.SOURCE.name} with {built.go_version} in {built.build_s:.1f} s "
                    f"into {built.binary}"))
     progress("fd-leak: Go, a handler that returns without Close() (go-drop)")
-    drop = _go_drop(s, built, mark, origin)
+    links = [] if links is None else links
+    drop = _go_drop(s, built, mark, origin, link, links)
     progress(f"fd-leak: Go, the connections kept in a slice (go-keep): up to "
              f"{KEEP_WAIT_S:.0f} s for Go's {GO_KEEPALIVE_S} s keep-alive")
-    keep = _go_keep(s, built, mark, origin)
+    keep = _go_keep(s, built, mark, origin, link, links)
     return [drop, keep]
 
 
-def _go_server(sb: Sandbox, built: gopeer.Built, mode: str, s: Settings,
+def _go_server(e: Ends, built: gopeer.Built, mode: str, s: Settings,
                tidy: bool = False) -> ForeignServer:
-    cmd = f"{shlex.quote(built.binary)} -mode {mode} -addr 127.0.0.1:{{port}}"
+    cmd = f"{shlex.quote(built.binary)} -mode {mode} -addr {e.server_host}:{{port}}"
     if tidy:
-        cmd += f" -tidy 127.0.0.1:{TIDY_PORT}"
-    return ForeignServer(sb, cmd, PORT, env=GO_ENV, fd_limit=s.fd_limit)
+        cmd += f" -tidy {e.server_host}:{TIDY_PORT}"
+    return ForeignServer(e.at("server"), cmd, PORT, env=GO_ENV, fd_limit=s.fd_limit)
 
 
 def _go_lines(server: ForeignServer, event: str) -> dict[str, Any]:
@@ -599,17 +622,18 @@ def _go_figures(built: gopeer.Built, server: ForeignServer, origin: float, t0: f
 
 
 def _go_drop(s: Settings, built: gopeer.Built, mark: Callable[..., None],
-             origin: float) -> Round:
+             origin: float, link: LinkSpec, links: list[LinkUsed]) -> Round:
     """A flood against -mode drop; QUIET_S with no traffic; later traffic to the port
     whose handler closes, in batches until a collection ran; the fds watched fall."""
     label = "go-drop"
-    with Sandbox({"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}) as sb:
-        server = _go_server(sb, built, "drop", s, tidy=True)
-        sampler = StateSampler(sb.popen, PORT, pid=server.pid, origin=origin)
+    with ends(link, _sysctls(s), prefix="go") as e:
+        links.append(e.used)
+        server = _go_server(e, built, "drop", s, tidy=True)
+        sampler = _sampler(e, server.pid, origin)
         t0 = sampler.now()
         mark(f"{label}: {GO_ENV_WORDS}; {s.clients} clients connect, send, wait for the "
              "echo, close; the handler returns without Close()")
-        flood = _flood(sb, s)
+        flood = _flood(e, s)
         t1 = sampler.now()
         in_flood = [t for t in _gc_times(server, origin) if t <= t1]
         mark(f"{label}: {flood.echoed} echoed, {flood.no_echo} connected but got no echo, "
@@ -625,7 +649,7 @@ def _go_drop(s: Settings, built: gopeer.Built, mark: Callable[..., None],
         for _ in range(LATER_BATCHES):
             mark(f"{label}: later traffic: {LATER_CLIENTS} clients to port {TIDY_PORT}, "
                  "whose handler closes (a 64 KiB buffer each)")
-            _flood(sb, s, port=TIDY_PORT, clients=LATER_CLIENTS)
+            _flood(e, s, port=TIDY_PORT, clients=LATER_CLIENTS)
             later += LATER_CLIENTS
             if any(t > t_quiet for t in _gc_times(server, origin)):
                 break
@@ -674,18 +698,19 @@ def _wait_fds_at_most(sampler: StateSampler, fds: int, after: float, timeout: fl
 
 
 def _go_keep(s: Settings, built: gopeer.Built, mark: Callable[..., None],
-             origin: float) -> Round:
+             origin: float, link: LinkSpec, links: list[LinkUsed]) -> Round:
     """A flood against -mode keep (fewer clients than the fd limit: every one accepted),
     then a wait until CLOSE_WAIT is gone (Go's keep-alive) or KEEP_WAIT_S."""
     label = "go-keep"
     clients = max(16, min(s.clients, s.fd_limit // 2))
-    with Sandbox({"net.ipv4.tcp_fin_timeout": str(s.fin_timeout)}) as sb:
-        server = _go_server(sb, built, "keep", s)
-        sampler = StateSampler(sb.popen, PORT, pid=server.pid, origin=origin)
+    with ends(link, _sysctls(s), prefix="go") as e:
+        links.append(e.used)
+        server = _go_server(e, built, "keep", s)
+        sampler = _sampler(e, server.pid, origin)
         t0 = sampler.now()
         mark(f"{label}: {clients} clients connect, send, wait for the echo, close; the "
              "server keeps every connection in a slice and never closes one")
-        flood = _flood(sb, s, clients=clients)
+        flood = _flood(e, s, clients=clients)
         t1 = sampler.now()
         mark(f"{label}: {flood.echoed} echoed; waiting up to {KEEP_WAIT_S:.0f} s from the "
              f"flood's start for Go's keep-alive ({GO_KEEPALIVE_S} s idle, then a probe; the "

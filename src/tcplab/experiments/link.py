@@ -124,6 +124,10 @@ class Ends:
             raise
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
+    def at(self, role: str) -> Place:
+        """``role``'s end as a Sandbox is used: popen and run (ForeignServer's needs)."""
+        return Place(self, role)
+
     def netns_args(self) -> list[str]:
         """``--client-netns PATH --server-netns PATH`` for an agent that makes both
         ends' sockets (nothing on loopback: one namespace)."""
@@ -185,3 +189,19 @@ def ends(spec: LinkSpec, sysctls: Mapping[str, str | int] | None = None,
         yield Ends(used, at("client"), at("server"), set_in,
                    {role: f"/proc/{net.endpoint(role).pid}/ns/net"
                     for role in ("client", "server")})
+
+
+@dataclass
+class Place:
+    """One end of an Ends with a Sandbox's ``popen`` and ``run``."""
+
+    ends: Ends
+    role: str
+
+    def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        start = self.ends.client if self.role == "client" else self.ends.server
+        return start(args, **kwargs)
+
+    def run(self, args: Sequence[str], timeout: float = 60, **kwargs: Any
+            ) -> subprocess.CompletedProcess[Any]:
+        return self.ends.run(self.role, args, timeout, **kwargs)

@@ -32,12 +32,15 @@ __all__ = ["Sample", "StateSampler"]
 class StateSampler:
     def __init__(self, popen: Callable[..., subprocess.Popen[Any]], port: int,
                  interval: float = 0.1,
-                 pid: int | None = None, origin: float | None = None) -> None:
+                 pid: int | None = None, origin: float | None = None,
+                 also_netns: str | None = None) -> None:
         self.started = time.monotonic() if origin is None else origin
         args = ["--port", str(port), "--interval", str(interval),
                 "--origin", repr(self.started)]
         if pid is not None:
             args += ["--pid", str(pid)]
+        if also_netns is not None:
+            args += ["--also-netns", also_netns]
         self.proc = popen(command("sampler", *args), stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         self.rows: list[Sample] = []
