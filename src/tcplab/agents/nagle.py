@@ -59,6 +59,9 @@ class Listening:
     """The server's first line: it listens (the client may connect now)."""
 
     port: int
+    #: net.ipv4.tcp_pingpong_thresh in the server's namespace (None: unreadable): the
+    #: replies sent within ``ato`` of a receive after which its ACKs are delayed.
+    pingpong_thresh: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,14 @@ def delayed_acks() -> int:
         return 0
 
 
+def pingpong_thresh() -> int | None:
+    """This namespace's net.ipv4.tcp_pingpong_thresh (None on a kernel without it)."""
+    from tcplab.observe import procfs
+
+    value = procfs.sysctl("net.ipv4.tcp_pingpong_thresh")
+    return int(value) if value and value.isdigit() else None
+
+
 def read_exactly(sock: socket.socket, n: int) -> bytes:
     """n bytes, or fewer only at EOF."""
     buf = bytearray()
@@ -123,7 +134,7 @@ def serve(port: int, connections: int) -> None:
     ls.bind(("0.0.0.0", port))
     ls.listen()
     ls.settimeout(60)
-    emit(Listening(ls.getsockname()[1]))
+    emit(Listening(ls.getsockname()[1], pingpong_thresh()))
     reply = b"r" * REPLY
     for _ in range(connections):
         conn, _ = ls.accept()

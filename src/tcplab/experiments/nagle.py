@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tcplab.agents.io import command
 from tcplab.agents.nagle import BODY, HEADER, REPLY, WAYS, Exchange, Listening, Served
@@ -95,6 +95,8 @@ class Round:
     link: LinkUsed
     ways: tuple[Way, ...]
     shown: bool = False
+    #: net.ipv4.tcp_pingpong_thresh at the server's end (None: unreadable).
+    pingpong_thresh: int | None = None
     #: Why this round did not run (a veth link this machine or user cannot make).
     skip: str | None = None
 
@@ -184,7 +186,7 @@ def measure(spec: LinkSpec, requests: int) -> Round:
             assert server.stdout is not None
             first = server.stdout.readline()  # the Listening line: it accepts now
             try:
-                from_json_line(Listening, first)
+                listening = from_json_line(Listening, first)
             except RecordError:
                 rest = read_records(server, "server")
                 raise ExperimentFailed("the nagle server did not start listening: "
@@ -205,8 +207,8 @@ def measure(spec: LinkSpec, requests: int) -> Round:
         # The server serves the connections in the client's order, one at a time.
         ways = tuple(way_of(x, served[i] if i < len(served) else None)
                      for i, x in enumerate(exchanges))
-        r = Round(link=e.used, ways=ways)
-    return Round(link=r.link, ways=r.ways, shown=not shortfalls(r))
+        r = Round(link=e.used, ways=ways, pingpong_thresh=listening.pingpong_thresh)
+    return replace(r, shown=not shortfalls(r))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
