@@ -54,6 +54,12 @@ demonstrated with the figure measured on this machine.
   orphans    sockets no process holds: FIN_WAIT2 minisockets counted as "tw" by
              /proc/net/sockstat ("timewait" in 'ss -s'), FIN_WAIT1 orphans,
              tcp_orphan_retries
+  nagle      write-write-read: a small header write, a small body write, then
+             the reply: with Nagle's algorithm each request waits for the
+             server's delayed ACK (40 ms or more), with TCP_NODELAY or one
+             sendmsg() it does not; the first request of a connection does not
+             wait (quick-ACK mode); a full run on loopback adds a veth link with
+             10 ms each way, where the wait grows by a round trip
   all        every experiment above, in turn, with a summary
 """
 
@@ -68,7 +74,7 @@ def add_parser(sub: Any, name: str) -> None:
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
                                     "restart", "reset", "syn-queue", "multiplex",
-                                    "handshake", "keepalive", "ports", "orphans"],
+                                    "handshake", "keepalive", "ports", "orphans", "nagle"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         handshake,
         keepalive,
         multiplex,
+        nagle,
         orphans,
         port_bomb,
         ports,
@@ -162,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
                "half-close": half_close.run, "restart": restart.run,
                "reset": reset.run, "syn-queue": syn_queue.run, "multiplex": run_multiplex,
                "handshake": handshake.run,
-               "keepalive": keepalive.run, "ports": ports.run, "orphans": orphans.run}
+               "keepalive": keepalive.run, "ports": ports.run, "orphans": orphans.run,
+               "nagle": nagle.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     bodies = []
