@@ -19,15 +19,19 @@ from a copy of the list here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -102,6 +106,64 @@ def as_nobody() -> None:
     os.setgroups([])
     os.setgid(nobody.pw_gid)
     os.setuid(nobody.pw_uid)
+
+
+#: Who runs a test that runs as root and as nobody: ["user"] when we are not root.
+NOBODY_USERS = ["root", "nobody"] if os.geteuid() == 0 else ["user"]
+
+
+@contextlib.contextmanager
+def nobody_python_venv() -> Iterator[Path | None]:
+    """A venv of /usr/bin/python3 owned by nobody whose site-packages point at this
+    checkout's src and the test venv's packages (same CPython 3.11 ABI): the test
+    venv's interpreter lives where nobody cannot run it. None when we are not root
+    (then we are the ordinary user). Skips the test where nobody cannot use it."""
+    import pytest
+
+    import tcplab
+
+    if os.geteuid() != 0:
+        yield None
+        return
+    system = Path("/usr/bin/python3")
+    if not system.exists():
+        pytest.skip("no /usr/bin/python3 to make nobody's venv from")
+    where = Path(tempfile.mkdtemp(prefix="nb-tcplab-", dir="/tmp"))
+    guard = 300
+    try:
+        where.chmod(0o755)
+        subprocess.run([str(system), "-m", "venv", "--without-pip", str(where)], check=True,
+                       capture_output=True, timeout=guard)
+        purelib = subprocess.run(
+            [str(where / "bin" / "python"), "-c",
+             "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True, timeout=guard).stdout.strip()
+        src = Path(tcplab.__file__).resolve().parents[1]
+        Path(purelib, "tcplab-checkout.pth").write_text(
+            f"{src}\n{sysconfig.get_paths()['purelib']}\n")
+        subprocess.run(["chown", "-R", "nobody", str(where)], check=True, timeout=guard)
+        r = subprocess.run([str(where / "bin" / "python"), "-c", "import tcplab.cli.main"],
+                           preexec_fn=as_nobody, capture_output=True, text=True, cwd="/tmp",
+                           env={**os.environ, "HOME": "/tmp"}, timeout=guard)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["?"])[-1]
+            pytest.skip(f"nobody cannot import tcplab with /usr/bin/python3: {last}")
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def run_tcplab_as(user: str, venv: Path | None, *args: str, timeout: float = 300
+                  ) -> subprocess.CompletedProcess[bytes]:
+    """``tcplab ARGS`` as root or the ordinary user (this interpreter) or as nobody (the
+    venv of :func:`nobody_python_venv`)."""
+    if user != "nobody":
+        return subprocess.run(tcplab(*args), capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    assert venv is not None
+    return subprocess.run([str(venv / "bin" / "python"), "-m", "tcplab", *args],
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          preexec_fn=as_nobody, cwd="/tmp", env={**os.environ, "HOME": "/tmp"})
 
 
 class Child:

@@ -12,11 +12,8 @@ to see the verdict fall and the failure said.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sysconfig
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,12 +21,11 @@ from typing import Any
 
 import pytest
 
-import tcplab
 from tcplab.experiments import keepalive, orphans, ports
 from tcplab.report import html
 from tcplab.report.prose import worded
 from tcplab.report.terminal import result_lines
-from tests.helpers import as_nobody, one_json
+from tests.helpers import NOBODY_USERS, nobody_python_venv, one_json, run_tcplab_as
 from tests.helpers import tcplab as tcplab_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,52 +35,16 @@ GUARD = 300  # a hang guard for one experiment, not a time limit
 
 @pytest.fixture(scope="module")
 def nobody_venv() -> Iterator[Path | None]:
-    """A venv of /usr/bin/python3 owned by nobody whose site-packages point at this
-    checkout's src and the test venv's packages (same CPython 3.11 ABI); None when
-    we are not root (then we are the ordinary user)."""
-    if os.geteuid() != 0:
-        yield None
-        return
-    system = Path("/usr/bin/python3")
-    if not system.exists():
-        pytest.skip("no /usr/bin/python3 to make nobody's venv from")
-    where = Path(tempfile.mkdtemp(prefix="nb-tcplab-", dir="/tmp"))
-    try:
-        where.chmod(0o755)
-        subprocess.run([str(system), "-m", "venv", "--without-pip", str(where)], check=True,
-                       capture_output=True, timeout=GUARD)
-        purelib = subprocess.run(
-            [str(where / "bin" / "python"), "-c",
-             "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True, timeout=GUARD).stdout.strip()
-        src = Path(tcplab.__file__).resolve().parents[1]
-        Path(purelib, "tcplab-checkout.pth").write_text(
-            f"{src}\n{sysconfig.get_paths()['purelib']}\n")
-        subprocess.run(["chown", "-R", "nobody", str(where)], check=True, timeout=GUARD)
-        r = subprocess.run([str(where / "bin" / "python"), "-c", "import tcplab.cli.main"],
-                           preexec_fn=as_nobody, capture_output=True, text=True, cwd="/tmp",
-                           env={**os.environ, "HOME": "/tmp"}, timeout=GUARD)
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["?"])[-1]
-            pytest.skip(f"nobody cannot import tcplab with /usr/bin/python3: {last}")
+    """helpers.nobody_python_venv for this module's tests (None when we are not root)."""
+    with nobody_python_venv() as where:
         yield where
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
 
 
-USERS = ["root", "nobody"] if os.geteuid() == 0 else ["user"]
+USERS = NOBODY_USERS
 
 
 def run_as(user: str, venv: Path | None, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """``tcplab ARGS`` as root (this interpreter) or as nobody (its venv)."""
-    if user != "nobody":
-        return subprocess.run(tcplab_argv(*args), capture_output=True, timeout=GUARD,
-                              stdin=subprocess.DEVNULL)
-    assert venv is not None
-    return subprocess.run([str(venv / "bin" / "python"), "-m", "tcplab", *args],
-                          capture_output=True, timeout=GUARD, stdin=subprocess.DEVNULL,
-                          preexec_fn=as_nobody, cwd="/tmp", env={**os.environ, "HOME": "/tmp"})
-
+    return run_tcplab_as(user, venv, *args, timeout=GUARD)
 
 
 def needs_tools() -> None:

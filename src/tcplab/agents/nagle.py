@@ -6,7 +6,7 @@ Two roles, one per end of the link (experiments/nagle.py starts them):
   exactly HEADER + BODY bytes and answers each with REPLY bytes only once the
   whole request is in (as an HTTP server answers once the headers and the
   body have come). It sets nothing: its ACKs are the kernel's defaults. Its
-  first line is a ``Listening`` record; after each connection it emits a
+  first line is an ``Accepting`` record; after each connection it emits a
   ``Served`` record: the requests served, this namespace's TcpExt
   ``DelayedACKs`` counter's rise over the connection (/proc/net/netstat,
   LINUX_MIB_DELAYEDACKS: counted in tcp_delack_timer_handler,
@@ -55,7 +55,7 @@ TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class Listening:
+class Accepting:
     """The server's first line: it listens (the client may connect now)."""
 
     port: int
@@ -134,7 +134,7 @@ def serve(port: int, connections: int) -> None:
     ls.bind(("0.0.0.0", port))
     ls.listen()
     ls.settimeout(60)
-    emit(Listening(ls.getsockname()[1], pingpong_thresh()))
+    emit(Accepting(ls.getsockname()[1], pingpong_thresh()))
     reply = b"r" * REPLY
     for _ in range(connections):
         conn, _ = ls.accept()

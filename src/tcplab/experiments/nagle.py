@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from tcplab.agents.io import command
-from tcplab.agents.nagle import BODY, HEADER, REPLY, WAYS, Exchange, Listening, Served
+from tcplab.agents.nagle import BODY, HEADER, REPLY, WAYS, Accepting, Exchange, Served
 from tcplab.errors import ExperimentFailed, NotSupported, TcplabError
 from tcplab.experiments import result as base
 from tcplab.experiments.link import LinkSpec, LinkUsed, ends
@@ -184,9 +184,9 @@ def measure(spec: LinkSpec, requests: int) -> Round:
         with contextlib.ExitStack() as stack:
             stack.callback(_stop, server)
             assert server.stdout is not None
-            first = server.stdout.readline()  # the Listening line: it accepts now
+            first = server.stdout.readline()  # the Accepting line: it accepts now
             try:
-                listening = from_json_line(Listening, first)
+                listening = from_json_line(Accepting, first)
             except RecordError:
                 rest = read_records(server, "server")
                 raise ExperimentFailed("the nagle server did not start listening: "
