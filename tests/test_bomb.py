@@ -31,8 +31,7 @@ from tcplab.experiments.children import ServerProcess
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.kernel.tcp_states import STATE_NAMES
 from tcplab.traffic.bomb import STALL_S
-from tests.helpers import run_tcplab
-from tests.test_keepalive_ports_orphans import USERS, nobody_venv, run_as  # noqa: F401
+from tests.helpers import NOBODY_USERS, nobody_python_venv, run_tcplab, run_tcplab_as
 
 PORT = 8080
 LOW, PORTS = 40000, 200
@@ -641,17 +640,23 @@ def test_experiment_text_names_skips_and_their_reasons() -> None:
     assert "took 0 more" not in text
 
 
+@pytest.fixture(scope="module")
+def nobody_venv() -> Iterator[Path | None]:
+    with nobody_python_venv() as where:
+        yield where
+
+
 @pytest.mark.privileged
-@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("user", NOBODY_USERS)
 def test_real_link_runs_out_of_ports_under_the_default_reuse(
-        user: str, nobody_venv: Path | None) -> None:  # noqa: F811
+        user: str, nobody_venv: Path | None) -> None:
     """Issue 14: the kernel's default tcp_tw_reuse = 2 reuses TIME_WAIT ports for
     loopback only (tcp_twsk_unique, net/ipv4/tcp_ipv4.c), so across a veth pair the
     fresh bomb fails with EADDRNOTAVAIL where default-reuse on loopback does not.
     As an ordinary user the net lives in a user namespace; where the kernel refuses
     one, the variant is skipped and says why."""
-    r = run_as(user, nobody_venv, "experiment", "port-bomb", "--variant", "real-link",
-               "--ports", "100", "--json")
+    r = run_tcplab_as(user, nobody_venv, "experiment", "port-bomb", "--variant", "real-link",
+                      "--ports", "100", "--json")
     err = r.stderr.decode(errors="replace")
     lines = r.stdout.decode().splitlines()
     assert len(lines) == 1, (lines, err)
