@@ -36,6 +36,8 @@ GUARD = 300  # a hang guard, not a time limit
 #: The delayed-ACK timer's least wait as measured from user space: 40 ms (10 jiffies at
 #: HZ = 250) less the part of the current jiffy already gone, less a scheduling margin.
 TIMER_US = 30_000
+#: The delayed link's round trip: 10 ms each way.
+RTT_US = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +76,9 @@ def test_write_write_read_waits_for_the_delayed_ack(user: str,
     assert n["first_us"] < n["steady_us"] - TIMER_US
     for fix in ("nodelay", "one-write"):
         assert w[fix]["steady_us"] < n["steady_us"] - TIMER_US, w[fix]
-        # No request of a fix waits for the timer, even on a loaded machine.
-        assert max(w[fix]["requests_us"]) < TIMER_US, w[fix]
+        # A fix's requests do not wait for the timer: a loaded machine may hold one or
+        # two of them back as long, never most.
+        assert sum(t >= TIMER_US for t in w[fix]["requests_us"]) <= 2, w[fix]
     assert "for the server's delayed ACK" in b["fact"]
     assert "the server's delayed-ACK timer fired" in b["fact"]
 
@@ -138,15 +141,17 @@ def test_on_a_delayed_link_the_wait_adds_a_round_trip(user: str,
     assert r["link"]["kind"] == "veth" and r["link"]["shaping"] == "delay 10 ms each way"
     assert "delay" in r["link"]["mechanisms"]
     w = ways(r)
-    rtt = w["nodelay"]["steady_us"]
-    # TCP_NODELAY: one round trip (20 ms; the delay line's accuracy is in its own tests).
-    assert 18_000 <= rtt <= 30_000, w["nodelay"]
-    assert abs(w["one-write"]["steady_us"] - rtt) < 5_000, w["one-write"]
+    # The delay line (a process in the router's namespace) is never faster than its
+    # delay; on a loaded machine it is slower, so the bounds below use the link's own
+    # round trip (RTT_US) as the least each crossing can take, not the measured one.
+    for fix in ("nodelay", "one-write"):  # one round trip
+        assert w[fix]["steady_us"] >= RTT_US - 2_000, w[fix]
     # Nagle: the timer and one more round trip (the body waits for the ACK to come back).
     n = w["nagle"]
-    assert n["steady_us"] - rtt >= TIMER_US + 0.75 * rtt, (n["steady_us"], rtt)
+    best = min(w["nodelay"]["steady_us"], w["one-write"]["steady_us"])
+    assert n["steady_us"] - best >= TIMER_US + 0.75 * RTT_US, (n["steady_us"], best)
     # The first request: no timer, but the body still waits for the quick ACK's round trip.
-    assert 1.75 * rtt <= n["first_us"] <= n["steady_us"] - TIMER_US, (n["first_us"], rtt)
+    assert 1.75 * RTT_US <= n["first_us"] <= n["steady_us"] - TIMER_US, n["first_us"]
     assert n["delayed_acks"] >= len(n["requests_us"]) - 2
     assert "delay 10 ms each way" in b["fact"]
 

@@ -1265,7 +1265,8 @@ fix: the kernel enters and leaves quick-ACK mode again by its own rules (man 7 t
 
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
-    "echo": ("handshake",), "port-bomb": ("port-range", "ports", "reset"),
+    "echo": ("handshake", "nagle"),  # small round trips, and what can stall them
+    "port-bomb": ("port-range", "ports", "reset"),
     "fd-leak": ("fd-limit", "keepalive", "syn-queue"),  # its accept queue fills too
     "half-close": ("close-wait", "time-wait", "orphans", "restart"), "multiplex": ("netpoll",),
     "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
