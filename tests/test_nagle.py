@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from tcplab.experiments import nagle
+from tcplab.kernel.tcp_info import SIZE, parse_tcp_info
 from tcplab.report import html
 from tcplab.report.prose import worded
 from tcplab.report.terminal import result_lines
@@ -48,6 +50,30 @@ def nobody_venv() -> Iterator[Path | None]:
 
 def ways(round_: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {w["way"]: w for w in round_["ways"]}
+
+
+# --- TCP_INFO, decoded ------------------------------------------------------------------------
+
+@pytest.mark.loopback
+def test_tcp_info_has_the_delayed_ack_timeout_once_data_came() -> None:
+    """A real connection on 127.0.0.1: the receiver's ato is TCP_ATO_MIN (40 ms) from
+    its first data on (tcp_event_data_recv); the sender, which received nothing, has
+    none yet; both are ESTABLISHED, with an RTO of at least TCP_RTO_MIN (200 ms)."""
+    with socket.create_server(("127.0.0.1", 0)) as ls, \
+            socket.create_connection(ls.getsockname(), timeout=10) as client:
+        server, _ = ls.accept()
+        with server:
+            client.sendall(b"x")
+            assert server.recv(1) == b"x"
+            got = {name: parse_tcp_info(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
+                                                     SIZE))
+                   for name, s in (("client", client), ("server", server))}
+    c, sv = got["client"], got["server"]
+    assert c is not None and sv is not None
+    assert c.state == sv.state == 1  # TCP_ESTABLISHED
+    assert sv.ato_us == 40_000 and c.ato_us == 0
+    assert c.rto_us >= 200_000 and c.snd_mss > 0 and c.rtt_us > 0
+    assert parse_tcp_info(b"\x01" * 40) is None  # too short for the fields read
 
 
 # --- on loopback, as a user runs it -----------------------------------------------------------
@@ -106,6 +132,7 @@ VETH = """
 import json, sys
 from tcplab.errors import NotSupported
 from tcplab.experiments import nagle
+from tcplab.kernel.tcp_info import SIZE, parse_tcp_info
 from tcplab.experiments.link import LinkSpec
 from tcplab.net.plan import Shaping
 from tcplab.records import to_json

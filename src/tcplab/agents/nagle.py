@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import argparse
 import socket
-import struct
 import time
 from dataclasses import dataclass
 
 from tcplab.agents.io import emit
+from tcplab.kernel.tcp_info import SIZE, TcpInfo, parse_tcp_info
 
 #: Request and reply sizes: small (well under any MSS), as an RPC's header and body.
 HEADER = 16
@@ -82,21 +82,12 @@ class Exchange:
     rtt_us: int | None  # the client's smoothed RTT at the end (tcpi_rtt)
 
 
-def tcp_info(sock: socket.socket) -> tuple[int, int] | None:
-    """(tcpi_ato, tcpi_rtt) in microseconds, from TCP_INFO; None where it cannot be read.
-
-    struct tcp_info (include/uapi/linux/tcp.h) begins with eight __u8 fields, then
-    __u32 tcpi_rto, tcpi_ato, ...; tcpi_rtt is the sixteenth __u32 (after rto, ato,
-    snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets, the four last_* times,
-    pmtu and rcv_ssthresh)."""
+def tcp_info(sock: socket.socket) -> TcpInfo | None:
+    """The socket's TCP_INFO (kernel/tcp_info.py), None where it cannot be read."""
     try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return parse_tcp_info(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, SIZE))
     except OSError:
         return None
-    if len(raw) < 8 + 16 * 4:
-        return None
-    u32 = struct.unpack_from("=16I", raw, 8)
-    return u32[1], u32[15]
 
 
 def delayed_acks() -> int:
@@ -150,7 +141,7 @@ def serve(port: int, connections: int) -> None:
                 conn.sendall(reply)
                 served += 1
             info = tcp_info(conn)
-            emit(Served(served, delayed_acks() - before, None if info is None else info[0]))
+            emit(Served(served, delayed_acks() - before, None if info is None else info.ato_us))
     ls.close()
 
 
@@ -173,7 +164,7 @@ def exchange(host: str, port: int, way: str, requests: int) -> Exchange:
                 raise ConnectionError("the server closed the connection mid-request")
             times.append((time.perf_counter_ns() - t0) // 1000)
         info = tcp_info(sock)
-    return Exchange(way, tuple(times), None if info is None else info[1])
+    return Exchange(way, tuple(times), None if info is None else info.rtt_us)
 
 
 def main(argv: list[str] | None = None) -> int:
