@@ -26,6 +26,13 @@ It runs on the link it is given (``--link``: loopback or a veth pair, shaped or
 not); a full run on loopback also runs on a veth link with DELAY_MS each way,
 where the stall is the 40 ms timer plus one more round trip.
 
+Which source: net/ipv4/tcp_input.c read at Linux 6.10-rc1 (tcp_in_quickack_mode,
+tcp_incr_quickack, tcp_event_data_recv, __tcp_ack_snd_check); tcp_nagle_check,
+tcp_minshall_check, tcp_event_data_sent, tcp_delack_timer_handler and tcp.h's
+constants in 5.x and 6.x trees (the same in each), as code search held them, not one
+pinned version. This machine runs 6.18; what it does agrees (tcpi_ato 40 ms, the
+first request fast and the rest stalled, net.ipv4.tcp_pingpong_thresh 1).
+
 The verdict rests on medians over the requests after the first (``steady``),
 with margins a loaded 2-core machine keeps: Nagle's requests wait at least
 STALL_MS longer than each fix's, the first request is STALL_MS faster than the
