@@ -1004,9 +1004,9 @@ def nagle_fact(rounds: Sequence[nagle.Round]) -> str:
         stall = nagle.stall_us(first)
         text = "; ".join(words)
         if stall is not None:
-            text = (f"on {first.link.kind}, Nagle's algorithm made each write-write-read request "
-                    f"wait {nagle_ms(stall)} longer than the faster fix, for the server's "
-                    "delayed ACK: " + text)
+            text = (f"Nagle's algorithm made each write-write-read request wait "
+                    f"{nagle_ms(stall)} longer than the faster fix, for the server's delayed "
+                    "ACK; " + text)
         return text
     problems = [f"{r.link.words()}: " + ", ".join(NAGLE_SHORT.get(c, c)
                                                    for c in nagle.shortfalls(r))
