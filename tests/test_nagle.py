@@ -245,6 +245,13 @@ def test_a_delayed_link_that_could_not_be_made_is_said_and_loopback_still_judged
     assert "not measured: this kernel has no veth" in text
     # A skipped first round (the link given) is never shown.
     assert not nagle.judge((replace(first, ways=(), skip="no"), second))
+    # A round that ran and failed is not shown either, and says why.
+    failed = replace(second, ways=(), shown=False, error="the nagle client exited 1: boom")
+    assert nagle.shortfalls(failed) == ["failed"] and not nagle.judge((first, failed))
+    text = worded(replace(r, ok=False, facts=replace(r.facts, rounds=(first, failed)),
+                          fact="")).fact
+    assert text.startswith("expected each request") and "failed: the nagle client exited 1" \
+        in text
 
 
 @pytest.mark.pure

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 
 from tcplab.agents.io import command
 from tcplab.agents.nagle import BODY, HEADER, REPLY, WAYS, Accepting, Exchange, Served
-from tcplab.errors import ExperimentFailed, NotSupported, TcplabError
+from tcplab.errors import ExperimentFailed, NotSupported, PrivilegeError, TcplabError
 from tcplab.experiments import result as base
 from tcplab.experiments.link import LinkSpec, LinkUsed, ends
 from tcplab.experiments.result import Event, Progress, say_nothing
@@ -106,6 +106,8 @@ class Round:
     pingpong_thresh: int | None = None
     #: Why this round did not run (a veth link this machine or user cannot make).
     skip: str | None = None
+    #: Why it ran and failed (an agent's error): never shown.
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,8 @@ def stall_us(r: Round) -> float | None:
 
 def shortfalls(r: Round) -> list[str]:
     """The checks this round failed, as codes report/prose.py words (empty: shown)."""
+    if r.error is not None:
+        return ["failed"]
     ws = by_way(r)
     if any(k not in ws for k in WAYS):
         return ["missing"]
@@ -193,7 +197,7 @@ def measure(spec: LinkSpec, requests: int) -> Round:
             assert server.stdout is not None
             first = server.stdout.readline()  # the Accepting line: it accepts now
             try:
-                listening = from_json_line(Accepting, first)
+                accepting = from_json_line(Accepting, first)
             except RecordError:
                 rest = read_records(server, "server")
                 raise ExperimentFailed("the nagle server did not start listening: "
@@ -214,7 +218,7 @@ def measure(spec: LinkSpec, requests: int) -> Round:
         # The server serves the connections in the client's order, one at a time.
         ways = tuple(way_of(x, served[i] if i < len(served) else None)
                      for i, x in enumerate(exchanges))
-        r = Round(link=e.used, ways=ways, pingpong_thresh=listening.pingpong_thresh)
+        r = Round(link=e.used, ways=ways, pingpong_thresh=accepting.pingpong_thresh)
     return replace(r, shown=not shortfalls(r))
 
 
@@ -226,8 +230,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def round_line(r: Round) -> str:
     """A round in a line for the timeline: each way's steady median, and the stall."""
-    if r.skip is not None:
-        return f"{r.link.words()}: skipped: {r.skip}"
+    if r.skip is not None or r.error is not None:
+        return (f"{r.link.words()}: skipped: {r.skip}" if r.skip is not None
+                else f"{r.link.words()}: failed: {r.error}")
     parts = [f"{w.way} {w.steady_us / 1000:.2f} ms (first {w.first_us / 1000:.2f} ms, "
              f"{w.delayed_acks} delayed ACKs)" for w in r.ways]
     return f"{r.link.words()}: " + ", ".join(parts)
@@ -248,12 +253,14 @@ def run(quick: bool = False, progress: Progress = say_nothing,
     delayed = not quick and link.kind == "loopback"
     if delayed:
         spec = LinkSpec(kind="veth", shaping=Shaping(delay_ms=DELAY_MS))
+        link_used = LinkUsed(kind="veth", shaping=spec.shaping.words())
         try:
             rounds.append(measure(spec, max(requests // 2, 10)))
-        except (NotSupported, ExperimentFailed) as exc:
+        except ExperimentFailed as exc:  # it ran and failed: said, and not shown
+            rounds.append(Round(link=link_used, ways=(), error=_reason(exc)))
+        except (NotSupported, PrivilegeError) as exc:
             # The link given ran; a veth link this user or kernel cannot make is said.
-            rounds.append(Round(link=LinkUsed(kind="veth", shaping=spec.shaping.words()),
-                                ways=(), skip=_reason(exc)))
+            rounds.append(Round(link=link_used, ways=(), skip=_reason(exc)))
         mark(round_line(rounds[-1]))
     return Result(experiment="nagle", ok=judge(rounds),
                   settings=RunWith(requests=requests, delayed_link=delayed),

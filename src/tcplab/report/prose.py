@@ -963,6 +963,8 @@ def nagle_round_words(r: nagle.Round) -> str:
     server's delayed ACKs."""
     if r.skip is not None:
         return f"{r.link.words()}: not measured: {r.skip}"
+    if r.error is not None:
+        return f"{r.link.words()}: failed: {r.error}"
     ws = nagle.by_way(r)
     parts = []
     if "nagle" in ws:
@@ -985,6 +987,7 @@ def nagle_round_words(r: nagle.Round) -> str:
 #: What each of nagle.shortfalls' codes means, in words.
 NAGLE_SHORT = {
     "missing": "a way of writing was not measured",
+    "failed": "the round failed",
     "no-stall:nodelay": f"Nagle's requests were not {nagle.STALL_MS:g} ms slower than "
                         "TCP_NODELAY's",
     "no-stall:one-write": f"Nagle's requests were not {nagle.STALL_MS:g} ms slower than one "

@@ -387,8 +387,9 @@ def nagle_lines(result: nagle.Result) -> list[str]:
                                   "delayed ACKs")]
     for r in f.rounds:
         link = r.link.kind + (f", {r.link.shaping}" if r.link.kind != "loopback" else "")
-        if r.skip is not None:
-            rows.append((link, "-", "-", "-", "-", f"skipped: {r.skip}"))
+        if r.skip is not None or r.error is not None:
+            rows.append((link, "-", "-", "-", "-", f"skipped: {r.skip}" if r.skip is not None
+                         else f"failed: {r.error}"))
         for w in r.ways:
             rows.append((link, w.way, f"{w.first_us / 1000:.2f} ms",
                          f"{w.steady_us / 1000:.2f} ms", f"{w.max_us / 1000:.2f} ms",
