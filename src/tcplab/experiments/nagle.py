@@ -8,8 +8,8 @@ in (agents/nagle.py runs both ends). One connection per way of writing:
   header's is unacknowledged, so Nagle's algorithm holds it back
   (tcp_nagle_check and tcp_minshall_check, net/ipv4/tcp_output.c); the
   server, with nothing to send yet, delays its ACK (__tcp_ack_snd_check,
-  net/ipv4/tcp_input.c) until the delayed-ACK timer fires, no sooner than
-  TCP_DELACK_MIN (HZ/25: 40 ms, include/net/tcp.h). Every request waits for it;
+  net/ipv4/tcp_input.c) until the delayed-ACK timer fires, after the socket's
+  ato: TCP_ATO_MIN (HZ/25: 40 ms, include/net/tcp.h) here. Every request waits;
 - ``nodelay``: TCP_NODELAY on the client, each write leaves at once;
 - ``one-write``: Nagle on, but header and body in one sendmsg(): one segment,
   nothing is held back, and one packet fewer than with TCP_NODELAY.
@@ -43,6 +43,7 @@ steady requests (the kernel's own word that its delayed-ACK timer sent the ACK).
 from __future__ import annotations
 
 import contextlib
+import select
 import statistics
 import subprocess
 import time
@@ -68,8 +69,16 @@ DELAY_MS = 10.0
 #: timer's minimum is 40 ms (TCP_DELACK_MIN); 10 ms of slack for a loaded machine,
 #: whose scheduling delays can only shorten the gap by slowing the fast requests.
 STALL_MS = 30.0
-#: How long the two ends may take (each request waits at most about 40 ms + 2 RTT).
+#: How long the two ends may take, at least (a hang guard, not a time limit): each
+#: request takes about 40 ms and two round trips at most; guard() adds those.
 GUARD_S = 60.0
+
+
+def guard(spec: LinkSpec, requests: int) -> float:
+    """The hang guard for one round: GUARD_S, plus every request's worst case on this
+    link (the timer, with margin, and two round trips of the largest delay)."""
+    one_way_s = (spec.shaping.delay_ms + spec.shaping.jitter_ms) / 1000
+    return GUARD_S + len(WAYS) * requests * (0.1 + 4 * one_way_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +177,14 @@ def judge(rounds: Sequence[Round]) -> bool:
     return bool(ran) and rounds[0].skip is None and all(r.shown for r in ran)
 
 
-def read_records(proc: subprocess.Popen[bytes], what: str) -> list[bytes]:
-    """The rest of a child's stdout, once it exits (within GUARD_S)."""
+def read_records(proc: subprocess.Popen[bytes], what: str, timeout: float) -> list[bytes]:
+    """The rest of a child's stdout, once it exits (within ``timeout`` s)."""
     try:
-        out, err = proc.communicate(timeout=GUARD_S)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise ExperimentFailed(f"the nagle {what} did not finish in {GUARD_S:g} s",
+        raise ExperimentFailed(f"the nagle {what} did not finish in {timeout:.0f} s",
                                hint="run again with --debug") from None
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
@@ -188,6 +197,7 @@ def read_records(proc: subprocess.Popen[bytes], what: str) -> list[bytes]:
 
 def measure(spec: LinkSpec, requests: int) -> Round:
     """One round: the server at one end, the client at the other, every way in turn."""
+    wait = guard(spec, requests)
     with ends(spec, prefix="nagle") as e:
         server = e.server(command("nagle", "server", "--port", str(PORT),
                                   "--connections", str(len(WAYS))),
@@ -195,11 +205,16 @@ def measure(spec: LinkSpec, requests: int) -> Round:
         with contextlib.ExitStack() as stack:
             stack.callback(_stop, server)
             assert server.stdout is not None
-            first = server.stdout.readline()  # the Accepting line: it accepts now
+            # The Accepting line: it accepts now. A server that neither says so nor
+            # exits within the guard is a hang, said as one.
+            if not select.select([server.stdout], [], [], wait)[0]:
+                raise ExperimentFailed(f"the nagle server did not start in {wait:.0f} s",
+                                       hint="run again with --debug")
+            first = server.stdout.readline()
             try:
                 accepting = from_json_line(Accepting, first)
             except RecordError:
-                rest = read_records(server, "server")
+                rest = read_records(server, "server", wait)
                 raise ExperimentFailed("the nagle server did not start listening: "
                                        + (first or b"".join(rest)).decode(errors="replace")[:200],
                                        hint="run again with --debug") from None
@@ -207,8 +222,8 @@ def measure(spec: LinkSpec, requests: int) -> Round:
                                       "--port", str(PORT), "--requests", str(requests)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             stack.callback(_stop, client)
-            lines = read_records(client, "client")
-            served_lines = read_records(server, "server")
+            lines = read_records(client, "client", wait)
+            served_lines = read_records(server, "server", wait)
         try:
             exchanges = [from_json_line(Exchange, x) for x in lines]
             served = [from_json_line(Served, x) for x in served_lines]
