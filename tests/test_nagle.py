@@ -85,7 +85,7 @@ def test_write_write_read_waits_for_the_delayed_ack(user: str,
     b = one_json(run_tcplab_as(user, nobody_venv, "experiment", "nagle", "--quick", "--json",
                                timeout=GUARD), shown=True)
     assert b["settings"] == {"requests": 12, "header": 16, "body": 64, "reply": 32,
-                             "delayed_link": False}
+                             "veth_delay_ms": None}
     [r] = b["facts"]["rounds"]  # --quick: the link given only
     assert r["link"]["kind"] == "loopback" and b["facts"]["used"] == r["link"]
     assert r["shown"] is True and r["skip"] is None

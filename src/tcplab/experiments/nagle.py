@@ -87,7 +87,8 @@ class RunWith:
     header: int = HEADER  # bytes of each write
     body: int = BODY
     reply: int = REPLY
-    delayed_link: bool = False  # a round on a veth link with DELAY_MS each way was added
+    #: The added round on a veth link: its delay each way (None: no such round).
+    veth_delay_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +279,8 @@ def run(quick: bool = False, progress: Progress = say_nothing,
             rounds.append(Round(link=link_used, ways=(), skip=_reason(exc)))
         mark(round_line(rounds[-1]))
     return Result(experiment="nagle", ok=judge(rounds),
-                  settings=RunWith(requests=requests, delayed_link=delayed),
+                  settings=RunWith(requests=requests,
+                                   veth_delay_ms=DELAY_MS if delayed else None),
                   facts=Facts(rounds=tuple(rounds), used=rounds[0].link),
                   events=tuple(events))
 

@@ -54,7 +54,7 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "header": ("header write", "B"),
     "body": ("body write", "B"),
     "reply": ("reply", "B"),
-    "delayed_link": ("also across veth, 10 ms each way", ""),
+    "veth_delay_ms": ("veth round, delay each way", "ms"),
 }
 
 
