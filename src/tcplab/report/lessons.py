@@ -1260,7 +1260,9 @@ fix: the kernel enters and leaves quick-ACK mode again by its own rules (man 7 t
              this_run=_nagle,
              context="(3 full runs as root: on loopback 44.0 ms each time against 0.02 to "
              "0.03 ms, the first request 0.06 to 0.6 ms; across veth 84.0 to 84.2 ms against "
-             "20.4 to 20.5 ms, the first 40.7 to 42.8 ms)"),),
+             "20.4 to 20.5 ms, the first 40.7 to 42.8 ms; and 2 as an ordinary user, one "
+             "beside a test run: on loopback 44.0 ms against 0.02 to 0.05 ms; across veth 86 "
+             "and 100 ms against 22 to 38 ms, the delay line slower under that load)"),),
 ))
 
 #: Which lessons each experiment's section of the report may show.
