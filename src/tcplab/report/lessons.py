@@ -1239,15 +1239,17 @@ of the request, counts it as interactive (tcp_event_data_sent;
 net.ipv4.tcp_pingpong_thresh, 1 by default, is how many such replies it takes), and
 from the second request on its ACKs wait for the timer. The timer, firing in pingpong
 mode, leaves it and resets the delay to 40 ms (tcp_delack_timer_handler), but the next
-reply enters it again.
+reply enters it again. (Across a link the first request still takes two round trips: its
+body waits for the quick ACK to cross back.)
 
 The fixes are on the writer's side: TCP_NODELAY (each write leaves at once, two
-packets; Go sets it on every TCP connection, newTCPConn in net/tcpsock.go, and so does
-CPython's asyncio on its transports, _set_nodelay in asyncio/base_events.py, while
-socket.create_connection sets no option), or the whole request in one write: a buffer,
-or writev()/sendmsg() with both pieces (one segment, nothing left to hold back, one
-packet fewer), or TCP_CORK around the writes. TCP_QUICKACK on the server is no lasting
-fix: the kernel enters and leaves quick-ACK mode again by its own rules (man 7 tcp).""",
+packets; Go sets it on every TCP connection, newTCPConn in net/tcpsock.go, Go 1.19
+here, and so does CPython's asyncio on its transports, _set_nodelay in
+asyncio/base_events.py, while socket.create_connection sets no option), or the whole
+request in one write: a buffer, or writev()/sendmsg() with both pieces (one segment,
+nothing left to hold back, one packet fewer), or TCP_CORK around the writes.
+TCP_QUICKACK on the server is no lasting fix: the kernel enters and leaves quick-ACK
+mode again by its own rules (man 7 tcp).""",
     "tcplab experiment nagle; tcplab experiment nagle --link veth --delay 10",
     (Figures("nagle", "tcplab experiment nagle", "2026-11-30",
              "on loopback, with Nagle's algorithm a request took 44.0 ms (median of the 39 "
