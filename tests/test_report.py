@@ -440,6 +440,9 @@ AGENT_FIGURE = "unshare -Urn python3 -m tcplab.agents."  # a figure an agent alo
                "ip_local_reserved_ports", "__inet_hash_connect", "inet_csk_find_open_port")),
     ("orphans", ("FIN_WAIT2 minisocket", "'ss -s' prints as \"timewait\"", "tcp_max_orphans",
                  "tcp_orphan_retries", "too many orphaned sockets", "tcp_fin_timeout")),
+    ("nagle", ("tcp_nagle_check and tcp_minshall_check", "__tcp_ack_snd_check",
+               "TCP_ATO_MIN = HZ/25", "tcp_in_quickack_mode", "tcp_pingpong_thresh",
+               "DelayedACKs", "TCP_NODELAY", "TCP_CORK", "two round trips")),
 ])
 def test_explain_new_lessons_name_their_sources_and_figures(topic: str,
                                                             says: tuple[str, ...]) -> None:
