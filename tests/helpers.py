@@ -27,6 +27,7 @@ import pwd
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -102,7 +103,6 @@ def make_nobody_venv(where: Path, timeout: float = 300) -> str | None:
     site-packages point at this checkout's src and the test venv's packages (same
     CPython 3.11 ABI): the test venv's interpreter may live where nobody cannot
     run it (under /root). None when nobody can import tcplab with it; else why not."""
-    import sysconfig
 
     import tcplab
 

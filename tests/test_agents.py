@@ -36,6 +36,7 @@ from tcplab.agents.handshake import Done, Ready
 from tcplab.agents.io import command
 from tcplab.agents.keepalive import Silent
 from tcplab.agents.listening import Listening
+from tcplab.agents.nagle import Accepting, Exchange, Served
 from tcplab.agents.netholder import Detached, Up
 from tcplab.agents.nsholder import Answer
 from tcplab.agents.orphans import Look
@@ -473,6 +474,28 @@ def test_netholder(children: list[subprocess.Popen[bytes]], tmp_path: Path) -> N
     assert not (tmp_path / "agent.json").exists()
 
 
+@pytest.mark.privileged
+def test_nagle() -> None:
+    """Both roles in one sandbox: the server's Accepting line, then one Served per
+    connection; the client's Exchange per way, each request timed."""
+    with Sandbox({}) as sb:
+        server = sb.popen(command("nagle", "server", "--port", "8080", "--connections", "2"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert server.stdout is not None
+        accepting = from_json_line(Accepting, server.stdout.readline())
+        r = sb.run(command("nagle", "client", "--port", "8080", "--requests", "3",
+                           "--way", "nagle", "--way", "nodelay"),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=GUARD)
+        rest, err = server.communicate(timeout=GUARD)
+    assert r.returncode == 0 and server.returncode == 0, (r.stderr, err)
+    assert accepting.port == 8080
+    xs = [from_json_line(Exchange, line) for line in r.stdout.splitlines()]
+    assert [(x.way, len(x.requests_us)) for x in xs] == [("nagle", 3), ("nodelay", 3)]
+    assert min(xs[0].requests_us[1:]) >= 30_000  # the delayed ACK, from the 2nd request
+    served = [from_json_line(Served, line) for line in rest.splitlines()]
+    assert [s.requests for s in served] == [3, 3] and served[0].delayed_acks >= 2
+
+
 #: Each agent and the test that runs it with its documented argv.
 CASES = {
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
@@ -481,7 +504,7 @@ CASES = {
     "handshake": test_handshake, "nsholder": test_nsholder,
     "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
     "keepalive": test_keepalive, "orphans": test_orphans, "ports": test_ports,
-    "netholder": test_netholder,
+    "netholder": test_netholder, "nagle": test_nagle,
 }
 
 

@@ -649,7 +649,7 @@ def test_real_link_runs_out_of_ports_under_the_default_reuse(
     As an ordinary user the net lives in a user namespace; where the kernel refuses
     one, the variant is skipped and says why."""
     r = run_as(user, nobody_venv, "experiment", "port-bomb", "--variant", "real-link",
-               "--ports", "100", "--json")
+                      "--ports", "100", "--json")
     err = r.stderr.decode(errors="replace")
     lines = r.stdout.decode().splitlines()
     assert len(lines) == 1, (lines, err)

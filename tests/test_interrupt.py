@@ -456,6 +456,14 @@ CASES: dict[str, Case] = {
         "mid": line("running experiment orphans", after=0.8),
         "late": line("running experiment orphans", after=2.5),
     }),
+    # nagle (full) ran 5 s here: its loopback round in a sandbox (2 s), then a veth round
+    # with 10 ms each way in a temporary net (3 s): points in the first round, while the
+    # net is made, and in the veth round's requests.
+    "nagle": Case(experiment("nagle"), {
+        "early": line("running experiment nagle", after=0.3),
+        "mid": line("loopback (one namespace, lo)", after=0.05),
+        "late": line("loopback (one namespace, lo)", after=1.5),
+    }),
     "multiplex": Case(experiment("multiplex", "--quick", "--connections", "100"), {
         "early": line("running experiment multiplex"),
         "mid": line("multiplex: threads", after=0.3),  # 100 connections on 100 threads

@@ -41,11 +41,11 @@ from tests.helpers import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
-               "multiplex", "handshake", "keepalive", "ports", "orphans")
+               "multiplex", "handshake", "keepalive", "ports", "orphans", "nagle")
 #: The experiments whose section has a chart (one each) when they ran.
 CHARTED = ("port-bomb", "fd-leak", "multiplex", "handshake")
 TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "netpoll",
-          "restart", "reset", "syn-queue", "keepalive", "ports", "orphans")
+          "restart", "reset", "syn-queue", "keepalive", "ports", "orphans", "nagle")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: The flags that run Debian's chromium here, as root too, without reaching the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -440,6 +440,9 @@ AGENT_FIGURE = "unshare -Urn python3 -m tcplab.agents."  # a figure an agent alo
                "ip_local_reserved_ports", "__inet_hash_connect", "inet_csk_find_open_port")),
     ("orphans", ("FIN_WAIT2 minisocket", "'ss -s' prints as \"timewait\"", "tcp_max_orphans",
                  "tcp_orphan_retries", "too many orphaned sockets", "tcp_fin_timeout")),
+    ("nagle", ("tcp_nagle_check and tcp_minshall_check", "__tcp_ack_snd_check",
+               "TCP_ATO_MIN = HZ/25", "tcp_in_quickack_mode", "tcp_pingpong_thresh",
+               "DelayedACKs", "TCP_NODELAY", "TCP_CORK", "two round trips")),
 ])
 def test_explain_new_lessons_name_their_sources_and_figures(topic: str,
                                                             says: tuple[str, ...]) -> None:
@@ -494,7 +497,7 @@ def test_recorded_figures_are_what_their_runs_measured() -> None:
             if fig.experiment:  # the sentence this_run builds from that run's JSON
                 assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
                 by_experiment += 1
-    assert by_experiment == 20
+    assert by_experiment == 21
 
 
 #: Keys of the recorded JSON that their records do not keep: each bomb run's own

@@ -54,13 +54,19 @@ demonstrated with the figure measured on this machine.
   orphans    sockets no process holds: FIN_WAIT2 minisockets counted as "tw" by
              /proc/net/sockstat ("timewait" in 'ss -s'), FIN_WAIT1 orphans,
              tcp_orphan_retries
+  nagle      write-write-read: a small header write, a small body write, then
+             the reply: with Nagle's algorithm each request waits for the
+             server's delayed ACK (40 ms or more), with TCP_NODELAY or one
+             sendmsg() it does not; the first request of a connection does not
+             wait (quick-ACK mode); a full run on loopback adds a veth link with
+             10 ms each way, where the wait grows by a round trip
   all        every experiment above, in turn, with a summary
 """
 
 
 #: In the order `experiment all` runs them.
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
-               "multiplex", "handshake", "keepalive", "ports", "orphans")
+               "multiplex", "handshake", "keepalive", "ports", "orphans", "nagle")
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -136,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         handshake,
         keepalive,
         multiplex,
+        nagle,
         orphans,
         port_bomb,
         ports,
@@ -196,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
                "reset": one_end(reset.run), "syn-queue": one_end(syn_queue.run),
                "multiplex": run_multiplex, "handshake": handshake.run,
                "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),
-               "orphans": one_end(orphans.run)}
+               "orphans": one_end(orphans.run),
+               "nagle": nagle.run}
     assert list(runners) == list(EXPERIMENTS)
     names = list(runners) if args.name == "all" else [args.name]
     results = []

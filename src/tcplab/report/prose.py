@@ -35,6 +35,7 @@ from tcplab.experiments import (
     handshake,
     keepalive,
     multiplex,
+    nagle,
     orphans,
     port_bomb,
     ports,
@@ -102,6 +103,8 @@ def worded(result: R) -> R:
         s = result.settings
         out = replace(result, fact=orphans_fact(result.facts.looks, s.tcp_fin_timeout if s
                                                 else 0, s.tcp_orphan_retries if s else 0))
+    elif isinstance(result, nagle.Result):
+        out = replace(result, fact=nagle_fact(result.facts.rounds))
     worded_result: R = out
     return worded_result
 
@@ -955,3 +958,74 @@ def orphans_fact(looks: Sequence[Look], fin_timeout: int, orphan_retries: int) -
             "tcp_orphan_retries; saw: "
             + ("; ".join(("" if shown.get(x.case) else "NOT shown: ") + orphans.look_words(x)
                          for x in looks) or "nothing"))
+
+
+# --- nagle ------------------------------------------------------------------------------------
+
+def nagle_ms(us: float) -> str:
+    """``0.02 ms``, ``44.0 ms``: two decimals below 10 ms, where the fixes' figures are."""
+    return f"{us / 1000:.2f} ms" if us < 10_000 else f"{us / 1000:.1f} ms"
+
+
+def nagle_round_words(r: nagle.Round) -> str:
+    """One link's figures: each way's median after the first request, the first, and the
+    server's delayed ACKs."""
+    if r.skip is not None:
+        return f"{r.link.words()}: not measured: {r.skip}"
+    if r.error is not None:
+        return f"{r.link.words()}: failed: {r.error}"
+    ws = nagle.by_way(r)
+    parts = []
+    if "nagle" in ws:
+        w = ws["nagle"]
+        parts.append(f"with Nagle's algorithm a request took {nagle_ms(w.steady_us)} (median "
+                     f"of {plural(len(w.requests_us) - 1, 'request')} after the first; "
+                     f"slowest {nagle_ms(w.max_us)}), the first {nagle_ms(w.first_us)}; the "
+                     f"server's delayed-ACK timer fired {plural(w.delayed_acks, 'time')} "
+                     "(TcpExt DelayedACKs)"
+                     + (f", its ato {nagle_ms(w.server_ato_us)}" if w.server_ato_us else ""))
+    for key, how in (("nodelay", "with TCP_NODELAY"),
+                     ("one-write", "with header and body in one sendmsg()")):
+        if key in ws:
+            x = ws[key]
+            parts.append(f"{how} {nagle_ms(x.steady_us)} (the first {nagle_ms(x.first_us)}, "
+                         f"{plural(x.delayed_acks, 'delayed ACK')})")
+    return f"{r.link.words()}: " + "; ".join(parts)
+
+
+#: What each of nagle.shortfalls' codes means, in words.
+NAGLE_SHORT = {
+    "missing": "a way of writing was not measured",
+    "failed": "the round failed",
+    "no-stall:nodelay": f"Nagle's requests were not {nagle.STALL_MS:g} ms slower than "
+                        "TCP_NODELAY's",
+    "no-stall:one-write": f"Nagle's requests were not {nagle.STALL_MS:g} ms slower than one "
+                          "sendmsg()'s",
+    "first-stalled": f"the first request was not {nagle.STALL_MS:g} ms faster than the "
+                     "others (quick-ACK mode)",
+    "few-delayed-acks": "the server's delayed-ACK timer fired for fewer than half the "
+                        "requests after the first",
+}
+
+
+def nagle_fact(rounds: Sequence[nagle.Round]) -> str:
+    """The stall and its fixes on each link; every check that failed, said."""
+    words = [nagle_round_words(r) for r in rounds]
+    if nagle.judge(rounds):
+        first = rounds[0]
+        stall = nagle.stall_us(first)
+        text = "; ".join(words)
+        if stall is not None:
+            text = (f"Nagle's algorithm made each write-write-read request wait "
+                    f"{nagle_ms(stall)} longer than the faster fix, for the server's delayed "
+                    "ACK; " + text)
+        return text
+    problems = [f"{r.link.words()}: " + ", ".join(NAGLE_SHORT.get(c, c)
+                                                   for c in nagle.shortfalls(r))
+                for r in rounds if r.skip is None and not r.shown]
+    if rounds and rounds[0].skip is not None:
+        problems.insert(0, f"the link given was not measured: {rounds[0].skip}")
+    return ("expected each request of a write-write-read client to wait for the server's "
+            "delayed ACK with Nagle's algorithm, not with TCP_NODELAY or one sendmsg(), and "
+            "the first request not to; NOT shown: " + "; ".join(problems)
+            + "; saw: " + "; ".join(words))

@@ -14,6 +14,7 @@ from tcplab.experiments import (
     half_close,
     keepalive,
     multiplex,
+    nagle,
     orphans,
     port_bomb,
     ports,
@@ -49,6 +50,11 @@ SETTING_WORDS: dict[str, tuple[str, str]] = {
     "late": ("clients once the queue was full", ""),
     "quick": ("shorter timers (--quick)", ""),
     "tcp_orphan_retries": ("tcp_orphan_retries", ""),
+    "requests": ("requests per connection", ""),  # nagle
+    "header": ("header write", "B"),
+    "body": ("body write", "B"),
+    "reply": ("reply", "B"),
+    "veth_delay_ms": ("veth round, delay each way", "ms"),
 }
 
 
@@ -135,6 +141,8 @@ def variant_lines(result: AnyResult) -> list[str]:
         return ports_lines(result)
     if isinstance(result, orphans.Result):
         return orphans_lines(result)
+    if isinstance(result, nagle.Result):
+        return nagle_lines(result)
     if isinstance(result, port_bomb.Result) and result.variants:
         return port_bomb_lines(result)
     return []
@@ -368,6 +376,26 @@ def orphans_lines(result: orphans.Result) -> list[str]:
                      str(x.sockstat_orphan), "-" if x.lived_s is None
                      else f"{x.lived_s:.1f} s" + ("" if x.retransmits is None
                                                   else f", {x.retransmits} retransmits")))
+    return table(rows)
+
+
+def nagle_lines(result: nagle.Result) -> list[str]:
+    """One row per link and way of writing: the first request, the median after it, the
+    slowest, and the server's delayed ACKs over the connection."""
+    f = result.facts
+    if f is None:
+        return []
+    rows: list[Sequence[str]] = [("link", "writes", "first", "median after", "slowest",
+                                  "delayed ACKs")]
+    for r in f.rounds:
+        link = r.link.kind + (f", {r.link.shaping}" if r.link.kind != "loopback" else "")
+        if r.skip is not None or r.error is not None:
+            rows.append((link, "-", "-", "-", "-", f"skipped: {r.skip}" if r.skip is not None
+                         else f"failed: {r.error}"))
+        for w in r.ways:
+            rows.append((link, w.way, f"{w.first_us / 1000:.2f} ms",
+                         f"{w.steady_us / 1000:.2f} ms", f"{w.max_us / 1000:.2f} ms",
+                         str(w.delayed_acks)))
     return table(rows)
 
 
