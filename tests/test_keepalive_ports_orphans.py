@@ -86,19 +86,11 @@ def run_as(user: str, venv: Path | None, *args: str) -> subprocess.CompletedProc
                           preexec_fn=as_nobody, cwd="/tmp", env={**os.environ, "HOME": "/tmp"})
 
 
-
-def needs_tools() -> None:
-    missing = [t for t in keepalive.TOOLS if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {' and '.join(missing)} (the experiments' links)")
-
-
 # --- as a user runs them ----------------------------------------------------------------------
 
 @pytest.mark.privileged
 @pytest.mark.parametrize("user", USERS)
 def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None) -> None:
-    needs_tools()
     b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--json"),
                  shown=True)
     assert b["settings"] == {"quick": True}
@@ -123,7 +115,6 @@ def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None
 @pytest.mark.privileged
 @pytest.mark.parametrize("user", USERS)
 def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> None:
-    needs_tools()
     b = one_json(run_as(user, nobody_venv, "experiment", "ports", "--json"), shown=True)
     by = {(p["case"], p["destination"]): p for p in b["facts"]["cases"]}
     assert sorted(by["connect", "127.0.0.1:8080"]["ports"]) == [40000, 40002, 40004, 40006,
@@ -144,7 +135,6 @@ def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> No
 @pytest.mark.privileged
 @pytest.mark.parametrize("user", USERS)
 def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) -> None:
-    needs_tools()
     b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"),
                  shown=True)
     assert b["settings"] == {"connections": 5, "tcp_fin_timeout": 3, "tcp_orphan_retries": 1}
@@ -161,7 +151,6 @@ def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) ->
 
 @pytest.mark.privileged
 def test_text_has_the_tables() -> None:
-    needs_tools()
     r = subprocess.run(tcplab_argv("experiment", "ports"), capture_output=True, timeout=GUARD,
                        stdin=subprocess.DEVNULL)
     text = r.stdout.decode()

@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass, field
 
 from tcplab.agents.io import emit, require_private_netns, write_sysctl
-from tcplab.agents.keepalive import ip
 from tcplab.errors import errno_name
+from tcplab.net.build import link_up
 
 LOW, HIGH = 40000, 40009
 PORT = 8080
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.parse_args(argv)
     require_private_netns(p, "ports")
     try:
-        ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
+        link_up("lo")  # up in a sandbox already; down under unshare -Urn
         write_sysctl("net.ipv4.ip_local_port_range", f"{LOW} {HIGH}")
     except OSError as e:
         p.exit(1, f"cannot set this namespace's port range: {e} "

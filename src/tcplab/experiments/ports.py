@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from tcplab.agents.ports import HIGH, LOW, ONE, PORT, RESERVED, SOCKET_RANGE, TWO, Ports
 from tcplab.experiments import result as base
 from tcplab.experiments.choreography import records
-from tcplab.experiments.keepalive import needs_tools
 from tcplab.experiments.result import Event, Progress, say_nothing
 
 #: The range's ports, and the two halves __inet_hash_connect and
@@ -55,7 +54,6 @@ def ports_words(p: Ports) -> str:
 
 
 def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
-    needs_tools("ports", ("ip",))
     cases = records("ports", [], Ports, "the ports choreography")
     events = []
     for p in cases:
