@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -223,3 +225,73 @@ def test_orphans_not_shown_says_which_case() -> None:
     few = [*looks[:5], replace(looks[5], retransmits=1)]
     assert not orphans.judge([r.facts.looks[0], *few[1:]], 3, 2)
 
+
+
+# --- Ctrl-C: nothing left, not even a zombie -----------------------------------------------
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Every process of session ``sid``, zombies included (pid -> state and command): a
+    process keeps its session when its parent dies and pid 1 (or a subreaper) adopts it."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            raw = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2:].split()
+        if int(rest[3]) == sid:
+            command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+            found[int(name)] = f"{rest[0]} {command}"
+    return found
+
+
+def link_built(sid: int) -> bool:
+    """The keepalive agent of session ``sid`` has its veth link (tl0 in its namespace)."""
+    for pid, what in session_processes(sid).items():
+        if "tcplab.agents.keepalive" in what:
+            try:
+                if " tl0:" in Path(f"/proc/{pid}/net/dev").read_text():
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def sigint_at_default() -> None:
+    """In the child, as a terminal job has it (pytest from a background job may have
+    SIGINT ignored, and tcplab keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("times", [1, 2])
+def test_keepalive_interrupted_leaves_no_process_nor_zombie(times: int) -> None:
+    """Ctrl-C (to the whole group, once or twice) while the agent's link is up: when
+    tcplab has exited, its session has no process left, zombies included (the agent
+    used to fork the peer, which outlived it as pid 1's zombie for seconds)."""
+    proc = subprocess.Popen(tcplab_argv("experiment", "keepalive", "--quick"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=sigint_at_default)
+    try:
+        deadline = time.monotonic() + GUARD
+        while not link_built(proc.pid):
+            assert proc.poll() is None, "the run ended before its link was up"
+            assert time.monotonic() < deadline, "no link within the guard"
+            time.sleep(0.01)
+        seen = session_processes(proc.pid)
+        for i in range(times):
+            if i:
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=GUARD)
+        assert proc.returncode == 130, err.decode(errors="replace")
+        left = session_processes(proc.pid)
+        assert left == {}, (left, seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
