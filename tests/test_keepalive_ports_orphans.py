@@ -123,12 +123,13 @@ def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> No
                                                                 40008]
     assert sorted(by["bind", ""]["ports"]) == [40001, 40003, 40005, 40007, 40009]
     btc = by["bind-then-connect", "127.0.0.2:8080"]
-    assert (btc["ports"], btc["error"], btc["message"]) == (
-        [], "bind: EADDRINUSE", "Address already in use")
+    # --json: the call, the errno's number and name, and its text, each a field.
+    assert (btc["ports"], btc["error"]) == ([], {
+        "call": "bind", "errno": 98, "name": "EADDRINUSE", "message": "Address already in use"})
     no_port = by["bind-address-no-port", "127.0.0.2:8080"]
     assert sorted(no_port["ports"]) == list(range(40000, 40010))
-    assert (no_port["error"], no_port["message"]) == (
-        "connect: EADDRNOTAVAIL", "Cannot assign requested address")
+    assert no_port["error"] == {"call": "connect", "errno": 99, "name": "EADDRNOTAVAIL",
+                                "message": "Cannot assign requested address"}
     assert sorted(by["socket-range", "127.0.0.1:8080"]["ports"]) == [40002, 40003, 40004, 40005]
     assert sorted(by["reserved", "127.0.0.1:8080"]["ports"]) == [40008, 40009]
     assert "the same ten ports served both destinations" in b["fact"]

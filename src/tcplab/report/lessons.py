@@ -483,14 +483,12 @@ def _ports(r: ports.Result) -> str | None:
     def then(p: Ports) -> str:
         if not p.error:
             return ""
-        call, name = p.error.split(": ")
-        return f", then {call}() failed with {name}"
+        return f", then {p.error.call}() failed with {p.error.name}"
 
     def got(p: Ports) -> str:
         if p.ports or not p.error:
             return f"{plural(len(p.ports), 'connection')}{then(p)}"
-        call, name = p.error.split(": ")
-        return f"the first {call}() failed with {name}"
+        return f"the first {p.error.call}() failed with {p.error.name}"
 
     c, b = by["connect", one], by["bind", ""]
     btc1, btc2 = by["bind-then-connect", one], by["bind-then-connect", two]

@@ -907,7 +907,7 @@ def ports_fact(cases: Sequence[Ports]) -> str:
                 f"offsets and bind() to port 0 the {len(ports.ODD)} odd ones; bind() then "
                 f"connect() used all {len(btc.ports)} toward {ports.FIRST}, and toward "
                 f"{ports.SECOND} bind() failed with "
-                f"{btc.error.split(': ')[1] if btc.error else '?'}; with "
+                f"{btc.error.name if btc.error else '?'}; with "
                 f"IP_BIND_ADDRESS_NO_PORT the same ten ports served "
                 f"both destinations; IP_LOCAL_PORT_RANGE {lo}-{hi} gave those 4 ports; "
                 f"ip_local_reserved_ports {RESERVED} left "
