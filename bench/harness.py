@@ -163,33 +163,29 @@ HOWTO_GO = ("install Go: apt-get install golang-go (Debian/Ubuntu), or https://g
 
 def build_go(requested: str | None, tmp: Path, name: str, target: str
              ) -> tuple[str | None, dict[str, Any]]:
-    """``go build -o TMP/NAME TARGET`` in bench/peers, nothing downloaded: (the binary, or
-    None when go is missing and the Go rows are skipped; facts to print)."""
+    """``go build -o TMP/NAME TARGET`` in bench/peers, nothing downloaded, with
+    tcplab's Go builder (experiments/gopeer.py: go_env, go_version, go_build): (the
+    binary, or None when go is missing and the Go rows are skipped; facts to print)."""
+    from tcplab.experiments import gopeer
+
     go = shutil.which(requested or "go")
     if go is None and requested not in (None, "go"):
         raise BenchError(f"--go {requested}: not found or not executable")
     if go is None:
         progress(f"note: go is not on PATH: the Go rows are skipped; to run them, {HOWTO_GO}")
         return None, {"skipped": f"go is not on PATH; to run the Go rows, {HOWTO_GO}"}
-    env = dict(os.environ)
-    env.pop("GOFLAGS", None)  # a user's -mod=vendor etc. would not apply to this module
-    env.update({"GO111MODULE": "on", "GOPROXY": "off", "GOTOOLCHAIN": "local",
-                "CGO_ENABLED": "0"})
-    home = env.get("HOME", "")
-    if not (home and os.path.isdir(home) and os.access(home, os.W_OK)):
-        env["GOCACHE"], env["GOPATH"] = str(tmp / "gocache"), str(tmp / "gopath")
-    version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60,
-                             env=env, stdin=subprocess.DEVNULL).stdout.strip()
-    t0 = time.perf_counter()
-    r = subprocess.run([go, "build", "-o", str(tmp / name), target], cwd=PEERS, env=env,
-                       capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    if r.returncode:
-        raise BenchError(f"go build {target} in {PEERS}: exit {r.returncode}\n"
-                         f"{r.stderr.strip()}")
-    info = {"version": version, "build_s": round(time.perf_counter() - t0, 2),
-            "gocache": env.get("GOCACHE", "(default)"),
+    home = os.environ.get("HOME", "")
+    # Go's own build cache under HOME when it is writable (warm across runs), else in tmp.
+    usable = bool(home and os.path.isdir(home) and os.access(home, os.W_OK))
+    env = gopeer.go_env(None if usable else tmp)
+    try:
+        version = gopeer.go_version(go, PEERS, env)
+        took = gopeer.go_build(go, PEERS, target, tmp / name, env, timeout=600)
+    except gopeer.GoUnavailable as e:
+        raise BenchError(str(e)) from None
+    info = {"version": version, "build_s": took, "gocache": env.get("GOCACHE", "(default)"),
             "gomaxprocs": os.environ.get("GOMAXPROCS") or os.cpu_count()}
-    progress(f"built {name} with {version} in {info['build_s']:.1f} s")
+    progress(f"built {name} with {version} in {took:.1f} s")
     return str(tmp / name), info
 
 

@@ -442,7 +442,7 @@ def test_experiment_variant_figures(full_run) -> None:  # type: ignore[no-untype
     assert small["ok"] + small["failed"] == 3000
     assert small["opened"] == 1000 + small["failed"]
     assert small["opened"] == rounds_opened(3000, 8, 2)  # 2,252: 8, then 6 a round
-    assert "requests needed a new connection" in small["lesson"]
+    assert "requests opened a new connection" in small["lesson"]
     reuse = v["default-reuse"]
     assert reuse["failed"] == 0 and reuse["ok"] > reuse["port_range"]
     assert v["linger0"]["failed"] == 0 and v["linger0"]["time_wait_peak"] == 0

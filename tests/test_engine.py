@@ -168,6 +168,59 @@ def test_a_config_must_bound_what_it_opens() -> None:
         Config(connections=1, round_trips=0)
 
 
+@pytest.mark.pure
+def test_the_idle_pool_keeps_up_to_its_cap_and_hands_out_the_latest() -> None:
+    pool: engine.IdlePool[str] = engine.IdlePool(2)
+    assert not pool and len(pool) == 0
+    assert pool.keep("a") and pool.keep("b") and not pool.keep("c")  # c is closed
+    assert len(pool) == 2 and pool.take() == "b"  # the latest first (queueForIdleConn)
+    assert pool.keep("d") and pool.take() == "d" and pool.take() == "a" and not pool
+    assert pool.keep("e") and pool.keep("f")
+    pool.discard("e")  # reset while idle
+    pool.discard("x")  # not idle: nothing to do
+    assert len(pool) == 1 and pool.take() == "f"
+    pool.keep("g")
+    pool.keep("h")
+    pool.keep_only(lambda c: c != "g")  # released: no longer idle
+    assert len(pool) == 1 and pool.take() == "h"
+    pool.keep("i")
+    pool.clear()
+    assert not pool
+    nothing: engine.IdlePool[str] = engine.IdlePool(0)  # cap 0 keeps nothing
+    assert not nothing.keep("a") and not nothing
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(("cap", "opened"), [(0, 200), (2, 152), (8, 8)])
+def test_a_capped_pools_rounds_open_what_the_cap_cannot_keep(cap: int, opened: int) -> None:
+    """The driver's bookkeeping, without sockets: each round of 8 requests takes the
+    idle connections and opens the rest; each of its 8 returns is kept or closed.
+    200 requests: 8 + 24 x 6 = 152 new connections with a cap of 2."""
+    pool: engine.IdlePool[int] = engine.IdlePool(cap)
+    new = closed = 0
+    for _round in range(200 // 8):
+        under_way = []
+        for _ in range(8):
+            if pool:
+                under_way.append(pool.take())
+            else:
+                under_way.append(new)
+                new += 1
+        for c in under_way:
+            if not pool.keep(c):
+                closed += 1
+    assert new == opened and closed == opened - min(cap, 8) and len(pool) == min(cap, 8)
+
+
+@pytest.mark.pure
+def test_a_pool_config_needs_a_concurrency_and_open_ended_round_trips() -> None:
+    with pytest.raises(ValueError, match="a pool"):
+        Config(connections=8, idle_cap=2)
+    with pytest.raises(ValueError, match="a pool"):
+        Config(concurrency=8, idle_cap=2)  # round_trips=1: a connection per request
+    assert Config(concurrency=8, round_trips=None, idle_cap=2).idle_cap == 2
+
+
 # --- loopback: servers that behave and servers that do not ----------------------------------
 
 def target(port: int) -> Target:

@@ -134,6 +134,37 @@ def test_go_keep_is_shown_only_when_the_fds_stayed_and_close_wait_went_late() ->
         "CLOSE_WAIT fell after 3.0 s, before Go's 15 s keep-alive could act")
 
 
+# --- the one Go builder (gopeer's; bench/harness.py's build_go uses it too) ----------------
+
+BENCH_PEERS = Path(__file__).resolve().parent.parent / "bench" / "peers"
+
+
+@pytest.mark.loopback
+@needs_go
+def test_go_build_builds_a_module_and_says_why_not(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    # The user's GO* settings are for their own modules: left out, whatever they say.
+    monkeypatch.setenv("GOFLAGS", "-mod=vendor")
+    monkeypatch.setenv("GOPROXY", "https://proxy.invalid")
+    env = gopeer.go_env(tmp_path)
+    assert "GOFLAGS" not in env and env["GOPROXY"] == "off" and env["GOENV"] == "off"
+    assert env["GOCACHE"] == str(tmp_path / "gocache")
+    assert "GOCACHE" not in gopeer.go_env(None)  # Go's default, under HOME
+    go = shutil.which("go")
+    assert go is not None
+    assert gopeer.go_version(go, tmp_path, env).startswith("go1.")
+    # bench's churn client (bench/peers, its own module), as bench's build_go builds it.
+    took = gopeer.go_build(go, BENCH_PEERS, ".", tmp_path / "churn", env)
+    assert took >= 0 and os.access(tmp_path / "churn", os.X_OK)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "go.mod").write_text(gopeer.GO_MOD)
+    (broken / "main.go").write_text("package main\n\nfunc main() { undefined() }\n")
+    with pytest.raises(gopeer.GoUnavailable, match=r"^go build \. in .* exited [1-9]: "
+                       r".*undefined: undefined"):
+        gopeer.go_build(go, broken, ".", broken / "out", env)
+
+
 # --- the real Go server, as root (or as the user running the tests) ------------------------
 
 @pytest.fixture(scope="module")
@@ -240,8 +271,8 @@ def test_the_go_rounds_as_an_ordinary_user_without_a_home() -> None:
 
     text = "\n".join(result_lines(worded(decode(body))))
     assert "  Go, no Close() (drop)     fds " in text
-    assert "  go-drop round: Go's handler returned without Close() for each of 512" in text
-    assert "  go-keep round: with every connection kept in a slice, CLOSE_WAIT stayed" in text
+    assert "  go-drop round: a Go handler returned without Close() for 512 connections" in text
+    assert "  go-keep round: with the connections kept in a slice, " in text
 
 
 def is_goleak(pid: int) -> bool:

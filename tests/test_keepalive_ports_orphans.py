@@ -12,8 +12,10 @@ to see the verdict fall and the failure said.
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import signal
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,6 @@ LESSON_RUNS = ROOT / "tests" / "data" / "lessons"
 GUARD = 300  # a hang guard for one experiment, not a time limit
 
 
-def needs_tools() -> None:
-    missing = [t for t in keepalive.TOOLS if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {' and '.join(missing)} (the experiments' links)")
 
 
 # --- as a user runs them ----------------------------------------------------------------------
@@ -43,7 +41,6 @@ def needs_tools() -> None:
 @pytest.mark.privileged
 @pytest.mark.parametrize("user", USERS)
 def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None) -> None:
-    needs_tools()
     b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--json"),
                  shown=True)
     assert b["settings"] == {"quick": True}
@@ -68,19 +65,19 @@ def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None
 @pytest.mark.privileged
 @pytest.mark.parametrize("user", USERS)
 def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> None:
-    needs_tools()
     b = one_json(run_as(user, nobody_venv, "experiment", "ports", "--json"), shown=True)
     by = {(p["case"], p["destination"]): p for p in b["facts"]["cases"]}
     assert sorted(by["connect", "127.0.0.1:8080"]["ports"]) == [40000, 40002, 40004, 40006,
                                                                 40008]
     assert sorted(by["bind", ""]["ports"]) == [40001, 40003, 40005, 40007, 40009]
     btc = by["bind-then-connect", "127.0.0.2:8080"]
-    assert (btc["ports"], btc["error"], btc["message"]) == (
-        [], "bind: EADDRINUSE", "Address already in use")
+    # --json: the call, the errno's number and name, and its text, each a field.
+    assert (btc["ports"], btc["error"]) == ([], {
+        "call": "bind", "errno": 98, "name": "EADDRINUSE", "message": "Address already in use"})
     no_port = by["bind-address-no-port", "127.0.0.2:8080"]
     assert sorted(no_port["ports"]) == list(range(40000, 40010))
-    assert (no_port["error"], no_port["message"]) == (
-        "connect: EADDRNOTAVAIL", "Cannot assign requested address")
+    assert no_port["error"] == {"call": "connect", "errno": 99, "name": "EADDRNOTAVAIL",
+                                "message": "Cannot assign requested address"}
     assert sorted(by["socket-range", "127.0.0.1:8080"]["ports"]) == [40002, 40003, 40004, 40005]
     assert sorted(by["reserved", "127.0.0.1:8080"]["ports"]) == [40008, 40009]
     assert "the same ten ports served both destinations" in b["fact"]
@@ -89,7 +86,6 @@ def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> No
 @pytest.mark.privileged
 @pytest.mark.parametrize("user", USERS)
 def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) -> None:
-    needs_tools()
     b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"),
                  shown=True)
     assert b["settings"] == {"connections": 5, "tcp_fin_timeout": 3, "tcp_orphan_retries": 1}
@@ -106,7 +102,6 @@ def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) ->
 
 @pytest.mark.privileged
 def test_text_has_the_tables() -> None:
-    needs_tools()
     r = subprocess.run(tcplab_argv("experiment", "ports"), capture_output=True, timeout=GUARD,
                        stdin=subprocess.DEVNULL)
     text = r.stdout.decode()
@@ -179,3 +174,73 @@ def test_orphans_not_shown_says_which_case() -> None:
     few = [*looks[:5], replace(looks[5], retransmits=1)]
     assert not orphans.judge([r.facts.looks[0], *few[1:]], 3, 2)
 
+
+
+# --- Ctrl-C: nothing left, not even a zombie -----------------------------------------------
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Every process of session ``sid``, zombies included (pid -> state and command): a
+    process keeps its session when its parent dies and pid 1 (or a subreaper) adopts it."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            raw = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2:].split()
+        if int(rest[3]) == sid:
+            command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+            found[int(name)] = f"{rest[0]} {command}"
+    return found
+
+
+def link_built(sid: int) -> bool:
+    """The keepalive agent of session ``sid`` has its veth link (tl0 in its namespace)."""
+    for pid, what in session_processes(sid).items():
+        if "tcplab.agents.keepalive" in what:
+            try:
+                if " tl0:" in Path(f"/proc/{pid}/net/dev").read_text():
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def sigint_at_default() -> None:
+    """In the child, as a terminal job has it (pytest from a background job may have
+    SIGINT ignored, and tcplab keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("times", [1, 2])
+def test_keepalive_interrupted_leaves_no_process_nor_zombie(times: int) -> None:
+    """Ctrl-C (to the whole group, once or twice) while the agent's link is up: when
+    tcplab has exited, its session has no process left, zombies included (the agent
+    used to fork the peer, which outlived it as pid 1's zombie for seconds)."""
+    proc = subprocess.Popen(tcplab_argv("experiment", "keepalive", "--quick"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=sigint_at_default)
+    try:
+        deadline = time.monotonic() + GUARD
+        while not link_built(proc.pid):
+            assert proc.poll() is None, "the run ended before its link was up"
+            assert time.monotonic() < deadline, "no link within the guard"
+            time.sleep(0.01)
+        seen = session_processes(proc.pid)
+        for i in range(times):
+            if i:
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=GUARD)
+        assert proc.returncode == 130, err.decode(errors="replace")
+        left = session_processes(proc.pid)
+        assert left == {}, (left, seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,12 +1,13 @@
 """A peer gone silent: keep-alive and TCP_USER_TIMEOUT (``python -m tcplab.agents.keepalive``).
 
-Run inside a sandbox (or ``unshare -Urn``): it needs CAP_NET_ADMIN in its own
-network namespace and the ``ip`` and ``nsenter`` tools. A peer that crashes or
+Run inside a sandbox (or ``unshare -Urn``): it needs CAP_NET_ADMIN and
+CAP_SYS_ADMIN in its own network namespace (root inside a user namespace will
+do), and no tool: links are made over rtnetlink (pyroute2). A peer that crashes or
 loses its link sends nothing, not even a RST; loopback cannot show that (the
 kernel answers for every local socket), so the agent builds a link that can go
 silent (``PeerLink``): a veth pair (198.18.13.1 here, 198.18.13.2 there) to a
-second network namespace held by a forked child, which listens on port 9000
-and holds what it accepts. Setting the peer's end down makes the pair drop
+second network namespace, held by a file descriptor, where a listener on port
+9000 holds what it accepts. Setting the peer's end down makes the pair drop
 every frame without a word: veth_close (drivers/net/veth.c) turns the local
 end's carrier off, linkwatch_do_dev then gives it the noop qdisc
 (dev_deactivate), whose noop_enqueue (net/sched/sch_generic.c) drops each frame,
@@ -41,126 +42,144 @@ import argparse
 import errno as errnos
 import os
 import select
-import signal
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from types import TracebackType
 
 from tcplab.agents.io import emit, require_private_netns
-from tcplab.observe import nsutil, procfs
+from tcplab.net.build import Builder, Namespaces, new_netns
+from tcplab.observe import procfs
+from tcplab.observe.nsutil import CLONE_NEWNET, setns
 
 LOCAL_DEV, PEER_DEV = "tl0", "tl1"
 LOCAL, PEER = "198.18.13.1", "198.18.13.2"
 LOCAL_MAC, PEER_MAC = "02:00:c6:12:0d:01", "02:00:c6:12:0d:02"
+HERE, THERE = "client", "server"  # the Builder's roles: this namespace, the peer's
 PORT = 9000
 GUARD_S = 30.0  # a case that has not failed by then is reported as it stands
-
-
-def ip(*args: str, pid: int | None = None) -> None:
-    """``ip ARGS`` here, or in process ``pid``'s network namespace (nsenter)."""
-    prefix = ["nsenter", "-t", str(pid), "-n"] if pid else []
-    r = subprocess.run([*prefix, "ip", *args], capture_output=True, timeout=10,
-                       stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise OSError(errnos.EIO, f"ip {' '.join(args)}: "
-                      f"{r.stderr.decode(errors='replace').strip()}")
+DEACTIVATE_GUARD_S = 5.0  # a linkwatch event waits 1 s at most (linkwatch_schedule_work)
+IFF_LOWER_UP = 0x10000  # include/uapi/linux/if.h: the driver signals L1 up (carrier)
+RTMGRP_LINK = 0x1  # include/uapi/linux/rtnetlink.h: link notifications
 
 
 class PeerLink:
-    """A veth pair to a peer namespace (a forked child) whose end can go down.
+    """A veth pair to a peer network namespace whose end can go down.
 
-    The child listens on PEER:PORT and holds every connection it accepts until
-    its control pipe closes; it dies with us (PR_SET_PDEATHSIG). Its namespace,
-    and with it the veth pair, go away when it exits.
+    The peer's namespace is held by a file descriptor (net/build.py's new_netns),
+    not by a process: its listener on PEER:PORT is made while this process steps
+    into it (setns; a socket stays in the namespace it was made in) and the
+    kernel completes the handshakes into its accept queue, where each connection
+    stays until the listener closes. No ``ip``, no ``nsenter``, no child: the
+    links, addresses and neighbours are rtnetlink messages (net/build.py's
+    Builder), the local end plays the Builder's "client", the peer's end its
+    "server". On exit the pair is deleted and the namespace goes with its last
+    reference (the descriptor, the listener and the rtnetlink socket in it).
     """
 
     def __init__(self) -> None:
-        self.pid = 0
-        self._control = -1
+        self._ns: Namespaces | None = None
+        self._builder: Builder | None = None
+        self._listener: socket.socket | None = None
 
     def __enter__(self) -> PeerLink:
-        ip("link", "set", "lo", "up")  # already up in a sandbox; not under unshare -Urn
-        ip("link", "add", LOCAL_DEV, "address", LOCAL_MAC, "type", "veth",
-           "peer", "name", PEER_DEV, "address", PEER_MAC)
-        ready_r, ready_w = os.pipe()
-        control_r, control_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the peer: single-threaded, so unshare() is allowed
-            os.close(ready_r)
-            os.close(control_w)
-            try:
-                _peer(ready_w, control_r)
-            finally:
-                os._exit(0)
-        os.close(ready_w)
-        os.close(control_r)
-        self.pid, self._control = pid, control_w
+        home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if os.read(ready_r, 1) != b"u":
-                raise OSError(errnos.EIO, "the peer could not make its network namespace")
-            ip("link", "set", PEER_DEV, "netns", str(pid))
-            ip("addr", "add", f"{LOCAL}/24", "dev", LOCAL_DEV)
-            ip("link", "set", LOCAL_DEV, "up")
-            ip("link", "set", "lo", "up", pid=pid)
-            ip("addr", "add", f"{PEER}/24", "dev", PEER_DEV, pid=pid)
+            peer = new_netns(home)
+        except BaseException:
+            os.close(home)
+            raise
+        self._ns = Namespaces(home=home, client=home, server=peer)
+        try:
+            b = self._builder = Builder(self._ns)
+            b.up(HERE, "lo")  # already up in a sandbox; not under unshare -Urn
+            b.up(THERE, "lo")
+            # Made here, then moved, rather than made there: the two ends then have
+            # different interface indexes (a fresh namespace would give the peer's end
+            # the same index as ours, 2). A veth end whose index equals its peer's
+            # (its iflink) is not an urgent linkwatch event (linkwatch_urgent_event,
+            # net/core/link_watch.c), and its carrier change then waits for the next
+            # linkwatch run, up to 1 s (measured here: the local end was deactivated
+            # 0.38 to 0.82 s after the peer's went down). See down().
+            b.veth(HERE, LOCAL_DEV, HERE, PEER_DEV, macs=(LOCAL_MAC, PEER_MAC))
+            b.move(HERE, PEER_DEV, THERE)
+            b.address(HERE, LOCAL_DEV, LOCAL, 24)
+            b.address(THERE, PEER_DEV, PEER, 24)
+            b.up(HERE, LOCAL_DEV)
             self.up()
-            os.write(control_w, b"c")  # configured: the peer may bind its address
-            if os.read(ready_r, 1) != b"l":
-                raise OSError(errnos.EIO, "the peer did not listen")
+            setns(peer, CLONE_NEWNET)
+            try:
+                ls = self._listener = socket.socket()
+            finally:
+                setns(home, CLONE_NEWNET)
+            ls.bind((PEER, PORT))
+            ls.listen()
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        finally:
-            os.close(ready_r)
         return self
 
+    def _b(self) -> Builder:
+        if self._builder is None:
+            raise RuntimeError("the peer link is not set up")
+        return self._builder
+
     def up(self) -> None:
-        ip("link", "set", PEER_DEV, "up", pid=self.pid)
+        b = self._b()
+        b.up(THERE, PEER_DEV)
         # Permanent: a neighbour that stops answering would otherwise fail after a few
         # seconds of ARP, and its ICMP "host unreachable" would end the connection with
-        # EHOSTUNREACH, not the silence this agent wants (arp_error_report).
-        ip("neigh", "replace", PEER, "lladdr", PEER_MAC, "dev", LOCAL_DEV, "nud", "permanent")
-        ip("neigh", "replace", LOCAL, "lladdr", LOCAL_MAC, "dev", PEER_DEV, "nud",
-           "permanent", pid=self.pid)
+        # EHOSTUNREACH, not the silence this agent wants (arp_error_report). Again at
+        # every up: setting the peer's end down flushed its entry, permanent or not
+        # (arp_ifdown -> neigh_ifdown), while the local end, which only lost its
+        # carrier, kept its own (neigh_carrier_down skips permanent entries;
+        # net/core/neighbour.c, __neigh_ifdown; seen here with "ip neigh").
+        b.neighbour(HERE, LOCAL_DEV, PEER, PEER_MAC)
+        b.neighbour(THERE, PEER_DEV, LOCAL, LOCAL_MAC)
 
     def down(self) -> None:
-        ip("link", "set", PEER_DEV, "down", pid=self.pid)
+        """The peer's end down, and back once the local end drops what it is given.
+
+        Until linkwatch has deactivated the local end (dev_deactivate: the noop qdisc),
+        veth_xmit still takes frames and, its peer down, drops them with NET_XMIT_DROP,
+        which TCP takes for not sent (tcp_transmit_skb's error: the segment stays
+        unsent and no retransmission is counted). linkwatch_do_dev announces the
+        change (RTM_NEWLINK, after dev_deactivate), so wait for that announcement:
+        the local end without IFF_LOWER_UP."""
+        from pyroute2 import IPRoute
+
+        b = self._b()
+        index = b.index(HERE, LOCAL_DEV)
+        with IPRoute() as watch:
+            watch.bind(groups=RTMGRP_LINK)
+            b.down(THERE, PEER_DEV)
+            deadline = time.monotonic() + DEACTIVATE_GUARD_S
+            while (left := deadline - time.monotonic()) > 0:
+                if not select.select([watch.fileno()], [], [], left)[0]:
+                    break
+                for m in watch.get():
+                    if (m["event"] == "RTM_NEWLINK" and m["index"] == index
+                            and not m["flags"] & IFF_LOWER_UP):
+                        return
+        raise OSError(errnos.ETIMEDOUT, f"{LOCAL_DEV} still had its carrier "
+                      f"{DEACTIVATE_GUARD_S:.0f} s after {PEER_DEV} went down")
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._control >= 0:
-            os.close(self._control)  # the peer's cue to exit
-            self._control = -1
-        if self.pid:
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = 0
-
-
-def _peer(ready: int, control: int) -> None:
-    nsutil.die_with_parent(signal.SIGKILL)
-    try:
-        nsutil.unshare(nsutil.CLONE_NEWNET)
-    except OSError:
-        os.write(ready, b"x")
-        return
-    os.write(ready, b"u")
-    if os.read(control, 1) != b"c":
-        return
-    ls = socket.socket()
-    ls.bind((PEER, PORT))
-    ls.listen()
-    os.write(ready, b"l")
-    held = []
-    while True:
-        readable = select.select([ls.fileno(), control], [], [])[0]
-        if control in readable:
-            return  # our parent closed the pipe (or died)
-        held.append(ls.accept()[0])
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._builder is not None:
+            try:  # both ends at once (dellink of a veth takes its peer)
+                self._builder.sockets[HERE].link("del", ifname=LOCAL_DEV)
+            except Exception:
+                pass  # not made; else gone with the peer's namespace anyway
+            self._builder.close()
+            self._builder = None
+        if self._ns is not None:
+            os.close(self._ns.server)
+            os.close(self._ns.home)
+            self._ns = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,21 +21,15 @@ own (see tcplab/interrupts.py): Ctrl-C is its parent's to handle.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import signal
-import socket
-import struct
 import sys
 from dataclasses import dataclass
 
 from tcplab.agents.io import emit
+from tcplab.net.build import link_up
 from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, unshare
 from tcplab.observe.procfs import sysctl_path
-
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +41,6 @@ class Answer:
     error: str | None = None  # the stage that failed: "unshare", "lo up", "sysctl NAME"
     errno: int | None = None
     message: str | None = None
-
-
-def link_up(name: str = "lo") -> None:
-    """``ip link set lo up`` with one ioctl pair (struct ifreq: name, flags)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH14x", name.encode(), 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
 
 
 def write_sysctl(name: str, value: str) -> None:

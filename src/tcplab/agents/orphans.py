@@ -2,7 +2,7 @@
 
 Run inside a sandbox (or ``unshare -Urn``): it writes two of its namespace's
 own sysctls (tcp_fin_timeout, tcp_orphan_retries) and, for the last case,
-builds the silent link of agents/keepalive.py (``ip``, ``nsenter``). After each
+builds the silent link of agents/keepalive.py (over rtnetlink). After each
 step one ``Look``: the namespace's TCP sockets by state (sock_diag, the
 listener left out) beside what /proc/net/sockstat says (``tw``, ``orphan``).
 
@@ -42,9 +42,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from tcplab.agents.io import emit, require_private_netns, write_sysctl
-from tcplab.agents.keepalive import PEER, PeerLink, counters, ip
+from tcplab.agents.keepalive import PEER, PeerLink, counters
 from tcplab.agents.keepalive import PORT as PEER_PORT
 from tcplab.kernel import tcp_states
+from tcplab.net.build import link_up
 from tcplab.observe import procfs
 from tcplab.observe.sockets import SocketTable
 
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
     require_private_netns(p, "orphans")
     try:
-        ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
+        link_up("lo")  # up in a sandbox already; down under unshare -Urn
         write_sysctl("net.ipv4.tcp_fin_timeout", args.fin_timeout)
     except OSError as e:
         p.exit(1, f"cannot set this namespace's tcp_fin_timeout: {e} "

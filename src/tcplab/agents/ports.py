@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass, field
 
 from tcplab.agents.io import emit, require_private_netns, write_sysctl
-from tcplab.agents.keepalive import ip
 from tcplab.errors import errno_name
+from tcplab.net.build import link_up
 
 LOW, HIGH = 40000, 40009
 PORT = 8080
@@ -49,6 +49,24 @@ STARTED = time.monotonic()  # a record's t: seconds since then (when it was made
 
 
 @dataclass(frozen=True, slots=True)
+class Failed:
+    """The call that ended a case, and its errno."""
+
+    call: str  # "bind" or "connect"
+    errno: int
+    name: str  # the errno's name, e.g. "EADDRNOTAVAIL"
+    message: str  # its text (strerror), e.g. "Cannot assign requested address"
+
+    @classmethod
+    def of(cls, call: str, code: int) -> Failed:
+        return cls(call, code, errno_name(code), os.strerror(code))
+
+    def __str__(self) -> str:
+        """``connect: EADDRNOTAVAIL``."""
+        return f"{self.call}: {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Ports:
     """The local ports one case's sockets got, and how the case ended."""
 
@@ -56,8 +74,7 @@ class Ports:
     setting: str  # what the case set, in words
     destination: str  # "127.0.0.1:8080", "127.0.0.2:8080", or "" (bind() only)
     ports: list[int]  # each socket's local port, in order (0: none yet)
-    error: str | None  # the call that failed and its errno name, e.g. "connect: EADDRNOTAVAIL"
-    message: str | None  # that errno's text
+    error: Failed | None  # the call that ended the case (None: none failed)
     t: float = field(default_factory=lambda: round(time.monotonic() - STARTED, 3))
 
 
@@ -86,7 +103,7 @@ class Cases:
                       bind: bool = False, no_port: bool = False,
                       socket_range: tuple[int, int] | None = None) -> Ports:
         ports: list[int] = []
-        error = message = None
+        error = None
         for _ in range(count):
             s = socket.socket()
             _linger0(s)
@@ -106,11 +123,11 @@ class Cases:
                 s.connect((host, PORT))
             except OSError as e:
                 s.close()
-                error, message = f"{call}: {errno_name(e.errno or 0)}", os.strerror(e.errno or 0)
+                error = Failed.of(call, e.errno or 0)
                 break
             self.held.append(s)
             ports.append(s.getsockname()[1])
-        return Ports(case, setting, f"{host}:{PORT}", ports, error, message)
+        return Ports(case, setting, f"{host}:{PORT}", ports, error)
 
     def parity(self) -> None:
         emit(self.connect_until("connect", "connect() without bind()", ONE, 5))
@@ -121,7 +138,7 @@ class Cases:
             s.bind((ONE, 0))
             self.held.append(s)
             ports.append(s.getsockname()[1])
-        emit(Ports("bind", "bind() to port 0", "", ports, None, None))
+        emit(Ports("bind", "bind() to port 0", "", ports, None))
         self.release()
 
     def bind_then_connect(self) -> None:
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.parse_args(argv)
     require_private_netns(p, "ports")
     try:
-        ip("link", "set", "lo", "up")  # up in a sandbox already; down under unshare -Urn
+        link_up("lo")  # up in a sandbox already; down under unshare -Urn
         write_sysctl("net.ipv4.ip_local_port_range", f"{LOW} {HIGH}")
     except OSError as e:
         p.exit(1, f"cannot set this namespace's port range: {e} "

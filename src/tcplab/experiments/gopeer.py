@@ -92,11 +92,16 @@ def _private_tmp() -> Path:
     return where
 
 
-def _go_env(cache: Path) -> dict[str, str]:
+def go_env(cache: Path | None) -> dict[str, str]:
+    """The environment of a go command that builds a module of ours: the user's GO*
+    variables and go env file left out (they are for the user's own modules), nothing
+    downloaded (GOPROXY=off, GOTOOLCHAIN=local), no cgo; Go's build cache and module
+    path (GOCACHE, GOPATH) inside ``cache``, or Go's defaults under HOME with None."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO")}
-    env.update({"GOCACHE": str(cache / "gocache"), "GOPATH": str(cache / "gopath"),
-                "GO111MODULE": "on", "GOPROXY": "off", "GOTOOLCHAIN": "local",
+    env.update({"GO111MODULE": "on", "GOPROXY": "off", "GOTOOLCHAIN": "local",
                 "GOENV": "off", "GOWORK": "off", "CGO_ENABLED": "0"})
+    if cache is not None:
+        env.update({"GOCACHE": str(cache / "gocache"), "GOPATH": str(cache / "gopath")})
     return env
 
 
@@ -123,6 +128,27 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def go_version(go: str, cwd: Path, env: dict[str, str]) -> str:
+    """``go version``'s words: "go1.19.8 linux/amd64"."""
+    r = _run([go, "version"], cwd, env, 60)
+    if r.returncode != 0:
+        raise GoUnavailable(f"'go version' exited {r.returncode}: {_first_line(r.stderr)}")
+    return r.stdout.strip().removeprefix("go version ")
+
+
+def go_build(go: str, cwd: Path, target: str, output: Path, env: dict[str, str],
+             timeout: float = BUILD_TIMEOUT_S) -> float:
+    """``go build -o OUTPUT TARGET`` in ``cwd`` (a module's directory) with ``env``
+    (go_env); the seconds it took. GoUnavailable, with go's first error line, when it
+    fails. Used here and by bench/harness.py's build_go."""
+    started = time.monotonic()
+    r = _run([go, "build", "-o", str(output), target], cwd, env, timeout)
+    if r.returncode != 0:
+        raise GoUnavailable(f"go build {target} in {cwd} exited {r.returncode}: "
+                            f"{_first_line(r.stderr)}")
+    return round(time.monotonic() - started, 2)
+
+
 def build() -> Built:
     """The Go server's binary, built now or found in the cache; GoUnavailable when
     it cannot be."""
@@ -130,31 +156,22 @@ def build() -> Built:
     if go is None:
         raise GoUnavailable(f"go is not on PATH; to run the Go rounds, {HOWTO}")
     cache = cache_dir()
-    env = _go_env(cache)
-    version = _run([go, "version"], cache, env, 60)
-    if version.returncode != 0:
-        raise GoUnavailable(f"'go version' exited {version.returncode}: "
-                            f"{_first_line(version.stderr)}")
-    words = version.stdout.strip().removeprefix("go version ")
+    env = go_env(cache)
+    words = go_version(go, cache, env)
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + b"\0" + words.encode() + b"\0" + GO_MOD.encode()).hexdigest()
     binary = cache / f"goleak-{key[:16]}"
     if os.access(binary, os.X_OK):
         return Built(str(binary), words, cached=True, build_s=0.0)
-    started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
     try:
         (work / "go.mod").write_text(GO_MOD)
         (work / "goleak.go").write_bytes(source)
-        r = _run([go, "build", "-o", "goleak", "."], work, env, BUILD_TIMEOUT_S)
-        if r.returncode != 0:
-            raise GoUnavailable(f"go build of {SOURCE.name} exited {r.returncode}: "
-                                f"{_first_line(r.stderr)}")
+        took = go_build(go, work, ".", work / "goleak", env)
         os.replace(work / "goleak", binary)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Built(str(binary), words, cached=False,
-                 build_s=round(time.monotonic() - started, 2))
+    return Built(str(binary), words, cached=False, build_s=took)
 
 
 def _first_line(text: str) -> str:

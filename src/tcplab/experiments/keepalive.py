@@ -1,12 +1,12 @@
 """A peer gone silent: keep-alive and TCP_USER_TIMEOUT: ``tcplab experiment keepalive``.
 
 A choreography (``python -m tcplab.agents.keepalive``) runs in a sandbox: a
-veth link to a peer namespace, one connection per case, the peer's end set
-down, and the client's recv() blocked until the kernel gives up (the agent's
-docstring cites tcp_keepalive_timer and tcp_write_timeout). Each case is a
-``Silent`` record: the options set, when the read failed with which errno,
-and the namespace's counters (keep-alive probes, retransmissions, aborts on
-timeout) over the case.
+veth link to a peer namespace (made over rtnetlink: no tool needed), one
+connection per case, the peer's end set down, and the client's recv() blocked
+until the kernel gives up (the agent's docstring cites tcp_keepalive_timer and
+tcp_write_timeout). Each case is a ``Silent`` record: the options set, when the
+read failed with which errno, and the namespace's counters (keep-alive probes,
+retransmissions, aborts on timeout) over the case.
 
 The verdict rests on counts, which a loaded machine does not change: the
 keep-alive case sent exactly KEEPCNT probes, the user timeout ended its case
@@ -20,19 +20,16 @@ less EARLY_S (0.3 s), since the agent's clock starts late on a loaded machine.
 from __future__ import annotations
 
 import errno
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tcplab.agents.keepalive import CASES, Silent
-from tcplab.errors import NotSupported, errno_name
+from tcplab.errors import errno_name
 from tcplab.experiments import result as base
 from tcplab.experiments.choreography import records
 from tcplab.experiments.result import Event, Progress, say_nothing
 from tcplab.words import plural
 
-#: The veth link to the peer's namespace is made with these (iproute2, util-linux).
-TOOLS = ("ip", "nsenter")
 #: Timers fire late, never early; but the agent's clock starts when connect() returns,
 #: after the connection's last received segment (the SYN-ACK) by however long a loaded
 #: machine took to run the agent again. The counts carry the verdict; the times only
@@ -55,17 +52,6 @@ class Result(base.Result[RunWith, Facts, None]):
     """The keepalive experiment's result: one Silent per case, no variants."""
 
 
-def needs_tools(experiment: str, tools: Sequence[str] = TOOLS) -> None:
-    """Skip (NotSupported) where the agent's tools are missing: ``ip`` brings its
-    namespace's lo up (not up under a bare ``unshare -Urn``) and, with ``nsenter``,
-    builds the veth link to a peer namespace."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        raise NotSupported(f"the {experiment} experiment needs {' and '.join(missing)} "
-                           "(its agent sets up links with them)",
-                           hint="install iproute2 (ip) and util-linux (nsenter)")
-
-
 def error_words(s: Silent) -> str:
     """``ETIMEDOUT ("Connection timed out") at 4.1 s`` or ``no error within the guard``."""
     if s.errno is None or s.error_at_s is None:
@@ -74,7 +60,6 @@ def error_words(s: Silent) -> str:
 
 
 def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
-    needs_tools("keepalive")
     silences = records("keepalive", ["--quick"] if quick else [], Silent,
                        "the keepalive choreography", timeout=150)
     events = []

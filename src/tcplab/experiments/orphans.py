@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from tcplab.agents.orphans import CASES, FIN_TIMEOUT_S, ORPHAN_RETRIES, Look, N
 from tcplab.experiments import result as base
 from tcplab.experiments.choreography import records
-from tcplab.experiments.keepalive import EARLY_S, needs_tools
+from tcplab.experiments.keepalive import EARLY_S
 from tcplab.experiments.result import Event, Progress, say_nothing
 
 #: --quick: the minisockets' wait, in seconds: the full run's 3 s, not less, because the
@@ -68,7 +68,6 @@ def look_words(x: Look) -> str:
 
 
 def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
-    needs_tools("orphans")
     fin = QUICK_FIN_TIMEOUT_S if quick else FIN_TIMEOUT_S
     retries = QUICK_ORPHAN_RETRIES if quick else ORPHAN_RETRIES
     looks = records("orphans", ["--fin-timeout", str(fin), "--orphan-retries", str(retries)],

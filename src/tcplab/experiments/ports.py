@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tcplab.agents.ports import HIGH, LOW, ONE, PORT, RESERVED, SOCKET_RANGE, TWO, Ports
+from tcplab.agents.ports import HIGH, LOW, ONE, PORT, RESERVED, SOCKET_RANGE, TWO, Failed, Ports
 from tcplab.experiments import result as base
 from tcplab.experiments.choreography import records
-from tcplab.experiments.keepalive import needs_tools
 from tcplab.experiments.result import Event, Progress, say_nothing
 
 #: The range's ports, and the two halves __inet_hash_connect and
@@ -29,7 +28,10 @@ RANGE = frozenset(range(LOW, HIGH + 1))
 EVEN = frozenset(p for p in RANGE if (p - LOW) % 2 == 0)
 ODD = RANGE - EVEN
 FIRST, SECOND = f"{ONE}:{PORT}", f"{TWO}:{PORT}"
-OUT_OF_PORTS = "connect: EADDRNOTAVAIL"
+#: How a case ends: the call that failed and its errno's name.
+Ending = tuple[str, str]
+OUT_OF_PORTS: Ending = ("connect", "EADDRNOTAVAIL")
+PORT_TAKEN: Ending = ("bind", "EADDRINUSE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +53,10 @@ def ports_words(p: Ports) -> str:
     """``5 ports: 40000, 40002, ...; then connect: EADDRNOTAVAIL ("Cannot assign ...")``."""
     got = ", ".join(str(x) for x in p.ports) or "none"
     text = f"{len(p.ports)} {'port' if len(p.ports) == 1 else 'ports'}: {got}"
-    return text + (f"; then {p.error} (\"{p.message}\")" if p.error else "")
+    return text + (f"; then {p.error} (\"{p.error.message}\")" if p.error else "")
 
 
 def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
-    needs_tools("ports", ("ip",))
     cases = records("ports", [], Ports, "the ports choreography")
     events = []
     for p in cases:
@@ -77,13 +78,13 @@ def reserved_left() -> frozenset[int]:
 
 #: (case, destination) -> what it should show: the set of ports, and the error that ended
 #: it (None: it was not meant to run out).
-EXPECTED: dict[tuple[str, str], tuple[frozenset[int], str | None]] = {
+EXPECTED: dict[tuple[str, str], tuple[frozenset[int], Ending | None]] = {
     ("connect", FIRST): (EVEN, None),
     ("bind", ""): (ODD, None),
     # bind() takes the port for the socket: the whole range toward one destination, then
     # nothing is left for the other.
-    ("bind-then-connect", FIRST): (RANGE, "bind: EADDRINUSE"),
-    ("bind-then-connect", SECOND): (frozenset(), "bind: EADDRINUSE"),
+    ("bind-then-connect", FIRST): (RANGE, PORT_TAKEN),
+    ("bind-then-connect", SECOND): (frozenset(), PORT_TAKEN),
     # With IP_BIND_ADDRESS_NO_PORT connect() chooses per destination: the same ten twice.
     ("bind-address-no-port", FIRST): (RANGE, OUT_OF_PORTS),
     ("bind-address-no-port", SECOND): (RANGE, OUT_OF_PORTS),
@@ -93,11 +94,15 @@ EXPECTED: dict[tuple[str, str], tuple[frozenset[int], str | None]] = {
 }
 
 
+def ending(error: Failed | None) -> Ending | None:
+    return None if error is None else (error.call, error.name)
+
+
 def case_shown(p: Ports | None, key: tuple[str, str]) -> bool:
     """The case got exactly the expected ports, each once, and ended as expected."""
-    want, error = EXPECTED[key]
+    want, end = EXPECTED[key]
     return (p is not None and len(p.ports) == len(want) and set(p.ports) == want
-            and p.error == error)
+            and ending(p.error) == end)
 
 
 def judge(cases: Sequence[Ports]) -> bool:

@@ -16,9 +16,12 @@ step. Loss is an nftables ruleset given to ``nft -f -`` (see ``nft_apply``).
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
 import shutil
+import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +36,10 @@ NFT_TABLE = "tcplab"
 #: The routing table whose only route is the delay line's TUN device.
 DELAY_TABLE = 100
 IFA_F_NODAD = 0x02  # include/uapi/linux/if_addr.h: no duplicate address detection
+NUD_PERMANENT = 0x80  # include/uapi/linux/neighbour.h
+SIOCGIFFLAGS = 0x8913  # include/uapi/linux/sockios.h
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1  # include/uapi/linux/if.h
 
 
 class Failed(Exception):
@@ -77,6 +84,16 @@ def new_netns(home: int) -> int:
     fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     setns(home, CLONE_NEWNET)
     return fd
+
+
+def link_up(name: str = "lo") -> None:
+    """``ip link set NAME up`` in this process's namespace with one ioctl pair (struct
+    ifreq: name, flags): for an agent that needs only its lo up, no rtnetlink socket
+    (and no pyroute2 import) at all."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
 
 
 def write_sysctl(name: str, value: str) -> None:
@@ -137,13 +154,36 @@ class Builder:
                 kw["mtu"] = mtu
             self.sockets[role].link("set", index=self.index(role, name), **kw)
 
-    def veth(self, here: str, name: str, peer_role: str, peer: str) -> None:
+    def down(self, role: str, name: str) -> None:
+        with stage(f"{name} down in {role}"):
+            self.sockets[role].link("set", index=self.index(role, name), state="down")
+
+    def veth(self, here: str, name: str, peer_role: str, peer: str,
+             macs: tuple[str, str] | None = None) -> None:
         """A veth pair made in ``here``'s namespace, its peer end moved into
-        ``peer_role``'s (IFLA_NET_NS_FD in the same RTM_NEWLINK)."""
+        ``peer_role``'s (IFLA_NET_NS_FD in the same RTM_NEWLINK); ``macs``: the two
+        ends' link-layer addresses (random without)."""
         fd = getattr(self.ns, peer_role)
+        kw: dict[str, Any] = {}
+        peer_kw: dict[str, Any] = {"ifname": peer, "net_ns_fd": fd}
+        if macs is not None:
+            kw["address"], peer_kw["address"] = macs
         with stage(f"veth {name}-{peer}"):
-            self.sockets[here].link("add", ifname=name, kind="veth",
-                                    peer={"ifname": peer, "net_ns_fd": fd})
+            self.sockets[here].link("add", ifname=name, kind="veth", peer=peer_kw, **kw)
+
+    def move(self, role: str, name: str, to_role: str) -> None:
+        """Move interface ``name`` from ``role``'s namespace into ``to_role``'s; it keeps
+        its index there if free (dev_change_net_namespace, net/core/dev.c)."""
+        with stage(f"{name} into {to_role}"):
+            self.sockets[role].link("set", index=self.index(role, name),
+                                    net_ns_fd=getattr(self.ns, to_role))
+
+    def neighbour(self, role: str, name: str, addr: str, lladdr: str) -> None:
+        """A permanent neighbour entry (``ip neigh replace ... nud permanent``): never
+        probed, never failed, whether the neighbour answers or not."""
+        with stage(f"neighbour {addr} on {name}"):
+            self.sockets[role].neigh("replace", ifindex=self.index(role, name), dst=addr,
+                                     lladdr=lladdr, state=NUD_PERMANENT)
 
     def address(self, role: str, name: str, addr: str, prefix: int) -> None:
         with stage(f"address {addr} on {name}"):

@@ -100,7 +100,7 @@ def _errors(r: AnyResult) -> list[str]:
                  for s in r.facts.silences if s.errno is not None]
     if isinstance(r, ports.Result) and r.facts is not None:
         seen += [f"{p.case}{' to ' + p.destination if p.destination else ''}: {p.error}: "
-                 f"{p.message}" for p in r.facts.cases if p.error]
+                 f"{p.error.message}" for p in r.facts.cases if p.error]
     return seen
 
 

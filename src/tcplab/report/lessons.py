@@ -47,6 +47,7 @@ from tcplab.experiments import (
     syn_queue,
 )
 from tcplab.experiments.result import Result
+from tcplab.report import prose
 from tcplab.words import duration_us, plural
 
 AnyResult = Result[Any, Any, Any]
@@ -175,37 +176,12 @@ def _go_round(r: fd_leak.Result, name: str) -> fd_leak.Round | None:
 
 def _fd_leak_go_drop(r: fd_leak.Result) -> str | None:
     v = _go_round(r, "go-drop")
-    if v is None:
-        return None
-    g = v.go
-    assert g is not None
-    text = (f"a Go handler returned without Close() for "
-            f"{plural(g.connected, 'connection')}: the server's fds went from {v.fds_start} to "
-            f"a peak of {v.fds_peak} ({plural(g.gcs_in_flood, 'collection')} during the "
-            f"flood) and were {g.fds_quiet} after {g.quiet_s:.0f} s without traffic "
-            f"({g.close_wait_quiet} in CLOSE_WAIT)")
-    if g.later_gc_s is None:
-        return text + (f"; {plural(g.later_clients, 'later client')} caused no collection, "
-                       f"and the fds were {v.fds_after} at the end")
-    return text + (f"; {plural(g.later_clients, 'later client')} made the runtime collect "
-                   f"{g.later_gc_s:.1f} s after the flood began, and the fds were "
-                   f"{v.fds_after} at the end ({g.go_version.split()[0]}, GODEBUG=gctrace=1, "
-                   "GOGC 100)")
+    return None if v is None else prose.go_drop_figures(v)
 
 
 def _fd_leak_go_keep(r: fd_leak.Result) -> str | None:
     v = _go_round(r, "go-keep")
-    if v is None:
-        return None
-    g = v.go
-    assert g is not None
-    held = (f"until {g.close_wait_held_s:.1f} s after the flood began"
-            if g.close_wait_held_s is not None else "at no sample")
-    gone = (f"none at {g.close_wait_gone_s:.1f} s" if g.close_wait_gone_s is not None
-            else f"{v.close_wait_after} at the end")
-    return (f"with the connections kept in a slice, {plural(v.close_wait_peak, 'socket')} "
-            f"sat in CLOSE_WAIT {held}, {gone}, and the fds stayed at {v.fds_after} (from "
-            f"{v.fds_start})")
+    return None if v is None else prose.go_keep_figures(v)
 
 
 def _fd_leak_limit(r: fd_leak.Result) -> str | None:
@@ -272,16 +248,7 @@ def _pool_too_small(r: port_bomb.Result) -> str | None:
     if not v or not v.runs:
         return None
     run = v.runs[0]
-    go = " (Go's http.Transport default per host)" if run.max_idle == 2 else ""
-    text = (f"with {run.pool_size} requests at a time and at most {run.max_idle} "
-            f"connections kept idle{go}, {v.opened:,} of {plural(v.ok + v.failed, 'request')} "
-            f"opened a new connection and TIME_WAIT peaked at {v.time_wait_peak:,} of "
-            f"{v.port_range or 0:,} ports")
-    e = v.first_error
-    if e is not None:
-        text += (f"; connect() failed with {e.name} after {plural(e.after_ok, 'ok request')}"
-                 f", {plural(v.failed, 'failure')} in all ("
-                 + ", ".join(f"{n:,} {name}" for name, n in run.errors.items()) + ")")
+    text = prose.pool_too_small_figures(v, run.pool_size)  # as the variant's lesson words them
     pool = by.get("pool")
     if pool:
         text += (f"; the pool that kept all {run.pool_size} had TIME_WAIT "
@@ -410,39 +377,17 @@ def _reset(r: reset.Result) -> str | None:
 
 
 def _syn_queue(r: syn_queue.Result) -> str | None:
+    """The clauses of the syn-queue fact (report/prose.py words each), for the phases
+    this run has."""
     f = r.facts
     assert f is not None
     find = syn_queue.find
-    parts = []
     acks, syn = find(f.phases, "cookies", "acks"), find(f.phases, "cookies", "syn")
-    if acks is not None:
-        parts.append(f"with backlog {acks.backlog} the accept queue held {acks.accept_queue}; "
-                     f"of {plural(acks.clients, 'client')} whose final ACK came late, "
-                     f"{syn_queue.stranded(acks)} were left ESTABLISHED while the server had "
-                     f"only a request socket ({acks.established_request}) or nothing "
-                     f"({acks.established_none}) for them, with no error (ListenOverflows "
-                     f"{acks.counters['ListenOverflows']})")
-    if syn is not None:
-        parts.append(f"of {plural(syn.clients, 'client')} that came after, "
-                     f"{syn.client_states.get('SYN_SENT', 0)} sat in SYN_SENT, not refused "
-                     f"(ListenOverflows {syn.counters['ListenOverflows']}, ListenDrops "
-                     f"{syn.counters['ListenDrops']})")
     abort = find(f.phases, "abort", "acks")
-    if abort is not None:
-        got = (f"{plural(abort.errors[0].clients, 'client')} got [Errno "
-               f"{abort.errors[0].errno}] {errno_name(abort.errors[0].errno)}: "
-               f"{abort.errors[0].error}" if len(abort.errors) == 1
-               else f"the clients got {syn_queue.errors_words(abort.errors)}")
-        parts.append(f"with tcp_abort_on_overflow = 1, {got} (EmbryonicRsts "
-                     f"{abort.counters['EmbryonicRsts']})")
-    on, off = find(f.phases, "cookies", "burst"), find(f.phases, "no-cookies", "burst")
-    if on is not None and off is not None:
-        parts.append(f"with tcp_max_syn_backlog {off.max_syn_backlog}, the SYN queue held "
-                     f"{plural(on.request_sockets, 'request socket')} with syncookies on "
-                     f"({plural(on.counters['SyncookiesSent'], 'cookie')} sent for the rest) "
-                     f"and {off.request_sockets} with them off "
-                     f"({plural(off.client_states.get('SYN_SENT', 0), 'SYN')} dropped)")
-    return "; ".join(parts) or None
+    parts = [words(ph) for words, ph in ((prose.accept_queue_words, acks),
+                                         (prose.syn_sent_words, syn),
+                                         (prose.abort_words, abort)) if ph is not None]
+    return "; ".join(parts + prose.syn_queue_lengths(f.phases)) or None
 
 
 def _keepalive(r: keepalive.Result) -> str | None:
@@ -484,14 +429,12 @@ def _ports(r: ports.Result) -> str | None:
     def then(p: Ports) -> str:
         if not p.error:
             return ""
-        call, name = p.error.split(": ")
-        return f", then {call}() failed with {name}"
+        return f", then {p.error.call}() failed with {p.error.name}"
 
     def got(p: Ports) -> str:
         if p.ports or not p.error:
             return f"{plural(len(p.ports), 'connection')}{then(p)}"
-        call, name = p.error.split(": ")
-        return f"the first {call}() failed with {name}"
+        return f"the first {p.error.call}() failed with {p.error.name}"
 
     c, b = by["connect", one], by["bind", ""]
     btc1, btc2 = by["bind-then-connect", one], by["bind-then-connect", two]
@@ -1035,14 +978,15 @@ whole handshake otherwise runs inside connect(), and the ACK never arrives after
 the queue filled.""",
     "tcplab experiment syn-queue",
     (Figures("syn-queue", "tcplab experiment syn-queue", "2026-11-30",
-             "with backlog 8 the accept queue held 9; of 11 clients whose final ACK came late, "
-             "10 were left ESTABLISHED while the server had only a request socket (9) or "
-             "nothing (1) for them, with no error (ListenOverflows 10); of 3 clients that came "
-             "after, 3 sat in SYN_SENT, not refused (ListenOverflows 3, ListenDrops 3); with "
-             "tcp_abort_on_overflow = 1, 9 clients got [Errno 104] ECONNRESET: Connection reset "
-             "by peer (EmbryonicRsts 9); with tcp_max_syn_backlog 8, the SYN queue held 9 "
-             "request sockets with syncookies on (2 cookies sent for the rest) and 7 with them "
-             "off (4 SYNs dropped)", _syn_queue),),
+             "with backlog 8 the accept queue held 9 and no more: of 11 clients whose final "
+             "ACK came late, 10 were left ESTABLISHED with no full socket on the server (9 "
+             "with a request socket in SYN_RECV, 1 with none) and no error (ListenOverflows "
+             "10); of 3 clients that came after, 3 sat in SYN_SENT, connect() neither done "
+             "nor refused (ListenOverflows 3, ListenDrops 3); with tcp_abort_on_overflow = 1, "
+             "9 clients got [Errno 104] ECONNRESET: Connection reset by peer (EmbryonicRsts "
+             "9); with tcp_max_syn_backlog 8, the SYN queue held 9 request sockets with "
+             "syncookies on (2 SYNs answered with a cookie) and 7 with them off (4 SYNs "
+             "dropped: those clients in SYN_SENT)", _syn_queue),),
 ))
 
 _add(Lesson(

@@ -15,7 +15,6 @@ sampled is not quoted; issue 11).
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -256,17 +255,38 @@ def syn_queue_fact(phases: Sequence[Phase], backlog: int) -> str:
                 "then left in SYN_SENT and ESTABLISHED without a server socket, "
                 "ListenOverflows counting them, and resets with tcp_abort_on_overflow = 1; "
                 f"saw: {seen or 'no phase'}")
-    text = (f"with backlog {backlog} the accept queue held {cookies.accept_queue} and no more: "
-            f"of {plural(cookies.clients, 'client')} whose final ACK came late, "
-            f"{syn_queue.stranded(cookies)} were left ESTABLISHED with no full socket on the "
-            f"server ({cookies.established_request} with a request socket in SYN_RECV, "
-            f"{cookies.established_none} with none) and no error (ListenOverflows "
-            f"{cookies.counters['ListenOverflows']}); {plural(syn.clients, 'client')} that "
-            f"came after sat in SYN_SENT, connect() neither done nor refused (ListenOverflows "
-            f"{syn.counters['ListenOverflows']}, ListenDrops {syn.counters['ListenDrops']}); "
-            f"with tcp_abort_on_overflow = 1, {syn_queue.resets(abort)} got "
-            f"{errno_words(errno.ECONNRESET, abort)}")
-    return text + "".join(f"; {w}" for w in syn_queue_lengths(phases))
+    return "; ".join([accept_queue_words(cookies), syn_sent_words(syn), abort_words(abort),
+                      *syn_queue_lengths(phases)])
+
+
+# One source for each clause: the fact above and the lesson's this-run figures
+# (report/lessons.py, _syn_queue) both word the phases with these.
+
+def accept_queue_words(ph: Phase) -> str:
+    """The accept queue at ``ph`` (the acks phase) and the clients left stranded."""
+    return (f"with backlog {ph.backlog} the accept queue held {ph.accept_queue} and no more: "
+            f"of {plural(ph.clients, 'client')} whose final ACK came late, "
+            f"{syn_queue.stranded(ph)} were left ESTABLISHED with no full socket on the "
+            f"server ({ph.established_request} with a request socket in SYN_RECV, "
+            f"{ph.established_none} with none) and no error (ListenOverflows "
+            f"{ph.counters['ListenOverflows']})")
+
+
+def syn_sent_words(ph: Phase) -> str:
+    """The clients that came once the accept queue was full (the syn phase)."""
+    return (f"of {plural(ph.clients, 'client')} that came after, "
+            f"{ph.client_states.get('SYN_SENT', 0)} sat in SYN_SENT, connect() neither done "
+            f"nor refused (ListenOverflows {ph.counters['ListenOverflows']}, ListenDrops "
+            f"{ph.counters['ListenDrops']})")
+
+
+def abort_words(ph: Phase) -> str:
+    """What the clients got with tcp_abort_on_overflow = 1 (the abort round's acks)."""
+    got = (f"{plural(ph.errors[0].clients, 'client')} got "
+           f"{errno_words(ph.errors[0].errno, ph)}" if len(ph.errors) == 1
+           else f"the clients got {syn_queue.errors_words(ph.errors)}")
+    return (f"with tcp_abort_on_overflow = 1, {got} (EmbryonicRsts "
+            f"{ph.counters['EmbryonicRsts']})")
 
 
 def errno_words(code: int, ph: Phase) -> str:
@@ -398,21 +418,27 @@ def bomb_lesson(v: port_bomb.Variant, pool_size: int) -> str | None:
             f"{rng:,} ports: ports are per destination")
 
 
+def pool_too_small_figures(v: port_bomb.Variant, pool_size: int | None) -> str:
+    """The pool-too-small variant's figures: one source for its lesson (below) and the
+    lesson's this-run figures (report/lessons.py, _pool_too_small)."""
+    cap = v.runs[0].max_idle if v.runs else None
+    go = " (Go's http.Transport default per host)" if cap == 2 else ""
+    text = (f"with {pool_size} requests at a time and at most {cap} connections kept "
+            f"idle{go}, {v.opened:,} of {plural(v.ok + v.failed, 'request')} opened a new "
+            f"connection and TIME_WAIT peaked at {v.time_wait_peak:,} of "
+            f"{v.port_range or 0:,} ports")
+    e = v.first_error
+    if e is not None:
+        text += (f"; connect() failed with {e.name} after {plural(e.after_ok, 'ok request')}"
+                 f", {plural(v.failed, 'failure')} in all ({_errors_seen(v)})")
+    return text
+
+
 def _pool_too_small_lesson(v: port_bomb.Variant, pool_size: int) -> str:
     """The fix undone: the same requests, the same concurrency, an idle cap below it."""
-    cap = v.runs[0].max_idle if v.runs else None
-    text = (f"{pool_size} requests at a time with at most {cap} connections kept idle "
-            "(Go's http.Transport keeps 2 per host by default, DefaultMaxIdleConnsPerHost; "
-            "beyond it tryPutIdleConn refuses and the connection is closed): "
-            f"{v.opened:,} of {v.ok + v.failed:,} requests needed a new connection, and "
-            "the client, closing those the pool had no room for, left TIME_WAIT at "
-            f"{v.time_wait_peak:,}")
-    first = v.first_error
-    if first is not None:
-        text += (f", the whole {v.port_range or 0:,}-port range; connect() failed with "
-                 f"{first.name} after {first.after_ok:,} ok requests "
-                 f"({_errors_seen(v)} in all)")
-    return text
+    return (pool_too_small_figures(v, pool_size) + ": beyond the cap Go's tryPutIdleConn "
+            "refuses a returned connection (errTooManyIdleHost, net/http/transport.go) and "
+            "the client closes it, so its side goes to TIME_WAIT")
 
 
 def _errors_seen(v: port_bomb.Variant) -> str:
@@ -619,27 +645,47 @@ def round_why_not(r: fd_leak.Round) -> str | None:
     return "; ".join(words[why] for why in r.short)
 
 
-def go_round_lesson(r: fd_leak.Round) -> str:
-    """What a shown Go round showed, from its figures (go-drop, go-keep)."""
-    g = r.go
+def go_drop_figures(v: fd_leak.Round) -> str:
+    """go-drop's figures: one source for its round's lesson (go_round_lesson) and the
+    lesson's this-run figures (report/lessons.py)."""
+    g = v.go
     assert g is not None
+    text = (f"a Go handler returned without Close() for "
+            f"{plural(g.connected, 'connection')}: the server's fds went from {v.fds_start} to "
+            f"a peak of {v.fds_peak} ({plural(g.gcs_in_flood, 'collection')} during the "
+            f"flood) and were {g.fds_quiet} after {g.quiet_s:.0f} s without traffic "
+            f"({g.close_wait_quiet} in CLOSE_WAIT)")
+    if g.later_gc_s is None:
+        return text + (f"; {plural(g.later_clients, 'later client')} caused no collection, "
+                       f"and the fds were {v.fds_after} at the end")
+    return text + (f"; {plural(g.later_clients, 'later client')} made the runtime collect "
+                   f"{g.later_gc_s:.1f} s after the flood began, and the fds were "
+                   f"{v.fds_after} at the end ({g.go_version.split()[0]}, GODEBUG=gctrace=1, "
+                   "GOGC 100)")
+
+
+def go_keep_figures(v: fd_leak.Round) -> str:
+    """go-keep's figures: one source, as go_drop_figures."""
+    g = v.go
+    assert g is not None
+    held = (f"until {g.close_wait_held_s:.1f} s after the flood began"
+            if g.close_wait_held_s is not None else "at no sample")
+    gone = (f"none at {g.close_wait_gone_s:.1f} s" if g.close_wait_gone_s is not None
+            else f"{v.close_wait_after} at the end")
+    return (f"with the connections kept in a slice, {plural(v.close_wait_peak, 'socket')} "
+            f"sat in CLOSE_WAIT {held}, {gone}, and the fds stayed at {v.fds_after} (from "
+            f"{v.fds_start})")
+
+
+def go_round_lesson(r: fd_leak.Round) -> str:
+    """What a shown Go round showed: its figures, then what they mean (go-drop, go-keep)."""
     if r.name == "go-drop":
-        return (f"Go's handler returned without Close() for each of "
-                f"{plural(g.connected, 'connection')}, yet the server's fds peaked at "
-                f"{r.fds_peak} (from {r.fds_start}): the runtime ran "
-                f"{plural(g.gcs_in_flood, 'collection')} during the flood, and the finalizer "
-                f"on each unreachable net.Conn's netFD closed it; after the flood "
-                f"{(g.fds_quiet or 0) - (r.fds_start or 0)} fds more than at the start "
-                f"({g.close_wait_quiet} sockets in CLOSE_WAIT) waited {g.quiet_s:.0f} s "
-                f"with nothing allocating, until {plural(g.later_clients, 'later client')} "
-                f"made the runtime collect at {g.later_gc_s:.1f} s and the fds were back at "
-                f"{r.fds_after}: the leak heals itself, late (the server ran with "
-                "GODEBUG=gctrace=1, GOGC and GOMEMLIMIT unset)")
-    return (f"with every connection kept in a slice, CLOSE_WAIT stayed at "
-            f"{r.close_wait_peak} until {g.close_wait_held_s:.1f} s after the flood began and "
-            f"none was left at {g.close_wait_gone_s:.1f} s (Go's {fd_leak.GO_KEEPALIVE_S} s "
-            f"keep-alive found the peers gone), while the fds stayed at {r.fds_after} "
-            f"(from {r.fds_start}): the leak is in fds, and no collection can close them")
+        return (go_drop_figures(r) + ": the finalizer on each unreachable net.Conn's netFD "
+                "closes it at a collection, and with no traffic nothing allocated, so none "
+                "ran until the later clients: the leak heals itself, late")
+    return (go_keep_figures(r) + f": Go's {fd_leak.GO_KEEPALIVE_S} s keep-alive found the "
+            "peers gone and ended CLOSE_WAIT, but the leak is in fds, and no collection can "
+            "close them")
 
 
 def go_why_not(r: fd_leak.Round) -> dict[fd_leak.Short, str]:
@@ -919,7 +965,7 @@ def ports_fact(cases: Sequence[Ports]) -> str:
                 f"offsets and bind() to port 0 the {len(ports.ODD)} odd ones; bind() then "
                 f"connect() used all {len(btc.ports)} toward {ports.FIRST}, and toward "
                 f"{ports.SECOND} bind() failed with "
-                f"{btc.error.split(': ')[1] if btc.error else '?'}; with "
+                f"{btc.error.name if btc.error else '?'}; with "
                 f"IP_BIND_ADDRESS_NO_PORT the same ten ports served "
                 f"both destinations; IP_LOCAL_PORT_RANGE {lo}-{hi} gave those 4 ports; "
                 f"ip_local_reserved_ports {RESERVED} left "

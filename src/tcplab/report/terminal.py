@@ -361,7 +361,7 @@ def ports_lines(result: ports.Result) -> list[str]:
     rows: list[Sequence[str]] = [("case", "toward", "ports", "then")]
     for p in f.cases:
         rows.append((p.case, p.destination or "-", " ".join(str(x) for x in p.ports) or "none",
-                     p.error or "-"))
+                     str(p.error or "-")))
     return table(rows)
 
 

@@ -22,11 +22,13 @@ TIME_WAIT count, the port-range size, and the records below. The modes:
   tryPutIdleConn's errTooManyIdleHost, net/http/transport.go, Go 1.19): 8
   requests at a time then open 6 new connections per round, and the client's
   closes fill TIME_WAIT as the fresh bomb does. In rounds, so that the count
-  of new connections is (pool_size - max_idle) per round whatever the timing;
-  requests in a steady stream churn too, by as many as finish together beyond
-  the cap (the engine with rounds off, 8 at a time, cap 2: 1,900 to 1,973 of
-  3,000 requests opened a connection, against 2,252 in rounds; 3 runs each in
-  a private namespace, 2026-11-30).
+  of new connections is (pool_size - max_idle) per round whatever the timing
+  (3,000 requests, 8 at a time, cap 2: 2,252 new connections, in each of 3
+  runs in a private namespace, 2026-11-30). Requests in a steady stream
+  churn too, by as many as finish together beyond the cap, a count that depends
+  on the timing: 1,900 to 1,973 of 3,000 in 3 runs of the engine's steady-stream
+  pool, since removed as unused (audit3, 2026-11-30:
+  docs/audit/issue13-go-and-experiments.md, B1).
 * ``linger0``: SO_LINGER {on, 0} before close(): close sends RST instead of
   FIN, the socket skips TIME_WAIT, and the server sees ECONNRESET. A hack:
   TIME_WAIT exists to keep a delayed segment of this connection from being
@@ -220,8 +222,7 @@ def config(mode: str = "fresh", count: int = 30_000, duration: float = 30.0,
     churn = engine.churn_config(count, workers, duration, PAYLOAD)
     if mode == "pool":
         return dataclasses.replace(churn, concurrency=pool_size, round_trips=None,
-                                   then=engine.Then.HOLD, idle_cap=max_idle,
-                                   rounds=max_idle is not None)
+                                   then=engine.Then.HOLD, idle_cap=max_idle)
     return dataclasses.replace(
         churn, then=engine.Then.AWAIT_CLOSE if wait_close else engine.Then.CLOSE,
         linger0=mode == "linger0",

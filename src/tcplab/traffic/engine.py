@@ -55,7 +55,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from tcplab.errors import errno_name
 from tcplab.traffic.target import Target
@@ -276,14 +276,12 @@ class Config:
     # DefaultMaxIdleConnsPerHost = 2 in net/http/transport.go): after each round trip (a
     # request) a connection goes back to the pool, held idle if fewer than ``idle_cap``
     # are, else closed (tryPutIdleConn's errTooManyIdleHost); a request takes an idle
-    # connection (the latest, as queueForIdleConn does) before it opens one, and
-    # ``concurrency`` bounds the requests under way, not the connections open.
+    # connection (the latest, as queueForIdleConn does) before it opens one (IdlePool).
+    # Requests go out in rounds of ``concurrency``, the next round when none is under
+    # way (a fan-out: N calls to one backend, then wait for all): a round's returns fill
+    # the idle pool before the next round takes from it, so the number of new
+    # connections per round is a count (concurrency - idle_cap), not a race.
     idle_cap: int | None = None
-    # Requests go out ``concurrency`` at a time, the next ones when none is under way
-    # (a fan-out: N calls to one backend, then wait for all): a round's returns fill the
-    # idle pool before the next round takes from it, so the number of new connections
-    # per round is a count (concurrency - idle_cap), not a race.
-    rounds: bool = False
     # Bounds.
     count: int | None = None  # attempts in all: connections opened + later round trips
     duration: float | None = None  # seconds from the start; then no new attempt
@@ -301,8 +299,6 @@ class Config:
             raise ValueError("a pool (idle_cap >= 0) needs a concurrency and round_trips=None "
                              "(a connection serves requests while it lives), no ramp, no "
                              "hold_first")
-        if self.rounds and self.idle_cap is None:
-            raise ValueError("rounds are a pool's (give idle_cap)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +396,49 @@ class _Conn:
         self.mask = _UNREGISTERED  # the epoll interest now registered
 
 
+C = TypeVar("C")
+
+
+class IdlePool(Generic[C]):
+    """A capped pool's idle connections, and nothing else (no I/O): what the driver
+    keeps after a request (``keep``: while fewer than ``cap`` are idle, as
+    tryPutIdleConn does) and what the next request takes (``take``: the latest, as
+    Go's queueForIdleConn does, net/http/transport.go); one reset while idle leaves
+    it (``discard``)."""
+
+    __slots__ = ("_idle", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._idle: list[C] = []  # the latest last
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def __bool__(self) -> bool:
+        return bool(self._idle)
+
+    def keep(self, c: C) -> bool:
+        """Hold ``c`` idle if there is room; False: the caller closes it."""
+        if len(self._idle) < self.cap:
+            self._idle.append(c)
+            return True
+        return False
+
+    def take(self) -> C:
+        return self._idle.pop()
+
+    def discard(self, c: C) -> None:
+        if c in self._idle:
+            self._idle.remove(c)
+
+    def keep_only(self, held: Callable[[C], bool]) -> None:
+        self._idle = [c for c in self._idle if held(c)]
+
+    def clear(self) -> None:
+        self._idle.clear()
+
+
 class Driver:
     """One epoll loop running connections as ``config`` says.
 
@@ -479,8 +518,7 @@ class Driver:
         self._echo_to = config.echo_timeout
         self._linger0 = config.linger0
         self._idle_cap = config.idle_cap
-        self._rounds = config.rounds
-        self.idle: list[_Conn] = []  # the pool's idle connections, the latest last
+        self.idle: IdlePool[_Conn] = IdlePool(config.idle_cap or 0)  # a capped pool's
         self._connect_timeouts: deque[tuple[float, _Conn]] = deque()
         self._echo_timeouts: deque[tuple[float, _Conn]] = deque()
         self._closed = False
@@ -515,18 +553,18 @@ class Driver:
             per -= 1
 
     def _pool_some(self) -> None:
-        """A pool's requests: each takes the latest idle connection, or opens one.
-        In rounds, a round starts only when none is under way, and has ``concurrency``
-        requests (one whose connect() fails at once still counts in its round)."""
-        if self._rounds and self.active:
+        """A capped pool's requests: each takes the latest idle connection, or opens one.
+        A round starts only when none is under way, and has ``concurrency`` requests
+        (one whose connect() fails at once still counts in its round)."""
+        if self.active:
             return
         idle, clock, may_open = self.idle, self.clock, self._may_open
         while True:  # bounded: each pass starts a request or stops (count, time)
-            per = self._concurrency if self._rounds else -1
+            per = self._concurrency
             while per and may_open(clock()):
                 per -= 1
                 if idle:
-                    c = idle.pop()
+                    c = idle.take()
                     self.attempted += 1
                     c.stage = T[c.stage][E.RELEASED]
                     self.active += 1
@@ -536,7 +574,7 @@ class Driver:
                     self._open_one()
             # A round whose every request failed at once (no port left, no idle one):
             # the next round now, not after an epoll wait with nothing to wait for.
-            if not self._rounds or self.active or not may_open(clock()):
+            if self.active or not may_open(clock()):
                 return
 
     def _open_one(self) -> None:
@@ -717,10 +755,9 @@ class Driver:
         else it is closed (the client closes first: its side goes to TIME_WAIT)."""
         self.ok += 1
         self.active -= 1
-        if len(self.idle) < self._idle_cap:  # type: ignore[operator]
+        if self.idle.keep(c):
             c.stage = T[c.stage][E.LAST_ECHO_HELD]
             self._want(c, 0)  # EPOLLERR and EPOLLHUP still come: a reset while idle
-            self.idle.append(c)
         else:
             c.stage = T[c.stage][_LAST_ECHO_CLOSE]
             self._close(c)
@@ -819,8 +856,8 @@ class Driver:
         c.stage = T[stage][event]
         if stage in ACTIVE:
             self.active -= 1
-        elif stage is _HOLDING_ and c in self.idle:
-            self.idle.remove(c)  # reset or closed by the peer while idle in the pool
+        elif stage is _HOLDING_:
+            self.idle.discard(c)  # reset or closed by the peer while idle in the pool
         del self.conns[c.fd]
         c.sock.close()
         self._count_failure(stage, outcome if outcome is not None else outcome_of(code), code)
@@ -950,7 +987,7 @@ class Driver:
                 self._begin(c, clock())  # each its own clock: a round trip's time is its own
                 self._push(c)
                 n += 1
-        self.idle = [c for c in self.idle if c.stage is _HOLDING_]
+        self.idle.keep_only(lambda c: c.stage is _HOLDING_)
         return n
 
     def unserved(self) -> int:
