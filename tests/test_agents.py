@@ -117,8 +117,13 @@ def test_the_stdout_walk_finds_each_kind_of_write(code: str, kind: str | None) -
 
 # --- every agent: --help, and its documented argv -------------------------------------------
 
+#: Modules of tcplab/agents/ that are the agents' library, not agents.
+LIBRARY = ("io", "ends")
+
+
 def agent_modules() -> set[str]:
-    return {m.name for m in pkgutil.iter_modules(tcplab.agents.__path__) if m.name != "io"}
+    return {m.name for m in pkgutil.iter_modules(tcplab.agents.__path__)
+            if m.name not in LIBRARY}
 
 
 @pytest.mark.pure

@@ -63,7 +63,7 @@ def test_echo_on_loopback_says_so_and_refuses_shaping_without_veth() -> None:
     assert body["link"]["kind"] == "loopback"
     r = run_tcplab("experiment", "echo", "--delay", "10")
     assert r.returncode == 2 and b"--link veth" in r.stderr and b"Traceback" not in r.stderr
-    r = run_tcplab("experiment", "restart", "--link", "veth")
+    r = run_tcplab("experiment", "syn-queue", "--link", "veth")
     assert r.returncode == 2 and b"one end" in r.stderr
 
 
@@ -125,3 +125,13 @@ def test_port_bomb_across_the_link_runs_out_of_ports_and_skips_loopback_lessons(
     assert max(row["states"].get("TIME_WAIT", 0) for row in fresh["timeline"]) == 100
     assert "loopback only" in v["default-reuse"]["skipped"]
     assert "one IPv4 address" in v["two-destinations"]["skipped"]
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("name", ["half-close", "restart", "reset", "multiplex"])
+def test_two_ended_experiments_show_their_lesson_across_a_delayed_link(name: str) -> None:
+    """Each socket in its end's namespace (agents/ends.py), the verdict unchanged."""
+    extra = ["--connections", "100"] if name == "multiplex" else []
+    body = one_json(run_tcplab("experiment", name, "--quick", "--link", "veth", "--delay", "5",
+                               *extra, "--json", timeout=GUARD), shown=True)
+    assert body["link"]["kind"] == "veth" and body["link"]["server"].startswith("198.")

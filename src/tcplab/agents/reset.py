@@ -29,10 +29,10 @@ import struct
 import time
 from dataclasses import dataclass
 
+from tcplab.agents.ends import Ends, add_arguments
 from tcplab.agents.io import emit
 from tcplab.kernel import tcp_states
 from tcplab.observe import procfs
-from tcplab.observe.sockets import SocketTable
 
 HOST, PORT = "127.0.0.1", 8080
 DATA = b"hello"
@@ -62,11 +62,15 @@ def counters() -> dict[str, int]:
             "abort_on_data": ext["TCPAbortOnData"]}
 
 
-def states(client_port: int) -> tuple[str, str, int]:
-    """(client's state, server's state, server's Recv-Q); "gone" for a socket not there."""
+def states(client_port: int, ends: Ends | None = None) -> tuple[str, str, int]:
+    """(client's state, server's state, server's Recv-Q); "gone" for a socket not there.
+    Each side read in its end's namespace (once on loopback: one namespace)."""
+    ends = ends or Ends()
     found: dict[str, tuple[str, int]] = {}
-    with SocketTable() as table:
-        for s in table.sockets(PORT):
+    for role in ("client", "server") if ends.paths["client"] else ("client",):
+        with ends.table(role) as table:
+            socks = table.sockets(PORT)
+        for s in socks:
             if s.state == tcp_states.LISTEN or client_port not in (s.sport, s.dport):
                 continue  # the listener, or an earlier case's connection
             side = "client" if s.sport == client_port else "server"
@@ -75,25 +79,29 @@ def states(client_port: int) -> tuple[str, str, int]:
     return client[0], server[0], server[1]
 
 
-def one(ls: socket.socket, case: str, t0: float) -> Close:
-    client = socket.create_connection((HOST, PORT), timeout=5)
+def one(ls: socket.socket, case: str, t0: float, host: str = HOST, ends: Ends | None = None,
+        settle: float = 0.05) -> Close:
+    ends = ends or Ends()
+    client = ends.socket("client")
+    client.settimeout(5)
+    client.connect((host, PORT))
     server, _ = ls.accept()
     cport = client.getsockname()[1]
     client.sendall(DATA)
     deadline = time.monotonic() + 2.0  # bounded: the 5 bytes arrive within microseconds
-    while states(cport)[2] < len(DATA) and time.monotonic() < deadline:
+    while states(cport, ends)[2] < len(DATA) and time.monotonic() < deadline:
         time.sleep(0.01)
     if case != "unread":
         server.recv(len(DATA))
     if case == "linger0":
         server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    unread = states(cport)[2]
+    unread = states(cport, ends)[2]
     before = counters()
     t = round(time.monotonic() - t0, 3)
     server.close()
-    time.sleep(0.05)  # the FIN or RST crosses loopback in microseconds
+    time.sleep(settle)  # the FIN or RST crosses loopback in microseconds (--settle)
     after = counters()
-    client_after, server_after, _ = states(cport)
+    client_after, server_after, _ = states(cport, ends)
     client.settimeout(5)
     try:
         got: int | None = len(client.recv(100))
@@ -110,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tcplab.agents.reset",
                                 description="Close three connections with 5 bytes sent to the "
                                 "server: read first, unread, SO_LINGER 0; emit a Close each.")
-    p.parse_args(argv)
-    ls = socket.socket()
+    p.add_argument("--host", default=HOST, help="the server's address")
+    p.add_argument("--settle", type=float, default=0.05,
+                   help="seconds after close() before the look (a link's one-way delay more)")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    ends = Ends.from_args(args)
+    ls = ends.socket("server")
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((HOST, PORT))
+    ls.bind((args.host, PORT))
     ls.listen()
     t0 = time.monotonic()
     for case in CASES:
-        emit(one(ls, case, t0))
+        emit(one(ls, case, t0, args.host, ends, args.settle))
     ls.close()
     return 0
 

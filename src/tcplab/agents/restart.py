@@ -27,9 +27,9 @@ import socket
 import time
 from dataclasses import dataclass
 
+from tcplab.agents.ends import Ends, add_arguments
 from tcplab.agents.io import emit
 from tcplab.kernel import tcp_states
-from tcplab.observe.sockets import SocketTable
 
 HOST = "127.0.0.1"
 #: The first round's port (the old server had SO_REUSEADDR); the second's is the next one.
@@ -50,21 +50,26 @@ class Bind:
     error: str | None = None  # its text, as the kernel's strerror gives it
 
 
-def server_time_wait(port: int) -> int:
+def server_time_wait(port: int, ends: Ends | None = None) -> int:
     """TIME_WAIT sockets on the server's side of ``port`` (local port = port)."""
-    with SocketTable() as table:
+    with (ends or Ends()).table("server") as table:
         return sum(1 for s in table.sockets(port)
                    if s.state == tcp_states.TIME_WAIT and s.sport == port)
 
 
-def serve_and_stop(port: int, reuse: bool, connections: int) -> None:
+def serve_and_stop(port: int, reuse: bool, connections: int, host: str = HOST,
+                   ends: Ends | None = None) -> None:
     """A server that closes each of ``connections`` first, then stops listening."""
-    ls = socket.socket()
+    ends = ends or Ends()
+    ls = ends.socket("server")
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
-    ls.bind((HOST, port))
+    ls.bind((host, port))
     ls.listen()
     for _ in range(connections):
-        with socket.create_connection((HOST, port), timeout=5) as client:
+        client = ends.socket("client")
+        client.settimeout(5)
+        client.connect((host, port))
+        with client:
             server, _ = ls.accept()
             server.close()  # the server closes first: its side will hold TIME_WAIT
             client.settimeout(5)
@@ -73,18 +78,20 @@ def serve_and_stop(port: int, reuse: bool, connections: int) -> None:
     # The clients' FINs turn the server's FIN_WAIT2 sockets into TIME_WAIT; on loopback
     # within microseconds, but wait (bounded) rather than race them.
     deadline = time.monotonic() + 2.0
-    while server_time_wait(port) < connections and time.monotonic() < deadline:
+    while server_time_wait(port, ends) < connections and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
-def try_bind(port: int, old: bool, new: bool, t0: float) -> Bind:
-    tw = server_time_wait(port)
+def try_bind(port: int, old: bool, new: bool, t0: float, host: str = HOST,
+             ends: Ends | None = None) -> Bind:
+    ends = ends or Ends()
+    tw = server_time_wait(port, ends)
     t = round(time.monotonic() - t0, 3)
-    s = socket.socket()
+    s = ends.socket("server")
     try:
         if new:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((HOST, port))
+        s.bind((host, port))
         s.listen()
     except OSError as e:
         code = e.errno if e.errno is not None else errno.EIO
@@ -99,12 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Stop a server whose port holds TIME_WAIT "
                                 "sockets and bind a new one; emit a Bind per try.")
     p.add_argument("connections", type=int, help="connections the old server closes first")
-    n = p.parse_args(argv).connections
+    p.add_argument("--host", default=HOST, help="the server's address")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    ends = Ends.from_args(args)
     t0 = time.monotonic()
     for port, old in ((PORT, True), (PORT + 1, False)):
-        serve_and_stop(port, old, n)
+        serve_and_stop(port, old, args.connections, args.host, ends)
         for new in (False, True):
-            emit(try_bind(port, old, new, t0))
+            emit(try_bind(port, old, new, t0, args.host, ends))
     return 0
 
 

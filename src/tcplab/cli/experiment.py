@@ -130,7 +130,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 #: Experiments whose client and server are one process in one namespace: their
 #: lesson is one host's sockets (keepalive makes its own veth peer).
-ONE_END = ("restart", "reset", "syn-queue", "keepalive", "ports", "orphans")
+ONE_END = ("syn-queue", "keepalive", "ports", "orphans")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,8 +199,8 @@ def run(args: argparse.Namespace) -> int:
         return lambda quick, progress, link: run(quick=quick, progress=progress)
 
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
-               "half-close": half_close.run, "restart": one_end(restart.run),
-               "reset": one_end(reset.run), "syn-queue": one_end(syn_queue.run),
+               "half-close": half_close.run, "restart": restart.run,
+               "reset": reset.run, "syn-queue": one_end(syn_queue.run),
                "multiplex": run_multiplex, "handshake": handshake.run,
                "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),
                "orphans": one_end(orphans.run),

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from tcplab.agents.io import command
 from tcplab.errors import ExperimentFailed
-from tcplab.experiments.sandbox import Sandbox
+from tcplab.experiments.link import LOOPBACK, LinkSpec, LinkUsed, ends
 from tcplab.records import RecordError, from_json_line
 
 T = TypeVar("T")
@@ -25,11 +25,22 @@ def records(agent: str, args: list[str], cls: type[T], what: str,
 
     ``what`` names the child in an error ("the restart choreography").
     """
+    return records_on(LOOPBACK, agent, args, cls, what, timeout)[0]
+
+
+def records_on(link: LinkSpec, agent: str, args: list[str], cls: type[T], what: str,
+               timeout: float = 60) -> tuple[tuple[T, ...], LinkUsed]:
+    """As records(), at the server's end of ``link``, told where each end is
+    (``--host``, ``--client-netns``, ``--server-netns``: agents/ends.py): an agent
+    that makes both sockets makes each in its end's namespace."""
     hint = "run again with --debug; 'tcplab check' says what works here"
-    with Sandbox({}) as sb:
+    with ends(link, prefix=agent.replace("_", "")) as e:
+        used = e.used
+        where = ([] if e.kind == "loopback"
+                 else ["--host", e.server_host, *e.netns_args()])
         try:
-            r = sb.run(command(agent, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       timeout=timeout)
+            r = e.run("server", command(agent, *args, *where), stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ExperimentFailed(f"{what} did not finish in {timeout:g} s",
                                    hint=hint) from None
@@ -38,7 +49,7 @@ def records(agent: str, args: list[str], cls: type[T], what: str,
         raise ExperimentFailed(f"{what} exited {r.returncode}: "
                                f"{lines[-1] if lines else 'no output'}", hint=hint)
     try:
-        return tuple(from_json_line(cls, line) for line in r.stdout.splitlines())
+        return tuple(from_json_line(cls, line) for line in r.stdout.splitlines()), used
     except RecordError as e:
         raise ExperimentFailed(f"{what} wrote something else than its records: {e}",
                                hint="this is a bug in tcplab: report it") from None

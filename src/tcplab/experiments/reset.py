@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from tcplab.agents.reset import CASES, DATA, Close
 from tcplab.errors import errno_name
 from tcplab.experiments import result as base
-from tcplab.experiments.choreography import records
+from tcplab.experiments.choreography import records_on
+from tcplab.experiments.link import LOOPBACK, LinkSpec
 from tcplab.experiments.result import Event, Progress, say_nothing
 
 
@@ -44,8 +45,11 @@ def read_words(c: Close) -> str:
     return "EOF (0 bytes)" if c.read_bytes == 0 else f"{c.read_bytes} bytes"
 
 
-def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
-    closes = records("reset", [], Close, "the reset choreography")
+def run(quick: bool = False, progress: Progress = say_nothing,
+        link: LinkSpec = LOOPBACK) -> Result:
+    settle = 0.05 + 2 * link.shaping.delay_ms / 1000  # the close, then its answer, crossed
+    closes, used = records_on(link, "reset", ["--settle", f"{settle:g}"], Close,
+                              "the reset choreography")
     events = []
     for c in closes:
         line = (f"{c.case}: {c.unread_bytes} B unread at close(); {c.out_rsts} RST sent; "
@@ -54,7 +58,7 @@ def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
         events.append(Event(c.t, line))
         progress(f"  {line}")
     return Result(experiment="reset", ok=judge(closes), settings=RunWith(sent_bytes=len(DATA)),
-                  facts=Facts(closes=closes), events=tuple(events))
+                  facts=Facts(closes=closes), events=tuple(events), link=used)
 
 
 def by_case(closes: Sequence[Close]) -> dict[str, Close]:

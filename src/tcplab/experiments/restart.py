@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from tcplab.agents.restart import Bind
 from tcplab.experiments import result as base
-from tcplab.experiments.choreography import records
+from tcplab.experiments.choreography import records_on
+from tcplab.experiments.link import LOOPBACK, LinkSpec
 from tcplab.experiments.result import Event, Progress, say_nothing
 
 
@@ -37,9 +38,10 @@ class Result(base.Result[RunWith, Facts, None]):
     """The restart experiment's result: the bind() tries, no variants."""
 
 
-def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
+def run(quick: bool = False, progress: Progress = say_nothing,
+        link: LinkSpec = LOOPBACK) -> Result:
     n = 3 if quick else 5
-    binds = records("restart", [str(n)], Bind, "the restart choreography")
+    binds, used = records_on(link, "restart", [str(n)], Bind, "the restart choreography")
     events = []
     for x in binds:
         line = (f"old server {'with' if x.old_reuseaddr else 'without'} SO_REUSEADDR, "
@@ -49,7 +51,7 @@ def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
         events.append(Event(x.t, line))
         progress(f"  {line}")
     return Result(experiment="restart", ok=judge(binds, n), settings=RunWith(connections=n),
-                  facts=Facts(binds=binds), events=tuple(events))
+                  facts=Facts(binds=binds), events=tuple(events), link=used)
 
 
 def find(binds: Sequence[Bind], old: bool, new: bool) -> Bind | None:
