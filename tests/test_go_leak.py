@@ -15,7 +15,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -227,31 +226,23 @@ def test_go_keep_leaks_fds_while_keepalive_clears_close_wait(built: gopeer.Built
 
 # --- as an ordinary user, through the CLI; and Ctrl-C ----------------------------------------
 
-def unprivileged() -> dict[str, Any]:
-    """Popen arguments for a run without privilege and without a home (nobody's is
-    /nonexistent): as we are when we are not root; as nobody when we are, skipped when
-    nobody cannot run this Python."""
+def unprivileged(venv: Path | None) -> tuple[list[str], dict[str, Any]]:
+    """The argv prefix and Popen arguments of a run without privilege and without a
+    home (nobody's is /nonexistent): as we are when we are not root; as nobody, through
+    nobody's venv (conftest's ``nobody_venv``), when we are."""
     env = {**os.environ, "HOME": "/nonexistent"}
     env.pop("XDG_CACHE_HOME", None)
-    if os.geteuid() != 0:
-        return {"env": env}
-    try:
-        r = subprocess.run([sys.executable, "-c", "import tcplab.cli.main"],
-                           preexec_fn=as_nobody, capture_output=True, env=env, timeout=60)
-        ok = r.returncode == 0
-    except PermissionError:
-        ok = False
-    if not ok:
-        pytest.skip(f"nobody cannot run {sys.executable} with tcplab (run this file from a "
-                    "venv nobody can read)")
-    return {"preexec_fn": as_nobody, "env": env}
+    if venv is None:
+        return tcplab(), {"env": env}
+    return ([str(venv / "bin" / "python"), "-m", "tcplab"],
+            {"preexec_fn": as_nobody, "env": env, "cwd": "/tmp"})
 
 
 @pytest.mark.privileged
 @needs_go
-def test_the_go_rounds_as_an_ordinary_user_without_a_home() -> None:
-    kw = unprivileged()
-    r = subprocess.run(tcplab("experiment", "fd-leak", "--go", "yes", "--json"),
+def test_the_go_rounds_as_an_ordinary_user_without_a_home(nobody_venv: Path | None) -> None:
+    argv, kw = unprivileged(nobody_venv)
+    r = subprocess.run([*argv, "experiment", "fd-leak", "--go", "yes", "--json"],
                        capture_output=True, stdin=subprocess.DEVNULL, timeout=300, **kw)
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err

@@ -622,12 +622,13 @@ def _go_figures(built: gopeer.Built, server: ForeignServer, origin: float, t0: f
 
 
 def _go_drop(s: Settings, built: gopeer.Built, mark: Callable[..., None],
-             origin: float, link: LinkSpec, links: list[LinkUsed]) -> Round:
+             origin: float, link: LinkSpec = LOOPBACK,
+             links: list[LinkUsed] | None = None) -> Round:
     """A flood against -mode drop; QUIET_S with no traffic; later traffic to the port
     whose handler closes, in batches until a collection ran; the fds watched fall."""
     label = "go-drop"
     with ends(link, _sysctls(s), prefix="go") as e:
-        links.append(e.used)
+        (links if links is not None else []).append(e.used)
         server = _go_server(e, built, "drop", s, tidy=True)
         sampler = _sampler(e, server.pid, origin)
         t0 = sampler.now()
@@ -698,13 +699,14 @@ def _wait_fds_at_most(sampler: StateSampler, fds: int, after: float, timeout: fl
 
 
 def _go_keep(s: Settings, built: gopeer.Built, mark: Callable[..., None],
-             origin: float, link: LinkSpec, links: list[LinkUsed]) -> Round:
+             origin: float, link: LinkSpec = LOOPBACK,
+             links: list[LinkUsed] | None = None) -> Round:
     """A flood against -mode keep (fewer clients than the fd limit: every one accepted),
     then a wait until CLOSE_WAIT is gone (Go's keep-alive) or KEEP_WAIT_S."""
     label = "go-keep"
     clients = max(16, min(s.clients, s.fd_limit // 2))
     with ends(link, _sysctls(s), prefix="go") as e:
-        links.append(e.used)
+        (links if links is not None else []).append(e.used)
         server = _go_server(e, built, "keep", s)
         sampler = _sampler(e, server.pid, origin)
         t0 = sampler.now()
