@@ -68,7 +68,10 @@ def check_interface(name: str) -> None:
 
 
 class Capture:
-    def __init__(self, port: int = 0, interface: str = "lo") -> None:
+    def __init__(self, port: int = 0, interface: str = "lo", outgoing: bool = False) -> None:
+        """``outgoing``: keep the packets this host sends too (on a veth each packet
+        passes once; on lo the outgoing copy is the incoming one again)."""
+        self.outgoing = outgoing
         check_interface(interface)  # bad input first, before the privilege question
         try:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -115,7 +118,7 @@ class Capture:
             data, anc, _flags, addr = self.sock.recvmsg(SNAPLEN, socket.CMSG_SPACE(16))
         except TimeoutError:
             return
-        if addr[2] == PACKET_OUTGOING:
+        if addr[2] == PACKET_OUTGOING and not self.outgoing:
             return
         t = time.time()
         for level, kind, cdata in anc:
