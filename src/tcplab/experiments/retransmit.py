@@ -32,7 +32,6 @@ import errno
 import random
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -363,7 +362,7 @@ def _timeline(seen: Sequence[Seen], trace: Sequence[object], syn: SynTry | None,
 def _progress_lines(f: Facts) -> list[str]:
     lines = []
     if f.syn is not None:
-        gaps = ", ".join(f"{b - a:.2f}" for a, b in zip(f.syn.sent, f.syn.sent[1:]))
+        gaps = ", ".join(f"{b - a:.2f}" for a, b in zip(f.syn.sent, f.syn.sent[1:], strict=False))
         lines.append(f"SYNs {len(f.syn.sent)}, gaps {gaps} s; connect() failed after "
                      f"{f.syn.failed_after:.2f} s: {f.syn.error}")
     for c in f.cases:
@@ -387,12 +386,12 @@ def late_allowed(t: float) -> float:
 def syn_shown(s: SynFacts) -> bool:
     if s.errno != errno.ETIMEDOUT or len(s.sent) != len(s.model):
         return False
-    gaps = [b - a for a, b in zip(s.sent, s.sent[1:])]
-    model = [b - a for a, b in zip(s.model, s.model[1:])]
+    gaps = [b - a for a, b in zip(s.sent, s.sent[1:], strict=False)]
+    model = [b - a for a, b in zip(s.model, s.model[1:], strict=False)]
     fail_gap = s.failed_after - s.sent[-1]
     model_fail = s.model_failed_after - s.model[-1]
     return all(m - EARLY_S <= g <= m + late_allowed(m)
-               for g, m in zip([*gaps, fail_gap], [*model, model_fail]))
+               for g, m in zip([*gaps, fail_gap], [*model, model_fail], strict=True))
 
 
 def by_name(f: Facts, name: str) -> CaseFacts | None:
