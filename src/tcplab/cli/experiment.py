@@ -54,6 +54,11 @@ demonstrated with the figure measured on this machine.
   orphans    sockets no process holds: FIN_WAIT2 minisockets counted as "tw" by
              /proc/net/sockstat ("timewait" in 'ss -s'), FIN_WAIT1 orphans,
              tcp_orphan_retries
+  retransmit SYNs to a black-holed server across a delayed veth link (1 s apart,
+             then doubling, as tcp_syn_linear_timeouts has it) until ETIMEDOUT;
+             a lost segment sent again by fast retransmit within a round trip, a
+             lost tail by the retransmission timer (>= 200 ms); as root with
+             tcp:tcp_retransmit_skb on the packets' timeline
   all        every experiment above, in turn, with a summary
 """
 
@@ -68,7 +73,8 @@ def add_parser(sub: Any, name: str) -> None:
     )
     p.add_argument("name", choices=["all", "echo", "port-bomb", "fd-leak", "half-close",
                                     "restart", "reset", "syn-queue", "multiplex",
-                                    "handshake", "keepalive", "ports", "orphans"],
+                                    "handshake", "keepalive", "ports", "orphans",
+                                    "retransmit"],
                    help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         ports,
         reset,
         restart,
+        retransmit,
         syn_queue,
     )
     from tcplab.experiments.result import result_type
@@ -162,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
                "half-close": half_close.run, "restart": restart.run,
                "reset": reset.run, "syn-queue": syn_queue.run, "multiplex": run_multiplex,
                "handshake": handshake.run,
-               "keepalive": keepalive.run, "ports": ports.run, "orphans": orphans.run}
+               "keepalive": keepalive.run, "ports": ports.run, "orphans": orphans.run,
+               "retransmit": retransmit.run}
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     bodies = []

@@ -40,6 +40,7 @@ from tcplab.experiments import (
     ports,
     reset,
     restart,
+    retransmit,
     syn_queue,
 )
 from tcplab.experiments.result import Event, Result
@@ -102,6 +103,8 @@ def worded(result: R) -> R:
         s = result.settings
         out = replace(result, fact=orphans_fact(result.facts.looks, s.tcp_fin_timeout if s
                                                 else 0, s.tcp_orphan_retries if s else 0))
+    elif isinstance(result, retransmit.Result):
+        out = replace(result, fact=retransmit_fact(result.facts, result.settings))
     worded_result: R = out
     return worded_result
 
@@ -946,3 +949,52 @@ def orphans_fact(looks: Sequence[Look], fin_timeout: int, orphan_retries: int) -
             "tcp_orphan_retries; saw: "
             + ("; ".join(("" if shown.get(x.case) else "NOT shown: ") + orphans.look_words(x)
                          for x in looks) or "nothing"))
+
+
+# --- retransmit -------------------------------------------------------------------------------
+
+def syn_words(s: retransmit.SynFacts) -> str:
+    gaps = ", ".join(f"{b - a:.2f}" for a, b in zip(s.sent, s.sent[1:], strict=False))
+    model = ", ".join(f"{b - a:g}" for a, b in zip(s.model, s.model[1:], strict=False))
+    error = (f"[Errno {s.errno}] {errno_name(s.errno)}: {s.error}" if s.errno is not None
+             else "no error (it connected)")
+    return (f"{plural(len(s.sent), 'SYN')} to a black-holed server (tcp_syn_retries "
+            f"{s.syn_retries}, tcp_syn_linear_timeouts {s.linear_timeouts}), {gaps} s apart "
+            f"(the kernel's rule: {model}), then connect() failed after "
+            f"{s.failed_after:.2f} s (rule: {s.model_failed_after:g}) with {error}")
+
+
+def case_words(c: retransmit.CaseFacts) -> str:
+    times = ", ".join(f"{t * 1000:.0f}" for t in c.copies[1:]) or "never"
+    counters = ", ".join(f"{name} {n}" for name, n in (
+        ("TCPFastRetrans", c.fast_retrans), ("TCPLossProbes", c.loss_probes),
+        ("TCPTimeouts", c.timeouts)) if n) or "no retransmission counted"
+    what = {"middle": "a segment lost in the middle of a burst",
+            "tail": "the burst's last segment, lost twice"}.get(c.name, c.name)
+    return (f"{what}: sent again after {times} ms (RTT {c.rtt_ms:.0f} ms"
+            + (f", {plural(c.dupacks, 'ACK')} with SACK first" if c.dupacks else "")
+            + f"; {counters})")
+
+
+def retransmit_fact(f: retransmit.Facts, s: retransmit.RunWith | None) -> str:
+    parts = []
+    if f.syn is not None:
+        parts.append(("" if retransmit.syn_shown(f.syn) else "NOT shown: ") + syn_words(f.syn))
+    middle, tail = retransmit.by_name(f, "middle"), retransmit.by_name(f, "tail")
+    for c, shown in ((middle, retransmit.fast_shown(middle)),
+                     (tail, retransmit.rto_shown(tail, middle))):
+        if c is not None:
+            parts.append(("" if shown else "NOT shown: ") + case_words(c))
+    if f.traced is not None:
+        parts.append(("" if retransmit.trace_shown(f) else "NOT shown: ")
+                     + f"tcp:tcp_retransmit_skb fired {plural(f.traced, 'time')} for "
+                     f"{plural(f.retransmitted_packets, 'retransmitted packet')} captured")
+    else:
+        parts.append(f"tracepoint not traced: {f.trace_skipped}")
+    if s is not None and s.link_note:
+        parts.append(s.link_note)
+    text = "; ".join(parts) or "nothing was measured"
+    if retransmit.judge(f):
+        return text
+    return ("expected SYNs at the kernel's times then ETIMEDOUT, a fast retransmit within "
+            "about a round trip and a timeout at least 200 ms later; saw: " + text)
