@@ -1208,10 +1208,10 @@ retransmission timeout after that (retransmits_timed_out).""",
 #: The recorded figures (as root, so with the tracepoint; run as root 3 times on
 #: 2026-12-01: the same counts each time, gaps within 0.03 s of these).
 RETRANSMIT_RECORDED = (
-    "with tcp_syn_retries = 3, 8 SYNs left 1.03, 1.02, 1.02, 1.02, 1.02, 2.02, 4.03 s apart "
-    "and connect() failed with ETIMEDOUT after 19.36 s (the rule: 19 s); a segment lost in "
-    "mid-burst was sent again after 41 ms at an RTT of 41 ms (TCPFastRetrans 1); a lost last "
-    "segment (and its probe) was sent again after 286 ms, 534 ms at an RTT of 41 ms "
+    "with tcp_syn_retries = 3, 8 SYNs left 1.00, 1.02, 1.02, 1.03, 1.02, 2.02, 4.06 s apart "
+    "and connect() failed with ETIMEDOUT after 19.37 s (the rule: 19 s); a segment lost in "
+    "mid-burst was sent again after 40 ms at an RTT of 41 ms (TCPFastRetrans 1); a lost last "
+    "segment (and its probe) was sent again after 286 ms, 534 ms at an RTT of 40 ms "
     "(TCPLossProbes 1, TCPTimeouts 1); tcp:tcp_retransmit_skb fired 10 times for 10 "
     "retransmitted packets")
 
@@ -1267,7 +1267,7 @@ FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
     "echo": ("handshake",), "port-bomb": ("port-range", "ports", "reset"),
     "fd-leak": ("fd-limit", "keepalive", "syn-queue"),  # its accept queue fills too
     "half-close": ("close-wait", "time-wait", "orphans", "restart"), "multiplex": ("netpoll",),
-    "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
+    "handshake": ("handshake", "reset", "retransmit"), "restart": ("restart",), "reset": ("reset",),
     "syn-queue": ("syn-queue",),
     "keepalive": ("keepalive",), "ports": ("ports",), "orphans": ("orphans",),
     "retransmit": ("retransmit",),
