@@ -42,6 +42,7 @@ from tcplab.errors import ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
 from tcplab.experiments.link import LinkSpec, LinkUsed
 from tcplab.experiments.result import Event, Progress, say_nothing
+from tcplab.net.plan import CLIENT_IF
 from tcplab.records import RecordError, from_json_line
 
 #: One-way delay when the asked link has none: a 40 ms round trip, well apart
@@ -182,11 +183,15 @@ def run(quick: bool = False, progress: Progress = say_nothing,
     try:
         with links.ends(spec, {"net.ipv4.tcp_syn_retries": retries}, prefix="rtx") as e:
             used = e.used
-            server = e.server(command("retransmit", "server", "--port", str(port),
-                                      "--syn-from", str(syn_from), "--size",
-                                      str(used.mtu or 1500), "--drop", "middle:1",
-                                      "--drop", "tail:2"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            # Started with SIGINT and SIGTERM held (interrupts.spawn's rule 3): the
+            # child runs Python between fork and exec (its preexec_fn enters the
+            # namespace), where a Ctrl-C would otherwise raise in it.
+            with deferred():
+                server = e.server(command("retransmit", "server", "--port", str(port),
+                                          "--syn-from", str(syn_from), "--size",
+                                          str(used.mtu or 1500), "--drop", "middle:1",
+                                          "--drop", "tail:2"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 _ready(server, "the server (nftables rules and listener)")
                 if trace_skipped is None:
@@ -202,10 +207,12 @@ def run(quick: bool = False, progress: Progress = say_nothing,
                                      daemon=True).start()
                 progress(f"retransmit: SYNs to a black hole (tcp_syn_retries = {retries}), "
                          f"then one burst per lost segment, across {used.words()}")
-                client = e.client(command("retransmit", "client", "--host", e.server_host,
-                                          "--port", str(port), "--syn-from", str(syn_from),
-                                          "--interface", "c0"),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                with deferred():
+                    client = e.client(command("retransmit", "client", "--host",
+                                              e.server_host, "--port", str(port),
+                                              "--syn-from", str(syn_from), "--interface",
+                                              CLIENT_IF),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 try:
                     out, err = client.communicate(timeout=300)
                 except subprocess.TimeoutExpired:
