@@ -1243,20 +1243,24 @@ about one round trip after it first left; tcp_xmit_retransmit_queue
 
 A lost last segment has no later segments to report it. Linux's tail loss probe
 (net.ipv4.tcp_early_retrans = 3, the default; tcp_schedule_loss_probe in
-net/ipv4/tcp_output.c) arms a probe 2 x srtt after the last send, plus
-TCP_RTO_MIN (200 ms) when only one segment is unacknowledged (to allow for a
-delayed ACK), and never later than the RTO; the probe (tcp_send_loss_probe)
-resends the last segment and counts TcpExt TCPLossProbes. If the probe is lost
-too, the retransmission timer fires: its timeout is srtt + rttvar, where rttvar
-never goes below TCP_RTO_MIN (200 ms; tcp_rtt_estimator and __tcp_set_rto in
-net/ipv4/tcp_input.c), so an RTO is at least 200 ms plus a round trip; it
-counts TcpExt TCPTimeouts, and every copy, SYNs included, counts Tcp
-RetransSegs. The experiment drops the last segment AND its probe (an nftables
-quota in the server's namespace), the honest way to make the RTO show while
-tcp_early_retrans keeps its default.
+net/ipv4/tcp_output.c) arms a probe 2 x srtt ahead (after a send, and again on
+each ACK), plus TCP_RTO_MIN (200 ms) when only one segment is unacknowledged (to
+allow for a delayed ACK), and never later than the RTO; the probe
+(tcp_send_loss_probe) resends the last segment and counts TcpExt TCPLossProbes.
+So with one lost last segment the probe waits about as long as an RTO would
+(measured: 286 ms after the first copy at a 41 ms RTT); 2 x srtt is the wait when
+more than one segment is still out. If the probe is lost too, the retransmission
+timer fires: its timeout is srtt + rttvar, and rttvar is in effect never below
+TCP_RTO_MIN (200 ms; tcp_rtt_estimator and __tcp_set_rto in
+net/ipv4/tcp_input.c; TCP_INFO gave an RTO of 244 ms at an srtt of 41 ms), so an
+RTO is at least 200 ms plus a round trip; it counts TcpExt TCPTimeouts, and each
+copy counts Tcp RetransSegs. The experiment drops the last segment AND its probe
+(an nftables quota in the server's namespace), the honest way to make the RTO
+show while tcp_early_retrans keeps its default.
 
 Each retransmission fires the tcp:tcp_retransmit_skb tracepoint (root:
-tracefs), with the socket's ports and state, at the moment the copy is sent.""",
+tracefs), with the socket's ports, state and what the transmit returned, as the
+copy is handed down (in the recorded run 3 to 26 us after the capture saw it).""",
     "tcplab experiment retransmit",
     (Figures("retransmit", "tcplab experiment retransmit", "2026-12-01",
              RETRANSMIT_RECORDED, _retransmit),),
