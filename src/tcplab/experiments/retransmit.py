@@ -407,9 +407,11 @@ def by_name(f: Facts, name: str) -> CaseFacts | None:
 
 def fast_shown(c: CaseFacts | None) -> bool:
     """The middle segment sent twice in all, the second time within two round trips
-    (plus 50 ms) and before TCP_RTO_MIN, by fast retransmit and no timeout."""
+    (plus 50 ms) and before its RTO (TCP_INFO's; at least TCP_RTO_MIN) would have
+    fired, by fast retransmit and no timeout."""
     return (c is not None and len(c.copies) == 2 and c.fast_retrans >= 1 and c.timeouts == 0
-            and c.copies[1] <= min(2 * c.rtt_ms / 1000 + 0.05, RTO_MIN_S))
+            and c.copies[1] <= 2 * c.rtt_ms / 1000 + 0.05
+            and c.copies[1] < max(c.rto_ms / 1000, RTO_MIN_S))
 
 
 def rto_shown(c: CaseFacts | None, fast: CaseFacts | None) -> bool:
