@@ -299,7 +299,7 @@ def test_retransmit() -> None:
 
     with Sandbox({}) as sb:
         proc = sb.popen(command("retransmit", "server", "--port", "20002", "--syn-from",
-                                "30002", "--size", "1500", "--drop", "tail:2"),
+                                "30002", "--size", "1500", "--drop", "tail"),
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert read_record(proc, RetransmitReady).pid == proc.pid

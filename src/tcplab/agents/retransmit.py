@@ -5,8 +5,8 @@
 one nftables table there (gone with the namespace) that drops, on the way in:
 every SYN from the client's port ``--syn-from`` (a black-holed server, for the
 SYN phase), and the first copies of the data segments that begin with a tag
-(``--drop TAG:COPIES``: 8 bytes that start one chosen segment; nftables'
-``@ih`` is the payload, after the TCP options). It then listens on ``--port``
+(``--drop CASE``: each of the case's segments starts with 8 bytes of its own, and
+nftables' ``@ih`` is the payload, after the TCP options). It then listens on ``--port``
 and, per connection, reads one burst (ten full segments) and answers one byte.
 It emits ``Ready`` when the rules and the listener are in place.
 
@@ -41,16 +41,24 @@ from tcplab.agents.io import emit
 #: nftables table the server adds in its own namespace.
 TABLE = "tcplab_retransmit"
 TAG_SIZE = 8
-#: The tags of the data cases: the segment that starts with one is dropped.
-TAGS = {"middle": b"DROP-MID", "tail": b"DROP-END"}
-#: The cases: (name, index of the dropped segment in a burst of n, copies dropped).
-#: middle: the 5th of 10, once: the later segments arrive and their ACKs
-#: (duplicates, with SACK blocks) make the sender retransmit it (tcp_input.c).
-#: tail: the last one, twice: the first copy and the first retransmission (the
-#: tail loss probe, tcp_send_loss_probe in tcp_output.c), so the third copy can
+#: The data cases: name -> the segments dropped, each as (its index in a burst of
+#: SEGMENTS, the 8-byte tag it starts with, how many of its copies are dropped).
+#: middle: the 5th of 10, once: the later segments arrive and their ACKs (with SACK
+#: blocks) make the sender retransmit it (tcp_recovery.c, tcp_output.c).
+#: probe: the last two, once each: the tail loss probe (tcp_send_loss_probe in
+#: tcp_output.c) resends the last one about 2 x srtt after the last ACK, its SACK
+#: shows the other lost, and both are back without a timeout.
+#: tail: the last one, twice: the first copy and the loss probe, so the third copy can
 #: only come from the retransmission timer (tcp_retransmit_timer, tcp_timer.c).
-CASES = (("middle", 4, 1), ("tail", -1, 2))
+DROPS: dict[str, tuple[tuple[int, bytes, int], ...]] = {
+    "middle": ((4, b"DROP-MID", 1),),
+    "probe": ((8, b"DROP-P-1", 1), (9, b"DROP-P-2", 1)),
+    "tail": ((9, b"DROP-END", 2),),
+}
+#: The segment whose copies a case's record follows: the last one dropped.
+WATCHED = {name: drops[-1][0] for name, drops in DROPS.items()}
 SEGMENTS = 10  # the initial congestion window (TCP_INIT_CWND): one flight
+CASES = tuple(DROPS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +83,11 @@ class SynTry:
 class Case:
     """One burst with a dropped segment."""
 
-    name: str  # "middle" or "tail"
+    name: str  # "middle", "probe" or "tail"
     sport: int
     segments: int
-    dropped: int  # index of the dropped segment
-    copies_dropped: int
+    dropped: int  # index of the watched dropped segment (the last one of DROPS[name])
+    copies_dropped: int  # of its copies
     mss: int
     isn: int | None  # the client's first sequence number (from the capture), None if unseen
     start: float  # CLOCK_MONOTONIC when the burst was written
@@ -266,24 +274,22 @@ def syn_try(host: str, port: int, sport: int) -> SynTry:
                   sysctl_int("net.ipv4.tcp_syn_linear_timeouts"))
 
 
-def payload(mss: int, segments: int, dropped: int, tag: bytes) -> bytes:
+def payload(mss: int, tags: dict[int, bytes]) -> bytes:
+    """SEGMENTS full segments; segment ``i`` starts with ``tags[i]`` when it has one."""
     filler = b"." * mss
-    chunks = [filler] * segments
-    chunks[dropped] = tag + filler[TAG_SIZE:]
-    return b"".join(chunks)
+    return b"".join(tags[i] + filler[TAG_SIZE:] if i in tags else filler
+                    for i in range(SEGMENTS))
 
 
-def data_case(host: str, port: int, name: str, dropped: int, copies: int,
-              cap: Capturer) -> Case:
+def data_case(host: str, port: int, name: str, cap: Capturer) -> Case:
     before = counters()
     s = socket.create_connection((host, port), timeout=60)
     try:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
         sport = s.getsockname()[1]
-        index = dropped % SEGMENTS
         start = time.monotonic()
-        s.sendall(payload(mss, SEGMENTS, index, TAGS[name]))
+        s.sendall(payload(mss, {i: tag for i, tag, _ in DROPS[name]}))
         answer = s.recv(1)
         elapsed = time.monotonic() - start
         rtt, rto = tcp_info(s)
@@ -294,16 +300,16 @@ def data_case(host: str, port: int, name: str, dropped: int, copies: int,
     time.sleep(0.1)  # the FIN exchange, so its counters are this case's
     isn = next((p.seq for p in list(cap.seen) if p.out and p.sport == sport and "S" in p.flags),
                None)
-    return Case(name, sport, SEGMENTS, index, copies, mss, isn, round(start, 6),
-                round(elapsed, 6), rtt, rto, changed(before, counters()))
+    return Case(name, sport, SEGMENTS, WATCHED[name], DROPS[name][-1][2], mss, isn,
+                round(start, 6), round(elapsed, 6), rtt, rto, changed(before, counters()))
 
 
 def client(host: str, port: int, sport: int, interface: str, cases: list[str]) -> None:
     cap = Capturer(interface, port)
     results: list[object] = [syn_try(host, port, sport)]
-    for name, dropped, copies in CASES:
+    for name in CASES:
         if name in cases:
-            results.append(data_case(host, port, name, dropped, copies, cap))
+            results.append(data_case(host, port, name, cap))
     seen = cap.close()
     for r in results:
         emit(r)
@@ -346,18 +352,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--syn-from", type=int, required=True, help="drop SYNs from this port")
     s.add_argument("--size", type=int, required=True, help="a full segment's IP bytes (MTU)")
-    s.add_argument("--drop", action="append", default=[], metavar="CASE:COPIES")
+    s.add_argument("--drop", action="append", default=[], choices=CASES, metavar="CASE",
+                   help="drop that case's segments (DROPS)")
     c = sub.add_parser("client", help="the SYN try and the data cases (client's namespace)")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--syn-from", type=int, required=True)
     c.add_argument("--interface", required=True)
-    c.add_argument("--cases", default=",".join(n for n, _, _ in CASES))
+    c.add_argument("--cases", default=",".join(CASES))
     t = sub.add_parser("trace", help="tcp:tcp_retransmit_skb on a port (root, host)")
     t.add_argument("--port", type=int, required=True)
     a = p.parse_args(argv)
     if a.role == "server":
-        drops = [(TAGS[d.split(":")[0]], int(d.split(":")[1])) for d in a.drop]
+        drops = [(tag, copies) for case in a.drop for _, tag, copies in DROPS[case]]
         serve(a.port, a.syn_from, drops, a.size)
     elif a.role == "client":
         client(a.host, a.port, a.syn_from, a.interface, a.cases.split(","))

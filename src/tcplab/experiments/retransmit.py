@@ -82,8 +82,9 @@ class SynFacts:
 
 @dataclass(frozen=True, slots=True)
 class CaseFacts:
-    name: str  # "middle" or "tail"
-    copies: tuple[float, ...]  # the lost segment's transmissions, seconds after the first
+    name: str  # "middle", "probe" or "tail"
+    #: the watched lost segment's transmissions, seconds after the first
+    copies: tuple[float, ...]
     rtt_ms: float  # TCP_INFO's smoothed RTT
     rto_ms: float  # TCP_INFO's RTO
     fast_retrans: int  # TcpExt TCPFastRetrans during the case
@@ -189,8 +190,8 @@ def run(quick: bool = False, progress: Progress = say_nothing,
             with deferred():
                 server = e.server(command("retransmit", "server", "--port", str(port),
                                           "--syn-from", str(syn_from), "--size",
-                                          str(used.mtu or 1500), "--drop", "middle:1",
-                                          "--drop", "tail:2"),
+                                          str(used.mtu or 1500),
+                                          *[a for c in CASES for a in ("--drop", c)]),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 _ready(server, "the server (nftables rules and listener)")
@@ -414,6 +415,14 @@ def fast_shown(c: CaseFacts | None) -> bool:
             and c.copies[1] < max(c.rto_ms / 1000, RTO_MIN_S))
 
 
+def probe_shown(c: CaseFacts | None) -> bool:
+    """The last of two lost segments sent again once, by the tail loss probe, within
+    three round trips (plus 100 ms: the flight's ACKs, then 2 x srtt), and no timeout:
+    the probe's SACK got the other one resent too."""
+    return (c is not None and len(c.copies) == 2 and c.loss_probes >= 1 and c.timeouts == 0
+            and c.copies[1] <= 3 * c.rtt_ms / 1000 + 0.1)
+
+
 def rto_shown(c: CaseFacts | None, fast: CaseFacts | None) -> bool:
     """The tail segment sent three times, the third by the retransmission timer at
     least TCP_RTO_MIN after the second, and later than the middle's retransmission
@@ -432,5 +441,6 @@ def trace_shown(f: Facts) -> bool:
 
 def judge(f: Facts) -> bool:
     return (f.syn is not None and syn_shown(f.syn) and fast_shown(by_name(f, "middle"))
+            and probe_shown(by_name(f, "probe"))
             and rto_shown(by_name(f, "tail"), by_name(f, "middle")) and trace_shown(f)
             and len(f.cases) == len(CASES))

@@ -411,8 +411,9 @@ def _retransmit(r: retransmit.Result) -> str | None:
         counted = ", ".join(f"{name} {n}" for name, n in (
             ("TCPFastRetrans", c.fast_retrans), ("TCPLossProbes", c.loss_probes),
             ("TCPTimeouts", c.timeouts)) if n)
-        what = ("a segment lost in mid-burst" if c.name == "middle"
-                else "a lost last segment (and its probe)")
+        what = {"middle": "a segment lost in mid-burst",
+                "probe": "the last of two lost last segments",
+                "tail": "a lost last segment (and its probe)"}.get(c.name, c.name)
         parts.append(f"{what} was sent again after {again} at an RTT of {c.rtt_ms:.0f} ms "
                      f"({counted or 'nothing counted'})")
     if f.traced is not None:

@@ -970,6 +970,7 @@ def case_words(c: retransmit.CaseFacts) -> str:
         ("TCPFastRetrans", c.fast_retrans), ("TCPLossProbes", c.loss_probes),
         ("TCPTimeouts", c.timeouts)) if n) or "no retransmission counted"
     what = {"middle": "a segment lost in the middle of a burst",
+            "probe": "the burst's last two segments lost, the last one",
             "tail": "the burst's last segment, lost twice"}.get(c.name, c.name)
     return (f"{what}: sent again after {times} ms (RTT {c.rtt_ms:.0f} ms"
             + (f", {plural(c.dupacks, 'ACK')} with SACK first" if c.dupacks else "")
@@ -981,7 +982,9 @@ def retransmit_fact(f: retransmit.Facts, s: retransmit.RunWith | None) -> str:
     if f.syn is not None:
         parts.append(("" if retransmit.syn_shown(f.syn) else "NOT shown: ") + syn_words(f.syn))
     middle, tail = retransmit.by_name(f, "middle"), retransmit.by_name(f, "tail")
+    probe = retransmit.by_name(f, "probe")
     for c, shown in ((middle, retransmit.fast_shown(middle)),
+                     (probe, retransmit.probe_shown(probe)),
                      (tail, retransmit.rto_shown(tail, middle))):
         if c is not None:
             parts.append(("" if shown else "NOT shown: ") + case_words(c))
@@ -997,4 +1000,5 @@ def retransmit_fact(f: retransmit.Facts, s: retransmit.RunWith | None) -> str:
     if retransmit.judge(f):
         return text
     return ("expected SYNs at the kernel's times then ETIMEDOUT, a fast retransmit within "
-            "about a round trip and a timeout at least 200 ms later; saw: " + text)
+            "about a round trip, a loss probe within three and no timeout, and a timeout at "
+            "least 200 ms after a lost probe; saw: " + text)
