@@ -63,11 +63,16 @@ def case(name: str, copies: tuple[float, ...], fast: int = 0, timeouts: int = 0,
 
 
 @pytest.mark.pure
-def test_fast_and_rto_judges() -> None:
+def test_fast_probe_and_rto_judges() -> None:
     assert R.fast_shown(case("middle", (0, 0.041), fast=1))
     assert not R.fast_shown(case("middle", (0, 0.041), fast=1, timeouts=1))
     assert not R.fast_shown(case("middle", (0, 0.25), fast=1))  # as late as an RTO
     assert not R.fast_shown(case("middle", (0, 0.041)))  # not counted as fast
+    probe = CaseFacts("probe", (0, 0.127), 40.0, 240.0, 1, 0, 1, 2, 0)
+    assert R.probe_shown(probe)
+    assert not R.probe_shown(CaseFacts("probe", (0, 0.127), 40.0, 240.0, 1, 1, 1, 2, 0))
+    assert not R.probe_shown(CaseFacts("probe", (0, 0.29), 40.0, 240.0, 1, 0, 1, 2, 0))
+    assert not R.probe_shown(CaseFacts("probe", (0, 0.127), 40.0, 240.0, 1, 0, 0, 2, 0))
     middle = case("middle", (0, 0.041), fast=1)
     assert R.rto_shown(case("tail", (0, 0.29, 0.54), timeouts=1), middle)
     assert not R.rto_shown(case("tail", (0, 0.29, 0.54)), middle)  # no timeout counted
@@ -111,11 +116,11 @@ def check_shown(body: dict[str, Any], traced: bool) -> None:
     assert body["ok"] is True, body["fact"]
     f = body["facts"]
     assert f["syn"]["errno"] == errno.ETIMEDOUT and len(f["syn"]["sent"]) == 6
-    assert [c["name"] for c in f["cases"]] == ["middle", "tail"]
+    assert [c["name"] for c in f["cases"]] == ["middle", "probe", "tail"]
     assert body["settings"]["link"]["kind"] == "veth"
     assert "loopback has no round trip" in body["settings"]["link_note"]
     if traced:
-        assert f["traced"] == f["retransmitted_packets"] == 5 + 1 + 2
+        assert f["traced"] == f["retransmitted_packets"] == 5 + 1 + 2 + 2
         assert any("tcp:tcp_retransmit_skb" in e["what"] for e in body["events"])
     else:
         assert f["traced"] is None and "root" in f["trace_skipped"]

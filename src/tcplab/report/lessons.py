@@ -1206,15 +1206,17 @@ retransmission timeout after that (retransmits_timed_out).""",
              "with other processes' sockets)")),
 ))
 
-#: The recorded figures (as root, so with the tracepoint; run as root 3 times on
-#: 2026-12-01: the same counts each time, gaps within 0.03 s of these).
+#: The recorded figures (as root, so with the tracepoint). Three full runs as root on
+#: 2026-11-30 (two before the probe case was added): the same counts each time, the
+#: 1 s gaps 1.00 to 1.03 s, the 4 s gap 4.03 to 4.23 s, the error at 19.36 to 19.54 s.
 RETRANSMIT_RECORDED = (
-    "with tcp_syn_retries = 3, 8 SYNs left 1.00, 1.02, 1.02, 1.03, 1.02, 2.02, 4.06 s apart "
-    "and connect() failed with ETIMEDOUT after 19.37 s (the rule: 19 s); a segment lost in "
-    "mid-burst was sent again after 40 ms at an RTT of 41 ms (TCPFastRetrans 1); a lost last "
-    "segment (and its probe) was sent again after 286 ms, 534 ms at an RTT of 40 ms "
-    "(TCPLossProbes 1, TCPTimeouts 1); tcp:tcp_retransmit_skb fired 10 times for 10 "
-    "retransmitted packets")
+    "with tcp_syn_retries = 3, 8 SYNs left 1.01, 1.02, 1.03, 1.02, 1.02, 2.02, 4.23 s apart "
+    "and connect() failed with ETIMEDOUT after 19.54 s (the rule: 19 s); a segment lost in "
+    "mid-burst was sent again after 41 ms at an RTT of 41 ms (TCPFastRetrans 1); the last "
+    "of two lost last segments was sent again after 127 ms at an RTT of 41 ms "
+    "(TCPFastRetrans 1, TCPLossProbes 1); a lost last segment (and its probe) was sent "
+    "again after 285 ms, 533 ms at an RTT of 41 ms (TCPLossProbes 1, TCPTimeouts 1); "
+    "tcp:tcp_retransmit_skb fired 12 times for 12 retransmitted packets")
 
 _add(Lesson(
     "retransmit", "Retransmissions: SYN backoff, fast retransmit, the tail loss probe and the RTO",
@@ -1248,9 +1250,12 @@ net/ipv4/tcp_output.c) arms a probe 2 x srtt ahead (after a send, and again on
 each ACK), plus TCP_RTO_MIN (200 ms) when only one segment is unacknowledged (to
 allow for a delayed ACK), and never later than the RTO; the probe
 (tcp_send_loss_probe) resends the last segment and counts TcpExt TCPLossProbes.
-So with one lost last segment the probe waits about as long as an RTO would
-(measured: 286 ms after the first copy at a 41 ms RTT); 2 x srtt is the wait when
-more than one segment is still out. If the probe is lost too, the retransmission
+With the last two segments lost, two are still out when the ACKs of the rest come
+back: the probe leaves 2 x srtt after them (measured: 127 ms after the last
+segment's first copy at a 41 ms RTT, one round trip for those ACKs and two more),
+its SACK shows the other one lost, which is resent at once (TCPFastRetrans), and
+no timeout fires. With one lost last segment the probe waits about as long as an
+RTO would (measured: 285 ms after the first copy). If the probe is lost too, the retransmission
 timer fires: its timeout is srtt + rttvar, and rttvar is in effect never below
 TCP_RTO_MIN (200 ms; tcp_rtt_estimator and __tcp_set_rto in
 net/ipv4/tcp_input.c; TCP_INFO gave an RTO of 244 ms at an srtt of 41 ms), so an
@@ -1261,9 +1266,9 @@ show while tcp_early_retrans keeps its default.
 
 Each retransmission fires the tcp:tcp_retransmit_skb tracepoint (root:
 tracefs), with the socket's ports, state and what the transmit returned, as the
-copy is handed down (in the recorded run 3 to 26 us after the capture saw it).""",
+copy is handed down (in the recorded run 2 to 22 us after the capture saw it).""",
     "tcplab experiment retransmit",
-    (Figures("retransmit", "tcplab experiment retransmit", "2026-12-01",
+    (Figures("retransmit", "tcplab experiment retransmit", "2026-11-30",
              RETRANSMIT_RECORDED, _retransmit),),
 ))
 
