@@ -56,8 +56,9 @@ demonstrated with the figure measured on this machine.
              tcp_orphan_retries
   retransmit SYNs to a black-holed server across a delayed veth link (1 s apart,
              then doubling, as tcp_syn_linear_timeouts has it) until ETIMEDOUT;
-             a lost segment sent again by fast retransmit within a round trip, a
-             lost tail by the retransmission timer (>= 200 ms); as root with
+             a lost segment sent again by fast retransmit within a round trip;
+             two lost at the end: the tail loss probe, no timeout; a lost tail
+             and its probe: the retransmission timer (>= 200 ms); as root with
              tcp:tcp_retransmit_skb on the packets' timeline
   all        every experiment above, in turn, with a summary
 """
