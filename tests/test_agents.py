@@ -297,6 +297,30 @@ def test_handshake() -> None:
 
 
 @pytest.mark.privileged
+def test_retransmit() -> None:
+    # The server role (the client's and the tracer's are run by test_retransmit.py's
+    # experiment): in a sandbox, its rules drop the SYNs from --syn-from, and only those.
+    from tcplab.agents.retransmit import Ready as RetransmitReady
+
+    with Sandbox({}) as sb:
+        proc = sb.popen(command("retransmit", "server", "--port", "20002", "--syn-from",
+                                "30002", "--size", "1500", "--drop", "tail"),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert read_record(proc, RetransmitReady).pid == proc.pid
+            code = ("import socket\n"
+                    "socket.create_connection(('127.0.0.1', 20002), timeout=5).close()\n"
+                    "s = socket.socket(); s.settimeout(1.5); s.bind(('127.0.0.1', 30002))\n"
+                    "try:\n    s.connect(('127.0.0.1', 20002))\n"
+                    "except TimeoutError:\n    print('dropped')\n")
+            r = sb.run([sys.executable, "-c", code], stdout=subprocess.PIPE, timeout=GUARD)
+            assert r.stdout == b"dropped\n"
+        finally:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.privileged
 def test_nsholder(children: list[subprocess.Popen[bytes]]) -> None:
     if os.geteuid() != 0:
         pytest.skip("without --user the holder needs root (test_sandbox covers --user)")
@@ -507,7 +531,7 @@ CASES = {
     "handshake": test_handshake, "nsholder": test_nsholder,
     "tracefs_probe": test_tracefs_probe, "sysctl": test_sysctl,
     "keepalive": test_keepalive, "orphans": test_orphans, "ports": test_ports,
-    "netholder": test_netholder, "nagle": test_nagle,
+    "netholder": test_netholder, "nagle": test_nagle, "retransmit": test_retransmit,
 }
 
 

@@ -486,6 +486,13 @@ CASES: dict[str, Case] = {
         "mid": line("tracing and capturing"),
         "late": line("tracing and capturing", after=1.5),
     }, root=True),
+    # A temporary net (namespaces, a router with its delay line), the server's nftables
+    # rules, the client's SYNs for 7 s then two bursts; as root a tracer outside the net.
+    "retransmit": Case(experiment("retransmit", "--quick"), {
+        "early": line("running experiment retransmit"),  # the net being made
+        "mid": line("SYNs to a black hole"),  # the client starting, the tracer running
+        "late": line("SYNs to a black hole", after=3.0),  # SYNs on the wire
+    }),
     "all": Case(experiment("all", "--quick", "--variant", "fresh", "--ports", "200",
                            "--fd-limit", "32", "--connections", "100"), {
         "early": line("running experiment echo"),

@@ -41,11 +41,13 @@ from tests.helpers import ExperimentAll, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
-               "multiplex", "handshake", "keepalive", "ports", "orphans", "nagle")
+               "multiplex", "handshake", "keepalive", "ports", "orphans", "nagle",
+               "retransmit")
 #: The experiments whose section has a chart (one each) when they ran.
 CHARTED = ("port-bomb", "fd-leak", "multiplex", "handshake")
 TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "netpoll",
-          "restart", "reset", "syn-queue", "keepalive", "ports", "orphans", "nagle")
+          "restart", "reset", "syn-queue", "keepalive", "ports", "orphans", "nagle",
+               "retransmit")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: The flags that run Debian's chromium here, as root too, without reaching the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -497,7 +499,7 @@ def test_recorded_figures_are_what_their_runs_measured() -> None:
             if fig.experiment:  # the sentence this_run builds from that run's JSON
                 assert fig.sentence(recorded_run(fig)) == fig.recorded, (lesson.topic, fig)
                 by_experiment += 1
-    assert by_experiment == 21
+    assert by_experiment == 22
 
 
 #: Keys of the recorded JSON that their records do not keep: each bomb run's own

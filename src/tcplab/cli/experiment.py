@@ -60,13 +60,20 @@ demonstrated with the figure measured on this machine.
              sendmsg() it does not; the first request of a connection does not
              wait (quick-ACK mode); a full run on loopback adds a veth link with
              10 ms each way, where the wait grows by a round trip
+  retransmit SYNs to a black-holed server across a delayed veth link (1 s apart,
+             then doubling, as tcp_syn_linear_timeouts has it) until ETIMEDOUT;
+             a lost segment sent again by fast retransmit within a round trip;
+             two lost at the end: the tail loss probe, no timeout; a lost tail
+             and its probe: the retransmission timer (>= 200 ms); as root with
+             tcp:tcp_retransmit_skb on the packets' timeline
   all        every experiment above, in turn, with a summary
 """
 
 
 #: In the order `experiment all` runs them.
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
-               "multiplex", "handshake", "keepalive", "ports", "orphans", "nagle")
+               "multiplex", "handshake", "keepalive", "ports", "orphans", "nagle",
+               "retransmit")
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -148,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         ports,
         reset,
         restart,
+        retransmit,
         syn_queue,
     )
     from tcplab.experiments.result import result_type
@@ -204,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
                "multiplex": run_multiplex, "handshake": handshake.run,
                "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),
                "orphans": one_end(orphans.run),
-               "nagle": nagle.run}
+               "nagle": nagle.run,
+               "retransmit": retransmit.run}
     assert list(runners) == list(EXPERIMENTS)
     names = list(runners) if args.name == "all" else [args.name]
     results = []

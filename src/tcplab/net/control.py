@@ -319,7 +319,7 @@ def popen(net: registry.Net, role: str, args: list[str], fd_limit: int | None = 
     own, with the net's environment, killed by the kernel if we die
     (PR_SET_PDEATHSIG), with ``fd_limit`` as Sandbox.popen has it. The caller
     stops and reaps it (``down`` kills whatever is left in the net)."""
-    from tcplab.interrupts import spawn
+    from tcplab.interrupts import deferred, spawn
     from tcplab.observe.nsutil import die_with_parent, limit_fds
 
     env = dict(kwargs.pop("env", None) or os.environ)
@@ -332,7 +332,10 @@ def popen(net: registry.Net, role: str, args: list[str], fd_limit: int | None = 
         if fd_limit is not None:
             limit_fds(fd_limit, fd_hard)
 
-    return spawn(args, preexec_fn=inside, env=env, **kwargs)
+    # SIGINT and SIGTERM held while it forks: ``inside`` runs Python in the child
+    # before exec, where a Ctrl-C to the process group would raise (interrupts.spawn).
+    with deferred():
+        return spawn(args, preexec_fn=inside, env=env, **kwargs)
 
 
 def set_sysctls(net: registry.Net, role: str, values: Mapping[str, str],

@@ -131,7 +131,9 @@ def _write(path: str, value: str) -> None:
 
 class TraceInstance:
     def __init__(self, port: int = 0, syscall_pids: list[int] | None = None,
-                 resets: bool = True) -> None:
+                 resets: bool = True, events: tuple[str, ...] = STATE_EVENTS) -> None:
+        """``events``: the tracepoints filtered by ``port`` (the state changes by
+        default; ``experiment retransmit`` asks for tcp/tcp_retransmit_skb)."""
         self.root = find_tracefs()
         self.stale = remove_stale(self.root)
         self.path = f"{self.root}/instances/{PREFIX}{os.getpid()}"
@@ -148,12 +150,13 @@ class TraceInstance:
                 except PermissionError:
                     raise PrivilegeError(f"cannot create {self.path}",
                                          hint="run as root") from None
-                self._setup(port, syscall_pids or [], resets)
+                self._setup(port, syscall_pids or [], resets, events)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, port: int, pids: list[int], resets: bool) -> None:
+    def _setup(self, port: int, pids: list[int], resets: bool,
+               wanted: tuple[str, ...]) -> None:
         p = self.path
         _write(f"{p}/tracing_on", "0")
         try:
@@ -161,7 +164,7 @@ class TraceInstance:
         except OSError:
             pass
         port_filter = f"sport == {port} || dport == {port}" if port else ""
-        events = list(STATE_EVENTS) + ([RESET_SENT] if resets else [])
+        events = list(wanted) + ([RESET_SENT] if resets else [])
         for ev in events:
             base = f"{p}/events/{ev}"
             if not os.path.isdir(base):

@@ -44,6 +44,7 @@ from tcplab.experiments import (
     ports,
     reset,
     restart,
+    retransmit,
     syn_queue,
 )
 from tcplab.experiments.result import Result
@@ -359,6 +360,33 @@ def _restart(r: restart.Result) -> str | None:
         parts.append(f"after a server {'with' if old else 'without'} SO_REUSEADDR stopped "
                      f"with {plural(tries[0].time_wait, 'TIME_WAIT socket')} on its port, a "
                      f"new bind() {said}")
+    return "; ".join(parts) or None
+
+
+def _retransmit(r: retransmit.Result) -> str | None:
+    f = r.facts
+    assert f is not None
+    parts = []
+    if f.syn is not None:
+        s = f.syn
+        gaps = ", ".join(f"{b - a:.2f}" for a, b in zip(s.sent, s.sent[1:], strict=False))
+        parts.append(f"with tcp_syn_retries = {s.syn_retries}, {plural(len(s.sent), 'SYN')} "
+                     f"left {gaps} s apart and connect() failed with "
+                     f"{errno_name(s.errno) if s.errno else 'no error'} after "
+                     f"{s.failed_after:.2f} s (the rule: {s.model_failed_after:g} s)")
+    for c in f.cases:
+        again = ", ".join(f"{t * 1000:.0f} ms" for t in c.copies[1:]) or "never"
+        counted = ", ".join(f"{name} {n}" for name, n in (
+            ("TCPFastRetrans", c.fast_retrans), ("TCPLossProbes", c.loss_probes),
+            ("TCPTimeouts", c.timeouts)) if n)
+        what = {"middle": "a segment lost in mid-burst",
+                "probe": "the last of two lost last segments",
+                "tail": "a lost last segment (and its probe)"}.get(c.name, c.name)
+        parts.append(f"{what} was sent again after {again} at an RTT of {c.rtt_ms:.0f} ms "
+                     f"({counted or 'nothing counted'})")
+    if f.traced is not None:
+        parts.append(f"tcp:tcp_retransmit_skb fired {plural(f.traced, 'time')} for "
+                     f"{plural(f.retransmitted_packets, 'retransmitted packet')}")
     return "; ".join(parts) or None
 
 
@@ -1211,16 +1239,83 @@ mode again by its own rules (man 7 tcp).""",
              "and 100 ms against 22 to 38 ms, the delay line slower under that load)"),),
 ))
 
+#: The recorded figures (as root, so with the tracepoint). Three full runs as root on
+#: 2026-11-30 (two before the probe case was added): the same counts each time, the
+#: 1 s gaps 1.00 to 1.03 s, the 4 s gap 4.03 to 4.23 s, the error at 19.36 to 19.54 s.
+RETRANSMIT_RECORDED = (
+    "with tcp_syn_retries = 3, 8 SYNs left 1.01, 1.02, 1.03, 1.02, 1.02, 2.02, 4.23 s apart "
+    "and connect() failed with ETIMEDOUT after 19.54 s (the rule: 19 s); a segment lost in "
+    "mid-burst was sent again after 41 ms at an RTT of 41 ms (TCPFastRetrans 1); the last "
+    "of two lost last segments was sent again after 127 ms at an RTT of 41 ms "
+    "(TCPFastRetrans 1, TCPLossProbes 1); a lost last segment (and its probe) was sent "
+    "again after 285 ms, 533 ms at an RTT of 41 ms (TCPLossProbes 1, TCPTimeouts 1); "
+    "tcp:tcp_retransmit_skb fired 12 times for 12 retransmitted packets")
+
+_add(Lesson(
+    "retransmit", "Retransmissions: SYN backoff, fast retransmit, the tail loss probe and the RTO",
+    """A SYN that gets no answer is sent again by the retransmission timer
+(tcp_retransmit_timer in net/ipv4/tcp_timer.c). Its first timeout is
+TCP_TIMEOUT_INIT, 1 s. Since Linux 6.5 the timeout is not doubled while the
+connection has had no more timeouts than net.ipv4.tcp_syn_linear_timeouts
+(default 4; the test is `tp->total_rto > sysctl_tcp_syn_linear_timeouts`, on 6.5
+and 6.6 icsk_backoff): so the SYNs leave 1, 1, 1, 1, 1 s apart, then 2, 4, 8 s.
+connect() fails with ETIMEDOUT ("Connection timed out") at the first timeout
+where tcp_write_timeout finds either tcp_syn_retries + tcp_syn_linear_timeouts
+SYNs resent (`max_retransmits`), or (2^(tcp_syn_retries + 1) - 1) x 1 s gone
+since the first SYN (retransmits_timed_out with tcp_model_timeout and
+tcp_timeout_init as its base). With the defaults (tcp_syn_retries 6) that rule
+gives 11 SYNs and the error after 131 s (computed by tcplab's syn_schedule, not
+measured). Timers fire late, never early: the timer wheel rounds a timeout up to
+its level's granularity, at most an eighth of it (kernel/time/timer.c), so a 1 s
+gap measures about 1.02 s.
+
+A lost data segment in the middle of a flight is found by the ACKs of the
+segments after it: with SACK (on by default) each such ACK names what arrived,
+and once three segments above the hole are SACKed (tp->reordering, 3)
+RACK's reordering window drops to zero (tcp_rack_reo_wnd in
+net/ipv4/tcp_recovery.c) and the hole is marked lost and sent again at once,
+about one round trip after it first left; tcp_xmit_retransmit_queue
+(net/ipv4/tcp_output.c) counts it as TcpExt TCPFastRetrans.
+
+A lost last segment has no later segments to report it. Linux's tail loss probe
+(net.ipv4.tcp_early_retrans = 3, the default; tcp_schedule_loss_probe in
+net/ipv4/tcp_output.c) arms a probe 2 x srtt ahead (after a send, and again on
+each ACK), plus TCP_RTO_MIN (200 ms) when only one segment is unacknowledged (to
+allow for a delayed ACK), and never later than the RTO; the probe
+(tcp_send_loss_probe) resends the last segment and counts TcpExt TCPLossProbes.
+With the last two segments lost, two are still out when the ACKs of the rest come
+back: the probe leaves 2 x srtt after them (measured: 127 ms after the last
+segment's first copy at a 41 ms RTT, one round trip for those ACKs and two more),
+its SACK shows the other one lost, which is resent at once (TCPFastRetrans), and
+no timeout fires. With one lost last segment the probe waits about as long as an
+RTO would (measured: 285 ms after the first copy). If the probe is lost too, the retransmission
+timer fires: its timeout is srtt + rttvar, and rttvar is in effect never below
+TCP_RTO_MIN (200 ms; tcp_rtt_estimator and __tcp_set_rto in
+net/ipv4/tcp_input.c; TCP_INFO gave an RTO of 244 ms at an srtt of 41 ms), so an
+RTO is at least 200 ms plus a round trip; it counts TcpExt TCPTimeouts, and each
+copy counts Tcp RetransSegs. The experiment drops the last segment AND its probe
+(an nftables quota in the server's namespace), the honest way to make the RTO
+show while tcp_early_retrans keeps its default.
+
+Each retransmission fires the tcp:tcp_retransmit_skb tracepoint (root:
+tracefs), with the socket's ports, state and what the transmit returned, as the
+copy is handed down (in the recorded run 2 to 22 us after the capture saw it).""",
+    "tcplab experiment retransmit",
+    (Figures("retransmit", "tcplab experiment retransmit", "2026-11-30",
+             RETRANSMIT_RECORDED, _retransmit),),
+))
+
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
     "echo": ("handshake", "nagle"),  # small round trips, and what can stall them
     "port-bomb": ("port-range", "ports", "reset"),
     "fd-leak": ("fd-limit", "keepalive", "syn-queue"),  # its accept queue fills too
     "half-close": ("close-wait", "time-wait", "orphans", "restart"), "multiplex": ("netpoll",),
-    "handshake": ("handshake", "reset"), "restart": ("restart",), "reset": ("reset",),
+    "handshake": ("handshake", "reset", "retransmit"), "restart": ("restart",), "reset": ("reset",),
     "syn-queue": ("syn-queue",),
     "keepalive": ("keepalive",), "ports": ("ports",), "orphans": ("orphans",),
     "nagle": ("nagle",),
+    "retransmit": ("retransmit",),
 }
 
 

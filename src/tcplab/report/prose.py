@@ -40,6 +40,7 @@ from tcplab.experiments import (
     ports,
     reset,
     restart,
+    retransmit,
     syn_queue,
 )
 from tcplab.experiments.result import Event, Result
@@ -104,6 +105,8 @@ def worded(result: R) -> R:
                                                 else 0, s.tcp_orphan_retries if s else 0))
     elif isinstance(result, nagle.Result):
         out = replace(result, fact=nagle_fact(result.facts.rounds))
+    elif isinstance(result, retransmit.Result):
+        out = replace(result, fact=retransmit_fact(result.facts, result.settings))
     worded_result: R = out
     return worded_result
 
@@ -1075,3 +1078,54 @@ def nagle_fact(rounds: Sequence[nagle.Round]) -> str:
             "delayed ACK with Nagle's algorithm, not with TCP_NODELAY or one sendmsg(), and "
             "the first request not to; NOT shown: " + "; ".join(problems)
             + "; saw: " + "; ".join(words))
+# --- retransmit -------------------------------------------------------------------------------
+
+def syn_words(s: retransmit.SynFacts) -> str:
+    gaps = ", ".join(f"{b - a:.2f}" for a, b in zip(s.sent, s.sent[1:], strict=False))
+    model = ", ".join(f"{b - a:g}" for a, b in zip(s.model, s.model[1:], strict=False))
+    error = (f"[Errno {s.errno}] {errno_name(s.errno)}: {s.error}" if s.errno is not None
+             else "no error (it connected)")
+    return (f"{plural(len(s.sent), 'SYN')} to a black-holed server (tcp_syn_retries "
+            f"{s.syn_retries}, tcp_syn_linear_timeouts {s.linear_timeouts}), {gaps} s apart "
+            f"(the kernel's rule: {model}), then connect() failed after "
+            f"{s.failed_after:.2f} s (rule: {s.model_failed_after:g}) with {error}")
+
+
+def case_words(c: retransmit.CaseFacts) -> str:
+    times = ", ".join(f"{t * 1000:.0f}" for t in c.copies[1:]) or "never"
+    counters = ", ".join(f"{name} {n}" for name, n in (
+        ("TCPFastRetrans", c.fast_retrans), ("TCPLossProbes", c.loss_probes),
+        ("TCPTimeouts", c.timeouts)) if n) or "no retransmission counted"
+    what = {"middle": "a segment lost in the middle of a burst",
+            "probe": "the burst's last two segments lost, the last one",
+            "tail": "the burst's last segment, lost twice"}.get(c.name, c.name)
+    return (f"{what}: sent again after {times} ms (RTT {c.rtt_ms:.0f} ms"
+            + (f", {plural(c.dupacks, 'ACK')} with SACK first" if c.dupacks else "")
+            + f"; {counters})")
+
+
+def retransmit_fact(f: retransmit.Facts, s: retransmit.RunWith | None) -> str:
+    parts = []
+    if f.syn is not None:
+        parts.append(("" if retransmit.syn_shown(f.syn) else "NOT shown: ") + syn_words(f.syn))
+    middle, tail = retransmit.by_name(f, "middle"), retransmit.by_name(f, "tail")
+    probe = retransmit.by_name(f, "probe")
+    for c, shown in ((middle, retransmit.fast_shown(middle)),
+                     (probe, retransmit.probe_shown(probe)),
+                     (tail, retransmit.rto_shown(tail, middle))):
+        if c is not None:
+            parts.append(("" if shown else "NOT shown: ") + case_words(c))
+    if f.traced is not None:
+        parts.append(("" if retransmit.trace_shown(f) else "NOT shown: ")
+                     + f"tcp:tcp_retransmit_skb fired {plural(f.traced, 'time')} for "
+                     f"{plural(f.retransmitted_packets, 'retransmitted packet')} captured")
+    else:
+        parts.append(f"tracepoint not traced: {f.trace_skipped}")
+    if s is not None and s.link_note:
+        parts.append(s.link_note)
+    text = "; ".join(parts) or "nothing was measured"
+    if retransmit.judge(f):
+        return text
+    return ("expected SYNs at the kernel's times then ETIMEDOUT, a fast retransmit within "
+            "about a round trip, a loss probe within three and no timeout, and a timeout at "
+            "least 200 ms after a lost probe; saw: " + text)
