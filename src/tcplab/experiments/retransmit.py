@@ -40,7 +40,7 @@ from tcplab.agents.io import command
 from tcplab.agents.retransmit import CASES, Case, Ready, Retransmitted, Seen, SynTry
 from tcplab.errors import ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
-from tcplab.experiments.link import LinkSpec, LinkUsed
+from tcplab.experiments.link import LOOPBACK, LinkSpec, LinkUsed
 from tcplab.experiments.result import Event, Progress, say_nothing
 from tcplab.net.plan import CLIENT_IF
 from tcplab.records import RecordError, from_json_line
@@ -163,7 +163,7 @@ def _lines(proc: subprocess.Popen[bytes], into: list[bytes]) -> None:
 
 
 def run(quick: bool = False, progress: Progress = say_nothing,
-        link: LinkSpec = LinkSpec()) -> Result:  # noqa: B008 - frozen, never changed
+        link: LinkSpec = LOOPBACK) -> Result:
     from tcplab.experiments import link as links
     from tcplab.experiments.children import terminate
     from tcplab.experiments.handshake import stop_tracer
