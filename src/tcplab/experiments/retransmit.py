@@ -342,7 +342,7 @@ def _result(records: list[object], trace: list[object] | None, trace_skipped: st
     for line in _progress_lines(facts):
         progress(f"  {line}")
     return Result(experiment="retransmit", ok=judge(facts), settings=settings, facts=facts,
-                  events=tuple(events))
+                  events=tuple(events), link=settings.link)
 
 
 def _timeline(seen: Sequence[Seen], trace: Sequence[object], syn: SynTry | None,
