@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tcplab.experiments.link import LinkUsed
 from tcplab.experiments.result import Result, result_type
 from tcplab.records import to_json
 from tcplab.report import html
@@ -627,6 +628,7 @@ class _Text(HTMLParser):
         self.text: list[str] = []
         self.boxes: dict[str, list[tuple[str, str]]] = {}  # title -> [(class, text)]
         self.run_with: dict[str, str] = {}  # section -> its "Run with:" line
+        self.links: dict[str, str] = {}  # section -> its "Link:" line
         self._skip = 0
         self._box: str | None = None
         self._section = ""
@@ -658,6 +660,8 @@ class _Text(HTMLParser):
         tag, cls = self._tag[-1] if self._tag else ("", "")
         if tag == "p" and cls == "meta" and data.startswith("Run with: "):
             self.run_with[self._section] = data
+        if tag == "p" and cls == "meta" and data.startswith("Link: "):
+            self.links[self._section] = data
         if self._box is not None:
             if tag == "h3":
                 self._box = data
@@ -710,6 +714,12 @@ def test_run_with_lines_read_as_settings(small_runs: SmallRuns) -> None:
     assert "ports 10 · " in seen["port-bomb"]
     assert seen["echo"].startswith("Run with: server model ")
     assert seen["half-close"] == "Run with: pause between steps 0.3 s"
+    # The link each two-ended experiment ran on, as its record says it.
+    links = page_text(small_runs.page).links
+    for name, body in small_runs.bodies.items():
+        if body.get("link"):
+            assert links[name] == f"Link: {LinkUsed(**body['link']).words()}", name
+    assert links["echo"] == "Link: loopback (one namespace, lo)"
 
 
 def box_text(boxes: dict[str, list[tuple[str, str]]], topic: str, kind: str) -> str:

@@ -152,6 +152,8 @@ def _section(r: AnyResult, index: int, run: Mapping[str, AnyResult], topics: lis
     run_with = "" if r.settings is None else settings_text(r.settings)
     if run_with:
         parts.append(f'<p class="meta">Run with: {html.escape(run_with)}</p>')
+    if r.link is not None:
+        parts.append(f'<p class="meta">Link: {html.escape(r.link.words())}</p>')
     for caption, svg in ([] if r.skipped else _charts(r)):
         parts.append(f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}'
                      "</figcaption></figure>")
