@@ -222,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     for i, name in enumerate(names, 1):
         status = _Status(f"[{i}/{len(names)}] {name}", started, quiet=args.json)
-        note(f"running experiment {name} ...")
+        note(f"running experiment {name} ..." + (
+            " (it has one end: on loopback, not --link veth)"
+            if link.kind != "loopback" and name in ONE_END else ""))
         try:
             verbose = args.json or name in ("port-bomb", "multiplex")
             result = worded(runners[name](quick=args.quick,
