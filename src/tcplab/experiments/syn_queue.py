@@ -129,10 +129,10 @@ def stranded(ph: Phase | None) -> int:
 
 def judge(phases: Sequence[Phase], backlog: int) -> bool:
     """Shown: in every round, on its own sysctls, the accept queue held backlog + 1 and
-    no more; the 3 clients that came then sat in SYN_SENT with no error while ListenOverflows and ListenDrops
-    counted their SYNs; with tcp_abort_on_overflow = 0 clients were left ESTABLISHED
-    with no full socket on the server and no error, ListenOverflows counting them; with
-    it 1, clients got ECONNRESET."""
+    no more; the 3 clients that came then sat in SYN_SENT with no error while
+    ListenOverflows and ListenDrops counted their SYNs; with tcp_abort_on_overflow = 0
+    clients were left ESTABLISHED with no full socket on the server and no error,
+    ListenOverflows counting them; with it 1, clients got ECONNRESET."""
     for name, cookies_on, abort_on in ROUNDS:
         acks, syn = find(phases, name, "acks"), find(phases, name, "syn")
         if acks is None or syn is None or acks.accept_queue != backlog + 1:
