@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                "half-close": half_close.run, "restart": restart.run,
                "reset": reset.run, "syn-queue": syn_queue.run,
                "multiplex": run_multiplex, "handshake": handshake.run,
-               "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),
+               "keepalive": one_end(keepalive.run), "ports": ports.run,
                "orphans": one_end(orphans.run),
                "nagle": nagle.run,
                "retransmit": retransmit.run}

@@ -447,6 +447,7 @@ def _ports(r: ports.Result) -> str | None:
     assert f is not None
     by = ports.by_case(f.cases)
     one, two = ports.FIRST, ports.SECOND
+    to1, to2 = ports.names(f.cases)  # 127.0.0.1 and 127.0.0.2; across a link address:port
 
     def parity(p: Ports) -> str:
         even = sum(1 for x in p.ports if x in ports.EVEN)
@@ -472,10 +473,10 @@ def _ports(r: ports.Result) -> str | None:
     inside = all(lo <= x <= hi for x in sr.ports)
     return (f"in a ten-port range ({r.settings.port_range if r.settings else '?'}), "
             f"{len(c.ports)} connect()s got {parity(c)} and {len(b.ports)} bind()s to port 0 "
-            f"got {parity(b)}; bind() then connect() to {one.split(':')[0]} got "
-            f"{got(btc1)}, and toward {two.split(':')[0]} {got(btc2)}; with "
+            f"got {parity(b)}; bind() then connect() to {to1} got "
+            f"{got(btc1)}, and toward {to2} {got(btc2)}; with "
             f"IP_BIND_ADDRESS_NO_PORT, {plural(len(np1.ports), 'connection')} to "
-            f"{one.split(':')[0]} and {len(np2.ports)} more to {two.split(':')[0]}"
+            f"{to1} and {len(np2.ports)} more to {to2}"
             + (f" from the same {len(np1.ports)} ports" if set(np1.ports) == set(np2.ports)
                else "") + f"{then(np2)}; IP_LOCAL_PORT_RANGE {lo}-{hi} gave "
             f"{plural(len(sr.ports), 'connection')}{' on those ports' if inside else ''}"
