@@ -28,7 +28,7 @@ from tcplab.experiments import syn_queue
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import from_json_line
 from tcplab.report import html
-from tests.helpers import one_json, run_tcplab, userns_allowed
+from tests.helpers import USERS, one_json, run_as, run_tcplab, userns_allowed
 
 GUARD = 60.0  # seconds: a hang guard only
 RECORDED = Path(__file__).parent / "data" / "lessons" / "syn-queue.json"
@@ -78,6 +78,42 @@ def test_full_accept_queue_drops_syns_and_final_acks() -> None:
     assert p["abort", "acks"]["counters"]["EmbryonicRsts"] == reset[0]["clients"]
     assert "[Errno 104] ECONNRESET: Connection reset by peer" in b["fact"]
     assert f"the accept queue held {backlog + 1} and no more" in b["fact"]
+
+
+DELAY_MS = 20
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_across_a_delayed_veth_link(user: str, nobody_venv: Path | None) -> None:
+    """The listener in the net's server namespace on each round's sysctls (set there from
+    outside), the clients in the client's; the held ACKs still come from the clients'
+    delayed-ACK timer (the client namespace's DelayedACKs), a one-way delay later."""
+    r = run_as(user, nobody_venv, "experiment", "syn-queue", "--quick", "--link", "veth",
+               "--delay", str(DELAY_MS), "--json", timeout=GUARD)
+    b = one_json(r, shown=True)
+    assert b["link"]["kind"] == "veth" and "delay" in b["link"]["mechanisms"]
+    backlog = b["settings"]["backlog"]
+    p = by(b["facts"]["phases"])
+    assert list(p) == [(r, ph) for r in ("cookies", "abort", "no-cookies")
+                       for ph in ("filled", "burst", "acks", "syn")]
+    for r_, cookies, abort in (("cookies", 1, 0), ("abort", 1, 1), ("no-cookies", 0, 0)):
+        assert {(x["syncookies"], x["abort_on_overflow"], x["max_syn_backlog"])
+                for k, x in p.items() if k[0] == r_} == {(cookies, abort, backlog)}, r_
+        assert p[r_, "filled"]["client_states"] == {"ESTABLISHED": backlog}, r_
+        burst, acks = p[r_, "burst"], p[r_, "acks"]
+        # Sampled once every SYN-ACK had crossed, before any held ACK left.
+        assert burst["counters"]["DelayedACKs"] == 0, r_
+        # Every ESTABLISHED client's ACK was sent by its delayed-ACK timer.
+        assert acks["counters"]["DelayedACKs"] == burst["client_states"]["ESTABLISHED"], r_
+        assert acks["accept_queue"] == backlog + 1, r_
+        assert p[r_, "syn"]["client_states"] == {"SYN_SENT": EXTRA}, r_
+        # One timeline: the rounds' agents ran one after another.
+        assert p[r_, "filled"]["t"] < burst["t"] < acks["t"] < p[r_, "syn"]["t"], r_
+    assert p["abort", "filled"]["t"] > p["cookies", "syn"]["t"]
+    assert p["cookies", "burst"]["request_sockets"] == backlog + 1
+    assert p["no-cookies", "burst"]["request_sockets"] == backlog - backlog // 4 + 1
+    assert "[Errno 104] ECONNRESET" in b["fact"]
 
 
 @pytest.mark.privileged
