@@ -31,7 +31,8 @@ net/ipv4/inet_connection_sock.c). The server has one IPv4 address, so the
 second destination is that address's port 8081: another 4-tuple, all the
 lesson needs (__inet_check_established compares the whole 4-tuple), whereas an
 IPv6 destination would take an AF_INET6 socket whose bind() to its own address
-does not collide with the IPv4 ports (inet_bind_conflict compares addresses).
+does not collide with the IPv4 ports (inet_csk_bind_conflict compares the bound
+addresses, inet_rcv_saddr_equal: net/ipv4/inet_connection_sock.c).
 There the agent writes no sysctl: the experiment sets the client namespace's
 range, and its reserved ports before ``--cases reserved``.
 """
