@@ -214,6 +214,8 @@ def test_judge_wants_every_part_of_the_lesson() -> None:
     # No client left ESTABLISHED without a server socket, and no counter: not shown.
     assert not syn_queue.judge(replaced(phases, "cookies", "acks", established_request=0,
                                         established_none=0), backlog)
+    # A round on another round's sysctls (across a link they are set from outside): not shown.
+    assert not syn_queue.judge(replaced(phases, "abort", "syn", abort_on_overflow=0), backlog)
     # A round missing: not shown.
     assert not syn_queue.judge(tuple(p for p in phases if p.round != "no-cookies"), backlog)
     # The fact says what was seen instead.
