@@ -172,6 +172,27 @@ def test_agent_in_each_sandbox(user: bool) -> None:
     assert syn_queue.judge(phases, 4), [syn_queue.phase_words(p) for p in phases]
 
 
+@pytest.mark.privileged
+def test_agent_with_round_writes_no_sysctl() -> None:
+    """--round (how the experiment runs it across a link, after setting the round's
+    sysctls in the server's namespace) runs on the namespace's sysctls as they are."""
+    if not userns_allowed() and os.geteuid() != 0:
+        pytest.skip("unprivileged user namespaces are disabled on this kernel")
+    with Sandbox({}, user=os.geteuid() != 0) as sb:
+        r = sb.run(command("syn_queue", "4", "--round", "abort"), stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    phases = [from_json_line(Phase, line) for line in r.stdout.splitlines()]
+    assert [(p.round, p.phase) for p in phases] == [
+        ("abort", ph) for ph in ("filled", "burst", "acks", "syn")]
+    # A new namespace's defaults (tcp_abort_on_overflow 0; tcp_max_syn_backlog at least
+    # 128: tcp_set_hashinfo from tcp_sk_init, net/ipv4/tcp_ipv4.c): the round's own were
+    # not written.
+    assert {(p.syncookies, p.abort_on_overflow) for p in phases} == {(1, 0)}
+    assert all(p.max_syn_backlog >= 128 for p in phases)
+    assert not syn_queue.judge(phases, 4)
+
+
 @pytest.mark.pure
 def test_agent_refuses_a_small_backlog() -> None:
     r = subprocess.run(command("syn_queue", "3"), capture_output=True, timeout=GUARD)
