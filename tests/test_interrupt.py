@@ -481,6 +481,12 @@ CASES: dict[str, Case] = {
         "mid": line("server listening"),  # the small echoes
         "late": line("echoes of 64 B"),  # 1 MiB echoes, the stream
     }),
+    # One net, each round's sysctls set in its server's namespace, an agent per round.
+    "syn-queue-veth": Case(experiment("syn-queue", "--link", "veth", "--delay", "50"), {
+        "early": line("running experiment syn-queue"),
+        "mid": line("running experiment syn-queue", after=2.0),
+        "late": line("running experiment syn-queue", after=4.0),
+    }),
     "handshake-veth": Case(experiment("handshake", "--link", "veth", "--delay", "25"), {
         "early": line("running experiment handshake"),
         "mid": line("tracing and capturing"),

@@ -85,6 +85,27 @@ def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> No
 
 @pytest.mark.privileged
 @pytest.mark.parametrize("user", USERS)
+def test_ports_across_a_veth_link(user: str, nobody_venv: Path | None) -> None:
+    """The clients in the net's client namespace (its range narrowed by the experiment),
+    the listeners in the server's: the second destination is the server's port 8081."""
+    b = one_json(run_as(user, nobody_venv, "experiment", "ports", "--link", "veth", "--json"),
+                 shown=True)
+    link = b["link"]
+    assert link["kind"] == "veth" and link["server"].startswith("198.")
+    one, two = f"{link['server']}:8080", f"{link['server']}:8081"
+    by = {(p["case"], p["destination"]): p for p in b["facts"]["cases"]}
+    assert sorted(by["connect", one]["ports"]) == [40000, 40002, 40004, 40006, 40008]
+    assert sorted(by["bind", ""]["ports"]) == [40001, 40003, 40005, 40007, 40009]
+    assert by["bind-then-connect", two]["ports"] == []
+    assert by["bind-then-connect", two]["error"]["name"] == "EADDRINUSE"
+    assert (sorted(by["bind-address-no-port", one]["ports"])
+            == sorted(by["bind-address-no-port", two]["ports"]) == list(range(40000, 40010)))
+    assert sorted(by["reserved", one]["ports"]) == [40008, 40009]
+    assert f"toward {two} bind() failed with EADDRINUSE" in b["fact"]
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
 def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) -> None:
     b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"),
                  shown=True)

@@ -28,7 +28,7 @@ from tcplab.experiments import syn_queue
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.records import from_json_line
 from tcplab.report import html
-from tests.helpers import one_json, run_tcplab, userns_allowed
+from tests.helpers import USERS, one_json, run_as, run_tcplab, userns_allowed
 
 GUARD = 60.0  # seconds: a hang guard only
 RECORDED = Path(__file__).parent / "data" / "lessons" / "syn-queue.json"
@@ -78,6 +78,42 @@ def test_full_accept_queue_drops_syns_and_final_acks() -> None:
     assert p["abort", "acks"]["counters"]["EmbryonicRsts"] == reset[0]["clients"]
     assert "[Errno 104] ECONNRESET: Connection reset by peer" in b["fact"]
     assert f"the accept queue held {backlog + 1} and no more" in b["fact"]
+
+
+DELAY_MS = 20
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_across_a_delayed_veth_link(user: str, nobody_venv: Path | None) -> None:
+    """The listener in the net's server namespace on each round's sysctls (set there from
+    outside), the clients in the client's; the held ACKs still come from the clients'
+    delayed-ACK timer (the client namespace's DelayedACKs), a one-way delay later."""
+    r = run_as(user, nobody_venv, "experiment", "syn-queue", "--quick", "--link", "veth",
+               "--delay", str(DELAY_MS), "--json", timeout=GUARD)
+    b = one_json(r, shown=True)
+    assert b["link"]["kind"] == "veth" and "delay" in b["link"]["mechanisms"]
+    backlog = b["settings"]["backlog"]
+    p = by(b["facts"]["phases"])
+    assert list(p) == [(r, ph) for r in ("cookies", "abort", "no-cookies")
+                       for ph in ("filled", "burst", "acks", "syn")]
+    for r_, cookies, abort in (("cookies", 1, 0), ("abort", 1, 1), ("no-cookies", 0, 0)):
+        assert {(x["syncookies"], x["abort_on_overflow"], x["max_syn_backlog"])
+                for k, x in p.items() if k[0] == r_} == {(cookies, abort, backlog)}, r_
+        assert p[r_, "filled"]["client_states"] == {"ESTABLISHED": backlog}, r_
+        burst, acks = p[r_, "burst"], p[r_, "acks"]
+        # Sampled once every SYN-ACK had crossed, before any held ACK left.
+        assert burst["counters"]["DelayedACKs"] == 0, r_
+        # Every ESTABLISHED client's ACK was sent by its delayed-ACK timer.
+        assert acks["counters"]["DelayedACKs"] == burst["client_states"]["ESTABLISHED"], r_
+        assert acks["accept_queue"] == backlog + 1, r_
+        assert p[r_, "syn"]["client_states"] == {"SYN_SENT": EXTRA}, r_
+        # One timeline: the rounds' agents ran one after another.
+        assert p[r_, "filled"]["t"] < burst["t"] < acks["t"] < p[r_, "syn"]["t"], r_
+    assert p["abort", "filled"]["t"] > p["cookies", "syn"]["t"]
+    assert p["cookies", "burst"]["request_sockets"] == backlog + 1
+    assert p["no-cookies", "burst"]["request_sockets"] == backlog - backlog // 4 + 1
+    assert "[Errno 104] ECONNRESET" in b["fact"]
 
 
 @pytest.mark.privileged
@@ -136,6 +172,27 @@ def test_agent_in_each_sandbox(user: bool) -> None:
     assert syn_queue.judge(phases, 4), [syn_queue.phase_words(p) for p in phases]
 
 
+@pytest.mark.privileged
+def test_agent_with_round_writes_no_sysctl() -> None:
+    """--round (how the experiment runs it across a link, after setting the round's
+    sysctls in the server's namespace) runs on the namespace's sysctls as they are."""
+    if not userns_allowed() and os.geteuid() != 0:
+        pytest.skip("unprivileged user namespaces are disabled on this kernel")
+    with Sandbox({}, user=os.geteuid() != 0) as sb:
+        r = sb.run(command("syn_queue", "4", "--round", "abort"), stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, timeout=GUARD)
+    assert r.returncode == 0, r.stderr.decode()
+    phases = [from_json_line(Phase, line) for line in r.stdout.splitlines()]
+    assert [(p.round, p.phase) for p in phases] == [
+        ("abort", ph) for ph in ("filled", "burst", "acks", "syn")]
+    # A new namespace's defaults (tcp_abort_on_overflow 0; tcp_max_syn_backlog at least
+    # 128: tcp_set_hashinfo from tcp_sk_init, net/ipv4/tcp_ipv4.c): the round's own were
+    # not written.
+    assert {(p.syncookies, p.abort_on_overflow) for p in phases} == {(1, 0)}
+    assert all(p.max_syn_backlog >= 128 for p in phases)
+    assert not syn_queue.judge(phases, 4)
+
+
 @pytest.mark.pure
 def test_agent_refuses_a_small_backlog() -> None:
     r = subprocess.run(command("syn_queue", "3"), capture_output=True, timeout=GUARD)
@@ -178,6 +235,8 @@ def test_judge_wants_every_part_of_the_lesson() -> None:
     # No client left ESTABLISHED without a server socket, and no counter: not shown.
     assert not syn_queue.judge(replaced(phases, "cookies", "acks", established_request=0,
                                         established_none=0), backlog)
+    # A round on another round's sysctls (across a link they are set from outside): not shown.
+    assert not syn_queue.judge(replaced(phases, "abort", "syn", abort_on_overflow=0), backlog)
     # A round missing: not shown.
     assert not syn_queue.judge(tuple(p for p in phases if p.round != "no-cookies"), backlog)
     # The fact says what was seen instead.

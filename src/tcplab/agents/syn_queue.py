@@ -42,22 +42,39 @@ The counters are the namespace's own /proc/net/netstat TcpExt (a new network
 namespace has its own), as deltas over each phase. When a held ACK left before
 the burst was sampled (DelayedACKs moved: the agent was descheduled for 200 ms
 on a loaded machine), the round is run again on a fresh port, up to 3 tries.
+
+Across a link (``--host`` the server's address, ``--client-netns`` and
+``--server-netns``: agents/ends.py) the listener is made in the server's
+namespace and the clients in the client's, so every SYN, SYN-ACK and ACK
+crosses the veth pair. The listener's sysctls are then the server namespace's,
+set by the experiment before each round (``--round NAME``: that round only;
+control.set_sysctls) and only read here: this agent writes sysctls only in a
+namespace require_private_netns passed. The counters are the server's, but
+DelayedACKs, the clients' timer, is the client namespace's. The held ACKs are
+held the same way (TCP_QUICKACK 0), on a delayed link too: the link alone would
+hold an ACK for one one-way delay after the server has seen its SYN, on an
+unshaped veth microseconds. Packets take time to cross, so the burst is sampled
+once the server has answered or dropped every SYN of it and every answered
+client is ESTABLISHED, and ``acks`` once the server has taken or refused every
+held ACK (ListenOverflows, and the one the accept queue took).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tcplab.agents.ends import Ends, add_arguments
 from tcplab.agents.io import emit, require_private_netns, write_sysctl
 from tcplab.kernel import tcp_states
 from tcplab.observe import procfs
-from tcplab.observe.sockets import SocketTable
+from tcplab.observe.netns import entered
 
 HOST = "127.0.0.1"
 #: The first try's port; every further try (and round) takes the next one.
@@ -105,9 +122,25 @@ class Phase:
     counters: dict[str, int]  # TcpExt deltas over the phase (COUNTERS)
 
 
+#: Where the sockets are: the server's address, and each end's namespace.
+ENDS = Ends()
+host = HOST
+
+
+def ext_counters(role: str) -> dict[str, int]:
+    """``role``'s namespace's TcpExt (/proc/thread-self/net follows the entered thread)."""
+    with entered(ENDS.paths[role]):
+        return procfs.tcp_counters("/proc/thread-self")[1]
+
+
 def counters() -> dict[str, int]:
-    _, ext = procfs.tcp_counters()
-    return {k: ext.get(k, 0) for k in COUNTERS}
+    """The listener's counters (the server's namespace), DelayedACKs the clients' (the
+    delayed-ACK timer that sends their held ACKs runs at the client's end)."""
+    if ENDS.paths["client"] == ENDS.paths["server"]:  # loopback: one namespace
+        _, ext = procfs.tcp_counters()
+        return {k: ext.get(k, 0) for k in COUNTERS}
+    server, client = ext_counters("server"), ext_counters("client")
+    return {k: (client if k == "DelayedACKs" else server).get(k, 0) for k in COUNTERS}
 
 
 def delta(before: dict[str, int]) -> dict[str, int]:
@@ -117,11 +150,11 @@ def delta(before: dict[str, int]) -> dict[str, int]:
 
 def connect(port: int, quickack: bool) -> socket.socket:
     """A non-blocking connect() to the listener; the SYN is out when it returns."""
-    c = socket.socket()
+    c = ENDS.socket("client")
     if not quickack:
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
     c.setblocking(False)
-    err = c.connect_ex((HOST, port))
+    err = c.connect_ex((host, port))
     if err not in (0, errno.EINPROGRESS):
         c.close()
         raise OSError(err, os.strerror(err))
@@ -141,7 +174,9 @@ class Round:
         client_of: dict[int, str] = {}
         server_of: dict[int, str] = {}
         queue = requests = 0
-        with SocketTable() as table:
+        # On loopback both tables are the one namespace's: the server's side of a
+        # connection has sport == the listener's port, a client's an ephemeral port.
+        with ENDS.table("server") as table:
             for s in table.sockets(self.port):
                 state = tcp_states.name(s.state)
                 if s.state == tcp_states.LISTEN:
@@ -150,8 +185,10 @@ class Round:
                     requests += state == "SYN_RECV"
                     if s.dport in ports:
                         server_of[s.dport] = state
-                elif s.sport in ports:
-                    client_of[s.sport] = state
+        with ENDS.table("client") as table:
+            for s in table.sockets(self.port):
+                if s.sport in ports and s.dport == self.port:
+                    client_of[s.sport] = tcp_states.name(s.state)
         states: dict[str, int] = {}
         est_request = est_none = 0
         for p in sorted(ports):
@@ -170,7 +207,9 @@ class Round:
 
 
 def sysctl(name: str) -> int:
-    return procfs.sysctl_int(name, -1)
+    """The listener's namespace's (the server's): /proc/sys/net follows the opener."""
+    with entered(ENDS.paths["server"]):
+        return procfs.sysctl_int(name, -1)
 
 
 def reads(clients: list[socket.socket]) -> tuple[ClientError, ...]:
@@ -188,8 +227,24 @@ def reads(clients: list[socket.socket]) -> tuple[ClientError, ...]:
 
 
 def accept_queue(port: int) -> int:
-    with SocketTable() as table:
+    with ENDS.table("server") as table:
         return sum(s.rqueue for s in table.listeners(port))
+
+
+def queued(port: int, n: int) -> bool:
+    return accept_queue(port) >= n
+
+
+def requests_and_established(port: int, clients: list[socket.socket]) -> tuple[int, int]:
+    """The listener's request sockets, and how many of ``clients`` are ESTABLISHED."""
+    ports = {c.getsockname()[1] for c in clients}
+    with ENDS.table("server") as table:
+        requests = sum(1 for s in table.sockets(port)
+                       if s.sport == port and tcp_states.name(s.state) == "SYN_RECV")
+    with ENDS.table("client") as table:
+        established = sum(1 for s in table.sockets(port)
+                          if s.sport in ports and s.state == tcp_states.ESTABLISHED)
+    return requests, established
 
 
 def wait_for(done: Callable[[], bool], deadline_s: float) -> None:
@@ -199,26 +254,48 @@ def wait_for(done: Callable[[], bool], deadline_s: float) -> None:
         time.sleep(0.01)
 
 
+def burst_settled(port: int, burst: list[socket.socket], before: dict[str, int]) -> bool:
+    """Across a link: the server answered (request socket or cookie) or dropped every SYN
+    of the burst, and every answered client got its SYN-ACK (ESTABLISHED)."""
+    requests, established = requests_and_established(port, burst)
+    moved = delta(before)
+    answered = requests + moved["SyncookiesSent"]
+    return answered + moved["ListenDrops"] >= len(burst) and established >= answered
+
+
 def one_try(name: str, port: int, backlog: int, tries: int, t0: float
             ) -> tuple[list[Phase], bool]:
     """The round's four phases on ``port``; False when the burst was cut short."""
     r = Round(name, port, backlog, tries, t0)
-    ls = socket.socket()
+    across = ENDS.paths["server"] is not None
+    ls = ENDS.socket("server")
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((HOST, port))
+    ls.bind((host, port))
     ls.listen(backlog)
     socks = [ls]
     try:
         phases = []
         before = counters()
-        filled = [connect(port, quickack=True) for _ in range(backlog)]
-        socks += filled
+        if across:
+            # One at a time: their SYNs, arriving together a one-way delay later, would
+            # fill the SYN queue past tcp_max_syn_backlog's last quarter (syncookies
+            # off: tcp_conn_request drops the SYN, retried a second later).
+            filled = []
+            for i in range(backlog):
+                filled.append(connect(port, quickack=True))
+                socks.append(filled[-1])
+                wait_for(functools.partial(queued, port, i + 1), 2.0)
+        else:
+            filled = [connect(port, quickack=True) for _ in range(backlog)]
+            socks += filled
         wait_for(lambda: accept_queue(port) >= backlog, 2.0)  # at once, on loopback
         phases.append(r.sample("filled", filled, before))
 
         before = counters()
         burst = [connect(port, quickack=False) for _ in range(backlog + EXTRA)]
         socks += burst
+        if across:  # on loopback the handshakes ran inside connect()
+            wait_for(lambda: burst_settled(port, burst, before), 2.0)
         # Not read: a recv() on a client whose ACK is still held is not needed to show
         # anything, and the ACK must leave from its timer alone.
         held = r.sample("burst", burst, before, read=False)
@@ -231,6 +308,9 @@ def one_try(name: str, port: int, backlog: int, tries: int, t0: float
         before = counters()
         waiting = held.client_states.get("ESTABLISHED", 0)
         wait_for(lambda: delta(before)["DelayedACKs"] >= waiting, 3.0)
+        if across:  # each ACK crosses the link: wait until the server took or refused it
+            wait_for(lambda: delta(before)["ListenOverflows"] + accept_queue(port) - backlog
+                     >= waiting, 2.0)
         time.sleep(0.05)  # the ACKs' processing: microseconds on loopback
         phases.append(r.sample("acks", burst, before))
 
@@ -252,17 +332,33 @@ def main(argv: list[str] | None = None) -> int:
                                 "tcp_abort_on_overflow = 1, and with syncookies off; emit "
                                 "a Phase per phase of each round.")
     p.add_argument("backlog", type=int, help="listen()'s backlog (4 or more)")
-    backlog = p.parse_args(argv).backlog
+    p.add_argument("--round", choices=[r[0] for r in ROUNDS],
+                   help="run this round only, on the sysctls its namespace has (across a "
+                   "link: the experiment sets them in the server's namespace)")
+    p.add_argument("--host", default=HOST, help="the server's address")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    backlog = args.backlog
     if backlog < 4:
         p.error("the backlog must be 4 or more (tcp_max_syn_backlog = BACKLOG keeps a "
                 "quarter of it, rounded down, for proven peers)")
-    require_private_netns(p, "syn-queue")
+    global ENDS, host
+    ENDS, host = Ends.from_args(args), args.host
+    # Sysctls are written only here, in a namespace the guard found private; with
+    # --round (one round) they are the namespace's as they are, only read.
+    if args.round is None:
+        require_private_netns(p, "syn-queue")
+        write_sysctl("net.ipv4.tcp_max_syn_backlog", backlog)
     t0 = time.monotonic()
-    port = PORT
-    write_sysctl("net.ipv4.tcp_max_syn_backlog", backlog)
+    names = [r[0] for r in ROUNDS]
+    # Each round's first port: a fresh one, as when the rounds run one after another.
+    port = PORT + (names.index(args.round) * TRIES if args.round else 0)
     for name, cookies, abort in ROUNDS:
-        write_sysctl("net.ipv4.tcp_syncookies", cookies)
-        write_sysctl("net.ipv4.tcp_abort_on_overflow", abort)
+        if args.round is not None and name != args.round:
+            continue
+        if args.round is None:
+            write_sysctl("net.ipv4.tcp_syncookies", cookies)
+            write_sysctl("net.ipv4.tcp_abort_on_overflow", abort)
         for tries in range(1, TRIES + 1):
             phases, whole = one_try(name, port, backlog, tries, t0)
             port += 1

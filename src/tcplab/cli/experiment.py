@@ -137,7 +137,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 #: Experiments whose client and server are one process in one namespace: their
 #: lesson is one host's sockets (keepalive makes its own veth peer).
-ONE_END = ("syn-queue", "keepalive", "ports", "orphans")
+ONE_END = ("keepalive", "orphans")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,9 +208,9 @@ def run(args: argparse.Namespace) -> int:
 
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
                "half-close": half_close.run, "restart": restart.run,
-               "reset": reset.run, "syn-queue": one_end(syn_queue.run),
+               "reset": reset.run, "syn-queue": syn_queue.run,
                "multiplex": run_multiplex, "handshake": handshake.run,
-               "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),
+               "keepalive": one_end(keepalive.run), "ports": ports.run,
                "orphans": one_end(orphans.run),
                "nagle": nagle.run,
                "retransmit": retransmit.run}

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from tcplab.agents.io import command
 from tcplab.errors import ExperimentFailed
-from tcplab.experiments.link import LOOPBACK, LinkSpec, LinkUsed, ends
+from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed, ends
 from tcplab.records import RecordError, from_json_line
 
 T = TypeVar("T")
@@ -33,23 +33,27 @@ def records_on(link: LinkSpec, agent: str, args: list[str], cls: type[T], what: 
     """As records(), at the server's end of ``link``, told where each end is
     (``--host``, ``--client-netns``, ``--server-netns``: agents/ends.py): an agent
     that makes both sockets makes each in its end's namespace."""
-    hint = "run again with --debug; 'tcplab check' says what works here"
     with ends(link, prefix=agent.replace("_", "")) as e:
-        used = e.used
-        where = ([] if e.kind == "loopback"
-                 else ["--host", e.server_host, *e.netns_args()])
-        try:
-            r = e.run("server", command(agent, *args, *where), stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ExperimentFailed(f"{what} did not finish in {timeout:g} s",
-                                   hint=hint) from None
+        return agent_records(e, agent, args, cls, what, timeout), e.used
+
+
+def agent_records(e: Ends, agent: str, args: list[str], cls: type[T], what: str,
+                  timeout: float = 60) -> tuple[T, ...]:
+    """As records_on(), in the ends ``e`` an experiment holds (to run the agent more than
+    once in one net, with its sysctls set in between)."""
+    hint = "run again with --debug; 'tcplab check' says what works here"
+    where = [] if e.kind == "loopback" else ["--host", e.server_host, *e.netns_args()]
+    try:
+        r = e.run("server", command(agent, *args, *where), stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ExperimentFailed(f"{what} did not finish in {timeout:g} s", hint=hint) from None
     if r.returncode != 0:
         lines = r.stderr.decode(errors="replace").strip().splitlines()
         raise ExperimentFailed(f"{what} exited {r.returncode}: "
                                f"{lines[-1] if lines else 'no output'}", hint=hint)
     try:
-        return tuple(from_json_line(cls, line) for line in r.stdout.splitlines()), used
-    except RecordError as e:
-        raise ExperimentFailed(f"{what} wrote something else than its records: {e}",
+        return tuple(from_json_line(cls, line) for line in r.stdout.splitlines())
+    except RecordError as err:
+        raise ExperimentFailed(f"{what} wrote something else than its records: {err}",
                                hint="this is a bug in tcplab: report it") from None

@@ -8,18 +8,26 @@ socket, and ip_local_reserved_ports (the agent's docstring cites the kernel).
 Each is a ``Ports`` record: the local ports the sockets got, in order, and the
 call that failed with its errno.
 
+Across a link (``--link veth``) the clients are in the net's client namespace,
+whose ip_local_port_range the experiment narrows (and whose reserved ports it
+sets before the last case), and the listeners in the server's: the two
+destinations are the server's address at ports 8080 and 8081 (it has one IPv4
+address; agents/ports.py says why not its IPv6 one).
+
 Every check is a count or a set of port numbers: with ten ports the kernel's
 choices are exact, on a loaded machine too (only their order may vary).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tcplab.agents.ports import HIGH, LOW, ONE, PORT, RESERVED, SOCKET_RANGE, TWO, Failed, Ports
 from tcplab.experiments import result as base
-from tcplab.experiments.choreography import records
+from tcplab.experiments.choreography import agent_records, records
+from tcplab.experiments.link import LOOPBACK, LinkSpec, LinkUsed, ends
 from tcplab.experiments.result import Event, Progress, say_nothing
 
 #: The range's ports, and the two halves __inet_hash_connect and
@@ -27,6 +35,8 @@ from tcplab.experiments.result import Event, Progress, say_nothing
 RANGE = frozenset(range(LOW, HIGH + 1))
 EVEN = frozenset(p for p in RANGE if (p - LOW) % 2 == 0)
 ODD = RANGE - EVEN
+#: The two destinations' keys in by_case (loopback's; across a link the run's first
+#: and second destination are filed under them: destinations() names them).
 FIRST, SECOND = f"{ONE}:{PORT}", f"{TWO}:{PORT}"
 #: How a case ends: the call that failed and its errno's name.
 Ending = tuple[str, str]
@@ -56,19 +66,57 @@ def ports_words(p: Ports) -> str:
     return text + (f"; then {p.error} (\"{p.error.message}\")" if p.error else "")
 
 
-def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
-    cases = records("ports", [], Ports, "the ports choreography")
+def run(quick: bool = False, progress: Progress = say_nothing,
+        link: LinkSpec = LOOPBACK) -> Result:
+    what = "the ports choreography"
+    used = None
+    if link.kind == "loopback":
+        cases = records("ports", [], Ports, what)
+    else:
+        cases, used = across(link, what)
     events = []
     for p in cases:
         line = f"{p.case}{' to ' + p.destination if p.destination else ''}: {ports_words(p)}"
         events.append(Event(p.t, line))
         progress(f"  {line}")
     return Result(experiment="ports", ok=judge(cases), settings=RunWith(f"{LOW}-{HIGH}"),
-                  facts=Facts(cases=cases), events=tuple(events))
+                  facts=Facts(cases=cases), events=tuple(events), link=used)
+
+
+def across(link: LinkSpec, what: str) -> tuple[tuple[Ports, ...], LinkUsed]:
+    """The cases with the clients at the client's end: its port range narrowed from the
+    start, its reserved ports set before the reserved case (and nowhere else)."""
+    with ends(link, {"net.ipv4.ip_local_port_range": f"{LOW} {HIGH}"}, prefix="ports") as e:
+        where = ["--client-host", e.client_host]
+        started = time.monotonic()
+        cases = agent_records(e, "ports", ["--cases", "main", *where], Ports, what)
+        e.set_sysctls("client", {"net.ipv4.ip_local_reserved_ports": RESERVED})
+        offset = time.monotonic() - started  # the second agent counts from its own start
+        cases += tuple(replace(p, t=round(p.t + offset, 3)) for p in agent_records(
+            e, "ports", ["--cases", "reserved", *where], Ports, what))
+        return cases, e.used
+
+
+def destinations(cases: Sequence[Ports]) -> tuple[str, str]:
+    """The run's first and second destination ("host:port"), in the order the agent
+    used them (FIRST and SECOND when a run has fewer)."""
+    seen = list(dict.fromkeys(p.destination for p in cases if p.destination))
+    return (seen[0] if seen else FIRST, seen[1] if len(seen) > 1 else SECOND)
+
+
+def names(cases: Sequence[Ports]) -> tuple[str, str]:
+    """The two destinations as a sentence names them: their addresses when they differ
+    (loopback: 127.0.0.1, 127.0.0.2), else "address:port" (across a link)."""
+    one, two = destinations(cases)
+    a, b = one.rsplit(":", 1)[0], two.rsplit(":", 1)[0]
+    return (a, b) if a != b else (one, two)
 
 
 def by_case(cases: Sequence[Ports]) -> dict[tuple[str, str], Ports]:
-    return {(p.case, p.destination): p for p in cases}
+    """(case, destination) -> its Ports, the destination filed under FIRST or SECOND."""
+    one, two = destinations(cases)
+    key = {one: FIRST, two: SECOND, "": ""}
+    return {(p.case, key.get(p.destination, p.destination)): p for p in cases}
 
 
 def reserved_left() -> frozenset[int]:

@@ -10,18 +10,26 @@ more arrive when it is full. One ``Phase`` record per phase: the accept queue
 clients ESTABLISHED while the server has no full socket for them, the errors
 their next recv() got, and the namespace's TcpExt counters over the phase
 (agents/syn_queue.py cites the kernel for each step).
+
+Across a link (``--link veth``) the listener is in the net's server namespace
+and the clients in its client's; one net serves the three rounds, each round's
+sysctls set in the server's namespace before it starts (control.set_sysctls,
+the sysctl agent's guarded ``--set --netns``), and the agent runs each round
+on a fresh port.
 """
 
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tcplab.agents.syn_queue import EXTRA, ROUNDS, ClientError, Phase
 from tcplab.errors import errno_name
 from tcplab.experiments import result as base
-from tcplab.experiments.choreography import records
+from tcplab.experiments.choreography import agent_records, records
+from tcplab.experiments.link import LOOPBACK, LinkSpec, LinkUsed, ends
 from tcplab.experiments.result import Event, Progress, say_nothing
 from tcplab.words import plural
 
@@ -43,9 +51,15 @@ class Result(base.Result[RunWith, Facts, None]):
     """The syn-queue experiment's result: a Phase per phase of each round, no variants."""
 
 
-def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
+def run(quick: bool = False, progress: Progress = say_nothing,
+        link: LinkSpec = LOOPBACK) -> Result:
     backlog = 4 if quick else 8
-    phases = records("syn_queue", [str(backlog)], Phase, "the syn-queue choreography")
+    what = "the syn-queue choreography"
+    used = None
+    if link.kind == "loopback":
+        phases = records("syn_queue", [str(backlog)], Phase, what)
+    else:
+        phases, used = across(link, backlog, what)
     events = []
     for ph in phases:
         line = f"{ph.round}, {ph.phase}: {phase_words(ph)}"
@@ -53,7 +67,24 @@ def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
         progress(f"  {line}")
     return Result(experiment="syn-queue", ok=judge(phases, backlog),
                   settings=RunWith(backlog=backlog, burst=backlog + EXTRA, late=EXTRA),
-                  facts=Facts(phases=phases), events=tuple(events))
+                  facts=Facts(phases=phases), events=tuple(events), link=used)
+
+
+def across(link: LinkSpec, backlog: int, what: str) -> tuple[tuple[Phase, ...], LinkUsed]:
+    """The three rounds in one net: each round's sysctls set in the server's namespace
+    (where the listener is: they are read through sock_net of the listener), then the
+    agent for that round."""
+    phases: list[Phase] = []
+    with ends(link, {"net.ipv4.tcp_max_syn_backlog": backlog}, prefix="synqueue") as e:
+        started = time.monotonic()
+        for name, cookies, abort in ROUNDS:
+            e.set_sysctls("server", {"net.ipv4.tcp_syncookies": str(cookies),
+                                     "net.ipv4.tcp_abort_on_overflow": str(abort)})
+            # Each round's agent counts from its own start: one timeline from the first's.
+            offset = time.monotonic() - started
+            phases += [replace(p, t=round(p.t + offset, 3)) for p in agent_records(
+                e, "syn_queue", [str(backlog), "--round", name], Phase, what)]
+        return tuple(phases), e.used
 
 
 def states_words(states: dict[str, int]) -> str:
@@ -97,14 +128,18 @@ def stranded(ph: Phase | None) -> int:
 
 
 def judge(phases: Sequence[Phase], backlog: int) -> bool:
-    """Shown: in every round the accept queue held backlog + 1 and no more; the 3 clients
-    that came then sat in SYN_SENT with no error while ListenOverflows and ListenDrops
-    counted their SYNs; with tcp_abort_on_overflow = 0 clients were left ESTABLISHED
-    with no full socket on the server and no error, ListenOverflows counting them; with
-    it 1, clients got ECONNRESET."""
-    for name, _, _ in ROUNDS:
+    """Shown: in every round, on its own sysctls, the accept queue held backlog + 1 and
+    no more; the 3 clients that came then sat in SYN_SENT with no error while
+    ListenOverflows and ListenDrops counted their SYNs; with tcp_abort_on_overflow = 0
+    clients were left ESTABLISHED with no full socket on the server and no error,
+    ListenOverflows counting them; with it 1, clients got ECONNRESET."""
+    for name, cookies_on, abort_on in ROUNDS:
         acks, syn = find(phases, name, "acks"), find(phases, name, "syn")
         if acks is None or syn is None or acks.accept_queue != backlog + 1:
+            return False
+        # The round ran on its own sysctls (across a link set from outside, before it).
+        if any((p.syncookies, p.abort_on_overflow, p.max_syn_backlog)
+               != (cookies_on, abort_on, backlog) for p in phases if p.round == name):
             return False
         if (syn.client_states != {"SYN_SENT": EXTRA} or syn.errors
                 or syn.counters["ListenOverflows"] < EXTRA

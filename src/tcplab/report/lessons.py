@@ -447,6 +447,7 @@ def _ports(r: ports.Result) -> str | None:
     assert f is not None
     by = ports.by_case(f.cases)
     one, two = ports.FIRST, ports.SECOND
+    to1, to2 = ports.names(f.cases)  # 127.0.0.1 and 127.0.0.2; across a link address:port
 
     def parity(p: Ports) -> str:
         even = sum(1 for x in p.ports if x in ports.EVEN)
@@ -472,10 +473,10 @@ def _ports(r: ports.Result) -> str | None:
     inside = all(lo <= x <= hi for x in sr.ports)
     return (f"in a ten-port range ({r.settings.port_range if r.settings else '?'}), "
             f"{len(c.ports)} connect()s got {parity(c)} and {len(b.ports)} bind()s to port 0 "
-            f"got {parity(b)}; bind() then connect() to {one.split(':')[0]} got "
-            f"{got(btc1)}, and toward {two.split(':')[0]} {got(btc2)}; with "
+            f"got {parity(b)}; bind() then connect() to {to1} got "
+            f"{got(btc1)}, and toward {to2} {got(btc2)}; with "
             f"IP_BIND_ADDRESS_NO_PORT, {plural(len(np1.ports), 'connection')} to "
-            f"{one.split(':')[0]} and {len(np2.ports)} more to {two.split(':')[0]}"
+            f"{to1} and {len(np2.ports)} more to {to2}"
             + (f" from the same {len(np1.ports)} ports" if set(np1.ports) == set(np2.ports)
                else "") + f"{then(np2)}; IP_LOCAL_PORT_RANGE {lo}-{hi} gave "
             f"{plural(len(sr.ports), 'connection')}{' on those ports' if inside else ''}"
@@ -1003,7 +1004,11 @@ The experiment holds its clients' final ACKs back with TCP_QUICKACK = 0 (a clien
 in delayed-ACK mode answers the SYN-ACK from its delayed-ACK timer, TCP_DELACK_MAX
 (200 ms) later: tcp_rcv_synsent_state_process, net/ipv4/tcp_input.c): on loopback the
 whole handshake otherwise runs inside connect(), and the ACK never arrives after
-the queue filled.""",
+the queue filled. Across a link (--link veth) it holds them the same way: the
+link alone would hold an ACK only for its one-way delay after the server saw the
+SYN, microseconds on an unshaped veth; the client's timer sends it
+(tcp_delack_timer_handler, net/ipv4/tcp_timer.c, counted in the client's
+namespace as DelayedACKs) and it arrives a one-way delay later.""",
     "tcplab experiment syn-queue",
     (Figures("syn-queue", "tcplab experiment syn-queue", "2026-11-30",
              "with backlog 8 the accept queue held 9 and no more: of 11 clients whose final "
@@ -1105,7 +1110,13 @@ port 0 the odd ones first ("We do the opposite to not pollute connect() users",
 inet_csk_find_open_port); each falls back to the other half when its own is full.
 With the default range 32768-60999 that is even ports for connect(). With a
 per-socket range connect() drops the parity rule and tries every port in turn from a
-random offset (step 1 in __inet_hash_connect), so its ports may come in order.""",
+random offset (step 1 in __inet_hash_connect), so its ports may come in order.
+
+Across a link (--link veth) the range is the client namespace's (a socket's
+namespace decides, sock_net) and the second destination is the server's one IPv4
+address at another port, 8081: connect() needs only the whole 4-tuple to be unique
+(__inet_check_established, net/ipv4/inet_hashtables.c), so a port is as good as an
+address for showing IP_BIND_ADDRESS_NO_PORT.""",
     "tcplab experiment ports; tcplab experiment port-bomb; tcplab limits",
     (Figures("ports", "tcplab experiment ports", "2026-11-30",
              "in a ten-port range (40000-40009), 5 connect()s got 5 even ports and 5 bind()s "

@@ -964,10 +964,11 @@ def ports_fact(cases: Sequence[Ports]) -> str:
     if ports.judge(cases):
         lo, hi = SOCKET_RANGE
         btc = by["bind-then-connect", ports.FIRST]
+        one, two = ports.destinations(cases)
         return (f"in a ten-port range, connect() took the {len(ports.EVEN)} ports at even "
                 f"offsets and bind() to port 0 the {len(ports.ODD)} odd ones; bind() then "
-                f"connect() used all {len(btc.ports)} toward {ports.FIRST}, and toward "
-                f"{ports.SECOND} bind() failed with "
+                f"connect() used all {len(btc.ports)} toward {one}, and toward "
+                f"{two} bind() failed with "
                 f"{btc.error.name if btc.error else '?'}; with "
                 f"IP_BIND_ADDRESS_NO_PORT the same ten ports served "
                 f"both destinations; IP_LOCAL_PORT_RANGE {lo}-{hi} gave those 4 ports; "
