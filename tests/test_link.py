@@ -81,6 +81,14 @@ def test_handshake_across_a_delayed_link_shows_the_round_trip_in_its_timeline() 
     assert any("SYN to SYN-ACK" in e["what"] for e in body["events"])
     # each packet was seen once, at the client's veth: 2 SYN, 2 SYN-ACK
     assert body["facts"]["syn"] == 2 and body["facts"]["syn_ack"] == 2
+    # Only the choreography's own socket calls: entering each end's namespace (agents/
+    # ends.py) opens nothing once it has begun (it once showed 18 close() before the
+    # first socket(): libc being found, namespace files opened and closed).
+    calls = [e["what"].split()[1] for e in body["events"] if e["what"].startswith("syscall")]
+    assert calls[0].startswith("socket(") and calls.count("close(fd=3)") <= 1, calls
+    loop = one_json(run_tcplab("experiment", "handshake", "--quick", "--json", timeout=GUARD),
+                    shown=True)
+    assert body["facts"]["syscalls"] == loop["facts"]["syscalls"]
 
 
 @pytest.mark.privileged

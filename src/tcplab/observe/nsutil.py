@@ -13,12 +13,18 @@ _libc: Any = None
 
 
 def _lib() -> Any:
+    """libc, loaded once (call it early in a process whose later calls are watched)."""
     global _libc
     if _libc is None:
         import ctypes
         import ctypes.util
 
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        try:
+            # glibc's soname: no ldconfig child, which find_library forks (and which a
+            # traced process would show as a burst of open/close calls).
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     return _libc
 
 
