@@ -446,7 +446,10 @@ def assert_nothing_left(net: registry.Net) -> None:
     now = ticks_now()
     wait_for(lambda: not netns_holders(net, now),
              f"net {net.name} left {netns_holders(net, now)}")
-    assert registry.start_time(net.pid) is None, "the holder is still there"
-    for e in (net.client, net.server):
-        assert registry.start_time(e.pid) is None, f"the {e.role}'s pin is still there"
+    # A process leaves its namespaces (exit_task_namespaces) before it is a zombie
+    # (exit_notify), and in between the kernel closes its files (the holder's TUN
+    # device, its netlink sockets): wait for that end too, do not race it.
+    for pid, what in [(net.pid, "the holder")] + [(e.pid, f"the {e.role}'s pin")
+                                                  for e in (net.client, net.server)]:
+        wait_for(lambda pid=pid: registry.start_time(pid) is None, f"{what} ended")
     assert not registry.state_path(net.name).exists() or registry.find(net.name) is None

@@ -110,6 +110,8 @@ def test_a_sigkilled_experiment_leaves_no_net() -> None:
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=GUARD) == -signal.SIGKILL
         assert_nothing_left(net)
+        # the holder removed its state file itself (`net show` would sweep a stale one)
+        assert not registry.state_path(name).exists()
         wait_for(lambda: not [c for c in children if registry.start_time(c) is not None],
                  "the experiment's children gone")
         show = json.loads(run_tcplab("net", "show", "--json").stdout or b"{}")

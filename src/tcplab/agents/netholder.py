@@ -262,7 +262,12 @@ def hold(name: str, directory: Path, shaping: P.Shaping, user: bool, router: boo
             die_with_parent(0)  # prctl(PR_SET_PDEATHSIG, 0): we outlive `net up` now
             emit(Detached(os.getpid()))
             _quiet_stdio()
-        else:  # an experiment's net: SIGKILLed with the experiment (PR_SET_PDEATHSIG)
+        else:  # an experiment's net: it ends with the experiment (PR_SET_PDEATHSIG),
+            # by SIGTERM now that the flag's handler is in place, so that the finally
+            # below removes the state file even when the experiment was SIGKILLed.
+            die_with_parent(signal.SIGTERM)
+            if os.getppid() == 1:
+                return 0  # the experiment died before the switch
             emit(Detached(os.getpid(), attached=True))
             _quiet_stdio()  # nobody reads our pipes now: a full one must not block us
         if tun_fd is not None:
