@@ -91,8 +91,10 @@ def test_write_write_read_waits_for_the_delayed_ack(user: str,
     # timer sent those ACKs, and its ato is TCP_ATO_MIN.
     assert min(n["requests_us"][1:]) >= TIMER_US, n["requests_us"]
     assert n["delayed_acks"] >= 11 and n["server_ato_us"] == 40_000
-    # The first did not: quick-ACK mode at the connection's start.
-    assert n["first_us"] < n["steady_us"] - TIMER_US
+    # The first did not: quick-ACK mode at the connection's start. Counted by the
+    # kernel: the timer fired for the others only (a first request's time alone can be
+    # slowed as much by a late wake-up on a loaded machine).
+    assert n["delayed_acks"] <= len(n["requests_us"]) - 1
     for fix in ("nodelay", "one-write"):
         assert w[fix]["steady_us"] < n["steady_us"] - TIMER_US, w[fix]
         # A fix's requests do not wait for the timer: a loaded machine may hold one or
@@ -171,8 +173,8 @@ def test_on_a_delayed_link_the_wait_adds_a_round_trip(user: str,
     best = min(w["nodelay"]["steady_us"], w["one-write"]["steady_us"])
     assert n["steady_us"] - best >= TIMER_US + 0.75 * RTT_US, (n["steady_us"], best)
     # The first request: no timer, but the body still waits for the quick ACK's round trip.
-    assert 1.75 * RTT_US <= n["first_us"] <= n["steady_us"] - TIMER_US, n["first_us"]
-    assert n["delayed_acks"] >= len(n["requests_us"]) - 2
+    assert n["first_us"] >= 1.75 * RTT_US, n["first_us"]
+    assert len(n["requests_us"]) - 2 <= n["delayed_acks"] <= len(n["requests_us"]) - 1
     assert "delay 10 ms each way" in b["fact"]
 
 
@@ -209,8 +211,8 @@ def with_way(r: nagle.Result, index: int, way: str, **changes: Any) -> nagle.Res
 @pytest.mark.parametrize(("index", "way", "changes", "said"), [
     (0, "nodelay", {"steady_us": 40_000.0},
      "Nagle's requests were not 30 ms slower than TCP_NODELAY's"),
-    (0, "nagle", {"first_us": 44_000},
-     "the first request was not 30 ms faster than the others (quick-ACK mode)"),
+    (0, "nagle", {"delayed_acks": 40},
+     "the server's delayed-ACK timer fired for the first request too"),
     (0, "nagle", {"delayed_acks": 2},
      "the server's delayed-ACK timer fired for fewer than half the requests after the first"),
     (1, "one-write", {"steady_us": 80_000.0},

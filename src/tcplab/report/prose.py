@@ -1051,8 +1051,8 @@ NAGLE_SHORT = {
                         "TCP_NODELAY's",
     "no-stall:one-write": f"Nagle's requests were not {nagle.STALL_MS:g} ms slower than one "
                           "sendmsg()'s",
-    "first-stalled": f"the first request was not {nagle.STALL_MS:g} ms faster than the "
-                     "others (quick-ACK mode)",
+    "first-delayed": "the server's delayed-ACK timer fired for the first request too "
+                     "(quick-ACK mode answers a connection's first data at once)",
     "few-delayed-acks": "the server's delayed-ACK timer fired for fewer than half the "
                         "requests after the first",
 }
