@@ -136,8 +136,8 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 #: Experiments whose client and server are one process in one namespace: their
-#: lesson is one host's sockets (keepalive makes its own veth peer).
-ONE_END = ("syn-queue", "keepalive", "ports", "orphans")
+#: lesson is one host's sockets.
+ONE_END = ("syn-queue", "ports")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,8 +210,8 @@ def run(args: argparse.Namespace) -> int:
                "half-close": half_close.run, "restart": restart.run,
                "reset": reset.run, "syn-queue": one_end(syn_queue.run),
                "multiplex": run_multiplex, "handshake": handshake.run,
-               "keepalive": one_end(keepalive.run), "ports": one_end(ports.run),
-               "orphans": one_end(orphans.run),
+               "keepalive": keepalive.run, "ports": one_end(ports.run),
+               "orphans": orphans.run,
                "nagle": nagle.run,
                "retransmit": retransmit.run}
     assert list(runners) == list(EXPERIMENTS)

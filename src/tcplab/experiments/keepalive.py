@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from tcplab.agents.keepalive import CASES, Silent
 from tcplab.errors import errno_name
 from tcplab.experiments import result as base
-from tcplab.experiments.choreography import records
+from tcplab.experiments.choreography import records_on
+from tcplab.experiments.link import LOOPBACK, LinkSpec
 from tcplab.experiments.result import Event, Progress, say_nothing
 from tcplab.words import plural
 
@@ -59,9 +60,10 @@ def error_words(s: Silent) -> str:
     return f"{errno_name(s.errno)} (\"{s.error}\") at {s.error_at_s:.1f} s"
 
 
-def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
-    silences = records("keepalive", ["--quick"] if quick else [], Silent,
-                       "the keepalive choreography", timeout=150)
+def run(quick: bool = False, progress: Progress = say_nothing,
+        link: LinkSpec = LOOPBACK) -> Result:
+    silences, used = records_on(link, "keepalive", ["--quick"] if quick else [], Silent,
+                                "the keepalive choreography", timeout=150)
     events = []
     for s in silences:
         line = (f"{s.case}: the peer silent from {s.down_at_s:.1f} s; "
@@ -70,7 +72,7 @@ def run(quick: bool = False, progress: Progress = say_nothing) -> Result:
         events.append(Event(s.t, line))
         progress(f"  {line}")
     return Result(experiment="keepalive", ok=judge(silences), settings=RunWith(quick=quick),
-                  facts=Facts(silences=silences), events=tuple(events))
+                  facts=Facts(silences=silences), events=tuple(events), link=used)
 
 
 def by_case(silences: Sequence[Silent]) -> dict[str, Silent]:
