@@ -43,6 +43,22 @@ GUARD = 300  # a hang guard for one experiment, not a time limit
 def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None) -> None:
     b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--json"),
                  shown=True)
+    assert b["link"]["kind"] == "loopback"
+    check_silences(b)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_keepalive_across_the_link(user: str, nobody_venv: Path | None) -> None:
+    """The client at the net's client end, the peer at its server end, silenced by the
+    nftables rules the agent adds there: the same counts and errno as on loopback."""
+    b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--link",
+                        "veth", "--json"), shown=True)
+    assert b["link"]["kind"] == "veth" and b["link"]["server"].startswith("198.")
+    check_silences(b)
+
+
+def check_silences(b: dict[str, Any]) -> None:
     assert b["settings"] == {"quick": True}
     by = {s["case"]: s for s in b["facts"]["silences"]}
     assert list(by) == ["keepalive", "keepalive+user-timeout", "retransmit+user-timeout"]
@@ -88,6 +104,22 @@ def test_ports_parity_bind_and_ranges(user: str, nobody_venv: Path | None) -> No
 def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) -> None:
     b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"),
                  shown=True)
+    assert b["link"]["kind"] == "loopback"
+    check_looks(b)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_orphans_across_a_delayed_link(user: str, nobody_venv: Path | None) -> None:
+    """Clients at the net's client end, servers at its server end, 50 ms each way; the
+    sysctls set at the ends by the sysctl agent: the same looks as on loopback."""
+    b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--link",
+                        "veth", "--delay", "50", "--json"), shown=True)
+    assert b["link"]["kind"] == "veth" and b["link"]["shaping"] == "delay 50 ms each way"
+    check_looks(b)
+
+
+def check_looks(b: dict[str, Any]) -> None:
     assert b["settings"] == {"connections": 5, "tcp_fin_timeout": 3, "tcp_orphan_retries": 1}
     looks = b["facts"]["looks"]
     assert [(x["case"], x["states"], x["sockstat_tw"]) for x in looks] == [
