@@ -47,7 +47,8 @@ demonstrated with the figure measured on this machine.
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on
              one timeline; then an RST close (needs root: tracefs, AF_PACKET)
-  keepalive  a peer gone silent (a veth link set down): keep-alive probes, then
+  keepalive  a peer gone silent (its link set down; on --link veth dropped by
+             nftables at the server's end): keep-alive probes, then
              ETIMEDOUT; TCP_USER_TIMEOUT with keep-alive and with retransmissions
   ports      which local port connect() and bind() take in a ten-port range:
              parity, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, reserved ports

@@ -15,6 +15,23 @@ retransmitted; every case ended in ETIMEDOUT with one TCPAbortOnTimeout
 (tcp_write_err counts it). The times are checked only where a late timer cannot
 break them: never before what the options allow (timers fire late, not early),
 less EARLY_S (0.3 s), since the agent's clock starts late on a loaded machine.
+
+Across a real link (``--link veth``: choreography.records_on runs the agent at the
+server's end of a temporary net, its client socket at the client's end) the peer
+goes silent by nftables rules in the server's namespace instead of a veth end set
+down (the agent's docstring says why). The keep-alive figures do not depend on
+the link: the timer counts from the last segment received (the SYN-ACK, which
+connect() returned on), and the probes go 1 s apart whatever the round trip
+(measured --quick: the keepalive case failed at 3.1 s and the user timeout's at
+2.0 s unshaped, at 50 ms and at 200 ms each way). The retransmitting case does:
+its user timeout is judged only at a retransmission timeout (tcp_timer.c,
+retransmits_timed_out: false before the first one), and the RTO grows with the
+round trip, so it failed at 1.7 s unshaped, 2.0 s at 50 ms and 3.6 s at 200 ms
+each way. Its checks still hold (a lower bound on the time; at least one
+retransmission, which that same rule requires before the verdict); only its
+time says the link.
+With 5% loss each way it was shown too (one run: a lost segment of the setup is
+retransmitted, and the counts judged are the silent phase's).
 """
 
 from __future__ import annotations

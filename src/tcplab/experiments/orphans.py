@@ -14,6 +14,15 @@ figure (others may add to it, never take ours away); the silent peer's orphan
 retransmitted at least tcp_orphan_retries times and was gone. Times are
 checked only where a late timer cannot break them: the minisockets lived at
 least tcp_fin_timeout (less keepalive.EARLY_S, 0.3 s).
+
+Across a real link (``--link veth``) the clients are at the net's client end, the
+servers at its server end, and records_on's setup (``sysctls_at_ends``) sets the
+sysctls there through the sysctl agent. The checks are the same; only the times
+say the link: the minisockets are made when the server's ACK of the FIN arrives,
+and the orphan's retransmission timeouts grow with the round trip (measured
+--quick: the minisockets lived 3.1, 3.2 and 4.8 s and the orphan 1.7, 1.3 and
+4.8 s unshaped, at 50 ms and at 200 ms each way; shown with 5% loss and 10
+Mbit/s too, one run).
 """
 
 from __future__ import annotations
