@@ -23,15 +23,17 @@ listener in the server's (``NetPeer``), and the peer goes silent by an nftables
 table in the server's namespace that drops this connection's segments both ways
 (input from the client's port, output to it). Not by setting a veth down: the
 net's neighbour entries are not permanent, and a neighbour that stops answering
-ARP fails (neigh_invalidate -> arp_error_report -> ipv4_link_failure sends an
+ARP fails (arp_error_report -> ipv4_link_failure, net/ipv4/route.c, sends an
 ICMP host unreachable), which tcp_v4_err keeps as the socket's soft error, and
 tcp_write_err then fails the socket with that soft error, EHOSTUNREACH, not
-ETIMEDOUT (net/ipv4/tcp_timer.c: ``sk->sk_err_soft ? : ETIMEDOUT``); nor is a
-router's path (a shaped link) silent when its far end goes down. A rule of the
-inet family leaves ARP alone (ARP is not an inet packet), so neighbours stay
-valid; the client's segments still leave its veth (counted as retransmissions,
-probes) and vanish at the server's input hook. The rule is in place when ``nft
--f`` returns (one batch, committed), so no wait like the local link's linkwatch.
+ETIMEDOUT (net/ipv4/tcp_timer.c: ``sk->sk_err_soft ? : ETIMEDOUT``; read in the
+kernel's source, not run here: the PeerLink above avoids it with permanent
+entries, which a net's veth would need at both ends and at the router's, when
+there is one). A rule of the inet family leaves ARP alone (ARP is not an inet
+packet), so neighbours stay valid; the client's segments still leave its veth
+(counted as retransmissions, probes) and vanish at the server's input hook. The
+rule is in place when ``nft -f`` returns (one batch, committed), so no wait like
+the local link's linkwatch.
 The agent adds it only after ``io.require_net_end`` found its namespace to be
 the server's of a live net.
 
