@@ -492,6 +492,13 @@ CASES: dict[str, Case] = {
         "mid": line("tracing and capturing"),
         "late": line("tracing and capturing", after=1.5),
     }, root=True),
+    # keepalive --quick --link veth ran 7.4 s here: a temporary net, then three cases of
+    # 2 to 3 s each: points while the net is made, in the first case, in the second.
+    "keepalive-veth": Case(experiment("keepalive", "--quick", "--link", "veth"), {
+        "early": line("running experiment keepalive"),
+        "mid": line("running experiment keepalive", after=1.5),
+        "late": line("running experiment keepalive", after=4.0),
+    }),
     # A temporary net (namespaces, a router with its delay line), the server's nftables
     # rules, the client's SYNs for 7 s then two bursts; as root a tracer outside the net.
     "retransmit": Case(experiment("retransmit", "--quick"), {

@@ -26,7 +26,7 @@ from tcplab.experiments import keepalive, orphans, ports
 from tcplab.report import html
 from tcplab.report.prose import worded
 from tcplab.report.terminal import result_lines
-from tests.helpers import USERS, one_json, run_as
+from tests.helpers import USERS, one_json, run_as, userns_allowed
 from tests.helpers import tcplab as tcplab_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,66 @@ GUARD = 300  # a hang guard for one experiment, not a time limit
 def test_keepalive_gives_up_on_a_silent_peer(user: str, nobody_venv: Path | None) -> None:
     b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--json"),
                  shown=True)
+    assert b["link"]["kind"] == "loopback"
+    check_silences(b)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_keepalive_across_the_link(user: str, nobody_venv: Path | None) -> None:
+    """The client at the net's client end, the peer at its server end, silenced by the
+    nftables rules the agent adds there: the same counts and errno as on loopback."""
+    b = one_json(run_as(user, nobody_venv, "experiment", "keepalive", "--quick", "--link",
+                        "veth", "--json"), shown=True)
+    assert b["link"]["kind"] == "veth" and b["link"]["server"].startswith("198.")
+    check_silences(b)
+
+
+#: Run inside ``unshare -Urn``: write a net's state file naming this namespace as the
+#: server's end (argv: path, "absent" / "dead" / "elsewhere"), then exec the agent told
+#: that its ends are here, as ``records_on`` runs it on a net.
+FORGE = """
+import json, os, sys
+from tcplab.net import registry
+from tcplab.net.plan import Shaping
+from tcplab.records import to_json
+path, how, agent = sys.argv[1:4]
+here, pid = registry.ns_id("/proc/self/ns/net"), os.getpid()
+start = registry.start_time(pid) + (1 if how == "dead" else 0)
+server = registry.Endpoint("server", pid, "0:0" if how == "elsewhere" else here)
+net = registry.Net("forged", pid, start, True, 0, registry.Endpoint("client", pid, here),
+                   server, None, Shaping(), 1500)
+with open(path, "w") as f:
+    json.dump(to_json(net), f)
+if how != "absent":
+    os.environ[registry.ENV_STATE] = path
+os.execv(sys.executable, [sys.executable, "-m", f"tcplab.agents.{agent}", "--client-netns",
+         "/proc/self/ns/net", "--server-netns", "/proc/self/ns/net", "--host", "127.0.0.1"])
+"""
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("agent", ["keepalive", "orphans"])
+@pytest.mark.parametrize("how", ["absent", "dead", "elsewhere"])
+def test_across_a_link_the_agents_refuse_a_namespace_that_is_not_a_nets_end(
+        agent: str, how: str, tmp_path: Path) -> None:
+    """Told its ends are elsewhere, an agent adds nftables rules only in the server's
+    namespace of a live tcplab net: with no net named, a net whose holder is gone, or a
+    net whose server end is another namespace, it exits 2 before any change. (In a
+    fresh user + network namespace: even a broken guard could change nothing outside.)"""
+    import sys
+
+    if not userns_allowed():
+        pytest.skip("no unprivileged user namespaces here")
+    tmp_path.chmod(0o755)
+    r = subprocess.run(["unshare", "-Urn", sys.executable, "-c", FORGE,
+                        str(tmp_path / "net.json"), how, agent],
+                       capture_output=True, timeout=GUARD, cwd=ROOT)
+    assert r.returncode == 2 and r.stdout == b"", r
+    assert b"this is not the server's namespace of a tcplab net" in r.stderr, r
+
+
+def check_silences(b: dict[str, Any]) -> None:
     assert b["settings"] == {"quick": True}
     by = {s["case"]: s for s in b["facts"]["silences"]}
     assert list(by) == ["keepalive", "keepalive+user-timeout", "retransmit+user-timeout"]
@@ -109,6 +169,22 @@ def test_ports_across_a_veth_link(user: str, nobody_venv: Path | None) -> None:
 def test_orphans_fin_wait2_counted_as_tw(user: str, nobody_venv: Path | None) -> None:
     b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--json"),
                  shown=True)
+    assert b["link"]["kind"] == "loopback"
+    check_looks(b)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("user", USERS)
+def test_orphans_across_a_delayed_link(user: str, nobody_venv: Path | None) -> None:
+    """Clients at the net's client end, servers at its server end, 50 ms each way; the
+    sysctls set at the ends by the sysctl agent: the same looks as on loopback."""
+    b = one_json(run_as(user, nobody_venv, "experiment", "orphans", "--quick", "--link",
+                        "veth", "--delay", "50", "--json"), shown=True)
+    assert b["link"]["kind"] == "veth" and b["link"]["shaping"] == "delay 50 ms each way"
+    check_looks(b)
+
+
+def check_looks(b: dict[str, Any]) -> None:
     assert b["settings"] == {"connections": 5, "tcp_fin_timeout": 3, "tcp_orphan_retries": 1}
     looks = b["facts"]["looks"]
     assert [(x["case"], x["states"], x["sockstat_tw"]) for x in looks] == [

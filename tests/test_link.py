@@ -63,11 +63,23 @@ def test_echo_on_loopback_says_so_and_refuses_shaping_without_veth() -> None:
     assert body["link"]["kind"] == "loopback"
     r = run_tcplab("experiment", "echo", "--delay", "10")
     assert r.returncode == 2 and b"--link veth" in r.stderr and b"Traceback" not in r.stderr
-    from tcplab.cli.experiment import ONE_END
+    r = run_tcplab("experiment", "echo", "--link", "veth", "--loss", "150")
+    assert r.returncode == 2 and b"Traceback" not in r.stderr
 
-    for name in ONE_END[:1]:  # those still on one end (none left: nothing to refuse)
-        r = run_tcplab("experiment", name, "--link", "veth")
-        assert r.returncode == 2 and b"one end" in r.stderr
+
+@pytest.mark.privileged
+def test_every_experiment_takes_link_veth_and_records_its_link() -> None:
+    """Each experiment's run() takes the link, and its Result names it (a loopback
+    run says loopback: scripts can tell it from one that did not say)."""
+    import inspect
+
+    from tcplab.cli.experiment import EXPERIMENTS
+    from tcplab.experiments.result import MODULES
+
+    assert set(MODULES) == set(EXPERIMENTS)
+    for name, module in MODULES.items():
+        run = __import__(f"tcplab.experiments.{module}", fromlist=["run"]).run
+        assert "link" in inspect.signature(run).parameters, name
 
 
 @pytest.mark.privileged

@@ -7,6 +7,13 @@ adds a veth pair). They run in a sandbox's network namespace, or by hand under
 ``unshare -Urn``; run by hand in the host's namespace they would change the
 host. So each calls :func:`require_private_netns` first, before any write or
 link, and :func:`write_sysctl` refuses until that check has passed.
+
+Across a real link (``--link veth``) the keepalive and orphans agents run in the
+server's namespace of a tcplab net, which has a veth, so the check above refuses
+it; there they write no sysctl (the experiment sets them through the sysctl
+agent's guarded ``--set --netns``) and add only an nftables table, after
+:func:`require_net_end` found this namespace to be exactly that end of a live
+net (never the host's).
 """
 
 from __future__ import annotations
@@ -63,6 +70,58 @@ def require_private_netns(parser: argparse.ArgumentParser, experiment: str) -> N
                      f"{experiment}' makes one, or run it under unshare -Urn): this agent "
                      "writes the namespace's sysctls")
     _checked = True
+
+
+_net_end: str | None = None
+
+
+def net_end_here(role: str) -> bool:
+    """True only in ``role``'s namespace of a live tcplab net: the net named by
+    TCPLAB_NET_STATE (set by ``control.popen``), its holder alive, this namespace's
+    nsfs identity that of the net's ``role`` end, and of the pin process sitting in it;
+    and never pid 1's nor the parent's namespace (a forged state file naming the host's
+    namespace still fails there; pid 1 unreadable: an ordinary user, who cannot change
+    the host's firewall anyway)."""
+    from pathlib import Path
+
+    from tcplab.net import registry
+
+    path = os.environ.get(registry.ENV_STATE)
+    net = registry.read(Path(path)) if path else None
+    if net is None or not registry.alive(net):
+        return False
+    try:
+        end = net.endpoint(role)
+        here = registry.ns_id("/proc/self/ns/net")
+        if here != end.netns or registry.ns_id(f"/proc/{end.pid}/ns/net") != here:
+            return False
+    except (KeyError, OSError):
+        return False
+    for pid in (1, os.getppid()):
+        try:
+            if registry.ns_id(f"/proc/{pid}/ns/net") == here:
+                return False
+        except OSError:
+            pass
+    return True
+
+
+def require_net_end(parser: argparse.ArgumentParser, experiment: str, role: str) -> None:
+    """Exit with a usage error (status 2) unless this is ``role``'s namespace of a live
+    tcplab net (:func:`net_end_here`)."""
+    global _net_end
+    if not net_end_here(role):
+        parser.error(f"this is not the {role}'s namespace of a tcplab net ('tcplab experiment "
+                     f"{experiment} --link veth' runs it there): this agent adds nftables "
+                     "rules to it")
+    _net_end = role
+
+
+def checked_net_end() -> str:
+    """The net's end :func:`require_net_end` found here; RuntimeError if none was."""
+    if _net_end is None:
+        raise RuntimeError("refusing to change this namespace: it was not checked first")
+    return _net_end
 
 
 def write_sysctl(name: str, value: int | str) -> None:

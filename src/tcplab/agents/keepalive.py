@@ -16,6 +16,27 @@ for sent (net_xmit_eval); checked here: a UDP socket with IP_RECVERR got no
 ENOBUFS, "ip -s link" counted the drops. The local end's neighbour entry is
 permanent, so no ARP failure turns into "No route to host".
 
+Across a real link (``--client-netns PATH --server-netns PATH --host ADDR``: ``tcplab
+experiment keepalive --link veth``, run at the server's end of a tcplab net, see
+agents/ends.py) the client socket is made in the net's client namespace and the
+listener in the server's (``NetPeer``), and the peer goes silent by an nftables
+table in the server's namespace that drops this connection's segments both ways
+(input from the client's port, output to it). Not by setting a veth down: the
+net's neighbour entries are not permanent, and a neighbour that stops answering
+ARP fails (arp_error_report -> ipv4_link_failure, net/ipv4/route.c, sends an
+ICMP host unreachable), which tcp_v4_err keeps as the socket's soft error, and
+tcp_write_err then fails the socket with that soft error, EHOSTUNREACH, not
+ETIMEDOUT (net/ipv4/tcp_timer.c: ``sk->sk_err_soft ? : ETIMEDOUT``; read in the
+kernel's source, not run here: the PeerLink above avoids it with permanent
+entries, which a net's veth would need at both ends and at the router's, when
+there is one). A rule of the inet family leaves ARP alone (ARP is not an inet
+packet), so neighbours stay valid; the client's segments still leave its veth
+(counted as retransmissions, probes) and vanish at the server's input hook. The
+rule is in place when ``nft -f`` returns (one batch, committed), so no wait like
+the local link's linkwatch.
+The agent adds it only after ``io.require_net_end`` found its namespace to be
+the server's of a live net.
+
 Per case: the link up, one connection, its options, the peer's end down, then
 the client's recv() blocks until the kernel gives up. One ``Silent`` per case,
 with when (seconds after connect() returned), the errno and its text, and the
@@ -47,9 +68,11 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from tcplab.agents.io import emit, require_private_netns
-from tcplab.net.build import Builder, Namespaces, new_netns
+from tcplab.agents.ends import Ends, add_arguments
+from tcplab.agents.io import checked_net_end, emit, require_net_end, require_private_netns
+from tcplab.net.build import Builder, Namespaces, new_netns, nft_apply
 from tcplab.observe import procfs
+from tcplab.observe.netns import entered
 from tcplab.observe.nsutil import CLONE_NEWNET, setns
 
 LOCAL_DEV, PEER_DEV = "tl0", "tl1"
@@ -61,6 +84,7 @@ GUARD_S = 30.0  # a case that has not failed by then is reported as it stands
 DEACTIVATE_GUARD_S = 5.0  # a linkwatch event waits 1 s at most (linkwatch_schedule_work)
 IFF_LOWER_UP = 0x10000  # include/uapi/linux/if.h: the driver signals L1 up (carrier)
 RTMGRP_LINK = 0x1  # include/uapi/linux/rtnetlink.h: link notifications
+TABLE = "tcplab_silent"  # NetPeer's nftables table, in the net's server namespace
 
 
 class PeerLink:
@@ -164,6 +188,17 @@ class PeerLink:
         raise OSError(errnos.ETIMEDOUT, f"{LOCAL_DEV} still had its carrier "
                       f"{DEACTIVATE_GUARD_S:.0f} s after {PEER_DEV} went down")
 
+    def connect(self) -> socket.socket:
+        """The link up, and a connection to the peer's listener."""
+        self.up()
+        return socket.create_connection((PEER, PORT), timeout=5)
+
+    def silence(self, c: socket.socket) -> None:
+        self.down()
+
+    def counters(self) -> dict[str, int]:
+        return counters()
+
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._listener is not None:
@@ -180,6 +215,63 @@ class PeerLink:
             os.close(self._ns.server)
             os.close(self._ns.home)
             self._ns = None
+
+
+class NetPeer:
+    """The peer at the server's end of a tcplab net, the client at its client end
+    (``--link veth``); each connection silenced by its own nftables rules in the
+    server's namespace (this process's: the agent runs there)."""
+
+    def __init__(self, ends: Ends, host: str) -> None:
+        self.ends = ends
+        self.host = host
+        self._listener: socket.socket | None = None
+
+    def __enter__(self) -> NetPeer:
+        checked_net_end()  # io.require_net_end passed: this is the net's server end
+        ls = self._listener = self.ends.socket("server")
+        try:
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind((self.host, PORT))
+            ls.listen()
+            nft_apply(f"table inet {TABLE} {{\n"
+                      "  chain input { type filter hook input priority 0; policy accept; }\n"
+                      "  chain output { type filter hook output priority 0; policy accept; }\n"
+                      "}\n")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def connect(self) -> socket.socket:
+        c = self.ends.socket("client")
+        c.settimeout(5)
+        c.connect((self.host, PORT))
+        return c
+
+    def silence(self, c: socket.socket) -> None:
+        """Drop this connection's segments both ways at the server (input and output
+        hooks): the client's are sent and vanish, the server sends nothing."""
+        address, port = c.getsockname()[:2]
+        nft_apply(f"add rule inet {TABLE} input ip saddr {address} tcp sport {port} "
+                  f"tcp dport {PORT} drop\n"
+                  f"add rule inet {TABLE} output ip daddr {address} tcp dport {port} "
+                  f"tcp sport {PORT} drop\n")
+
+    def counters(self) -> dict[str, int]:
+        """The client's namespace's counters (/proc/net follows the reading thread's
+        namespace: observe/procfs.py)."""
+        with entered(self.ends.paths["client"]):
+            return counters()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._listener is not None:  # the table goes with the net's namespace
+            self._listener.close()
+            self._listener = None
+
+
+Peer = PeerLink | NetPeer
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,11 +317,10 @@ def counters() -> dict[str, int]:
             "aborted_on_timeout": ext["TCPAbortOnTimeout"]}
 
 
-def one(link: PeerLink, case: str, quick: bool = False, started: float = 0.0) -> Silent:
+def one(link: Peer, case: str, quick: bool = False, started: float = 0.0) -> Silent:
     idle, intvl, cnt, user_ms, send = (QUICK if quick else CASES)[case]
-    link.up()
-    before = counters()
-    c = socket.create_connection((PEER, PORT), timeout=5)
+    before = link.counters()
+    c = link.connect()
     t0 = time.monotonic()
     if idle is not None:
         c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -239,7 +330,7 @@ def one(link: PeerLink, case: str, quick: bool = False, started: float = 0.0) ->
     if user_ms is not None:
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_ms)
     time.sleep(0.3)
-    link.down()
+    link.silence(c)
     down_at = time.monotonic() - t0
     if send:
         c.sendall(b"x" * send)
@@ -253,7 +344,7 @@ def one(link: PeerLink, case: str, quick: bool = False, started: float = 0.0) ->
         if e.errno is not None:
             at, code = time.monotonic() - t0, e.errno
     c.close()
-    after = counters()
+    after = link.counters()
     return Silent(case, idle, intvl, cnt, user_ms, send, round(down_at, 3),
                   None if at is None else round(at, 3), code,
                   None if code is None else os.strerror(code),
@@ -271,13 +362,25 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"the cases to run ({', '.join(CASES)}); all by default")
     p.add_argument("--quick", action="store_true",
                    help="shorter timers (KEEPCNT 2, user timeouts 1.5 s and 1 s)")
+    p.add_argument("--host", default=PEER,
+                   help="the server's address (with --client-netns/--server-netns: the "
+                   "net's server end; else the agent's own peer link, " + PEER + ")")
+    add_arguments(p)
     args = p.parse_args(argv)
     for case in args.cases:
         if case not in CASES:
             p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
-    require_private_netns(p, "keepalive")  # before the veth pair
+    ends = Ends.from_args(args)
+    if args.client_netns or args.server_netns:
+        if not (args.client_netns and args.server_netns):
+            p.error("--client-netns and --server-netns go together")
+        require_net_end(p, "keepalive", "server")  # before the listener and the rules
+        link: Peer = NetPeer(ends, args.host)
+    else:
+        require_private_netns(p, "keepalive")  # before the veth pair
+        link = PeerLink()
     started = time.monotonic()
-    with PeerLink() as link:
+    with link:
         for case in args.cases or CASES:
             emit(one(link, case, args.quick, started))
     return 0

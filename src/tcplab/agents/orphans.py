@@ -26,6 +26,21 @@ listener left out) beside what /proc/net/sockstat says (``tw``, ``orphan``).
   the first retransmission timeout after that; about 3.3 s here), and the
   socket is gone.
 
+Across a real link (``--client-netns PATH --server-netns PATH --host ADDR``:
+``tcplab experiment orphans --link veth``, the agent at the server's end of a
+tcplab net) the clients are made in the net's client namespace and the listener
+in the server's (agents/ends.py); the first two cases' looks count both
+namespaces' sockets, the third's the client's only (the orphan is there; its
+peer, left in the server's accept queue, stays ESTABLISHED), and sockstat is
+read in the client's namespace, where the FIN_WAIT2 minisockets are. The peer
+goes silent as in agents/keepalive.py's ``NetPeer`` (nftables rules in the
+server's namespace, this connection's segments dropped both ways). The agent
+writes no sysctl there: the experiment sets tcp_fin_timeout at both ends and
+tcp_orphan_retries at the client's (the orphan's) through the sysctl agent's
+guarded ``--set --netns`` before the agent starts, so the fin-wait1 case's
+orphans, at the server, keep the kernel's default as on loopback, where the
+agent sets it only before the last case.
+
 sockstat's ``orphan`` is the machine's count, not the namespace's (a new
 namespace shows the host's value: tcp_orphan_count is one per-CPU counter for
 all of them), so other processes' orphans may add to it; ``tw`` and the states
@@ -36,17 +51,19 @@ from __future__ import annotations
 
 import argparse
 import errno
+import select
 import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
 
-from tcplab.agents.io import emit, require_private_netns, write_sysctl
-from tcplab.agents.keepalive import PEER, PeerLink, counters
-from tcplab.agents.keepalive import PORT as PEER_PORT
+from tcplab.agents.ends import Ends, add_arguments
+from tcplab.agents.io import emit, require_net_end, require_private_netns, write_sysctl
+from tcplab.agents.keepalive import NetPeer, Peer, PeerLink
 from tcplab.kernel import tcp_states
 from tcplab.net.build import link_up
 from tcplab.observe import procfs
+from tcplab.observe.netns import entered
 from tcplab.observe.sockets import SocketTable
 
 HOST, PORT = "127.0.0.1", 8080
@@ -72,33 +89,56 @@ class Look:
     retransmits: int | None = None  # orphan-retries: Tcp RetransSegs meanwhile
 
 
-def states() -> dict[str, int]:
-    with SocketTable() as table:
-        found = Counter(tcp_states.name(s.state) for s in table.sockets()
-                        if s.state != tcp_states.LISTEN)
+def states(ends: Ends | None = None, roles: tuple[str, ...] = ("client", "server")
+           ) -> dict[str, int]:
+    """The TCP sockets of ``roles``' namespaces by state, listeners left out (one
+    namespace counted once: on loopback both roles are this one)."""
+    ends = ends or Ends()
+    found: Counter[str] = Counter()
+    for path in dict.fromkeys(ends.paths[r] for r in roles):
+        with SocketTable(netns=path) as table:
+            found.update(tcp_states.name(s.state) for s in table.sockets()
+                         if s.state != tcp_states.LISTEN)
     return dict(sorted(found.items()))
 
 
 class Agent:
     def __init__(self, fin_timeout: int = FIN_TIMEOUT_S,
-                 orphan_retries: int = ORPHAN_RETRIES) -> None:
+                 orphan_retries: int = ORPHAN_RETRIES, ends: Ends | None = None,
+                 host: str = HOST) -> None:
         self.t0 = time.monotonic()
         self.fin_timeout = fin_timeout
         self.retries = orphan_retries
+        self.ends = ends or Ends()
+        self.host = host
+        self.net = self.ends.paths["client"] is not None  # across a tcplab net's link
+        self.roles: tuple[str, ...] = ("client", "server")  # whose sockets a look counts
 
     def look(self, case: str, step: str, **extra: float | int | None) -> Look:
-        stat = procfs.sockstat()
-        return Look(round(time.monotonic() - self.t0, 3), case, step, states(), stat["tw"],
-                    stat["orphan"], **extra)  # type: ignore[arg-type]
+        with entered(self.ends.paths["client"]):  # the minisockets' namespace
+            stat = procfs.sockstat()
+        return Look(round(time.monotonic() - self.t0, 3), case, step,
+                    states(self.ends, self.roles), stat["tw"], stat["orphan"],
+                    **extra)  # type: ignore[arg-type]
 
     def until(self, check: str, count: int) -> None:
         """Wait (bounded) until ``count`` sockets are in state ``check``."""
         deadline = time.monotonic() + GUARD_S
-        while states().get(check, 0) != count and time.monotonic() < deadline:
+        while (states(self.ends, self.roles).get(check, 0) != count
+               and time.monotonic() < deadline):
             time.sleep(0.02)
 
+    def client(self, rcvbuf: int | None = None) -> socket.socket:
+        """A connected client socket, made in the client's namespace."""
+        c = self.ends.socket("client")
+        if rcvbuf is not None:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        c.settimeout(5)
+        c.connect((self.host, PORT))
+        return c
+
     def fin_wait2(self, ls: socket.socket) -> None:
-        clients = [socket.create_connection((HOST, PORT), timeout=5) for _ in range(N)]
+        clients = [self.client() for _ in range(N)]
         servers = [ls.accept()[0] for _ in clients]
         closed = time.monotonic()
         for c in clients:
@@ -114,12 +154,7 @@ class Agent:
         self.until("LAST_ACK", 0)  # their FINs meet a RST: no socket left on the client side
 
     def fin_wait1(self, ls: socket.socket) -> None:
-        clients = []
-        for _ in range(N):
-            c = socket.socket()
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that closes soon
-            c.connect((HOST, PORT))
-            clients.append(c)
+        clients = [self.client(rcvbuf=4096) for _ in range(N)]  # a window that closes soon
         servers = [ls.accept()[0] for _ in clients]
         for s in servers:
             s.setblocking(False)
@@ -137,30 +172,43 @@ class Agent:
         self.until("FIN_WAIT1", N)
         emit(self.look("fin-wait1", "the servers closed with unsent data and the clients' "
                        "windows closed"))
+        # Unread data in each client first: across a delayed link the first segments may
+        # still be on their way, and a client that closes with nothing to read sends a
+        # FIN, not a RST (tcp_close), which leaves its server CLOSING (seen at 200 ms each
+        # way). On loopback the data is there already.
+        for c in clients:
+            select.select([c], [], [], GUARD_S)
         for c in clients:
             c.close()  # unread data: a RST (tcp_close), which ends the orphans too
         self.until("FIN_WAIT1", 0)
         emit(self.look("fin-wait1", "the clients closed with unread data"))
 
     def orphan_retries(self) -> None:
-        write_sysctl("net.ipv4.tcp_orphan_retries", self.retries)
-        with PeerLink() as link:
-            c = socket.create_connection((PEER, PEER_PORT), timeout=5)
+        link: Peer
+        if self.net:  # tcp_orphan_retries set at the client's end by the experiment
+            link = NetPeer(self.ends, self.host)
+        else:
+            write_sysctl("net.ipv4.tcp_orphan_retries", self.retries)
+            link = PeerLink()
+        self.roles = ("client",)  # the orphan's side; the silent peer's socket stays
+        with link:
+            c = link.connect()
             time.sleep(0.3)
-            link.down()
-            before = counters()["retransmits"]
+            link.silence(c)
+            before = link.counters()["retransmits"]
             t = time.monotonic()
             c.close()  # its FIN goes nowhere
             time.sleep(0.05)
             emit(self.look("orphan-retries", "the peer went silent and the client closed"))
             deadline = t + GUARD_S
-            while states().get("FIN_WAIT1", 0) and time.monotonic() < deadline:
+            while (states(self.ends, self.roles).get("FIN_WAIT1", 0)
+                   and time.monotonic() < deadline):
                 time.sleep(0.02)
             lived = time.monotonic() - t
             emit(self.look("orphan-retries", f"the orphan was gone "
                            f"(tcp_orphan_retries = {self.retries})",
                            lived_s=round(lived, 3),
-                           retransmits=counters()["retransmits"] - before))
+                           retransmits=link.counters()["retransmits"] - before))
 
 
 CASES = ("fin-wait2", "fin-wait1", "orphan-retries")
@@ -179,22 +227,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--orphan-retries", type=int, default=ORPHAN_RETRIES, metavar="N",
                    help=f"this namespace's tcp_orphan_retries (default {ORPHAN_RETRIES}; 0 "
                    "is the kernel's 8)")
+    p.add_argument("--host", default=HOST,
+                   help="the server's address (default 127.0.0.1: one namespace)")
+    add_arguments(p)
     args = p.parse_args(argv)
     for case in args.cases:
         if case not in CASES:
             p.error(f"unknown case {case!r} (choose from {', '.join(CASES)})")
-    require_private_netns(p, "orphans")
-    try:
-        link_up("lo")  # up in a sandbox already; down under unshare -Urn
-        write_sysctl("net.ipv4.tcp_fin_timeout", args.fin_timeout)
-    except OSError as e:
-        p.exit(1, f"cannot set this namespace's tcp_fin_timeout: {e} "
-               "(run in a sandbox or under unshare -Urn)\n")
-    agent = Agent(args.fin_timeout, args.orphan_retries)
-    ls = socket.socket()
+    ends = Ends.from_args(args)
+    if args.client_netns or args.server_netns:
+        if not (args.client_netns and args.server_netns):
+            p.error("--client-netns and --server-netns go together")
+        # The experiment set the sysctls (the sysctl agent's --set --netns); this agent
+        # only adds the silent peer's nftables rules, here, in the server's namespace.
+        require_net_end(p, "orphans", "server")
+    else:
+        require_private_netns(p, "orphans")
+        try:
+            link_up("lo")  # up in a sandbox already; down under unshare -Urn
+            write_sysctl("net.ipv4.tcp_fin_timeout", args.fin_timeout)
+        except OSError as e:
+            p.exit(1, f"cannot set this namespace's tcp_fin_timeout: {e} "
+                   "(run in a sandbox or under unshare -Urn)\n")
+    agent = Agent(args.fin_timeout, args.orphan_retries, ends, args.host)
+    ls = ends.socket("server")
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        ls.bind((HOST, PORT))
+        ls.bind((args.host, PORT))
     except OSError as e:
         if e.errno != errno.EADDRNOTAVAIL:
             raise

@@ -47,7 +47,8 @@ demonstrated with the figure measured on this machine.
              concurrent connections: threads, RSS and CPU per echo, p99
   handshake  one connection's life with its syscalls, state changes and packets on
              one timeline; then an RST close (needs root: tracefs, AF_PACKET)
-  keepalive  a peer gone silent (a veth link set down): keep-alive probes, then
+  keepalive  a peer gone silent (its link set down; on --link veth dropped by
+             nftables at the server's end): keep-alive probes, then
              ETIMEDOUT; TCP_USER_TIMEOUT with keep-alive and with retransmissions
   ports      which local port connect() and bind() take in a ten-port range:
              parity, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, reserved ports
@@ -125,19 +126,13 @@ def add_parser(sub: Any, name: str) -> None:
                    help="where the client and the server run: loopback (default: one "
                    "private namespace, lo: MSS 32,741, no delay, no loss) or veth (a client "
                    "and a server namespace joined by a veth pair, 198.18.0.0/15, MTU 1500; "
-                   "through a router namespace when shaped, see 'tcplab net --help'). "
-                   f"Experiments with one end ({', '.join(ONE_END)}) run on loopback "
-                   "and say so")
+                   "through a router namespace when shaped, see 'tcplab net --help'); each "
+                   "experiment makes its own and takes it down, Ctrl-C and SIGKILL included")
     from tcplab.cli.net import add_shaping_options
 
     add_shaping_options(p)
     common.add_json(p, "each experiment's result (one object per line)")
     p.set_defaults(func=run)
-
-
-#: Experiments whose client and server are one process in one namespace: their
-#: lesson is one host's sockets (keepalive makes its own veth peer).
-ONE_END = ("keepalive", "orphans")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,11 +167,6 @@ def run(args: argparse.Namespace) -> int:
     problem = link.problem()
     if problem:
         raise UsageError(problem)
-    if link.kind != "loopback" and args.name in ONE_END:
-        raise UsageError(f"{args.name} has one end (client and server are one process in "
-                         "one namespace): --link veth does not apply to it",
-                         hint="--link veth applies to: " + ", ".join(
-                             n for n in EXPERIMENTS if n not in ONE_END))
     variants = tuple(args.variant or port_bomb.VARIANTS)
     unknown = [v for v in variants if v not in port_bomb.VARIANTS]
     if unknown:
@@ -203,15 +193,12 @@ def run(args: argparse.Namespace) -> int:
     def run_multiplex(quick: bool, progress: Any, link: Any) -> Any:
         return multiplex.run(mux_settings, quick=quick, progress=progress, link=link)
 
-    def one_end(run: Any) -> Any:
-        return lambda quick, progress, link: run(quick=quick, progress=progress)
-
     runners = {"echo": echo.run, "port-bomb": run_bomb, "fd-leak": run_leak,
                "half-close": half_close.run, "restart": restart.run,
                "reset": reset.run, "syn-queue": syn_queue.run,
                "multiplex": run_multiplex, "handshake": handshake.run,
-               "keepalive": one_end(keepalive.run), "ports": ports.run,
-               "orphans": one_end(orphans.run),
+               "keepalive": keepalive.run, "ports": ports.run,
+               "orphans": orphans.run,
                "nagle": nagle.run,
                "retransmit": retransmit.run}
     assert list(runners) == list(EXPERIMENTS)
@@ -222,14 +209,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     for i, name in enumerate(names, 1):
         status = _Status(f"[{i}/{len(names)}] {name}", started, quiet=args.json)
-        note(f"running experiment {name} ..." + (
-            " (it has one end: on loopback, not --link veth)"
-            if link.kind != "loopback" and name in ONE_END else ""))
+        note(f"running experiment {name} ...")
         try:
             verbose = args.json or name in ("port-bomb", "multiplex")
             result = worded(runners[name](quick=args.quick,
                                           progress=status.step if not verbose else status.note,
-                                          link=link if name not in ONE_END else LinkSpec()))
+                                          link=link))
         except NotSupported as exc:
             if args.name != "all":
                 raise

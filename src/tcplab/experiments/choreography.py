@@ -9,6 +9,7 @@ records, is an ExperimentFailed naming it (exit 9), never a RuntimeError.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from typing import TypeVar
 
 from tcplab.agents.io import command
@@ -29,11 +30,15 @@ def records(agent: str, args: list[str], cls: type[T], what: str,
 
 
 def records_on(link: LinkSpec, agent: str, args: list[str], cls: type[T], what: str,
-               timeout: float = 60) -> tuple[tuple[T, ...], LinkUsed]:
+               timeout: float = 60, setup: Callable[[Ends], None] | None = None
+               ) -> tuple[tuple[T, ...], LinkUsed]:
     """As records(), at the server's end of ``link``, told where each end is
     (``--host``, ``--client-netns``, ``--server-netns``: agents/ends.py): an agent
-    that makes both sockets makes each in its end's namespace."""
+    that makes both sockets makes each in its end's namespace. ``setup`` is given
+    the ends before the agent starts (e.g. to set a sysctl at one end only)."""
     with ends(link, prefix=agent.replace("_", "")) as e:
+        if setup is not None:
+            setup(e)
         return agent_records(e, agent, args, cls, what, timeout), e.used
 
 
