@@ -15,6 +15,7 @@ import pytest
 from tcplab.agents.retransmit import not_the_hosts, ruleset
 from tcplab.experiments import retransmit as R
 from tcplab.experiments.retransmit import CaseFacts, SynFacts, syn_schedule
+from tcplab.report.prose import case_words
 from tests.helpers import one_json, tcplab
 
 ROOT = os.geteuid() == 0
@@ -73,6 +74,16 @@ def test_fast_probe_and_rto_judges() -> None:
     assert not R.probe_shown(CaseFacts("probe", (0, 0.127), 40.0, 240.0, 1, 1, 1, 2, 0))
     assert not R.probe_shown(CaseFacts("probe", (0, 0.29), 40.0, 240.0, 1, 0, 1, 2, 0))
     assert not R.probe_shown(CaseFacts("probe", (0, 0.127), 40.0, 240.0, 1, 0, 0, 2, 0))
+    # A timeout after the probe is the kernel's rule when the probe's SACK came back
+    # sooner than the handshake's round trip: RACK ignores an ambiguous SACK (seen in
+    # one nobody run: 40.3 against 40.4 ms); not when it came back later.
+    ambiguous = CaseFacts("probe", (0, 0.127), 40.6, 244.0, 0, 1, 1, 2, 0, 40.4, 40.3)
+    assert R.probe_ambiguous(ambiguous) and R.probe_shown(ambiguous)
+    said = case_words(ambiguous)
+    assert "sooner than the handshake's 40.4 ms" in said and "tcp_rack_advance" in said
+    late = CaseFacts("probe", (0, 0.127), 40.6, 244.0, 0, 1, 1, 2, 0, 40.4, 40.5)
+    assert not R.probe_ambiguous(late) and not R.probe_shown(late)
+    assert "tcp_rack_advance" not in case_words(late)
     middle = case("middle", (0, 0.041), fast=1)
     assert R.rto_shown(case("tail", (0, 0.29, 0.54), timeouts=1), middle)
     assert not R.rto_shown(case("tail", (0, 0.29, 0.54)), middle)  # no timeout counted

@@ -1100,9 +1100,16 @@ def case_words(c: retransmit.CaseFacts) -> str:
     what = {"middle": "a segment lost in the middle of a burst",
             "probe": "the burst's last two segments lost, the last one",
             "tail": "the burst's last segment, lost twice"}.get(c.name, c.name)
+    ambiguous = ""
+    if c.name == "probe" and retransmit.probe_ambiguous(c):
+        ambiguous = (f"; the probe's SACK came back in {c.resent_sack_ms:.1f} ms, sooner than "
+                     f"the handshake's {c.handshake_ms:.1f} ms, so RACK could not tell it from "
+                     "a SACK of the first copy and ignored it (tcp_rack_advance, "
+                     "net/ipv4/tcp_recovery.c, tcp_input.c in the newest kernels): the "
+                     "other lost segment waited for the retransmission timer")
     return (f"{what}: sent again after {times} ms (RTT {c.rtt_ms:.0f} ms"
             + (f", {plural(c.dupacks, 'ACK')} with SACK first" if c.dupacks else "")
-            + f"; {counters})")
+            + f"; {counters}){ambiguous}")
 
 
 def retransmit_fact(f: retransmit.Facts, s: retransmit.RunWith | None) -> str:
