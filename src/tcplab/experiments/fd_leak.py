@@ -325,7 +325,7 @@ def run(settings: Settings | None = None, quick: bool = False,
                          keepalive_s=s.keepalive_s if s.keepalive else None,
                          go_rounds=None if s.server_cmd else s.go),
         facts=facts, events=tuple(events), timeline=leak.timeline, variants=rounds,
-        link=links[0] if links and link.kind == "veth" else None,
+        link=links[0] if links else None,
     )
 
 

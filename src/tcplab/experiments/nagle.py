@@ -282,7 +282,7 @@ def run(quick: bool = False, progress: Progress = say_nothing,
                   settings=RunWith(requests=requests,
                                    veth_delay_ms=DELAY_MS if delayed else None),
                   facts=Facts(rounds=tuple(rounds), used=rounds[0].link),
-                  events=tuple(events))
+                  events=tuple(events), link=rounds[0].link)
 
 
 def _reason(exc: TcplabError) -> str:

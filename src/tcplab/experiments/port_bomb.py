@@ -205,7 +205,7 @@ class Variant:
     link: str = "loopback"  # real-link: "veth" (a temporary tcplab net)
     no_net: str | None = None  # NO_NET: why the net could not be made (and its fix)
     tw_reuse: str | None = None  # the client namespace's tcp_tw_reuse, as read there
-    link_used: LinkUsed | None = None  # veth: the net it ran across
+    link_used: LinkUsed | None = None  # the link it ran on (a sandbox, or a net)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +296,7 @@ def run(settings: Settings | None = None, quick: bool = False,
                          pool_size=s.pool_size, server=server, port=PORT,
                          max_idle=s.max_idle),
         facts=Facts(), variants=tuple(variants),
-        link=None if link.kind == "loopback" else _used(variants),
+        link=_used(variants),
     )
 
 
@@ -360,8 +360,7 @@ def _run_on(plan: Plan, s: Settings, progress: Progress, link: LinkSpec) -> Vari
         server.stop()
     v = _variant(plan, s, runs, timeline_of(sampler), sides, port_range, sampler, before,
                  tw_reuse=values[names[1]])
-    return replace(v, server_addresses=addresses, link=link.kind,
-                   link_used=e.used if veth else None)
+    return replace(v, server_addresses=addresses, link=link.kind, link_used=e.used)
 
 
 #: Starts a child where it belongs (Sandbox.popen, or control.popen in a net's end).

@@ -1066,9 +1066,11 @@ def nagle_fact(rounds: Sequence[nagle.Round]) -> str:
         stall = nagle.stall_us(first)
         text = "; ".join(words)
         if stall is not None:
+            why = ("for the server's delayed ACK" if first.link.kind == "loopback" else
+                   "for the server's delayed ACK (40 ms) and one more round trip (the "
+                   "body leaves only once that ACK has crossed back)")
             text = (f"Nagle's algorithm made each write-write-read request wait "
-                    f"{nagle_ms(stall)} longer than the faster fix, for the server's delayed "
-                    "ACK; " + text)
+                    f"{nagle_ms(stall)} longer than the faster fix, {why}; " + text)
         return text
     problems = [f"{r.link.words()}: " + ", ".join(NAGLE_SHORT.get(c, c)
                                                    for c in nagle.shortfalls(r))
@@ -1079,6 +1081,8 @@ def nagle_fact(rounds: Sequence[nagle.Round]) -> str:
             "delayed ACK with Nagle's algorithm, not with TCP_NODELAY or one sendmsg(), and "
             "the first request not to; NOT shown: " + "; ".join(problems)
             + "; saw: " + "; ".join(words))
+
+
 # --- retransmit -------------------------------------------------------------------------------
 
 def syn_words(s: retransmit.SynFacts) -> str:

@@ -86,6 +86,8 @@ def settings_text(settings: Mapping[str, Any] | Any) -> str:
     assert isinstance(settings, Mapping)
     parts = []
     for key, value in settings.items():
+        if key == "link":
+            continue  # the link has a line of its own (``link: ...``)
         words, unit = SETTING_WORDS.get(key, (key.replace("_", " "), ""))
         if not unit and key.endswith("_s") and key not in SETTING_WORDS:
             words, unit = key[:-2].replace("_", " "), "s"
