@@ -248,12 +248,36 @@ class Down:
 def down(name: str, grace: float = 3.0) -> Down:
     """Stop every process in the net's namespaces, then its holder; wait until no
     process is left in them (so the namespaces, and everything in them, are gone)."""
-    from tcplab.observe.procfs import comm
-
     net = get(name)
     ends = [net.client, net.server] + ([net.router] if net.router else [])
     ours = {net.pid} | {e.pid for e in ends}
-    namespaces = {e.netns for e in ends}
+    # Hold each namespace open while we look into it, and only then check that the
+    # net is still the one the state file names: a namespace held by an fd keeps its
+    # inode number, so the processes listed below are the net's, not those of a new
+    # namespace given a freed number (proc_alloc_inum) after its holder died.
+    held: list[int] = []
+    try:
+        for e in ends:
+            with contextlib.suppress(OSError):
+                held.append(os.open(f"/proc/{e.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+        if not registry.alive(net) or len(held) < len(ends):
+            with contextlib.suppress(OSError):
+                registry.state_path(name).unlink()
+            return Down(net)  # gone by itself meanwhile: its pins swept what ran inside
+        namespaces = {f"{st.st_dev}:{st.st_ino}" for st in map(os.fstat, held)}
+        if namespaces != {e.netns for e in ends}:
+            raise ExperimentFailed(f"net {name!r}'s processes are not in its namespaces",
+                                   hint="its state file is not its own: remove it by hand")
+        return _down(name, net, ends, ours, namespaces, grace)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _down(name: str, net: registry.Net, ends: list[registry.Endpoint], ours: set[int],
+          namespaces: set[str], grace: float) -> Down:
+    from tcplab.observe.procfs import comm
+
     result = Down(net)
     # Who is in the namespaces now, with start times: once the namespaces are gone
     # their inode numbers go to the next new ones (fs/proc/generic.c,
