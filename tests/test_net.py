@@ -540,3 +540,18 @@ def test_netem_where_the_kernel_has_it(nets: Any) -> None:
         assert 90 <= p50_ms <= 110, p50_ms
     finally:
         stop(server)
+
+
+@pytest.mark.pure
+def test_the_state_directory_must_be_ours_alone_all_the_way_down(tmp_path: Path) -> None:
+    """/tmp/tcplab-UID is in a shared directory: another user could make it first, or a
+    symlink there, and feed `net down` a kill list. Every level is checked, with lstat."""
+    base = tmp_path / "base"
+    base.mkdir(mode=0o700)
+    assert registry.ensure_dir(base / "a" / "net") == base / "a" / "net"
+    (base / "link").symlink_to(base / "a")
+    with pytest.raises(PermissionError, match="a symlink"):
+        registry.ensure_dir(base / "link" / "net")
+    (base / "a").chmod(0o777)
+    with pytest.raises(PermissionError, match="not ours alone"):
+        registry.ensure_dir(base / "a" / "net")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat as stat_
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +89,24 @@ def ensure_dir(path: Path) -> Path:
     """Make ``path`` (0700) and check that it is ours: /tmp is shared, and a
     directory someone else made there could feed us their files."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise PermissionError(f"{path} is not ours alone (owner {st.st_uid}, "
-                              f"mode {st.st_mode & 0o777:o})")
+    # Every directory we made, or found, from the first one that is not a shared
+    # system directory down (/tmp/tcplab-UID and net/ under it, or /run/tcplab/net):
+    # no symlink (lstat, not stat), ours, and writable by nobody else; otherwise
+    # another user could have made /tmp/tcplab-UID first and hand us their files.
+    euid = os.geteuid()
+    for part in [*reversed(path.parents), path]:
+        if part in _SHARED:
+            continue
+        st = os.lstat(part)
+        if stat_.S_ISLNK(st.st_mode) or st.st_uid != euid or st.st_mode & 0o022:
+            raise PermissionError(f"{part} is not ours alone (owner {st.st_uid}, "
+                                  f"mode {st.st_mode & 0o777:o}"
+                                  + (", a symlink" if stat_.S_ISLNK(st.st_mode) else "") + ")")
     return path
+
+
+#: Directories that are shared by design (sticky or root's): not checked.
+_SHARED = {Path("/"), Path("/tmp"), Path("/run"), Path("/run/user")}
 
 
 def state_path(name: str, directory: Path | None = None) -> Path:
