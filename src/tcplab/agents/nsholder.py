@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from tcplab.agents.io import emit
 from tcplab.net.build import link_up
-from tcplab.observe.nsutil import CLONE_NEWNET, CLONE_NEWUSER, die_with_parent, unshare
+from tcplab.observe.nsutil import CLONE_NEWNET, die_with_parent, unshare
 from tcplab.observe.procfs import sysctl_path
 
 
@@ -59,16 +59,9 @@ def sysctl_setting(text: str) -> tuple[str, str]:
 
 def enter_new_namespaces(user: bool) -> None:
     if user:
-        uid, gid = os.getuid(), os.getgid()
-        unshare(CLONE_NEWUSER | CLONE_NEWNET)
-        # user_namespaces(7): an unprivileged process must deny setgroups
-        # before it may write a gid_map.
-        with open("/proc/self/setgroups", "w") as f:
-            f.write("deny")
-        with open("/proc/self/uid_map", "w") as f:
-            f.write(f"0 {uid} 1")
-        with open("/proc/self/gid_map", "w") as f:
-            f.write(f"0 {gid} 1")
+        from tcplab.net.build import enter_user_namespace
+
+        enter_user_namespace()
     else:
         unshare(CLONE_NEWNET)
 

@@ -66,8 +66,9 @@ def stage(name: str) -> Iterator[None]:
 
 
 def enter_user_namespace() -> None:
-    """A user and a network namespace: root inside, our uid outside (as
-    agents/nsholder.py does; user_namespaces(7) for setgroups before gid_map)."""
+    """A user and a network namespace: root inside, our uid outside (a net's holder,
+    and a Sandbox's, agents/nsholder.py); user_namespaces(7): an unprivileged process
+    must deny setgroups before it may write a gid_map."""
     uid, gid = os.getuid(), os.getgid()
     unshare(CLONE_NEWUSER | CLONE_NEWNET)
     with open("/proc/self/setgroups", "w") as f:

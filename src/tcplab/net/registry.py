@@ -192,17 +192,9 @@ def pids_in(netns: set[str], procfs: str = "/proc") -> list[int]:
     """Processes whose network namespace is one of ``netns`` (``DEV:INODE``):
     as ``ip netns pids`` decides (iproute2 ip/ipnetns.c, netns_pids), by the
     nsfs file's identity. Processes we may not look at are left out."""
-    found = []
-    for entry in os.listdir(procfs):
-        if not entry.isdigit():
-            continue
-        try:
-            st = os.stat(f"{procfs}/{entry}/ns/net")
-        except OSError:
-            continue
-        if f"{st.st_dev}:{st.st_ino}" in netns:
-            found.append(int(entry))
-    return sorted(found)
+    from tcplab.observe.netns import pids_in_any
+
+    return pids_in_any(netns, procfs)
 
 
 def inside(address: str) -> bool:

@@ -83,8 +83,13 @@ def pids_in(spec: str | None, procfs: str = "/proc") -> list[int]:
         st = os.stat(path)
     except FileNotFoundError:
         raise UsageError(f"no network namespace {spec!r} ({path} does not exist)") from None
-    target = (st.st_dev, st.st_ino)
-    pids = []
+    return pids_in_any({f"{st.st_dev}:{st.st_ino}"}, procfs)
+
+
+def pids_in_any(netns: set[str], procfs: str = "/proc") -> list[int]:
+    """The processes in any of the network namespaces ``netns`` (``DEV:INODE``, the
+    nsfs file's identity), sorted; those gone or unreadable are left out."""
+    found = []
     for name in os.listdir(procfs):
         if not name.isdigit():
             continue
@@ -92,6 +97,6 @@ def pids_in(spec: str | None, procfs: str = "/proc") -> list[int]:
             ns = os.stat(f"{procfs}/{name}/ns/net")
         except OSError:
             continue
-        if (ns.st_dev, ns.st_ino) == target:
-            pids.append(int(name))
-    return sorted(pids)
+        if f"{ns.st_dev}:{ns.st_ino}" in netns:
+            found.append(int(name))
+    return sorted(found)
