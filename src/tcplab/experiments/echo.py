@@ -58,7 +58,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
     (``tcplab client``): on loopback both in one private namespace, on ``--link
     veth`` across the veth pair, shaped as asked. On a delayed link the counts are
     cut so that the run stays near half a minute (the round trips are the link's)."""
-    rtt = 2 * link.shaping.delay_ms / 1000
+    rtt = link.rtt_s
     small = 200 if quick else 2000
     large = 5 if quick else 20
     blob_size = 4 << 20
@@ -79,7 +79,9 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
         rt_small = _round_trips(e, server.port, small, 64, timeout=10 + 4 * rtt)
         mark(f"{plural(small, 'echo')} of 64 B: p50 {_us(rt_small.rtt_p50_us)}, "
              f"p99 {_us(rt_small.rtt_p99_us)}"
-             + (f" (the link's RTT: {rtt * 1000:g} ms)" if rtt else ""))
+             + (f" (the link's RTT: {2 * link.shaping.delay_ms:g} ms"
+                + (f" +- {2 * link.shaping.jitter_ms:g}" if link.shaping.jitter_ms else "")
+                + ")" if rtt else ""))
         rt_large = _round_trips(e, server.port, large, 1 << 20, timeout=30 + 40 * rtt)
         mark(f"{plural(large, 'echo')} of 1 MiB: {rt_large.mib_per_s:.0f} MiB/s")
         blob = os.urandom(blob_size)

@@ -61,7 +61,7 @@ GONE = Side(state="gone", timer="", timer_left_s=None, owner="")
 
 def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
         link: LinkSpec = LOOPBACK) -> Result:
-    pause = (0.3 if quick else 1.0) + 4 * link.shaping.delay_ms / 1000
+    pause = (0.3 if quick else 1.0) + 2 * link.rtt_s
     with ends(link, prefix="hc") as e:
         r = e.run("server", command("half_close", str(pause), "--host", e.server_host,
                                     *e.netns_args()),

@@ -97,7 +97,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
         if not check.ok:
             raise NotSupported(f"the handshake experiment needs {check.name}: {check.detail}",
                                hint=check.fix)
-    rtt = 2 * link.shaping.delay_ms / 1000
+    rtt = link.rtt_s
     pause = (0.1 if quick else 0.3) + 2 * rtt  # every step's packets arrive before the next
     port = random.randint(20000, 29999)  # tracing is global: a port only this run uses
     packets: list[dict[str, Any]] = []

@@ -42,6 +42,12 @@ class LinkSpec:
     kind: str = "loopback"
     shaping: Shaping = field(default_factory=Shaping)
 
+    @property
+    def rtt_s(self) -> float:
+        """The longest round trip the shaping asks for (delay and jitter, both ways):
+        what a step waits on top of its loopback pause."""
+        return 2 * (self.shaping.delay_ms + self.shaping.jitter_ms) / 1000
+
     def problem(self) -> str | None:
         """Why this cannot be run, in words (None: it can)."""
         from tcplab.net.plan import check_shaping

@@ -47,7 +47,7 @@ def read_words(c: Close) -> str:
 
 def run(quick: bool = False, progress: Progress = say_nothing,
         link: LinkSpec = LOOPBACK) -> Result:
-    settle = 0.05 + 2 * link.shaping.delay_ms / 1000  # the close, then its answer, crossed
+    settle = 0.05 + link.rtt_s  # the close, then its answer, crossed
     closes, used = records_on(link, "reset", ["--settle", f"{settle:g}"], Close,
                               "the reset choreography")
     events = []
