@@ -14,6 +14,7 @@ import pytest
 
 from tcplab.agents.retransmit import not_the_hosts, ruleset
 from tcplab.experiments import retransmit as R
+from tcplab.experiments.link import LinkUsed
 from tcplab.experiments.retransmit import CaseFacts, SynFacts, syn_schedule
 from tcplab.report.prose import case_words
 from tests.helpers import one_json, tcplab
@@ -144,3 +145,28 @@ def test_retransmit_as_this_user() -> None:
     packets and counters, the tracepoint skipped with the reason."""
     body = run_experiment(timeout=600)
     check_shown(body, traced=ROOT)
+
+
+@pytest.mark.pure
+def test_a_case_run_again_counts_its_last_try_and_says_every_earlier_one() -> None:
+    """_result with a redo: the probe case's first try (a timeout) is kept in
+    ``earlier`` and worded; the second try's figures decide the verdict."""
+    from tcplab.agents.retransmit import Case, Seen
+    from tcplab.report.prose import retransmit_fact
+
+    def run(sport: int, timeouts: int) -> list[object]:
+        case = Case("probe", sport, 10, 9, 1, 1448, 1000, 0.0, 0.5, 40.0, 244.0,
+                    {"TcpExt.TCPLossProbes": 1, "TcpExt.TCPTimeouts": timeouts})
+        seq = R.seq_of(case)
+        assert seq is not None
+        out = [Seen(0.0, True, sport, 8080, "P.", seq - 1448, 0, 2896, False),
+                Seen(0.127, True, sport, 8080, "P.", seq, 0, 1448, False)]
+        return [case, *out]
+
+    first, again = run(40001, 1), run(40002, 0)
+    r = R._result(first, None, "not traced here", R.RunWith(3, 1, LinkUsed(), ""),
+                  lambda *a: None, [(again, ["probe"])])
+    assert [c.timeouts for c in r.facts.cases] == [0]
+    assert [c.timeouts for c in r.facts.earlier] == [1]
+    text = retransmit_fact(r.facts, r.settings)
+    assert "an earlier try, NOT shown, so run again: the burst's last two segments lost" in text

@@ -304,9 +304,10 @@ def data_case(host: str, port: int, name: str, cap: Capturer) -> Case:
                 round(start, 6), round(elapsed, 6), rtt, rto, changed(before, counters()))
 
 
-def client(host: str, port: int, sport: int, interface: str, cases: list[str]) -> None:
+def client(host: str, port: int, sport: int, interface: str, cases: list[str],
+           syn: bool = True) -> None:
     cap = Capturer(interface, port)
-    results: list[object] = [syn_try(host, port, sport)]
+    results: list[object] = [syn_try(host, port, sport)] if syn else []
     for name in CASES:
         if name in cases:
             results.append(data_case(host, port, name, cap))
@@ -360,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--syn-from", type=int, required=True)
     c.add_argument("--interface", required=True)
     c.add_argument("--cases", default=",".join(CASES))
+    c.add_argument("--no-syn", action="store_true",
+                   help="leave out the SYN try (a data case run again)")
     t = sub.add_parser("trace", help="tcp:tcp_retransmit_skb on a port (root, host)")
     t.add_argument("--port", type=int, required=True)
     a = p.parse_args(argv)
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         drops = [(tag, copies) for case in a.drop for _, tag, copies in DROPS[case]]
         serve(a.port, a.syn_from, drops, a.size)
     elif a.role == "client":
-        client(a.host, a.port, a.syn_from, a.interface, a.cases.split(","))
+        client(a.host, a.port, a.syn_from, a.interface, a.cases.split(","), not a.no_syn)
     else:
         trace(a.port)
     return 0

@@ -40,8 +40,10 @@ from tcplab.agents.io import command
 from tcplab.agents.retransmit import CASES, Case, Ready, Retransmitted, Seen, SynTry
 from tcplab.errors import ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
-from tcplab.experiments.link import LOOPBACK, LinkSpec, LinkUsed
+from tcplab.experiments.children import terminate
+from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed
 from tcplab.experiments.result import Event, Progress, say_nothing
+from tcplab.interrupts import deferred
 from tcplab.net.plan import CLIENT_IF
 from tcplab.records import RecordError, from_json_line
 
@@ -108,6 +110,9 @@ class Facts:
     retransmitted_packets: int  # of them: copies of a segment sent before (SYNs included)
     traced: int | None  # tcp:tcp_retransmit_skb events (None: not traced)
     trace_skipped: str | None = None  # why not traced
+    #: Tries of a data case that did not show it, in order, each run again (up to
+    #: REDOS times, on a port of its own, untraced): every failure seen, said.
+    earlier: tuple[CaseFacts, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +176,9 @@ def _lines(proc: subprocess.Popen[bytes], into: list[bytes]) -> None:
 def run(quick: bool = False, progress: Progress = say_nothing,
         link: LinkSpec = LOOPBACK) -> Result:
     from tcplab.experiments import link as links
-    from tcplab.experiments.children import terminate
     from tcplab.experiments.handshake import stop_tracer
     from tcplab.experiments.probe import tracefs
-    from tcplab.interrupts import deferred, spawn
+    from tcplab.interrupts import spawn
     from tcplab.observe.nsutil import die_with_parent
 
     spec, note = link_for(link)
@@ -214,37 +218,88 @@ def run(quick: bool = False, progress: Progress = say_nothing,
                                      daemon=True).start()
                 progress(f"retransmit: SYNs to a black hole (tcp_syn_retries = {retries}), "
                          f"then one burst per lost segment, across {used.words()}")
-                with deferred():
-                    client = e.client(command("retransmit", "client", "--host",
-                                              e.server_host, "--port", str(port),
-                                              "--syn-from", str(syn_from), "--interface",
-                                              CLIENT_IF),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                try:
-                    out, err = client.communicate(timeout=300)
-                except subprocess.TimeoutExpired:
-                    raise ExperimentFailed("the retransmit client did not finish in "
-                                           "300 s") from None
-                finally:
-                    terminate(client, grace=2)
-                if client.returncode != 0:
-                    lines = err.decode(errors="replace").strip().splitlines()
-                    raise ExperimentFailed(f"the retransmit client exited {client.returncode}:"
-                                           f" {lines[-1] if lines else 'no output'}")
+                out = _client(e, port, syn_from, list(CASES), syn=True)
             finally:
                 if tracer:
                     stop_tracer(tracer[0])
                 terminate(server, grace=2)
+            records = _decode(out.splitlines())
+            redone = _redo(e, records, port, syn_from, progress)
     except (PrivilegeError, NotSupported) as exc:
         raise NotSupported(f"the retransmit experiment needs a veth link: {exc.message}",
                            hint=exc.hint) from None
     finally:
         if tracer:
             stop_tracer(tracer[0])
-    records = _decode(out.splitlines())
     trace = [_decode_one(Retransmitted, line) for line in traced if line.strip()]
     return _result(records, trace if trace_skipped is None else None, trace_skipped,
-                   RunWith(retries, port, used, note), progress)
+                   RunWith(retries, port, used, note), progress, redone)
+
+
+#: How many times a data case that did not show its lesson is run again. Under heavy
+#: load the delay line (one Python process) can hold a packet long enough for a
+#: retransmission timer to fire first: seen once in about twenty runs beside a test
+#: suite; each try is said, not averaged away.
+REDOS = 2
+
+
+def _client(e: Ends, port: int, syn_from: int, cases: list[str], syn: bool) -> bytes:
+    with deferred():
+        client = e.client(command("retransmit", "client", "--host", e.server_host,
+                                  "--port", str(port), "--syn-from", str(syn_from),
+                                  "--interface", CLIENT_IF, "--cases", ",".join(cases),
+                                  *([] if syn else ["--no-syn"])),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = client.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ExperimentFailed("the retransmit client did not finish in 300 s") from None
+    finally:
+        terminate(client, grace=2)
+    if client.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise ExperimentFailed(f"the retransmit client exited {client.returncode}:"
+                               f" {lines[-1] if lines else 'no output'}")
+    return bytes(out)
+
+
+def _redo(e: Ends, records: list[object], port: int, syn_from: int, progress: Progress
+          ) -> list[tuple[list[object], list[str]]]:
+    """Each data case not shown, run again (a fresh server with only its drops, on a
+    port of its own, no SYN try, no tracer), up to REDOS times: the runs, in order."""
+    runs: list[tuple[list[object], list[str]]] = []
+    failed = _not_shown(records)
+    for n in range(1, REDOS + 1):
+        if not failed:
+            break
+        progress(f"retransmit: {', '.join(failed)} not shown: once more ({n} of {REDOS})")
+        again = port + n
+        with deferred():
+            server = e.server(command("retransmit", "server", "--port", str(again),
+                                      "--syn-from", str(syn_from), "--size",
+                                      str(e.used.mtu or 1500),
+                                      *[a for c in failed for a in ("--drop", c)]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _ready(server, "the server (nftables rules and listener)")
+            out = _client(e, again, syn_from, failed, syn=False)
+        finally:
+            terminate(server, grace=2)
+        recs = _decode(out.splitlines())
+        runs.append((recs, failed))
+        failed = _not_shown(recs, records)
+    return runs
+
+
+def _not_shown(records: list[object], first: list[object] | None = None) -> list[str]:
+    """The data cases of ``records`` that did not show their lesson (``first``: the
+    first run's records, for the middle case the tail's judge compares with)."""
+    facts = _case_facts(records)
+    middle = by_name(Facts(None, tuple(_case_facts(first or records)), 0, 0, None),
+                     "middle")
+    judges = {"middle": lambda c: fast_shown(c), "probe": lambda c: probe_shown(c),
+              "tail": lambda c: rto_shown(c, middle)}
+    return [c.name for c in facts if not judges[c.name](c)]
 
 
 def _ready(proc: subprocess.Popen[bytes], what: str) -> None:
@@ -319,7 +374,8 @@ def retransmitted(seen: Sequence[Seen]) -> int:
 
 
 def _result(records: list[object], trace: list[object] | None, trace_skipped: str | None,
-            settings: RunWith, progress: Progress) -> Result:
+            settings: RunWith, progress: Progress,
+            redone: Sequence[tuple[list[object], list[str]]] = ()) -> Result:
     syn = next((r for r in records if isinstance(r, SynTry)), None)
     cases = [r for r in records if isinstance(r, Case)]
     seen = [r for r in records if isinstance(r, Seen)]
@@ -331,6 +387,29 @@ def _result(records: list[object], trace: list[object] | None, trace_skipped: st
         syn_facts = SynFacts(tuple(round(p.t - t0, 4) for p in syns), model,
                              round(syn.start + syn.elapsed - t0, 4), fail, syn.errno, syn.error,
                              syn.syn_retries, syn.linear_timeouts)
+    # The last try of each case counts; the tries before it, not shown, are kept.
+    final = {c.name: c for c in _case_facts(records)}
+    earlier: list[CaseFacts] = []
+    for recs, names in redone:
+        again = {c.name: c for c in _case_facts(recs)}
+        for name in names:
+            if name in again:
+                earlier.append(final[name])
+                final[name] = again[name]
+    case_facts = [final[c.name] for c in cases if c.name in final]
+    facts = Facts(syn_facts, tuple(case_facts), len(seen), retransmitted(seen),
+                  len(trace) if trace is not None else None, trace_skipped, tuple(earlier))
+    events = _timeline(seen, trace or [], syn, cases)
+    for line in _progress_lines(facts):
+        progress(f"  {line}")
+    return Result(experiment="retransmit", ok=judge(facts), settings=settings, facts=facts,
+                  events=tuple(events), link=settings.link)
+
+
+def _case_facts(records: Sequence[object]) -> list[CaseFacts]:
+    """Each data case's figures, from its Case record and the packets captured."""
+    cases = [r for r in records if isinstance(r, Case)]
+    seen = [r for r in records if isinstance(r, Seen)]
     case_facts = []
     for c in cases:
         cp = copies(c, seen)
@@ -350,13 +429,7 @@ def _result(records: list[object], trace: list[object] | None, trace_skipped: st
             n.get("TcpExt.TCPLossProbes", 0), n.get("Tcp.RetransSegs", 0), dup,
             round((syn_ack - syn_out) * 1000, 3) if syn_out and syn_ack else None,
             round((sack - cp[1].t) * 1000, 3) if sack is not None else None))
-    facts = Facts(syn_facts, tuple(case_facts), len(seen), retransmitted(seen),
-                  len(trace) if trace is not None else None, trace_skipped)
-    events = _timeline(seen, trace or [], syn, cases)
-    for line in _progress_lines(facts):
-        progress(f"  {line}")
-    return Result(experiment="retransmit", ok=judge(facts), settings=settings, facts=facts,
-                  events=tuple(events), link=settings.link)
+    return case_facts
 
 
 def _timeline(seen: Sequence[Seen], trace: Sequence[object], syn: SynTry | None,

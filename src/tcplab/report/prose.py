@@ -1127,6 +1127,8 @@ def retransmit_fact(f: retransmit.Facts, s: retransmit.RunWith | None) -> str:
                      (tail, retransmit.rto_shown(tail, middle))):
         if c is not None:
             parts.append(("" if shown else "NOT shown: ") + case_words(c))
+    for c in f.earlier:  # each try that did not show it, before the one above
+        parts.append(f"an earlier try, NOT shown, so run again: {case_words(c)}")
     if f.traced is not None:
         parts.append(("" if retransmit.trace_shown(f) else "NOT shown: ")
                      + f"tcp:tcp_retransmit_skb fired {plural(f.traced, 'time')} for "
