@@ -629,7 +629,11 @@ def test_poll_without_privilege_sees_a_slow_connection(spawn: Spawner,
     # the connection lived longer than the interval in each of these states
     assert ("FIN_WAIT2", "TIME_WAIT") in client, lines
     assert any(old == "ESTABLISHED" for old, _ in client + server_end), lines
-    # and it was made after "polling" was said: it is new
-    assert ("(new)", "ESTABLISHED") in client, (
-        f"the connection made after the 'polling' line is not shown as new: {client}")
-    assert ("(new)", "ESTABLISHED") in server_end, server_end
+    # and it was made after "polling" was said: it is new. A poll can fall inside the
+    # handshake (seen once under load: the client first seen in SYN_SENT); then the
+    # next change is to ESTABLISHED.
+    for side, opening in ((client, "SYN_SENT"), (server_end, "SYN_RECV")):
+        assert side and side[0] in (("(new)", "ESTABLISHED"), ("(new)", opening)), (
+            f"the connection made after the 'polling' line is not shown as new: {side}")
+        if side[0] == ("(new)", opening):
+            assert side[1] == (opening, "ESTABLISHED"), side
