@@ -311,6 +311,11 @@ def one_try(name: str, port: int, backlog: int, tries: int, t0: float
         if across:  # each ACK crosses the link: wait until the server took or refused it
             wait_for(lambda: delta(before)["ListenOverflows"] + accept_queue(port) - backlog
                      >= waiting, 2.0)
+            # and each RST the server then sent (tcp_abort_on_overflow = 1: EmbryonicRsts)
+            # crosses back: until that many clients have left ESTABLISHED (the delay line
+            # can hold a packet well past 50 ms on a loaded machine; seen once as nobody)
+            wait_for(lambda: waiting - requests_and_established(port, burst)[1]
+                     >= delta(before)["EmbryonicRsts"], 2.0)
         time.sleep(0.05)  # the ACKs' processing: microseconds on loopback
         phases.append(r.sample("acks", burst, before))
 
