@@ -15,6 +15,7 @@ step. Loss is an nftables ruleset given to ``nft -f -`` (see ``nft_apply``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -216,29 +217,21 @@ class Builder:
         """Try a netem qdisc on the router's lo, then remove it: the kernel's answer
         is the only reliable one (a module may load on demand; /proc/config.gz may be
         absent). ENOENT: no such qdisc kind here."""
-        ipr = self.sockets["router"]
-        lo = self.index("router", "lo")
-        try:
-            ipr.tc("add", "netem", lo, handle=0x10000, delay=1000)
-        except Exception:
-            return False
-        try:
-            ipr.tc("del", index=lo, handle=0x10000)
-        except Exception:
-            pass
-        return True
+        return self._tries("netem", delay=1000)
 
     def has_tbf(self) -> bool:
+        return self._tries("tbf", rate=125000, burst=20000, limit=100000)
+
+    def _tries(self, kind: str, **kw: int) -> bool:
+        """Whether a ``kind`` qdisc can be added (on the router's lo; removed again)."""
         ipr = self.sockets["router"]
         lo = self.index("router", "lo")
         try:
-            ipr.tc("add", "tbf", lo, handle=0x10000, rate=125000, burst=20000, limit=100000)
+            ipr.tc("add", kind, lo, handle=0x10000, **kw)
         except Exception:
             return False
-        try:
+        with contextlib.suppress(Exception):
             ipr.tc("del", index=lo, handle=0x10000)
-        except Exception:
-            pass
         return True
 
     def delay_routes(self, tun: str) -> None:
