@@ -65,12 +65,20 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in TRUTHY
 
 
-def add_netns(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def add_netns(p: argparse.ArgumentParser, all_netns: bool = False) -> None:
+    g = p.add_mutually_exclusive_group() if all_netns else p
+    g.add_argument(
         "--netns", metavar="NAME|PATH|PID",
         help="look inside another network namespace: a name from 'ip netns', a path "
         "such as /proc/PID/ns/net, or a pid (needs root)",
     )
+    if all_netns:
+        g.add_argument(
+            "--all-netns", action="store_true",
+            help="every network namespace on the node (each container's, each 'ip netns'): "
+            "found by the namespaces of /proc/*/ns/net and /run/netns, each read by its own "
+            "sock_diag socket opened inside it; says how many were examined and which "
+            "could not be (needs root for others' namespaces)")
 
 
 def add_interval(p: argparse.ArgumentParser, default: float) -> None:

@@ -8,6 +8,7 @@ with the port filter applied in the kernel.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,7 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--port", type=common.port, default=0,
                    help="only sockets with this local or remote port")
     common.add_interval(p, 0.5)
-    common.add_netns(p)
+    common.add_netns(p, all_netns=True)
     common.add_json(p, "the counts (one object per sample with --watch)")
     p.set_defaults(func=run)
 
@@ -57,6 +58,12 @@ def add_parser(sub: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from tcplab.observe.sockets import SocketTable
 
+    if getattr(args, "all_netns", False):
+        if args.watch:
+            from tcplab.errors import UsageError
+
+            raise UsageError("--watch shows one namespace: give --netns, not --all-netns")
+        return _all_netns(args)
     with SocketTable(netns=args.netns) as table:
         if table.fallback_reason:
             note(f"tcplab: {table.fallback_reason}; reading /proc/net/tcp instead")
@@ -138,3 +145,43 @@ def _table(states: dict[str, int], total: int, previous: dict[str, int] | None, 
                   sparkline(history[state]), style=style)
     t.add_row("total", f"{total:,}", "", "", "", style="bold")
     return t
+
+
+def _all_netns(args: argparse.Namespace) -> int:
+    """Every namespace's counts, each read by a sock_diag socket opened inside it
+    (observe.sockets.node_counts); those that could not be read are said, with why."""
+    from tcplab.observe.sockets import node_counts
+
+    node = node_counts(args.port)
+    if args.json:
+        emit_json({"port": args.port or None, "examined": len(node.counted),
+                   "failed": [{"netns": n.inode, "name": n.name, "pid": n.pid, "why": why}
+                              for n, why in node.failed],
+                   "unreadable_processes": node.unreadable,
+                   "namespaces": [{"netns": n.inode, "name": n.name, "pid": n.pid,
+                                   "processes": n.processes, "ours": n.ours,
+                                   "states": c.states, "total": c.total}
+                                  for n, c in node.counted],
+                   "states": node.states, "total": node.total})
+        return 0
+    scope = f"with local or remote port {args.port}" if args.port else "of every state"
+    out(f"TCP sockets {scope}, in {len(node.counted)} network namespaces:")
+    for n, c in node.counted:
+        busy = {k: v for k, v in c.states.items() if v}
+        where = (f"net:[{n.inode}]" + (f" ({n.name})" if n.name else "")
+                 + (" (ours)" if n.ours else f" pid {n.pid}" if n.pid else ""))
+        out(f"  {where}: {c.total:,}" + (": " + ", ".join(f"{k} {v:,}" for k, v in busy.items())
+                                          if busy else ""))
+    from tcplab.report.observe import state_lines
+
+    out("all of them:")
+    for line in state_lines(node.states, node.total):
+        out(line)
+    for n, why in node.failed:
+        note(f"tcplab: net:[{n.inode}] (pid {n.pid}) not examined: {why}")
+    if node.unreadable:
+        why = ("another user's: run as root to see every namespace" if os.geteuid()
+               else "permission denied even to root: in a user namespace of their own")
+        note(f"tcplab: the namespace of {node.unreadable} processes could not be looked "
+             f"at ({why})")
+    return 0

@@ -1,0 +1,49 @@
+"""``--all-netns``: every network namespace on the node, each read from inside (issue 15).
+
+A CLOSE_WAIT leak in a namespace of its own (a Sandbox, as a container would
+have) must be seen by `tcplab states --all-netns` run from ours, with its
+namespace named; nothing is forked per namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tcplab.experiments.sandbox import Sandbox
+from tcplab.observe.netns import discover
+from tests.helpers import run_tcplab
+
+LEAK = """
+import socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 8080)); l.listen()
+kept = []
+for _ in range(int(sys.argv[1])):
+    c = socket.create_connection(("127.0.0.1", 8080)); s, _ = l.accept()
+    kept.append(s); c.close()  # the peer closed; we never do: CLOSE_WAIT
+print("leaking", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
+def test_states_all_netns_sees_a_leak_in_another_namespace() -> None:
+    with Sandbox({}) as sb:
+        leak = sb.popen([sys.executable, "-c", LEAK, "7"], stdout=subprocess.PIPE)
+        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
+        inode = os.stat(f"/proc/{leak.pid}/ns/net").st_ino
+        assert inode in {n.inode for n in discover().namespaces}
+        r = run_tcplab("states", "--all-netns", "--port", "8080", "--json")
+        assert r.returncode == 0, r.stderr
+        body = json.loads(r.stdout)
+        by = {n["netns"]: n for n in body["namespaces"]}
+        assert by[inode]["states"]["CLOSE_WAIT"] == 7 and not by[inode]["ours"]
+        assert body["states"]["CLOSE_WAIT"] >= 7 and body["examined"] == len(by)
+        text = run_tcplab("states", "--all-netns", "--port", "8080").stdout.decode()
+        assert f"net:[{inode}] pid " in text and "CLOSE_WAIT 7" in text
+        leak.stdout.close()  # the sandbox stops and reaps the process
