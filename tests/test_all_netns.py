@@ -47,3 +47,26 @@ def test_states_all_netns_sees_a_leak_in_another_namespace() -> None:
         text = run_tcplab("states", "--all-netns", "--port", "8080").stdout.decode()
         assert f"net:[{inode}] pid " in text and "CLOSE_WAIT 7" in text
         leak.stdout.close()  # the sandbox stops and reaps the process
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
+def test_doctor_as_root_finds_a_leak_in_another_namespace_with_no_option() -> None:
+    """The issue's Done-when: any leaking program in another namespace, `tcplab doctor`
+    with no option names its pid, command and namespace, and exits non-zero."""
+    with Sandbox({}) as sb:
+        leak = sb.popen([sys.executable, "-c", LEAK, "120"], stdout=subprocess.PIPE)
+        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
+        inode = os.stat(f"/proc/{leak.pid}/ns/net").st_ino
+        r = run_tcplab("doctor", "--interval", "0")
+        text = r.stdout.decode()
+        assert r.returncode == 1, (r.returncode, text, r.stderr)
+        assert (f"WARNING close_wait_leak [net:[{inode}]]: pid {leak.pid} (python"
+                in text), text
+        assert "network namespaces)" in text
+        body = json.loads(run_tcplab("doctor", "--interval", "0", "--json").stdout)
+        leaks = [f for f in body["findings"] if f["kind"] == "close_wait_leak"]
+        # other tests' leaks may be there too (they run beside this one): ours, once
+        assert [f["netns"] for f in leaks if f["pid"] == leak.pid] == [inode]
+        assert body["namespaces"] >= 2
+        leak.stdout.close()

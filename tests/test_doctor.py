@@ -64,8 +64,10 @@ def in_sandbox(sb: Sandbox, *args: str, timeout: float = 60) -> subprocess.Compl
 
 
 def doctor(sb: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
-    """``tcplab doctor ARGS`` run on the sandbox's 'machine' (inside its namespace)."""
-    return in_sandbox(sb, *sb.tcplab("doctor", *args))
+    """``tcplab doctor ARGS`` run on the sandbox's 'machine' (inside its namespace), told
+    to look at that namespace only: as root it would look into every namespace on the
+    node (tests/test_all_netns.py)."""
+    return in_sandbox(sb, *sb.tcplab("doctor", "--netns", "/proc/self/ns/net", *args))
 
 
 def doctor_json(sb: Sandbox, *args: str) -> tuple[int, dict[str, Any]]:

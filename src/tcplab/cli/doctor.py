@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from tcplab.cli import common
@@ -21,8 +22,10 @@ evidence and the fix:
                    ListenDrops rising in /proc/net/netstat
   orphans          many orphaned FIN_WAIT2 sockets: the peers never close
 
-Works on any process, as lsof does. Without root, other users' processes
-cannot be read, and a note says so.
+Works on any process, as lsof does. As root it looks into every network
+namespace on the node (each container's, each 'ip netns'), and each finding
+names its namespace; --netns looks into one. Without root, other users'
+processes and namespaces cannot be read, and a note says so.
 
 exit status (the monitoring-plugin convention): 0 healthy, 1 warning,
 2 critical, 3 unknown (a usage or privilege error).
@@ -43,7 +46,7 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--interval", type=float, default=0.5, metavar="S",
                    help="seconds between two reads of ListenOverflows/ListenDrops "
                    "(default 0.5; 0 skips that check)")
-    common.add_netns(p)
+    common.add_netns(p, all_netns=True)
     common.add_json(p, "the findings")
     p.set_defaults(func=run)
 
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     t = Thresholds(close_wait=args.close_wait_threshold, fd_percent=args.fd_percent,
                    interval=max(0.0, args.interval))
+    if args.all_netns or (args.netns is None and os.geteuid() == 0):
+        return _node(t, args)
     try:
         d = diagnose(args.netns, t)
     except TcplabError as exc:
@@ -75,4 +80,38 @@ def run(args: argparse.Namespace) -> int:
     for f in d.findings:
         out(f"{f.severity.upper()} {f.kind}: {f.evidence}")
         out(f"  fix: {f.hint}")
+    return d.status
+
+
+def _where(f: Any) -> str:
+    if f.netns is None:
+        return ""
+    return f" [net:[{f.netns}]" + (f" {f.netns_name}" if f.netns_name else "") + "]"
+
+
+def _node(t: Any, args: argparse.Namespace) -> int:
+    """Every namespace: "healthy" is said only of what was examined."""
+    from tcplab.observe.doctor import diagnose_node
+
+    d = diagnose_node(t)
+    for inode, why in d.failed:
+        note(f"tcplab: net:[{inode}] not examined: {why}")
+    if d.unreadable:
+        note(f"note: the namespace of {d.unreadable} processes could not be looked at")
+    status = ["healthy", "warning", "critical"][d.status]
+    scope = (f"{d.sockets} TCP sockets and {d.processes} processes in "
+             f"{d.examined} network namespaces")
+    if args.json:
+        emit_json({"status": status, "findings": d.findings, "sockets": d.sockets,
+                   "processes": d.processes, "namespaces": d.examined,
+                   "not_examined": [{"netns": i, "why": w} for i, w in d.failed]})
+        return d.status
+    if not d.findings:
+        out(f"healthy: no problem found in {scope}"
+            + (f" ({len(d.failed)} not examined)" if d.failed else ""))
+        return 0
+    for f in d.findings:
+        out(f"{f.severity.upper()} {f.kind}{_where(f)}: {f.evidence}")
+        out(f"  fix: {f.hint}")
+    out(f"(examined {scope})")
     return d.status

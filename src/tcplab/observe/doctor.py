@@ -33,6 +33,10 @@ class Finding:
     count: int
     evidence: str
     hint: str
+    #: The network namespace it was found in (its inode; None: ours, one namespace
+    #: diagnosed), and its `ip netns` name if it has one.
+    netns: int | None = None
+    netns_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +237,65 @@ def _orphans(socks: list[TcpSocket], t: Thresholds) -> list[Finding]:
     )]
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDiagnosis:
+    """Every network namespace on the node, diagnosed (issue 15): ``--all-netns``."""
+
+    findings: list[Finding]
+    sockets: int
+    processes: int
+    hidden_processes: int
+    examined: int  # namespaces diagnosed
+    failed: list[tuple[int, str]]  # (inode, why) of those that could not be
+    unreadable: int  # processes whose namespace could not be looked at
+
+    @property
+    def status(self) -> int:
+        return max((SEVERITY[f.severity] for f in self.findings), default=0)
+
+
+def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
+    """diagnose() in each namespace observe.netns.discover() finds, each entered by
+    its nsfs file; the listen counters read in all of them, one interval apart
+    (one sleep for the node, not one per namespace). Each finding names its
+    namespace."""
+    from dataclasses import replace
+
+    from tcplab.errors import TcplabError
+    from tcplab.observe.netns import discover
+
+    t = t or Thresholds()
+    found = discover()
+    before: dict[str, dict[str, int]] = {}
+    failed: list[tuple[int, str]] = []
+    for ns in found.namespaces:
+        try:
+            with entered(ns.path):
+                before[ns.id] = listen_counters()
+        except (TcplabError, OSError) as exc:
+            failed.append((ns.inode, getattr(exc, "message", None) or str(exc)))
+    if t.interval > 0:
+        time.sleep(t.interval)
+    findings: list[Finding] = []
+    sockets = processes = hidden = examined = 0
+    for ns in found.namespaces:
+        if ns.id not in before:
+            continue
+        try:
+            d = diagnose(ns.path, replace(t, interval=0))
+            with entered(ns.path):
+                after = listen_counters()
+        except (TcplabError, OSError) as exc:
+            failed.append((ns.inode, getattr(exc, "message", None) or str(exc)))
+            continue
+        examined += 1
+        sockets, processes = sockets + d.sockets, processes + d.processes
+        hidden = max(hidden, d.hidden_processes)
+        here = d.findings + (_listen_drops(before[ns.id], after, t.interval)
+                             if t.interval > 0 and before[ns.id] else [])
+        findings += [replace(f, netns=ns.inode, netns_name=ns.name) for f in here]
+    findings.sort(key=lambda f: (-SEVERITY[f.severity], f.kind))
+    return NodeDiagnosis(findings, sockets, processes, hidden, examined, failed,
+                         found.unreadable)
