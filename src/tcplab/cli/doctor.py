@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
 def _where(f: Any) -> str:
     if f.netns is None:
         return ""
-    return f" [net:[{f.netns}]" + (f" {f.netns_name}" if f.netns_name else "") + "]"
+    return (f" [net:[{f.netns}]" + (f" {f.netns_name}" if f.netns_name else "")
+            + (f", {f.owner}" if f.owner else "") + "]")
 
 
 def _node(t: Any, args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ class Finding:
     #: diagnosed), and its `ip netns` name if it has one.
     netns: int | None = None
     netns_name: str | None = None
+    #: The process's container, pod or systemd unit from /proc/PID/cgroup
+    #: (kernel.cgroup), in words; None when it has none or there is no process.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +298,21 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
         hidden = max(hidden, d.hidden_processes)
         here = d.findings + (_listen_drops(before[ns.id], after, t.interval)
                              if t.interval > 0 and before[ns.id] else [])
-        findings += [replace(f, netns=ns.inode, netns_name=ns.name) for f in here]
+        findings += [replace(f, netns=ns.inode, netns_name=ns.name, owner=cgroup_words(f.pid))
+                     for f in here]
     findings.sort(key=lambda f: (-SEVERITY[f.severity], f.kind))
     return NodeDiagnosis(findings, sockets, processes, hidden, examined, failed,
                          found.unreadable)
+
+
+def cgroup_words(pid: int | None, root: str = procfs.PROCFS_PATH) -> str | None:
+    """The container, pod or unit of ``pid``, as kernel.cgroup words it (None: none)."""
+    from tcplab.kernel.cgroup import parse_cgroup
+
+    if pid is None:
+        return None
+    try:
+        owner = parse_cgroup(procfs.read_text(f"{pid}/cgroup", root))
+    except OSError:
+        return None
+    return (owner.words() or None) if owner else None
