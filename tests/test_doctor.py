@@ -579,3 +579,26 @@ def test_exporter_on_ipv6_prints_a_url_that_works() -> None:
             assert "tcplab_tcp_sockets" in resp.read().decode()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=GUARD) == 130  # ExitStatus.INTERRUPTED
+
+
+@pytest.mark.pure
+def test_ports_are_counted_per_source_destination_and_port() -> None:
+    """Two source addresses toward one destination each have the whole range: 80 of
+    100 ports from each is not 160 of 100 (issue 15: what actually runs out)."""
+    import socket as socket_
+
+    from tcplab.kernel import tcp_states as ts
+    from tcplab.kernel.records import TcpSocket
+    from tcplab.observe.doctor import Thresholds, _port_exhaustion
+
+    def sock(src: str, sport: int, dport: int = 8080) -> TcpSocket:
+        return TcpSocket(family=socket_.AF_INET, state=ts.TIME_WAIT, src=src, sport=sport,
+                         dst="10.0.0.9", dport=dport, timer=3, expires_ms=1000, retrans=0,
+                         rqueue=0, wqueue=0, uid=0, inode=0, cookie=0)
+
+    socks = ([sock("10.0.0.1", p) for p in range(40000, 40080)]
+             + [sock("10.0.0.2", p) for p in range(40000, 40080)])
+    found = _port_exhaustion(socks, 40000, 40099, Thresholds(port_percent=70))
+    assert [f.count for f in found] == [80, 80]
+    assert "from 10.0.0.1" in found[0].evidence or "from 10.0.0.1" in found[1].evidence
+    assert _port_exhaustion(socks, 40000, 40099, Thresholds(port_percent=90)) == []

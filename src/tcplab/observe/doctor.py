@@ -170,26 +170,31 @@ def _fd_exhaustion(pids: list[int], t: Thresholds) -> list[Finding]:
 
 def _port_exhaustion(socks: list[TcpSocket], low: int, high: int, t: Thresholds
                      ) -> list[Finding]:
+    """Per (source address, destination address, destination port): what runs out.
+    connect() needs the whole 4-tuple free (__inet_hash_connect and
+    __inet_check_established in net/ipv4/inet_hashtables.c), so the ephemeral range
+    is spent once per such triple, not once per host."""
     size = high - low + 1
-    per_dest: Counter[tuple[str, int]] = Counter()
-    tw: Counter[tuple[str, int]] = Counter()
+    per_dest: Counter[tuple[str, str, int]] = Counter()
+    tw: Counter[tuple[str, str, int]] = Counter()
     for s in socks:
         if s.state == tcp_states.LISTEN or not low <= s.sport <= high:
             continue
-        per_dest[(s.dst, s.dport)] += 1
+        per_dest[(s.src, s.dst, s.dport)] += 1
         if s.state == tcp_states.TIME_WAIT:
-            tw[(s.dst, s.dport)] += 1
+            tw[(s.src, s.dst, s.dport)] += 1
     out = []
-    for (dst, dport), n in per_dest.most_common():
+    for (src, dst, dport), n in per_dest.most_common():
         percent = 100.0 * n / size
         if percent < t.port_percent:
             break
         where = f"[{dst}]:{dport}" if ":" in dst else f"{dst}:{dport}"
         out.append(Finding(
             "port_exhaustion", "critical" if percent >= 95 else "warning", None, None, n,
-            f"{n} sockets ({tw[(dst, dport)]} in TIME_WAIT) use ephemeral ports toward {where}, "
-            f"{percent:.0f}% of the {size}-port range {low}-{high}: connect() fails with "
-            "EADDRNOTAVAIL when it is full",
+            f"{n} sockets ({tw[(src, dst, dport)]} in TIME_WAIT) use ephemeral ports toward "
+            f"{where}, {percent:.0f}% of the {size}-port range {low}-{high}, from {src}: "
+            "connect() fails with EADDRNOTAVAIL when it is full (the range is spent once per "
+            "source address, destination address and port)",
             "reuse connections (a pool, HTTP keep-alive) instead of one per request; add "
             "destination addresses or ports; widen ip_local_port_range",
         ))
