@@ -70,3 +70,40 @@ def test_doctor_as_root_finds_a_leak_in_another_namespace_with_no_option() -> No
         assert [f["netns"] for f in leaks if f["pid"] == leak.pid] == [inode]
         assert body["namespaces"] >= 2
         leak.stdout.close()
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
+def test_exporter_as_root_labels_a_leak_in_another_namespace() -> None:
+    import re
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with Sandbox({}) as sb:
+        leak = sb.popen([sys.executable, "-c", LEAK, "9"], stdout=subprocess.PIPE)
+        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
+        inode = str(os.stat(f"/proc/{leak.pid}/ns/net").st_ino)
+        exporter = subprocess.Popen([sys.executable, "-m", "tcplab", "exporter", "--listen",
+                                     "127.0.0.1:0"], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert exporter.stdout is not None
+            m = re.search(rb":(\d+)/metrics", exporter.stdout.readline())
+            assert m, "no listening line"
+            url = f"http://127.0.0.1:{int(m.group(1))}/metrics"
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                text = resp.read().decode()
+        finally:
+            exporter.kill()
+            exporter.communicate()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        cw = [(s.labels["netns"], s.value) for s in
+              families["tcplab_process_close_wait_sockets"].samples
+              if s.labels["pid"] == str(leak.pid)]
+        assert cw == [(inode, 9.0)]
+        states = {s.labels["state"]: s.value for s in families["tcplab_tcp_sockets"].samples
+                  if s.labels["netns"] == inode}
+        assert states["CLOSE_WAIT"] == 9 and states["LISTEN"] == 1
+        assert all("container" in s.labels for s in families["tcplab_tcp_sockets"].samples)
+        leak.stdout.close()

@@ -39,11 +39,13 @@ def add_parser(sub: Any, name: str) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", type=listen_address, default=("127.0.0.1", 9309),
                    metavar="HOST:PORT", help="where to serve /metrics (default 127.0.0.1:9309)")
-    common.add_netns(p)
+    common.add_netns(p, all_netns=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from prometheus_client import start_http_server
     from prometheus_client.core import REGISTRY
 
@@ -51,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from tcplab.observe.exporter import TcplabCollector
     from tcplab.traffic.server import bind_error
 
-    REGISTRY.register(TcplabCollector(args.netns))
+    # As root every namespace on the node, each series labelled with its namespace
+    # and container; --netns one.
+    every = args.all_netns or (args.netns is None and os.geteuid() == 0)
+    REGISTRY.register(TcplabCollector(args.netns, all_netns=every))
     host, port = args.listen
     try:
         server, _thread = start_http_server(port, addr=host)
