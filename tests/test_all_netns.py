@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tcplab.experiments.sandbox import Sandbox
-from tcplab.observe.netns import discover
+from tcplab.observe.nodes import discover
 from tests.helpers import run_tcplab
 
 LEAK = """

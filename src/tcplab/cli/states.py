@@ -150,7 +150,7 @@ def _table(states: dict[str, int], total: int, previous: dict[str, int] | None, 
 def _all_netns(args: argparse.Namespace) -> int:
     """Every namespace's counts, each read by a sock_diag socket opened inside it
     (observe.sockets.node_counts); those that could not be read are said, with why."""
-    from tcplab.observe.sockets import node_counts
+    from tcplab.observe.nodes import node_counts
 
     node = node_counts(args.port)
     if args.json:

@@ -272,7 +272,7 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
     from dataclasses import replace
 
     from tcplab.errors import TcplabError
-    from tcplab.observe.netns import discover
+    from tcplab.observe.nodes import discover
 
     t = t or Thresholds()
     found = discover()

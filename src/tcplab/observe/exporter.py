@@ -50,7 +50,8 @@ class TcplabCollector:
         import os
 
         from tcplab.observe.doctor import cgroup_words
-        from tcplab.observe.netns import discover, ns_path
+        from tcplab.observe.netns import ns_path
+        from tcplab.observe.nodes import discover
 
         if self.all_netns:
             return [(ns.path, [str(ns.inode), cgroup_words(ns.pid) or ""])

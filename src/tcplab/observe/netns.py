@@ -11,7 +11,6 @@ import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from tcplab.errors import PrivilegeError, UsageError
 from tcplab.observe.nsutil import CLONE_NEWNET, setns
@@ -101,70 +100,3 @@ def pids_in_any(netns: set[str], procfs: str = "/proc") -> list[int]:
         if f"{ns.st_dev}:{ns.st_ino}" in netns:
             found.append(int(name))
     return sorted(found)
-
-
-# -- every namespace on the node (issue 15) ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Namespace:
-    """One network namespace as found on the node."""
-
-    id: str  # "DEV:INODE" of its nsfs file: the same from every process
-    inode: int  # what `ls -l /proc/PID/ns/net` shows as net:[INODE]
-    path: str  # a file that opens it: /run/netns/NAME, else /proc/PID/ns/net
-    name: str | None  # its `ip netns` name, when it has one
-    pid: int | None  # one process in it (the lowest pid), None if only named
-    processes: int  # how many processes are in it (those we may look at)
-    ours: bool  # the namespace this process runs in (the host's, run on the host)
-
-
-@dataclass(frozen=True, slots=True)
-class Discovery:
-    namespaces: tuple[Namespace, ...]
-    #: processes whose namespace could not be read (another user's, as an ordinary
-    #: user): their namespaces may be missing from the list.
-    unreadable: int = 0
-
-
-def discover(procfs: str = "/proc", run_netns: str = "/run/netns") -> Discovery:
-    """Every network namespace a process is in or `ip netns` names, each once: the
-    nsfs identity (device and inode) of ``/proc/*/ns/net`` and of ``/run/netns/*``,
-    de-duplicated, as ``lsns -t net`` and ``ip netns identify`` decide. Nothing is
-    entered here; ours is first, then by inode. (Not pid 1's as "the host's": in a
-    container, or here, pid 1 may be in a user namespace we may not look into.)"""
-    found: dict[str, list[int]] = {}
-    unreadable = 0
-    for entry in os.listdir(procfs):
-        if not entry.isdigit():
-            continue
-        try:
-            st = os.stat(f"{procfs}/{entry}/ns/net")
-        except FileNotFoundError:
-            continue  # gone, or a zombie (it has left its namespaces)
-        except OSError:
-            unreadable += 1
-            continue
-        found.setdefault(f"{st.st_dev}:{st.st_ino}", []).append(int(entry))
-    names: dict[str, str] = {}
-    try:
-        listing = sorted(os.listdir(run_netns))
-    except OSError:
-        listing = []
-    for name in listing:
-        try:
-            st = os.stat(os.path.join(run_netns, name))
-        except OSError:
-            continue
-        names.setdefault(f"{st.st_dev}:{st.st_ino}", name)
-    st = os.stat(f"{procfs}/self/ns/net")
-    ours = f"{st.st_dev}:{st.st_ino}"
-    out = []
-    for ident in set(found) | set(names):
-        pids = sorted(found.get(ident, []))
-        named = names.get(ident)
-        path = (os.path.join(run_netns, named) if named else f"{procfs}/{pids[0]}/ns/net")
-        out.append(Namespace(ident, int(ident.split(":")[1]), path, named,
-                             pids[0] if pids else None, len(pids), ident == ours))
-    out.sort(key=lambda n: (not n.ours, n.inode))
-    return Discovery(tuple(out), unreadable)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tcplab.kernel import sock_diag, tcp_states
-from tcplab.observe.netns import Namespace, entered
+from tcplab.observe.netns import entered
 
 if TYPE_CHECKING:
     from tcplab.kernel.records import TcpSocket
@@ -176,41 +175,3 @@ class SocketTable:
 
 def _only(counts: list[int], states: int) -> list[int]:
     return [c if states >> i & 1 else 0 for i, c in enumerate(counts)]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeCounts:
-    """State counts of every network namespace on the node (issue 15)."""
-
-    counted: tuple[tuple[Namespace, StateCounts], ...]
-    failed: tuple[tuple[Namespace, str], ...]  # not examined, and why
-    unreadable: int  # processes whose namespace could not be looked at
-    states: dict[str, int]
-    total: int
-
-
-def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
-    """Each namespace (observe.netns.discover) counted by a sock_diag socket opened
-    inside it: setns in, socket(), setns back (SocketTable(netns=...)); the socket
-    stays bound to that namespace, and no process is forked per namespace."""
-    from tcplab.errors import TcplabError
-    from tcplab.kernel import tcp_states
-    from tcplab.observe.netns import discover
-
-    found = discover(procfs)
-    counted: list[tuple[Namespace, StateCounts]] = []
-    failed: list[tuple[Namespace, str]] = []
-    for ns in found.namespaces:
-        try:
-            with SocketTable(netns=None if ns.ours else ns.path) as table:
-                counted.append((ns, table.state_counts(port)))
-        except TcplabError as exc:
-            failed.append((ns, exc.message))
-        except OSError as exc:
-            failed.append((ns, exc.strerror or str(exc)))
-    states = dict.fromkeys(tcp_states.STATE_NAMES, 0)
-    for _, c in counted:
-        for k, v in c.states.items():
-            states[k] = states.get(k, 0) + v
-    return NodeCounts(tuple(counted), tuple(failed), found.unreadable, states,
-                      sum(c.total for _, c in counted))

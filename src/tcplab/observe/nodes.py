@@ -1,0 +1,113 @@
+"""Every network namespace on the node (issue 15): found, and read from inside.
+
+Kept apart from observe/netns.py and observe/sockets.py, which `tcplab states`
+imports on its fast path (no dataclasses there: tests/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from tcplab.observe.sockets import SocketTable, StateCounts
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """One network namespace as found on the node."""
+
+    id: str  # "DEV:INODE" of its nsfs file: the same from every process
+    inode: int  # what `ls -l /proc/PID/ns/net` shows as net:[INODE]
+    path: str  # a file that opens it: /run/netns/NAME, else /proc/PID/ns/net
+    name: str | None  # its `ip netns` name, when it has one
+    pid: int | None  # one process in it (the lowest pid), None if only named
+    processes: int  # how many processes are in it (those we may look at)
+    ours: bool  # the namespace this process runs in (the host's, run on the host)
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    namespaces: tuple[Namespace, ...]
+    #: processes whose namespace could not be read (another user's, as an ordinary
+    #: user): their namespaces may be missing from the list.
+    unreadable: int = 0
+
+
+def discover(procfs: str = "/proc", run_netns: str = "/run/netns") -> Discovery:
+    """Every network namespace a process is in or `ip netns` names, each once: the
+    nsfs identity (device and inode) of ``/proc/*/ns/net`` and of ``/run/netns/*``,
+    de-duplicated, as ``lsns -t net`` and ``ip netns identify`` decide. Nothing is
+    entered here; ours is first, then by inode. (Not pid 1's as "the host's": in a
+    container, or here, pid 1 may be in a user namespace we may not look into.)"""
+    found: dict[str, list[int]] = {}
+    unreadable = 0
+    for entry in os.listdir(procfs):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"{procfs}/{entry}/ns/net")
+        except FileNotFoundError:
+            continue  # gone, or a zombie (it has left its namespaces)
+        except OSError:
+            unreadable += 1
+            continue
+        found.setdefault(f"{st.st_dev}:{st.st_ino}", []).append(int(entry))
+    names: dict[str, str] = {}
+    try:
+        listing = sorted(os.listdir(run_netns))
+    except OSError:
+        listing = []
+    for name in listing:
+        try:
+            st = os.stat(os.path.join(run_netns, name))
+        except OSError:
+            continue
+        names.setdefault(f"{st.st_dev}:{st.st_ino}", name)
+    st = os.stat(f"{procfs}/self/ns/net")
+    ours = f"{st.st_dev}:{st.st_ino}"
+    out = []
+    for ident in set(found) | set(names):
+        pids = sorted(found.get(ident, []))
+        named = names.get(ident)
+        path = (os.path.join(run_netns, named) if named else f"{procfs}/{pids[0]}/ns/net")
+        out.append(Namespace(ident, int(ident.split(":")[1]), path, named,
+                             pids[0] if pids else None, len(pids), ident == ours))
+    out.sort(key=lambda n: (not n.ours, n.inode))
+    return Discovery(tuple(out), unreadable)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCounts:
+    """State counts of every network namespace on the node (issue 15)."""
+
+    counted: tuple[tuple[Namespace, StateCounts], ...]
+    failed: tuple[tuple[Namespace, str], ...]  # not examined, and why
+    unreadable: int  # processes whose namespace could not be looked at
+    states: dict[str, int]
+    total: int
+
+
+def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
+    """Each namespace (observe.netns.discover) counted by a sock_diag socket opened
+    inside it: setns in, socket(), setns back (SocketTable(netns=...)); the socket
+    stays bound to that namespace, and no process is forked per namespace."""
+    from tcplab.errors import TcplabError
+    from tcplab.kernel import tcp_states
+
+    found = discover(procfs)
+    counted: list[tuple[Namespace, StateCounts]] = []
+    failed: list[tuple[Namespace, str]] = []
+    for ns in found.namespaces:
+        try:
+            with SocketTable(netns=None if ns.ours else ns.path) as table:
+                counted.append((ns, table.state_counts(port)))
+        except TcplabError as exc:
+            failed.append((ns, exc.message))
+        except OSError as exc:
+            failed.append((ns, exc.strerror or str(exc)))
+    states = dict.fromkeys(tcp_states.STATE_NAMES, 0)
+    for _, c in counted:
+        for k, v in c.states.items():
+            states[k] = states.get(k, 0) + v
+    return NodeCounts(tuple(counted), tuple(failed), found.unreadable, states,
+                      sum(c.total for _, c in counted))
