@@ -60,7 +60,9 @@ def test_doctor_as_root_finds_a_leak_in_another_namespace_with_no_option() -> No
         inode = os.stat(f"/proc/{leak.pid}/ns/net").st_ino
         r = run_tcplab("doctor", "--interval", "0")
         text = r.stdout.decode()
-        assert r.returncode == 1, (r.returncode, text, r.stderr)
+        # warning (1) for ours; critical (2) when another test's namespace beside this one
+        # has a worse finding: the status is the node's
+        assert r.returncode in (1, 2), (r.returncode, text, r.stderr)
         assert (f"WARNING close_wait_leak [net:[{inode}]]: pid {leak.pid} (python"
                 in text), text
         assert "network namespaces)" in text
