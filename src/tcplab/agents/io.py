@@ -41,6 +41,25 @@ def command(agent: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"tcplab.agents.{agent}", *args]
 
 
+def tcplab(*args: str) -> list[str]:
+    """``python -m tcplab ARGS`` with this interpreter: a tcplab command as a child."""
+    return [sys.executable, "-m", "tcplab", *args]
+
+
+def not_the_hosts() -> bool:
+    """This network namespace is neither pid 1's nor our parent's: the host's stays
+    untouched by what runs here. (An unreadable pid 1 does not count against it: an
+    ordinary user, who has no right to change the host's anyway.)"""
+    ours = os.readlink("/proc/self/ns/net")
+    for pid in (1, os.getppid()):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == ours:
+                return False
+        except OSError:
+            pass
+    return True
+
+
 _checked = False
 
 
@@ -97,13 +116,7 @@ def net_end_here(role: str) -> bool:
             return False
     except (KeyError, OSError):
         return False
-    for pid in (1, os.getppid()):
-        try:
-            if registry.ns_id(f"/proc/{pid}/ns/net") == here:
-                return False
-        except OSError:
-            pass
-    return True
+    return not_the_hosts()
 
 
 def require_net_end(parser: argparse.ArgumentParser, experiment: str, role: str) -> None:

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tcplab.agents.io import emit
+from tcplab.agents.io import emit, not_the_hosts
 
 #: nftables table the server adds in its own namespace.
 TABLE = "tcplab_retransmit"
@@ -141,20 +141,6 @@ def ruleset(port: int, syn_from: int, drops: list[tuple[bytes, int]], size: int)
                      f"quota until {copies * size + size // 2} bytes drop")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
-
-
-def not_the_hosts() -> bool:
-    """This network namespace is not the host's: it differs from pid 1's and from
-    our parent's. (Unreadable pid 1: an ordinary user, who has no right to change
-    the host's firewall anyway.)"""
-    ours = os.readlink("/proc/self/ns/net")
-    for pid in (1, os.getppid()):
-        try:
-            if os.readlink(f"/proc/{pid}/ns/net") == ours:
-                return False
-        except OSError:
-            pass
-    return True
 
 
 def serve(port: int, syn_from: int, drops: list[tuple[bytes, int]], size: int) -> None:

@@ -17,7 +17,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tcplab.agents.handshake import Done, Ready
-from tcplab.agents.io import command
+from tcplab.agents.io import command, tcplab
 from tcplab.experiments import result as base
 from tcplab.experiments.children import terminate
 from tcplab.experiments.link import LOOPBACK, LinkSpec, ends
@@ -109,7 +108,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
             cap_ready, trace_ready = threading.Event(), threading.Event()
             # Captured at the client's end: on a delayed link a SYN-ACK comes one
             # round trip after its SYN there.
-            cap = e.client(_tcplab("capture", "--port", str(port), "--json",
+            cap = e.client(tcplab("capture", "--port", str(port), "--json",
                                    "--interface", e.used.client_interface),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             threading.Thread(target=_reader, args=(cap, packets, cap_ready, b"capturing"),
@@ -123,8 +122,8 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
             # tracer would leave its trace instance. It is stopped by stop_tracer().
             with deferred():
                 tracer.append(spawn(
-                    [sys.executable, "-m", "tcplab", "trace", "--port", str(port),
-                     "--syscalls", "--pid", str(pid), "--json"],
+                    tcplab("trace", "--port", str(port), "--syscalls", "--pid", str(pid),
+                           "--json"),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                     # if we are SIGKILLed, SIGTERM makes it remove its instance
                     preexec_fn=lambda: die_with_parent(signal.SIGTERM)))
@@ -139,7 +138,7 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
             dance.stdin.flush()
             from_json_line(Done, dance.stdout.readline())
             time.sleep(0.3 + 2 * rtt)
-            tw = e.run("client", _tcplab("sockets", "--port", str(port), "--state",
+            tw = e.run("client", tcplab("sockets", "--port", str(port), "--state",
                                          "time-wait", "--json"),
                        stdout=subprocess.PIPE).stdout
             stop_tracer(tracer[0])
@@ -150,10 +149,6 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda _: None,
     time.sleep(0.2)
     r = _merge(packets, traced, wall_minus_mono, json.loads(tw or b'{"sockets": []}'))
     return replace(r, link=used)
-
-
-def _tcplab(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tcplab", *args]
 
 
 def stop_tracer(proc: subprocess.Popen[bytes], grace: float = 4.0) -> None:

@@ -63,16 +63,16 @@ from __future__ import annotations
 import enum
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from tcplab.agents.io import tcplab
 from tcplab.errors import ConnectFailed, ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ForeignServer, ServerProcess
-from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed, ends
+from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed, Popen, ends
 from tcplab.experiments.probe import accepts_on
 from tcplab.experiments.result import Progress, TimelineRow, say_nothing, timeline_of
 from tcplab.experiments.sampling import StateSampler
@@ -363,15 +363,11 @@ def _run_on(plan: Plan, s: Settings, progress: Progress, link: LinkSpec) -> Vari
     return replace(v, server_addresses=addresses, link=link.kind, link_used=e.used)
 
 
-#: Starts a child where it belongs (Sandbox.popen, or control.popen in a net's end).
-Popen = Callable[..., "subprocess.Popen[bytes]"]
-
-
 def _bomb(popen: Popen, args: list[str], duration: float,
           progress: Callable[[str], None]) -> BombResult:
     if "--duration" not in args:
         args = ["--duration", str(duration), *args]
-    proc = popen(_tcplab("bomb", "--port", str(PORT), "--json", *args),
+    proc = popen(tcplab("bomb", "--port", str(PORT), "--json", *args),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     said: list[str] = []
 
@@ -401,17 +397,12 @@ def _bomb(popen: Popen, args: list[str], duration: float,
                                hint="this is a bug in tcplab: report it") from None
 
 
-def _tcplab(*args: str) -> list[str]:
-    """The command line that runs ``tcplab ARGS`` with this Python (as Sandbox.tcplab)."""
-    return [sys.executable, "-m", "tcplab", *args]
-
-
 def _time_wait_sides(e: Ends) -> TimeWaitEnd:
     """TIME_WAIT sockets at the end, by side: the server's (sport = 8080) or the
     clients', each counted in its end's namespace (once on loopback: one namespace)."""
     found = {"client": 0, "server": 0}
     for role in ("client", "server") if e.kind == "veth" else ("client",):
-        r = e.run(role, _tcplab("sockets", "--port", str(PORT), "--state", "time-wait",
+        r = e.run(role, tcplab("sockets", "--port", str(PORT), "--state", "time-wait",
                                 "--json"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         socks = json.loads(r.stdout)["sockets"] if r.returncode == 0 else []
         for x in socks:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -156,7 +155,9 @@ class Sandbox:
 
     def tcplab(self, *args: str) -> list[str]:
         """The command line that runs ``tcplab ARGS`` with this Python."""
-        return [sys.executable, "-m", "tcplab", *args]
+        from tcplab.agents.io import tcplab
+
+        return tcplab(*args)
 
     def close(self, grace: float = 3.0) -> None:
         """Stop every child (SIGTERM, SIGKILL after ``grace`` s), then the holder.
