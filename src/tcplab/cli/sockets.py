@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from tcplab.cli import common
-from tcplab.cli.output import emit_json, note, out
+from tcplab.cli.output import emit_json, note
 
 DESCRIPTION = """\
 One row per TCP socket, like 'ss -tanpo': state, local and peer address,
@@ -67,39 +68,38 @@ def run(args: argparse.Namespace) -> int:
         socks = table.sockets(args.port, mask)
     owners = None
     if args.pid or args.all_procs:
-        owners = OwnerMap(args.pid or None)
+        from tcplab.observe.netns import pids_in
+
+        # --all-procs: the namespace's own processes first (observe.owners.OwnerMap).
+        owners = OwnerMap(args.pid or None, first=None if args.pid else pids_in(args.netns))
         found = owners.lookup(s.inode for s in socks)
         if args.pid:
             socks = [s for s in socks if s.inode in found]
     else:
         found = {}
-    rows = []
-    for s in socks:
-        owner = found.get(s.inode)
-        if owner is not None:
-            text = f"{owner.command} (pid {owner.pid}, fd {owner.fd})"
-        elif s.inode == 0:
-            text = "kernel"
-        else:
-            text = "" if owners is None else "?"
-        rows.append((s, owner, text))
+    if owners is None:
+        texts: dict[int, str] = {}
+    else:
+        texts = {i: f"{o.command} (pid {o.pid}, fd {o.fd})" for i, o in found.items()}
     if args.json:
         from dataclasses import asdict
 
         emit_json({
             "port": args.port or None,
             "sockets": [
-                {**asdict(s), "state": tcp_states.name(s.state),
-                 "owner": asdict(o) if o else ("kernel" if s.inode == 0 else None)}
-                for s, o, _ in rows
+                {**s._asdict(), "state": tcp_states.name(s.state),
+                 "owner": (asdict(found[s.inode]) if s.inode in found
+                           else "kernel" if s.inode == 0 else None)}
+                for s in socks
             ],
-            "count": len(rows),
+            "count": len(socks),
         })
     else:
         from tcplab.report.observe import socket_lines
 
-        for line in socket_lines([(s, text) for s, _, text in rows]):
-            out(line)
+        lines = socket_lines(socks, texts, unknown="" if owners is None else "?")
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
         if owners is None and any(s.inode for s in socks):
             note("owners: add --all-procs (or --pid PID) to name the processes")
     if owners is not None and owners.hidden:
