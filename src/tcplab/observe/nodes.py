@@ -23,6 +23,7 @@ class Namespace:
     pid: int | None  # one process in it (the lowest pid), None if only named
     processes: int  # how many processes are in it (those we may look at)
     ours: bool  # the namespace this process runs in (the host's, run on the host)
+    pids: tuple[int, ...] = ()  # those processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,8 @@ def discover(procfs: str = "/proc", run_netns: str = "/run/netns") -> Discovery:
         named = names.get(ident)
         path = (os.path.join(run_netns, named) if named else f"{procfs}/{pids[0]}/ns/net")
         out.append(Namespace(ident, int(ident.split(":")[1]), path, named,
-                             pids[0] if pids else None, len(pids), ident == ours))
+                             pids[0] if pids else None, len(pids), ident == ours,
+                             tuple(pids)))
     out.sort(key=lambda n: (not n.ours, n.inode))
     return Discovery(tuple(out), unreadable)
 
