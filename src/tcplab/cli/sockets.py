@@ -127,14 +127,15 @@ def _json(args: argparse.Namespace, groups: list[tuple[Any, list[Any]]],
 
 
 def _text(groups: list[tuple[Any, list[Any]]], found: dict[int, Any], asked: bool) -> None:
-    from tcplab.observe.nodes import where_text
     from tcplab.report.observe import socket_lines
-    from tcplab.words import plural
 
     texts = {i: f"{o.command} (pid {o.pid}, fd {o.fd})" for i, o in found.items()}
     parts = []
     for ns, socks in groups:
         if ns is not None:
+            from tcplab.observe.nodes import where_text
+            from tcplab.words import plural
+
             parts.append(f"{where_text(ns)}: {plural(len(socks), 'socket')}")
             if not socks:
                 continue
