@@ -331,7 +331,7 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
     from dataclasses import replace
 
     from tcplab.errors import TcplabError
-    from tcplab.observe.nodes import discover
+    from tcplab.observe.nodes import discover, why_not
 
     t = t or Thresholds()
     owners = OwnerMap()
@@ -345,7 +345,7 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
             lk = look(path, list(ns.pids))
             looked.append((ns, path, lk, check(lk, owners, t)))
         except (TcplabError, OSError) as exc:
-            failed.append((ns, getattr(exc, "message", None) or str(exc)))
+            failed.append((ns, why_not(ns, exc)))
     if t.interval > 0 and looked:
         _wait_from(looked[0][2].at, t)
     findings: list[Finding] = []

@@ -146,11 +146,22 @@ def each_namespace(read: Callable[[str | None], T], procfs: str = "/proc",
     for ns in found.namespaces:
         try:
             done.append((ns, read(None if ns.ours else ns.path)))
-        except TcplabError as exc:
-            failed.append((ns, exc.message))
-        except OSError as exc:
-            failed.append((ns, exc.strerror or str(exc)))
+        except (TcplabError, OSError) as exc:
+            failed.append((ns, why_not(ns, exc)))
     return done, failed, found.unreadable
+
+
+def why_not(ns: Namespace, exc: Exception) -> str:
+    """Why ``ns`` could not be read, in words."""
+    from tcplab.errors import TcplabError
+
+    if not os.path.exists(ns.path):
+        return "gone since it was found (its last process exited)"
+    if isinstance(exc, TcplabError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
@@ -186,3 +197,18 @@ def where_text(ns: Namespace) -> str:
     held = "" if ns.pid or ns.name else f" (held by {ns.path})"
     return (f"net:[{ns.inode}]" + (f" {ns.name}" if ns.name else "") + held
             + (" (ours)" if ns.ours else "") + (f" ({w['container']})" if w["container"] else ""))
+
+
+def why_word(ns: Namespace, exc: Exception) -> str:
+    """why_not() as a label value of a few fixed words (no pid or path in it):
+    ``gone``, ``no_privilege`` or ``error``."""
+    import errno
+
+    from tcplab.errors import PrivilegeError
+
+    if not os.path.exists(ns.path):
+        return "gone"
+    if isinstance(exc, PrivilegeError) or (
+            isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)):
+        return "no_privilege"
+    return "error"
