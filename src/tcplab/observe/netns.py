@@ -89,14 +89,21 @@ def pids_in(spec: str | None, procfs: str = "/proc") -> list[int]:
 def pids_in_any(netns: set[str], procfs: str = "/proc") -> list[int]:
     """The processes in any of the network namespaces ``netns`` (``DEV:INODE``, the
     nsfs file's identity), sorted; those gone or unreadable are left out."""
-    found = []
+    return sorted(pid for pid, ident in each_pid_netns(procfs) if ident in netns)
+
+
+def each_pid_netns(procfs: str = "/proc") -> Iterator[tuple[int, str | None]]:
+    """(pid, ``DEV:INODE`` of its network namespace) for every process; None when
+    it may not be looked at (another user's, or a user namespace of its own). Gone
+    processes and zombies (they have left their namespaces) are left out."""
     for name in os.listdir(procfs):
         if not name.isdigit():
             continue
         try:
-            ns = os.stat(f"{procfs}/{name}/ns/net")
-        except OSError:
+            st = os.stat(f"{procfs}/{name}/ns/net")
+        except FileNotFoundError:
             continue
-        if f"{ns.st_dev}:{ns.st_ino}" in netns:
-            found.append(int(name))
-    return sorted(found)
+        except OSError:
+            yield int(name), None
+            continue
+        yield int(name), f"{st.st_dev}:{st.st_ino}"

@@ -55,19 +55,15 @@ def discover(procfs: str = "/proc", run_netns: str = "/run/netns",
     found from /proc. Nothing is entered here; ours is first, then by inode. (Not
     pid 1's as "the host's": in a container, or here, pid 1 may be in a user
     namespace we may not look into.)"""
+    from tcplab.observe.netns import each_pid_netns
+
     found: dict[str, list[int]] = {}
     unreadable = 0
-    for entry in os.listdir(procfs):
-        if not entry.isdigit():
-            continue
-        try:
-            st = os.stat(f"{procfs}/{entry}/ns/net")
-        except FileNotFoundError:
-            continue  # gone, or a zombie (it has left its namespaces)
-        except OSError:
+    for pid, ident in each_pid_netns(procfs):
+        if ident is None:
             unreadable += 1
-            continue
-        found.setdefault(f"{st.st_dev}:{st.st_ino}", []).append(int(entry))
+        else:
+            found.setdefault(ident, []).append(pid)
     names: dict[str, str] = {}
     paths: dict[str, str] = {}
     try:
