@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -74,22 +75,23 @@ class Recording:
 
 # -- the runs ----------------------------------------------------------------------------
 
-CLIENT = """
+CLIENT = f"""
 import socket, sys, time
+PORT = {PORT}
 mode, n = sys.argv[1], int(sys.argv[2])
 if mode == "echo":  # one at a time: connect, one echo, close first
     for _ in range(n):
-        with socket.create_connection(("127.0.0.1", %(port)d), timeout=5) as c:
+        with socket.create_connection(("127.0.0.1", PORT), timeout=5) as c:
             c.sendall(b"x"); c.recv(1)
 else:  # all at once; whatever is not answered within 3 s is closed unanswered
     socks = []
     for _ in range(n):
-        s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", %(port)d))
+        s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", PORT))
         socks.append(s)
     time.sleep(3)
     for s in socks:
         s.close()
-""" % {"port": PORT}
+"""
 
 
 @contextmanager
@@ -103,7 +105,8 @@ def exporter(holder: int) -> Iterator[str]:
         line = proc.stdout.readline()
         m = re.search(r"http://(127\.0\.0\.1:\d+)/metrics", line)
         if not m:
-            raise SystemExit(f"the exporter did not start: {line!r} {proc.stderr.read()!r}")
+            _, err = proc.communicate()
+            raise SystemExit(f"the exporter did not start: {line!r} {err!r}")
         yield m.group(1)
     finally:
         proc.kill()
@@ -129,8 +132,9 @@ def start_server(sb: Sandbox, leak: bool, log: IO[bytes], fd_limit: int | None =
     """tests/leaky_server.py on PORT inside the sandbox; its stderr (one "accept: Too
     many open files" line per EMFILE) goes to ``log``."""
     env = {**os.environ, "LEAK": "true" if leak else ""}
-    server = sb.popen([sys.executable, str(LEAKY), str(PORT)], fd_limit=fd_limit, env=env,
-                      stdout=subprocess.PIPE, stderr=log)
+    server: subprocess.Popen[bytes] = sb.popen(
+        [sys.executable, str(LEAKY), str(PORT)], fd_limit=fd_limit, env=env,
+        stdout=subprocess.PIPE, stderr=log)
     assert server.stdout is not None
     if server.stdout.readline() != f"listening {PORT}\n".encode():
         raise SystemExit("tests/leaky_server.py did not start")
@@ -294,7 +298,7 @@ def grew(rec: Recording, k: int, samples: int) -> set[tuple[tuple[str, str], ...
         window = [by_labels(rec.scrapes[j], name) for j in range(max(0, k - samples + 1), k + 1)]
         for lab in window[-1]:
             seen = [w[lab] for w in window if lab in w]
-            if len(seen) >= 2 and any(b > a for a, b in zip(seen, seen[1:])):
+            if len(seen) >= 2 and any(b > a for a, b in itertools.pairwise(seen)):
                 out.add(lab)
     return out
 
