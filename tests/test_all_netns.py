@@ -108,4 +108,8 @@ def test_exporter_as_root_labels_a_leak_in_another_namespace() -> None:
                   if s.labels["netns"] == inode}
         assert states["CLOSE_WAIT"] == 9 and states["LISTEN"] == 1
         assert all("container" in s.labels for s in families["tcplab_tcp_sockets"].samples)
+        # The scrape says how many namespaces it read (ours and the sandbox's at least).
+        [examined] = families["tcplab_netns_examined"].samples
+        assert examined.value >= 2
+        assert "tcplab_netns_unexamined" in families
         leak.stdout.close()

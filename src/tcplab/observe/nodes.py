@@ -7,7 +7,9 @@ imports on its fast path (no dataclasses there: tests/test_cli.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tcplab.observe.sockets import SocketTable, StateCounts
 
@@ -23,6 +25,7 @@ class Namespace:
     pid: int | None  # one process in it (the lowest pid), None if only named
     processes: int  # how many processes are in it (those we may look at)
     ours: bool  # the namespace this process runs in (the host's, run on the host)
+    pids: tuple[int, ...] = ()  # those processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,8 @@ def discover(procfs: str = "/proc", run_netns: str = "/run/netns") -> Discovery:
         named = names.get(ident)
         path = (os.path.join(run_netns, named) if named else f"{procfs}/{pids[0]}/ns/net")
         out.append(Namespace(ident, int(ident.split(":")[1]), path, named,
-                             pids[0] if pids else None, len(pids), ident == ours))
+                             pids[0] if pids else None, len(pids), ident == ours,
+                             tuple(pids)))
     out.sort(key=lambda n: (not n.ours, n.inode))
     return Discovery(tuple(out), unreadable)
 
@@ -87,27 +91,59 @@ class NodeCounts:
     total: int
 
 
-def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
-    """Each namespace (observe.netns.discover) counted by a sock_diag socket opened
-    inside it: setns in, socket(), setns back (SocketTable(netns=...)); the socket
-    stays bound to that namespace, and no process is forked per namespace."""
+T = TypeVar("T")
+
+
+def each_namespace(read: Callable[[str | None], T], procfs: str = "/proc"
+                   ) -> tuple[list[tuple[Namespace, T]], list[tuple[Namespace, str]], int]:
+    """``read(netns)`` in every namespace discover() finds (None for ours, else its
+    nsfs path, as SocketTable(netns=...) takes it): (namespace, result) for those
+    read, (namespace, why) for those that could not be, and the count of processes
+    whose namespace could not be looked at."""
     from tcplab.errors import TcplabError
-    from tcplab.kernel import tcp_states
 
     found = discover(procfs)
-    counted: list[tuple[Namespace, StateCounts]] = []
+    done: list[tuple[Namespace, T]] = []
     failed: list[tuple[Namespace, str]] = []
     for ns in found.namespaces:
         try:
-            with SocketTable(netns=None if ns.ours else ns.path) as table:
-                counted.append((ns, table.state_counts(port)))
+            done.append((ns, read(None if ns.ours else ns.path)))
         except TcplabError as exc:
             failed.append((ns, exc.message))
         except OSError as exc:
             failed.append((ns, exc.strerror or str(exc)))
+    return done, failed, found.unreadable
+
+
+def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
+    """Each namespace (discover) counted by a sock_diag socket opened inside it:
+    setns in, socket(), setns back (SocketTable(netns=...)); the socket stays bound
+    to that namespace, and no process is forked per namespace."""
+    from tcplab.kernel import tcp_states
+
+    def count(netns: str | None) -> StateCounts:
+        with SocketTable(netns=netns) as table:
+            return table.state_counts(port)
+
+    counted, failed, unreadable = each_namespace(count, procfs)
     states = dict.fromkeys(tcp_states.STATE_NAMES, 0)
     for _, c in counted:
         for k, v in c.states.items():
             states[k] = states.get(k, 0) + v
-    return NodeCounts(tuple(counted), tuple(failed), found.unreadable, states,
+    return NodeCounts(tuple(counted), tuple(failed), unreadable, states,
                       sum(c.total for _, c in counted))
+
+
+def where(ns: Namespace) -> dict[str, object]:
+    """A namespace as every --all-netns JSON row names it: its inode, its `ip netns`
+    name, and the container, pod or unit of its first process (kernel.cgroup)."""
+    from tcplab.observe.doctor import cgroup_words
+
+    return {"netns": ns.inode, "netns_name": ns.name, "container": cgroup_words(ns.pid)}
+
+
+def where_text(ns: Namespace) -> str:
+    """``net:[4026532246] lab-client (docker container 3f2a...)``."""
+    w = where(ns)
+    return (f"net:[{ns.inode}]" + (f" {ns.name}" if ns.name else "")
+            + (" (ours)" if ns.ours else "") + (f" ({w['container']})" if w["container"] else ""))
