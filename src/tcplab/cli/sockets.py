@@ -69,22 +69,27 @@ def run(args: argparse.Namespace) -> int:
         with SocketTable(netns=netns) as table:
             return table.sockets(args.port, mask)
 
-    if args.all_netns:
-        from tcplab.observe.nodes import each_namespace
-
-        tables, failed, unreadable = each_namespace(read)
-        groups: list[tuple[Any, list[Any]]] = list(tables)
-    else:
-        groups = [(None, read(args.netns))]
     owners = None
-    found: dict[int, Any] = {}
     if args.pid or args.all_procs:
         from tcplab.observe.netns import pids_in
 
         # --all-procs: one namespace's own processes first (observe.owners.OwnerMap);
-        # every namespace: one walk of the node's fds.
+        # every namespace: one walk of the node's fds, which also finds the
+        # namespaces that only a descriptor holds.
         first = None if args.pid or args.all_netns else pids_in(args.netns)
         owners = OwnerMap(args.pid or None, first=first)
+        if args.all_netns and not args.pid:
+            owners.scan()
+    if args.all_netns:
+        from tcplab.observe.nodes import each_namespace
+
+        pinned = owners.pinned.values() if owners is not None else ()
+        tables, failed, unreadable = each_namespace(read, pinned=pinned)
+        groups: list[tuple[Any, list[Any]]] = list(tables)
+    else:
+        groups = [(None, read(args.netns))]
+    found: dict[int, Any] = {}
+    if owners is not None:
         found = owners.lookup(s.inode for _, socks in groups for s in socks)
         if args.pid:
             groups = [(ns, [s for s in socks if s.inode in found]) for ns, socks in groups]
@@ -122,14 +127,15 @@ def _json(args: argparse.Namespace, groups: list[tuple[Any, list[Any]]],
 
 
 def _text(groups: list[tuple[Any, list[Any]]], found: dict[int, Any], asked: bool) -> None:
-    from tcplab.observe.nodes import where_text
     from tcplab.report.observe import socket_lines
-    from tcplab.words import plural
 
     texts = {i: f"{o.command} (pid {o.pid}, fd {o.fd})" for i, o in found.items()}
     parts = []
     for ns, socks in groups:
         if ns is not None:
+            from tcplab.observe.nodes import where_text
+            from tcplab.words import plural
+
             parts.append(f"{where_text(ns)}: {plural(len(socks), 'socket')}")
             if not socks:
                 continue

@@ -330,8 +330,9 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
     from tcplab.observe.nodes import discover
 
     t = t or Thresholds()
-    found = discover()
     owners = OwnerMap()
+    owners.scan()  # every fd on the node: owners, and namespaces held by a descriptor
+    found = discover(pinned=owners.pinned.values())
     failed: list[tuple[int, str]] = []
     looked = []
     for ns in found.namespaces:

@@ -11,7 +11,7 @@ processes that hold TCP sockets.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tcplab.kernel import tcp_states
@@ -41,7 +41,8 @@ class TcplabCollector:
         self.netns = netns
         self.all_netns = all_netns
 
-    def _targets(self) -> list[tuple[str | None, list[str], list[int] | None]]:
+    def _targets(self, pinned: Iterable[str]
+                 ) -> list[tuple[str | None, list[str], list[int] | None]]:
         """(what to enter, its WHERE labels, its pids) for each namespace to read."""
         import os
 
@@ -52,7 +53,7 @@ class TcplabCollector:
         if self.all_netns:
             return [(None if ns.ours else ns.path,
                      [str(ns.inode), cgroup_words(ns.pid) or ""], list(ns.pids))
-                    for ns in discover().namespaces]
+                    for ns in discover(pinned=pinned).namespaces]
         path = ns_path(self.netns) if self.netns else "/proc/self/ns/net"
         pid = int(self.netns) if self.netns and self.netns.isdigit() else os.getpid()
         return [(self.netns, [str(os.stat(path).st_ino), cgroup_words(pid) or ""], None)]
@@ -78,8 +79,10 @@ class TcplabCollector:
             "1 for each network namespace this scrape could not read, with the reason",
             labels=["netns", "reason"])
         owners = OwnerMap()  # one walk of the node's fds for every namespace
+        if self.all_netns:
+            owners.scan()  # and the namespaces only a descriptor holds
         status = examined = 0
-        for spec, where, pids in self._targets():
+        for spec, where, pids in self._targets(owners.pinned.values()):
             try:
                 lk = look(spec, pids)
                 found = check(lk, owners, Thresholds(interval=0))

@@ -48,6 +48,10 @@ class OwnerMap:
         #: inode -> (pid, fd); Owner records are made only for the inodes asked for.
         self.by_inode: dict[int, tuple[int, str]] = {}
         self.commands: dict[int, str] = {}
+        #: /proc/PID/fd/N of every fd that refers to a network namespace (nsfs),
+        #: one per namespace: how observe.nodes.discover finds a namespace that only
+        #: a descriptor keeps alive.
+        self.pinned: dict[str, str] = {}
         self.hidden: set[int] = set()  # pids whose fds we may not read
         self._missing: set[int] = set()  # inodes the last scan could not place
         self._scanned = False
@@ -57,6 +61,7 @@ class OwnerMap:
         is procfs.fd_links and kernel.procfs.socket_inode inlined: 8,000 fds of one
         process took 40 ms through them and half that inline (issue 15)."""
         by_inode: dict[int, tuple[int, str]] = {}
+        pinned: dict[str, str] = {}
         hidden: set[int] = set()
         if pids is None:
             pids = procfs.pids(self.procfs) if self.pids is None else self.pids
@@ -77,11 +82,14 @@ class OwnerMap:
                         continue  # closed since the listing
                     if target.startswith("socket:["):
                         by_inode.setdefault(int(target[8:-1]), (pid, name))
+                    elif target.startswith("net:["):
+                        pinned.setdefault(target, f"{self.procfs}/{pid}/fd/{name}")
             except OSError:
                 pass  # gone while listing
             finally:
                 os.close(dfd)
         self.by_inode = by_inode
+        self.pinned = pinned
         self.hidden = hidden
         self._scanned = True
 
