@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +122,13 @@ def scrape(rec: Recording, note: str) -> None:
             if s.name in SERIES:
                 labels = {**s.labels, "instance": rec.instance, "job": "tcplab"}
                 got[(s.name, tuple(sorted(labels.items())))] = s.value
+    # what the kernel counted since the last scrape, in the note, from the scrape itself
+    if rec.scrapes:
+        for name, what in (("tcplab_tcp_listen_overflows_total", "ListenOverflows"),):
+            now = sum(v for (n, _), v in got.items() if n == name)
+            grown = now - sum(v for (n, _), v in rec.scrapes[-1].items() if n == name)
+            if grown > 0:
+                note += f" (TcpExt {what} +{grown:.0f})"
     rec.scrapes.append(got)
     rec.notes.append(note)
     print(f"  {rec.name} {len(rec.scrapes) - 1}m: {note}", file=sys.stderr)
@@ -167,10 +174,15 @@ def run_fd_leak() -> Recording:
             client(sb, "flood", 150)
             scrape(rec, "150 clients at once, closed after 3 s: fds reach the limit, "
                    f"accept() failed with EMFILE ({emfile_lines(log)} times so far), the "
-                   "accept queue fills, SYNs are dropped")
+                   "accept queue fills and the listener drops SYNs and handshake ACKs")
             for _ in range(8):
                 time.sleep(1)
-                scrape(rec, "nothing new: the leak stays")
+                # ListenOverflows may still grow: with the accept queue full, the
+                # handshake's last ACK is dropped without a word (tcp_check_req,
+                # net/ipv4/tcp_minisocks.c, tcp_abort_on_overflow 0); the request's
+                # timer resends the SYN-ACK (up to tcp_synack_retries) and the
+                # client's ACK overflows again.
+                scrape(rec, "no new client: the leak stays")
             server.kill()
             server.wait()
             for _ in range(2):
@@ -405,25 +417,51 @@ def checked_minutes(rec: Recording, all_rules: list[Rule]) -> list[int]:
     return sorted(m for m in minutes if 0 <= m <= last)
 
 
+def save(recordings: list[Recording], when: str, path: Path) -> None:
+    path.write_text(json.dumps({
+        "when": when, "kernel": platform.release(),
+        "runs": [{"name": r.name, "instance": r.instance, "notes": r.notes,
+                  "scrapes": [[[n, dict(lab), v] for (n, lab), v in sorted(s.items())]
+                              for s in r.scrapes]} for r in recordings]}, indent=1) + "\n")
+
+
+def load(path: Path) -> tuple[list[Recording], str, str]:
+    body = json.loads(path.read_text())
+    runs = [Recording(r["name"], r["instance"],
+                      [{(n, tuple(sorted(lab.items()))): v for n, lab, v in s}
+                       for s in r["scrapes"]], r["notes"]) for r in body["runs"]]
+    return runs, body["when"], body["kernel"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "alerts_test.yml")
+    ap.add_argument("--recorded", type=Path, default=HERE / "recorded.json",
+                    help="where the scrapes are kept (default: recorded.json beside this)")
+    ap.add_argument("--again", action="store_true",
+                    help="no new run: write --out again from --recorded (after an edit "
+                    "of alerts.yml's thresholds or annotations)")
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("record.py: run as root: the exporter looks into the runs' namespaces "
-              "(--netns)", file=sys.stderr)
-        return 2
     all_rules = rules((HERE / "alerts.yml").read_text())
-    runs: list[Callable[[], Recording]] = [run_fd_leak, run_port_bomb]
-    recordings = [run() for run in runs]
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if args.again:
+        recordings, when, kernel = load(args.recorded)
+    else:
+        if os.geteuid() != 0:
+            print("record.py: run as root: the exporter looks into the runs' namespaces "
+                  "(--netns)", file=sys.stderr)
+            return 2
+        recordings = [run_fd_leak(), run_port_bomb()]
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        kernel = platform.release()
+        save(recordings, when, args.recorded)
     head = [
         "# promtool test rules alerts_test.yml: the rules of alerts.yml on series recorded",
-        f"# from real runs on {when} (Linux {platform.release()}) by",
+        f"# from real runs on {when} (Linux {kernel}) by",
         "#     .venv/bin/python deploy/prometheus/record.py",
-        "# (as root; see its docstring). Do not edit: run it again. The expected alerts",
-        "# were worked out by record.py from the recorded values and alerts.yml's",
-        "# thresholds and for: durations.",
+        "# (as root; see its docstring; the scrapes are kept in recorded.json, and",
+        "# `record.py --again` writes this file again from them). Do not edit: run it",
+        "# again. The expected alerts were worked out by record.py from the recorded",
+        "# values and alerts.yml's thresholds and for: durations.",
         "rule_files:",
         "  - alerts.yml",
         "evaluation_interval: 1m",
