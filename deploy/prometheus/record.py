@@ -406,13 +406,19 @@ def test_text(rec: Recording, all_rules: list[Rule]) -> str:
 
 def checked_minutes(rec: Recording, all_rules: list[Rule]) -> list[int]:
     """Minute 0 (nothing yet: nothing fires), the last (the cause gone), and for each
-    rule the minute it starts firing and the one before (pending: not yet)."""
+    rule the minute it starts firing, the one before (pending: not yet) and the
+    first minute it is resolved again."""
     last = len(rec.scrapes) - 1
     minutes = {0, last}
     for rule in all_rules:
+        started = False
         for k in range(last + 1):
-            if firing(rule, rec, k):
+            now = firing(rule, rec, k)
+            if now and not started:
                 minutes |= {k - 1, k}
+                started = True
+            elif started and now == []:
+                minutes.add(k)
                 break
     return sorted(m for m in minutes if 0 <= m <= last)
 
