@@ -3,7 +3,8 @@
 - ``promtool check rules`` on deploy/prometheus/alerts.yml; ``promtool test rules``
   on alerts_test.yml, whose input series deploy/prometheus/record.py recorded from
   real fd-leak and port-bomb runs (every alert must fire in it, and stay silent where
-  the values are healthy);
+  the values are healthy), and which is exactly what record.py makes of its kept
+  recording with the alerts.yml of now;
 - ``promtool check metrics`` on a real scrape of ``tcplab exporter``;
 - deploy/grafana/tcplab.json: Grafana is not packaged by Debian, so its structure is
   checked here: every panel has a target, every expression parses (promtool), every
@@ -138,6 +139,16 @@ def test_the_rule_tests_were_recorded_and_cover_every_alert() -> None:
         cases = re.findall(rf"alertname: {alert}\n        exp_alerts:(.*)", text)
         assert "" in cases, f"{alert} never expected to fire"
         assert " []  # must not fire" in cases, f"{alert} never expected silent"
+
+
+@pytest.mark.loopback
+def test_the_rule_tests_are_what_record_py_makes_of_its_recording(tmp_path: Path) -> None:
+    """alerts_test.yml is exactly what record.py writes from recorded.json and the
+    alerts.yml of now: not edited by hand, and not left behind by an edit of a
+    threshold, a for: or an annotation (``record.py --again`` after one)."""
+    out = tmp_path / "alerts_test.yml"
+    assert record_module().main(["--again", "--out", str(out)]) == 0
+    assert out.read_text() == ALERTS_TEST.read_text(), "run deploy/prometheus/record.py --again"
 
 
 @pytest.mark.pure
