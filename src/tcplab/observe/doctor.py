@@ -75,7 +75,10 @@ def port_range(root: str = procfs.PROCFS_PATH) -> tuple[int, int]:
     return procfs.local_port_range(root) or (32768, 60999)
 
 
-def listen_counters(root: str = procfs.PROCFS_PATH) -> dict[str, int]:
+def listen_counters(root: str = "/proc/thread-self") -> dict[str, int]:
+    """This thread's namespace's counters: /proc/net is /proc/self/net, the thread
+    group leader's namespace, so a thread that entered another namespace (the
+    exporter serves each scrape in a thread) read the host's there."""
     try:
         text = procfs.read_text("net/netstat", root)
     except OSError:
