@@ -71,7 +71,7 @@ def add_netns(p: argparse.ArgumentParser, all_netns: bool = False) -> None:
     g.add_argument(
         "--netns", metavar="NAME|PATH|PID",
         help="look inside another network namespace: a name from 'ip netns', a path "
-        "such as /proc/PID/ns/net, or a pid (needs root)",
+        "such as /proc/PID/ns/net, a pid, or net:[INODE] as doctor prints it (needs root)",
     )
     if all_netns:
         g.add_argument(

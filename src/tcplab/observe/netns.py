@@ -17,12 +17,27 @@ from tcplab.observe.nsutil import CLONE_NEWNET, setns
 
 
 def ns_path(spec: str) -> str:
-    """NAME (from ``ip netns add``), a PID, or a path to a namespace file."""
+    """NAME (from ``ip netns add``), a PID, a path to a namespace file, or
+    ``net:[INODE]`` as doctor, --all-netns and ``ls -l /proc/PID/ns/net`` print it."""
     if spec.isdigit():
         return f"/proc/{spec}/ns/net"
+    if spec.startswith("net:[") and spec.endswith("]") and spec[5:-1].isdigit():
+        return _by_inode(int(spec[5:-1]), spec)
     if "/" in spec:
         return spec
     return f"/run/netns/{spec}"
+
+
+def _by_inode(inode: int, spec: str) -> str:
+    """A file that opens the network namespace with this inode: a process's, else a
+    mount's (observe.nodes.discover finds both)."""
+    from tcplab.observe.nodes import discover
+
+    for ns in discover().namespaces:
+        if ns.inode == inode:
+            return ns.path
+    raise UsageError(f"no process or mount on this node is in the network namespace {spec}",
+                     hint="'tcplab states --all-netns' lists the namespaces tcplab can find")
 
 
 def _setns(fd: int) -> None:
