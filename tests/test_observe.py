@@ -662,3 +662,31 @@ def test_fds_counts_and_the_status_reader_agree_with_the_kernel() -> None:
         proc.stdout.close()
     # Our own limit, from getrlimit and from /proc/self/limits: one record, one value.
     assert own_fd_limit() == procfs.fd_limit("self")
+
+
+@pytest.mark.loopback
+def test_one_compat_dump_equals_the_two_by_family_dumps() -> None:
+    """The live kernel: the one TCPDIAG_GETSOCK dump (both families, one walk) and
+    the two SOCK_DIAG_BY_FAMILY dumps return the same sockets, IPv6 included."""
+    with socket.socket(socket.AF_INET6) as l6:
+        l6.bind(("::1", 0))
+        port = l6.getsockname()[1]
+        l6.listen()
+        with socket.socket() as l4:
+            l4.bind(("127.0.0.1", port))
+            l4.listen()
+            c4 = socket.create_connection(("127.0.0.1", port))
+            c6 = socket.create_connection(("::1", port))
+            try:
+                with SocketTable() as table:
+                    one = table.sockets(port)
+                    assert table.compat, "the kernel refused TCPDIAG_GETSOCK"
+                    table.compat = False
+                    two = table.sockets(port)
+            finally:
+                c4.close()
+                c6.close()
+    key = sorted((s.family, s.state, s.src, s.sport, s.dst, s.dport) for s in one)
+    assert key == sorted((s.family, s.state, s.src, s.sport, s.dst, s.dport) for s in two)
+    assert {s.family for s in one} == {socket.AF_INET, socket.AF_INET6}
+    assert len(one) == 6  # two listeners, and both ends of two connections

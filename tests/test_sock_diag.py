@@ -310,7 +310,8 @@ DIAG_MSG = struct.Struct("=BBBB" "2s2s16s16s" "III" "IIIII")  # inet_diag_msg: 7
 NLM_F_MULTI = 2  # every message of a dump reply carries it
 
 
-def encode_reply(sock: TcpSocket, seq: int = 1) -> bytes:
+def encode_reply(sock: TcpSocket, seq: int = 1,
+                 mtype: int = sock_diag.SOCK_DIAG_BY_FAMILY) -> bytes:
     """The inet_diag_msg the kernel would send for ``sock``: ports and addresses in
     network order, the rest in the host's; cookie as two u32, low word first."""
     fam = sock.family
@@ -321,8 +322,8 @@ def encode_reply(sock: TcpSocket, seq: int = 1) -> bytes:
         socket.inet_pton(fam, sock.dst).ljust(16, b"\0"),
         0, sock.cookie & 0xFFFFFFFF, sock.cookie >> 32,
         sock.expires_ms, sock.rqueue, sock.wqueue, sock.uid, sock.inode)
-    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), sock_diag.SOCK_DIAG_BY_FAMILY,
-                             NLM_F_MULTI, seq, 0) + body
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), mtype, NLM_F_MULTI, seq,
+                             0) + body
 
 
 def encode_done(seq: int = 1) -> bytes:
@@ -654,3 +655,33 @@ def test_socket_inode() -> None:
     assert procfs.socket_inode("socket:[737217]") == 737217
     assert procfs.socket_inode("pipe:[737217]") == 0
     assert procfs.socket_inode("/dev/null") == 0
+
+
+def test_compat_replies_decode_and_count_like_by_family_ones() -> None:
+    """TCPDIAG_GETSOCK's replies (type 18: inet_sk_diag_fill puts the request's type)
+    carry the same inet_diag_msg: decoded and counted alike."""
+    socks = lab_sockets()
+    buf = b"".join(encode_reply(s, mtype=sock_diag.TCPDIAG_GETSOCK) for s in socks)
+    buf += encode_done()
+    out: list[TcpSocket] = []
+    assert records.decode_sockets(buf, out) is True
+    assert out == socks
+    counts = [0] * N_STATES
+    assert sock_diag.count_states(buf, counts) is True
+    assert folded(counts) == by_state(socks)
+
+
+def test_compat_request_is_struct_inet_diag_req() -> None:
+    """struct inet_diag_req: family 0 (inet_diag_dump_compat makes it AF_UNSPEC
+    anyway), the sockid, then idiag_states and idiag_dbs; the filter after it."""
+    req = sock_diag.build_request_compat(0xFFE, port=8080, seq=7)
+    length, mtype, flags, seq, _pid = sock_diag.NLMSGHDR.unpack_from(req)
+    assert (length, mtype, seq) == (len(req), sock_diag.TCPDIAG_GETSOCK, 7)
+    assert flags == sock_diag.NLM_F_REQUEST | sock_diag.NLM_F_DUMP
+    body = req[sock_diag.HDR_LEN:]
+    assert body[:4] == bytes(4)
+    assert sock_diag.REQ_COMPAT_TAIL.unpack_from(body, 52) == (0xFFE, 0)
+    attr_len, attr_type = sock_diag.NLATTR.unpack_from(body, 60)
+    assert attr_type == sock_diag.INET_DIAG_REQ_BYTECODE
+    assert body[64:60 + attr_len] == sock_diag.port_filter(8080)
+

@@ -21,6 +21,7 @@ from tcplab.kernel.sock_diag import (
     HDR_LEN_TYPE,
     MIN_REPLY,
     SOCK_DIAG_BY_FAMILY,
+    TCPDIAG_GETSOCK,
     DecodeError,
     check_control,
 )
@@ -84,7 +85,7 @@ def decode_sockets(
             raise DecodeError(f"truncated netlink header at offset {off}")
         if length < HDR_LEN or off + length > n:
             raise DecodeError(f"bad netlink message length {length} at offset {off}")
-        if mtype == SOCK_DIAG_BY_FAMILY:
+        if mtype in (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK):
             if length < MIN_REPLY:
                 raise DecodeError(f"short inet_diag_msg ({length} bytes) at offset {off}")
             if family != AF_INET and family != AF_INET6:

@@ -32,6 +32,11 @@ import struct
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+#: The older request (struct inet_diag_req): inet_diag_dump_compat dumps it with
+#: sdiag_family = AF_UNSPEC, IPv4 and IPv6 in one walk of the TCP hash tables
+#: (net/ipv4/inet_diag.c); its replies carry this type instead of 20.
+TCPDIAG_GETSOCK = 18
+REPLY_TYPES = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -111,6 +116,29 @@ def build_request(family: int, states: int, port: int = 0, seq: int = 1) -> byte
                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
+#: struct inet_diag_req: family, src_len, dst_len, ext, then the sockid, then
+#: idiag_states and idiag_dbs (after the sockid, unlike inet_diag_req_v2).
+REQ_COMPAT_HEAD = struct.Struct("=BBBB")
+REQ_COMPAT_TAIL = struct.Struct("=II")
+
+
+def build_request_compat(states: int, port: int = 0, seq: int = 1) -> bytes:
+    """One TCPDIAG_GETSOCK dump request: every TCP socket of both address families
+    in one dump (one walk of the kernel's tables where SOCK_DIAG_BY_FAMILY needs
+    one per family); with ``port``, the same filter bytecode."""
+    body = (
+        REQ_COMPAT_HEAD.pack(0, 0, 0, 0)
+        + SOCKID.pack(0, 0, bytes(16), bytes(16))
+        + SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
+        + REQ_COMPAT_TAIL.pack(states, 0)
+    )
+    if port:
+        program = port_filter(port)
+        body += NLATTR.pack(NLATTR.size + len(program), INET_DIAG_REQ_BYTECODE) + program
+    return NLMSGHDR.pack(HDR_LEN + len(body), TCPDIAG_GETSOCK,
+                         NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
 def check_control(buf: bytes | bytearray | memoryview, off: int, mtype: int, length: int) -> bool:
     """Handle a control message; True means the dump is complete.
 
@@ -153,7 +181,7 @@ def count_states(
         length, mtype = unpack_hdr(buf, off)
         if length < HDR_LEN or off + length > n:
             raise DecodeError(f"bad netlink message length {length} at offset {off}")
-        if mtype == SOCK_DIAG_BY_FAMILY:
+        if mtype in (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK):
             if length < MIN_REPLY:
                 raise DecodeError(f"short inet_diag_msg ({length} bytes) at offset {off}")
             state = buf[off + OFF_STATE]
