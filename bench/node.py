@@ -493,6 +493,13 @@ class StageB(Stage):
                                    [t, "states", "--all-netns"]),
             "one-node": Tool("tcplab states --netns S (from the host)",
                              [t, "states", "--netns", self.single]),
+            # the kernel's side: each sock_diag dump walks the node's whole TCP ehash,
+            # shared by every namespace (inet_diag_dump_icsk skips other namespaces'
+            # sockets by net_eq), so a dump of a small namespace costs about as much
+            "ss-small": Tool("ss -tan in one of the 20 (3,000 sockets)", ["ss", "-tan"],
+                             in_ns(self.paths[0])),
+            "ss-one": Tool("ss -tan in S (60,000 sockets)", ["ss", "-tan"],
+                           in_ns(self.single)),
         }
 
     def seen(self) -> dict[str, Any]:
@@ -574,6 +581,56 @@ class StageC(Stage):
         return {"tcplab": mine["total"], "ss": n, "match": mine["total"] == n}
 
 
+# --- profiles: where the time goes -----------------------------------------------------
+
+#: One scrape profiled in one process: the exporter's collector on a registry of its own,
+#: the first scrape a warm-up (imports, caches), the second profiled.
+SCRAPE_PROFILE = """\
+import cProfile, sys
+from prometheus_client import CollectorRegistry, generate_latest
+from tcplab.observe.exporter import TcplabCollector
+r = CollectorRegistry()
+r.register(TcplabCollector(sys.argv[1]))
+generate_latest(r)
+cProfile.run("generate_latest(r)", sys.argv[2])
+"""
+
+
+def profile(stage: Stage, where: Path) -> dict[str, str]:
+    """Each tcplab command of ``stage`` once under ``python -m cProfile -m tcplab``, the
+    way it is timed (same namespace, same arguments); part a's scrape in one process
+    (SCRAPE_PROFILE). Writes WHERE/KEY.prof and KEY.txt (top 30 by cumulative, then by
+    own time); returns {key: the .txt's path}."""
+    import pstats
+
+    stage.build()
+    where.mkdir(parents=True, exist_ok=True)
+    py, tcplab = ARGS.python, ARGS.tcplab
+    out = {}
+    for key, tool in stage.tools().items():
+        prof = where / f"{stage.name}-{key}.prof"
+        if tool.cmd is None:
+            assert isinstance(stage, StageA)
+            cmd = [py, "-c", SCRAPE_PROFILE, stage.path, str(prof)]
+        elif tcplab in tool.cmd:
+            i = tool.cmd.index(tcplab)
+            cmd = [*tool.cmd[:i], py, "-m", "cProfile", "-o", str(prof), "-m", "tcplab",
+                   *tool.cmd[i + 1:]]
+        else:
+            continue  # ss, python: not ours
+        m = h.measured(cmd, CMD_TIMEOUT, *([tool.popen] if tool.popen else []))
+        if m.code not in tool.codes:
+            raise h.BenchError(f"profiling {tool.label}: exit {m.code}: {m.err[-500:]}")
+        txt = prof.with_suffix(".txt")
+        with open(txt, "w") as f:
+            f.write(f"{tool.label}: {m.wall_s * 1e3:.0f} ms under cProfile\n")
+            for order in ("cumulative", "tottime"):
+                pstats.Stats(str(prof), stream=f).sort_stats(order).print_stats(30)
+        out[key] = str(txt)
+        h.progress(f"profile of {tool.label}: {txt}")
+    return out
+
+
 # --- summary --------------------------------------------------------------------------------
 
 
@@ -628,8 +685,17 @@ def measure(args: argparse.Namespace, _tmp: Path) -> dict[str, Any]:
                "namespace; part b runs both tcplab commands from the host's namespace",
         "parts": {}, "goals": [], "problems": []}
     goals, parts = out["goals"], out["parts"]
+    stages = {"a": StageA, "b": StageB, "c": StageC}
+    if args.profile:
+        for part in args.parts:
+            stage = stages[part](args)
+            try:
+                out["parts"][part] = {"profiles": profile(stage, Path(args.profile))}
+            finally:
+                stage.close()
+        return out
     for part in args.parts:
-        stage: Stage = {"a": StageA, "b": StageB, "c": StageC}[part](args)
+        stage: Stage = stages[part](args)
         try:
             res = rounds(stage, args.rounds)
             if part == "a":
@@ -651,7 +717,8 @@ def measure(args: argparse.Namespace, _tmp: Path) -> dict[str, Any]:
                 ]
             elif part == "b":
                 assert isinstance(stage, StageB)
-                s = summary(res, {"all-netns": "one", "all-netns-node": "one-node"})
+                s = summary(res, {"all-netns": "one", "all-netns-node": "one-node",
+                                  "ss-small": "ss-one"})
                 s["seen"] = seen = stage.seen()
                 x = s["tools"]["all-netns"]["x_wall"]
                 goals.append(h.goal("b: [ours only] --all-netns / one namespace <= 2 (wall)",
@@ -691,6 +758,11 @@ PART_TITLES = {
 
 def print_table(res: dict[str, Any]) -> None:
     a = ARGS
+    if a.profile:
+        for part, s in res["parts"].items():
+            for key, txt in s["profiles"].items():
+                print(f"{part} {key}: {txt}")
+        return
     print(f"tcplab across the node (issue 15, part 5): medians of {res['rounds']} interleaved "
           f"rounds after a warm-up; ratios paired by round; load average "
           f"{res['load_avg_start'][0]:.1f} at the start, {res['load_avg_end'][0]:.1f} at the end")
@@ -768,6 +840,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--c-conns", type=int, default=2_800, help="c: connections held on P")
     add("--c-time-wait", type=int, default=15_000, help="c: TIME_WAIT on P")
     add("--c-other-time-wait", type=int, default=3_000, help="c: TIME_WAIT on P+1010")
+    add("--profile", metavar="DIR",
+        help="instead of timing: run each tcplab command once under cProfile, write "
+             "DIR/PART-KEY.prof and a .txt of the top functions")
     add("--_role", dest="role", default="measure", choices=("measure", "holder", "isolated"),
         help=argparse.SUPPRESS)
     add("--spec", help=argparse.SUPPRESS)
