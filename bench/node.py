@@ -781,14 +781,15 @@ def print_table(res: dict[str, Any]) -> None:
         builds = s["builds"]
         print(f"  built {len(builds)} time(s) ({', '.join(str(b['build_s']) for b in builds)}"
               f" s); checked before each round (sockstat, as ss -s reads it): " + "; ".join(
-                  ", ".join(f"{k} {v:,}" for k, v in c.items() if k not in ("round",))
+                  ", ".join(f"{k} {v:,}" for k, v in c.items()
+                            if k not in ("round", "alloc", "mem", "orphan"))
                   for c in s["checks"][:1]) + (" ..." if len(s["checks"]) > 1 else ""))
         if "ss_s" in builds[0]:
             print(f"  ss -s in it: {builds[0]['ss_s']}")
-        print(f"  {'command':<42} {'wall ms':>8} {'cpu ms':>7} {'x wall':>7} {'x cpu':>6}  vs")
+        print(f"  {'command':<46} {'wall ms':>8} {'cpu ms':>7} {'x wall':>7} {'x cpu':>6}  vs")
         for t in s["tools"].values():
             peer = s["tools"][t["peer"]]["label"] if t["peer"] else ""
-            print(f"  {t['label']:<42} {t['wall_ms']:>8.1f} {t['cpu_ms']:>7.1f} "
+            print(f"  {t['label']:<46} {t['wall_ms']:>8.1f} {t['cpu_ms']:>7.1f} "
                   f"{h.fmt(t['x_wall'], '.2f'):>7} {h.fmt(t['x_cpu'], '.2f'):>6}  {peer}")
         if part == "a":
             sc = s["tools"]["scrape"]
@@ -812,7 +813,7 @@ def print_table(res: dict[str, Any]) -> None:
             c = s["counts"]
             print(f"  counts with port {a.port}: tcplab {c['tcplab']:,}, ss {c['ss']:,}: "
                   + ("MATCH" if c["match"] else "MISMATCH"))
-    h.print_goals(res["goals"], 50, 7, "none measured")
+    h.print_goals(res["goals"], 56, 7, "none measured")
     for p in res["problems"]:
         print(f"problem: {p}")
 
