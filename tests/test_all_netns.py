@@ -108,4 +108,105 @@ def test_exporter_as_root_labels_a_leak_in_another_namespace() -> None:
                   if s.labels["netns"] == inode}
         assert states["CLOSE_WAIT"] == 9 and states["LISTEN"] == 1
         assert all("container" in s.labels for s in families["tcplab_tcp_sockets"].samples)
+        # The scrape says how many namespaces it read (ours and the sandbox's at least).
+        [examined] = families["tcplab_netns_examined"].samples
+        assert examined.value >= 2
+        assert "tcplab_netns_unexamined" in families
+        leak.stdout.close()
+
+
+#: A namespace that no process is in and no mount names: made by unshare(2), its
+#: leak made inside, then left (setns back home) with only a descriptor to it kept.
+HELD_BY_FD = """
+import ctypes, fcntl, os, socket, struct, sys, time
+CLONE_NEWNET = 0x40000000
+libc = ctypes.CDLL(None, use_errno=True)
+home = os.open("/proc/self/ns/net", os.O_RDONLY)
+assert libc.unshare(CLONE_NEWNET) == 0, ctypes.get_errno()
+held = os.open("/proc/self/ns/net", os.O_RDONLY)
+with socket.socket() as s:  # lo up: SIOCSIFFLAGS with IFF_UP | IFF_RUNNING
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x40))
+l = socket.socket(); l.bind(("127.0.0.1", 8080)); l.listen()
+kept = []
+for _ in range(int(sys.argv[1])):
+    c = socket.create_connection(("127.0.0.1", 8080)); s, _ = l.accept()
+    kept.append(s); c.close()
+inode = os.fstat(held).st_ino
+assert libc.setns(home, CLONE_NEWNET) == 0, ctypes.get_errno()
+print(inode, held, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="unshare(CLONE_NEWNET) and setns need root")
+def test_a_namespace_only_a_descriptor_holds_is_examined_too() -> None:
+    """lsns-style discovery misses a namespace with no process in it and no mount
+    (a runtime may hold one by an fd): doctor walks every fd anyway and finds it,
+    and so does `sockets --all-netns --all-procs`."""
+    proc = subprocess.Popen([sys.executable, "-c", HELD_BY_FD, "110"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        inode_text, fd = proc.stdout.readline().split()
+        inode = int(inode_text)
+        # The process itself is back in ours: no /proc/*/ns/net names the namespace.
+        assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino != inode
+        assert inode not in {n.inode for n in discover().namespaces}
+        body = json.loads(run_tcplab("doctor", "--interval", "0", "--json").stdout)
+        leaks = [f for f in body["findings"]
+                 if f["kind"] == "close_wait_leak" and f["pid"] == proc.pid]
+        assert [(f["netns"], f["count"]) for f in leaks] == [(inode, 110)], body
+        r = run_tcplab("sockets", "--all-netns", "--all-procs", "--state", "close-wait")
+        text = r.stdout.decode()
+        assert (f"net:[{inode}] (held by /proc/{proc.pid}/fd/{int(fd)}): 110 sockets"
+                in text), text
+    finally:
+        proc.kill()
+        proc.communicate()  # reaped, its pipe closed
+
+
+@pytest.mark.pure
+def test_nsfs_mounts_are_read_from_mountinfo(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ip netns's /run/netns/NAME and a runtime's mount elsewhere (the mount point's
+    space escaped as \\040, as show_mountinfo writes it); a mount namespace (mnt:[])
+    and other file systems are not network namespaces."""
+    from tcplab.observe.nodes import _nsfs_mounts
+
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "mountinfo").write_text(
+        "24 30 0:22 / /proc rw,nosuid shared:12 - proc proc rw\n"
+        "612 26 0:4 net:[4026532246] /run/netns/lab-client rw shared:280 - nsfs nsfs rw\n"
+        "613 26 0:4 net:[4026532300] /var/run/docker/netns/a\\040b rw - nsfs nsfs rw\n"
+        "614 26 0:4 mnt:[4026532301] /run/mnt-ns rw - nsfs nsfs rw\n")
+    assert _nsfs_mounts(str(tmp_path)) == ["/run/netns/lab-client",
+                                           "/var/run/docker/netns/a b"]
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
+def test_sockets_and_fds_all_netns_name_the_namespace_of_each_row() -> None:
+    with Sandbox({}) as sb:
+        leak = sb.popen([sys.executable, "-c", LEAK, "6"], stdout=subprocess.PIPE)
+        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
+        inode = os.stat(f"/proc/{leak.pid}/ns/net").st_ino
+        body = json.loads(run_tcplab("sockets", "--all-netns", "--all-procs", "--port", "8080",
+                                     "--state", "close-wait", "--json").stdout)
+        mine = [s for s in body["sockets"] if s["netns"] == inode]
+        assert len(mine) == 6 and body["namespaces"] >= 2
+        assert {(s["owner"]["pid"], s["state"]) for s in mine} == {(leak.pid, "CLOSE_WAIT")}
+        assert all("container" in s and "netns_name" in s for s in body["sockets"])
+        # Without --all-netns, ours only: the sandbox's sockets are not there.
+        ours = json.loads(run_tcplab("sockets", "--port", "8080", "--state", "close-wait",
+                                     "--json").stdout)
+        assert all("netns" not in s for s in ours["sockets"])
+
+        fds = json.loads(run_tcplab("fds", "--all-netns", str(leak.pid), "--json").stdout)
+        [report] = fds["processes"]
+        assert report["netns"] == inode and report["tcp"]["CLOSE_WAIT"] == 6
+        # Only our namespace's table: its sockets are not known as TCP.
+        plain = json.loads(run_tcplab("fds", str(leak.pid), "--json").stdout)
+        assert "CLOSE_WAIT" not in plain["processes"][0]["tcp"]
+        text = run_tcplab("fds", "--all-netns", str(leak.pid)).stdout.decode()
+        assert text.startswith(f"net:[{inode}]") and "CLOSE_WAIT 6" in text
         leak.stdout.close()

@@ -485,6 +485,7 @@ def test_exporter_serves_the_facts(exporter, start_server) -> None:  # type: ign
     # A connection whose listener is gone: both ends are on ephemeral ports.
     with socket.socket() as lone:
         lone.bind(("127.0.0.1", 0))
+        lone_port = lone.getsockname()[1]
         lone.listen()
         a = socket.create_connection(lone.getsockname(), timeout=10)
         b, _ = lone.accept()
@@ -497,24 +498,47 @@ def test_exporter_serves_the_facts(exporter, start_server) -> None:  # type: ign
         a.close()
         b.close()
 
-    for name in ("tcplab_tcp_sockets", "tcplab_tcp_sockets_by_port", "tcplab_process_open_fds",
+    for name in ("tcplab_tcp_sockets", "tcplab_tcp_service_sockets", "tcplab_process_open_fds",
                  "tcplab_process_max_fds", "tcplab_process_close_wait_sockets",
-                 "tcplab_doctor_findings", "tcplab_doctor_status"):
+                 "tcplab_ephemeral_port_range_size", "tcplab_ephemeral_ports_used",
+                 "tcplab_doctor_findings", "tcplab_doctor_status", "tcplab_netns_examined",
+                 "tcplab_scrape_duration_seconds"):
         assert name in families, sorted(families)
         assert families[name].type == "gauge"
+    # Prometheus naming practice: _total only on counters, and those are counters.
+    for name in ("tcplab_tcp_listen_overflows", "tcplab_tcp_listen_drops"):
+        assert families[name].type == "counter"
+        assert all(s.name == name + "_total" for s in families[name].samples)
+    assert not [n for n, f in families.items() if f.type != "counter"
+                and any(s.name.endswith("_total") for s in f.samples)]
+    # The listen counters are this namespace's TcpExt values (they only grow).
+    [ours] = [s.value for s in families["tcplab_tcp_listen_overflows"].samples
+              if s.labels["netns"] == str(os.stat("/proc/self/ns/net").st_ino)]
+    from tcplab.kernel.procfs import parse_netstat
+
+    with open("/proc/net/netstat") as f:
+        now = parse_netstat(f.read())["TcpExt"]["ListenOverflows"]
+    assert 0 <= ours <= now
 
     states = {labels["state"]: value for labels, value in samples(families, "tcplab_tcp_sockets")}
     assert sorted(states) == sorted(STATE_NAMES) and len(states) == 11
     assert states["LISTEN"] >= 1
     assert states["CLOSE_WAIT"] >= closed
 
-    by_port = samples(families, "tcplab_tcp_sockets_by_port")
+    [(_, size)] = samples(families, "tcplab_ephemeral_port_range_size")
+    low, high = ephemeral_range()
+    assert size == high - low + 1
+    # The lone pair's client end holds an ephemeral port toward the lone listener.
+    used = {(labels["src"], labels["dst"], labels["dport"]): v
+            for labels, v in samples(families, "tcplab_ephemeral_ports_used")}
+    assert used.get(("127.0.0.1", "127.0.0.1", str(lone_port)), 0) >= 1 or len(used) == 10
+
+    by_port = samples(families, "tcplab_tcp_service_sockets")
     listening = {labels["port"] for labels, v in by_port if labels["state"] == "LISTEN" and v}
     assert str(port) in listening and str(server.port) in listening
     cw = {labels["port"]: v for labels, v in by_port if labels["state"] == "CLOSE_WAIT"}
     assert cw.get(str(server.port)) == closed
     # Ephemeral ports are folded: a numeric label in the range is a listening port.
-    low, high = ephemeral_range()
     for labels, _ in by_port:
         p = labels["port"]
         assert p == "ephemeral" or p.isdigit(), labels

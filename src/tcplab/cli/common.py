@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from typing import Any
 
 #: Values of an environment switch that mean "on" (the original lab's LEAK=true).
 TRUTHY = frozenset({"1", "true", "yes", "on"})
@@ -91,3 +92,19 @@ def add_interval(p: argparse.ArgumentParser, default: float) -> None:
         "--samples", type=positive_int, metavar="N",
         help="with --watch, stop after N samples (for scripts)",
     )
+
+
+def note_unexamined(failed: list[tuple[Any, str]], unreadable: int) -> None:
+    """What --all-netns could not look at, on stderr: each namespace with why, and
+    the processes whose namespace was unreadable."""
+    import os
+
+    from tcplab.cli.output import note
+
+    for ns, why in failed:
+        note(f"tcplab: net:[{ns.inode}]" + (f" (pid {ns.pid})" if ns.pid else "")
+             + f" not examined: {why}")
+    if unreadable:
+        why = ("another user's: run as root to see every namespace" if os.geteuid()
+               else "permission denied even to root: in a user namespace of their own")
+        note(f"tcplab: the namespace of {unreadable} processes could not be looked at ({why})")

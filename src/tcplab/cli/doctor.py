@@ -43,9 +43,9 @@ def add_parser(sub: Any, name: str) -> None:
                    help="CLOSE_WAIT sockets in one process that count as a leak (default 100)")
     p.add_argument("--fd-percent", type=float, default=80.0, metavar="P",
                    help="fd use, in percent of the limit, that counts as exhaustion (default 80)")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S",
-                   help="seconds between two reads of ListenOverflows/ListenDrops "
-                   "(default 0.5; 0 skips that check)")
+    p.add_argument("--interval", type=float, default=0.1, metavar="S",
+                   help="at least S seconds between two reads of ListenOverflows/ListenDrops; "
+                   "the diagnosis runs in between (default 0.1; 0 skips that check)")
     common.add_netns(p, all_netns=True)
     common.add_json(p, "the findings")
     p.set_defaults(func=run)

@@ -45,7 +45,7 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--top", type=common.positive_int, default=10, metavar="N",
                    help="without a selection, show the N fullest processes (default 10)")
     common.add_interval(p, 1.0)
-    common.add_netns(p)
+    common.add_netns(p, all_netns=True)
     common.add_json(p, "the reports (one object per sample with --watch)")
     p.set_defaults(func=run)
 
@@ -54,18 +54,25 @@ def run(args: argparse.Namespace) -> int:
     from tcplab.errors import ExitStatus
     from tcplab.observe.sockets import SocketTable
 
-    with SocketTable(netns=args.netns) as table:
+    with SocketTable(netns=None if args.all_netns else args.netns) as table:
         samples = 0
         try:
             while True:
-                reports = _sample(table, args)
+                node = _node() if args.all_netns else None
+                reports = _sample(table, args, node)
                 samples += 1
                 if args.json:
-                    emit_json({"processes": reports, "t": round(time.time(), 3)})
+                    body: dict[str, Any] = {"processes": _rows(reports, node),
+                                            "t": round(time.time(), 3)}
+                    if node is not None:
+                        body["namespaces"] = len(node[1])
+                    emit_json(body)
                 else:
                     if args.watch and samples > 1:
                         out("")
-                    _print(reports)
+                    _print(reports, node)
+                if node is not None:
+                    common.note_unexamined(node[2], node[3])
                 if not args.watch or (args.samples and samples >= args.samples):
                     return 0
                 time.sleep(args.interval)
@@ -73,14 +80,45 @@ def run(args: argparse.Namespace) -> int:
             return ExitStatus.INTERRUPTED
 
 
-def _sample(table: Any, args: argparse.Namespace) -> list[Any]:
+def _node() -> tuple[list[Any], dict[int, Any], list[Any], int]:
+    """--all-netns: every namespace's sockets, each process's namespace, and what
+    could not be read."""
+    from tcplab.observe.nodes import each_namespace
+    from tcplab.observe.sockets import SocketTable
+
+    def read(netns: str | None) -> list[Any]:
+        with SocketTable(netns=netns) as table:
+            return table.sockets()
+
+    tables, failed, unreadable = each_namespace(read)
+    socks: list[Any] = []
+    ns_of: dict[int, Any] = {}
+    for ns, found in tables:
+        socks += found
+        ns_of.update(dict.fromkeys(ns.pids, ns))
+    return socks, ns_of, failed, unreadable
+
+
+def _rows(reports: list[Any], node: Any) -> list[Any]:
+    if node is None:
+        return reports
+    from dataclasses import asdict
+
+    from tcplab.observe.nodes import where
+
+    return [{**asdict(r), **(where(node[1][r.pid]) if r.pid in node[1] else {})}
+            for r in reports]
+
+
+def _sample(table: Any, args: argparse.Namespace, node: Any = None) -> list[Any]:
     from tcplab.errors import UsageError
     from tcplab.observe.fds import fd_report
     from tcplab.observe.netns import pids_in
     from tcplab.observe.owners import OwnerMap, all_pids, read_comm
     from tcplab.observe.procfs import AccessDenied, NoSuchProcess
 
-    socks = table.sockets()
+    # --all-netns: every namespace's sockets (socket inodes are unique on the node).
+    socks = table.sockets() if node is None else node[0]
     state_of = {s.inode: s.state for s in socks if s.inode}
     # With --netns, the namespace's processes only: the others' sockets are not
     # in this table, and their fds say nothing about the namespace.
@@ -121,10 +159,14 @@ def _sample(table: Any, args: argparse.Namespace) -> list[Any]:
     return reports
 
 
-def _print(reports: list[Any]) -> None:
+def _print(reports: list[Any], node: Any = None) -> None:
+    from tcplab.observe.nodes import where_text
+
     for r in reports:
         soft = "unlimited" if r.soft < 0 else f"{r.soft:,}"
         hard = "unlimited" if r.hard < 0 else f"{r.hard:,}"
+        if node is not None and r.pid in node[1]:
+            out(f"{where_text(node[1][r.pid])}:")
         out(f"pid {r.pid} ({r.command}): {r.fds:,} fds of {soft} ({r.percent:.1f}%), "
             f"hard limit {hard}, {plural(r.threads, 'thread')}, RSS {human_bytes(r.rss_bytes)}")
         if r.tcp:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from tcplab.cli import common
-from tcplab.cli.output import emit_json, note, out
+from tcplab.cli.output import emit_json, note
 
 DESCRIPTION = """\
 One row per TCP socket, like 'ss -tanpo': state, local and peer address,
@@ -47,7 +48,7 @@ def add_parser(sub: Any, name: str) -> None:
                    help="only sockets owned by this process (repeatable)")
     p.add_argument("--all-procs", action="store_true",
                    help="name the owner of every socket (walks all of /proc)")
-    common.add_netns(p)
+    common.add_netns(p, all_netns=True)
     common.add_json(p, "the sockets (one object with a list)")
     p.set_defaults(func=run)
 
@@ -63,47 +64,83 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     mask = tcp_states.mask(wanted) if wanted else tcp_states.ALL_STATES_MASK
-    with SocketTable(netns=args.netns) as table:
-        socks = table.sockets(args.port, mask)
+
+    def read(netns: str | None) -> list[Any]:
+        with SocketTable(netns=netns) as table:
+            return table.sockets(args.port, mask)
+
     owners = None
     if args.pid or args.all_procs:
-        owners = OwnerMap(args.pid or None)
-        found = owners.lookup(s.inode for s in socks)
+        from tcplab.observe.netns import pids_in
+
+        # --all-procs: one namespace's own processes first (observe.owners.OwnerMap);
+        # every namespace: one walk of the node's fds, which also finds the
+        # namespaces that only a descriptor holds.
+        first = None if args.pid or args.all_netns else pids_in(args.netns)
+        owners = OwnerMap(args.pid or None, first=first)
+        if args.all_netns and not args.pid:
+            owners.scan()
+    if args.all_netns:
+        from tcplab.observe.nodes import each_namespace
+
+        pinned = owners.pinned.values() if owners is not None else ()
+        tables, failed, unreadable = each_namespace(read, pinned=pinned)
+        groups: list[tuple[Any, list[Any]]] = list(tables)
+    else:
+        groups = [(None, read(args.netns))]
+    found: dict[int, Any] = {}
+    if owners is not None:
+        found = owners.lookup(s.inode for _, socks in groups for s in socks)
         if args.pid:
-            socks = [s for s in socks if s.inode in found]
-    else:
-        found = {}
-    rows = []
-    for s in socks:
-        owner = found.get(s.inode)
-        if owner is not None:
-            text = f"{owner.command} (pid {owner.pid}, fd {owner.fd})"
-        elif s.inode == 0:
-            text = "kernel"
-        else:
-            text = "" if owners is None else "?"
-        rows.append((s, owner, text))
+            groups = [(ns, [s for s in socks if s.inode in found]) for ns, socks in groups]
     if args.json:
-        from dataclasses import asdict
-
-        emit_json({
-            "port": args.port or None,
-            "sockets": [
-                {**asdict(s), "state": tcp_states.name(s.state),
-                 "owner": asdict(o) if o else ("kernel" if s.inode == 0 else None)}
-                for s, o, _ in rows
-            ],
-            "count": len(rows),
-        })
+        _json(args, groups, found)
     else:
-        from tcplab.report.observe import socket_lines
-
-        for line in socket_lines([(s, text) for s, _, text in rows]):
-            out(line)
-        if owners is None and any(s.inode for s in socks):
-            note("owners: add --all-procs (or --pid PID) to name the processes")
+        _text(groups, found, owners is not None)
+    if args.all_netns:
+        common.note_unexamined(failed, unreadable)
     if owners is not None and owners.hidden:
         why = "" if os.geteuid() == 0 else ": their fd tables need root to read"
         note(f"note: {len(owners.hidden)} processes of other users were not readable{why}, "
              "so some sockets show no owner")
     return 0
+
+
+def _json(args: argparse.Namespace, groups: list[tuple[Any, list[Any]]],
+          found: dict[int, Any]) -> None:
+    from dataclasses import asdict
+
+    from tcplab.kernel import tcp_states
+    from tcplab.observe.nodes import where
+
+    rows = []
+    for ns, socks in groups:
+        extra = where(ns) if ns is not None else {}
+        rows += [{**s._asdict(), "state": tcp_states.name(s.state),
+                  "owner": (asdict(found[s.inode]) if s.inode in found
+                            else "kernel" if s.inode == 0 else None), **extra}
+                 for s in socks]
+    body: dict[str, Any] = {"port": args.port or None, "sockets": rows, "count": len(rows)}
+    if args.all_netns:
+        body["namespaces"] = len(groups)
+    emit_json(body)
+
+
+def _text(groups: list[tuple[Any, list[Any]]], found: dict[int, Any], asked: bool) -> None:
+    from tcplab.report.observe import socket_lines
+
+    texts = {i: f"{o.command} (pid {o.pid}, fd {o.fd})" for i, o in found.items()}
+    parts = []
+    for ns, socks in groups:
+        if ns is not None:
+            from tcplab.observe.nodes import where_text
+            from tcplab.words import plural
+
+            parts.append(f"{where_text(ns)}: {plural(len(socks), 'socket')}")
+            if not socks:
+                continue
+        parts += socket_lines(socks, texts, unknown="?" if asked else "")
+    sys.stdout.write("\n".join(parts) + "\n")
+    sys.stdout.flush()
+    if not asked and any(s.inode for _, socks in groups for s in socks):
+        note("owners: add --all-procs (or --pid PID) to name the processes")

@@ -8,7 +8,6 @@ with the port filter applied in the kernel.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -150,7 +149,7 @@ def _table(states: dict[str, int], total: int, previous: dict[str, int] | None, 
 def _all_netns(args: argparse.Namespace) -> int:
     """Every namespace's counts, each read by a sock_diag socket opened inside it
     (observe.sockets.node_counts); those that could not be read are said, with why."""
-    from tcplab.observe.nodes import node_counts
+    from tcplab.observe.nodes import node_counts, where, where_text
 
     node = node_counts(args.port)
     if args.json:
@@ -158,7 +157,7 @@ def _all_netns(args: argparse.Namespace) -> int:
                    "failed": [{"netns": n.inode, "name": n.name, "pid": n.pid, "why": why}
                               for n, why in node.failed],
                    "unreadable_processes": node.unreadable,
-                   "namespaces": [{"netns": n.inode, "name": n.name, "pid": n.pid,
+                   "namespaces": [{**where(n), "name": n.name, "pid": n.pid,
                                    "processes": n.processes, "ours": n.ours,
                                    "states": c.states, "total": c.total}
                                   for n, c in node.counted],
@@ -168,20 +167,13 @@ def _all_netns(args: argparse.Namespace) -> int:
     out(f"TCP sockets {scope}, in {len(node.counted)} network namespaces:")
     for n, c in node.counted:
         busy = {k: v for k, v in c.states.items() if v}
-        where = (f"net:[{n.inode}]" + (f" ({n.name})" if n.name else "")
-                 + (" (ours)" if n.ours else f" pid {n.pid}" if n.pid else ""))
-        out(f"  {where}: {c.total:,}" + (": " + ", ".join(f"{k} {v:,}" for k, v in busy.items())
+        out(f"  {where_text(n)}" + (f" pid {n.pid}" if n.pid and not n.ours else "")
+            + f": {c.total:,}" + (": " + ", ".join(f"{k} {v:,}" for k, v in busy.items())
                                           if busy else ""))
     from tcplab.report.observe import state_lines
 
     out("all of them:")
     for line in state_lines(node.states, node.total):
         out(line)
-    for n, why in node.failed:
-        note(f"tcplab: net:[{n.inode}] (pid {n.pid}) not examined: {why}")
-    if node.unreadable:
-        why = ("another user's: run as root to see every namespace" if os.geteuid()
-               else "permission denied even to root: in a user namespace of their own")
-        note(f"tcplab: the namespace of {node.unreadable} processes could not be looked "
-             f"at ({why})")
+    common.note_unexamined(list(node.failed), node.unreadable)
     return 0

@@ -7,7 +7,10 @@ imports on its fast path (no dataclasses there: tests/test_cli.py).
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tcplab.observe.sockets import SocketTable, StateCounts
 
@@ -23,6 +26,7 @@ class Namespace:
     pid: int | None  # one process in it (the lowest pid), None if only named
     processes: int  # how many processes are in it (those we may look at)
     ours: bool  # the namespace this process runs in (the host's, run on the host)
+    pids: tuple[int, ...] = ()  # those processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +37,24 @@ class Discovery:
     unreadable: int = 0
 
 
-def discover(procfs: str = "/proc", run_netns: str = "/run/netns") -> Discovery:
-    """Every network namespace a process is in or `ip netns` names, each once: the
-    nsfs identity (device and inode) of ``/proc/*/ns/net`` and of ``/run/netns/*``,
-    de-duplicated, as ``lsns -t net`` and ``ip netns identify`` decide. Nothing is
-    entered here; ours is first, then by inode. (Not pid 1's as "the host's": in a
-    container, or here, pid 1 may be in a user namespace we may not look into.)"""
+def discover(procfs: str = "/proc", run_netns: str = "/run/netns",
+             pinned: Iterable[str] = ()) -> Discovery:
+    """Every network namespace on the node that we can find, each once, by the nsfs
+    identity (device and inode) of the files that open it, as ``lsns -t net`` and
+    ``ip netns identify`` decide:
+
+    - ``/proc/*/ns/net``: the namespaces processes are in;
+    - nsfs bind mounts from ``/proc/self/mountinfo``: ``ip netns``'s
+      /run/netns/NAME (the name is kept), and those of runtimes that mount them
+      elsewhere (Docker's /var/run/docker/netns/ID, CNI's);
+    - ``pinned``: open fds such as /proc/PID/fd/N that refer to a namespace
+      (observe.owners.OwnerMap.pinned collects them while it walks every fd): a
+      namespace kept alive only by a descriptor has no process and no mount.
+
+    A namespace held only by its sockets (made inside it, then left) cannot be
+    found from /proc. Nothing is entered here; ours is first, then by inode. (Not
+    pid 1's as "the host's": in a container, or here, pid 1 may be in a user
+    namespace we may not look into.)"""
     found: dict[str, list[int]] = {}
     unreadable = 0
     for entry in os.listdir(procfs):
@@ -53,6 +69,7 @@ def discover(procfs: str = "/proc", run_netns: str = "/run/netns") -> Discovery:
             continue
         found.setdefault(f"{st.st_dev}:{st.st_ino}", []).append(int(entry))
     names: dict[str, str] = {}
+    paths: dict[str, str] = {}
     try:
         listing = sorted(os.listdir(run_netns))
     except OSError:
@@ -63,17 +80,41 @@ def discover(procfs: str = "/proc", run_netns: str = "/run/netns") -> Discovery:
         except OSError:
             continue
         names.setdefault(f"{st.st_dev}:{st.st_ino}", name)
+        paths.setdefault(f"{st.st_dev}:{st.st_ino}", os.path.join(run_netns, name))
+    for path in [*_nsfs_mounts(procfs), *pinned]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # unmounted or closed since
+        paths.setdefault(f"{st.st_dev}:{st.st_ino}", path)
     st = os.stat(f"{procfs}/self/ns/net")
     ours = f"{st.st_dev}:{st.st_ino}"
     out = []
-    for ident in set(found) | set(names):
+    for ident in set(found) | set(paths):
         pids = sorted(found.get(ident, []))
-        named = names.get(ident)
-        path = (os.path.join(run_netns, named) if named else f"{procfs}/{pids[0]}/ns/net")
-        out.append(Namespace(ident, int(ident.split(":")[1]), path, named,
-                             pids[0] if pids else None, len(pids), ident == ours))
+        path = paths.get(ident) or f"{procfs}/{pids[0]}/ns/net"
+        out.append(Namespace(ident, int(ident.split(":")[1]), path, names.get(ident),
+                             pids[0] if pids else None, len(pids), ident == ours,
+                             tuple(pids)))
     out.sort(key=lambda n: (not n.ours, n.inode))
     return Discovery(tuple(out), unreadable)
+
+
+def _nsfs_mounts(procfs: str) -> list[str]:
+    """Mount points of network namespaces (mountinfo lines whose root is
+    ``net:[INODE]`` and whose type is nsfs; see proc(5))."""
+    try:
+        with open(f"{procfs}/self/mountinfo") as f:
+            text = f.read()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[3].startswith("net:[") and " - nsfs " in line:
+            # Octal escapes in the mount point: \040 is a space (show_mountinfo).
+            out.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,27 +128,61 @@ class NodeCounts:
     total: int
 
 
-def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
-    """Each namespace (observe.netns.discover) counted by a sock_diag socket opened
-    inside it: setns in, socket(), setns back (SocketTable(netns=...)); the socket
-    stays bound to that namespace, and no process is forked per namespace."""
-    from tcplab.errors import TcplabError
-    from tcplab.kernel import tcp_states
+T = TypeVar("T")
 
-    found = discover(procfs)
-    counted: list[tuple[Namespace, StateCounts]] = []
+
+def each_namespace(read: Callable[[str | None], T], procfs: str = "/proc",
+                   pinned: Iterable[str] = ()
+                   ) -> tuple[list[tuple[Namespace, T]], list[tuple[Namespace, str]], int]:
+    """``read(netns)`` in every namespace discover() finds (None for ours, else its
+    nsfs path, as SocketTable(netns=...) takes it): (namespace, result) for those
+    read, (namespace, why) for those that could not be, and the count of processes
+    whose namespace could not be looked at."""
+    from tcplab.errors import TcplabError
+
+    found = discover(procfs, pinned=pinned)
+    done: list[tuple[Namespace, T]] = []
     failed: list[tuple[Namespace, str]] = []
     for ns in found.namespaces:
         try:
-            with SocketTable(netns=None if ns.ours else ns.path) as table:
-                counted.append((ns, table.state_counts(port)))
+            done.append((ns, read(None if ns.ours else ns.path)))
         except TcplabError as exc:
             failed.append((ns, exc.message))
         except OSError as exc:
             failed.append((ns, exc.strerror or str(exc)))
+    return done, failed, found.unreadable
+
+
+def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
+    """Each namespace (discover) counted by a sock_diag socket opened inside it:
+    setns in, socket(), setns back (SocketTable(netns=...)); the socket stays bound
+    to that namespace, and no process is forked per namespace."""
+    from tcplab.kernel import tcp_states
+
+    def count(netns: str | None) -> StateCounts:
+        with SocketTable(netns=netns) as table:
+            return table.state_counts(port)
+
+    counted, failed, unreadable = each_namespace(count, procfs)
     states = dict.fromkeys(tcp_states.STATE_NAMES, 0)
     for _, c in counted:
         for k, v in c.states.items():
             states[k] = states.get(k, 0) + v
-    return NodeCounts(tuple(counted), tuple(failed), found.unreadable, states,
+    return NodeCounts(tuple(counted), tuple(failed), unreadable, states,
                       sum(c.total for _, c in counted))
+
+
+def where(ns: Namespace) -> dict[str, object]:
+    """A namespace as every --all-netns JSON row names it: its inode, its `ip netns`
+    name, and the container, pod or unit of its first process (kernel.cgroup)."""
+    from tcplab.observe.doctor import cgroup_words
+
+    return {"netns": ns.inode, "netns_name": ns.name, "container": cgroup_words(ns.pid)}
+
+
+def where_text(ns: Namespace) -> str:
+    """``net:[4026532246] lab-client (docker container 3f2a...)``."""
+    w = where(ns)
+    held = "" if ns.pid or ns.name else f" (held by {ns.path})"
+    return (f"net:[{ns.inode}]" + (f" {ns.name}" if ns.name else "") + held
+            + (" (ours)" if ns.ours else "") + (f" ({w['container']})" if w["container"] else ""))
