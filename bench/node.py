@@ -114,12 +114,14 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 163
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 
 
-def isolated_main(binds: dict[str, str], cmd: list[str]) -> int:
+def isolated_main(spec: dict[str, Any], cmd: list[str]) -> int:
     """Run ``cmd`` where the only namespaces to discover are ours: in a new mount and pid
-    namespace, a tmpfs over /run with each ``binds`` path (dst: src, an nsfs file) bound
-    there, and a /proc that shows only the new pid namespace (``cmd`` is its pid 1). So
-    ``--all-netns`` (/proc/*/ns/net plus /run/netns, observe/nodes.py discover) finds the
-    namespaces named in /run/netns and its own (the host's), not other work on this node.
+    namespace, a tmpfs over /run with each spec["binds"] path (dst: src, an nsfs file)
+    bound there, and a /proc that shows only the new pid namespace (``cmd`` is its pid 1).
+    So ``--all-netns`` (observe/nodes.py discover: /proc/*/ns/net, /run/netns, nsfs bind
+    mounts in mountinfo) finds the namespaces bound there and its own (the host's), not
+    other work on this node. spec["fd"]: a namespace opened here and inherited by ``cmd``
+    as "@FD" in its arguments (/proc/self/fd/N: no mount, so nothing discovers it).
     Exits with cmd's status; wait4() of this process covers cmd's CPU (it waits for it)."""
     import ctypes
 
@@ -133,11 +135,15 @@ def isolated_main(binds: dict[str, str], cmd: list[str]) -> int:
             err = ctypes.get_errno()
             raise OSError(err, f"mount {dst}: {os.strerror(err)}")
 
+    if spec.get("fd"):
+        fd = os.open(spec["fd"], os.O_RDONLY)
+        os.set_inheritable(fd, True)  # cmd opens /proc/self/fd/N
+        cmd = [f"/proc/self/fd/{fd}" if a == "@FD" else a for a in cmd]
     unshare(CLONE_NEWNS | CLONE_NEWPID)
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount reaches the host
     mount("none", "/run", "tmpfs", MS_NOSUID | MS_NODEV)
     os.mkdir("/run/netns")
-    for dst, src in binds.items():
+    for dst, src in spec["binds"].items():
         open(dst, "w").close()
         mount(src, dst, None, MS_BIND)
     pid = os.fork()
@@ -476,11 +482,11 @@ class StageB(Stage):
 
     def isolated(self, *cmd: str) -> list[str]:
         """``cmd`` under isolated_main: only our 20 namespaces (named b0..b19 in
-        /run/netns) and S (at /run/bench-one, not a name) to be found."""
-        binds = {f"/run/netns/b{i}": p for i, p in enumerate(self.paths)}
-        binds["/run/bench-one"] = self.single
+        /run/netns) to be found; S as the inherited fd "@FD"."""
+        spec = {"binds": {f"/run/netns/b{i}": p for i, p in enumerate(self.paths)},
+                "fd": self.single}
         return [sys.executable, str(Path(__file__).resolve()), "--_role", "isolated",
-                "--spec", json.dumps(binds), "--", *cmd]
+                "--spec", json.dumps(spec), "--", *cmd]
 
     def tools(self) -> dict[str, Tool]:
         t = self.args.tcplab
@@ -488,7 +494,7 @@ class StageB(Stage):
             "all-netns": Tool("[ours only] tcplab states --all-netns",
                               self.isolated(t, "states", "--all-netns")),
             "one": Tool("[ours only] tcplab states --netns S",
-                        self.isolated(t, "states", "--netns", "/run/bench-one")),
+                        self.isolated(t, "states", "--netns", "@FD")),
             # what the wrapper costs (its interpreter, the mounts), taken off both rows
             # above in the same round: an added constant would flatter the ratio
             "wrapper": Tool("[ours only] the wrapper alone (exec true)",
