@@ -44,6 +44,9 @@ SYSCTLS = {"net.ipv4.ip_local_port_range": "1024 65535", "net.ipv4.tcp_tw_reuse"
            "net.ipv4.tcp_max_tw_buckets": "262144"}
 #: Connections per holder process: 2 fds each, under this machine's 20,000-fd hard limit.
 MAX_CONNS = 4_000
+#: Listeners of parts a and b: below the ephemeral range (1024-65535 here), so no holder's
+#: connect() can take a port another holder, starting at the same time, is to bind.
+LISTEN_BASE = 200
 EXPORTER_PORT = 9309  # bound before any client socket, so no connect() takes it
 CMD_TIMEOUT = 120.0
 GOALS_S = {"doctor": 0.25, "scrape": 0.25}
@@ -386,7 +389,7 @@ class StageA(Stage):
                                        f"(exit {exp.poll()})") from None
                 time.sleep(0.2)
         t0 = time.monotonic()
-        specs = plan(self.args.a_conns, self.args.a_time_wait, 2, 8080, holders=2)
+        specs = plan(self.args.a_conns, self.args.a_time_wait, 2, LISTEN_BASE, holders=2)
         reports = start_holders([(self.sb, s) for s in specs])
         self.t_tw = min(r["time_wait_from"] for r in reports)
         stat = wait_stable([self.path], self.args.a_time_wait, 2 * self.args.a_conns, "a")
@@ -445,10 +448,10 @@ class StageB(Stage):
         with Sandbox(SYSCTLS) as single:
             s_specs = [{**spec, "enter": single.netns_path}
                        for spec in plan(a.b_namespaces * a.b_conns,
-                                        a.b_namespaces * a.b_time_wait, 2, 8080)]
+                                        a.b_namespaces * a.b_time_wait, 2, LISTEN_BASE)]
             jobs = [(small[0], spec) for spec in s_specs]
             for sb in small:
-                jobs += [(sb, spec) for spec in plan(a.b_conns, a.b_time_wait, 1, 8080)]
+                jobs += [(sb, spec) for spec in plan(a.b_conns, a.b_time_wait, 1, LISTEN_BASE)]
             reports = start_holders(jobs)
         # S's nsholder is gone; S lives on in its sockets
         s_rep = reports[0]
