@@ -16,7 +16,7 @@ import pytest
 
 from tcplab.experiments.sandbox import Sandbox
 from tcplab.observe.nodes import discover
-from tests.helpers import run_tcplab
+from tests.helpers import as_nobody, run_as, run_tcplab, wait_for
 
 LEAK = """
 import socket, sys, time
@@ -210,3 +210,33 @@ def test_sockets_and_fds_all_netns_name_the_namespace_of_each_row() -> None:
         text = run_tcplab("fds", "--all-netns", str(leak.pid)).stdout.decode()
         assert text.startswith(f"net:[{inode}]") and "CLOSE_WAIT 6" in text
         leak.stdout.close()
+
+
+@pytest.mark.loopback
+def test_a_namespace_that_cannot_be_entered_is_named_with_why(nobody_venv) -> None:  # type: ignore[no-untyped-def]
+    """An ordinary user's own `unshare -Urn` namespace belongs to a user namespace in
+    which that user has no CAP_SYS_ADMIN from outside: setns fails. doctor says which
+    namespace was not examined and why, and "healthy" only of what it examined."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) (util-linux)")
+    user = "nobody" if os.geteuid() == 0 else "user"
+    kw = {"preexec_fn": as_nobody} if user == "nobody" else {}
+    sleeper = subprocess.Popen(["unshare", "-Urn", "sleep", "60"], stdin=subprocess.DEVNULL,
+                               **kw)  # type: ignore[call-overload]
+    try:
+        wait_for(lambda: os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino
+                 != os.stat("/proc/self/ns/net").st_ino, "the sleeper in its namespace")
+        inode = os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino
+        r = run_as(user, nobody_venv, "doctor", "--all-netns", "--interval", "0", "--json")
+        body = json.loads(r.stdout)
+        [why] = [n["why"] for n in body["not_examined"] if n["netns"] == inode]
+        assert "CAP_SYS_ADMIN" in why
+        text = run_as(user, nobody_venv, "doctor", "--all-netns", "--interval", "0")
+        assert f"net:[{inode}] (pid {sleeper.pid}) not examined" in text.stderr.decode()
+        out = text.stdout.decode()
+        assert "not examined)" in out or "examined " in out, out
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -9,6 +9,7 @@ from typing import Any
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, note, out
 from tcplab.errors import DoctorStatus
+from tcplab.words import plural
 
 DESCRIPTION = """\
 Looks at the live machine (or --netns) and says what is wrong, with the
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
                    "processes": d.processes})
         return d.status
     if not d.findings:
-        out(f"healthy: no problem found in {d.sockets} TCP sockets and {d.processes} processes")
+        out(f"healthy: no problem found in {plural(d.sockets, 'TCP socket')} and "
+            f"{plural(d.processes, 'process')}")
         return 0
     for f in d.findings:
         out(f"{f.severity.upper()} {f.kind}: {f.evidence}")
@@ -95,17 +97,15 @@ def _node(t: Any, args: argparse.Namespace) -> int:
     from tcplab.observe.doctor import diagnose_node
 
     d = diagnose_node(t)
-    for inode, why in d.failed:
-        note(f"tcplab: net:[{inode}] not examined: {why}")
-    if d.unreadable:
-        note(f"note: the namespace of {d.unreadable} processes could not be looked at")
+    common.note_unexamined(d.failed, d.unreadable)
     status = ["healthy", "warning", "critical"][d.status]
-    scope = (f"{d.sockets} TCP sockets and {d.processes} processes in "
-             f"{d.examined} network namespaces")
+    scope = (f"{plural(d.sockets, 'TCP socket')} and {plural(d.processes, 'process')} in "
+             f"{plural(d.examined, 'network namespace')}")
     if args.json:
         emit_json({"status": status, "findings": d.findings, "sockets": d.sockets,
                    "processes": d.processes, "namespaces": d.examined,
-                   "not_examined": [{"netns": i, "why": w} for i, w in d.failed]})
+                   "not_examined": [{"netns": n.inode, "pid": n.pid, "why": w}
+                                    for n, w in d.failed]})
         return d.status
     if not d.findings:
         out(f"healthy: no problem found in {scope}"

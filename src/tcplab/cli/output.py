@@ -7,7 +7,6 @@ stderr. Lines are flushed as they are written, also into a pipe or a file.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -48,6 +47,8 @@ def to_jsonable(obj: Any) -> Any:
 def emit_json(obj: Any, **extra: Any) -> None:
     """One JSON object on one stdout line: ``{"schema": 1, ...}``."""
     body = {"schema": SCHEMA, **extra, **to_jsonable(obj)}
+    import json  # only for --json: `tcplab states` starts without it
+
     sys.stdout.write(json.dumps(body, separators=(", ", ": ")) + "\n")
     sys.stdout.flush()
 

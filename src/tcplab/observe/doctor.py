@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tcplab.errors import UsageError
 from tcplab.kernel import tcp_states
@@ -20,6 +21,9 @@ from tcplab.observe import procfs
 from tcplab.observe.netns import entered, pids_in
 from tcplab.observe.owners import Owner, OwnerMap, all_pids, read_comm
 from tcplab.observe.sockets import SocketTable
+
+if TYPE_CHECKING:
+    from tcplab.observe.nodes import Namespace
 
 SEVERITY = {"ok": 0, "warning": 1, "critical": 2}
 
@@ -310,7 +314,7 @@ class NodeDiagnosis:
     processes: int
     hidden_processes: int
     examined: int  # namespaces diagnosed
-    failed: list[tuple[int, str]]  # (inode, why) of those that could not be
+    failed: list[tuple[Namespace, str]]  # those that could not be, and why
     unreadable: int  # processes whose namespace could not be looked at
 
     @property
@@ -333,7 +337,7 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
     owners = OwnerMap()
     owners.scan()  # every fd on the node: owners, and namespaces held by a descriptor
     found = discover(pinned=owners.pinned.values())
-    failed: list[tuple[int, str]] = []
+    failed: list[tuple[Namespace, str]] = []
     looked = []
     for ns in found.namespaces:
         path = None if ns.ours else ns.path
@@ -341,7 +345,7 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
             lk = look(path, list(ns.pids))
             looked.append((ns, path, lk, check(lk, owners, t)))
         except (TcplabError, OSError) as exc:
-            failed.append((ns.inode, getattr(exc, "message", None) or str(exc)))
+            failed.append((ns, getattr(exc, "message", None) or str(exc)))
     if t.interval > 0 and looked:
         _wait_from(looked[0][2].at, t)
     findings: list[Finding] = []
