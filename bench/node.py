@@ -255,7 +255,9 @@ def in_ns(path: str) -> Callable[..., subprocess.Popen[Any]]:
     def popen(cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return spawn(cmd, preexec_fn=lambda: setns(fd, CLONE_NEWNET), **kw)
+            proc: subprocess.Popen[Any] = spawn(
+                cmd, preexec_fn=lambda: setns(fd, CLONE_NEWNET), **kw)
+            return proc
         finally:
             os.close(fd)
     return popen
@@ -716,7 +718,9 @@ def measure(args: argparse.Namespace, _tmp: Path) -> dict[str, Any]:
                "namespace; part b runs both tcplab commands from the host's namespace",
         "parts": {}, "goals": [], "problems": []}
     goals, parts = out["goals"], out["parts"]
-    stages = {"a": StageA, "b": StageB, "c": StageC}
+    stages: dict[str, Callable[[argparse.Namespace], Stage]] = {
+        "a": StageA, "b": StageB, "c": StageC}
+    stage: Stage
     if args.profile:
         for part in args.parts:
             stage = stages[part](args)
@@ -726,7 +730,7 @@ def measure(args: argparse.Namespace, _tmp: Path) -> dict[str, Any]:
                 stage.close()
         return out
     for part in args.parts:
-        stage: Stage = stages[part](args)
+        stage = stages[part](args)
         try:
             res = rounds(stage, args.rounds)
             if part == "a":
