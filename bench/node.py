@@ -688,6 +688,29 @@ def summary(res: dict[str, Any], ratios: dict[str, str]) -> dict[str, Any]:
     return {"tools": rows, "checks": res["checks"], "builds": res["builds"]}
 
 
+def own_ehash(buckets: int) -> None:
+    """Move this process into a private network namespace and there set
+    net.ipv4.tcp_child_ehash_entries, so every namespace our sandboxes create from it
+    gets a TCP hash table of its own (tcp_set_hashinfo, net/ipv4/tcp_ipv4.c; the default
+    0: they share the host's, which every sock_diag dump walks whole). The host's
+    sysctls are not touched: the write is refused unless we are out of pid 1's namespace."""
+    from tcplab.observe.nsutil import CLONE_NEWNET, unshare
+
+    def ident(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:  # pid 1's may not be ours to read
+            return None
+        return st.st_dev, st.st_ino
+
+    before = ident("/proc/self/ns/net")
+    unshare(CLONE_NEWNET)
+    if ident("/proc/self/ns/net") in (before, ident("/proc/1/ns/net"), None):
+        raise h.BenchError("--child-ehash: still in the namespace we started in; not writing")
+    with open("/proc/sys/net/ipv4/tcp_child_ehash_entries", "w") as f:
+        f.write(str(buckets))
+
+
 def measure(args: argparse.Namespace, _tmp: Path) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise h.BenchError("node.py needs root: tcplab's --netns and --all-netns look into "
@@ -705,6 +728,8 @@ def measure(args: argparse.Namespace, _tmp: Path) -> dict[str, Any]:
     if not Path(args.tcplab).exists():
         raise h.BenchError(f"{args.tcplab} does not exist: give --venv a venv where tcplab "
                            "is installed, or pass --fresh-venv")
+    if args.child_ehash:
+        own_ehash(args.child_ehash)
     # A user's shell does not set it; with it, an editable install compiles every module
     # on every run (bench/README.md, states_vs_ss.py)
     dont = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -716,6 +741,7 @@ def measure(args: argparse.Namespace, _tmp: Path) -> dict[str, Any]:
                "(or ss), started inside the namespace as nsenter --net=PATH does (setns "
                "between fork and exec); tcplab is also given --netns PATH of that same "
                "namespace; part b runs both tcplab commands from the host's namespace",
+        "child_ehash": args.child_ehash or None,
         "parts": {}, "goals": [], "problems": []}
     goals, parts = out["goals"], out["parts"]
     stages: dict[str, Callable[[argparse.Namespace], Stage]] = {
@@ -811,6 +837,10 @@ def print_table(res: dict[str, Any]) -> None:
           f"rounds after a warm-up; ratios paired by round; load average "
           f"{res['load_avg_start'][0]:.1f} at the start, {res['load_avg_end'][0]:.1f} at the end")
     print(f"  how: {res['how']}")
+    if res.get("child_ehash"):
+        print(f"  every namespace made here has a TCP hash table of its own "
+              f"({res['child_ehash']:,} buckets: --child-ehash); by default they share the "
+              "host's")
     print(f"  tcplab: {res['venv']}"
           + ("; PYTHONDONTWRITEBYTECODE removed from the children's environment"
              if res["PYTHONDONTWRITEBYTECODE_removed"] else ""))
@@ -895,6 +925,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--c-conns", type=int, default=2_800, help="c: connections held on P")
     add("--c-time-wait", type=int, default=15_000, help="c: TIME_WAIT on P")
     add("--c-other-time-wait", type=int, default=3_000, help="c: TIME_WAIT on P+1010")
+    add("--child-ehash", type=int, default=0, metavar="BUCKETS",
+        help="give each namespace made here a TCP hash table of its own (set "
+             "net.ipv4.tcp_child_ehash_entries in a private namespace the bench moves into; "
+             "a power of 2, 128 to 16M); 0: they share the host's, as containers do by "
+             "default")
     add("--profile", metavar="DIR",
         help="instead of timing: run each tcplab command once under cProfile, write "
              "DIR/PART-KEY.prof and a .txt of the top functions")
@@ -907,6 +942,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return args
     if args.quick:
         args.rounds = 2
+    if args.child_ehash and not (128 <= args.child_ehash <= 1 << 24
+                                 and args.child_ehash & (args.child_ehash - 1) == 0):
+        p.error("--child-ehash must be 0 or a power of 2 from 128 to 16,777,216")
     args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     if not args.parts or set(args.parts) - {"a", "b", "c"}:
         p.error("--parts takes a, b and c, comma-separated")
