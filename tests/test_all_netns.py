@@ -46,6 +46,10 @@ def test_states_all_netns_sees_a_leak_in_another_namespace() -> None:
         assert body["states"]["CLOSE_WAIT"] >= 7 and body["examined"] == len(by)
         text = run_tcplab("states", "--all-netns", "--port", "8080").stdout.decode()
         assert f"net:[{inode}] pid " in text and "CLOSE_WAIT 7" in text
+        # What it printed is what --netns takes (the alerts' commands use it so).
+        one = json.loads(run_tcplab("states", "--netns", f"net:[{inode}]", "--port", "8080",
+                                    "--json").stdout)
+        assert one["states"]["CLOSE_WAIT"] == 7
         leak.stdout.close()  # the sandbox stops and reaps the process
 
 

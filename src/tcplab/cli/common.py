@@ -71,7 +71,7 @@ def add_netns(p: argparse.ArgumentParser, all_netns: bool = False) -> None:
     g.add_argument(
         "--netns", metavar="NAME|PATH|PID",
         help="look inside another network namespace: a name from 'ip netns', a path "
-        "such as /proc/PID/ns/net, or a pid (needs root)",
+        "such as /proc/PID/ns/net, a pid, or net:[INODE] as doctor prints it (needs root)",
     )
     if all_netns:
         g.add_argument(
@@ -94,12 +94,19 @@ def add_interval(p: argparse.ArgumentParser, default: float) -> None:
     )
 
 
-def note_unexamined(failed: list[tuple[Any, str]], unreadable: int) -> None:
-    """What --all-netns could not look at, on stderr: each namespace with why, and
-    the processes whose namespace was unreadable."""
+def note_unexamined(failed: list[tuple[Any, str]], unreadable: int,
+                    examined: int | None = None) -> None:
+    """What --all-netns looked at and could not, on stderr: how many namespaces were
+    examined, each one that was not with why, and the processes whose namespace was
+    unreadable."""
     import os
 
     from tcplab.cli.output import note
+    from tcplab.words import plural
+
+    if examined is not None:
+        note(f"tcplab: {plural(examined, 'network namespace')} examined"
+             + (f", {len(failed)} not" if failed else ""))
 
     for ns, why in failed:
         note(f"tcplab: net:[{ns.inode}]" + (f" (pid {ns.pid})" if ns.pid else "")
@@ -107,4 +114,5 @@ def note_unexamined(failed: list[tuple[Any, str]], unreadable: int) -> None:
     if unreadable:
         why = ("another user's: run as root to see every namespace" if os.geteuid()
                else "permission denied even to root: in a user namespace of their own")
-        note(f"tcplab: the namespace of {unreadable} processes could not be looked at ({why})")
+        note(f"tcplab: the namespace of {plural(unreadable, 'process')} could not be looked "
+             f"at ({why})")

@@ -65,14 +65,14 @@ def run(args: argparse.Namespace) -> int:
                     body: dict[str, Any] = {"processes": _rows(reports, node),
                                             "t": round(time.time(), 3)}
                     if node is not None:
-                        body["namespaces"] = len(node[1])
+                        body["namespaces"] = node[4]
                     emit_json(body)
                 else:
                     if args.watch and samples > 1:
                         out("")
                     _print(reports, node)
                 if node is not None:
-                    common.note_unexamined(node[2], node[3])
+                    common.note_unexamined(node[2], node[3], examined=node[4])
                 if not args.watch or (args.samples and samples >= args.samples):
                     return 0
                 time.sleep(args.interval)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             return ExitStatus.INTERRUPTED
 
 
-def _node() -> tuple[list[Any], dict[int, Any], list[Any], int]:
+def _node() -> tuple[list[Any], dict[int, Any], list[Any], int, int]:
     """--all-netns: every namespace's sockets, each process's namespace, and what
     could not be read."""
     from tcplab.observe.nodes import each_namespace
@@ -96,7 +96,7 @@ def _node() -> tuple[list[Any], dict[int, Any], list[Any], int]:
     for ns, found in tables:
         socks += found
         ns_of.update(dict.fromkeys(ns.pids, ns))
-    return socks, ns_of, failed, unreadable
+    return socks, ns_of, failed, unreadable, len(tables)
 
 
 def _rows(reports: list[Any], node: Any) -> list[Any]:

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         _text(groups, found, owners is not None)
     if args.all_netns:
-        common.note_unexamined(failed, unreadable)
+        common.note_unexamined(failed, unreadable, examined=len(groups))
     if owners is not None and owners.hidden:
         why = "" if os.geteuid() == 0 else ": their fd tables need root to read"
         note(f"note: {len(owners.hidden)} processes of other users were not readable{why}, "

@@ -75,7 +75,10 @@ def port_range(root: str = procfs.PROCFS_PATH) -> tuple[int, int]:
     return procfs.local_port_range(root) or (32768, 60999)
 
 
-def listen_counters(root: str = procfs.PROCFS_PATH) -> dict[str, int]:
+def listen_counters(root: str = "/proc/thread-self") -> dict[str, int]:
+    """This thread's namespace's counters: /proc/net is /proc/self/net, the thread
+    group leader's namespace, so a thread that entered another namespace (the
+    exporter serves each scrape in a thread) read the host's there."""
     try:
         text = procfs.read_text("net/netstat", root)
     except OSError:
@@ -331,7 +334,7 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
     from dataclasses import replace
 
     from tcplab.errors import TcplabError
-    from tcplab.observe.nodes import discover
+    from tcplab.observe.nodes import discover, why_not
 
     t = t or Thresholds()
     owners = OwnerMap()
@@ -345,7 +348,7 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
             lk = look(path, list(ns.pids))
             looked.append((ns, path, lk, check(lk, owners, t)))
         except (TcplabError, OSError) as exc:
-            failed.append((ns, getattr(exc, "message", None) or str(exc)))
+            failed.append((ns, why_not(ns, exc)))
     if t.interval > 0 and looked:
         _wait_from(looked[0][2].at, t)
     findings: list[Finding] = []

@@ -42,7 +42,7 @@ class TcplabCollector:
         self.all_netns = all_netns
 
     def _targets(self, pinned: Iterable[str]
-                 ) -> list[tuple[str | None, list[str], list[int] | None]]:
+                 ) -> list[tuple[str | None, list[str], list[int] | None, Any]]:
         """(what to enter, its WHERE labels, its pids) for each namespace to read."""
         import os
 
@@ -52,11 +52,15 @@ class TcplabCollector:
 
         if self.all_netns:
             return [(None if ns.ours else ns.path,
-                     [str(ns.inode), cgroup_words(ns.pid) or ""], list(ns.pids))
+                     [str(ns.inode), cgroup_words(ns.pid) or ""], list(ns.pids), ns)
                     for ns in discover(pinned=pinned).namespaces]
         path = ns_path(self.netns) if self.netns else "/proc/self/ns/net"
         pid = int(self.netns) if self.netns and self.netns.isdigit() else os.getpid()
-        return [(self.netns, [str(os.stat(path).st_ino), cgroup_words(pid) or ""], None)]
+        try:
+            inode = str(os.stat(path).st_ino)
+        except OSError:
+            inode = self.netns or ""  # gone: its read below fails and says so
+        return [(self.netns, [inode, cgroup_words(pid) or ""], None, None)]
 
     def collect(self) -> Iterator[Any]:
         import time
@@ -65,6 +69,7 @@ class TcplabCollector:
 
         from tcplab.errors import TcplabError
         from tcplab.observe.doctor import Thresholds, check, look
+        from tcplab.observe.nodes import why_word
         from tcplab.observe.owners import OwnerMap
 
         started = time.perf_counter()
@@ -76,21 +81,21 @@ class TcplabCollector:
                                      labels=["kind", "severity", *WHERE])
         unexamined = GaugeMetricFamily(
             "tcplab_netns_unexamined",
-            "1 for each network namespace this scrape could not read, with the reason",
+            "1 for each network namespace this scrape could not read; reason: gone, "
+            "no_privilege or error",
             labels=["netns", "reason"])
         owners = OwnerMap()  # one walk of the node's fds for every namespace
         if self.all_netns:
             owners.scan()  # and the namespaces only a descriptor holds
         status = examined = 0
-        for spec, where, pids in self._targets(owners.pinned.values()):
+        for spec, where, pids, ns in self._targets(owners.pinned.values()):
             try:
                 lk = look(spec, pids)
                 found = check(lk, owners, Thresholds(interval=0))
                 self._series(lk, owners, where, g)
             except (TcplabError, OSError) as exc:
                 # Gone since discover(), or not ours to enter: said, not hidden.
-                reason = (exc.message if isinstance(exc, TcplabError)
-                          else exc.strerror or str(exc))
+                reason = why_word(ns, exc) if ns is not None else "error"
                 unexamined.add_metric([where[0], reason], 1)
                 continue
             examined += 1

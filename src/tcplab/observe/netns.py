@@ -17,12 +17,27 @@ from tcplab.observe.nsutil import CLONE_NEWNET, setns
 
 
 def ns_path(spec: str) -> str:
-    """NAME (from ``ip netns add``), a PID, or a path to a namespace file."""
+    """NAME (from ``ip netns add``), a PID, a path to a namespace file, or
+    ``net:[INODE]`` as doctor, --all-netns and ``ls -l /proc/PID/ns/net`` print it."""
     if spec.isdigit():
         return f"/proc/{spec}/ns/net"
+    if spec.startswith("net:[") and spec.endswith("]") and spec[5:-1].isdigit():
+        return _by_inode(int(spec[5:-1]), spec)
     if "/" in spec:
         return spec
     return f"/run/netns/{spec}"
+
+
+def _by_inode(inode: int, spec: str) -> str:
+    """A file that opens the network namespace with this inode: a process's, else a
+    mount's (observe.nodes.discover finds both)."""
+    from tcplab.observe.nodes import discover
+
+    for ns in discover().namespaces:
+        if ns.inode == inode:
+            return ns.path
+    raise UsageError(f"no process or mount on this node is in the network namespace {spec}",
+                     hint="'tcplab states --all-netns' lists the namespaces tcplab can find")
 
 
 def _setns(fd: int) -> None:
@@ -89,14 +104,21 @@ def pids_in(spec: str | None, procfs: str = "/proc") -> list[int]:
 def pids_in_any(netns: set[str], procfs: str = "/proc") -> list[int]:
     """The processes in any of the network namespaces ``netns`` (``DEV:INODE``, the
     nsfs file's identity), sorted; those gone or unreadable are left out."""
-    found = []
+    return sorted(pid for pid, ident in each_pid_netns(procfs) if ident in netns)
+
+
+def each_pid_netns(procfs: str = "/proc") -> Iterator[tuple[int, str | None]]:
+    """(pid, ``DEV:INODE`` of its network namespace) for every process; None when
+    it may not be looked at (another user's, or a user namespace of its own). Gone
+    processes and zombies (they have left their namespaces) are left out."""
     for name in os.listdir(procfs):
         if not name.isdigit():
             continue
         try:
-            ns = os.stat(f"{procfs}/{name}/ns/net")
-        except OSError:
+            st = os.stat(f"{procfs}/{name}/ns/net")
+        except FileNotFoundError:
             continue
-        if f"{ns.st_dev}:{ns.st_ino}" in netns:
-            found.append(int(name))
-    return sorted(found)
+        except OSError:
+            yield int(name), None
+            continue
+        yield int(name), f"{st.st_dev}:{st.st_ino}"

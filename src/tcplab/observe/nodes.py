@@ -55,19 +55,15 @@ def discover(procfs: str = "/proc", run_netns: str = "/run/netns",
     found from /proc. Nothing is entered here; ours is first, then by inode. (Not
     pid 1's as "the host's": in a container, or here, pid 1 may be in a user
     namespace we may not look into.)"""
+    from tcplab.observe.netns import each_pid_netns
+
     found: dict[str, list[int]] = {}
     unreadable = 0
-    for entry in os.listdir(procfs):
-        if not entry.isdigit():
-            continue
-        try:
-            st = os.stat(f"{procfs}/{entry}/ns/net")
-        except FileNotFoundError:
-            continue  # gone, or a zombie (it has left its namespaces)
-        except OSError:
+    for pid, ident in each_pid_netns(procfs):
+        if ident is None:
             unreadable += 1
-            continue
-        found.setdefault(f"{st.st_dev}:{st.st_ino}", []).append(int(entry))
+        else:
+            found.setdefault(ident, []).append(pid)
     names: dict[str, str] = {}
     paths: dict[str, str] = {}
     try:
@@ -146,11 +142,22 @@ def each_namespace(read: Callable[[str | None], T], procfs: str = "/proc",
     for ns in found.namespaces:
         try:
             done.append((ns, read(None if ns.ours else ns.path)))
-        except TcplabError as exc:
-            failed.append((ns, exc.message))
-        except OSError as exc:
-            failed.append((ns, exc.strerror or str(exc)))
+        except (TcplabError, OSError) as exc:
+            failed.append((ns, why_not(ns, exc)))
     return done, failed, found.unreadable
+
+
+def why_not(ns: Namespace, exc: Exception) -> str:
+    """Why ``ns`` could not be read, in words."""
+    from tcplab.errors import TcplabError
+
+    if not os.path.exists(ns.path):
+        return "gone since it was found (its last process exited)"
+    if isinstance(exc, TcplabError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
@@ -186,3 +193,18 @@ def where_text(ns: Namespace) -> str:
     held = "" if ns.pid or ns.name else f" (held by {ns.path})"
     return (f"net:[{ns.inode}]" + (f" {ns.name}" if ns.name else "") + held
             + (" (ours)" if ns.ours else "") + (f" ({w['container']})" if w["container"] else ""))
+
+
+def why_word(ns: Namespace, exc: Exception) -> str:
+    """why_not() as a label value of a few fixed words (no pid or path in it):
+    ``gone``, ``no_privilege`` or ``error``."""
+    import errno
+
+    from tcplab.errors import PrivilegeError
+
+    if not os.path.exists(ns.path):
+        return "gone"
+    if isinstance(exc, PrivilegeError) or (
+            isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)):
+        return "no_privilege"
+    return "error"
