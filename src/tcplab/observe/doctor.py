@@ -119,7 +119,10 @@ def look(netns: str | None, pids: list[int] | None = None) -> Look:
 def check(lk: Look, owners: OwnerMap, t: Thresholds) -> list[Finding]:
     """Every check but the counters' growth, on one look. ``owners`` may be shared
     by several namespaces: socket inodes are unique on the node."""
-    found = owners.lookup(s.inode for s in lk.sockets if s.state == tcp_states.CLOSE_WAIT)
+    cw = [s.inode for s in lk.sockets if s.state == tcp_states.CLOSE_WAIT]
+    # No process can hold the threshold when the whole namespace holds fewer: then
+    # no fd walk (readlink per fd) at all.
+    found = owners.lookup(cw, rescan=False) if len(cw) >= t.close_wait else {}
     return (_close_wait(lk.sockets, found, t) + _fd_exhaustion(lk.pids, t)
             + _port_exhaustion(lk.sockets, lk.low, lk.high, t, (lk.per_dest, lk.tw_dest))
             + _listeners(lk.sockets)

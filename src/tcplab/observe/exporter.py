@@ -84,9 +84,10 @@ class TcplabCollector:
             "1 for each network namespace this scrape could not read; reason: gone, "
             "no_privilege or error",
             labels=["netns", "reason"])
-        owners = OwnerMap()  # one walk of the node's fds for every namespace
-        if self.all_netns:
-            owners.scan()  # and the namespaces only a descriptor holds
+        owners = OwnerMap()
+        # One walk of the node's fds for every namespace of this scrape (and the
+        # namespaces only a descriptor holds); lookups below never walk again.
+        owners.scan()
         status = examined = 0
         for spec, where, pids, ns in self._targets(owners.pinned.values()):
             try:
@@ -144,7 +145,7 @@ class TcplabCollector:
 
     def _processes(self, socks: list[Any], owners: Any, where: list[str],
                    g: dict[str, Any]) -> None:
-        found = owners.lookup(s.inode for s in socks)
+        found = owners.lookup((s.inode for s in socks), rescan=False)
         close_wait: Counter[int] = Counter()
         commands: dict[int, str] = {}
         for s in socks:

@@ -100,10 +100,13 @@ class OwnerMap:
             command = self.commands[pid] = procfs.comm(pid, self.procfs)
         return Owner(pid, int(fd), command)
 
-    def lookup(self, inodes: Iterable[int]) -> dict[int, Owner]:
-        """Owners of these inodes, rescanning only when one is unknown."""
+    def lookup(self, inodes: Iterable[int], rescan: bool = True) -> dict[int, Owner]:
+        """Owners of these inodes, rescanning only when one is unknown (never with
+        ``rescan=False`` once scanned: one walk serves a whole scrape)."""
         wanted = [i for i in inodes if i]
         known = self.by_inode
+        if not rescan and self._scanned:
+            return {i: self._owner(i) for i in wanted if i in known}
         if not self._scanned and self.first is not None:
             self.scan(self.first)
             known = self.by_inode
