@@ -88,9 +88,11 @@ def run(args: argparse.Namespace) -> int:
         groups: list[tuple[Any, list[Any]]] = list(tables)
     else:
         groups = [(None, read(args.netns))]
+    # Owner records for JSON; for text only the words (no record per socket).
     found: dict[int, Any] = {}
     if owners is not None:
-        found = owners.lookup(s.inode for _, socks in groups for s in socks)
+        inodes = (s.inode for _, socks in groups for s in socks)
+        found = owners.lookup(inodes) if args.json else owners.texts(inodes)
         if args.pid:
             groups = [(ns, [s for s in socks if s.inode in found]) for ns, socks in groups]
     if args.json:
@@ -126,10 +128,9 @@ def _json(args: argparse.Namespace, groups: list[tuple[Any, list[Any]]],
     emit_json(body)
 
 
-def _text(groups: list[tuple[Any, list[Any]]], found: dict[int, Any], asked: bool) -> None:
+def _text(groups: list[tuple[Any, list[Any]]], texts: dict[int, str], asked: bool) -> None:
     from tcplab.report.observe import socket_lines
 
-    texts = {i: f"{o.command} (pid {o.pid}, fd {o.fd})" for i, o in found.items()}
     parts = []
     for ns, socks in groups:
         if ns is not None:

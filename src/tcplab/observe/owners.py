@@ -100,25 +100,44 @@ class OwnerMap:
             command = self.commands[pid] = procfs.comm(pid, self.procfs)
         return Owner(pid, int(fd), command)
 
-    def lookup(self, inodes: Iterable[int], rescan: bool = True) -> dict[int, Owner]:
-        """Owners of these inodes, rescanning only when one is unknown (never with
-        ``rescan=False`` once scanned: one walk serves a whole scrape)."""
-        wanted = [i for i in inodes if i]
-        known = self.by_inode
-        if not rescan and self._scanned:
-            return {i: self._owner(i) for i in wanted if i in known}
+    def _ensure(self, wanted: list[int], rescan: bool) -> None:
+        """Scan as needed for these inodes: the first time (the namespace's own
+        processes first, when given), and again only when one is unknown (never
+        with ``rescan=False`` once scanned: one walk serves a whole scrape)."""
+        if self._scanned and not rescan:
+            return
         if not self._scanned and self.first is not None:
             self.scan(self.first)
-            known = self.by_inode
             self._missing = set()
-            if all(i in known for i in wanted):
-                return {i: self._owner(i) for i in wanted}
+            if all(i in self.by_inode for i in wanted):
+                return
             self._scanned = False
+        known = self.by_inode
         if not self._scanned or any(i not in known and i not in self._missing for i in wanted):
             self.scan()
-            known = self.by_inode
-            self._missing = {i for i in wanted if i not in known}
+            self._missing = {i for i in wanted if i not in self.by_inode}
+
+    def lookup(self, inodes: Iterable[int], rescan: bool = True) -> dict[int, Owner]:
+        """Owners of these inodes (those that have one)."""
+        wanted = [i for i in inodes if i]
+        self._ensure(wanted, rescan)
+        known = self.by_inode
         return {i: self._owner(i) for i in wanted if i in known}
+
+    def texts(self, inodes: Iterable[int]) -> dict[int, str]:
+        """``command (pid P, fd F)`` for each of these inodes that has an owner, as
+        `sockets` prints it, with no Owner record made."""
+        wanted = [i for i in inodes if i]
+        self._ensure(wanted, True)
+        known, commands, texts = self.by_inode, self.commands, {}
+        for i in wanted:
+            if i in known:
+                pid, fd = known[i]
+                command = commands.get(pid)
+                if command is None:
+                    command = commands[pid] = procfs.comm(pid, self.procfs)
+                texts[i] = f"{command} (pid {pid}, fd {fd})"
+        return texts
 
 
 def listening_processes(port: int, table: SocketTable | None = None) -> list[Owner]:
