@@ -632,3 +632,28 @@ def test_ports_are_counted_per_source_destination_and_port() -> None:
     assert [f.count for f in found] == [80, 80]
     assert "from 10.0.0.1" in found[0].evidence or "from 10.0.0.1" in found[1].evidence
     assert _port_exhaustion(socks, 40000, 40099, Thresholds(port_percent=90)) == []
+
+
+@pytest.mark.pure
+def test_a_listener_in_the_ephemeral_range_is_not_a_destination_per_client() -> None:
+    """A server listening on 50051 (inside 32768-60999) has accepted connections
+    whose local port is 50051: they hold no ephemeral port, and counting them gave
+    one series per client port (a label value churning without bound)."""
+    import socket as socket_
+
+    from tcplab.kernel import tcp_states as ts
+    from tcplab.kernel.records import TcpSocket
+    from tcplab.observe.doctor import ports_by_destination
+
+    def sock(state: int, sport: int, dst: str, dport: int) -> TcpSocket:
+        return TcpSocket(family=socket_.AF_INET, state=state, src="10.0.0.1", sport=sport,
+                         dst=dst, dport=dport, timer=0, expires_ms=0, retrans=0, rqueue=0,
+                         wqueue=0, uid=0, inode=0, cookie=0)
+
+    socks = [sock(ts.LISTEN, 50051, "0.0.0.0", 0)]
+    socks += [sock(ts.ESTABLISHED, 50051, "10.0.0.7", p) for p in range(51000, 51015)]
+    socks += [sock(ts.TIME_WAIT, 50051, "10.0.0.7", 51100)]  # the server closed first
+    socks += [sock(ts.ESTABLISHED, p, "10.0.0.9", 443) for p in range(40000, 40003)]
+    per_dest, tw = ports_by_destination(socks, 32768, 60999)
+    assert per_dest == {("10.0.0.1", "10.0.0.9", 443): 3}
+    assert not tw

@@ -10,10 +10,28 @@ from tcplab.cli import common
 from tcplab.cli.output import note, out
 
 DESCRIPTION = """\
-Serves TCP socket counts by state and by service port (ephemeral ports folded
-into one label value, so the series stay bounded), per-process fds, limits and
-CLOSE_WAIT counts, and the doctor's findings in the Prometheus text format at
-http://LISTEN/metrics. Everything is read from the kernel at scrape time.
+Serves, in the Prometheus text format at http://LISTEN/metrics, what the kernel
+says at scrape time (no background loop, no stale values):
+
+  tcplab_tcp_sockets{state}                TCP sockets by state
+  tcplab_tcp_service_sockets{port,state}   by service port; ephemeral ports
+                                           folded into port="ephemeral"
+  tcplab_ephemeral_ports_used{src,dst,dport}  ports held toward a destination
+                                           (TIME_WAIT included), the 10 busiest
+  tcplab_ephemeral_port_range_size         what they run out against
+  tcplab_process_open_fds / _max_fds / _close_wait_sockets{pid,command}
+                                           processes holding TCP sockets (at
+                                           most 20 per namespace)
+  tcplab_tcp_listen_overflows_total / _drops_total   TcpExt counters
+  tcplab_doctor_findings{kind,severity}, tcplab_doctor_status
+  tcplab_netns_examined, tcplab_netns_unexamined{netns,reason},
+  tcplab_scrape_duration_seconds
+
+The others (all but tcplab_doctor_status, tcplab_netns_* and the duration)
+are labelled netns (the namespace's inode) and container (its container, pod
+or systemd unit, "" for none). As root every
+network namespace on the node is read (--netns for one); otherwise ours.
+deploy/prometheus has alert rules for these series, deploy/grafana a dashboard.
 
   scrape_configs:
     - job_name: tcplab

@@ -153,7 +153,13 @@ def diagnose(netns: str | None = None, t: Thresholds | None = None) -> Diagnosis
         _wait_from(lk.at, t)
         findings += _grown(netns, lk)
     findings.sort(key=lambda f: (-SEVERITY[f.severity], f.kind))
-    return Diagnosis(findings, len(lk.sockets), len(lk.pids), len(owners.hidden))
+    # Other users' processes (without root): their namespace, and so whether they
+    # are in this one, cannot even be seen; pids_in() left them out.
+    from tcplab.observe.netns import each_pid_netns
+
+    unseen = {pid for pid, ident in each_pid_netns() if ident is None}
+    return Diagnosis(findings, len(lk.sockets), len(lk.pids),
+                     len(owners.hidden | unreadable(lk.pids) | unseen))
 
 
 def _pids_in(netns: str | None) -> list[int]:
@@ -251,14 +257,17 @@ def _port_exhaustion(socks: list[TcpSocket], low: int, high: int, t: Thresholds,
 
 def ports_by_destination(socks: list[TcpSocket], low: int, high: int
                          ) -> tuple[Counter[tuple[str, str, int]], Counter[tuple[str, str, int]]]:
-    """Sockets holding an ephemeral port (not LISTEN, local port in low..high), and
-    those of them in TIME_WAIT, per (source address, destination address,
-    destination port). One filtering pass in Python, the counting in C (Counter
-    over zip): 25 ms for 56,800 sockets here."""
+    """Sockets holding an ephemeral port (local port in low..high, not LISTEN and
+    not a listener's port: a server's accepted connections share its port, which
+    connect() could not take anyway), and those of them in TIME_WAIT, per (source
+    address, destination address, destination port). One filtering pass in
+    Python, the counting in C (Counter over zip): 25 ms for 56,800 sockets here."""
     from operator import itemgetter
 
     listen, time_wait = tcp_states.LISTEN, tcp_states.TIME_WAIT
-    held = [s for s in socks if low <= s.sport <= high and s.state != listen]
+    listening = {s.sport for s in socks if s.state == listen}
+    held = [s for s in socks
+            if low <= s.sport <= high and s.state != listen and s.sport not in listening]
     key = itemgetter(2, 4, 5)  # src, dst, dport: TcpSocket's field order
     per_dest = Counter(map(key, held))
     tw = Counter(map(key, (s for s in held if s.state == time_wait)))
@@ -334,10 +343,11 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
     listen counters read again once the interval has passed since the first look
     (one wait for the node, not one per namespace). Each finding names its
     namespace and the owner a person would recognise."""
+    from contextlib import ExitStack
     from dataclasses import replace
 
     from tcplab.errors import TcplabError
-    from tcplab.observe.nodes import discover, why_not
+    from tcplab.observe.nodes import discover, pinned_open, why_not
 
     t = t or Thresholds()
     owners = OwnerMap()
@@ -345,29 +355,44 @@ def diagnose_node(t: Thresholds | None = None) -> NodeDiagnosis:
     found = discover(pinned=owners.pinned.values())
     failed: list[tuple[Namespace, str]] = []
     looked = []
-    for ns in found.namespaces:
-        path = None if ns.ours else ns.path
-        try:
-            lk = look(path, list(ns.pids))
-            looked.append((ns, path, lk, check(lk, owners, t)))
-        except (TcplabError, OSError) as exc:
-            failed.append((ns, why_not(ns, exc)))
-    if t.interval > 0 and looked:
-        _wait_from(looked[0][2].at, t)
-    findings: list[Finding] = []
-    sockets = processes = 0
-    for ns, path, lk, here in looked:
-        if t.interval > 0:
+    hidden = set(owners.hidden)
+    with ExitStack() as held:  # each namespace held open from its look to its counters
+        for ns in found.namespaces:
             try:
-                here = here + _grown(path, lk)
-            except (TcplabError, OSError):
-                pass  # gone since its look: its other findings stand
-        sockets, processes = sockets + len(lk.sockets), processes + len(lk.pids)
-        findings += [replace(f, netns=ns.inode, netns_name=ns.name, owner=cgroup_words(f.pid))
-                     for f in here]
+                path = held.enter_context(pinned_open(ns))
+                lk = look(path, list(ns.pids))
+                looked.append((ns, path, lk, check(lk, owners, t)))
+                hidden |= unreadable(lk.pids)
+            except (TcplabError, OSError) as exc:
+                failed.append((ns, why_not(exc)))
+        if t.interval > 0 and looked:
+            _wait_from(looked[0][2].at, t)
+        findings: list[Finding] = []
+        sockets = processes = 0
+        for ns, path, lk, here in looked:
+            if t.interval > 0:
+                try:
+                    here = here + _grown(path, lk)
+                except (TcplabError, OSError):
+                    pass  # could not be entered again: its other findings stand
+            sockets, processes = sockets + len(lk.sockets), processes + len(lk.pids)
+            # A finding with no process (ports, orphans, a listener) is named by the
+            # namespace's first process: in a container, the container's.
+            findings += [replace(f, netns=ns.inode, netns_name=ns.name,
+                                 owner=cgroup_words(f.pid) or cgroup_words(ns.pid))
+                         for f in here]
     findings.sort(key=lambda f: (-SEVERITY[f.severity], f.kind))
-    return NodeDiagnosis(findings, sockets, processes, len(owners.hidden), len(looked),
+    return NodeDiagnosis(findings, sockets, processes, len(hidden), len(looked),
                          failed, found.unreadable)
+
+
+def unreadable(pids: list[int], root: str = procfs.PROCFS_PATH) -> set[int]:
+    """The pids whose fd table we may not read (another user's, without root): the
+    CLOSE_WAIT and fd checks cannot speak of them, and the output says so."""
+    import os
+
+    return {p for p in pids if not os.access(f"{root}/{p}/fd", os.R_OK | os.X_OK)
+            and os.path.exists(f"{root}/{p}")}
 
 
 def cgroup_words(pid: int | None, root: str = procfs.PROCFS_PATH) -> str | None:

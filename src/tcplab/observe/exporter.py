@@ -10,6 +10,7 @@ processes that hold TCP sockets.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -41,26 +42,27 @@ class TcplabCollector:
         self.netns = netns
         self.all_netns = all_netns
 
-    def _targets(self, pinned: Iterable[str]
-                 ) -> list[tuple[str | None, list[str], list[int] | None, Any]]:
-        """(what to enter, its WHERE labels, its pids) for each namespace to read."""
-        import os
-
-        from tcplab.observe.doctor import cgroup_words
-        from tcplab.observe.netns import ns_path
-        from tcplab.observe.nodes import discover
+    def _namespaces(self, pinned: Iterable[str]) -> tuple[list[Any], int]:
+        """The namespaces to read (observe.nodes.Namespace records), and how many
+        processes' namespaces could not be looked at."""
+        from tcplab.observe.netns import each_pid_netns, ns_path
+        from tcplab.observe.nodes import Namespace, discover
 
         if self.all_netns:
-            return [(None if ns.ours else ns.path,
-                     [str(ns.inode), cgroup_words(ns.pid) or ""], list(ns.pids), ns)
-                    for ns in discover(pinned=pinned).namespaces]
-        path = ns_path(self.netns) if self.netns else "/proc/self/ns/net"
-        pid = int(self.netns) if self.netns and self.netns.isdigit() else os.getpid()
-        try:
-            inode = str(os.stat(path).st_ino)
-        except OSError:
-            inode = self.netns or ""  # gone: its read below fails and says so
-        return [(self.netns, [inode, cgroup_words(pid) or ""], None, None)]
+            found = discover(pinned=pinned)
+            return list(found.namespaces), found.unreadable
+        unseen = sum(1 for _, ident in each_pid_netns() if ident is None)
+        if not self.netns:
+            return [n for n in discover().namespaces if n.ours][:1], unseen
+        # --netns: that one, as discover() would describe it (its pids, for the
+        # container label); a name that opens nothing is said as gone.
+        path = ns_path(self.netns)
+        st = os.stat(path)
+        ident = f"{st.st_dev}:{st.st_ino}"
+        for ns in discover(pinned=[path]).namespaces:
+            if ns.id == ident:
+                return [ns], unseen
+        return [Namespace(ident, st.st_ino, path, None, None, 0, False)], unseen
 
     def collect(self) -> Iterator[Any]:
         import time
@@ -68,8 +70,8 @@ class TcplabCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         from tcplab.errors import TcplabError
-        from tcplab.observe.doctor import Thresholds, check, look
-        from tcplab.observe.nodes import why_word
+        from tcplab.observe.doctor import Thresholds, cgroup_words, check, look
+        from tcplab.observe.nodes import pinned_open, why_word
         from tcplab.observe.owners import OwnerMap
 
         started = time.perf_counter()
@@ -82,22 +84,27 @@ class TcplabCollector:
         unexamined = GaugeMetricFamily(
             "tcplab_netns_unexamined",
             "1 for each network namespace this scrape could not read; reason: gone, "
-            "no_privilege or error",
-            labels=["netns", "reason"])
+            "no_privilege or error", labels=["netns", "reason"])
         owners = OwnerMap()
         # One walk of the node's fds for every namespace of this scrape (and the
         # namespaces only a descriptor holds); lookups below never walk again.
         owners.scan()
         status = examined = 0
-        for spec, where, pids, ns in self._targets(owners.pinned.values()):
+        try:
+            namespaces, unseen = self._namespaces(owners.pinned.values())
+        except (TcplabError, OSError) as exc:  # --netns names nothing (any more)
+            namespaces, unseen = [], 0
+            unexamined.add_metric([self.netns or "", why_word(exc)], 1)
+        for ns in namespaces:
+            where = [str(ns.inode), cgroup_words(ns.pid) or ""]
             try:
-                lk = look(spec, pids)
+                with pinned_open(ns) as spec:
+                    lk = look(spec, list(ns.pids))
                 found = check(lk, owners, Thresholds(interval=0))
                 self._series(lk, owners, where, g)
             except (TcplabError, OSError) as exc:
                 # Gone since discover(), or not ours to enter: said, not hidden.
-                reason = why_word(ns, exc) if ns is not None else "error"
-                unexamined.add_metric([where[0], reason], 1)
+                unexamined.add_metric([where[0], why_word(exc)], 1)
                 continue
             examined += 1
             for name, key in COUNTERS_FROM.items():
@@ -116,6 +123,11 @@ class TcplabCollector:
         yield GaugeMetricFamily("tcplab_netns_examined",
                                 "network namespaces this scrape read", value=examined)
         yield unexamined
+        yield GaugeMetricFamily(
+            "tcplab_netns_unreadable_processes",
+            "processes whose network namespace could not be looked at (another user's "
+            "without root, or in a user namespace of its own): not in these series",
+            value=unseen)
         yield GaugeMetricFamily("tcplab_scrape_duration_seconds",
                                 "seconds this scrape took to read the kernel",
                                 value=time.perf_counter() - started)
@@ -164,8 +176,11 @@ class TcplabCollector:
             rows.append((close_wait[pid], used / soft if soft > 0 else 0.0, pid, command,
                          used, soft))
         rows.sort(reverse=True)
+        from tcplab.observe.doctor import cgroup_words
+
         for cw, _ratio, pid, command, used, soft in rows[:TOP_PROCESSES]:
-            labels = [str(pid), command, *where]
+            # The process's own container (in a pod, not the pause container's).
+            labels = [str(pid), command, where[0], cgroup_words(pid) or where[1]]
             g["tcplab_process_open_fds"].add_metric(labels, used)
             g["tcplab_process_max_fds"].add_metric(labels, soft)
             g["tcplab_process_close_wait_sockets"].add_metric(labels, cw)

@@ -6,9 +6,11 @@ imports on its fast path (no dataclasses there: tests/test_cli.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -127,13 +129,40 @@ class NodeCounts:
 T = TypeVar("T")
 
 
+class Gone(OSError):
+    """A namespace's file now opens another namespace, or nothing: it is gone."""
+
+
+@contextmanager
+def pinned_open(ns: Namespace) -> Iterator[str | None]:
+    """What to enter for ``ns`` (None: ours), held open while the body runs: its
+    file is opened once and checked to be the namespace discover() found (a pid,
+    or an fd number, may have been reused since), and the body gets
+    ``/proc/self/fd/N``, which opens that very namespace again (netns.entered).
+    Gone when it is not there any more."""
+    if ns.ours:
+        yield None
+        return
+    try:
+        fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Gone(errno.ENOENT, "gone since it was found") from None
+    try:
+        st = os.fstat(fd)
+        if f"{st.st_dev}:{st.st_ino}" != ns.id:
+            raise Gone(errno.ESTALE, "gone since it was found (its file now opens another)")
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
 def each_namespace(read: Callable[[str | None], T], procfs: str = "/proc",
                    pinned: Iterable[str] = ()
                    ) -> tuple[list[tuple[Namespace, T]], list[tuple[Namespace, str]], int]:
-    """``read(netns)`` in every namespace discover() finds (None for ours, else its
-    nsfs path, as SocketTable(netns=...) takes it): (namespace, result) for those
-    read, (namespace, why) for those that could not be, and the count of processes
-    whose namespace could not be looked at."""
+    """``read(netns)`` in every namespace discover() finds (None for ours, else a
+    path that opens it, as SocketTable(netns=...) takes it: pinned_open):
+    (namespace, result) for those read, (namespace, why) for those that could not
+    be, and the count of processes whose namespace could not be looked at."""
     from tcplab.errors import TcplabError
 
     found = discover(procfs, pinned=pinned)
@@ -141,23 +170,42 @@ def each_namespace(read: Callable[[str | None], T], procfs: str = "/proc",
     failed: list[tuple[Namespace, str]] = []
     for ns in found.namespaces:
         try:
-            done.append((ns, read(None if ns.ours else ns.path)))
+            with pinned_open(ns) as spec:
+                done.append((ns, read(spec)))
         except (TcplabError, OSError) as exc:
-            failed.append((ns, why_not(ns, exc)))
+            failed.append((ns, why_not(exc)))
     return done, failed, found.unreadable
 
 
-def why_not(ns: Namespace, exc: Exception) -> str:
-    """Why ``ns`` could not be read, in words."""
-    from tcplab.errors import TcplabError
+def why_not(exc: Exception) -> str:
+    """Why a namespace could not be read, in words (without the /proc/self/fd path
+    it was entered by)."""
+    from tcplab.errors import PrivilegeError, TcplabError
 
-    if not os.path.exists(ns.path):
-        return "gone since it was found (its last process exited)"
+    if isinstance(exc, Gone):
+        return exc.strerror or "gone since it was found"
+    if isinstance(exc, PrivilegeError):
+        # netns_install (net/core/net_namespace.c) wants CAP_SYS_ADMIN in the user
+        # namespace that owns the network namespace and in the caller's own.
+        return "entering it needs CAP_SYS_ADMIN (run as root)"
     if isinstance(exc, TcplabError):
         return exc.message
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)
+
+
+def why_word(exc: Exception) -> str:
+    """why_not() as a label value of a few fixed words (no pid or path in it):
+    ``gone``, ``no_privilege`` or ``error``."""
+    from tcplab.errors import PrivilegeError, UsageError
+
+    if isinstance(exc, (Gone, UsageError)):
+        return "gone"  # UsageError: --netns names nothing (any more)
+    if isinstance(exc, PrivilegeError) or (
+            isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)):
+        return "no_privilege"
+    return "error"
 
 
 def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
@@ -179,12 +227,17 @@ def node_counts(port: int = 0, procfs: str = "/proc") -> NodeCounts:
                       sum(c.total for _, c in counted))
 
 
-def where(ns: Namespace) -> dict[str, object]:
+def where(ns: Namespace | None, pid: int | None = None) -> dict[str, object]:
     """A namespace as every --all-netns JSON row names it: its inode, its `ip netns`
-    name, and the container, pod or unit of its first process (kernel.cgroup)."""
+    name, and the container, pod or unit (kernel.cgroup) of ``pid`` (a row's own
+    process), else of the namespace's first process (in a pod, the pause
+    container's words carry the pod). All None for a namespace not readable."""
     from tcplab.observe.doctor import cgroup_words
 
-    return {"netns": ns.inode, "netns_name": ns.name, "container": cgroup_words(ns.pid)}
+    if ns is None:
+        return {"netns": None, "netns_name": None, "container": cgroup_words(pid)}
+    return {"netns": ns.inode, "netns_name": ns.name,
+            "container": cgroup_words(pid) or cgroup_words(ns.pid)}
 
 
 def where_text(ns: Namespace) -> str:
@@ -193,18 +246,3 @@ def where_text(ns: Namespace) -> str:
     held = "" if ns.pid or ns.name else f" (held by {ns.path})"
     return (f"net:[{ns.inode}]" + (f" {ns.name}" if ns.name else "") + held
             + (" (ours)" if ns.ours else "") + (f" ({w['container']})" if w["container"] else ""))
-
-
-def why_word(ns: Namespace, exc: Exception) -> str:
-    """why_not() as a label value of a few fixed words (no pid or path in it):
-    ``gone``, ``no_privilege`` or ``error``."""
-    import errno
-
-    from tcplab.errors import PrivilegeError
-
-    if not os.path.exists(ns.path):
-        return "gone"
-    if isinstance(exc, PrivilegeError) or (
-            isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)):
-        return "no_privilege"
-    return "error"
