@@ -545,7 +545,7 @@ class StageB(Stage):
         foreign = [n for n in res["namespaces"] if n["netns"] not in ours]
         one = h.last_json(h.measured([self.args.tcplab, "states", "--netns", self.single,
                                       "--json"], CMD_TIMEOUT), "tcplab states --netns S")
-        return {"examined": res["examined"], "failed": res["failed"], "total": res["total"],
+        return {"examined": res["examined"], "failed": res["not_examined"], "total": res["total"],
                 "ours": sum(n["total"] for n in res["namespaces"] if n["netns"] in ours),
                 "ours_seen": sum(n["netns"] in ours for n in res["namespaces"]),
                 "foreign_namespaces": len(foreign),

@@ -44,6 +44,7 @@ def test_states_all_netns_sees_a_leak_in_another_namespace() -> None:
         by = {n["netns"]: n for n in body["namespaces"]}
         assert by[inode]["states"]["CLOSE_WAIT"] == 7 and not by[inode]["ours"]
         assert body["states"]["CLOSE_WAIT"] >= 7 and body["examined"] == len(by)
+        assert isinstance(body["not_examined"], list)
         text = run_tcplab("states", "--all-netns", "--port", "8080").stdout.decode()
         assert f"net:[{inode}] pid " in text and "CLOSE_WAIT 7" in text
         # What it printed is what --netns takes (the alerts' commands use it so).
@@ -74,7 +75,7 @@ def test_doctor_as_root_finds_a_leak_in_another_namespace_with_no_option() -> No
         leaks = [f for f in body["findings"] if f["kind"] == "close_wait_leak"]
         # other tests' leaks may be there too (they run beside this one): ours, once
         assert [f["netns"] for f in leaks if f["pid"] == leak.pid] == [inode]
-        assert body["namespaces"] >= 2
+        assert body["examined"] >= 2 and body["unreadable_processes"] >= 0
         leak.stdout.close()
 
 
@@ -197,7 +198,7 @@ def test_sockets_and_fds_all_netns_name_the_namespace_of_each_row() -> None:
         body = json.loads(run_tcplab("sockets", "--all-netns", "--all-procs", "--port", "8080",
                                      "--state", "close-wait", "--json").stdout)
         mine = [s for s in body["sockets"] if s["netns"] == inode]
-        assert len(mine) == 6 and body["namespaces"] >= 2
+        assert len(mine) == 6 and body["examined"] >= 2
         assert {(s["owner"]["pid"], s["state"]) for s in mine} == {(leak.pid, "CLOSE_WAIT")}
         assert all("container" in s and "netns_name" in s for s in body["sockets"])
         # Without --all-netns, ours only: the sandbox's sockets are not there.
@@ -208,9 +209,11 @@ def test_sockets_and_fds_all_netns_name_the_namespace_of_each_row() -> None:
         fds = json.loads(run_tcplab("fds", "--all-netns", str(leak.pid), "--json").stdout)
         [report] = fds["processes"]
         assert report["netns"] == inode and report["tcp"]["CLOSE_WAIT"] == 6
-        # Only our namespace's table: its sockets are not known as TCP.
+        # Without --all-netns too: a process in another namespace is reported with
+        # that namespace's table (the alerts tell the on-call person `tcplab fds PID`).
         plain = json.loads(run_tcplab("fds", str(leak.pid), "--json").stdout)
-        assert "CLOSE_WAIT" not in plain["processes"][0]["tcp"]
+        assert plain["processes"][0]["tcp"]["CLOSE_WAIT"] == 6
+        assert "warning" in plain["processes"][0]
         text = run_tcplab("fds", "--all-netns", str(leak.pid)).stdout.decode()
         assert text.startswith(f"net:[{inode}]") and "CLOSE_WAIT 6" in text
         leak.stdout.close()

@@ -116,3 +116,14 @@ def note_unexamined(failed: list[tuple[Any, str]], unreadable: int,
                else "permission denied even to root: in a user namespace of their own")
         note(f"tcplab: the namespace of {plural(unreadable, 'process')} could not be looked "
              f"at ({why})")
+
+
+def netns_json(examined: int, failed: list[tuple[Any, str]], unreadable: int
+               ) -> dict[str, Any]:
+    """The keys every --all-netns JSON body has: how many namespaces were examined,
+    each one that was not (its inode, a pid in it, why), and how many processes'
+    namespaces could not be looked at."""
+    return {"examined": examined,
+            "not_examined": [{"netns": ns.inode, "netns_name": ns.name, "pid": ns.pid,
+                              "why": why} for ns, why in failed],
+            "unreadable_processes": unreadable}

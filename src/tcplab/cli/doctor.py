@@ -105,9 +105,8 @@ def _node(t: Any, args: argparse.Namespace) -> int:
              f"{plural(d.examined, 'network namespace')}")
     if args.json:
         emit_json({"status": status, "findings": d.findings, "sockets": d.sockets,
-                   "processes": d.processes, "namespaces": d.examined,
-                   "not_examined": [{"netns": n.inode, "pid": n.pid, "why": w}
-                                    for n, w in d.failed]})
+                   "processes": d.processes,
+                   **common.netns_json(d.examined, d.failed, d.unreadable)})
         return d.status
     if not d.findings:
         out(f"healthy: no problem found in {scope}"

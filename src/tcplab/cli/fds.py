@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                     body: dict[str, Any] = {"processes": _rows(reports, node),
                                             "t": round(time.time(), 3)}
                     if node is not None:
-                        body["namespaces"] = node[4]
+                        body.update(common.netns_json(node[4], node[2], node[3]))
                     emit_json(body)
                 else:
                     if args.watch and samples > 1:
@@ -106,8 +106,9 @@ def _rows(reports: list[Any], node: Any) -> list[Any]:
 
     from tcplab.observe.nodes import where
 
-    return [{**asdict(r), **(where(node[1][r.pid]) if r.pid in node[1] else {})}
-            for r in reports]
+    # The same keys on every row (None where the process's namespace could not be
+    # looked at); the container is the process's own.
+    return [{**asdict(r), **where(node[1].get(r.pid), r.pid)} for r in reports]
 
 
 def _sample(table: Any, args: argparse.Namespace, node: Any = None) -> list[Any]:
@@ -156,7 +157,30 @@ def _sample(table: Any, args: argparse.Namespace, node: Any = None) -> list[Any]
         reports = [r for r in reports if r.fds]  # kernel threads have none
         reports.sort(key=lambda r: (r.percent, r.fds), reverse=True)
         reports = reports[: args.top]
+    if node is None and args.netns is None:
+        reports = [_in_its_namespace(r, state_of) for r in reports]
     return reports
+
+
+def _in_its_namespace(report: Any, state_of: dict[int, int]) -> Any:
+    """A process in another network namespace than ours (a container's): its
+    sockets are in that namespace's table, not ours, so without it they would show
+    as plain 'socket' and a CLOSE_WAIT leak would go unseen. Read it (root) and
+    report again; as it was when that namespace cannot be entered."""
+    from tcplab.errors import TcplabError
+    from tcplab.observe.fds import fd_report
+    from tcplab.observe.procfs import ProcessError
+    from tcplab.observe.sockets import SocketTable
+
+    path = f"/proc/{report.pid}/ns/net"
+    try:
+        if os.stat(path).st_ino == os.stat("/proc/self/ns/net").st_ino or not report.other:
+            return report
+        with SocketTable(netns=path) as table:
+            theirs = {s.inode: s.state for s in table.sockets() if s.inode}
+        return fd_report(report.pid, {**state_of, **theirs})
+    except (TcplabError, ProcessError, OSError):
+        return report
 
 
 def _print(reports: list[Any], node: Any = None) -> None:
@@ -165,8 +189,10 @@ def _print(reports: list[Any], node: Any = None) -> None:
     for r in reports:
         soft = "unlimited" if r.soft < 0 else f"{r.soft:,}"
         hard = "unlimited" if r.hard < 0 else f"{r.hard:,}"
-        if node is not None and r.pid in node[1]:
-            out(f"{where_text(node[1][r.pid])}:")
+        if node is not None:
+            ns = node[1].get(r.pid)
+            out(f"{where_text(ns)}:" if ns is not None
+                else "a network namespace that could not be looked at:")
         out(f"pid {r.pid} ({r.command}): {r.fds:,} fds of {soft} ({r.percent:.1f}%), "
             f"hard limit {hard}, {plural(r.threads, 'thread')}, RSS {human_bytes(r.rss_bytes)}")
         if r.tcp:

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             return table.sockets(args.port, mask)
 
     owners = None
+    walked = False
     if args.pid or args.all_procs:
         from tcplab.observe.netns import pids_in
 
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         # namespaces that only a descriptor holds.
         first = None if args.pid or args.all_netns else pids_in(args.netns)
         owners = OwnerMap(args.pid or None, first=first)
-        if args.all_netns and not args.pid:
+        walked = args.all_netns and not args.pid
+        if walked:
             owners.scan()
     if args.all_netns:
         from tcplab.observe.nodes import each_namespace
@@ -92,11 +94,15 @@ def run(args: argparse.Namespace) -> int:
     found: dict[int, Any] = {}
     if owners is not None:
         inodes = (s.inode for _, socks in groups for s in socks)
-        found = owners.lookup(inodes) if args.json else owners.texts(inodes)
+        # One walk: after the explicit scan above, a socket with no owner (held in
+        # flight, or by an unreadable process) does not make another.
+        found = (owners.lookup(inodes, rescan=not walked) if args.json
+                 else owners.texts(inodes, rescan=not walked))
         if args.pid:
             groups = [(ns, [s for s in socks if s.inode in found]) for ns, socks in groups]
     if args.json:
-        _json(args, groups, found)
+        _json(args, groups, found,
+              common.netns_json(len(groups), failed, unreadable) if args.all_netns else None)
     else:
         _text(groups, found, owners is not None)
     if args.all_netns:
@@ -109,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _json(args: argparse.Namespace, groups: list[tuple[Any, list[Any]]],
-          found: dict[int, Any]) -> None:
+          found: dict[int, Any], node: dict[str, Any] | None = None) -> None:
     from dataclasses import asdict
 
     from tcplab.kernel import tcp_states
@@ -123,9 +129,7 @@ def _json(args: argparse.Namespace, groups: list[tuple[Any, list[Any]]],
                             else "kernel" if s.inode == 0 else None), **extra}
                  for s in socks]
     body: dict[str, Any] = {"port": args.port or None, "sockets": rows, "count": len(rows)}
-    if args.all_netns:
-        body["namespaces"] = len(groups)
-    emit_json(body)
+    emit_json({**body, **(node or {})})
 
 
 def _text(groups: list[tuple[Any, list[Any]]], texts: dict[int, str], asked: bool) -> None:

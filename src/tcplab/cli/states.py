@@ -153,10 +153,8 @@ def _all_netns(args: argparse.Namespace) -> int:
 
     node = node_counts(args.port)
     if args.json:
-        emit_json({"port": args.port or None, "examined": len(node.counted),
-                   "failed": [{"netns": n.inode, "name": n.name, "pid": n.pid, "why": why}
-                              for n, why in node.failed],
-                   "unreadable_processes": node.unreadable,
+        emit_json({"port": args.port or None,
+                   **common.netns_json(len(node.counted), list(node.failed), node.unreadable),
                    "namespaces": [{**where(n), "name": n.name, "pid": n.pid,
                                    "processes": n.processes, "ours": n.ours,
                                    "states": c.states, "total": c.total}

@@ -124,11 +124,11 @@ class OwnerMap:
         known = self.by_inode
         return {i: self._owner(i) for i in wanted if i in known}
 
-    def texts(self, inodes: Iterable[int]) -> dict[int, str]:
+    def texts(self, inodes: Iterable[int], rescan: bool = True) -> dict[int, str]:
         """``command (pid P, fd F)`` for each of these inodes that has an owner, as
         `sockets` prints it, with no Owner record made."""
         wanted = [i for i in inodes if i]
-        self._ensure(wanted, True)
+        self._ensure(wanted, rescan)
         known, commands, texts = self.by_inode, self.commands, {}
         for i in wanted:
             if i in known:
