@@ -690,3 +690,33 @@ def test_one_compat_dump_equals_the_two_by_family_dumps() -> None:
     assert key == sorted((s.family, s.state, s.src, s.sport, s.dst, s.dport) for s in two)
     assert {s.family for s in one} == {socket.AF_INET, socket.AF_INET6}
     assert len(one) == 6  # two listeners, and both ends of two connections
+
+
+@pytest.mark.loopback
+def test_a_refused_compat_dump_falls_back_to_one_dump_per_family(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A kernel without the TCPDIAG_GETSOCK handler answers EINVAL or EOPNOTSUPP
+    before any reply. Caused here for real: a request cut short, which the kernel
+    refuses with EINVAL (inet_diag_rcv_msg_compat's length check); the table then
+    dumps per family, and says so in ``compat``."""
+    from tcplab.kernel import sock_diag
+
+    real = sock_diag.build_request_compat
+
+    def short(states: int, port: int = 0, seq: int = 1) -> bytes:
+        req = real(states, 0, seq)[:sock_diag.HDR_LEN + 8]
+        return sock_diag.NLMSGHDR.pack(len(req), sock_diag.TCPDIAG_GETSOCK,
+                                       sock_diag.NLM_F_REQUEST | sock_diag.NLM_F_DUMP,
+                                       seq, 0) + req[sock_diag.HDR_LEN:]
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with SocketTable() as table:
+            want = table.sockets(port)
+            monkeypatch.setattr(sock_diag, "build_request_compat", short)
+            table.compat = True
+            got = table.sockets(port)
+            assert table.compat is False
+    assert [(s.state, s.sport) for s in got] == [(s.state, s.sport) for s in want]
+    assert got and got[0].sport == port

@@ -115,5 +115,5 @@ def _node(t: Any, args: argparse.Namespace) -> int:
     for f in d.findings:
         out(f"{f.severity.upper()} {f.kind}{_where(f)}: {f.evidence}")
         out(f"  fix: {f.hint}")
-    out(f"(examined {scope})")
+    out(f"(examined {scope}" + (f"; {len(d.failed)} not examined" if d.failed else "") + ")")
     return d.status
