@@ -221,8 +221,10 @@ def test_sockets_and_fds_all_netns_name_the_namespace_of_each_row() -> None:
 
 @pytest.mark.loopback
 def test_a_namespace_that_cannot_be_entered_is_named_with_why(nobody_venv) -> None:  # type: ignore[no-untyped-def]
-    """An ordinary user's own `unshare -Urn` namespace belongs to a user namespace in
-    which that user has no CAP_SYS_ADMIN from outside: setns fails. doctor says which
+    """An ordinary user's own `unshare -Urn` namespace: setns needs CAP_SYS_ADMIN in
+    the user namespace that owns it (the user has that, in there) and in the
+    caller's own (it has not): netns_install in net/core/net_namespace.c, so setns
+    fails. doctor says which
     namespace was not examined and why, and "healthy" only of what it examined."""
     import shutil
 

@@ -26,6 +26,7 @@ UID = "1234abcd-5678-9abc-def0-123456789abc"
      f"{UID.replace('-', '_')}.slice/cri-containerd-{ID}.scope\n", "containerd", ID, UID, None),
     (f"0::/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/crio-{ID}.scope\n",
      "cri-o", ID, UID, None),
+    (f"0::/kubepods/burstable/pod{UID}/crio-{ID}\n", "cri-o", ID, UID, None),  # cgroupfs
     (f"0::/kubepods/burstable/pod{UID}/{ID}\n", "kubernetes", ID, UID, None),
     (f"0::/machine.slice/libpod-{ID}.scope/container\n", "podman", ID, None, None),
     ("0::/system.slice/nginx.service\n", None, None, None, "nginx.service"),

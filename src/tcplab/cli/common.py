@@ -77,9 +77,11 @@ def add_netns(p: argparse.ArgumentParser, all_netns: bool = False) -> None:
         g.add_argument(
             "--all-netns", action="store_true",
             help="every network namespace on the node (each container's, each 'ip netns'): "
-            "found by the namespaces of /proc/*/ns/net and /run/netns, each read by its own "
-            "sock_diag socket opened inside it; says how many were examined and which "
-            "could not be (needs root for others' namespaces)")
+            "found by the namespaces of /proc/*/ns/net, of nsfs mounts (/run/netns, "
+            "Docker's, CNI's) and, where every fd is walked anyway (doctor, exporter, "
+            "sockets --all-procs), of open namespace fds; each read by its own sock_diag "
+            "socket opened inside it; says how many were examined and which could not "
+            "be, and why (needs root for others' namespaces)")
 
 
 def add_interval(p: argparse.ArgumentParser, default: float) -> None:

@@ -150,6 +150,7 @@ def _all_netns(args: argparse.Namespace) -> int:
     """Every namespace's counts, each read by a sock_diag socket opened inside it
     (observe.sockets.node_counts); those that could not be read are said, with why."""
     from tcplab.observe.nodes import node_counts, where, where_text
+    from tcplab.words import plural
 
     node = node_counts(args.port)
     if args.json:
@@ -162,7 +163,7 @@ def _all_netns(args: argparse.Namespace) -> int:
                    "states": node.states, "total": node.total})
         return 0
     scope = f"with local or remote port {args.port}" if args.port else "of every state"
-    out(f"TCP sockets {scope}, in {len(node.counted)} network namespaces:")
+    out(f"TCP sockets {scope}, in {plural(len(node.counted), 'network namespace')}:")
     for n, c in node.counted:
         busy = {k: v for k, v in c.states.items() if v}
         out(f"  {where_text(n)}" + (f" pid {n.pid}" if n.pid and not n.ours else "")

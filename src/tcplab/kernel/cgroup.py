@@ -24,7 +24,8 @@ from dataclasses import dataclass
 _RUNTIMES = (
     ("docker", re.compile(r"(?:^|/)docker[-/]([0-9a-f]{64})(?:\.scope)?(?:/|$)")),
     ("containerd", re.compile(r"(?:^|/)cri-containerd-([0-9a-f]{64})\.scope")),
-    ("cri-o", re.compile(r"(?:^|/)crio-(?:conmon-)?([0-9a-f]{64})\.scope")),
+    # systemd driver: crio-<id>.scope; cgroupfs driver: .../pod<UID>/crio-<id>
+    ("cri-o", re.compile(r"(?:^|/)crio-(?:conmon-)?([0-9a-f]{64})(?:\.scope)?(?:/|$)")),
     ("podman", re.compile(r"(?:^|/)libpod-(?:conmon-)?([0-9a-f]{64})(?:\.scope)?(?:/|$)")),
 )
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")

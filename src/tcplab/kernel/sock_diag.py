@@ -18,7 +18,9 @@ Kernel-side filtering: ``idiag_states`` is a bitmask of ``1 << state``, and
 "either port is P" is a small filter program attached to the
 request as an INET_DIAG_REQ_BYTECODE attribute, as ss sends it (``struct
 inet_diag_bc_op``; run by ``inet_diag_bc_run`` in ``net/ipv4/inet_diag.c``):
-one dump per address family, each walking the kernel's connection hash once.
+one dump for both address families (the older TCPDIAG_GETSOCK request, which
+inet_diag_dump_compat runs with AF_UNSPEC), walking the kernel's connection hash
+once; one SOCK_DIAG_BY_FAMILY dump per family where the kernel refuses that.
 (An earlier version used the sockid's sport/dport, which needs two dumps per
 family, each walk a measured cost: bench/results.md, "Counting states".)
 
