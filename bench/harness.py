@@ -255,6 +255,26 @@ def last_json(m: Measured, what: str) -> dict[str, Any]:
     return res
 
 
+def holder_report(proc: Any, timeout: float, what: str = "the holder process"
+                  ) -> dict[str, Any]:
+    """The one JSON line a holder child prints when its sockets are in place
+    ({"ok": true, ...} or {"ok": false, "error": ...}); BenchError when it does
+    not come within ``timeout`` seconds, or the child died, or it says no."""
+    import json
+    import select
+
+    r, _, _ = select.select([proc.stdout], [], [], max(0.0, timeout))
+    line = proc.stdout.readline() if r else b""
+    if not line:
+        code = proc.poll()
+        raise BenchError(f"{what} " + (
+            f"did not report in {timeout:.0f} s" if code is None else f"died (exit {code})"))
+    report: dict[str, Any] = json.loads(line)
+    if not report.get("ok"):
+        raise BenchError(str(report.get("error")))
+    return report
+
+
 def machine_busy() -> float:
     """Seconds every CPU has been busy (/proc/stat "cpu" but idle and iowait), via psutil:
     tcplab/observe/procfs.py has no machine-wide reader."""

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import resource
-import select
 import socket
 import subprocess
 import sys
@@ -184,19 +183,8 @@ def start_holders(jobs: list[tuple[Any, dict[str, Any]]], timeout: float = 300.0
                        "--spec", json.dumps(spec)], stdin=subprocess.PIPE,
                       stdout=subprocess.PIPE) for sb, spec in jobs]
     deadline = time.monotonic() + timeout
-    reports = []
-    for proc in procs:
-        r, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        line = proc.stdout.readline() if r else b""
-        if not line:
-            code = proc.poll()
-            raise h.BenchError("a holder process " + (
-                f"did not report in {timeout:.0f} s" if code is None else f"died (exit {code})"))
-        report: dict[str, Any] = json.loads(line)
-        if not report.get("ok"):
-            raise h.BenchError(str(report.get("error")))
-        reports.append(report)
-    return reports
+    return [h.holder_report(proc, deadline - time.monotonic(), "a holder process")
+            for proc in procs]
 
 
 # --- looking at a namespace from here -----------------------------------------------------

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import resource
-import select
 import shutil
 import socket
 import statistics
@@ -242,16 +241,7 @@ def start_holder(sb: Any, args: argparse.Namespace, timeout: float = 300.0) -> d
     proc = sb.popen([sys.executable, str(Path(__file__).resolve()), "--_role", "holder",
                      *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in HOLDER_ARGS)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    r, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if r else b""
-    if not line:
-        code = proc.poll()
-        raise h.BenchError("the holder process " + (
-            f"did not report in {timeout:.0f} s" if code is None else f"died (exit {code})"))
-    report: dict[str, Any] = json.loads(line)
-    if not report.get("ok"):
-        raise h.BenchError(str(report.get("error")))
-    return report
+    return h.holder_report(proc, timeout)
 
 
 def run_tool(tool: str, cmd: list[str]) -> tuple[float, float, int | None]:

@@ -11,6 +11,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -79,32 +82,44 @@ def test_doctor_as_root_finds_a_leak_in_another_namespace_with_no_option() -> No
         leak.stdout.close()
 
 
-@pytest.mark.privileged
-@pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
-def test_exporter_as_root_labels_a_leak_in_another_namespace() -> None:
+@contextmanager
+def exporter_scrape() -> Iterator[Callable[[], dict[str, Any]]]:
+    """A running `tcplab exporter` (as root: every namespace) and a function that
+    scrapes it once into metric families; killed and reaped afterwards."""
     import re
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
+    exporter = subprocess.Popen([sys.executable, "-m", "tcplab", "exporter", "--listen",
+                                 "127.0.0.1:0"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert exporter.stdout is not None
+        m = re.search(rb":(\d+)/metrics", exporter.stdout.readline())
+        assert m, "no listening line"
+        url = f"http://127.0.0.1:{int(m.group(1))}/metrics"
+
+        def scrape() -> dict[str, Any]:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                text = resp.read().decode()
+            return {f.name: f for f in text_string_to_metric_families(text)}
+
+        yield scrape
+    finally:
+        exporter.kill()
+        exporter.communicate()
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
+def test_exporter_as_root_labels_a_leak_in_another_namespace() -> None:
     with Sandbox({}) as sb:
         leak = sb.popen([sys.executable, "-c", LEAK, "9"], stdout=subprocess.PIPE)
         assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
         inode = str(os.stat(f"/proc/{leak.pid}/ns/net").st_ino)
-        exporter = subprocess.Popen([sys.executable, "-m", "tcplab", "exporter", "--listen",
-                                     "127.0.0.1:0"], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert exporter.stdout is not None
-            m = re.search(rb":(\d+)/metrics", exporter.stdout.readline())
-            assert m, "no listening line"
-            url = f"http://127.0.0.1:{int(m.group(1))}/metrics"
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                text = resp.read().decode()
-        finally:
-            exporter.kill()
-            exporter.communicate()
-        families = {f.name: f for f in text_string_to_metric_families(text)}
+        with exporter_scrape() as scrape:
+            families = scrape()
         cw = [(s.labels["netns"], s.value) for s in
               families["tcplab_process_close_wait_sockets"].samples
               if s.labels["pid"] == str(leak.pid)]
@@ -271,11 +286,6 @@ def test_each_namespace_has_its_own_listen_counters_in_the_exporter() -> None:
     """The exporter reads each namespace from the thread that serves the scrape:
     /proc/net is the thread group leader's, so the counters must come from
     /proc/thread-self/net (a scrape once gave every namespace the host's)."""
-    import re
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     from tcplab.observe.doctor import listen_counters
     from tcplab.observe.netns import entered
 
@@ -284,24 +294,12 @@ def test_each_namespace_has_its_own_listen_counters_in_the_exporter() -> None:
         assert proc.stdout is not None and proc.stdout.readline() == b"overflowed\n"
         path = f"/proc/{proc.pid}/ns/net"
         inode = str(os.stat(path).st_ino)
-        exporter = subprocess.Popen([sys.executable, "-m", "tcplab", "exporter", "--listen",
-                                     "127.0.0.1:0"], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert exporter.stdout is not None
-            m = re.search(rb":(\d+)/metrics", exporter.stdout.readline())
-            assert m, "no listening line"
+        with exporter_scrape() as scrape:
             with entered(path):
                 before = listen_counters()["ListenOverflows"]
-            with urllib.request.urlopen(f"http://127.0.0.1:{int(m.group(1))}/metrics",
-                                        timeout=60) as resp:
-                text = resp.read().decode()
+            families = scrape()
             with entered(path):
                 after = listen_counters()["ListenOverflows"]
-        finally:
-            exporter.kill()
-            exporter.communicate()
-        families = {f.name: f for f in text_string_to_metric_families(text)}
         [theirs] = [s.value for s in families["tcplab_tcp_listen_overflows"].samples
                     if s.labels["netns"] == inode]
         assert 0 < before <= theirs <= after
