@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         why = ("other users': run as root to check them too" if os.geteuid()
                else "permission denied even to root: in a user namespace of their own")
         note(f"note: {plural(d.hidden_processes, 'process')} could not be read ({why}); "
-             "the checks above do not speak of them")
+             "these checks do not speak of them")
     status = ["healthy", "warning", "critical"][d.status]
     if args.json:
         emit_json({"status": status, "findings": d.findings, "sockets": d.sockets,
