@@ -129,3 +129,16 @@ def netns_json(examined: int, failed: list[tuple[Any, str]], unreadable: int
             "not_examined": [{"netns": ns.inode, "netns_name": ns.name, "pid": ns.pid,
                               "why": why} for ns, why in failed],
             "unreadable_processes": unreadable}
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (on 127.0.0.1), for --listen."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    return host.strip("[]") or "127.0.0.1", port(port_text)
+
+
+def where(host: str, port_number: int) -> str:
+    """``host:port``, an IPv6 host in brackets."""
+    return f"[{host}]:{port_number}" if ":" in host else f"{host}:{port_number}"

@@ -39,23 +39,12 @@ deploy/prometheus has alert rules for these series, deploy/grafana a dashboard.
 """
 
 
-def listen_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    return host.strip("[]") or "127.0.0.1", common.port(port)
-
-
-def _where(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, parents=[common.parent()],
                        help="serve socket, fd and doctor metrics to Prometheus",
                        description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--listen", type=listen_address, default=("127.0.0.1", 9309),
+    p.add_argument("--listen", type=common.listen_address, default=("127.0.0.1", 9309),
                    metavar="HOST:PORT", help="where to serve /metrics (default 127.0.0.1:9309)")
     common.add_netns(p, all_netns=True)
     p.set_defaults(func=run)
@@ -81,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         # The same words as 'tcplab server' (the holder named, the privilege
         # explained), one helper for both.
-        raise bind_error(exc, _where(host, port), port,
-                         free=f"--listen {_where(host, 0)}") from None
-    where = _where(host, server.server_address[1])
+        raise bind_error(exc, common.where(host, port), port,
+                         free=f"--listen {common.where(host, 0)}") from None
+    where = common.where(host, server.server_address[1])
     out(f"serving metrics on http://{where}/metrics (Ctrl-C stops)")
     try:
         while True:

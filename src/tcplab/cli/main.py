@@ -32,6 +32,7 @@ COMMANDS = {
     "capture": "capture the packets of a port on lo (tcpdump -i lo), write pcap",
     "doctor": "diagnose CLOSE_WAIT leaks, fd and port exhaustion, full accept queues",
     "exporter": "serve socket, fd and doctor metrics to Prometheus",
+    "live": "the TCP state machine of a port, live in a browser (for a projector)",
     "explain": "a lesson, with recorded figures ('tcplab explain' lists the topics)",
     "net": "a client and a server in namespaces, a shaped link between them",
     "check": "say what works on this machine and how to fix what does not",
@@ -52,6 +53,7 @@ commands in the order of the lab:
   tcplab capture --port 8080    the packets on lo, tcpdump's way, with the lab's words
   tcplab doctor                 what is wrong: CLOSE_WAIT leaks, fd or port exhaustion
   tcplab exporter               the same facts for Prometheus (127.0.0.1:9309/metrics)
+  tcplab live --port 8080       the state machine moving, in a browser (127.0.0.1:9310)
   tcplab explain time-wait      a lesson, with the figures of a recorded run
   tcplab net up lab --delay 50  two hosts in namespaces, 100 ms apart (net exec, show, down)
   tcplab check                  what works on this machine, and the fix for what does not

@@ -180,15 +180,11 @@ def _syscall(args: argparse.Namespace, e: Any, call: str, shown: str, ret: str,
 
 
 def _reset(args: argparse.Namespace, e: Any, started: float) -> None:
-    f = e.fields
-    if e.event == "tcp_send_reset":
-        src, dst = f.get("src", "?"), f.get("dest", "?")
-        if args.port and not (src.endswith(f":{args.port}") or dst.endswith(f":{args.port}")):
-            return
-        what = f"RST sent {src} > {dst}"
-    else:
-        what = (f"RST received on {f.get('saddr')}:{f.get('sport')} from "
-                f"{f.get('daddr')}:{f.get('dport')}")
+    from tcplab.kernel.tracefs import reset_text
+
+    what = reset_text(e.event, e.fields, args.port)
+    if what is None:
+        return
     t = round(e.ts - started, 6)
     if args.json:
         emit_json({"t": t, "mono": round(e.ts, 6), "rst": e.event.split("_")[1], "what": what})

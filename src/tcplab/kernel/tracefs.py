@@ -147,6 +147,18 @@ class Tracker:
         )
 
 
+def reset_text(event: str, f: dict[str, str], port: int = 0) -> str | None:
+    """``RST sent A > B`` / ``RST received on A from B`` for tcp_send_reset and
+    tcp_receive_reset; None for a reset on another port than ``port`` (0: any)."""
+    if event == "tcp_send_reset":
+        src, dst = f.get("src", "?"), f.get("dest", "?")
+        if port and not (src.endswith(f":{port}") or dst.endswith(f":{port}")):
+            return None
+        return f"RST sent {src} > {dst}"
+    return (f"RST received on {f.get('saddr')}:{f.get('sport')} from "
+            f"{f.get('daddr')}:{f.get('dport')}")
+
+
 def errno_text(ret: str) -> str:
     """A syscall's return value as tcplab prints it: ``3`` or ``-EMFILE``."""
     value = int(ret, 16) if ret.startswith("0x") else int(ret)

@@ -1,0 +1,253 @@
+"""``tcplab live``: the TCP state machine of one port, live in a browser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections import deque
+from typing import IO, Any
+
+from tcplab.cli import common
+from tcplab.cli.output import note, out
+
+DESCRIPTION = """\
+Serves a page (http://127.0.0.1:9310/ by default) that shows the TCP state
+machine of one port moving: the eleven states of RFC 9293 with the live count
+of sockets in each, the edges lighting up as real transitions happen (with
+their rate), a strip chart per state over the last three minutes, and the
+events that matter (resets) as they happen. Pause and slow motion work on the
+page; everything shown can be recorded (--record) and replayed (--replay).
+
+Counts come from the kernel's socket table (sock_diag) every --interval.
+Transitions come from the sock:inet_sock_set_state tracepoint as root (it is one
+for the whole machine: other network namespaces' connections on that port show
+too, and the page says so), else from sock_diag snapshots, which miss a state
+shorter than the interval (the page says that too).
+
+The page fetches nothing from the network (no CDN): it works offline. It is
+served on 127.0.0.1 unless --listen says otherwise; on another address anyone
+who reaches it sees this host's sockets.
+"""
+
+EXAMPLES = """\
+examples:
+  tcplab live --port 8080                       then open http://127.0.0.1:9310/
+  tcplab live --port 8080 --record bomb.jsonl   keep what the page shows
+  tcplab live --replay bomb.jsonl               the same page, from the recording
+"""
+
+#: Seconds of history a page gets when it connects (its strip charts' window).
+HISTORY_S = 200.0
+#: Events a slow page may fall behind by before it is cut off (it reconnects).
+CLIENT_QUEUE = 20_000
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, parents=[common.parent()],
+                       help="the TCP state machine of a port, live in a browser (for a projector)",
+                       description=DESCRIPTION, epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--listen", type=common.listen_address, default=("127.0.0.1", 9310),
+                   metavar="HOST:PORT", help="where to serve the page (default 127.0.0.1:9310)")
+    p.add_argument("--port", type=common.port, default=0,
+                   help="the TCP port to show (local or remote; default: every port)")
+    p.add_argument("--interval", type=common.seconds, default=0.5, metavar="SECONDS",
+                   help="seconds between two counts (default 0.5)")
+    p.add_argument("--record", type=argparse.FileType("w"), metavar="FILE",
+                   help="write everything the page shows to FILE, one JSON object a line")
+    p.add_argument("--replay", type=argparse.FileType("r"), metavar="FILE",
+                   help="serve a page that replays FILE (a --record) instead of the kernel")
+    p.add_argument("--duration", type=common.seconds, metavar="SECONDS",
+                   help="stop after this many seconds (default: at Ctrl-C)")
+    common.add_netns(p)
+    p.set_defaults(func=run)
+
+
+class Hub:
+    """The events of the last HISTORY_S seconds, and one queue per open page.
+    The sampler never waits for a page: a page that falls CLIENT_QUEUE events
+    behind is cut off (its EventSource reconnects and gets the history again)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.meta: dict[str, Any] | None = None
+        self.history: deque[dict[str, Any]] = deque()
+        self.clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            if ev["kind"] == "meta":
+                self.meta = ev
+            else:
+                self.history.append(ev)
+        if self.history:
+            newest = self.history[-1]["t"]
+            while self.history and self.history[0]["t"] < newest - HISTORY_S:
+                self.history.popleft()
+        for q in list(self.clients):
+            for ev in events:
+                if q.full():
+                    self.clients.discard(q)
+                    q.put_nowait(None) if not q.full() else None
+                    break
+                q.put_nowait(ev)
+
+    def subscribe(self) -> tuple[list[dict[str, Any]], Any]:
+        """What a new page gets first (meta and history), and its queue for what
+        comes next: taken together, with no await between, so nothing falls
+        between them."""
+        import asyncio
+
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(CLIENT_QUEUE)
+        self.clients.add(q)
+        return ([self.meta] if self.meta else []) + list(self.history), q
+
+
+def read_recording(f: IO[str]) -> list[dict[str, Any]]:
+    """The events of a --record file; a line that is not one is a usage error naming it."""
+    from tcplab.errors import UsageError
+
+    events = []
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{f.name}, line {n}: not JSON ({exc.msg})",
+                             hint="give a file that 'tcplab live --record' wrote") from None
+        if not isinstance(ev, dict) or "kind" not in ev or "t" not in ev:
+            raise UsageError(f"{f.name}, line {n}: not a tcplab live event",
+                             hint="give a file that 'tcplab live --record' wrote")
+        events.append(ev)
+    return events
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tcplab.errors import ExitStatus
+
+    host, port = args.listen
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        note(f"warning: serving on {host}: anyone who reaches it sees this host's TCP sockets")
+    try:
+        asyncio.run(_serve(args, host, port))
+    except KeyboardInterrupt:
+        note("stopped")
+        return ExitStatus.INTERRUPTED
+    return 0
+
+
+async def _serve(args: argparse.Namespace, host: str, port: int) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from tcplab.report.live_page import page
+
+    replay = read_recording(args.replay) if args.replay else None
+    title = "tcplab live" + (f": port {args.port}" if args.port else "")
+    if replay is not None:
+        meta = next((e for e in replay if e["kind"] == "meta"), None)
+        title = f"tcplab live replay of {args.replay.name}" + (
+            f": port {meta['port']}" if meta and meta.get("port") else "")
+    hub = Hub()
+    app = web.Application()
+
+    async def index(_request: web.Request) -> web.Response:
+        return web.Response(text=page(title, replay), content_type="text/html")
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        first, q = hub.subscribe()
+        try:
+            await resp.prepare(request)
+            await resp.write("".join(f"data: {json.dumps(e)}\n\n" for e in first).encode())
+            while True:
+                ev = await q.get()
+                if ev is None:
+                    break  # fell too far behind: cut off
+                batch = [ev]
+                while not q.empty() and len(batch) < 500:
+                    nxt = q.get_nowait()
+                    if nxt is None:
+                        break
+                    batch.append(nxt)
+                await resp.write("".join(f"data: {json.dumps(e)}\n\n" for e in batch).encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            hub.clients.discard(q)
+        return resp
+
+    app.router.add_get("/", index)
+    if replay is None:
+        app.router.add_get("/events", events)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = threading.Event()
+    producer: threading.Thread | None = None
+    source: Any = None
+    try:
+        import socket
+
+        # Our own listening socket: its error names the port's holder, and port 0
+        # gives the one the kernel chose.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            from tcplab.traffic.server import bind_error
+
+            raise bind_error(exc, common.where(host, port), port,
+                             free=f"--listen {common.where(host, 0)}") from None
+        bound = sock.getsockname()[1]
+        await web.SockSite(runner, sock).start()
+        if replay is None:
+            from tcplab.observe.live import LiveSource
+
+            source = LiveSource(args.port, args.netns, args.interval)
+            loop = asyncio.get_running_loop()
+            first = source.meta()
+            hub.publish([first])
+            _write(args.record, [first])
+            producer = threading.Thread(target=_produce, daemon=True,
+                                        args=(source, hub, loop, stop, args.record))
+            producer.start()
+        out(f"serving the page on http://{common.where(host, bound)}/ (Ctrl-C stops)")
+        await asyncio.sleep(args.duration if args.duration else 10 ** 9)
+    finally:
+        stop.set()
+        if producer is not None:
+            producer.join(timeout=5 + args.interval)
+        if source is not None:
+            source.close()  # the trace instance is removed here
+        if args.record:
+            args.record.close()
+        await runner.cleanup()
+
+
+def _produce(source: Any, hub: Hub, loop: Any, stop: threading.Event,
+             record: IO[str] | None) -> None:
+    """The sampler: its own thread and pace, whatever the pages do."""
+    while not stop.is_set():
+        events = source.step()
+        _write(record, events)
+        try:
+            loop.call_soon_threadsafe(hub.publish, events)
+        except RuntimeError:
+            return  # the loop is closed: we are stopping
+
+
+def _write(record: IO[str] | None, events: list[dict[str, Any]]) -> None:
+    if record is not None:
+        record.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+        record.flush()

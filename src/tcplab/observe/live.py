@@ -1,0 +1,181 @@
+"""What ``tcplab live`` shows, as events: state counts, transitions, notable events.
+
+One ``LiveSource`` reads the kernel for one port (of one network namespace) and
+turns what it sees into plain dicts, the JSON lines a recording holds and the
+page draws:
+
+- ``{"kind": "counts", "t": 1.25, "states": {"ESTABLISHED": 3, ...}}``: every
+  interval, from a sock_diag dump (SocketTable.count: every state, zero
+  included);
+- ``{"kind": "edges", "t": ..., "edges": {"SYN_SENT>ESTABLISHED": 120, ...}}``:
+  every interval, how many sockets took each edge in it (the page lights the
+  edges and shows their rate), and at most SHOWN of those transitions one by one:
+  ``{"kind": "transition", "t": ..., "old": "SYN_SENT", "new": "ESTABLISHED",
+  "saddr", "sport", "daddr", "dport", "ms_in_old"}`` (a port bomb makes tens of
+  thousands a second: the page, its stream and a recording stay bounded). As
+  root they come from the
+  ``sock:inet_sock_set_state`` tracepoint (a trace instance of its own, filtered
+  by port in the kernel; machine-wide: other namespaces' connections on that
+  port show too, and the meta event says so); otherwise from sock_diag
+  snapshots (observe.poll_trace), which miss a state shorter than the interval;
+- ``{"kind": "event", "t": ..., "text": "RST sent 127.0.0.1:8080 > ..."}``;
+- one ``{"kind": "meta", ...}`` first: port, namespace, source, interval, and
+  the words the page shows about what it can miss.
+
+``t`` is seconds since the source started (time.monotonic; the trace clock is
+set to mono, so both agree).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from tcplab.kernel import tcp_states
+from tcplab.observe.sockets import SocketTable
+
+Event = dict[str, Any]
+
+#: Transitions, and events, sent one by one per interval; the rest are counted.
+SHOWN = 20
+
+#: The page's words for each source: what it sees and what it can miss.
+SOURCE_WORDS = {
+    "tracepoint": "transitions from the kernel's sock:inet_sock_set_state tracepoint: every "
+                  "change, as it happens; the tracepoint is one for the whole machine, so "
+                  "other network namespaces' connections on this port show too",
+    "poll": "transitions from sock_diag snapshots every {interval:g} s: a state shorter "
+            "than that (the handshake's SYN_SENT and SYN_RECV, on loopback) can be missed; "
+            "run as root for the tracepoint",
+}
+
+
+class LiveSource:
+    """Counts every ``interval`` seconds, transitions as they come (see module)."""
+
+    def __init__(self, port: int, netns: str | None = None, interval: float = 0.5,
+                 tracepoint: bool | None = None) -> None:
+        self.port = port
+        self.netns = netns
+        self.interval = interval
+        self.start = time.monotonic()
+        self.table = SocketTable(netns=netns)
+        self._next_counts = self.start
+        self._trace: Any = None
+        self._tracker: Any = None
+        self._poll: Any = None
+        self.why_poll: str | None = None
+        want_trace = os.geteuid() == 0 if tracepoint is None else tracepoint
+        if want_trace:
+            try:
+                from tcplab.kernel.tracefs import Tracker
+                from tcplab.observe.tracefs import TraceInstance
+
+                self._trace = TraceInstance(port)
+                self._tracker = Tracker(self.start)
+            except Exception as exc:  # no tracefs, no privilege: poll instead, and say why
+                self.why_poll = str(getattr(exc, "message", None) or exc)
+                self._trace = None
+        if self._trace is None:
+            from tcplab.observe.poll_trace import PollTracer
+
+            self._poll = PollTracer(port, self.start, netns=netns)
+
+    @property
+    def source(self) -> str:
+        return "tracepoint" if self._trace is not None else "poll"
+
+    def meta(self) -> Event:
+        words = SOURCE_WORDS[self.source].format(interval=self.interval)
+        if self.why_poll:
+            words += f" (the tracepoint could not be used: {self.why_poll})"
+        return {"kind": "meta", "t": 0.0, "port": self.port, "netns": self.netns,
+                "source": self.source, "interval": self.interval, "words": words,
+                "states": list(tcp_states.STATE_NAMES)}
+
+    def close(self) -> None:
+        self.table.close()
+        if self._trace is not None:
+            self._trace.close()
+        if self._poll is not None:
+            self._poll.close()
+
+    def __enter__(self) -> LiveSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def counts(self) -> Event:
+        c = self.table.state_counts(self.port)
+        return {"kind": "counts", "t": round(time.monotonic() - self.start, 3),
+                "states": c.states, "total": c.total}
+
+    def step(self) -> list[Event]:
+        """What happened until the next count is due (at most one interval): the
+        edges taken, the first SHOWN transitions and events, then the counts."""
+        seen: list[Event] = []
+        while True:
+            left = self._next_counts - time.monotonic()
+            if left <= 0:
+                break
+            if self._trace is not None:
+                seen += self._traced(left)
+            else:
+                time.sleep(left)
+        if self._poll is not None:
+            seen += [_transition(t) for t in self._poll.sample(time.monotonic())]
+        now = round(time.monotonic() - self.start, 3)
+        edges: dict[str, int] = {}
+        for ev in seen:
+            if ev["kind"] == "transition":
+                key = f"{_state(ev['old'])}>{_state(ev['new'])}"
+                edges[key] = edges.get(key, 0) + 1
+        shown = [ev for ev in seen if ev["kind"] == "transition"][:SHOWN]
+        events = [ev for ev in seen if ev["kind"] == "event"]
+        out = shown + events[:SHOWN]
+        if len(events) > SHOWN:
+            out.append({"kind": "event", "t": now,
+                        "text": f"and {len(events) - SHOWN} more in {self.interval:g} s"})
+        if edges:
+            out.append({"kind": "edges", "t": now, "edges": edges})
+        out.append(self.counts())
+        self._next_counts += self.interval
+        if self._next_counts < time.monotonic():  # fell behind (a loaded machine)
+            self._next_counts = time.monotonic() + self.interval
+        return out
+
+    def _traced(self, timeout: float) -> list[Event]:
+        from tcplab.kernel.tracefs import TraceParseError, parse_line, reset_text
+
+        out: list[Event] = []
+        for line in self._trace.lines(timeout):
+            try:
+                e = parse_line(line)
+            except TraceParseError:
+                continue
+            if e is None:
+                continue
+            if e.event == "inet_sock_set_state":
+                t = self._tracker.feed(e)
+                if t is not None:
+                    out.append(_transition(t))
+            elif e.event in ("tcp_send_reset", "tcp_receive_reset"):
+                text = reset_text(e.event, e.fields, self.port)
+                if text:
+                    out.append({"kind": "event", "t": round(e.ts - self.start, 3),
+                                "text": text})
+        return out
+
+
+def _state(name: str) -> str:
+    """A transition's end as the diagram names it: a socket that appears or
+    disappears between two snapshots (poll_trace's "(new)", "(gone)") is CLOSE."""
+    return "CLOSE" if name in ("(new)", "(gone)") else name
+
+
+def _transition(t: Any) -> Event:
+    return {"kind": "transition", "t": round(t.t, 3), "old": t.old, "new": t.new,
+            "saddr": t.saddr, "sport": t.sport, "daddr": t.daddr, "dport": t.dport,
+            "ms_in_old": t.ms_in_old}

@@ -1,0 +1,255 @@
+"""The page of ``tcplab live``: one HTML file, its script and styles inline.
+
+Nothing is fetched at run time (a classroom may be offline): no CDN, no
+library; the script is written here. It plays a list of events (the JSON lines
+observe.live makes) on its own clock, so pause and slow motion work the same on
+a live stream (server-sent events from /events) and on a recording embedded in
+the page (``tcplab live --replay FILE``, and the HTML report).
+
+Type is sized for a projector: state names and counts are text in the page (a
+screen reader, and a test, read them), not only pixels.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+#: (state, x, y) in the diagram's 1000 x 780 box: RFC 9293's figure, top to bottom.
+LAYOUT = [
+    ("CLOSE", 500, 50), ("LISTEN", 500, 160), ("SYN_RECV", 230, 270), ("SYN_SENT", 770, 270),
+    ("ESTABLISHED", 500, 380), ("FIN_WAIT1", 230, 490), ("CLOSE_WAIT", 770, 490),
+    ("FIN_WAIT2", 110, 610), ("CLOSING", 360, 610), ("LAST_ACK", 770, 610),
+    ("TIME_WAIT", 230, 730),
+]
+
+#: The edges drawn: RFC 9293's (section 3.3.2, figure 5), and the kernel's own
+#: that its tracepoint shows (FIN_WAIT2 -> CLOSE: the full socket dies as a
+#: minisocket takes its place; -> CLOSE on a reset or an abort).
+EDGES = [
+    ("CLOSE", "LISTEN"), ("CLOSE", "SYN_SENT"), ("LISTEN", "SYN_RECV"),
+    ("LISTEN", "CLOSE"), ("SYN_SENT", "SYN_RECV"), ("SYN_SENT", "ESTABLISHED"),
+    ("SYN_SENT", "CLOSE"), ("SYN_RECV", "ESTABLISHED"), ("SYN_RECV", "FIN_WAIT1"),
+    ("ESTABLISHED", "FIN_WAIT1"), ("ESTABLISHED", "CLOSE_WAIT"), ("ESTABLISHED", "CLOSE"),
+    ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT1", "CLOSING"), ("FIN_WAIT1", "TIME_WAIT"),
+    ("FIN_WAIT2", "TIME_WAIT"), ("FIN_WAIT2", "CLOSE"), ("CLOSING", "TIME_WAIT"),
+    ("CLOSE_WAIT", "LAST_ACK"), ("CLOSE_WAIT", "CLOSE"), ("LAST_ACK", "CLOSE"),
+    ("TIME_WAIT", "CLOSE"),
+]
+
+
+def page(title: str, events: list[dict[str, Any]] | None = None) -> str:
+    """The page; with ``events`` it replays them (no server needed), without it
+    follows /events."""
+    data = "null" if events is None else json.dumps(events, separators=(",", ":"))
+    # </script> inside the JSON would end the script element early.
+    data = data.replace("</", "<\\/")
+    boxes = "\n".join(
+        f'<g class="state" id="state-{n}" transform="translate({x},{y})">'
+        f'<rect x="-95" y="-34" width="190" height="68" rx="10"/>'
+        f'<text class="name" y="-6">{n}</text>'
+        f'<text class="count" y="26" id="svgcount-{n}">0</text></g>'
+        for n, x, y in LAYOUT)
+    return (TEMPLATE.replace("%TITLE%", html.escape(title))
+            .replace("%BOXES%", boxes)
+            .replace("%LAYOUT%", json.dumps({n: [x, y] for n, x, y in LAYOUT}))
+            .replace("%EDGES%", json.dumps(EDGES))
+            .replace("%STATES%", json.dumps([n for n, _, _ in LAYOUT]))
+            .replace("%DATA%", data))
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>%TITLE%</title>
+<style>
+body { font: 22px/1.35 system-ui, sans-serif; margin: 0.6em 1em; background: #fff; color: #111; }
+h1 { font-size: 30px; margin: 0 0 0.2em; }
+#source { font-size: 18px; color: #444; max-width: 80em; }
+#controls button, #controls select { font-size: 22px; margin-right: 0.4em; }
+#clock { font-variant-numeric: tabular-nums; margin-left: 0.6em; }
+#main { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+svg#diagram { width: 62vw; min-width: 640px; max-height: 86vh; }
+.state rect { fill: #f4f6fb; stroke: #33415c; stroke-width: 3; }
+.state.busy rect { fill: #dbe7ff; }
+.state text { text-anchor: middle; font-size: 24px; }
+.state text.count { font-size: 30px; font-weight: bold; font-variant-numeric: tabular-nums; }
+.edge { stroke: #9aa5b8; stroke-width: 3; fill: none; marker-end: url(#arrow); }
+.edge.lit { stroke: #d9480f; stroke-width: 8; }
+.rate { font-size: 20px; fill: #d9480f; text-anchor: middle; }
+table#counts { border-collapse: collapse; font-size: 24px; }
+table#counts td { padding: 0.1em 0.5em; }
+table#counts td.n { text-align: right; font-variant-numeric: tabular-nums; font-weight: bold; }
+svg.strip { width: 220px; height: 34px; vertical-align: middle; }
+svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
+#events, #transitions { font: 20px/1.3 ui-monospace, monospace; max-height: 12em; overflow: auto; }
+</style></head>
+<body>
+<h1>%TITLE%</h1>
+<div id="source">connecting...</div>
+<div id="controls">
+  <button id="pause">Pause</button>
+  <label>speed <select id="speed">
+    <option value="1">1x</option><option value="0.5">0.5x</option>
+    <option value="0.25">0.25x</option><option value="0.1">0.1x</option>
+  </select></label>
+  <button id="live">Back to now</button>
+  <span id="clock">t = 0.0 s</span>
+</div>
+<div id="main">
+<svg id="diagram" viewBox="0 0 1000 780" role="img" aria-label="TCP state diagram">
+  <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5"
+    markerHeight="5" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#666"/>
+  </marker></defs>
+  <g id="edges"></g>
+  %BOXES%
+</svg>
+<div>
+  <table id="counts" aria-label="sockets per state"><tbody></tbody></table>
+  <h2>Events</h2><div id="events" aria-live="polite"></div>
+  <h2>Transitions</h2><div id="transitions"></div>
+</div>
+</div>
+<script>
+"use strict";
+const LAYOUT = %LAYOUT%, EDGES = %EDGES%, STATES = %STATES%;
+const RECORDED = %DATA%;
+const WINDOW = 180;  // seconds of history in the strip charts
+const log = [];      // every event received, in order of t
+let clock = 0, paused = false, speed = 1, following = true, shown = 0, lastFrame = null;
+let latestCounts = null;
+const litUntil = {}, edgeTimes = {};
+
+function edgeId(a, b) { return "edge-" + a + "-" + b; }
+function drawEdges() {
+  const g = document.getElementById("edges");
+  for (const [a, b] of EDGES) {
+    const [x1, y1] = LAYOUT[a], [x2, y2] = LAYOUT[b];
+    const dx = x2 - x1, dy = y2 - y1, len = Math.hypot(dx, dy) || 1;
+    const sx = x1 + dx / len * 60, sy = y1 + dy / len * 38;
+    const ex = x2 - dx / len * 70, ey = y2 - dy / len * 42;
+    const bend = 30, mx = (sx + ex) / 2 - dy / len * bend, my = (sy + ey) / 2 + dx / len * bend;
+    const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    p.setAttribute("d", `M${sx},${sy} Q${mx},${my} ${ex},${ey}`);
+    p.setAttribute("class", "edge"); p.id = edgeId(a, b);
+    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    t.setAttribute("class", "rate"); t.setAttribute("x", mx); t.setAttribute("y", my);
+    t.id = "rate-" + a + "-" + b;
+    g.appendChild(p); g.appendChild(t);
+  }
+}
+function buildTable() {
+  const body = document.querySelector("#counts tbody");
+  for (const s of STATES) {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<td>${s}</td><td class="n" id="count-${s}">0</td>` +
+      `<td><svg class="strip" viewBox="0 0 220 34" aria-hidden="true">` +
+      `<polyline id="strip-${s}" points=""/></svg></td>`;
+    body.appendChild(tr);
+  }
+}
+function add(ev) {
+  if (ev.kind === "meta") {
+    document.getElementById("source").textContent = ev.words;
+    return;
+  }
+  log.push(ev);
+  if (log.length > 60000 && shown > 30000) {  // hours live: keep what the charts need
+    log.splice(0, 30000); shown -= 30000;
+  }
+}
+function render() {
+  // counts: the last at or before the clock
+  let counts = null;
+  for (let i = shown; i < log.length && log[i].t <= clock; i++) {
+    const ev = log[i]; shown = i + 1;
+    if (ev.kind === "edges") {
+      for (const [key, n] of Object.entries(ev.edges)) {
+        const id = key.replace(">", "-");
+        litUntil[id] = clock + 0.8;
+        (edgeTimes[id] = edgeTimes[id] || []).push([ev.t, n]);
+      }
+    } else if (ev.kind === "transition") {
+      const line = `${ev.t.toFixed(3)} s  ${ev.saddr}:${ev.sport} > ${ev.daddr}:${ev.dport}` +
+        `  ${ev.old} -> ${ev.new}` + (ev.ms_in_old == null ? "" : ` (${ev.ms_in_old} ms)`);
+      prepend("transitions", line, 30);
+    } else if (ev.kind === "event") {
+      prepend("events", `${ev.t.toFixed(3)} s  ${ev.text}`, 100);
+    } else if (ev.kind === "counts") {
+      counts = ev;
+    }
+  }
+  if (counts) { latestCounts = counts; showCounts(counts); }
+  for (const [a, b] of EDGES) {
+    const id = a + "-" + b, el = document.getElementById("edge-" + id);
+    el.classList.toggle("lit", (litUntil[id] || 0) > clock);
+    const recent = (edgeTimes[id] || []).filter(([t]) => t > clock - 5 && t <= clock);
+    edgeTimes[id] = recent;
+    const n = recent.reduce((sum, [, k]) => sum + k, 0);
+    document.getElementById("rate-" + id).textContent = n ? (n / 5).toFixed(1) + "/s" : "";
+  }
+  document.getElementById("clock").textContent = `t = ${clock.toFixed(1)} s` +
+    (paused ? " (paused)" : speed !== 1 ? ` (${speed}x)` : "");
+}
+function prepend(id, text, keep) {
+  const box = document.getElementById(id), div = document.createElement("div");
+  div.textContent = text; box.prepend(div);
+  while (box.childNodes.length > keep) box.lastChild.remove();
+}
+function showCounts(c) {
+  for (const s of STATES) {
+    const n = c.states[s] || 0;
+    document.getElementById("count-" + s).textContent = n.toLocaleString("en");
+    document.getElementById("svgcount-" + s).textContent = n.toLocaleString("en");
+    document.getElementById("state-" + s).classList.toggle("busy", n > 0);
+  }
+  const since = c.t - WINDOW, pts = {};
+  for (const s of STATES) pts[s] = [];
+  for (const ev of log) {
+    if (ev.kind !== "counts" || ev.t < since || ev.t > c.t) continue;
+    for (const s of STATES) pts[s].push([ev.t, ev.states[s] || 0]);
+  }
+  for (const s of STATES) {
+    const max = Math.max(1, ...pts[s].map(p => p[1]));
+    const xy = ([t, n]) =>
+      `${((t - since) / WINDOW * 220).toFixed(1)},${(32 - n / max * 30).toFixed(1)}`;
+    document.getElementById("strip-" + s).setAttribute("points", pts[s].map(xy).join(" "));
+  }
+}
+function frame(now) {
+  if (lastFrame !== null && !paused) {
+    const newest = log.length ? log[log.length - 1].t : 0;
+    clock += (now - lastFrame) / 1000 * speed;
+    if (following && speed === 1 && RECORDED === null) clock = Math.max(clock, newest);
+    if (RECORDED !== null) clock = Math.min(clock, newest);
+  }
+  lastFrame = now;
+  render();
+  requestAnimationFrame(frame);
+}
+document.getElementById("pause").onclick = e => {
+  paused = !paused; e.target.textContent = paused ? "Resume" : "Pause";
+  if (paused) following = false;
+};
+document.getElementById("speed").onchange = e => {
+  speed = parseFloat(e.target.value); following = speed === 1;
+};
+document.getElementById("live").onclick = () => {
+  following = true; paused = false; speed = 1; document.getElementById("speed").value = "1";
+  document.getElementById("pause").textContent = "Pause";
+  if (log.length) clock = log[log.length - 1].t;
+};
+drawEdges(); buildTable();
+if (RECORDED !== null) {
+  for (const ev of RECORDED) add(ev);
+  following = false;
+} else {
+  const es = new EventSource("events");
+  es.onmessage = m => add(JSON.parse(m.data));
+  es.onerror = () => { document.getElementById("source").textContent += " (connection lost)"; };
+}
+requestAnimationFrame(frame);
+</script>
+</body></html>
+"""
