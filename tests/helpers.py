@@ -24,16 +24,19 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tcplab.net import registry
 
@@ -453,3 +456,45 @@ def assert_nothing_left(net: registry.Net) -> None:
                                                   for e in (net.client, net.server)]:
         wait_for(lambda pid=pid: registry.start_time(pid) is None, f"{what} ended")
     assert not registry.state_path(net.name).exists() or registry.find(net.name) is None
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1280,1024")
+
+
+@contextlib.contextmanager
+def headless_chromium(workdir: Path) -> Iterator[Any]:
+    """Debian's chromium under its own chromedriver; skips when either is missing."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", chromium), ("chromedriver", chromedriver))
+               if path is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not on PATH: .ci/run installs Debian's chromium "
+                    "and chromium-driver when run as root (apt-get install chromium "
+                    "chromium-driver)")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    profile = workdir / "chromium-profile"
+    profile.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    log = workdir / "chromedriver.log"
+    # An explicit driver path: selenium then never runs Selenium Manager (no download).
+    service = Service(executable_path=chromedriver, log_output=str(log))
+    try:
+        driver = webdriver.Chrome(service=service, options=options)
+    except WebDriverException as exc:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        pytest.fail(f"{chromium} did not start under {chromedriver}: {exc.msg}\n{tail}")
+    try:
+        driver.set_page_load_timeout(60)
+        yield driver
+    finally:
+        driver.quit()

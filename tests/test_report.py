@@ -18,12 +18,9 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -38,7 +35,7 @@ from tcplab.report import html
 from tcplab.report.lessons import LESSONS, Figures, quotes
 from tcplab.report.terminal import result_lines, settings_text, summary_lines
 from tcplab.words import plural
-from tests.helpers import ExperimentAll, run_tcplab
+from tests.helpers import ExperimentAll, headless_chromium, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
@@ -51,10 +48,6 @@ TOPICS = ("time-wait", "port-range", "close-wait", "fd-limit", "handshake", "net
                "retransmit")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: The flags that run Debian's chromium here, as root too, without reaching the network.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1280,1024")
-
 
 def stderr_of(r: subprocess.CompletedProcess[bytes]) -> str:
     return r.stderr.decode(errors="replace")[-4000:]
@@ -210,43 +203,6 @@ def test_index_html_is_self_contained_with_every_chart(report_run: ReportRun) ->
 
 
 # --- the page in headless chromium ----------------------------------------------------------
-
-@contextmanager
-def headless_chromium(workdir: Path) -> Iterator[Any]:
-    """Debian's chromium under its own chromedriver; skips when either is missing."""
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromedriver", chromedriver))
-               if path is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not on PATH: .ci/run installs Debian's chromium "
-                    "and chromium-driver when run as root (apt-get install chromium "
-                    "chromium-driver)")
-    webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
-
-    profile = workdir / "chromium-profile"
-    profile.mkdir()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    log = workdir / "chromedriver.log"
-    # An explicit driver path: selenium then never runs Selenium Manager (no download).
-    service = Service(executable_path=chromedriver, log_output=str(log))
-    try:
-        driver = webdriver.Chrome(service=service, options=options)
-    except WebDriverException as exc:
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        pytest.fail(f"{chromium} did not start under {chromedriver}: {exc.msg}\n{tail}")
-    try:
-        driver.set_page_load_timeout(60)
-        yield driver
-    finally:
-        driver.quit()
-
 
 def ink(png: bytes) -> tuple[float, int]:
     """(share of non-white pixels, distinct colours) of a PNG image."""

