@@ -166,10 +166,10 @@ async def _serve(args: argparse.Namespace, host: str, port: int) -> None:
         tab could not even load): each message a JSON list of events."""
         ws = web.WebSocketResponse(heartbeat=30)
         first, q = hub.subscribe()
-        try:
-            await ws.prepare(request)
+
+        async def pump() -> None:
             await ws.send_str(json.dumps(first))
-            while not ws.closed:
+            while True:
                 ev = await q.get()
                 if ev is None:
                     break  # fell too far behind: cut off (the page reconnects)
@@ -180,10 +180,22 @@ async def _serve(args: argparse.Namespace, host: str, port: int) -> None:
                         break
                     batch.append(nxt)
                 await ws.send_str(json.dumps(batch))
+            await ws.close()
+
+        writer: asyncio.Task[None] | None = None
+        try:
+            await ws.prepare(request)
+            writer = asyncio.create_task(pump())
+            # Read what the page sends (nothing but the close handshake and pongs):
+            # a close is seen at once, not at the next event.
+            async for _msg in ws:
+                pass
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             hub.clients.discard(q)
+            if writer is not None:
+                writer.cancel()
             await ws.close()
         return ws
 
