@@ -390,10 +390,10 @@ class ExperimentLive:
         """After the run, the page stays (pause, slow motion) until Ctrl-C."""
         if self.page is None:
             return
-        note(f"the experiments are over; the page stays on {self.page.url} until Ctrl-C")
         import time
 
-        try:
+        try:  # the note inside: a Ctrl-C just after it is this one's
+            note(f"the experiments are over; the page stays on {self.page.url} until Ctrl-C")
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
