@@ -57,8 +57,8 @@ class Source(LiveSource):
         self.others = [SocketTable(netns=path) for path in others]
         self._poll = _Polls([self._poll, *(PollTracer(0, self.start, netns=path)
                                            for path in others)])
-        self.words = WORDS.format(ends=" (both ends of the link)" if others else "",
-                                  interval=interval)
+        both = " (both ends of the link: the client's namespace and the server's)"
+        self.words = WORDS.format(ends=both if others else "", interval=interval)
 
     def meta(self) -> Event:
         return {**super().meta(), "words": self.words, "mono": self.start}
