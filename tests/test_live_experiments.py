@@ -23,7 +23,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import USERS, Child, one_json, run_as, wait_for
+from tests.helpers import (
+    NOBODY_ENV,
+    USERS,
+    Child,
+    as_nobody,
+    headless_chromium,
+    one_json,
+    run_as,
+    run_tcplab,
+    wait_for,
+)
 from tests.test_interrupt import (
     GAPS,
     Case,
@@ -116,14 +126,21 @@ def test_a_recorded_port_bomb_peaks_at_the_time_wait_it_reported(
 
 @pytest.mark.privileged
 @needs_netns
-def test_live_serves_the_leak_filling_close_wait_while_it_runs(shared_tmp: Path) -> None:
+@pytest.mark.parametrize("user", USERS)
+def test_live_serves_the_leak_filling_close_wait_while_it_runs(
+        user: str, nobody_venv: Path | None, shared_tmp: Path) -> None:
     """--live: the page and its stream during the run (CLOSE_WAIT growing on the
     leaking server), the page held after it until Ctrl-C, which exits 0; the
     recording's CLOSE_WAIT peak is the one the experiment reported."""
     rec = shared_tmp / "leak.jsonl"
-    job = Child([sys.executable, "-m", "tcplab", "experiment", "fd-leak", "--quick",
-                 "--fd-limit", "64", "--live", "--listen", "127.0.0.1:0", "--record", str(rec),
-                 "--live-interval", "0.2", "--json"], start_new_session=True)
+    args = ["-m", "tcplab", "experiment", "fd-leak", "--quick", "--fd-limit", "64", "--live",
+            "--listen", "127.0.0.1:0", "--record", str(rec), "--live-interval", "0.2", "--json"]
+    if user == "nobody":
+        assert nobody_venv is not None
+        job = Child([str(nobody_venv / "bin" / "python"), *args], start_new_session=True,
+                    preexec_fn=as_nobody, cwd="/tmp", env=NOBODY_ENV)
+    else:
+        job = Child([sys.executable, *args], start_new_session=True)
     try:
         said = job.wait_line(lambda x: "serving the live page on" in x)
         url = re.search(r"http://127\.0\.0\.1:\d+/", said).group(0)  # type: ignore[union-attr]
@@ -155,6 +172,33 @@ def test_live_serves_the_leak_filling_close_wait_while_it_runs(shared_tmp: Path)
     # what the stream sent is what the recording holds, from the start
     sent = [e for e in seen if e["kind"] == "counts"]
     assert sent == counts[:len(sent)]
+
+
+@pytest.mark.privileged
+@needs_netns
+def test_the_report_s_replay_draws_the_recorded_counts_offline(tmp_path: Path) -> None:
+    """In Chromium, from the file (no server, nothing fetched): the replay ends on the
+    run's last counts, state by state, as text."""
+    report = tmp_path / "report"
+    b = one_json(run_tcplab("experiment", "port-bomb", "--quick", "--variant", "fresh",
+                            "--ports", "200", "--report", str(report), "--live-interval", "0.2",
+                            "--json", timeout=300))
+    page = report / "replay-port-bomb.html"
+    counts = [e for e in embedded(page) if e["kind"] == "counts"]
+    last = counts[-1]["states"]
+    assert last["TIME_WAIT"] == b["variants"][0]["time_wait_peak"] > 0
+    with headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+
+        driver.get(page.as_uri())
+
+        def drawn() -> dict[str, int]:
+            return {s: int(driver.find_element(By.ID, f"count-{s}").text.replace(",", ""))
+                    for s in last}
+        wait_for(lambda: drawn() == last, f"the replay's last counts {last}", timeout=60)
+        assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(last["TIME_WAIT"])
+        errors = [x for x in driver.get_log("browser") if x["level"] == "SEVERE"]
+        assert errors == []
 
 
 #: Ctrl-C during a followed run, as tests/test_interrupt.py does it: the live agent
