@@ -172,8 +172,14 @@ def test_index_html_is_self_contained_with_every_chart(report_run: ReportRun) ->
     remote = re.findall(r"""(?:src|href)\s*=\s*["']?\s*((?:https?:)?//[^"'\s>]*)""", text, re.I)
     assert remote == [], f"network references in {index}"
     assert re.search(r"<script\b", text, re.I) is None and page.scripts == 0
-    assert [r for r in page.refs if not r.startswith(("#", "data:"))] == [], \
+    # Other files: only each experiment's replay page beside it (issue 16), there,
+    # and fetching nothing either.
+    others = [r for r in page.refs if not r.startswith(("#", "data:"))]
+    assert [r for r in others if not re.fullmatch(r"replay-[a-z-]+\.html", r)] == [], \
         "references to other files"
+    for r in others:
+        replay = (report_run.directory / r).read_text()
+        assert re.findall(r"https?://(?!www\.w3\.org/2000/svg)", replay) == [], r
     css = "\n".join(page.styles)
     assert re.search(r"@import|url\((?!\s*['\"]?(?:#|data:))", css) is None, css[:500]
     # Every in-page reference (summary links, SVG glyphs, clip paths) resolves.

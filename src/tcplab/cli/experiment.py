@@ -128,6 +128,21 @@ def add_parser(sub: Any, name: str) -> None:
                    "and a server namespace joined by a veth pair, 198.18.0.0/15, MTU 1500; "
                    "through a router namespace when shaped, see 'tcplab net --help'); each "
                    "experiment makes its own and takes it down, Ctrl-C and SIGKILL included")
+    g = p.add_argument_group("live (the page of 'tcplab live', following each experiment)")
+    g.add_argument("--live", action="store_true",
+                   help="serve a page that follows each experiment as it runs: the states of "
+                   "every TCP socket in its namespaces, their transitions, its progress lines; "
+                   "it stays after the run until Ctrl-C")
+    g.add_argument("--listen", type=common.listen_address, default=("127.0.0.1", 9310),
+                   metavar="HOST:PORT", help="where --live serves the page (default "
+                   "127.0.0.1:9310)")
+    g.add_argument("--record", type=argparse.FileType("w"), metavar="FILE",
+                   help="write what the page shows to FILE, one JSON object a line "
+                   "('tcplab live --replay FILE' plays it); --report has each experiment's "
+                   "replay without it")
+    g.add_argument("--live-interval", type=common.seconds, default=0.5, metavar="SECONDS",
+                   help="seconds between two counts for --live, --record and --report's "
+                   "replays (default 0.5)")
     from tcplab.cli.net import add_shaping_options
 
     add_shaping_options(p)
@@ -207,14 +222,16 @@ def run(args: argparse.Namespace) -> int:
     bodies = []
     could_not_run = []
     started = time.monotonic()
+    live = _live(args)
     for i, name in enumerate(names, 1):
         status = _Status(f"[{i}/{len(names)}] {name}", started, quiet=args.json)
         note(f"running experiment {name} ...")
         try:
             verbose = args.json or name in ("port-bomb", "multiplex")
-            result = worded(runners[name](quick=args.quick,
-                                          progress=status.step if not verbose else status.note,
-                                          link=link))
+            progress = status.step if not verbose else status.note
+            if live is not None:  # its progress lines are events on the page
+                progress = live.experiment(name, progress)
+            result = worded(runners[name](quick=args.quick, progress=progress, link=link))
         except NotSupported as exc:
             if args.name != "all":
                 raise
@@ -257,13 +274,28 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             path = html.write(results, args.report, bodies,
-                              command=shlex.join(["tcplab", *sys.argv[1:]]))
+                              command=shlex.join(["tcplab", *sys.argv[1:]]),
+                              recordings=live.recordings if live is not None else None)
         except OSError as exc:
             raise _report_error(exc, args.report) from None
         note(f"report written to {path}")
+    if live is not None:
+        live.hold()  # --live: the page stays until Ctrl-C
+        live.close()
     if could_not_run:
         return ExitStatus.EXPERIMENT_FAILED
     return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
+def _live(args: argparse.Namespace) -> Any:
+    """What follows the experiments for --live, --record and --report's replays
+    (cli/live.py, experiments/live_hook.py); None: nothing does."""
+    if not (args.live or args.record or args.report):
+        return None
+    from tcplab.cli.live import ExperimentLive
+
+    return ExperimentLive(args.live, args.listen, args.record, args.live_interval,
+                          f"tcplab experiment {args.name}")
 
 
 #: The files ``--report DIR`` writes (report/html.write).

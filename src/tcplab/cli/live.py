@@ -94,6 +94,13 @@ class Hub:
                     break
                 q.put_nowait(ev)
 
+    def close(self) -> None:
+        """End every open stream (each gets None: its handler returns)."""
+        for q in list(self.clients):
+            if not q.full():
+                q.put_nowait(None)
+        self.clients.clear()
+
     def subscribe(self) -> tuple[list[dict[str, Any]], Any]:
         """What a new page gets first (meta and history), and its queue for what
         comes next: taken together, with no await between, so nothing falls
@@ -144,10 +151,6 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, host: str, port: int) -> None:
     import asyncio
 
-    from aiohttp import web
-
-    from tcplab.report.live_page import page
-
     replay = read_recording(args.replay) if args.replay else None
     title = "tcplab live" + (f": port {args.port}" if args.port else "")
     if replay is not None:
@@ -155,6 +158,71 @@ async def _serve(args: argparse.Namespace, host: str, port: int) -> None:
         title = f"tcplab live replay of {args.replay.name}" + (
             f": port {meta['port']}" if meta and meta.get("port") else "")
     hub = Hub()
+    sock = bind(host, port)
+    runner = await start(hub, title, replay, sock)
+    stop = threading.Event()
+    producer: threading.Thread | None = None
+    source: Any = None
+    try:
+        if replay is None:
+            from tcplab.observe.live import LiveSource
+
+            source = LiveSource(args.port, args.netns, args.interval)
+            loop = asyncio.get_running_loop()
+            first = source.meta()
+            hub.publish([first])
+            _write(args.record, [first])
+            producer = threading.Thread(target=_produce, daemon=True,
+                                        args=(source, hub, loop, stop, args.record))
+            producer.start()
+        out(f"serving the page on {url(host, sock)} (Ctrl-C stops)")
+        await asyncio.sleep(args.duration if args.duration else 10 ** 9)
+    finally:
+        stop.set()
+        if producer is not None:
+            producer.join(timeout=5 + args.interval)
+        if source is not None:
+            source.close()  # the trace instance is removed here
+        if args.record:
+            args.record.close()
+        hub.close()
+        await runner.cleanup()
+
+
+def bind(host: str, port: int) -> Any:
+    """Our own listening socket: its error names the port's holder, and port 0
+    gives the one the kernel chose."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        from tcplab.traffic.server import bind_error
+
+        raise bind_error(exc, common.where(host, port), port,
+                         free=f"--listen {common.where(host, 0)}") from None
+    return sock
+
+
+def url(host: str, sock: Any) -> str:
+    return f"http://{common.where(host, sock.getsockname()[1])}/"
+
+
+async def start(hub: Hub, title: str, replay: list[dict[str, Any]] | None, sock: Any) -> Any:
+    """Serve the page on ``sock`` (from bind): ``/`` and, live, ``/events`` (the
+    hub's stream). Returns the aiohttp runner; its ``cleanup()`` stops it (after
+    ``hub.close()``, which ends the open streams)."""
+    import asyncio
+
+    from aiohttp import web
+
+    from tcplab.report.live_page import page
+
     app = web.Application()
 
     async def index(_request: web.Request) -> web.Response:
@@ -202,52 +270,69 @@ async def _serve(args: argparse.Namespace, host: str, port: int) -> None:
     app.router.add_get("/", index)
     if replay is None:
         app.router.add_get("/events", events)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # shutdown_timeout: an open stream would hold cleanup() for aiohttp's 60 s default.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    stop = threading.Event()
-    producer: threading.Thread | None = None
-    source: Any = None
     try:
-        import socket
-
-        # Our own listening socket: its error names the port's holder, and port 0
-        # gives the one the kernel chose.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-        except OSError as exc:
-            sock.close()
-            from tcplab.traffic.server import bind_error
-
-            raise bind_error(exc, common.where(host, port), port,
-                             free=f"--listen {common.where(host, 0)}") from None
-        bound = sock.getsockname()[1]
         await web.SockSite(runner, sock).start()
-        if replay is None:
-            from tcplab.observe.live import LiveSource
-
-            source = LiveSource(args.port, args.netns, args.interval)
-            loop = asyncio.get_running_loop()
-            first = source.meta()
-            hub.publish([first])
-            _write(args.record, [first])
-            producer = threading.Thread(target=_produce, daemon=True,
-                                        args=(source, hub, loop, stop, args.record))
-            producer.start()
-        out(f"serving the page on http://{common.where(host, bound)}/ (Ctrl-C stops)")
-        await asyncio.sleep(args.duration if args.duration else 10 ** 9)
-    finally:
-        stop.set()
-        if producer is not None:
-            producer.join(timeout=5 + args.interval)
-        if source is not None:
-            source.close()  # the trace instance is removed here
-        if args.record:
-            args.record.close()
+    except BaseException:
         await runner.cleanup()
+        raise
+    return runner
+
+
+class PageThread:
+    """The live page served from a thread of its own, for a command whose main
+    thread runs something else (``experiment --live``): ``publish`` from any
+    thread, ``close`` when done. Binding happens here, in the caller's thread, so a
+    port in use is the caller's error."""
+
+    def __init__(self, host: str, port: int, title: str) -> None:
+        import asyncio
+
+        self.hub = Hub()
+        self.sock = bind(host, port)
+        self.url = url(host, self.sock)
+        self.loop = asyncio.new_event_loop()
+        self._runner: Any = None
+        self._failed: BaseException | None = None
+        ready = threading.Event()
+
+        def run() -> None:
+            try:
+                self._runner = self.loop.run_until_complete(
+                    start(self.hub, title, None, self.sock))
+            except BaseException as exc:  # said to the caller below
+                self._failed = exc
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+            self.hub.close()
+            self.loop.run_until_complete(self._runner.cleanup())
+            self.loop.close()
+
+        self._thread = threading.Thread(target=run, name="live page", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._failed is not None:
+            self.sock.close()
+            raise self._failed
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.hub.publish, events)
+        except RuntimeError:
+            pass  # the loop is closed: we are stopping
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:
+                pass
+            self._thread.join(timeout=5)
+        self.sock.close()
 
 
 def _produce(source: Any, hub: Hub, loop: Any, stop: threading.Event,
@@ -266,3 +351,74 @@ def _write(record: IO[str] | None, events: list[dict[str, Any]]) -> None:
     if record is not None:
         record.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
         record.flush()
+
+
+class ExperimentLive:
+    """``experiment --live / --record``: the follower (experiments/live_hook.py) whose
+    events go to the page (a PageThread), the record file and, for the report's
+    replays, one list per experiment; the experiment's progress lines (the
+    variant it starts, the bomb's first EADDRNOTAVAIL) are events too."""
+
+    def __init__(self, live: bool, listen: tuple[str, int], record: IO[str] | None,
+                 interval: float, title: str) -> None:
+        from tcplab.experiments.live_hook import Follower
+
+        self.page: PageThread | None = None
+        if live:
+            host, port = listen
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                note(f"warning: serving on {host}: anyone who reaches it sees the "
+                     "experiments' sockets")
+            self.page = PageThread(host, port, title)
+            note(f"serving the live page on {self.page.url}")
+        self.record = record
+        self.recordings: dict[str, list[dict[str, Any]]] = {}
+        self._current: list[dict[str, Any]] | None = None
+        self.follower = Follower(self._sink, interval)
+
+    def _sink(self, events: list[dict[str, Any]]) -> None:
+        _write(self.record, events)
+        if self.page is not None:
+            self.page.publish(events)
+        if self._current is not None:
+            self._current.extend(events)
+
+    def experiment(self, name: str, progress: Any) -> Any:
+        """Events from now on are ``name``'s (its replay in the report); returns the
+        experiment's progress callback, its lines made events too."""
+        from tcplab.experiments import live_hook
+
+        live_hook.install(self.follower)
+        self.follower.label = name
+        self._current = self.recordings.setdefault(name, [])
+        self.follower.event(f"experiment {name} started")
+
+        def both(line: str, verdict: object = None, /) -> None:
+            progress(line, verdict)
+            text = line.strip()
+            if text.startswith(f"{name}: "):
+                self.follower.label = text  # "port-bomb: fresh": the next namespace's name
+            self.follower.event(text)
+        return both
+
+    def hold(self) -> None:
+        """After the run, the page stays (pause, slow motion) until Ctrl-C."""
+        if self.page is None:
+            return
+        import time
+
+        try:  # the note inside: a Ctrl-C just after it is this one's
+            note(f"the experiments are over; the page stays on {self.page.url} until Ctrl-C")
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            note("page stopped")
+
+    def close(self) -> None:
+        from tcplab.experiments import live_hook
+
+        live_hook.install(None)
+        if self.page is not None:
+            self.page.close()
+        if self.record is not None:
+            self.record.close()

@@ -159,6 +159,7 @@ def ends(spec: LinkSpec, sysctls: Mapping[str, str | int] | None = None,
     """Both ends for the length of a ``with``; ``sysctls`` are set in every namespace
     the experiment's sockets live in (on veth: the client's and the server's)."""
     from tcplab.errors import UsageError
+    from tcplab.experiments.live_hook import following
 
     problem = spec.problem()
     if problem:
@@ -171,7 +172,9 @@ def ends(spec: LinkSpec, sysctls: Mapping[str, str | int] | None = None,
             def loop_set(role: str, more: Mapping[str, str]) -> dict[str, str | None]:
                 raise NotImplementedError("loopback's sysctls are set when it is made")
 
-            yield Ends(LinkUsed(), sb.popen, sb.popen, loop_set, sandbox=sb)
+            e = Ends(LinkUsed(), sb.popen, sb.popen, loop_set, sandbox=sb)
+            with following(e):  # experiment --live / --record (experiments/live_hook.py)
+                yield e
         return
     from tcplab.net import control
 
@@ -192,9 +195,11 @@ def ends(spec: LinkSpec, sysctls: Mapping[str, str | int] | None = None,
                         server=net.server.ipv4 or "",
                         client_interface=net.client.interface or "",
                         server_interface=net.server.interface or "")
-        yield Ends(used, at("client"), at("server"), set_in,
-                   {role: f"/proc/{net.endpoint(role).pid}/ns/net"
-                    for role in ("client", "server")})
+        e = Ends(used, at("client"), at("server"), set_in,
+                 {role: f"/proc/{net.endpoint(role).pid}/ns/net"
+                  for role in ("client", "server")})
+        with following(e):
+            yield e
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The self-contained HTML report of ``tcplab experiment ... --report DIR``.
 
 One index.html (inline CSS and SVG: nothing to fetch, no script) and
-results.json with every experiment's result as ``--json`` prints it.
+results.json with every experiment's result as ``--json`` prints it; with the
+experiments' live recordings, a replay-NAME.html per experiment (the live page
+with the recording embedded: its script is inline, nothing fetched either).
 """
 
 from __future__ import annotations
@@ -142,7 +144,32 @@ def _multiplex(r: multiplex.Result) -> str:
     return "\n".join(rows)
 
 
-def _section(r: AnyResult, index: int, run: Mapping[str, AnyResult], topics: list[str]) -> str:
+def replay_events(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One experiment's part of a recording, its clock from 0 (its first event)
+    for the replay page; everything else as recorded."""
+    t0 = events[0]["t"] if events else 0.0
+    return [{**e, "t": round(e["t"] - t0, 3)} for e in events]
+
+
+def replay_file(experiment: str) -> str:
+    """The replay page of one experiment, next to index.html."""
+    return f"replay-{experiment}.html"
+
+
+def _write_replay(directory: str, experiment: str, events: Sequence[Mapping[str, Any]]
+                  ) -> str:
+    """``replay-NAME.html``: the live page playing the experiment's recording, embedded
+    (report/live_page.py: nothing fetched, it works offline from the file)."""
+    from tcplab.report.live_page import page
+
+    name = replay_file(experiment)
+    with open(os.path.join(directory, name), "w") as f:
+        f.write(page(f"tcplab experiment {experiment}: the replay", replay_events(events)))
+    return name
+
+
+def _section(r: AnyResult, index: int, run: Mapping[str, AnyResult], topics: list[str],
+             replay: str | None = None) -> str:
     status, cls = (("skipped", "skip") if r.skipped else
                    ("shown", "ok") if r.ok else ("NOT shown", "fail"))
     parts = [f'<section id="{html.escape(r.experiment)}">',
@@ -154,6 +181,10 @@ def _section(r: AnyResult, index: int, run: Mapping[str, AnyResult], topics: lis
         parts.append(f'<p class="meta">Run with: {html.escape(run_with)}</p>')
     if r.link is not None:
         parts.append(f'<p class="meta">Link: {html.escape(r.link.words())}</p>')
+    if replay is not None:
+        parts.append(f'<p><a href="{html.escape(replay)}">The sockets of its namespaces as '
+                     "it ran: the live page, replayed</a> (state diagram, counts, "
+                     "transitions; pause and slow motion)</p>")
     for caption, svg in ([] if r.skipped else _charts(r)):
         parts.append(f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}'
                      "</figcaption></figure>")
@@ -178,9 +209,12 @@ def read_results(bodies: Sequence[Mapping[str, Any]]) -> list[AnyResult]:
 
 
 def write(results: Sequence[AnyResult], directory: str, bodies: list[dict[str, Any]],
-          command: str | None = None) -> str:
+          command: str | None = None,
+          recordings: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> str:
     """``command``: the command line that made the results, shown under the title.
-    ``bodies``: the results as ``--json`` printed them (results.json)."""
+    ``bodies``: the results as ``--json`` printed them (results.json).
+    ``recordings``: experiment -> its live events (cli/live.py's ExperimentLive),
+    each written as a replay page that its section links to."""
     results = [worded(r) for r in results]
     os.makedirs(directory, exist_ok=True)
     when = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -202,7 +236,9 @@ def write(results: Sequence[AnyResult], directory: str, bodies: list[dict[str, A
     summary.append("</table>")
     run = {r.experiment: r for r in results}
     where = placement([r.experiment for r in results])
-    body = "\n".join(_section(r, i, run, where[r.experiment])
+    replays = {name: _write_replay(directory, name, events)
+               for name, events in (recordings or {}).items() if events}
+    body = "\n".join(_section(r, i, run, where[r.experiment], replays.get(r.experiment))
                       for i, r in enumerate(results, 1))
     path = os.path.join(directory, "index.html")
     with open(path, "w") as f:

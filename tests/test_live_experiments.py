@@ -1,0 +1,249 @@
+"""Issue 16: every experiment takes --live and --record, and the report embeds a
+replay of each; the replay draws the counts the live run drew.
+
+Real experiments (--quick, small), as root and as nobody (an unprivileged user
+namespace: the same agent, by the same hook). What the recording holds is
+checked against what the experiment itself reported (its 100 ms sampler's
+TIME_WAIT and CLOSE_WAIT peaks, counted by another process): the live agent's
+last count, written as each namespace goes, holds the plateau both see.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import (
+    NOBODY_ENV,
+    USERS,
+    Child,
+    as_nobody,
+    headless_chromium,
+    one_json,
+    run_as,
+    run_tcplab,
+    wait_for,
+)
+from tests.test_interrupt import (
+    GAPS,
+    Case,
+    Watcher,
+    experiment,
+    line,
+    needs_netns,
+    run_once,
+    verdict,
+)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory nobody may write too (pytest's tmp_path is root's alone)."""
+    import shutil
+
+    where = Path(tempfile.mkdtemp(prefix="tcplab-live-", dir="/tmp"))
+    where.chmod(0o777)
+    try:
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def recording(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def by_namespace(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The counts of each namespace followed, by its label (its meta event's)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    label = None
+    for e in events:
+        if e["kind"] == "meta":
+            label = e["experiment"]
+            out.setdefault(label, [])
+        elif e["kind"] == "counts":
+            assert label is not None, "counts before any meta"
+            out[label].append(e)
+    return out
+
+
+def peak(counts: list[dict[str, Any]], state: str) -> int:
+    return max(c["states"][state] for c in counts)
+
+
+def embedded(page: Path) -> list[dict[str, Any]]:
+    """The recording a replay page plays (report/live_page.py's RECORDED)."""
+    m = re.search(r"const RECORDED = (.*);\n", page.read_text())
+    assert m, f"no embedded recording in {page}"
+    data: list[dict[str, Any]] = json.loads(m.group(1).replace("<\\/", "</"))
+    return data
+
+
+@pytest.mark.privileged
+@needs_netns
+@pytest.mark.parametrize("user", USERS)
+def test_a_recorded_port_bomb_peaks_at_the_time_wait_it_reported(
+        user: str, nobody_venv: Path | None, shared_tmp: Path) -> None:
+    """Loopback (fresh) and a veth link (real-link: the agent at the server's end
+    adds the client's): each namespace's TIME_WAIT peak in the recording is the
+    variant's own; the report's replay page embeds the same counts."""
+    rec, report = shared_tmp / "bomb.jsonl", shared_tmp / "report"
+    b = one_json(run_as(user, nobody_venv, "experiment", "port-bomb", "--quick",
+                        "--variant", "fresh", "--variant", "real-link", "--ports", "200",
+                        "--record", str(rec), "--report", str(report),
+                        "--live-interval", "0.2", "--json"))
+    events = recording(rec)
+    counts = by_namespace(events)
+    ran = [v for v in b["variants"] if v["skip"] is None]
+    assert ran and ran[0]["name"] == "fresh", b["variants"]
+    for v in ran:
+        label = f"port-bomb: {v['name']}"
+        assert label in counts, (label, list(counts))
+        assert v["time_wait_peak"] > 0, v
+        assert peak(counts[label], "TIME_WAIT") == v["time_wait_peak"] + v["time_wait_before"]
+    assert [e["text"] for e in events if e["kind"] == "event"][:2] == [
+        "experiment port-bomb started", "port-bomb: fresh"]
+    assert any("EADDRNOTAVAIL" in e.get("text", "") for e in events)  # the bomb's, verbatim
+    # The report: a replay page per experiment, linked, with the recording's counts.
+    index = (report / "index.html").read_text()
+    assert 'href="replay-port-bomb.html"' in index
+    replayed = embedded(report / "replay-port-bomb.html")
+    assert [e["states"] for e in replayed if e["kind"] == "counts"] == [
+        e["states"] for e in events if e["kind"] == "counts"]
+    assert replayed[0]["t"] == 0.0 and "http://" not in (
+        report / "replay-port-bomb.html").read_text().replace("http://www.w3.org/2000/svg", "")
+
+
+@pytest.mark.privileged
+@needs_netns
+@pytest.mark.parametrize("user", USERS)
+def test_live_serves_the_leak_filling_close_wait_while_it_runs(
+        user: str, nobody_venv: Path | None, shared_tmp: Path) -> None:
+    """--live: the page and its stream during the run (CLOSE_WAIT growing on the
+    leaking server), the page held after it until Ctrl-C, which exits 0; the
+    recording's CLOSE_WAIT peak is the one the experiment reported."""
+    rec = shared_tmp / "leak.jsonl"
+    args = ["-m", "tcplab", "experiment", "fd-leak", "--quick", "--fd-limit", "64", "--live",
+            "--listen", "127.0.0.1:0", "--record", str(rec), "--live-interval", "0.2", "--json"]
+    if user == "nobody":
+        assert nobody_venv is not None
+        job = Child([str(nobody_venv / "bin" / "python"), *args], start_new_session=True,
+                    preexec_fn=as_nobody, cwd="/tmp", env=NOBODY_ENV)
+    else:
+        job = Child([sys.executable, *args], start_new_session=True)
+    try:
+        said = job.wait_line(lambda x: "serving the live page on" in x)
+        url = re.search(r"http://127\.0\.0\.1:\d+/", said).group(0)  # type: ignore[union-attr]
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert "tcplab experiment fd-leak" in resp.read().decode()
+        seen: list[dict[str, Any]] = []
+        with urllib.request.urlopen(url + "events", timeout=30) as resp:
+            def leaking() -> bool:
+                raw = resp.readline().decode()
+                if raw.startswith("data: "):
+                    seen.append(json.loads(raw[6:]))
+                    return seen[-1]["kind"] == "counts" and seen[-1]["states"]["CLOSE_WAIT"] > 0
+                return False
+            wait_for(leaking, "a count with CLOSE_WAIT in the stream", timeout=60)
+        # Seen while the experiment ran: it had not said it was over.
+        assert not any("the experiments are over" in x for x in job.err), job.err
+        job.wait_line(lambda x: "the experiments are over" in x, guard=120)
+        job.proc.send_signal(signal.SIGINT)
+        rc = job.finish()
+    finally:
+        job.kill()  # the pipes closed; a SIGTERM first if the test failed before its end
+    assert rc == 0, job.err
+    assert not any("Traceback" in x for x in job.err), job.err
+    b = json.loads(job.out[0])
+    want = b["facts"]["server_close_wait_peak"]
+    assert want > 0, b["fact"]
+    counts = [e for e in recording(rec) if e["kind"] == "counts"]
+    assert peak(counts, "CLOSE_WAIT") == want
+    # what the stream sent is what the recording holds, from the start
+    sent = [e for e in seen if e["kind"] == "counts"]
+    assert sent == counts[:len(sent)]
+
+
+@pytest.mark.privileged
+@needs_netns
+def test_the_report_s_replay_draws_the_recorded_counts_offline(tmp_path: Path) -> None:
+    """In Chromium, from the file (no server, nothing fetched): the replay ends on the
+    run's last counts, state by state, as text."""
+    report = tmp_path / "report"
+    b = one_json(run_tcplab("experiment", "port-bomb", "--quick", "--variant", "fresh",
+                            "--ports", "200", "--report", str(report), "--live-interval", "0.2",
+                            "--json", timeout=300))
+    page = report / "replay-port-bomb.html"
+    counts = [e for e in embedded(page) if e["kind"] == "counts"]
+    last = counts[-1]["states"]
+    assert last["TIME_WAIT"] == b["variants"][0]["time_wait_peak"] > 0
+    with headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+
+        driver.get(page.as_uri())
+
+        def drawn() -> dict[str, int]:
+            return {s: int(driver.find_element(By.ID, f"count-{s}").text.replace(",", ""))
+                    for s in last}
+        wait_for(lambda: drawn() == last, f"the replay's last counts {last}", timeout=60)
+        assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(last["TIME_WAIT"])
+        errors = [x for x in driver.get_log("browser") if x["level"] == "SEVERE"]
+        assert errors == []
+
+
+#: Ctrl-C during a followed run, as tests/test_interrupt.py does it: the live agent
+#: in each namespace goes with the rest (no tracefs: it never uses the tracepoint).
+LIVE_CASE = Case(lambda ctx: [*experiment("port-bomb", "--quick", "--variant", "fresh",
+                                          "--variant", "pool", "--ports", "200")(ctx),
+                              "--live", "--listen", "127.0.0.1:0", "--record",
+                              str(ctx.tmp / "rec.jsonl")], {
+    "early": line("port-bomb: fresh"),  # the namespace and its agent being made
+    "mid": line("bombing"),
+    "late": line("port-bomb: pool"),  # the first agent stopped, the second starting
+})
+
+
+@pytest.mark.privileged
+@needs_netns
+def test_sigint_during_a_live_run_leaves_nothing(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = [(point, times) for point in LIVE_CASE.points for times in (1, 2)]
+    watcher = Watcher()
+    try:
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            futures = [pool.submit(run_once, LIVE_CASE, LIVE_CASE.points[point], times,
+                                   GAPS[point], tmp_path / f"{point}-x{times}", watcher)
+                       for point, times in runs]
+            outcomes = [(point, f.result()) for (point, _), f in zip(runs, futures, strict=True)]
+    finally:
+        watcher.stop()
+    problems = [p for point, out in outcomes
+                for p in verdict("port-bomb --live", point, out, endless=False)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.loopback
+def test_a_port_in_use_for_live_is_a_one_line_error() -> None:
+    """--listen on a taken port: the error names it, before any experiment runs."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "tcplab", "experiment", "restart", "--live",
+                            "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert str(port) in r.stderr and "running experiment" not in r.stderr, r.stderr
