@@ -498,3 +498,29 @@ def headless_chromium(workdir: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def ws_events(url: str, until: Callable[[list[dict[str, Any]]], bool],
+              seconds: float = 3.0) -> list[dict[str, Any]]:
+    """The events `tcplab live`'s page gets on its WebSocket (URL + "events") within
+    ``seconds``, or until ``until(events so far)`` holds."""
+    import asyncio
+
+    import aiohttp
+
+    async def read() -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as session, \
+                session.ws_connect(url.replace("http://", "ws://") + "events") as ws:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not until(got):
+                try:
+                    msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                got += json.loads(msg.data)
+        return got
+
+    return asyncio.run(read())

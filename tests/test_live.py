@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import headless_chromium, run_tcplab, wait_for
+from tests.helpers import headless_chromium, run_tcplab, wait_for, ws_events
 
 
 def ss_time_wait(port: int) -> int:
@@ -103,29 +103,9 @@ def bomb(port: int, n: int) -> None:
 def stream(url: str, want: int, seconds: float = 3.0) -> list[dict[str, Any]]:
     """The events the page's WebSocket gets in ``seconds`` (or until a count of
     ``want`` TIME_WAIT comes)."""
-    import asyncio
-
-    import aiohttp
-
-    async def read() -> list[dict[str, Any]]:
-        got: list[dict[str, Any]] = []
-        async with aiohttp.ClientSession() as session, \
-                session.ws_connect(url.replace("http://", "ws://") + "events") as ws:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                try:
-                    msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                got += json.loads(msg.data)
-                if any(e["kind"] == "counts" and e["t"] > 0
-                       and e["states"]["TIME_WAIT"] == want for e in got):
-                    break
-        return got
-
-    return asyncio.run(read())
+    return ws_events(url, lambda got: any(
+        e["kind"] == "counts" and e["t"] > 0 and e["states"]["TIME_WAIT"] == want
+        for e in got), seconds)
 
 
 @pytest.mark.pure

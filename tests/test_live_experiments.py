@@ -33,6 +33,7 @@ from tests.helpers import (
     run_as,
     run_tcplab,
     wait_for,
+    ws_events,
 )
 from tests.test_interrupt import (
     GAPS,
@@ -146,15 +147,10 @@ def test_live_serves_the_leak_filling_close_wait_while_it_runs(
         url = re.search(r"http://127\.0\.0\.1:\d+/", said).group(0)  # type: ignore[union-attr]
         with urllib.request.urlopen(url, timeout=30) as resp:
             assert "tcplab experiment fd-leak" in resp.read().decode()
-        seen: list[dict[str, Any]] = []
-        with urllib.request.urlopen(url + "events", timeout=30) as resp:
-            def leaking() -> bool:
-                raw = resp.readline().decode()
-                if raw.startswith("data: "):
-                    seen.append(json.loads(raw[6:]))
-                    return seen[-1]["kind"] == "counts" and seen[-1]["states"]["CLOSE_WAIT"] > 0
-                return False
-            wait_for(leaking, "a count with CLOSE_WAIT in the stream", timeout=60)
+        seen = ws_events(url, lambda got: any(
+            e["kind"] == "counts" and e["states"]["CLOSE_WAIT"] > 0 for e in got), 60)
+        assert any(e["kind"] == "counts" and e["states"]["CLOSE_WAIT"] > 0 for e in seen), \
+            "no count with CLOSE_WAIT in the stream"
         # Seen while the experiment ran: it had not said it was over.
         assert not any("the experiments are over" in x for x in job.err), job.err
         job.wait_line(lambda x: "the experiments are over" in x, guard=120)

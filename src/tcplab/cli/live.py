@@ -228,11 +228,14 @@ async def start(hub: Hub, title: str, replay: list[dict[str, Any]] | None, sock:
     async def index(_request: web.Request) -> web.Response:
         return web.Response(text=page(title, replay), content_type="text/html")
 
-    async def events(request: web.Request) -> web.WebSocketResponse:
+    async def events(request: web.Request) -> web.StreamResponse:
         """A WebSocket (not server-sent events: a browser opens at most 6 HTTP/1.1
         connections to one host, and every page would hold one of them, so a 7th
         tab could not even load): each message a JSON list of events."""
         ws = web.WebSocketResponse(heartbeat=30)
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=400, text="/events is the page's WebSocket: open / "
+                                "in a browser\n")
         first, q = hub.subscribe()
 
         async def pump() -> None:
