@@ -167,7 +167,7 @@ class Ladder:
         self._thread: threading.Thread | None = None
         self._cap: Any = None
         if not capture:
-            self.why_not = "packets need CAP_NET_RAW (an AF_PACKET socket): run as root"
+            self.why_not = "not asked for"
             return
         try:
             from tcplab.observe.capture import Capture

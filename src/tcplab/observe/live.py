@@ -84,7 +84,7 @@ class LiveSource:
         from tcplab.observe.ladder import Ladder  # the ladder's packets and timers
 
         self.ladder = Ladder(port, netns, self.start, self.table,
-                             capture=os.geteuid() == 0 if ladder is None else ladder)
+                             capture=True if ladder is None else ladder)
 
     @property
     def source(self) -> str:
