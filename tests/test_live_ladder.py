@@ -220,8 +220,8 @@ def test_the_ladder_of_a_chosen_connection_in_chromium(tmp_path: Path) -> None:
         time.sleep(1.5)
         after = timewait_left(driver)
         assert 0 < after < before, (before, after)
-        driver.execute_script("document.getElementById('ladder').scrollIntoView()")
-        driver.save_screenshot(str(tmp_path / "ladder-picked.png"))
+        driver.set_window_size(1280, 2000)  # the whole ladder in one picture
+        driver.find_element(By.ID, "ladder").screenshot(str(tmp_path / "ladder-picked.png"))
         # the other connection is there too, with its own ladder
         Select(driver.find_element(By.ID, "ladder-conn")).select_by_value(conn_key(port, first))
         wait_for(lambda: in_order(ladder_words(driver), want), "the first connection's ladder")

@@ -156,8 +156,17 @@ class Ladder:
                  capture: bool) -> None:
         self.port = port
         self.table = table
-        #: time.monotonic() of the source's start, as a kernel (realtime) timestamp
-        self.start_wall = time.time() - (time.monotonic() - start)
+        #: The source's start (time.monotonic()) as a packet's timestamp gives it
+        #: (SO_TIMESTAMPNS: CLOCK_REALTIME), so that packets and the tracepoint's
+        #: transitions (trace_clock mono) interleave on the ladder: the pair of
+        #: clock readings closest together of a few (microseconds apart).
+        pairs = []
+        for _ in range(5):
+            m0 = time.monotonic()
+            w = time.time()
+            m1 = time.monotonic()
+            pairs.append((m1 - m0, w - (m0 + m1) / 2))
+        self.start_wall = start + min(pairs)[1]
         self.start = start
         self.follower = Follower()
         self.why_not: str | None = None

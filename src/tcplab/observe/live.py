@@ -182,6 +182,7 @@ def _state(name: str) -> str:
 
 
 def _transition(t: Any) -> Event:
-    return {"kind": "transition", "t": round(t.t, 3), "old": t.old, "new": t.new,
+    # to the microsecond, as the ladder's packets: a handshake on lo takes tens of them
+    return {"kind": "transition", "t": round(t.t, 6), "old": t.old, "new": t.new,
             "saddr": t.saddr, "sport": t.sport, "daddr": t.daddr, "dport": t.dport,
             "ms_in_old": t.ms_in_old}

@@ -48,7 +48,7 @@ svg#ladder-svg { width: min(96vw, 1400px); }
 "use strict";
 (() => {
   const NS = "http://www.w3.org/2000/svg", ROW = 58, TOP = 80, MAXROWS = 40;
-  const XC = 330, XS = 930;  // the client's and the server's lines
+  const XC = 330, XS = 900;  // the client's and the server's lines
   const conns = new Map();   // conn -> {packets, transitions, timers, seen}
   let port = 0, chosen = null, picked = false, drawn = "";
 
@@ -111,7 +111,10 @@ svg#ladder-svg { width: min(96vw, 1400px); }
     if (text !== undefined) e.textContent = text;
     return e;
   }
-  function ms(dt) { return dt < 1 ? (dt * 1000).toFixed(1) + " ms" : dt.toFixed(3) + " s"; }
+  function ms(dt) {
+    return dt < 0.001 ? (dt * 1000).toFixed(3) + " ms" : dt < 1 ? (dt * 1000).toFixed(1) + " ms"
+      : dt.toFixed(3) + " s";
+  }
   function draw() {
     const none = document.getElementById("ladder-none"), svg = document.getElementById("ladder-svg");
     if (chosen === null) { none.style.display = ""; svg.style.display = "none"; return; }
@@ -169,8 +172,10 @@ svg#ladder-svg { width: min(96vw, 1400px); }
     timers.forEach((tm, i) => {
       const left = Math.max(0, tm.expires_ms / 1000 - (now - tm.t));
       const xs = x[tm.addr + ":" + tm.port] === XS ? XS : XC;
-      const t = el("text", {class: "timer", id: i ? "" : "ladder-timewait", x: xs,
-        y: h - 40 - 34 * i, "text-anchor": "middle"},
+      // beside its socket's line, inside the ladder (as the transitions)
+      const t = el("text", {class: "timer", id: i ? "" : "ladder-timewait",
+        x: xs === XC ? XC + 12 : XS - 12, y: h - 40 - 34 * i,
+        "text-anchor": xs === XC ? "start" : "end"},
         left > 0 ? `${tm.state}: ${left.toFixed(1)} s left` : `${tm.state} over`);
       kids.push(t);
     });
