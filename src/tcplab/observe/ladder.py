@@ -59,7 +59,7 @@ def conn_key(a: str, ap: int, b: str, bp: int) -> str:
 
 
 class _Conn:
-    __slots__ = ("sent", "fin", "timer_tries", "timer_done", "ends")
+    __slots__ = ("ends", "fin", "sent", "timer_done", "timer_tries")
 
     def __init__(self, ends: tuple[str, int, str, int]) -> None:
         # (src, sport, seq, len or SYN/FIN) -> time of the last copy
@@ -238,7 +238,7 @@ class Ladder:
         out: list[Event] = []
         tw = tcp_states.mask([tcp_states.TIME_WAIT])
         for key, c in want:
-            a, ap, b, bp = c.ends
+            _, ap, _, bp = c.ends
             other = bp if ap == self.port else ap
             for s in self.table.sockets(other, tw):
                 if conn_key(s.src, s.sport, s.dst, s.dport) == key:

@@ -116,7 +116,8 @@ svg#ladder-svg { width: min(96vw, 1400px); }
       : dt.toFixed(3) + " s";
   }
   function draw() {
-    const none = document.getElementById("ladder-none"), svg = document.getElementById("ladder-svg");
+    const none = document.getElementById("ladder-none");
+    const svg = document.getElementById("ladder-svg");
     if (chosen === null) { none.style.display = ""; svg.style.display = "none"; return; }
     const c = conns.get(chosen), now = typeof clock === "number" ? clock : 1e12;
     const rows = [...c.packets.filter(p => p.t <= now).map(p => ["p", p]),
