@@ -110,16 +110,22 @@ def in_order(words: list[str], want: list[str]) -> bool:
 
 def pick_from_transitions(driver: Any, cport: int) -> None:
     """Click the Transitions line of the client's socket (how a teacher picks one)."""
-    from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
 
-    def line() -> Any:
-        for div in driver.find_elements(By.CSS_SELECTOR, "#transitions div"):
-            if f"127.0.0.1:{cport} > " in div.text:
-                return div
-        return None
+    def click() -> bool:
+        line = driver.execute_script(
+            "return [...document.querySelectorAll('#transitions div')]"
+            ".find(d => d.textContent.includes(arguments[0])) || null",
+            f"127.0.0.1:{cport} > ")
+        if line is None:
+            return False
+        try:
+            line.click()
+        except StaleElementReferenceException:  # the list moved under the pointer
+            return False
+        return True
 
-    wait_for(line, f"a transition of port {cport} in the list")
-    line().click()
+    wait_for(click, f"a transition of port {cport} in the list, clicked")
 
 
 def timewait_left(driver: Any) -> float:
@@ -206,8 +212,9 @@ def test_the_ladder_of_a_chosen_connection_in_chromium(tmp_path: Path) -> None:
         cport = one_connection(port)  # the second one: picked, not just the first shown
         key = conn_key(port, cport)
         pick_from_transitions(driver, cport)
-        wait_for(lambda: Select(driver.find_element(By.ID, "ladder-conn"))
-                 .first_selected_option.get_attribute("value") == key, "the picked connection")
+        wait_for(lambda: driver.execute_script(
+            "return document.getElementById('ladder-conn').value") == key,
+            "the picked connection")
         wait_for(lambda: in_order(ladder_words(driver), want),
                  f"{want} on the ladder (saw {ladder_words(driver)})")
         assert ladder_words(driver)[:4] == want[:4]

@@ -81,6 +81,16 @@ class Follower:
         self._sent = 0
         self.skipped = 0
 
+    @property
+    def open_for_new(self) -> bool:
+        """Whether this interval may still follow a new connection."""
+        return self._new < self.follow
+
+    def other_ports(self, port: int) -> list[int]:
+        """The followed connections' ports that are not ``port`` (one each)."""
+        return [bp if ap == port else ap for ap, bp in
+                ((c.ends[1], c.ends[3]) for c in self.conns.values())]
+
     def next_interval(self) -> int:
         """Starts a new interval's quotas; returns the segments skipped in the last."""
         skipped, self.skipped, self._new, self._sent = self.skipped, 0, 0, 0
@@ -187,6 +197,9 @@ class Ladder:
         except Exception as exc:  # no privilege, no lo: transitions only, and say why
             self.why_not = str(getattr(exc, "message", None) or exc)
             return
+        self._attached: tuple[bool, tuple[int, ...]] | None = None
+        self.frames_read = 0
+        self._refilter()
         self._thread = threading.Thread(target=self._read, name="ladder-capture", daemon=True)
         self._thread.start()
 
@@ -198,11 +211,24 @@ class Ladder:
         return (f"The ladder shows the segments of the first {FOLLOW} connections seen in "
                 f"each interval (at most {PACKETS} segments an interval), captured on lo.")
 
+    def _refilter(self) -> None:
+        """The kernel's filter for what the follower wants now (kernel/ladder_filter.py);
+        attached again only when that changed. Called with the lock held (or alone)."""
+        if not self.port:
+            return  # every port: no filter (then the kernel may drop what we cannot read)
+        from tcplab.kernel.ladder_filter import ladder_filter
+
+        want = (self.follower.open_for_new, tuple(self.follower.other_ports(self.port)))
+        if want != self._attached:
+            self._cap.set_filter(ladder_filter(self.port, list(want[1]), want[0]))
+            self._attached = want
+
     def _read(self) -> None:
         cap = self._cap
         while not self._stop.is_set():
             try:
                 for ts, frame in cap.frames(0.2):
+                    self.frames_read += 1
                     try:
                         p = decode_frame(frame, ts)
                     except PacketError:
@@ -213,6 +239,7 @@ class Ladder:
                         ev = self.follower.packet(p, ts - self.start_wall)
                         if ev is not None:
                             self._events.append(ev)
+                        self._refilter()
             except OSError:
                 return  # closed under us: stopping
 
@@ -225,10 +252,15 @@ class Ladder:
             out, self._events = self._events, []
             skipped = self.follower.next_interval()
             want = self.follower.want_timer()
+            if self._cap is not None:
+                self._refilter()
+        # PACKET_STATISTICS are zeroed as they are read (net/packet/af_packet.c,
+        # packet_getsockopt), so this is the interval's count.
+        dropped = self._cap.drops() if self._cap is not None else 0
         out.sort(key=lambda e: e["t"])
-        if skipped:
+        if skipped or dropped:
             out.append({"kind": "ladder", "t": round(time.monotonic() - self.start, 3),
-                        "skipped": skipped})
+                        "skipped": skipped, "dropped": dropped})
         out += self._timers(want)
         return out
 

@@ -62,7 +62,7 @@ svg#ladder-svg { width: min(96vw, 1400px); }
       c = {packets: [], transitions: [], timers: []};
       conns.set(k, c);
       if (conns.size > 200) conns.delete(conns.keys().next().value);
-      listed();
+      listed(k);
     }
     return c;
   }
@@ -81,14 +81,13 @@ svg#ladder-svg { width: min(96vw, 1400px); }
       conn(ev.conn).timers.push(ev);
     }
   }
-  function listed() {
-    const sel = document.getElementById("ladder-conn"), keys = [...conns.keys()].reverse();
-    sel.replaceChildren(...keys.slice(0, 60).map(k => {
-      const o = document.createElement("option");
-      o.value = k; o.textContent = k.replace(" ", "  \u2194  ");
-      return o;
-    }));
-    if (chosen !== null) sel.value = chosen;
+  function listed(k) {
+    // newest first; options already there stay (an open list does not jump)
+    const sel = document.getElementById("ladder-conn"), o = document.createElement("option");
+    o.value = k; o.textContent = k.replace(" ", "  \u2194  ");
+    sel.prepend(o);
+    while (sel.options.length > 60) sel.lastChild.remove();
+    sel.value = chosen === null ? "" : chosen;
   }
   function choose(k) {
     chosen = k; conn(k);
