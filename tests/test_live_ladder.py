@@ -190,10 +190,50 @@ def test_the_page_carries_the_ladder_block() -> None:
 
 # -- as root: packets ------------------------------------------------------------------
 
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the ladder's packets need root (CAP_NET_RAW for tcplab's "
+    "AF_PACKET capture); test_without_root_* checks the page's words then")
+
 
 @pytest.mark.loopback
-@pytest.mark.skipif(os.geteuid() != 0, reason="the ladder's packets need root (CAP_NET_RAW "
-                    "for tcplab's AF_PACKET capture); test_without_root_* checks the words")
+@needs_root
+def test_the_kernel_passes_only_the_followed_connections_segments() -> None:
+    """Once an interval's new connections are taken, the kernel's filter passes the
+    followed ones' segments only, and never lo's outgoing copy: every frame read is
+    one the ladder draws."""
+    from tcplab.observe.ladder import FOLLOW, Ladder
+    from tcplab.observe.sockets import SocketTable
+
+    with reading_server() as port, SocketTable() as table:
+        ladder = Ladder(port, None, time.monotonic(), table, capture=True)
+        try:
+            assert ladder.why_not is None, ladder.why_not
+            followed = [one_connection(port) for _ in range(FOLLOW)]
+            wait_for(lambda: len(ladder.follower.conns) == FOLLOW, "the followed connections")
+            others = [one_connection(port) for _ in range(2)]
+            last = [-1]
+
+            def settled() -> bool:  # nothing more read in 0.5 s
+                n, last[0] = last[0], ladder.frames_read
+                time.sleep(0.5)
+                return n == ladder.frames_read
+
+            wait_for(settled, "the capture to settle")
+            events = ladder.step([])
+        finally:
+            ladder.close()
+    packets = [e for e in events if e["kind"] == "packet"]
+    assert {e["conn"] for e in packets} == {conn_key(port, c) for c in followed}
+    assert not [e for e in events if e["kind"] == "ladder"]  # nothing skipped, nothing dropped
+    assert ladder.frames_read == len(packets), (ladder.frames_read, len(packets))
+    for c in followed:  # each one whole
+        words = [e["word"] for e in packets if e["conn"] == conn_key(port, c)]
+        assert in_order(words, ["SYN", "SYN-ACK", "ACK", "data", "FIN", "FIN", "ACK"]), words
+    assert not set(others) & {e["sport"] for e in packets}
+
+
+@pytest.mark.loopback
+@needs_root
 def test_the_ladder_of_a_chosen_connection_in_chromium(tmp_path: Path) -> None:
     """SYN, SYN-ACK, ACK, data, FIN in that order for the 4-tuple picked on the
     page, the TIME_WAIT countdown going down; the recording replays the same ladder."""

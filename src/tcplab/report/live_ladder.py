@@ -17,6 +17,7 @@ LADDER = r"""
 <section id="ladder">
 <h2>One connection: <select id="ladder-conn" aria-label="connection"></select></h2>
 <div id="ladder-why"></div>
+<div id="ladder-lost"></div>
 <div id="ladder-none">Click a line in Transitions, or pick a connection above.</div>
 <svg id="ladder-svg" viewBox="0 0 1100 100" role="img" aria-label="ladder of one connection">
 </svg>
@@ -25,7 +26,7 @@ LADDER = r"""
 #ladder { margin-top: 0.6em; }
 #ladder h2 { font-size: 26px; margin: 0.3em 0; }
 #ladder-conn { font: 22px ui-monospace, monospace; max-width: 90vw; }
-#ladder-why { font-size: 20px; color: #444; }
+#ladder-why, #ladder-lost { font-size: 20px; color: #444; }
 #ladder-none { font-size: 22px; color: #666; }
 #transitions div { cursor: pointer; }
 #transitions div:hover { background: #eef; }
@@ -79,6 +80,11 @@ svg#ladder-svg { width: min(96vw, 1400px); }
       if (c.transitions.length < 200) c.transitions.push(ev);
     } else if (ev.kind === "timer") {
       conn(ev.conn).timers.push(ev);
+    } else if (ev.kind === "ladder") {
+      // observe/ladder.py's bounds at work: say so, the ladder may lack segments
+      document.getElementById("ladder-lost").textContent = `At ${ev.t.toFixed(1)} s: ` +
+        `${ev.skipped} segments of followed connections over the interval's bound, ` +
+        `${ev.dropped} dropped by the kernel before they were read.`;
     }
   }
   function listed(k) {
