@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -309,3 +310,86 @@ def test_without_root_the_ladder_draws_transitions_and_says_why(
                  "a transition on the ladder")
         assert not ladder_words(driver)
         assert f"127.0.0.1:{cport}" in driver.find_element(By.ID, "ladder-svg").text
+
+
+
+#: Run inside the test's private namespace (nsenter): an nftables rule drops the first
+#: copy of a segment tagged LOSTLOST on its way in (a quota of one packet's bytes:
+#: net/netfilter/nft_quota.c stops matching once it is used up, as
+#: agents/retransmit.py does), then one connection sends it and closes. Prints the
+#: client's port.
+LOSE_ONE = """
+import os, socket, subprocess, sys
+port, home = int(sys.argv[1]), sys.argv[2]
+if os.readlink("/proc/self/ns/net") == home:
+    sys.exit("refusing: the host's network namespace")
+rules = ("table inet ladder {\\n chain input {\\n"
+         "  type filter hook input priority 0; policy accept;\\n"
+         f"  tcp dport {port} @ih,0,64 0x4c4f53544c4f5354 quota until 100 bytes drop\\n"
+         " }\\n}\\n")
+subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+ls = socket.socket()
+ls.bind(("127.0.0.1", port))
+ls.listen(1)
+c = socket.create_connection(("127.0.0.1", port), timeout=10)
+cport = c.getsockname()[1]
+s, _ = ls.accept()
+c.sendall(b"LOSTLOST" + b"x" * 8)
+s.settimeout(10)
+got = b""
+while len(got) < 16:
+    got += s.recv(100)
+c.close(); s.close(); ls.close()
+print(cport)
+"""
+
+
+@contextmanager
+def private_netns() -> Iterator[str]:
+    """A network namespace of our own (unshare -n), lo up; its holder's pid."""
+    holder = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 600"],
+                              stdin=subprocess.DEVNULL)
+    try:
+        pid = str(holder.pid)
+        home = os.readlink("/proc/self/ns/net")
+        wait_for(lambda: os.readlink(f"/proc/{pid}/ns/net") != home, "the new namespace")
+        yield pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.privileged
+@needs_root
+@pytest.mark.skipif(shutil.which("nft") is None or shutil.which("nsenter") is None,
+                    reason="nft (nftables) and nsenter (util-linux) are needed to lose a segment")
+def test_a_lost_segment_is_sent_again_on_the_ladder(tmp_path: Path) -> None:
+    """In a namespace of its own (--netns: the capture is opened in there), nftables
+    drops a data segment's first copy: the ladder draws it twice, the second with
+    the gap since the first."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    port = 7777  # the namespace is ours: any port is free
+    with private_netns() as pid, \
+            live("--netns", pid, "--port", str(port), "--interval", "0.5") as url, \
+            headless_chromium(tmp_path) as driver:
+        driver.get(url)
+        wait_for(lambda: "captured on lo" in driver.find_element(By.ID, "ladder-why").text,
+                 "the ladder's words")
+        r = subprocess.run(["nsenter", "-t", pid, "-n", sys.executable, "-c", LOSE_ONE,
+                            str(port), os.readlink("/proc/self/ns/net")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        key = conn_key(port, int(r.stdout))
+        wait_for(lambda: driver.execute_script(
+            "return [...document.getElementById('ladder-conn').options].map(o => o.value)"
+        ).count(key), "the connection in the list")
+        Select(driver.find_element(By.ID, "ladder-conn")).select_by_value(key)
+        wait_for(lambda: ladder_words(driver).count("data") == 2,
+                 f"the data segment twice (saw {ladder_words(driver)})")
+        again = driver.find_element(By.CSS_SELECTOR, "#ladder-svg .again-text").text
+        m = re.fullmatch(r"sent again after ([\d.]+) ms", again)
+        assert m and float(m.group(1)) > 0, again
+        driver.set_window_size(1280, 2000)
+        driver.find_element(By.ID, "ladder").screenshot(str(tmp_path / "retransmitted.png"))

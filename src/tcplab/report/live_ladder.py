@@ -135,7 +135,10 @@ svg#ladder-svg { width: min(96vw, 1400px); }
     drawn = key;
     none.style.display = "none"; svg.style.display = "";
     const [client, server] = ends(chosen, c), x = {[client]: XC, [server]: XS};
-    const shown = rows.slice(-MAXROWS), h = TOP + shown.length * ROW + (timers.length ? 90 : 30);
+    // a segment sent again gets a second line, under its arrow, for the gap
+    const shown = rows.slice(-MAXROWS), tall = ([k, e]) => k === "p" && e.retrans_ms != null;
+    const h = TOP + shown.reduce((n, r) => n + ROW + (tall(r) ? 34 : 0), 0) +
+      (timers.length ? 90 : 30);
     svg.setAttribute("viewBox", `0 0 1100 ${h}`);
     const kids = [el("defs", {})];
     kids[0].innerHTML = '<marker id="ladder-arrow" viewBox="0 0 10 10" refX="9" refY="5" ' +
@@ -151,8 +154,10 @@ svg#ladder-svg { width: min(96vw, 1400px); }
     const t0 = rows.length ? rows[0][1].t : 0, isn = {};
     for (const [kind, p] of rows)
       if (kind === "p" && !(p.src + ":" + p.sport in isn)) isn[p.src + ":" + p.sport] = p.seq;
-    shown.forEach(([kind, e], i) => {
-      const y = TOP + i * ROW + 20;
+    let next = TOP;
+    shown.forEach(([kind, e]) => {
+      const y = next + 20;
+      next += ROW + (tall([kind, e]) ? 34 : 0);
       kids.push(el("text", {class: "when", x: 10, y: y + 8}, "+" + ms(e.t - t0)));
       if (kind === "s") {
         const me = e.saddr + ":" + e.sport, xs = x[me] === undefined ? XC : x[me];
@@ -172,7 +177,8 @@ svg#ladder-svg { width: min(96vw, 1400px); }
       t.dataset.word = e.word;
       kids.push(t);
       if (e.retrans_ms != null)
-        kids.push(el("text", {class: "again-text", x: to === XS ? XS + 12 : 150, y: y + 22},
+        kids.push(el("text", {class: "again-text", x: (XC + XS) / 2, y: y + 50,
+                              "text-anchor": "middle"},
                      `sent again after ${e.retrans_ms} ms`));
     });
     timers.forEach((tm, i) => {
