@@ -104,6 +104,14 @@ def ladder_words(driver: Any) -> list[str]:
         ".map(e => e.dataset.word)"))
 
 
+def ladder_text(driver: Any, selector: str) -> str:
+    """The first ``selector``'s text in the ladder, read at once (the ladder is drawn
+    anew as segments come: an element found before may be gone a moment later)."""
+    return str(driver.execute_script(
+        "const e = document.querySelector('#ladder-svg ' + arguments[0]);"
+        "return e ? e.textContent : ''", selector))
+
+
 def in_order(words: list[str], want: list[str]) -> bool:
     it = iter(words)
     return all(w in it for w in want)
@@ -259,8 +267,7 @@ def test_the_ladder_of_a_chosen_connection_in_chromium(tmp_path: Path) -> None:
         wait_for(lambda: in_order(ladder_words(driver), want),
                  f"{want} on the ladder (saw {ladder_words(driver)})")
         assert ladder_words(driver)[:4] == want[:4]
-        assert driver.find_element(By.CSS_SELECTOR, "#ladder-svg .end").text == \
-            f"client 127.0.0.1:{cport}"
+        assert ladder_text(driver, ".end") == f"client 127.0.0.1:{cport}"
         wait_for(lambda: timewait_left(driver) > 0, "the TIME_WAIT countdown")
         before = timewait_left(driver)
         # TCP_TIMEWAIT_LEN is 60 s (include/net/tcp.h)
@@ -388,7 +395,7 @@ def test_a_lost_segment_is_sent_again_on_the_ladder(tmp_path: Path) -> None:
         Select(driver.find_element(By.ID, "ladder-conn")).select_by_value(key)
         wait_for(lambda: ladder_words(driver).count("data") == 2,
                  f"the data segment twice (saw {ladder_words(driver)})")
-        again = driver.find_element(By.CSS_SELECTOR, "#ladder-svg .again-text").text
+        again = ladder_text(driver, ".again-text")
         m = re.fullmatch(r"sent again after ([\d.]+) ms", again)
         assert m and float(m.group(1)) > 0, again
         driver.set_window_size(1280, 2000)
