@@ -308,8 +308,8 @@ def test_without_root_the_ladder_draws_transitions_and_says_why(
             return str(driver.find_element(By.ID, "ladder-why").text)
 
         wait_for(lambda: why(), "the ladder's words")
-        assert why().startswith("The ladder shows a connection's state transitions only: "
-                                "no packets (capturing packets needs CAP_NET_RAW"), why()
+        assert why().startswith("The ladder shows a connection's state transitions only, "
+                                "no packets: capturing packets needs CAP_NET_RAW"), why()
         assert driver.find_element(By.ID, "ladder-none").is_displayed()
         cport = one_connection(port)
         pick_from_transitions(driver, cport)

@@ -206,8 +206,8 @@ class Ladder:
     @property
     def words(self) -> str:
         if self.why_not:
-            return (f"The ladder shows a connection's state transitions only: no packets "
-                    f"({self.why_not}).")
+            return (f"The ladder shows a connection's state transitions only, no packets: "
+                    f"{self.why_not}.")
         return (f"The ladder shows the segments of the first {FOLLOW} connections seen in "
                 f"each interval (at most {PACKETS} segments an interval), captured on lo.")
 
