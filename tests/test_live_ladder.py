@@ -189,6 +189,27 @@ def test_a_segment_sent_again_carries_the_gap_and_a_bare_ack_does_not() -> None:
 
 
 @pytest.mark.pure
+def test_the_same_four_tuple_again_is_a_new_connection() -> None:
+    """A SYN on a followed 4-tuple after its FIN (tcp_tw_reuse takes a TIME_WAIT port
+    again): its first data is no copy of the old one's, and its TIME_WAIT is looked for."""
+    from tcplab.kernel.packets import ACK, FIN, PSH, SYN
+    from tcplab.observe.ladder import Follower
+
+    f = Follower()
+    f.packet(_pkt(40000, 80, SYN, 1), 0.0)
+    f.packet(_pkt(40000, 80, PSH | ACK, 2, 10), 0.1)
+    f.packet(_pkt(40000, 80, FIN | ACK, 12), 0.2)
+    assert [k for k, _ in f.want_timer()] == ["127.0.0.1:40000 127.0.0.1:80"]
+    f.conns["127.0.0.1:40000 127.0.0.1:80"].timer_done = True
+    assert not f.want_timer()
+    f.packet(_pkt(40000, 80, SYN, 1), 1.0)
+    again = f.packet(_pkt(40000, 80, PSH | ACK, 2, 10), 1.1)
+    assert again is not None and "retrans_ms" not in again
+    f.packet(_pkt(40000, 80, FIN | ACK, 12), 1.2)
+    assert [k for k, _ in f.want_timer()] == ["127.0.0.1:40000 127.0.0.1:80"]
+
+
+@pytest.mark.pure
 def test_the_page_carries_the_ladder_block() -> None:
     from tcplab.report.live_page import page
 

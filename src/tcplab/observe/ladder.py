@@ -36,7 +36,7 @@ from collections import OrderedDict
 from typing import Any
 
 from tcplab.kernel import tcp_states
-from tcplab.kernel.packets import FIN, RST, SYN, Packet, PacketError, decode_frame
+from tcplab.kernel.packets import ACK, FIN, RST, SYN, Packet, PacketError, decode_frame
 
 Event = dict[str, Any]
 
@@ -120,6 +120,13 @@ class Follower:
             self.skipped += 1
             return None
         self._sent += 1
+        if p.flags & (SYN | ACK) == SYN and c.fin:
+            # The same 4-tuple again (on loopback tcp_tw_reuse = 2 lets connect() take
+            # a port still in TIME_WAIT): a new connection; the page starts its
+            # ladder at this SYN.
+            c.sent.clear()
+            c.fin = c.timer_done = False
+            c.timer_tries = 0
         ev: Event = {"kind": "packet", "t": round(t, 6), "conn": key, "src": p.src,
                      "sport": p.sport, "dst": p.dst, "dport": p.dport, "flags": p.flag_text,
                      "word": p.lab_word, "seq": p.seq, "ack": p.ack, "len": p.length}

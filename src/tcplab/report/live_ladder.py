@@ -125,11 +125,20 @@ svg#ladder-svg { width: min(96vw, 1400px); }
     const svg = document.getElementById("ladder-svg");
     if (chosen === null) { none.style.display = ""; svg.style.display = "none"; return; }
     const c = conns.get(chosen), now = typeof clock === "number" ? clock : 1e12;
-    const rows = [...c.packets.filter(p => p.t <= now).map(p => ["p", p]),
-                  ...c.transitions.filter(t => t.t <= now).map(t => ["s", t])]
+    // The same 4-tuple used again (a SYN after a FIN or RST: tcp_tw_reuse on loopback)
+    // is another connection: the ladder starts at its SYN.
+    let from = -Infinity, closed = false;
+    for (const p of c.packets) {
+      if (p.t > now) break;
+      if (p.flags === "S" && closed) { from = p.t; closed = false; }
+      if (p.flags.includes("F") || p.flags.includes("R")) closed = true;
+    }
+    const seen = e => e.t >= from && e.t <= now;
+    const rows = [...c.packets.filter(seen).map(p => ["p", p]),
+                  ...c.transitions.filter(seen).map(t => ["s", t])]
       .sort((a, b) => a[1].t - b[1].t);
-    const timers = c.timers.filter(t => t.t <= now);
-    const key = chosen + "|" + rows.length + "|" + timers.length + "|" +
+    const timers = c.timers.filter(seen);
+    const key = chosen + "|" + from + "|" + rows.length + "|" + timers.length + "|" +
       (timers.length ? Math.floor(now * 10) : "");
     if (key === drawn) return;
     drawn = key;
