@@ -7,6 +7,7 @@ chose for a listener made here, so root and an ordinary user run them alike
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -99,6 +100,34 @@ def bomb(port: int, n: int) -> None:
     wait_for(settled, "every connection of the bomb closed")
 
 
+def stream(url: str, want: int, seconds: float = 3.0) -> list[dict[str, Any]]:
+    """The events the page's WebSocket gets in ``seconds`` (or until a count of
+    ``want`` TIME_WAIT comes)."""
+    import asyncio
+
+    import aiohttp
+
+    async def read() -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as session, \
+                session.ws_connect(url.replace("http://", "ws://") + "events") as ws:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                got += json.loads(msg.data)
+                if any(e["kind"] == "counts" and e["t"] > 0
+                       and e["states"]["TIME_WAIT"] == want for e in got):
+                    break
+        return got
+
+    return asyncio.run(read())
+
+
 @pytest.mark.pure
 def test_page_names_every_state_as_text_and_embeds_a_recording() -> None:
     from tcplab.kernel import tcp_states
@@ -125,7 +154,7 @@ def test_a_recording_that_is_not_one_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.loopback
 def test_the_stream_counts_what_ss_counts_and_a_recording_replays_them(tmp_path: Path) -> None:
-    """The server-sent events carry counts equal to ss's for the port; --record
+    """The page's WebSocket carries counts equal to ss's for the port; --record
     keeps them, and --replay serves a page that embeds the same counts."""
     import urllib.request
 
@@ -139,18 +168,9 @@ def test_the_stream_counts_what_ss_counts_and_a_recording_replays_them(tmp_path:
             got: list[dict[str, Any]] = []
 
             def seen() -> bool:
-                with urllib.request.urlopen(url + "events", timeout=30) as resp:
-                    got.clear()
-                    deadline = time.monotonic() + 3
-                    while time.monotonic() < deadline:
-                        line = resp.readline().decode()
-                        if line.startswith("data: "):
-                            got.append(json.loads(line[6:]))
-                            last = got[-1]
-                            if (last["kind"] == "counts" and last["t"] > 0
-                                    and last["states"]["TIME_WAIT"] == want):
-                                return True
-                return False
+                got[:] = stream(url, want)
+                return any(e["kind"] == "counts" and e["t"] > 0
+                           and e["states"]["TIME_WAIT"] == want for e in got)
 
             wait_for(seen, f"a count of {want} TIME_WAIT in the stream")
             assert got[0]["kind"] == "meta" and got[0]["port"] == port
@@ -199,3 +219,37 @@ def test_the_page_in_chromium_shows_ss_s_count_after_a_bomb(tmp_path: Path) -> N
             driver.save_screenshot(str(tmp_path / "live.png"))
     # Within one refresh of the bomb's end (0.5 s), plus the page's own frame.
     assert shown_after < 30, shown_after  # a bound for the wait, not a speed claim
+
+
+@pytest.mark.loopback
+def test_twenty_pages_do_not_slow_the_sampler(tmp_path: Path) -> None:
+    """Issue 16's Done-when: 20 pages open at once (tabs of one real Chromium), and
+    the sampler still counts every interval: the recording's counts come at the
+    interval's pace, whatever the pages do (the hub never waits for a page)."""
+    rec = tmp_path / "live.jsonl"
+    with listener() as ls:
+        port = ls.getsockname()[1]
+        with live("--port", str(port), "--interval", "0.5", "--record", str(rec)) as (_, url), \
+                headless_chromium(tmp_path) as driver:
+            from selenium.webdriver.common.by import By
+
+            for i in range(20):
+                if i:
+                    driver.switch_to.new_window("tab")
+                driver.get(url)
+            start = time.monotonic()
+            for _ in range(8):  # traffic for the pages to draw, for about 8 s
+                bomb(port, 20)
+                time.sleep(0.8)
+            for handle in driver.window_handles:  # every page is alive and counting
+                driver.switch_to.window(handle)
+                assert driver.find_element(By.ID, "count-LISTEN").text == "1"
+            elapsed = time.monotonic() - start
+    counts = [e["t"] for e in map(json.loads, rec.read_text().splitlines())
+              if e["kind"] == "counts"]
+    gaps = [b - a for a, b in itertools.pairwise(counts)]
+    # About one count per interval over the run; each gap is one interval unless the
+    # sampler fell behind, which it says by restarting its clock (observe.live).
+    assert len(counts) >= elapsed / 0.5 * 0.8, (len(counts), elapsed)
+    late = [g for g in gaps if g > 0.75]
+    assert len(late) <= len(gaps) // 10, (late, gaps)

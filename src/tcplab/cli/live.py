@@ -166,29 +166,44 @@ async def _serve(args: argparse.Namespace, host: str, port: int) -> None:
     async def index(_request: web.Request) -> web.Response:
         return web.Response(text=page(title, replay), content_type="text/html")
 
-    async def events(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    async def events(request: web.Request) -> web.WebSocketResponse:
+        """A WebSocket (not server-sent events: a browser opens at most 6 HTTP/1.1
+        connections to one host, and every page would hold one of them, so a 7th
+        tab could not even load): each message a JSON list of events."""
+        ws = web.WebSocketResponse(heartbeat=30)
         first, q = hub.subscribe()
-        try:
-            await resp.prepare(request)
-            await resp.write("".join(f"data: {json.dumps(e)}\n\n" for e in first).encode())
+
+        async def pump() -> None:
+            await ws.send_str(json.dumps(first))
             while True:
                 ev = await q.get()
                 if ev is None:
-                    break  # fell too far behind: cut off
+                    break  # fell too far behind: cut off (the page reconnects)
                 batch = [ev]
                 while not q.empty() and len(batch) < 500:
                     nxt = q.get_nowait()
                     if nxt is None:
                         break
                     batch.append(nxt)
-                await resp.write("".join(f"data: {json.dumps(e)}\n\n" for e in batch).encode())
+                await ws.send_str(json.dumps(batch))
+            await ws.close()
+
+        writer: asyncio.Task[None] | None = None
+        try:
+            await ws.prepare(request)
+            writer = asyncio.create_task(pump())
+            # Read what the page sends (nothing but the close handshake and pongs):
+            # a close is seen at once, not at the next event.
+            async for _msg in ws:
+                pass
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             hub.clients.discard(q)
-        return resp
+            if writer is not None:
+                writer.cancel()
+            await ws.close()
+        return ws
 
     app.router.add_get("/", index)
     if replay is None:

@@ -125,7 +125,7 @@ def _poll(args: argparse.Namespace, started: float, deadline: float | None, show
 
 def _trace(args: argparse.Namespace, started: float, deadline: float | None, show: Any,
            stop: Any) -> None:
-    from tcplab.kernel.tracefs import TraceParseError, Tracker, errno_text, parse_line
+    from tcplab.kernel.tracefs import Tracker, errno_text
     from tcplab.observe.tracefs import TraceInstance
 
     if stop:
@@ -144,13 +144,7 @@ def _trace(args: argparse.Namespace, started: float, deadline: float | None, sho
         pending: dict[tuple[int, str], dict[str, str]] = {}
         while _running(deadline, stop):
             left = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
-            for line in inst.lines(left):
-                try:
-                    e = parse_line(line)
-                except TraceParseError:
-                    continue
-                if e is None:
-                    continue
+            for e in inst.events(left):
                 if e.event == "inet_sock_set_state":
                     t = tracker.feed(e)
                     if t is not None:

@@ -153,16 +153,10 @@ class LiveSource:
         return out
 
     def _traced(self, timeout: float) -> list[Event]:
-        from tcplab.kernel.tracefs import TraceParseError, parse_line, reset_text
+        from tcplab.kernel.tracefs import reset_text
 
         out: list[Event] = []
-        for line in self._trace.lines(timeout):
-            try:
-                e = parse_line(line)
-            except TraceParseError:
-                continue
-            if e is None:
-                continue
+        for e in self._trace.events(timeout):
             if e.event == "inet_sock_set_state":
                 t = self._tracker.feed(e)
                 if t is not None:

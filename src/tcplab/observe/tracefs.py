@@ -18,6 +18,7 @@ import select
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from tcplab.errors import NotSupported, PrivilegeError
 from tcplab.interrupts import deferred
@@ -198,6 +199,19 @@ class TraceInstance:
         *complete, self._partial = data.split(b"\n")
         for raw in complete:
             yield raw.decode(errors="replace")
+
+    def events(self, timeout: float) -> Iterator[Any]:
+        """The lines of lines(timeout) parsed (kernel.tracefs.TraceEvent); comments,
+        lost-event notes and lines that are not events are left out."""
+        from tcplab.kernel.tracefs import TraceParseError, parse_line
+
+        for line in self.lines(timeout):
+            try:
+                e = parse_line(line)
+            except TraceParseError:
+                continue
+            if e is not None:
+                yield e
 
     def close(self) -> None:
         """Stop tracing and remove the instance; never cut by SIGINT or SIGTERM."""

@@ -3,7 +3,7 @@
 Nothing is fetched at run time (a classroom may be offline): no CDN, no
 library; the script is written here. It plays a list of events (the JSON lines
 observe.live makes) on its own clock, so pause and slow motion work the same on
-a live stream (server-sent events from /events) and on a recording embedded in
+a live stream (a WebSocket, /events) and on a recording embedded in
 the page (``tcplab live --replay FILE``, and the HTML report).
 
 Type is sized for a projector: state names and counts are text in the page (a
@@ -274,9 +274,16 @@ if (RECORDED !== null) {
   for (const ev of RECORDED) add(ev);
   following = false;
 } else {
-  const es = new EventSource("events");
-  es.onmessage = m => add(JSON.parse(m.data));
-  es.onerror = () => { document.getElementById("source").textContent += " (connection lost)"; };
+  const connect = () => {
+    const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") +
+                             location.host + "/events");
+    ws.onmessage = m => { for (const ev of JSON.parse(m.data)) add(ev); };
+    ws.onclose = () => {
+      document.getElementById("source").textContent += " (connection lost; retrying)";
+      setTimeout(connect, 2000);
+    };
+  };
+  connect();
 }
 requestAnimationFrame(frame);
 </script>
