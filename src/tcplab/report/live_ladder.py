@@ -60,12 +60,19 @@ svg#ladder-svg { width: min(96vw, 1400px); }
   function conn(k) {
     let c = conns.get(k);
     if (!c) {
-      c = {packets: [], transitions: [], timers: []};
+      c = {packets: [], transitions: [], timers: [], seen: new Set()};
       conns.set(k, c);
       if (conns.size > 200) conns.delete(conns.keys().next().value);
       listed(k);
     }
     return c;
+  }
+  // An event met before (a reconnected stream sends its history again): false.
+  function fresh(c, ev) {
+    const id = [ev.kind, ev.t, ev.sport, ev.seq, ev.flags, ev.old, ev.new].join("|");
+    if (c.seen.has(id)) return false;
+    c.seen.add(id);
+    return true;
   }
   function take(ev) {
     if (ev.kind === "meta") {
@@ -73,13 +80,14 @@ svg#ladder-svg { width: min(96vw, 1400px); }
       document.getElementById("ladder-why").textContent = ev.ladder || "";
     } else if (ev.kind === "packet") {
       const c = conn(ev.conn);
-      if (c.packets.length < 2000) c.packets.push(ev);
+      if (c.packets.length < 2000 && fresh(c, ev)) c.packets.push(ev);
       if (!picked && chosen === null) choose(ev.conn);
     } else if (ev.kind === "transition" && ev.sport && ev.dport) {
       const k = connKey(ev.saddr, ev.sport, ev.daddr, ev.dport), c = conn(k);
-      if (c.transitions.length < 200) c.transitions.push(ev);
+      if (c.transitions.length < 200 && fresh(c, ev)) c.transitions.push(ev);
     } else if (ev.kind === "timer") {
-      conn(ev.conn).timers.push(ev);
+      const c = conn(ev.conn);
+      if (fresh(c, ev)) c.timers.push(ev);
     } else if (ev.kind === "ladder") {
       // observe/ladder.py's bounds at work: say so, the ladder may lack segments
       document.getElementById("ladder-lost").textContent = `At ${ev.t.toFixed(1)} s: ` +
