@@ -25,6 +25,12 @@ for the whole machine: other network namespaces' connections on that port show
 too, and the page says so), else from sock_diag snapshots, which miss a state
 shorter than the interval (the page says that too).
 
+A ladder draws one connection picked on the page: its segments (SYN, SYN-ACK,
+ACK, data, FIN, RST, a copy sent again with the gap), from tcplab's own packet
+capture on lo (as root; of the first 3 new connections each interval), its
+state transitions, and its TIME_WAIT countdown. Without root it draws the
+transitions only, and the page says why.
+
 The page fetches nothing from the network (no CDN): it works offline. It is
 served on 127.0.0.1 unless --listen says otherwise; on another address anyone
 who reaches it sees this host's sockets.

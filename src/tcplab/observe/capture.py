@@ -82,13 +82,7 @@ class Capture:
         except OSError as exc:
             raise NotSupported(f"no AF_PACKET sockets here: {exc}") from None
         if port:
-            prog = port_filter(port)
-            # struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; } and
-            # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
-            insns = b"".join(struct.pack("=HBBI", *i) for i in prog)
-            self._buf = ctypes.create_string_buffer(insns)
-            fprog = struct.pack("HL", len(prog), ctypes.addressof(self._buf))
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            self.set_filter(port_filter(port))
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE
@@ -108,6 +102,16 @@ class Capture:
         except BlockingIOError:
             pass
         self.sock.setblocking(True)
+
+    def set_filter(self, prog: list[tuple[int, int, int, int]]) -> None:
+        """Attach a classic BPF program, in place of the one before (atomically:
+        net/core/filter.c, sk_attach_filter; the kernel copies the program)."""
+        # struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; } and
+        # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+        insns = b"".join(struct.pack("=HBBI", *i) for i in prog)
+        buf = ctypes.create_string_buffer(insns)
+        fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
     def frames(self, timeout: float) -> Iterator[tuple[float, bytes]]:
         """(kernel timestamp, frame) pairs arriving within ``timeout`` seconds."""

@@ -55,7 +55,7 @@ class LiveSource:
     """Counts every ``interval`` seconds, transitions as they come (see module)."""
 
     def __init__(self, port: int, netns: str | None = None, interval: float = 0.5,
-                 tracepoint: bool | None = None) -> None:
+                 tracepoint: bool | None = None, ladder: bool | None = None) -> None:
         self.port = port
         self.netns = netns
         self.interval = interval
@@ -81,6 +81,10 @@ class LiveSource:
             from tcplab.observe.poll_trace import PollTracer
 
             self._poll = PollTracer(port, self.start, netns=netns)
+        from tcplab.observe.ladder import Ladder  # the ladder's packets and timers
+
+        self.ladder = Ladder(port, netns, self.start, self.table,
+                             capture=True if ladder is None else ladder)
 
     @property
     def source(self) -> str:
@@ -92,9 +96,10 @@ class LiveSource:
             words += f" (the tracepoint could not be used: {self.why_poll})"
         return {"kind": "meta", "t": 0.0, "port": self.port, "netns": self.netns,
                 "source": self.source, "interval": self.interval, "words": words,
-                "states": list(tcp_states.STATE_NAMES)}
+                "states": list(tcp_states.STATE_NAMES), "ladder": self.ladder.words}
 
     def close(self) -> None:
+        self.ladder.close()
         self.table.close()
         if self._trace is not None:
             self._trace.close()
@@ -138,6 +143,7 @@ class LiveSource:
         if len(events) > SHOWN:
             out.append({"kind": "event", "t": now,
                         "text": f"and {len(events) - SHOWN} more in {self.interval:g} s"})
+        out += self.ladder.step(seen)
         if edges:
             out.append({"kind": "edges", "t": now, "edges": edges})
         out.append(self.counts())
@@ -170,6 +176,7 @@ def _state(name: str) -> str:
 
 
 def _transition(t: Any) -> Event:
-    return {"kind": "transition", "t": round(t.t, 3), "old": t.old, "new": t.new,
+    # to the microsecond, as the ladder's packets: a handshake on lo takes tens of them
+    return {"kind": "transition", "t": round(t.t, 6), "old": t.old, "new": t.new,
             "saddr": t.saddr, "sport": t.sport, "daddr": t.daddr, "dport": t.dport,
             "ms_in_old": t.ms_in_old}

@@ -16,6 +16,8 @@ import html
 import json
 from typing import Any
 
+from tcplab.report.live_ladder import LADDER
+
 #: (state, x, y) in the diagram's 1000 x 800 box: RFC 9293's figure, top to bottom.
 LAYOUT = [
     ("CLOSE", 500, 50), ("LISTEN", 500, 160), ("SYN_RECV", 230, 270), ("SYN_SENT", 770, 270),
@@ -66,7 +68,8 @@ def page(title: str, events: list[dict[str, Any]] | None = None) -> str:
             .replace("%EDGES%", json.dumps(EDGES))
             .replace("%ROUTES%", json.dumps(ROUTES))
             .replace("%STATES%", json.dumps([n for n, _, _ in LAYOUT]))
-            .replace("%DATA%", data))
+            .replace("%DATA%", data)
+            .replace("</body></html>", LADDER + "</body></html>"))  # report/live_ladder.py's
 
 
 TEMPLATE = """<!doctype html>
