@@ -131,7 +131,8 @@ svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
 "use strict";
 const LAYOUT = %LAYOUT%, EDGES = %EDGES%, STATES = %STATES%, ROUTES = %ROUTES%;
 const RECORDED = %DATA%;
-const WINDOW = 180;  // seconds of history in the strip charts
+// seconds of history in the strip charts: three minutes live, a short replay whole
+let WINDOW = 180;
 const log = [];      // every event received, in order of t
 let clock = 0, paused = false, speed = 1, following = true, shown = 0, lastFrame = null;
 let latestCounts = null;
@@ -178,11 +179,19 @@ function buildTable() {
     body.appendChild(tr);
   }
 }
+let lastT = -1, lastCountsT = -1;
 function add(ev) {
-  if (ev.kind === "meta") {
+  if (ev.kind === "meta" && RECORDED === null) {
+    // live: the newest meta is what is being shown now (the server sends it first)
     document.getElementById("source").textContent = ev.words;
     return;
   }
+  // a reconnected WebSocket sends its history again: keep each event once
+  if (ev.kind !== "meta" && (ev.t < lastT || (ev.kind === "counts" && ev.t === lastCountsT))) {
+    return;
+  }
+  if (ev.kind !== "meta") lastT = ev.t;
+  if (ev.kind === "counts") lastCountsT = ev.t;
   log.push(ev);
   if (log.length > 60000 && shown > 30000) {  // hours live: keep what the charts need
     log.splice(0, 30000); shown -= 30000;
@@ -207,6 +216,8 @@ function render() {
       prepend("events", `${ev.t.toFixed(3)} s  ${ev.text}`, 100);
     } else if (ev.kind === "counts") {
       counts = ev;
+    } else if (ev.kind === "meta") {  // a replay: each part's words when it begins
+      document.getElementById("source").textContent = ev.words;
     }
   }
   if (counts) { latestCounts = counts; showCounts(counts); }
@@ -273,6 +284,9 @@ drawEdges(); buildTable();
 if (RECORDED !== null) {
   for (const ev of RECORDED) add(ev);
   following = false;
+  WINDOW = Math.max(5, Math.min(180, lastT));
+  const first = RECORDED.find(ev => ev.kind === "meta");
+  if (first) document.getElementById("source").textContent = first.words;
 } else {
   const connect = () => {
     const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") +
