@@ -71,7 +71,7 @@ from dataclasses import dataclass, field, replace
 from tcplab.agents.io import tcplab
 from tcplab.errors import ConnectFailed, ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
-from tcplab.experiments.children import ForeignServer, ServerProcess
+from tcplab.experiments.children import ForeignServer, ServerProcess, pipe_lines
 from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed, Popen, ends
 from tcplab.experiments.probe import accepts_on
 from tcplab.experiments.result import Progress, TimelineRow, say_nothing, timeline_of
@@ -373,7 +373,7 @@ def _bomb(popen: Popen, args: list[str], duration: float,
 
     def relay() -> None:
         assert proc.stderr is not None
-        for raw in proc.stderr:
+        for raw in pipe_lines(proc.stderr):
             said.append(raw.decode(errors="replace").rstrip())
             progress(said[-1])
 

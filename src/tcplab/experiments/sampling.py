@@ -51,7 +51,9 @@ class StateSampler:
 
     def _collect(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        from tcplab.experiments.children import pipe_lines
+
+        for line in pipe_lines(self.proc.stdout):
             try:
                 self.rows.append(from_json_line(Sample, line))
             except RecordError:
