@@ -524,3 +524,9 @@ def ws_events(url: str, until: Callable[[list[dict[str, Any]]], bool],
         return got
 
     return asyncio.run(read())
+
+
+#: For tests that make a private network namespace (tests/test_interrupt.py and others).
+needs_netns = pytest.mark.skipif(
+    os.geteuid() != 0 and not userns_allowed(),
+    reason="no private network namespace: not root and unprivileged user namespaces are off")

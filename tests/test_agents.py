@@ -523,8 +523,39 @@ def test_nagle() -> None:
     assert [s.requests for s in served] == [3, 3] and served[0].delayed_acks >= 2
 
 
+@pytest.mark.loopback
+def test_live(children: list[subprocess.Popen[bytes]]) -> None:
+    """The live agent (experiment --live): a meta line, then counts of every port of
+    its namespace each interval, a TIME_WAIT among them; on SIGTERM one last count."""
+    import json
+
+    proc = spawn(command("live", "--interval", "0.1"), stdout=subprocess.PIPE,
+                 stdin=subprocess.DEVNULL)
+    children.append(proc)
+    assert proc.stdout is not None
+    meta = json.loads(proc.stdout.readline())
+    assert meta["kind"] == "meta" and meta["source"] == "poll" and meta["port"] == 0
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen()
+        c = socket.create_connection(lst.getsockname())
+        s, _ = lst.accept()
+        c.close()  # the client closes first: its side in TIME_WAIT
+        s.close()
+        seen = []
+        while not any(e["kind"] == "counts" and e["states"]["TIME_WAIT"] >= 1 for e in seen):
+            if not select.select([proc.stdout], [], [], GUARD)[0]:
+                pytest.fail(f"no count with TIME_WAIT within {GUARD} s: {seen[-3:]}")
+            seen.append(json.loads(proc.stdout.readline()))
+    proc.send_signal(signal.SIGTERM)
+    rest = [json.loads(x) for x in proc.stdout.read().splitlines()]  # to its end
+    assert proc.wait(timeout=GUARD) == 0
+    assert rest and rest[-1]["kind"] == "counts"  # the last count, at SIGTERM
+
+
 #: Each agent and the test that runs it with its documented argv.
 CASES = {
+    "live": test_live,
     "sampler": test_sampler, "flood": test_flood, "listening": test_listening,
     "half_close": test_half_close, "restart": test_restart, "reset": test_reset,
     "syn_queue": test_syn_queue,

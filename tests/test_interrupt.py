@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 
 from tcplab import interrupts
-from tests.helpers import userns_allowed
+from tests.helpers import needs_netns
 
 ROOT = os.geteuid() == 0
 EXIT_BOUND = 10.0  # seconds from the first SIGINT to the exit: the requirement
@@ -56,10 +56,6 @@ GUARD = 90.0  # a hang guard, not a time limit
 
 
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (tracefs, AF_PACKET)")
-needs_netns = pytest.mark.skipif(
-    not ROOT and not userns_allowed(),
-    reason="no private network namespace: not root and unprivileged user namespaces are off")
-
 
 # -- processes, namespaces and trace instances, read from /proc and tracefs -------------------
 
@@ -718,3 +714,35 @@ def test_stop_flag_raises_nothing_until_asked(handlers: None) -> None:
     assert stop and stop.signum == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):
         stop.raise_if_set()
+
+
+#: Ctrl-C during a followed run, as tests/test_interrupt.py does it: the live agent
+#: in each namespace goes with the rest (no tracefs: it never uses the tracepoint).
+LIVE_CASE = Case(lambda ctx: [*experiment("port-bomb", "--quick", "--variant", "fresh",
+                                          "--variant", "pool", "--ports", "200")(ctx),
+                              "--live", "--listen", "127.0.0.1:0", "--record",
+                              str(ctx.tmp / "rec.jsonl")], {
+    "early": line("port-bomb: fresh"),  # the namespace and its agent being made
+    "mid": line("bombing"),
+    "late": line("port-bomb: pool"),  # the first agent stopped, the second starting
+})
+
+
+@pytest.mark.privileged
+@needs_netns
+def test_sigint_during_a_live_run_leaves_nothing(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = [(point, times) for point in LIVE_CASE.points for times in (1, 2)]
+    watcher = Watcher()
+    try:
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            futures = [pool.submit(run_once, LIVE_CASE, LIVE_CASE.points[point], times,
+                                   GAPS[point], tmp_path / f"{point}-x{times}", watcher)
+                       for point, times in runs]
+            outcomes = [(point, f.result()) for (point, _), f in zip(runs, futures, strict=True)]
+    finally:
+        watcher.stop()
+    problems = [p for point, out in outcomes
+                for p in verdict("port-bomb --live", point, out, endless=False)]
+    assert not problems, "\n".join(problems)

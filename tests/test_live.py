@@ -233,3 +233,30 @@ def test_twenty_pages_do_not_slow_the_sampler(tmp_path: Path) -> None:
     assert len(counts) >= elapsed / 0.5 * 0.8, (len(counts), elapsed)
     late = [g for g in gaps if g > 0.75]
     assert len(late) <= len(gaps) // 10, (late, gaps)
+
+
+@pytest.mark.loopback
+def test_a_connection_s_transition_shows_on_the_page(tmp_path: Path) -> None:
+    """One connection made while the page is open shows in its Transitions list,
+    by its own port, with the edge it took (how soon: bench/live.py measures it)."""
+    with listener() as ls:
+        port = ls.getsockname()[1]
+        with live("--port", str(port), "--interval", "0.25") as (_, url), \
+                headless_chromium(tmp_path) as driver:
+            from selenium.webdriver.common.by import By
+
+            driver.get(url)
+            wait_for(lambda: driver.find_element(By.ID, "source").text != "connecting...",
+                     "the page's first event")
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            try:
+                sport = c.getsockname()[1]
+
+                def shown() -> bool:
+                    text = driver.find_element(By.ID, "transitions").text
+                    return any(f"127.0.0.1:{sport} > 127.0.0.1:{port}" in line
+                               and "ESTABLISHED" in line for line in text.splitlines())
+
+                wait_for(shown, f"the connection from port {sport} in the Transitions list")
+            finally:
+                c.close()

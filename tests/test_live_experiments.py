@@ -29,21 +29,12 @@ from tests.helpers import (
     Child,
     as_nobody,
     headless_chromium,
+    needs_netns,
     one_json,
     run_as,
     run_tcplab,
     wait_for,
     ws_events,
-)
-from tests.test_interrupt import (
-    GAPS,
-    Case,
-    Watcher,
-    experiment,
-    line,
-    needs_netns,
-    run_once,
-    verdict,
 )
 
 
@@ -195,38 +186,6 @@ def test_the_report_s_replay_draws_the_recorded_counts_offline(tmp_path: Path) -
         assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(last["TIME_WAIT"])
         errors = [x for x in driver.get_log("browser") if x["level"] == "SEVERE"]
         assert errors == []
-
-
-#: Ctrl-C during a followed run, as tests/test_interrupt.py does it: the live agent
-#: in each namespace goes with the rest (no tracefs: it never uses the tracepoint).
-LIVE_CASE = Case(lambda ctx: [*experiment("port-bomb", "--quick", "--variant", "fresh",
-                                          "--variant", "pool", "--ports", "200")(ctx),
-                              "--live", "--listen", "127.0.0.1:0", "--record",
-                              str(ctx.tmp / "rec.jsonl")], {
-    "early": line("port-bomb: fresh"),  # the namespace and its agent being made
-    "mid": line("bombing"),
-    "late": line("port-bomb: pool"),  # the first agent stopped, the second starting
-})
-
-
-@pytest.mark.privileged
-@needs_netns
-def test_sigint_during_a_live_run_leaves_nothing(tmp_path: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    runs = [(point, times) for point in LIVE_CASE.points for times in (1, 2)]
-    watcher = Watcher()
-    try:
-        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-            futures = [pool.submit(run_once, LIVE_CASE, LIVE_CASE.points[point], times,
-                                   GAPS[point], tmp_path / f"{point}-x{times}", watcher)
-                       for point, times in runs]
-            outcomes = [(point, f.result()) for (point, _), f in zip(runs, futures, strict=True)]
-    finally:
-        watcher.stop()
-    problems = [p for point, out in outcomes
-                for p in verdict("port-bomb --live", point, out, endless=False)]
-    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.loopback
