@@ -131,6 +131,37 @@ def latencies(n: int, interval: float, work: Path) -> list[float]:
     return out
 
 
+def bomb_to_page(rounds: int, interval: float, work: Path) -> list[float]:
+    """A bomb of 100 connections, settled (only TIME_WAIT and the listener left on
+    the port), then the time until the page's TIME_WAIT count equals ss's."""
+    out = []
+    with listener() as port, live(["--port", str(port), "--interval", str(interval)]) as url, \
+            chromium(work / "bomb") as driver:
+        driver.get(url)
+        time.sleep(1.5)
+        for _ in range(rounds):
+            for _ in range(100):
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+            filt = f"( sport = :{port} or dport = :{port} )"
+            while any(line.split()[0] not in ("TIME-WAIT", "LISTEN") for line in subprocess.run(
+                    ["ss", "-Htan", filt], capture_output=True, text=True).stdout.splitlines()):
+                time.sleep(0.01)
+            want = len(subprocess.run(["ss", "-Htan", "state", "time-wait", filt],
+                                      capture_output=True, text=True).stdout.splitlines())
+            t0 = time.monotonic()
+            while time.monotonic() < t0 + 10:
+                text = driver.execute_script(
+                    "return document.getElementById('count-TIME_WAIT').textContent")
+                if int(text.replace(",", "")) == want:
+                    out.append(time.monotonic() - t0)
+                    break
+                time.sleep(0.01)
+            else:
+                out.append(float("inf"))
+            time.sleep(0.7)
+    return out
+
+
 def gaps(pages: int, seconds: float, interval: float, work: Path) -> list[float]:
     rec = work / f"rec-{pages}.jsonl"
     with listener() as port, live(["--port", str(port), "--interval", str(interval),
@@ -167,6 +198,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         work = Path(tmp)
         lat = latencies(args.connections, args.interval, work)
+        (work / "bomb").mkdir()
+        equal = bomb_to_page(5, args.interval, work)
         (work / "p20").mkdir()
         alone, busy = (gaps(0, args.seconds, args.interval, work),
                        gaps(20, args.seconds, args.interval, work))
@@ -176,6 +209,8 @@ def main() -> int:
         "latency_s": {"median": statistics.median(finite) if finite else None,
                       "max": max(lat) if lat else None, "n": len(lat),
                       "missed": len(lat) - len(finite)},
+        "bomb_to_page_s": {"median": statistics.median(equal), "max": max(equal),
+                           "n": len(equal)},
         "gaps_s": {"alone_median": statistics.median(alone), "alone_max": max(alone),
                    "pages20_median": statistics.median(busy), "pages20_max": max(busy)},
     }
@@ -187,6 +222,10 @@ def main() -> int:
     print(f"  a transition on the page after it happened: median {lt['median']:.3f} s, "
           f"max {lt['max']:.3f} s over {lt['n']} connections ({lt['missed']} never shown); "
           f"goal <= 1 s: {'met' if lt['max'] <= 1 else 'NOT met'}")
+    b = body["bomb_to_page_s"]
+    print(f"  after a bomb (settled), the page's TIME_WAIT count equal to ss's: median "
+          f"{b['median']:.3f} s, max {b['max']:.3f} s over {b['n']} bombs "
+          f"({b['max'] / args.interval:.2f} refreshes at most)")
     print(f"  the sampler's gap between counts: alone median {g['alone_median']:.3f} s, max "
           f"{g['alone_max']:.3f} s; with 20 pages median {g['pages20_median']:.3f} s, max "
           f"{g['pages20_max']:.3f} s (x{g['pages20_median'] / g['alone_median']:.2f} median)")
