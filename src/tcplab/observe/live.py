@@ -146,6 +146,10 @@ class LiveSource:
         out += self.ladder.step(seen)
         if edges:
             out.append({"kind": "edges", "t": now, "edges": edges})
+        # In time order: the page keeps each event once by its time (a reconnected
+        # WebSocket sends its history again), so one out of order would be lost
+        # (the ladder's timers are read after ``now``, and a page lost the edges).
+        out.sort(key=lambda e: e["t"])
         out.append(self.counts())
         self._next_counts += self.interval
         if self._next_counts < time.monotonic():  # fell behind (a loaded machine)
