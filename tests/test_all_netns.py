@@ -34,13 +34,19 @@ time.sleep(60)
 """
 
 
+def leaking(sb: Sandbox, n: int) -> tuple[subprocess.Popen[bytes], int]:
+    """LEAK in the sandbox with ``n`` sockets in CLOSE_WAIT, and its namespace's
+    inode; the sandbox stops and reaps it."""
+    leak = sb.popen([sys.executable, "-c", LEAK, str(n)], stdout=subprocess.PIPE)
+    assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
+    return leak, os.stat(f"/proc/{leak.pid}/ns/net").st_ino
+
+
 @pytest.mark.privileged
 @pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
 def test_states_all_netns_sees_a_leak_in_another_namespace() -> None:
     with Sandbox({}) as sb:
-        leak = sb.popen([sys.executable, "-c", LEAK, "7"], stdout=subprocess.PIPE)
-        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
-        inode = os.stat(f"/proc/{leak.pid}/ns/net").st_ino
+        leak, inode = leaking(sb, 7)
         assert inode in {n.inode for n in discover().namespaces}
         r = run_tcplab("states", "--all-netns", "--port", "8080", "--json")
         assert r.returncode == 0, r.stderr
@@ -64,9 +70,7 @@ def test_doctor_as_root_finds_a_leak_in_another_namespace_with_no_option() -> No
     """The issue's Done-when: any leaking program in another namespace, `tcplab doctor`
     with no option names its pid, command and namespace, and exits non-zero."""
     with Sandbox({}) as sb:
-        leak = sb.popen([sys.executable, "-c", LEAK, "120"], stdout=subprocess.PIPE)
-        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
-        inode = os.stat(f"/proc/{leak.pid}/ns/net").st_ino
+        leak, inode = leaking(sb, 120)
         r = run_tcplab("doctor", "--interval", "0")
         text = r.stdout.decode()
         # warning (1) for ours; critical (2) when another test's namespace beside this one
@@ -118,9 +122,8 @@ def exporter_scrape() -> Iterator[Callable[[], dict[str, Any]]]:
 @pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
 def test_exporter_as_root_labels_a_leak_in_another_namespace() -> None:
     with Sandbox({}) as sb:
-        leak = sb.popen([sys.executable, "-c", LEAK, "9"], stdout=subprocess.PIPE)
-        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
-        inode = str(os.stat(f"/proc/{leak.pid}/ns/net").st_ino)
+        leak, ino = leaking(sb, 9)
+        inode = str(ino)
         with exporter_scrape() as scrape:
             families = scrape()
         cw = [(s.labels["netns"], s.value) for s in
@@ -210,9 +213,7 @@ def test_nsfs_mounts_are_read_from_mountinfo(tmp_path) -> None:  # type: ignore[
 @pytest.mark.skipif(os.geteuid() != 0, reason="another namespace's sockets need root")
 def test_sockets_and_fds_all_netns_name_the_namespace_of_each_row() -> None:
     with Sandbox({}) as sb:
-        leak = sb.popen([sys.executable, "-c", LEAK, "6"], stdout=subprocess.PIPE)
-        assert leak.stdout is not None and leak.stdout.readline() == b"leaking\n"
-        inode = os.stat(f"/proc/{leak.pid}/ns/net").st_ino
+        leak, inode = leaking(sb, 6)
         body = json.loads(run_tcplab("sockets", "--all-netns", "--all-procs", "--port", "8080",
                                      "--state", "close-wait", "--json").stdout)
         mine = [s for s in body["sockets"] if s["netns"] == inode]

@@ -145,19 +145,22 @@ def _wait_from(at: float, t: Thresholds) -> None:
 
 
 def diagnose(netns: str | None = None, t: Thresholds | None = None) -> Diagnosis:
+    from tcplab.observe.netns import pids_and_unseen
+
     t = t or Thresholds()
-    lk = look(netns)
+    # Other users' processes (without root): their namespace, and so whether they
+    # are in this one, cannot even be seen; they are counted, not diagnosed.
+    try:
+        pids, unseen = pids_and_unseen(netns)
+    except (OSError, UsageError):
+        pids, unseen = all_pids(), set()
+    lk = look(netns, pids)
     owners = OwnerMap(first=lk.pids)
     findings = check(lk, owners, t)
     if t.interval > 0:
         _wait_from(lk.at, t)
         findings += _grown(netns, lk)
     findings.sort(key=lambda f: (-SEVERITY[f.severity], f.kind))
-    # Other users' processes (without root): their namespace, and so whether they
-    # are in this one, cannot even be seen; pids_in() left them out.
-    from tcplab.observe.netns import each_pid_netns
-
-    unseen = {pid for pid, ident in each_pid_netns() if ident is None}
     return Diagnosis(findings, len(lk.sockets), len(lk.pids),
                      len(owners.hidden | unreadable(lk.pids) | unseen))
 

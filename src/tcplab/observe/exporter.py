@@ -45,21 +45,20 @@ class TcplabCollector:
     def _namespaces(self, pinned: Iterable[str]) -> tuple[list[Any], int]:
         """The namespaces to read (observe.nodes.Namespace records), and how many
         processes' namespaces could not be looked at."""
-        from tcplab.observe.netns import each_pid_netns, ns_path
+        from tcplab.observe.netns import ns_path
         from tcplab.observe.nodes import Namespace, discover
 
         if self.all_netns:
             found = discover(pinned=pinned)
             return list(found.namespaces), found.unreadable
-        unseen = sum(1 for _, ident in each_pid_netns() if ident is None)
-        if not self.netns:
-            return [n for n in discover().namespaces if n.ours][:1], unseen
-        # --netns: that one, as discover() would describe it (its pids, for the
-        # container label); a name that opens nothing is said as gone.
-        path = ns_path(self.netns)
+        # One walk of /proc: ours, or the one --netns names (as discover() describes
+        # it: its pids, for the container label); a name that opens nothing is gone.
+        path = ns_path(self.netns) if self.netns else "/proc/self/ns/net"
         st = os.stat(path)
         ident = f"{st.st_dev}:{st.st_ino}"
-        for ns in discover(pinned=[path]).namespaces:
+        found = discover(pinned=[path] if self.netns else [])
+        unseen = found.unreadable
+        for ns in found.namespaces:
             if ns.id == ident:
                 return [ns], unseen
         return [Namespace(ident, st.st_ino, path, None, None, 0, False)], unseen

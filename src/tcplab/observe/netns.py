@@ -93,12 +93,27 @@ def pids_in(spec: str | None, procfs: str = "/proc") -> list[int]:
     netns_pids). Processes that are gone, or another user's (unreadable
     without root), are left out.
     """
+    return pids_and_unseen(spec, procfs)[0]
+
+
+def pids_and_unseen(spec: str | None, procfs: str = "/proc") -> tuple[list[int], set[int]]:
+    """pids_in(spec), and the processes whose namespaces could not be looked at
+    (another user's, without root: whether they are in it cannot be told), from one
+    walk of /proc."""
     path = ns_path(spec) if spec is not None else f"{procfs}/self/ns/net"
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise UsageError(f"no network namespace {spec!r} ({path} does not exist)") from None
-    return pids_in_any({f"{st.st_dev}:{st.st_ino}"}, procfs)
+    want = f"{st.st_dev}:{st.st_ino}"
+    pids: list[int] = []
+    unseen: set[int] = set()
+    for pid, ident in each_pid_netns(procfs):
+        if ident is None:
+            unseen.add(pid)
+        elif ident == want:
+            pids.append(pid)
+    return sorted(pids), unseen
 
 
 def pids_in_any(netns: set[str], procfs: str = "/proc") -> list[int]:
