@@ -108,7 +108,8 @@ def test_a_recorded_port_bomb_peaks_at_the_time_wait_it_reported(
     assert any("EADDRNOTAVAIL" in e.get("text", "") for e in events)  # the bomb's, verbatim
     # The report: a replay page per experiment, linked, with the recording's counts.
     index = (report / "index.html").read_text()
-    assert 'href="replay-port-bomb.html"' in index
+    assert 'href="replay-port-bomb.html"' in index  # opened on its own
+    assert '<iframe class="replay" src="replay-port-bomb.html"' in index  # and embedded
     replayed = embedded(report / "replay-port-bomb.html")
     assert [e["states"] for e in replayed if e["kind"] == "counts"] == [
         e["states"] for e in events if e["kind"] == "counts"]
@@ -164,8 +165,9 @@ def test_live_serves_the_leak_filling_close_wait_while_it_runs(
 @pytest.mark.privileged
 @needs_netns
 def test_the_report_s_replay_draws_the_recorded_counts_offline(tmp_path: Path) -> None:
-    """In Chromium, from the file (no server, nothing fetched): the replay ends on the
-    run's last counts, state by state, as text."""
+    """In Chromium, from the file (no server, nothing fetched): the replay embedded in
+    index.html, and the same page opened on its own, end on the run's last counts,
+    state by state, as text."""
     report = tmp_path / "report"
     b = one_json(run_tcplab("experiment", "port-bomb", "--quick", "--variant", "fresh",
                             "--ports", "200", "--report", str(report), "--live-interval", "0.2",
@@ -177,11 +179,25 @@ def test_the_report_s_replay_draws_the_recorded_counts_offline(tmp_path: Path) -
     with headless_chromium(tmp_path) as driver:
         from selenium.webdriver.common.by import By
 
-        driver.get(page.as_uri())
+        from selenium.common.exceptions import NoSuchElementException
 
         def drawn() -> dict[str, int]:
-            return {s: int(driver.find_element(By.ID, f"count-{s}").text.replace(",", ""))
-                    for s in last}
+            try:
+                return {s: int(driver.find_element(By.ID, f"count-{s}").text.replace(",", ""))
+                        for s in last}
+            except NoSuchElementException:  # the lazy iframe has not loaded yet
+                return {}
+
+        # In the report: the port-bomb section's iframe, scrolled to (it loads lazily).
+        driver.get((report / "index.html").as_uri())
+        frame = driver.find_element(By.CSS_SELECTOR, "#port-bomb iframe.replay")
+        driver.execute_script("arguments[0].scrollIntoView()", frame)
+        driver.switch_to.frame(frame)
+        wait_for(lambda: drawn() == last, f"the embedded replay's last counts {last}",
+                 timeout=60)
+        driver.switch_to.default_content()
+        # On its own.
+        driver.get(page.as_uri())
         wait_for(lambda: drawn() == last, f"the replay's last counts {last}", timeout=60)
         assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(last["TIME_WAIT"])
         errors = [x for x in driver.get_log("browser") if x["level"] == "SEVERE"]

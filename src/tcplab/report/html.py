@@ -3,7 +3,8 @@
 One index.html (inline CSS and SVG: nothing to fetch, no script) and
 results.json with every experiment's result as ``--json`` prints it; with the
 experiments' live recordings, a replay-NAME.html per experiment (the live page
-with the recording embedded: its script is inline, nothing fetched either).
+with the recording embedded: its script is inline, nothing fetched either),
+which index.html embeds in the experiment's section as an iframe.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
 .lesson .run { border-left: 3px solid #2a7a2a; padding-left: 0.5rem; }
 .lesson .recorded { border-left: 3px solid #aaa; padding-left: 0.5rem; color: #555; }
 .lesson .missing { border-left: 3px solid #886600; padding-left: 0.5rem; color: #555; }
+iframe.replay { width: 100%; height: 42rem; border: 1px solid #ccc; }
 """
 
 
@@ -182,9 +184,14 @@ def _section(r: AnyResult, index: int, run: Mapping[str, AnyResult], topics: lis
     if r.link is not None:
         parts.append(f'<p class="meta">Link: {html.escape(r.link.words())}</p>')
     if replay is not None:
-        parts.append(f'<p><a href="{html.escape(replay)}">The sockets of its namespaces as '
-                     "it ran: the live page, replayed</a> (state diagram, counts, "
-                     "transitions; pause and slow motion)</p>")
+        # The replay is embedded where it is read: an iframe of the page beside
+        # index.html (its script stays there; this page has none), loaded when
+        # scrolled to, and a link to open it on its own, full screen for a projector.
+        src = html.escape(replay)
+        parts.append(f'<p>The sockets of its namespaces as it ran, replayed (state diagram, '
+                     f'counts, transitions; pause and slow motion; <a href="{src}">open it '
+                     f'on its own</a>):</p><iframe class="replay" src="{src}" loading="lazy" '
+                     f'title="{html.escape(r.experiment)}: the replay"></iframe>')
     for caption, svg in ([] if r.skipped else _charts(r)):
         parts.append(f'<figure class="chart">{svg}<figcaption>{html.escape(caption)}'
                      "</figcaption></figure>")
