@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import NOBODY_ENV, as_nobody, headless_chromium, wait_for
+from tests.helpers import NOBODY_ENV, as_nobody, headless_chromium, wait_for, ws_events
 
 
 @contextmanager
@@ -338,6 +338,25 @@ def test_without_root_the_ladder_draws_transitions_and_says_why(
                  "a transition on the ladder")
         assert not ladder_words(driver)
         assert f"127.0.0.1:{cport}" in driver.find_element(By.ID, "ladder-svg").text
+        # More connections than the page keeps (200, the oldest dropped first): the
+        # picked one stays on the ladder (it was the oldest: a port bomb's replay drew
+        # nothing and threw a TypeError every tick).
+        for _ in range(25):
+            for _ in range(12):
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+            time.sleep(0.25)
+        wait_for(lambda: len(conns_in(ws_events(url, lambda _: False, 1.0))) > 201,
+                 "more than 201 connections' transitions sent to the page", timeout=30)
+        time.sleep(0.5)  # a draw or two after the last of them
+        assert f"127.0.0.1:{cport}" in driver.find_element(By.ID, "ladder-svg").text
+        errors = [x for x in driver.get_log("browser") if x["level"] == "SEVERE"]
+        assert errors == []
+
+
+def conns_in(events: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    """The connections whose transitions the page got."""
+    return {(e["saddr"], e["sport"], e["daddr"], e["dport"]) for e in events
+            if e["kind"] == "transition" and e.get("sport") and e.get("dport")}
 
 
 

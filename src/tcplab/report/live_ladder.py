@@ -62,7 +62,13 @@ svg#ladder-svg { width: min(96vw, 1400px); }
     if (!c) {
       c = {packets: [], transitions: [], timers: [], seen: new Set()};
       conns.set(k, c);
-      if (conns.size > 200) conns.delete(conns.keys().next().value);
+      // at most 200 kept, the oldest goes first: never the one on the ladder (a bomb
+      // makes thousands; the chosen one was the oldest and the ladder drew nothing)
+      if (conns.size > 200) {
+        for (const old of conns.keys()) {
+          if (old !== chosen && old !== k) { conns.delete(old); break; }
+        }
+      }
       listed(k);
     }
     return c;

@@ -73,7 +73,7 @@ def page(title: str, events: list[dict[str, Any]] | None = None) -> str:
 
 
 TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>%TITLE%</title>
 <style>
