@@ -177,9 +177,8 @@ def test_the_report_s_replay_draws_the_recorded_counts_offline(tmp_path: Path) -
     last = counts[-1]["states"]
     assert last["TIME_WAIT"] == b["variants"][0]["time_wait_peak"] > 0
     with headless_chromium(tmp_path) as driver:
-        from selenium.webdriver.common.by import By
-
         from selenium.common.exceptions import NoSuchElementException
+        from selenium.webdriver.common.by import By
 
         def drawn() -> dict[str, int]:
             try:
