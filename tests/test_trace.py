@@ -44,6 +44,7 @@ from tcplab.kernel.tracefs import (
     Transition,
     errno_text,
     parse_line,
+    reset_text,
     state_name,
 )
 from tests.helpers import (
@@ -126,6 +127,35 @@ def test_every_recorded_line_parses(lines: list[str]) -> None:
     for e in states:
         assert {"family", "protocol", "sport", "dport", "saddr", "daddr", "saddrv6", "daddrv6",
                 "oldstate", "newstate"} <= set(e.fields)
+
+
+#: Recorded on Linux 6.18 (2026-12-01) during a loopback bomb: a listener's reset.
+LISTENER_RESET = ("python-4242    [000] b..1.  5120.000001: tcp_send_reset: "
+                  "skbaddr=000000005b329929 skaddr=000000009aa8531a src=127.0.0.1:40339 "
+                  "dest=0.0.0.0:0 state=TCP_LISTEN reason=TCP_FLAGS")
+
+
+@pytest.mark.pure
+def test_reset_lines_say_who_sent_and_the_kernel_s_reason() -> None:
+    """A connection's reset names both ends and the kernel's state and reason; a
+    listener's (its socket's addresses: 0.0.0.0:0 for the peer) says "by the
+    listener", not a peer at 0.0.0.0; a reset received names its socket."""
+    by_event = {}
+    for line in [*LINES, LISTENER_RESET]:
+        e = parse_line(line)
+        if e is not None and e.event in ("tcp_send_reset", "tcp_receive_reset"):
+            by_event.setdefault(e.event, []).append(e)
+    sent = [reset_text(e.event, e.fields) for e in by_event["tcp_send_reset"]]
+    assert sent[0] == ("RST sent 127.0.0.1:8080 > 127.0.0.1:52812 "
+                       "(state=TCP_CLOSE reason=TCP_STATE)")
+    assert sent[-1] == ("RST sent by the listener 127.0.0.1:40339 to a segment's sender "
+                        "(state=TCP_LISTEN reason=TCP_FLAGS)")
+    assert not any("> 0.0.0.0" in x for x in sent if x)
+    got = by_event["tcp_receive_reset"][0]
+    assert reset_text(got.event, got.fields) == ("RST received on 127.0.0.1:22819 from "
+                                                 "127.0.0.1:51126")
+    # another port's reset is not this port's
+    assert reset_text("tcp_send_reset", by_event["tcp_send_reset"][0].fields, 9) is None
 
 
 @pytest.mark.pure

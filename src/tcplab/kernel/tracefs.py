@@ -149,12 +149,22 @@ class Tracker:
 
 def reset_text(event: str, f: dict[str, str], port: int = 0) -> str | None:
     """``RST sent A > B`` / ``RST received on A from B`` for tcp_send_reset and
-    tcp_receive_reset; None for a reset on another port than ``port`` (0: any)."""
+    tcp_receive_reset; None for a reset on another port than ``port`` (0: any).
+
+    tcp_send_reset's text carries the kernel's own words for the socket's state
+    and the reason (``state=TCP_LISTEN reason=TCP_FLAGS``: include/net/rstreason.h,
+    since Linux 6.10). Its addresses are the socket's when it is a full socket
+    (include/trace/events/tcp.h), so a listener's reset shows its own address and
+    ``0.0.0.0:0``: that is said as "by the listener", not as a peer at 0.0.0.0."""
     if event == "tcp_send_reset":
         src, dst = f.get("src", "?"), f.get("dest", "?")
         if port and not (src.endswith(f":{port}") or dst.endswith(f":{port}")):
             return None
-        return f"RST sent {src} > {dst}"
+        why = " ".join(f"{k}={f[k]}" for k in ("state", "reason") if f.get(k))
+        why = f" ({why})" if why else ""
+        if dst in ("0.0.0.0:0", "[::]:0"):
+            return f"RST sent by the listener {src} to a segment's sender{why}"
+        return f"RST sent {src} > {dst}{why}"
     return (f"RST received on {f.get('saddr')}:{f.get('sport')} from "
             f"{f.get('daddr')}:{f.get('dport')}")
 

@@ -90,16 +90,19 @@ svg#diagram { width: 54vw; min-width: 600px; max-height: 88vh; }
 .state text.count { font-size: 30px; font-weight: bold; font-variant-numeric: tabular-nums; }
 .edge { stroke: #9aa5b8; stroke-width: 3; fill: none; marker-end: url(#arrow); }
 .edge.lit { stroke: #d9480f; stroke-width: 8; }
-.rate { font-size: 20px; fill: #d9480f; text-anchor: middle; }
+.rate { font-size: 22px; font-weight: bold; fill: #d9480f; text-anchor: middle;
+  paint-order: stroke; stroke: #fff; stroke-width: 6px; }  /* readable over an edge */
 table#counts { border-collapse: collapse; font-size: 24px; }
 table#counts td { padding: 0.1em 0.5em; }
 table#counts td.n { text-align: right; font-variant-numeric: tabular-nums; font-weight: bold; }
 svg.strip { width: 220px; height: 34px; vertical-align: middle; }
 svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
+#strip-span { font-size: 18px; color: #444; }
 #side { flex: 1 1 420px; min-width: 380px; }
 #side h2 { font-size: 24px; margin: 0.5em 0 0.2em; }
 #events, #transitions { font: 18px/1.3 ui-monospace, monospace; max-height: 10em; overflow: auto;
   white-space: nowrap; }
+#events > * { white-space: normal; padding-left: 2em; text-indent: -2em; }  /* the errors whole */
 </style></head>
 <body>
 <h1>%TITLE%</h1>
@@ -115,14 +118,16 @@ svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
 </div>
 <div id="main">
 <svg id="diagram" viewBox="0 0 1000 800" role="img" aria-label="TCP state diagram">
-  <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5"
-    markerHeight="5" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#666"/>
+  <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="16"
+    markerHeight="16" markerUnits="userSpaceOnUse" orient="auto-start-reverse">
+    <path d="M0,0 L10,5 L0,10 z" fill="#666"/>
   </marker></defs>
   <g id="edges"></g>
   %BOXES%
 </svg>
 <div id="side">
   <table id="counts" aria-label="sockets per state"><tbody></tbody></table>
+  <div id="strip-span"></div>
   <h2>Events</h2><div id="events" aria-live="polite"></div>
   <h2>Transitions</h2><div id="transitions"></div>
 </div>
@@ -227,7 +232,9 @@ function render() {
     const recent = (edgeTimes[id] || []).filter(([t]) => t > clock - 5 && t <= clock);
     edgeTimes[id] = recent;
     const n = recent.reduce((sum, [, k]) => sum + k, 0);
-    document.getElementById("rate-" + id).textContent = n ? (n / 5).toFixed(1) + "/s" : "";
+    const rate = n / 5;  // over the last 5 s
+    document.getElementById("rate-" + id).textContent =
+      !n ? "" : (rate >= 10 ? Math.round(rate).toLocaleString("en") : rate.toFixed(1)) + "/s";
   }
   document.getElementById("clock").textContent = `t = ${clock.toFixed(1)} s` +
     (paused ? " (paused)" : speed !== 1 ? ` (${speed}x)` : "");
@@ -244,7 +251,9 @@ function showCounts(c) {
     document.getElementById("svgcount-" + s).textContent = n.toLocaleString("en");
     document.getElementById("state-" + s).classList.toggle("busy", n > 0);
   }
-  const since = c.t - WINDOW, pts = {};
+  // the strips span what there is, up to WINDOW: a page opened 5 s ago fills them
+  const first = (log.find(e => e.kind === "counts") || c).t;
+  const span = Math.max(5, Math.min(WINDOW, c.t - first)), since = c.t - span, pts = {};
   for (const s of STATES) pts[s] = [];
   for (const ev of log) {
     if (ev.kind !== "counts" || ev.t < since || ev.t > c.t) continue;
@@ -253,9 +262,11 @@ function showCounts(c) {
   for (const s of STATES) {
     const max = Math.max(1, ...pts[s].map(p => p[1]));
     const xy = ([t, n]) =>
-      `${((t - since) / WINDOW * 220).toFixed(1)},${(32 - n / max * 30).toFixed(1)}`;
+      `${((t - since) / span * 220).toFixed(1)},${(32 - n / max * 30).toFixed(1)}`;
     document.getElementById("strip-" + s).setAttribute("points", pts[s].map(xy).join(" "));
   }
+  document.getElementById("strip-span").textContent =
+    `Each strip: the last ${Math.round(span)} s, scaled to its own highest count.`;
 }
 function frame(now) {
   if (lastFrame !== null && !paused) {
