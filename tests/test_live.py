@@ -264,3 +264,79 @@ def test_a_connection_s_transition_shows_on_the_page(tmp_path: Path) -> None:
                 wait_for(shown, f"the connection from port {sport} in the Transitions list")
             finally:
                 c.close()
+
+
+#: Run under ``unshare -n`` (a private network namespace: its own port range): ten
+#: local ports, all held by connections, so the 11th and 12th connect() fail with
+#: EADDRNOTAVAIL; then every file descriptor used up, so accept() fails with EMFILE.
+#: Prints its pid and the errors as Python gives them.
+EXHAUST = """
+import os, resource, socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("40000 40009")
+print(os.getpid(), flush=True)
+ls = socket.socket(); ls.bind(("127.0.0.1", 8080)); ls.listen(64)
+held = [socket.create_connection(("127.0.0.1", 8080)) for _ in range(10)]
+for _ in range(2):
+    try:
+        socket.create_connection(("127.0.0.1", 8080))
+    except OSError as exc:
+        print(exc, flush=True)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+fds = []
+try:
+    while True:
+        fds.append(os.dup(0))
+except OSError:
+    pass
+try:
+    ls.accept()
+except OSError as exc:
+    print(exc, flush=True)
+sys.stdin.read()  # until the test has read the page
+"""
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(os.geteuid() != 0, reason="failed syscalls come from tracepoints, "
+                    "which need root; as an ordinary user the page says they are not seen")
+def test_the_first_eaddrnotavail_and_emfile_of_a_process_are_printed_verbatim() -> None:
+    """As root: a process's first connect() EADDRNOTAVAIL and accept() EMFILE appear
+    on the page as Python's own errors say them, with its pid; its second
+    EADDRNOTAVAIL is counted, not printed again."""
+    import shutil
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare (util-linux) and ip (iproute2)")
+    with live("--port", "8080", "--interval", "0.2") as (_, url):
+        child = subprocess.Popen(["unshare", "-n", sys.executable, "-c", EXHAUST],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdin is not None
+            pid = int(child.stdout.readline())
+            said = [child.stdout.readline().strip() for _ in range(3)]
+            assert said == ["[Errno 99] Cannot assign requested address"] * 2 + [
+                "[Errno 24] Too many open files"], said
+            ours = f"(pid {pid}, python"
+
+            def texts(events: list[dict[str, Any]]) -> list[str]:
+                return [e["text"] for e in events if e["kind"] == "event"]
+
+            def both(events: list[dict[str, Any]]) -> bool:
+                got = [t for t in texts(events) if ours in t]
+                return any(t.startswith("accept4() failed") for t in got) and any(
+                    t.startswith("connect() failed") for t in got)
+
+            events = ws_events(url, both, 10.0)
+        finally:
+            child.communicate("", timeout=30)
+    got = [t for t in texts(events) if ours in t]
+    assert [t.split(" (pid")[0] for t in got] == [
+        "connect() failed: [Errno 99] EADDRNOTAVAIL: Cannot assign requested address",
+        "accept4() failed: [Errno 24] EMFILE: Too many open files"], got
+    # the second EADDRNOTAVAIL: counted (with any other process's after their first)
+    assert any(re.fullmatch(r"connect\(\) failed with EADDRNOTAVAIL [\d,]+ more times? in "
+                            r"0\.2 s", t) for t in texts(events)), texts(events)
+    meta = next(e for e in events if e["kind"] == "meta")
+    assert "a failed connect() (EADDRNOTAVAIL) or accept() (EMFILE, ENFILE)" in meta["words"]

@@ -16,8 +16,12 @@ Serves a page (http://127.0.0.1:9310/ by default) that shows the TCP state
 machine of one port moving: the eleven states of RFC 9293 with the live count
 of sockets in each, the edges lighting up as real transitions happen (with
 their rate), a strip chart per state over the last three minutes, and the
-events that matter (resets) as they happen. Pause and slow motion work on the
-page; everything shown can be recorded (--record) and replayed (--replay).
+events that matter as they happen: resets, and as root a process's first
+connect() failing with EADDRNOTAVAIL and first accept() failing with EMFILE or
+ENFILE, in the C library's words with its pid (then how many more each
+interval; the syscalls' tracepoints carry no address, so these are any
+process's on this machine). Pause and slow motion work on the page; everything
+shown can be recorded (--record) and replayed (--replay).
 
 Counts come from the kernel's socket table (sock_diag) every --interval.
 Transitions come from the sock:inet_sock_set_state tracepoint as root (it is one

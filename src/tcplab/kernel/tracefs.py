@@ -169,11 +169,15 @@ def reset_text(event: str, f: dict[str, str], port: int = 0) -> str | None:
             f"{f.get('daddr')}:{f.get('dport')}")
 
 
+def ret_value(ret: str) -> int:
+    """A syscall's return value as trace_pipe printed it (``0xffffffffffffff9d``), signed."""
+    value = int(ret, 16) if ret.startswith("0x") else int(ret)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def errno_text(ret: str) -> str:
     """A syscall's return value as tcplab prints it: ``3`` or ``-EMFILE``."""
-    value = int(ret, 16) if ret.startswith("0x") else int(ret)
-    if value >= 1 << 63:
-        value -= 1 << 64
+    value = ret_value(ret)
     if -4096 < value < 0:
         return "-" + errno.errorcode.get(-value, str(-value))
     return str(value)

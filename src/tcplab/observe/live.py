@@ -18,7 +18,11 @@ page draws:
   by port in the kernel; machine-wide: other namespaces' connections on that
   port show too, and the meta event says so); otherwise from sock_diag
   snapshots (observe.poll_trace), which miss a state shorter than the interval;
-- ``{"kind": "event", "t": ..., "text": "RST sent 127.0.0.1:8080 > ..."}``;
+- ``{"kind": "event", "t": ..., "text": "RST sent 127.0.0.1:8080 > ..."}``; as root
+  also the first connect() that fails with EADDRNOTAVAIL and the first accept()
+  with EMFILE or ENFILE, verbatim, by any process (observe.tracefs.FAILURES: the
+  syscall's return carries no address, so these are the machine's), then how many
+  more each interval;
 - one ``{"kind": "meta", ...}`` first: port, namespace, source, interval, and
   the words the page shows about what it can miss.
 
@@ -32,8 +36,10 @@ import os
 import time
 from typing import Any
 
+from tcplab.errors import errno_name
 from tcplab.kernel import tcp_states
 from tcplab.observe.sockets import SocketTable
+from tcplab.words import plural
 
 Event = dict[str, Any]
 
@@ -44,10 +50,13 @@ SHOWN = 20
 SOURCE_WORDS = {
     "tracepoint": "transitions from the kernel's sock:inet_sock_set_state tracepoint: every "
                   "change, as it happens; the tracepoint is one for the whole machine, so "
-                  "other network namespaces' connections on this port show too",
+                  "other network namespaces' connections on this port show too; a failed "
+                  "connect() (EADDRNOTAVAIL) or accept() (EMFILE, ENFILE) is any process's "
+                  "on this machine",
     "poll": "transitions from sock_diag snapshots every {interval:g} s: a state shorter "
             "than that (the handshake's SYN_SENT and SYN_RECV, on loopback) can be missed; "
-            "run as root for the tracepoint",
+            "failed connect() and accept() calls are not seen; run as root for the "
+            "tracepoints",
 }
 
 
@@ -65,6 +74,8 @@ class LiveSource:
         self._trace: Any = None
         self._tracker: Any = None
         self._poll: Any = None
+        self._first: set[tuple[str, int, int]] = set()  # (call, errno, pid) printed
+        self._more: dict[tuple[str, int], int] = {}  # (call, errno) -> not printed, this step
         self.why_poll: str | None = None
         want_trace = os.geteuid() == 0 if tracepoint is None else tracepoint
         if want_trace:
@@ -72,7 +83,7 @@ class LiveSource:
                 from tcplab.kernel.tracefs import Tracker
                 from tcplab.observe.tracefs import TraceInstance
 
-                self._trace = TraceInstance(port)
+                self._trace = TraceInstance(port, failures=True)
                 self._tracker = Tracker(self.start)
             except Exception as exc:  # no tracefs, no privilege: poll instead, and say why
                 self.why_poll = str(getattr(exc, "message", None) or exc)
@@ -143,6 +154,11 @@ class LiveSource:
         if len(events) > SHOWN:
             out.append({"kind": "event", "t": now,
                         "text": f"and {len(events) - SHOWN} more in {self.interval:g} s"})
+        for (call, code), n in self._more.items():
+            out.append({"kind": "event", "t": now,
+                        "text": f"{call}() failed with {errno_name(code)} "
+                                f"{plural(n, 'more time')} in {self.interval:g} s"})
+        self._more.clear()
         out += self.ladder.step(seen)
         if edges:
             out.append({"kind": "edges", "t": now, "edges": edges})
@@ -165,12 +181,35 @@ class LiveSource:
                 t = self._tracker.feed(e)
                 if t is not None:
                     out.append(_transition(t))
+            elif e.event.startswith("sys_exit_"):
+                ev = self._failure(e)
+                if ev is not None:
+                    out.append(ev)
             elif e.event in ("tcp_send_reset", "tcp_receive_reset"):
                 text = reset_text(e.event, e.fields, self.port)
                 if text:
                     out.append({"kind": "event", "t": round(e.ts - self.start, 3),
                                 "text": text})
         return out
+
+
+    def _failure(self, e: Any) -> Event | None:
+        """A thread's first failure of each kind, verbatim (the C library's words, as
+        Python prints an OSError); later ones are counted, said once an interval."""
+        from tcplab.kernel.tracefs import ret_value
+
+        call, code = e.event.removeprefix("sys_exit_"), -ret_value(e.fields.get("ret", "0"))
+        if code <= 0:
+            return None
+        first = (call, code, e.pid)
+        if first in self._first or len(self._first) >= 10_000:
+            self._more[call, code] = self._more.get((call, code), 0) + 1
+            return None
+        self._first.add(first)
+        return {"kind": "event", "t": round(e.ts - self.start, 3),
+                "text": f"{call}() failed: [Errno {code}] {errno_name(code)}: "
+                        f"{os.strerror(code)} (pid {e.pid}, {e.task}: its first; a failure "
+                        "is seen on any port, in any namespace of this machine)"}
 
 
 def _state(name: str) -> str:

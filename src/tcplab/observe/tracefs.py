@@ -27,6 +27,12 @@ CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 STATE_EVENTS = ("sock/inet_sock_set_state", "tcp/tcp_receive_reset", "tcp/tcp_destroy_sock")
 RESET_SENT = "tcp/tcp_send_reset"  # its print format has no port fields to filter on
 SYSCALLS = ("socket", "bind", "listen", "accept4", "connect", "shutdown", "close")
+#: The failures tcplab live prints (``failures=True``): a syscall's exit, filtered in
+#: the kernel on its return value, machine-wide (the return carries no address).
+#: connect(): EADDRNOTAVAIL (no local port left); accept()/accept4(): EMFILE, ENFILE
+#: (no file descriptor left, for the process or the system).
+FAILURES = {"connect": (errno.EADDRNOTAVAIL,), "accept4": (errno.EMFILE, errno.ENFILE),
+            "accept": (errno.EMFILE, errno.ENFILE)}
 PREFIX = "tcplab-"
 
 
@@ -132,9 +138,12 @@ def _write(path: str, value: str) -> None:
 
 class TraceInstance:
     def __init__(self, port: int = 0, syscall_pids: list[int] | None = None,
-                 resets: bool = True, events: tuple[str, ...] = STATE_EVENTS) -> None:
+                 resets: bool = True, events: tuple[str, ...] = STATE_EVENTS,
+                 failures: bool = False) -> None:
         """``events``: the tracepoints filtered by ``port`` (the state changes by
-        default; ``experiment retransmit`` asks for tcp/tcp_retransmit_skb)."""
+        default; ``experiment retransmit`` asks for tcp/tcp_retransmit_skb).
+        ``failures``: also every process's connect() and accept() that fail as
+        FAILURES says (the syscalls' exit events, filtered on ``ret``)."""
         self.root = find_tracefs()
         self.stale = remove_stale(self.root)
         self.path = f"{self.root}/instances/{PREFIX}{os.getpid()}"
@@ -151,13 +160,13 @@ class TraceInstance:
                 except PermissionError:
                     raise PrivilegeError(f"cannot create {self.path}",
                                          hint="run as root") from None
-                self._setup(port, syscall_pids or [], resets, events)
+                self._setup(port, syscall_pids or [], resets, events, failures)
         except BaseException:
             self.close()
             raise
 
     def _setup(self, port: int, pids: list[int], resets: bool,
-               wanted: tuple[str, ...]) -> None:
+               wanted: tuple[str, ...], failures: bool = False) -> None:
         p = self.path
         _write(f"{p}/tracing_on", "0")
         try:
@@ -181,6 +190,11 @@ class TraceInstance:
                     if os.path.isdir(base):
                         _write(f"{base}/filter", pid_filter)
                         _write(f"{base}/enable", "1")
+        for call, codes in (FAILURES.items() if failures else ()):
+            base = f"{p}/events/syscalls/sys_exit_{call}"
+            if os.path.isdir(base):
+                _write(f"{base}/filter", " || ".join(f"ret == -{c}" for c in codes))
+                _write(f"{base}/enable", "1")
         _write(f"{p}/tracing_on", "1")
         self._fd = os.open(f"{p}/trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
 
