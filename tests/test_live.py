@@ -168,8 +168,9 @@ def test_the_stream_counts_what_ss_counts_and_a_recording_replays_them(tmp_path:
 
 @pytest.mark.loopback
 def test_the_page_in_chromium_shows_ss_s_count_after_a_bomb(tmp_path: Path) -> None:
-    """Issue 16's Done-when: after a port bomb the page's TIME_WAIT count equals ss's
-    within one refresh; a transition shows on its edge within 1 s."""
+    """Issue 16's Done-when: after a port bomb the page's TIME_WAIT count equals ss's;
+    as root the edges carry their rate. How soon (within one refresh; a transition
+    within 1 s) is measured by bench/live.py, not asserted here."""
     with listener() as ls:
         port = ls.getsockname()[1]
         with live("--port", str(port), "--interval", "0.5") as (_, url), \
@@ -180,7 +181,6 @@ def test_the_page_in_chromium_shows_ss_s_count_after_a_bomb(tmp_path: Path) -> N
             wait_for(lambda: driver.find_element(By.ID, "source").text != "connecting...",
                      "the page's first event")
             bomb(port, 120)
-            t_bomb = time.monotonic()
             # Each connection leaves one TIME_WAIT, on one side or the other; on
             # loopback tcp_tw_reuse = 2 lets a later connect() take over some.
             want = ss_time_wait(port)
@@ -190,7 +190,6 @@ def test_the_page_in_chromium_shows_ss_s_count_after_a_bomb(tmp_path: Path) -> N
                 return int(driver.find_element(By.ID, "count-TIME_WAIT").text.replace(",", ""))
 
             wait_for(lambda: count() == want, f"the page's TIME_WAIT count to reach {want}")
-            shown_after = time.monotonic() - t_bomb
             assert count() == ss_time_wait(port)
             # the text a screen reader reads, and the diagram's, agree
             assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(want)
@@ -198,8 +197,6 @@ def test_the_page_in_chromium_shows_ss_s_count_after_a_bomb(tmp_path: Path) -> N
                 rate = driver.find_element(By.ID, "rate-SYN_SENT-ESTABLISHED").text
                 assert rate.endswith("/s") and float(rate[:-2].replace(",", "")) > 0, rate
             driver.save_screenshot(str(tmp_path / "live.png"))
-    # Within one refresh of the bomb's end (0.5 s), plus the page's own frame.
-    assert shown_after < 30, shown_after  # a bound for the wait, not a speed claim
 
 
 @pytest.mark.loopback
@@ -340,3 +337,61 @@ def test_the_first_eaddrnotavail_and_emfile_of_a_process_are_printed_verbatim() 
                             r"0\.2 s", t) for t in texts(events)), texts(events)
     meta = next(e for e in events if e["kind"] == "meta")
     assert "a failed connect() (EADDRNOTAVAIL) or accept() (EMFILE, ENFILE)" in meta["words"]
+
+
+@pytest.mark.loopback
+def test_pause_slow_motion_and_back_to_now_on_a_replay(tmp_path: Path) -> None:
+    """A recording of three bombs, replayed in Chromium: paused, the clock and the
+    counts hold; at 0.25x the clock runs at a quarter of the wall clock (a ratio,
+    not a time limit); "Back to now" shows the recording's last counts."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    rec = tmp_path / "live.jsonl"
+    with listener() as ls:
+        port = ls.getsockname()[1]
+        with live("--port", str(port), "--interval", "0.2", "--record", str(rec)):
+            for _ in range(3):
+                bomb(port, 20)
+                time.sleep(1.0)
+    counts = [e for e in map(json.loads, rec.read_text().splitlines()) if e["kind"] == "counts"]
+    last = counts[-1]
+    assert last["states"]["TIME_WAIT"] > 0, last
+    with live("--replay", str(rec)) as (_, url), headless_chromium(tmp_path) as driver:
+        driver.get(url)
+        driver.find_element(By.ID, "pause").click()
+
+        def clock() -> float:
+            text = driver.find_element(By.ID, "clock").text  # "t = 1.3 s (paused)"
+            return float(text.split()[2])
+
+        def tw() -> int:
+            return int(driver.find_element(By.ID, "count-TIME_WAIT").text.replace(",", ""))
+
+        held = (clock(), tw())
+        assert driver.find_element(By.ID, "clock").text.endswith("(paused)")
+        time.sleep(1.0)
+        assert (clock(), tw()) == held
+        Select(driver.find_element(By.ID, "speed")).select_by_value("0.25")
+        driver.find_element(By.ID, "pause").click()  # Resume
+        c0, w0 = clock(), time.monotonic()
+        time.sleep(2.0)
+        c1, w1 = clock(), time.monotonic()
+        assert driver.find_element(By.ID, "clock").text.endswith("(0.25x)")
+        assert 0 < c1 - c0 <= 0.5 * (w1 - w0), (c0, c1, w1 - w0)
+        driver.find_element(By.ID, "live").click()
+        wait_for(lambda: tw() == last["states"]["TIME_WAIT"], "the recording's last count")
+        assert clock() == pytest.approx(last["t"], abs=0.05)
+        assert [x for x in driver.get_log("browser") if x["level"] == "SEVERE"] == []
+
+
+@pytest.mark.loopback
+def test_another_address_than_loopback_is_served_with_a_warning() -> None:
+    """127.0.0.1 says nothing; any other address warns that the page shows this
+    host's sockets (127.0.0.2 here: another address, still only loopback)."""
+    quiet = run_tcplab("live", "--listen", "127.0.0.1:0", "--duration", "0.5")
+    assert quiet.returncode == 0 and b"warning" not in quiet.stderr, quiet.stderr
+    warned = run_tcplab("live", "--listen", "127.0.0.2:0", "--duration", "0.5")
+    assert warned.returncode == 0, warned.stderr
+    assert ("warning: serving on 127.0.0.2: anyone who reaches it sees this host's TCP "
+            "sockets") in warned.stderr.decode()
