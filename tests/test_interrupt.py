@@ -716,8 +716,8 @@ def test_stop_flag_raises_nothing_until_asked(handlers: None) -> None:
         stop.raise_if_set()
 
 
-#: Ctrl-C during a followed run, as tests/test_interrupt.py does it: the live agent
-#: in each namespace goes with the rest (no tracefs: it never uses the tracepoint).
+#: Ctrl-C during a followed run: the live agent in each namespace goes with the rest,
+#: and as root (--live: its transitions from the tracepoints) its trace instance too.
 LIVE_CASE = Case(lambda ctx: [*experiment("port-bomb", "--quick", "--variant", "fresh",
                                           "--variant", "pool", "--ports", "200")(ctx),
                               "--live", "--listen", "127.0.0.1:0", "--record",
@@ -730,7 +730,8 @@ LIVE_CASE = Case(lambda ctx: [*experiment("port-bomb", "--quick", "--variant", "
 
 @pytest.mark.privileged
 @needs_netns
-def test_sigint_during_a_live_run_leaves_nothing(tmp_path: Path) -> None:
+def test_sigint_during_a_live_run_leaves_nothing(tmp_path: Path,
+                                                 leftover_instances: dict[int, str]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     runs = [(point, times) for point in LIVE_CASE.points for times in (1, 2)]
@@ -743,6 +744,8 @@ def test_sigint_during_a_live_run_leaves_nothing(tmp_path: Path) -> None:
             outcomes = [(point, f.result()) for (point, _), f in zip(runs, futures, strict=True)]
     finally:
         watcher.stop()
+    for _, out in outcomes:
+        leftover_instances.update(out.seen)
     problems = [p for point, out in outcomes
                 for p in verdict("port-bomb --live", point, out, endless=False)]
     assert not problems, "\n".join(problems)

@@ -117,6 +117,25 @@ def test_a_recorded_port_bomb_peaks_at_the_time_wait_it_reported(
         report / "replay-port-bomb.html").read_text().replace("http://www.w3.org/2000/svg", "")
 
 
+#: Another namespace's connections while an experiment runs (``unshare -n``): ports
+#: 61000-62999 of its own (above the default range, 32768-60999), 10 connections
+#: every 0.5 s until killed (at most 60 s: 1,200 ports).
+NOISE = """
+import socket, subprocess, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("61000 62999")
+ls = socket.socket(); ls.bind(("127.0.0.1", 8080)); ls.listen(128)
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    for _ in range(10):
+        c = socket.create_connection(("127.0.0.1", 8080)); s, _ = ls.accept()
+        c.close(); s.close()
+    print("made 10", flush=True)
+    time.sleep(0.5)
+"""
+
+
 @pytest.mark.privileged
 @needs_netns
 @pytest.mark.parametrize("user", USERS)
@@ -124,8 +143,13 @@ def test_live_serves_the_leak_filling_close_wait_while_it_runs(
         user: str, nobody_venv: Path | None, shared_tmp: Path) -> None:
     """--live: the page and its stream during the run (CLOSE_WAIT growing on the
     leaking server), the page held after it until Ctrl-C, which exits 0; the
-    recording's CLOSE_WAIT peak is the one the experiment reported."""
+    recording's CLOSE_WAIT peak is the one the experiment reported. As root the
+    transitions come from the tracepoint, the experiment's own: every leaked
+    connection took ESTABLISHED -> CLOSE_WAIT, and another namespace's
+    connections made meanwhile (ports 61000-62999) are not there."""
     rec = shared_tmp / "leak.jsonl"
+    noise = Child(["unshare", "-n", sys.executable, "-c", NOISE], start_new_session=True) \
+        if user == "root" else None
     args = ["-m", "tcplab", "experiment", "fd-leak", "--quick", "--fd-limit", "64", "--live",
             "--listen", "127.0.0.1:0", "--record", str(rec), "--live-interval", "0.2", "--json"]
     if user == "nobody":
@@ -150,16 +174,31 @@ def test_live_serves_the_leak_filling_close_wait_while_it_runs(
         rc = job.finish()
     finally:
         job.kill()  # the pipes closed; a SIGTERM first if the test failed before its end
+        if noise is not None:
+            noise.kill()
     assert rc == 0, job.err
     assert not any("Traceback" in x for x in job.err), job.err
     b = json.loads(job.out[0])
     want = b["facts"]["server_close_wait_peak"]
     assert want > 0, b["fact"]
-    counts = [e for e in recording(rec) if e["kind"] == "counts"]
+    events = recording(rec)
+    counts = [e for e in events if e["kind"] == "counts"]
     assert peak(counts, "CLOSE_WAIT") == want
     # what the stream sent is what the recording holds, from the start
     sent = [e for e in seen if e["kind"] == "counts"]
     assert sent == counts[:len(sent)]
+    sources = {e["source"] for e in events if e["kind"] == "meta"}
+    if user == "root":
+        assert noise is not None and any(x.strip() == "made 10" for x in noise.out), noise.out
+        assert sources == {"tracepoint"}, sources
+        taken = sum(e["edges"].get("ESTABLISHED>CLOSE_WAIT", 0) for e in events
+                    if e["kind"] == "edges")
+        assert taken >= want, (taken, want)
+        theirs = [e for e in events if e["kind"] == "transition"
+                  and ({e["sport"], e["dport"]} & set(range(61000, 63000)))]
+        assert theirs == [], theirs[:3]
+    else:
+        assert sources == {"poll"}, sources
 
 
 @pytest.mark.privileged

@@ -4,8 +4,9 @@ namespace: ``python -m tcplab.agents.live [--interval S] [--also-netns PATH]``.
 It runs an observe.live.LiveSource there and writes its events (plain dicts, see
 that module) as JSON lines. The namespace is the experiment's own, so it follows
 every port (port 0): every TCP socket in it is the experiment's. Transitions come
-from sock_diag snapshots (never the tracepoint: it is one for the whole machine,
-and with no port to filter on it would show the host's connections). Across a
+from sock_diag snapshots; with ``--tracepoint`` (``experiment --live`` as root)
+from the kernel's tracepoints instead, which are the whole machine's: an
+observe.live.NamespaceFilter keeps this namespace's (and --also-netns's). Across a
 link (``--link veth``) it runs at the server's end and ``--also-netns`` adds the
 client's end, counts and transitions, so the counts are the connection's two
 ends, as in one namespace (the sampler agent does the same).
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Any
 
-from tcplab.observe.live import Event, LiveSource
+from tcplab.observe.live import Event, LiveSource, NamespaceFilter
 from tcplab.observe.poll_trace import PollTracer
 from tcplab.observe.sockets import SocketTable
 
@@ -33,6 +35,10 @@ WORDS = ("every TCP socket of the experiment's own network namespace{ends}: coun
          "sock_diag every {interval:g} s; transitions from sock_diag snapshots, so a state "
          "shorter than that (the handshake's SYN_SENT and SYN_RECV, on loopback) can be "
          "missed")
+TRACE_WORDS = ("every TCP socket of the experiment's own network namespace{ends}: counts "
+               "from sock_diag every {interval:g} s; transitions as they happen, from the "
+               "kernel's sock:inet_sock_set_state tracepoint, with resets and failed "
+               "connect() and accept() calls; " + NamespaceFilter.WORDS)
 
 
 class _Polls:
@@ -52,13 +58,21 @@ class _Polls:
 class Source(LiveSource):
     """A LiveSource over this namespace and ``others`` (the other end of a link)."""
 
-    def __init__(self, interval: float, others: list[str]) -> None:
-        super().__init__(0, None, interval, tracepoint=False)
+    def __init__(self, interval: float, others: list[str], tracepoint: bool = False) -> None:
+        keep = None
+        if tracepoint:
+            keep = NamespaceFilter({os.stat(path).st_ino
+                                    for path in ["/proc/self/ns/net", *others]})
+        super().__init__(0, None, interval, tracepoint=tracepoint, keep=keep)
         self.others = [SocketTable(netns=path) for path in others]
-        self._poll = _Polls([self._poll, *(PollTracer(0, self.start, netns=path)
-                                           for path in others)])
+        if self._poll is not None:
+            self._poll = _Polls([self._poll, *(PollTracer(0, self.start, netns=path)
+                                               for path in others)])
         both = " (both ends of the link: the client's namespace and the server's)"
-        self.words = WORDS.format(ends=both if others else "", interval=interval)
+        words = TRACE_WORDS if self.source == "tracepoint" else WORDS
+        self.words = words.format(ends=both if others else "", interval=interval)
+        if self.why_poll:
+            self.words += f" (the tracepoint could not be used: {self.why_poll})"
 
     def meta(self) -> Event:
         return {**super().meta(), "words": self.words, "mono": self.start}
@@ -89,9 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--also-netns", action="append", default=[], metavar="PATH",
                    help="also follow this network namespace (the other end of a link)")
+    p.add_argument("--tracepoint", action="store_true",
+                   help="transitions from the kernel's tracepoints (root), this "
+                   "namespace's kept; else from sock_diag snapshots")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with Source(args.interval, args.also_netns) as source:
+    with Source(args.interval, args.also_netns, args.tracepoint) as source:
         try:
             _write([source.meta()])
             while True:

@@ -131,8 +131,10 @@ def add_parser(sub: Any, name: str) -> None:
     g = p.add_argument_group("live (the page of 'tcplab live', following each experiment)")
     g.add_argument("--live", action="store_true",
                    help="serve a page that follows each experiment as it runs: the states of "
-                   "every TCP socket in its namespaces, their transitions, its progress lines; "
-                   "it stays after the run until Ctrl-C")
+                   "every TCP socket in its namespaces, their transitions (as root from the "
+                   "kernel's tracepoints, the experiment's kept; else from sock_diag "
+                   "snapshots, which miss short states), its progress lines; it stays after "
+                   "the run until Ctrl-C")
     g.add_argument("--listen", type=common.listen_address, default=("127.0.0.1", 9310),
                    metavar="HOST:PORT", help="where --live serves the page (default "
                    "127.0.0.1:9310)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 from collections import deque
 from typing import IO, Any
@@ -387,7 +388,10 @@ class ExperimentLive:
         self.record = record
         self.recordings: dict[str, list[dict[str, Any]]] = {}
         self._current: list[dict[str, Any]] | None = None
-        self.follower = Follower(self._sink, interval)
+        # A page watched as root: transitions from the tracepoints (every edge, its
+        # rate); machine-wide, so each agent reads every change on the machine and
+        # keeps its namespaces': only for --live, not for a recording alone.
+        self.follower = Follower(self._sink, interval, tracepoint=live and os.geteuid() == 0)
 
     def _sink(self, events: list[dict[str, Any]]) -> None:
         _write(self.record, events)

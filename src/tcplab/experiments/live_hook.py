@@ -38,9 +38,13 @@ class Follower:
     """Where the events go (``sink``, called with one batch at a time, from
     several threads but never two at once) and the clock they share."""
 
-    def __init__(self, sink: Callable[[list[Event]], None], interval: float = 0.5) -> None:
+    def __init__(self, sink: Callable[[list[Event]], None], interval: float = 0.5,
+                 tracepoint: bool = False) -> None:
+        """``tracepoint``: the agents take transitions from the kernel's tracepoints
+        (as root; ``experiment --live``), else from sock_diag snapshots."""
         self.sink = sink
         self.interval = interval
+        self.tracepoint = tracepoint
         self.origin = time.monotonic()
         self.label = ""
         self._lock = threading.Lock()
@@ -76,7 +80,7 @@ def following(e: Ends) -> Iterator[None]:
     from tcplab.agents.io import command
     from tcplab.experiments.children import terminate
 
-    args = ["--interval", repr(f.interval)]
+    args = ["--interval", repr(f.interval)] + (["--tracepoint"] if f.tracepoint else [])
     if e.kind == "veth" and "client" in e.netns:
         args += ["--also-netns", e.netns["client"]]  # the agent runs at the server's end
     proc = e.server(command("live", *args), stdout=subprocess.PIPE,

@@ -95,7 +95,8 @@ class Transition:
     pid: int = 0
 
 
-def _addr(fields: dict[str, str], v4: str, v6: str) -> str:
+def field_address(fields: dict[str, str], v4: str, v6: str) -> str:
+    """An event's address field: the IPv6 one (``saddrv6``) for AF_INET6, else the IPv4 one."""
     if fields.get("family") == "AF_INET6":
         return fields.get(v6, "?")
     return fields.get(v4, "?")
@@ -114,7 +115,7 @@ class Tracker:
             return None
         f = e.fields
         fam = f.get("family", "")
-        saddr, daddr = _addr(f, "saddr", "saddrv6"), _addr(f, "daddr", "daddrv6")
+        saddr, daddr = field_address(f, "saddr", "saddrv6"), field_address(f, "daddr", "daddrv6")
         sport, dport = int(f.get("sport", 0)), int(f.get("dport", 0))
         old, new = state_name(f.get("oldstate", "?")), state_name(f.get("newstate", "?"))
         key = (fam, saddr, sport, daddr, dport)

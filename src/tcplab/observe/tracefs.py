@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import time
 from collections.abc import Iterator
@@ -34,6 +35,9 @@ SYSCALLS = ("socket", "bind", "listen", "accept4", "connect", "shutdown", "close
 FAILURES = {"connect": (errno.EADDRNOTAVAIL,), "accept4": (errno.EMFILE, errno.ENFILE),
             "accept": (errno.EMFILE, errno.ENFILE)}
 PREFIX = "tcplab-"
+#: trace_pipe's note when a CPU's buffer overflowed (kernel/trace/trace.c,
+#: print_trace_line's "CPU:%d [LOST %lu EVENTS]").
+_LOST = re.compile(r"CPU:\d+ \[LOST (\d+) EVENTS\]")
 
 
 def find_tracefs(mount: bool = True) -> str:
@@ -139,16 +143,20 @@ def _write(path: str, value: str) -> None:
 class TraceInstance:
     def __init__(self, port: int = 0, syscall_pids: list[int] | None = None,
                  resets: bool = True, events: tuple[str, ...] = STATE_EVENTS,
-                 failures: bool = False) -> None:
+                 failures: bool = False, buffer_kb: int | None = None) -> None:
         """``events``: the tracepoints filtered by ``port`` (the state changes by
         default; ``experiment retransmit`` asks for tcp/tcp_retransmit_skb).
         ``failures``: also every process's connect() and accept() that fail as
-        FAILURES says (the syscalls' exit events, filtered on ``ret``)."""
+        FAILURES says (the syscalls' exit events, filtered on ``ret``).
+        ``buffer_kb``: this instance's ring buffer per CPU (its buffer_size_kb; the
+        kernel's default for an instance is 1.4 MB): a reader that falls behind for
+        a moment loses fewer events (``lost``)."""
         self.root = find_tracefs()
         self.stale = remove_stale(self.root)
         self.path = f"{self.root}/instances/{PREFIX}{os.getpid()}"
         self._fd: int | None = None
         self._partial = b""
+        self.lost = 0  # events the kernel dropped: the reader fell behind (trace_pipe's notes)
         try:
             # Held signals are delivered when the block ends: inside the try,
             # so that the instance made is removed again.
@@ -161,6 +169,11 @@ class TraceInstance:
                     raise PrivilegeError(f"cannot create {self.path}",
                                          hint="run as root") from None
                 self._setup(port, syscall_pids or [], resets, events, failures)
+                if buffer_kb:
+                    try:
+                        _write(f"{self.path}/buffer_size_kb", str(buffer_kb))
+                    except OSError:
+                        pass  # the default buffer, then
         except BaseException:
             self.close()
             raise
@@ -226,6 +239,8 @@ class TraceInstance:
                 continue
             if e is not None:
                 yield e
+            elif (m := _LOST.match(line)) is not None:
+                self.lost += int(m.group(1))
 
     def close(self) -> None:
         """Stop tracing and remove the instance; never cut by SIGINT or SIGTERM."""

@@ -79,7 +79,10 @@ TEMPLATE = """<!doctype html>
 <style>
 body { font: 22px/1.35 system-ui, sans-serif; margin: 0.6em 1em; background: #fff; color: #111; }
 h1 { font-size: 30px; margin: 0 0 0.2em; }
-#source { font-size: 18px; color: #444; max-width: 80em; }
+#source { font-size: 18px; color: #444; max-width: 80em; cursor: pointer;
+  /* two lines, so the diagram fits a projector's screen; a click shows it all */
+  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; }
+#source.open { display: block; }
 #controls button, #controls select { font-size: 22px; margin-right: 0.4em; }
 #clock { font-variant-numeric: tabular-nums; margin-left: 0.6em; }
 #main { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
@@ -106,7 +109,8 @@ svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
 </style></head>
 <body>
 <h1>%TITLE%</h1>
-<div id="source">connecting...</div>
+<div id="source" title="what this page sees and can miss (click for all of it)"
+  onclick="this.classList.toggle('open')">connecting...</div>
 <div id="controls">
   <button id="pause">Pause</button>
   <label>speed <select id="speed">
@@ -124,6 +128,7 @@ svg.strip polyline { fill: none; stroke: #33415c; stroke-width: 2; }
   </marker></defs>
   <g id="edges"></g>
   %BOXES%
+  <g id="rates"></g>
 </svg>
 <div id="side">
   <table id="counts" aria-label="sockets per state"><tbody></tbody></table>
@@ -145,7 +150,7 @@ const litUntil = {}, edgeTimes = {};
 
 function edgeId(a, b) { return "edge-" + a + "-" + b; }
 function drawEdges() {
-  const g = document.getElementById("edges");
+  const g = document.getElementById("edges"), rates = document.getElementById("rates");
   // a point on the border of the box at (x, y), toward (tx, ty)
   const border = (x, y, tx, ty) => {
     const dx = tx - x, dy = ty - y;
@@ -171,7 +176,7 @@ function drawEdges() {
     const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
     t.setAttribute("class", "rate"); t.setAttribute("x", mx); t.setAttribute("y", my);
     t.id = "rate-" + a + "-" + b;
-    g.appendChild(p); g.appendChild(t);
+    g.appendChild(p); rates.appendChild(t);  // the rates over the boxes: never hidden
   }
 }
 function buildTable() {
