@@ -43,6 +43,7 @@ from tcplab.kernel.tracefs import (
     Tracker,
     Transition,
     errno_text,
+    lost_events,
     parse_line,
     reset_text,
     state_name,
@@ -156,6 +157,15 @@ def test_reset_lines_say_who_sent_and_the_kernel_s_reason() -> None:
                                                  "127.0.0.1:51126")
     # another port's reset is not this port's
     assert reset_text("tcp_send_reset", by_event["tcp_send_reset"][0].fields, 9) is None
+
+
+@pytest.mark.pure
+def test_a_lost_events_note_is_counted_and_is_not_an_event() -> None:
+    """trace_pipe's note when the reader fell behind (kernel/trace/trace.c's
+    print_trace_line prints it before the next event of that CPU)."""
+    assert lost_events("CPU:1 [LOST 4127 EVENTS]") == 4127
+    assert parse_line("CPU:1 [LOST 4127 EVENTS]") is None
+    assert [lost_events(x) for x in LINES] == [0] * len(LINES)
 
 
 @pytest.mark.pure

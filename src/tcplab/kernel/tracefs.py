@@ -56,6 +56,17 @@ class TraceEvent:
     fields: dict[str, str]
 
 
+#: trace_pipe's note when a CPU's ring buffer overflowed before the reader came
+#: (kernel/trace/trace.c, print_trace_line: "CPU:%d [LOST %lu EVENTS]").
+_LOST = re.compile(r"CPU:\d+ \[LOST (\d+) EVENTS\]")
+
+
+def lost_events(line: str) -> int:
+    """How many events a trace_pipe line says the kernel dropped (0: not such a note)."""
+    m = _LOST.match(line)
+    return int(m.group(1)) if m else 0
+
+
 def parse_line(line: str) -> TraceEvent | None:
     """One trace_pipe line; None for comments, blank lines and lost-event notes."""
     if not line.strip() or line.lstrip().startswith("#") or line.startswith("CPU:"):

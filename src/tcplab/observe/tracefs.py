@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import select
 import time
 from collections.abc import Iterator
@@ -35,9 +34,6 @@ SYSCALLS = ("socket", "bind", "listen", "accept4", "connect", "shutdown", "close
 FAILURES = {"connect": (errno.EADDRNOTAVAIL,), "accept4": (errno.EMFILE, errno.ENFILE),
             "accept": (errno.EMFILE, errno.ENFILE)}
 PREFIX = "tcplab-"
-#: trace_pipe's note when a CPU's buffer overflowed (kernel/trace/trace.c,
-#: print_trace_line's "CPU:%d [LOST %lu EVENTS]").
-_LOST = re.compile(r"CPU:\d+ \[LOST (\d+) EVENTS\]")
 
 
 def find_tracefs(mount: bool = True) -> str:
@@ -230,7 +226,7 @@ class TraceInstance:
     def events(self, timeout: float) -> Iterator[Any]:
         """The lines of lines(timeout) parsed (kernel.tracefs.TraceEvent); comments,
         lost-event notes and lines that are not events are left out."""
-        from tcplab.kernel.tracefs import TraceParseError, parse_line
+        from tcplab.kernel.tracefs import TraceParseError, lost_events, parse_line
 
         for line in self.lines(timeout):
             try:
@@ -239,8 +235,8 @@ class TraceInstance:
                 continue
             if e is not None:
                 yield e
-            elif (m := _LOST.match(line)) is not None:
-                self.lost += int(m.group(1))
+            else:
+                self.lost += lost_events(line)
 
     def close(self) -> None:
         """Stop tracing and remove the instance; never cut by SIGINT or SIGTERM."""
