@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import headless_chromium, run_tcplab, wait_for, ws_events
+from tests.helpers import headless_chromium, needs_netns, run_tcplab, wait_for, ws_events
 
 
 def ss_time_wait(port: int) -> int:
@@ -395,3 +395,48 @@ def test_another_address_than_loopback_is_served_with_a_warning() -> None:
     assert warned.returncode == 0, warned.stderr
     assert ("warning: serving on 127.0.0.2: anyone who reaches it sees this host's TCP "
             "sockets") in warned.stderr.decode()
+
+
+@pytest.mark.privileged
+@needs_netns
+def test_the_namespace_filter_keeps_its_threads_and_their_connections() -> None:
+    """observe.live.NamespaceFilter on recorded tracepoint lines with real thread ids:
+    this process's events are kept, and then that connection's from any thread;
+    another namespace's process's (a child under unshare) and its connections not."""
+    import dataclasses
+    import shutil
+
+    from tcplab.kernel.tracefs import parse_line
+    from tcplab.observe.live import NamespaceFilter
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare (util-linux)")
+    args = ["-n"] if os.geteuid() == 0 else ["-Urn"]
+    other = subprocess.Popen([unshare, *args, "sleep", "60"])
+    try:
+        wait_for(lambda: os.stat(f"/proc/{other.pid}/ns/net").st_ino
+                 != os.stat("/proc/self/ns/net").st_ino, "the child in its namespace")
+        line = ("python-1 [001] .N... 3893.310414: inet_sock_set_state: family=AF_INET "
+                "protocol=IPPROTO_TCP sport={} dport=8080 saddr=127.0.0.1 daddr=127.0.0.1 "
+                "saddrv6=::ffff:127.0.0.1 daddrv6=::ffff:127.0.0.1 oldstate={} newstate={}")
+
+        def ev(pid: int, sport: int, old: str, new: str) -> Any:
+            e = parse_line(line.format(sport, old, new))
+            return dataclasses.replace(e, pid=pid)
+
+        keep = NamespaceFilter({os.stat("/proc/self/ns/net").st_ino})
+        me, them, softirq = os.getpid(), other.pid, 0
+        assert keep(ev(me, 40000, "TCP_SYN_SENT", "TCP_ESTABLISHED"))
+        # the same connection, run by ksoftirqd or in another thread's context
+        assert keep(ev(softirq, 40000, "TCP_FIN_WAIT1", "TCP_FIN_WAIT2"))
+        assert keep(ev(them, 40000, "TCP_FIN_WAIT2", "TCP_CLOSE"))
+        # another namespace's connection: not by its thread, not by a softirq
+        assert not keep(ev(them, 40001, "TCP_SYN_SENT", "TCP_ESTABLISHED"))
+        assert not keep(ev(softirq, 40001, "TCP_FIN_WAIT1", "TCP_FIN_WAIT2"))
+        # connect()'s first event has no local port yet: kept, but it ties no connection
+        assert keep(ev(me, 0, "TCP_CLOSE", "TCP_SYN_SENT"))
+        assert not keep(ev(softirq, 0, "TCP_SYN_SENT", "TCP_CLOSE"))
+    finally:
+        other.kill()
+        other.wait()
