@@ -10,8 +10,14 @@ Issue 16's Done-when, measured (not asserted in a test): "a transition shows wit
 2. The sampler: the gaps between its counts (`--record`), with no page open and
    with 20 tabs open and drawing, in the same run: the ratio of the medians and of
    the largest gaps.
+3. As root, what `experiment --live` costs: the live agent with --tracepoint (it
+   reads the machine's tracepoints and keeps its namespace's) in a private
+   namespace while a bomb of --bomb connections runs there; the agent's CPU time
+   (user + system, past its start) per connection against the bomb process's own
+   (which on loopback includes the kernel's TCP work for both ends), and whether
+   the agent saw every connection's edges.
 
-    python bench/live.py [--connections 20] [--interval 0.5] [--json]
+    python bench/live.py [--connections 20] [--interval 0.5] [--bomb 5000] [--json]
 """
 
 from __future__ import annotations
@@ -188,11 +194,87 @@ def _load(port: int, seconds: float) -> None:
         time.sleep(0.5)
 
 
+#: The bomb of part 3, run under ``unshare -n``: a listener that accepts and closes,
+#: then (after a line on stdin) N connections, each closed by the client; prints the
+#: CPU time (user + system) its process spent on them.
+BOMB = """
+import os, resource, socket, subprocess, sys, threading
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("10000 65000")
+ls = socket.socket(); ls.bind(("127.0.0.1", 8080)); ls.listen(4096)
+def serve():
+    while True:
+        c, _ = ls.accept(); c.close()
+threading.Thread(target=serve, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.readline()
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+for _ in range(int(sys.argv[1])):
+    socket.create_connection(("127.0.0.1", 8080)).close()
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, flush=True)
+sys.stdin.readline()
+"""
+
+
+def agent_cost(n: int, interval: float) -> dict[str, Any] | None:
+    """Part 3 (root only; None otherwise)."""
+    import os
+
+    import psutil
+
+    if os.geteuid() != 0:
+        return None
+    bomb = subprocess.Popen(["unshare", "-n", sys.executable, "-c", BOMB, str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    agent = None
+    try:
+        assert bomb.stdin is not None and bomb.stdout is not None
+        if bomb.stdout.readline().strip() != "ready":
+            raise h.BenchError("the bomb did not start")
+        agent = subprocess.Popen(["nsenter", "-t", str(bomb.pid), "-n", sys.executable, "-m",
+                                  "tcplab.agents.live", "--tracepoint", "--interval",
+                                  str(interval)], stdout=subprocess.PIPE, text=True)
+        assert agent.stdout is not None
+        events: list[dict[str, Any]] = [json.loads(agent.stdout.readline())]  # meta
+        reader = threading.Thread(target=lambda: events.extend(
+            json.loads(x) for x in agent.stdout), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        time.sleep(2 * interval)  # its first counts: its start is behind it
+        cpu = psutil.Process(agent.pid).cpu_times()
+        before = cpu.user + cpu.system
+        bomb.stdin.write("go\n")
+        bomb.stdin.flush()
+        bomb_cpu = float(bomb.stdout.readline())
+        time.sleep(3 * interval)  # the agent's last interval read
+        cpu = psutil.Process(agent.pid).cpu_times()
+        agent_cpu = cpu.user + cpu.system - before
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        reader.join(timeout=20)
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        bomb.kill()
+        bomb.wait()
+    taken = sum(e["edges"].get("SYN_SENT>ESTABLISHED", 0) for e in events
+                if e["kind"] == "edges")
+    lost = [e["text"] for e in events if e["kind"] == "event" and "dropped" in e["text"]]
+    return {"connections": n, "source": events[0]["source"],
+            "agent_cpu_us_per_connection": agent_cpu / n * 1e6,
+            "bomb_cpu_us_per_connection": bomb_cpu / n * 1e6,
+            "ratio": agent_cpu / bomb_cpu if bomb_cpu else None,
+            "connections_seen": taken, "lost_notes": lost}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=20)
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--seconds", type=float, default=12.0, help="each sampler run")
+    p.add_argument("--bomb", type=int, default=5000, help="part 3's connections (root)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
@@ -203,6 +285,7 @@ def main() -> int:
         (work / "p20").mkdir()
         alone, busy = (gaps(0, args.seconds, args.interval, work),
                        gaps(20, args.seconds, args.interval, work))
+        cost = agent_cost(args.bomb, args.interval)
     finite = [x for x in lat if x != float("inf")]
     body = {
         "interval": args.interval,
@@ -213,6 +296,7 @@ def main() -> int:
                            "n": len(equal)},
         "gaps_s": {"alone_median": statistics.median(alone), "alone_max": max(alone),
                    "pages20_median": statistics.median(busy), "pages20_max": max(busy)},
+        "experiment_agent": cost,
     }
     if args.json:
         print(json.dumps(body))
@@ -229,6 +313,16 @@ def main() -> int:
     print(f"  the sampler's gap between counts: alone median {g['alone_median']:.3f} s, max "
           f"{g['alone_max']:.3f} s; with 20 pages median {g['pages20_median']:.3f} s, max "
           f"{g['pages20_max']:.3f} s (x{g['pages20_median'] / g['alone_median']:.2f} median)")
+    if cost is None:
+        print("  experiment --live's agent: not measured (the tracepoints need root)")
+    else:
+        print(f"  experiment --live's agent ({cost['source']}) during a bomb of "
+              f"{cost['connections']:,} connections in its namespace: "
+              f"{cost['agent_cpu_us_per_connection']:.0f} us CPU per connection against the "
+              f"bomb's own {cost['bomb_cpu_us_per_connection']:.0f} us (x{cost['ratio']:.2f}); "
+              f"it saw {cost['connections_seen']:,} connections' SYN_SENT -> ESTABLISHED"
+              + (f"; {'; '.join(cost['lost_notes'])}" if cost["lost_notes"] else
+                 "; no event lost"))
     return 0
 
 

@@ -27,7 +27,7 @@ import signal
 import sys
 from typing import Any
 
-from tcplab.observe.live import Event, LiveSource, NamespaceFilter
+from tcplab.observe.live import Ends, Event, LiveSource, NamespaceFilter, pair_ends
 from tcplab.observe.poll_trace import PollTracer
 from tcplab.observe.sockets import SocketTable
 
@@ -76,6 +76,11 @@ class Source(LiveSource):
 
     def meta(self) -> Event:
         return {**super().meta(), "words": self.words, "mono": self.start}
+
+    def present_ends(self) -> set[Ends]:
+        return super().present_ends().union(*(
+            {pair_ends(x.src, x.sport, x.dst, x.dport) for x in table.sockets(0)}
+            for table in self.others))
 
     def counts(self) -> Event:
         ev = super().counts()

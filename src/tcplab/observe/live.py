@@ -43,6 +43,8 @@ from tcplab.observe.sockets import SocketTable
 from tcplab.words import plural
 
 Event = dict[str, Any]
+#: A connection's two ends, (address, port) each, in a fixed order (pair_ends).
+Ends = tuple[tuple[str, int], tuple[str, int]]
 
 #: Transitions, and events, sent one by one per interval; the rest are counted.
 SHOWN = 20
@@ -82,6 +84,7 @@ class LiveSource:
         self._first: set[tuple[str, int, int]] = set()  # (call, errno, pid) printed
         self._more: dict[tuple[str, int], int] = {}  # (call, errno) -> not printed, this step
         self._lost = 0  # the trace's lost events, said so far
+        self._held: list[Any] = []  # tracepoint events a NamespaceFilter decides on
         self.why_poll: str | None = None
         want_trace = os.geteuid() == 0 if tracepoint is None else tracepoint
         if want_trace:
@@ -148,6 +151,10 @@ class LiveSource:
                 time.sleep(left)
         if self._poll is not None:
             seen += [_transition(t) for t in self._poll.sample(time.monotonic())]
+        if self._held:  # a NamespaceFilter's: decided with the interval's whole view
+            kept = self._keep.settle(self._held, self.present_ends())  # type: ignore[union-attr]
+            self._held = []
+            seen += [x for e in kept if (x := self._convert(e)) is not None]
         now = round(time.monotonic() - self.start, 3)
         edges: dict[str, int] = {}
         for ev in seen:
@@ -184,27 +191,30 @@ class LiveSource:
             self._next_counts = time.monotonic() + self.interval
         return out
 
+    def present_ends(self) -> set[Ends]:
+        """The two ends of every socket in the namespace now (NamespaceFilter.settle)."""
+        return {pair_ends(x.src, x.sport, x.dst, x.dport) for x in self.table.sockets(self.port)}
+
     def _traced(self, timeout: float) -> list[Event]:
+        if self._keep is not None:  # held until the interval ends (step)
+            self._held += self._trace.events(timeout)
+            return []
+        return [x for e in self._trace.events(timeout) if (x := self._convert(e)) is not None]
+
+    def _convert(self, e: Any) -> Event | None:
+        """One tracepoint event as the page's: a transition, a failure, a reset."""
         from tcplab.kernel.tracefs import reset_text
 
-        out: list[Event] = []
-        for e in self._trace.events(timeout):
-            if self._keep is not None and not self._keep(e):
-                continue
-            if e.event == "inet_sock_set_state":
-                t = self._tracker.feed(e)
-                if t is not None:
-                    out.append(_transition(t))
-            elif e.event.startswith("sys_exit_"):
-                ev = self._failure(e)
-                if ev is not None:
-                    out.append(ev)
-            elif e.event in ("tcp_send_reset", "tcp_receive_reset"):
-                text = reset_text(e.event, e.fields, self.port)
-                if text:
-                    out.append({"kind": "event", "t": round(e.ts - self.start, 3),
-                                "text": text})
-        return out
+        if e.event == "inet_sock_set_state":
+            t = self._tracker.feed(e)
+            return None if t is None else _transition(t)
+        if e.event.startswith("sys_exit_"):
+            return self._failure(e)
+        if e.event in ("tcp_send_reset", "tcp_receive_reset"):
+            text = reset_text(e.event, e.fields, self.port)
+            if text:
+                return {"kind": "event", "t": round(e.ts - self.start, 3), "text": text}
+        return None
 
 
     def _failure(self, e: Any) -> Event | None:
@@ -234,11 +244,14 @@ class NamespaceFilter:
     /proc/TID/ns/net): connect(), close(), and on a link that is software (lo,
     veth) most of the softirq work too, which runs in the sending thread's
     context. Of the rest (ksoftirqd, timers: measured here, a bomb's FIN_WAIT1 ->
-    FIN_WAIT2 -> CLOSE ran in ksoftirqd for 419 of 1,000 connections) it keeps a
-    connection's once one of its events was kept that way, by its two ends'
-    addresses and ports. So another namespace's connection with the same two ends
-    at the same time can show too; the words say so. A failed syscall (its exit)
-    is always in its process's context: kept by the thread alone."""
+    FIN_WAIT2 -> CLOSE ran in ksoftirqd for 419 of 1,000 connections; on a loaded
+    machine its handshakes too) it keeps a connection's when one of its events was
+    kept that way (in the interval, before or after it: ``settle`` decides on an
+    interval's events together) or when the namespaces hold a socket with its two
+    ends at the interval's end (a connection that went by leaves its TIME_WAIT),
+    by the two ends' addresses and ports. So another namespace's connection with
+    the same two ends at the same time can show too; the words say so. A failed
+    syscall (its exit) is always in its process's context: kept by the thread."""
 
     WORDS = ("the tracepoints are the whole machine's: an event is kept when a process "
              "of these namespaces ran it, or it is of a connection such an event was "
@@ -249,17 +262,33 @@ class NamespaceFilter:
         self.inodes = inodes
         self.limit = limit
         self._tids: dict[int, bool] = {}
-        self._known: dict[tuple[tuple[str, int], tuple[str, int]], None] = {}
+        self._known: dict[Ends, None] = {}
 
     def __call__(self, e: Any) -> bool:
+        """One event on its own, with what was learned so far (settle decides
+        better, with the whole interval)."""
         ends = _ends(e)
         if self._ours(e.pid):
             if ends is not None and ends[0][1] and ends[1][1]:  # sport=0: connect() early
-                self._known[ends] = None
-                if len(self._known) > self.limit:
-                    del self._known[next(iter(self._known))]  # the oldest
+                self._learn(ends)
             return True
         return ends is not None and ends in self._known
+
+    def settle(self, events: list[Any], present: set[Ends]) -> list[Any]:
+        """An interval's events, in their order, those of the namespaces kept;
+        ``present``: the two ends of every socket they hold at its end."""
+        ours = [self._ours(e.pid) for e in events]
+        ends = [_ends(e) for e in events]
+        for mine, x in zip(ours, ends, strict=True):
+            if mine and x is not None and x[0][1] and x[1][1]:
+                self._learn(x)
+        return [e for e, mine, x in zip(events, ours, ends, strict=True)
+                if mine or (x is not None and (x in self._known or x in present))]
+
+    def _learn(self, ends: Ends) -> None:
+        self._known[ends] = None
+        if len(self._known) > self.limit:
+            del self._known[next(iter(self._known))]  # the oldest
 
     def _ours(self, tid: int) -> bool:
         if tid <= 0:
@@ -276,7 +305,13 @@ class NamespaceFilter:
         return hit
 
 
-def _ends(e: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
+def pair_ends(a: str, ap: int, b: str, bp: int) -> Ends:
+    """A connection's two ends in a fixed order: the same for both of its sockets."""
+    x, y = (a, ap), (b, bp)
+    return (x, y) if x <= y else (y, x)
+
+
+def _ends(e: Any) -> Ends | None:
     """A TCP event's two ends, in a fixed order (the same for both sockets of a
     connection); None for an event with no addresses (a syscall's exit)."""
     from tcplab.kernel.tracefs import field_address
@@ -291,7 +326,7 @@ def _ends(e: Any) -> tuple[tuple[str, int], tuple[str, int]] | None:
         y = (field_address(f, "daddr", "daddrv6"), _port(f.get("dport", "0")))
     else:
         return None
-    return (x, y) if x <= y else (y, x)
+    return pair_ends(*x, *y)
 
 
 def _port(text: str) -> int:
