@@ -437,6 +437,18 @@ def test_the_namespace_filter_keeps_its_threads_and_their_connections() -> None:
         # connect()'s first event has no local port yet: kept, but it ties no connection
         assert keep(ev(me, 0, "TCP_CLOSE", "TCP_SYN_SENT"))
         assert not keep(ev(softirq, 0, "TCP_SYN_SENT", "TCP_CLOSE"))
+        # An interval's events together: a handshake run by ksoftirqd is kept when the
+        # close() of the same connection, later in the interval, ran in this process;
+        # a connection no thread of ours touched, when its socket is here at the end
+        # (its TIME_WAIT); another namespace's, neither.
+        batch = [ev(softirq, 40002, "TCP_SYN_SENT", "TCP_ESTABLISHED"),
+                 ev(me, 40002, "TCP_ESTABLISHED", "TCP_FIN_WAIT1"),
+                 ev(softirq, 40003, "TCP_FIN_WAIT2", "TCP_CLOSE"),
+                 ev(them, 40004, "TCP_SYN_SENT", "TCP_ESTABLISHED")]
+        here = {(("127.0.0.1", 8080), ("127.0.0.1", 40003))}
+        kept = keep.settle(batch, here)
+        assert [(e.fields["sport"], e.pid) for e in kept] == [
+            ("40002", softirq), ("40002", me), ("40003", softirq)]
     finally:
         other.kill()
         other.wait()
