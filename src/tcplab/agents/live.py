@@ -64,6 +64,7 @@ class Source(LiveSource):
             keep = NamespaceFilter({os.stat(path).st_ino
                                     for path in ["/proc/self/ns/net", *others]})
         super().__init__(0, None, interval, tracepoint=tracepoint, keep=keep)
+        self.paths = others
         self.others = [SocketTable(netns=path) for path in others]
         if self._poll is not None:
             self._poll = _Polls([self._poll, *(PollTracer(0, self.start, netns=path)
@@ -90,6 +91,18 @@ class Source(LiveSource):
                 ev["states"][state] = ev["states"].get(state, 0) + n
             ev["total"] += c.total
         return ev
+
+    def __enter__(self) -> Source:
+        return self
+
+    def last_counts(self) -> Event:
+        """The counts on SIGTERM, through new netlink sockets: SIGTERM may have cut a
+        dump short, and a socket with a dump under way answers a new one with EBUSY."""
+        for table in (self.table, *self.others):
+            table.close()
+        self.table = SocketTable()
+        self.others = [SocketTable(netns=path) for path in self.paths]
+        return self.counts()
 
     def close(self) -> None:
         super().close()
@@ -124,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             # SIGTERM: the last count, what the namespace holds as the experiment ends.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
-                _write([source.counts()])
+                _write([source.last_counts()])
             except BrokenPipeError:
                 pass
             return 0

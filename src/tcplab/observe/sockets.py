@@ -80,10 +80,12 @@ class SocketTable:
         self.compat = True
 
     def close(self) -> None:
+        """Idempotent: a second close never closes an fd number used again since."""
         if self.sock is not None:
             self.sock.close()
         if self._netns_fd is not None:
             os.close(self._netns_fd)
+            self._netns_fd = None
 
     def __enter__(self) -> SocketTable:
         return self
