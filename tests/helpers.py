@@ -500,6 +500,35 @@ def headless_chromium(workdir: Path) -> Iterator[Any]:
         driver.quit()
 
 
+@contextlib.contextmanager
+def tcplab_live(*args: str, venv: Path | None = None
+                ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``tcplab live --listen 127.0.0.1:0 ARGS`` (as nobody with ``venv``: their
+    venv's python) and its page's URL; always reaped, SIGINT first (its trace
+    instance and capture are closed on the way out)."""
+    import re
+    import signal
+
+    python = [str(venv / "bin" / "python")] if venv else [sys.executable]
+    extra: dict[str, Any] = dict(preexec_fn=as_nobody, cwd="/tmp", env=NOBODY_ENV) if venv else {}
+    proc = subprocess.Popen([*python, "-m", "tcplab", "live", "--listen", "127.0.0.1:0",
+                             *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **extra)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        m = re.search(rb"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
+        assert m, proc.stderr.read().decode()
+        yield proc, m.group(1).decode()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.communicate()
+
+
 def ws_events(url: str, until: Callable[[list[dict[str, Any]]], bool],
               seconds: float = 3.0) -> list[dict[str, Any]]:
     """The events `tcplab live`'s page gets on its WebSocket (URL + "events") within

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import headless_chromium, needs_netns, run_tcplab, wait_for, ws_events
+from tests.helpers import tcplab_live as live
 
 
 def ss_time_wait(port: int) -> int:
@@ -30,30 +31,6 @@ def ss_time_wait(port: int) -> int:
                         f"( sport = :{port} or dport = :{port} )"],
                        capture_output=True, text=True, check=True)
     return len(r.stdout.splitlines())
-
-
-@contextmanager
-def live(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``tcplab live --listen 127.0.0.1:0 ARGS`` and its page's URL; always reaped
-    (SIGINT first: its trace instance is removed on the way out)."""
-    import signal
-
-    proc = subprocess.Popen([sys.executable, "-m", "tcplab", "live", "--listen",
-                             "127.0.0.1:0", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        m = re.search(rb"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
-        assert m, proc.stderr.read().decode() if proc.stderr else "no URL"
-        yield proc, m.group(1).decode()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.communicate()
 
 
 @contextmanager
@@ -83,6 +60,22 @@ def listener() -> Iterator[socket.socket]:
         done.set()
         t.join()
         ls.close()
+
+
+@contextmanager
+def page_on_a_port(tmp_path: Path, interval: float) -> Iterator[tuple[int, Any]]:
+    """A listener of ours, ``tcplab live`` on its port, and Chromium on the page once
+    the page has its first event: (port, driver)."""
+    from selenium.webdriver.common.by import By
+
+    with listener() as ls:
+        port = ls.getsockname()[1]
+        with live("--port", str(port), "--interval", str(interval)) as (_, url), \
+                headless_chromium(tmp_path) as driver:
+            driver.get(url)
+            wait_for(lambda: driver.find_element(By.ID, "source").text != "connecting...",
+                     "the page's first event")
+            yield port, driver
 
 
 def bomb(port: int, n: int) -> None:
@@ -171,32 +164,26 @@ def test_the_page_in_chromium_shows_ss_s_count_after_a_bomb(tmp_path: Path) -> N
     """Issue 16's Done-when: after a port bomb the page's TIME_WAIT count equals ss's;
     as root the edges carry their rate. How soon (within one refresh; a transition
     within 1 s) is measured by bench/live.py, not asserted here."""
-    with listener() as ls:
-        port = ls.getsockname()[1]
-        with live("--port", str(port), "--interval", "0.5") as (_, url), \
-                headless_chromium(tmp_path) as driver:
-            from selenium.webdriver.common.by import By
+    with page_on_a_port(tmp_path, 0.5) as (port, driver):
+        from selenium.webdriver.common.by import By
 
-            driver.get(url)
-            wait_for(lambda: driver.find_element(By.ID, "source").text != "connecting...",
-                     "the page's first event")
-            bomb(port, 120)
-            # Each connection leaves one TIME_WAIT, on one side or the other; on
-            # loopback tcp_tw_reuse = 2 lets a later connect() take over some.
-            want = ss_time_wait(port)
-            assert 0 < want <= 120
+        bomb(port, 120)
+        # Each connection leaves one TIME_WAIT, on one side or the other; on
+        # loopback tcp_tw_reuse = 2 lets a later connect() take over some.
+        want = ss_time_wait(port)
+        assert 0 < want <= 120
 
-            def count() -> int:
-                return int(driver.find_element(By.ID, "count-TIME_WAIT").text.replace(",", ""))
+        def count() -> int:
+            return int(driver.find_element(By.ID, "count-TIME_WAIT").text.replace(",", ""))
 
-            wait_for(lambda: count() == want, f"the page's TIME_WAIT count to reach {want}")
-            assert count() == ss_time_wait(port)
-            # the text a screen reader reads, and the diagram's, agree
-            assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(want)
-            if os.geteuid() == 0:  # the tracepoint: every edge taken, with its rate
-                rate = driver.find_element(By.ID, "rate-SYN_SENT-ESTABLISHED").text
-                assert rate.endswith("/s") and float(rate[:-2].replace(",", "")) > 0, rate
-            driver.save_screenshot(str(tmp_path / "live.png"))
+        wait_for(lambda: count() == want, f"the page's TIME_WAIT count to reach {want}")
+        assert count() == ss_time_wait(port)
+        # the text a screen reader reads, and the diagram's, agree
+        assert driver.find_element(By.ID, "svgcount-TIME_WAIT").text == str(want)
+        if os.geteuid() == 0:  # the tracepoint: every edge taken, with its rate
+            rate = driver.find_element(By.ID, "rate-SYN_SENT-ESTABLISHED").text
+            assert rate.endswith("/s") and float(rate[:-2].replace(",", "")) > 0, rate
+        driver.save_screenshot(str(tmp_path / "live.png"))
 
 
 @pytest.mark.loopback
@@ -237,30 +224,24 @@ def test_twenty_pages_do_not_slow_the_sampler(tmp_path: Path) -> None:
 def test_a_connection_s_transition_shows_on_the_page(tmp_path: Path) -> None:
     """One connection made while the page is open shows in its Transitions list,
     by its own port, with the edge it took (how soon: bench/live.py measures it)."""
-    with listener() as ls:
-        port = ls.getsockname()[1]
-        with live("--port", str(port), "--interval", "0.25") as (_, url), \
-                headless_chromium(tmp_path) as driver:
-            from selenium.webdriver.common.by import By
+    with page_on_a_port(tmp_path, 0.25) as (port, driver):
+        from selenium.webdriver.common.by import By
 
-            driver.get(url)
-            wait_for(lambda: driver.find_element(By.ID, "source").text != "connecting...",
-                     "the page's first event")
-            c = socket.create_connection(("127.0.0.1", port), timeout=10)
-            try:
-                sport = c.getsockname()[1]
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            sport = c.getsockname()[1]
 
-                def shown() -> bool:
-                    text = driver.find_element(By.ID, "transitions").text
-                    # As root (the tracepoint) SYN_SENT -> ESTABLISHED; from snapshots
-                    # the socket's first state seen, e.g. (new) -> CLOSE_WAIT once our
-                    # listener has closed its end.
-                    return any(f"127.0.0.1:{sport} > 127.0.0.1:{port}" in line
-                               and " -> " in line for line in text.splitlines())
+            def shown() -> bool:
+                text = driver.find_element(By.ID, "transitions").text
+                # As root (the tracepoint) SYN_SENT -> ESTABLISHED; from snapshots
+                # the socket's first state seen, e.g. (new) -> CLOSE_WAIT once our
+                # listener has closed its end.
+                return any(f"127.0.0.1:{sport} > 127.0.0.1:{port}" in line
+                           and " -> " in line for line in text.splitlines())
 
-                wait_for(shown, f"the connection from port {sport} in the Transitions list")
-            finally:
-                c.close()
+            wait_for(shown, f"the connection from port {sport} in the Transitions list")
+        finally:
+            c.close()
 
 
 #: Run under ``unshare -n`` (a private network namespace: its own port range): ten

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,31 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import NOBODY_ENV, as_nobody, headless_chromium, wait_for, ws_events
-
-
-@contextmanager
-def live(*args: str, venv: Path | None = None) -> Iterator[str]:
-    """``tcplab live --listen 127.0.0.1:0 ARGS``, as nobody with ``venv``; its page's
-    URL. Always reaped, SIGINT first (its trace instance and capture are closed)."""
-    python = [str(venv / "bin" / "python")] if venv else [sys.executable]
-    extra: dict[str, Any] = dict(preexec_fn=as_nobody, cwd="/tmp", env=NOBODY_ENV) if venv else {}
-    proc = subprocess.Popen([*python, "-m", "tcplab", "live", "--listen", "127.0.0.1:0",
-                             *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **extra)
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        m = re.search(rb"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
-        assert m, proc.stderr.read().decode()
-        yield m.group(1).decode()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.communicate()
+from tests.helpers import headless_chromium, wait_for, ws_events
+from tests.helpers import tcplab_live as live
 
 
 @contextmanager
@@ -273,7 +249,7 @@ def test_the_ladder_of_a_chosen_connection_in_chromium(tmp_path: Path) -> None:
     rec = tmp_path / "live.jsonl"
     want = ["SYN", "SYN-ACK", "ACK", "data", "FIN"]
     with reading_server() as port, \
-            live("--port", str(port), "--interval", "0.5", "--record", str(rec)) as url, \
+            live("--port", str(port), "--interval", "0.5", "--record", str(rec)) as (_, url), \
             headless_chromium(tmp_path) as driver:
         driver.get(url)
         wait_for(lambda: "captured on lo" in driver.find_element(By.ID, "ladder-why").text,
@@ -304,7 +280,7 @@ def test_the_ladder_of_a_chosen_connection_in_chromium(tmp_path: Path) -> None:
         driver.execute_script("document.getElementById('ladder').scrollIntoView()")
         driver.save_screenshot(str(tmp_path / "ladder.png"))
     (tmp_path / "replay").mkdir()
-    with live("--replay", str(rec)) as url, headless_chromium(tmp_path / "replay") as driver:
+    with live("--replay", str(rec)) as (_, url), headless_chromium(tmp_path / "replay") as driver:
         driver.get(url)
         Select(driver.find_element(By.ID, "ladder-conn")).select_by_value(key)
         wait_for(lambda: in_order(ladder_words(driver), want), "the replayed ladder")
@@ -321,7 +297,7 @@ def test_without_root_the_ladder_draws_transitions_and_says_why(
     from selenium.webdriver.common.by import By
 
     with reading_server() as port, \
-            live("--port", str(port), "--interval", "0.2", venv=nobody_venv) as url, \
+            live("--port", str(port), "--interval", "0.2", venv=nobody_venv) as (_, url), \
             headless_chromium(tmp_path) as driver:
         driver.get(url)
 
@@ -419,7 +395,7 @@ def test_a_lost_segment_is_sent_again_on_the_ladder(tmp_path: Path) -> None:
 
     port = 7777  # the namespace is ours: any port is free
     with private_netns() as pid, \
-            live("--netns", pid, "--port", str(port), "--interval", "0.5") as url, \
+            live("--netns", pid, "--port", str(port), "--interval", "0.5") as (_, url), \
             headless_chromium(tmp_path) as driver:
         driver.get(url)
         wait_for(lambda: "captured on lo" in driver.find_element(By.ID, "ladder-why").text,
