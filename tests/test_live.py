@@ -254,6 +254,7 @@ subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
     f.write("40000 40009")
 print(os.getpid(), flush=True)
+sys.stdin.readline()  # once the page follows this namespace
 ls = socket.socket(); ls.bind(("127.0.0.1", 8080)); ls.listen(64)
 held = [socket.create_connection(("127.0.0.1", 8080)) for _ in range(10)]
 for _ in range(2):
@@ -281,43 +282,50 @@ sys.stdin.read()  # until the test has read the page
                     "which need root; as an ordinary user the page says they are not seen")
 def test_the_first_eaddrnotavail_and_emfile_of_a_process_are_printed_verbatim() -> None:
     """As root: a process's first connect() EADDRNOTAVAIL and accept() EMFILE appear
-    on the page as Python's own errors say them, with its pid; its second
-    EADDRNOTAVAIL is counted, not printed again."""
+    on the page (--netns: the process's namespace) as Python's own errors say them,
+    with its pid; its second EADDRNOTAVAIL is counted, not printed again."""
     import shutil
 
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("needs unshare (util-linux) and ip (iproute2)")
-    with live("--port", "8080", "--interval", "0.2") as (_, url):
-        child = subprocess.Popen(["unshare", "-n", sys.executable, "-c", EXHAUST],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout is not None and child.stdin is not None
-            pid = int(child.stdout.readline())
+    child = subprocess.Popen(["unshare", "-n", sys.executable, "-c", EXHAUST],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdin is not None
+
+    def texts(events: list[dict[str, Any]]) -> list[str]:
+        return [e["text"] for e in events if e["kind"] == "event"]
+
+    try:
+        pid = int(child.stdout.readline())
+        ours = f"(pid {pid}, python"
+
+        def both(events: list[dict[str, Any]]) -> bool:
+            got = [t for t in texts(events) if ours in t]
+            return any(t.startswith("accept4() failed") for t in got) and any(
+                t.startswith("connect() failed") for t in got)
+
+        with live("--netns", str(pid), "--port", "8080", "--interval", "0.2") as (_, url):
+            ws_events(url, lambda got: any(e["kind"] == "counts" for e in got), 10.0)
+            child.stdin.write("go\n")
+            child.stdin.flush()
             said = [child.stdout.readline().strip() for _ in range(3)]
             assert said == ["[Errno 99] Cannot assign requested address"] * 2 + [
                 "[Errno 24] Too many open files"], said
-            ours = f"(pid {pid}, python"
-
-            def texts(events: list[dict[str, Any]]) -> list[str]:
-                return [e["text"] for e in events if e["kind"] == "event"]
-
-            def both(events: list[dict[str, Any]]) -> bool:
-                got = [t for t in texts(events) if ours in t]
-                return any(t.startswith("accept4() failed") for t in got) and any(
-                    t.startswith("connect() failed") for t in got)
-
             events = ws_events(url, both, 10.0)
-        finally:
-            child.communicate("", timeout=30)
+    finally:
+        child.communicate("", timeout=30)
     got = [t for t in texts(events) if ours in t]
     assert [t.split(" (pid")[0] for t in got] == [
         "connect() failed: [Errno 99] EADDRNOTAVAIL: Cannot assign requested address",
         "accept4() failed: [Errno 24] EMFILE: Too many open files"], got
-    # the second EADDRNOTAVAIL: counted (with any other process's after their first)
-    assert any(re.fullmatch(r"connect\(\) failed with EADDRNOTAVAIL [\d,]+ more times? in "
-                            r"0\.2 s", t) for t in texts(events)), texts(events)
+    # Its second EADDRNOTAVAIL: counted, not printed; no other namespace's failures
+    # (the page keeps the followed namespace's: another test's bomb fails meanwhile).
+    more = [re.fullmatch(r"connect\(\) failed with EADDRNOTAVAIL ([\d,]+) more times? in "
+                         r"0\.2 s", t) for t in texts(events)]
+    assert sum(int(m.group(1)) for m in more if m) == 1, texts(events)
     meta = next(e for e in events if e["kind"] == "meta")
-    assert "a failed connect() (EADDRNOTAVAIL) or accept() (EMFILE, ENFILE)" in meta["words"]
+    assert "a failed connect() (EADDRNOTAVAIL) or accept() (EMFILE, ENFILE) of a process " \
+        "in this namespace" in meta["words"]
 
 
 @pytest.mark.loopback
@@ -433,3 +441,59 @@ def test_the_namespace_filter_keeps_its_threads_and_their_connections() -> None:
     finally:
         other.kill()
         other.wait()
+
+
+#: Another namespace's connections on the same port number (``unshare``): its own
+#: listener and ports 61000-62999 (above the default range), 20 connections, then
+#: "done" and it waits to be ended.
+OTHER = """
+import socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("61000 62999")
+port = int(sys.argv[1])
+ls = socket.socket(); ls.bind(("127.0.0.1", port)); ls.listen(64)
+for _ in range(20):
+    c = socket.create_connection(("127.0.0.1", port)); s, _ = ls.accept()
+    c.close(); s.close()
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.privileged
+@needs_netns
+def test_the_page_shows_its_namespace_only(tmp_path: Path) -> None:
+    """tcplab live on a port of ours while another namespace makes connections on the
+    same port number: ours are on the page, none of theirs (as root the tracepoint is
+    the machine's and the page keeps this namespace's; otherwise sock_diag is
+    per-namespace)."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare (util-linux)")
+    rec = tmp_path / "live.jsonl"
+    with listener() as ls:
+        port = ls.getsockname()[1]
+        with live("--port", str(port), "--interval", "0.2", "--record", str(rec)) as (_, url):
+            ws_events(url, lambda got: any(e["kind"] == "counts" for e in got), 10.0)
+            other = subprocess.Popen([unshare, "-n" if os.geteuid() == 0 else "-Urn",
+                                      sys.executable, "-c", OTHER, str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                assert other.stdout is not None
+                assert other.stdout.readline().strip() == "done"
+                mine = []
+                for _ in range(5):
+                    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+                    mine.append(c.getsockname()[1])
+                    time.sleep(0.25)  # each seen in a snapshot too, as an ordinary user
+                    c.close()
+                time.sleep(1.0)  # the interval's end: the page has them
+            finally:
+                other.communicate("", timeout=30)
+    events = [json.loads(x) for x in rec.read_text().splitlines()]
+    ports = {p for e in events if e["kind"] == "transition" for p in (e["sport"], e["dport"])}
+    assert set(mine) <= ports, (mine, sorted(ports))
+    assert not ports & set(range(61000, 63000)), sorted(ports & set(range(61000, 63000)))

@@ -20,15 +20,19 @@ their rate), a strip chart per state over the last three minutes, and the
 events that matter as they happen: resets, and as root a process's first
 connect() failing with EADDRNOTAVAIL and first accept() failing with EMFILE or
 ENFILE, in the C library's words with its pid (then how many more each
-interval; the syscalls' tracepoints carry no address, so these are any
-process's on this machine). Pause and slow motion work on the page; everything
-shown can be recorded (--record) and replayed (--replay).
+interval; the syscalls' tracepoints carry no address, so these are on any port,
+by a process of the namespace). Pause and slow motion work on the page;
+everything shown can be recorded (--record) and replayed (--replay).
 
 Counts come from the kernel's socket table (sock_diag) every --interval.
-Transitions come from the sock:inet_sock_set_state tracepoint as root (it is one
-for the whole machine: other network namespaces' connections on that port show
-too, and the page says so), else from sock_diag snapshots, which miss a state
-shorter than the interval (the page says that too).
+Transitions come from the sock:inet_sock_set_state tracepoint as root. It is one
+for the whole machine, so the page keeps the namespace's own (--netns, else
+this one's): a change made by a thread of the namespace, or of a connection
+such a change was, or whose socket is in the namespace at the interval's end (by
+its addresses and ports: another namespace's connection with the same four at
+the same time would show too; the page says so). Without root they come from
+sock_diag snapshots, which miss a state shorter than the interval (the page
+says that too).
 
 A ladder draws one connection picked on the page: its segments (SYN, SYN-ACK,
 ACK, data, FIN, RST, a copy sent again with the gap), from tcplab's own packet

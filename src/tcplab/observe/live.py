@@ -15,14 +15,14 @@ page draws:
   thousands a second: the page, its stream and a recording stay bounded). As
   root they come from the
   ``sock:inet_sock_set_state`` tracepoint (a trace instance of its own, filtered
-  by port in the kernel; machine-wide: other namespaces' connections on that
-  port show too, and the meta event says so); otherwise from sock_diag
+  by port in the kernel; machine-wide, so a NamespaceFilter keeps the followed
+  namespace's, and the meta event says how); otherwise from sock_diag
   snapshots (observe.poll_trace), which miss a state shorter than the interval;
 - ``{"kind": "event", "t": ..., "text": "RST sent 127.0.0.1:8080 > ..."}``; as root
-  also the first connect() that fails with EADDRNOTAVAIL and the first accept()
-  with EMFILE or ENFILE, verbatim, by any process (observe.tracefs.FAILURES: the
-  syscall's return carries no address, so these are the machine's), then how many
-  more each interval;
+  also each thread's first connect() that fails with EADDRNOTAVAIL and first
+  accept() with EMFILE or ENFILE, verbatim (observe.tracefs.FAILURES: the
+  syscall's return carries no address: any port, a thread of the namespace),
+  then how many more each interval;
 - one ``{"kind": "meta", ...}`` first: port, namespace, source, interval, and
   the words the page shows about what it can miss.
 
@@ -52,10 +52,8 @@ SHOWN = 20
 #: The page's words for each source: what it sees and what it can miss.
 SOURCE_WORDS = {
     "tracepoint": "transitions from the kernel's sock:inet_sock_set_state tracepoint: every "
-                  "change, as it happens; the tracepoint is one for the whole machine, so "
-                  "other network namespaces' connections on this port show too; a failed "
-                  "connect() (EADDRNOTAVAIL) or accept() (EMFILE, ENFILE) is any process's "
-                  "on this machine",
+                  "change, as it happens; a failed connect() (EADDRNOTAVAIL) or accept() "
+                  "(EMFILE, ENFILE) of a process in this namespace; ",
     "poll": "transitions from sock_diag snapshots every {interval:g} s: a state shorter "
             "than that (the handshake's SYN_SENT and SYN_RECV, on loopback) can be missed; "
             "failed connect() and accept() calls are not seen; run as root for the "
@@ -70,7 +68,7 @@ class LiveSource:
                  tracepoint: bool | None = None, ladder: bool | None = None,
                  keep: Callable[[Any], bool] | None = None) -> None:
         """``keep``: which of the tracepoint's events (kernel.tracefs.TraceEvent) to
-        keep (a NamespaceFilter); None: every one on the port."""
+        keep (a NamespaceFilter); None: this namespace's (``netns``, else ours)."""
         self.port = port
         self._keep = keep
         self.netns = netns
@@ -94,6 +92,12 @@ class LiveSource:
 
                 self._trace = TraceInstance(port, failures=True, buffer_kb=8192)
                 self._tracker = Tracker(self.start)
+                if keep is None:  # the tracepoints are the machine's: this namespace's kept
+                    from tcplab.observe.netns import entered
+
+                    with entered(netns):
+                        self._keep = NamespaceFilter({os.stat("/proc/thread-self/ns/net")
+                                                      .st_ino})
             except Exception as exc:  # no tracefs, no privilege: poll instead, and say why
                 self.why_poll = str(getattr(exc, "message", None) or exc)
                 self._trace = None
@@ -112,6 +116,8 @@ class LiveSource:
 
     def meta(self) -> Event:
         words = SOURCE_WORDS[self.source].format(interval=self.interval)
+        if self.source == "tracepoint":
+            words += NamespaceFilter.WORDS
         if self.why_poll:
             words += f" (the tracepoint could not be used: {self.why_poll})"
         return {"kind": "meta", "t": 0.0, "port": self.port, "netns": self.netns,
@@ -232,8 +238,7 @@ class LiveSource:
         self._first.add(first)
         return {"kind": "event", "t": round(e.ts - self.start, 3),
                 "text": f"{call}() failed: [Errno {code}] {errno_name(code)}: "
-                        f"{os.strerror(code)} (pid {e.pid}, {e.task}: its first"
-                        f"{'' if self._keep else '; on any port, in any namespace'})"}
+                        f"{os.strerror(code)} (pid {e.pid}, {e.task}: its first)"}
 
 
 class NamespaceFilter:
@@ -253,10 +258,11 @@ class NamespaceFilter:
     the same two ends at the same time can show too; the words say so. A failed
     syscall (its exit) is always in its process's context: kept by the thread."""
 
-    WORDS = ("the tracepoints are the whole machine's: an event is kept when a process "
-             "of these namespaces ran it, or it is of a connection such an event was "
-             "(by its addresses and ports: another namespace's connection with the same "
-             "at the same time would show too)")
+    WORDS = ("the tracepoints are the whole machine's: a change is kept when a thread of "
+             "the namespace followed made it, or it is of a connection such a change was "
+             "or whose socket is in the namespace at the interval's end (by its addresses "
+             "and ports: another namespace's connection with the same four at the same "
+             "time would show too)")
 
     def __init__(self, inodes: set[int], limit: int = 100_000) -> None:
         self.inodes = inodes
