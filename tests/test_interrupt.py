@@ -179,16 +179,30 @@ class Watcher:
         self._thread.join(timeout=10)
 
 
+def proc_state(pid: int) -> str:
+    """``S do_epoll_wait``: a process's state letter and where it waits in the kernel."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        with open(f"/proc/{pid}/wchan") as f:
+            return f"{state} {f.read().strip() or '-'}"
+    except OSError:
+        return "gone"
+
+
 class Job:
     """``tcplab ARGS`` in its own session; its output lines, and every process its
     session ever had (pid -> command line), recorded as it runs."""
 
     def __init__(self, args: list[str], watcher: Watcher) -> None:
         self.args = args
+        # faulthandler: a command that hangs is sent SIGABRT (finish) and prints
+        # every thread's Python stack on its stderr, so a hang says where it was.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tcplab", *args], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=sigint_as_a_terminal_job_has_it)
+            preexec_fn=sigint_as_a_terminal_job_has_it,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         self.sid = self.proc.pid
         self.out: list[str] = []
         self.err: list[str] = []
@@ -259,6 +273,22 @@ class Job:
     def finish(self) -> int:
         try:
             rc = self.proc.wait(timeout=GUARD)
+        except subprocess.TimeoutExpired:
+            # Where it hangs: each process of the session (state, kernel wait
+            # channel), then the command's own Python stacks (SIGABRT, faulthandler).
+            where = [f"{pid} {proc_state(pid)} {cmd[:100]}" for pid, cmd in
+                     ((pid, cmdline(pid)) for pid in in_session(self.sid))]
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            for t in self._threads:
+                t.join(timeout=10)
+            raise AssertionError(
+                f"still running {GUARD} s after the signal; its processes:\n  "
+                + "\n  ".join(where) + "\nits stderr, with its stacks:\n  "
+                + "\n  ".join(self.err[-80:])) from None
         finally:
             for t in self._threads:
                 t.join(timeout=10)

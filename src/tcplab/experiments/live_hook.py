@@ -83,18 +83,26 @@ def following(e: Ends) -> Iterator[None]:
     args = ["--interval", repr(f.interval)] + (["--tracepoint"] if f.tracepoint else [])
     if e.kind == "veth" and "client" in e.netns:
         args += ["--also-netns", e.netns["client"]]  # the agent runs at the server's end
-    proc = e.server(command("live", *args), stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL)
-    label = f.label
-    reader = threading.Thread(target=_relay, args=(proc, f, label), daemon=True)
-    reader.start()
+    from tcplab.interrupts import deferred
+
+    proc: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = None
     try:
+        # Held while the agent starts and its reader with it (a Ctrl-C between the
+        # two left the agent running); one held is delivered after, inside the try.
+        with deferred():
+            proc = e.server(command("live", *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+            reader = threading.Thread(target=_relay, args=(proc, f, f.label), daemon=True)
+            reader.start()
         yield
     finally:
-        terminate(proc)  # its last count is written on the way out
-        reader.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        if proc is not None:
+            terminate(proc)  # its last count is written on the way out
+            if reader is not None:
+                reader.join(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def _relay(proc: subprocess.Popen[bytes], f: Follower, label: str) -> None:
