@@ -165,8 +165,8 @@ def reset_text(event: str, f: dict[str, str], port: int = 0) -> str | None:
 
     tcp_send_reset's text carries the kernel's own words for the socket's state
     and the reason (``state=TCP_LISTEN reason=TCP_FLAGS``: include/net/rstreason.h;
-    the recorded lines are Linux 6.18's: an older kernel prints neither, and the
-    line goes without them). Its addresses are the socket's when it is a full socket
+    the recorded lines are Linux 6.18's; where a kernel prints either not, the
+    line goes without it). Its addresses are the socket's when it is a full socket
     (include/trace/events/tcp.h), so a listener's reset shows its own address and
     ``0.0.0.0:0``: that is said as "by the listener", not as a peer at 0.0.0.0."""
     if event == "tcp_send_reset":
