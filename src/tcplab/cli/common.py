@@ -40,8 +40,10 @@ def int_range(low: int, high: int | None = None, what: str = "a whole number") -
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if value < low or (high is not None and value > high):
-            bounds = f"{low} to {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"{value} is not {what} ({bounds})")
+            # "30000 is not a whole number from 10 to 28232": not "... number (10 to
+            # 28232)", which read as if 30000 were no whole number
+            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is not {what} {bounds}")
         return value
 
     return parse
