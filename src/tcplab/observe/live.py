@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from tcplab.errors import errno_name
@@ -66,7 +65,7 @@ class LiveSource:
 
     def __init__(self, port: int, netns: str | None = None, interval: float = 0.5,
                  tracepoint: bool | None = None, ladder: bool | None = None,
-                 keep: Callable[[Any], bool] | None = None) -> None:
+                 keep: NamespaceFilter | None = None) -> None:
         """``keep``: which of the tracepoint's events (kernel.tracefs.TraceEvent) to
         keep (a NamespaceFilter); None: this namespace's (``netns``, else ours)."""
         self.port = port
@@ -90,14 +89,14 @@ class LiveSource:
                 from tcplab.kernel.tracefs import Tracker
                 from tcplab.observe.tracefs import TraceInstance
 
-                self._trace = TraceInstance(port, failures=True, buffer_kb=8192)
-                self._tracker = Tracker(self.start)
                 if keep is None:  # the tracepoints are the machine's: this namespace's kept
                     from tcplab.observe.netns import entered
 
                     with entered(netns):
                         self._keep = NamespaceFilter({os.stat("/proc/thread-self/ns/net")
                                                       .st_ino})
+                self._trace = TraceInstance(port, failures=True, buffer_kb=8192)
+                self._tracker = Tracker(self.start)
             except Exception as exc:  # no tracefs, no privilege: poll instead, and say why
                 self.why_poll = str(getattr(exc, "message", None) or exc)
                 self._trace = None
@@ -158,7 +157,8 @@ class LiveSource:
         if self._poll is not None:
             seen += [_transition(t) for t in self._poll.sample(time.monotonic())]
         if self._held:  # a NamespaceFilter's: decided with the interval's whole view
-            kept = self._keep.settle(self._held, self.present_ends())  # type: ignore[union-attr]
+            assert self._keep is not None
+            kept = self._keep.settle(self._held, self.present_ends())
             self._held = []
             seen += [x for e in kept if (x := self._convert(e)) is not None]
         now = round(time.monotonic() - self.start, 3)
