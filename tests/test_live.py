@@ -420,9 +420,13 @@ def test_the_namespace_filter_keeps_its_threads_and_their_connections() -> None:
         # the same connection, run by ksoftirqd or in another thread's context
         assert keep(ev(softirq, 40000, "TCP_FIN_WAIT1", "TCP_FIN_WAIT2"))
         assert keep(ev(them, 40000, "TCP_FIN_WAIT2", "TCP_CLOSE"))
-        # another namespace's connection: not by its thread, not by a softirq
+        # another namespace's connection: not by its thread, not by a softirq, and not
+        # when its softirq work ran in our thread's context (the trace line's "s")
         assert not keep(ev(them, 40001, "TCP_SYN_SENT", "TCP_ESTABLISHED"))
         assert not keep(ev(softirq, 40001, "TCP_FIN_WAIT1", "TCP_FIN_WAIT2"))
+        in_softirq = dataclasses.replace(ev(me, 40005, "TCP_SYN_SENT", "TCP_ESTABLISHED"),
+                                         flags=".Ns1.")
+        assert in_softirq.in_interrupt and not keep(in_softirq)
         # connect()'s first event has no local port yet: kept, but it ties no connection
         assert keep(ev(me, 0, "TCP_CLOSE", "TCP_SYN_SENT"))
         assert not keep(ev(softirq, 0, "TCP_SYN_SENT", "TCP_CLOSE"))

@@ -160,6 +160,17 @@ def test_reset_lines_say_who_sent_and_the_kernel_s_reason() -> None:
 
 
 @pytest.mark.pure
+def test_the_irq_info_says_when_an_event_ran_in_an_interrupt() -> None:
+    """The third letter of the irq-info column: ``s`` softirq (the pid is whatever
+    task the CPU had), ``.`` the task's own context; no column, no answer."""
+    evs = [e for e in events(LINES) if e.event == "inet_sock_set_state"]
+    assert {e.flags[2] for e in evs} >= {".", "s"}
+    for e in evs:
+        assert e.in_interrupt is (e.flags[2] == "s")
+    assert TraceEvent(1.0, 5, "x", "e", {}).in_interrupt is None
+
+
+@pytest.mark.pure
 def test_a_lost_events_note_is_counted_and_is_not_an_event() -> None:
     """trace_pipe's note when the reader fell behind (kernel/trace/trace.c's
     print_trace_line prints it before the next event of that CPU)."""

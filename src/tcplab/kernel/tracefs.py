@@ -54,6 +54,17 @@ class TraceEvent:
     task: str
     event: str
     fields: dict[str, str]
+    #: the irq-info column (``b..1.``, ``.Ns2.``): its third letter says the context
+    #: (``s`` softirq, ``h``/``H`` hardirq, ``z``/``Z`` NMI, ``.`` a task); "" when absent
+    flags: str = ""
+
+    @property
+    def in_interrupt(self) -> bool | None:
+        """Run in softirq, hardirq or NMI context (then ``pid`` is whatever task the
+        CPU was running, not the one the work is for); None: the line does not say."""
+        if len(self.flags) < 3:
+            return None
+        return self.flags[2] in "sShHzZ"
 
 
 #: trace_pipe's note when a CPU's ring buffer overflowed before the reader came
@@ -83,7 +94,8 @@ def parse_line(line: str) -> TraceEvent | None:
         event, fields = x["event"], dict(_KV.findall(x["body"]))
     else:
         raise TraceParseError(f"not a trace event: {rest[:120]!r}")
-    return TraceEvent(float(m["ts"]), int(m["pid"]), m["task"].strip(), event, fields)
+    return TraceEvent(float(m["ts"]), int(m["pid"]), m["task"].strip(), event, fields,
+                      m["flags"] or "")
 
 
 def state_name(kernel_name: str) -> str:

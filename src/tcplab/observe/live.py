@@ -245,18 +245,19 @@ class NamespaceFilter:
     """Which of the machine-wide tracepoints' events are those of a few network
     namespaces' sockets (the tracepoints carry no namespace).
 
-    An event is kept when the thread the kernel ran it in is in one of them (its
-    /proc/TID/ns/net): connect(), close(), and on a link that is software (lo,
-    veth) most of the softirq work too, which runs in the sending thread's
-    context. Of the rest (ksoftirqd, timers: measured here, a bomb's FIN_WAIT1 ->
-    FIN_WAIT2 -> CLOSE ran in ksoftirqd for 419 of 1,000 connections; on a loaded
-    machine its handshakes too) it keeps a connection's when one of its events was
-    kept that way (in the interval, before or after it: ``settle`` decides on an
+    An event is kept when it ran in a task's own context (not an interrupt's: the
+    trace line's irq-info says) and that thread is in one of them (its
+    /proc/TID/ns/net): connect(), close(), a failed syscall. Work done in softirq
+    (most of TCP's: a segment's arrival) runs in whatever task the CPU had, often
+    the sender, sometimes another namespace's process or ksoftirqd (measured
+    here: a bomb's FIN_WAIT1 -> FIN_WAIT2 -> CLOSE ran in ksoftirqd for 419 of
+    1,000 connections, and another namespace's handshakes ran in an experiment's
+    thread). Those are kept by the connection: when one of its events was kept by
+    its thread (in the interval, before or after it: ``settle`` decides on an
     interval's events together) or when the namespaces hold a socket with its two
     ends at the interval's end (a connection that went by leaves its TIME_WAIT),
     by the two ends' addresses and ports. So another namespace's connection with
-    the same two ends at the same time can show too; the words say so. A failed
-    syscall (its exit) is always in its process's context: kept by the thread."""
+    the same two ends at the same time can show too; the words say so."""
 
     WORDS = ("the tracepoints are the whole machine's: a change is kept when a thread of "
              "the namespace followed made it, or it is of a connection such a change was "
@@ -274,16 +275,20 @@ class NamespaceFilter:
         """One event on its own, with what was learned so far (settle decides
         better, with the whole interval)."""
         ends = _ends(e)
-        if self._ours(e.pid):
+        if self._by_thread(e):
             if ends is not None and ends[0][1] and ends[1][1]:  # sport=0: connect() early
                 self._learn(ends)
             return True
         return ends is not None and ends in self._known
 
+    def _by_thread(self, e: Any) -> bool:
+        """Run by a thread of the namespaces, in its own context."""
+        return e.in_interrupt is False and self._ours(e.pid)
+
     def settle(self, events: list[Any], present: set[Ends]) -> list[Any]:
         """An interval's events, in their order, those of the namespaces kept;
         ``present``: the two ends of every socket they hold at its end."""
-        ours = [self._ours(e.pid) for e in events]
+        ours = [self._by_thread(e) for e in events]
         ends = [_ends(e) for e in events]
         for mine, x in zip(ours, ends, strict=True):
             if mine and x is not None and x[0][1] and x[1][1]:
