@@ -127,3 +127,54 @@ def parse_port_range(text: str) -> tuple[int, int]:
     """net.ipv4.ip_local_port_range: ``32768\t60999`` -> (32768, 60999)."""
     low, high = (int(x) for x in text.split())
     return low, high
+
+
+#: /proc/slabinfo's first line, the only format this parser knows (mm/slab_common.c,
+#: print_slabinfo_header: "slabinfo - version: 2.1"; the file is root's, mode 0400).
+SLABINFO_VERSION = "slabinfo - version: 2.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Slab:
+    """One cache of /proc/slabinfo (the columns mm/slab_common.c's cache_show prints)."""
+
+    name: str
+    active_objs: int
+    num_objs: int
+    objsize: int  # bytes per object as the cache lays them out (its stride)
+    objperslab: int
+    pagesperslab: int
+    active_slabs: int
+    num_slabs: int
+
+    def slab_bytes(self, page_size: int) -> int:
+        """The memory its slabs take: every page, the unused slots included."""
+        return self.num_slabs * self.pagesperslab * page_size
+
+    def bytes_per_object(self, page_size: int) -> float:
+        """An object's share of its slab's pages (``objsize`` plus the slab's waste)."""
+        return self.pagesperslab * page_size / self.objperslab
+
+
+def parse_slabinfo(text: str) -> dict[str, Slab]:
+    """/proc/slabinfo (version 2.1) as {cache name: Slab}. Raises ValueError for
+    another version or a line that is not a cache's."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != SLABINFO_VERSION:
+        raise ValueError(f"not /proc/slabinfo {SLABINFO_VERSION.split(': ')[1]}: "
+                         f"{(lines[0] if lines else '')[:60]!r}")
+    out: dict[str, Slab] = {}
+    for line in lines[1:]:
+        if not line.strip() or line.startswith("#"):
+            continue
+        head, _, rest = line.partition(" : tunables ")
+        _, _, slabdata = rest.partition(" : slabdata ")
+        f, d = head.split(), slabdata.split()
+        if len(f) != 6 or len(d) < 2:
+            raise ValueError(f"not a slabinfo line: {line[:80]!r}")
+        try:
+            n = [int(x) for x in (*f[1:], d[0], d[1])]
+            out[f[0]] = Slab(f[0], n[0], n[1], n[2], n[3], n[4], n[5], n[6])
+        except ValueError:
+            raise ValueError(f"not a slabinfo line: {line[:80]!r}") from None
+    return out
