@@ -451,6 +451,30 @@ def test_held_connections_start_together_and_large_requests_cross(start_server) 
 
 
 @pytest.mark.loopback
+def test_a_source_address_without_its_port_until_connect(start_server) -> None:  # type: ignore[no-untyped-def]
+    """source + bind_no_port (issue 17's spread client): 300 connections from
+    127.0.0.2, every byte echoed and checked, each socket bound with
+    IP_BIND_ADDRESS_NO_PORT and connected from 127.0.0.2, as sock_diag sees them."""
+    from tcplab.kernel.inet import IP_BIND_ADDRESS_NO_PORT
+    from tcplab.observe.sockets import SocketTable
+
+    server = start_server()
+    cfg = Config(connections=300, round_trips=1, then=Then.HOLD, source=("127.0.0.2", 0),
+                 bind_no_port=True, payload=lambda i, trip: b"%d." % i * 20, duration=60)
+    with Driver(target(server.port), cfg) as d:
+        assert d.run() is Stop.DONE
+        held = [c.sock for c in d.conns.values()]
+        assert len(held) == 300
+        assert all(s.getsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT) == 1
+                   for s in held)
+        with SocketTable() as table:
+            ours = [x for x in table.sockets(server.port) if x.dport == server.port]
+        assert len(ours) == 300 and {x.src for x in ours} == {"127.0.0.2"}
+        r = d.report()
+    assert r.ok == 300 and r.failed == 0 and r.first_error is None
+
+
+@pytest.mark.loopback
 def test_await_close_is_ok_when_the_peer_closes_first(start_server) -> None:  # type: ignore[no-untyped-def]
     server = start_server("--close-first")
     with Driver(target(server.port), Config(connections=5, concurrency=5,

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from tcplab.agents.ends import Ends, add_arguments
 from tcplab.agents.io import emit, require_private_netns, write_sysctl
 from tcplab.errors import errno_name
+from tcplab.kernel.inet import IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE
 from tcplab.net.build import link_up
 from tcplab.observe import procfs
 from tcplab.observe.netns import entered
@@ -58,9 +59,6 @@ PORT = 8080
 ONE, TWO = "127.0.0.1", "127.0.0.2"
 #: The second destination across a link: the server's one IPv4 address, another port.
 PORT_TWO = 8081
-#: include/uapi/linux/in.h; Python's socket module has neither.
-IP_BIND_ADDRESS_NO_PORT = 24
-IP_LOCAL_PORT_RANGE = 51
 SOCKET_RANGE = (40002, 40005)
 RESERVED = "40000-40007"
 MAX_TRIES = 12  # more than the range: every loop ends at the range's size or before

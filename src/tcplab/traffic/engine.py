@@ -58,6 +58,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from tcplab.errors import errno_name
+from tcplab.kernel.inet import IP_BIND_ADDRESS_NO_PORT
 from tcplab.traffic.target import Target
 
 # --- Part 1: the table (no I/O) -----------------------------------------------------------
@@ -263,6 +264,9 @@ class Config:
     ramp_s: float = 0.0  # open ``connections`` spread over this long, in batches
     ramp_step_s: float = 0.01  # one batch every this long
     source: tuple[Any, ...] | None = None  # bind() to this address before connect()
+    # with ``source``: IP_BIND_ADDRESS_NO_PORT first, so connect() picks the port per
+    # destination (a source address's ports serve every destination, not one)
+    bind_no_port: bool = False
     linger0: bool = False  # SO_LINGER {on, 0}: our close() sends RST (no TIME_WAIT)
     nodelay: bool = False  # TCP_NODELAY on every connection
     # What each connection does.
@@ -600,6 +604,8 @@ class Driver:
                 if cfg.nodelay:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if cfg.source is not None:
+                    if cfg.bind_no_port:
+                        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                     sock.bind(cfg.source)  # EADDRINUSE: bind() must find a port free for all
             except OSError as exc:
                 self._fail(c, exc.errno or 0)
