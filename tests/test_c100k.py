@@ -41,3 +41,44 @@ def test_slabinfo_gives_every_cache_with_the_kernel_s_numbers() -> None:
 def test_slabinfo_of_another_shape_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_slabinfo(text)
+
+
+@pytest.mark.loopback
+def test_reuseport_listeners_each_get_a_share_of_the_connections() -> None:
+    """Three SO_REUSEPORT listeners on one address: 600 connections land in their
+    three accept queues, every queue some (the kernel hashes each 4-tuple to one:
+    all 600 in one queue has odds of about 3 x (1/3)^600), 600 in all; a listener
+    without the option cannot join them (EADDRINUSE, said as tcplab says it)."""
+    import select
+    import socket
+
+    from tcplab.errors import TcplabError
+    from tcplab.traffic.server import open_listener
+
+    first = open_listener("127.0.0.1", 0, 1024, reuseport=True)
+    port = first.getsockname()[1]
+    listeners = [first] + [open_listener("127.0.0.1", port, 1024, reuseport=True)
+                           for _ in range(2)]
+    clients: list[socket.socket] = []
+    try:
+        with pytest.raises(TcplabError, match="already in use"):
+            open_listener("127.0.0.1", port, 16).close()
+        for _ in range(600):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        counts = [0, 0, 0]
+        while sum(counts) < 600:
+            ready, _, _ = select.select(listeners, [], [], 10)
+            assert ready, f"only {sum(counts)} of 600 accepted: {counts}"
+            for ls in ready:
+                i = listeners.index(ls)
+                try:
+                    while True:
+                        conn, _ = ls.accept()
+                        conn.close()
+                        counts[i] += 1
+                except BlockingIOError:
+                    pass
+        assert sum(counts) == 600 and min(counts) > 0, counts
+    finally:
+        for s in clients + listeners:
+            s.close()

@@ -138,13 +138,20 @@ def apply_fd_limit(spec: str | None) -> Limit:
     return own_fd_limit()
 
 
-def open_listener(host: str, port: int, backlog: int) -> socket.socket:
-    """socket(), SO_REUSEADDR, bind(), listen(); OS errors become TcplabErrors."""
+def open_listener(host: str, port: int, backlog: int, reuseport: bool = False
+                  ) -> socket.socket:
+    """socket(), SO_REUSEADDR, bind(), listen(); OS errors become TcplabErrors.
+    ``reuseport``: SO_REUSEPORT too, so that several listeners of the same user
+    share the address, each with its own accept queue; the kernel spreads new
+    connections over them by a hash of the 4-tuple (net/core/sock_reuseport.c,
+    reuseport_select_sock), Linux 3.9 (issue 17's workers)."""
     family, addr = lookup(host, port, passive=True)
     sock = socket.socket(family, socket.SOCK_STREAM)
     # Like every server (and Go): a restarted server can bind while its old
     # connections still sit in TIME_WAIT. It does not let two servers listen.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     where = f"[{addr[0]}]:{port}" if family == socket.AF_INET6 else f"{addr[0]}:{port}"
     try:
         sock.bind(addr)
