@@ -501,6 +501,38 @@ def headless_chromium(workdir: Path) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
+def accepting_listener(handle: Callable[[socket.socket], None] | None = None,
+                       backlog: int = 512) -> Iterator[socket.socket]:
+    """A listener on 127.0.0.1, a port the kernel chose; a thread accepts each
+    connection and gives it to ``handle`` (default: closes it at once). Stopped and
+    closed on the way out."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(backlog)
+    ls.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                continue
+            with c:
+                if handle is not None:
+                    handle(c)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield ls
+    finally:
+        done.set()
+        t.join()
+        ls.close()
+
+
+@contextlib.contextmanager
 def tcplab_live(*args: str, venv: Path | None = None
                 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``tcplab live --listen 127.0.0.1:0 ARGS`` (as nobody with ``venv``: their

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import accepting_listener as listener
 from tests.helpers import headless_chromium, needs_netns, run_tcplab, wait_for, ws_events
 from tests.helpers import tcplab_live as live
 
@@ -31,35 +32,6 @@ def ss_time_wait(port: int) -> int:
                         f"( sport = :{port} or dport = :{port} )"],
                        capture_output=True, text=True, check=True)
     return len(r.stdout.splitlines())
-
-
-@contextmanager
-def listener() -> Iterator[socket.socket]:
-    """A listener on a port the kernel chose, accepting and closing in a thread."""
-    import threading
-
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(512)
-    done = threading.Event()
-
-    def serve() -> None:
-        ls.settimeout(0.2)
-        while not done.is_set():
-            try:
-                c, _ = ls.accept()
-            except OSError:
-                continue
-            c.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield ls
-    finally:
-        done.set()
-        t.join()
-        ls.close()
 
 
 @contextmanager

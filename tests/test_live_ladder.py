@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import headless_chromium, wait_for, ws_events
+from tests.helpers import accepting_listener, headless_chromium, wait_for, ws_events
 from tests.helpers import tcplab_live as live
 
 
@@ -31,31 +30,13 @@ from tests.helpers import tcplab_live as live
 def reading_server() -> Iterator[int]:
     """A listener that reads each connection to its end and then closes it: the
     client's FIN comes first, so the client's end is the one left in TIME_WAIT."""
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(16)
-    ls.settimeout(0.2)
-    done = threading.Event()
+    def read_to_end(c: socket.socket) -> None:
+        c.settimeout(30)
+        while c.recv(4096):
+            pass
 
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                c, _ = ls.accept()
-            except OSError:
-                continue
-            with c:
-                c.settimeout(30)
-                while c.recv(4096):
-                    pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
+    with accepting_listener(read_to_end, backlog=16) as ls:
         yield ls.getsockname()[1]
-    finally:
-        done.set()
-        t.join()
-        ls.close()
 
 
 def one_connection(port: int) -> int:

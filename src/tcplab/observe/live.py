@@ -274,12 +274,7 @@ class NamespaceFilter:
     def __call__(self, e: Any) -> bool:
         """One event on its own, with what was learned so far (settle decides
         better, with the whole interval)."""
-        ends = _ends(e)
-        if self._by_thread(e):
-            if ends is not None and ends[0][1] and ends[1][1]:  # sport=0: connect() early
-                self._learn(ends)
-            return True
-        return ends is not None and ends in self._known
+        return bool(self.settle([e], set()))
 
     def _by_thread(self, e: Any) -> bool:
         """Run by a thread of the namespaces, in its own context."""
@@ -291,7 +286,7 @@ class NamespaceFilter:
         ours = [self._by_thread(e) for e in events]
         ends = [_ends(e) for e in events]
         for mine, x in zip(ours, ends, strict=True):
-            if mine and x is not None and x[0][1] and x[1][1]:
+            if mine and x is not None and x[0][1] and x[1][1]:  # sport=0: connect() early
                 self._learn(x)
         return [e for e, mine, x in zip(events, ours, ends, strict=True)
                 if mine or (x is not None and (x in self._known or x in present))]

@@ -189,7 +189,7 @@ function buildTable() {
     body.appendChild(tr);
   }
 }
-let lastT = -1, lastCountsT = -1;
+let lastT = -1, lastCountsT = -1, firstCountsT = null;  // the oldest counts kept: strips
 function add(ev) {
   if (ev.kind === "meta" && RECORDED === null) {
     // live: the newest meta is what is being shown now (the server sends it first)
@@ -202,9 +202,11 @@ function add(ev) {
   }
   if (ev.kind !== "meta") lastT = ev.t;
   if (ev.kind === "counts") lastCountsT = ev.t;
+  if (ev.kind === "counts" && firstCountsT === null) firstCountsT = ev.t;
   log.push(ev);
   if (log.length > 60000 && shown > 30000) {  // hours live: keep what the charts need
     log.splice(0, 30000); shown -= 30000;
+    firstCountsT = (log.find(e => e.kind === "counts") || {t: null}).t;
   }
 }
 function render() {
@@ -257,7 +259,7 @@ function showCounts(c) {
     document.getElementById("state-" + s).classList.toggle("busy", n > 0);
   }
   // the strips span what there is, up to WINDOW: a page opened 5 s ago fills them
-  const first = (log.find(e => e.kind === "counts") || c).t;
+  const first = firstCountsT === null ? c.t : firstCountsT;
   const span = Math.max(5, Math.min(WINDOW, c.t - first)), since = c.t - span, pts = {};
   for (const s of STATES) pts[s] = [];
   for (const ev of log) {
