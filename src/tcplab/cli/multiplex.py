@@ -8,6 +8,7 @@ from typing import Any
 
 from tcplab.cli import common
 from tcplab.cli.output import emit_json, human_bytes, note, out
+from tcplab.words import plural
 
 DESCRIPTION = """\
 Opens N concurrent connections from one client process (ramped, so the
@@ -22,6 +23,18 @@ OS threads.
 The server is found by its listening port (or --server-pid). The client raises
 its own soft fd limit as far as N needs, up to the hard limit, and says so.
 
+Past one process (C100k): one client process holds at most its hard fd limit
+('ulimit -Hn', 20,000 here; only CAP_SYS_RESOURCE raises it) less a few, and one
+source address offers one ephemeral port range toward one server address and
+port (net.ipv4.ip_local_port_range, 28,232 by default). So when N is larger
+than one process holds, or --processes asks, the connections are spread over
+forked client processes, each with its own source address (127.0.0.2, .3, ...
+toward a 127.0.0.1 server; --source for others) bound with
+IP_BIND_ADDRESS_NO_PORT. They connect, hold, echo and close in step, and the
+server's processes (every --server-pid, or every process listening on the
+port, e.g. 'tcplab server --workers 6') are read at each step: connections
+per process (the accept histogram), user memory per connection, CPU.
+
 A server that cannot keep up shows as "timeout": connections still waiting for
 an echo when --timeout runs out. It also says how many connections got a first
 echo at all, and (on loopback) when the server had accepted every connection,
@@ -34,6 +47,8 @@ examples:
   tcplab server --fd-limit max &             a server that may hold 10,000 sockets
   tcplab multiplex --connections 10000
   tcplab multiplex --connections 1000 --messages 20 --size 1024 --json
+  tcplab server --workers 6 --fd-limit max &  six processes, SO_REUSEPORT listeners
+  tcplab multiplex --connections 100000      six client processes, 127.0.0.2 to .7
 """
 
 
@@ -44,7 +59,14 @@ def add_parser(sub: Any, name: str) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=common.port, default=8080)
-    p.add_argument("--connections", type=common.positive_int, default=1000, metavar="N")
+    p.add_argument("--connections", type=common.int_range(1, 1_000_000), default=1000,
+                   metavar="N", help="connections open at once (default 1000)")
+    p.add_argument("--processes", type=common.int_range(1, 64), metavar="C",
+                   help="client processes to spread them over (default: as few as the hard "
+                   "fd limit allows)")
+    p.add_argument("--source", type=_addresses, metavar="A,B,...",
+                   help="source addresses for the client processes, in turn (default: "
+                   "127.0.0.2 and up toward a 127.0.0.1 server, else the kernel's choice)")
     p.add_argument("--messages", type=common.positive_int, default=5, metavar="M",
                    help="round trips per connection (default 5)")
     p.add_argument("--size", type=common.positive_int, default=64, metavar="B",
@@ -52,8 +74,9 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--ramp", type=common.seconds, metavar="S",
                    help="seconds over which to open the connections (default N / 5000, "
                    "at least 0.2)")
-    p.add_argument("--server-pid", type=common.positive_int, metavar="PID",
-                   help="the server process (default: whoever listens on --port)")
+    p.add_argument("--server-pid", type=common.positive_int, metavar="PID", action="append",
+                   help="a server process; repeat it for each of a server's processes "
+                   "(default: whoever listens on --port)")
     p.add_argument("--timeout", type=common.seconds, default=60.0, metavar="S",
                    help="give up on the echoes after S seconds (default 60)")
     p.add_argument("--allow-remote", action="store_true",
@@ -62,19 +85,32 @@ def add_parser(sub: Any, name: str) -> None:
     p.set_defaults(func=run)
 
 
-def find_server(port: int) -> int | None:
+def _addresses(text: str) -> list[str]:
+    import ipaddress
+
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(str(ipaddress.ip_address(part.strip())))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not an IP address") from None
+    return out
+
+
+def find_servers(port: int) -> list[int]:
     from tcplab.observe.owners import listening_processes
 
-    return next((o.pid for o in listening_processes(port)), None)
+    return sorted({o.pid for o in listening_processes(port)})
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcplab.traffic import multiplex
+    from tcplab.observe.process import own_fd_limit
+    from tcplab.traffic import multiplex, spread
     from tcplab.traffic.target import resolve
 
     target = resolve(args.host, args.port, allow_remote=args.allow_remote)
-    pid = args.server_pid or find_server(args.port)
-    if pid is None:
+    pids = args.server_pid or find_servers(args.port)
+    if not pids:
         note(f"note: no process of yours listens on port {args.port} that could be read; "
              "server facts are skipped (give --server-pid, or run as root)")
     tty = sys.stderr.isatty()
@@ -86,8 +122,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             note(line)
 
-    r = multiplex.run(target, args.connections, args.messages, args.size, args.ramp, pid,
-                      timeout=args.timeout, progress=progress)
+    processes = args.processes or spread.processes_for(args.connections, own_fd_limit().hard)
+    if processes > 1:
+        sources = args.source or spread.default_sources(target, processes)
+        r = spread.run(target, args.connections, processes, sources, args.messages, args.size,
+                       args.ramp, pids, timeout=args.timeout, progress=progress)
+    else:
+        if args.source:
+            note("note: --source is used by spread runs only (--processes 2 or more)")
+        r = multiplex.run(target, args.connections, args.messages, args.size, args.ramp,
+                          pids[0] if pids else None, timeout=args.timeout, progress=progress)
     if tty:
         sys.stderr.write("\n")
     for line in r.notes:
@@ -140,7 +184,36 @@ def result_lines(r: Any) -> list[str]:
             + (f", {r.server_cpu_us_per_echo} us of CPU per echo"
                if r.server_cpu_us_per_echo is not None else "")
         )
+    if r.spread is not None:
+        lines.extend(spread_lines(r))
     for name, count in r.failures.items():
         why = r.explanations.get(name, "")
         lines.append(f"failed: {name} x{count:,}" + (f": {why}" if why else ""))
+    return lines
+
+
+def spread_lines(r: Any) -> list[str]:
+    """A spread run: held, the server's processes as an accept histogram, memory."""
+    sp = r.spread
+    src = (f" from {r.sources[0]}" + (f" to {r.sources[-1]}" if len(r.sources) > 1 else "")
+           if r.sources else "")
+    lines = [f"held {r.held:,} of {r.connections:,} connections open and echoing at once, "
+             f"{sp.held_s:.1f} s after the first connect; {r.processes} client processes{src}"]
+    if sp.workers:
+        most = max(w.held for w in sp.workers) or 1
+        lines.append(f"server: {plural(len(sp.workers), 'process')}, connections held by "
+                     "each (socket fds at the peak less at idle):")
+        for w in sp.workers:
+            bar = "#" * max(0, round(30 * w.held / most))
+            lines.append(f"  pid {w.pid:>7} {w.held:>8,} {bar:<30} RSS "
+                         f"+{human_bytes(w.rss_peak - w.rss_idle)}, CPU {w.cpu_s:.2f} s, "
+                         f"{_plural(w.threads, 'thread')}")
+    if sp.rss_growth_per_conn is not None:
+        lines.append(f"server user memory: {human_bytes(sp.rss_growth_per_conn)} per connection "
+                     "(all its processes' RSS growth over idle, / held)")
+    if sp.client_rss_per_conn is not None:
+        lines.append(f"client user memory: {human_bytes(sp.client_rss_per_conn)} per connection")
+    if sp.listen_overflows:
+        lines.append(f"accept queue overflows: {sp.listen_overflows:,} (TcpExt ListenOverflows; "
+                     "each one a final ACK the kernel dropped and the client sent again)")
     return lines

@@ -238,6 +238,12 @@ def fd_links(pid: Pid, root: str = PROCFS_PATH) -> Iterator[tuple[int, str]]:
         os.close(dfd)
 
 
+def sockets_in_use(pid: Pid, root: str = PROCFS_PATH) -> int:
+    """How many of ``pid``'s fds are sockets (``socket:[INODE]``): one per
+    connection a server holds, plus its listener; not its epoll, eventfd or pipes."""
+    return sum(1 for _, target in fd_links(pid, root) if target.startswith("socket:"))
+
+
 def fdinfo(pid: Pid, fd: int, root: str = PROCFS_PATH) -> str | None:
     """/proc/PID/fdinfo/FD, or None when that fd is gone or unreadable."""
     try:

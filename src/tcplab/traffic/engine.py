@@ -996,6 +996,29 @@ class Driver:
         self.idle.keep_only(lambda c: c.stage is _HOLDING_)
         return n
 
+    def check_held(self) -> int:
+        """Read what the kernel reported on held connections since the last run():
+        a reset or an EOF while held is a failure. ``run()`` returns at once when
+        nothing is under way, so a phase that waits with every connection held
+        calls this before counting them. Returns the connections still held."""
+        for _ in range(len(self.conns) + 1):  # each pass fails (closes) what it reads
+            events = self.ep.poll(0)  # interest is empty while held: ERR/HUP only
+            if not events:
+                break
+            read = 0
+            for fd, _ev in events:
+                c = self.conns.get(fd)
+                if c is not None and c.stage is _HOLDING_:
+                    self._read_held(c)
+                    read += 1
+            if not read:  # only connections under way: run() reads those
+                break
+        return self.holding()
+
+    def holding(self) -> int:
+        """Connections open and idle (held), each with its round trips done so far."""
+        return sum(1 for c in self.conns.values() if c.stage is _HOLDING_)
+
     def unserved(self) -> int:
         """Open connections that have had no complete echo yet."""
         return sum(1 for c in self.conns.values() if not c.trips)

@@ -64,6 +64,36 @@ def explain_timeout(timeout: float, no_echo: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """One server process of a spread run, read from /proc by the parent: the
+    accept histogram's bar (``held``: its socket fds at the peak minus at idle, one
+    per connection it accepted and holds; it works for any server, Go's too)."""
+
+    pid: int
+    command: str
+    held: int
+    rss_idle: int  # VmRSS before any connection, bytes
+    rss_peak: int  # the most VmRSS seen with every connection held
+    cpu_s: float  # user + system CPU over the run
+    threads: int
+    epoll_watches: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """What a run spread over several client processes saw (traffic/spread.py)."""
+
+    workers: list[WorkerRow]  # the server's processes, in --server-pid order
+    held_s: float  # from the first connect to every connection held and echoed
+    rss_growth_per_conn: float | None  # all workers' VmRSS growth over idle / held, bytes
+    server_cpu_us_per_conn: float | None  # all workers' CPU / connections, microseconds
+    client_rss_per_conn: float | None  # all client processes' VmRSS growth / held, bytes
+    listen_overflows: int | None  # TcpExt ListenOverflows over the run (this netns)
+    listen_drops: int | None
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds from start
+
+
+@dataclass(frozen=True, slots=True)
 class MultiplexResult:
     host: str
     port: int
@@ -93,6 +123,13 @@ class MultiplexResult:
     accept_queue_peak: int | None = None  # LISTEN Recv-Q + SYN_RECV, the most seen
     accepted_s: float | None = None  # first connect to every connection accepted; None: never
     unaccepted: int | None = None  # connections not yet accepted when the exchange ended
+    # Connections open with every round trip verified when the run closed them: the
+    # ones the run held (C100k's figure). ``held + sum(failures) == connections``
+    # whenever every connection opened and finished (nothing left waiting).
+    held: int = 0
+    processes: int = 1  # client processes (traffic/spread.py)
+    sources: list[str] = field(default_factory=list)  # their source addresses, if bound
+    spread: Spread | None = None  # what a spread run saw at its phases
 
 
 def fit_fd_limit(connections: int) -> tuple[int, str | None]:
@@ -151,7 +188,9 @@ class AcceptWatch:
         try:
             listeners = self.table.listeners(self.port)
             queue = sum(s.rqueue for s in listeners)
-            if queue >= sum(s.wqueue for s in listeners):  # Send-Q on LISTEN: the backlog
+            # Send-Q on LISTEN is its backlog. With SO_REUSEPORT each listener has its
+            # own queue, and one full queue drops while the others have room.
+            if any(s.rqueue >= s.wqueue for s in listeners):
                 self.overflowed = True
             if self.overflowed:
                 # Counting SYN_RECV walks the whole established hash (2-14 ms
@@ -166,6 +205,14 @@ class AcceptWatch:
 
     syn_recv = tcp_states.mask([tcp_states.SYN_RECV])  # SYN_RECV only, no LISTEN
 
+    @classmethod
+    def off(cls) -> AcceptWatch:
+        """A watch that sees nothing (a spread run's children: the parent watches)."""
+        watch = cls.__new__(cls)
+        watch.port, watch.table, watch.peak, watch.last = 0, None, 0, None
+        watch.next, watch.overflowed = 0.0, False
+        return watch
+
     def close(self) -> None:
         if self.table is not None:
             self.table.close()
@@ -173,7 +220,8 @@ class AcceptWatch:
 
 
 def config(connections: int, messages: int, size: int, ramp: float,
-           connect_timeout: float) -> engine.Config:
+           connect_timeout: float, source: tuple[str, int] | None = None,
+           linger0: bool = False, offset: int = 0) -> engine.Config:
     """N connections ramped and held, then ``messages`` round trips of ``size`` bytes
     on all of them at once, every byte verified, each held open after its last."""
     base = os.urandom(max(size, 1))[:size]
@@ -181,14 +229,18 @@ def config(connections: int, messages: int, size: int, ramp: float,
     def payload(index: int, trip: int) -> bytes:
         """Message ``trip`` of connection ``index``: the base rotated, so that a stale
         or crossed echo never verifies by accident."""
-        k = (index * messages + trip) % max(1, size)
+        k = ((offset + index) * messages + trip) % max(1, size)
         return base[k:] + base[:k]
 
     return engine.Config(
         connections=connections, ramp_s=ramp, ramp_step_s=0.01, hold_first=True,
         round_trips=messages, payload=payload, verify=True, then=engine.Then.HOLD,
-        record_rtts=True, connect_timeout=connect_timeout)
+        record_rtts=True, connect_timeout=connect_timeout, source=source,
+        bind_no_port=source is not None, linger0=linger0)
 
+
+#: Round-trip quantiles a spread run's child sends its parent (traffic/spread.py).
+QUANTILES = 1000
 
 #: How often the phases' bookkeeping (accept queue, progress lines) runs between
 #: epoll batches: the connect loop this replaced polled every 10 ms.
@@ -198,15 +250,29 @@ TICK_S = 0.01
 def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 64,
         ramp: float | None = None, server_pid: int | None = None,
         connect_timeout: float = 10.0, timeout: float = 60.0,
-        progress: Callable[[str], None] | None = None) -> MultiplexResult:
+        progress: Callable[[str], None] | None = None, *,
+        source: tuple[str, int] | None = None, linger0: bool = False, offset: int = 0,
+        pause: Callable[[str, int], None] | None = None,
+        tick: Callable[[str, int], None] | None = None,
+        rtt_quantiles: list[float] | None = None,
+        watch_accept: bool = True) -> MultiplexResult:
+    """The C10k run in one process. traffic/spread.py runs one share of a larger run
+    per process with ``source`` (an address of its own), ``offset`` (its first
+    connection's index, so payloads differ across processes), ``pause`` (called
+    with the phase's name and the connections held, "connected" then "echoed":
+    it returns when every process got there), ``tick`` (the phase and its count,
+    connections open or echoes verified, every TICK_S), ``rtt_quantiles`` (filled
+    with QUANTILES of this share's round trips, for the parent to merge) and no
+    accept watch (the parent's)."""
     notes: list[str] = []
     n, note = fit_fd_limit(connections)
     if note:
         notes.append(note)
     ramp = ramp if ramp is not None else max(0.2, n / 5000)
     rss0 = server_facts(server_pid).rss_bytes if server_pid else None
-    watch = AcceptWatch(target)
-    driver = engine.Driver(target, config(n, messages, size, ramp, connect_timeout))
+    watch = AcceptWatch(target) if watch_accept else AcceptWatch.off()
+    driver = engine.Driver(target, config(n, messages, size, ramp, connect_timeout,
+                                          source=source, linger0=linger0, offset=offset))
     try:
         # accepted_s: from the first connect until the accept queue was seen empty
         # with every connection open (connect attempts all settled).
@@ -235,6 +301,8 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
                     hint=f"start one with 'tcplab server --port {target.port} --fd-limit max', "
                     "or check --host/--port")
             watch_queue(now, driver.opened >= n and not driver.active)
+            if tick is not None:
+                tick("connecting", driver.connected)
             if progress and driver.connected - reported >= max(1, n // 10):
                 reported = driver.connected
                 progress(f"connecting: {driver.connected:,} of {n:,} open")
@@ -247,6 +315,8 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
         connect_s = time.monotonic() - started
         if progress:
             progress(f"{connected:,} connections open in {connect_s:.2f} s")
+        if pause is not None:
+            pause("connected", driver.check_held())
 
         # 2. every connection runs its round trips at once
         cpu0 = cpu_seconds(server_pid) if server_pid else None
@@ -256,6 +326,8 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
         def exchanging(now: float) -> None:
             nonlocal reported
             watch_queue(now, True)
+            if tick is not None:
+                tick("echoes", driver.echoes)
             if progress and driver.echoes - reported >= max(1, (n * messages) // 10):
                 reported = driver.echoes
                 progress(f"echoes: {driver.echoes:,} of {n * messages:,} verified")
@@ -268,16 +340,22 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
         echoes = driver.echoes
         active = driver.active  # still waiting for an echo when the time ran out
         no_echo = driver.unserved()
-        failures = Counter(driver.errors)
-        if active:
-            failures["timeout"] += active
         served_all_s = (driver.last_first_echo - t_start
                         if connected and driver.served == connected else None)
         watch.next = 0.0  # one last sample: who is still waiting to be accepted
         unaccepted = watch.sample(time.monotonic())
+        if pause is not None:
+            pause("echoed", driver.check_held())
         # 3. the server with every connection still open
+        held = driver.check_held()  # a reset or EOF while held is a failure
+        failures = Counter(driver.errors)
+        if active:
+            failures["timeout"] += active
         facts = server_facts(server_pid) if server_pid else None
         rtts = sorted(x * 1e6 for x in driver.rtts)
+        if rtt_quantiles is not None and rtts:
+            rtt_quantiles.extend(rtts[min(len(rtts) - 1, int(len(rtts) * (k + 0.5) / QUANTILES))]
+                                 for k in range(QUANTILES))
         per_conn = None
         if facts is not None and rss0 is not None and connected:
             per_conn = round((facts.rss_bytes - rss0) / connected, 1)
@@ -300,7 +378,8 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
             served_all_s=None if served_all_s is None else round(served_all_s, 3),
             accept_queue_peak=watch.peak if watch.table is not None else None,
             accepted_s=None if accepted_s is None else round(accepted_s, 3),
-            unaccepted=unaccepted,
+            unaccepted=unaccepted, held=held,
+            sources=[source[0]] if source is not None else [],
         )
     finally:  # every socket this run opened is closed, also on Ctrl-C or an error
         watch.close()
