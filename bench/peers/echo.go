@@ -29,12 +29,19 @@
 // counter is touched per read), so it counts the connections that ended; open
 // says how many had not when it was printed.
 //
+// With -reuseport the listener sets SO_REUSEPORT before bind (through
+// net.ListenConfig.Control), so several copies listen on one address and port,
+// each with its own accept queue: bench/c100k.py runs six, as `tcplab server
+// --workers 6` runs six processes, since one process may not hold more than
+// the hard fd limit (20,000 here) of connections.
+//
 // Build and run (bench/echo_vs_go.py does both, in a private network namespace):
 //
 //	go build -o /tmp/echo echo.go && /tmp/echo -addr 127.0.0.1:8080
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -48,6 +55,10 @@ import (
 )
 
 const bufSize = 64 * 1024
+
+// soReuseport is SO_REUSEPORT on Linux (include/uapi/asm-generic/socket.h: 15);
+// Go 1.19's frozen syscall package does not name it (golang.org/x/sys/unix does).
+const soReuseport = 0xf
 
 type totals struct {
 	Event       string `json:"event"`
@@ -82,9 +93,22 @@ func handle(c net.Conn) {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	reuseport := flag.Bool("reuseport", false, "set SO_REUSEPORT: several servers share the address")
 	flag.Parse()
 
-	ln, err := net.Listen("tcp", *addr)
+	lc := net.ListenConfig{}
+	if *reuseport {
+		lc.Control = func(network, address string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, soReuseport, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", *addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
 		os.Exit(1)
