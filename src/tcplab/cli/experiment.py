@@ -68,6 +68,15 @@ demonstrated with the figure measured on this machine.
              and its probe: the retransmission timer (>= 200 ms); as root with
              tcp:tcp_retransmit_skb on the packets' timeline
   all        every experiment above, in turn, with a summary
+
+On its own (it takes minutes; 'all' does not run it):
+  c100k      100,000 connections open and echoing at once on two cores: a
+             server of K processes with SO_REUSEPORT listeners (and one shared
+             listener, for its uneven accept histogram), a client spread over
+             processes and 127.0.0.x source addresses, every byte verified; the
+             server's user memory per connection, the kernel's bytes per socket
+             (/proc/slabinfo, as root), which limit this machine hits first;
+             each model at the largest scale it holds (threads: a ladder)
 """
 
 
@@ -75,6 +84,8 @@ demonstrated with the figure measured on this machine.
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
                "multiplex", "handshake", "keepalive", "ports", "orphans", "nagle",
                "retransmit")
+#: Experiments that run only when named: `all` leaves them out.
+ON_ITS_OWN = ("c100k",)
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -85,7 +96,8 @@ def add_parser(sub: Any, name: str) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", choices=["all", *EXPERIMENTS], help="which experiment")
+    p.add_argument("name", choices=["all", *EXPERIMENTS, *ON_ITS_OWN],
+                   help="which experiment")
     p.add_argument("--quick", action="store_true", help="smaller counts and shorter waits")
     p.add_argument("--report", metavar="DIR",
                    help="also write DIR/index.html (charts inline, no network needed) and "
@@ -99,9 +111,24 @@ def add_parser(sub: Any, name: str) -> None:
                    "and a soft and hard fd limit for it; a variant your server cannot support "
                    "is skipped with the reason")
     g = p.add_argument_group("multiplex")
-    g.add_argument("--connections", type=common.int_range(1, 19_000), action="append",
+    g.add_argument("--connections", type=common.int_range(1, 1_000_000), action="append",
                    metavar="N", help="the ladder of concurrent connections (repeatable; "
                    "default 100, 1000, 10000)")
+    g = p.add_argument_group("c100k")
+    g.add_argument("--workers", type=common.int_range(1, 32), metavar="K",
+                   help="server processes (default: as few as the hard fd limit allows, at "
+                   "least one per CPU: 6 for 100,000 under 20,000)")
+    g.add_argument("--processes", type=common.int_range(1, 32), metavar="C",
+                   help="client processes (default: as few as the hard fd limit allows)")
+    g.add_argument("--listener", choices=["reuseport", "shared", "both"], default="both",
+                   help="the default model's listeners: one SO_REUSEPORT listener per "
+                   "worker, one shared by all, or both in turn (default)")
+    g.add_argument("--models", type=_models, metavar="M,M,...",
+                   help="models to run (default uvloop,epoll,asyncio,threads); threads runs a "
+                   "ladder of 2,500 to 20,000 that stops where it fails")
+    g.add_argument("--process-fds", type=common.int_range(256, 1_048_576), metavar="N",
+                   help="a hard fd limit for every server and client process (lower than "
+                   "yours: more processes; for trying the spread at a small N)")
     g = p.add_argument_group("fd-leak")
     g.add_argument("--keepalive", type=common.int_range(1, 7200), metavar="SECONDS",
                    help="repeat the leak with SO_KEEPALIVE on the accepted sockets, idle "
@@ -206,6 +233,25 @@ def run(args: argparse.Namespace) -> int:
 
     mux_settings = multiplex.Settings(
         ladder=tuple(args.connections) if args.connections else (100, 1000, 10_000))
+    if args.name in ("multiplex", "all") and max(mux_settings.ladder) > multiplex.MOST:
+        raise UsageError(f"--connections {max(mux_settings.ladder):,}: experiment multiplex "
+                         f"runs one client and one server process, which hold at most "
+                         f"{multiplex.MOST:,} (the hard fd limit, less spare)",
+                         hint="for more, run 'tcplab experiment c100k --connections N'")
+    if args.name == "c100k":
+        from tcplab.experiments import c100k
+
+        if args.connections and len(args.connections) > 1:
+            raise UsageError("experiment c100k takes one --connections", hint="e.g. "
+                             "--connections 100000")
+        c100k_settings = c100k.Settings(
+            connections=args.connections[0] if args.connections else 100_000,
+            models=tuple(args.models) if args.models else c100k.Settings().models,
+            listener=args.listener, workers=args.workers, processes=args.processes,
+            process_fds=args.process_fds)
+
+        def run_c100k(quick: bool, progress: Any, link: Any) -> Any:
+            return c100k.run(c100k_settings, quick=quick, progress=progress, link=link)
 
     def run_multiplex(quick: bool, progress: Any, link: Any) -> Any:
         return multiplex.run(mux_settings, quick=quick, progress=progress, link=link)
@@ -219,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
                "nagle": nagle.run,
                "retransmit": retransmit.run}
     assert list(runners) == list(EXPERIMENTS)
+    if args.name == "c100k":
+        runners["c100k"] = run_c100k
     names = list(runners) if args.name == "all" else [args.name]
     results = []
     bodies = []
@@ -229,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         status = _Status(f"[{i}/{len(names)}] {name}", started, quiet=args.json)
         note(f"running experiment {name} ...")
         try:
-            verbose = args.json or name in ("port-bomb", "multiplex")
+            verbose = args.json or name in ("port-bomb", "multiplex", "c100k")
             progress = status.step if not verbose else status.note
             if live is not None:  # its progress lines are events on the page
                 progress = live.experiment(name, progress)
@@ -298,6 +346,17 @@ def _live(args: argparse.Namespace) -> Any:
 
     return ExperimentLive(args.live, args.listen, args.record, args.live_interval,
                           f"tcplab experiment {args.name}")
+
+
+def _models(text: str) -> list[str]:
+    from tcplab.traffic.models import MODELS
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown model {unknown[0] if unknown else text!r}: "
+                                         f"choose from {', '.join(MODELS)}")
+    return names
 
 
 #: The files ``--report DIR`` writes (report/html.write).

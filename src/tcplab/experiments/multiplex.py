@@ -64,6 +64,10 @@ PORT = 8080
 #: The threads model's collapse is required only when the ladder reaches this
 #: many connections: C10k. Below it, threads is judged only for what it showed.
 COLLAPSE_AT = 10_000
+#: The most connections a rung may ask for: one client process and one server
+#: process each hold at most the hard fd limit (20,000 here) less what they keep
+#: spare. Beyond it: experiment c100k (several processes a side).
+MOST = 19_000
 #: A row where at least this share of connections failed is "collapsed": its
 #: figures describe the few connections that got through, not a working server.
 MOSTLY_FAILED = 0.5
