@@ -92,6 +92,36 @@ def read_knobs(netns: str | None = None, root: str = PROCFS_PATH) -> list[Knob]:
     for name, meaning in rest.items():
         if values[name] is not None:
             knobs.append(Knob(name, values[name] or "", meaning))
+    return knobs + host_knobs(root)
+
+
+#: Read where this process is, never inside --netns: none of them is per network
+#: namespace, and tcp_mem exists only in the first one (net/ipv4/sysctl_net_ipv4.c
+#: ipv4_table, registered for init_net; a new namespace has no such file).
+HOST_KNOBS = {
+    "net.ipv4.tcp_mem": "pages (min, pressure, max) all TCP sockets of the machine may "
+    "charge to their buffers: above the second TCP enters memory pressure, beyond the third "
+    "no socket may charge more (net/core/sock.c __sk_mem_raise_allocated); idle sockets "
+    "hold none; read on the host (no network namespace but the first has it)",
+    "fs.file-max": "open files the whole machine may have (fs/file_table.c alloc_empty_file: "
+    "ENFILE beyond it, except with CAP_SYS_ADMIN); every socket is one",
+    "kernel.pid_max": "the highest pid plus one: every process and thread takes a pid "
+    "(kernel/pid.c alloc_pid), so a thread per connection stops near it",
+    "vm.max_map_count": "memory mappings a process may have (mm/mmap.c do_mmap: ENOMEM "
+    "beyond it); each thread's stack is two (glibc: the stack and its guard page)",
+}
+
+
+def host_knobs(root: str = PROCFS_PATH) -> list[Knob]:
+    """The machine-wide knobs of HOST_KNOBS, as this process sees them."""
+    knobs = []
+    for name, meaning in HOST_KNOBS.items():
+        value = sysctl(name, root)
+        if value is not None:
+            knobs.append(Knob(name, value, meaning))
+        elif name == "net.ipv4.tcp_mem":
+            knobs.append(Knob(name, "-", "not in this network namespace: it exists only in "
+                              "the host's (net/ipv4/sysctl_net_ipv4.c ipv4_table)"))
     return knobs
 
 
