@@ -146,7 +146,8 @@ def test_merged_caches_are_named_by_the_line_slabinfo_counts_them_in() -> None:
     for bucket in ("tcp_bind_bucket", "tcp_bind2_bucket"):
         assert caches[bucket].reported_as == "eventpoll_epi", bucket
         assert "eventpoll_epi" in caches[bucket].shared_with
-    assert caches["eventpoll_epi"].merged and "tcp_bind_bucket" in caches["eventpoll_epi"].shared_with
+    epi = caches["eventpoll_epi"]
+    assert epi.merged and "tcp_bind_bucket" in epi.shared_with
     assert caches["lsm_file_cache"].shared_with == ("fsnotify_mark_connector",)
     assert caches["TCP"].slab.objsize == raw("TCP")[2]
     # a name this kernel lacks, or one linked where slabinfo shows none of the names
@@ -285,7 +286,155 @@ def test_tcp_slab_grows_by_one_object_per_socket() -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert 0.9 <= statistics.median(ratios) <= 1.1, ratios
+    print(f"TCP objects per socket, by round: {ratios}")
     best = rows[min(range(len(ratios)), key=lambda i: abs(ratios[i] - 1))]
     tcp = next(r for r in best.rows if r.cache == "TCP")
     assert tcp.trusted and tcp.objsize > 1000 and tcp.bytes == tcp.delta_objects * tcp.objsize
     assert best.bytes_per_socket is not None and best.bytes_per_socket > tcp.objsize
+
+
+# --- limits: what each allows here (observe/limits.capacity) ----------------------------------
+
+def recorded_host(**changes: Any) -> Any:
+    """This machine's values as plan17 §0 read them (as root; 2026-12-01)."""
+    import dataclasses
+
+    from tcplab.observe.limits import HostFacts
+
+    host = HostFacts(nofile_soft=20_000, nofile_hard=20_000, cap_sys_resource=False,
+                     nr_open=1_048_576, port_range=(32768, 60999),
+                     tcp_mem=(287_901, 383_868, 575_802), file_max=2_466_177, files_open=3071,
+                     mem_available=24_230_273_024, pid_max=32_768, threads_now=122,
+                     max_map_count=65_530, page_size=4096)
+    return dataclasses.replace(host, **changes)
+
+
+#: Bytes per connection: kernel from a loopback ledger (both ends), the server's and the
+#: client's user memory (uvloop's 1,550 B per idle connection in bench/results.md).
+COSTS = {"kernel_per_connection": 7600.0, "server_user_per_connection": 1550.0,
+         "client_user_per_connection": 850.0}
+
+
+@pytest.mark.pure
+def test_capacity_sorts_the_limits_and_names_the_first_two_walls() -> None:
+    from tcplab.observe.limits import Capacity, capacity
+    from tcplab.records import from_json, to_json
+
+    cap = capacity(recorded_host(), **COSTS)
+    allows = {r.name: r.allows for r in cap.rows}
+    assert allows == {
+        "fds per process": 20_000 - 64,
+        "ports per destination": 60999 - 32768 + 1,
+        "tcp_mem": 575_802 // 2,  # one page in flight at each end of a loopback connection
+        "fs.file-max": (2_466_177 - 3071) // 2,  # two files a connection on loopback
+        "RAM": 24_230_273_024 // 10_000,
+        "kernel.pid_max": 32_768 - 122,
+        "vm.max_map_count": 65_530 // 2,
+    }
+    assert [r.allows for r in cap.rows] == sorted(allows.values())
+    assert (cap.hit_first.name, cap.next and cap.next.name) == (
+        "fds per process", "ports per destination")
+    assert "CAP_SYS_RESOURCE" in cap.hit_first.note and "1,048,576" in cap.hit_first.note
+    # spreading over processes and source addresses reaches the first machine-wide wall
+    assert cap.machine_allows == 287_901
+    assert (cap.processes_needed, cap.sources_needed) == (6, 4)  # 100,000 connections
+    assert cap.missing == ()
+    assert from_json(Capacity, to_json(cap)) == cap
+
+
+@pytest.mark.pure
+def test_capacity_counts_the_thread_limits_only_for_a_thread_per_connection() -> None:
+    from tcplab.observe.limits import capacity
+
+    host = recorded_host(pid_max=4096, threads_now=96, nofile_hard=1_048_576,
+                         cap_sys_resource=True)
+    plain = capacity(host, **COSTS)
+    assert plain.hit_first.name == "ports per destination"  # pid_max is for threads only
+    assert "may raise it up to fs.nr_open" in next(
+        r.note for r in plain.rows if r.name == "fds per process")
+    threads = capacity(host, **COSTS, threads=True)
+    assert threads.hit_first.name == "kernel.pid_max" and threads.hit_first.allows == 4000
+    assert threads.next is not None and threads.next.name == "ports per destination"
+    assert threads.machine_allows == 4000
+    # not on loopback: one socket, one file a connection
+    far = capacity(recorded_host(), **COSTS, loopback=False)
+    assert {r.name: r.allows for r in far.rows}["tcp_mem"] == 575_802
+
+
+@pytest.mark.pure
+def test_capacity_without_tcp_mem_or_costs_says_what_is_missing() -> None:
+    from tcplab.observe.limits import capacity
+
+    cap = capacity(recorded_host(tcp_mem=None), kernel_per_connection=0,
+                   server_user_per_connection=0, client_user_per_connection=0)
+    names = {r.name for r in cap.rows}
+    assert "tcp_mem" not in names and "RAM" not in names
+    assert any(m.startswith("tcp_mem") and "namespace" in m for m in cap.missing)
+    assert any(m.startswith("RAM") for m in cap.missing)
+    assert cap.machine_allows == (2_466_177 - 3071) // 2
+
+
+@pytest.mark.pure
+def test_meminfo_and_capabilities_are_read_the_plain_way() -> None:
+    from tcplab.kernel.procfs import cap_bit, parse_meminfo
+
+    mem = parse_meminfo("MemTotal:       24684092 kB\nMemAvailable:   23683844 kB\n"
+                        "HugePages_Total:       0\n")
+    assert mem == {"MemTotal": 24684092 * 1024, "MemAvailable": 23683844 * 1024,
+                   "HugePages_Total": 0}
+    status = "Name:\tx\nCapEff:\t000001fffeffffff\n"  # this machine's root: no bit 24
+    assert not cap_bit(status, 24) and cap_bit(status, 25) and cap_bit(status, 23)
+    assert cap_bit("CapEff:\t000001ffffffffff\n", 24)
+    with pytest.raises(ValueError):
+        cap_bit("Name:\tx\n", 24)
+
+
+@pytest.mark.loopback
+def test_read_host_reads_this_machine() -> None:
+    import os
+    import resource
+
+    from tcplab.observe.limits import read_host
+
+    host = read_host()
+    assert (host.nofile_soft, host.nofile_hard) == resource.getrlimit(resource.RLIMIT_NOFILE)
+    with open("/proc/sys/kernel/pid_max") as f:
+        assert host.pid_max == int(f.read())
+    if os.path.exists("/proc/sys/net/ipv4/tcp_mem"):  # the host's network namespace
+        with open("/proc/sys/net/ipv4/tcp_mem") as f:
+            assert host.tcp_mem == tuple(int(x) for x in f.read().split())
+    assert host.mem_available > 0 and host.page_size == os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.loopback
+def test_limits_shows_the_machine_wide_knobs() -> None:
+    """``tcplab limits`` lists tcp_mem, fs.file-max, kernel.pid_max and vm.max_map_count
+    with /proc/sys's values; tcp_mem is the host's even with --netns (it exists only
+    there), and as "-" with the reason when tcplab itself runs in another namespace."""
+    import json
+    import os
+    import shutil
+
+    from tests.helpers import run_tcplab, tcplab
+
+    r = run_tcplab("limits", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    knobs = {k["name"]: k for k in json.loads(r.stdout)["limits"]}
+    for name in ("net.ipv4.tcp_mem", "fs.file-max", "kernel.pid_max", "vm.max_map_count"):
+        path = f"/proc/sys/{name.replace('.', '/')}"
+        if os.path.exists(path):
+            with open(path) as f:
+                assert knobs[name]["value"] == " ".join(f.read().split()), name
+            assert knobs[name]["meaning"], name
+    text = run_tcplab("limits").stdout.decode()
+    assert any(line.startswith("fs.file-max ") for line in text.splitlines()), text
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        return
+    import subprocess
+
+    inside = subprocess.run([unshare, "-n", *tcplab("limits", "--json")], capture_output=True,
+                            timeout=60)
+    assert inside.returncode == 0, inside.stderr.decode()
+    mem = next(k for k in json.loads(inside.stdout)["limits"] if k["name"] == "net.ipv4.tcp_mem")
+    assert mem["value"] == "-" and "host" in mem["meaning"]
