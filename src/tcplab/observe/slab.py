@@ -47,6 +47,17 @@ object size x the expected count and marked "estimated". SLUB's active_objs also
 counts every free object of a CPU's current slab as in use (mm/slub.c get_slabinfo:
 ``nr_objs - count_partial(n, count_free)``), so a cache moves by up to a slab's worth
 per CPU with no allocation at all: small against thousands of sockets.
+
+**Measured here** (root, 2,000 and 8,000 loopback connections, both ends in one process,
+9 runs): TCP, sock_inode_cache, filp and dentry moved by 0.94-1.0 objects a socket, so
+each accepted or connected socket has its own file and dentry (as sock_alloc_file says);
+about 3.8 KB of slab a socket, 7.6 KB a connection; /proc/meminfo's Slab moved by
+3.3-3.7 KB a socket. ep_head came out 0.76 a watch at 2,000 and 0.96 at 8,000: a fixed
+shortfall of about 490 objects (free objects the CPUs' slabs already counted as in use),
+which vanishes at scale. The eventpoll_epi line (with both bind buckets) moved by about
+one object a connect()ed socket fewer than epi + bind + bind2 predicts, at both sizes;
+why is not established here, so the bind-bucket rows (estimated: merged) may count one
+128-byte object a connect()ed socket too many.
 """
 
 from __future__ import annotations
@@ -265,8 +276,8 @@ def ledger(before: SlabSnapshot, peak: SlabSnapshot, sockets: int, watched: int 
     # all of their expected objects together (eventpoll_epi with the bind buckets here).
     line_wants: dict[str, int] = {}
     for now in peak.caches:
-        line_wants[now.reported_as] = line_wants.get(now.reported_as, 0) + \
-            expected.get(now.cache, 0)
+        want = expected.get(now.cache, 0)
+        line_wants[now.reported_as] = line_wants.get(now.reported_as, 0) + want
     rows = []
     for now in peak.caches:
         then = before.cache(now.cache)
@@ -286,13 +297,13 @@ def ledger(before: SlabSnapshot, peak: SlabSnapshot, sockets: int, watched: int 
 def _row(then: CacheRead, now: CacheRead, want: int, line_want: int, sockets: int,
          page: int) -> LedgerRow:
     slab = now.slab
-    delta = now.slab.active_objs - then.slab.active_objs
+    delta = slab.active_objs - then.slab.active_objs
     ratio = delta / line_want
     in_range = TRUST[0] <= ratio <= TRUST[1]
     trusted = in_range and not now.merged
     if trusted:
-        size, pages = delta * slab.objsize, (slab.num_slabs - then.slab.num_slabs) * \
-            slab.pagesperslab * page
+        size = delta * slab.objsize
+        pages = (slab.num_slabs - then.slab.num_slabs) * slab.pagesperslab * page
         note = "measured"
     else:
         size, pages = want * slab.objsize, round(want * slab.bytes_per_object(page))
