@@ -49,15 +49,16 @@ counts every free object of a CPU's current slab as in use (mm/slub.c get_slabin
 per CPU with no allocation at all: small against thousands of sockets.
 
 **Measured here** (root, 2,000 and 8,000 loopback connections, both ends in one process,
-9 runs): TCP, sock_inode_cache, filp and dentry moved by 0.94-1.0 objects a socket, so
+16 runs): TCP, sock_inode_cache, filp and dentry moved by 0.94-1.0 objects a socket, so
 each accepted or connected socket has its own file and dentry (as sock_alloc_file says);
 about 3.8 KB of slab a socket, 7.6 KB a connection; /proc/meminfo's Slab moved by
 3.3-3.7 KB a socket. ep_head came out 0.76 a watch at 2,000 and 0.96 at 8,000: a fixed
 shortfall of about 490 objects (free objects the CPUs' slabs already counted as in use),
 which vanishes at scale. The eventpoll_epi line (with both bind buckets) moved by about
-one object a connect()ed socket fewer than epi + bind + bind2 predicts, at both sizes;
-why is not established here, so the bind-bucket rows (estimated: merged) may count one
-128-byte object a connect()ed socket too many.
+one object a connect()ed socket fewer than epi + bind + bind2 predicts, at both sizes,
+although __inet_hash_connect creates one bucket of each for every new port; why is not
+established here (the line's other users, pte_list_desc and fib6_node, may have freed
+as many meanwhile), so the bind-bucket rows stay estimates at objsize x connects.
 """
 
 from __future__ import annotations
