@@ -57,8 +57,8 @@ shortfall of about 490 objects (free objects the CPUs' slabs already counted as 
 which vanishes at scale. The eventpoll_epi line (with both bind buckets) moved by about
 one object a connect()ed socket fewer than epi + bind + bind2 predicts, at both sizes,
 although __inet_hash_connect creates one bucket of each for every new port; why is not
-established here (the line's other users, pte_list_desc and fib6_node, may have freed
-as many meanwhile), so the bind-bucket rows stay estimates at objsize x connects.
+established here, so the bind-bucket rows stay estimates at objsize x connects (an
+upper bound if the measurement is right).
 """
 
 from __future__ import annotations
