@@ -311,8 +311,7 @@ def recorded_host(**changes: Any) -> Any:
 
 #: Bytes per connection: kernel from a loopback ledger (both ends), the server's and the
 #: client's user memory (uvloop's 1,550 B per idle connection in bench/results.md).
-COSTS = {"kernel_per_connection": 7600.0, "server_user_per_connection": 1550.0,
-         "client_user_per_connection": 850.0}
+COSTS = {"kernel_per_conn": 7600.0, "server_per_conn": 1550.0, "client_per_conn": 850.0}
 
 
 @pytest.mark.pure
@@ -340,6 +339,11 @@ def test_capacity_sorts_the_limits_and_names_the_first_two_walls() -> None:
     assert (cap.processes_needed, cap.sources_needed) == (6, 4)  # 100,000 connections
     assert cap.missing == ()
     assert from_json(Capacity, to_json(cap)) == cap
+    # a run that gives each process a lower hard limit (--process-fds) hits it sooner
+    small = capacity(recorded_host(), **COSTS, fds_per_process=1024)
+    assert small.hit_first.allows == 1024 - 64 and "this machine's is 20,000" in \
+        small.hit_first.note
+    assert small.processes_needed == -(-100_000 // 960)
 
 
 @pytest.mark.pure
@@ -365,12 +369,11 @@ def test_capacity_counts_the_thread_limits_only_for_a_thread_per_connection() ->
 def test_capacity_without_tcp_mem_or_costs_says_what_is_missing() -> None:
     from tcplab.observe.limits import capacity
 
-    cap = capacity(recorded_host(tcp_mem=None), kernel_per_connection=0,
-                   server_user_per_connection=0, client_user_per_connection=0)
+    cap = capacity(recorded_host(tcp_mem=None), kernel_per_conn=7600.0, server_per_conn=None)
     names = {r.name for r in cap.rows}
     assert "tcp_mem" not in names and "RAM" not in names
     assert any(m.startswith("tcp_mem") and "namespace" in m for m in cap.missing)
-    assert any(m.startswith("RAM") for m in cap.missing)
+    assert any(m.startswith("RAM") and "server, client" in m for m in cap.missing)
     assert cap.machine_allows == (2_466_177 - 3071) // 2
 
 
@@ -390,13 +393,13 @@ def test_meminfo_and_capabilities_are_read_the_plain_way() -> None:
 
 
 @pytest.mark.loopback
-def test_read_host_reads_this_machine() -> None:
+def test_host_facts_reads_this_machine() -> None:
     import os
     import resource
 
-    from tcplab.observe.limits import read_host
+    from tcplab.observe.limits import host_facts
 
-    host = read_host()
+    host = host_facts()
     assert (host.nofile_soft, host.nofile_hard) == resource.getrlimit(resource.RLIMIT_NOFILE)
     with open("/proc/sys/kernel/pid_max") as f:
         assert host.pid_max == int(f.read())

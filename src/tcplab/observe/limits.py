@@ -138,7 +138,7 @@ CAP_SYS_RESOURCE = 24
 
 @dataclass(frozen=True, slots=True)
 class HostFacts:
-    """The values the capacity arithmetic needs, as read on this machine (``read_host``).
+    """The values the capacity arithmetic needs, as read on this machine (``host_facts``).
     None: not readable here (tcp_mem inside a network namespace other than the first)."""
 
     nofile_soft: int
@@ -189,7 +189,7 @@ def _ints(text: str | None) -> list[int] | None:
         return None
 
 
-def read_host(netns: str | None = None, root: str = PROCFS_PATH) -> HostFacts:
+def host_facts(netns: str | None = None, root: str = PROCFS_PATH) -> HostFacts:
     """This machine's values for ``capacity``. The port range is read inside ``netns``
     (it is per namespace); tcp_mem, fs.* and kernel.* are read where this process is:
     tcp_mem exists only in the first network namespace (net/ipv4/sysctl_net_ipv4.c
@@ -218,22 +218,24 @@ def read_host(netns: str | None = None, root: str = PROCFS_PATH) -> HostFacts:
         page_size=os.sysconf("SC_PAGE_SIZE"))
 
 
-def capacity(host: HostFacts, *, kernel_per_connection: float,
-             server_user_per_connection: float, client_user_per_connection: float,
-             connections: int = 100_000, loopback: bool = True, in_flight_pages: int = 1,
-             spare_fds: int = SPARE_FDS, threads: bool = False) -> Capacity:
-    """How many connections each limit allows, from ``host`` and measured costs (bytes
-    per connection: the kernel's, from observe.slab.ledger; the server's and the
-    client's user memory, from their RSS growth). ``loopback``: both ends are on this
-    machine, so a connection is two sockets and two files. ``in_flight_pages``: pages
-    each socket has charged to TCP buffers while data is in flight (an idle socket
-    holds none: sk_mem_reclaim gives back what its queues do not use). ``threads``: the
-    server runs a thread per connection, so pid_max and max_map_count apply."""
+def capacity(host: HostFacts, *, kernel_per_conn: float | None = None,
+             server_per_conn: float | None = None, client_per_conn: float | None = None,
+             fds_per_process: int | None = None, connections: int = 100_000,
+             loopback: bool = True, in_flight_pages: int = 1, spare_fds: int = SPARE_FDS,
+             threads: bool = False) -> Capacity:
+    """How many connections each limit allows, from ``host`` and measured costs in bytes
+    per connection: the kernel's (observe.slab.ledger's bytes_per_connection), the
+    server's and the client's user memory (their RSS growth); None: not measured, and
+    the RAM row is missing. ``fds_per_process``: the hard fd limit the run gives each
+    process, when it sets one lower than this machine's. ``loopback``: both ends are on
+    this machine, so a connection is two sockets and two files. ``in_flight_pages``:
+    pages each socket has charged to TCP buffers while data is in flight. ``threads``:
+    the server runs a thread per connection, so pid_max and max_map_count apply."""
     ends = 2 if loopback else 1
     rows: list[CapacityRow] = []
     missing: list[str] = []
 
-    hard = host.nofile_hard
+    hard = host.nofile_hard if fds_per_process is None else fds_per_process
     if host.cap_sys_resource:
         raise_note = (f"this process has CAP_SYS_RESOURCE, so it may raise it up to fs.nr_open "
                       f"{host.nr_open or '?':,}" if host.nr_open else
@@ -243,10 +245,13 @@ def capacity(host: HostFacts, *, kernel_per_connection: float,
                       "(kernel/sys.c do_prlimit), which this process lacks (CapEff bit 24)")
         if host.nr_open:
             raise_note += f"; fs.nr_open {host.nr_open:,} would allow more where it can"
+    given = (f" (the run's; this machine's is {host.nofile_hard:,})"
+             if hard != host.nofile_hard else "")
     rows.append(CapacityRow(
         "fds per process", f"{hard:,}", max(0, hard - spare_fds), "process", False,
-        f"the hard RLIMIT_NOFILE less {spare_fds} kept for the process's own files: one fd "
-        f"a connection per process (accept() fails with EMFILE beyond it); {raise_note}"))
+        f"the hard RLIMIT_NOFILE{given} less {spare_fds} kept for the process's own files: "
+        f"one fd a connection per process (accept() fails with EMFILE beyond it); "
+        f"{raise_note}"))
 
     if host.port_range is None:
         missing.append("ports per destination: net.ipv4.ip_local_port_range unreadable")
@@ -285,16 +290,19 @@ def capacity(host: HostFacts, *, kernel_per_connection: float,
             f"except with CAP_SYS_ADMIN), less the {host.files_open or 0:,} open now; a "
             f"socket is a file, {ends} a connection"))
 
-    cost = kernel_per_connection + server_user_per_connection + client_user_per_connection
-    if cost > 0 and host.mem_available > 0:
+    costs = {"kernel": kernel_per_conn, "server": server_per_conn, "client": client_per_conn}
+    unmeasured = [k for k, v in costs.items() if v is None]
+    cost = sum(v for v in costs.values() if v is not None)
+    if unmeasured or cost <= 0 or host.mem_available <= 0:
+        missing.append("RAM: not measured: the bytes per connection of the "
+                       + (", ".join(unmeasured) or "connections"))
+    else:
         rows.append(CapacityRow(
             "RAM", f"{host.mem_available / 2**30:.1f} GiB", int(host.mem_available // cost),
             "machine", False,
-            f"/proc/meminfo MemAvailable / {cost:,.0f} B a connection: kernel "
-            f"{kernel_per_connection:,.0f} + server {server_user_per_connection:,.0f} + "
-            f"client {client_user_per_connection:,.0f} (measured), no swap counted"))
-    else:
-        missing.append("RAM: no cost per connection measured")
+            f"/proc/meminfo MemAvailable / {cost:,.0f} B a connection: "
+            + " + ".join(f"{k} {v:,.0f}" for k, v in costs.items())
+            + " (measured), no swap counted"))
 
     if host.pid_max is None:
         missing.append("kernel.pid_max: unreadable")
