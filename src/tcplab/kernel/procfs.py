@@ -178,3 +178,29 @@ def parse_slabinfo(text: str) -> dict[str, Slab]:
         except ValueError:
             raise ValueError(f"not a slabinfo line: {line[:80]!r}") from None
     return out
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo as {field: bytes} (its ``kB`` are KiB, proc(5)); a field without a
+    unit (``HugePages_Total``) is a plain count."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        words = rest.split()
+        if not words:
+            continue
+        try:
+            value = int(words[0])
+        except ValueError:
+            raise ValueError(f"not a meminfo line: {line[:80]!r}") from None
+        out[name.strip()] = value * 1024 if words[1:] == ["kB"] else value
+    return out
+
+
+def cap_bit(status_text: str, bit: int, field: str = "CapEff") -> bool:
+    """Whether capability number ``bit`` is in /proc/PID/status's ``field`` (a hex mask;
+    CAP_SYS_RESOURCE is 24, include/uapi/linux/capability.h)."""
+    mask = status_field(status_text, field)
+    if mask is None:
+        raise ValueError(f"no {field} in status")
+    return bool(int(mask, 16) >> bit & 1)
