@@ -49,6 +49,8 @@ from tcplab.errors import ExperimentFailed, UsageError
 from tcplab.experiments import result as base
 from tcplab.experiments.children import ServerProcess, pipe_lines
 from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, ends
+from tcplab.observe.limits import Capacity
+from tcplab.observe.slab import Ledger
 from tcplab.records import RecordError, from_json
 from tcplab.traffic.multiplex import SPARE_FDS, MultiplexResult, WorkerRow
 
@@ -162,8 +164,8 @@ class Facts:
     workers: int
     processes: int
     spreads: Spreads | None = None
-    ledger: Any = None  # observe.slab.Ledger, when root could read /proc/slabinfo
-    capacity: Any = None  # observe.limits.Capacity
+    ledger: Ledger | None = None  # per-cache rows when root could read /proc/slabinfo
+    capacity: Capacity | None = None
     problems: tuple[str, ...] = ()  # why not shown, in words
 
 

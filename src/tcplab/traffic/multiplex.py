@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from tcplab.errors import ConnectFailed
 from tcplab.kernel import tcp_states
 from tcplab.observe.server_facts import ServerFacts, cpu_seconds, server_facts
+from tcplab.observe.slab import Ledger
 from tcplab.observe.sockets import SocketTable
 from tcplab.traffic import engine
 from tcplab.traffic.client import percentile
@@ -91,6 +92,9 @@ class Spread:
     listen_overflows: int | None  # TcpExt ListenOverflows over the run (this netns)
     listen_drops: int | None
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds from start
+    # The kernel's slab caches from before the run to every connection held (root
+    # only for the per-cache rows; /proc/meminfo's Slab delta for anyone).
+    ledger: Ledger | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,11 +35,11 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tcplab.errors import UsageError
-from tcplab.observe import procfs
+from tcplab.observe import procfs, slab
 from tcplab.observe.procfs import ProcessError
 from tcplab.records import from_json, to_json
 from tcplab.traffic import multiplex
@@ -75,7 +75,7 @@ def default_sources(target: Target, processes: int) -> list[str]:
     """127.0.0.2, 127.0.0.3, ... for an IPv4 loopback target, one per process; for
     any other target none: the kernel's choice of source (one port range)."""
     host = ipaddress.ip_address(str(target.sockaddr[0]).split("%")[0])
-    if host.version == 4 and host.is_loopback and processes > 1:
+    if host.version == 4 and _is_loopback(target) and processes > 1:
         return [str(ipaddress.IPv4Address("127.0.0.2") + i) for i in range(processes)]
     return []
 
@@ -237,6 +237,7 @@ def run(target: Target, connections: int, processes: int, sources: Sequence[str]
     split = shares(connections, processes)
     server = _Server(server_pids)
     counters0 = _listen_counters()
+    slabs = {"idle": slab.snapshot()}
     if at_phase is not None:
         at_phase("idle")
     started = time.monotonic()
@@ -291,6 +292,7 @@ def run(target: Target, connections: int, processes: int, sources: Sequence[str]
         wait_for("connected")
         phases["connected"] = round(time.monotonic() - started, 3)
         server.read()
+        slabs["held"] = slab.snapshot()
         if at_phase is not None:
             at_phase("held")
         _go(children)
@@ -305,8 +307,9 @@ def run(target: Target, connections: int, processes: int, sources: Sequence[str]
         wait_for("result")
         phases["closed"] = round(time.monotonic() - started, 3)
         counters1 = _listen_counters()
-        return _merge(target, connections, messages, size, timeout, children, server,
-                      phases, sources, watch, accepted_s, unaccepted, counters0, counters1)
+        r = _merge(target, connections, messages, size, timeout, children, server,
+                   phases, sources, watch, accepted_s, unaccepted, counters0, counters1)
+        return _with_ledger(r, target, slabs)
     finally:  # no child outlives the run, also on Ctrl-C or an error
         sel.close()
         watch.close()
@@ -367,6 +370,29 @@ def _reap(children: Sequence[_Child]) -> None:
                 os.waitpid(c.pid, 0)
                 break
             time.sleep(0.01)
+
+
+def _with_ledger(r: MultiplexResult, target: Target,
+                 slabs: dict[str, slab.SlabSnapshot]) -> MultiplexResult:
+    """The kernel's bytes for the held connections, from the snapshots before any and
+    with every one held idle. On loopback both ends are sockets of this kernel; each
+    client socket is in its process's epoll set, and so is each server socket of a
+    server whose processes use epoll (their watches, read from /proc)."""
+    sp = r.spread
+    held_at = r.held
+    if sp is None or not held_at or "held" not in slabs:
+        return r
+    loopback = _is_loopback(target)
+    sockets = held_at * (2 if loopback else 1)
+    server_watched = sum(w.epoll_watches for w in sp.workers) if loopback else 0
+    watched = held_at + min(server_watched, held_at)
+    led = slab.ledger(slabs["idle"], slabs["held"], sockets, watched, connects=held_at,
+                      connections=held_at)
+    return replace(r, spread=replace(sp, ledger=led))
+
+
+def _is_loopback(target: Target) -> bool:
+    return ipaddress.ip_address(str(target.sockaddr[0]).split("%")[0]).is_loopback
 
 
 def _listen_counters() -> tuple[int, int] | None:
