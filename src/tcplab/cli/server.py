@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from tcplab.cli import common
-from tcplab.cli.output import emit_json, human_bytes, note, out, write_line
+from tcplab.cli.output import emit_json, human_bytes, note, out, to_jsonable, write_line
 
 DESCRIPTION = """\
 An echo server: every byte a client sends comes back, byte for byte.
@@ -233,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             printer.histogram()  # also those of the workers left when one died
     if args.json:
-        extra = {"workers": printer.worker_totals_seen} if args.workers > 1 else {}
+        extra = ({"workers": to_jsonable(printer.worker_totals_seen)} if args.workers > 1
+                 else {})
         emit_json(totals, event="totals", open=totals.open, **extra)
     else:
         leaked = f", leaked {totals.leaked} (never closed)" if config.leak else ""

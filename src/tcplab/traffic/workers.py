@@ -175,8 +175,12 @@ def _worker(index: int, config: ServerConfig, hooks: SupervisorHooks, chan: sock
             bytes_echoed=stats.bytes_echoed, accept_errors=stats.accept_errors,
             leaked=stats.leaked))})
         code = 0
-    except _Stop:
+    except _Stop:  # stopped before it served: it accepted nothing, and says so
         code = 0
+        try:
+            _send(chan, {"totals": to_json(WorkerTotals(index, os.getpid(), 0, 0, 0, 0, 0))})
+        except OSError:
+            pass
     except TcplabError as exc:
         try:
             _send(chan, {"error": exc.message, "hint": exc.hint, "code": int(exc.exit_code)})
@@ -229,7 +233,10 @@ def _read(child: _Child) -> bool:
     child.buf += data
     *lines, child.buf = child.buf.split(b"\n")
     for line in lines:
-        msg = json.loads(line)
+        try:
+            msg = json.loads(line)
+        except ValueError:  # a line cut by a signal in the worker, then another
+            continue
         if "ready" in msg:
             child.info = from_json(WorkerInfo, msg["ready"])
         elif "totals" in msg:
