@@ -186,7 +186,7 @@ def _worker(index: int, config: ServerConfig, hooks: SupervisorHooks, chan: sock
             _send(chan, {"error": exc.message, "hint": exc.hint, "code": int(exc.exit_code)})
         except OSError:
             pass
-    except BaseException as exc:  # noqa: BLE001 - a forked child must never return
+    except BaseException as exc:  # a forked child must never return into the CLI
         try:
             _send(chan, {"error": f"internal error: {type(exc).__name__}: {exc}",
                          "hint": None, "code": int(ExitStatus.ERROR)})
@@ -329,7 +329,8 @@ class _Supervisor:
         if child.error is not None:
             exc = TcplabError(f"worker {child.index} (pid {child.pid}): {child.error['error']}",
                               hint=child.error.get("hint"))
-            exc.exit_code = ExitStatus(child.error.get("code", 1))
+            code = child.error.get("code")
+            exc.exit_code = next((s for s in ExitStatus if s == code), ExitStatus.ERROR)
             return exc
         how = describe_status(child.status or 0)
         others = self.count - 1
