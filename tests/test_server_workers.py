@@ -127,13 +127,18 @@ def test_shared_listener_sums_to_all_connections(workers) -> None:
     assert left_behind(born) == []
 
 
-@pytest.mark.parametrize("times", [1, 2])
-def test_sigint_exits_130_and_leaves_no_worker(workers, times: int) -> None:
+@pytest.mark.parametrize(("times", "group"), [(1, False), (2, False), (1, True), (2, True)])
+def test_sigint_exits_130_and_leaves_no_worker(workers, times: int, group: bool) -> None:
+    """SIGINT to the supervisor, or to its process group as a terminal's Ctrl-C
+    sends it (the workers have groups of their own), once and twice."""
     server = start(workers, "--workers", "3")
     born = worker_pids(server)
     assert server.proc is not None
-    for _ in range(times):  # Ctrl-C once, and twice (the second during the stop)
-        server.proc.send_signal(signal.SIGINT)
+    for _ in range(times):  # the second one comes during the stop
+        if group:
+            os.killpg(server.pid, signal.SIGINT)  # spawn made it a group leader
+        else:
+            server.proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
     assert server.proc.wait(timeout=30) == 130
     assert left_behind(born) == []

@@ -56,6 +56,9 @@ listener (--listener):
              connection wakes them all; whoever runs first takes a batch (up to
              64 accept()s a wake-up, traffic/accept.py) and the others find the
              queue empty. The spread is uneven, more so with fewer cores.
+Measured here (2 cores; 6 uvloop workers; 3,000 connections opened one after
+another and held; 2 runs each): reuseport gave each worker 472 to 533, shared
+85 to 1,377.
 
 The fd limit: the server keeps the soft limit it was started with ('ulimit -n'),
 or the one --fd-limit sets. Note that Go, since 1.19, raises its own soft limit
