@@ -42,13 +42,14 @@ listener (--listener):
   reuseport  every worker opens its own listener on the port with SO_REUSEPORT
              (Linux 3.9): each has its own accept queue, and the kernel picks
              one for each new connection by a hash of the 4-tuple
-             (net/core/sock_reuseport.c, reuseport_select_sock_by_hash:
-             reciprocal_scale(hash, num_socks), the hash from inet_ehashfn).
-             Since the 2022 change "soreuseport: Fix socket selection for
-             SO_INCOMING_CPU" it first prefers a listener whose SO_INCOMING_CPU
-             is the CPU handling the SYN, but only once some listener of the
-             group has set that option; tcplab's do not, so the spread is the
-             hash's: about even, a binomial share each.
+             (net/ipv4/inet_hashtables.c, inet_lookup_reuseport: inet_ehashfn
+             of both addresses and ports; net/core/sock_reuseport.c,
+             reuseport_select_sock_by_hash: reciprocal_scale(hash, num_socks)).
+             Since the late-2022 patch "soreuseport: Fix socket selection for
+             SO_INCOMING_CPU" (so in the 6.18 we run) it prefers a listener whose
+             SO_INCOMING_CPU is the CPU handling the SYN, but only once some
+             listener of the group has set that option; tcplab's do not, so
+             the spread is the hash's: about even, a binomial share each.
   shared     the supervisor opens one listener before the fork and all workers
              accept from it: one accept queue. Every worker's poller watches
              the same socket without EPOLLEXCLUSIVE (fs/eventpoll.c,
