@@ -420,6 +420,11 @@ def supervise(config: ServerConfig, hooks: SupervisorHooks, fd_limit: str | None
                 failure = exc
             finally:
                 sup.stop_all()  # inside stop_on_signals: a second Ctrl-C cannot cut it
+                if stop.requested:
+                    # The command is ending: a later Ctrl-C must not cut the
+                    # totals still to be printed (as tcplab/interrupts.py, rule
+                    # 2, ignores SIGINT after the first). Held, never delivered.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     finally:
         for sock in (shared, reservation):
             if sock is not None:
