@@ -143,7 +143,7 @@ def test_sigint_exits_130_and_leaves_no_worker(workers, times: int, group: bool)
     assert server.proc.wait(timeout=30) == 130
     assert left_behind(born) == []
     server.stop()
-    assert len(server.worker_totals) == 3
+    assert len(server.worker_totals) == 3, server.log
 
 
 def test_a_killed_worker_stops_the_server(workers) -> None:

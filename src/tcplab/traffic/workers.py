@@ -372,6 +372,12 @@ class _Supervisor:
                 self.sel.unregister(child.chan)
                 child.chan.close()
             _, child.status = os.waitpid(child.pid, 0)
+            if child.error is not None:  # it failed on its way out: say so, go on
+                self.hooks.log(f"worker {child.index} (pid {child.pid}): "
+                               f"{child.error['error']}")
+            elif child.totals is None:
+                self.hooks.log(f"worker {child.index} (pid {child.pid}) "
+                               f"{describe_status(child.status)} before its totals")
         self.sel.close()
 
 
