@@ -44,18 +44,33 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def emit_json(obj: Any, **extra: Any) -> None:
-    """One JSON object on one stdout line: ``{"schema": 1, ...}``."""
+def emit_json(obj: Any, atomic: bool = False, **extra: Any) -> None:
+    """One JSON object on one stdout line: ``{"schema": 1, ...}``; ``atomic``: see write_line."""
     body = {"schema": SCHEMA, **extra, **to_jsonable(obj)}
     import json  # only for --json: `tcplab states` starts without it
 
-    sys.stdout.write(json.dumps(body, separators=(", ", ": ")) + "\n")
-    sys.stdout.flush()
+    write_line(json.dumps(body, separators=(", ", ": ")), atomic)
 
 
 def out(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def write_line(line: str, atomic: bool = False) -> None:
+    """One stdout line. ``atomic``: in a single write() when it fits in PIPE_BUF,
+    for processes that share one stdout (``tcplab server --workers``): pipe(7)
+    makes such a write atomic, so two workers' lines never interleave."""
+    if atomic:
+        import os
+        import select
+
+        data = (line + "\n").encode()
+        if len(data) <= select.PIPE_BUF:
+            sys.stdout.flush()
+            os.write(sys.stdout.fileno(), data)
+            return
+    out(line)
 
 
 def note(line: str) -> None:

@@ -32,6 +32,7 @@ from tcplab.errors import ExperimentFailed
 from tcplab.interrupts import deferred, interrupted, spawn
 from tcplab.records import from_json, from_json_line
 from tcplab.traffic.server import Listening as ServerListening
+from tcplab.traffic.server import WorkerTotals
 
 #: How long a child may take to stop on SIGTERM once the user pressed Ctrl-C:
 #: the command must end within seconds (the issue asks for 10 s at most).
@@ -46,9 +47,12 @@ class ServerProcess:
         start_timeout: float = 20.0,
         preexec_fn: Any = None,
         popen: Any = None,
+        popen_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.args = ["--port", "0", *args]
         self.popen = popen or spawn  # Sandbox.popen starts it inside a namespace
+        # More keyword arguments for popen, e.g. Sandbox.popen's fd_limit/fd_hard.
+        self.popen_kwargs = dict(popen_kwargs or {})
         self.env = env
         self.start_timeout = start_timeout
         self.preexec_fn = preexec_fn
@@ -89,6 +93,7 @@ class ServerProcess:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         extra = {"preexec_fn": self.preexec_fn} if self.preexec_fn is not None else {}
+        extra.update(self.popen_kwargs)
         with deferred():  # self.proc is set before any signal can leave this method
             self.proc = self.popen(
                 [sys.executable, "-m", "tcplab", "server", "--json", *self.args],
@@ -152,8 +157,16 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._close()
+        # With --workers K the "totals" line is already the workers' sum.
         totals = [e for e in self.events if e.get("event") == "totals"]
         return totals[-1] if totals else None
+
+    @property
+    def worker_totals(self) -> list[WorkerTotals]:
+        """Each worker's totals (``--workers K``, after ``stop()``), in index order;
+        empty for a single-process server."""
+        return sorted((from_json(WorkerTotals, e) for e in self.events
+                       if e.get("event") == "worker-totals"), key=lambda t: t.index)
 
     def kill(self) -> None:
         if self.proc is None:

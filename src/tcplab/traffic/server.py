@@ -69,6 +69,36 @@ class Listening:
     fd_hard: int
     close_first: bool
     keepalive: float | None
+    #: ``--workers K`` (K > 1): the supervisor's workers, in index order; ``pid``
+    #: above is then the supervisor's. Empty for the single-process server.
+    workers: tuple[WorkerInfo, ...] = ()
+    #: "single" (one process), "reuseport" (one SO_REUSEPORT listener per worker)
+    #: or "shared" (one listener, opened before the fork, accepted from by all).
+    listener: str = "single"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One worker of ``tcplab server --workers K``, as it reported ready: its
+    VmRSS and fds in use after importing its model and opening its listener."""
+
+    index: int
+    pid: int
+    rss_idle: int = 0  # bytes
+    fds_idle: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTotals:
+    """One worker's ServerStats when it stopped (the CLI's "worker-totals" event)."""
+
+    index: int
+    pid: int
+    accepted: int
+    closed: int
+    bytes_echoed: int
+    accept_errors: int
+    leaked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +112,22 @@ class StatsLine:
     fd_limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerStatsLine(StatsLine):
+    """A status line of one worker (``--workers K``): which one, and its pid."""
+
+    worker: int
+    pid: int
+
+
 class Hooks(Protocol):
     def listening(self, info: Listening) -> None: ...
     def log(self, line: str) -> None: ...
     def stats(self, line: StatsLine) -> None: ...
+
+
+class SupervisorHooks(Hooks, Protocol):
+    def worker_totals(self, totals: WorkerTotals) -> None: ...
 
 
 def snapshot(stats: ServerStats) -> StatsLine:
@@ -289,6 +331,18 @@ class Ticker:
             return False
         self._due = now + self.interval
         return True
+
+
+def run_workers(config: ServerConfig, hooks: SupervisorHooks, fd_limit: str | None = None,
+                workers: int = 1, listener: str = "reuseport") -> ServerStats:
+    """``--workers K``: one worker is ``run`` itself, the single-process server;
+    more are a supervisor and K forked workers (traffic/workers.py), and the
+    totals returned are their sum (each worker's through ``hooks.worker_totals``)."""
+    if workers == 1:
+        return run(config, hooks, fd_limit)
+    from tcplab.traffic.workers import supervise
+
+    return supervise(config, hooks, fd_limit, workers, listener)
 
 
 def run(config: ServerConfig, hooks: Hooks, fd_limit: str | None = None) -> ServerStats:
