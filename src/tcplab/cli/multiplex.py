@@ -30,7 +30,9 @@ port (net.ipv4.ip_local_port_range, 28,232 by default). So when N is larger
 than one process holds, or --processes asks, the connections are spread over
 forked client processes, each with its own source address (127.0.0.2, .3, ...
 toward a 127.0.0.1 server; --source for others) bound with
-IP_BIND_ADDRESS_NO_PORT. They connect, hold, echo and close in step, and the
+IP_BIND_ADDRESS_NO_PORT, each given at most 40 % of the port range: connect()
+scans one parity of the range first (__inet_hash_connect), and once that half
+is full every connect() walks all of it. They connect, hold, echo and close in step, and the
 server's processes (every --server-pid, or every process listening on the
 port, e.g. 'tcplab server --workers 6') are read at each step: connections
 per process (the accept histogram), user memory per connection, CPU.
@@ -105,6 +107,7 @@ def find_servers(port: int) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from tcplab.observe.process import own_fd_limit
+    from tcplab.observe.procfs import port_range_size
     from tcplab.traffic import multiplex, spread
     from tcplab.traffic.target import resolve
 
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             note(line)
 
-    processes = args.processes or spread.processes_for(args.connections, own_fd_limit().hard)
+    processes = args.processes or spread.client_processes(
+        args.connections, own_fd_limit().hard, target, port_range_size())
     if processes > 1:
         sources = args.source or spread.default_sources(target, processes)
         r = spread.run(target, args.connections, processes, sources, args.messages, args.size,

@@ -52,7 +52,9 @@ from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, ends
 from tcplab.observe.limits import Capacity
 from tcplab.observe.slab import Ledger
 from tcplab.records import RecordError, from_json
-from tcplab.traffic.multiplex import SPARE_FDS, MultiplexResult, WorkerRow
+from tcplab.traffic import spread
+from tcplab.traffic.multiplex import MultiplexResult, WorkerRow
+from tcplab.traffic.target import resolve
 
 PORT = 8080
 DEFAULT_MODEL = "uvloop"
@@ -72,6 +74,9 @@ PID_SHARE = 0.5
 MAX_PROCESSES = 32
 
 LISTENERS = ("reuseport", "shared")
+#: The ephemeral ports of a new network namespace: the kernel's default range,
+#: 32768-60999 (inet_init_net, net/ipv4/af_inet.c), whatever the host's is.
+SANDBOX_PORTS = 60999 - 32768 + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +233,8 @@ def threads_cap(pid_max: int, running: int) -> int:
 def check(s: Settings, hard: int) -> tuple[int, int]:
     """(workers, client processes) for the settings, or a UsageError that says why not."""
     k = s.workers or workers_for(s.connections, hard, os.cpu_count() or 1)
-    c = s.processes or processes_for(s.connections, hard, SPARE_FDS)
+    c = s.processes or spread.client_processes(
+        s.connections, hard, resolve("127.0.0.1", PORT), SANDBOX_PORTS)
     if k > MAX_PROCESSES or c > MAX_PROCESSES:
         most = MAX_PROCESSES * (hard - SERVER_SPARE)
         raise UsageError(

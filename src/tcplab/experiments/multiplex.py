@@ -267,7 +267,7 @@ def _row(e: Ends, model: str, n: int, s: Settings) -> Row:
         messages = max(s.messages, s.min_echoes // n)
         r = e.run("client", [sys.executable, "-m", "tcplab", "multiplex",
                              "--host", e.server_host, "--port", str(PORT),
-                             "--connections", str(n),
+                             "--connections", str(n), "--processes", "1",
                              "--messages", str(messages), "--size", str(s.size),
                              "--timeout", str(s.timeout), "--server-pid", str(server.pid),
                              "--json"],
