@@ -269,6 +269,25 @@ def note_stop(signum: int) -> None:
     stopped_by = signum
 
 
+#: A stop signal that reached a worker of ``--workers K`` after it stopped
+#: raising on one and before its model installed its own handlers.
+_pending: int | None = None
+
+
+def note_pending(signum: int) -> None:
+    """A worker's handler until the model's: notes the signal (note_stop too)."""
+    global _pending
+    _pending = signum
+    note_stop(signum)
+
+
+def stop_pending() -> int | None:
+    """The stop signal that came before the model installed its handlers: a model
+    checks it right after installing them and stops at once. Always None in the
+    single-process server, where nothing notes one."""
+    return _pending
+
+
 class StopSignal:
     """SIGINT/SIGTERM set ``requested`` and make ``fd`` readable, so a poller wakes.
 
@@ -304,6 +323,9 @@ def stop_on_signals() -> Iterator[StopSignal]:
     old_int = signal.signal(signal.SIGINT, stop._handler)
     old_term = signal.signal(signal.SIGTERM, stop._handler)
     old_wake = signal.set_wakeup_fd(stop._w, warn_on_full_buffer=False)
+    if stop_pending() is not None:  # it came before these handlers: stop now
+        stop.requested = True
+        os.write(stop._w, b"x")
     try:
         yield stop
     finally:

@@ -65,6 +65,7 @@ from tcplab.traffic.server import (
     apply_fd_limit,
     bind_error,
     default_backlog,
+    note_pending,
     note_stop,
     open_listener,
     stop_on_signals,
@@ -112,6 +113,10 @@ class _Stop(BaseException):
 def _raise_stop(signum: int, frame: object) -> None:
     note_stop(signum)
     raise _Stop
+
+
+def _note_pending(signum: int, frame: object) -> None:
+    note_pending(signum)
 
 
 def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
@@ -168,6 +173,13 @@ def _worker(index: int, config: ServerConfig, hooks: SupervisorHooks, chan: sock
             fds_idle=fds_in_use()))})
         if chan.recv(16) != b"go":  # EOF: the supervisor is gone or gave up
             raise _Stop
+        # From here a stop signal must not raise: inside the model's loop setup
+        # it would leave the loop half-run ("RuntimeError: Cannot close a
+        # running event loop" from uvloop, seen in 1 of 60 double Ctrl-Cs).
+        # It is noted instead, and the model, once its own handlers are in,
+        # stops at once (server.stop_pending).
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, _note_pending)
         stats: ServerStats = module.serve(listener, config, _WorkerHooks(hooks, index))
         # The supervisor sends one SIGTERM: no second one comes to cut this.
         _send(chan, {"totals": to_json(WorkerTotals(
