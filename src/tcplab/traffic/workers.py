@@ -65,9 +65,9 @@ from tcplab.traffic.server import (
     apply_fd_limit,
     bind_error,
     default_backlog,
-    note_pending,
     note_stop,
     open_listener,
+    pending_handler,
     stop_on_signals,
 )
 from tcplab.traffic.target import lookup
@@ -113,10 +113,6 @@ class _Stop(BaseException):
 def _raise_stop(signum: int, frame: object) -> None:
     note_stop(signum)
     raise _Stop
-
-
-def _note_pending(signum: int, frame: object) -> None:
-    note_pending(signum)
 
 
 def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
@@ -179,7 +175,7 @@ def _worker(index: int, config: ServerConfig, hooks: SupervisorHooks, chan: sock
         # It is noted instead, and the model, once its own handlers are in,
         # stops at once (server.stop_pending).
         for sig in _STOP_SIGNALS:
-            signal.signal(sig, _note_pending)
+            signal.signal(sig, pending_handler)
         stats: ServerStats = module.serve(listener, config, _WorkerHooks(hooks, index))
         # The supervisor sends one SIGTERM: no second one comes to cut this.
         _send(chan, {"totals": to_json(WorkerTotals(
