@@ -31,7 +31,9 @@ PR_SET_PDEATHSIG SIGKILL (it dies with the supervisor, SIGKILL included), its
 listener, the model's import, then "ready" over a socketpair, then it waits for
 "go" (so that the supervisor's listening line is the first line on stdout),
 serves until SIGTERM (the model's own signal handling), sends its totals and
-leaves with os._exit.
+leaves with os._exit. A stop signal before "go" ends it at once (zero totals);
+one between "go" and the model's own handlers is noted (server.stop_pending)
+and the model stops as soon as it starts.
 
 Messages on the socketpair are single JSON lines: ``{"ready": WorkerInfo}``,
 ``{"totals": WorkerTotals}``, ``{"error": ..., "hint": ..., "code": N}``.
