@@ -40,6 +40,7 @@ from tcplab.traffic.server import (
     ServerConfig,
     note_stop,
     snapshot,
+    stop_pending,
     tune_accepted,
 )
 
@@ -225,6 +226,9 @@ async def _main(listener: socket.socket, config: ServerConfig, hooks: Hooks,
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop, sig)
+    pending = stop_pending()  # a worker's stop signal that came before (--workers)
+    if pending is not None:
+        request_stop(pending)
     server.start()
     if config.stats_interval:
         loop.call_later(config.stats_interval, server.tick, config.stats_interval)

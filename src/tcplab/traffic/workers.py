@@ -31,7 +31,9 @@ PR_SET_PDEATHSIG SIGKILL (it dies with the supervisor, SIGKILL included), its
 listener, the model's import, then "ready" over a socketpair, then it waits for
 "go" (so that the supervisor's listening line is the first line on stdout),
 serves until SIGTERM (the model's own signal handling), sends its totals and
-leaves with os._exit.
+leaves with os._exit. A stop signal before "go" ends it at once (zero totals);
+one between "go" and the model's own handlers is noted (server.stop_pending)
+and the model stops as soon as it starts.
 
 Messages on the socketpair are single JSON lines: ``{"ready": WorkerInfo}``,
 ``{"totals": WorkerTotals}``, ``{"error": ..., "hint": ..., "code": N}``.
@@ -67,6 +69,7 @@ from tcplab.traffic.server import (
     default_backlog,
     note_stop,
     open_listener,
+    pending_handler,
     stop_on_signals,
 )
 from tcplab.traffic.target import lookup
@@ -168,6 +171,13 @@ def _worker(index: int, config: ServerConfig, hooks: SupervisorHooks, chan: sock
             fds_idle=fds_in_use()))})
         if chan.recv(16) != b"go":  # EOF: the supervisor is gone or gave up
             raise _Stop
+        # From here a stop signal must not raise: inside the model's loop setup
+        # it would leave the loop half-run ("RuntimeError: Cannot close a
+        # running event loop" from uvloop, seen in 1 of 60 double Ctrl-Cs).
+        # It is noted instead, and the model, once its own handlers are in,
+        # stops at once (server.stop_pending).
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, pending_handler)
         stats: ServerStats = module.serve(listener, config, _WorkerHooks(hooks, index))
         # The supervisor sends one SIGTERM: no second one comes to cut this.
         _send(chan, {"totals": to_json(WorkerTotals(
