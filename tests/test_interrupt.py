@@ -495,6 +495,14 @@ CASES: dict[str, Case] = {
         "mid": line("multiplex: threads", after=0.3),  # 100 connections on 100 threads
         "late": line("multiplex: epoll"),  # the second server in the same namespace
     }),
+    # Two servers of 3 workers and a spread client of 4 processes each (2,000
+    # connections under 600 fds a process): about 2 s here.
+    "c100k": Case(experiment("c100k", "--connections", "2000", "--process-fds", "600",
+                             "--models", "uvloop"), {
+        "early": line("running experiment c100k"),  # the sandbox, the first server
+        "mid": line("c100k: uvloop, reuseport", after=0.3),  # its workers, the spread
+        "late": line("c100k: uvloop, shared", after=0.3),  # the second server's
+    }),
     "handshake": Case(experiment("handshake"), {
         "early": line("running experiment handshake"),  # probes, sandbox, capture, tracer
         "mid": line("tracing and capturing"),

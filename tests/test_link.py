@@ -73,10 +73,10 @@ def test_every_experiment_takes_link_veth_and_records_its_link() -> None:
     run says loopback: scripts can tell it from one that did not say)."""
     import inspect
 
-    from tcplab.cli.experiment import EXPERIMENTS
+    from tcplab.cli.experiment import EXPERIMENTS, ON_ITS_OWN
     from tcplab.experiments.result import MODULES
 
-    assert set(MODULES) == set(EXPERIMENTS)
+    assert set(MODULES) == {*EXPERIMENTS, *ON_ITS_OWN}
     for name, module in MODULES.items():
         run = __import__(f"tcplab.experiments.{module}", fromlist=["run"]).run
         assert "link" in inspect.signature(run).parameters, name

@@ -74,6 +74,9 @@ PID_SHARE = 0.5
 MAX_PROCESSES = 32
 
 LISTENERS = ("reuseport", "shared")
+#: --live, --record and --report's replay: one sock_diag snapshot of the
+#: namespace every this many seconds (not the tracepoints; cli/experiment.py).
+LIVE_INTERVAL = 5.0
 #: The ephemeral ports of a new network namespace: the kernel's default range,
 #: 32768-60999 (inet_init_net, net/ipv4/af_inet.c), whatever the host's is.
 SANDBOX_PORTS = 60999 - 32768 + 1

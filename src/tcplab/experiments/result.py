@@ -97,7 +97,7 @@ MODULES = {"echo": "echo", "port-bomb": "port_bomb", "fd-leak": "fd_leak",
            "half-close": "half_close", "restart": "restart", "reset": "reset",
            "syn-queue": "syn_queue", "multiplex": "multiplex", "handshake": "handshake",
            "keepalive": "keepalive", "ports": "ports", "orphans": "orphans",
-           "nagle": "nagle", "retransmit": "retransmit"}
+           "nagle": "nagle", "retransmit": "retransmit", "c100k": "c100k"}
 
 
 def result_type(experiment: str) -> type[Result[Any, Any, Any]]:
