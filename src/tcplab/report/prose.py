@@ -988,6 +988,13 @@ def c100k_spread_words(r: c100k.Result) -> str | None:
             text += f"{min(sh):,} to {max(sh):,} a worker"
         if sp.shared_cv is not None:
             text += f" (CV {sp.shared_cv:.2g})"
+        fds = r.settings.process_fds if r.settings is not None else 0
+        full = [n for n in sh if fds and n >= fds - c100k.SERVER_SPARE]
+        if full:
+            # A worker at its fd limit accepts no more (EMFILE): the spread would have
+            # been wider still without the limit, and the others took the rest.
+            text += (f", {len(full)} of {len(sh)} workers stopped at {max(full):,}, at their "
+                     f"fd limit of {fds:,} a process")
         parts.append(text)
     return "; ".join(parts) or None
 
