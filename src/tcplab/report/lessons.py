@@ -33,6 +33,7 @@ from tcplab.agents.orphans import Look
 from tcplab.agents.ports import RESERVED, SOCKET_RANGE, Ports
 from tcplab.errors import errno_name
 from tcplab.experiments import (
+    c100k,
     fd_leak,
     half_close,
     handshake,
@@ -48,6 +49,7 @@ from tcplab.experiments import (
     syn_queue,
 )
 from tcplab.experiments.result import Result
+from tcplab.observe import slab
 from tcplab.report import prose
 from tcplab.words import duration_us, plural
 
@@ -543,6 +545,92 @@ def _nagle(r: nagle.Result) -> str | None:
             f"timer fired {plural(n.delayed_acks, 'time')}; the connection's first request "
             f"took {ms(n.first_us)}")
     return "; ".join(parts)
+
+
+def _c100k_walls(r: c100k.Result) -> str | None:
+    f, s = r.facts, r.settings
+    assert f is not None and s is not None and f.capacity is not None
+    cap = f.capacity
+    text = (f"{c100k.DEFAULT_MODEL} with SO_REUSEPORT held {r.held:,} of {f.connections:,} "
+            f"connections open and echoing at once on {f.workers:,} server and "
+            f"{plural(f.processes, 'client process', 'client processes')} under a hard fd "
+            f"limit of {s.process_fds:,} a process; toward {cap.connections:,} connections "
+            f"{cap.hit_first.name} is hit first ({cap.hit_first.allows:,} a "
+            f"{cap.hit_first.per})")
+    if cap.next is not None:
+        text += f", then {cap.next.name} ({cap.next.allows:,} a {cap.next.per})"
+    return text + f", and the first machine-wide wall allows {cap.machine_allows:,}"
+
+
+def _c100k_sources(r: c100k.Result) -> str | None:
+    f = r.facts
+    assert f is not None and f.capacity is not None
+    ports = next(c for c in f.capacity.rows if c.per == "source address")
+    each = -(-f.connections // f.processes)
+    return (f"{plural(f.processes, 'client process', 'client processes')}, one source "
+            f"address each, opened at most {each:,} connections each toward the server: "
+            f"{each / ports.allows:.0%} of the {ports.allows:,} ports of the range "
+            f"({ports.value})")
+
+
+def _c100k_spread(r: c100k.Result) -> str | None:
+    return prose.c100k_spread_words(r)
+
+
+def _c100k_ledger(r: c100k.Result) -> str | None:
+    f = r.facts
+    assert f is not None and f.ledger is not None
+    led = f.ledger
+    if not led.rows or led.bytes_per_connection is None or led.bytes_per_socket is None:
+        return None
+    by = {x.cache: x for x in led.rows}
+
+    def each(names: tuple[str, ...]) -> int:
+        return round(sum(by[n].bytes for n in names if n in by) / led.sockets)
+
+    def how(name: str) -> str:
+        return "measured" if by[name].trusted else "estimated"
+
+    first = ", ".join(f"{n} {each((n,)):,} B ({how(n)})"
+                      for n in ("TCP", "sock_inode_cache", "filp", "dentry") if n in by)
+    return (f"with {led.connections:,} connections held ({led.sockets:,} sockets), the kernel's "
+            f"slab caches held {led.bytes_per_socket:,.0f} B a socket, "
+            f"{led.bytes_per_connection:,.0f} B a connection: {first}, epoll's entries "
+            f"{each(slab.PER_WATCH):,} B, a connect()ed port's bind buckets "
+            f"{each(slab.PER_CONNECT):,} B and the security modules' file blob "
+            f"{each(('lsm_file_cache',)):,} B a socket (these from merged caches, mostly "
+            "estimated)")
+
+
+def _c100k_models(r: c100k.Result) -> str | None:
+    f = r.facts
+    assert f is not None and r.rss_growth_per_conn is not None
+    n = f.connections
+    loops = [f"{c100k.DEFAULT_MODEL} {r.rss_growth_per_conn:,.0f} B with SO_REUSEPORT"]
+    for m in r.models:
+        if m.model != "threads" and m.asked == n and m.rss_growth_per_conn is not None:
+            how = " with one shared listener" if m.listener == "shared" else ""
+            loops.append(f"{m.model} {m.rss_growth_per_conn:,.0f} B{how}")
+    text = f"server user memory per connection at {n:,}: {', '.join(loops)}"
+    threads = [m for m in r.models if m.model == "threads" and m.held]
+    if threads:
+        text += "; threads " + ", ".join(
+            f"{m.rss_growth_per_conn:,.0f} B at {m.asked:,} ({plural(m.threads, 'thread')})"
+            for m in threads if m.rss_growth_per_conn is not None)
+    return text
+
+
+def _c100k_threads(r: c100k.Result) -> str | None:
+    rungs = [m for m in r.models if m.model == "threads"]
+    if not rungs:
+        return None
+    last = rungs[-1]
+    text = (f"the thread-per-connection ladder ran {', '.join(f'{m.asked:,}' for m in rungs)} "
+            f"connections; its last rung held {last.held:,} of {last.asked:,} on "
+            f"{plural(last.threads, 'thread')}")
+    if last.stopped_because:
+        return text + f", and it stopped there: {last.stopped_because}"
+    return text + ", the last rung the run asked for"
 
 
 LESSONS: dict[str, Lesson] = {}

@@ -993,7 +993,7 @@ def c100k_spread_words(r: c100k.Result) -> str | None:
         if full:
             # A worker at its fd limit accepts no more (EMFILE): the spread would have
             # been wider still without the limit, and the others took the rest.
-            text += (f", {len(full)} of {len(sh)} workers stopped at {max(full):,}, at their "
+            text += (f", {len(full)} of {len(sh)} workers stopped at {max(full):,}, at the "
                      f"fd limit of {fds:,} a process")
         parts.append(text)
     return "; ".join(parts) or None
