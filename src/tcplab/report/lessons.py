@@ -1516,7 +1516,8 @@ FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
     "echo": ("handshake", "nagle"),  # small round trips, and what can stall them
     "port-bomb": ("port-range", "ports", "reset"),
     "fd-leak": ("fd-limit", "keepalive", "syn-queue"),  # its accept queue fills too
-    "half-close": ("close-wait", "time-wait", "orphans", "restart"), "multiplex": ("netpoll",),
+    "half-close": ("close-wait", "time-wait", "orphans", "restart"),
+    "multiplex": ("netpoll", "c100k"),  # c100k runs on its own: its lesson goes here too
     "handshake": ("handshake", "reset", "retransmit"), "restart": ("restart",), "reset": ("reset",),
     "syn-queue": ("syn-queue",),
     "keepalive": ("keepalive",), "ports": ("ports",), "orphans": ("orphans",),
