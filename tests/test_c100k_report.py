@@ -204,3 +204,32 @@ def test_the_html_report_opens_offline_in_headless_chromium(tmp_path: Path) -> N
             assert svg.rect["width"] > 300 and svg.rect["height"] > 100, svg.rect
         visible = driver.execute_script("return document.body.innerText")
         assert "uvloop with SO_REUSEPORT held 100,000 of 100,000 connections" in visible
+
+
+@pytest.mark.pure
+def test_a_run_without_the_ledger_or_the_shared_listener_says_so() -> None:
+    # As an ordinary user /proc/slabinfo is root's (observe/slab.py: rows empty, why_not
+    # says why); with --listener reuseport there is no shared row. The record is the
+    # real small one with those parts as such a run records them.
+    r = recorded("c100k-3000.json")
+    assert r.facts is not None and r.facts.ledger is not None
+    why = "/proc/slabinfo is readable by root only (mode 0400)"
+    ledger = replace(r.facts.ledger, rows=(), why_not=why, bytes_per_socket=None,
+                     measured_bytes_per_socket=None, estimated_bytes_per_socket=None,
+                     bytes_per_connection=None, slab_bytes_per_socket=None,
+                     slab_bytes_per_connection=None)
+    spreads = replace(r.facts.spreads, shared_cv=None, shared_max_min=None)  # type: ignore[arg-type]
+    user = replace(r, facts=replace(r.facts, ledger=ledger, spreads=spreads),
+                   models=[m for m in r.models if m.listener != "shared"])
+    fact = worded(user).fact
+    assert f"the kernel's bytes per socket not read ({why})" in fact
+    text = "\n".join(result_lines(user))
+    assert f"the kernel's slab caches were not read: {why}" in text
+    assert "one shared listener" not in text and "SO_REUSEPORT (a listener per worker)" in text
+    assert c100k_spread_words(user) == "SO_REUSEPORT: 733 to 791 a worker (CV 0.032, a " \
+        "uniform hash expects 0.032)"
+    # The lesson quotes the rest of this run and says the ledger was not measured.
+    q = quotes(LESSONS["c100k"], {"c100k": user})
+    [missing] = [x for x in q if x.kind != "run"]
+    assert missing.kind == "missing" and "did not measure this" in missing.text
+    assert len(q) == len(LESSONS["c100k"].figures)
