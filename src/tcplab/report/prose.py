@@ -1030,7 +1030,9 @@ def c100k_fact(r: c100k.Result) -> str:
         if kernel is not None:
             parts.append(kernel)
         elif f.ledger is not None and f.ledger.why_not:
-            parts.append(f"the kernel's bytes per socket not read ({f.ledger.why_not})")
+            # Its first clause; the whole reason, with the hint, is with the ledger.
+            why = f.ledger.why_not.split(" (")[0]
+            parts.append(f"the kernel's bytes per socket not read ({why})")
     text = ", ".join(parts)
     if f.problems:
         return f"NOT shown: {'; '.join(f.problems)}" + (f"; {text}" if text else "")

@@ -600,7 +600,7 @@ def c100k_capacity_summary(capacity: Capacity) -> str:
 
 def c100k_notes(r: c100k.Result) -> list[str]:
     """Every failure, note and stop of every row, and every limit not read: all of them,
-    never summed away."""
+    never summed away (why the ledger was not read is said with the ledger)."""
     f = r.facts
     assert f is not None
     out = [f"not shown: {p}" for p in f.problems]
@@ -617,8 +617,6 @@ def c100k_notes(r: c100k.Result) -> list[str]:
         stopped = c100k_stopped_words(m)
         if stopped is not None:
             out.append(stopped)
-    if f.ledger is not None and not f.ledger.rows and f.ledger.why_not:
-        out.append(f"ledger: {f.ledger.why_not}")
     if f.capacity is not None:
         out += [f"capacity: {x}" for x in f.capacity.missing]
     return out
