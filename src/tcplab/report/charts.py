@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tcplab.experiments.c100k import Bar
     from tcplab.experiments.handshake import Arrow
     from tcplab.experiments.multiplex import Row
     from tcplab.experiments.port_bomb import Variant
@@ -156,6 +157,38 @@ def multiplex(rows: Sequence[Row]) -> str:
     for ax in (eps, p99, rss, threads):
         ax.set_xlabel("concurrent connections")
         ax.grid(True, alpha=0.3)
+    return _svg(fig)
+
+
+def accept_histogram(panels: Sequence[tuple[str, Sequence[Bar]]],
+                     expected: float | None = None) -> str:
+    """Experiment c100k's accept histogram: connections each server worker held, one
+    panel a listener kind side by side (SO_REUSEPORT, one shared listener), on one
+    y scale; a dashed line at the even share (N / K)."""
+    _figure()  # selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(10, 3.8), sharey=True,
+                             squeeze=False)
+    colors = ("#1f77b4", "#ff7f0e")
+    for i, (ax, (title, bars)) in enumerate(zip(axes[0], panels, strict=False)):
+        held = [b.held for b in bars]
+        x = list(range(1, len(bars) + 1))
+        drawn = ax.bar(x, held, color=colors[i % len(colors)])
+        for bar, n in zip(drawn, held, strict=True):
+            ax.annotate(f"{n:,}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+        if expected:
+            ax.axhline(expected, color="black", linestyle="--", linewidth=1,
+                       label=f"even share ({expected:,.0f})")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(x, [f"{k}" for k in x])
+        ax.set_xlabel("server worker")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("connections held")
+    axes[0][0].yaxis.set_major_formatter(lambda y, _pos: f"{y:,.0f}")
     return _svg(fig)
 
 

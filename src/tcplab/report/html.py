@@ -19,6 +19,7 @@ from typing import Any
 
 from tcplab.errors import errno_name
 from tcplab.experiments import (
+    c100k,
     fd_leak,
     handshake,
     keepalive,
@@ -34,6 +35,15 @@ from tcplab.report import charts
 from tcplab.report.lessons import LESSONS, placement, quotes
 from tcplab.report.prose import worded
 from tcplab.report.terminal import (
+    C100K_HEAD,
+    NOT_RECORDED,
+    c100k_bars,
+    c100k_capacity_cells,
+    c100k_capacity_summary,
+    c100k_ledger_cells,
+    c100k_ledger_total,
+    c100k_model_cells,
+    c100k_notes,
     multiplex_cells,
     multiplex_row_notes,
     result_lines,
@@ -58,6 +68,7 @@ figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
 .lesson .recorded { border-left: 3px solid #aaa; padding-left: 0.5rem; color: #555; }
 .lesson .missing { border-left: 3px solid #886600; padding-left: 0.5rem; color: #555; }
 iframe.replay { width: 100%; height: 42rem; border: 1px solid #ccc; }
+tr.mark td { font-weight: bold; background: #fff6dd; }
 """
 
 
@@ -73,6 +84,12 @@ def _charts(r: AnyResult) -> list[tuple[str, str]]:
         out.append(("The C10k table as charts: echoes/s and p99 per model against "
                     "connections (a red cross: a collapsed row, most connections failed), RSS "
                     "per connection and OS threads", charts.multiplex(r.variants)))
+    if isinstance(r, c100k.Result) and r.facts is not None and r.workers:
+        n, k = r.facts.connections, r.facts.workers
+        out.append(("The accept histogram: connections each server worker held at the peak, "
+                    "SO_REUSEPORT (a listener a worker, the kernel picks one by a hash of the "
+                    "4-tuple) beside one listener shared by every worker (whoever wakes first "
+                    "accepts)", charts.accept_histogram(c100k_bars(r), n / k if k else None)))
     if isinstance(r, handshake.Result) and r.facts is not None and r.facts.sequence:
         out.append(("The connection's packets as a sequence diagram",
                     charts.sequence(r.facts.sequence)))
@@ -146,6 +163,57 @@ def _multiplex(r: multiplex.Result) -> str:
     return "\n".join(rows)
 
 
+def _table(rows: Sequence[Sequence[str]], marked: Sequence[bool] | None = None) -> str:
+    """A header row and body rows as an HTML table; a marked row is shown as one."""
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0]) + "</tr>"]
+    for i, row in enumerate(rows[1:]):
+        cls = ' class="mark"' if marked is not None and marked[i] else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _c100k(r: c100k.Result) -> str:
+    """Every row, the spread in words, the ledger, the limits and every note."""
+    from tcplab.report.prose import c100k_spread_words
+
+    f = r.facts
+    assert f is not None
+    parts = ["<h3>Every model at the largest N it held</h3>",
+             _table([C100K_HEAD, *c100k_model_cells(r)[0:]]),
+             f'<p class="meta">The first row is the default model; its record keeps held, '
+             f"failed, server memory and its workers ('{NOT_RECORDED}': not recorded).</p>"]
+    spread = c100k_spread_words(r)
+    if spread:
+        parts.append(f"<p>{html.escape(spread)}.</p>")
+    workers = [("SO_REUSEPORT" if label.endswith("worker)") else "shared", b)
+               for label, bars in c100k_bars(r) for b in bars]
+    if workers:
+        parts.append(_table([("listener", "worker pid", "held", "accepted", "RSS growth",
+                              "CPU"), *[(kind, str(b.pid), f"{b.held:,}",
+                                         "-" if b.accepted is None else f"{b.accepted:,}",
+                                         f"{b.rss_growth / 2**20:,.1f} MiB", f"{b.cpu_s:.2f} s")
+                                        for kind, b in workers]]))
+    if f.ledger is not None:
+        parts.append("<h3>The kernel's memory per socket (the ledger)</h3>")
+        if f.ledger.rows:
+            parts.append(_table(c100k_ledger_cells(f.ledger)))
+        parts.append(f"<p>{html.escape(c100k_ledger_total(f.ledger))}.</p>")
+    if f.capacity is not None:
+        cells = c100k_capacity_cells(f.capacity)
+        parts += ["<h3>The limits on this machine, fewest connections first</h3>",
+                  _table(cells, [("hit first" in row[4] or row[4].startswith("next"))
+                                 for row in cells[1:]]),
+                  f"<p>{html.escape(c100k_capacity_summary(f.capacity))}.</p>",
+                  "<ul>" + "".join(f"<li><strong>{html.escape(c.name)}</strong>: "
+                                   f"{html.escape(c.note)}</li>" for c in f.capacity.rows)
+                  + "</ul>"]
+    notes = c100k_notes(r)
+    if notes:
+        parts.append("<p>Failures, notes and stops, all of them:</p><ul>"
+                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    return "\n".join(parts)
+
+
 def replay_events(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One experiment's part of a recording, its clock from 0 (its first event)
     for the replay page; everything else as recorded."""
@@ -197,6 +265,8 @@ def _section(r: AnyResult, index: int, run: Mapping[str, AnyResult], topics: lis
                      "</figcaption></figure>")
     if isinstance(r, multiplex.Result) and r.variants and not r.skipped:
         parts.append(_multiplex(r))
+    if isinstance(r, c100k.Result) and r.facts is not None and not r.skipped:
+        parts.append(_c100k(r))
     errors = _errors(r)
     if errors:
         parts.append("<p>Errors seen, verbatim:</p><pre>"

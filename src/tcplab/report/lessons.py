@@ -33,6 +33,7 @@ from tcplab.agents.orphans import Look
 from tcplab.agents.ports import RESERVED, SOCKET_RANGE, Ports
 from tcplab.errors import errno_name
 from tcplab.experiments import (
+    c100k,
     fd_leak,
     half_close,
     handshake,
@@ -48,6 +49,7 @@ from tcplab.experiments import (
     syn_queue,
 )
 from tcplab.experiments.result import Result
+from tcplab.observe import slab
 from tcplab.report import prose
 from tcplab.words import duration_us, plural
 
@@ -543,6 +545,92 @@ def _nagle(r: nagle.Result) -> str | None:
             f"timer fired {plural(n.delayed_acks, 'time')}; the connection's first request "
             f"took {ms(n.first_us)}")
     return "; ".join(parts)
+
+
+def _c100k_walls(r: c100k.Result) -> str | None:
+    f, s = r.facts, r.settings
+    assert f is not None and s is not None and f.capacity is not None
+    cap = f.capacity
+    text = (f"{c100k.DEFAULT_MODEL} with SO_REUSEPORT held {r.held:,} of {f.connections:,} "
+            f"connections open and echoing at once on {f.workers:,} server and "
+            f"{plural(f.processes, 'client process', 'client processes')} under a hard fd "
+            f"limit of {s.process_fds:,} a process; toward {cap.connections:,} connections "
+            f"{cap.hit_first.name} is hit first ({cap.hit_first.allows:,} a "
+            f"{cap.hit_first.per})")
+    if cap.next is not None:
+        text += f", then {cap.next.name} ({cap.next.allows:,} a {cap.next.per})"
+    return text + f", and the first machine-wide wall allows {cap.machine_allows:,}"
+
+
+def _c100k_sources(r: c100k.Result) -> str | None:
+    f = r.facts
+    assert f is not None and f.capacity is not None
+    ports = next(c for c in f.capacity.rows if c.per == "source address")
+    each = -(-f.connections // f.processes)
+    return (f"{plural(f.processes, 'client process', 'client processes')}, one source "
+            f"address each, opened at most {each:,} connections each toward the server: "
+            f"{each / ports.allows:.0%} of the {ports.allows:,} ports of the range "
+            f"({ports.value})")
+
+
+def _c100k_spread(r: c100k.Result) -> str | None:
+    return prose.c100k_spread_words(r)
+
+
+def _c100k_ledger(r: c100k.Result) -> str | None:
+    f = r.facts
+    assert f is not None and f.ledger is not None
+    led = f.ledger
+    if not led.rows or led.bytes_per_connection is None or led.bytes_per_socket is None:
+        return None
+    by = {x.cache: x for x in led.rows}
+
+    def each(names: tuple[str, ...]) -> int:
+        return round(sum(by[n].bytes for n in names if n in by) / led.sockets)
+
+    def how(name: str) -> str:
+        return "measured" if by[name].trusted else "estimated"
+
+    first = ", ".join(f"{n} {each((n,)):,} B ({how(n)})"
+                      for n in ("TCP", "sock_inode_cache", "filp", "dentry") if n in by)
+    return (f"with {led.connections:,} connections held ({led.sockets:,} sockets), the kernel's "
+            f"slab caches held {led.bytes_per_socket:,.0f} B a socket, "
+            f"{led.bytes_per_connection:,.0f} B a connection: {first}, epoll's entries "
+            f"{each(slab.PER_WATCH):,} B, a connect()ed port's bind buckets "
+            f"{each(slab.PER_CONNECT):,} B and the security modules' file blob "
+            f"{each(('lsm_file_cache',)):,} B a socket (these from merged caches, mostly "
+            "estimated)")
+
+
+def _c100k_models(r: c100k.Result) -> str | None:
+    f = r.facts
+    assert f is not None and r.rss_growth_per_conn is not None
+    n = f.connections
+    loops = [f"{c100k.DEFAULT_MODEL} {r.rss_growth_per_conn:,.0f} B with SO_REUSEPORT"]
+    for m in r.models:
+        if m.model != "threads" and m.asked == n and m.rss_growth_per_conn is not None:
+            how = " with one shared listener" if m.listener == "shared" else ""
+            loops.append(f"{m.model} {m.rss_growth_per_conn:,.0f} B{how}")
+    text = f"server user memory per connection at {n:,}: {', '.join(loops)}"
+    threads = [m for m in r.models if m.model == "threads" and m.held]
+    if threads:
+        text += "; threads " + ", ".join(
+            f"{m.rss_growth_per_conn:,.0f} B at {m.asked:,} ({plural(m.threads, 'thread')})"
+            for m in threads if m.rss_growth_per_conn is not None)
+    return text
+
+
+def _c100k_threads(r: c100k.Result) -> str | None:
+    rungs = [m for m in r.models if m.model == "threads"]
+    if not rungs:
+        return None
+    last = rungs[-1]
+    text = (f"the thread-per-connection ladder ran {', '.join(f'{m.asked:,}' for m in rungs)} "
+            f"connections; its last rung held {last.held:,} of {last.asked:,} on "
+            f"{plural(last.threads, 'thread')}")
+    if last.stopped_because:
+        return text + f", and it stopped there: {last.stopped_because}"
+    return text + ", the last rung the run asked for"
 
 
 LESSONS: dict[str, Lesson] = {}
@@ -1316,17 +1404,126 @@ copy is handed down (in the recorded run 2 to 22 us after the capture saw it).""
              RETRANSMIT_RECORDED, _retransmit),),
 ))
 
+_add(Lesson(
+    "c100k", "C100k: 100,000 connections on two cores, and the walls before the machine's",
+    """One process holds at most as many connections as it may have file descriptors:
+each connection is one fd, and socket() and accept() take the lowest free one below
+the soft RLIMIT_NOFILE or fail with EMFILE (fs/file.c, get_unused_fd_flags passes
+rlimit(RLIMIT_NOFILE) to alloc_fd). A process may raise its soft limit up to its hard
+limit, but raising the hard limit needs CAP_SYS_RESOURCE, and nobody may set it above
+fs.nr_open, root included (kernel/sys.c, do_prlimit: the fs.nr_open test comes first
+and returns EPERM, then `new_rlim->rlim_max > rlim->rlim_max &&
+!capable(CAP_SYS_RESOURCE)`). So past the hard limit a server needs more processes,
+not a bigger one: `tcplab server --workers K` forks K, and the client spreads its
+connections over several processes (traffic/spread.py).
+
+One source address stops at the port range toward one destination. A connection is
+unique by its 4-tuple, so toward one server address and port a client address has
+one ephemeral range to choose from (net.ipv4.ip_local_port_range, 28,232 ports by
+default), and connect() fails with EADDRNOTAVAIL once all are taken. connect() picks
+the port in __inet_hash_connect (net/ipv4/inet_hashtables.c): from an offset hashed
+from the source address and the destination (inet_sk_port_offset) plus a random
+per-boot table, it tries every second port, "In first pass we try ports of @low
+parity. inet_csk_get_port() does the opposite choice.", and scans the other parity
+only once that half is exhausted (other_parity_scan). Past the first half, every
+connect() walks all of it before it finds a free port: measured on this machine for
+100,000 connections to six Go servers, 6 sources of 16,667 connections each cost the
+client 22.8 s of system time, 12 sources of 8,334 each 6.1 s. The client therefore
+gives each source address at most 40 % of the range (80 % of the half scanned first;
+traffic/spread.py, SOURCE_FILL), and on loopback every 127.x.y.z is lo's, so each
+client process binds its own (IP_BIND_ADDRESS_NO_PORT leaves the port to connect()).
+
+SO_REUSEPORT against one shared listener. With SO_REUSEPORT each worker has its own
+listener on the port, with its own accept queue; for each SYN the kernel hashes the
+4-tuple (inet_lookup_reuseport, net/ipv4/inet_hashtables.c: inet_ehashfn of both
+addresses and ports) and picks one listener of the group: reuseport_select_sock
+(net/core/sock_reuseport.c) runs a BPF program if one is attached, else
+reuseport_select_sock_by_hash takes reciprocal_scale(hash, num_socks), and prefers a
+listener whose SO_INCOMING_CPU is the CPU handling the SYN only once some listener of
+the group has set that option (tcplab's do not). So each worker gets a binomial share:
+about N/K, with a coefficient of variation of sqrt((K-1)/N). With one listener shared
+by every worker there is one accept queue, and every worker's epoll instance watches
+that one socket without EPOLLEXCLUSIVE (fs/eventpoll.c, ep_ptable_queue_proc:
+add_wait_queue, not add_wait_queue_exclusive): a new connection wakes them all, the
+first to run accepts what is queued, and the others find nothing. Which one runs
+first is the scheduler's choice, not a hash: the shares are uneven.
+
+What a socket costs the kernel (the ledger, observe/slab.py, from /proc/slabinfo as
+root): each held TCP socket is a struct tcp_sock from the TCP slab cache, a socket and
+its inode together (sock_inode_cache), a struct file (filp) and a dentry for it
+(net/socket.c, sock_alloc_file); in an epoll set, an epitem, a wait-queue entry and
+an ep_head (fs/eventpoll.c, ep_insert); a connect()ed socket's port, its bind buckets
+(__inet_hash_connect). A connection is two sockets when both ends are on the machine,
+as here. An idle socket holds no buffer pages (4,000 idle loopback sockets moved
+/proc/net/sockstat's TCP mem by 0 here: observe/limits.py). User space adds what each
+model keeps per connection: the epoll model its socket object and any bytes not yet
+sent back (traffic/echo_epoll.py), asyncio and uvloop a transport and a protocol
+object (traffic/echo_asyncio.py), the threads model a thread with its stack
+(traffic/echo_threads.py).
+
+Threads stop at kernel.pid_max. Every thread is a task with its own id, and alloc_pid
+(kernel/pid.c) allocates a number in the task's pid namespace and in each parent
+namespace up to the root, each below that namespace's pid_max, failing with EAGAIN
+when none is free: so the root namespace's kernel.pid_max bounds every task of the
+machine, whichever namespace it runs in. A thread-per-connection server at 100,000
+connections would need 100,000 of them; the experiment's ladder stops before the next
+rung would take more than half of the pids left, since the machine is shared.""",
+    "tcplab experiment c100k; tcplab server --workers 6 & tcplab multiplex --connections "
+    "100000 --processes 9",
+    (
+     Figures("c100k", "tcplab experiment c100k", "2026-12-01",
+             'uvloop with SO_REUSEPORT held 100,000 of 100,000 connections open and echoing '
+             'at once on 6 server and 9 client processes under a hard fd limit of 20,000 a '
+             'process; toward 100,000 connections fds per process is hit first (19,936 a '
+             'process), then ports per destination (28,232 a source address), and the first '
+             'machine-wide wall allows 287,901',
+             _c100k_walls, context="as root"),
+     Figures("c100k", "tcplab experiment c100k", "2026-12-01",
+             '9 client processes, one source address each, opened at most 11,112 connections'
+             ' each toward the server: 39% of the 28,232 ports of the range (32768-60999)',
+             _c100k_sources, context="as root"),
+     Figures("c100k", "tcplab experiment c100k", "2026-12-01",
+             'SO_REUSEPORT: 16,460 to 16,756 a worker (CV 0.006, a uniform hash expects '
+             '0.0071); one shared listener: 2.1x between the busiest and the idlest (CV '
+             '0.25), 3 of 6 workers stopped at 19,985, at the fd limit of 20,000 a process',
+             _c100k_spread, context="as root"),
+     Figures("c100k", "tcplab experiment c100k", "2026-12-01",
+             "with 100,000 connections held (200,000 sockets), the kernel's slab caches held"
+             ' 3,943 B a socket, 7,886 B a connection: TCP 2,367 B (measured), '
+             'sock_inode_cache 832 B (measured), filp 192 B (measured), dentry 192 B '
+             "(estimated), epoll's entries 208 B, a connect()ed port's bind buckets 128 B "
+             "and the security modules' file blob 24 B a socket (these from merged caches, "
+             'mostly estimated)',
+             _c100k_ledger, context="as root"),
+     Figures("c100k", "tcplab experiment c100k", "2026-12-01",
+             'server user memory per connection at 100,000: uvloop 1,471 B with '
+             'SO_REUSEPORT, uvloop 1,519 B with one shared listener, epoll 299 B, asyncio '
+             '1,894 B; threads 32,527 B at 2,500 (2,506 threads), 32,576 B at 5,000 (5,006 '
+             'threads), 33,285 B at 10,000 (10,006 threads)',
+             _c100k_models, context="as root"),
+     Figures("c100k", "tcplab experiment c100k", "2026-12-01",
+             'the thread-per-connection ladder ran 2,500, 5,000, 10,000 connections; its '
+             'last rung held 10,000 of 10,000 on 10,006 threads, and it stopped there: '
+             '20,000 connections would be 20,000 threads, and kernel.pid_max is 32,768 for '
+             'the whole machine with 86 tasks running: this experiment takes at most half of'
+             ' the 32,682 left',
+             _c100k_threads, context="as root"),
+    ),
+))
+
 #: Which lessons each experiment's section of the report may show.
 FOR_EXPERIMENT: dict[str, tuple[str, ...]] = {
     "echo": ("handshake", "nagle"),  # small round trips, and what can stall them
     "port-bomb": ("port-range", "ports", "reset"),
     "fd-leak": ("fd-limit", "keepalive", "syn-queue"),  # its accept queue fills too
-    "half-close": ("close-wait", "time-wait", "orphans", "restart"), "multiplex": ("netpoll",),
+    "half-close": ("close-wait", "time-wait", "orphans", "restart"),
+    "multiplex": ("netpoll", "c100k"),  # c100k runs on its own: its lesson goes here too
     "handshake": ("handshake", "reset", "retransmit"), "restart": ("restart",), "reset": ("reset",),
     "syn-queue": ("syn-queue",),
     "keepalive": ("keepalive",), "ports": ("ports",), "orphans": ("orphans",),
     "nagle": ("nagle",),
     "retransmit": ("retransmit",),
+    "c100k": ("c100k",),
 }
 
 

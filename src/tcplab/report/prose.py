@@ -28,6 +28,7 @@ from tcplab.agents.restart import Bind
 from tcplab.agents.syn_queue import Phase
 from tcplab.errors import errno_name
 from tcplab.experiments import (
+    c100k,
     echo,
     fd_leak,
     half_close,
@@ -44,6 +45,7 @@ from tcplab.experiments import (
     syn_queue,
 )
 from tcplab.experiments.result import Event, Result
+from tcplab.observe.slab import Ledger
 from tcplab.traffic.bomb import STALL_S
 from tcplab.words import duration_us, plural
 
@@ -107,6 +109,8 @@ def worded(result: R) -> R:
         out = replace(result, fact=nagle_fact(result.facts.rounds))
     elif isinstance(result, retransmit.Result):
         out = replace(result, fact=retransmit_fact(result.facts, result.settings))
+    elif isinstance(result, c100k.Result):
+        out = replace(result, fact=c100k_fact(result))
     worded_result: R = out
     return worded_result
 
@@ -921,6 +925,118 @@ def multiplex_fact(rows: Sequence[multiplex.Row], f: multiplex.Facts) -> str:
     problems = [f"{x} did not hold: {'; '.join(grouped[x])}" if x in grouped else x
                 for x in problems]
     return "; ".join(([f"NOT shown: {'; '.join(problems)}"] if problems else []) + parts)
+
+
+# --- c100k -------------------------------------------------------------------------------------
+
+def c100k_shared(r: c100k.Result) -> c100k.ModelRow | None:
+    """The default model's row with one shared listener (the histogram's comparison)."""
+    return next((m for m in r.models if m.model == c100k.DEFAULT_MODEL
+                 and m.listener == "shared"), None)
+
+
+def c100k_cpu_us(bars: Sequence[c100k.Bar], held: int) -> float | None:
+    """Server CPU per connection from the workers' bars: the same sum the row's
+    ``cpu_us_per_conn`` is (traffic/spread.py), for the default row, whose record
+    keeps only its bars."""
+    if not bars or not held:
+        return None
+    return round(sum(b.cpu_s for b in bars) / held * 1e6, 2)
+
+
+def c100k_kernel_words(ledger: Ledger | None) -> str | None:
+    """``the kernel 7,886 B per connection (3,943 B a socket: 3,407 measured, 536
+    estimated)``, or None when /proc/slabinfo was not read."""
+    if ledger is None or ledger.bytes_per_connection is None or not ledger.rows:
+        return None
+    text = f"the kernel {ledger.bytes_per_connection:,.0f} B per connection"
+    if ledger.bytes_per_socket is not None:
+        text += f" ({ledger.bytes_per_socket:,.0f} B a socket"
+        if ledger.measured_bytes_per_socket is not None:
+            text += f": {ledger.measured_bytes_per_socket:,.0f} measured"
+            if ledger.estimated_bytes_per_socket:
+                text += f", {ledger.estimated_bytes_per_socket:,.0f} estimated"
+        text += ")"
+    return text
+
+
+def c100k_spread_words(r: c100k.Result) -> str | None:
+    """SO_REUSEPORT's spread over the workers against one shared listener's:
+    ``SO_REUSEPORT: 16,460 to 16,756 a worker (CV 0.006, a uniform hash expects
+    0.007); one shared listener: 2.1x between the busiest and the idlest (CV 0.25)``."""
+    f = r.facts
+    sp = f.spreads if f is not None else None
+    if sp is None:
+        return None
+    parts = []
+    held = [b.held for b in r.workers]
+    if held:
+        text = f"SO_REUSEPORT: {min(held):,} to {max(held):,} a worker"
+        figures = []
+        if sp.reuseport_cv is not None:
+            figures.append(f"CV {sp.reuseport_cv:.2g}")
+        if sp.expected_cv is not None:
+            figures.append(f"a uniform hash expects {sp.expected_cv:.2g}")
+        parts.append(text + (f" ({', '.join(figures)})" if figures else ""))
+    shared = c100k_shared(r)
+    if shared is not None and shared.bars:
+        sh = [b.held for b in shared.bars]
+        text = "one shared listener: "
+        if sp.shared_max_min is not None:
+            text += f"{sp.shared_max_min:.1f}x between the busiest and the idlest"
+        else:
+            text += f"{min(sh):,} to {max(sh):,} a worker"
+        if sp.shared_cv is not None:
+            text += f" (CV {sp.shared_cv:.2g})"
+        fds = r.settings.process_fds if r.settings is not None else 0
+        full = [n for n in sh if fds and n >= fds - c100k.SERVER_SPARE]
+        if full:
+            # A worker at its fd limit accepts no more (EMFILE): the spread would have
+            # been wider still without the limit, and the others took the rest.
+            text += (f", {len(full)} of {len(sh)} workers stopped at {max(full):,}, at the "
+                     f"fd limit of {fds:,} a process")
+        parts.append(text)
+    return "; ".join(parts) or None
+
+
+def c100k_stopped_words(row: c100k.ModelRow) -> str | None:
+    """Why a model went no further (the threads ladder's last rung), in words."""
+    if row.stopped_because is None:
+        return None
+    return f"{row.model} stopped at {row.asked:,}: {row.stopped_because}"
+
+
+def c100k_fact(r: c100k.Result) -> str:
+    """The fact in one sentence, from the default row's own figures; when not shown,
+    each problem first, as the experiment worded it."""
+    f = r.facts
+    assert f is not None
+    n = f.connections
+    parts = []
+    if r.held or r.failed:
+        text = (f"{c100k.DEFAULT_MODEL} with SO_REUSEPORT held {r.held:,} of {n:,} connections "
+                "open and echoing at once")
+        if f.held_s is not None:
+            text += f" in {f.held_s:.1f} s"
+        text += (f" on {f.workers:,} server and "
+                 f"{plural(f.processes, 'client process', 'client processes')}")
+        if r.failed:
+            text += f", {r.failed:,} failed"
+        parts.append(text)
+        if r.rss_growth_per_conn is not None:
+            parts.append(f"{r.rss_growth_per_conn:,.0f} B of server user memory per connection "
+                         f"(bound {f.max_rss_per_conn / 1024:g} KiB)")
+        kernel = c100k_kernel_words(f.ledger)
+        if kernel is not None:
+            parts.append(kernel)
+        elif f.ledger is not None and f.ledger.why_not:
+            # Its first clause; the whole reason, with the hint, is with the ledger.
+            why = f.ledger.why_not.split(" (")[0]
+            parts.append(f"the kernel's bytes per socket not read ({why})")
+    text = ", ".join(parts)
+    if f.problems:
+        return f"NOT shown: {'; '.join(f.problems)}" + (f"; {text}" if text else "")
+    return text
 
 
 # --- keepalive, ports, orphans -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 from tcplab.agents.half_close import Side
 from tcplab.errors import errno_name
 from tcplab.experiments import (
+    c100k,
     fd_leak,
     half_close,
     keepalive,
@@ -23,8 +24,16 @@ from tcplab.experiments import (
     syn_queue,
 )
 from tcplab.experiments.result import Result
-from tcplab.report.prose import worded
-from tcplab.words import duration_us
+from tcplab.observe.limits import Capacity
+from tcplab.observe.slab import Ledger
+from tcplab.report.prose import (
+    c100k_cpu_us,
+    c100k_shared,
+    c100k_spread_words,
+    c100k_stopped_words,
+    worded,
+)
+from tcplab.words import duration_us, plural
 
 AnyResult = Result[Any, Any, Any]
 
@@ -137,6 +146,8 @@ def variant_lines(result: AnyResult) -> list[str]:
         return syn_queue_lines(result)
     if isinstance(result, multiplex.Result):
         return multiplex_lines(result)
+    if isinstance(result, c100k.Result):
+        return c100k_lines(result)
     if isinstance(result, keepalive.Result):
         return keepalive_lines(result)
     if isinstance(result, ports.Result):
@@ -479,3 +490,168 @@ def multiplex_row_notes(v: multiplex.Row) -> list[str]:
         why = v.explanations.get(kind, "not explained")
         notes.append(f"{label} {kind} x{count:,}: {why}.")
     return notes
+
+
+# --- c100k ----------------------------------------------------------------------------------
+
+C100K_HEAD = ("model", "listener", "workers", "clients", "asked", "held", "failed",
+              "server B/conn", "client B/conn", "CPU us/conn", "held in", "p99", "threads")
+#: The default row's figures its record does not keep (experiments/c100k.Result has
+#: held, failed, rss_growth_per_conn and the workers' bars at the top, not the row).
+NOT_RECORDED = "-"
+
+
+def _b(x: float | None) -> str:
+    return NOT_RECORDED if x is None else f"{x:,.0f}"
+
+
+def c100k_model_cells(r: c100k.Result) -> list[tuple[str, ...]]:
+    """Every row of the run, the default one first: the same columns for every model.
+    The default row's client memory, p99 and threads are not in its record (``-``);
+    its CPU per connection is summed from its workers' bars as the others' is."""
+    f = r.facts
+    assert f is not None
+    rows: list[tuple[str, ...]] = []
+    held_s = "-" if f.held_s is None else f"{f.held_s:.1f} s"
+    cpu = c100k_cpu_us(r.workers, r.held)
+    rows.append((c100k.DEFAULT_MODEL, c100k.DEFAULT_LISTENER, f"{f.workers:,}",
+                 f"{f.processes:,}", f"{f.connections:,}", f"{r.held:,}", f"{r.failed:,}",
+                 _b(r.rss_growth_per_conn), NOT_RECORDED,
+                 NOT_RECORDED if cpu is None else f"{cpu:,.1f}", held_s, NOT_RECORDED,
+                 NOT_RECORDED))
+    for m in r.models:
+        ran = bool(m.held or m.failed or m.bars)
+        rows.append((m.model, m.listener, f"{m.workers:,}", f"{m.processes:,}", f"{m.asked:,}",
+                     f"{m.held:,}" if ran else "not run", f"{m.failed:,}" if ran else "-",
+                     _b(m.rss_growth_per_conn), _b(m.client_rss_per_conn),
+                     NOT_RECORDED if m.cpu_us_per_conn is None else f"{m.cpu_us_per_conn:,.1f}",
+                     f"{m.held_s:.1f} s" if ran else "-",
+                     duration_us(m.p99_us) if ran else "-", f"{m.threads:,}" if ran else "-"))
+    return rows
+
+
+def c100k_bars(r: c100k.Result) -> list[tuple[str, list[c100k.Bar]]]:
+    """The accept histograms: (label, bars) for SO_REUSEPORT and the shared listener."""
+    out = [(f"{c100k.DEFAULT_MODEL}, SO_REUSEPORT (a listener per worker)", list(r.workers))]
+    shared = c100k_shared(r)
+    if shared is not None and shared.bars:
+        out.append((f"{c100k.DEFAULT_MODEL}, one shared listener", list(shared.bars)))
+    return [(label, bars) for label, bars in out if bars]
+
+
+def histogram_lines(label: str, bars: Sequence[c100k.Bar], most: int, width: int = 40
+                    ) -> list[str]:
+    """One text bar a worker: its pid, connections held, a bar scaled to ``most``, and
+    its own count of accept()s when it reported one."""
+    lines = [f"  {label}:"]
+    for b in bars:
+        n = round(width * b.held / most) if most else 0
+        accepted = "" if b.accepted is None else f"  (accepted {b.accepted:,})"
+        lines.append(f"    pid {b.pid:<8} {b.held:>8,} {'#' * n:<{width}}{accepted}")
+    return lines
+
+
+def c100k_ledger_cells(ledger: Ledger) -> list[tuple[str, ...]]:
+    """The ledger: one row a cache, its bytes a socket and how they were counted."""
+    rows: list[tuple[str, ...]] = [("cache", "counted as", "object", "objects/socket",
+                                    "moved/expected", "bytes/socket", "how")]
+    for x in ledger.rows:
+        rows.append((x.cache, x.reported_as, f"{x.objsize:,} B", f"{x.expected_per_socket:g}",
+                     f"{x.ratio:.2f}", f"{x.bytes / ledger.sockets:,.0f}" if ledger.sockets
+                     else "-", x.note))
+    return rows
+
+
+def c100k_ledger_total(ledger: Ledger) -> str:
+    """The ledger's sum, and its cross-check against /proc/meminfo."""
+    if ledger.bytes_per_socket is None or ledger.bytes_per_connection is None:
+        return f"the kernel's slab caches were not read: {ledger.why_not}"
+    text = (f"{ledger.bytes_per_socket:,.0f} B a socket, {ledger.bytes_per_connection:,.0f} B a "
+            f"connection ({ledger.sockets:,} sockets for {ledger.connections:,} connections)")
+    if ledger.measured_bytes_per_socket is not None:
+        text += (f"; measured {ledger.measured_bytes_per_socket:,.0f} B, estimated "
+                 f"{ledger.estimated_bytes_per_socket or 0:,.0f} B a socket")
+    return (text + f"; /proc/meminfo's Slab moved {ledger.meminfo_slab_per_socket:,.0f} B a "
+            "socket (machine-wide: a cross-check)")
+
+
+def c100k_capacity_cells(capacity: Capacity) -> list[tuple[str, ...]]:
+    """Every limit, fewest connections first; the one hit first and the next marked."""
+    rows: list[tuple[str, ...]] = [("limit", "value", "allows", "per", "")]
+    for c in sorted(capacity.rows, key=lambda c: c.allows):
+        mark = ("hit first" if c == capacity.hit_first else
+                "next" if c == capacity.next else "")
+        if c.threads_only:
+            mark = (mark + ", " if mark else "") + "threads only"
+        rows.append((c.name, c.value, f"{c.allows:,}", c.per, mark))
+    return rows
+
+
+def c100k_capacity_summary(capacity: Capacity) -> str:
+    first, nxt = capacity.hit_first, capacity.next
+    text = (f"toward {capacity.connections:,} connections, {first.name} is hit first "
+            f"({first.allows:,} a {first.per})")
+    if nxt is not None:
+        text += f", then {nxt.name} ({nxt.allows:,} a {nxt.per})"
+    return (text + f": {plural(capacity.processes_needed, 'process', 'processes')} a side "
+            f"and {plural(capacity.sources_needed, 'source address', 'source addresses')}; "
+            f"the first machine-wide wall allows {capacity.machine_allows:,}")
+
+
+def c100k_notes(r: c100k.Result) -> list[str]:
+    """Every failure, note and stop of every row, and every limit not read: all of them,
+    never summed away (why the ledger was not read is said with the ledger)."""
+    f = r.facts
+    assert f is not None
+    out = [f"not shown: {p}" for p in f.problems]
+    if r.failed:
+        out.append(f"{f.default}: {r.failed:,} of {f.connections:,} failed")
+    for m in r.models:
+        for kind, count in m.failures.items():
+            out.append(f"{m.name} {kind} x{count:,}: "
+                       f"{m.explanations.get(kind, 'not explained')}")
+        out += [f"{m.name}: {note}" for note in m.notes]
+        if m.listen_overflows:
+            out.append(f"{m.name}: {m.listen_overflows:,} accept-queue overflows "
+                       "(ListenOverflows)")
+        stopped = c100k_stopped_words(m)
+        if stopped is not None:
+            out.append(stopped)
+    if f.capacity is not None:
+        out += [f"capacity: {x}" for x in f.capacity.missing]
+    return out
+
+
+def c100k_lines(result: c100k.Result) -> list[str]:
+    """The rows, the accept histograms, the ledger, the limits and every note."""
+    f = result.facts
+    if f is None:
+        return []
+    lines = table(c100k_model_cells(result), right=True)
+    lines.append(f"  (the default row's record keeps held, failed, server memory and its "
+                 f"workers; '{NOT_RECORDED}': not recorded)")
+    lines.append("")
+    hist = c100k_bars(result)
+    most = max((b.held for _, bars in hist for b in bars), default=0)
+    for label, bars in hist:
+        lines += histogram_lines(label, bars, most)
+    spread = c100k_spread_words(result)
+    if spread:
+        lines += textwrap.wrap(spread, 98, initial_indent="  ", subsequent_indent="    ")
+    if f.ledger is not None:
+        lines += ["", "  the kernel's memory per socket (/proc/slabinfo, peak less before):"]
+        if f.ledger.rows:
+            lines += table(c100k_ledger_cells(f.ledger))
+        lines += textwrap.wrap(c100k_ledger_total(f.ledger), 98, initial_indent="  ",
+                               subsequent_indent="    ")
+    if f.capacity is not None:
+        lines += ["", "  the limits on this machine, fewest connections first:"]
+        lines += table(c100k_capacity_cells(f.capacity), right=False)
+        lines += textwrap.wrap(c100k_capacity_summary(f.capacity), 98, initial_indent="  ",
+                               subsequent_indent="    ")
+    notes = c100k_notes(result)
+    if notes:
+        lines.append("")
+        for note in notes:
+            lines += textwrap.wrap(note, 98, initial_indent="  ", subsequent_indent="    ")
+    return lines
