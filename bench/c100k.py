@@ -135,10 +135,7 @@ def go_servers(sb: Sandbox, binary: str, k: int, tmp: Path) -> Iterator[Servers]
             time.sleep(0.05)
 
         def stop() -> int | None:
-            from tcplab.experiments.children import terminate
-
-            for p in procs:
-                terminate(p)
+            stop_all(procs)
             echoed = 0
             for o in outs:
                 lines = [x for x in o.read_text().splitlines() if x.startswith("{")]
@@ -149,10 +146,26 @@ def go_servers(sb: Sandbox, binary: str, k: int, tmp: Path) -> Iterator[Servers]
 
         yield Servers([p.pid for p in procs], stop)
     finally:
-        from tcplab.experiments.children import terminate
+        stop_all(procs)
 
+
+def stop_all(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    """SIGTERM to every one at once, then wait (each Go server waits up to 1 s for its
+    connections to close, echo.go main: one after the other that was 6 s), SIGKILL after
+    5 s (2 s after a Ctrl-C); not cut by a signal."""
+    from tcplab.interrupts import deferred, interrupted
+
+    with deferred():
         for p in procs:
-            terminate(p)
+            if p.poll() is None:
+                p.terminate()
+        end = time.monotonic() + (2.0 if interrupted() else 5.0)
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -213,6 +226,9 @@ def client(sb: Sandbox, args: list[str], timeout: float, label: str
             while not done and time.monotonic() < end:
                 done = bool(poller.poll(200))
                 low = min(low, _mem_available())
+        except BaseException:  # Ctrl-C: the client first, so the servers' stops are quick
+            stop_all([proc])
+            raise
         finally:
             os.close(fd)
         if not done:
