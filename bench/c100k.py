@@ -71,6 +71,8 @@ class Run:
     threads: int  # all server processes, at the peak
     p99_us: float
     others_pct: float  # the rest of the machine's busy CPU over the client's life, % of a core
+    ksoftirqd_pct: float  # of which the ksoftirqd threads (softirqs the kernel deferred)
+    supervisor_cpu_us_per_conn: float | None  # tcplab's supervisor (not in the server CPU)
     load_before: float  # /proc/loadavg, 1 minute
     load_after: float
     wall_s: float  # the client's life
@@ -84,6 +86,7 @@ class Run:
 @dataclass(frozen=True, slots=True)
 class Servers:
     pids: list[int]  # the processes that hold connections (workers, or the Go processes)
+    supervisor: int | None  # tcplab server --workers K's supervisor, which holds none
     stop: Any  # () -> bytes echoed according to the servers, or None when they did not say
 
 
@@ -107,7 +110,7 @@ def tcplab_server(sb: Sandbox, model: str, workers: int, listener: str) -> Itera
             totals = server.stop(timeout=30)
             return None if totals is None else int(totals.get("bytes_echoed", -1))
 
-        yield Servers(pids, stop)
+        yield Servers(pids, server.pid if server.listening.workers else None, stop)
     finally:
         server.kill()
 
@@ -144,7 +147,7 @@ def go_servers(sb: Sandbox, binary: str, k: int, tmp: Path) -> Iterator[Servers]
                 echoed += int(json.loads(lines[-1]).get("bytes_echoed", -1))
             return echoed
 
-        yield Servers([p.pid for p in procs], stop)
+        yield Servers([p.pid for p in procs], None, stop)
     finally:
         stop_all(procs)
 
@@ -188,6 +191,18 @@ def _cpu(pids: Sequence[int]) -> float:
         with contextlib.suppress(procfs.ProcessError, OSError):
             total += procfs.cpu_seconds(pid)
     return total
+
+
+def _ksoftirqd() -> list[int]:
+    """The per-CPU softirq threads: softirq work the kernel could not finish where it was
+    raised runs there (kernel/softirq.c: __do_softirq wakes ksoftirqd), charged to no
+    process of ours."""
+    found = []
+    for pid in procfs.pids():
+        with contextlib.suppress(procfs.ProcessError, OSError):
+            if procfs.comm(pid).startswith("ksoftirqd/"):
+                found.append(pid)
+    return found
 
 
 def client(sb: Sandbox, args: list[str], timeout: float, label: str
@@ -255,6 +270,7 @@ def one_run(key: str, index: int, args: argparse.Namespace, go_binary: str | Non
             connections: int, processes: int | None) -> Run:
     """One server (``key``) in a fresh namespace against one spread client."""
     label = f"round {index} {key}"
+    softirqd = _ksoftirqd()
     with Sandbox(SYSCTLS) as sb:
         servers: contextlib.AbstractContextManager[Servers]
         if key == "go":
@@ -272,17 +288,31 @@ def one_run(key: str, index: int, args: argparse.Namespace, go_binary: str | Non
                 cmd += ["--processes", str(processes)]
             for pid in srv.pids:
                 cmd += ["--server-pid", str(pid)]
+            sup = [srv.supervisor] if srv.supervisor else []
             load0, cpu0, busy0 = _load(), _cpu(srv.pids), h.machine_busy()
+            sup0, soft0 = _cpu(sup), _cpu(softirqd)
             r, m, drop = client(sb, cmd, args.timeout + 2 * connections / 5_000 + 120, label)
             cpu1, busy1, load1 = _cpu(srv.pids), h.machine_busy(), _load()
+            sup1, soft1 = _cpu(sup), _cpu(softirqd)
             echoed = srv.stop()
-    return to_run(key, index, r, m, drop, srv.pids, cpu1 - cpu0,
-                  busy1 - busy0 - (cpu1 - cpu0) - (m.user_s + m.sys_s), load0, load1, echoed)
+    cpu = Cpu(server=cpu1 - cpu0, others=busy1 - busy0 - (cpu1 - cpu0) - (m.user_s + m.sys_s),
+              ksoftirqd=soft1 - soft0, supervisor=sup1 - sup0 if sup else None)
+    return to_run(key, index, r, m, drop, srv.pids, cpu, load0, load1, echoed)
+
+
+@dataclass(frozen=True, slots=True)
+class Cpu:
+    """CPU seconds over the client's life."""
+
+    server: float  # every process holding connections
+    others: float  # the machine's busy time minus the server's and the client's
+    ksoftirqd: float  # part of others
+    supervisor: float | None  # part of others
 
 
 def to_run(key: str, index: int, r: MultiplexResult, m: h.Measured, drop: int,
-           pids: Sequence[int], server_cpu: float, others: float, load0: float, load1: float,
-           echoed: int | None) -> Run:
+           pids: Sequence[int], cpu: Cpu, load0: float, load1: float, echoed: int | None
+           ) -> Run:
     sp = r.spread
     held = r.held
 
@@ -302,7 +332,7 @@ def to_run(key: str, index: int, r: MultiplexResult, m: h.Measured, drop: int,
         connected_s=sp.phases.get("connected", 0.0) if sp else r.connect_s,
         held_s=sp.held_s if sp else round(r.connect_s + r.exchange_s, 3),
         rss_growth_per_conn=sp.rss_growth_per_conn if sp else r.server_rss_per_conn,
-        cpu_us_per_conn=round(per(server_cpu), 2),
+        cpu_us_per_conn=round(per(cpu.server), 2),
         spread_cpu_us_per_conn=sp.server_cpu_us_per_conn if sp else None,
         client_cpu_us_per_conn=round(per(m.user_s + m.sys_s), 2),
         client_rss_per_conn=sp.client_rss_per_conn if sp else None,
@@ -314,7 +344,10 @@ def to_run(key: str, index: int, r: MultiplexResult, m: h.Measured, drop: int,
         listen_drops=sp.listen_drops if sp else None,
         threads=(sum(w.threads for w in sp.workers) if sp
                  else (r.server.threads if r.server else 0)),
-        p99_us=r.rtt_p99_us, others_pct=round(max(0.0, others) / m.wall_s * 100, 1),
+        p99_us=r.rtt_p99_us, others_pct=round(max(0.0, cpu.others) / m.wall_s * 100, 1),
+        ksoftirqd_pct=round(cpu.ksoftirqd / m.wall_s * 100, 1),
+        supervisor_cpu_us_per_conn=(None if cpu.supervisor is None
+                                    else round(per(cpu.supervisor), 2)),
         load_before=load0, load_after=load1, wall_s=round(m.wall_s, 2),
         totals_ok=echoed == r.verified_bytes, notes=notes)
 
@@ -326,7 +359,8 @@ def run_line(x: Run) -> str:
             f"({x.failed:,} failed) in {x.held_s:.1f} s, server "
             f"{h.fmt(x.rss_growth_per_conn, ',.0f')} B/conn RSS, {x.cpu_us_per_conn:,.0f} us "
             f"CPU/conn{hist}, overflows {h.fmt(x.listen_overflows, 'd')}, MemAvailable "
-            f"-{x.mem_available_drop / 2**20:,.0f} MiB, others {x.others_pct:.0f} %, load "
+            f"-{x.mem_available_drop / 2**20:,.0f} MiB, others {x.others_pct:.0f} % (ksoftirqd "
+            f"{x.ksoftirqd_pct:.0f} %), load "
             f"{x.load_before:.2f}->{x.load_after:.2f}")
 
 
@@ -343,7 +377,9 @@ COLUMNS = (("held", "held"), ("failed", "failed"), ("connected_s", "connected_s"
            ("meminfo_slab_per_socket", "meminfo_slab_per_socket"),
            ("mem_available_drop", "mem_available_drop"), ("hist_max_min", "hist_max_min"),
            ("hist_cv", "hist_cv"), ("listen_overflows", "listen_overflows"),
-           ("threads", "threads"), ("p99_us", "p99_us"), ("others_pct", "others_pct"))
+           ("threads", "threads"), ("p99_us", "p99_us"), ("others_pct", "others_pct"),
+           ("ksoftirqd_pct", "ksoftirqd_pct"),
+           ("supervisor_cpu_us_per_conn", "supervisor_cpu_us_per_conn"))
 #: Ratios to the other server of a table, paired by round.
 RATIOS = ("held_s", "rss_growth_per_conn", "cpu_us_per_conn", "spread_cpu_us_per_conn",
           "mem_available_drop", "kernel_bytes_per_socket")
@@ -386,7 +422,8 @@ TABLE = (("held (min of rounds)", "held_min", ",d"), ("failed (max)", "failed_ma
          ("server RSS growth / conn, B", "rss_growth_per_conn", ",.0f"),
          ("server CPU / conn, us", "cpu_us_per_conn", ",.1f"),
          ("  idle to echoed, us", "spread_cpu_us_per_conn", ",.1f"),
-         ("server threads", "threads", ".0f"),
+         ("  supervisor (not above), us", "supervisor_cpu_us_per_conn", ",.1f"),
+         ("server threads (all processes)", "threads", ".0f"),
          ("kernel bytes / socket (ledger)", "kernel_bytes_per_socket", ",.0f"),
          ("  meminfo Slab / socket", "meminfo_slab_per_socket", ",.0f"),
          ("MemAvailable drop, MiB", "mem_available_drop", "mib"),
@@ -395,7 +432,8 @@ TABLE = (("held (min of rounds)", "held_min", ",d"), ("failed (max)", "failed_ma
          ("ListenOverflows", "listen_overflows", ",.0f"),
          ("client CPU / conn, us", "client_cpu_us_per_conn", ",.1f"),
          ("client RSS / conn, B", "client_rss_per_conn", ",.0f"),
-         ("echo p99, us", "p99_us", ",.0f"), ("others, % of a core", "others_pct", ".0f"))
+         ("echo p99, us", "p99_us", ",.0f"), ("others, % of a core", "others_pct", ".0f"),
+         ("  of which ksoftirqd, %", "ksoftirqd_pct", ".0f"))
 
 
 def _cell(row: dict[str, Any] | None, key: str, spec: str) -> str:
