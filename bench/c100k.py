@@ -59,6 +59,7 @@ class Run:
     cpu_us_per_conn: float  # server CPU (/proc/PID/stat) from the client's start to its exit
     spread_cpu_us_per_conn: float | None  # the spread's own: idle to every echo verified
     client_cpu_us_per_conn: float  # the client and its forked processes, from wait4()
+    client_sys_us_per_conn: float  # of which system time (connect()'s port search is here)
     client_rss_per_conn: float | None
     kernel_bytes_per_socket: float | None  # the slab ledger (root): every socket of both ends
     meminfo_slab_per_socket: float | None  # /proc/meminfo Slab delta / sockets (anyone)
@@ -335,6 +336,7 @@ def to_run(key: str, index: int, r: MultiplexResult, m: h.Measured, drop: int,
         cpu_us_per_conn=round(per(cpu.server), 2),
         spread_cpu_us_per_conn=sp.server_cpu_us_per_conn if sp else None,
         client_cpu_us_per_conn=round(per(m.user_s + m.sys_s), 2),
+        client_sys_us_per_conn=round(per(m.sys_s), 2),
         client_rss_per_conn=sp.client_rss_per_conn if sp else None,
         kernel_bytes_per_socket=led.bytes_per_socket if led else None,
         meminfo_slab_per_socket=led.meminfo_slab_per_socket if led else None,
@@ -372,6 +374,7 @@ COLUMNS = (("held", "held"), ("failed", "failed"), ("connected_s", "connected_s"
            ("cpu_us_per_conn", "cpu_us_per_conn"),
            ("spread_cpu_us_per_conn", "spread_cpu_us_per_conn"),
            ("client_cpu_us_per_conn", "client_cpu_us_per_conn"),
+           ("client_sys_us_per_conn", "client_sys_us_per_conn"),
            ("client_rss_per_conn", "client_rss_per_conn"),
            ("kernel_bytes_per_socket", "kernel_bytes_per_socket"),
            ("meminfo_slab_per_socket", "meminfo_slab_per_socket"),
@@ -431,6 +434,7 @@ TABLE = (("held (min of rounds)", "held_min", ",d"), ("failed (max)", "failed_ma
          ("accept histogram CV", "hist_cv", ".4f"),
          ("ListenOverflows", "listen_overflows", ",.0f"),
          ("client CPU / conn, us", "client_cpu_us_per_conn", ",.1f"),
+         ("  of which system, us", "client_sys_us_per_conn", ",.1f"),
          ("client RSS / conn, B", "client_rss_per_conn", ",.0f"),
          ("echo p99, us", "p99_us", ",.0f"), ("others, % of a core", "others_pct", ".0f"),
          ("  of which ksoftirqd, %", "ksoftirqd_pct", ".0f"))
@@ -492,8 +496,9 @@ def print_report(res: dict[str, Any]) -> None:
         print(f"  held {x['held']:,} ({x['failed']:,} failed) in {x['held_s']:.1f} s; server "
               f"RSS growth {_f(x['rss_growth_per_conn'], ',.0f')} B/conn, CPU "
               f"{x['cpu_us_per_conn']:,.1f} us/conn, {x['threads']} thread(s); client CPU "
-              f"{x['client_cpu_us_per_conn']:,.1f} us/conn; one process's fds: its hard "
-              f"limit is {res['fd_hard']:,}")
+              f"{x['client_cpu_us_per_conn']:,.1f} us/conn (system "
+              f"{h.fmt(x.get('client_sys_us_per_conn'), ',.1f')}); one process's fds: its "
+              f"hard limit is {res['fd_hard']:,}")
     print()
     print("  server CPU / conn: utime + stime of every server process (/proc/PID/stat) from "
           "the client's start to its exit (accept, 5 echoes, the RSTs), / held; 'idle to "
