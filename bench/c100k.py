@@ -3,7 +3,7 @@ worker) against K Go echo servers (bench/peers/echo.go ``-reuseport``) under the
 client (``tcplab multiplex --connections N``, traffic/spread.py), in interleaved rounds; the
 same uvloop server with one shared listener (the accept histogram); and one process at
 19,000 with one client process (the per-process wall). Root or unprivileged user
-namespaces, and go; about 6 minutes with the defaults. What is measured and how:
+namespaces, and go; about 3 minutes with the defaults (3 rounds). What is measured and how:
 bench/README.md, "c100k.py".
 """
 
