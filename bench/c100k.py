@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class Run:
 class Servers:
     pids: list[int]  # the processes that hold connections (workers, or the Go processes)
     supervisor: int | None  # tcplab server --workers K's supervisor, which holds none
-    stop: Any  # () -> bytes echoed according to the servers, or None when they did not say
+    stop: Callable[[], int | None]  # -> bytes echoed by the servers' own count; None: unsaid
 
 
 @contextlib.contextmanager
