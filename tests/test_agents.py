@@ -67,6 +67,8 @@ SRC = Path(tcplab.__file__).parent
 #: Modules that may name sys.stdout without writing to it, and why.
 MAY_NAME_STDOUT = {
     "interrupts.py": "exit_now() flushes what cli/ wrote before os._exit",
+    "traffic/workers.py": "flushes what cli/ wrote before fork() (a child would print it "
+                          "again) and before a worker's os._exit",
 }
 
 

@@ -103,3 +103,50 @@ def test_workers_and_processes_follow_the_fd_limit() -> None:
     assert c100k.processes_for(100_000, 20_000, 64) == 6
     assert c100k.expected_cv(100_000, 6) == pytest.approx(0.00707, abs=1e-5)
     assert c100k.cv([10, 10, 10]) == 0.0
+
+
+@pytest.mark.loopback  # reads this machine's limits (files), no sockets
+def test_the_verdict_on_recorded_rows() -> None:
+    """judge() on the rows of a recorded default run (100,000 as root): shown; and
+    not shown, with the reason in words, when the default row held less, failed or
+    used more than 2 KiB a connection."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from tcplab.experiments.link import LinkUsed
+    from tcplab.observe.limits import host_facts
+
+    body = json.loads((Path(__file__).parent / "data" / "c100k-100000.json").read_text())
+    r = decode(body)
+    assert isinstance(r, c100k.Result) and r.facts is not None
+    shared = next(m for m in r.models if m.name == "uvloop shared x100000")
+    # The default row, rebuilt from the top-level figures on the shared row's shape.
+    head = replace(shared, name="uvloop reuseport x100000", listener="reuseport",
+                   held=r.held, failed=r.failed, rss_growth_per_conn=r.rss_growth_per_conn)
+    s = c100k.Settings()
+
+    class E:  # the Ends' one field judge() reads
+        used = LinkUsed()
+
+    def verdict(row: c100k.ModelRow) -> c100k.Result:
+        return c100k.judge([row, *r.models], s, 6, 9, 20_000, r.facts.ledger,
+                           host_facts(), E())
+
+    assert verdict(head).ok
+    worse = verdict(replace(head, rss_growth_per_conn=2100.0, held=99_990, failed=10))
+    assert not worse.ok
+    assert worse.facts is not None
+    assert list(worse.facts.problems) == [
+        "it held 99,990 of 100,000", "10 failed",
+        "its server used 2,100 B of user memory per connection, over 2,048"]
+    threads = [m for m in r.models if m.model == "threads"]
+    assert [m.asked for m in threads] == [2_500, 5_000, 10_000]
+    assert threads[-1].stopped_because is not None
+    assert "kernel.pid_max is 32,768" in threads[-1].stopped_because
+
+
+@pytest.mark.pure
+def test_threads_take_at_most_half_the_pids_left() -> None:
+    assert c100k.threads_cap(32_768, 768) == 16_000
+    assert c100k.threads_cap(100, 200) == 0

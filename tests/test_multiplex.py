@@ -69,11 +69,18 @@ def test_client_says_how_many_fit_under_its_hard_limit(start_server) -> None:  #
     def low_limits() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
 
-    r = multiplex(server.port, "--connections", "1000", "--json", preexec_fn=low_limits)
+    # One process, as asked: it says how many fit and holds those.
+    r = multiplex(server.port, "--connections", "1000", "--processes", "1", "--json",
+                  preexec_fn=low_limits)
     m = json.loads(r.stdout)
     assert "only 448 connections fit" in r.stderr.decode()
     assert "hard fd limit is 512" in r.stderr.decode()
     assert m["connected"] == 448 and m["failures"] == {}
+
+    # By default it spreads over as many processes as the hard limit needs.
+    r = multiplex(server.port, "--connections", "1000", "--json", preexec_fn=low_limits)
+    m = json.loads(r.stdout)
+    assert m["processes"] == 3 and m["held"] == 1000 and m["failures"] == {}
 
     r = multiplex(server.port, "--connections", "400", "--json", preexec_fn=low_limits)
     assert "raised this client's soft fd limit from 256 to 464" in r.stderr.decode()

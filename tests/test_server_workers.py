@@ -119,6 +119,8 @@ def test_shared_listener_sums_to_all_connections(workers) -> None:
     born = worker_pids(server)
     with SocketTable() as table:
         assert len(table.listeners(server.port)) == 1  # one socket, held by all three
+    # ... and every holder is named, not the first found (tcplab multiplex reads them all)
+    assert sorted(o.pid for o in listening_processes(server.port)) == sorted(born)
     echo_connections(server.port)
     totals = server.stop()
     assert server.proc is not None and server.proc.returncode == 0

@@ -217,6 +217,17 @@ def spread_lines(r: Any) -> list[str]:
                      "(all its processes' RSS growth over idle, / held)")
     if sp.client_rss_per_conn is not None:
         lines.append(f"client user memory: {human_bytes(sp.client_rss_per_conn)} per connection")
+    led = sp.ledger
+    if led is not None and led.bytes_per_socket is not None:
+        est = (f", {led.estimated_bytes_per_socket:,.0f} B of it estimated"
+               if led.estimated_bytes_per_socket else "")
+        ends = "both ends here" if led.sockets > led.connections else "this end"
+        lines.append(f"kernel memory: {led.bytes_per_socket:,.0f} B per socket, "
+                     f"{led.bytes_per_connection:,.0f} B per connection ({ends}; "
+                     f"/proc/slabinfo's caches{est})")
+    elif led is not None:
+        lines.append(f"kernel memory: /proc/meminfo's Slab grew "
+                     f"{led.meminfo_slab_per_socket:,.0f} B per socket ({led.why_not})")
     if sp.listen_overflows:
         lines.append(f"accept queue overflows: {sp.listen_overflows:,} (TcpExt ListenOverflows; "
                      "each one a final ACK the kernel dropped and the client sent again)")

@@ -194,9 +194,9 @@ class _Printer:
     def histogram(self) -> None:
         """The workers' accepted connections as text bars, once all are in."""
         most = max((w.accepted for w in self.worker_totals_seen), default=0) or 1
-        width = len(str(most))
+        width = len(f"{most:,}")
         for t in self.worker_totals_seen:
-            out(f"worker {t.index} (pid {t.pid}): accepted {t.accepted:>{width}}  "
+            out(f"worker {t.index} (pid {t.pid}): accepted {t.accepted:>{width},}  "
                 f"{'#' * round(BAR * t.accepted / most)}")
 
 

@@ -47,7 +47,7 @@ from typing import Any
 
 from tcplab.errors import ExperimentFailed, UsageError
 from tcplab.experiments import result as base
-from tcplab.experiments.children import ServerProcess, pipe_lines
+from tcplab.experiments.children import ServerProcess, pipe_lines, terminate
 from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, ends
 from tcplab.observe.limits import Capacity
 from tcplab.observe.slab import Ledger
@@ -377,6 +377,9 @@ def _client(e: Ends, args: list[str], fds: dict[str, Any], timeout: float,
         proc.communicate()
         raise ExperimentFailed(f"tcplab multiplex did not finish in {timeout:.0f} s",
                                hint="run it by hand to see where it stops") from None
+    except BaseException:  # Ctrl-C: the client first (its processes die with it, and
+        terminate(proc)  # their sockets reset), so the server stops with nothing open
+        raise
     finally:
         reader.join(timeout=5)
     if not out.strip():

@@ -141,17 +141,29 @@ class OwnerMap:
 
 
 def listening_processes(port: int, table: SocketTable | None = None) -> list[Owner]:
-    """The processes holding a LISTEN socket on ``port``, one entry per pid.
+    """The processes holding a LISTEN socket on ``port``, one entry per pid, every
+    holder of each: a listener opened before fork() is held by every worker of a
+    pre-fork server (``tcplab server --workers K --listener shared``), one socket in
+    several processes' fd tables, where OwnerMap keeps one owner per socket.
 
     Without root, other users' processes are not readable: they are missing
     here, and the caller should say why.
     """
     if table is None:
         with SocketTable() as own:
-            inodes = [s.inode for s in own.listeners(port)]
+            inodes = {s.inode for s in own.listeners(port)}
     else:
-        inodes = [s.inode for s in table.listeners(port)]
+        inodes = {s.inode for s in table.listeners(port)}
+    inodes.discard(0)
+    if not inodes:
+        return []
     seen: dict[int, Owner] = {}
-    for owner in OwnerMap().lookup(inodes).values():
-        seen.setdefault(owner.pid, owner)
+    for pid in procfs.pids():
+        try:
+            for fd, target in procfs.fd_links(pid):
+                if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                    seen[pid] = Owner(pid, fd, procfs.comm(pid))
+                    break
+        except (procfs.ProcessError, OSError):
+            continue  # gone, or another user's
     return list(seen.values())

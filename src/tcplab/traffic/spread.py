@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -262,6 +263,7 @@ def run(target: Target, connections: int, processes: int, sources: Sequence[str]
     check_ports(connections, sources, procfs.port_range_size())
     ramp = ramp if ramp is not None else max(0.2, connections / RATE)
     split = shares(connections, processes)
+    raised = _raise_soft_limit(max(split))
     server = _Server(server_pids)
     counters0 = _listen_counters()
     slabs = {"idle": slab.snapshot()}
@@ -336,6 +338,8 @@ def run(target: Target, connections: int, processes: int, sources: Sequence[str]
         counters1 = _listen_counters()
         r = _merge(target, connections, messages, size, timeout, children, server,
                    phases, sources, watch, accepted_s, unaccepted, counters0, counters1)
+        if raised:
+            r = replace(r, notes=[raised, *r.notes])
         return _with_ledger(r, target, slabs)
     finally:  # no child outlives the run, also on Ctrl-C or an error
         sel.close()
@@ -416,6 +420,17 @@ def _with_ledger(r: MultiplexResult, target: Target,
     led = slab.ledger(slabs["idle"], slabs["held"], sockets, watched, connects=held_at,
                       connections=held_at)
     return replace(r, spread=replace(sp, ledger=led))
+
+
+def _raise_soft_limit(share: int) -> str | None:
+    """Raise the soft fd limit once, before the fork, so that every child starts with
+    room for its share (one note, not one per child); None when it had room."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = min(hard, share + multiplex.SPARE_FDS)
+    if need <= soft:
+        return None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return f"raised the client processes' soft fd limit from {soft:,} to {need:,}"
 
 
 def _is_loopback(target: Target) -> bool:
