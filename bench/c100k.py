@@ -268,7 +268,7 @@ def client(sb: Sandbox, args: list[str], timeout: float, label: str
 
 
 def one_run(key: str, index: int, args: argparse.Namespace, go_binary: str | None, tmp: Path,
-            connections: int, processes: int | None) -> Run:
+            connections: int, processes: int) -> Run:
     """One server (``key``) in a fresh namespace against one spread client."""
     label = f"round {index} {key}"
     softirqd = _ksoftirqd()
@@ -285,8 +285,7 @@ def one_run(key: str, index: int, args: argparse.Namespace, go_binary: str | Non
             cmd = ["--port", str(h.PORT), "--connections", str(connections),
                    "--messages", str(args.messages), "--size", str(args.size),
                    "--timeout", str(args.timeout)]
-            if processes:
-                cmd += ["--processes", str(processes)]
+            cmd += ["--processes", str(processes)]
             for pid in srv.pids:
                 cmd += ["--server-pid", str(pid)]
             sup = [srv.supervisor] if srv.supervisor else []
@@ -519,6 +518,19 @@ def print_report(res: dict[str, Any]) -> None:
 
 # --- main ------------------------------------------------------------------------------------
 
+def client_processes(n: int) -> int:
+    """tcplab multiplex's own choice for ``n`` (traffic/spread.py: the hard fd limit and
+    40 % of the port range per source address), at least 2: with one client process
+    multiplex reads only the first server process, and the spread's per-process figures
+    (the histogram, ListenOverflows, the ledger) are the point here."""
+    from tcplab.observe.process import own_fd_limit
+    from tcplab.traffic import spread
+    from tcplab.traffic.target import resolve
+
+    return max(2, spread.client_processes(n, own_fd_limit().hard, resolve("127.0.0.1", h.PORT),
+                                          procfs.port_range_size()))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = h.parser("C100k side by side: tcplab server --workers K (SO_REUSEPORT, and one "
                  "shared listener) against K Go echo servers (bench/peers/echo.go "
@@ -529,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--connections", type=int, default=100_000, help="connections held at once")
     add("--workers", type=int, default=6, help="server processes (tcplab workers, Go servers)")
     add("--processes", type=int, default=None,
-        help="client processes (default: tcplab multiplex's choice)")
+        help="client processes (default: tcplab multiplex's choice, at least 2)")
     add("--messages", type=int, default=5, help="verified round trips per connection")
     add("--size", type=int, default=64, help="bytes per message")
     add("--timeout", type=float, default=60.0, help="the client's --timeout")
@@ -544,6 +556,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             set(args.servers)) != len(args.servers):
         p.error(f"--servers: give distinct names from {','.join(SERVERS)}")
     h.check(p, args, 1, "rounds", "connections", "workers", "messages", "size")
+    if args.processes is not None and args.processes < 2:
+        p.error("--processes must be at least 2 (the reference row is the one-process run)")
     if args.workers < 2:
         p.error("--workers must be at least 2 (the reference row is the one-process run)")
     if args.timeout <= 0:
@@ -579,12 +593,13 @@ def main(argv: list[str] | None = None) -> int:
             if not x.totals_ok:
                 problems.append(f"round {x.round} {x.server}: " + "; ".join(x.notes))
 
+        processes = args.processes or client_processes(args.connections)
+        res["processes"] = processes
         for i in range(args.rounds):
             for key in h.rotate(servers, i):
                 h.progress(f"round {i + 1}/{args.rounds}: {key}, {args.connections:,} "
                            "connections")
-                x = one_run(key, i + 1, args, go_binary, tmp, args.connections,
-                            args.processes)
+                x = one_run(key, i + 1, args, go_binary, tmp, args.connections, processes)
                 runs.append(x)
                 record(x)
         if args.reference:
