@@ -404,11 +404,20 @@ def summarize(runs: Sequence[Run], key: str, base: str | None) -> dict[str, Any]
     if base is not None:
         theirs = [x for x in runs if x.server == base]
         row["vs"] = base
-        row["ratio"] = {a: h.by_round(
-            [x for x in mine if getattr(x, a) is not None],
-            [x for x in theirs if getattr(x, a) is not None],
-            lambda x: x.round, lambda x, a=a: float(getattr(x, a))) for a in RATIOS}
+        row["ratio"] = {a: _ratio(mine, theirs, a) for a in RATIOS}
     return row
+
+
+def _ratio(mine: Sequence[Run], theirs: Sequence[Run], attr: str) -> float | None:
+    """The median over rounds of mine / theirs in the same round (harness.by_round)."""
+    def value(x: Run) -> float:
+        return float(getattr(x, attr))
+
+    def key(x: Run) -> int:
+        return x.round
+
+    return h.by_round([x for x in mine if getattr(x, attr) is not None],
+                      [x for x in theirs if getattr(x, attr) is not None], key, value)
 
 
 # --- printing --------------------------------------------------------------------------------
@@ -527,8 +536,9 @@ def client_processes(n: int) -> int:
     from tcplab.traffic import spread
     from tcplab.traffic.target import resolve
 
-    return max(2, spread.client_processes(n, own_fd_limit().hard, resolve("127.0.0.1", h.PORT),
-                                          procfs.port_range_size()))
+    c: int = spread.client_processes(n, own_fd_limit().hard, resolve("127.0.0.1", h.PORT),
+                                     procfs.port_range_size())
+    return max(2, c)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
