@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     processes = args.processes or spread.client_processes(
         args.connections, own_fd_limit().hard, target, port_range_size())
-    if processes > 1:
+    if processes > 1 or len(pids) > 1:  # a server of several processes: read them all
         sources = args.source or spread.default_sources(target, processes)
         r = spread.run(target, args.connections, processes, sources, args.messages, args.size,
                        args.ramp, pids, timeout=args.timeout, progress=progress)
@@ -202,7 +202,8 @@ def spread_lines(r: Any) -> list[str]:
     src = (f" from {r.sources[0]}" + (f" to {r.sources[-1]}" if len(r.sources) > 1 else "")
            if r.sources else "")
     lines = [f"held {r.held:,} of {r.connections:,} connections open and echoing at once, "
-             f"{sp.held_s:.1f} s after the first connect; {r.processes} client processes{src}"]
+             f"{sp.held_s:.1f} s after the first connect; "
+             f"{plural(r.processes, 'client process')}{src}"]
     if sp.workers:
         most = max(w.held for w in sp.workers) or 1
         lines.append(f"server: {plural(len(sp.workers), 'process')}, connections held by "
