@@ -36,6 +36,10 @@ def test_it_holds_every_connection_spread_over_processes(small: dict[str, Any]) 
     assert all(b["held"] > 0 for b in bars)
     assert small["rss_growth_per_conn"] is not None
     assert 0 < small["rss_growth_per_conn"] <= c100k.MAX_RSS_PER_CONN
+    # ... and the default row whole, as every other row is (its failures, p99, threads)
+    d = small["default"]
+    assert d["name"] == "uvloop reuseport x3000" and d["held"] == 3000
+    assert d["bars"] == bars and d["p99_us"] > 0 and d["threads"] == 4
 
 
 @pytest.mark.privileged  # a private namespace: root, or a user namespace

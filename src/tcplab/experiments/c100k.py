@@ -187,6 +187,7 @@ class Result(base.Result[RunWith, Facts, ModelRow]):
     rss_growth_per_conn: float | None = None
     workers: list[Bar] = field(default_factory=list)
     models: list[ModelRow] = field(default_factory=list)
+    default: ModelRow | None = None  # the default row whole (its failures, notes, p99)
 
 
 def processes_for(n: int, hard: int, spare: int) -> int:
@@ -470,4 +471,4 @@ def judge(rows: Sequence[ModelRow], s: Settings, k: int, c: int, hard: int, ledg
         held=default.held if default else 0, failed=default.failed if default else 0,
         rss_growth_per_conn=default.rss_growth_per_conn if default else None,
         workers=list(default.bars) if default else [],
-        models=[r for r in rows if r is not default])
+        models=[r for r in rows if r is not default], default=default)

@@ -180,8 +180,10 @@ def _c100k(r: c100k.Result) -> str:
     assert f is not None
     parts = ["<h3>Every model at the largest N it held</h3>",
              _table([C100K_HEAD, *c100k_model_cells(r)[0:]]),
-             f'<p class="meta">The first row is the default model; its record keeps held, '
-             f"failed, server memory and its workers ('{NOT_RECORDED}': not recorded).</p>"]
+             '<p class="meta">The first row is the default model'
+             + ("." if r.default is not None else
+                f"; its record keeps held, failed, server memory and its workers "
+                f"('{NOT_RECORDED}': not recorded).") + "</p>"]
     spread = c100k_spread_words(r)
     if spread:
         parts.append(f"<p>{html.escape(spread)}.</p>")

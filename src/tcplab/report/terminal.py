@@ -512,14 +512,15 @@ def c100k_model_cells(r: c100k.Result) -> list[tuple[str, ...]]:
     f = r.facts
     assert f is not None
     rows: list[tuple[str, ...]] = []
-    held_s = "-" if f.held_s is None else f"{f.held_s:.1f} s"
-    cpu = c100k_cpu_us(r.workers, r.held)
-    rows.append((c100k.DEFAULT_MODEL, c100k.DEFAULT_LISTENER, f"{f.workers:,}",
-                 f"{f.processes:,}", f"{f.connections:,}", f"{r.held:,}", f"{r.failed:,}",
-                 _b(r.rss_growth_per_conn), NOT_RECORDED,
-                 NOT_RECORDED if cpu is None else f"{cpu:,.1f}", held_s, NOT_RECORDED,
-                 NOT_RECORDED))
-    for m in r.models:
+    if r.default is None:  # a record from before the default row was kept whole
+        held_s = "-" if f.held_s is None else f"{f.held_s:.1f} s"
+        cpu = c100k_cpu_us(r.workers, r.held)
+        rows.append((c100k.DEFAULT_MODEL, c100k.DEFAULT_LISTENER, f"{f.workers:,}",
+                     f"{f.processes:,}", f"{f.connections:,}", f"{r.held:,}", f"{r.failed:,}",
+                     _b(r.rss_growth_per_conn), NOT_RECORDED,
+                     NOT_RECORDED if cpu is None else f"{cpu:,.1f}", held_s, NOT_RECORDED,
+                     NOT_RECORDED))
+    for m in ([r.default] if r.default is not None else []) + list(r.models):
         ran = bool(m.held or m.failed or m.bars)
         rows.append((m.model, m.listener, f"{m.workers:,}", f"{m.processes:,}", f"{m.asked:,}",
                      f"{m.held:,}" if ran else "not run", f"{m.failed:,}" if ran else "-",
@@ -604,9 +605,9 @@ def c100k_notes(r: c100k.Result) -> list[str]:
     f = r.facts
     assert f is not None
     out = [f"not shown: {p}" for p in f.problems]
-    if r.failed:
+    if r.failed and r.default is None:
         out.append(f"{f.default}: {r.failed:,} of {f.connections:,} failed")
-    for m in r.models:
+    for m in ([r.default] if r.default is not None else []) + list(r.models):
         for kind, count in m.failures.items():
             out.append(f"{m.name} {kind} x{count:,}: "
                        f"{m.explanations.get(kind, 'not explained')}")
@@ -627,9 +628,10 @@ def c100k_lines(result: c100k.Result) -> list[str]:
     f = result.facts
     if f is None:
         return []
-    lines = table(c100k_model_cells(result), right=True)
-    lines.append(f"  (the default row's record keeps held, failed, server memory and its "
-                 f"workers; '{NOT_RECORDED}': not recorded)")
+    lines = table([C100K_HEAD, *c100k_model_cells(result)], right=True)
+    if result.default is None:
+        lines.append(f"  (the default row's record keeps held, failed, server memory and its "
+                     f"workers; '{NOT_RECORDED}': not recorded)")
     lines.append("")
     hist = c100k_bars(result)
     most = max((b.held for _, bars in hist for b in bars), default=0)
