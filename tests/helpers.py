@@ -31,8 +31,10 @@ import sys
 import sysconfig
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -591,3 +593,51 @@ def ws_events(url: str, until: Callable[[list[dict[str, Any]]], bool],
 needs_netns = pytest.mark.skipif(
     os.geteuid() != 0 and not userns_allowed(),
     reason="no private network namespace: not root and unprivileged user namespaces are off")
+
+
+class ReportPage(HTMLParser):
+    """What index.html is made of: sections, charts, references, ids."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sections: list[str] = []
+        self.charts: Counter[str] = Counter()  # <svg> directly in a figure.chart, by section
+        self.svgs = 0
+        self.scripts = 0
+        self.refs: list[str] = []  # every src, href and xlink:href value
+        self.ids: list[str] = []
+        self.styles: list[str] = []
+        self._section: str | None = None
+        self._in_chart = False
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if "id" in a:
+            self.ids.append(a["id"])
+        self.refs += [v for k, v in a.items() if k in ("src", "href", "xlink:href")]
+        if tag == "section":
+            self._section = a.get("id", "")
+            self.sections.append(self._section)
+        elif tag == "figure" and "chart" in a.get("class", "").split():
+            self._in_chart = True
+        elif tag == "svg":
+            self.svgs += 1
+            if self._in_chart and self._section is not None:
+                self.charts[self._section] += 1
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "style":
+            self._in_style = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self._section = None
+        elif tag == "figure":
+            self._in_chart = False
+        elif tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.styles.append(data)

@@ -23,8 +23,7 @@ from tcplab.report import html
 from tcplab.report.lessons import LESSONS, quotes
 from tcplab.report.prose import c100k_spread_words, worded
 from tcplab.report.terminal import result_lines
-from tests.helpers import headless_chromium
-from tests.test_report import _Page
+from tests.helpers import ReportPage, headless_chromium
 
 DATA = Path(__file__).resolve().parent / "data"
 RECORDS = ("c100k-100000.json", "c100k-3000.json")
@@ -166,7 +165,7 @@ def test_the_html_has_the_histogram_chart_the_tables_and_nothing_to_fetch(
         tmp_path: Path) -> None:
     index = write_report(tmp_path)
     text = index.read_text()
-    page = _Page()
+    page = ReportPage()
     page.feed(text)
     page.close()
     # Both records have a section (one id twice: two runs of one experiment), each with

@@ -20,7 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -35,7 +35,7 @@ from tcplab.report import html
 from tcplab.report.lessons import LESSONS, Figures, quotes
 from tcplab.report.terminal import result_lines, settings_text, summary_lines
 from tcplab.words import plural
-from tests.helpers import ExperimentAll, headless_chromium, run_tcplab
+from tests.helpers import ExperimentAll, ReportPage, headless_chromium, run_tcplab
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ("echo", "port-bomb", "fd-leak", "half-close", "restart", "reset", "syn-queue",
@@ -110,61 +110,13 @@ def test_results_json_equals_the_json_lines(report_run: ReportRun) -> None:
     assert saved == results
 
 
-class _Page(HTMLParser):
-    """What index.html is made of: sections, charts, references, ids."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.sections: list[str] = []
-        self.charts: Counter[str] = Counter()  # <svg> directly in a figure.chart, by section
-        self.svgs = 0
-        self.scripts = 0
-        self.refs: list[str] = []  # every src, href and xlink:href value
-        self.ids: list[str] = []
-        self.styles: list[str] = []
-        self._section: str | None = None
-        self._in_chart = False
-        self._in_style = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if "id" in a:
-            self.ids.append(a["id"])
-        self.refs += [v for k, v in a.items() if k in ("src", "href", "xlink:href")]
-        if tag == "section":
-            self._section = a.get("id", "")
-            self.sections.append(self._section)
-        elif tag == "figure" and "chart" in a.get("class", "").split():
-            self._in_chart = True
-        elif tag == "svg":
-            self.svgs += 1
-            if self._in_chart and self._section is not None:
-                self.charts[self._section] += 1
-        elif tag == "script":
-            self.scripts += 1
-        elif tag == "style":
-            self._in_style = True
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "section":
-            self._section = None
-        elif tag == "figure":
-            self._in_chart = False
-        elif tag == "style":
-            self._in_style = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_style:
-            self.styles.append(data)
-
-
 @pytest.mark.privileged
 def test_index_html_is_self_contained_with_every_chart(report_run: ReportRun) -> None:
     results = results_of(report_run)
     index = report_run.directory / "index.html"
     assert index.is_file(), f"no {index}"
     text = index.read_text()
-    page = _Page()
+    page = ReportPage()
     page.feed(text)
     page.close()
 
