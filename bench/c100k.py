@@ -16,7 +16,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -219,20 +218,10 @@ def client(sb: Sandbox, args: list[str], timeout: float, label: str
         t0 = time.perf_counter()
         proc = sb.popen(sb.tcplab("multiplex", *args, "--json"), stdout=out,
                         stderr=subprocess.PIPE)
-        err: list[str] = []
+        from tcplab.experiments.children import relay_stderr
 
-        def read_stderr() -> None:
-            from tcplab.experiments.children import pipe_lines
-
-            assert proc.stderr is not None
-            for raw in pipe_lines(proc.stderr):
-                line = raw.decode(errors="replace").rstrip("\n")
-                err.append(line)
-                if line.startswith(("connecting:", "echoes:")):
-                    h.progress(f"  {label}: {line}")
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
+        reader, err = relay_stderr(proc, lambda line: h.progress(f"  {label}: {line}"),
+                                   ("connecting:", "echoes:"))
         fd = os.pidfd_open(proc.pid)
         try:
             poller = select.poll()

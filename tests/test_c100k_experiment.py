@@ -10,6 +10,7 @@ import pytest
 from tcplab.cli.experiment import EXPERIMENTS, ON_ITS_OWN
 from tcplab.experiments import c100k
 from tcplab.experiments.result import decode
+from tcplab.traffic import spread
 from tests.helpers import one_json, run_tcplab
 
 ROOT = os.geteuid() == 0
@@ -104,7 +105,7 @@ def test_more_processes_than_it_runs_is_refused() -> None:
 def test_workers_and_processes_follow_the_fd_limit() -> None:
     assert c100k.workers_for(100_000, 20_000, 2) == 6
     assert c100k.workers_for(1_000, 20_000, 2) == 2  # at least one per CPU
-    assert c100k.processes_for(100_000, 20_000, 64) == 6
+    assert spread.processes_for(100_000, 20_000, 64) == 6
     assert c100k.expected_cv(100_000, 6) == pytest.approx(0.00707, abs=1e-5)
     assert c100k.cv([10, 10, 10]) == 0.0
 

@@ -34,24 +34,29 @@ Time is recorded, not judged (it depends on the machine's load).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tcplab.errors import ExperimentFailed, UsageError
 from tcplab.experiments import result as base
-from tcplab.experiments.children import ServerProcess, pipe_lines, terminate
+from tcplab.experiments.children import (
+    ServerProcess,
+    decode_result,
+    relay_stderr,
+    terminate,
+)
 from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, ends
+from tcplab.observe import limits
 from tcplab.observe.limits import Capacity
+from tcplab.observe.process import own_fd_limit
+from tcplab.observe.procfs import read_text
 from tcplab.observe.slab import Ledger
-from tcplab.records import RecordError, from_json
 from tcplab.traffic import spread
 from tcplab.traffic.multiplex import MultiplexResult, WorkerRow
 from tcplab.traffic.target import resolve
@@ -190,16 +195,11 @@ class Result(base.Result[RunWith, Facts, ModelRow]):
     default: ModelRow | None = None  # the default row whole (its failures, notes, p99)
 
 
-def processes_for(n: int, hard: int, spare: int) -> int:
-    """The fewest processes that hold ``n`` connections under a hard fd limit."""
-    return max(1, -(-n // max(1, hard - spare)))
-
-
 def workers_for(n: int, hard: int, cpus: int) -> int:
     """Server processes: enough for the fd limit with room for the hash's unevenness
     (the largest of K shares of a uniform spread is about n/K + 3 sd), at least one
     per CPU."""
-    k = processes_for(n, hard, SERVER_SPARE)
+    k = spread.processes_for(n, hard, SERVER_SPARE)
     while k < MAX_PROCESSES:
         share = n / k
         if share + 4 * math.sqrt(share) <= hard - SERVER_SPARE:
@@ -223,8 +223,6 @@ def cv(values: Sequence[int]) -> float | None:
 
 def pid_room() -> tuple[int, int]:
     """(kernel.pid_max, tasks running now): threads come out of the difference."""
-    from tcplab.observe.procfs import read_text
-
     pid_max = int(read_text("sys/kernel/pid_max").strip())
     running = int(read_text("loadavg").split()[3].split("/")[1])  # "R/T": T tasks
     return pid_max, running
@@ -251,7 +249,7 @@ def check(s: Settings, hard: int) -> tuple[int, int]:
         raise UsageError(f"--workers {k}: {s.connections:,} connections would need "
                          f"{-(-s.connections // k):,} fds in each, over the hard limit of "
                          f"{hard:,}", hint=f"use at least --workers "
-                         f"{processes_for(s.connections, hard, SERVER_SPARE)}")
+                         f"{spread.processes_for(s.connections, hard, SERVER_SPARE)}")
     return k, c
 
 
@@ -266,24 +264,20 @@ def run(settings: Settings | None = None, quick: bool = False,
         raise UsageError("experiment c100k runs on loopback only for now: on a veth link "
                          "each client process needs its own source address on the link",
                          hint="drop --link veth")
-    from tcplab.observe.process import own_fd_limit
-
-    hard = min(own_fd_limit().hard, s.process_fds or own_fd_limit().hard)
+    own = own_fd_limit().hard
+    hard = min(own, s.process_fds or own)
     k, c = check(s, hard)
     listeners = LISTENERS if s.listener == "both" else (s.listener,)
     rows: list[ModelRow] = []
-    from tcplab.observe import limits
-
     host = limits.host_facts()  # tcp_mem, fs.file-max, pid_max: the host's, not the netns'
     with ends(link, {"net.core.somaxconn": "8192", "net.ipv4.tcp_fin_timeout": "5"},
               prefix="c1k") as e:
         ledger = None
         for model in s.models:
-            kinds = listeners if model == DEFAULT_MODEL else (DEFAULT_LISTENER,)
-            for kind in kinds:
-                if model == "threads":
-                    rows.extend(_ladder(e, s, k, c, hard, progress))
-                    continue
+            if model == "threads":
+                rows.extend(_ladder(e, s, k, c, hard, progress))
+                continue
+            for kind in listeners if model == DEFAULT_MODEL else (DEFAULT_LISTENER,):
                 progress(f"c100k: {model}, {kind} listener{'s' if kind == 'reuseport' else ''}"
                          f", {s.connections:,} connections, {k} server and {c} client "
                          "processes")
@@ -359,18 +353,8 @@ def _client(e: Ends, args: list[str], fds: dict[str, Any], timeout: float,
             progress: Callable[..., None]) -> MultiplexResult:
     """Run the spread client at the client's end, its progress lines passed on."""
     proc = e.client(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **fds)
-    err: list[str] = []
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for raw in pipe_lines(proc.stderr):
-            line = raw.decode(errors="replace").rstrip("\n")
-            err.append(line)
-            if line.startswith(("connecting:", "echoes:")):
-                progress(f"  {line}")
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    reader, err = relay_stderr(proc, lambda line: progress(f"  {line}"),
+                               ("connecting:", "echoes:"))
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -388,11 +372,7 @@ def _client(e: Ends, args: list[str], fds: dict[str, Any], timeout: float,
                                f"{err[-1] if err else 'no output'}",
                                hint="run 'tcplab multiplex' by hand against 'tcplab server "
                                "--workers K' to see it whole")
-    try:
-        return from_json(MultiplexResult, json.loads(out))
-    except (ValueError, RecordError) as exc:
-        raise ExperimentFailed(f"tcplab multiplex wrote something else than its result: "
-                               f"{exc}", hint="this is a bug in tcplab: report it") from None
+    return decode_result(MultiplexResult, out, "tcplab multiplex")
 
 
 def row_from(model: str, kind: str, n: int, k: int, m: MultiplexResult,
@@ -418,8 +398,6 @@ def row_from(model: str, kind: str, n: int, k: int, m: MultiplexResult,
 
 def judge(rows: Sequence[ModelRow], s: Settings, k: int, c: int, hard: int, ledger: Any,
           host: Any, e: Ends) -> Result:
-    from tcplab.observe import limits
-
     name = f"{DEFAULT_MODEL} {DEFAULT_LISTENER} x{s.connections}"
     default = next((r for r in rows if r.name == name), None)
     problems = []

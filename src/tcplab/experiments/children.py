@@ -22,17 +22,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from tcplab.agents.io import command as agent_command
 from tcplab.agents.listening import Listening
 from tcplab.errors import ExperimentFailed
 from tcplab.interrupts import deferred, interrupted, spawn
-from tcplab.records import from_json, from_json_line
+from tcplab.records import RecordError, from_json, from_json_line
 from tcplab.traffic.server import Listening as ServerListening
 from tcplab.traffic.server import WorkerTotals
+
+T = TypeVar("T")
 
 #: How long a child may take to stop on SIGTERM once the user pressed Ctrl-C:
 #: the command must end within seconds (the issue asks for 10 s at most).
@@ -199,6 +201,36 @@ def pipe_lines(stream: IO[bytes]) -> Iterator[bytes]:
         yield from stream
     except ValueError:
         return
+
+
+def relay_stderr(proc: subprocess.Popen[bytes], say: Callable[[str], None],
+                 prefixes: tuple[str, ...] = ()) -> tuple[threading.Thread, list[str]]:
+    """A started thread that keeps every line of ``proc``'s stderr (the list it
+    returns: the last one names a failure) and passes on to ``say`` those that
+    start with one of ``prefixes`` (every line when none are given)."""
+    said: list[str] = []
+
+    def relay() -> None:
+        assert proc.stderr is not None
+        for raw in pipe_lines(proc.stderr):
+            line = raw.decode(errors="replace").rstrip()
+            said.append(line)
+            if not prefixes or line.startswith(prefixes):
+                say(line)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    return thread, said
+
+
+def decode_result(cls: type[T], out: bytes, what: str) -> T:
+    """A child's one JSON object (``--json``) as the record ``cls``; anything else
+    is a bug in tcplab, said as such."""
+    try:
+        return from_json(cls, json.loads(out))
+    except (ValueError, RecordError) as e:
+        raise ExperimentFailed(f"{what} wrote something else than its result: {e}",
+                               hint="this is a bug in tcplab: report it") from None
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> bytes:

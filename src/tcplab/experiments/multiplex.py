@@ -45,7 +45,6 @@ connections and reports what threads did. Should threads collapse anyway
 from __future__ import annotations
 
 import enum
-import json
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -53,9 +52,8 @@ from dataclasses import dataclass, field, replace
 
 from tcplab.errors import ExperimentFailed
 from tcplab.experiments import result as base
-from tcplab.experiments.children import ServerProcess
+from tcplab.experiments.children import ServerProcess, decode_result
 from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, ends
-from tcplab.records import RecordError, from_json
 from tcplab.traffic.models import MODELS
 from tcplab.traffic.multiplex import MultiplexResult
 
@@ -279,11 +277,7 @@ def _row(e: Ends, model: str, n: int, s: Settings) -> Row:
                                    hint="run that command by hand (tcplab multiplex "
                                    f"--connections {n}) against 'tcplab server --model {model}'"
                                    " to see it whole")
-        try:
-            m = from_json(MultiplexResult, json.loads(r.stdout))
-        except (ValueError, RecordError) as e:
-            raise ExperimentFailed(f"tcplab multiplex wrote something else than its result: "
-                                   f"{e}", hint="this is a bug in tcplab: report it") from None
+        m = decode_result(MultiplexResult, r.stdout, "tcplab multiplex")
     finally:
         server.stop(timeout=30)
     return row_from(model, n, messages, m)

@@ -63,7 +63,6 @@ from __future__ import annotations
 import enum
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -71,12 +70,11 @@ from dataclasses import dataclass, field, replace
 from tcplab.agents.io import tcplab
 from tcplab.errors import ConnectFailed, ExperimentFailed, NotSupported, PrivilegeError
 from tcplab.experiments import result as base
-from tcplab.experiments.children import ForeignServer, ServerProcess, pipe_lines
+from tcplab.experiments.children import ForeignServer, ServerProcess, decode_result, relay_stderr
 from tcplab.experiments.link import LOOPBACK, Ends, LinkSpec, LinkUsed, Popen, ends
 from tcplab.experiments.probe import accepts_on
 from tcplab.experiments.result import Progress, TimelineRow, say_nothing, timeline_of
 from tcplab.experiments.sampling import StateSampler
-from tcplab.records import RecordError, from_json
 from tcplab.traffic.bomb import BombResult, FirstError
 
 PORT = 8080
@@ -369,16 +367,7 @@ def _bomb(popen: Popen, args: list[str], duration: float,
         args = ["--duration", str(duration), *args]
     proc = popen(tcplab("bomb", "--port", str(PORT), "--json", *args),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    said: list[str] = []
-
-    def relay() -> None:
-        assert proc.stderr is not None
-        for raw in pipe_lines(proc.stderr):
-            said.append(raw.decode(errors="replace").rstrip())
-            progress(said[-1])
-
-    t = threading.Thread(target=relay, daemon=True)
-    t.start()
+    t, said = relay_stderr(proc, progress)
     assert proc.stdout is not None
     out = proc.stdout.read()
     proc.wait()
@@ -390,11 +379,7 @@ def _bomb(popen: Popen, args: list[str], duration: float,
             f"{said[-1] if said else 'no output'}",
             hint="run that bomb by hand inside 'unshare -Urn' to see it whole, or run again "
             "with --debug")
-    try:
-        return from_json(BombResult, json.loads(out))
-    except (ValueError, RecordError) as e:
-        raise ExperimentFailed(f"tcplab bomb wrote something else than its result: {e}",
-                               hint="this is a bug in tcplab: report it") from None
+    return decode_result(BombResult, out, "tcplab bomb")
 
 
 def _time_wait_sides(e: Ends) -> TimeWaitEnd:

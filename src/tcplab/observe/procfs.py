@@ -238,12 +238,6 @@ def fd_links(pid: Pid, root: str = PROCFS_PATH) -> Iterator[tuple[int, str]]:
         os.close(dfd)
 
 
-def sockets_in_use(pid: Pid, root: str = PROCFS_PATH) -> int:
-    """How many of ``pid``'s fds are sockets (``socket:[INODE]``): one per
-    connection a server holds, plus its listener; not its epoll, eventfd or pipes."""
-    return sum(1 for _, target in fd_links(pid, root) if target.startswith("socket:"))
-
-
 def fdinfo(pid: Pid, fd: int, root: str = PROCFS_PATH) -> str | None:
     """/proc/PID/fdinfo/FD, or None when that fd is gone or unreadable."""
     try:
@@ -254,16 +248,25 @@ def fdinfo(pid: Pid, fd: int, root: str = PROCFS_PATH) -> str | None:
 
 def epoll_watches(pid: Pid, root: str = PROCFS_PATH) -> tuple[int, int]:
     """(epoll instances, files watched by all of them together) of a process."""
-    instances = watches = 0
-    for fd, target in fd_links(pid, root):
-        if target != "anon_inode:[eventpoll]":
-            continue
-        text = fdinfo(pid, fd, root)
-        if text is None:
-            continue
-        instances += 1
-        watches += count_epoll_watches(text)
+    _, instances, watches = fd_census(pid, root)
     return instances, watches
+
+
+def fd_census(pid: Pid, root: str = PROCFS_PATH) -> tuple[int, int, int]:
+    """One walk of a process's fds: (sockets, epoll instances, files those watch).
+    Sockets (``socket:[INODE]``) are one per connection a server holds, plus its
+    listener; not its epoll, eventfd or pipes."""
+    sockets = instances = watches = 0
+    for fd, target in fd_links(pid, root):
+        if target.startswith("socket:"):
+            sockets += 1
+        elif target == "anon_inode:[eventpoll]":
+            text = fdinfo(pid, fd, root)
+            if text is None:
+                continue
+            instances += 1
+            watches += count_epoll_watches(text)
+    return sockets, instances, watches
 
 
 def cpu_times(pid: Pid, root: str = PROCFS_PATH) -> tuple[float, float]:

@@ -164,13 +164,17 @@ class AcceptWatch:
     once the queue was seen full.
     """
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, enabled: bool = True) -> None:
+        """``enabled=False``: a watch that sees nothing (a spread run's children: the
+        parent watches)."""
         self.port = target.port
         self.table: SocketTable | None = None
         self.peak = 0
         self.last: int | None = None
         self.next = 0.0
         self.overflowed = False  # the accept queue was seen full
+        if not enabled:
+            return
         if not ipaddress.ip_address(str(target.sockaddr[0]).split("%")[0]).is_loopback:
             return  # a remote listener is in another host's table
         try:
@@ -208,14 +212,6 @@ class AcceptWatch:
         return queue
 
     syn_recv = tcp_states.mask([tcp_states.SYN_RECV])  # SYN_RECV only, no LISTEN
-
-    @classmethod
-    def off(cls) -> AcceptWatch:
-        """A watch that sees nothing (a spread run's children: the parent watches)."""
-        watch = cls.__new__(cls)
-        watch.port, watch.table, watch.peak, watch.last = 0, None, 0, None
-        watch.next, watch.overflowed = 0.0, False
-        return watch
 
     def close(self) -> None:
         if self.table is not None:
@@ -274,7 +270,7 @@ def run(target: Target, connections: int = 1000, messages: int = 5, size: int = 
         notes.append(note)
     ramp = ramp if ramp is not None else max(0.2, n / 5000)
     rss0 = server_facts(server_pid).rss_bytes if server_pid else None
-    watch = AcceptWatch(target) if watch_accept else AcceptWatch.off()
+    watch = AcceptWatch(target, enabled=watch_accept)
     driver = engine.Driver(target, config(n, messages, size, ramp, connect_timeout,
                                           source=source, linger0=linger0, offset=offset))
     try:

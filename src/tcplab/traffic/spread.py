@@ -94,7 +94,7 @@ def client_processes(n: int, hard: int, target: Target, ports: int | None) -> in
     loopback server (where each process gets a source address of its own), enough
     source addresses to keep each one's ports short of the cliff (SOURCE_FILL)."""
     c = processes_for(n, hard)
-    if _is_loopback(target) and target.family == socket.AF_INET:
+    if _ipv4_loopback(target):
         c = max(c, sources_for(n, ports))
     return c
 
@@ -102,8 +102,7 @@ def client_processes(n: int, hard: int, target: Target, ports: int | None) -> in
 def default_sources(target: Target, processes: int) -> list[str]:
     """127.0.0.2, 127.0.0.3, ... for an IPv4 loopback target, one per process; for
     any other target none: the kernel's choice of source (one port range)."""
-    host = ipaddress.ip_address(str(target.sockaddr[0]).split("%")[0])
-    if host.version == 4 and _is_loopback(target) and processes > 1:
+    if _ipv4_loopback(target) and processes > 1:
         return [str(ipaddress.IPv4Address("127.0.0.2") + i) for i in range(processes)]
     return []
 
@@ -216,25 +215,23 @@ class _Server:
         for pid in self.pids:
             try:
                 status = procfs.status(pid)
-                self.idle[pid] = (status.rss_bytes, procfs.sockets_in_use(pid),
+                self.idle[pid] = (status.rss_bytes, procfs.fd_census(pid)[0],
                                   procfs.cpu_seconds(pid))
                 self.commands[pid] = procfs.comm(pid)
             except (ProcessError, OSError):
                 continue
 
     def read(self) -> None:
-        from tcplab.observe.server_facts import server_facts
-
         for pid in self.idle:
             try:
-                f = server_facts(pid)
+                status = procfs.status(pid)
+                sockets, _, watches = procfs.fd_census(pid)  # one walk of its fds
                 cpu = procfs.cpu_seconds(pid)
-                sockets = procfs.sockets_in_use(pid)
             except (ProcessError, OSError):
                 continue
             rss, fds = self.peak.get(pid, (0, 0))
-            self.peak[pid] = (max(rss, f.rss_bytes), max(fds, sockets))
-            self.last[pid] = (cpu, f.threads, f.epoll_watches)
+            self.peak[pid] = (max(rss, status.rss_bytes), max(fds, sockets))
+            self.last[pid] = (cpu, status.threads, watches)
 
     def rows(self) -> list[WorkerRow]:
         rows = []
@@ -435,6 +432,11 @@ def _raise_soft_limit(share: int) -> str | None:
 
 def _is_loopback(target: Target) -> bool:
     return ipaddress.ip_address(str(target.sockaddr[0]).split("%")[0]).is_loopback
+
+
+def _ipv4_loopback(target: Target) -> bool:
+    """127.0.0.0/8 is lo's: each client process may have a source address of its own."""
+    return target.family == socket.AF_INET and _is_loopback(target)
 
 
 def _listen_counters() -> tuple[int, int] | None:
