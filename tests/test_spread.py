@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -109,3 +110,18 @@ def test_a_client_process_lost_counts_its_share_and_leaves_nothing(start_server)
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}"), f"client process {pid} left behind"
     assert established_by_source(server.port) == Counter()
+
+
+@pytest.mark.loopback
+def test_nothing_listening_is_one_error_with_the_connect_failed_status() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "tcplab", "multiplex", "--port", str(port),
+         "--connections", "900", "--processes", "3"],
+        capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    err = r.stderr.decode()
+    assert r.returncode == 3, err
+    assert f"nothing listens on 127.0.0.1:{port} (none of the 900 connections" in err
+    assert "--workers 3" in err and "Traceback" not in err

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tcplab.errors import UsageError
+from tcplab.errors import ConnectFailed, UsageError
 from tcplab.observe import procfs, slab
 from tcplab.observe.procfs import ProcessError
 from tcplab.records import from_json, to_json
@@ -136,6 +136,7 @@ class _Child:
     result: MultiplexResult | None = None
     quantiles: list[float] = field(default_factory=list)
     lost: str | None = None  # why it ended without a result
+    refused: ConnectFailed | None = None  # it ended because nothing listens
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -194,7 +195,9 @@ def _fork_child(index: int, share: int, offset: int, source: str | None,
             code = 0
         except BaseException as exc:  # reported to the parent, then exit
             try:
-                _send(child, {"error": f"{type(exc).__name__}: {exc}"})
+                _send(child, {"error": f"{type(exc).__name__}: {exc}",
+                              "refused": isinstance(exc, ConnectFailed),
+                              "hint": getattr(exc, "hint", None)})
             except OSError:
                 pass
         finally:
@@ -316,6 +319,13 @@ def run(target: Target, connections: int, processes: int, sources: Sequence[str]
                 report_progress()
 
         wait_for("connected")
+        if all(c.refused is not None for c in children):
+            # Nothing listens: one error, as the one-process run says it (exit 3).
+            raise ConnectFailed(
+                f"connection refused: nothing listens on {target.where} (none of the "
+                f"{connections:,} connections could open)",
+                hint=f"start one with 'tcplab server --port {target.port} --workers "
+                f"{processes} --fd-limit max', or check --host/--port")
         phases["connected"] = round(time.monotonic() - started, 3)
         server.read()
         slabs["held"] = slab.snapshot()
@@ -371,6 +381,8 @@ def _receive(c: _Child, sel: selectors.BaseSelector) -> None:
         c.phase = "result"
     elif "error" in msg:
         c.phase, c.lost = "lost", msg["error"]
+        if msg.get("refused"):
+            c.refused = ConnectFailed(msg["error"], hint=msg.get("hint"))
 
 
 def _go(children: Sequence[_Child]) -> None:
